@@ -1,0 +1,24 @@
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install -c constraints.txt
+
+.PHONY: demo test install dev clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+install: $(BIN)/python
+	$(PIP) -e .
+
+dev: $(BIN)/python
+	$(PIP) -e ".[dev]"
+
+demo: install
+	$(BIN)/cnnkit demo
+
+test: dev
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,61 @@
+"""Decoding image files and converting them to what a model expects."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from cnnkit.errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+
+
+def load_image_file(path: str | os.PathLike) -> Image.Image:
+    """Open and fully decode an image (EXIF orientation applied); DataError if corrupt or truncated."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return ImageOps.exif_transpose(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
+
+
+def to_model_input(image: Image.Image, in_chans: int, size: tuple[int, int]) -> torch.Tensor:
+    """A PIL image of any mode and size as uint8 C×H×W: converted to gray or RGB, resized, centre-cropped."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grayscale: rescale to 8 bits, not clip
+        arr = np.asarray(image, dtype=np.float32)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        image = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "P", "PA"):  # composite transparency on white
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    image = image.convert("L" if in_chans == 1 else "RGB")
+    t = TF.pil_to_tensor(image)
+    if in_chans not in (1, 3):
+        raise DataError(f"images can be converted to 1 or 3 channels, not {in_chans}")
+    if tuple(t.shape[-2:]) != tuple(size):
+        t = v2.Resize(min(size), antialias=True)(t)
+        t = v2.CenterCrop(size)(t)
+    return t.contiguous()
+
+
+def list_image_files(paths: list[str | os.PathLike]) -> list[Path]:
+    """Expand files and folders (recursively) into a sorted list of image files."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DataError(f"no such file or folder: {p}")
+    if not out:
+        raise DataError(f"no image files found in {', '.join(map(str, paths))}")
+    return out

@@ -1,0 +1,96 @@
+"""Batched augmentation for in-memory images: whole batches at once, per-sample randomness."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+from cnnkit.errors import ConfigError
+
+POLICIES = ("none", "trivialaugment", "randaugment")
+
+
+@dataclass
+class AugmentConfig:
+    """Which augmentations to apply; all off by default."""
+
+    crop_padding: int = 0  # padded random crop: pad by this many pixels, crop back to size
+    hflip: bool = False  # horizontal flip with probability 1/2
+    policy: str = "none"  # 'trivialaugment' or 'randaugment' (torchvision.transforms.v2)
+    erasing: float = 0.0  # RandomErasing probability
+    mixup: float = 0.0  # MixUp alpha (0 = off)
+    cutmix: float = 0.0  # CutMix alpha (0 = off)
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ConfigError(f"unknown augmentation policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
+        if not 0.0 <= self.erasing <= 1.0:
+            raise ConfigError(f"erasing probability must be in [0, 1], got {self.erasing}")
+        if self.crop_padding < 0 or self.mixup < 0 or self.cutmix < 0:
+            raise ConfigError("crop padding and MixUp/CutMix alphas must be non-negative")
+
+    @property
+    def soft_targets(self) -> bool:
+        return self.mixup > 0 or self.cutmix > 0
+
+
+def random_crop_flip(images: torch.Tensor, padding: int, hflip: bool) -> torch.Tensor:
+    """Padded random crop and horizontal flip, drawn independently for every image of a batch.
+
+    torchvision.transforms.v2 draws one set of parameters per call, so applied to a batch it would crop
+    and flip every image the same way; per-image calls cost Python overhead per sample. This gathers the
+    whole batch in one indexing operation instead (same result as v2.RandomCrop(padding=p) and
+    v2.RandomHorizontalFlip applied image by image).
+    """
+    b, c, h, w = images.shape
+    device = images.device
+    rows = torch.arange(h, device=device).expand(b, h)
+    cols = torch.arange(w, device=device).expand(b, w)
+    if padding > 0:
+        images = F.pad(images, (padding,) * 4)
+        rows = rows + torch.randint(0, 2 * padding + 1, (b, 1)).to(device)
+        cols = cols + torch.randint(0, 2 * padding + 1, (b, 1)).to(device)
+    if hflip:
+        flip = (torch.rand(b, 1) < 0.5).to(device)
+        cols = torch.where(flip, cols.flip(1), cols)
+    batch = torch.arange(b, device=device)[:, None, None, None]
+    chans = torch.arange(c, device=device)[None, :, None, None]
+    return images[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class BatchAugment:
+    """Applies an AugmentConfig to a uint8 batch; `mix` applies MixUp/CutMix to the normalized batch."""
+
+    def __init__(self, config: AugmentConfig, num_classes: int):
+        self.config = config
+        self.num_classes = num_classes
+        self.policy = {"trivialaugment": v2.TrivialAugmentWide(), "randaugment": v2.RandAugment(),
+                       "none": None}[config.policy]
+        self.erase = v2.RandomErasing(p=config.erasing, value=0) if config.erasing > 0 else None
+        mixers = []
+        if config.mixup > 0:
+            mixers.append(v2.MixUp(alpha=config.mixup, num_classes=num_classes))
+        if config.cutmix > 0:
+            mixers.append(v2.CutMix(alpha=config.cutmix, num_classes=num_classes))
+        self.mixer = v2.RandomChoice(mixers) if mixers else None
+
+    def geometric(self, images: torch.Tensor) -> torch.Tensor:
+        """Crop, flip and policy on uint8 images."""
+        cfg = self.config
+        if cfg.crop_padding or cfg.hflip:
+            images = random_crop_flip(images, cfg.crop_padding, cfg.hflip)
+        if self.policy is not None:
+            # The policies choose an operation per image; v2 has no batched form, so they run image by image.
+            images = torch.stack([self.policy(im) for im in images])
+        return images
+
+    def erase_and_mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """RandomErasing (per image) and MixUp/CutMix (per batch) on normalized float images."""
+        if self.erase is not None:
+            x = torch.stack([self.erase(im) for im in x])
+        if self.mixer is not None:
+            x, y = self.mixer(x, y)
+        return x, y

@@ -1,0 +1,38 @@
+"""Errors a user can cause. The CLI prints their message alone and exits non-zero."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class CnnkitError(Exception):
+    """Base class: the message says what went wrong and what to do."""
+
+    exit_code = 2
+
+
+class DataError(CnnkitError):
+    """A dataset, image or folder cannot be used."""
+
+
+class ModelError(CnnkitError):
+    """A model name, option or input shape is not valid."""
+
+
+class CheckpointError(CnnkitError):
+    """A checkpoint is missing, incomplete or does not match the model."""
+
+
+class ConfigError(CnnkitError):
+    """A training or evaluation option is not valid."""
+
+
+class TrainingDiverged(CnnkitError):
+    """The loss became NaN or infinite."""
+
+
+def close_matches(name: str, choices: Iterable[str], n: int = 3) -> str:
+    """A ' (did you mean: a, b?)' suffix naming the closest choices, or ''."""
+    matches = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
+    return f" (did you mean: {', '.join(matches)}?)" if matches else ""
