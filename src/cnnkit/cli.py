@@ -1,0 +1,239 @@
+"""The `cnnkit` command: a thin layer over the Python API. Errors print one line; --debug shows tracebacks."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cnnkit.errors import CnnkitError, ConfigError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, evaluate and ship convolutional image classifiers.")
+models_app = typer.Typer(no_args_is_help=True, help="List and inspect the registered models.")
+app.add_typer(models_app, name="models")
+out = Console()
+err = Console(stderr=True)
+
+
+def summary(title: str, rows: dict[str, Any]) -> None:
+    """The short table every verb ends with."""
+    t = Table(title=title, show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    for k, v in rows.items():
+        t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    out.print(t)
+
+
+def parse_kv(pairs: list[str] | None) -> dict[str, Any]:
+    """key=value pairs, values parsed as YAML scalars (so 16 is an int, 0.5 a float, true a bool)."""
+    import yaml
+
+    result = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise ConfigError(f"expected key=value, got {p!r}")
+        k, v = p.split("=", 1)
+        result[k.strip().replace("-", "_")] = yaml.safe_load(v)
+    return result
+
+
+@app.command()
+def train(
+    model: Optional[str] = typer.Option(None, help="Model name (see `cnnkit models list`); default from the recipe."),
+    data: Optional[str] = typer.Option(None, help="sample, fashion-mnist, mnist, cifar10 or imagefolder:<dir>."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data root (default $CNNKIT_DATA, else ~/.cache/cnnkit/data)."),
+    epochs: Optional[int] = typer.Option(None, min=1),
+    recipe: Optional[str] = typer.Option(None, help="Named defaults per dataset: fast or long (default fast)."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<model>-<data>)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory where it stopped."),
+    overwrite: bool = typer.Option(False, help="Replace an existing run in --out."),
+    model_kw: Optional[list[str]] = typer.Option(None, "--model-kw", help="Model option key=value (repeatable)."),
+    batch_size: Optional[int] = typer.Option(None, min=1),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
+    optimizer: Optional[str] = typer.Option(None, help="sgd (Nesterov) or adamw."),
+    weight_decay: Optional[float] = typer.Option(None),
+    schedule: Optional[str] = typer.Option(None, help="onecycle or cosine."),
+    warmup_epochs: Optional[float] = typer.Option(None),
+    label_smoothing: Optional[float] = typer.Option(None),
+    ema: Optional[float] = typer.Option(None, help="EMA decay of the weights (0 = off)."),
+    augment: Optional[list[str]] = typer.Option(
+        None, "--augment", help="Augmentation key=value: crop_padding, hflip, policy, erasing, mixup, cutmix."),
+    amp: Optional[str] = typer.Option(None, help="auto, bf16, fp16 or off."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last"),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
+    grad_clip: Optional[float] = typer.Option(None, help="Max gradient norm (0 = off)."),
+    early_stopping: Optional[int] = typer.Option(None, help="Patience in epochs (0 = off)."),
+    val_fraction: Optional[float] = typer.Option(None, help="Share of train held out for validation."),
+    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Flip test-time augmentation in validation."),
+    seed: Optional[int] = typer.Option(None),
+    deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic"),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda[:N]."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (0 = torch default)."),
+    download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Fetch the dataset if missing."),
+    strict: Optional[bool] = typer.Option(None, "--strict/--no-strict", help="Stop at the first unreadable image."),
+    img_size: Optional[int] = typer.Option(None, help="imagefolder: resize images to this side."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Train a model; writes checkpoints, metrics and the resolved config to a run directory."""
+    from cnnkit.train import fit
+
+    options = dict(model=model, data=data, data_dir=str(data_dir) if data_dir else None, epochs=epochs,
+                   recipe=recipe, out=str(out) if out else None, model_kwargs=parse_kv(model_kw) or None,
+                   batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay, schedule=schedule,
+                   warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, ema=ema,
+                   augment=parse_kv(augment) or None, amp=amp, channels_last=channels_last, compile=compile,
+                   grad_clip=grad_clip, early_stopping=early_stopping, val_fraction=val_fraction, tta=tta,
+                   seed=seed, deterministic=deterministic, device=device, threads=threads, download=download,
+                   strict=strict, img_size=img_size)
+    if resume is not None:
+        options.pop("out")
+    result = fit(resume=resume, overwrite=overwrite, progress=not quiet, **options)
+    last = result.history[-1]
+    summary("train", {"run": result.run_dir, "model": result.config.model, "data": result.config.data,
+                      "epochs": int(last["epoch"]), "train acc": last["train_acc"],
+                      "best val acc": result.best_val_acc if result.best_val_acc is not None else "n/a (no val split)",
+                      "stopped early": result.stopped_early, "seconds": round(result.seconds, 1),
+                      "best checkpoint": result.best_checkpoint})
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Path = typer.Option(..., help="Run directory (its best checkpoint) or a .safetensors file."),
+    data: str = typer.Option("sample", help="Dataset to evaluate on."),
+    data_dir: Optional[Path] = typer.Option(None),
+    split: str = typer.Option("test", help="train or test."),
+    tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
+    out: Optional[Path] = typer.Option(None, help="Where to write the JSON and confusion matrix (default: the run)."),
+    device: str = typer.Option("auto"),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable image."),
+) -> None:
+    """Evaluate a checkpoint: top-1/top-5, per-class precision/recall/F1, ECE, confusion matrix."""
+    from cnnkit.evaluate import evaluate
+    from cnnkit.train import resolve_checkpoint
+
+    out_dir = out or resolve_checkpoint(checkpoint).parent
+    r = evaluate(checkpoint, data, split, data_dir=data_dir, tta=tta, device=device, out_dir=out_dir, strict=strict)
+    m = r.metrics
+    t = Table(title="per class", title_justify="left")
+    for c in ("class", "precision", "recall", "F1", "support"):
+        t.add_column(c, justify="left" if c == "class" else "right")
+    for row in m["per_class"]:
+        t.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+                  str(row["support"]))
+    out.print(t)
+    summary("eval", {"checkpoint": m["checkpoint"], "data": f"{data} ({split})", "images": m["images"],
+                     "top-1": m["top1"], "top-5": m["top5"], "macro F1": m["macro_f1"], "ECE": m["ece"],
+                     "json": r.json_path, "confusion matrix": r.confusion_png})
+
+
+@app.command()
+def predict(
+    inputs: list[Path] = typer.Argument(..., help="Image files or folders."),
+    checkpoint: Path = typer.Option(..., help="Run directory (its best checkpoint) or a .safetensors file."),
+    topk: int = typer.Option(3, min=1, help="How many classes to show per image."),
+    tta: bool = typer.Option(False, "--tta"),
+    device: str = typer.Option("auto"),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable image."),
+) -> None:
+    """Top-k classes for image files of any size and mode."""
+    from cnnkit.evaluate import predict as predict_files
+
+    preds = predict_files(checkpoint, inputs, topk=topk, tta=tta, device=device, strict=strict)
+    t = Table(title="predictions", title_justify="left")
+    t.add_column("image")
+    for i in range(len(preds[0].top)):
+        t.add_column(f"#{i + 1}")
+    for p in preds:
+        t.add_row(str(p.path), *(f"{c} {v:.1%}" for c, v in p.top))
+    out.print(t)
+    summary("predict", {"images": len(preds), "checkpoint": checkpoint})
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Run directory for the demo."),
+    epochs: int = typer.Option(20, min=1),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Train the default model on the bundled Fashion-MNIST sample, evaluate it and write an HTML report."""
+    from cnnkit.evaluate import evaluate
+    from cnnkit.report.run_report import write_run_report
+    from cnnkit.train import fit
+
+    err.print(f"cnnkit demo: training the default model on the bundled Fashion-MNIST sample for {epochs} epochs")
+    result = fit(data="sample", recipe="fast", epochs=epochs, out=str(out), overwrite=True, progress=not quiet)
+    ev = evaluate(result.best_checkpoint, "sample", "test", out_dir=result.run_dir)
+    report = write_run_report(result, ev)
+    summary("demo", {"model": result.config.model, "train/val images": f"{result.train_images}/{result.val_images}",
+                     "test top-1": ev.metrics["top1"], "seconds": round(result.seconds, 1), "report": report})
+    print(report.resolve())
+
+
+@models_app.command("list")
+def models_list(
+    pattern: Optional[str] = typer.Argument(None, help="Shell-style pattern or substring."),
+    timm: bool = typer.Option(False, "--timm", help="Include every timm model (as timm/<name>)."),
+) -> None:
+    """Registered model names."""
+    from cnnkit.models import get_entry, list_models
+
+    names = list_models(pattern, include_timm=timm)
+    t = Table(title="models", title_justify="left")
+    for c in ("name", "family", "paper"):
+        t.add_column(c)
+    for n in names:
+        if n.startswith("timm/"):
+            t.add_row(n, "timm", "")
+        else:
+            e = get_entry(n)
+            t.add_row(n, e.family, e.paper)
+    out.print(t)
+    summary("models", {"listed": len(names)})
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    err.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs a verb; user errors print one line and return non-zero (tracebacks with --debug)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("CNNKIT_DEBUG") == "1"
+    args = [a for a in args if a != "--debug"]
+    if not debug:
+        warnings.showwarning = _show_warning
+    try:
+        app(args=args, prog_name="cnnkit", standalone_mode=False)
+        return 0
+    except CnnkitError as e:
+        if debug:
+            raise
+        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        err.print("interrupted; the last completed epoch's checkpoint is kept (continue with --resume RUN_DIR)")
+        return 130
+    except Exception as e:  # anything else is a bug: one line, the traceback only with --debug
+        if debug:
+            raise
+        err.print(f"[red]error:[/] internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
+                  highlight=False, soft_wrap=True)
+        return 1
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""`evaluate` a checkpoint on a dataset split and `predict` on image files."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnnkit.data import (BatchLoader, ImageData, Normalize, list_image_files, load_dataset, load_image_file,
+                         to_model_input)
+from cnnkit.errors import CheckpointError, DataError
+from cnnkit.evaluate.metrics import classification_report
+from cnnkit.runtime import autocast_dtype, pick_device
+from cnnkit.train.checkpoint import LoadedCheckpoint, atomic_write_text, load_checkpoint
+from cnnkit.train.fit import evaluate_loader
+
+
+@dataclass
+class EvalResult:
+    """Metrics of a checkpoint on a dataset split, and the files written."""
+
+    metrics: dict[str, Any]
+    probs: torch.Tensor
+    labels: torch.Tensor
+    data: ImageData
+    json_path: Path | None = None
+    confusion_png: Path | None = None
+
+
+def _check_compatible(ckpt: LoadedCheckpoint, data: ImageData) -> None:
+    shape = (ckpt.in_chans, *ckpt.img_size)
+    got = (data.in_chans, *data.img_size)
+    if shape != got:
+        raise CheckpointError(f"{data.name} gives {'×'.join(map(str, got))} images but {ckpt.path} expects "
+                              f"{'×'.join(map(str, shape))}")
+    if data.num_classes != len(ckpt.classes):
+        raise CheckpointError(f"{data.name} has {data.num_classes} classes but {ckpt.path} was trained on "
+                              f"{len(ckpt.classes)}; evaluate it on data with the same classes")
+
+
+def evaluate(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str = "sample", split: str = "test",
+             data_dir: str | os.PathLike | None = None, tta: bool = False, batch_size: int = 512,
+             device: str = "auto", out_dir: str | os.PathLike | None = None, strict: bool = False,
+             amp: str = "off") -> EvalResult:
+    """Top-1/top-5, per-class precision/recall/F1 and ECE of a checkpoint; writes JSON and a confusion PNG to out_dir."""
+    dev = pick_device(device)
+    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, dev)
+    ckpt.model.to(dev)
+    ds = load_dataset(data, split, data_dir=data_dir, strict=strict, img_size=ckpt.img_size[0],
+                      in_chans=ckpt.in_chans)
+    _check_compatible(ckpt, ds)
+    mean, std = ckpt.normalization
+    loader = BatchLoader(ds, batch_size, Normalize(mean, std, dev))
+    probs, labels = evaluate_loader(ckpt.model, loader, dev, autocast_dtype(amp, dev), tta)
+    metrics = {"checkpoint": str(ckpt.path), "data": data, "split": split, "tta": tta,
+               **classification_report(probs, labels, ckpt.classes)}
+    result = EvalResult(metrics, probs, labels, ds)
+    if out_dir is not None:
+        from cnnkit.report.plots import save_confusion_matrix
+
+        out = Path(out_dir)
+        stem = f"{data.split(':')[0]}-{split}"
+        result.json_path = out / f"eval-{stem}.json"
+        atomic_write_text(result.json_path, json.dumps(metrics, indent=2) + "\n")
+        result.confusion_png = save_confusion_matrix(metrics["confusion_matrix"], ckpt.classes,
+                                                     out / f"confusion-{stem}.png")
+    return result
+
+
+@dataclass
+class Prediction:
+    """Top-k classes for one image file."""
+
+    path: Path
+    top: list[tuple[str, float]]
+
+
+def predict(checkpoint: str | os.PathLike | LoadedCheckpoint, inputs: list[str | os.PathLike], topk: int = 5,
+            tta: bool = False, device: str = "auto", strict: bool = False,
+            batch_size: int = 256, amp: str = "off") -> list[Prediction]:
+    """Top-k predictions for image files or folders of any size and mode, converted to what the model expects."""
+    dev = pick_device(device)
+    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, dev)
+    ckpt.model.to(dev)
+    files = list_image_files(list(inputs))
+    tensors, kept, skipped = [], [], 0
+    for f in files:
+        try:
+            tensors.append(to_model_input(load_image_file(f), ckpt.in_chans, ckpt.img_size))
+            kept.append(f)
+        except DataError as e:
+            if strict:
+                raise
+            warnings.warn(str(e), stacklevel=2)
+            skipped += 1
+    if skipped:
+        warnings.warn(f"skipped {skipped} unreadable image(s)", stacklevel=2)
+    if not tensors:
+        raise DataError("none of the given images could be read")
+    k = max(1, min(topk, len(ckpt.classes)))
+    data = ImageData(torch.stack(tensors), torch.zeros(len(tensors), dtype=torch.long), ckpt.classes, "files", "predict")
+    mean, std = ckpt.normalization
+    probs, _ = evaluate_loader(ckpt.model, BatchLoader(data, batch_size, Normalize(mean, std, dev)), dev,
+                               autocast_dtype(amp, dev), tta)
+    values, indices = probs.topk(k, dim=1)
+    return [Prediction(f, [(ckpt.classes[int(i)], float(v)) for v, i in zip(vs, ix)])
+            for f, vs, ix in zip(kept, values, indices)]

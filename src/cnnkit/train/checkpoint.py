@@ -1,0 +1,152 @@
+"""Checkpoints as safetensors with their metadata inside the file and in a JSON sidecar; atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from cnnkit import __version__
+from cnnkit.errors import CheckpointError, CnnkitError
+from cnnkit.models import create
+
+FORMAT = "cnnkit-checkpoint/1"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """safetensors file with `meta` as JSON in its header, written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+        save_file(clean, tmp, metadata={"cnnkit": json.dumps(meta)})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """The cnnkit metadata stored in a safetensors header."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
+    if "cnnkit" not in header:
+        raise CheckpointError(f"{path} has no cnnkit metadata; load plain weight files with --init-from")
+    return json.loads(header["cnnkit"])
+
+
+def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Weights (plain state_dict keys, loadable by timm/torch) plus metadata; then the JSON sidecar."""
+    meta = {"format": FORMAT, "cnnkit_version": __version__, "torch_version": torch.__version__, **meta}
+    state = {k: v for k, v in _unwrap(model).state_dict().items()}
+    save_tensors(path, state, meta)
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "_orig_mod", model)  # torch.compile wraps the module
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a run directory's best (else last) checkpoint."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        for name in ("best.safetensors", "last.safetensors"):
+            if (p / name).exists():
+                return p / name
+        raise CheckpointError(f"{p} holds no checkpoint (expected best.safetensors or last.safetensors)")
+    if not p.exists():
+        raise CheckpointError(f"no such checkpoint or run directory: {p}")
+    return p
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A model rebuilt from a checkpoint, in eval mode, and the metadata it was saved with."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    path: Path
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta["classes"]
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.meta["in_chans"])
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return tuple(self.meta["img_size"])
+
+    @property
+    def normalization(self) -> tuple[list[float], list[float]]:
+        return self.meta["normalization"]["mean"], self.meta["normalization"]["std"]
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:
+    """load_state_dict(strict) with an error listing the first mismatched keys and shapes."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append("shape mismatch: " + "; ".join(shapes[:3]))
+        if missing:
+            parts.append("missing: " + ", ".join(missing[:3]))
+        if unexpected:
+            parts.append("unexpected: " + ", ".join(unexpected[:3]))
+        raise CheckpointError(f"weights in {source} do not fit the model ({' | '.join(parts)})")
+    model.load_state_dict(state)
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Rebuild the model a checkpoint (file or run directory) was trained as, with its weights."""
+    file = resolve_checkpoint(path)
+    meta = read_meta(file)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{file}: unsupported checkpoint format {meta.get('format')!r}")
+    try:
+        model = create(meta["model"], num_classes=len(meta["classes"]), in_chans=meta["in_chans"],
+                       img_size=tuple(meta["img_size"]), **meta.get("model_kwargs", {}))
+    except CnnkitError as e:
+        raise CheckpointError(f"{file}: cannot rebuild its model: {e}") from None
+    load_state_into(model, load_file(str(file)), file)
+    return LoadedCheckpoint(model.to(device).eval(), meta, file)

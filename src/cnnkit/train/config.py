@@ -1,0 +1,142 @@
+"""The resolved training configuration: defaults, then a named recipe for the dataset, then the user's options."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from cnnkit.data.transforms import AugmentConfig
+from cnnkit.errors import ConfigError, close_matches
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run. Written to `<run>/config.yaml`."""
+
+    model: str = "resnet9"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    data: str = "sample"
+    data_dir: str | None = None
+    download: bool = False
+    strict: bool = False  # imagefolder: stop at the first unreadable image instead of skipping it
+    img_size: int | None = None  # imagefolder: resize to this side (default: the images' common size, else 64)
+    recipe: str | None = "fast"
+    epochs: int = 10
+    batch_size: int = 256
+    optimizer: str = "sgd"  # 'sgd' (Nesterov momentum) or 'adamw'
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4  # applied to weights only, never to norms and biases
+    schedule: str = "onecycle"  # 'onecycle' or 'cosine'
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    ema: float = 0.0  # EMA decay of the weights; 0 turns EMA off
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    amp: str = "auto"  # 'auto', 'bf16', 'fp16' or 'off'
+    channels_last: bool = True
+    compile: bool = False
+    grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
+    early_stopping: int = 0  # stop after this many epochs without validation improvement; 0 turns it off
+    val_fraction: float = 0.1  # share of the training split held out (stratified, by seed) for validation
+    tta: bool = False  # flip test-time augmentation when validating
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    threads: int = 0  # CPU threads; 0 keeps torch's default
+    out: str | None = None  # run directory (default runs/<model>-<data>)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, dict):
+            self.augment = AugmentConfig(**self.augment)
+        checks = [
+            (self.optimizer in ("sgd", "adamw"), f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}"),
+            (self.schedule in ("onecycle", "cosine"), f"schedule must be 'onecycle' or 'cosine', got {self.schedule!r}"),
+            (self.amp in ("auto", "bf16", "fp16", "off"), f"amp must be auto, bf16, fp16 or off, got {self.amp!r}"),
+            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}"),
+            (self.lr > 0, f"learning rate must be positive, got {self.lr}"),
+            (0.0 <= self.ema < 1.0, f"EMA decay must be in [0, 1), got {self.ema}"),
+            (0.0 <= self.label_smoothing < 1.0, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (0.0 <= self.val_fraction < 1.0, f"validation fraction must be in [0, 1), got {self.val_fraction}"),
+            (self.warmup_epochs >= 0, "warm-up epochs must be non-negative"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown training option(s) {', '.join(unknown)}"
+                              f"{close_matches(unknown[0], known)}")
+        return cls(**copy.deepcopy(values))
+
+
+def dataset_family(data: str) -> str:
+    """Which recipe table a dataset uses."""
+    if data in ("sample", "fashion-mnist", "mnist"):
+        return "mnist-like"
+    if data == "cifar10":
+        return "cifar10"
+    return "imagefolder"
+
+
+# Defaults chosen on a validation split carved from the training set (never on the test set); see
+# benchmarks/time_to_accuracy.py for how they perform on full Fashion-MNIST on a 2-core CPU.
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "fast": {
+        "mnist-like": dict(model="resnet9", model_kwargs={"width": 16}, epochs=8, batch_size=256, lr=0.2,
+                           optimizer="sgd", weight_decay=5e-4, schedule="onecycle", warmup_epochs=1.5,
+                           label_smoothing=0.1, augment={"crop_padding": 2, "hflip": True}, tta=True),
+        "cifar10": dict(model="resnet9", model_kwargs={"width": 32}, epochs=12, batch_size=256, lr=0.2,
+                        schedule="onecycle", warmup_epochs=2, label_smoothing=0.1,
+                        augment={"crop_padding": 4, "hflip": True}, tta=True),
+        "imagefolder": dict(model="resnet9", model_kwargs={"width": 16}, epochs=15, batch_size=64, lr=0.05,
+                            schedule="onecycle", warmup_epochs=1, label_smoothing=0.1,
+                            augment={"crop_padding": 4, "hflip": True}),
+    },
+    "long": {
+        "mnist-like": dict(model="resnet9", model_kwargs={"width": 24}, epochs=30, batch_size=256, lr=0.2,
+                           optimizer="sgd", weight_decay=5e-4, schedule="onecycle", warmup_epochs=3,
+                           label_smoothing=0.1, ema=0.999,
+                           augment={"crop_padding": 2, "hflip": True, "erasing": 0.25}, tta=True),
+        "cifar10": dict(model="resnet9", model_kwargs={"width": 64}, epochs=40, batch_size=256, lr=0.2,
+                        schedule="onecycle", warmup_epochs=5, label_smoothing=0.1, ema=0.999,
+                        augment={"crop_padding": 4, "hflip": True, "policy": "trivialaugment", "erasing": 0.25},
+                        tta=True),
+        "imagefolder": dict(model="resnet9", model_kwargs={"width": 32}, epochs=60, batch_size=64, lr=0.05,
+                            schedule="cosine", warmup_epochs=3, label_smoothing=0.1, ema=0.999,
+                            augment={"crop_padding": 4, "hflip": True, "policy": "trivialaugment"}),
+    },
+}
+
+
+def resolve_config(overrides: dict[str, Any] | None = None, base: TrainConfig | None = None) -> TrainConfig:
+    """Defaults, then the recipe for the dataset, then the explicitly given options (None means 'not given')."""
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    values = (base or TrainConfig()).to_dict()
+    recipe = given.get("recipe", values.get("recipe"))
+    data = given.get("data", values["data"])
+    if recipe:
+        if recipe not in RECIPES:
+            raise ConfigError(f"unknown recipe {recipe!r}{close_matches(recipe, RECIPES)}; "
+                              f"choose one of {', '.join(RECIPES)}")
+        preset = copy.deepcopy(RECIPES[recipe][dataset_family(data)])
+        model = given.get("model", preset.get("model"))
+        if model != preset.get("model"):  # the recipe's model options only fit the recipe's model
+            preset.pop("model_kwargs", None)
+            values["model_kwargs"] = {}
+        values.update({k: v for k, v in preset.items() if k != "augment"})
+        values["augment"] = {**AugmentConfig().__dict__, **preset.get("augment", {})}
+    augment = given.pop("augment", None)
+    values.update(given)
+    if augment:
+        values["augment"] = {**values["augment"], **(augment if isinstance(augment, dict) else augment.__dict__)}
+    return TrainConfig.from_dict(values)
