@@ -19,18 +19,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Train, evaluate and ship convolutional image classifiers.")
 models_app = typer.Typer(no_args_is_help=True, help="List and inspect the registered models.")
 app.add_typer(models_app, name="models")
-out = Console()
+stdout = Console()
 err = Console(stderr=True)
 
 
 def summary(title: str, rows: dict[str, Any]) -> None:
     """The short table every verb ends with."""
     t = Table(title=title, show_header=False, title_justify="left")
-    t.add_column(style="bold")
-    t.add_column()
+    t.add_column(style="bold", no_wrap=True)
+    t.add_column(overflow="fold")
     for k, v in rows.items():
         t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    out.print(t)
+    stdout.print(t)
 
 
 def parse_kv(pairs: list[str] | None) -> dict[str, Any]:
@@ -129,7 +129,7 @@ def eval_cmd(
     for row in m["per_class"]:
         t.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
                   str(row["support"]))
-    out.print(t)
+    stdout.print(t)
     summary("eval", {"checkpoint": m["checkpoint"], "data": f"{data} ({split})", "images": m["images"],
                      "top-1": m["top1"], "top-5": m["top5"], "macro F1": m["macro_f1"], "ECE": m["ece"],
                      "json": r.json_path, "confusion matrix": r.confusion_png})
@@ -149,12 +149,12 @@ def predict(
 
     preds = predict_files(checkpoint, inputs, topk=topk, tta=tta, device=device, strict=strict)
     t = Table(title="predictions", title_justify="left")
-    t.add_column("image")
+    t.add_column("image", overflow="fold")
     for i in range(len(preds[0].top)):
         t.add_column(f"#{i + 1}")
     for p in preds:
         t.add_row(str(p.path), *(f"{c} {v:.1%}" for c, v in p.top))
-    out.print(t)
+    stdout.print(t)
     summary("predict", {"images": len(preds), "checkpoint": checkpoint})
 
 
@@ -196,12 +196,12 @@ def models_list(
         else:
             e = get_entry(n)
             t.add_row(n, e.family, e.paper)
-    out.print(t)
+    stdout.print(t)
     summary("models", {"listed": len(names)})
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-    err.print(f"[yellow]warning:[/] {message}", highlight=False)
+    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -153,11 +153,10 @@ def _load_mnist_like(name: str, root: Path, train: bool, download: bool) -> Imag
         raise DataError(f"{name}: missing {', '.join(w + '[.gz]' for w in wanted)} in {raw} "
                         f"(set --data-dir or CNNKIT_DATA, or pass --download where the network is reachable)")
     try:
-        ds = cls(str(tv_root), train=train, download=download)
-    except (RuntimeError, OSError) as e:
-        raise DataError(f"{name}: could not load or download into {raw}: {str(e).splitlines()[0]}") from None
-    except (ValueError, AssertionError) as e:
-        raise DataError(f"{name}: files in {raw} are not valid IDX files ({e})") from None
+        ds = cls(str(tv_root), train=train, download=download and tv_root == root)
+    except (RuntimeError, OSError, ValueError, AssertionError) as e:
+        what = "could not download into" if download and tv_root == root else "cannot read the IDX files in"
+        raise DataError(f"{name}: {what} {raw}: {str(e).splitlines()[0]}") from None
     images = ds.data.unsqueeze(1).contiguous()
     return ImageData(images, ds.targets.long(), list(ds.classes), name, "train" if train else "test")
 

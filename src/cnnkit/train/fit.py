@@ -6,6 +6,7 @@ import csv
 import math
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +79,9 @@ def _run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> Path:
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int,
                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-step schedule: one-cycle (warm-up = its rising phase) or linear warm-up then cosine decay."""
-    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total_steps - 1)
+    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total_steps // 2)
+    if total_steps < 4:  # too short to shape: constant learning rate
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=max(warmup, 1) / total_steps,
@@ -185,11 +188,17 @@ def fit(config: TrainConfig | dict[str, Any] | None = None, *, resume: str | Pat
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(str(run_dir / "last.safetensors")))
-        p = load_train_state(run_dir / last_meta["train_state"], optimizer, scheduler, ema)
+        replan = cfg.epochs != last_meta["config"]["epochs"]
+        p = load_train_state(run_dir / last_meta["train_state"], optimizer, None if replan else scheduler, ema)
         start_epoch, best_acc, stale, history = p["epoch"], p["best_acc"], p["stale"], p["history"]
         elapsed_before = p["elapsed_seconds"]
         if start_epoch >= cfg.epochs:
             raise ConfigError(f"{run_dir} already finished {start_epoch} epoch(s); pass a larger --epochs to go on")
+        if replan:  # a new --epochs re-plans the schedule over the new length, fast-forwarded to this point
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for _ in range(start_epoch * steps_per_epoch):
+                    scheduler.step()
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     from torch.utils.tensorboard import SummaryWriter

@@ -46,13 +46,14 @@ def save_train_state(path: Path, optimizer: torch.optim.Optimizer, scheduler: An
     save_tensors(path, tensors, meta)
 
 
-def load_train_state(path: Path, optimizer: torch.optim.Optimizer, scheduler: Any,
+def load_train_state(path: Path, optimizer: torch.optim.Optimizer, scheduler: Any | None,
                      ema: torch.nn.Module | None) -> dict[str, Any]:
-    """Restore optimizer, scheduler, EMA and RNG from `path`; return the saved progress record."""
+    """Restore optimizer, scheduler (unless None), EMA and RNG from `path`; return the saved progress record."""
     meta = read_meta(path)
     tensors = load_file(str(path))
     optimizer.load_state_dict(_join_optimizer(tensors, meta["optimizer"]))
-    scheduler.load_state_dict(meta["scheduler"])
+    if scheduler is not None:
+        scheduler.load_state_dict(meta["scheduler"])
     if ema is not None:
         ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema/")})
     torch.set_rng_state(tensors["rng/cpu"])

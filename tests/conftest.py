@@ -1,0 +1,59 @@
+"""Shared fixtures: an isolated cache, a short trained run on the bundled sample, image folders of real images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+# Small but real: ResNet-9 at width 8 trains a few epochs on the sample in seconds.
+TINY = dict(model="resnet9", model_kwargs={"width": 8}, data="sample", batch_size=128)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Extractions go to a per-session cache, never to the user's home or next to the source data."""
+    cache = tmp_path_factory.mktemp("cnnkit-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CNNKIT_CACHE", str(cache))
+    mp.delenv("CNNKIT_DATA", raising=False)
+    yield cache
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def sample_train():
+    from cnnkit.data import load_dataset
+
+    return load_dataset("sample", "train")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory):
+    """A 3-epoch run on the sample, shared by the evaluation, prediction and checkpoint tests."""
+    from cnnkit.train import fit
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    return fit(**TINY, epochs=3, out=str(out), progress=False)
+
+
+def write_imagefolder(root: Path, sample, classes=(0, 1, 7), per_class: int = 12, mixed: bool = True) -> Path:
+    """Class folders of real sample images as PNG/JPEG, in varied sizes and modes when `mixed`."""
+    for c in classes:
+        d = root / sample.classes[c].replace("/", "-")
+        d.mkdir(parents=True, exist_ok=True)
+        idx = np.nonzero(sample.labels.numpy() == c)[0][:per_class]
+        for j, i in enumerate(idx):
+            im = Image.fromarray(sample.images[i, 0].numpy(), "L")
+            if mixed and j % 3 == 1:
+                im.convert("RGB").resize((40, 40)).save(d / f"{j}.jpg")
+                continue
+            if mixed and j % 3 == 2:
+                im.resize((56, 48)).convert("RGBA").save(d / f"{j}.png")
+                continue
+            im.save(d / f"{j}.png")
+    return root

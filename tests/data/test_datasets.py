@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnkit.data import FASHION_MNIST_CLASSES, load_dataset, load_imagefolder, train_val_split
+from cnnkit.data.datasets import SAMPLE_ROOT
+from cnnkit.errors import DataError
+from tests.conftest import SHARED_DATA, write_imagefolder
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Test fixture writer for the IDX format (ubyte): magic, big-endian dims, bytes."""
+    header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def fake_mnist(root: Path, n: int = 20, label_max: int = 9) -> Path:
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix in ("train", "t10k"):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % (label_max + 1))
+    return root
+
+
+def test_sample_is_real_balanced_fashion_mnist_under_3mb(sample_train):
+    size = sum(f.stat().st_size for f in SAMPLE_ROOT.rglob("*.gz"))
+    assert size <= 3 * 1024 * 1024
+    assert sample_train.images.shape == (5000, 1, 28, 28) and sample_train.images.dtype == torch.uint8
+    assert sample_train.labels.bincount().tolist() == [500] * 10
+    assert sample_train.classes == FASHION_MNIST_CLASSES
+    test = load_dataset("sample", "test")
+    assert len(test) == 1000 and test.labels.bincount().tolist() == [100] * 10
+
+
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/datasets not present")
+def test_full_fashion_mnist_from_gz_extracts_into_cache_not_source(isolated_cache):
+    before = sorted(os.listdir(SHARED_DATA / "FashionMNIST" / "raw"))
+    test = load_dataset("fashion-mnist", "test", data_dir=SHARED_DATA)
+    assert test.images.shape == (10000, 1, 28, 28)
+    assert test.labels.bincount().tolist() == [1000] * 10
+    assert sorted(os.listdir(SHARED_DATA / "FashionMNIST" / "raw")) == before
+    assert list(isolated_cache.rglob("t10k-images-idx3-ubyte"))
+    # The bundled sample is a subset of the published training set, byte for byte.
+    full = load_dataset("fashion-mnist", "train", data_dir=SHARED_DATA)
+    sample = load_dataset("sample", "train")
+    first = full.images[full.labels == 0][:500]
+    assert torch.equal(first, sample.images[sample.labels == 0])
+
+
+def test_data_root_from_environment(tmp_path, monkeypatch):
+    fake_mnist(tmp_path)
+    monkeypatch.setenv("CNNKIT_DATA", str(tmp_path))
+    data = load_dataset("mnist", "train")
+    assert data.images.shape == (20, 1, 28, 28) and data.num_classes == 10
+
+
+def test_missing_dataset_names_expected_files(tmp_path):
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.*FashionMNIST/raw.*--download"):
+        load_dataset("fashion-mnist", data_dir=tmp_path)
+    with pytest.raises(DataError, match="cifar-10-batches-py"):
+        load_dataset("cifar10", data_dir=tmp_path)
+
+
+def test_unknown_dataset_suggests_close_match():
+    with pytest.raises(DataError, match="did you mean: fashion-mnist"):
+        load_dataset("fashion-mnst")
+
+
+def test_label_out_of_range_is_rejected(tmp_path):
+    fake_mnist(tmp_path, label_max=12)
+    with pytest.raises(DataError, match="label 12 is out of range for 10 classes"):
+        load_dataset("mnist", data_dir=tmp_path)
+
+
+def test_truncated_gz_is_a_clear_error(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (raw / f"{name}.gz").write_bytes(gzip.compress(np.random.default_rng(0).bytes(5000))[:3000])
+    with pytest.raises(DataError, match="cannot decompress .*train-images-idx3-ubyte.gz"):
+        load_dataset("fashion-mnist", data_dir=tmp_path)
+
+
+def test_invalid_idx_content_is_a_clear_error(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(b"\x00\x00\x08\x03" + b"\x00" * 100)
+    with pytest.raises(DataError, match="mnist: cannot read the IDX files in"):
+        load_dataset("mnist", data_dir=tmp_path)
+
+
+def test_split_is_stratified_disjoint_and_seeded(sample_train):
+    tr, va = train_val_split(sample_train.labels, 0.1, seed=3)
+    assert len(set(tr.tolist()) & set(va.tolist())) == 0 and len(tr) + len(va) == 5000
+    assert sample_train.labels[va].bincount().tolist() == [50] * 10
+    tr2, va2 = train_val_split(sample_train.labels, 0.1, seed=3)
+    assert torch.equal(va, va2)
+    assert not torch.equal(va, train_val_split(sample_train.labels, 0.1, seed=4)[1])
+
+
+def test_imagefolder_mixed_sizes_and_modes(tmp_path, sample_train):
+    write_imagefolder(tmp_path, sample_train)
+    data = load_imagefolder(tmp_path)
+    assert data.classes == ["Sneaker", "T-shirt-top", "Trouser"]
+    assert data.images.shape == (36, 3, 64, 64)  # RGB present, sizes differ: RGB at the default 64×64
+    gray = load_imagefolder(tmp_path, img_size=28, in_chans=1)
+    assert gray.images.shape == (36, 1, 28, 28)
+
+
+def test_imagefolder_same_size_gray_keeps_size_and_channels(tmp_path, sample_train):
+    write_imagefolder(tmp_path, sample_train, mixed=False)
+    data = load_imagefolder(tmp_path)
+    assert data.images.shape == (36, 1, 28, 28)
+
+
+def test_imagefolder_16bit_png_is_rescaled_not_clipped(tmp_path):
+    d = tmp_path / "a"
+    d.mkdir()
+    arr = (np.arange(28 * 28, dtype=np.uint16).reshape(28, 28) * 80)
+    Image.fromarray(arr).save(d / "x.png")
+    data = load_imagefolder(tmp_path)
+    assert data.images.max() > 200 and data.images.min() == 0
+
+
+def test_imagefolder_skips_corrupt_images_with_warning_or_stops_when_strict(tmp_path, sample_train):
+    write_imagefolder(tmp_path, sample_train, mixed=False)
+    bad = tmp_path / "Trouser" / "broken.png"
+    good = (tmp_path / "Trouser" / "0.png").read_bytes()
+    bad.write_bytes(good[: len(good) // 2])  # truncated PNG
+    (tmp_path / "Trouser" / "junk.jpg").write_bytes(b"not an image")
+    with pytest.warns(UserWarning, match="skipped 2 unreadable"):
+        data = load_imagefolder(tmp_path)
+    assert len(data) == 36 and len(data.skipped) == 2
+    with pytest.raises(DataError, match="broken.png"):
+        load_imagefolder(tmp_path, strict=True)
+
+
+def test_imagefolder_empty_class_and_no_images(tmp_path):
+    (tmp_path / "cats").mkdir()
+    with pytest.raises(DataError, match="has no PNG or JPEG images"):
+        load_imagefolder(tmp_path)
+    with pytest.raises(DataError, match="no class sub-folders"):
+        load_imagefolder(tmp_path / "cats")
+    with pytest.raises(DataError, match="is not a folder"):
+        load_dataset(f"imagefolder:{tmp_path / 'nope'}")
+
+
+def test_imagefolder_uses_train_and_test_subfolders(tmp_path, sample_train):
+    write_imagefolder(tmp_path / "train", sample_train, mixed=False)
+    write_imagefolder(tmp_path / "test", sample_train, per_class=4, mixed=False)
+    assert len(load_dataset(f"imagefolder:{tmp_path}", "train")) == 36
+    assert len(load_dataset(f"imagefolder:{tmp_path}", "test")) == 12

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from cnnkit.errors import CheckpointError, ConfigError, TrainingDiverged
+from cnnkit.train import fit, load_checkpoint
+from cnnkit.train.checkpoint import read_meta, save_checkpoint
+from tests.conftest import TINY
+
+
+def test_run_directory_contents(trained_run):
+    run = trained_run.run_dir
+    for name in ("config.yaml", "metrics.csv", "best.safetensors", "best.json", "last.safetensors", "last.json"):
+        assert (run / name).exists(), name
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert len(list(run.glob("state-e*.safetensors"))) == 1
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["model"] == "resnet9" and cfg["model_kwargs"] == {"width": 8} and cfg["epochs"] == 3
+    side = json.loads((run / "best.json").read_text())
+    for key in ("model", "model_kwargs", "classes", "in_chans", "img_size", "normalization", "dataset",
+                "cnnkit_version"):
+        assert key in side
+    assert side["dataset"]["fingerprint"] and side["img_size"] == [28, 28] and len(side["classes"]) == 10
+    assert side == read_meta(run / "best.safetensors")
+    lines = (run / "metrics.csv").read_text().strip().splitlines()
+    assert len(lines) == 4 and lines[0].startswith("epoch,train_loss")
+
+
+def test_training_learns(trained_run):
+    h = trained_run.history
+    assert h[-1]["train_loss"] < h[0]["train_loss"]
+    assert trained_run.best_val_acc > 0.6  # 10 classes: chance is 0.1
+
+
+def test_weight_decay_spares_norms_and_biases():
+    from timm.optim import create_optimizer_v2
+
+    from cnnkit.models import create
+
+    model = create("resnet9", 10, 1, width=4)
+    opt = create_optimizer_v2(model, opt="nesterov", lr=0.1, weight_decay=5e-4, filter_bias_and_bn=True)
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in decayed) == (p.ndim > 1), name
+
+
+def _weights(path):
+    return load_file(str(path))
+
+
+def test_resume_reproduces_uninterrupted_run_exactly(tmp_path):
+    opts = dict(TINY, epochs=4, deterministic=True, seed=7, ema=0.9, val_fraction=0.1,
+                augment={"crop_padding": 2, "hflip": True, "erasing": 0.3, "mixup": 0.2}, progress=False)
+    straight = fit(**opts, out=str(tmp_path / "straight"))
+
+    def stop_half_way(end):
+        if end.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(**opts, out=str(tmp_path / "resumed"), callbacks=[stop_half_way])
+    assert read_meta(tmp_path / "resumed" / "last.safetensors")["epoch"] == 2
+    resumed = fit(resume=tmp_path / "resumed", progress=False)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    for name in ("last.safetensors", "best.safetensors"):
+        a, b = _weights(straight.run_dir / name), _weights(resumed.run_dir / name)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert straight.history[-1]["val_acc"] == resumed.history[-1]["val_acc"]
+
+
+def test_deterministic_mode_repeats_exactly(tmp_path):
+    a = fit(**TINY, epochs=1, deterministic=True, out=str(tmp_path / "a"), progress=False)
+    b = fit(**TINY, epochs=1, deterministic=True, out=str(tmp_path / "b"), progress=False)
+    wa, wb = _weights(a.last_checkpoint), _weights(b.last_checkpoint)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    def poison(end):
+        with torch.no_grad():
+            for p in end.model.parameters():
+                p.fill_(float("nan"))
+
+    with pytest.raises(TrainingDiverged, match="loss became nan at epoch 2"):
+        fit(**TINY, epochs=3, out=str(tmp_path / "run"), callbacks=[poison], progress=False)
+    ckpt = load_checkpoint(tmp_path / "run" / "last.safetensors")
+    assert ckpt.meta["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt.model.state_dict().values())
+
+
+def test_existing_run_needs_resume_or_new_out(trained_run):
+    with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
+        fit(**TINY, epochs=1, out=str(trained_run.run_dir), progress=False)
+
+
+def test_resume_refuses_changed_options_and_finished_runs(trained_run):
+    with pytest.raises(ConfigError, match="cannot change: lr"):
+        fit(resume=trained_run.run_dir, lr=0.5, progress=False)
+    with pytest.raises(ConfigError, match="already finished 3 epoch"):
+        fit(resume=trained_run.run_dir, progress=False)
+    with pytest.raises(CheckpointError, match="cannot resume"):
+        fit(resume=trained_run.run_dir / "nope", progress=False)
+
+
+def test_interrupted_checkpoint_write_leaves_previous_file_intact(trained_run, tmp_path, monkeypatch):
+    import shutil
+
+    import cnnkit.train.checkpoint as ck
+
+    target = tmp_path / "best.safetensors"
+    shutil.copy(trained_run.best_checkpoint, target)
+    before = target.read_bytes()
+    ckpt = load_checkpoint(target)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # killed while writing
+
+    monkeypatch.setattr(ck, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(target, ckpt.model, ckpt.meta)
+    assert target.read_bytes() == before
+    assert not list(tmp_path.glob(".*.tmp"))
+    load_checkpoint(target)
