@@ -127,3 +127,33 @@ def test_interrupted_checkpoint_write_leaves_previous_file_intact(trained_run, t
     assert target.read_bytes() == before
     assert not list(tmp_path.glob(".*.tmp"))
     load_checkpoint(target)
+
+
+def test_early_stopping_stops_when_validation_stalls(tmp_path):
+    # A learning rate this small leaves the weights as they are: validation accuracy stops improving
+    # once batch-norm statistics settle, and patience 2 ends the run well before 12 epochs.
+    r = fit(**TINY, epochs=12, lr=1e-9, early_stopping=2, out=str(tmp_path / "r"), progress=False)
+    assert r.stopped_early and len(r.history) < 12
+
+
+def test_run_killed_mid_training_resumes_from_last_good_checkpoint(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "cnnkit", "train", "--model", "resnet9", "--model-kw", "width=8", "--data", "sample",
+           "--epochs", "4", "--batch-size", "128", "--out", str(run), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "last.safetensors").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # kill somewhere inside the second epoch or its checkpoint writes
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = read_meta(run / "last.safetensors")["epoch"]
+    assert 1 <= done < 4
+    load_checkpoint(run / "last.safetensors")
+    resumed = fit(resume=run, progress=False)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]

@@ -155,8 +155,10 @@ def _load_mnist_like(name: str, root: Path, train: bool, download: bool) -> Imag
     try:
         ds = cls(str(tv_root), train=train, download=download and tv_root == root)
     except (RuntimeError, OSError, ValueError, AssertionError) as e:
-        what = "could not download into" if download and tv_root == root else "cannot read the IDX files in"
-        raise DataError(f"{name}: {what} {raw}: {str(e).splitlines()[0]}") from None
+        if download and tv_root == root:
+            raise DataError(f"{name}: download failed ({' '.join(str(e).split())[:160]}); place "
+                            f"{', '.join(w + '[.gz]' for w in wanted)} in {raw} instead") from None
+        raise DataError(f"{name}: cannot read the IDX files in {raw}: {str(e).splitlines()[0]}") from None
     images = ds.data.unsqueeze(1).contiguous()
     return ImageData(images, ds.targets.long(), list(ds.classes), name, "train" if train else "test")
 
@@ -184,7 +186,10 @@ def _load_cifar10(root: Path, train: bool, download: bool) -> ImageData:
     try:
         ds = tvd.CIFAR10(str(tv_root), train=train, download=download)
     except (RuntimeError, OSError) as e:
-        raise DataError(f"cifar10: could not load or download into {root}: {str(e).splitlines()[0]}") from None
+        if download and tv_root == root:
+            raise DataError(f"cifar10: download failed ({' '.join(str(e).split())[:160]}); place "
+                            f"cifar-10-python.tar.gz or cifar-10-batches-py/ in {root} instead") from None
+        raise DataError(f"cifar10: cannot read {tv_root / 'cifar-10-batches-py'}: {str(e).splitlines()[0]}") from None
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
     return ImageData(images, torch.tensor(ds.targets, dtype=torch.long), list(ds.classes), "cifar10",
                      "train" if train else "test")

@@ -92,9 +92,11 @@ def dataset_family(data: str) -> str:
 # benchmarks/time_to_accuracy.py for how they perform on full Fashion-MNIST on a 2-core CPU.
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "fast": {
-        "mnist-like": dict(model="resnet9", model_kwargs={"width": 16}, epochs=8, batch_size=256, lr=0.2,
+        # Fashion-MNIST, 54k/6k split: 6 epochs gave 94.3% validation accuracy with flip only, 93.3% with a
+        # padded crop added (too strong for so short a schedule); 5 epochs fit 3 minutes on 2 cores.
+        "mnist-like": dict(model="resnet9", model_kwargs={"width": 16}, epochs=5, batch_size=256, lr=0.2,
                            optimizer="sgd", weight_decay=5e-4, schedule="onecycle", warmup_epochs=1.5,
-                           label_smoothing=0.1, augment={"crop_padding": 2, "hflip": True}, tta=True),
+                           label_smoothing=0.1, augment={"crop_padding": 0, "hflip": True}, tta=True),
         "cifar10": dict(model="resnet9", model_kwargs={"width": 32}, epochs=12, batch_size=256, lr=0.2,
                         schedule="onecycle", warmup_epochs=2, label_smoothing=0.1,
                         augment={"crop_padding": 4, "hflip": True}, tta=True),

@@ -1,0 +1,112 @@
+"""Trainer overhead: images/s of cnnkit.train.fit against a plain hand-written PyTorch loop, side by side.
+
+Same model (ResNet-9, width 16), batch size, threads and data (full Fashion-MNIST training set, one epoch,
+no augmentation, no validation). Runs are interleaved and the median is reported. Two plain loops:
+  * like-for-like: the same precision and memory format fit uses (bf16 autocast where the CPU has it,
+    channels-last), so the ratio measures what the trainer adds or removes;
+  * default: fp32, NCHW: what a plain loop gets without those settings.
+Also: model FLOPs utilization against an sgemm peak measured in the same run, and the input pipeline's
+time per batch against the training step it feeds (the fast and long recipes' augmentations).
+
+    python benchmarks/trainer_overhead.py [--data-dir ../shared/datasets] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import SHARED_DATA, gemm_peak_gflops, train_flops_per_image, write_result
+from cnnkit.data import AugmentConfig, BatchLoader, Normalize, channel_stats, load_dataset
+from cnnkit.models import create
+from cnnkit.runtime import autocast, autocast_dtype
+from cnnkit.train import RECIPES, fit
+
+MODEL, KW, BATCH, LR = "resnet9", {"width": 16}, 256, 0.2
+
+
+def plain_loop(data, amp: torch.dtype | None, channels_last: bool, seed: int = 0) -> float:
+    """One epoch of the loop a person writes by hand; returns images/s of the epoch."""
+    torch.manual_seed(seed)
+    model = create(MODEL, 10, 1, **KW)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt).train()
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    mean, std = channel_stats(data.images)
+    mean_t, std_t = torch.tensor(mean).view(1, -1, 1, 1) * 255, torch.tensor(std).view(1, -1, 1, 1) * 255
+    images, labels = data.images, data.labels
+    n = len(labels) // BATCH * BATCH
+    order = torch.randperm(len(labels))
+    t = time.perf_counter()
+    for i in range(0, n, BATCH):
+        idx = order[i:i + BATCH]
+        x = ((images[idx].float() - mean_t) / std_t).contiguous(memory_format=fmt)
+        with autocast(torch.device("cpu"), amp):
+            out = model(x)
+        loss = F.cross_entropy(out.float(), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return n / (time.perf_counter() - t)
+
+
+def fit_epoch(data_dir: str) -> float:
+    r = fit(model=MODEL, model_kwargs=KW, data="fashion-mnist", data_dir=data_dir, epochs=1, batch_size=BATCH,
+            lr=LR, val_fraction=0.0, augment={"crop_padding": 0, "hflip": False}, label_smoothing=0.0,
+            tta=False, out="/tmp/cnnkit-bench-overhead", overwrite=True, progress=False)
+    return r.history[0]["images_per_s"]
+
+
+def input_pipeline(data, augment: AugmentConfig, step_seconds: float) -> dict[str, float]:
+    mean, std = channel_stats(data.images)
+    loader = BatchLoader(data, BATCH, Normalize(mean, std, channels_last=True), shuffle=True, augment=augment,
+                         drop_last=True)
+    t = time.perf_counter()
+    batches = sum(1 for _ in loader)
+    per_batch = (time.perf_counter() - t) / batches
+    return {"prep_ms_per_batch": per_batch * 1e3, "step_ms_per_batch": step_seconds * 1e3,
+            "step_over_prep": step_seconds / per_batch}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data-dir", default=str(SHARED_DATA))
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    data = load_dataset("fashion-mnist", "train", data_dir=args.data_dir)
+    amp = autocast_dtype("auto", torch.device("cpu"))
+    runs: dict[str, list[float]] = {"fit": [], "plain_like_for_like": [], "plain_fp32_nchw": []}
+    for r in range(args.repeats):
+        runs["plain_like_for_like"].append(plain_loop(data, amp, True, seed=r))
+        runs["fit"].append(fit_epoch(args.data_dir))
+        runs["plain_fp32_nchw"].append(plain_loop(data, None, False, seed=r))
+        print({k: round(v[-1]) for k, v in runs.items()}, flush=True)
+    med = {k: statistics.median(v) for k, v in runs.items()}
+
+    flops = train_flops_per_image(create(MODEL, 10, 1, **KW), (1, 28, 28))
+    sgemm = gemm_peak_gflops(torch.float32)
+    bf16_gemm = gemm_peak_gflops(torch.bfloat16)
+    step_seconds = BATCH / med["fit"]
+    pipeline = {name: input_pipeline(data, AugmentConfig(**RECIPES[name]["mnist-like"].get("augment", {})),
+                                     step_seconds) for name in ("fast", "long")}
+    result = {
+        "model": f"{MODEL} {KW}", "batch_size": BATCH, "images": len(data), "precision": str(amp),
+        "images_per_s_median": med, "images_per_s_runs": runs,
+        "ratio_fit_over_plain_like_for_like": med["fit"] / med["plain_like_for_like"],
+        "ratio_fit_over_plain_fp32_nchw": med["fit"] / med["plain_fp32_nchw"],
+        "train_gflop_per_image": flops / 1e9,
+        "sgemm_peak_gflops": sgemm, "bf16_gemm_peak_gflops": bf16_gemm,
+        "mfu_vs_sgemm": {k: v * flops / 1e9 / sgemm for k, v in med.items()},
+        "mfu_vs_bf16_gemm": {k: v * flops / 1e9 / bf16_gemm for k, v in med.items()},
+        "input_pipeline": pipeline,
+    }
+    print(write_result("trainer_overhead", result))
+    print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items() if k != "images_per_s_runs"})
+
+
+if __name__ == "__main__":
+    main()
