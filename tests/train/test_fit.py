@@ -49,6 +49,16 @@ def test_weight_decay_spares_norms_and_biases():
         assert (id(p) in decayed) == (p.ndim > 1), name
 
 
+def stop_after(epoch: int):
+    """A callback that interrupts the run after `epoch`, as Ctrl-C would."""
+
+    def callback(end):
+        if end.epoch == epoch:
+            raise KeyboardInterrupt
+
+    return callback
+
+
 def _weights(path):
     return load_file(str(path))
 
@@ -58,12 +68,8 @@ def test_resume_reproduces_uninterrupted_run_exactly(tmp_path):
                 augment={"crop_padding": 2, "hflip": True, "erasing": 0.3, "mixup": 0.2}, progress=False)
     straight = fit(**opts, out=str(tmp_path / "straight"))
 
-    def stop_half_way(end):
-        if end.epoch == 2:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        fit(**opts, out=str(tmp_path / "resumed"), callbacks=[stop_half_way])
+        fit(**opts, out=str(tmp_path / "resumed"), callbacks=[stop_after(2)])
     assert read_meta(tmp_path / "resumed" / "last.safetensors")["epoch"] == 2
     resumed = fit(resume=tmp_path / "resumed", progress=False)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
@@ -157,3 +163,27 @@ def test_run_killed_mid_training_resumes_from_last_good_checkpoint(tmp_path):
     load_checkpoint(run / "last.safetensors")
     resumed = fit(resume=run, progress=False)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+
+
+def test_resume_follows_a_moved_run_directory(tmp_path):
+    import shutil
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(**TINY, epochs=2, out=str(tmp_path / "a"), progress=False, callbacks=[stop_after(1)])
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    r = fit(resume=tmp_path / "b", progress=False)
+    assert r.run_dir == tmp_path / "b" and len(r.history) == 2 and not (tmp_path / "a").exists()
+
+
+def test_resume_refuses_changed_training_data(tmp_path, sample_train):
+    from PIL import Image
+
+    from tests.conftest import write_imagefolder
+
+    write_imagefolder(tmp_path / "imgs", sample_train, per_class=10, mixed=False)
+    opts = dict(model="resnet9", model_kwargs={"width": 4}, data=f"imagefolder:{tmp_path / 'imgs'}", epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(**opts, out=str(tmp_path / "run"), progress=False, callbacks=[stop_after(1)])
+    Image.fromarray(sample_train.images[0, 0].numpy()).save(tmp_path / "imgs" / "Trouser" / "new.png")
+    with pytest.raises(ConfigError, match="training data changed"):
+        fit(resume=tmp_path / "run", progress=False)

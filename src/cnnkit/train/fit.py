@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import yaml
+from safetensors.torch import load_file
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 
@@ -23,7 +24,7 @@ from cnnkit.data import BatchLoader, ImageData, Normalize, channel_stats, load_d
 from cnnkit.errors import CheckpointError, ConfigError, TrainingDiverged
 from cnnkit.models import create
 from cnnkit.runtime import autocast, autocast_dtype, pick_device, seed_everything, set_threads
-from cnnkit.train.checkpoint import read_meta, save_checkpoint
+from cnnkit.train.checkpoint import atomic_write_text, read_meta, save_checkpoint
 from cnnkit.train.config import TrainConfig, resolve_config
 from cnnkit.train.progress import TrainProgress
 from cnnkit.train.state import load_train_state, save_train_state
@@ -110,13 +111,13 @@ def evaluate_loader(model: nn.Module, loader: BatchLoader, device: torch.device,
     return torch.cat(probs).cpu(), torch.cat(labels).cpu()
 
 
-def _checkpoint_meta(cfg: TrainConfig, data: ImageData, mean: Sequence[float], std: Sequence[float],
-                     epoch: int, metrics: dict[str, float], ema: bool) -> dict[str, Any]:
+def _checkpoint_meta(cfg: TrainConfig, data: ImageData, fingerprint: str, mean: Sequence[float],
+                     std: Sequence[float], epoch: int, metrics: dict[str, float], ema: bool) -> dict[str, Any]:
     return {
         "model": cfg.model, "model_kwargs": cfg.model_kwargs, "classes": data.classes,
         "in_chans": data.in_chans, "img_size": list(data.img_size),
         "normalization": {"mean": list(mean), "std": list(std)},
-        "dataset": {"name": cfg.data, "fingerprint": data.fingerprint(), "train_images": len(data)},
+        "dataset": {"name": cfg.data, "fingerprint": fingerprint, "train_images": len(data)},
         "epoch": epoch, "metrics": metrics, "ema_weights": ema, "config": cfg.to_dict(),
     }
 
@@ -140,7 +141,8 @@ def fit(config: TrainConfig | dict[str, Any] | None = None, *, resume: str | Pat
                          and saved["config"].get(k) != v)
         if changed:
             raise ConfigError(f"--resume continues the saved configuration; cannot change: {', '.join(changed)}")
-        cfg = TrainConfig.from_dict({**saved["config"], **{k: v for k, v in options.items() if v is not None}})
+        cfg = TrainConfig.from_dict({**saved["config"], **{k: v for k, v in options.items() if v is not None},
+                                     "out": str(resume)})  # the run may have been moved since
     elif isinstance(config, TrainConfig):
         cfg = resolve_config(options, base=config) if options else config
     else:
@@ -161,6 +163,7 @@ def fit(config: TrainConfig | dict[str, Any] | None = None, *, resume: str | Pat
     if len(train_set) == 0:
         raise ConfigError(f"{cfg.data}: no training images left after holding out the validation split")
     mean, std = channel_stats(train_set.images)
+    fingerprint = full.fingerprint()
 
     model = create(cfg.model, num_classes=full.num_classes, in_chans=full.in_chans, img_size=full.img_size,
                    **cfg.model_kwargs)
@@ -185,8 +188,9 @@ def fit(config: TrainConfig | dict[str, Any] | None = None, *, resume: str | Pat
     start_epoch, best_acc, stale, elapsed_before = 0, -1.0, 0, 0.0
     if resume is not None:
         last_meta = read_meta(run_dir / "last.safetensors")
-        from safetensors.torch import load_file
-
+        if last_meta["dataset"]["fingerprint"] != fingerprint:
+            raise ConfigError(f"cannot resume {run_dir}: the training data changed since the run started "
+                              f"(fingerprint {fingerprint}, saved {last_meta['dataset']['fingerprint']})")
         model.load_state_dict(load_file(str(run_dir / "last.safetensors")))
         replan = cfg.epochs != last_meta["config"]["epochs"]
         p = load_train_state(run_dir / last_meta["train_state"], optimizer, None if replan else scheduler, ema)
@@ -199,7 +203,7 @@ def fit(config: TrainConfig | dict[str, Any] | None = None, *, resume: str | Pat
                 warnings.simplefilter("ignore")
                 for _ in range(start_epoch * steps_per_epoch):
                     scheduler.step()
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     from torch.utils.tensorboard import SummaryWriter
 
@@ -282,7 +286,7 @@ def fit(config: TrainConfig | dict[str, Any] | None = None, *, resume: str | Pat
                     best_acc, stale = score, 0
                 else:
                     stale += 1
-                meta = _checkpoint_meta(cfg, full, mean, std, epoch + 1, metrics, ema is not None)
+                meta = _checkpoint_meta(cfg, full, fingerprint, mean, std, epoch + 1, metrics, ema is not None)
                 if improved:
                     save_checkpoint(run_dir / "best.safetensors", eval_model, meta)
                 state_name = f"state-e{epoch + 1:04d}.safetensors"
