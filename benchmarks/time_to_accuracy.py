@@ -74,8 +74,9 @@ def plot(curve, targets, recipe: str, path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     ax.plot([c["minutes"] for c in curve], [100 * c["test_acc"] for c in curve], "o-", label=f"--recipe {recipe}")
-    for t in targets:
-        ax.plot([t["within_minutes"]], [100 * t["accuracy"]], "r*", markersize=12)
+    for i, t in enumerate(targets):
+        ax.plot([t["within_minutes"]], [100 * t["accuracy"]], "r*", markersize=12,
+                label="target (accuracy by minute)" if i == 0 else None)
         ax.axhline(100 * t["accuracy"], color="r", alpha=0.25, linestyle="--")
     ax.set(xlabel="wall-clock minutes (2 CPU cores, incl. data loading and evaluation)",
            ylabel="Fashion-MNIST test accuracy (%)", title=f"Time to accuracy, --recipe {recipe}",

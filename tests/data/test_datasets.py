@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from cnnkit.data import FASHION_MNIST_CLASSES, load_dataset, load_imagefolder, train_val_split
+from cnnkit.data.datasets import MNIST_FILES
 from cnnkit.data.datasets import SAMPLE_ROOT
 from cnnkit.errors import DataError
 from tests.conftest import SHARED_DATA, write_imagefolder
@@ -85,8 +86,7 @@ def test_label_out_of_range_is_rejected(tmp_path):
 def test_truncated_gz_is_a_clear_error(tmp_path):
     raw = tmp_path / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):
+    for name in MNIST_FILES:
         (raw / f"{name}.gz").write_bytes(gzip.compress(np.random.default_rng(0).bytes(5000))[:3000])
     with pytest.raises(DataError, match="cannot decompress .*train-images-idx3-ubyte.gz"):
         load_dataset("fashion-mnist", data_dir=tmp_path)
@@ -95,8 +95,7 @@ def test_truncated_gz_is_a_clear_error(tmp_path):
 def test_invalid_idx_content_is_a_clear_error(tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):
+    for name in MNIST_FILES:
         (raw / name).write_bytes(b"\x00\x00\x08\x03" + b"\x00" * 100)
     with pytest.raises(DataError, match="mnist: cannot read the IDX files in"):
         load_dataset("mnist", data_dir=tmp_path)

@@ -135,14 +135,14 @@ _MNIST_LIKE = {
 
 
 # torchvision's MNIST classes check that both splits' files exist before reading either.
-_MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                 "t10k-labels-idx1-ubyte"]
 
 
 def _load_mnist_like(name: str, root: Path, train: bool, download: bool) -> ImageData:
     cls, folder = _MNIST_LIKE[name]
     raw = root / folder / "raw"
-    wanted = _MNIST_FILES
+    wanted = MNIST_FILES
     if all((raw / w).exists() for w in wanted):
         tv_root = root
     elif all((raw / f"{w}.gz").exists() for w in wanted):

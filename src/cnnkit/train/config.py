@@ -105,10 +105,12 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                             augment={"crop_padding": 4, "hflip": True}),
     },
     "long": {
-        "mnist-like": dict(model="resnet9", model_kwargs={"width": 24}, epochs=30, batch_size=256, lr=0.2,
-                           optimizer="sgd", weight_decay=5e-4, schedule="onecycle", warmup_epochs=3,
-                           label_smoothing=0.1, ema=0.999,
-                           augment={"crop_padding": 2, "hflip": True, "erasing": 0.25}, tta=True),
+        # Fashion-MNIST, 54k/6k split: width 16 without crop plateaued at 94.5% validation accuracy by epoch 10
+        # (of 14); width 24 with a 2-pixel padded crop was at 94.4% after a 10-epoch schedule and still rising.
+        # 25 epochs at width 24 fill 30 minutes on 2 cores, test evaluation after every epoch included.
+        "mnist-like": dict(model="resnet9", model_kwargs={"width": 24}, epochs=25, batch_size=256, lr=0.2,
+                           optimizer="sgd", weight_decay=5e-4, schedule="onecycle", warmup_epochs=2,
+                           label_smoothing=0.1, ema=0.999, augment={"crop_padding": 2, "hflip": True}, tta=True),
         "cifar10": dict(model="resnet9", model_kwargs={"width": 64}, epochs=40, batch_size=256, lr=0.2,
                         schedule="onecycle", warmup_epochs=5, label_smoothing=0.1, ema=0.999,
                         augment={"crop_padding": 4, "hflip": True, "policy": "trivialaugment", "erasing": 0.25},
