@@ -1,7 +1,7 @@
 """Trainer overhead: images/s of cnnkit.train.fit against a plain hand-written PyTorch loop, side by side.
 
 Same model (ResNet-9, width 16), batch size, threads and data (full Fashion-MNIST training set, one epoch,
-no augmentation, no validation). Runs are interleaved and the median is reported. Two plain loops:
+no augmentation, no validation). Runs are interleaved, in alternating order, and the median is reported. Two plain loops:
   * like-for-like: the same precision and memory format fit uses (bf16 autocast where the CPU has it,
     channels-last), so the ratio measures what the trainer adds or removes;
   * default: fp32, NCHW: what a plain loop gets without those settings.
@@ -75,15 +75,18 @@ def input_pipeline(data, augment: AugmentConfig, step_seconds: float) -> dict[st
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-dir", default=str(SHARED_DATA))
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     data = load_dataset("fashion-mnist", "train", data_dir=args.data_dir)
     amp = autocast_dtype("auto", torch.device("cpu"))
     runs: dict[str, list[float]] = {"fit": [], "plain_like_for_like": [], "plain_fp32_nchw": []}
+    measure = {"fit": lambda r: fit_epoch(args.data_dir),
+               "plain_like_for_like": lambda r: plain_loop(data, amp, True, seed=r),
+               "plain_fp32_nchw": lambda r: plain_loop(data, None, False, seed=r)}
     for r in range(args.repeats):
-        runs["plain_like_for_like"].append(plain_loop(data, amp, True, seed=r))
-        runs["fit"].append(fit_epoch(args.data_dir))
-        runs["plain_fp32_nchw"].append(plain_loop(data, None, False, seed=r))
+        order = list(measure) if r % 2 == 0 else list(reversed(measure))  # alternate to cancel drift
+        for name in order:
+            runs[name].append(measure[name](r))
         print({k: round(v[-1]) for k, v in runs.items()}, flush=True)
     med = {k: statistics.median(v) for k, v in runs.items()}
 

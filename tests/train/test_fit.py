@@ -19,6 +19,9 @@ def test_run_directory_contents(trained_run):
         assert (run / name).exists(), name
     assert list((run / "tb").glob("events.out.tfevents.*"))
     assert len(list(run.glob("state-e*.safetensors"))) == 1
+    from cnnkit.train.checkpoint import FILE_MODE
+
+    assert (run / "best.safetensors").stat().st_mode & 0o777 == FILE_MODE  # not mkstemp's private 0600
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["model"] == "resnet9" and cfg["model_kwargs"] == {"width": 8} and cfg["epochs"] == 3
     side = json.loads((run / "best.json").read_text())
@@ -125,9 +128,9 @@ def test_interrupted_checkpoint_write_leaves_previous_file_intact(trained_run, t
     ckpt = load_checkpoint(target)
 
     def crash(*args, **kwargs):
-        raise KeyboardInterrupt  # killed while writing
+        raise KeyboardInterrupt  # killed after the bytes are written, before the rename
 
-    monkeypatch.setattr(ck, "save_file", crash)
+    monkeypatch.setattr(ck.os, "fsync", crash)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(target, ckpt.model, ckpt.meta)
     assert target.read_bytes() == before

@@ -12,13 +12,19 @@ from typing import Any
 import torch
 import torch.nn as nn
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from cnnkit import __version__
 from cnnkit.errors import CheckpointError, CnnkitError
 from cnnkit.models import create
 
 FORMAT = "cnnkit-checkpoint/1"
+
+
+# mkstemp creates files readable by their owner only; give written files the mode open() would.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -30,6 +36,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -42,18 +49,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """safetensors file with `meta` as JSON in its header, written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-        save_file(clean, tmp, metadata={"cnnkit": json.dumps(meta)})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    atomic_write_bytes(path, save(clean, metadata={"cnnkit": json.dumps(meta)}))
 
 
 def read_meta(path: Path) -> dict[str, Any]:
