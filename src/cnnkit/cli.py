@@ -101,7 +101,7 @@ def train(
     summary("train", {"run": result.run_dir, "model": result.config.model, "data": result.config.data,
                       "epochs": int(last["epoch"]), "train acc": last["train_acc"],
                       "best val acc": result.best_val_acc if result.best_val_acc is not None else "n/a (no val split)",
-                      "stopped early": result.stopped_early, "seconds": round(result.seconds, 1),
+                      "stopped early": result.stopped_early, "seconds": f"{result.seconds:.1f}",
                       "best checkpoint": result.best_checkpoint})
 
 
@@ -174,7 +174,7 @@ def demo(
     ev = evaluate(result.best_checkpoint, "sample", "test", out_dir=result.run_dir)
     report = write_run_report(result, ev)
     summary("demo", {"model": result.config.model, "train/val images": f"{result.train_images}/{result.val_images}",
-                     "test top-1": ev.metrics["top1"], "seconds": round(result.seconds, 1), "report": report})
+                     "test top-1": ev.metrics["top1"], "seconds": f"{result.seconds:.1f}", "report": report})
     print(report.resolve())
 
 
