@@ -110,3 +110,15 @@ def test_real_process_exit_code_and_debug_traceback(tmp_path):
     assert plain.returncode == 2 and "Traceback" not in plain.stderr and "unknown model 'nope'" in plain.stderr
     debug = subprocess.run(env_cmd + ["--debug"], capture_output=True, text=True)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+@pytest.mark.parametrize("args,message", [(["bogus"], "No such command 'bogus'"),
+                                          (["train", "--epochs", "0"], "Invalid value for '--epochs'")])
+def test_usage_errors_exit_2_without_traceback(capsys, args, message):
+    code, out, err = run(capsys, *args)
+    assert code == 2 and message in err + out and "Traceback" not in err + out
+
+
+def test_help_exits_zero(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "train" in out and "predict" in out

@@ -8,7 +8,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -219,15 +218,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
         return e.exit_code
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:  # --help and friends
         return e.exit_code
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         err.print("interrupted; the last completed epoch's checkpoint is kept (continue with --resume RUN_DIR)")
         return 130
     except Exception as e:  # anything else is a bug: one line, the traceback only with --debug
+        if hasattr(e, "show") and hasattr(e, "exit_code"):  # a usage error from the argument parser
+            e.show()
+            return e.exit_code
         if debug:
             raise
         err.print(f"[red]error:[/] internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
