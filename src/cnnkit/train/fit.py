@@ -8,7 +8,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,6 @@ class FitResult:
     seconds: float = 0.0
     train_images: int = 0
     val_images: int = 0
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
