@@ -19,7 +19,7 @@ import time
 import torch
 
 from benchmarks.common import RESULTS, SHARED_DATA, write_result
-from cnnkit.data import BatchLoader, Normalize, load_dataset
+from cnnkit.data import BatchLoader, load_dataset
 from cnnkit.runtime import autocast_dtype
 from cnnkit.train import evaluate_loader, fit
 

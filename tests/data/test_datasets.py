@@ -83,20 +83,22 @@ def test_label_out_of_range_is_rejected(tmp_path):
         load_dataset("mnist", data_dir=tmp_path)
 
 
-def test_truncated_gz_is_a_clear_error(tmp_path):
-    raw = tmp_path / "FashionMNIST" / "raw"
+def write_raw_files(raw: Path, suffix: str, content: bytes) -> None:
+    """The four MNIST-layout files with the same (broken) content."""
     raw.mkdir(parents=True)
     for name in MNIST_FILES:
-        (raw / f"{name}.gz").write_bytes(gzip.compress(np.random.default_rng(0).bytes(5000))[:3000])
+        (raw / f"{name}{suffix}").write_bytes(content)
+
+
+def test_truncated_gz_is_a_clear_error(tmp_path):
+    truncated = gzip.compress(np.random.default_rng(0).bytes(5000))[:3000]
+    write_raw_files(tmp_path / "FashionMNIST" / "raw", ".gz", truncated)
     with pytest.raises(DataError, match="cannot decompress .*train-images-idx3-ubyte.gz"):
         load_dataset("fashion-mnist", data_dir=tmp_path)
 
 
 def test_invalid_idx_content_is_a_clear_error(tmp_path):
-    raw = tmp_path / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for name in MNIST_FILES:
-        (raw / name).write_bytes(b"\x00\x00\x08\x03" + b"\x00" * 100)
+    write_raw_files(tmp_path / "MNIST" / "raw", "", b"\x00\x00\x08\x03" + b"\x00" * 100)
     with pytest.raises(DataError, match="mnist: cannot read the IDX files in"):
         load_dataset("mnist", data_dir=tmp_path)
 
