@@ -1,6 +1,13 @@
 """Model registry and families: `create(name, num_classes, in_chans, **options)`, `list_models()`."""
 
-from cnnkit.models import resnet_small, tinyvgg  # noqa: F401  (register the families)
+from cnnkit.models import (  # noqa: F401  (register the families)
+    imagenet,
+    inception_small,
+    modern_small,
+    resnet_small,
+    tinyvgg,
+    vgg_small,
+)
 from cnnkit.models.base import Classifier
 from cnnkit.models.registry import TIMM_PREFIX, ModelEntry, create, get_entry, list_models, register_model
 

@@ -23,21 +23,37 @@ class ModelEntry:
     family: str
     min_size: int  # smallest input side the network's down-sampling allows
     paper: str
+    shared: tuple[str, ...] = ()  # shared options (layers.COMMON_OPTIONS) the builder takes through **options
+    default_input: str = "1x28x28"  # C×H×W a model card uses when none is given
+    imagenet: bool = False  # an ImageNet-size original (built by timm) rather than a small-input family
 
     def options(self) -> list[str]:
         """Keyword options the builder accepts beyond num_classes, in_chans and img_size."""
         params = inspect.signature(self.builder).parameters
-        return [p for p in params if p not in ("num_classes", "in_chans", "img_size")]
+        own = [p for p, v in params.items() if p not in ("num_classes", "in_chans", "img_size")
+               and v.kind is not inspect.Parameter.VAR_KEYWORD]
+        return own + [o for o in self.shared if o not in own]
+
+    def defaults(self) -> dict[str, object]:
+        """Default values of the builder's own options."""
+        params = inspect.signature(self.builder).parameters
+        return {p: v.default for p, v in params.items() if v.default is not inspect.Parameter.empty
+                and p not in ("num_classes", "in_chans", "img_size")}
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(family: str, min_size: int, paper: str = "") -> Callable:
-    """Decorator: register a builder `fn(num_classes, in_chans, img_size, **options)` under its name."""
+def register_model(family: str, min_size: int, paper: str = "", shared: tuple[str, ...] = (),
+                   default_input: str = "1x28x28", imagenet: bool = False) -> Callable:
+    """Decorator: register a builder `fn(num_classes, in_chans, img_size, **options)` under its name.
+
+    `shared` names the shared options (attention, stochastic depth, DropBlock, head, ...) the builder accepts.
+    """
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _REGISTRY[fn.__name__] = ModelEntry(fn.__name__, fn, family, min_size, paper)
+        _REGISTRY[fn.__name__] = ModelEntry(fn.__name__, fn, family, min_size, paper, tuple(shared),
+                                            default_input, imagenet)
         return fn
 
     return wrap

@@ -21,14 +21,13 @@ class TinyVGG(Classifier):
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, img_size: tuple[int, int] = (64, 64),
                  hidden: int = 10):
-        super().__init__(hidden * _side_after(img_size[0]) * _side_after(img_size[1]), num_classes)
+        super().__init__(hidden * _side_after(img_size[0]) * _side_after(img_size[1]), num_classes, pool="flatten")
 
         def block(cin: int) -> nn.Sequential:
             return nn.Sequential(nn.Conv2d(cin, hidden, 3), nn.ReLU(inplace=True),
                                  nn.Conv2d(hidden, hidden, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2))
 
         self.features = nn.Sequential(block(in_chans), block(hidden))
-        self.global_pool = nn.Identity()  # TinyVGG flattens the whole map rather than pooling it
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
