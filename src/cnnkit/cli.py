@@ -56,6 +56,8 @@ def train(
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory where it stopped."),
     overwrite: bool = typer.Option(False, help="Replace an existing run in --out."),
     model_kw: Optional[list[str]] = typer.Option(None, "--model-kw", help="Model option key=value (repeatable)."),
+    init_from: Optional[Path] = typer.Option(
+        None, help="Start from these weights: a timm/torchvision .pth/.safetensors file or a cnnkit run."),
     batch_size: Optional[int] = typer.Option(None, min=1),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
     optimizer: Optional[str] = typer.Option(None, help="sgd (Nesterov) or adamw."),
@@ -72,6 +74,7 @@ def train(
     grad_clip: Optional[float] = typer.Option(None, help="Max gradient norm (0 = off)."),
     early_stopping: Optional[int] = typer.Option(None, help="Patience in epochs (0 = off)."),
     val_fraction: Optional[float] = typer.Option(None, help="Share of train held out for validation."),
+    train_images: Optional[int] = typer.Option(None, help="Train on a stratified subset of this many images."),
     tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Flip test-time augmentation in validation."),
     seed: Optional[int] = typer.Option(None),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic"),
@@ -87,10 +90,12 @@ def train(
 
     options = dict(model=model, data=data, data_dir=str(data_dir) if data_dir else None, epochs=epochs,
                    recipe=recipe, out=str(out) if out else None, model_kwargs=parse_kv(model_kw) or None,
-                   batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay, schedule=schedule,
+                   init_from=str(init_from) if init_from else None, batch_size=batch_size, lr=lr,
+                   optimizer=optimizer, weight_decay=weight_decay, schedule=schedule,
                    warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, ema=ema,
                    augment=parse_kv(augment) or None, amp=amp, channels_last=channels_last, compile=compile,
-                   grad_clip=grad_clip, early_stopping=early_stopping, val_fraction=val_fraction, tta=tta,
+                   grad_clip=grad_clip, early_stopping=early_stopping, val_fraction=val_fraction,
+                   train_images=train_images, tta=tta,
                    seed=seed, deterministic=deterministic, device=device, threads=threads, download=download,
                    strict=strict, img_size=img_size)
     if resume is not None:
@@ -197,6 +202,48 @@ def models_list(
             t.add_row(n, e.family, e.paper)
     stdout.print(t)
     summary("models", {"listed": len(names)})
+
+
+@models_app.command("info")
+def models_info(
+    name: str = typer.Argument(..., help="Model name (see `cnnkit models list`)."),
+    input: Optional[str] = typer.Option(None, "--input", help="Input C×H×W, e.g. 1x28x28 (default: the model's)."),
+    classes: int = typer.Option(10, min=1, help="Number of classes of the head."),
+    model_kw: Optional[list[str]] = typer.Option(None, "--model-kw", help="Model option key=value (repeatable)."),
+    timing: bool = typer.Option(True, "--timing/--no-timing", help="Measure CPU latency and throughput."),
+    json_out: bool = typer.Option(False, "--json", help="Print the card as JSON."),
+) -> None:
+    """A model card: parameters, MACs, activation memory, per-stage shapes, options and measured CPU speed."""
+    import json
+
+    from cnnkit.models.card import model_card
+
+    card = model_card(name, input, classes, timing, **parse_kv(model_kw))
+    if json_out:
+        stdout.print_json(json.dumps(card.to_dict()))
+        return
+    c, h, w = card.input
+    rows = {"model": card.name, "family": card.family, "paper": card.paper or "-", "input": f"{c}×{h}×{w}",
+            "classes": card.num_classes, "parameters": f"{card.params:,} ({card.params / 1e6:.2f} M)",
+            "MACs": f"{card.macs:,} ({card.macs / 1e6:.1f} M)",
+            "activation memory": f"{card.activation_bytes / 2**20:.2f} MiB (sum of layer outputs, batch 1, fp32)"}
+    if card.latency_ms is not None:
+        rows["latency, batch 1"] = f"{card.latency_ms:.2f} ms (fp32, {card.threads} threads, median)"
+        rows["throughput, batch 64"] = f"{card.throughput:,.0f} images/s (fp32, {card.threads} threads, median)"
+    summary("model", rows)
+    t = Table(title="stages", title_justify="left")
+    for col in ("module", "output C×H×W"):
+        t.add_column(col)
+    for n, shape in card.stages:
+        t.add_row(n, "×".join(str(s) for s in shape))
+    stdout.print(t)
+    if card.options:
+        t = Table(title="options (--model-kw key=value)", title_justify="left")
+        t.add_column("option")
+        t.add_column("meaning", overflow="fold")
+        for o, doc in card.options.items():
+            t.add_row(o, doc)
+        stdout.print(t)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001

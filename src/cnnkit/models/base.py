@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from cnnkit.models.layers import make_head
+from collections.abc import Callable
+
+from cnnkit.models.layers import make_fc, make_pool
 
 
 class Classifier(nn.Module):
@@ -18,13 +20,16 @@ class Classifier(nn.Module):
     num_classes: int
     num_features: int
 
-    def __init__(self, num_features: int, num_classes: int, pool: str = "avg", pre_logits: nn.Module | None = None):
+    def __init__(self, num_features: int, num_classes: int, pool: str = "avg",
+                 pre_logits: Callable[[int], tuple[nn.Module, int]] | None = None):
+        """`pre_logits(pooled_width)` builds what sits between the pooling and the classifier (ConvNeXt's
+        LayerNorm, VGG's fully connected layers) and says the width it hands to the classifier."""
         super().__init__()
-        self.num_features = num_features
         self.num_classes = num_classes
         self.head_kind = pool
-        self.global_pool, self.fc = make_head(pool, num_features, num_classes)
-        self.pre_logits = pre_logits if pre_logits is not None else nn.Identity()
+        self.global_pool, pooled = make_pool(pool, num_features)
+        self.pre_logits, self.num_features = pre_logits(pooled) if pre_logits else (nn.Identity(), pooled)
+        self.fc = make_fc(pool, self.num_features, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
@@ -42,7 +47,7 @@ class Classifier(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head with a freshly initialized one for `num_classes` (0 removes it), same head kind."""
         self.num_classes = num_classes
-        self.global_pool, self.fc = make_head(self.head_kind, self.num_features, num_classes)
+        self.fc = make_fc(self.head_kind, self.num_features, num_classes)
 
     def stage_names(self) -> list[str]:
         """Names of the modules that end each stage, input side first."""

@@ -2,7 +2,7 @@
 
 SE, ECA, stochastic depth and DropBlock come from timm; ULSAM, ELA, polarized self-attention, IBN, the
 multi-sample dropout head and the spatial pyramid pooling head are not in timm and are written here.
-Every family builds them through `make_attn`, `ScheduledDropBlock`, `drop_path_rates` and `make_head`, so an
+Every family builds them through `make_attn`, `ScheduledDropBlock`, `drop_path_rates`, `make_pool` and `make_fc`, so an
 option means the same thing in every family.
 """
 
@@ -23,6 +23,15 @@ HEADS = ("avg", "max", "msd", "spp")
 # What `cnnkit models info` prints for each shared option.
 OPTION_DOCS = {
     "width": "width multiplier (or base width) of every stage",
+    "depth": "number of layers (6n + 2 for the CIFAR ResNets)",
+    "alpha": "PyramidNet's total width increase over the three stages",
+    "depths": "blocks per stage",
+    "dims": "channels per stage",
+    "mixer": "token mixer: inception (InceptionNeXt's) or dw7 (ConvNeXt's 7×7 depthwise)",
+    "fc_width": "hidden width of the two fully connected layers",
+    "hidden": "filters per convolution",
+    "drop": "dropout before the classifier",
+    "eca_kernel_sizes": "ECA kernel size per stage instead of the formula (3,5,5,7 gives the paper's 80 parameters)",
     "attn": "attention module in every block: se (Hu et al. 2018, r=16), eca (Wang et al. 2020, adaptive kernel), "
             "ulsam (Saini et al. 2020), ela (Xu & Wan 2024), psa (Liu et al. 2021, parallel layout)",
     "drop_path": "stochastic depth (Huang et al. 2016): drop probability of the last block; block l of L drops "
@@ -52,7 +61,6 @@ class ULSAM(nn.Module):
         while channels % groups:
             groups -= 1
         self.groups = groups
-        sub = channels // groups
         self.dw = nn.Conv2d(channels, channels, 1, groups=channels)
         self.pool = nn.MaxPool2d(3, 1, 1)
         self.pw = nn.Conv2d(channels, groups, 1, groups=groups)  # one map per subspace
@@ -256,19 +264,21 @@ def sample_logits(model: nn.Module) -> torch.Tensor | None:
     return None
 
 
-def make_head(kind: str, num_features: int, num_classes: int) -> tuple[nn.Module, nn.Module]:
-    """(pool, classifier) for head `kind`; the classifier takes the pooled, flattened features."""
+def make_pool(kind: str, num_features: int) -> tuple[nn.Module, int]:
+    """The pooling of head `kind` and the length of the vector it gives."""
     if kind not in HEADS and kind != "flatten":
         raise ModelError(f"unknown head {kind!r}; choose one of: {', '.join(HEADS)}")
     if kind == "spp":
-        pool: nn.Module = SpatialPyramidPool()
-        in_features = pool.out_features(num_features)
-    elif kind == "flatten":  # TinyVGG: the whole map goes to the linear layer
-        pool, in_features = nn.Identity(), num_features
-    else:
-        pool = nn.AdaptiveMaxPool2d(1) if kind == "max" else nn.AdaptiveAvgPool2d(1)
-        in_features = num_features
-    fc: nn.Module = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
-    if kind == "msd" and num_classes > 0:
-        fc = MultiSampleDropout(fc)
-    return pool, fc
+        pool = SpatialPyramidPool()
+        return pool, pool.out_features(num_features)
+    if kind == "flatten":  # TinyVGG: the whole map goes to the linear layer
+        return nn.Identity(), num_features
+    return (nn.AdaptiveMaxPool2d(1) if kind == "max" else nn.AdaptiveAvgPool2d(1)), num_features
+
+
+def make_fc(kind: str, in_features: int, num_classes: int) -> nn.Module:
+    """The classifier of head `kind` (multi-sample dropout wraps the linear layer for 'msd')."""
+    if num_classes <= 0:
+        return nn.Identity()
+    fc = nn.Linear(in_features, num_classes)
+    return MultiSampleDropout(fc) if kind == "msd" else fc

@@ -111,7 +111,7 @@ class MetaNeXtSmall(Classifier):
                  ls_init_value: float = 1e-6):
         if len(dims) != 4 or len(depths) != 4:
             raise ModelError("dims and depths need one value per stage (4 each)")
-        super().__init__(dims[-1], num_classes, pool=head, pre_logits=nn.LayerNorm(dims[-1]))
+        super().__init__(dims[-1], num_classes, pool=head, pre_logits=lambda n: (nn.LayerNorm(n), n))
         norm = (lambda c: LayerNorm2d(c)) if kind == "convnext" else nn.BatchNorm2d
         self.stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], 3, 1, 1), norm(dims[0]))
         if mixer not in ("inception", "dw7"):

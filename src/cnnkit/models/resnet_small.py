@@ -204,6 +204,9 @@ class ResNet9(Classifier):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer3(self.layer2(self.layer1(self.stem(x))))
 
+    def stage_names(self) -> list[str]:
+        return ["stem", "layer1", "layer2", "layer3"]
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = torch.flatten(self.global_pool(x), 1)
         return x if pre_logits else self.fc(x) * self.logit_scale

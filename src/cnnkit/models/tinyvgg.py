@@ -32,6 +32,9 @@ class TinyVGG(Classifier):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
+    def stage_names(self) -> list[str]:
+        return ["features.0", "features.1"]
+
 
 @register_model("vgg (small input)", min_size=16, paper="Wang et al. 2020, CNN Explainer")
 def tinyvgg(num_classes: int = 10, in_chans: int = 3, img_size: int | tuple[int, int] | None = 64,

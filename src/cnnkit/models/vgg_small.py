@@ -24,16 +24,12 @@ class SmallVGG(Classifier):
                  fc_width: int = 512, attn: str | None = None, drop_block: float = 0.0, drop_block_size: int = 3,
                  head: str = "avg", dropout: float = 0.5):
         cfg = [[max(int(c * width), 8) for c in stage] for stage in CONFIGS[depth]]
-        last = cfg[-1][-1]
-        hidden = nn.Sequential(nn.Linear(last * (21 if head == "spp" else 1), fc_width), nn.ReLU(inplace=True),
-                               nn.Dropout(dropout), nn.Linear(fc_width, fc_width), nn.ReLU(inplace=True),
-                               nn.Dropout(dropout))
-        super().__init__(fc_width, num_classes, pool="avg" if head == "spp" else head, pre_logits=hidden)
-        if head == "spp":  # pyramid pooling feeds the first FC layer, whose input becomes 21× wider
-            from cnnkit.models.layers import SpatialPyramidPool
 
-            self.global_pool = SpatialPyramidPool()
-        self.head_kind = head
+        def hidden(pooled: int) -> tuple[nn.Module, int]:
+            return nn.Sequential(nn.Linear(pooled, fc_width), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                                 nn.Linear(fc_width, fc_width), nn.ReLU(inplace=True), nn.Dropout(dropout)), fc_width
+
+        super().__init__(cfg[-1][-1], num_classes, pool=head, pre_logits=hidden)
         self.stem = nn.Identity()
         stages, cin = [], in_chans
         for i, widths in enumerate(cfg):
@@ -47,12 +43,6 @@ class SmallVGG(Classifier):
                 layers.append(nn.MaxPool2d(2))
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        from cnnkit.models.layers import make_head
-
-        _, self.fc = make_head("msd" if self.head_kind == "msd" else "avg", self.num_features, num_classes)
 
 
 def _vgg(depth: int):

@@ -38,7 +38,9 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
+    init_from: str | None = None  # weight file (timm, torchvision or cnnkit) to start from
     early_stopping: int = 0  # stop after this many epochs without validation improvement; 0 turns it off
+    train_images: int | None = None  # train on a stratified, seeded subset of this many images
     val_fraction: float = 0.1  # share of the training split held out (stratified, by seed) for validation
     tta: bool = False  # flip test-time augmentation when validating
     seed: int = 0
@@ -59,6 +61,8 @@ class TrainConfig:
             (self.lr > 0, f"learning rate must be positive, got {self.lr}"),
             (0.0 <= self.ema < 1.0, f"EMA decay must be in [0, 1), got {self.ema}"),
             (0.0 <= self.label_smoothing < 1.0, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.train_images is None or self.train_images > 0,
+             f"train_images must be positive, got {self.train_images}"),
             (0.0 <= self.val_fraction < 1.0, f"validation fraction must be in [0, 1), got {self.val_fraction}"),
             (self.warmup_epochs >= 0, "warm-up epochs must be non-negative"),
         ]

@@ -23,6 +23,8 @@ from timm.utils import ModelEmaV3
 from cnnkit.data import BatchLoader, ImageData, Normalize, channel_stats, load_dataset, train_val_split
 from cnnkit.errors import CheckpointError, ConfigError, TrainingDiverged
 from cnnkit.models import create
+from cnnkit.models.layers import ScheduledDropBlock, sample_logits, set_progress
+from cnnkit.models.weights import load_pretrained
 from cnnkit.runtime import autocast, autocast_dtype, pick_device, seed_everything, set_threads
 from cnnkit.train.checkpoint import atomic_write_text, read_meta, save_checkpoint
 from cnnkit.train.config import TrainConfig, resolve_config
@@ -159,6 +161,9 @@ def fit(config: TrainConfig | dict[str, Any] | None = None, *, resume: str | Pat
         train_set, val_set = full.subset(tr_idx, "train"), full.subset(va_idx, "val")
     else:
         train_set, val_set = full, None
+    if cfg.train_images is not None and cfg.train_images < len(train_set):
+        _, keep = train_val_split(train_set.labels, cfg.train_images / len(train_set), cfg.seed)
+        train_set = train_set.subset(keep, "train")
     if len(train_set) == 0:
         raise ConfigError(f"{cfg.data}: no training images left after holding out the validation split")
     mean, std = channel_stats(train_set.images)
@@ -166,6 +171,10 @@ def fit(config: TrainConfig | dict[str, Any] | None = None, *, resume: str | Pat
 
     model = create(cfg.model, num_classes=full.num_classes, in_chans=full.in_chans, img_size=full.img_size,
                    **cfg.model_kwargs)
+    if cfg.init_from and resume is None:
+        report = load_pretrained(model, cfg.init_from)
+        if progress:
+            print(report.summary())
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     normalize = Normalize(mean, std, device, cfg.channels_last)
@@ -218,7 +227,13 @@ def fit(config: TrainConfig | dict[str, Any] | None = None, *, resume: str | Pat
             w.writerows(history)
 
     def criterion(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        samples = sample_logits(model)  # a multi-sample dropout head: average the per-sample losses
+        if samples is not None:
+            return torch.stack([F.cross_entropy(s.float(), target, label_smoothing=cfg.label_smoothing)
+                                for s in samples]).mean()
         return F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
+
+    scheduled = any(isinstance(m, ScheduledDropBlock) for m in model.modules())
 
     stopped_early = False
     bar = TrainProgress(cfg.epochs, steps_per_epoch, enabled=progress)
@@ -233,6 +248,8 @@ def fit(config: TrainConfig | dict[str, Any] | None = None, *, resume: str | Pat
                 seen = 0
                 bar.start_epoch(epoch)
                 for i, (x, y) in enumerate(train_loader):
+                    if scheduled:  # DropBlock's rate grows linearly over the run
+                        set_progress(model, (epoch * steps_per_epoch + i) / (cfg.epochs * steps_per_epoch))
                     with autocast(device, amp):
                         logits = step_model(x)
                     loss = criterion(logits, y)
