@@ -3,8 +3,9 @@
 For every small-input family (and the training spine's default, resnet9 width 16 with its own `fast`
 recipe, as the baseline) the script
   1. measures training throughput for a few steps (bf16 autocast and channels-last where the CPU has bf16,
-     exactly as `fit` trains), and from it plans how many images fit in the budget: whole epochs of all
-     60,000 training images, or, when even one epoch does not fit, one epoch of a stratified subset;
+     exactly as `fit` trains), and from it plans how many images fit in the budget: the smallest number of
+     whole epochs that covers them, each over a stratified subset of the 60,000 training images sized so
+     that the run fills the budget (all 60,000 when they fit);
   2. trains with `fit` (val_fraction 0; the clock is fit's own and includes data loading);
   3. evaluates the last weights on the 10,000 test images (fp32, no TTA);
   4. reads parameters and MACs (torch.utils.flop_counter) from the model card and measures fp32 inference
@@ -85,10 +86,12 @@ def run_one(name: str, kwargs: dict, budget_s: float, data_dir: str, baseline: b
     from cnnkit.train import fit
 
     card = model_card(name, (1, 28, 28), 10, timing=False, **kwargs)
-    ips = train_images_per_s(create(name, 10, 1, img_size=28, **kwargs))
+    model = create(name, 10, 1, img_size=28, **kwargs)
+    ips = max(train_images_per_s(model, steps=3), train_images_per_s(model, steps=5))  # the first call runs cold
     images = ips * budget_s * 0.92  # leave room for data loading and checkpoint writes
-    epochs = max(1, int(images // TRAIN_IMAGES))
-    subset = None if images >= TRAIN_IMAGES else max(int(images), 2560)
+    epochs = max(1, math.ceil(images / TRAIN_IMAGES))  # whole epochs over a subset sized to fill the budget
+    subset = int(images / epochs) if images < epochs * TRAIN_IMAGES - 1000 else None
+    subset = max(subset, 2560) if subset else None
     opts = dict(recipe="fast") if baseline else dict(recipe=None, **RECIPE)
     print(f"{name}: {ips:.0f} train img/s -> {epochs} epoch(s) of {subset or TRAIN_IMAGES} images", flush=True)
     result = fit(model=name, model_kwargs=kwargs, data="fashion-mnist", data_dir=data_dir, epochs=epochs,
@@ -104,19 +107,33 @@ def run_one(name: str, kwargs: dict, budget_s: float, data_dir: str, baseline: b
     return row
 
 
-def mixer_comparison() -> dict:
-    out = {}
+def mixer_comparison(repeats: int = 5) -> dict:
+    """Inception depthwise mixer vs ConvNeXt's 7×7 depthwise mixer in the same network: `repeats` rounds,
+    the two alternating within each round, medians reported."""
+    models = {}
     for mixer in ("inception", "dw7"):
         torch.manual_seed(0)
-        m = create("inception_next_mini", 10, 1, img_size=28, mixer=mixer)
+        models[mixer] = create("inception_next_mini", 10, 1, img_size=28, mixer=mixer)
+    keys = ("train_img_s_bf16", "infer_img_s_fp32_b64", "infer_img_s_bf16_b64")
+    samples: dict[str, dict[str, list[float]]] = {m: {k: [] for k in keys} for m in models}
+    for r in range(repeats):
+        for mixer in (("inception", "dw7") if r % 2 == 0 else ("dw7", "inception")):
+            m = models[mixer]
+            samples[mixer]["train_img_s_bf16"].append(train_images_per_s(m, steps=6))
+            samples[mixer]["infer_img_s_fp32_b64"].append(inference_images_per_s(m))
+            samples[mixer]["infer_img_s_bf16_b64"].append(inference_images_per_s(m, bf16=True))
+    out = {}
+    for mixer, m in models.items():
         out[mixer] = {"params": sum(p.numel() for p in m.parameters()),
                       "macs": model_card("inception_next_mini", (1, 28, 28), timing=False, mixer=mixer).macs,
-                      "train_img_s_bf16": train_images_per_s(m, steps=10),
-                      "infer_img_s_fp32_b64": inference_images_per_s(m),
-                      "infer_img_s_bf16_b64": inference_images_per_s(m, bf16=True)}
-    ratio = {k: out["inception"][k] / out["dw7"][k] for k in ("train_img_s_bf16", "infer_img_s_fp32_b64",
-                                                             "infer_img_s_bf16_b64")}
-    return {"runs": out, "inception_over_dw7": ratio}
+                      **{k: statistics.median(v) for k, v in samples[mixer].items()},
+                      "samples": samples[mixer]}
+    ratio = {k: out["inception"][k] / out["dw7"][k] for k in keys}
+    return {"repeats": repeats, "runs": out, "inception_over_dw7": ratio}
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 10_000 else f"{n / 1e3:.1f} K"
 
 
 def table(rows: list[dict], budget_min: float) -> str:
@@ -124,7 +141,7 @@ def table(rows: list[dict], budget_min: float) -> str:
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in sorted(rows, key=lambda r: -r["test_acc"]):
         name = r["model"] + (" (spine default, `fast` recipe)" if r["baseline"] else "")
-        lines.append(f"| {name} | {100 * r['test_acc']:.2f}% | {r['params'] / 1e6:.2f} M | {r['macs'] / 1e6:.1f} M | "
+        lines.append(f"| {name} | {100 * r['test_acc']:.2f}% | {_count(r['params'])} | {r['macs'] / 1e6:.1f} M | "
                      f"{r['epochs']} × {r['train_images']:,} | {r['train_seconds'] / 60:.2f} | "
                      f"{r['train_img_s']:,.0f} | {r['infer_img_s_b64']:,.0f} |")
     return "\n".join(lines)
@@ -153,11 +170,35 @@ def plot(rows: list[dict], path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--budget-min", type=float, default=2.0)
+    ap.add_argument("--budget-min", type=float, default=3.0)
     ap.add_argument("--data-dir", default=str(SHARED_DATA))
     ap.add_argument("--models", nargs="*", default=ZOO)
     ap.add_argument("--plot-only", action="store_true")
+    ap.add_argument("--mixer-only", action="store_true", help="Re-measure only the mixer comparison.")
+    ap.add_argument("--infer-only", action="store_true",
+                    help="Re-measure inference throughput of every row: 3 interleaved rounds, median.")
     args = ap.parse_args()
+    if args.infer_only:
+        saved = json.loads((RESULTS / "zoo.json").read_text())
+        saved.pop("benchmark", None), saved.pop("machine", None)
+        samples: dict[str, list[float]] = {r["model"]: [] for r in saved["rows"]}
+        for _ in range(3):
+            for r in saved["rows"]:
+                samples[r["model"]].append(inference_images_per_s(create(r["model"], 10, 1, img_size=28,
+                                                                         **r["kwargs"])))
+        for r in saved["rows"]:
+            r["infer_img_s_b64"], r["infer_samples"] = statistics.median(samples[r["model"]]), samples[r["model"]]
+        write_result("zoo", saved)
+        (RESULTS / "zoo.md").write_text(table(saved["rows"], saved["budget_min"]) + "\n")
+        print(table(saved["rows"], saved["budget_min"]))
+        return
+    if args.mixer_only:
+        saved = json.loads((RESULTS / "zoo.json").read_text())
+        saved.pop("benchmark", None), saved.pop("machine", None)
+        saved["mixer"] = mixer_comparison()
+        print(json.dumps(saved["mixer"]["inception_over_dw7"]))
+        write_result("zoo", saved)
+        return
     if args.plot_only:
         saved = json.loads((RESULTS / "zoo.json").read_text())
         plot(saved["rows"], RESULTS / "zoo.png")

@@ -192,14 +192,14 @@ def models_list(
 
     names = list_models(pattern, include_timm=timm)
     t = Table(title="models", title_justify="left")
-    for c in ("name", "family", "paper"):
+    for c in ("name", "family", "input", "paper"):
         t.add_column(c)
     for n in names:
         if n.startswith("timm/"):
-            t.add_row(n, "timm", "")
+            t.add_row(n, "timm", "", "")
         else:
             e = get_entry(n)
-            t.add_row(n, e.family, e.paper)
+            t.add_row(n, e.family, e.default_input.replace("x", "×"), e.paper)
     stdout.print(t)
     summary("models", {"listed": len(names)})
 

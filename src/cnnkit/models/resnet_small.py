@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from cnnkit.errors import ModelError
 from cnnkit.models.base import Classifier, conv_bn_relu
 from cnnkit.models.layers import drop_path as make_drop_path
-from cnnkit.models.layers import drop_path_rates, make_attn, norm2d, with_drop_block
+from cnnkit.models.layers import ScheduledDropBlock, drop_path_rates, make_attn, norm2d, with_drop_block
 from cnnkit.models.registry import register_model
 
 
@@ -176,30 +176,47 @@ def pyramidnet(num_classes: int = 10, in_chans: int = 3, img_size=None, depth: i
 
 
 class Residual(nn.Module):
-    """x + f(x)."""
+    """x + drop_path(attn(f(x)))."""
 
-    def __init__(self, fn: nn.Module):
+    def __init__(self, fn: nn.Module, attn: nn.Module | None = None, drop_path: float = 0.0):
         super().__init__()
         self.fn = fn
+        self.attn = attn if attn is not None else nn.Identity()
+        self.drop_path = make_drop_path(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.fn(x)
+        return x + self.drop_path(self.attn(self.fn(x)))
 
 
 class ResNet9(Classifier):
     """Page's DAWNBench ResNet-9: prep, three conv-pool layers (the first and last with a residual pair of
-    conv-BN-ReLU), global max-pool, linear head scaled by 1/8. Widths are `width`×(1, 2, 4, 8)."""
+    conv-BN-ReLU), global max-pool, linear head scaled by 1/8. Widths are `width`×(1, 2, 4, 8).
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 3, width: int = 64, logit_scale: float = 0.125):
+    Shared options: attention and stochastic depth on the two residual pairs, DropBlock after the last two
+    layers, and the pooling head (max by default, as published)."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, width: int = 64, logit_scale: float = 0.125,
+                 attn: str | None = None, drop_path: float = 0.0, drop_block: float = 0.0,
+                 drop_block_size: int = 3, head: str = "max"):
         w = width
-        super().__init__(8 * w, num_classes, pool="max")
+        super().__init__(8 * w, num_classes, pool=head)
         self.logit_scale = logit_scale
+        rates = drop_path_rates(drop_path, 2)
         self.stem = conv_bn_relu(in_chans, w)
         self.layer1 = nn.Sequential(conv_bn_relu(w, 2 * w), nn.MaxPool2d(2),
-                                    Residual(nn.Sequential(conv_bn_relu(2 * w, 2 * w), conv_bn_relu(2 * w, 2 * w))))
+                                    Residual(nn.Sequential(conv_bn_relu(2 * w, 2 * w), conv_bn_relu(2 * w, 2 * w)),
+                                             make_attn(attn, 2 * w), rates[0]))
         self.layer2 = nn.Sequential(conv_bn_relu(2 * w, 4 * w), nn.MaxPool2d(2))
         self.layer3 = nn.Sequential(conv_bn_relu(4 * w, 8 * w), nn.MaxPool2d(2),
-                                    Residual(nn.Sequential(conv_bn_relu(8 * w, 8 * w), conv_bn_relu(8 * w, 8 * w))))
+                                    Residual(nn.Sequential(conv_bn_relu(8 * w, 8 * w), conv_bn_relu(8 * w, 8 * w)),
+                                             make_attn(attn, 8 * w), rates[1]))
+        if drop_block > 0:  # after the last two layers, appended so the weight names stay those of the original
+            self.layer2.append(ScheduledDropBlock(drop_block, drop_block_size))
+            self.layer3.append(ScheduledDropBlock(drop_block, drop_block_size))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = super().forward_head(x, pre_logits)
+        return x if pre_logits else x * self.logit_scale
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer3(self.layer2(self.layer1(self.stem(x))))
@@ -207,12 +224,9 @@ class ResNet9(Classifier):
     def stage_names(self) -> list[str]:
         return ["stem", "layer1", "layer2", "layer3"]
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.global_pool(x), 1)
-        return x if pre_logits else self.fc(x) * self.logit_scale
 
 
-@register_model("resnet (small input)", min_size=8, paper="Page 2018, DAWNBench ResNet-9")
-def resnet9(num_classes: int = 10, in_chans: int = 3, img_size=None, width: int = 64) -> ResNet9:
+@register_model("resnet (small input)", min_size=8, paper="Page 2018, DAWNBench ResNet-9", shared=RESIDUAL_OPTIONS)
+def resnet9(num_classes: int = 10, in_chans: int = 3, img_size=None, width: int = 64, **options) -> ResNet9:
     """ResNet-9 (Page 2018) with base width `width` (64 in the original; 16 trains fast on a CPU)."""
-    return ResNet9(num_classes, in_chans, width)
+    return ResNet9(num_classes, in_chans, width, **options)

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.models.base import Classifier
+from cnnkit.models.layers import ScheduledDropBlock, make_attn
 from cnnkit.models.registry import register_model
 
 
@@ -20,14 +21,20 @@ class TinyVGG(Classifier):
     """conv-relu-conv-relu-maxpool ×2, flatten, linear; `hidden` filters per conv (CNN Explainer: 10)."""
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, img_size: tuple[int, int] = (64, 64),
-                 hidden: int = 10):
-        super().__init__(hidden * _side_after(img_size[0]) * _side_after(img_size[1]), num_classes, pool="flatten")
+                 hidden: int = 10, attn: str | None = None, drop_block: float = 0.0, drop_block_size: int = 3,
+                 head: str = "flatten"):
+        flat = hidden * _side_after(img_size[0]) * _side_after(img_size[1])
+        super().__init__(flat if head == "flatten" else hidden, num_classes, pool=head)
 
         def block(cin: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, hidden, 3), nn.ReLU(inplace=True),
-                                 nn.Conv2d(hidden, hidden, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+            layers = [nn.Conv2d(cin, hidden, 3), nn.ReLU(inplace=True), nn.Conv2d(hidden, hidden, 3),
+                      nn.ReLU(inplace=True), nn.MaxPool2d(2), make_attn(attn, hidden)]
+            return nn.Sequential(*layers)
 
         self.features = nn.Sequential(block(in_chans), block(hidden))
+        if drop_block > 0:
+            for b in self.features:
+                b.append(ScheduledDropBlock(drop_block, drop_block_size))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -36,9 +43,10 @@ class TinyVGG(Classifier):
         return ["features.0", "features.1"]
 
 
-@register_model("vgg (small input)", min_size=16, paper="Wang et al. 2020, CNN Explainer")
+@register_model("vgg (small input)", min_size=16, paper="Wang et al. 2020, CNN Explainer",
+                shared=("attn", "drop_block", "drop_block_size", "head"))
 def tinyvgg(num_classes: int = 10, in_chans: int = 3, img_size: int | tuple[int, int] | None = 64,
-            hidden: int = 10) -> TinyVGG:
+            hidden: int = 10, **options) -> TinyVGG:
     """TinyVGG from CNN Explainer (64×64 inputs there; any side ≥ 16 here)."""
     size = (64, 64) if img_size is None else (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    return TinyVGG(num_classes, in_chans, size, hidden)
+    return TinyVGG(num_classes, in_chans, size, hidden, **options)
