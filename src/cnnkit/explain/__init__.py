@@ -1,0 +1,5 @@
+"""Explanations of a CNN's decisions: `explain(model, images, targets, method, layer)` -> maps."""
+
+from cnnkit.explain.cam import CAM_METHODS, Explanation, explain, resolve_layer
+
+__all__ = ["CAM_METHODS", "Explanation", "explain", "resolve_layer"]

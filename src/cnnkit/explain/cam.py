@@ -1,0 +1,145 @@
+"""Class activation maps, batched over images: Grad-CAM (Selvaraju et al. 2017) and Grad-CAM++
+(Chattopadhyay et al. 2018).
+
+One forward and one backward pass serve the whole batch: the summed target logits are differentiated once,
+and in eval mode every image's gradient depends only on that image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cnnkit.errors import CnnkitError, close_matches
+
+
+class ExplainError(CnnkitError):
+    """A method, layer, target or image that cannot be explained."""
+
+
+CAM_METHODS = ("gradcam", "gradcam++")
+
+
+@dataclass
+class Explanation:
+    """Maps for a batch: `maps` (B×H×W, resized to the input, each scaled to [0, 1]), the un-normalized `raw`
+    maps at the layer's resolution (before the ReLU), the explained `targets`, and which images had an
+    all-zero map (left at zero rather than divided by zero)."""
+
+    maps: torch.Tensor
+    raw: torch.Tensor
+    targets: torch.Tensor
+    layer: str
+    method: str
+    zero_maps: list[int] = field(default_factory=list)
+
+
+def _stage_layer(model: nn.Module) -> str | None:
+    names = getattr(model, "stage_names", None)
+    if callable(names) and names():
+        return names()[-1]
+    info = getattr(model, "feature_info", None)
+    if isinstance(info, list) and info and isinstance(info[0], dict):
+        return info[-1]["module"]
+    return None
+
+
+def resolve_layer(model: nn.Module, layer: str = "auto") -> tuple[str, nn.Module]:
+    """The named layer, or for 'auto' the last convolutional stage (the last Conv2d when the model names
+    no stages). Unknown names list the valid ones."""
+    modules = dict(model.named_modules())
+    convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ExplainError(f"{type(model).__name__} has no convolutional layers; CAM methods need one")
+    if layer == "auto":
+        name = _stage_layer(model) or convs[-1]
+        return name, modules[name]
+    if layer not in modules or not layer:
+        valid = [n for n in modules if n and not n.endswith((".act", ".bn"))]
+        raise ExplainError(f"unknown layer {layer!r}{close_matches(layer, valid)}; layers ending a stage: "
+                           f"{', '.join(_stage_names_or(model, convs))}")
+    return layer, modules[layer]
+
+
+def _stage_names_or(model: nn.Module, convs: list[str]) -> list[str]:
+    names = getattr(model, "stage_names", None)
+    if callable(names) and names():
+        return names()
+    return convs[-5:]
+
+
+def _check_inputs(model: nn.Module, images: torch.Tensor, targets) -> None:
+    if images.ndim != 4:
+        raise ExplainError(f"images must be a batch B×C×H×W, got shape {tuple(images.shape)}")
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is not None and first.in_channels != images.shape[1]:
+        raise ExplainError(f"the model expects {first.in_channels}-channel images, got {images.shape[1]} "
+                           f"(convert them first, e.g. cnnkit.data.images.to_model_input)")
+
+
+def _weights(method: str, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    if method == "gradcam":  # global-average-pooled gradients (Selvaraju et al., Eq. 1)
+        return grads.mean((2, 3))
+    # Grad-CAM++ (Chattopadhyay et al., Eq. 19 with the exponential's higher derivatives as powers of the
+    # first): alpha = g² / (2g² + Σ_ab A · g³), zero where the gradient is zero; weights = Σ alpha·ReLU(g)
+    g2 = grads.pow(2)
+    g3 = g2 * grads
+    alpha = g2 / (2 * g2 + acts.sum((2, 3), keepdim=True) * g3 + 1e-6)
+    alpha = torch.where(grads != 0, alpha, torch.zeros_like(alpha))
+    return (alpha * grads.clamp_min(0)).sum((2, 3))
+
+
+def explain(model: nn.Module, images: torch.Tensor, targets: int | list[int] | torch.Tensor | None = None,
+            method: str = "gradcam", layer: str = "auto") -> Explanation:
+    """Explain `model`'s scores for `targets` (default: its predicted classes) on a batch of images."""
+    if method not in CAM_METHODS:
+        raise ExplainError(f"unknown method {method!r}{close_matches(method, CAM_METHODS)}; "
+                           f"choose from: {', '.join(CAM_METHODS)}")
+    _check_inputs(model, images, targets)
+    name, module = resolve_layer(model, layer)
+    was_training = model.training
+    model.eval()
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_m, _i, out):
+        if not isinstance(out, torch.Tensor) or out.ndim != 4:
+            got = f"a {out.ndim}-d tensor" if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ExplainError(f"layer {name!r} gives {got}, not a B×C×H×W feature map; "
+                               f"CAM methods need a convolutional layer")
+        out.retain_grad()
+        store["acts"] = out
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            x = images.detach().float().requires_grad_(False)
+            logits = model(x)
+            n_classes = logits.shape[1]
+            if targets is None:
+                tgt = logits.argmax(1)
+            else:
+                tgt = torch.as_tensor(targets, dtype=torch.long).flatten()
+                tgt = tgt.expand(len(x)) if tgt.numel() == 1 else tgt
+                if len(tgt) != len(x):
+                    raise ExplainError(f"{len(tgt)} targets for {len(x)} images")
+                bad = tgt[(tgt < 0) | (tgt >= n_classes)]
+                if len(bad):
+                    raise ExplainError(f"target class {int(bad[0])} is out of range: the model has {n_classes} "
+                                       f"classes (0–{n_classes - 1})")
+            model.zero_grad(set_to_none=True)
+            logits.gather(1, tgt[:, None]).sum().backward()
+        acts, grads = store["acts"].detach(), store["acts"].grad
+    finally:
+        handle.remove()
+        model.train(was_training)
+    raw = (_weights(method, acts, grads)[:, :, None, None] * acts).sum(1)
+    cam = F.interpolate(raw.clamp_min(0)[:, None], size=images.shape[-2:], mode="bilinear",
+                        align_corners=False)[:, 0]
+    lo = cam.amin((1, 2), keepdim=True)
+    span = cam.amax((1, 2), keepdim=True) - lo
+    zero = [i for i, s in enumerate(span.flatten().tolist()) if s <= 0]
+    maps = torch.where(span > 0, (cam - lo) / span.clamp_min(1e-12), torch.zeros_like(cam))
+    return Explanation(maps, raw, tgt, name, method, zero)
