@@ -1,5 +1,5 @@
-"""Class activation maps, batched over images: Grad-CAM (Selvaraju et al. 2017) and Grad-CAM++
-(Chattopadhyay et al. 2018).
+"""Class activation maps, batched over images: Grad-CAM (Selvaraju et al. 2017), Grad-CAM++
+(Chattopadhyay et al. 2018), Score-CAM (Wang et al. 2020) and Eigen-CAM (Muhammad & Yeasin 2020).
 
 One forward and one backward pass serve the whole batch: the summed target logits are differentiated once,
 and in eval mode every image's gradient depends only on that image.
@@ -20,7 +20,7 @@ class ExplainError(CnnkitError):
     """A method, layer, target or image that cannot be explained."""
 
 
-CAM_METHODS = ("gradcam", "gradcam++")
+CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "eigencam")
 
 
 @dataclass
@@ -92,8 +92,41 @@ def _weights(method: str, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tens
     return (alpha * grads.clamp_min(0)).sum((2, 3))
 
 
+def _score_weights(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, tgt: torch.Tensor,
+                   batch_size: int) -> torch.Tensor:
+    """Score-CAM's channel weights: each channel, upsampled (bilinear, corners aligned) and min-max scaled,
+    masks the input; the softmax over channels of the target logits is the weight. All masked images of all
+    inputs go through the model in batches of `batch_size`."""
+    b, c = acts.shape[:2]
+    up = F.interpolate(acts, size=x.shape[-2:], mode="bilinear", align_corners=True)
+    lo, hi = up.amin((2, 3), keepdim=True), up.amax((2, 3), keepdim=True)
+    masks = (up - lo) / (hi - lo + 1e-8)  # B × C × H × W
+    scores = torch.empty(b * c)
+    flat_t = tgt.repeat_interleave(c)
+    with torch.no_grad():
+        for i in range(0, b * c, batch_size):
+            idx = torch.arange(i, min(i + batch_size, b * c))
+            batch = x[idx // c] * masks.flatten(0, 1)[idx][:, None]
+            scores[idx] = model(batch).gather(1, flat_t[idx][:, None])[:, 0].float()
+    return torch.softmax(scores.view(b, c), dim=1)
+
+
+def _eigen_projection(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """Eigen-CAM: the activations (positions × channels), centred per channel, projected on their first
+    principal direction. SVD leaves the sign arbitrary; it is fixed so that the map correlates positively
+    with gradient × activation, i.e. points the way the target score rises."""
+    b, c, h, w = acts.shape
+    a = acts.flatten(2).transpose(1, 2)  # B × HW × C
+    a = a - a.mean(1, keepdim=True)
+    _, _, vh = torch.linalg.svd(a.double(), full_matrices=False)
+    proj = (a.double() @ vh[:, 0, :, None])[..., 0].float()  # B × HW
+    evidence = (grads * acts).sum(1).flatten(1)
+    sign = torch.where((proj * evidence).sum(1) < 0, -1.0, 1.0)
+    return (proj * sign[:, None]).view(b, h, w)
+
+
 def explain(model: nn.Module, images: torch.Tensor, targets: int | list[int] | torch.Tensor | None = None,
-            method: str = "gradcam", layer: str = "auto") -> Explanation:
+            method: str = "gradcam", layer: str = "auto", batch_size: int = 256) -> Explanation:
     """Explain `model`'s scores for `targets` (default: its predicted classes) on a batch of images."""
     if method not in CAM_METHODS:
         raise ExplainError(f"unknown method {method!r}{close_matches(method, CAM_METHODS)}; "
@@ -135,7 +168,13 @@ def explain(model: nn.Module, images: torch.Tensor, targets: int | list[int] | t
     finally:
         handle.remove()
         model.train(was_training)
-    raw = (_weights(method, acts, grads)[:, :, None, None] * acts).sum(1)
+    if method == "eigencam":  # the map itself uses no gradients; they only fix the SVD's sign
+        raw = _eigen_projection(acts, grads)
+    else:
+        weights = (_score_weights(model.eval(), images.detach().float(), acts, tgt, batch_size)
+                   if method == "scorecam" else _weights(method, acts, grads))
+        model.train(was_training)
+        raw = (weights[:, :, None, None] * acts).sum(1)
     cam = F.interpolate(raw.clamp_min(0)[:, None], size=images.shape[-2:], mode="bilinear",
                         align_corners=False)[:, 0]
     lo = cam.amin((1, 2), keepdim=True)
