@@ -25,9 +25,10 @@ CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "eigencam")
 
 @dataclass
 class Explanation:
-    """Maps for a batch: `maps` (B×H×W, resized to the input, each scaled to [0, 1]), the un-normalized `raw`
-    maps at the layer's resolution (before the ReLU), the explained `targets`, and which images had an
-    all-zero map (left at zero rather than divided by zero)."""
+    """Maps for a batch: `maps` (B×H×W, resized to the input, each scaled to [0, 1]); `raw`, un-normalized:
+    for CAM methods the map at the layer's resolution before the ReLU, for gradient methods the input-shaped
+    attributions (B×C×H×W); the explained `targets`; and which images had a constant map (left at zero
+    rather than divided by zero)."""
 
     maps: torch.Tensor
     raw: torch.Tensor
@@ -80,6 +81,51 @@ def _check_inputs(model: nn.Module, images: torch.Tensor, targets) -> None:
                            f"(convert them first, e.g. cnnkit.data.images.to_model_input)")
 
 
+def _dtype(model: nn.Module) -> torch.dtype:
+    p = next(model.parameters(), None)
+    return p.dtype if p is not None and p.is_floating_point() else torch.float32
+
+
+def _targets(targets, logits: torch.Tensor) -> torch.Tensor:
+    """The explained classes: given ones (one for all, or one per image), checked, or the predictions."""
+    n_classes = logits.shape[1]
+    if targets is None:
+        return logits.argmax(1)
+    tgt = torch.as_tensor(targets, dtype=torch.long).flatten()
+    tgt = tgt.expand(len(logits)) if tgt.numel() == 1 else tgt
+    if len(tgt) != len(logits):
+        raise ExplainError(f"{len(tgt)} targets for {len(logits)} images")
+    bad = tgt[(tgt < 0) | (tgt >= n_classes)]
+    if len(bad):
+        raise ExplainError(f"target class {int(bad[0])} is out of range: the model has {n_classes} "
+                           f"classes (0–{n_classes - 1})")
+    return tgt
+
+
+def _normalize(cam: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """Each map min-max scaled to [0, 1]; a constant map becomes zero and is reported."""
+    lo = cam.amin((1, 2), keepdim=True)
+    span = cam.amax((1, 2), keepdim=True) - lo
+    zero = [i for i, s in enumerate(span.flatten().tolist()) if s <= 0]
+    return torch.where(span > 0, (cam - lo) / span.clamp_min(1e-12), torch.zeros_like(cam)), zero
+
+
+def _explain_input(model: nn.Module, images: torch.Tensor, targets, method: str, **options) -> Explanation:
+    from cnnkit.explain.gradients import attribute
+
+    was_training = model.training
+    model.eval()
+    try:
+        x = images.detach().to(_dtype(model))
+        with torch.no_grad():
+            tgt = _targets(targets, model(x))
+        attr, heat = attribute(model, x, tgt, method, **options)
+    finally:
+        model.train(was_training)
+    maps, zero = _normalize(heat)
+    return Explanation(maps, attr, tgt, "input", method, zero)
+
+
 def _weights(method: str, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
     if method == "gradcam":  # global-average-pooled gradients (Selvaraju et al., Eq. 1)
         return grads.mean((2, 3))
@@ -101,13 +147,13 @@ def _score_weights(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, tgt: t
     up = F.interpolate(acts, size=x.shape[-2:], mode="bilinear", align_corners=True)
     lo, hi = up.amin((2, 3), keepdim=True), up.amax((2, 3), keepdim=True)
     masks = (up - lo) / (hi - lo + 1e-8)  # B × C × H × W
-    scores = torch.empty(b * c)
+    scores = torch.empty(b * c, dtype=acts.dtype)
     flat_t = tgt.repeat_interleave(c)
     with torch.no_grad():
         for i in range(0, b * c, batch_size):
             idx = torch.arange(i, min(i + batch_size, b * c))
             batch = x[idx // c] * masks.flatten(0, 1)[idx][:, None]
-            scores[idx] = model(batch).gather(1, flat_t[idx][:, None])[:, 0].float()
+            scores[idx] = model(batch).gather(1, flat_t[idx][:, None])[:, 0].to(acts.dtype)
     return torch.softmax(scores.view(b, c), dim=1)
 
 
@@ -126,12 +172,17 @@ def _eigen_projection(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
 
 
 def explain(model: nn.Module, images: torch.Tensor, targets: int | list[int] | torch.Tensor | None = None,
-            method: str = "gradcam", layer: str = "auto", batch_size: int = 256) -> Explanation:
+            method: str = "gradcam", layer: str = "auto", batch_size: int = 256, **options) -> Explanation:
     """Explain `model`'s scores for `targets` (default: its predicted classes) on a batch of images."""
-    if method not in CAM_METHODS:
-        raise ExplainError(f"unknown method {method!r}{close_matches(method, CAM_METHODS)}; "
-                           f"choose from: {', '.join(CAM_METHODS)}")
+    from cnnkit.explain.gradients import GRADIENT_METHODS
+
+    methods = CAM_METHODS + GRADIENT_METHODS
+    if method not in methods:
+        raise ExplainError(f"unknown method {method!r}{close_matches(method, methods)}; "
+                           f"choose from: {', '.join(methods)}")
     _check_inputs(model, images, targets)
+    if method in GRADIENT_METHODS:
+        return _explain_input(model, images, targets, method, **options)
     name, module = resolve_layer(model, layer)
     was_training = model.training
     model.eval()
@@ -148,20 +199,9 @@ def explain(model: nn.Module, images: torch.Tensor, targets: int | list[int] | t
     handle = module.register_forward_hook(hook)
     try:
         with torch.enable_grad():
-            x = images.detach().float().requires_grad_(False)
+            x = images.detach().to(_dtype(model))
             logits = model(x)
-            n_classes = logits.shape[1]
-            if targets is None:
-                tgt = logits.argmax(1)
-            else:
-                tgt = torch.as_tensor(targets, dtype=torch.long).flatten()
-                tgt = tgt.expand(len(x)) if tgt.numel() == 1 else tgt
-                if len(tgt) != len(x):
-                    raise ExplainError(f"{len(tgt)} targets for {len(x)} images")
-                bad = tgt[(tgt < 0) | (tgt >= n_classes)]
-                if len(bad):
-                    raise ExplainError(f"target class {int(bad[0])} is out of range: the model has {n_classes} "
-                                       f"classes (0–{n_classes - 1})")
+            tgt = _targets(targets, logits)
             model.zero_grad(set_to_none=True)
             logits.gather(1, tgt[:, None]).sum().backward()
         acts, grads = store["acts"].detach(), store["acts"].grad
@@ -171,14 +211,11 @@ def explain(model: nn.Module, images: torch.Tensor, targets: int | list[int] | t
     if method == "eigencam":  # the map itself uses no gradients; they only fix the SVD's sign
         raw = _eigen_projection(acts, grads)
     else:
-        weights = (_score_weights(model.eval(), images.detach().float(), acts, tgt, batch_size)
+        weights = (_score_weights(model.eval(), images.detach().to(_dtype(model)), acts, tgt, batch_size)
                    if method == "scorecam" else _weights(method, acts, grads))
         model.train(was_training)
         raw = (weights[:, :, None, None] * acts).sum(1)
     cam = F.interpolate(raw.clamp_min(0)[:, None], size=images.shape[-2:], mode="bilinear",
                         align_corners=False)[:, 0]
-    lo = cam.amin((1, 2), keepdim=True)
-    span = cam.amax((1, 2), keepdim=True) - lo
-    zero = [i for i, s in enumerate(span.flatten().tolist()) if s <= 0]
-    maps = torch.where(span > 0, (cam - lo) / span.clamp_min(1e-12), torch.zeros_like(cam))
+    maps, zero = _normalize(cam)
     return Explanation(maps, raw, tgt, name, method, zero)
