@@ -204,7 +204,6 @@ def main() -> None:
         plot(saved["rows"], RESULTS / "zoo.png")
         (RESULTS / "zoo.md").write_text(table(saved["rows"], saved["budget_min"]) + "\n")
         return
-    torch.set_num_threads(torch.get_num_threads())
     mixer = mixer_comparison()
     print(json.dumps(mixer["inception_over_dw7"]), flush=True)
     rows = [run_one(BASELINE[0], BASELINE[1], args.budget_min * 60, args.data_dir, True)]

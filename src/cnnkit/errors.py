@@ -20,6 +20,10 @@ class ModelError(CnnkitError):
     """A model name, option or input shape is not valid."""
 
 
+class ExplainError(CnnkitError):
+    """A method, layer, target or image that cannot be explained."""
+
+
 class CheckpointError(CnnkitError):
     """A checkpoint is missing, incomplete or does not match the model."""
 

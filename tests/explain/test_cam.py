@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cnnkit.explain import explain, resolve_layer
-from cnnkit.explain.cam import ExplainError
+from cnnkit.errors import ExplainError
 from cnnkit.models import create
 
 

@@ -20,7 +20,9 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
 
 def test_macs_agree_with_a_count_from_the_layer_shapes():
     card = model_card("resnet20", "3x32x32", timing=False)
-    m = __import__("cnnkit.models", fromlist=["create"]).create("resnet20", 10, 3)
+    from cnnkit.models import create
+
+    m = create("resnet20", 10, 3)
     shapes = {}
     hooks = [mod.register_forward_hook(lambda mod, i, o, n=n: shapes.__setitem__(n, o.shape))
              for n, mod in m.named_modules() if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear))]

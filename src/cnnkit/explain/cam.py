@@ -13,11 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnkit.errors import CnnkitError, close_matches
-
-
-class ExplainError(CnnkitError):
-    """A method, layer, target or image that cannot be explained."""
+from cnnkit.errors import ExplainError, close_matches
+from cnnkit.models.base import stage_modules
 
 
 CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "eigencam")
@@ -38,16 +35,6 @@ class Explanation:
     zero_maps: list[int] = field(default_factory=list)
 
 
-def _stage_layer(model: nn.Module) -> str | None:
-    names = getattr(model, "stage_names", None)
-    if callable(names) and names():
-        return names()[-1]
-    info = getattr(model, "feature_info", None)
-    if isinstance(info, list) and info and isinstance(info[0], dict):
-        return info[-1]["module"]
-    return None
-
-
 def resolve_layer(model: nn.Module, layer: str = "auto") -> tuple[str, nn.Module]:
     """The named layer, or for 'auto' the last convolutional stage (the last Conv2d when the model names
     no stages). Unknown names list the valid ones."""
@@ -55,21 +42,15 @@ def resolve_layer(model: nn.Module, layer: str = "auto") -> tuple[str, nn.Module
     convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ExplainError(f"{type(model).__name__} has no convolutional layers; CAM methods need one")
+    stages = [n for n in stage_modules(model) if isinstance(modules.get(n), nn.Module)]
     if layer == "auto":
-        name = _stage_layer(model) or convs[-1]
+        name = stages[-1] if stages else convs[-1]
         return name, modules[name]
     if layer not in modules or not layer:
         valid = [n for n in modules if n and not n.endswith((".act", ".bn"))]
         raise ExplainError(f"unknown layer {layer!r}{close_matches(layer, valid)}; layers ending a stage: "
-                           f"{', '.join(_stage_names_or(model, convs))}")
+                           f"{', '.join(stages or convs[-5:])}")
     return layer, modules[layer]
-
-
-def _stage_names_or(model: nn.Module, convs: list[str]) -> list[str]:
-    names = getattr(model, "stage_names", None)
-    if callable(names) and names():
-        return names()
-    return convs[-5:]
 
 
 def _check_inputs(model: nn.Module, images: torch.Tensor, targets) -> None:
@@ -205,16 +186,16 @@ def explain(model: nn.Module, images: torch.Tensor, targets: int | list[int] | t
             model.zero_grad(set_to_none=True)
             logits.gather(1, tgt[:, None]).sum().backward()
         acts, grads = store["acts"].detach(), store["acts"].grad
+        handle.remove()  # Score-CAM's masked passes run without gradients and must not reach the hook
+        if method == "eigencam":  # the map itself uses no gradients; they only fix the SVD's sign
+            raw = _eigen_projection(acts, grads)
+        else:
+            weights = (_score_weights(model, x, acts, tgt, batch_size) if method == "scorecam"
+                       else _weights(method, acts, grads))
+            raw = (weights[:, :, None, None] * acts).sum(1)
     finally:
         handle.remove()
         model.train(was_training)
-    if method == "eigencam":  # the map itself uses no gradients; they only fix the SVD's sign
-        raw = _eigen_projection(acts, grads)
-    else:
-        weights = (_score_weights(model.eval(), images.detach().to(_dtype(model)), acts, tgt, batch_size)
-                   if method == "scorecam" else _weights(method, acts, grads))
-        model.train(was_training)
-        raw = (weights[:, :, None, None] * acts).sum(1)
     cam = F.interpolate(raw.clamp_min(0)[:, None], size=images.shape[-2:], mode="bilinear",
                         align_corners=False)[:, 0]
     maps, zero = _normalize(cam)

@@ -57,6 +57,18 @@ class Classifier(nn.Module):
         return names
 
 
+def stage_modules(model: nn.Module) -> list[str]:
+    """Names of the modules that end each stage: cnnkit's `stage_names()`, timm's `feature_info`, else the
+    top-level children."""
+    names = getattr(model, "stage_names", None)
+    if callable(names) and names():
+        return names()
+    info = getattr(model, "feature_info", None)
+    if isinstance(info, list) and info and isinstance(info[0], dict):
+        return [d["module"] for d in info]
+    return [n for n, _ in model.named_children()]
+
+
 def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     """3×3 convolution (no bias), batch norm, ReLU."""
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))

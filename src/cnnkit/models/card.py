@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -13,6 +13,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from cnnkit.errors import ModelError
+from cnnkit.models.base import stage_modules
 from cnnkit.models.layers import OPTION_DOCS
 from cnnkit.models.registry import TIMM_PREFIX, create, get_entry
 
@@ -34,7 +35,7 @@ class ModelCard:
     threads: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()}
+        return asdict(self)
 
 
 def parse_input(spec: str) -> tuple[int, int, int]:
@@ -55,19 +56,9 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops() // 2
 
 
-def _stage_modules(model: nn.Module) -> list[str]:
-    names = getattr(model, "stage_names", None)
-    if callable(names) and names():
-        return names()
-    info = getattr(model, "feature_info", None)
-    if isinstance(info, list) and info and isinstance(info[0], dict):
-        return [d["module"] for d in info]
-    return [n for n, _ in model.named_children()]
-
-
 def _trace(model: nn.Module, x: torch.Tensor) -> tuple[int, list[tuple[str, tuple[int, ...]]]]:
     """Sum of leaf-layer output bytes (float32) and the output shape of each stage."""
-    stage_names = _stage_modules(model)
+    stage_names = stage_modules(model)
     modules = dict(model.named_modules())
     total, shapes, hooks = [0], {}, []
 

@@ -18,9 +18,7 @@ from cnnkit.models.registry import register_model
 def _timm(timm_name: str, num_classes: int, in_chans: int, **kwargs) -> nn.Module:
     import timm
 
-    model = timm.create_model(timm_name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
-    model.timm_name = timm_name  # what `timm.create_model` needs to rebuild it
-    return model
+    return timm.create_model(timm_name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
 def _family(name: str, timm_name: str, family: str, paper: str, min_size: int = 32, size: int = 224,
@@ -72,5 +70,4 @@ def resnet50_attn(num_classes: int = 1000, in_chans: int = 3, img_size=None, att
             block.se = make_attn(attn, block.conv3.out_channels, kernel_size=k)
     if eca_kernel_sizes is not None and (attn != "eca" or len(eca_kernel_sizes) != 4):
         raise ModelError("eca_kernel_sizes needs attn='eca' and one odd kernel size per stage (4 values)")
-    model.timm_name = None  # not a timm configuration: reload it through cnnkit
     return model

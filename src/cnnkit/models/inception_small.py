@@ -195,6 +195,23 @@ class Mixed7a(Concat):
         self.out_chs = cin + c(384) + c(288) + c(320)
 
 
+def _stem(in_chans: int, cout: int, s: float) -> nn.Sequential:
+    """The small-input stem: three 3×3 convs, no down-sampling."""
+    return nn.Sequential(cna(in_chans, _w(32, s), 3, padding=1), cna(_w(32, s), _w(64, s), 3, padding=1),
+                         cna(_w(64, s), cout, 3, padding=1))
+
+
+def _stage(blocks: list[nn.Module], i: int, reduction, cin: int, s: float, drop_block: float,
+           drop_block_size: int) -> tuple[nn.Sequential, int]:
+    """A stage's blocks (with DropBlock in the last two stages), then its reduction block if any."""
+    blocks = with_drop_block(blocks, i, 3, drop_block, drop_block_size)
+    if reduction is not None:
+        r = reduction(cin, s)
+        cin = r.out_chs
+        blocks.append(r)
+    return nn.Sequential(*blocks), cin
+
+
 class AttnAfter(nn.Sequential):
     """A non-residual block followed by an attention module on its output (as SE-Inception places it)."""
 
@@ -205,8 +222,7 @@ class SmallInceptionV4(Classifier):
     def __init__(self, num_classes: int = 10, in_chans: int = 3, s: float = 0.125, depths=(4, 7, 3),
                  attn: str | None = None, drop_block: float = 0.0, drop_block_size: int = 3, head: str = "avg"):
         cin = _w(384, s)
-        stem = nn.Sequential(cna(in_chans, _w(32, s), 3, padding=1), cna(_w(32, s), _w(64, s), 3, padding=1),
-                             cna(_w(64, s), cin, 3, padding=1))
+        stem = _stem(in_chans, cin, s)
         stages = []
         for i, (block, red, n) in enumerate(((InceptionA, ReductionA, depths[0]), (InceptionB, ReductionB, depths[1]),
                                              (InceptionC, None, depths[2]))):
@@ -215,12 +231,8 @@ class SmallInceptionV4(Classifier):
                 b = block(cin, s)
                 cin = b.out_chs
                 blocks.append(AttnAfter(b, make_attn(attn, cin)) if attn else b)
-            blocks = with_drop_block(blocks, i, 3, drop_block, drop_block_size)
-            if red is not None:
-                r = red(cin, s)
-                cin = r.out_chs
-                blocks.append(r)
-            stages.append(nn.Sequential(*blocks))
+            stage, cin = _stage(blocks, i, red, cin, s, drop_block, drop_block_size)
+            stages.append(stage)
         super().__init__(cin, num_classes, pool=head)
         self.stem, self.stages = stem, nn.Sequential(*stages)
 
@@ -233,20 +245,15 @@ class SmallInceptionResNetV2(Classifier):
                  attn: str | None = None, drop_path: float = 0.0, drop_block: float = 0.0,
                  drop_block_size: int = 3, head: str = "avg"):
         cin = _w(320, s)
-        stem = nn.Sequential(cna(in_chans, _w(32, s), 3, padding=1), cna(_w(32, s), _w(64, s), 3, padding=1),
-                             cna(_w(64, s), cin, 3, padding=1))
+        stem = _stem(in_chans, cin, s)
         rates = iter(drop_path_rates(drop_path, sum(depths)))
         stages = []
         for i, (block, red, n) in enumerate(((block35, Mixed6a, depths[0]), (block17, Mixed7a, depths[1]),
                                              (block8, None, depths[2]))):
             blocks: list[nn.Module] = [block(cin, s, attn=attn, drop_path=next(rates),
                                              relu=not (red is None and j == n - 1)) for j in range(n)]
-            blocks = with_drop_block(blocks, i, 3, drop_block, drop_block_size)
-            if red is not None:
-                r = red(cin, s)
-                cin = r.out_chs
-                blocks.append(r)
-            stages.append(nn.Sequential(*blocks))
+            stage, cin = _stage(blocks, i, red, cin, s, drop_block, drop_block_size)
+            stages.append(stage)
         stages[-1].append(cna(cin, _w(1536, s), 1))
         super().__init__(_w(1536, s), num_classes, pool=head)
         self.stem, self.stages = stem, nn.Sequential(*stages)

@@ -23,7 +23,7 @@ from timm.utils import ModelEmaV3
 from cnnkit.data import BatchLoader, ImageData, Normalize, channel_stats, load_dataset, train_val_split
 from cnnkit.errors import CheckpointError, ConfigError, TrainingDiverged
 from cnnkit.models import create
-from cnnkit.models.layers import ScheduledDropBlock, sample_logits, set_progress
+from cnnkit.models.layers import MultiSampleDropout, ScheduledDropBlock
 from cnnkit.models.weights import load_pretrained
 from cnnkit.runtime import autocast, autocast_dtype, pick_device, seed_everything, set_threads
 from cnnkit.train.checkpoint import atomic_write_text, read_meta, save_checkpoint
@@ -226,14 +226,16 @@ def fit(config: TrainConfig | dict[str, Any] | None = None, *, resume: str | Pat
             w.writeheader()
             w.writerows(history)
 
+    msd_heads = [m for m in model.modules() if isinstance(m, MultiSampleDropout)]
+    drop_blocks = [m for m in model.modules() if isinstance(m, ScheduledDropBlock)]
+
     def criterion(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        samples = sample_logits(model)  # a multi-sample dropout head: average the per-sample losses
+        samples = msd_heads[0].last_samples if msd_heads else None  # average the per-sample losses
         if samples is not None:
             return torch.stack([F.cross_entropy(s.float(), target, label_smoothing=cfg.label_smoothing)
                                 for s in samples]).mean()
         return F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
 
-    scheduled = any(isinstance(m, ScheduledDropBlock) for m in model.modules())
 
     stopped_early = False
     bar = TrainProgress(cfg.epochs, steps_per_epoch, enabled=progress)
@@ -248,8 +250,8 @@ def fit(config: TrainConfig | dict[str, Any] | None = None, *, resume: str | Pat
                 seen = 0
                 bar.start_epoch(epoch)
                 for i, (x, y) in enumerate(train_loader):
-                    if scheduled:  # DropBlock's rate grows linearly over the run
-                        set_progress(model, (epoch * steps_per_epoch + i) / (cfg.epochs * steps_per_epoch))
+                    for block in drop_blocks:  # DropBlock's rate grows linearly over the run
+                        block.set_progress((epoch * steps_per_epoch + i) / (cfg.epochs * steps_per_epoch))
                     with autocast(device, amp):
                         logits = step_model(x)
                     loss = criterion(logits, y)
