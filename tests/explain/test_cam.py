@@ -132,3 +132,34 @@ def test_eigencam_matches_pytorch_grad_cam_up_to_the_sign_fix(model):
     h.remove()
     evidence = (acts["a"].grad * acts["a"]).sum(1).detach()
     assert ((ours.raw * evidence).sum((1, 2)) >= 0).all()  # every map points the way its score rises
+
+
+def test_smooth_gradcam_pp_reduces_to_gradcam_pp_without_noise(model):
+    torch.manual_seed(3)
+    x = torch.randn(3, 3, 32, 32)
+    plain = explain(model, x, [0, 1, 2], method="gradcam++")
+    smooth = explain(model, x, [0, 1, 2], method="smoothgradcam++", samples=1, noise=0.0)
+    assert torch.allclose(plain.raw, smooth.raw, atol=1e-6)
+
+
+def test_smooth_gradcam_pp_is_batch_independent_and_restricts_to_subsets(model):
+    torch.manual_seed(4)
+    x = torch.randn(3, 3, 32, 32)
+    batch = explain(model, x, [0, 1, 2], method="smoothgradcam++", samples=6)
+    one = explain(model, x[1:2], [1], method="smoothgradcam++", samples=6)
+    assert torch.allclose(batch.raw[1], one.raw[0], atol=1e-5)
+    # at the last stage a GAP network's gradient does not depend on the input; one stage earlier it does
+    a, b = (explain(model, x, [0, 1, 2], method="smoothgradcam++", layer="stages.1", samples=6, seed=s)
+            for s in (0, 1))
+    assert not torch.allclose(a.raw, b.raw)  # the noise is really there
+    part = explain(model, x, [0, 1, 2], method="smoothgradcam++", samples=6, neurons=[(0, 0), (5, 6)],
+                   channels=[3, 7])
+    off = torch.ones(8, 8, dtype=torch.bool)
+    off[0, 0] = off[5, 6] = False
+    assert part.raw[:, off].abs().max() == 0 and part.raw[:, ~off].abs().max() > 0
+    with pytest.raises(ExplainError, match=r"neuron \(9, 0\) is outside the layer's 8×8 grid"):
+        explain(model, x, method="smoothgradcam++", neurons=[(9, 0)])
+    with pytest.raises(ExplainError, match="channels must be indices in 0–63"):
+        explain(model, x, method="smoothgradcam++", channels=[64])
+    with pytest.raises(ExplainError, match="gradcam takes no option 'samples'"):
+        explain(model, x, method="gradcam", samples=3)

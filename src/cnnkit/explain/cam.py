@@ -1,5 +1,6 @@
 """Class activation maps, batched over images: Grad-CAM (Selvaraju et al. 2017), Grad-CAM++
-(Chattopadhyay et al. 2018), Score-CAM (Wang et al. 2020) and Eigen-CAM (Muhammad & Yeasin 2020).
+(Chattopadhyay et al. 2018), Smooth Grad-CAM++ (Omeiza et al. 2019), Score-CAM (Wang et al. 2020) and
+Eigen-CAM (Muhammad & Yeasin 2020).
 
 One forward and one backward pass serve the whole batch: the summed target logits are differentiated once,
 and in eval mode every image's gradient depends only on that image.
@@ -17,7 +18,10 @@ from cnnkit.errors import ExplainError, close_matches
 from cnnkit.models.base import stage_modules
 
 
-CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "eigencam")
+CAM_METHODS = ("gradcam", "gradcam++", "smoothgradcam++", "scorecam", "eigencam")
+_OPTIONS = {"smoothgradcam++": ("samples", "noise", "seed", "channels", "neurons"),
+            "smoothgrad": ("samples", "noise"), "integrated_gradients": ("steps", "baseline"),
+            "lrp": ("rule", "epsilon")}
 
 
 @dataclass
@@ -33,6 +37,7 @@ class Explanation:
     layer: str
     method: str
     zero_maps: list[int] = field(default_factory=list)
+    extra: dict[str, list[float]] = field(default_factory=dict)
 
 
 def resolve_layer(model: nn.Module, layer: str = "auto") -> tuple[str, nn.Module]:
@@ -100,23 +105,67 @@ def _explain_input(model: nn.Module, images: torch.Tensor, targets, method: str,
         x = images.detach().to(_dtype(model))
         with torch.no_grad():
             tgt = _targets(targets, model(x))
-        attr, heat = attribute(model, x, tgt, method, **options)
+        attr, heat, extra = attribute(model, x, tgt, method, **options)
     finally:
         model.train(was_training)
     maps, zero = _normalize(heat)
-    return Explanation(maps, attr, tgt, "input", method, zero)
+    return Explanation(maps, attr, tgt, "input", method, zero, extra)
 
 
-def _weights(method: str, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+def _weights(method: str, acts: torch.Tensor, grads: torch.Tensor, g2: torch.Tensor | None = None,
+             g3: torch.Tensor | None = None) -> torch.Tensor:
     if method == "gradcam":  # global-average-pooled gradients (Selvaraju et al., Eq. 1)
         return grads.mean((2, 3))
     # Grad-CAM++ (Chattopadhyay et al., Eq. 19 with the exponential's higher derivatives as powers of the
-    # first): alpha = g² / (2g² + Σ_ab A · g³), zero where the gradient is zero; weights = Σ alpha·ReLU(g)
-    g2 = grads.pow(2)
-    g3 = g2 * grads
+    # first): alpha = g² / (2g² + Σ_ab A · g³), zero where the gradient is zero; weights = Σ alpha·ReLU(g).
+    # Smooth Grad-CAM++ passes g, g² and g³ each averaged over the noisy copies (Omeiza et al., Eq. 7-9).
+    g2 = grads.pow(2) if g2 is None else g2
+    g3 = g2 * grads if g3 is None else g3
     alpha = g2 / (2 * g2 + acts.sum((2, 3), keepdim=True) * g3 + 1e-6)
-    alpha = torch.where(grads != 0, alpha, torch.zeros_like(alpha))
+    alpha = torch.where(g2 != 0, alpha, torch.zeros_like(alpha))
     return (alpha * grads.clamp_min(0)).sum((2, 3))
+
+
+def _noisy_moments(model: nn.Module, x: torch.Tensor, tgt: torch.Tensor, store: dict, samples: int,
+                   noise: float, seed: int, batch_size: int) -> tuple[torch.Tensor, ...]:
+    """The layer's gradients g, g², g³ averaged over `samples` noisy copies of each image (Gaussian noise,
+    σ = `noise` × the image's value range). One noise draw is shared by all images, so an image's map does
+    not depend on the batch it comes in."""
+    b = len(x)
+    eps = torch.randn((samples, *x.shape[1:]), generator=torch.Generator().manual_seed(seed)).to(x)
+    span = (x.amax((1, 2, 3)) - x.amin((1, 2, 3))).view(b, 1, 1, 1)
+    sums = [0.0, 0.0, 0.0]
+    per_pass = max(1, batch_size // b)
+    for i in range(0, samples, per_pass):
+        e = eps[i:i + per_pass]
+        noisy = (x[None] + noise * span[None] * e[:, None]).flatten(0, 1)  # sample-major: s*B + image
+        model.zero_grad(set_to_none=True)
+        model(noisy).gather(1, tgt.repeat(len(e))[:, None]).sum().backward()
+        g = store["acts"].grad.view(len(e), b, *store["acts"].shape[1:])
+        for k in range(3):
+            sums[k] = sums[k] + g.pow(k + 1).sum(0)
+    return tuple(t / samples for t in sums)
+
+
+def _subset_masks(shape: torch.Size, channels, neurons) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smooth Grad-CAM++'s restriction to some feature maps (`channels`) or some neurons (`neurons`: (row,
+    column) positions on the layer's grid), as a channel mask and a position mask."""
+    c, h, w = shape[1:]
+    keep = torch.ones(c)
+    if channels is not None:
+        idx = torch.as_tensor(channels, dtype=torch.long).flatten()
+        if len(idx) == 0 or int(idx.min()) < 0 or int(idx.max()) >= c:
+            raise ExplainError(f"channels must be indices in 0–{c - 1} of the layer's {c} feature maps")
+        keep = torch.zeros(c).index_fill_(0, idx, 1.0)
+    where = torch.ones(h, w)
+    if neurons is not None:
+        where = torch.zeros(h, w)
+        for pos in neurons:
+            r, col = (int(v) for v in pos)
+            if not (0 <= r < h and 0 <= col < w):
+                raise ExplainError(f"neuron {tuple(pos)} is outside the layer's {h}×{w} grid")
+            where[r, col] = 1.0
+    return keep, where
 
 
 def _score_weights(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, tgt: torch.Tensor,
@@ -161,6 +210,11 @@ def explain(model: nn.Module, images: torch.Tensor, targets: int | list[int] | t
     if method not in methods:
         raise ExplainError(f"unknown method {method!r}{close_matches(method, methods)}; "
                            f"choose from: {', '.join(methods)}")
+    allowed = _OPTIONS.get(method, ())
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ExplainError(f"{method} takes no option {unknown[0]!r}"
+                           + (f"; its options: {', '.join(allowed)}" if allowed else ""))
     _check_inputs(model, images, targets)
     if method in GRADIENT_METHODS:
         return _explain_input(model, images, targets, method, **options)
@@ -186,9 +240,19 @@ def explain(model: nn.Module, images: torch.Tensor, targets: int | list[int] | t
             model.zero_grad(set_to_none=True)
             logits.gather(1, tgt[:, None]).sum().backward()
         acts, grads = store["acts"].detach(), store["acts"].grad
-        handle.remove()  # Score-CAM's masked passes run without gradients and must not reach the hook
+        if method == "scorecam":
+            handle.remove()  # Score-CAM's masked passes run without gradients and must not reach the hook
         if method == "eigencam":  # the map itself uses no gradients; they only fix the SVD's sign
             raw = _eigen_projection(acts, grads)
+        elif method == "smoothgradcam++":  # the gradients of the chosen neurons only, averaged over noise
+            keep, where = _subset_masks(acts.shape, options.get("channels"), options.get("neurons"))
+            with torch.enable_grad():
+                m1, m2, m3 = _noisy_moments(model, x, tgt, store, int(options.get("samples", 16)),
+                                            float(options.get("noise", 0.15)), int(options.get("seed", 0)),
+                                            batch_size)
+            acts = acts * where.to(acts)
+            weights = _weights(method, acts, *(m * where.to(m) for m in (m1, m2, m3))) * keep.to(acts)
+            raw = (weights[:, :, None, None] * acts).sum(1)
         else:
             weights = (_score_weights(model, x, acts, tgt, batch_size) if method == "scorecam"
                        else _weights(method, acts, grads))

@@ -8,6 +8,8 @@ Gradients, whose attributions are signed and sum to the score difference.
 
 Guided Backprop changes the backward pass of `nn.ReLU` modules only; ReLUs called as functions inside a
 block's forward (as in the CIFAR ResNets) pass plain gradients.
+
+LRP (`relevance.py`) is signed; its map is the positive part of the channel sum, the evidence for the class.
 """
 
 from __future__ import annotations
@@ -15,14 +17,20 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-GRADIENT_METHODS = ("saliency", "smoothgrad", "integrated_gradients", "guided_backprop")
+GRADIENT_METHODS = ("saliency", "smoothgrad", "integrated_gradients", "guided_backprop", "lrp")
 
 
 def attribute(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, method: str, samples: int = 25,
-              noise: float = 0.15, steps: int = 64, baseline: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(attributions B×C×H×W, map B×H×W) of `method` for the `targets` logits."""
+              noise: float = 0.15, steps: int = 64, baseline: float = 0.0, rule: str = "epsilon",
+              epsilon: float = 1e-2) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(attributions B×C×H×W, map B×H×W, extra per-image figures) of `method` for the `targets` logits."""
     from captum.attr import GuidedBackprop, IntegratedGradients, NoiseTunnel, Saliency
 
+    if method == "lrp":
+        from cnnkit.explain.relevance import lrp
+
+        attr, delta = lrp(model, x, targets.tolist(), rule=rule, epsilon=epsilon)
+        return attr, attr.sum(1).clamp_min(0), {"conservation_error": delta.tolist()}
     x = x.detach().clone().requires_grad_(True)
     t = targets.tolist()
     if method == "saliency":
@@ -40,4 +48,4 @@ def attribute(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, method: 
         raise ValueError(method)
     attr = attr.detach()
     heat = attr.sum(1).abs() if method == "integrated_gradients" else attr.abs().amax(1)
-    return attr, heat
+    return attr, heat, {}
