@@ -3,6 +3,8 @@ completeness, and the map conventions."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -57,3 +59,21 @@ def test_other_gradient_maps(method):
     assert torch.isfinite(out.maps).all() and (out.maps >= 0).all()
     assert torch.equal(out.targets, m(x).argmax(1))
     assert not torch.allclose(out.raw, explain(m, x, method="saliency").raw)  # not plain gradients
+
+
+def test_guided_backprop_guides_the_cifar_resnet_blocks():
+    """The residual blocks' ReLUs are modules, so Guided Backprop reaches them: its input gradient equals a
+    hand-written guided backward (gradients clamped at zero at every ReLU)."""
+    torch.manual_seed(4)
+    m = create("resnet20", num_classes=10, in_chans=1).eval()
+    x = torch.randn(2, 1, 28, 28)
+    out = explain(m, x, [3, 5], method="guided_backprop")
+
+    ref = copy.deepcopy(m)
+    for mod in ref.modules():
+        if isinstance(mod, torch.nn.ReLU):
+            mod.inplace = False  # full backward hooks cannot wrap in-place ops
+            mod.register_full_backward_hook(lambda mod, gin, gout: (gin[0].clamp_min(0),))
+    xx = x.clone().requires_grad_(True)
+    ref(xx).gather(1, torch.tensor([[3], [5]])).sum().backward()
+    assert torch.allclose(out.raw, xx.grad, atol=1e-6)

@@ -6,8 +6,8 @@ Each returns the input-shaped attribution (B×C×H×W) and a B×H×W map: the la
 channels for the gradient maps (as Simonyan et al. take it), the absolute channel sum for Integrated
 Gradients, whose attributions are signed and sum to the score difference.
 
-Guided Backprop changes the backward pass of `nn.ReLU` modules only; ReLUs called as functions inside a
-block's forward (as in the CIFAR ResNets) pass plain gradients.
+Guided Backprop changes the backward pass of `nn.ReLU` modules only (every cnnkit model uses modules); a
+ReLU called as a function inside some other model's forward passes plain gradients.
 
 LRP (`relevance.py`) is signed; its map is the positive part of the channel sum, the evidence for the class.
 """

@@ -46,11 +46,12 @@ class BasicBlock(nn.Module):
         self.attn = make_attn(attn, cout)
         self.drop_path = make_drop_path(drop_path)
         self.shortcut = ShortcutA(stride, cout - cin) if stride != 1 or cin != cout else nn.Identity()
+        self.act1, self.act2 = nn.ReLU(inplace=True), nn.ReLU(inplace=True)  # modules, for Guided Backprop
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = self.act1(self.bn1(self.conv1(x)))
         out = self.attn(self.bn2(self.conv2(out)))
-        return F.relu(self.drop_path(out) + self.shortcut(x), inplace=True)
+        return self.act2(self.drop_path(out) + self.shortcut(x))
 
 
 class PreActBlock(nn.Module):
@@ -67,10 +68,11 @@ class PreActBlock(nn.Module):
         self.attn = make_attn(attn, cout)
         self.drop_path = make_drop_path(drop_path)
         self.shortcut = ShortcutA(stride, cout - cin) if stride != 1 or cin != cout else nn.Identity()
+        self.act1, self.act2 = nn.ReLU(), nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1(F.relu(self.bn1(x)))
-        out = self.attn(self.conv2(F.relu(self.bn2(out))))
+        out = self.conv1(self.act1(self.bn1(x)))
+        out = self.attn(self.conv2(self.act2(self.bn2(out))))
         return self.drop_path(out) + self.shortcut(x)
 
 
@@ -90,10 +92,11 @@ class PyramidBlock(nn.Module):
         self.drop_path = make_drop_path(drop_path)
         self.pool = nn.AvgPool2d(2, ceil_mode=True) if stride == 2 else nn.Identity()
         self.extra = cout - cin
+        self.act = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(self.bn1(x))
-        out = self.bn3(self.conv2(F.relu(self.bn2(out))))
+        out = self.bn3(self.conv2(self.act(self.bn2(out))))
         out = self.drop_path(self.attn(out))
         short = self.pool(x)
         if self.extra:
