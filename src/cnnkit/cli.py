@@ -162,6 +162,55 @@ def predict(
     summary("predict", {"images": len(preds), "checkpoint": checkpoint})
 
 
+@app.command("explain")
+def explain_cmd(
+    inputs: list[Path] = typer.Argument(None, help="Image files or folders (or use --images)."),
+    checkpoint: Path = typer.Option(..., help="Run directory (its best checkpoint) or a .safetensors file."),
+    images: list[Path] = typer.Option(None, "--images", help="Image files or folders to explain."),
+    method: str = typer.Option("gradcam", help="Comma-separated methods, or 'all': "
+                                               "gradcam, gradcam++, smoothgradcam++, scorecam, eigencam, "
+                                               "saliency, smoothgrad, integrated_gradients, guided_backprop, lrp."),
+    layer: str = typer.Option("auto", help="Layer for the CAM methods (default: the last stage)."),
+    target: Optional[str] = typer.Option(None, help="Class to explain, by index or name (default: the prediction)."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: RUN/explain or RUN/explain-benchmark)."),
+    benchmark: bool = typer.Option(False, "--benchmark", help="Run the methods on a localization test set and "
+                                                              "write a table (CSV, Markdown, PNG)."),
+    data: str = typer.Option("cluttered-fashion-mnist", help="With --benchmark: a dataset with boxes."),
+    data_dir: Optional[Path] = typer.Option(None),
+    limit: int = typer.Option(500, min=1, help="With --benchmark: how many test images."),
+    device: str = typer.Option("auto"),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable image."),
+) -> None:
+    """Explain a checkpoint's decisions: a PNG per image with each method's map, and the maps' statistics."""
+    from cnnkit.explain.run import benchmark_methods, explain_files
+
+    if benchmark:
+        r = benchmark_methods(checkpoint, data, data_dir=data_dir, methods="all" if method == "gradcam" else method,
+                              limit=limit, out_dir=out, device=device)
+        t = Table(title="explain benchmark", title_justify="left")
+        for c in ("method", "images/s", "pointing", "IoU", "deletion", "insertion", "randomized ρ"):
+            t.add_column(c, justify="left" if c == "method" else "right")
+        from cnnkit.explain.run import COLUMNS, format_cell
+
+        for row in r.rows:
+            t.add_row(*(format_cell(row[c]) for c in COLUMNS))
+        stdout.print(t)
+        summary("explain --benchmark", {"csv": r.csv_path, "markdown": r.md_path, "chart": r.png_path})
+        return
+    files = list(inputs or []) + list(images or [])
+    if not files:
+        raise ConfigError("give image files or folders to explain (or --benchmark)")
+    run = explain_files(checkpoint, files, method, layer=layer, target=target, out_dir=out, device=device,
+                        strict=strict)
+    t = Table(title="explanations", title_justify="left")
+    for c in ("image", "predicted", "target", "png"):
+        t.add_column(c, overflow="fold")
+    for rec in run.records:
+        t.add_row(rec["image"], f"{rec['predicted']} {rec['probability']:.1%}", rec["target"], rec["png"])
+    stdout.print(t)
+    summary("explain", {"images": len(run.records), "methods": method, "json": run.json_path, "folder": run.out_dir})
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Run directory for the demo."),

@@ -35,8 +35,12 @@ class ImageData:
     name: str
     split: str
     skipped: list[str] = field(default_factory=list)
+    boxes: torch.Tensor | None = None  # N×4 ground-truth boxes (x0, y0, x1, y1; x1, y1 exclusive), if any
 
     def __post_init__(self) -> None:
+        if self.boxes is not None and tuple(self.boxes.shape) != (len(self.images), 4):
+            raise DataError(f"{self.name}: boxes must be {len(self.images)}×4 (x0, y0, x1, y1), "
+                            f"got {tuple(self.boxes.shape)}")
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
             raise DataError(f"{self.name}: images must be uint8 N×C×H×W, got {self.images.dtype} {tuple(self.images.shape)}")
         if len(self.images) != len(self.labels):
@@ -67,11 +71,14 @@ class ImageData:
         h = hashlib.sha256()
         h.update(self.images.numpy().tobytes())
         h.update(self.labels.numpy().astype(np.int64).tobytes())
+        if self.boxes is not None:
+            h.update(self.boxes.float().numpy().tobytes())
         return h.hexdigest()[:16]
 
     def subset(self, index: torch.Tensor, split: str) -> ImageData:
         """The images at `index` as a new set named `split`."""
-        return ImageData(self.images[index], self.labels[index], self.classes, self.name, split)
+        return ImageData(self.images[index], self.labels[index], self.classes, self.name, split,
+                         boxes=None if self.boxes is None else self.boxes[index])
 
 
 def train_val_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,7 +265,9 @@ def load_imagefolder(root: str | os.PathLike, split: str = "train", img_size: in
     return data
 
 
-DATASETS = ["sample", "fashion-mnist", "mnist", "cifar10", "imagefolder:<dir>"]
+DATASETS = ["sample", "fashion-mnist", "mnist", "cifar10", "cluttered-fashion-mnist", "cluttered-sample",
+            "imagefolder:<dir>"]
+CLUTTERED_SEEDS = {"train": 20140624, "test": 20140625}  # one per split, so the splits share no layout
 
 
 def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | None = None,
@@ -272,6 +281,12 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
         return load_imagefolder(name.split(":", 1)[1], split, img_size=img_size, in_chans=in_chans, strict=strict)
     if name == "sample":
         return _load_sample(train)
+    if name in ("cluttered-fashion-mnist", "cluttered-sample"):
+        from cnnkit.data.cluttered import cached_cluttered
+
+        source = (_load_sample(train) if name == "cluttered-sample"
+                  else _load_mnist_like("fashion-mnist", resolve_data_root(data_dir), train, download))
+        return cached_cluttered(source, CLUTTERED_SEEDS[split], cache_dir() / "cluttered", name)
     root = resolve_data_root(data_dir)
     if name in _MNIST_LIKE:
         return _load_mnist_like(name, root, train, download)

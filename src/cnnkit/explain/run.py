@@ -1,0 +1,252 @@
+"""The `cnnkit explain` workflows: explain image files with a checkpoint (a PNG per image and a JSON of the
+maps' statistics), and benchmark every method on a localization test set (CSV, Markdown and a PNG chart)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnnkit.data import Normalize, list_image_files, load_dataset, load_image_file, to_model_input
+from cnnkit.errors import DataError, ExplainError, close_matches
+from cnnkit.explain.cam import CAM_METHODS, explain
+from cnnkit.explain.gradients import GRADIENT_METHODS
+from cnnkit.runtime import pick_device
+from cnnkit.train.checkpoint import LoadedCheckpoint, atomic_write_text, load_checkpoint
+
+METHODS = CAM_METHODS + GRADIENT_METHODS
+
+
+def parse_methods(text: str | list[str]) -> list[str]:
+    """'gradcam,eigencam' or 'all' -> checked method names."""
+    names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
+    if names == ["all"]:
+        return list(METHODS)
+    for m in names:
+        if m not in METHODS:
+            raise ExplainError(f"unknown method {m!r}{close_matches(m, METHODS)}; choose from: {', '.join(METHODS)}")
+    if not names:
+        raise ExplainError("no method given; choose from: " + ", ".join(METHODS))
+    return list(dict.fromkeys(names))
+
+
+def _target_index(target: str | int | None, classes: list[str]) -> int | None:
+    """A class given by index or by name."""
+    if target is None:
+        return None
+    text = str(target)
+    if text.lstrip("-").isdigit():
+        i = int(text)
+        if not 0 <= i < len(classes):
+            raise ExplainError(f"target class {i} is out of range: the model has {len(classes)} classes "
+                               f"(0–{len(classes) - 1})")
+        return i
+    if text not in classes:
+        raise ExplainError(f"unknown target class {text!r}{close_matches(text, classes)}; the classes are: "
+                           f"{', '.join(classes)}")
+    return classes.index(text)
+
+
+def map_stats(m: torch.Tensor) -> dict[str, Any]:
+    """Summary of one H×W map in [0, 1]: the peak's (row, column), mean, share of pixels at ≥ half the peak."""
+    h, w = m.shape
+    i = int(m.flatten().argmax())
+    return {"peak": [i // w, i % w], "mean": round(float(m.mean()), 5),
+            "area_at_half_peak": round(float((m >= 0.5 * m.max()).float().mean()) if m.max() > 0 else 0.0, 5)}
+
+
+@dataclass
+class ExplainRun:
+    """What `explain_files` wrote: one PNG per image and the JSON of statistics."""
+
+    out_dir: Path
+    pngs: list[Path]
+    json_path: Path
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _load(checkpoint, device: str) -> tuple[LoadedCheckpoint, torch.device]:
+    dev = pick_device(device)
+    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, dev)
+    return ckpt, dev
+
+
+def _run_methods(model, x, targets, methods, layer, batch_size) -> dict[str, tuple[Any, float]]:
+    out = {}
+    for m in methods:
+        t0 = time.perf_counter()
+        parts = [explain(model, x[i:i + batch_size], targets[i:i + batch_size], method=m,
+                         layer=layer if m in CAM_METHODS else "auto") for i in range(0, len(x), batch_size)]
+        seconds = time.perf_counter() - t0
+        maps = torch.cat([p.maps for p in parts])
+        extra: dict[str, list] = {}
+        for p in parts:
+            for k, v in p.extra.items():
+                extra.setdefault(k, []).extend(v)
+        zero = [i + j for j, p in zip(range(0, len(x), batch_size), parts) for i in p.zero_maps]
+        out[m] = (maps, parts[0].layer, zero, extra, seconds)
+    return out
+
+
+def explain_files(checkpoint: str | os.PathLike | LoadedCheckpoint, inputs: list[str | os.PathLike],
+                  methods: str | list[str] = "gradcam", layer: str = "auto", target: str | int | None = None,
+                  out_dir: str | os.PathLike | None = None, device: str = "auto", strict: bool = False,
+                  batch_size: int = 64) -> ExplainRun:
+    """Explain the checkpoint's prediction (or `target`) on image files or folders with each method."""
+    from cnnkit.report.explain_plots import save_explanation_figure
+
+    names = parse_methods(methods)
+    ckpt, dev = _load(checkpoint, device)
+    tgt_index = _target_index(target, ckpt.classes)
+    files = list_image_files(list(inputs))
+    images, kept = [], []
+    for f in files:
+        try:
+            images.append(to_model_input(load_image_file(f), ckpt.in_chans, ckpt.img_size))
+            kept.append(Path(f))
+        except DataError as e:
+            if strict:
+                raise
+            warnings.warn(str(e), stacklevel=2)
+    if not images:
+        raise DataError("none of the given images could be read")
+    raw = torch.stack(images)
+    x = Normalize(*ckpt.normalization, dev)(raw)
+    model = ckpt.model.to(dev).eval()
+    with torch.no_grad():
+        probs = torch.softmax(model(x).float(), 1).cpu()
+    pred = probs.argmax(1)
+    targets = pred.clone() if tgt_index is None else torch.full_like(pred, tgt_index)
+    results = _run_methods(model, x, targets.to(dev), names, layer, batch_size)
+    out = Path(out_dir) if out_dir is not None else ckpt.path.parent / "explain"
+    pngs, records = [], []
+    stems: dict[str, int] = {}
+    for i, f in enumerate(kept):
+        stems[f.stem] = stems.get(f.stem, 0) + 1
+        stem = f.stem if stems[f.stem] == 1 else f"{f.stem}-{stems[f.stem]}"
+        overlays = {m: r[0][i].cpu().numpy() for m, r in results.items()}
+        png = save_explanation_figure(raw[i].numpy(), overlays, out / f"{stem}.png", classes=ckpt.classes,
+                                      pred=int(pred[i]), target=int(targets[i]))
+        pngs.append(png)
+        rec = {"image": str(f), "png": str(png), "predicted": ckpt.classes[int(pred[i])],
+               "probability": round(float(probs[i, pred[i]]), 5), "target": ckpt.classes[int(targets[i])],
+               "methods": {}}
+        for m, (maps, lay, zero, extra, _) in results.items():
+            rec["methods"][m] = {"layer": lay, "zero_map": i in zero, **map_stats(maps[i].cpu()),
+                                 **{k: round(float(v[i]), 6) for k, v in extra.items()}}
+        records.append(rec)
+    summary = {"checkpoint": str(ckpt.path), "methods": names, "layer": layer,
+               "seconds_per_method": {m: round(r[4], 4) for m, r in results.items()}, "images": records}
+    json_path = out / "explain.json"
+    atomic_write_text(json_path, json.dumps(summary, indent=2) + "\n")
+    return ExplainRun(out, pngs, json_path, records)
+
+
+@dataclass
+class BenchmarkResult:
+    rows: list[dict[str, Any]]
+    csv_path: Path
+    md_path: Path
+    png_path: Path
+
+
+COLUMNS = ["method", "images_per_s", "pointing_game", "box_iou", "deletion_auc", "insertion_auc",
+           "randomization_spearman"]
+
+
+def benchmark_methods(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str = "cluttered-fashion-mnist",
+                      data_dir: str | os.PathLike | None = None, methods: str | list[str] = "all",
+                      limit: int = 500, batch_size: int = 64, steps: int = 16, sanity_images: int = 32,
+                      out_dir: str | os.PathLike | None = None, device: str = "auto") -> BenchmarkResult:
+    """Every method on the first `limit` test images of a dataset with boxes, explaining the true class:
+    pointing game, box IoU, deletion/insertion AUC, images/s, and the rank correlation of the maps after
+    the classifier and the last stage are re-initialized. A centre-point row is the pointing-game baseline."""
+    from cnnkit.explain.metrics import (centre_maps, deletion_insertion, localization_iou, pointing_game,
+                                        randomization_check)
+
+    names = parse_methods(methods)
+    ckpt, dev = _load(checkpoint, device)
+    ds = load_dataset(data, "test", data_dir=data_dir, img_size=ckpt.img_size[0], in_chans=ckpt.in_chans)
+    if ds.boxes is None:
+        raise DataError(f"{data} has no ground-truth boxes; the benchmark needs a localization set such as "
+                        f"cluttered-fashion-mnist")
+    if (ds.in_chans, *ds.img_size) != (ckpt.in_chans, *ckpt.img_size):
+        raise ExplainError(f"{data} gives {ds.in_chans}×{ds.img_size[0]}×{ds.img_size[1]} images but the "
+                           f"checkpoint expects {ckpt.in_chans}×{ckpt.img_size[0]}×{ckpt.img_size[1]}")
+    n = min(limit, len(ds))
+    x = Normalize(*ckpt.normalization, dev)(ds.images[:n])
+    labels, boxes = ds.labels[:n].to(dev), ds.boxes[:n]
+    model = ckpt.model.to(dev).eval()
+    rows = []
+    centre = centre_maps(n, ds.img_size)
+    rows.append({"method": "centre point (baseline)", "images_per_s": float("nan"),
+                 "pointing_game": float(pointing_game(centre, boxes).mean()),
+                 "box_iou": float(localization_iou(centre, boxes).mean()), "deletion_auc": float("nan"),
+                 "insertion_auc": float("nan"), "randomization_spearman": float("nan")})
+    for m in names:
+        try:
+            maps, _, _, _, seconds = _run_methods(model, x, labels, [m], "auto", batch_size)[m]
+        except ExplainError as e:
+            warnings.warn(f"{m}: {e}", stacklevel=2)
+            continue
+        maps = maps.cpu()
+        curves = deletion_insertion(model, x, maps.to(dev), labels, steps=steps)
+        k = min(sanity_images, n)
+        sanity = randomization_check(model, x[:k], lambda mm: explain(mm, x[:k], labels[:k], method=m).maps,
+                                     depth=2)
+        rows.append({"method": m, "images_per_s": n / seconds,
+                     "pointing_game": float(pointing_game(maps, boxes).mean()),
+                     "box_iou": float(localization_iou(maps, boxes).mean()),
+                     "deletion_auc": float(curves["deletion"].mean()),
+                     "insertion_auc": float(curves["insertion"].mean()),
+                     "randomization_spearman": sanity[-1]["spearman"]})
+    out = Path(out_dir) if out_dir is not None else ckpt.path.parent / "explain-benchmark"
+    return BenchmarkResult(rows, *_write_table(rows, out, f"{data} test, first {n} images, {ckpt.meta['model']}"))
+
+
+def format_cell(v: Any) -> str:
+    if isinstance(v, float):
+        return "–" if v != v else (f"{v:.0f}" if v >= 100 else f"{v:.3f}")
+    return str(v)
+
+
+def _write_table(rows: list[dict[str, Any]], out: Path, title: str) -> tuple[Path, Path, Path]:
+    from cnnkit.report.plots import plt, save_figure
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    atomic_write_text(out / "explain-benchmark.csv", buf.getvalue())
+    head = ["method", "images/s", "pointing game ↑", "box IoU ↑", "deletion AUC ↓", "insertion AUC ↑",
+            "randomized ρ ↓"]
+    md = [f"{title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    md += ["| " + " | ".join(format_cell(r[c]) for c in COLUMNS) + " |" for r in rows]
+    atomic_write_text(out / "explain-benchmark.md", "\n".join(md) + "\n")
+    fig, axes = plt.subplots(1, 3, figsize=(14, 0.35 * len(rows) + 1.8), sharey=True)
+    labels = [r["method"] for r in rows]
+    for ax, (cols, xlabel) in zip(axes, [(["pointing_game", "box_iou"], "localization (higher is better)"),
+                                         (["deletion_auc", "insertion_auc"], "AUC"),
+                                         (["images_per_s"], "images/s (log)")]):
+        for j, c in enumerate(cols):
+            vals = [r[c] for r in rows]
+            ax.barh([i + 0.4 * j for i in range(len(rows))], vals, height=0.4, label=c.replace("_", " "))
+        ax.set_xlabel(xlabel)
+        if cols == ["images_per_s"]:
+            ax.set_xscale("log")
+        else:
+            ax.legend(fontsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks([i + 0.2 for i in range(len(rows))], labels)
+    axes[0].invert_yaxis()
+    fig.suptitle(title, fontsize=9)
+    png = save_figure(fig, out / "explain-benchmark.png")
+    return out / "explain-benchmark.csv", out / "explain-benchmark.md", png
