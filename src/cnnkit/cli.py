@@ -211,6 +211,23 @@ def explain_cmd(
     summary("explain", {"images": len(run.records), "methods": method, "json": run.json_path, "folder": run.out_dir})
 
 
+@app.command("visualize")
+def visualize_cmd(
+    what: str = typer.Argument(..., help="class-models, activations, feature-maps or filters."),
+    checkpoint: Path = typer.Option(..., help="Run directory (its best checkpoint) or a .safetensors file."),
+    layer: str = typer.Option("auto", help="Layer for activations and feature-maps (default: the last stage)."),
+    channels: str = typer.Option("0-7", help="Channels for activations, e.g. 0-7 or 1,5,9."),
+    images: list[Path] = typer.Option(None, "--images", help="Image files for feature-maps (the first is shown)."),
+    steps: int = typer.Option(200, min=1, help="Gradient-ascent steps for class-models and activations."),
+    out: Optional[Path] = typer.Option(None, help="PNG to write (default: RUN/visualize-WHAT.png)."),
+) -> None:
+    """What the network has learnt: class-model images, activation maximization, feature maps, filters."""
+    from cnnkit.explain.run import visualize
+
+    path = visualize(checkpoint, what, layer=layer, channels=channels, images=images, steps=steps, out=out)
+    summary("visualize", {"what": what, "png": path})
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Run directory for the demo."),

@@ -71,3 +71,18 @@ def test_explain_benchmark_on_cluttered_sample(tmp_path, capsys):
         assert im.format == "PNG"
     code = main(["explain", "--benchmark", "--checkpoint", str(run.run_dir), "--data", "sample"])
     assert code == 2 and "has no ground-truth boxes" in capsys.readouterr().err
+
+
+def test_visualize_writes_pngs(trained_run, tmp_path, capsys, sample_train):
+    folder = write_imagefolder(tmp_path / "imgs", sample_train, classes=(0,), per_class=1, mixed=False)
+    for what, extra in [("filters", []), ("class-models", ["--steps", "5"]),
+                        ("activations", ["--steps", "5", "--channels", "0-3", "--layer", "stem"]),
+                        ("feature-maps", ["--images", str(folder), "--layer", "stem"])]:
+        out = tmp_path / f"{what}.png"
+        assert main(["visualize", what, "--checkpoint", str(trained_run.run_dir), "--out", str(out), *extra]) == 0
+        with Image.open(out) as im:
+            assert im.format == "PNG"
+    assert main(["visualize", "feature-maps", "--checkpoint", str(trained_run.run_dir)]) == 2
+    assert "pass --images FILE" in capsys.readouterr().err
+    assert main(["visualize", "activations", "--checkpoint", str(trained_run.run_dir), "--channels", "x"]) == 2
+    assert "channels must look like 0-7" in capsys.readouterr().err

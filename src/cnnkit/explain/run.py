@@ -250,3 +250,61 @@ def _write_table(rows: list[dict[str, Any]], out: Path, title: str) -> tuple[Pat
     fig.suptitle(title, fontsize=9)
     png = save_figure(fig, out / "explain-benchmark.png")
     return out / "explain-benchmark.csv", out / "explain-benchmark.md", png
+
+
+VISUALS = ("class-models", "activations", "feature-maps", "filters")
+
+
+def _channel_list(text: str) -> list[int]:
+    try:
+        out: list[int] = []
+        for part in str(text).split(","):
+            a, _, b = part.strip().partition("-")
+            out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+        return out
+    except ValueError:
+        raise ExplainError(f"channels must look like 0-7 or 1,5,9, got {text!r}") from None
+
+
+def visualize(checkpoint: str | os.PathLike | LoadedCheckpoint, what: str, layer: str = "auto",
+              channels: str = "0-7", images: list[str | os.PathLike] | None = None, steps: int = 200,
+              out: str | os.PathLike | None = None, device: str = "auto") -> Path:
+    """One PNG: class-model images of every class, activation maximization of some channels of a layer, the
+    feature maps of a layer for the first given image, or the first layer's filters."""
+    from cnnkit.explain.visualize import activation_maximization, class_model, feature_maps, first_layer_filters
+    from cnnkit.report.explain_plots import save_filter_grid, save_image_grid
+
+    if what not in VISUALS:
+        raise ExplainError(f"unknown visualization {what!r}{close_matches(what, VISUALS)}; choose from: "
+                           f"{', '.join(VISUALS)}")
+    ckpt, dev = _load(checkpoint, device)
+    model = ckpt.model.to(dev).eval()
+    path = Path(out) if out is not None else ckpt.path.parent / f"visualize-{what}.png"
+    shape = (ckpt.in_chans, *ckpt.img_size)
+    if what == "filters":
+        name, grid = first_layer_filters(model)
+        return save_filter_grid(grid.cpu().numpy(), path, f"{name}: {ckpt.meta['model']} first-layer filters")
+    if what == "class-models":
+        imgs = class_model(model, list(range(len(ckpt.classes))), shape, steps=steps, jitter=1, blur_every=10)
+        return save_image_grid(imgs.cpu().numpy(), path, titles=ckpt.classes, cols=5,
+                               title=f"class-model images ({steps} steps)")
+    if what == "activations":
+        chans = _channel_list(channels)
+        name = resolve_layer_name(model, layer)
+        imgs = activation_maximization(model, name, chans, shape, steps=steps, jitter=1, blur_every=10)
+        return save_image_grid(imgs.cpu().numpy(), path, titles=[f"{name}:{c}" for c in chans],
+                               title=f"activation maximization, {name}")
+    if not images:
+        raise ExplainError("feature-maps needs an image: pass --images FILE")
+    f = list_image_files(list(images))[0]
+    x = Normalize(*ckpt.normalization, dev)(to_model_input(load_image_file(f), ckpt.in_chans, ckpt.img_size)[None])
+    name, maps = feature_maps(model, x, layer)
+    maps = maps[0, :64, None].cpu().numpy()
+    return save_image_grid(maps, path, titles=[str(i) for i in range(len(maps))],
+                           title=f"{name} feature maps of {f.name} (first {len(maps)} channels)")
+
+
+def resolve_layer_name(model, layer: str) -> str:
+    from cnnkit.explain.cam import resolve_layer
+
+    return resolve_layer(model, layer)[0]
