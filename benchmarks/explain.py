@@ -4,7 +4,8 @@
    64×64 canvases generated from the full Fashion-MNIST in ../shared/datasets.
 2. Speed, side by side on the same CPU, model, layer (the last stage) and batch of 64 test images, in
    interleaved rounds (median reported): cnnkit's Grad-CAM against pytorch-grad-cam's GradCAM, and cnnkit's
-   Score-CAM against pytorch-grad-cam's ScoreCAM, each pair checked to give the same maps first.
+   Score-CAM (float32, and with its bf16 option) against pytorch-grad-cam's ScoreCAM; for each pair the
+   largest map difference and the share of images with the same pointing-game outcome are recorded.
 3. `cnnkit explain --benchmark` on the first --limit test images: pointing game, box IoU, deletion and
    insertion AUC, images/s and the randomization rank correlation for every method, with the centre-point
    baseline.
@@ -49,29 +50,36 @@ def _timed(fn, rounds: int) -> list[float]:
     return times
 
 
-def speed(ckpt, x: torch.Tensor, targets: torch.Tensor, rounds: int) -> dict:
-    """Median seconds per batch of cnnkit vs pytorch-grad-cam, interleaved, after checking equal maps."""
+def speed(ckpt, x: torch.Tensor, targets: torch.Tensor, boxes: torch.Tensor, rounds: int) -> dict:
+    """Median seconds per batch of cnnkit vs pytorch-grad-cam, interleaved, after comparing the maps."""
     from pytorch_grad_cam import GradCAM, ScoreCAM
+
+    from cnnkit.explain.metrics import pointing_game
 
     model = ckpt.model.eval()
     layer_name = explain(model, x[:1], targets[:1]).layer
     layer = model.get_submodule(layer_name)
     result = {"layer": layer_name, "batch": len(x)}
-    for ours, cls in (("gradcam", GradCAM), ("scorecam", ScoreCAM)):
+    for key, ours, opts, cls in (("gradcam", "gradcam", {}, GradCAM), ("scorecam", "scorecam", {}, ScoreCAM),
+                                 ("scorecam_bf16", "scorecam", {"precision": "bf16"}, ScoreCAM)):
         ref_maps, _ = _reference(cls, model, layer, x, targets)  # B×H×W, ReLU'd, min-max scaled, resized
-        mine = explain(model, x, targets, method=ours).maps.numpy()
-        diff = float(np.abs(mine - ref_maps).max())
+        mine = explain(model, x, targets, method=ours, **opts).maps
+        diff = float(np.abs(mine.numpy() - ref_maps).max())
+        same_hits = float((pointing_game(mine, boxes) == pointing_game(torch.from_numpy(ref_maps), boxes))
+                          .float().mean())
         n = rounds if ours == "gradcam" else max(1, rounds // 2)
         t_ours, t_ref = [], []
         for _ in range(n):  # interleaved: both see the same machine state
-            t_ours += _timed(lambda: explain(model, x, targets, method=ours), 1)
+            t_ours += _timed(lambda: explain(model, x, targets, method=ours, **opts), 1)
             t_ref += _timed(lambda: _reference(cls, model, layer, x, targets), 1)
         mo, mr = statistics.median(t_ours), statistics.median(t_ref)
-        result[ours] = {"cnnkit_images_per_s": len(x) / mo, "pytorch_grad_cam_images_per_s": len(x) / mr,
-                        "speedup": mr / mo, "rounds": n, "max_abs_map_difference": diff,
-                        "cnnkit_seconds": t_ours, "pytorch_grad_cam_seconds": t_ref}
-        print(f"{ours}: cnnkit {len(x) / mo:.1f} img/s, pytorch-grad-cam {len(x) / mr:.1f} img/s, "
-              f"{mr / mo:.2f}×, max map difference {diff:.2e}", flush=True)
+        result[key] = {"cnnkit_images_per_s": len(x) / mo, "pytorch_grad_cam_images_per_s": len(x) / mr,
+                       "speedup": mr / mo, "rounds": n, "max_abs_map_difference": diff,
+                       "same_pointing_game_outcome": same_hits, "options": opts,
+                       "cnnkit_seconds": t_ours, "pytorch_grad_cam_seconds": t_ref}
+        print(f"{key}: cnnkit {len(x) / mo:.1f} img/s, pytorch-grad-cam {len(x) / mr:.1f} img/s, "
+              f"{mr / mo:.2f}×, max map difference {diff:.2e}, same pointing-game outcome {same_hits:.3f}",
+              flush=True)
     return result
 
 
@@ -88,11 +96,14 @@ def main() -> None:
     train_info = None
     if args.checkpoint is None:
         res = fit(data="cluttered-fashion-mnist", data_dir=str(SHARED_DATA), recipe="fast", epochs=args.epochs,
-                  train_images=args.train_images, val_fraction=0.0, out=str(args.run_dir), overwrite=True,
+                  train_images=args.train_images, val_fraction=0.05, out=str(args.run_dir), overwrite=True,
                   progress=False)
         args.checkpoint = res.best_checkpoint
         train_info = {"epochs": args.epochs, "train_images": args.train_images, "seconds": res.seconds}
     ckpt = load_checkpoint(args.checkpoint)
+    if train_info is None:
+        cfg = ckpt.meta.get("config", {})
+        train_info = {k: cfg.get(k) for k in ("data", "recipe", "epochs", "train_images", "val_fraction")}
     test = load_dataset("cluttered-fashion-mnist", "test", data_dir=SHARED_DATA)
     x = Normalize(*ckpt.normalization)(test.images[:64])
     with torch.no_grad():
@@ -100,7 +111,7 @@ def main() -> None:
                      == test.labels[:2000]).float().mean())
     print(f"model {ckpt.meta['model']} {ckpt.meta.get('model_kwargs')}, test accuracy (first 2000) {acc:.3f}",
           flush=True)
-    sp = speed(ckpt, x, test.labels[:64], args.rounds)
+    sp = speed(ckpt, x, test.labels[:64], test.boxes[:64], args.rounds)
     bench = benchmark_methods(ckpt, "cluttered-fashion-mnist", data_dir=SHARED_DATA, limit=args.limit,
                               out_dir=args.run_dir / "explain-benchmark")
     for suffix in ("csv", "md", "png"):

@@ -163,3 +163,13 @@ def test_smooth_gradcam_pp_is_batch_independent_and_restricts_to_subsets(model):
         explain(model, x, method="smoothgradcam++", channels=[64])
     with pytest.raises(ExplainError, match="gradcam takes no option 'samples'"):
         explain(model, x, method="gradcam", samples=3)
+
+
+def test_scorecam_bf16_option_is_close_and_checked(model):
+    torch.manual_seed(5)
+    x = torch.randn(2, 3, 32, 32)
+    exact = explain(model, x, [1, 2], method="scorecam")
+    fast = explain(model, x, [1, 2], method="scorecam", precision="bf16")
+    assert (exact.maps - fast.maps).abs().max() < 0.1
+    with pytest.raises(ExplainError, match="precision must be fp32 or bf16"):
+        explain(model, x, method="scorecam", precision="fp16")

@@ -8,6 +8,7 @@ and in eval mode every image's gradient depends only on that image.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -21,7 +22,7 @@ from cnnkit.models.base import stage_modules
 CAM_METHODS = ("gradcam", "gradcam++", "smoothgradcam++", "scorecam", "eigencam")
 _OPTIONS = {"smoothgradcam++": ("samples", "noise", "seed", "channels", "neurons"),
             "smoothgrad": ("samples", "noise"), "integrated_gradients": ("steps", "baseline"),
-            "lrp": ("rule", "epsilon")}
+            "lrp": ("rule", "epsilon"), "scorecam": ("precision",)}
 
 
 @dataclass
@@ -139,9 +140,8 @@ def _noisy_moments(model: nn.Module, x: torch.Tensor, tgt: torch.Tensor, store: 
     for i in range(0, samples, per_pass):
         e = eps[i:i + per_pass]
         noisy = (x[None] + noise * span[None] * e[:, None]).flatten(0, 1)  # sample-major: s*B + image
-        model.zero_grad(set_to_none=True)
-        model(noisy).gather(1, tgt.repeat(len(e))[:, None]).sum().backward()
-        g = store["acts"].grad.view(len(e), b, *store["acts"].shape[1:])
+        _, g = _forward_backward(model, noisy, tgt.repeat(len(e)), store, "the layer")
+        g = g.view(len(e), b, *g.shape[1:])
         for k in range(3):
             sums[k] = sums[k] + g.pow(k + 1).sum(0)
     return tuple(t / samples for t in sums)
@@ -168,22 +168,66 @@ def _subset_masks(shape: torch.Size, channels, neurons) -> tuple[torch.Tensor, t
     return keep, where
 
 
+def _inference_copy(model: nn.Module) -> nn.Module:
+    """A copy for pure inference: BatchNorm folded into the convolutions (outputs equal to ~1e-6) and, on a
+    CPU, channels-last memory; a plain copy when the model cannot be traced."""
+    from cnnkit.errors import ModelError
+    from cnnkit.models.fold import fold_batchnorm
+
+    try:
+        fast, _ = fold_batchnorm(model)
+    except ModelError:
+        fast = copy.deepcopy(model).eval()
+    p = next(model.parameters(), None)
+    if p is not None and p.device.type == "cpu":
+        fast = fast.to(memory_format=torch.channels_last)
+    return fast
+
+
 def _score_weights(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, tgt: torch.Tensor,
-                   batch_size: int) -> torch.Tensor:
+                   batch_size: int, precision: str = "fp32") -> torch.Tensor:
     """Score-CAM's channel weights: each channel, upsampled (bilinear, corners aligned) and min-max scaled,
-    masks the input; the softmax over channels of the target logits is the weight. All masked images of all
-    inputs go through the model in batches of `batch_size`."""
+    masks the input; the softmax over channels of the target logits is the weight.
+
+    The B×C masked images are pure inference, so they run on an inference copy of the model (BN folded,
+    channels-last). On a CPU they go in chunks of 16, which stay in cache (measured faster than larger
+    batches on 2 cores), spread over one single-threaded worker per core: small convolutions scale
+    poorly across cores inside one op, and independent chunks scale almost linearly. `precision="bf16"`
+    runs the masked passes under bfloat16 autocast: faster where the hardware has bf16, but the map then
+    differs from the float32 one (measured in benchmarks/explain.py)."""
+    if precision not in ("fp32", "bf16"):
+        raise ExplainError(f"precision must be fp32 or bf16, got {precision!r}")
     b, c = acts.shape[:2]
     up = F.interpolate(acts, size=x.shape[-2:], mode="bilinear", align_corners=True)
     lo, hi = up.amin((2, 3), keepdim=True), up.amax((2, 3), keepdim=True)
-    masks = (up - lo) / (hi - lo + 1e-8)  # B × C × H × W
-    scores = torch.empty(b * c, dtype=acts.dtype)
+    masks = ((up - lo) / (hi - lo + 1e-8)).flatten(0, 1)  # B·C × H × W
+    scores = torch.empty(b * c, dtype=acts.dtype, device=acts.device)
     flat_t = tgt.repeat_interleave(c)
-    with torch.no_grad():
-        for i in range(0, b * c, batch_size):
-            idx = torch.arange(i, min(i + batch_size, b * c))
-            batch = x[idx // c] * masks.flatten(0, 1)[idx][:, None]
-            scores[idx] = model(batch).gather(1, flat_t[idx][:, None])[:, 0].to(acts.dtype)
+    fast = _inference_copy(model)
+    cpu = x.device.type == "cpu"
+    chunk = 16 if cpu else batch_size
+    memory = torch.channels_last if cpu else torch.contiguous_format
+
+    def run(start: int) -> None:
+        idx = torch.arange(start, min(start + chunk, b * c), device=x.device)
+        with torch.inference_mode(), torch.autocast(x.device.type, torch.bfloat16, enabled=precision == "bf16"):
+            batch = (x[idx // c] * masks[idx][:, None]).contiguous(memory_format=memory)
+            scores[idx] = fast(batch).gather(1, flat_t[idx][:, None])[:, 0].to(acts.dtype)
+
+    starts = range(0, b * c, chunk)
+    threads = torch.get_num_threads() if cpu else 1
+    if threads > 1 and len(starts) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(run, starts))
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        for st in starts:
+            run(st)
     return torch.softmax(scores.view(b, c), dim=1)
 
 
@@ -199,6 +243,21 @@ def _eigen_projection(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
     evidence = (grads * acts).sum(1).flatten(1)
     sign = torch.where((proj * evidence).sum(1) < 0, -1.0, 1.0)
     return (proj * sign[:, None]).view(b, h, w)
+
+
+def _forward_backward(model: nn.Module, x: torch.Tensor, targets, store: dict, name: str
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits, and the gradient of the summed target logits at the hooked layer's output."""
+    store.pop("acts", None)
+    with torch.no_grad():
+        logits = model(x)
+    if "acts" not in store:
+        raise ExplainError(f"layer {name!r} is not used by the model's forward pass")
+    tgt = _targets(targets, logits.detach())
+    (grads,) = torch.autograd.grad(logits.gather(1, tgt[:, None]).sum(), store["acts"], allow_unused=True)
+    if grads is None:  # the layer does not reach the logits
+        grads = torch.zeros_like(store["acts"])
+    return logits.detach(), grads
 
 
 def explain(model: nn.Module, images: torch.Tensor, targets: int | list[int] | torch.Tensor | None = None,
@@ -228,33 +287,34 @@ def explain(model: nn.Module, images: torch.Tensor, targets: int | list[int] | t
             got = f"a {out.ndim}-d tensor" if isinstance(out, torch.Tensor) else type(out).__name__
             raise ExplainError(f"layer {name!r} gives {got}, not a B×C×H×W feature map; "
                                f"CAM methods need a convolutional layer")
-        out.retain_grad()
-        store["acts"] = out
+        # Record the autograd graph only from this layer on: the forward runs without gradients up to here,
+        # and the backward stops here (no weight gradients, no backward through the earlier layers).
+        leaf = out.detach().requires_grad_(True)
+        store["acts"] = leaf
+        torch.set_grad_enabled(True)  # for the rest of this forward; the caller's no_grad() restores it
+        return leaf.clone()  # a non-leaf, so an in-place op after the layer is allowed
 
     handle = module.register_forward_hook(hook)
     try:
-        with torch.enable_grad():
-            x = images.detach().to(_dtype(model))
-            logits = model(x)
-            tgt = _targets(targets, logits)
-            model.zero_grad(set_to_none=True)
-            logits.gather(1, tgt[:, None]).sum().backward()
-        acts, grads = store["acts"].detach(), store["acts"].grad
+        x = images.detach().to(_dtype(model))
+        logits, grads = _forward_backward(model, x, targets, store, name)
+        tgt = _targets(targets, logits)
+        acts = store["acts"].detach()
         if method == "scorecam":
             handle.remove()  # Score-CAM's masked passes run without gradients and must not reach the hook
         if method == "eigencam":  # the map itself uses no gradients; they only fix the SVD's sign
             raw = _eigen_projection(acts, grads)
         elif method == "smoothgradcam++":  # the gradients of the chosen neurons only, averaged over noise
             keep, where = _subset_masks(acts.shape, options.get("channels"), options.get("neurons"))
-            with torch.enable_grad():
-                m1, m2, m3 = _noisy_moments(model, x, tgt, store, int(options.get("samples", 16)),
-                                            float(options.get("noise", 0.15)), int(options.get("seed", 0)),
-                                            batch_size)
+            m1, m2, m3 = _noisy_moments(model, x, tgt, store, int(options.get("samples", 16)),
+                                        float(options.get("noise", 0.15)), int(options.get("seed", 0)),
+                                        batch_size)
             acts = acts * where.to(acts)
             weights = _weights(method, acts, *(m * where.to(m) for m in (m1, m2, m3))) * keep.to(acts)
             raw = (weights[:, :, None, None] * acts).sum(1)
         else:
-            weights = (_score_weights(model, x, acts, tgt, batch_size) if method == "scorecam"
+            weights = (_score_weights(model, x, acts, tgt, batch_size, options.get("precision", "fp32"))
+                       if method == "scorecam"
                        else _weights(method, acts, grads))
             raw = (weights[:, :, None, None] * acts).sum(1)
     finally:
