@@ -38,10 +38,12 @@ def attribute(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, method: 
     elif method == "smoothgrad":  # noise σ as a fraction of each image's value range, as in the paper
         span = (x.amax((1, 2, 3)) - x.amin((1, 2, 3))).detach()
         attr = NoiseTunnel(Saliency(model)).attribute(x, nt_type="smoothgrad", nt_samples=samples,
-                                                      stdevs=float(noise * span.mean()), target=t, abs=False)
+                                                      stdevs=float(noise * span.mean()), target=t, abs=False,
+                                                      nt_samples_batch_size=max(1, 256 // len(x)))
     elif method == "integrated_gradients":
         attr = IntegratedGradients(model).attribute(x, baselines=baseline, target=t, n_steps=steps,
-                                                    method="gausslegendre")
+                                                    method="gausslegendre",
+                                                    internal_batch_size=max(len(x), 256))  # bounded memory
     elif method == "guided_backprop":
         attr = GuidedBackprop(model).attribute(x, target=t)
     else:

@@ -40,7 +40,7 @@ def _blur(images: torch.Tensor) -> torch.Tensor:
 
 
 def deletion_insertion(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor,
-                       steps: int = 32, batch_size: int = 512, mode: str = "both"
+                       steps: int = 32, batch_size: int = 128, mode: str = "both"
                        ) -> dict[str, torch.Tensor]:
     """Per-image deletion and insertion AUCs (and their curves, `steps`+1 points each). Deletion replaces
     pixels with zero (the normalized mean); insertion reveals them on a blurred copy, as in RISE. Ties in

@@ -214,7 +214,9 @@ def benchmark_methods(checkpoint: str | os.PathLike | LoadedCheckpoint, data: st
 
 def format_cell(v: Any) -> str:
     if isinstance(v, float):
-        return "–" if v != v else (f"{v:.0f}" if v >= 100 else f"{v:.3f}")
+        if v != v:
+            return "–"
+        return f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) > 1 else f"{v:.3f}"
     return str(v)
 
 
