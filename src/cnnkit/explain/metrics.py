@@ -20,7 +20,6 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from cnnkit.errors import ExplainError
 
@@ -188,7 +187,3 @@ def randomization_check(model: nn.Module, images: torch.Tensor, explain_fn: Call
         raise ExplainError(f"{type(model).__name__} has no layers with parameters to re-initialize")
     return rows
 
-
-def upsample_to(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of B×h×w maps (for maps computed at another resolution)."""
-    return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
