@@ -228,6 +228,19 @@ def visualize_cmd(
     summary("visualize", {"what": what, "png": path})
 
 
+@app.command("export")
+def export_cmd(
+    checkpoint: Path = typer.Option(..., help="Run directory (its best checkpoint) or a .safetensors file."),
+    out: Optional[Path] = typer.Option(None, help="The .onnx file to write (default: next to the checkpoint)."),
+    atol: float = typer.Option(1e-4, help="Largest output difference ONNX Runtime may show against PyTorch."),
+) -> None:
+    """Export a checkpoint to ONNX (dynamic batch), checked in ONNX Runtime, with its JSON sidecar."""
+    from cnnkit.deploy import export_onnx
+
+    r = export_onnx(checkpoint, out, atol=atol)
+    summary("export", {"onnx": r.path, "sidecar": r.sidecar, "max |onnx - torch|": f"{r.max_abs_diff:.2e}"})
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Run directory for the demo."),

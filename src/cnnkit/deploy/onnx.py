@@ -1,0 +1,135 @@
+"""ONNX export through the exporter PyTorch ships (`torch.onnx.export(dynamo=True)`, dynamic batch), checked
+in ONNX Runtime before anything is written, with a JSON sidecar (classes, input size, normalization) so
+`cnnkit predict` and `cnnkit eval` accept the `.onnx` file as they accept a checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from cnnkit.errors import CheckpointError, CnnkitError
+from cnnkit.train.checkpoint import LoadedCheckpoint, atomic_write_text, load_checkpoint
+
+SIDECAR_FORMAT = "cnnkit-artifact/1"
+_META_KEYS = ("model", "model_kwargs", "classes", "in_chans", "img_size", "normalization", "dataset")
+
+
+class ExportError(CnnkitError):
+    """An export that failed or did not reproduce the model's outputs."""
+
+
+def sidecar_path(path: Path) -> Path:
+    return Path(f"{path}.json")
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    sidecar: Path
+    max_abs_diff: float
+
+
+def _session(path: str | Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def export_onnx(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str | os.PathLike | None = None,
+                atol: float = 1e-4, seed: int = 0) -> ExportResult:
+    """Export a checkpoint to ONNX (input `images` N×C×H×W with a dynamic N, output `logits`), compare
+    ONNX Runtime's float32 outputs with PyTorch's at batch 1 and 3, and only then write `<out>` and
+    `<out>.json` atomically. A parity failure writes nothing and says by how much it failed."""
+    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint)
+    model = ckpt.model.float().eval()
+    path = Path(out) if out is not None else ckpt.path.with_suffix(".onnx")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = (ckpt.in_chans, *ckpt.img_size)
+    gen = torch.Generator().manual_seed(seed)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".export-", suffix=".onnx")
+    os.close(fd)
+    try:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+                torch.onnx.export(model, (torch.randn(2, *shape, generator=gen),), tmp, dynamo=True,
+                                  input_names=["images"], output_names=["logits"], external_data=False,
+                                  dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+        except Exception as e:  # the exporter raises many types
+            raise ExportError(f"ONNX export of {ckpt.meta['model']} failed: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:160]}") from None
+        sess = _session(tmp)
+        worst = 0.0
+        for n in (1, 3):
+            x = torch.randn(n, *shape, generator=gen)
+            with torch.no_grad():
+                ref = model(x).numpy()
+            got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+            worst = max(worst, float(np.abs(got - ref).max()))
+        if not worst <= atol:
+            raise ExportError(f"ONNX Runtime's outputs differ from PyTorch's by {worst:.2e} (> {atol:.0e}); "
+                              f"nothing was written")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        Path(f"{tmp}.data").unlink(missing_ok=True)
+    meta = {"format": SIDECAR_FORMAT, "artifact": "onnx", "source": str(ckpt.path),
+            "max_abs_diff_vs_pytorch": worst, "torch_version": torch.__version__,
+            **{k: ckpt.meta[k] for k in _META_KEYS if k in ckpt.meta}}
+    side = sidecar_path(path)
+    atomic_write_text(side, json.dumps(meta, indent=2) + "\n")
+    return ExportResult(path, side, worst)
+
+
+class OnnxModel(nn.Module):
+    """An ONNX file run by ONNX Runtime on the CPU, behind the nn.Module call the evaluators use."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+        self.session = _session(path)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input_name: x.detach().float().cpu().contiguous().numpy()})[0]
+        return torch.from_numpy(out).to(x.device)
+
+
+def load_onnx(path: str | os.PathLike) -> LoadedCheckpoint:
+    """An `.onnx` artifact and its sidecar, as a LoadedCheckpoint (model = OnnxModel)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CheckpointError(f"no such ONNX file: {p}")
+    side = sidecar_path(p)
+    if not side.exists():
+        raise CheckpointError(f"{p} has no sidecar {side.name} (classes, input size, normalization); "
+                              f"export it with `cnnkit export` or write the sidecar next to it")
+    try:
+        meta: dict[str, Any] = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {side}: {e}") from None
+    missing = [k for k in ("classes", "in_chans", "img_size", "normalization") if k not in meta]
+    if meta.get("format") != SIDECAR_FORMAT or missing:
+        raise CheckpointError(f"{side} is not a cnnkit sidecar" + (f" (missing {', '.join(missing)})" if missing else ""))
+    try:
+        model = OnnxModel(p)
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise CheckpointError(f"cannot load {p} in ONNX Runtime: {str(e).splitlines()[0][:160]}") from None
+    dims = model.session.get_inputs()[0].shape[1:]
+    want = [meta["in_chans"], *meta["img_size"]]
+    if any(isinstance(d, int) and d != w for d, w in zip(dims, want)):
+        raise CheckpointError(f"{side} says the input is {'×'.join(map(str, want))} but {p.name} takes "
+                              f"{'×'.join(map(str, dims))}; the sidecar does not belong to this model")
+    outputs = model.session.get_outputs()[0].shape
+    if isinstance(outputs[-1], int) and outputs[-1] != len(meta["classes"]):
+        raise CheckpointError(f"{side} lists {len(meta['classes'])} classes but {p.name} outputs {outputs[-1]}")
+    return LoadedCheckpoint(model.eval(), meta, p)

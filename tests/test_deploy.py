@@ -1,0 +1,64 @@
+"""ONNX export: parity in ONNX Runtime, dynamic batch, the sidecar, and `predict`/`eval` on the artifact."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cnnkit.cli import main
+from cnnkit.deploy import export_onnx, load_onnx
+from cnnkit.evaluate import evaluate, predict
+from cnnkit.train.checkpoint import load_checkpoint
+from tests.conftest import write_imagefolder
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    return export_onnx(trained_run.run_dir, out)
+
+
+def test_onnx_matches_pytorch_at_any_batch(exported, trained_run):
+    assert exported.path.exists() and exported.max_abs_diff <= 1e-4
+    art, ck = load_onnx(exported.path), load_checkpoint(trained_run.run_dir)
+    for n in (1, 7):
+        x = torch.randn(n, 1, 28, 28)
+        with torch.no_grad():
+            assert np.abs((art.model(x) - ck.model(x)).numpy()).max() <= 1e-4
+    meta = json.loads(exported.sidecar.read_text())
+    assert meta["classes"] == ck.classes and meta["img_size"] == [28, 28] and meta["normalization"]
+    assert not [p for p in exported.path.parent.iterdir() if p.name.startswith(".")]  # no temp files
+
+
+def test_predict_and_eval_accept_the_onnx_file(exported, trained_run, tmp_path, sample_train):
+    a = evaluate(exported.path, "sample", "test").metrics
+    b = evaluate(trained_run.run_dir, "sample", "test").metrics
+    assert a["top1"] == pytest.approx(b["top1"], abs=1e-3)
+    folder = write_imagefolder(tmp_path / "imgs", sample_train, classes=(0, 7), per_class=2)
+    p_onnx, p_ckpt = predict(exported.path, [folder]), predict(trained_run.run_dir, [folder])
+    assert [p.top[0][0] for p in p_onnx] == [p.top[0][0] for p in p_ckpt]
+
+
+def test_cli_export_and_sidecar_errors(trained_run, tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(trained_run.run_dir), "--out", str(out)]) == 0
+    side = out.with_name("m.onnx.json")
+    meta = json.loads(side.read_text())
+    meta["in_chans"] = 3
+    side.write_text(json.dumps(meta))
+    assert main(["predict", str(tmp_path), "--checkpoint", str(out)]) == 2
+    assert "the sidecar does not belong to this model" in capsys.readouterr().err
+    side.unlink()
+    assert main(["eval", "--checkpoint", str(out)]) == 2
+    assert "has no sidecar m.onnx.json" in capsys.readouterr().err
+
+
+def test_failed_parity_writes_nothing(trained_run, tmp_path, capsys):
+    out = tmp_path / "never.onnx"
+    assert main(["export", "--checkpoint", str(trained_run.run_dir), "--out", str(out), "--atol", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "differ from PyTorch's by" in err and "nothing was written" in err
+    assert list(tmp_path.iterdir()) == []
