@@ -62,3 +62,16 @@ def test_failed_parity_writes_nothing(trained_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "differ from PyTorch's by" in err and "nothing was written" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_torch_export_program_round_trip(trained_run, tmp_path, sample_train):
+    out = tmp_path / "m.pt2"
+    assert main(["export", "--checkpoint", str(trained_run.run_dir), "--format", "torch-export",
+                 "--out", str(out)]) == 0
+    art, ck = load_checkpoint(out), load_checkpoint(trained_run.run_dir)
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        assert (art.model(x) - ck.model(x)).abs().max() <= 1e-5
+    folder = write_imagefolder(tmp_path / "imgs", sample_train, classes=(1,), per_class=2, mixed=False)
+    assert [p.top[0][0] for p in predict(out, [folder])] == [p.top[0][0] for p in predict(trained_run.run_dir, [folder])]
+    assert main(["export", "--checkpoint", str(trained_run.run_dir), "--format", "tflite"]) == 2

@@ -231,14 +231,19 @@ def visualize_cmd(
 @app.command("export")
 def export_cmd(
     checkpoint: Path = typer.Option(..., help="Run directory (its best checkpoint) or a .safetensors file."),
-    out: Optional[Path] = typer.Option(None, help="The .onnx file to write (default: next to the checkpoint)."),
-    atol: float = typer.Option(1e-4, help="Largest output difference ONNX Runtime may show against PyTorch."),
+    out: Optional[Path] = typer.Option(None, help="The file to write (default: next to the checkpoint)."),
+    format: str = typer.Option("onnx", "--format", help="onnx (checked in ONNX Runtime) or torch-export (.pt2)."),
+    atol: Optional[float] = typer.Option(None, help="Largest output difference allowed against PyTorch "
+                                                    "(default 1e-4 for ONNX, 1e-5 for torch.export)."),
 ) -> None:
-    """Export a checkpoint to ONNX (dynamic batch), checked in ONNX Runtime, with its JSON sidecar."""
-    from cnnkit.deploy import export_onnx
+    """Export a checkpoint (dynamic batch) with its JSON sidecar, checked against PyTorch before writing."""
+    from cnnkit.deploy import export_onnx, export_program
 
-    r = export_onnx(checkpoint, out, atol=atol)
-    summary("export", {"onnx": r.path, "sidecar": r.sidecar, "max |onnx - torch|": f"{r.max_abs_diff:.2e}"})
+    if format not in ("onnx", "torch-export"):
+        raise ConfigError(f"unknown export format {format!r}; choose onnx or torch-export")
+    fn, default = (export_onnx, 1e-4) if format == "onnx" else (export_program, 1e-5)
+    r = fn(checkpoint, out, atol=default if atol is None else atol)
+    summary("export", {format: r.path, "sidecar": r.sidecar, "max |artifact - torch|": f"{r.max_abs_diff:.2e}"})
 
 
 @app.command()

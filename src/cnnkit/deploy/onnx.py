@@ -109,17 +109,8 @@ def load_onnx(path: str | os.PathLike) -> LoadedCheckpoint:
     p = Path(path).expanduser()
     if not p.exists():
         raise CheckpointError(f"no such ONNX file: {p}")
+    meta = _read_sidecar(p)
     side = sidecar_path(p)
-    if not side.exists():
-        raise CheckpointError(f"{p} has no sidecar {side.name} (classes, input size, normalization); "
-                              f"export it with `cnnkit export` or write the sidecar next to it")
-    try:
-        meta: dict[str, Any] = json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {side}: {e}") from None
-    missing = [k for k in ("classes", "in_chans", "img_size", "normalization") if k not in meta]
-    if meta.get("format") != SIDECAR_FORMAT or missing:
-        raise CheckpointError(f"{side} is not a cnnkit sidecar" + (f" (missing {', '.join(missing)})" if missing else ""))
     try:
         model = OnnxModel(p)
     except Exception as e:  # onnxruntime raises its own exception types
@@ -133,3 +124,88 @@ def load_onnx(path: str | os.PathLike) -> LoadedCheckpoint:
     if isinstance(outputs[-1], int) and outputs[-1] != len(meta["classes"]):
         raise CheckpointError(f"{side} lists {len(meta['classes'])} classes but {p.name} outputs {outputs[-1]}")
     return LoadedCheckpoint(model.eval(), meta, p)
+
+
+def export_program(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str | os.PathLike | None = None,
+                   atol: float = 1e-5, seed: int = 0) -> ExportResult:
+    """A `torch.export` program (`.pt2`, dynamic batch) with the same sidecar, checked against the eager
+    model at batch 1 and 3 before it is written."""
+    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint)
+    model = ckpt.model.float().eval()
+    path = Path(out) if out is not None else ckpt.path.with_suffix(".pt2")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = (ckpt.in_chans, *ckpt.img_size)
+    gen = torch.Generator().manual_seed(seed)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".export-", suffix=".pt2")
+    os.close(fd)
+    try:
+        try:
+            with torch.no_grad():
+                prog = torch.export.export(model, (torch.randn(2, *shape, generator=gen),),
+                                           dynamic_shapes=({0: torch.export.Dim("batch")},))
+            torch.export.save(prog, tmp)
+            loaded = torch.export.load(tmp).module()
+        except Exception as e:  # torch.export raises many types
+            raise ExportError(f"torch.export of {ckpt.meta['model']} failed: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:160]}") from None
+        worst = 0.0
+        for n in (1, 3):
+            x = torch.randn(n, *shape, generator=gen)
+            with torch.no_grad():
+                worst = max(worst, float((loaded(x) - model(x)).abs().max()))
+        if not worst <= atol:
+            raise ExportError(f"the exported program's outputs differ from the model's by {worst:.2e} "
+                              f"(> {atol:.0e}); nothing was written")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    meta = {"format": SIDECAR_FORMAT, "artifact": "torch.export", "source": str(ckpt.path),
+            "max_abs_diff_vs_pytorch": worst, "torch_version": torch.__version__,
+            **{k: ckpt.meta[k] for k in _META_KEYS if k in ckpt.meta}}
+    side = sidecar_path(path)
+    atomic_write_text(side, json.dumps(meta, indent=2) + "\n")
+    return ExportResult(path, side, worst)
+
+
+def _read_sidecar(p: Path) -> dict[str, Any]:
+    side = sidecar_path(p)
+    if not side.exists():
+        raise CheckpointError(f"{p} has no sidecar {side.name} (classes, input size, normalization); "
+                              f"export it with `cnnkit export` or write the sidecar next to it")
+    try:
+        meta: dict[str, Any] = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {side}: {e}") from None
+    missing = [k for k in ("classes", "in_chans", "img_size", "normalization") if k not in meta]
+    if meta.get("format") != SIDECAR_FORMAT or missing:
+        raise CheckpointError(f"{side} is not a cnnkit sidecar" + (f" (missing {', '.join(missing)})" if missing else ""))
+    return meta
+
+
+class ProgramModel(nn.Module):
+    """An exported program's module behind the usual nn.Module calls. Its graph is already in eval mode
+    and refuses `.eval()`/`.train()`, so those calls stop here."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.program = module
+
+    def train(self, mode: bool = True) -> ProgramModel:
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)
+
+
+def load_program(path: str | os.PathLike) -> LoadedCheckpoint:
+    """A `.pt2` program and its sidecar, as a LoadedCheckpoint."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CheckpointError(f"no such exported program: {p}")
+    meta = _read_sidecar(p)
+    try:
+        module = torch.export.load(str(p)).module()
+    except Exception as e:
+        raise CheckpointError(f"cannot load {p}: {str(e).splitlines()[0][:160]}") from None
+    return LoadedCheckpoint(ProgramModel(module), meta, p)

@@ -137,10 +137,10 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: Pa
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedCheckpoint:
     """Rebuild the model a checkpoint (file or run directory) was trained as, with its weights; an `.onnx`
     artifact with its sidecar loads as an ONNX Runtime model (CPU)."""
-    if str(path).endswith(".onnx"):
-        from cnnkit.deploy.onnx import load_onnx
+    if str(path).endswith((".onnx", ".pt2")):
+        from cnnkit.deploy.onnx import load_onnx, load_program
 
-        return load_onnx(path)
+        return load_onnx(path) if str(path).endswith(".onnx") else load_program(path)
     file = resolve_checkpoint(path)
     meta = read_meta(file)
     if meta.get("format") != FORMAT:
