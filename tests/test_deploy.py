@@ -75,3 +75,21 @@ def test_torch_export_program_round_trip(trained_run, tmp_path, sample_train):
     folder = write_imagefolder(tmp_path / "imgs", sample_train, classes=(1,), per_class=2, mixed=False)
     assert [p.top[0][0] for p in predict(out, [folder])] == [p.top[0][0] for p in predict(trained_run.run_dir, [folder])]
     assert main(["export", "--checkpoint", str(trained_run.run_dir), "--format", "tflite"]) == 2
+
+
+def test_bench_measures_checkpoints_and_artifacts(exported, trained_run, tmp_path, capsys):
+    from cnnkit.deploy.bench import bench
+
+    ck = bench(trained_run.run_dir, data="sample", repeats=5, batch=8)
+    ox = bench(exported.path, data="sample", repeats=5, batch=8)
+    model = load_checkpoint(trained_run.run_dir).model
+    assert ck["params"] == sum(p.numel() for p in model.parameters()) and ck["macs"] > 0
+    assert ox["params"] > 0.99 * ck["params"] and ox["macs"] is None  # BN may be folded in the ONNX graph
+    assert ox["file_bytes"] == exported.path.stat().st_size
+    for r in (ck, ox):
+        assert 0 < r["latency_ms_p50"] <= r["latency_ms_p99"] and r["images_per_s"] > 0
+    assert ox["top1"] == pytest.approx(ck["top1"], abs=1e-3)
+    out = tmp_path / "b.json"
+    assert main(["bench", str(trained_run.run_dir), str(exported.path), "--repeats", "3", "--batch", "4",
+                 "--json", str(out)]) == 0
+    assert len(json.loads(out.read_text())) == 2 and "p50 ms" in capsys.readouterr().out

@@ -246,6 +246,37 @@ def export_cmd(
     summary("export", {format: r.path, "sidecar": r.sidecar, "max |artifact - torch|": f"{r.max_abs_diff:.2e}"})
 
 
+@app.command("bench")
+def bench_cmd(
+    targets: list[Path] = typer.Argument(..., help="Run directories, checkpoints, .onnx or .pt2 artifacts."),
+    data: Optional[str] = typer.Option(None, help="Also measure top-1 on this dataset's test split."),
+    data_dir: Optional[Path] = typer.Option(None),
+    batch: int = typer.Option(64, min=1, help="Batch size of the throughput measurement."),
+    repeats: int = typer.Option(30, min=3, help="Timed runs at batch 1 (after warm-up)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the measurements as JSON."),
+) -> None:
+    """Parameters, MACs, file size, latency p50/p99 at batch 1, throughput, peak memory, accuracy."""
+    import json
+
+    from cnnkit.deploy.bench import bench
+    from cnnkit.train.checkpoint import atomic_write_text
+
+    rows = [bench(t, data, data_dir=data_dir, batch=batch, repeats=repeats) for t in targets]
+    t = Table(title=f"bench ({rows[0]['torch_threads']} torch threads)", title_justify="left")
+    cols = ["target", "params", "MMACs", "MB on disk", "p50 ms", "p99 ms", f"img/s @{batch}", "peak RSS MiB"]
+    cols += ["top-1"] if data else []
+    for c in cols:
+        t.add_column(c, justify="left" if c == "target" else "right", overflow="fold")
+    for r in rows:
+        cells = [r["target"], f"{r['params']:,}", "–" if r["macs"] is None else f"{r['macs'] / 1e6:.1f}",
+                 f"{r['file_bytes'] / 1e6:.2f}", f"{r['latency_ms_p50']:.2f}", f"{r['latency_ms_p99']:.2f}",
+                 f"{r['images_per_s']:.0f}", f"{r['peak_rss_mib']:.0f}"]
+        t.add_row(*cells, *([f"{r['top1']:.4f}"] if data else []))
+    stdout.print(t)
+    if json_out:
+        atomic_write_text(json_out, json.dumps(rows, indent=2) + "\n")
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Run directory for the demo."),
