@@ -24,6 +24,10 @@ class ExplainError(CnnkitError):
     """A method, layer, target or image that cannot be explained."""
 
 
+class ExportError(CnnkitError):
+    """An export that failed or did not reproduce the model's outputs."""
+
+
 class CheckpointError(CnnkitError):
     """A checkpoint is missing, incomplete or does not match the model."""
 

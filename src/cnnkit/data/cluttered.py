@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -111,14 +109,10 @@ def cached_cluttered(source: ImageData, seed: int, cache: Path, name: str, **kwa
         except Exception:  # a truncated or foreign file: make it again
             path.unlink(missing_ok=True)
     data = make_cluttered(source, seed, name=name, **kwargs)
+    from cnnkit.train.checkpoint import atomic_write_bytes  # here: cnnkit.train imports cnnkit.data
+
     buf = io.BytesIO()
     torch.save({"images": data.images, "labels": data.labels, "boxes": data.boxes}, buf)
     cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache, prefix=".cluttered-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
     return data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +60,24 @@ def list_image_files(paths: list[str | os.PathLike]) -> list[Path]:
     if not out:
         raise DataError(f"no image files found in {', '.join(map(str, paths))}")
     return out
+
+
+def load_model_inputs(paths: list[str | os.PathLike], in_chans: int, size: tuple[int, int],
+                      strict: bool = False) -> tuple[torch.Tensor, list[Path]]:
+    """Image files or folders as one uint8 N×C×H×W batch for a model, and the files kept. Unreadable images
+    are skipped with a warning (or raise with `strict`); DataError when none can be read."""
+    tensors, kept, skipped = [], [], 0
+    for f in list_image_files(list(paths)):
+        try:
+            tensors.append(to_model_input(load_image_file(f), in_chans, size))
+            kept.append(Path(f))
+        except DataError as e:
+            if strict:
+                raise
+            warnings.warn(str(e), stacklevel=3)
+            skipped += 1
+    if skipped:
+        warnings.warn(f"skipped {skipped} unreadable image(s)", stacklevel=3)
+    if not tensors:
+        raise DataError("none of the given images could be read")
+    return torch.stack(tensors), kept

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnkit.deploy.onnx import OnnxModel
+from cnnkit.deploy.artifacts import OnnxModel
 from cnnkit.train.checkpoint import load_checkpoint
 
 

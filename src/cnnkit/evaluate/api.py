@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cnnkit.data import (BatchLoader, ImageData, Normalize, list_image_files, load_dataset, load_image_file,
-                         to_model_input)
-from cnnkit.errors import CheckpointError, DataError
+from cnnkit.data import BatchLoader, ImageData, Normalize, load_dataset
+from cnnkit.data.images import load_model_inputs
+from cnnkit.errors import CheckpointError
 from cnnkit.evaluate.metrics import classification_report
 from cnnkit.runtime import autocast_dtype, pick_device
 from cnnkit.train.checkpoint import LoadedCheckpoint, atomic_write_text, load_checkpoint
@@ -87,23 +86,9 @@ def predict(checkpoint: str | os.PathLike | LoadedCheckpoint, inputs: list[str |
     dev = pick_device(device)
     ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, dev)
     ckpt.model.to(dev)
-    files = list_image_files(list(inputs))
-    tensors, kept, skipped = [], [], 0
-    for f in files:
-        try:
-            tensors.append(to_model_input(load_image_file(f), ckpt.in_chans, ckpt.img_size))
-            kept.append(f)
-        except DataError as e:
-            if strict:
-                raise
-            warnings.warn(str(e), stacklevel=2)
-            skipped += 1
-    if skipped:
-        warnings.warn(f"skipped {skipped} unreadable image(s)", stacklevel=2)
-    if not tensors:
-        raise DataError("none of the given images could be read")
+    images, kept = load_model_inputs(list(inputs), ckpt.in_chans, ckpt.img_size, strict)
     k = max(1, min(topk, len(ckpt.classes)))
-    data = ImageData(torch.stack(tensors), torch.zeros(len(tensors), dtype=torch.long), ckpt.classes, "files", "predict")
+    data = ImageData(images, torch.zeros(len(images), dtype=torch.long), ckpt.classes, "files", "predict")
     mean, std = ckpt.normalization
     probs, _ = evaluate_loader(ckpt.model, BatchLoader(data, batch_size, Normalize(mean, std, dev)), dev,
                                autocast_dtype(amp, dev), tta)

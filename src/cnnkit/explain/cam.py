@@ -140,7 +140,7 @@ def _noisy_moments(model: nn.Module, x: torch.Tensor, tgt: torch.Tensor, store: 
     for i in range(0, samples, per_pass):
         e = eps[i:i + per_pass]
         noisy = (x[None] + noise * span[None] * e[:, None]).flatten(0, 1)  # sample-major: s*B + image
-        _, g = _forward_backward(model, noisy, tgt.repeat(len(e)), store, "the layer")
+        _, g = _forward_backward(model, noisy, tgt.repeat(len(e)), store, "the layer")  # targets given
         g = g.view(len(e), b, *g.shape[1:])
         for k in range(3):
             sums[k] = sums[k] + g.pow(k + 1).sum(0)
@@ -247,7 +247,7 @@ def _eigen_projection(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
 
 def _forward_backward(model: nn.Module, x: torch.Tensor, targets, store: dict, name: str
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits, and the gradient of the summed target logits at the hooked layer's output."""
+    """The explained classes, and the gradient of their summed logits at the hooked layer's output."""
     store.pop("acts", None)
     with torch.no_grad():
         logits = model(x)
@@ -257,7 +257,7 @@ def _forward_backward(model: nn.Module, x: torch.Tensor, targets, store: dict, n
     (grads,) = torch.autograd.grad(logits.gather(1, tgt[:, None]).sum(), store["acts"], allow_unused=True)
     if grads is None:  # the layer does not reach the logits
         grads = torch.zeros_like(store["acts"])
-    return logits.detach(), grads
+    return tgt, grads
 
 
 def explain(model: nn.Module, images: torch.Tensor, targets: int | list[int] | torch.Tensor | None = None,
@@ -297,8 +297,7 @@ def explain(model: nn.Module, images: torch.Tensor, targets: int | list[int] | t
     handle = module.register_forward_hook(hook)
     try:
         x = images.detach().to(_dtype(model))
-        logits, grads = _forward_backward(model, x, targets, store, name)
-        tgt = _targets(targets, logits)
+        tgt, grads = _forward_backward(model, x, targets, store, name)
         acts = store["acts"].detach()
         if method == "scorecam":
             handle.remove()  # Score-CAM's masked passes run without gradients and must not reach the hook

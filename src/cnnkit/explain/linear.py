@@ -34,10 +34,6 @@ class LinearDecomposition:
     bias_share: torch.Tensor
     max_error: float
 
-    @property
-    def jacobian_times_input_sum(self) -> torch.Tensor:
-        return self.contributions.flatten(2).sum(2)
-
 
 def _constants(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{parameter name: (the parameter, the additive constant it carries)} for every bias and BN shift."""

@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from cnnkit.data import Normalize, list_image_files, load_dataset, load_image_file, to_model_input
+from cnnkit.data import Normalize, load_dataset
+from cnnkit.data.images import load_model_inputs
 from cnnkit.errors import DataError, ExplainError, close_matches
-from cnnkit.explain.cam import CAM_METHODS, explain
+from cnnkit.explain.cam import CAM_METHODS, explain, resolve_layer
 from cnnkit.explain.gradients import GRADIENT_METHODS
 from cnnkit.runtime import pick_device
 from cnnkit.train.checkpoint import LoadedCheckpoint, atomic_write_text, load_checkpoint
@@ -106,19 +107,7 @@ def explain_files(checkpoint: str | os.PathLike | LoadedCheckpoint, inputs: list
     names = parse_methods(methods)
     ckpt, dev = _load(checkpoint, device)
     tgt_index = _target_index(target, ckpt.classes)
-    files = list_image_files(list(inputs))
-    images, kept = [], []
-    for f in files:
-        try:
-            images.append(to_model_input(load_image_file(f), ckpt.in_chans, ckpt.img_size))
-            kept.append(Path(f))
-        except DataError as e:
-            if strict:
-                raise
-            warnings.warn(str(e), stacklevel=2)
-    if not images:
-        raise DataError("none of the given images could be read")
-    raw = torch.stack(images)
+    raw, kept = load_model_inputs(list(inputs), ckpt.in_chans, ckpt.img_size, strict)
     x = Normalize(*ckpt.normalization, dev)(raw)
     model = ckpt.model.to(dev).eval()
     with torch.no_grad():
@@ -292,21 +281,16 @@ def visualize(checkpoint: str | os.PathLike | LoadedCheckpoint, what: str, layer
                                title=f"class-model images ({steps} steps)")
     if what == "activations":
         chans = _channel_list(channels)
-        name = resolve_layer_name(model, layer)
+        name = resolve_layer(model, layer)[0]
         imgs = activation_maximization(model, name, chans, shape, steps=steps, jitter=1, blur_every=10)
         return save_image_grid(imgs.cpu().numpy(), path, titles=[f"{name}:{c}" for c in chans],
                                title=f"activation maximization, {name}")
     if not images:
         raise ExplainError("feature-maps needs an image: pass --images FILE")
-    f = list_image_files(list(images))[0]
-    x = Normalize(*ckpt.normalization, dev)(to_model_input(load_image_file(f), ckpt.in_chans, ckpt.img_size)[None])
+    raw, (f, *_) = load_model_inputs(list(images), ckpt.in_chans, ckpt.img_size)
+    x = Normalize(*ckpt.normalization, dev)(raw[:1])
     name, maps = feature_maps(model, x, layer)
     maps = maps[0, :64, None].cpu().numpy()
     return save_image_grid(maps, path, titles=[str(i) for i in range(len(maps))],
                            title=f"{name} feature maps of {f.name} (first {len(maps)} channels)")
 
-
-def resolve_layer_name(model, layer: str) -> str:
-    from cnnkit.explain.cam import resolve_layer
-
-    return resolve_layer(model, layer)[0]

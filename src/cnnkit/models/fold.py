@@ -31,7 +31,9 @@ def _split_norm_act(model: nn.Module) -> nn.Module:
 
     for name, m in list(model.named_modules()):
         if type(m) is BatchNormAct2d:
-            bn = nn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
+            ref = next(t for t in (m.weight, m.running_mean) if t is not None)  # keep dtype and device
+            bn = nn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats,
+                                device=ref.device, dtype=ref.dtype)
             bn.load_state_dict(m.state_dict(), strict=False)
             parent, _, leaf = name.rpartition(".")
             model.get_submodule(parent).add_module(leaf, nn.Sequential(bn, m.drop, m.act))

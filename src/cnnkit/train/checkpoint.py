@@ -138,7 +138,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     """Rebuild the model a checkpoint (file or run directory) was trained as, with its weights; an `.onnx`
     artifact with its sidecar loads as an ONNX Runtime model (CPU)."""
     if str(path).endswith((".onnx", ".pt2")):
-        from cnnkit.deploy.onnx import load_onnx, load_program
+        from cnnkit.deploy.artifacts import load_onnx, load_program
 
         return load_onnx(path) if str(path).endswith(".onnx") else load_program(path)
     file = resolve_checkpoint(path)

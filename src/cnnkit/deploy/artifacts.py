@@ -1,6 +1,7 @@
-"""ONNX export through the exporter PyTorch ships (`torch.onnx.export(dynamo=True)`, dynamic batch), checked
-in ONNX Runtime before anything is written, with a JSON sidecar (classes, input size, normalization) so
-`cnnkit predict` and `cnnkit eval` accept the `.onnx` file as they accept a checkpoint."""
+"""Deployable artifacts: ONNX through the exporter PyTorch ships (`torch.onnx.export(dynamo=True)`), checked
+in ONNX Runtime, and `torch.export` programs (`.pt2`); both with a dynamic batch, checked against the eager
+model before anything is written, and carrying a JSON sidecar (classes, input size, normalization) so
+`cnnkit predict` and `cnnkit eval` accept them as they accept a checkpoint."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,15 +19,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnkit.errors import CheckpointError, CnnkitError
+from cnnkit.errors import CheckpointError, ExportError
 from cnnkit.train.checkpoint import LoadedCheckpoint, atomic_write_text, load_checkpoint
 
 SIDECAR_FORMAT = "cnnkit-artifact/1"
 _META_KEYS = ("model", "model_kwargs", "classes", "in_chans", "img_size", "normalization", "dataset")
-
-
-class ExportError(CnnkitError):
-    """An export that failed or did not reproduce the model's outputs."""
 
 
 def sidecar_path(path: Path) -> Path:
@@ -45,49 +43,74 @@ def _session(path: str | Path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def export_onnx(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str | os.PathLike | None = None,
-                atol: float = 1e-4, seed: int = 0) -> ExportResult:
-    """Export a checkpoint to ONNX (input `images` N×C×H×W with a dynamic N, output `logits`), compare
-    ONNX Runtime's float32 outputs with PyTorch's at batch 1 and 3, and only then write `<out>` and
-    `<out>.json` atomically. A parity failure writes nothing and says by how much it failed."""
+def _export(checkpoint, out, suffix: str, kind: str, atol: float, seed: int,
+            write: Callable[[nn.Module, torch.Tensor, str], Callable[[torch.Tensor], np.ndarray]]) -> ExportResult:
+    """The steps every export shares: write to a temporary file beside the target with `write(model,
+    example, tmp)`, which returns a runner of the written artifact; compare the runner with the eager model
+    at batch 1 and 3; only then move the file into place and write the sidecar, both atomically."""
     ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint)
     model = ckpt.model.float().eval()
-    path = Path(out) if out is not None else ckpt.path.with_suffix(".onnx")
+    path = Path(out) if out is not None else ckpt.path.with_suffix(suffix)
     path.parent.mkdir(parents=True, exist_ok=True)
     shape = (ckpt.in_chans, *ckpt.img_size)
     gen = torch.Generator().manual_seed(seed)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".export-", suffix=".onnx")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".export-", suffix=suffix)
     os.close(fd)
     try:
         try:
-            with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
-                torch.onnx.export(model, (torch.randn(2, *shape, generator=gen),), tmp, dynamo=True,
-                                  input_names=["images"], output_names=["logits"], external_data=False,
-                                  dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
-        except Exception as e:  # the exporter raises many types
-            raise ExportError(f"ONNX export of {ckpt.meta['model']} failed: {type(e).__name__}: "
+            with torch.no_grad():
+                run = write(model, torch.randn(2, *shape, generator=gen), tmp)
+        except Exception as e:  # the exporters raise many types
+            raise ExportError(f"{kind} export of {ckpt.meta['model']} failed: {type(e).__name__}: "
                               f"{str(e).splitlines()[0][:160]}") from None
-        sess = _session(tmp)
         worst = 0.0
         for n in (1, 3):
             x = torch.randn(n, *shape, generator=gen)
             with torch.no_grad():
-                ref = model(x).numpy()
-            got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-            worst = max(worst, float(np.abs(got - ref).max()))
+                worst = max(worst, float(np.abs(run(x) - model(x).numpy()).max()))
         if not worst <= atol:
-            raise ExportError(f"ONNX Runtime's outputs differ from PyTorch's by {worst:.2e} (> {atol:.0e}); "
-                              f"nothing was written")
+            raise ExportError(f"the {kind} artifact's outputs differ from PyTorch's by {worst:.2e} "
+                              f"(> {atol:.0e}); nothing was written")
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
-        Path(f"{tmp}.data").unlink(missing_ok=True)
-    meta = {"format": SIDECAR_FORMAT, "artifact": "onnx", "source": str(ckpt.path),
+        Path(f"{tmp}.data").unlink(missing_ok=True)  # ONNX external data, should the exporter write any
+    meta = {"format": SIDECAR_FORMAT, "artifact": kind, "source": str(ckpt.path),
             "max_abs_diff_vs_pytorch": worst, "torch_version": torch.__version__,
             **{k: ckpt.meta[k] for k in _META_KEYS if k in ckpt.meta}}
     side = sidecar_path(path)
     atomic_write_text(side, json.dumps(meta, indent=2) + "\n")
     return ExportResult(path, side, worst)
+
+
+def _write_onnx(model: nn.Module, example: torch.Tensor, tmp: str) -> Callable[[torch.Tensor], np.ndarray]:
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
+        torch.onnx.export(model, (example,), tmp, dynamo=True, input_names=["images"], output_names=["logits"],
+                          external_data=False, dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    sess = _session(tmp)
+    return lambda x: sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+
+
+def _write_program(model: nn.Module, example: torch.Tensor, tmp: str) -> Callable[[torch.Tensor], np.ndarray]:
+    prog = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(prog, tmp)
+    loaded = torch.export.load(tmp).module()
+    return lambda x: loaded(x).numpy()
+
+
+def export_onnx(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str | os.PathLike | None = None,
+                atol: float = 1e-4, seed: int = 0) -> ExportResult:
+    """Export a checkpoint to ONNX (input `images` N×C×H×W with a dynamic N, output `logits`), compare
+    ONNX Runtime's float32 outputs with PyTorch's at batch 1 and 3, and only then write `<out>` and
+    `<out>.json` atomically. A parity failure writes nothing and says by how much it failed."""
+    return _export(checkpoint, out, ".onnx", "onnx", atol, seed, _write_onnx)
+
+
+def export_program(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str | os.PathLike | None = None,
+                   atol: float = 1e-5, seed: int = 0) -> ExportResult:
+    """A `torch.export` program (`.pt2`, dynamic batch) with the same sidecar, checked against the eager
+    model at batch 1 and 3 before it is written."""
+    return _export(checkpoint, out, ".pt2", "torch.export", atol, seed, _write_program)
 
 
 class OnnxModel(nn.Module):
@@ -124,47 +147,6 @@ def load_onnx(path: str | os.PathLike) -> LoadedCheckpoint:
     if isinstance(outputs[-1], int) and outputs[-1] != len(meta["classes"]):
         raise CheckpointError(f"{side} lists {len(meta['classes'])} classes but {p.name} outputs {outputs[-1]}")
     return LoadedCheckpoint(model.eval(), meta, p)
-
-
-def export_program(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str | os.PathLike | None = None,
-                   atol: float = 1e-5, seed: int = 0) -> ExportResult:
-    """A `torch.export` program (`.pt2`, dynamic batch) with the same sidecar, checked against the eager
-    model at batch 1 and 3 before it is written."""
-    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint)
-    model = ckpt.model.float().eval()
-    path = Path(out) if out is not None else ckpt.path.with_suffix(".pt2")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    shape = (ckpt.in_chans, *ckpt.img_size)
-    gen = torch.Generator().manual_seed(seed)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".export-", suffix=".pt2")
-    os.close(fd)
-    try:
-        try:
-            with torch.no_grad():
-                prog = torch.export.export(model, (torch.randn(2, *shape, generator=gen),),
-                                           dynamic_shapes=({0: torch.export.Dim("batch")},))
-            torch.export.save(prog, tmp)
-            loaded = torch.export.load(tmp).module()
-        except Exception as e:  # torch.export raises many types
-            raise ExportError(f"torch.export of {ckpt.meta['model']} failed: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:160]}") from None
-        worst = 0.0
-        for n in (1, 3):
-            x = torch.randn(n, *shape, generator=gen)
-            with torch.no_grad():
-                worst = max(worst, float((loaded(x) - model(x)).abs().max()))
-        if not worst <= atol:
-            raise ExportError(f"the exported program's outputs differ from the model's by {worst:.2e} "
-                              f"(> {atol:.0e}); nothing was written")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    meta = {"format": SIDECAR_FORMAT, "artifact": "torch.export", "source": str(ckpt.path),
-            "max_abs_diff_vs_pytorch": worst, "torch_version": torch.__version__,
-            **{k: ckpt.meta[k] for k in _META_KEYS if k in ckpt.meta}}
-    side = sidecar_path(path)
-    atomic_write_text(side, json.dumps(meta, indent=2) + "\n")
-    return ExportResult(path, side, worst)
 
 
 def _read_sidecar(p: Path) -> dict[str, Any]:
