@@ -246,6 +246,48 @@ def export_cmd(
     summary("export", {format: r.path, "sidecar": r.sidecar, "max |artifact - torch|": f"{r.max_abs_diff:.2e}"})
 
 
+@app.command("compress")
+def compress_cmd(
+    checkpoint: Path = typer.Option(..., help="Run directory (its best checkpoint) or a .safetensors file; only read."),
+    recipe: list[str] = typer.Option(..., help="int8, qat8, qat4, prune:R, prune:R+int8 or sparse:R "
+                                               "(R: fraction of MACs, or of weights for sparse); repeatable."),
+    out: Path = typer.Option(..., help="Folder for the artifacts, compress.json, report.html and pareto.png."),
+    data: Optional[str] = typer.Option(None, help="Calibration, fine-tuning and test data (default: the "
+                                                  "checkpoint's dataset)."),
+    data_dir: Optional[Path] = typer.Option(None),
+    calibration: int = typer.Option(512, min=1, help="Training images used to calibrate int8 activations."),
+    observer: str = typer.Option("mse", help="Activation calibration: minmax, percentile or mse "
+                                             "(MSE histogram search in PyTorch, entropy in ONNX Runtime)."),
+    engine: str = typer.Option("x86", help="PyTorch int8 engine: x86, fbgemm, onednn or qnnpack."),
+    finetune_epochs: float = typer.Option(1.0, min=0.0, help="Fine-tuning epochs for qat*, prune and sparse."),
+    lr: Optional[float] = typer.Option(None, help="Fine-tuning learning rate (default 1e-3 QAT, 1e-2 otherwise)."),
+    criterion: str = typer.Option("l1", help="Pruning criterion: l1, bn, taylor, lamp or lasso."),
+    scope: str = typer.Option("uniform", help="Pruning scope: uniform (per layer) or global."),
+    rounds: int = typer.Option(1, min=1, help="Prune-then-fine-tune rounds."),
+    distill: bool = typer.Option(False, "--distill", help="Distil from the uncompressed model while fine-tuning."),
+    rewind: Optional[Path] = typer.Option(None, help="sparse: rewind the masked weights to this early checkpoint "
+                                                     "(lottery ticket); default: the trained weights."),
+    train_images: Optional[int] = typer.Option(None, min=1, help="Fine-tune on this many training images."),
+    repeats: int = typer.Option(30, min=3, help="Timed batch-1 runs per variant."),
+    onnx: bool = typer.Option(True, help="Also write float and int8 ONNX models (ONNX Runtime)."),
+) -> None:
+    """Quantize and prune a checkpoint; write the artifacts and an HTML report measuring every variant."""
+    from cnnkit.compress import compress
+
+    r = compress(checkpoint, recipe, out, data=data, data_dir=data_dir, calibration=calibration, observer=observer,
+                 engine=engine, finetune_epochs=finetune_epochs, lr=lr, criterion=criterion, scope=scope,
+                 rounds=rounds, distill=distill, rewind=rewind, train_images=train_images, repeats=repeats,
+                 onnx=onnx, log=lambda m: err.print(m))
+    t = Table(title="compress", title_justify="left")
+    for c in ("variant", "runtime", "file", "top-1", "Δ pts", "KiB", "p50 ms", "img/s"):
+        t.add_column(c, justify="left" if c in ("variant", "runtime", "file") else "right")
+    for row in r.rows:
+        t.add_row(row["variant"], row["runtime"], row["file"], f"{100 * row['top1']:.2f}", f"{row['top1_delta_pts']:+.2f}",
+                  f"{row['file_bytes'] / 1024:.0f}", f"{row['latency_ms_p50']:.2f}", f"{row['images_per_s']:.0f}")
+    stdout.print(t)
+    summary("compress", {"report": r.html_path, "json": r.json_path, "pareto": r.png_path})
+
+
 @app.command("bench")
 def bench_cmd(
     targets: list[Path] = typer.Argument(..., help="Run directories, checkpoints, .onnx or .pt2 artifacts."),

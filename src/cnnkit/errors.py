@@ -28,6 +28,10 @@ class ExportError(CnnkitError):
     """An export that failed or did not reproduce the model's outputs."""
 
 
+class CompressError(CnnkitError):
+    """Quantization or pruning cannot run as asked (bad ratio, too little calibration data, untraceable model)."""
+
+
 class CheckpointError(CnnkitError):
     """A checkpoint is missing, incomplete or does not match the model."""
 

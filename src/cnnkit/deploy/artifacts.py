@@ -43,13 +43,16 @@ def _session(path: str | Path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def _export(checkpoint, out, suffix: str, kind: str, atol: float, seed: int,
-            write: Callable[[nn.Module, torch.Tensor, str], Callable[[torch.Tensor], np.ndarray]]) -> ExportResult:
+def _export(checkpoint, out, suffix: str, kind: str, atol: float | None, seed: int,
+            write: Callable[[nn.Module, torch.Tensor, str], Callable[[torch.Tensor], np.ndarray]],
+            model: nn.Module | None = None, extra: dict[str, Any] | None = None) -> ExportResult:
     """The steps every export shares: write to a temporary file beside the target with `write(model,
-    example, tmp)`, which returns a runner of the written artifact; compare the runner with the eager model
-    at batch 1 and 3; only then move the file into place and write the sidecar, both atomically."""
+    example, tmp)`, which returns a runner of the written artifact; compare the runner with `model` (default:
+    the checkpoint's eager model) at batch 1 and 3; only then move the file into place and write the sidecar,
+    both atomically. `atol=None` records the difference without checking it (quantized artifacts, whose
+    difference from the float model is measured as accuracy instead)."""
     ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint)
-    model = ckpt.model.float().eval()
+    model = (model if model is not None else ckpt.model.float()).eval()
     path = Path(out) if out is not None else ckpt.path.with_suffix(suffix)
     path.parent.mkdir(parents=True, exist_ok=True)
     shape = (ckpt.in_chans, *ckpt.img_size)
@@ -68,7 +71,7 @@ def _export(checkpoint, out, suffix: str, kind: str, atol: float, seed: int,
             x = torch.randn(n, *shape, generator=gen)
             with torch.no_grad():
                 worst = max(worst, float(np.abs(run(x) - model(x).numpy()).max()))
-        if not worst <= atol:
+        if atol is not None and not worst <= atol:
             raise ExportError(f"the {kind} artifact's outputs differ from PyTorch's by {worst:.2e} "
                               f"(> {atol:.0e}); nothing was written")
         os.replace(tmp, path)
@@ -77,7 +80,7 @@ def _export(checkpoint, out, suffix: str, kind: str, atol: float, seed: int,
         Path(f"{tmp}.data").unlink(missing_ok=True)  # ONNX external data, should the exporter write any
     meta = {"format": SIDECAR_FORMAT, "artifact": kind, "source": str(ckpt.path),
             "max_abs_diff_vs_pytorch": worst, "torch_version": torch.__version__,
-            **{k: ckpt.meta[k] for k in _META_KEYS if k in ckpt.meta}}
+            **{k: ckpt.meta[k] for k in _META_KEYS if k in ckpt.meta}, **(extra or {})}
     side = sidecar_path(path)
     atomic_write_text(side, json.dumps(meta, indent=2) + "\n")
     return ExportResult(path, side, worst)
@@ -188,6 +191,23 @@ def load_program(path: str | os.PathLike) -> LoadedCheckpoint:
     meta = _read_sidecar(p)
     try:
         module = torch.export.load(str(p)).module()
+    except Exception as e:
+        raise CheckpointError(f"cannot load {p}: {str(e).splitlines()[0][:160]}") from None
+    return LoadedCheckpoint(ProgramModel(module), meta, p)
+
+
+def load_torchscript(path: str | os.PathLike) -> LoadedCheckpoint:
+    """A TorchScript artifact (the int8 models of `cnnkit compress`, `.ts`) and its sidecar."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CheckpointError(f"no such TorchScript file: {p}")
+    meta = _read_sidecar(p)
+    if meta.get("engine"):
+        if meta["engine"] not in torch.backends.quantized.supported_engines:
+            raise CheckpointError(f"{p.name} was quantized for the {meta['engine']} engine, which this machine lacks")
+        torch.backends.quantized.engine = meta["engine"]
+    try:
+        module = torch.jit.load(str(p))
     except Exception as e:
         raise CheckpointError(f"cannot load {p}: {str(e).splitlines()[0][:160]}") from None
     return LoadedCheckpoint(ProgramModel(module), meta, p)

@@ -26,8 +26,9 @@ def _params(model: torch.nn.Module) -> int:
 
 
 def _macs(model: torch.nn.Module, x: torch.Tensor) -> int | None:
-    """MACs counted by torch.utils.flop_counter for PyTorch models; None for ONNX files."""
-    if isinstance(model, OnnxModel):
+    """MACs counted by torch.utils.flop_counter for PyTorch models; None for ONNX files and TorchScript
+    (whose sidecar carries the source model's count when cnnkit wrote it)."""
+    if isinstance(model, OnnxModel) or isinstance(getattr(model, "program", None), torch.jit.ScriptModule):
         return None
     from cnnkit.models.card import count_macs
 
@@ -56,8 +57,8 @@ def bench(target: str | os.PathLike, data: str | None = None, data_dir: str | os
     lat = _times(model, one, warmup, repeats)
     thr = _times(model, many, max(1, warmup // 2), max(3, repeats // 5))
     row: dict[str, Any] = {
-        "target": str(ckpt.path), "kind": ckpt.path.suffix.lstrip("."), "params": _params(model),
-        "macs": _macs(model, one), "file_bytes": Path(ckpt.path).stat().st_size,
+        "target": str(ckpt.path), "kind": ckpt.path.suffix.lstrip("."), "params": ckpt.meta.get("params") or _params(model),
+        "macs": ckpt.meta.get("macs") or _macs(model, one), "file_bytes": Path(ckpt.path).stat().st_size,
         "latency_ms_p50": 1e3 * float(np.percentile(lat, 50)), "latency_ms_p99": 1e3 * float(np.percentile(lat, 99)),
         "throughput_batch": batch, "images_per_s": batch / statistics.median(thr),
         "torch_threads": torch.get_num_threads(), "warmup": warmup, "repeats": repeats,

@@ -134,13 +134,44 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: Pa
     model.load_state_dict(state)
 
 
+def resize_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Give the conv, BN and linear layers of a freshly built `model` the (smaller) shapes of a structurally
+    pruned `state`, so a pruned checkpoint rebuilds from its model name; returns the layers resized."""
+    changed = []
+    for name, m in model.named_modules():
+        own = {**m._parameters, **m._buffers}
+        new = {k: state[f"{name}.{k}" if name else k] for k, v in own.items()
+               if v is not None and (f"{name}.{k}" if name else k) in state
+               and state[f"{name}.{k}" if name else k].shape != v.shape}
+        if not new:
+            continue
+        for k, t in new.items():
+            holder = m._parameters if k in m._parameters else m._buffers
+            empty = torch.empty(t.shape, dtype=holder[k].dtype, device=holder[k].device)
+            holder[k] = nn.Parameter(empty, holder[k].requires_grad) if k in m._parameters else empty
+        if isinstance(m, nn.modules.conv._ConvNd):
+            depthwise = m.groups > 1 and m.groups == m.in_channels
+            m.out_channels = m.weight.shape[0]
+            m.groups = m.out_channels if depthwise else m.groups
+            m.in_channels = m.weight.shape[1] * m.groups
+        elif isinstance(m, nn.modules.batchnorm._NormBase):
+            m.num_features = (m.weight if m.weight is not None else m.running_mean).shape[0]
+        elif isinstance(m, nn.Linear):
+            m.out_features, m.in_features = m.weight.shape
+        else:
+            raise CheckpointError(f"cannot restore the pruned shape of {name} ({type(m).__name__})")
+        changed.append(name)
+    return changed
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedCheckpoint:
     """Rebuild the model a checkpoint (file or run directory) was trained as, with its weights; an `.onnx`
     artifact with its sidecar loads as an ONNX Runtime model (CPU)."""
-    if str(path).endswith((".onnx", ".pt2")):
-        from cnnkit.deploy.artifacts import load_onnx, load_program
+    if str(path).endswith((".onnx", ".pt2", ".ts")):
+        from cnnkit.deploy.artifacts import load_onnx, load_program, load_torchscript
 
-        return load_onnx(path) if str(path).endswith(".onnx") else load_program(path)
+        loader = {".onnx": load_onnx, ".pt2": load_program, ".ts": load_torchscript}[Path(path).suffix]
+        return loader(path)
     file = resolve_checkpoint(path)
     meta = read_meta(file)
     if meta.get("format") != FORMAT:
@@ -150,5 +181,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
                        img_size=tuple(meta["img_size"]), **meta.get("model_kwargs", {}))
     except CnnkitError as e:
         raise CheckpointError(f"{file}: cannot rebuild its model: {e}") from None
-    load_state_into(model, load_file(str(file)), file)
+    state = load_file(str(file))
+    if meta.get("pruned"):
+        resize_to_state(model, state)
+    load_state_into(model, state, file)
     return LoadedCheckpoint(model.to(device).eval(), meta, file)

@@ -1,0 +1,98 @@
+"""What compression costs and buys on this CPU: every variant against the float32 eager model, measured side by
+side in the same run by `cnnkit.compress.compress` (accuracy on the full Fashion-MNIST test set, parameters,
+MACs, file size, batch-1 latency p50/p99, batch-64 throughput).
+
+1. Trains (or reuses, with --checkpoint) a small-input ResNet (resnet9, width 16, the `fast` recipe) on all
+   60,000 Fashion-MNIST training images from ../shared/datasets, keeping the weights after epoch 1 as the
+   lottery-ticket rewind point.
+2. Compresses it with int8 (PTQ), qat8, qat4, prune:0.5 (MACs halved, then fine-tuned with distillation),
+   prune:0.5+int8 and sparse:0.8 (magnitude mask, rewound to epoch 1, retrained with the mask fixed).
+3. Compares the pruning criteria at half the MACs before any fine-tuning (accuracy straight after pruning).
+
+    python -m benchmarks.compress                     # writes benchmarks/results/compress.{json,md} and pareto.png
+    python -m benchmarks.compress --checkpoint RUN --rewind RUN/rewind-e1.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import RESULTS, SHARED_DATA, write_result
+from cnnkit.compress import compress, prune_structured
+from cnnkit.compress.run import markdown_table
+from cnnkit.data import Normalize, load_dataset
+from cnnkit.train import fit
+from cnnkit.train.checkpoint import load_checkpoint
+
+RECIPES = ["int8", "qat8", "qat4", "prune:0.5", "prune:0.5+int8", "sparse:0.8"]
+
+
+def criteria(checkpoint: Path, ratio: float = 0.5) -> list[dict]:
+    """Accuracy on the test set straight after pruning to (1 − ratio) of the MACs, per criterion, no fine-tuning."""
+    ckpt = load_checkpoint(checkpoint)
+    norm = Normalize(*ckpt.normalization)
+    train = load_dataset("fashion-mnist", "train", data_dir=SHARED_DATA)
+    test = load_dataset("fashion-mnist", "test", data_dir=SHARED_DATA)
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:256]
+    x, y = norm(train.images[pick]), train.labels[pick]
+    xt = norm(test.images)
+    rows = []
+    for crit, scope in [("l1", "uniform"), ("l1", "global"), ("bn", "uniform"), ("bn", "global"),
+                        ("taylor", "uniform"), ("taylor", "global"), ("lamp", "global"), ("lasso", "uniform")]:
+        t0 = time.perf_counter()
+        p = prune_structured(ckpt.model, x, y, ratio, crit, scope)
+        with torch.inference_mode():
+            acc = float(torch.cat([p.model(b).argmax(1) for b in xt.split(1000)]).eq(test.labels).float().mean())
+        rows.append({"criterion": crit, "scope": scope, "top1_before_finetune": acc,
+                     "macs_kept": p.macs_after / p.macs_before, "params_kept": p.params_after / p.params_before,
+                     "channel_fraction_removed": p.channel_ratio, "refitted_layers": p.refitted_layers,
+                     "seconds": time.perf_counter() - t0})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--checkpoint", type=Path)
+    ap.add_argument("--rewind", type=Path)
+    ap.add_argument("--run-dir", type=Path, default=Path("/tmp/cnnkit-compress-bench"))
+    ap.add_argument("--finetune-epochs", type=float, default=2.0)
+    ap.add_argument("--criterion", default="lasso")
+    ap.add_argument("--repeats", type=int, default=50)
+    args = ap.parse_args()
+    t0 = time.time()
+    if args.checkpoint is None:
+        rewind = args.run_dir / "rewind-e1.safetensors"
+
+        def keep_epoch1(ev):
+            if ev.epoch == 1:
+                shutil.copy(ev.run_dir / "last.safetensors", rewind)
+
+        res = fit(data="fashion-mnist", data_dir=str(SHARED_DATA), recipe="fast", val_fraction=0.0,
+                  out=str(args.run_dir), overwrite=True, progress=False, callbacks=[keep_epoch1])
+        args.checkpoint, args.rewind = res.last_checkpoint, rewind
+    crit = criteria(args.checkpoint)
+    out = args.run_dir / "compress"
+    r = compress(args.checkpoint, RECIPES, out, data="fashion-mnist", data_dir=SHARED_DATA,
+                 finetune_epochs=args.finetune_epochs, criterion=args.criterion, distill=True, rewind=args.rewind,
+                 repeats=args.repeats, log=lambda s: print(s, flush=True))
+    payload = {"checkpoint": str(args.checkpoint), "rewind": str(args.rewind), "recipes": RECIPES,
+               "finetune_epochs": args.finetune_epochs, "prune_criterion": args.criterion, "distill": True,
+               "rows": r.rows, "criteria_at_half_macs": crit, "total_seconds": time.time() - t0}
+    write_result("compress", payload)
+    shutil.copy(r.png_path, RESULTS / "compress_pareto.png")
+    md = markdown_table(r.rows)
+    md += "\n| criterion | scope | top-1 straight after pruning | MACs kept | params kept |\n| --- | --- | --- | --- | --- |\n"
+    md += "".join(f"| {c['criterion']} | {c['scope']} | {100 * c['top1_before_finetune']:.2f} | "
+                  f"{c['macs_kept']:.2f} | {c['params_kept']:.2f} |\n" for c in crit)
+    (RESULTS / "compress.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""A short fine-tuning loop for compressed models (pruned, fake-quantized, masked): SGD with Nesterov
+momentum and a cosine schedule, padded-crop + flip augmentation, optional knowledge distillation from the
+uncompressed model (Hinton et al. 2015: KL between temperature-softened outputs, mixed with the label loss),
+and an optional hook after each step (to re-apply a sparsity mask)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cnnkit.data import BatchLoader, ImageData, Normalize
+from cnnkit.data.transforms import AugmentConfig
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, alpha: float,
+                      temperature: float) -> torch.Tensor:
+    """(1 − α)·CE(student, labels) + α·T²·KL(softmax(teacher/T) ‖ softmax(student/T))."""
+    hard = F.cross_entropy(student, target)
+    soft = F.kl_div(F.log_softmax(student / temperature, 1), F.log_softmax(teacher / temperature, 1),
+                    reduction="batchmean", log_target=True) * temperature ** 2
+    return (1 - alpha) * hard + alpha * soft
+
+
+def finetune(model: nn.Module, data: ImageData, mean, std, epochs: float = 1.0, lr: float = 0.01,
+             batch_size: int = 128, teacher: nn.Module | None = None, kd_alpha: float = 0.7,
+             kd_temperature: float = 4.0, weight_decay: float = 5e-4, after_step: Callable[[], None] | None = None,
+             seed: int = 0, freeze_bn_after: float | None = None) -> nn.Module:
+    """Train `model` in place for `epochs` (fractions allowed) over `data`; returns it in eval mode.
+    `freeze_bn_after` (a fraction of the run) stops BN statistics updates from then on (used by QAT)."""
+    loader = BatchLoader(data, batch_size, Normalize(mean, std), shuffle=True, seed=seed,
+                         augment=AugmentConfig(hflip=True), drop_last=len(data) > batch_size)
+    total = max(1, math.ceil(epochs * len(loader)))
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9,
+                          nesterov=True, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    if teacher is not None:
+        teacher.eval()
+    model.train()
+    step, epoch = 0, 0
+    while step < total:
+        loader.set_epoch(epoch)
+        for x, y in loader:
+            if freeze_bn_after is not None and step == int(freeze_bn_after * total):
+                model.apply(torch.ao.nn.intrinsic.qat.freeze_bn_stats)
+            out = model(x)
+            if teacher is not None:
+                with torch.no_grad():
+                    t = teacher(x)
+                loss = distillation_loss(out, t, y, kd_alpha, kd_temperature)
+            else:
+                loss = F.cross_entropy(out, y, label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if after_step is not None:
+                after_step()
+            step += 1
+            if step >= total:
+                break
+        epoch += 1
+    return model.eval()
