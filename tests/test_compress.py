@@ -209,3 +209,22 @@ def test_cli_compress_errors_are_one_line(trained_run, tmp_path, capsys, args, m
     assert code == 2 and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o" / "compress.json").exists()
+
+
+def test_keep_epoch_gives_a_rewind_point_for_sparse(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--model", "resnet9", "--model-kw", "width=8", "--data", "sample", "--epochs", "2",
+                 "--train-images", "512", "--keep-epoch", "1", "--out", str(run_dir), "--quiet"]) == 0
+    early = run_dir / "epoch-0001.safetensors"
+    assert early.exists() and not (run_dir / "epoch-0002.safetensors").exists()
+    assert not torch.equal(load_checkpoint(early).model.state_dict()["fc.weight"],
+                           load_checkpoint(run_dir / "last.safetensors").model.state_dict()["fc.weight"])
+    out = tmp_path / "c"
+    assert main(["compress", "--checkpoint", str(run_dir), "--recipe", "sparse:0.6", "--rewind", str(early),
+                 "--finetune-epochs", "0", "--no-onnx", "--repeats", "3", "--out", str(out)]) == 0
+    sparse = load_checkpoint(out / "resnet9.sparse60.safetensors")
+    assert sparse.meta["rewound_to"] == str(early)
+    w, w0 = sparse.model.state_dict()["fc.weight"], load_checkpoint(early).model.state_dict()["fc.weight"]
+    assert torch.equal(w[w != 0], w0[w != 0])  # the surviving weights are the epoch-1 weights
+    assert main(["train", "--data", "sample", "--epochs", "2", "--keep-epoch", "3", "--out", str(tmp_path / "x")]) == 2
+    assert "between 1 and 2" in capsys.readouterr().err

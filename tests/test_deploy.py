@@ -93,3 +93,40 @@ def test_bench_measures_checkpoints_and_artifacts(exported, trained_run, tmp_pat
     assert main(["bench", str(trained_run.run_dir), str(exported.path), "--repeats", "3", "--batch", "4",
                  "--json", str(out)]) == 0
     assert len(json.loads(out.read_text())) == 2 and "p50 ms" in capsys.readouterr().out
+
+
+def test_exports_fold_batchnorm_and_keep_parity(exported, trained_run, tmp_path):
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(exported.path)).graph.node}
+    assert "BatchNormalization" not in ops and "Conv" in ops
+    ck = load_checkpoint(trained_run.run_dir)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in ck.model.modules())
+    assert json.loads(exported.sidecar.read_text())["bn_folded"] == n_bn > 0
+    from cnnkit.deploy import export_program
+
+    def batchnorms(path):
+        return sum("batch_norm" in str(n.target) for n in torch.export.load(str(path)).graph.nodes)
+
+    folded = export_program(trained_run.run_dir, tmp_path / "f.pt2")
+    plain = export_program(trained_run.run_dir, tmp_path / "p.pt2", fold_bn=False)
+    assert batchnorms(folded.path) == 0 and batchnorms(plain.path) == n_bn
+    assert folded.max_abs_diff <= 1e-5 and "bn_folded" not in json.loads(plain.sidecar.read_text())
+
+
+def test_untraceable_model_is_exported_unfolded_and_says_why(trained_run, tmp_path):
+    from cnnkit.deploy.artifacts import _export, _write_program
+
+    class DataDependent(torch.nn.Module):  # torch.fx cannot trace a branch on a tensor's value
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(1, 10, 28), torch.nn.BatchNorm2d(10)
+
+        def forward(self, x):
+            y = self.bn(self.conv(x)).flatten(1)
+            return y if x.shape[0] > 0 else -y
+
+    r = _export(trained_run.run_dir, tmp_path / "d.pt2", ".pt2", "torch.export", 1e-5, 0, _write_program,
+                model=DataDependent().eval(), fold_bn=True)
+    meta = json.loads(r.sidecar.read_text())
+    assert r.max_abs_diff <= 1e-5 and meta["bn_folded"] == 0 and "cannot trace" in meta["bn_not_folded_because"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import os
 import sys
 import warnings
@@ -76,6 +78,8 @@ def train(
     val_fraction: Optional[float] = typer.Option(None, help="Share of train held out for validation."),
     train_images: Optional[int] = typer.Option(None, help="Train on a stratified subset of this many images."),
     tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Flip test-time augmentation in validation."),
+    keep_epoch: Optional[list[int]] = typer.Option(None, help="Also keep the weights after this epoch as "
+                                                         "RUN/epoch-NNNN.safetensors (repeatable)."),
     seed: Optional[int] = typer.Option(None),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic"),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda[:N]."),
@@ -95,7 +99,7 @@ def train(
                    warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, ema=ema,
                    augment=parse_kv(augment) or None, amp=amp, channels_last=channels_last, compile=compile,
                    grad_clip=grad_clip, early_stopping=early_stopping, val_fraction=val_fraction,
-                   train_images=train_images, tta=tta,
+                   train_images=train_images, tta=tta, keep_epochs=keep_epoch or None,
                    seed=seed, deterministic=deterministic, device=device, threads=threads, download=download,
                    strict=strict, img_size=img_size)
     if resume is not None:
@@ -235,6 +239,7 @@ def export_cmd(
     format: str = typer.Option("onnx", "--format", help="onnx (checked in ONNX Runtime) or torch-export (.pt2)."),
     atol: Optional[float] = typer.Option(None, help="Largest output difference allowed against PyTorch "
                                                     "(default 1e-4 for ONNX, 1e-5 for torch.export)."),
+    fold_bn: bool = typer.Option(True, help="Fold each BatchNorm that follows a convolution into it first."),
 ) -> None:
     """Export a checkpoint (dynamic batch) with its JSON sidecar, checked against PyTorch before writing."""
     from cnnkit.deploy import export_onnx, export_program
@@ -242,8 +247,10 @@ def export_cmd(
     if format not in ("onnx", "torch-export"):
         raise ConfigError(f"unknown export format {format!r}; choose onnx or torch-export")
     fn, default = (export_onnx, 1e-4) if format == "onnx" else (export_program, 1e-5)
-    r = fn(checkpoint, out, atol=default if atol is None else atol)
-    summary("export", {format: r.path, "sidecar": r.sidecar, "max |artifact - torch|": f"{r.max_abs_diff:.2e}"})
+    r = fn(checkpoint, out, atol=default if atol is None else atol, fold_bn=fold_bn)
+    folded = json.loads(r.sidecar.read_text()).get("bn_folded", 0)
+    summary("export", {format: r.path, "sidecar": r.sidecar, "BatchNorms folded": folded,
+                       "max |artifact - torch|": f"{r.max_abs_diff:.2e}"})
 
 
 @app.command("compress")

@@ -45,14 +45,26 @@ def _session(path: str | Path):
 
 def _export(checkpoint, out, suffix: str, kind: str, atol: float | None, seed: int,
             write: Callable[[nn.Module, torch.Tensor, str], Callable[[torch.Tensor], np.ndarray]],
-            model: nn.Module | None = None, extra: dict[str, Any] | None = None) -> ExportResult:
+            model: nn.Module | None = None, extra: dict[str, Any] | None = None,
+            fold_bn: bool = False) -> ExportResult:
     """The steps every export shares: write to a temporary file beside the target with `write(model,
     example, tmp)`, which returns a runner of the written artifact; compare the runner with `model` (default:
     the checkpoint's eager model) at batch 1 and 3; only then move the file into place and write the sidecar,
     both atomically. `atol=None` records the difference without checking it (quantized artifacts, whose
-    difference from the float model is measured as accuracy instead)."""
+    difference from the float model is measured as accuracy instead). `fold_bn` exports a copy with every
+    conv→BN pair folded (`cnnkit.models.fold`), still compared with the unfolded model; a model torch.fx
+    cannot trace is exported unfolded, and the sidecar says so."""
     ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint)
     model = (model if model is not None else ckpt.model.float()).eval()
+    exported, extra = model, dict(extra or {})
+    if fold_bn:
+        from cnnkit.errors import ModelError
+        from cnnkit.models.fold import fold_batchnorm
+
+        try:
+            exported, extra["bn_folded"] = fold_batchnorm(model)
+        except ModelError as e:
+            extra["bn_folded"], extra["bn_not_folded_because"] = 0, str(e)
     path = Path(out) if out is not None else ckpt.path.with_suffix(suffix)
     path.parent.mkdir(parents=True, exist_ok=True)
     shape = (ckpt.in_chans, *ckpt.img_size)
@@ -62,7 +74,7 @@ def _export(checkpoint, out, suffix: str, kind: str, atol: float | None, seed: i
     try:
         try:
             with torch.no_grad():
-                run = write(model, torch.randn(2, *shape, generator=gen), tmp)
+                run = write(exported, torch.randn(2, *shape, generator=gen), tmp)
         except Exception as e:  # the exporters raise many types
             raise ExportError(f"{kind} export of {ckpt.meta['model']} failed: {type(e).__name__}: "
                               f"{str(e).splitlines()[0][:160]}") from None
@@ -80,7 +92,7 @@ def _export(checkpoint, out, suffix: str, kind: str, atol: float | None, seed: i
         Path(f"{tmp}.data").unlink(missing_ok=True)  # ONNX external data, should the exporter write any
     meta = {"format": SIDECAR_FORMAT, "artifact": kind, "source": str(ckpt.path),
             "max_abs_diff_vs_pytorch": worst, "torch_version": torch.__version__,
-            **{k: ckpt.meta[k] for k in _META_KEYS if k in ckpt.meta}, **(extra or {})}
+            **{k: ckpt.meta[k] for k in _META_KEYS if k in ckpt.meta}, **extra}
     side = sidecar_path(path)
     atomic_write_text(side, json.dumps(meta, indent=2) + "\n")
     return ExportResult(path, side, worst)
@@ -89,7 +101,7 @@ def _export(checkpoint, out, suffix: str, kind: str, atol: float | None, seed: i
 def _write_onnx(model: nn.Module, example: torch.Tensor, tmp: str) -> Callable[[torch.Tensor], np.ndarray]:
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
         torch.onnx.export(model, (example,), tmp, dynamo=True, input_names=["images"], output_names=["logits"],
-                          external_data=False, dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+                          external_data=False, dynamic_shapes=({0: torch.export.Dim("batch")},))
     sess = _session(tmp)
     return lambda x: sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
 
@@ -102,18 +114,19 @@ def _write_program(model: nn.Module, example: torch.Tensor, tmp: str) -> Callabl
 
 
 def export_onnx(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str | os.PathLike | None = None,
-                atol: float = 1e-4, seed: int = 0) -> ExportResult:
+                atol: float = 1e-4, seed: int = 0, fold_bn: bool = True) -> ExportResult:
     """Export a checkpoint to ONNX (input `images` N×C×H×W with a dynamic N, output `logits`), compare
     ONNX Runtime's float32 outputs with PyTorch's at batch 1 and 3, and only then write `<out>` and
-    `<out>.json` atomically. A parity failure writes nothing and says by how much it failed."""
-    return _export(checkpoint, out, ".onnx", "onnx", atol, seed, _write_onnx)
+    `<out>.json` atomically. A parity failure writes nothing and says by how much it failed. BatchNorm is
+    folded into the convolutions first (`fold_bn`)."""
+    return _export(checkpoint, out, ".onnx", "onnx", atol, seed, _write_onnx, fold_bn=fold_bn)
 
 
 def export_program(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str | os.PathLike | None = None,
-                   atol: float = 1e-5, seed: int = 0) -> ExportResult:
+                   atol: float = 1e-5, seed: int = 0, fold_bn: bool = True) -> ExportResult:
     """A `torch.export` program (`.pt2`, dynamic batch) with the same sidecar, checked against the eager
-    model at batch 1 and 3 before it is written."""
-    return _export(checkpoint, out, ".pt2", "torch.export", atol, seed, _write_program)
+    model at batch 1 and 3 before it is written; BatchNorm folded as in `export_onnx`."""
+    return _export(checkpoint, out, ".pt2", "torch.export", atol, seed, _write_program, fold_bn=fold_bn)
 
 
 class OnnxModel(nn.Module):

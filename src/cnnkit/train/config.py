@@ -43,6 +43,7 @@ class TrainConfig:
     train_images: int | None = None  # train on a stratified, seeded subset of this many images
     val_fraction: float = 0.1  # share of the training split held out (stratified, by seed) for validation
     tta: bool = False  # flip test-time augmentation when validating
+    keep_epochs: list[int] = field(default_factory=list)  # also save the weights after these epochs (epoch-NNNN)
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
@@ -65,6 +66,8 @@ class TrainConfig:
              f"train_images must be positive, got {self.train_images}"),
             (0.0 <= self.val_fraction < 1.0, f"validation fraction must be in [0, 1), got {self.val_fraction}"),
             (self.warmup_epochs >= 0, "warm-up epochs must be non-negative"),
+            (all(isinstance(e, int) and 1 <= e <= self.epochs for e in self.keep_epochs),
+             f"epochs to keep must lie between 1 and {self.epochs}, got {self.keep_epochs}"),
         ]
         for ok, message in checks:
             if not ok:

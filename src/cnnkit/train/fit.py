@@ -314,6 +314,8 @@ def fit(config: TrainConfig | dict[str, Any] | None = None, *, resume: str | Pat
                 # last.safetensors names its state file; the previous state file goes only once it is replaced,
                 # so a run killed at any moment leaves a consistent last checkpoint to resume from.
                 save_checkpoint(run_dir / "last.safetensors", model, {**meta, "train_state": state_name})
+                if epoch + 1 in cfg.keep_epochs:  # e.g. a lottery-ticket rewind point for `cnnkit compress`
+                    save_checkpoint(run_dir / f"epoch-{epoch + 1:04d}.safetensors", model, meta)
                 for old in run_dir.glob("state-e*.safetensors"):
                     if old.name != state_name:
                         old.unlink()
