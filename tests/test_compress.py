@@ -129,6 +129,15 @@ def test_structured_pruning_halves_macs_and_keeps_shapes(sample, criterion, scop
     assert all(torch.equal(v, ckpt.model.state_dict()[k]) for k, v in before.items())  # source untouched
 
 
+def test_round_to_keeps_channel_counts_in_kernel_blocks(sample):
+    ckpt, calib, labels, x, _ = sample
+    p = prune_structured(ckpt.model, calib[:64], labels[:64], 0.4, "lasso", round_to=8)
+    convs = [m for m in p.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(m.out_channels % 8 == 0 for m in convs)
+    assert p.macs_after < p.macs_before and p.refitted_layers > 0
+    assert p.model(x[:2]).shape == (2, 10)
+
+
 def test_lasso_refit_reconstructs_better_than_no_refit(sample):
     ckpt, calib, labels, x, _ = sample
     with torch.no_grad():

@@ -271,6 +271,8 @@ def compress_cmd(
     criterion: str = typer.Option("l1", help="Pruning criterion: l1, bn, taylor, lamp or lasso."),
     scope: str = typer.Option("uniform", help="Pruning scope: uniform (per layer) or global."),
     rounds: int = typer.Option(1, min=1, help="Prune-then-fine-tune rounds."),
+    round_to: Optional[int] = typer.Option(None, min=1, help="Keep pruned channel counts multiples of this "
+                                                            "(8 or 16 suit AVX2/AVX-512 kernels)."),
     distill: bool = typer.Option(False, "--distill", help="Distil from the uncompressed model while fine-tuning."),
     rewind: Optional[Path] = typer.Option(None, help="sparse: rewind the masked weights to this early checkpoint "
                                                      "(lottery ticket); default: the trained weights."),
@@ -283,7 +285,7 @@ def compress_cmd(
 
     r = compress(checkpoint, recipe, out, data=data, data_dir=data_dir, calibration=calibration, observer=observer,
                  engine=engine, finetune_epochs=finetune_epochs, lr=lr, criterion=criterion, scope=scope,
-                 rounds=rounds, distill=distill, rewind=rewind, train_images=train_images, repeats=repeats,
+                 rounds=rounds, round_to=round_to, distill=distill, rewind=rewind, train_images=train_images, repeats=repeats,
                  onnx=onnx, log=lambda m: err.print(m))
     t = Table(title="compress", title_justify="left")
     for c in ("variant", "runtime", "file", "top-1", "Δ pts", "KiB", "p50 ms", "img/s"):

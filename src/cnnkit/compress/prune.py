@@ -180,7 +180,7 @@ class Pruned:
 
 
 def _prune_once(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, criterion: str, scope: str,
-                channel_ratio: float, inputs: dict | None) -> tuple[nn.Module, dict[str, dict[str, list[int]]]]:
+                channel_ratio: float, inputs: dict | None, round_to: int | None = None) -> tuple[nn.Module, dict[str, dict[str, list[int]]]]:
     """A pruned copy, and the channels removed per layer name ('out'/'in' indices of the original)."""
     import torch_pruning as tp
 
@@ -191,7 +191,7 @@ def _prune_once(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, crite
         ins = {mod: by_name[n] for n, mod in m.named_modules() if n in by_name}
     pruner = tp.pruner.MetaPruner(m, x[:1], importance=_importance(criterion, scope, ins),
                                   global_pruning=scope == "global", pruning_ratio=channel_ratio,
-                                  ignored_layers=_classifier(m, x), max_pruning_ratio=0.95)
+                                  ignored_layers=_classifier(m, x), max_pruning_ratio=0.95, round_to=round_to)
     if criterion == "taylor":
         m.zero_grad()
         F.cross_entropy(m(x), y).backward()
@@ -210,10 +210,13 @@ def _prune_once(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, crite
 
 def prune_structured(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, ratio: float = 0.5,
                      criterion: str = "l1", scope: str = "uniform", refit: bool | None = None,
-                     tolerance: float = 0.02) -> Pruned:
+                     tolerance: float = 0.02, round_to: int | None = None) -> Pruned:
     """Remove channels from a copy of `model` until its MACs are cut by `ratio` (within `tolerance`).
-    `x` (and labels `y`, for the Taylor criterion) is a calibration batch of normalized images."""
+    `x` (and labels `y`, for the Taylor criterion) is a calibration batch of normalized images. `round_to`
+    keeps every pruned layer's channel count a multiple of it (CPU kernels block channels by 8 or 16)."""
     check_ratio(ratio)
+    if round_to is not None and round_to < 1:
+        raise CompressError(f"round_to must be a positive channel count, got {round_to}")
     if criterion not in CRITERIA:
         raise CompressError(f"unknown pruning criterion {criterion!r}; choose from: {', '.join(CRITERIA)}")
     if scope not in SCOPES:
@@ -236,7 +239,7 @@ def prune_structured(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None =
         with torch.enable_grad():  # Torch-Pruning traces the graph through autograd, even under a caller's no_grad
             for _ in range(12):  # bisection on the channel fraction
                 mid = (lo + hi) / 2
-                cand, removed = _prune_once(model, x, y, criterion, scope, mid, inputs)
+                cand, removed = _prune_once(model, x, y, criterion, scope, mid, inputs, round_to)
                 macs = count_macs(cand, x)
                 if best is None or abs(macs - target) < abs(best[1] - target):
                     best = (cand, macs, mid, removed)

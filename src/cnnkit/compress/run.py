@@ -131,7 +131,7 @@ def _save_pruned(ctx: _Context, model: nn.Module, path: Path, extra: dict[str, A
 def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, data: str | None = None,
              data_dir: str | Path | None = None, calibration: int = 512, observer: str = "mse", engine: str = "x86",
              finetune_epochs: float = 1.0, lr: float | None = None, criterion: str = "l1", scope: str = "uniform",
-             rounds: int = 1, distill: bool = False, rewind: str | Path | None = None, train_images: int | None = None,
+             rounds: int = 1, round_to: int | None = None, distill: bool = False, rewind: str | Path | None = None, train_images: int | None = None,
              batch: int = 64, repeats: int = 30, seed: int = 0, onnx: bool = True,
              log: Callable[[str], None] = lambda s: None) -> CompressResult:
     """Run `recipes` on `checkpoint` (see `cnnkit compress --help`) and measure everything on the test split."""
@@ -197,7 +197,8 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
             for r in range(rounds):
                 goal = (1 - ratio) ** ((r + 1) / rounds) * base_params["macs"]
                 step = 1 - goal / count_macs(current, ctx.example)
-                p = prune_structured(current, ctx.calib[:256], ctx.calib_labels[:256], step, criterion, scope)
+                p = prune_structured(current, ctx.calib[:256], ctx.calib_labels[:256], step, criterion, scope,
+                                     round_to=round_to)
                 log(f"  round {r + 1}/{rounds}: {p.macs_after / base_params['macs']:.2f} of the MACs")
                 current = p.model
                 if finetune_epochs > 0:
@@ -205,6 +206,7 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
                              teacher=copy.deepcopy(model) if distill else None)
             stem = f"{ctx.name}.pruned{_pct(ratio)}"
             extra = {"recipe": recipe, "pruned": True, "criterion": criterion, "scope": scope, "rounds": rounds,
+                     "round_to": round_to,
                      "finetune_epochs": finetune_epochs, "distill": distill}
             path = _save_pruned(ctx, current, out / f"{stem}.safetensors", extra)
             targets.append((recipe.split("+")[0], "eager", path, {}))
