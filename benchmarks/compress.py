@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path)
     ap.add_argument("--rewind", type=Path)
     ap.add_argument("--run-dir", type=Path, default=Path("/tmp/cnnkit-compress-bench"))
-    ap.add_argument("--finetune-epochs", type=float, default=2.0)
+    ap.add_argument("--finetune-epochs", type=float, default=3.0)
     ap.add_argument("--criterion", default="lasso")
     ap.add_argument("--repeats", type=int, default=50)
     args = ap.parse_args()

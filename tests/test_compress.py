@@ -190,7 +190,9 @@ def test_cli_compress_on_sample_writes_artifacts_and_report(trained_run, tmp_pat
         assert (out / name).exists(), name
     assert not list(out.glob(".*"))  # no temporary files left behind
     rows = json.loads((out / "compress.json").read_text())["rows"]
-    assert [r["variant"] for r in rows][:4] == ["float32", "float32", "int8", "int8"]
+    assert [r["variant"] for r in rows] == ["float32", "float32", "int8", "int8", "prune:0.5", "prune:0.5+int8",
+                                            "prune:0.5+int8", "sparse:0.5", "qat8"]
+    assert len({r["file"] for r in rows}) == len(rows)  # each artifact measured once
     assert all(0 <= r["top1"] <= 1 for r in rows)
     pruned = next(r for r in rows if r["file"] == "resnet9.pruned50.safetensors")
     assert pruned["macs"] <= 0.55 * rows[0]["macs"]

@@ -309,10 +309,10 @@ def bench_cmd(
     """Parameters, MACs, file size, latency p50/p99 at batch 1, throughput, peak memory, accuracy."""
     import json
 
-    from cnnkit.deploy.bench import bench
+    from cnnkit.deploy.bench import bench_many
     from cnnkit.train.checkpoint import atomic_write_text
 
-    rows = [bench(t, data, data_dir=data_dir, batch=batch, repeats=repeats) for t in targets]
+    rows = bench_many(targets, data, data_dir=data_dir, batch=batch, repeats=repeats)
     t = Table(title=f"bench ({rows[0]['torch_threads']} torch threads)", title_justify="left")
     cols = ["target", "params", "MMACs", "MB on disk", "p50 ms", "p99 ms", f"img/s @{batch}", "peak RSS MiB"]
     cols += ["top-1"] if data else []

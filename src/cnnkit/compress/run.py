@@ -135,7 +135,7 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
              batch: int = 64, repeats: int = 30, seed: int = 0, onnx: bool = True,
              log: Callable[[str], None] = lambda s: None) -> CompressResult:
     """Run `recipes` on `checkpoint` (see `cnnkit compress --help`) and measure everything on the test split."""
-    parsed = [(r, *parse_recipe(r)) for r in recipes]
+    parsed = list(dict.fromkeys((r.strip(), *parse_recipe(r)) for r in recipes))  # each recipe once
     if not parsed:
         raise CompressError(f"give at least one recipe: {RECIPES}")
     if rounds < 1:
@@ -170,6 +170,7 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
         from cnnkit.deploy.artifacts import export_onnx
 
         targets.append(("float32", "onnxruntime", export_onnx(src, out / f"{ctx.name}.onnx").path, {}))
+    pruned: dict[float, tuple[nn.Module, Path]] = {}
     for recipe, kind, ratio, then_int8 in parsed:
         t0 = time.perf_counter()
         log(recipe)
@@ -193,26 +194,30 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
                                                                    {"recipe": recipe, "finetune_epochs": finetune_epochs}),
                             {"float_ops": qq.float_ops}))
         elif kind == "prune":
-            current = model
-            for r in range(rounds):
-                goal = (1 - ratio) ** ((r + 1) / rounds) * base_params["macs"]
-                step = 1 - goal / count_macs(current, ctx.example)
-                p = prune_structured(current, ctx.calib[:256], ctx.calib_labels[:256], step, criterion, scope,
-                                     round_to=round_to)
-                log(f"  round {r + 1}/{rounds}: {p.macs_after / base_params['macs']:.2f} of the MACs")
-                current = p.model
-                if finetune_epochs > 0:
-                    finetune(current, ctx.train, ctx.mean, ctx.std, finetune_epochs / rounds, lr or 1e-2, seed=seed + r,
-                             teacher=copy.deepcopy(model) if distill else None)
             stem = f"{ctx.name}.pruned{_pct(ratio)}"
-            extra = {"recipe": recipe, "pruned": True, "criterion": criterion, "scope": scope, "rounds": rounds,
-                     "round_to": round_to,
-                     "finetune_epochs": finetune_epochs, "distill": distill}
-            path = _save_pruned(ctx, current, out / f"{stem}.safetensors", extra)
-            targets.append((recipe.split("+")[0], "eager", path, {}))
+            extra = {"recipe": f"prune:{ratio:g}", "pruned": True, "criterion": criterion, "scope": scope,
+                     "rounds": rounds, "round_to": round_to, "finetune_epochs": finetune_epochs, "distill": distill}
+            if ratio in pruned:  # prune:R and prune:R+int8 share one pruned, fine-tuned model
+                current, path = pruned[ratio]
+            else:
+                current = model
+                for r in range(rounds):
+                    goal = (1 - ratio) ** ((r + 1) / rounds) * base_params["macs"]
+                    step = 1 - goal / count_macs(current, ctx.example)
+                    p = prune_structured(current, ctx.calib[:256], ctx.calib_labels[:256], step, criterion, scope,
+                                         round_to=round_to)
+                    log(f"  round {r + 1}/{rounds}: {p.macs_after / base_params['macs']:.2f} of the MACs")
+                    current = p.model
+                    if finetune_epochs > 0:
+                        finetune(current, ctx.train, ctx.mean, ctx.std, finetune_epochs / rounds, lr or 1e-2,
+                                 seed=seed + r, teacher=copy.deepcopy(model) if distill else None)
+                path = _save_pruned(ctx, current, out / f"{stem}.safetensors", extra)
+                pruned[ratio] = (current, path)
+                targets.append((f"prune:{ratio:g}", "eager", path, {}))
             if then_int8:
                 q = quantize_fx(current, ctx.calib, observer, engine, batch=min(batch, len(ctx.calib)))
                 pruned_ckpt = load_checkpoint(path)
+                extra = {**extra, "recipe": recipe}
                 targets.append((recipe, "pytorch int8", _write_int8_ts(ctx, q, pruned_ckpt.model, stem, extra),
                                 {"float_ops": q.float_ops}))
                 if onnx:
@@ -240,13 +245,13 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
 
 
 def _measure(targets, data, data_dir, batch: int, repeats: int, log) -> list[dict[str, Any]]:
-    from cnnkit.deploy.bench import bench
+    from cnnkit.deploy.bench import bench_many
 
-    rows = []
-    for recipe, runtime, path, extra in targets:
-        log(f"measuring {Path(path).name}")
-        r = bench(path, data=data, data_dir=data_dir, batch=batch, repeats=repeats)
-        rows.append({"variant": recipe, "runtime": runtime, "file": Path(path).name, **r, **extra})
+    log(f"measuring {len(targets)} variants side by side")
+    measured = bench_many([path for _, _, path, _ in targets], data=data, data_dir=data_dir, batch=batch,
+                          repeats=repeats)
+    rows = [{"variant": recipe, "runtime": runtime, "file": Path(path).name, **r, **extra}
+            for (recipe, runtime, path, extra), r in zip(targets, measured)]
     base = rows[0]
     for r in rows:
         r["top1_delta_pts"] = 100 * (r["top1"] - base["top1"])

@@ -47,26 +47,48 @@ def _times(model: torch.nn.Module, x: torch.Tensor, warmup: int, repeats: int) -
     return out
 
 
+def bench_many(targets: list[str | os.PathLike], data: str | None = None, data_dir: str | os.PathLike | None = None,
+               batch: int = 64, warmup: int = 3, repeats: int = 30, rounds: int = 5) -> list[dict[str, Any]]:
+    """Measure several models side by side: all are loaded first, then timed in `rounds` interleaved
+    rounds (each round times every target in turn), so a slow spell of the machine (another process,
+    clock changes) falls on all of them rather than on whichever happened to run then. Latency is taken
+    over all rounds' batch-1 runs, throughput is the median over the rounds' batch-`batch` runs."""
+    ckpts = [load_checkpoint(t) for t in targets]
+    rounds = max(1, min(rounds, repeats))
+    per_round = max(1, repeats // rounds)
+    lat: list[list[float]] = [[] for _ in ckpts]
+    thr: list[list[float]] = [[] for _ in ckpts]
+    inputs = [(torch.randn(1, c.in_chans, *c.img_size), torch.randn(batch, c.in_chans, *c.img_size)) for c in ckpts]
+    for i, c in enumerate(ckpts):
+        _times(c.model.eval(), inputs[i][0], warmup, 0)
+        _times(c.model, inputs[i][1], max(1, warmup // 2), 0)
+    for _ in range(rounds):
+        for i, c in enumerate(ckpts):
+            lat[i] += _times(c.model, inputs[i][0], 1, per_round)
+            thr[i] += _times(c.model, inputs[i][1], 0, max(1, per_round // 5))
+    rows = []
+    for i, ckpt in enumerate(ckpts):
+        one = inputs[i][0]
+        row: dict[str, Any] = {
+            "target": str(ckpt.path), "kind": ckpt.path.suffix.lstrip("."),
+            "params": ckpt.meta.get("params") or _params(ckpt.model),
+            "macs": ckpt.meta.get("macs") or _macs(ckpt.model, one), "file_bytes": Path(ckpt.path).stat().st_size,
+            "latency_ms_p50": 1e3 * float(np.percentile(lat[i], 50)),
+            "latency_ms_p99": 1e3 * float(np.percentile(lat[i], 99)),
+            "throughput_batch": batch, "images_per_s": batch / statistics.median(thr[i]),
+            "torch_threads": torch.get_num_threads(), "warmup": warmup, "repeats": len(lat[i]), "rounds": rounds,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+        if data:
+            from cnnkit.evaluate import evaluate
+
+            row["data"] = data
+            row["top1"] = evaluate(ckpt, data, "test", data_dir=data_dir).metrics["top1"]
+        rows.append(row)
+    return rows
+
+
 def bench(target: str | os.PathLike, data: str | None = None, data_dir: str | os.PathLike | None = None,
           batch: int = 64, warmup: int = 3, repeats: int = 30) -> dict[str, Any]:
-    """Measure a checkpoint, run directory, `.onnx` or `.pt2` artifact (see the module docstring)."""
-    ckpt = load_checkpoint(target)
-    model = ckpt.model.eval()
-    shape = (ckpt.in_chans, *ckpt.img_size)
-    one, many = torch.randn(1, *shape), torch.randn(batch, *shape)
-    lat = _times(model, one, warmup, repeats)
-    thr = _times(model, many, max(1, warmup // 2), max(3, repeats // 5))
-    row: dict[str, Any] = {
-        "target": str(ckpt.path), "kind": ckpt.path.suffix.lstrip("."), "params": ckpt.meta.get("params") or _params(model),
-        "macs": ckpt.meta.get("macs") or _macs(model, one), "file_bytes": Path(ckpt.path).stat().st_size,
-        "latency_ms_p50": 1e3 * float(np.percentile(lat, 50)), "latency_ms_p99": 1e3 * float(np.percentile(lat, 99)),
-        "throughput_batch": batch, "images_per_s": batch / statistics.median(thr),
-        "torch_threads": torch.get_num_threads(), "warmup": warmup, "repeats": repeats,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-    if data:
-        from cnnkit.evaluate import evaluate
-
-        row["data"] = data
-        row["top1"] = evaluate(ckpt, data, "test", data_dir=data_dir).metrics["top1"]
-    return row
+    """Measure a checkpoint, run directory, `.onnx`, `.pt2` or `.ts` artifact (see the module docstring)."""
+    return bench_many([target], data, data_dir, batch, warmup, repeats)[0]
