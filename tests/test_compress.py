@@ -184,13 +184,13 @@ def test_cli_compress_on_sample_writes_artifacts_and_report(trained_run, tmp_pat
                  "--finetune-epochs", "0.2", "--calibration", "128", "--repeats", "3", "--out", str(out)])
     assert code == 0
     assert _digest(src) == digest  # the source checkpoint is never modified
-    for name in ("resnet9.onnx", "resnet9.int8.ts", "resnet9.int8.onnx", "resnet9.pruned50.safetensors",
+    for name in ("resnet9.onnx", "resnet9.int8.ts", "resnet9.int8.onnx", "resnet9.pruned50.safetensors", "resnet9.pruned50.onnx",
                  "resnet9.pruned50.int8.ts", "resnet9.pruned50.int8.onnx", "resnet9.sparse50.safetensors",
                  "resnet9.qat8.int8.ts", "report.html", "pareto.png", "compress.json"):
         assert (out / name).exists(), name
     assert not list(out.glob(".*"))  # no temporary files left behind
     rows = json.loads((out / "compress.json").read_text())["rows"]
-    assert [r["variant"] for r in rows] == ["float32", "float32", "int8", "int8", "prune:0.5", "prune:0.5+int8",
+    assert [r["variant"] for r in rows] == ["float32", "float32", "int8", "int8", "prune:0.5", "prune:0.5", "prune:0.5+int8",
                                             "prune:0.5+int8", "sparse:0.5", "qat8"]
     assert len({r["file"] for r in rows}) == len(rows)  # each artifact measured once
     assert all(0 <= r["top1"] <= 1 for r in rows)

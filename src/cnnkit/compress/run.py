@@ -214,6 +214,10 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
                 path = _save_pruned(ctx, current, out / f"{stem}.safetensors", extra)
                 pruned[ratio] = (current, path)
                 targets.append((f"prune:{ratio:g}", "eager", path, {}))
+                if onnx:  # the pruned float model in ONNX Runtime, to compare with the float ONNX model
+                    from cnnkit.deploy.artifacts import export_onnx
+
+                    targets.append((f"prune:{ratio:g}", "onnxruntime", export_onnx(path, out / f"{stem}.onnx").path, {}))
             if then_int8:
                 q = quantize_fx(current, ctx.calib, observer, engine, batch=min(batch, len(ctx.calib)))
                 pruned_ckpt = load_checkpoint(path)
