@@ -5,7 +5,8 @@ MACs, file size, batch-1 latency p50/p99, batch-64 throughput).
 1. Trains (or reuses, with --checkpoint) a small-input ResNet (resnet9, width 16, the `fast` recipe) on all
    60,000 Fashion-MNIST training images from ../shared/datasets, keeping the weights after epoch 1 as the
    lottery-ticket rewind point.
-2. Compresses it with int8 (PTQ), qat8, qat4, prune:0.5 (MACs halved, then fine-tuned with distillation),
+2. Compresses it with int8 (PTQ), qat8, qat4, prune:0.5 (MACs halved, channel counts kept multiples of 16
+   (--round-to), then fine-tuned with distillation),
    prune:0.5+int8 and sparse:0.8 (magnitude mask, rewound to epoch 1, retrained with the mask fixed).
 3. Compares the pruning criteria at half the MACs before any fine-tuning (accuracy straight after pruning).
 
@@ -64,6 +65,8 @@ def main() -> None:
     ap.add_argument("--finetune-epochs", type=float, default=3.0)
     ap.add_argument("--criterion", default="lasso")
     ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--round-to", type=int, default=16,
+                    help="channel counts kept multiples of this (16: ONNX Runtime's AVX-512 blocks; 1: off)")
     args = ap.parse_args()
     t0 = time.time()
     if args.checkpoint is None:
@@ -80,9 +83,10 @@ def main() -> None:
     out = args.run_dir / "compress"
     r = compress(args.checkpoint, RECIPES, out, data="fashion-mnist", data_dir=SHARED_DATA,
                  finetune_epochs=args.finetune_epochs, criterion=args.criterion, distill=True, rewind=args.rewind,
-                 repeats=args.repeats, log=lambda s: print(s, flush=True))
+                 round_to=args.round_to if args.round_to > 1 else None, repeats=args.repeats, log=lambda s: print(s, flush=True))
     payload = {"checkpoint": str(args.checkpoint), "rewind": str(args.rewind), "recipes": RECIPES,
                "finetune_epochs": args.finetune_epochs, "prune_criterion": args.criterion, "distill": True,
+               "round_to": args.round_to,
                "rows": r.rows, "criteria_at_half_macs": crit, "total_seconds": time.time() - t0}
     write_result("compress", payload)
     shutil.copy(r.png_path, RESULTS / "compress_pareto.png")

@@ -38,9 +38,16 @@ class ExportResult:
 
 
 def _session(path: str | Path):
+    """An ONNX Runtime CPU session on as many threads as torch uses, with intra-op spinning off: by default
+    ORT's idle threads keep spinning after each run, which took about 30% of the next PyTorch call's speed on
+    2 cores (measured), so anything sharing the process, `cnnkit bench`'s side-by-side rounds included,
+    would pay for it. Without spinning ORT itself loses about 3% throughput here."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def _export(checkpoint, out, suffix: str, kind: str, atol: float | None, seed: int,

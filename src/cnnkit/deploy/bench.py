@@ -47,12 +47,27 @@ def _times(model: torch.nn.Module, x: torch.Tensor, warmup: int, repeats: int) -
     return out
 
 
+def _seconds_per_run(model: torch.nn.Module, x: torch.Tensor, min_seconds: float) -> float:
+    """Mean time of back-to-back runs, repeated until `min_seconds` have passed (at least two runs), so a
+    fast model's figure is not one or two runs of a couple of milliseconds."""
+    n, t0 = 0, time.perf_counter()
+    with torch.inference_mode():
+        while True:
+            model(x)
+            n += 1
+            elapsed = time.perf_counter() - t0
+            if n >= 2 and elapsed >= min_seconds:
+                return elapsed / n
+
+
 def bench_many(targets: list[str | os.PathLike], data: str | None = None, data_dir: str | os.PathLike | None = None,
-               batch: int = 64, warmup: int = 3, repeats: int = 30, rounds: int = 5) -> list[dict[str, Any]]:
+               batch: int = 64, warmup: int = 3, repeats: int = 30, rounds: int = 5,
+               min_seconds: float = 0.2) -> list[dict[str, Any]]:
     """Measure several models side by side: all are loaded first, then timed in `rounds` interleaved
     rounds (each round times every target in turn), so a slow spell of the machine (another process,
     clock changes) falls on all of them rather than on whichever happened to run then. Latency is taken
-    over all rounds' batch-1 runs, throughput is the median over the rounds' batch-`batch` runs."""
+    over all rounds' batch-1 runs (`repeats` in all); throughput is the median over the rounds of
+    back-to-back batch-`batch` runs lasting at least `min_seconds` each."""
     ckpts = [load_checkpoint(t) for t in targets]
     rounds = max(1, min(rounds, repeats))
     per_round = max(1, repeats // rounds)
@@ -65,7 +80,7 @@ def bench_many(targets: list[str | os.PathLike], data: str | None = None, data_d
     for _ in range(rounds):
         for i, c in enumerate(ckpts):
             lat[i] += _times(c.model, inputs[i][0], 1, per_round)
-            thr[i] += _times(c.model, inputs[i][1], 0, max(1, per_round // 5))
+            thr[i].append(_seconds_per_run(c.model, inputs[i][1], min_seconds))
     rows = []
     for i, ckpt in enumerate(ckpts):
         one = inputs[i][0]
@@ -77,6 +92,7 @@ def bench_many(targets: list[str | os.PathLike], data: str | None = None, data_d
             "latency_ms_p99": 1e3 * float(np.percentile(lat[i], 99)),
             "throughput_batch": batch, "images_per_s": batch / statistics.median(thr[i]),
             "torch_threads": torch.get_num_threads(), "warmup": warmup, "repeats": len(lat[i]), "rounds": rounds,
+            "throughput_seconds_per_round": min_seconds,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
         if data:
