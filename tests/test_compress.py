@@ -3,6 +3,7 @@ unstructured masks, pruned checkpoints, and `cnnkit compress` on the sample."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 
@@ -14,7 +15,7 @@ from cnnkit.cli import main
 from cnnkit.compress import CRITERIA, OBSERVERS, prune_structured, quantize_fx, quantize_onnx
 from cnnkit.compress.finetune import finetune
 from cnnkit.compress.prune import apply_masks, count_macs, magnitude_masks, sparsity_of
-from cnnkit.compress.quantize import convert, float_ops, prepare_qat, save_torchscript
+from cnnkit.compress.quantize import convert, float_ops, prepare_qat, qat_float_model, save_torchscript
 from cnnkit.data import Normalize, load_dataset
 from cnnkit.errors import CompressError
 from cnnkit.models import create
@@ -102,6 +103,14 @@ def test_qat_converts_to_int8_kernels(sample, bits):
     prepared = prepare_qat(ckpt.model, calib[:2], weight_bits=bits)
     data = load_dataset("sample", "train")
     finetune(prepared, data, *ckpt.normalization, epochs=0.5, lr=1e-3, freeze_bn_after=0.5)
+    # the ONNX route: the fine-tuned weights and BN statistics back in the float architecture compute what
+    # the QAT graph computes with fake quantization switched off
+    trained = qat_float_model(prepared, ckpt.model)
+    plain = copy.deepcopy(prepared).eval()
+    plain.apply(torch.ao.quantization.disable_fake_quant)
+    with torch.no_grad():
+        assert torch.allclose(trained(x[:16]), plain(x[:16]), atol=1e-5)
+        assert not torch.allclose(trained(x[:16]), ckpt.model(x[:16]), atol=1e-3)  # the weights did change
     q = convert(prepared, "x86")
     convs = [m for m in q.modules() if type(m).__name__ in ("ConvReLU2d", "Conv2d") and hasattr(m, "weight")
              and callable(m.weight)]
@@ -186,12 +195,12 @@ def test_cli_compress_on_sample_writes_artifacts_and_report(trained_run, tmp_pat
     assert _digest(src) == digest  # the source checkpoint is never modified
     for name in ("resnet9.onnx", "resnet9.int8.ts", "resnet9.int8.onnx", "resnet9.pruned50.safetensors", "resnet9.pruned50.onnx",
                  "resnet9.pruned50.int8.ts", "resnet9.pruned50.int8.onnx", "resnet9.sparse50.safetensors",
-                 "resnet9.qat8.int8.ts", "report.html", "pareto.png", "compress.json"):
+                 "resnet9.qat8.int8.ts", "resnet9.qat8.int8.onnx", "report.html", "pareto.png", "compress.json"):
         assert (out / name).exists(), name
     assert not list(out.glob(".*"))  # no temporary files left behind
     rows = json.loads((out / "compress.json").read_text())["rows"]
     assert [r["variant"] for r in rows] == ["float32", "float32", "int8", "int8", "prune:0.5", "prune:0.5", "prune:0.5+int8",
-                                            "prune:0.5+int8", "sparse:0.5", "qat8"]
+                                            "prune:0.5+int8", "sparse:0.5", "qat8", "qat8"]
     assert len({r["file"] for r in rows}) == len(rows)  # each artifact measured once
     assert all(0 <= r["top1"] <= 1 for r in rows)
     pruned = next(r for r in rows if r["file"] == "resnet9.pruned50.safetensors")
@@ -201,7 +210,7 @@ def test_cli_compress_on_sample_writes_artifacts_and_report(trained_run, tmp_pat
     page = (out / "report.html").read_text()
     assert "<table>" in page and "data:image/png;base64," in page and "resnet9.int8.onnx" in page
     # every artifact works where a checkpoint does
-    for name in ("resnet9.int8.ts", "resnet9.int8.onnx", "resnet9.pruned50.safetensors"):
+    for name in ("resnet9.int8.ts", "resnet9.int8.onnx", "resnet9.pruned50.safetensors", "resnet9.qat8.int8.onnx"):
         assert main(["eval", "--checkpoint", str(out / name)]) == 0, name
     p = load_checkpoint(out / "resnet9.pruned50.safetensors")
     assert p.model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)

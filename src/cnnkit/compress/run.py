@@ -22,7 +22,7 @@ import torch.nn as nn
 from cnnkit.compress.finetune import finetune
 from cnnkit.compress.prune import (apply_masks, check_ratio, count_macs, magnitude_masks, prune_structured,
                                    sparsity_of)
-from cnnkit.compress.quantize import convert, prepare_qat, quantize_fx, quantize_onnx, save_torchscript
+from cnnkit.compress.quantize import convert, prepare_qat, qat_float_model, quantize_fx, quantize_onnx, save_torchscript
 from cnnkit.data import Normalize, load_dataset
 from cnnkit.deploy.artifacts import OnnxModel, ProgramModel, _export, _session, _write_onnx
 from cnnkit.errors import CompressError
@@ -186,6 +186,7 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
             prepared = prepare_qat(model, ctx.example, engine, bits)
             finetune(prepared, ctx.train, ctx.mean, ctx.std, finetune_epochs, lr or 1e-3, seed=seed,
                      teacher=copy.deepcopy(model) if distill else None, freeze_bn_after=0.5)
+            trained = qat_float_model(prepared, model) if onnx else None
             q = convert(prepared, engine)
             from cnnkit.compress.quantize import Quantized, float_ops
 
@@ -193,6 +194,12 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
             targets.append((recipe, "pytorch int8", _write_int8_ts(ctx, qq, model, f"{ctx.name}.{kind}",
                                                                    {"recipe": recipe, "finetune_epochs": finetune_epochs}),
                             {"float_ops": qq.float_ops}))
+            if onnx:  # the QAT weights, quantized by ONNX Runtime on QAT's min-max activation ranges
+                p = _write_int8_onnx(ctx, trained, f"{ctx.name}.{kind}", "minmax",
+                                     {"recipe": recipe, "finetune_epochs": finetune_epochs, "trained_weight_bits": bits,
+                                      "weight_bits": 8})
+                targets.append((recipe, "onnxruntime int8", p,
+                                {"float_ops": json.loads(Path(f"{p}.json").read_text())["float_ops"]}))
         elif kind == "prune":
             stem = f"{ctx.name}.pruned{_pct(ratio)}"
             extra = {"recipe": f"prune:{ratio:g}", "pruned": True, "criterion": criterion, "scope": scope,
