@@ -95,6 +95,23 @@ def test_bench_measures_checkpoints_and_artifacts(exported, trained_run, tmp_pat
     assert len(json.loads(out.read_text())) == 2 and "p50 ms" in capsys.readouterr().out
 
 
+def test_bench_peak_memory_is_each_targets_own(trained_run, tmp_path):
+    """Targets timed side by side in one process still get their own peak memory: a model with ~100 MB of
+    weights adds about that much, the small one far less, whichever is measured first."""
+    from cnnkit.deploy.bench import bench_many
+    from cnnkit.models import create
+    from cnnkit.train.checkpoint import save_checkpoint
+
+    meta = dict(load_checkpoint(trained_run.run_dir).meta)
+    meta["model_kwargs"] = {**meta.get("model_kwargs", {}), "width": 128}
+    big = create(meta["model"], num_classes=len(meta["classes"]), in_chans=meta["in_chans"], width=128)
+    save_checkpoint(tmp_path / "big.safetensors", big, meta)
+    weights_mib = sum(p.numel() * 4 for p in big.parameters()) / 2**20
+    big_row, small_row = bench_many([tmp_path / "big.safetensors", trained_run.run_dir], repeats=2, batch=2)
+    assert big_row["model_rss_mib"] >= 0.9 * weights_mib > 4 * small_row["model_rss_mib"]
+    assert 0 < small_row["model_rss_mib"] < small_row["peak_rss_mib"]
+
+
 def test_exports_fold_batchnorm_and_keep_parity(exported, trained_run, tmp_path):
     import onnx
 

@@ -314,14 +314,14 @@ def bench_cmd(
 
     rows = bench_many(targets, data, data_dir=data_dir, batch=batch, repeats=repeats)
     t = Table(title=f"bench ({rows[0]['torch_threads']} torch threads)", title_justify="left")
-    cols = ["target", "params", "MMACs", "MB on disk", "p50 ms", "p99 ms", f"img/s @{batch}", "peak RSS MiB"]
+    cols = ["target", "params", "MMACs", "MB on disk", "p50 ms", "p99 ms", f"img/s @{batch}", "peak RSS MiB", "model MiB"]
     cols += ["top-1"] if data else []
     for c in cols:
         t.add_column(c, justify="left" if c == "target" else "right", overflow="fold")
     for r in rows:
         cells = [r["target"], f"{r['params']:,}", "–" if r["macs"] is None else f"{r['macs'] / 1e6:.1f}",
                  f"{r['file_bytes'] / 1e6:.2f}", f"{r['latency_ms_p50']:.2f}", f"{r['latency_ms_p99']:.2f}",
-                 f"{r['images_per_s']:.0f}", f"{r['peak_rss_mib']:.0f}"]
+                 f"{r['images_per_s']:.0f}", f"{r['peak_rss_mib']:.0f}", f"{r['model_rss_mib']:.0f}"]
         t.add_row(*cells, *([f"{r['top1']:.4f}"] if data else []))
     stdout.print(t)
     if json_out:

@@ -275,7 +275,8 @@ def _measure(targets, data, data_dir, batch: int, repeats: int, log) -> list[dic
 _COLUMNS = [("variant", "variant"), ("runtime", "runtime"), ("file", "file"), ("top1", "top-1 %"),
             ("top1_delta_pts", "Δ pts"), ("params", "params"), ("macs", "MACs"), ("file_bytes", "file KiB"),
             ("size_ratio", "smaller ×"), ("latency_ms_p50", "p50 ms (b=1)"), ("latency_ms_p99", "p99 ms"),
-            ("latency_speedup", "latency ×"), ("images_per_s", "img/s"), ("throughput_speedup", "throughput ×")]
+            ("latency_speedup", "latency ×"), ("images_per_s", "img/s"), ("throughput_speedup", "throughput ×"),
+            ("model_rss_mib", "model MiB")]
 
 
 def format_value(key: str, v: Any) -> str:
@@ -283,8 +284,8 @@ def format_value(key: str, v: Any) -> str:
         return "–"
     if key == "top1":
         return f"{100 * v:.2f}"
-    if key == "file_bytes":
-        return f"{v / 1024:.0f}"
+    if key in ("file_bytes", "model_rss_mib"):
+        return f"{v / 1024:.0f}" if key == "file_bytes" else f"{v:.0f}"
     if key in ("params", "macs"):
         return f"{v / 1e6:.3f}M"
     if key == "top1_delta_pts":

@@ -1,11 +1,19 @@
 """`cnnkit bench`: what a model or artifact costs on this machine: parameters, MACs, file size, latency
-p50/p99 at batch 1, throughput at batch 64, the process's peak memory, and accuracy on a dataset."""
+p50/p99 at batch 1, throughput at batch 64, peak memory, and accuracy on a dataset.
+
+Peak memory is measured for each target alone, in a fresh Python process that imports cnnkit, loads the
+target and runs it at batch 1 and at the throughput batch: `peak_rss_mib` is that process's high-water
+mark, `model_rss_mib` what loading and running the target added to it after the imports."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -60,6 +68,37 @@ def _seconds_per_run(model: torch.nn.Module, x: torch.Tensor, min_seconds: float
                 return elapsed / n
 
 
+def _high_water_kib() -> int:
+    """This process's peak resident set in KiB: Linux's VmHWM, which starts afresh at exec (ru_maxrss
+    carries the parent's peak over into a child), else ru_maxrss."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _child_peak(target: str, batch: int) -> None:
+    """Runs in the child process of `peak_memory`: prints its high-water marks as JSON."""
+    before = _high_water_kib()
+    ckpt = load_checkpoint(target)
+    with torch.inference_mode():
+        for n in (1, batch):
+            ckpt.model(torch.randn(n, ckpt.in_chans, *ckpt.img_size))
+    peak = _high_water_kib()
+    print(json.dumps({"peak_rss_mib": peak / 1024, "model_rss_mib": (peak - before) / 1024}))
+
+
+def peak_memory(target: str | os.PathLike, batch: int = 64) -> dict[str, float]:
+    """The target's peak memory on its own (see the module docstring), or NaNs if the child process fails."""
+    code = f"from cnnkit.deploy.bench import _child_peak; _child_peak({str(target)!r}, {int(batch)})"
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"peak_rss_mib": float("nan"), "model_rss_mib": float("nan")}
+
+
 def bench_many(targets: list[str | os.PathLike], data: str | None = None, data_dir: str | os.PathLike | None = None,
                batch: int = 64, warmup: int = 3, repeats: int = 30, rounds: int = 5,
                min_seconds: float = 0.2) -> list[dict[str, Any]]:
@@ -93,7 +132,7 @@ def bench_many(targets: list[str | os.PathLike], data: str | None = None, data_d
             "throughput_batch": batch, "images_per_s": batch / statistics.median(thr[i]),
             "torch_threads": torch.get_num_threads(), "warmup": warmup, "repeats": len(lat[i]), "rounds": rounds,
             "throughput_seconds_per_round": min_seconds,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            **peak_memory(ckpt.path, batch),
         }
         if data:
             from cnnkit.evaluate import evaluate
