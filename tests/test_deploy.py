@@ -112,6 +112,15 @@ def test_bench_peak_memory_is_each_targets_own(trained_run, tmp_path):
     assert 0 < small_row["model_rss_mib"] < small_row["peak_rss_mib"]
 
 
+def test_peak_memory_failure_is_reported_not_hidden(tmp_path):
+    from cnnkit.deploy.bench import peak_memory
+
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"not a model")
+    r = peak_memory(bad, batch=2)
+    assert r["peak_rss_mib"] is None and r["model_rss_mib"] is None and r["peak_memory_error"]
+
+
 def test_exports_fold_batchnorm_and_keep_parity(exported, trained_run, tmp_path):
     import onnx
 

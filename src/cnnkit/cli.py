@@ -321,7 +321,8 @@ def bench_cmd(
     for r in rows:
         cells = [r["target"], f"{r['params']:,}", "–" if r["macs"] is None else f"{r['macs'] / 1e6:.1f}",
                  f"{r['file_bytes'] / 1e6:.2f}", f"{r['latency_ms_p50']:.2f}", f"{r['latency_ms_p99']:.2f}",
-                 f"{r['images_per_s']:.0f}", f"{r['peak_rss_mib']:.0f}", f"{r['model_rss_mib']:.0f}"]
+                 f"{r['images_per_s']:.0f}",
+                 *("–" if r[k] is None else f"{r[k]:.0f}" for k in ("peak_rss_mib", "model_rss_mib"))]
         t.add_row(*cells, *([f"{r['top1']:.4f}"] if data else []))
     stdout.print(t)
     if json_out:

@@ -193,13 +193,14 @@ def qat_float_model(prepared: torch.fx.GraphModule, model: nn.Module) -> nn.Modu
     with torch.no_grad():
         for name, fm in fmods.items():
             qm = qmods.get(name)
-            if qm is None or not name or next(fm.children(), None) is not None:
+            if qm is None or next(fm.children(), None) is not None:  # only leaf layers
                 continue
             fused_bn = getattr(qm, "bn", None)
             if isinstance(fused_bn, nn.modules.batchnorm._BatchNorm) and name in bn_after:
                 fmods[bn_after[name]].load_state_dict(fused_bn.state_dict())
-            own = {k: v for k, v in qm.state_dict().items() if k in fm.state_dict() and not k.startswith("bn.")}
-            if set(own) == set(fm.state_dict()) and own:
+            want = fm.state_dict()
+            own = {k: v for k, v in qm.state_dict().items() if k in want}
+            if own and set(own) == set(want):
                 fm.load_state_dict(own)
                 copied += 1
     if copied == 0:

@@ -284,8 +284,10 @@ def format_value(key: str, v: Any) -> str:
         return "–"
     if key == "top1":
         return f"{100 * v:.2f}"
-    if key in ("file_bytes", "model_rss_mib"):
-        return f"{v / 1024:.0f}" if key == "file_bytes" else f"{v:.0f}"
+    if key == "file_bytes":
+        return f"{v / 1024:.0f}"
+    if key == "model_rss_mib":
+        return f"{v:.0f}"
     if key in ("params", "macs"):
         return f"{v / 1e6:.3f}M"
     if key == "top1_delta_pts":

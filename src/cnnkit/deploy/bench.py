@@ -88,15 +88,16 @@ def _child_peak(target: str, batch: int) -> None:
     print(json.dumps({"peak_rss_mib": peak / 1024, "model_rss_mib": (peak - before) / 1024}))
 
 
-def peak_memory(target: str | os.PathLike, batch: int = 64) -> dict[str, float]:
-    """The target's peak memory on its own (see the module docstring), or NaNs if the child process fails."""
+def peak_memory(target: str | os.PathLike, batch: int = 64) -> dict[str, Any]:
+    """The target's peak memory on its own (see the module docstring). If the child process fails, both
+    figures are None and `peak_memory_error` holds the last line it wrote to stderr."""
     code = f"from cnnkit.deploy.bench import _child_peak; _child_peak({str(target)!r}, {int(batch)})"
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    try:
+    with contextlib.suppress(IndexError, ValueError):
         return json.loads(proc.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        return {"peak_rss_mib": float("nan"), "model_rss_mib": float("nan")}
+    why = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+    return {"peak_rss_mib": None, "model_rss_mib": None, "peak_memory_error": why[:200]}
 
 
 def bench_many(targets: list[str | os.PathLike], data: str | None = None, data_dir: str | os.PathLike | None = None,
