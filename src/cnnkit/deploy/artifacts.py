@@ -40,8 +40,8 @@ class ExportResult:
 def _session(path: str | Path):
     """An ONNX Runtime CPU session on as many threads as torch uses, with intra-op spinning off: by default
     ORT's idle threads keep spinning after each run, which took about 30% of the next PyTorch call's speed on
-    2 cores (measured), so anything sharing the process, `cnnkit bench`'s side-by-side rounds included,
-    would pay for it. Without spinning ORT itself loses about 3% throughput here."""
+    2 cores, so anything sharing the process, `cnnkit bench`'s side-by-side rounds included, would pay for
+    it. Without spinning ORT itself loses about 5% throughput here (`benchmarks/ort_spinning.py`)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
