@@ -28,7 +28,7 @@ from cnnkit.compress import compress, prune_structured
 from cnnkit.compress.run import markdown_table
 from cnnkit.data import Normalize, load_dataset
 from cnnkit.train import fit
-from cnnkit.train.checkpoint import load_checkpoint
+from cnnkit.artifacts import load_checkpoint
 
 RECIPES = ["int8", "qat8", "qat4", "prune:0.5", "prune:0.5+int8", "sparse:0.8"]
 

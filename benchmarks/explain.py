@@ -30,7 +30,7 @@ from cnnkit.data import Normalize, load_dataset
 from cnnkit.explain import explain
 from cnnkit.explain.run import benchmark_methods
 from cnnkit.train import fit
-from cnnkit.train.checkpoint import load_checkpoint
+from cnnkit.artifacts import load_checkpoint
 
 
 def _reference(cls, model, layer, x, targets):

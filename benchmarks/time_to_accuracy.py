@@ -21,7 +21,8 @@ import torch
 from benchmarks.common import RESULTS, SHARED_DATA, write_result
 from cnnkit.data import BatchLoader, load_dataset
 from cnnkit.runtime import autocast_dtype
-from cnnkit.train import evaluate_loader, fit
+from cnnkit.evaluate.loop import evaluate_loader
+from cnnkit.train import fit
 
 TARGETS = {"fast": [(0.930, 3)], "long": [(0.945, 10), (0.950, 30)]}
 

@@ -19,7 +19,7 @@ from cnnkit.compress.quantize import convert, float_ops, prepare_qat, qat_float_
 from cnnkit.data import Normalize, load_dataset
 from cnnkit.errors import CompressError
 from cnnkit.models import create
-from cnnkit.train.checkpoint import load_checkpoint, save_checkpoint
+from cnnkit.artifacts import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")

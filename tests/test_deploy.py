@@ -11,7 +11,7 @@ import torch
 from cnnkit.cli import main
 from cnnkit.deploy import export_onnx, load_onnx
 from cnnkit.evaluate import evaluate, predict
-from cnnkit.train.checkpoint import load_checkpoint
+from cnnkit.artifacts import load_checkpoint
 from tests.conftest import write_imagefolder
 
 
@@ -30,7 +30,7 @@ def test_onnx_matches_pytorch_at_any_batch(exported, trained_run):
             assert np.abs((art.model(x) - ck.model(x)).numpy()).max() <= 1e-4
     meta = json.loads(exported.sidecar.read_text())
     assert meta["classes"] == ck.classes and meta["img_size"] == [28, 28] and meta["normalization"]
-    assert not [p for p in exported.path.parent.iterdir() if p.name.startswith(".")]  # no temp files
+    assert not [p for p in exported.path.parent.iterdir() if p.name.endswith(".tmp")]  # no temp files
 
 
 def test_predict_and_eval_accept_the_onnx_file(exported, trained_run, tmp_path, sample_train):
@@ -100,7 +100,7 @@ def test_bench_peak_memory_is_each_targets_own(trained_run, tmp_path):
     weights adds about that much, the small one far less, whichever is measured first."""
     from cnnkit.deploy.bench import bench_many
     from cnnkit.models import create
-    from cnnkit.train.checkpoint import save_checkpoint
+    from cnnkit.artifacts import save_checkpoint
 
     meta = dict(load_checkpoint(trained_run.run_dir).meta)
     meta["model_kwargs"] = {**meta.get("model_kwargs", {}), "width": 128}

@@ -310,7 +310,7 @@ def bench_cmd(
     import json
 
     from cnnkit.deploy.bench import bench_many
-    from cnnkit.train.checkpoint import atomic_write_text
+    from cnnkit.artifacts import atomic_write_text
 
     rows = bench_many(targets, data, data_dir=data_dir, batch=batch, repeats=repeats)
     t = Table(title=f"bench ({rows[0]['torch_threads']} torch threads)", title_justify="left")

@@ -10,7 +10,7 @@ from PIL import Image
 
 from cnnkit.cli import main
 from cnnkit.explain import resolve_layer
-from cnnkit.train.checkpoint import load_checkpoint
+from cnnkit.artifacts import load_checkpoint
 from tests.conftest import write_imagefolder
 
 

@@ -20,7 +20,7 @@ def model():
 
 
 def test_class_model_raises_its_class_score(trained_run):
-    from cnnkit.train.checkpoint import load_checkpoint
+    from cnnkit.artifacts import load_checkpoint
 
     model = load_checkpoint(trained_run.run_dir).model
     imgs = class_model(model, [0, 3, 7], (1, 28, 28), steps=40, lr=0.1)

@@ -77,7 +77,7 @@ def test_models_list_shows_families(capsys):
 def test_fit_with_zoo_options_and_init_from(tmp_path, capsys, trained_run):
     from cnnkit.models.layers import ScheduledDropBlock
     from cnnkit.train import fit
-    from cnnkit.train.checkpoint import load_checkpoint
+    from cnnkit.artifacts import load_checkpoint
 
     # DropBlock's schedule and the multi-sample dropout loss run inside the trainer
     rates: list[list[float]] = []

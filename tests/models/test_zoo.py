@@ -281,7 +281,7 @@ def test_timm_weights_into_a_new_head_and_one_channel(tmp_path):
 def test_cnnkit_checkpoint_loads_back_into_timm(tmp_path):
     from safetensors.torch import load_file
 
-    from cnnkit.train.checkpoint import save_checkpoint
+    from cnnkit.artifacts import save_checkpoint
 
     model = create("convnext_tiny", 7, 3).eval()
     save_checkpoint(tmp_path / "c.safetensors", model, {"model": "convnext_tiny"})

@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 
 from cnnkit.errors import CheckpointError
 from cnnkit.train import load_checkpoint
-from cnnkit.train.checkpoint import load_state_into
+from cnnkit.artifacts import load_state_into
 from cnnkit.models import create
 
 

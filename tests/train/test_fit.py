@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from cnnkit.errors import CheckpointError, ConfigError, TrainingDiverged
 from cnnkit.train import fit, load_checkpoint
-from cnnkit.train.checkpoint import read_meta, save_checkpoint
+from cnnkit.artifacts import read_meta, save_checkpoint
 from tests.conftest import TINY
 
 
@@ -19,7 +19,7 @@ def test_run_directory_contents(trained_run):
         assert (run / name).exists(), name
     assert list((run / "tb").glob("events.out.tfevents.*"))
     assert len(list(run.glob("state-e*.safetensors"))) == 1
-    from cnnkit.train.checkpoint import FILE_MODE
+    from cnnkit.artifacts import FILE_MODE
 
     assert (run / "best.safetensors").stat().st_mode & 0o777 == FILE_MODE  # not mkstemp's private 0600
     cfg = yaml.safe_load((run / "config.yaml").read_text())
@@ -120,7 +120,7 @@ def test_resume_refuses_changed_options_and_finished_runs(trained_run):
 def test_interrupted_checkpoint_write_leaves_previous_file_intact(trained_run, tmp_path, monkeypatch):
     import shutil
 
-    import cnnkit.train.checkpoint as ck
+    import cnnkit.artifacts.files as ck
 
     target = tmp_path / "best.safetensors"
     shutil.copy(trained_run.best_checkpoint, target)

@@ -24,10 +24,11 @@ from cnnkit.compress.prune import (apply_masks, check_ratio, count_macs, magnitu
                                    sparsity_of)
 from cnnkit.compress.quantize import convert, prepare_qat, qat_float_model, quantize_fx, quantize_onnx, save_torchscript
 from cnnkit.data import Normalize, load_dataset
-from cnnkit.deploy.artifacts import OnnxModel, ProgramModel, _export, _session, _write_onnx
+from cnnkit.artifacts.runtimes import OnnxModel, ProgramModel, onnx_session
+from cnnkit.deploy.artifacts import _export, _write_onnx
 from cnnkit.errors import CompressError
-from cnnkit.train.checkpoint import LoadedCheckpoint, atomic_write_bytes, atomic_write_text, load_checkpoint
-from cnnkit.train.checkpoint import save_checkpoint
+from cnnkit.artifacts import LoadedCheckpoint, atomic_write_bytes, atomic_write_text, load_checkpoint
+from cnnkit.artifacts import save_checkpoint
 
 _RECIPE = re.compile(r"^(int8|qat8|qat4|prune:[0-9.]+(\+int8)?|sparse:[0-9.]+)$")
 RECIPES = "int8, qat8, qat4, prune:R, prune:R+int8, sparse:R"
@@ -110,7 +111,7 @@ def _write_int8_onnx(ctx: _Context, float_model: nn.Module, stem: str, observer:
             info["float_ops"] = quantize_onnx(fp, tmp, ctx.calib, observer)
         finally:
             fp.unlink(missing_ok=True)
-        sess = _session(tmp)
+        sess = onnx_session(tmp)
         return lambda x: sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
 
     meta = {"observer": observer, "calibration_images": len(ctx.calib), **ctx.counts(float_model), **extra}

@@ -109,7 +109,7 @@ def cached_cluttered(source: ImageData, seed: int, cache: Path, name: str, **kwa
         except Exception:  # a truncated or foreign file: make it again
             path.unlink(missing_ok=True)
     data = make_cluttered(source, seed, name=name, **kwargs)
-    from cnnkit.train.checkpoint import atomic_write_bytes  # here: cnnkit.train imports cnnkit.data
+    from cnnkit.artifacts import atomic_write_bytes
 
     buf = io.BytesIO()
     torch.save({"images": data.images, "labels": data.labels, "boxes": data.boxes}, buf)

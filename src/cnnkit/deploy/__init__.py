@@ -1,5 +1,6 @@
-"""Deployable artifacts: ONNX export with a parity check and a JSON sidecar, and loading them back."""
+"""Deployable artifacts: ONNX and torch.export programs, checked against PyTorch and written with a sidecar."""
 
-from cnnkit.deploy.artifacts import OnnxModel, export_onnx, export_program, load_onnx, load_program
+from cnnkit.artifacts.runtimes import OnnxModel, load_onnx, load_program
+from cnnkit.deploy.artifacts import export_onnx, export_program
 
 __all__ = ["OnnxModel", "export_onnx", "export_program", "load_onnx", "load_program"]

@@ -9,7 +9,7 @@ import contextlib
 import io
 import json
 import os
-import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +19,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnkit.errors import CheckpointError, ExportError
-from cnnkit.train.checkpoint import LoadedCheckpoint, atomic_write_text, load_checkpoint
-
-SIDECAR_FORMAT = "cnnkit-artifact/1"
+from cnnkit.artifacts import LoadedCheckpoint, atomic_write_text, load
+from cnnkit.artifacts.files import claim_dir, finish_temp_file, temp_path_for
+from cnnkit.artifacts.runtimes import SIDECAR_FORMAT, onnx_session, sidecar_path
+from cnnkit.errors import ConfigError, ExportError
 _META_KEYS = ("model", "model_kwargs", "classes", "in_chans", "img_size", "normalization", "dataset")
-
-
-def sidecar_path(path: Path) -> Path:
-    return Path(f"{path}.json")
 
 
 @dataclass
@@ -35,19 +31,6 @@ class ExportResult:
     path: Path
     sidecar: Path
     max_abs_diff: float
-
-
-def _session(path: str | Path):
-    """An ONNX Runtime CPU session on as many threads as torch uses, with intra-op spinning off: by default
-    ORT's idle threads keep spinning after each run, which took about 30% of the next PyTorch call's speed on
-    2 cores, so anything sharing the process, `cnnkit bench`'s side-by-side rounds included, would pay for
-    it. Without spinning ORT itself loses about 5% throughput here (`benchmarks/ort_spinning.py`)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = torch.get_num_threads()
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def _export(checkpoint, out, suffix: str, kind: str, atol: float | None, seed: int,
@@ -61,7 +44,7 @@ def _export(checkpoint, out, suffix: str, kind: str, atol: float | None, seed: i
     difference from the float model is measured as accuracy instead). `fold_bn` exports a copy with every
     conv→BN pair folded (`cnnkit.models.fold`), still compared with the unfolded model; a model torch.fx
     cannot trace is exported unfolded, and the sidecar says so."""
-    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint)
+    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load(checkpoint)
     model = (model if model is not None else ckpt.model.float()).eval()
     exported, extra = model, dict(extra or {})
     if fold_bn:
@@ -72,17 +55,27 @@ def _export(checkpoint, out, suffix: str, kind: str, atol: float | None, seed: i
             exported, extra["bn_folded"] = fold_batchnorm(model)
         except ModelError as e:
             extra["bn_folded"], extra["bn_not_folded_because"] = 0, str(e)
-    path = Path(out) if out is not None else ckpt.path.with_suffix(suffix)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(out).expanduser() if out is not None else ckpt.path.with_suffix(suffix)
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a folder; give the {suffix} file to write, e.g. {path / ('model' + suffix)}")
+    if path.suffix != suffix:
+        raise ConfigError(f"--out {path} should end in {suffix} (the {kind} format)")
+    if out is not None:
+        claim_dir(path.parent)  # overwrite only what cnnkit wrote there
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create {path.parent}: {e.strerror or e}") from None
     shape = (ckpt.in_chans, *ckpt.img_size)
     gen = torch.Generator().manual_seed(seed)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".export-", suffix=suffix)
-    os.close(fd)
+    tmp = temp_path_for(path)
+    side = sidecar_path(path)
     try:
         try:
-            with torch.no_grad():
-                run = write(exported, torch.randn(2, *shape, generator=gen), tmp)
-        except Exception as e:  # the exporters raise many types
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the exporters' own deprecation chatter
+                run = write(exported, torch.randn(2, *shape, generator=gen), str(tmp))
+        except Exception as e:  # the exporters raise many types on graphs they cannot capture
             raise ExportError(f"{kind} export of {ckpt.meta['model']} failed: {type(e).__name__}: "
                               f"{str(e).splitlines()[0][:160]}") from None
         worst = 0.0
@@ -93,15 +86,14 @@ def _export(checkpoint, out, suffix: str, kind: str, atol: float | None, seed: i
         if atol is not None and not worst <= atol:
             raise ExportError(f"the {kind} artifact's outputs differ from PyTorch's by {worst:.2e} "
                               f"(> {atol:.0e}); nothing was written")
-        os.replace(tmp, path)
+        meta = {"format": SIDECAR_FORMAT, "artifact": kind, "source": str(ckpt.path.absolute()),
+                "max_abs_diff_vs_pytorch": worst, "torch_version": torch.__version__,
+                **{k: ckpt.meta[k] for k in _META_KEYS if k in ckpt.meta}, **extra}
+        atomic_write_text(side, json.dumps(meta, indent=2) + "\n")  # the sidecar first: a model file
+        finish_temp_file(tmp, path)  # never exists without one
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         Path(f"{tmp}.data").unlink(missing_ok=True)  # ONNX external data, should the exporter write any
-    meta = {"format": SIDECAR_FORMAT, "artifact": kind, "source": str(ckpt.path),
-            "max_abs_diff_vs_pytorch": worst, "torch_version": torch.__version__,
-            **{k: ckpt.meta[k] for k in _META_KEYS if k in ckpt.meta}, **extra}
-    side = sidecar_path(path)
-    atomic_write_text(side, json.dumps(meta, indent=2) + "\n")
     return ExportResult(path, side, worst)
 
 
@@ -109,7 +101,7 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, tmp: str) -> Callable[[
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
         torch.onnx.export(model, (example,), tmp, dynamo=True, input_names=["images"], output_names=["logits"],
                           external_data=False, dynamic_shapes=({0: torch.export.Dim("batch")},))
-    sess = _session(tmp)
+    sess = onnx_session(tmp)
     return lambda x: sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
 
 
@@ -136,98 +128,3 @@ def export_program(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str | 
     return _export(checkpoint, out, ".pt2", "torch.export", atol, seed, _write_program, fold_bn=fold_bn)
 
 
-class OnnxModel(nn.Module):
-    """An ONNX file run by ONNX Runtime on the CPU, behind the nn.Module call the evaluators use."""
-
-    def __init__(self, path: Path):
-        super().__init__()
-        self.path = path
-        self.session = _session(path)
-        self.input_name = self.session.get_inputs()[0].name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input_name: x.detach().float().cpu().contiguous().numpy()})[0]
-        return torch.from_numpy(out).to(x.device)
-
-
-def load_onnx(path: str | os.PathLike) -> LoadedCheckpoint:
-    """An `.onnx` artifact and its sidecar, as a LoadedCheckpoint (model = OnnxModel)."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise CheckpointError(f"no such ONNX file: {p}")
-    meta = _read_sidecar(p)
-    side = sidecar_path(p)
-    try:
-        model = OnnxModel(p)
-    except Exception as e:  # onnxruntime raises its own exception types
-        raise CheckpointError(f"cannot load {p} in ONNX Runtime: {str(e).splitlines()[0][:160]}") from None
-    dims = model.session.get_inputs()[0].shape[1:]
-    want = [meta["in_chans"], *meta["img_size"]]
-    if any(isinstance(d, int) and d != w for d, w in zip(dims, want)):
-        raise CheckpointError(f"{side} says the input is {'×'.join(map(str, want))} but {p.name} takes "
-                              f"{'×'.join(map(str, dims))}; the sidecar does not belong to this model")
-    outputs = model.session.get_outputs()[0].shape
-    if isinstance(outputs[-1], int) and outputs[-1] != len(meta["classes"]):
-        raise CheckpointError(f"{side} lists {len(meta['classes'])} classes but {p.name} outputs {outputs[-1]}")
-    return LoadedCheckpoint(model.eval(), meta, p)
-
-
-def _read_sidecar(p: Path) -> dict[str, Any]:
-    side = sidecar_path(p)
-    if not side.exists():
-        raise CheckpointError(f"{p} has no sidecar {side.name} (classes, input size, normalization); "
-                              f"export it with `cnnkit export` or write the sidecar next to it")
-    try:
-        meta: dict[str, Any] = json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {side}: {e}") from None
-    missing = [k for k in ("classes", "in_chans", "img_size", "normalization") if k not in meta]
-    if meta.get("format") != SIDECAR_FORMAT or missing:
-        raise CheckpointError(f"{side} is not a cnnkit sidecar" + (f" (missing {', '.join(missing)})" if missing else ""))
-    return meta
-
-
-class ProgramModel(nn.Module):
-    """An exported program's module behind the usual nn.Module calls. Its graph is already in eval mode
-    and refuses `.eval()`/`.train()`, so those calls stop here."""
-
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.program = module
-
-    def train(self, mode: bool = True) -> ProgramModel:
-        self.training = mode
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.program(x)
-
-
-def load_program(path: str | os.PathLike) -> LoadedCheckpoint:
-    """A `.pt2` program and its sidecar, as a LoadedCheckpoint."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise CheckpointError(f"no such exported program: {p}")
-    meta = _read_sidecar(p)
-    try:
-        module = torch.export.load(str(p)).module()
-    except Exception as e:
-        raise CheckpointError(f"cannot load {p}: {str(e).splitlines()[0][:160]}") from None
-    return LoadedCheckpoint(ProgramModel(module), meta, p)
-
-
-def load_torchscript(path: str | os.PathLike) -> LoadedCheckpoint:
-    """A TorchScript artifact (the int8 models of `cnnkit compress`, `.ts`) and its sidecar."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise CheckpointError(f"no such TorchScript file: {p}")
-    meta = _read_sidecar(p)
-    if meta.get("engine"):
-        if meta["engine"] not in torch.backends.quantized.supported_engines:
-            raise CheckpointError(f"{p.name} was quantized for the {meta['engine']} engine, which this machine lacks")
-        torch.backends.quantized.engine = meta["engine"]
-    try:
-        module = torch.jit.load(str(p))
-    except Exception as e:
-        raise CheckpointError(f"cannot load {p}: {str(e).splitlines()[0][:160]}") from None
-    return LoadedCheckpoint(ProgramModel(module), meta, p)

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnkit.deploy.artifacts import OnnxModel
-from cnnkit.train.checkpoint import load_checkpoint
+from cnnkit.artifacts.runtimes import OnnxModel
+from cnnkit.artifacts import load_checkpoint
 
 
 def _params(model: torch.nn.Module) -> int:

@@ -15,8 +15,8 @@ from cnnkit.data.images import load_model_inputs
 from cnnkit.errors import CheckpointError
 from cnnkit.evaluate.metrics import classification_report
 from cnnkit.runtime import autocast_dtype, pick_device
-from cnnkit.train.checkpoint import LoadedCheckpoint, atomic_write_text, load_checkpoint
-from cnnkit.train.fit import evaluate_loader
+from cnnkit.artifacts import LoadedCheckpoint, atomic_write_text, load_checkpoint
+from cnnkit.evaluate.loop import evaluate_loader
 
 
 @dataclass

@@ -21,7 +21,7 @@ from cnnkit.errors import DataError, ExplainError, close_matches
 from cnnkit.explain.cam import CAM_METHODS, explain, resolve_layer
 from cnnkit.explain.gradients import GRADIENT_METHODS
 from cnnkit.runtime import pick_device
-from cnnkit.train.checkpoint import LoadedCheckpoint, atomic_write_text, load_checkpoint
+from cnnkit.artifacts import LoadedCheckpoint, atomic_write_text, load_checkpoint
 
 METHODS = CAM_METHODS + GRADIENT_METHODS
 

@@ -47,7 +47,7 @@ def read_weight_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a .safetensors, .pth/.pt/.bin file or a cnnkit run directory, unwrapped."""
     p = Path(path)
     if p.is_dir():
-        from cnnkit.train.checkpoint import resolve_checkpoint
+        from cnnkit.artifacts import resolve_checkpoint
 
         p = resolve_checkpoint(p)
     if not p.is_file():

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cnnkit.train.checkpoint import atomic_write_text
+from cnnkit.artifacts import atomic_write_text
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .7em;text-align:right}

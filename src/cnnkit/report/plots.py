@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
-from cnnkit.train.checkpoint import atomic_write_bytes  # noqa: E402
+from cnnkit.artifacts import atomic_write_bytes  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from cnnkit.evaluate.api import EvalResult
 from cnnkit.report.html import image_tag, table, write_report
 from cnnkit.report.plots import save_confusion_matrix, save_learning_curves, save_prediction_grid
-from cnnkit.train.fit import FitResult
 
 
-def write_run_report(fit: FitResult, ev: EvalResult, path: Path | None = None, grid: int = 32) -> Path:
-    """Write `<run>/report.html` with its figures in `<run>/report/`; returns the HTML path."""
+def write_run_report(fit: Any, ev: EvalResult, path: Path | None = None, grid: int = 32) -> Path:
+    """Write `<run>/report.html` with its figures in `<run>/report/`; returns the HTML path. `fit` is the
+    `cnnkit.train.FitResult` of the run (run_dir, config, history, seconds)."""
     path = Path(path or fit.run_dir / "report.html")
     fig_dir = path.parent / "report"
     m = ev.metrics

@@ -26,7 +26,7 @@ from cnnkit.models import create
 from cnnkit.models.layers import MultiSampleDropout, ScheduledDropBlock
 from cnnkit.models.weights import load_pretrained
 from cnnkit.runtime import autocast, autocast_dtype, pick_device, seed_everything, set_threads
-from cnnkit.train.checkpoint import atomic_write_text, read_meta, save_checkpoint
+from cnnkit.artifacts import atomic_write_text, read_meta, save_checkpoint
 from cnnkit.train.config import TrainConfig, resolve_config
 from cnnkit.train.progress import TrainProgress
 from cnnkit.train.state import load_train_state, save_train_state

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from cnnkit.train.checkpoint import read_meta, save_tensors
+from cnnkit.artifacts import read_meta, save_tensors
 
 
 def _split_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -1,10 +1,11 @@
-"""Checkpoints as safetensors with their metadata inside the file and in a JSON sidecar; atomic writes."""
+"""Checkpoints: safetensors files whose header holds the metadata (model, classes, input, normalization,
+training config). The header is the truth; the JSON sidecar beside each checkpoint is a readable copy,
+rewritten from the header whenever the two disagree (e.g. after a run was killed between the two writes)."""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,36 +16,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from cnnkit import __version__
+from cnnkit.artifacts.files import atomic_write_bytes, atomic_write_text
 from cnnkit.errors import CheckpointError, CnnkitError
-from cnnkit.models import create
 
 FORMAT = "cnnkit-checkpoint/1"
-
-
-# mkstemp creates files readable by their owner only; give written files the mode open() would.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-FILE_MODE = 0o666 & ~_UMASK
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -62,7 +37,27 @@ def read_meta(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
     if "cnnkit" not in header:
         raise CheckpointError(f"{path} has no cnnkit metadata; load plain weight files with --init-from")
-    return json.loads(header["cnnkit"])
+    try:
+        meta = json.loads(header["cnnkit"])
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its cnnkit metadata is damaged (not a JSON object)")
+    return meta
+
+
+def _check_model_meta(file: Path, meta: dict[str, Any]) -> None:
+    """The keys a checkpoint needs to rebuild its model, with the right types."""
+    ok = (isinstance(meta.get("model"), str) and isinstance(meta.get("classes"), list) and meta["classes"]
+          and all(isinstance(c, str) for c in meta["classes"]) and isinstance(meta.get("in_chans"), int)
+          and isinstance(meta.get("img_size"), list) and len(meta["img_size"]) == 2
+          and all(isinstance(v, int) and v > 0 for v in meta["img_size"])
+          and isinstance(meta.get("model_kwargs", {}), dict)
+          and isinstance(meta.get("normalization"), dict)
+          and all(isinstance(meta["normalization"].get(k), list) for k in ("mean", "std")))
+    if not ok:
+        raise CheckpointError(f"{file}: its metadata lacks or mangles model, classes, in_chans, img_size or "
+                              f"normalization; it cannot be loaded")
 
 
 def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
@@ -70,7 +65,27 @@ def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
     meta = {"format": FORMAT, "cnnkit_version": __version__, "torch_version": torch.__version__, **meta}
     state = {k: v for k, v in _unwrap(model).state_dict().items()}
     save_tensors(path, state, meta)
-    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
+    write_sidecar(path, meta)
+
+
+def write_sidecar(path: Path, meta: dict[str, Any]) -> Path:
+    """The readable JSON copy of a checkpoint's header metadata (`<name>.json`)."""
+    side = Path(path).with_suffix(".json")
+    atomic_write_text(side, json.dumps(meta, indent=2) + "\n")
+    return side
+
+
+def repair_sidecar(path: Path) -> bool:
+    """Rewrite a checkpoint's sidecar from its header if it is missing or disagrees; True if rewritten."""
+    meta = read_meta(path)
+    side = Path(path).with_suffix(".json")
+    try:
+        if json.loads(side.read_text()) == meta:
+            return False
+    except (OSError, ValueError):
+        pass
+    write_sidecar(path, meta)
+    return True
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -168,20 +183,26 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     """Rebuild the model a checkpoint (file or run directory) was trained as, with its weights; an `.onnx`
     artifact with its sidecar loads as an ONNX Runtime model (CPU)."""
     if str(path).endswith((".onnx", ".pt2", ".ts")):
-        from cnnkit.deploy.artifacts import load_onnx, load_program, load_torchscript
+        from cnnkit.artifacts.runtimes import load_onnx, load_program, load_torchscript
 
         loader = {".onnx": load_onnx, ".pt2": load_program, ".ts": load_torchscript}[Path(path).suffix]
         return loader(path)
+    from cnnkit.models import create  # here: cnnkit.models reads weight files through this module
+
     file = resolve_checkpoint(path)
     meta = read_meta(file)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{file}: unsupported checkpoint format {meta.get('format')!r}")
+    _check_model_meta(file, meta)
     try:
         model = create(meta["model"], num_classes=len(meta["classes"]), in_chans=meta["in_chans"],
                        img_size=tuple(meta["img_size"]), **meta.get("model_kwargs", {}))
     except CnnkitError as e:
         raise CheckpointError(f"{file}: cannot rebuild its model: {e}") from None
-    state = load_file(str(file))
+    try:
+        state = load_file(str(file))
+    except Exception as e:  # safetensors raises its own error types for truncated files
+        raise CheckpointError(f"{file}: cannot read its weights ({str(e).splitlines()[0][:160]})") from None
     if meta.get("pruned"):
         resize_to_state(model, state)
     load_state_into(model, state, file)
