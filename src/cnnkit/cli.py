@@ -12,7 +12,9 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.exceptions import TyperException
 
 from cnnkit.errors import CnnkitError, ConfigError
 
@@ -34,17 +36,55 @@ def summary(title: str, rows: dict[str, Any]) -> None:
     stdout.print(t)
 
 
-def parse_kv(pairs: list[str] | None) -> dict[str, Any]:
-    """key=value pairs, values parsed as YAML scalars (so 16 is an int, 0.5 a float, true a bool)."""
+def parse_kv(pairs: list[str] | None, option: str = "--model-kw") -> dict[str, Any]:
+    """key=value pairs, values parsed as YAML (so 16 is an int, 0.5 a float, true a bool, [3, 5] a list)."""
     import yaml
 
     result = {}
     for p in pairs or []:
-        if "=" not in p:
-            raise ConfigError(f"expected key=value, got {p!r}")
-        k, v = p.split("=", 1)
-        result[k.strip().replace("-", "_")] = yaml.safe_load(v)
+        k, eq, v = p.partition("=")
+        if not eq or not k.strip():
+            raise ConfigError(f"{option} expects key=value, got {p!r}")
+        try:
+            result[k.strip().replace("-", "_")] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            raise ConfigError(f"{option} {k.strip()}: cannot read the value {v!r}; write a number, a word, "
+                              f"true/false or a list such as [3, 5, 5, 7]") from None
     return result
+
+
+def parse_img_size(text: str | None) -> int | list[int] | None:
+    """--img-size: N (N×N) as an int, or HxW (height x width, e.g. 48x32) as [H, W]."""
+    if text is None:
+        return None
+    parts = text.strip().lower().replace("×", "x").split("x")
+    if len(parts) in (1, 2) and all(p.strip().isascii() and p.strip().isdigit() and int(p) > 0 for p in parts):
+        sizes = [int(p) for p in parts]
+        return sizes[0] if len(sizes) == 1 else sizes
+    raise ConfigError(f"--img-size must be a positive side N or HxW (height x width), e.g. 32 or 48x32; got {text!r}")
+
+
+def _check_early(model: str | None = None, model_kwargs: dict[str, Any] | None = None,
+                 augment: dict[str, Any] | None = None, device: str | None = None) -> None:
+    """Check option values as they are parsed, before any data is loaded or folder created."""
+    if augment:
+        from cnnkit.data.transforms import AugmentConfig
+
+        AugmentConfig.from_dict(augment)
+    if model is not None and not model.startswith("timm/"):
+        from cnnkit.models import check_options
+
+        check_options(model, model_kwargs or {})
+    if device is not None:
+        from cnnkit.runtime import pick_device
+
+        pick_device(device)
+
+
+def _check_out_folder(out: Path | None, option: str = "--out") -> None:
+    """A folder option must not name an existing file (checked before anything runs or is written)."""
+    if out is not None and out.expanduser().exists() and not out.expanduser().is_dir():
+        raise ConfigError(f"{option} {out} is a file; give a folder (new or one cnnkit wrote)")
 
 
 @app.command()
@@ -86,22 +126,30 @@ def train(
     threads: Optional[int] = typer.Option(None, help="CPU threads (0 = torch default)."),
     download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Fetch the dataset if missing."),
     strict: Optional[bool] = typer.Option(None, "--strict/--no-strict", help="Stop at the first unreadable image."),
-    img_size: Optional[int] = typer.Option(None, help="imagefolder: resize images to this side."),
+    img_size: Optional[str] = typer.Option(None, help="imagefolder: resize images to N×N (e.g. 32) or to "
+                                                      "height×width (e.g. 48x32)."),
+    test_fraction: Optional[float] = typer.Option(
+        None, help="Flat imagefolder (no train/ and test/ sub-folders): share of each class held out as the "
+                   "test split, chosen by --seed (default 0.2)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train a model; writes checkpoints, metrics and the resolved config to a run directory."""
     from cnnkit.train import fit
 
+    if test_fraction is not None and not 0.0 < test_fraction < 1.0:
+        raise ConfigError(f"--test-fraction must be strictly between 0 and 1, e.g. 0.2; got {test_fraction}")
+    model_kwargs, augment_options = parse_kv(model_kw), parse_kv(augment, "--augment")
+    _check_early(model=model, model_kwargs=model_kwargs, augment=augment_options, device=device)
     options = dict(model=model, data=data, data_dir=str(data_dir) if data_dir else None, epochs=epochs,
-                   recipe=recipe, out=str(out) if out else None, model_kwargs=parse_kv(model_kw) or None,
+                   recipe=recipe, out=str(out) if out else None, model_kwargs=model_kwargs or None,
                    init_from=str(init_from) if init_from else None, batch_size=batch_size, lr=lr,
                    optimizer=optimizer, weight_decay=weight_decay, schedule=schedule,
                    warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, ema=ema,
-                   augment=parse_kv(augment) or None, amp=amp, channels_last=channels_last, compile=compile,
+                   augment=augment_options or None, amp=amp, channels_last=channels_last, compile=compile,
                    grad_clip=grad_clip, early_stopping=early_stopping, val_fraction=val_fraction,
                    train_images=train_images, tta=tta, keep_epochs=keep_epoch or None,
                    seed=seed, deterministic=deterministic, device=device, threads=threads, download=download,
-                   strict=strict, img_size=img_size)
+                   strict=strict, img_size=parse_img_size(img_size), test_fraction=test_fraction)
     if resume is not None:
         options.pop("out")
     result = fit(resume=resume, overwrite=overwrite, progress=not quiet, **options)
@@ -116,20 +164,27 @@ def train(
 @app.command("eval")
 def eval_cmd(
     checkpoint: Path = typer.Option(..., help="Run directory (its best checkpoint) or a .safetensors file."),
-    data: str = typer.Option("sample", help="Dataset to evaluate on."),
+    data: Optional[str] = typer.Option(None, help="Dataset to evaluate on (default: the checkpoint's own, with "
+                                                  "the test split it held out)."),
     data_dir: Optional[Path] = typer.Option(None),
     split: str = typer.Option("test", help="train or test."),
     tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
     out: Optional[Path] = typer.Option(None, help="Where to write the JSON and confusion matrix (default: the run)."),
     device: str = typer.Option("auto"),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable image."),
+    ignore_class_names: bool = typer.Option(False, "--ignore-class-names",
+                                            help="Accept data whose classes are named differently from the "
+                                                 "model's (same number, same order)."),
 ) -> None:
     """Evaluate a checkpoint: top-1/top-5, per-class precision/recall/F1, ECE, confusion matrix."""
     from cnnkit.evaluate import evaluate
     from cnnkit.train import resolve_checkpoint
 
+    _check_out_folder(out)
+    _check_early(device=device)
     out_dir = out or resolve_checkpoint(checkpoint).parent
-    r = evaluate(checkpoint, data, split, data_dir=data_dir, tta=tta, device=device, out_dir=out_dir, strict=strict)
+    r = evaluate(checkpoint, data, split, data_dir=data_dir, tta=tta, device=device, out_dir=out_dir, strict=strict,
+                 ignore_class_names=ignore_class_names)
     m = r.metrics
     t = Table(title="per class", title_justify="left")
     for c in ("class", "precision", "recall", "F1", "support"):
@@ -138,7 +193,7 @@ def eval_cmd(
         t.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
                   str(row["support"]))
     stdout.print(t)
-    summary("eval", {"checkpoint": m["checkpoint"], "data": f"{data} ({split})", "images": m["images"],
+    summary("eval", {"checkpoint": m["checkpoint"], "data": m["data"], "split": m["split"], "images": m["images"],
                      "top-1": m["top1"], "top-5": m["top5"], "macro F1": m["macro_f1"], "ECE": m["ece"],
                      "json": r.json_path, "confusion matrix": r.confusion_png})
 
@@ -184,13 +239,18 @@ def explain_cmd(
     limit: int = typer.Option(500, min=1, help="With --benchmark: how many test images."),
     device: str = typer.Option("auto"),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable image."),
+    ignore_class_names: bool = typer.Option(False, "--ignore-class-names",
+                                            help="With --benchmark: accept data whose classes are named "
+                                                 "differently from the model's (same number, same order)."),
 ) -> None:
     """Explain a checkpoint's decisions: a PNG per image with each method's map, and the maps' statistics."""
     from cnnkit.explain.run import benchmark_methods, explain_files
 
+    _check_out_folder(out)
+    _check_early(device=device)
     if benchmark:
         r = benchmark_methods(checkpoint, data, data_dir=data_dir, methods="all" if method == "gradcam" else method,
-                              limit=limit, out_dir=out, device=device)
+                              limit=limit, out_dir=out, device=device, ignore_class_names=ignore_class_names)
         t = Table(title="explain benchmark", title_justify="left")
         for c in ("method", "images/s", "pointing", "IoU", "deletion", "insertion", "randomized ρ"):
             t.add_column(c, justify="left" if c == "method" else "right")
@@ -279,6 +339,9 @@ def compress_cmd(
     train_images: Optional[int] = typer.Option(None, min=1, help="Fine-tune on this many training images."),
     repeats: int = typer.Option(30, min=3, help="Timed batch-1 runs per variant."),
     onnx: bool = typer.Option(True, help="Also write float and int8 ONNX models (ONNX Runtime)."),
+    ignore_class_names: bool = typer.Option(False, "--ignore-class-names",
+                                            help="Accept data whose classes are named differently from the "
+                                                 "model's (same number, same order)."),
 ) -> None:
     """Quantize and prune a checkpoint; write the artifacts and an HTML report measuring every variant."""
     from cnnkit.compress import compress
@@ -286,7 +349,7 @@ def compress_cmd(
     r = compress(checkpoint, recipe, out, data=data, data_dir=data_dir, calibration=calibration, observer=observer,
                  engine=engine, finetune_epochs=finetune_epochs, lr=lr, criterion=criterion, scope=scope,
                  rounds=rounds, round_to=round_to, distill=distill, rewind=rewind, train_images=train_images, repeats=repeats,
-                 onnx=onnx, log=lambda m: err.print(m))
+                 onnx=onnx, log=lambda m: err.print(m), ignore_class_names=ignore_class_names)
     t = Table(title="compress", title_justify="left")
     for c in ("variant", "runtime", "file", "top-1", "Δ pts", "KiB", "p50 ms", "img/s"):
         t.add_column(c, justify="left" if c in ("variant", "runtime", "file") else "right")
@@ -340,7 +403,10 @@ def demo(
     from cnnkit.report.run_report import write_run_report
     from cnnkit.train import fit
 
-    err.print(f"cnnkit demo: training the default model on the bundled Fashion-MNIST sample for {epochs} epochs")
+    _check_out_folder(out)
+    # on stdout: stderr carries nothing but the one error line should the run fail (an --out cnnkit cannot use)
+    stdout.print(f"cnnkit demo: training the default model on the bundled Fashion-MNIST sample for {epochs} epochs",
+                 soft_wrap=True)
     result = fit(data="sample", recipe="fast", epochs=epochs, out=str(out), overwrite=True, progress=not quiet)
     ev = evaluate(result.best_checkpoint, "sample", "test", out_dir=result.run_dir)
     report = write_run_report(result, ev)
@@ -358,15 +424,16 @@ def models_list(
     from cnnkit.models import get_entry, list_models
 
     names = list_models(pattern, include_timm=timm)
+    rows = [(n, "timm", "", "") if n.startswith("timm/") else
+            (n, get_entry(n).family, get_entry(n).default_input, get_entry(n).paper) for n in names]
+    if not stdout.is_terminal:  # for pipes and files: plain lines, tab-separated, nothing cut or wrapped
+        sys.stdout.write("".join("\t".join(r).rstrip("\t") + "\n" for r in rows))
+        return
     t = Table(title="models", title_justify="left")
     for c in ("name", "family", "input", "paper"):
         t.add_column(c)
-    for n in names:
-        if n.startswith("timm/"):
-            t.add_row(n, "timm", "", "")
-        else:
-            e = get_entry(n)
-            t.add_row(n, e.family, e.default_input.replace("x", "×"), e.paper)
+    for n, family, size, paper in rows:
+        t.add_row(n, family, size.replace("x", "×"), paper)
     stdout.print(t)
     summary("models", {"listed": len(names)})
 
@@ -414,7 +481,7 @@ def models_info(
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -426,27 +493,60 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = _show_warning
     try:
         app(args=args, prog_name="cnnkit", standalone_mode=False)
+        sys.stdout.flush()  # a closed pipe shows here rather than at exit
         return 0
     except CnnkitError as e:
         if debug:
             raise
-        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        _print_error(str(e))
         return e.exit_code
     except typer.Exit as e:  # --help and friends
         return e.exit_code
     except (KeyboardInterrupt, typer.Abort):
         err.print("interrupted; the last completed epoch's checkpoint is kept (continue with --resume RUN_DIR)")
         return 130
-    except Exception as e:  # anything else is a bug: one line, the traceback only with --debug
-        if hasattr(e, "show") and hasattr(e, "exit_code"):  # a usage error from the argument parser
+    except BrokenPipeError:  # the reader went away (`cnnkit models list | head -1`): stop quietly
+        _silence_stdout()
+        return 0
+    except SystemExit as e:  # typer turns a closed pipe into exit status 1 even outside standalone mode
+        if isinstance(e.__context__, BrokenPipeError):
+            _silence_stdout()
+            return 0
+        raise
+    except TyperException as e:  # a usage error from the argument parser: one line and where to look
+        if type(e).__name__ == "NoArgsIsHelpError":  # `cnnkit` or `cnnkit models` alone: the help
             e.show()
             return e.exit_code
+        ctx = getattr(e, "ctx", None)
+        where = f" (see {ctx.command_path} --help)" if ctx is not None else " (see cnnkit --help)"
+        _print_error(e.format_message() + where)
+        return 2
+    except Exception as e:  # anything else is a bug: one line, the traceback only with --debug
         if debug:
             raise
-        err.print(f"[red]error:[/] internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
-                  highlight=False, soft_wrap=True)
+        _print_error(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)")
         return 1
 
 
+def _print_error(message: str) -> None:
+    """`error: MESSAGE` on one line of stderr, the message shown literally (no rich markup)."""
+    text = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    err.print(f"[red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush into a closed pipe stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a real file (tests capture it)
+        pass
+
+
 def entry() -> None:
-    sys.exit(main())
+    code = main()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+    sys.exit(code)

@@ -12,17 +12,43 @@ import torch
 from cnnkit.errors import ConfigError
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else the CPU; an unavailable device is an error."""
+def pick_device(device: str = "auto", cpu_only: str | None = None) -> torch.device:
+    """'auto' picks CUDA when present, else the CPU; an unknown or unavailable device is an error.
+
+    `cpu_only` names a model that runs on the CPU alone (int8 TorchScript): 'auto' then picks the CPU, and
+    asking for another device is an error."""
+    device = str(device).strip().lower()
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cpu" if cpu_only or not torch.cuda.is_available() else "cuda")
     try:
         dev = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("CUDA was requested but no CUDA device is available; use --device cpu")
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda[:N]")
+    if cpu_only and dev.type != "cpu":
+        raise ConfigError(f"{cpu_only} runs on the CPU only (its int8 kernels exist only there); "
+                          f"use --device cpu or auto")
+    if dev.type == "mps" and not (torch.backends.mps.is_built() and torch.backends.mps.is_available()):
+        raise ConfigError("--device mps needs Apple-silicon GPU support, which this machine or PyTorch build "
+                          "lacks; use --device auto or cpu")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("CUDA was requested but no CUDA device is available; use --device cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"there is no CUDA device {dev.index}: this machine has {count} "
+                              f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}); use --device cuda or auto")
     return dev
+
+
+def cpu_only_artifact(checkpoint: object) -> str | None:
+    """The file name of `checkpoint` when it is an int8 TorchScript artifact (`.ts`, from `cnnkit compress`),
+    whose quantized kernels run on the CPU only; else None."""
+    path = getattr(checkpoint, "path", checkpoint)
+    if isinstance(path, (str, os.PathLike)) and os.fspath(path).endswith(".ts"):
+        return os.path.basename(os.fspath(path))
+    return None
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:

@@ -104,7 +104,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_existing_run_needs_resume_or_new_out(trained_run):
-    with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
+    with pytest.raises(ConfigError, match="already holds a run; continue it"):
         fit(**TINY, epochs=1, out=str(trained_run.run_dir), progress=False)
 
 

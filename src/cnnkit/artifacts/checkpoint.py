@@ -39,7 +39,7 @@ def read_meta(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} has no cnnkit metadata; load plain weight files with --init-from")
     try:
         meta = json.loads(header["cnnkit"])
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python's stack
         meta = None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: its cnnkit metadata is damaged (not a JSON object)")
@@ -48,13 +48,19 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 def _check_model_meta(file: Path, meta: dict[str, Any]) -> None:
     """The keys a checkpoint needs to rebuild its model, with the right types."""
+    def count(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+    norm = meta.get("normalization")
     ok = (isinstance(meta.get("model"), str) and isinstance(meta.get("classes"), list) and meta["classes"]
-          and all(isinstance(c, str) for c in meta["classes"]) and isinstance(meta.get("in_chans"), int)
+          and all(isinstance(c, str) for c in meta["classes"]) and count(meta.get("in_chans"))
           and isinstance(meta.get("img_size"), list) and len(meta["img_size"]) == 2
-          and all(isinstance(v, int) and v > 0 for v in meta["img_size"])
+          and all(count(v) for v in meta["img_size"])
           and isinstance(meta.get("model_kwargs", {}), dict)
-          and isinstance(meta.get("normalization"), dict)
-          and all(isinstance(meta["normalization"].get(k), list) for k in ("mean", "std")))
+          and isinstance(norm, dict)
+          and all(isinstance(norm.get(k), list) and norm[k]
+                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in norm[k])
+                  for k in ("mean", "std")))
     if not ok:
         raise CheckpointError(f"{file}: its metadata lacks or mangles model, classes, in_chans, img_size or "
                               f"normalization; it cannot be loaded")
@@ -82,7 +88,7 @@ def repair_sidecar(path: Path) -> bool:
     try:
         if json.loads(side.read_text()) == meta:
             return False
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a missing, unreadable or garbage sidecar is rewritten
         pass
     write_sidecar(path, meta)
     return True
@@ -132,6 +138,12 @@ class LoadedCheckpoint:
 
 def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:
     """load_state_dict(strict) with an error listing the first mismatched keys and shapes."""
+    check_state_fits(model, state, source)
+    model.load_state_dict(state)
+
+
+def check_state_fits(model: nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:
+    """CheckpointError listing the first mismatched keys and shapes unless `state` fits `model` exactly."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -146,7 +158,6 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: Pa
         if unexpected:
             parts.append("unexpected: " + ", ".join(unexpected[:3]))
         raise CheckpointError(f"weights in {source} do not fit the model ({' | '.join(parts)})")
-    model.load_state_dict(state)
 
 
 def resize_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
@@ -187,23 +198,48 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 
         loader = {".onnx": load_onnx, ".pt2": load_program, ".ts": load_torchscript}[Path(path).suffix]
         return loader(path)
-    from cnnkit.models import create  # here: cnnkit.models reads weight files through this module
-
     file = resolve_checkpoint(path)
     meta = read_meta(file)
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{file}: unsupported checkpoint format {meta.get('format')!r}")
+        raise CheckpointError(f"{file}: unsupported checkpoint format {repr(meta.get('format'))[:60]}")
     _check_model_meta(file, meta)
-    try:
-        model = create(meta["model"], num_classes=len(meta["classes"]), in_chans=meta["in_chans"],
-                       img_size=tuple(meta["img_size"]), **meta.get("model_kwargs", {}))
-    except CnnkitError as e:
-        raise CheckpointError(f"{file}: cannot rebuild its model: {e}") from None
     try:
         state = load_file(str(file))
     except Exception as e:  # safetensors raises its own error types for truncated files
-        raise CheckpointError(f"{file}: cannot read its weights ({str(e).splitlines()[0][:160]})") from None
-    if meta.get("pruned"):
-        resize_to_state(model, state)
+        raise CheckpointError(f"{file}: cannot read its weights ({_first_line(e)})") from None
+    model = _rebuild(file, meta, state)
     load_state_into(model, state, file)
     return LoadedCheckpoint(model.to(device).eval(), meta, file)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+
+
+def _rebuild(file: Path, meta: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
+    """The model `meta` describes, shaped like `state` (pruned checkpoints). It is first built on the meta
+    device, which allocates nothing, and compared with the weights, so that metadata asking for a model far
+    larger than the file (a huge img_size, in_chans or width) is refused before it takes the machine's memory."""
+    from cnnkit.models import create  # here: cnnkit.models reads weight files through this module
+
+    def build() -> nn.Module:
+        try:
+            model = create(meta["model"], num_classes=len(meta["classes"]), in_chans=meta["in_chans"],
+                           img_size=tuple(meta["img_size"]), **meta.get("model_kwargs", {}))
+            if meta.get("pruned"):
+                resize_to_state(model, state)
+        except CnnkitError as e:
+            raise CheckpointError(f"{file}: cannot rebuild its model: {e}") from None
+        except Exception as e:  # builders raise what torch and timm raise on mangled options (TypeError, ...)
+            raise CheckpointError(f"{file}: cannot rebuild its model from its metadata "
+                                  f"({type(e).__name__}: {_first_line(e)})") from None
+        return model
+
+    try:
+        with torch.device("meta"):
+            probe = build()
+    except CheckpointError:
+        probe = None  # a builder that computes on tensors (.item(), .tolist()) cannot run on the meta device
+    if probe is not None:
+        check_state_fits(probe, state, file)
+    return build()

@@ -116,6 +116,8 @@ class OutputDir:
         rel = self._rel(path)
         if rel in self.files or rel in (MANIFEST, LOCK):
             return True
+        if any(rel.startswith(d) for d in self.files if d.endswith("/")):  # a folder claimed whole
+            return True
         # a temporary file of an interrupted write of one of ours: .<name>.<random>.tmp[.<suffix>]
         folder, name = os.path.split(rel)
         if name.startswith(".") and ".tmp" in name:
@@ -131,6 +133,18 @@ class OutputDir:
             return
         if path.exists() and not path.is_dir():
             raise ConfigError(f"refusing to replace {path}: cnnkit did not write it; move it or choose another --out")
+        self.files.add(rel)
+        self._save()
+
+    def record_dir(self, folder: Path) -> None:
+        """Claim a sub-folder whose files a library writes itself (TensorBoard's event files): every file
+        under it counts as cnnkit's. Refused if the folder already holds files cnnkit did not write."""
+        rel = self._rel(folder) + "/"
+        if rel in self.files:
+            return
+        if folder.is_dir() and any(p.is_file() and not self.owns(p) for p in folder.rglob("*")):
+            raise ConfigError(f"refusing to write into {folder}: it holds files cnnkit did not write; move them "
+                              f"or choose another --out")
         self.files.add(rel)
         self._save()
 

@@ -23,7 +23,8 @@ from cnnkit.compress.finetune import finetune
 from cnnkit.compress.prune import (apply_masks, check_ratio, count_macs, magnitude_masks, prune_structured,
                                    sparsity_of)
 from cnnkit.compress.quantize import convert, prepare_qat, qat_float_model, quantize_fx, quantize_onnx, save_torchscript
-from cnnkit.data import Normalize, load_dataset
+from cnnkit.data import Normalize
+from cnnkit.data.compat import checkpoint_data_source, load_checkpoint_data
 from cnnkit.artifacts.runtimes import OnnxModel, ProgramModel, onnx_session
 from cnnkit.deploy.artifacts import _export, _write_onnx
 from cnnkit.errors import CompressError
@@ -66,13 +67,11 @@ class _Context:
     folder and file-name stem, and a progress printer."""
 
     def __init__(self, ckpt: LoadedCheckpoint, out: Path, data: str, data_dir, calibration: int,
-                 train_images: int | None, seed: int, log: Callable[[str], None]):
+                 train_images: int | None, seed: int, log: Callable[[str], None], ignore_class_names: bool = False):
         self.ckpt, self.out, self.log = ckpt, out, log
         self.name = ckpt.meta["model"].replace("/", "_")
         self.mean, self.std = ckpt.normalization
-        train = load_dataset(data, "train", data_dir=data_dir, img_size=ckpt.img_size[0], in_chans=ckpt.in_chans)
-        if (train.in_chans, *train.img_size) != (ckpt.in_chans, *ckpt.img_size) or train.num_classes != len(ckpt.classes):
-            raise CompressError(f"{data} does not fit {ckpt.path}: its images or classes differ from the model's")
+        train = load_checkpoint_data(ckpt, data, "train", data_dir=data_dir, ignore_class_names=ignore_class_names)
         gen = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(train), generator=gen)
         self.train = train.subset(order[:train_images], "train") if train_images else train
@@ -134,8 +133,9 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
              finetune_epochs: float = 1.0, lr: float | None = None, criterion: str = "l1", scope: str = "uniform",
              rounds: int = 1, round_to: int | None = None, distill: bool = False, rewind: str | Path | None = None, train_images: int | None = None,
              batch: int = 64, repeats: int = 30, seed: int = 0, onnx: bool = True,
-             log: Callable[[str], None] = lambda s: None) -> CompressResult:
-    """Run `recipes` on `checkpoint` (see `cnnkit compress --help`) and measure everything on the test split."""
+             log: Callable[[str], None] = lambda s: None, ignore_class_names: bool = False) -> CompressResult:
+    """Run `recipes` on `checkpoint` (see `cnnkit compress --help`) and measure everything on the test split
+    of `data` (default: the checkpoint's own dataset and its held-out test split)."""
     parsed = list(dict.fromkeys((r.strip(), *parse_recipe(r)) for r in recipes))  # each recipe once
     if not parsed:
         raise CompressError(f"give at least one recipe: {RECIPES}")
@@ -157,12 +157,13 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
     src = load_checkpoint(checkpoint)
     if isinstance(src.model, (OnnxModel, ProgramModel)):
         raise CompressError(f"compress a training checkpoint or run directory, not an exported artifact ({src.path.name})")
-    data = data or src.meta.get("dataset", {}).get("name") or "sample"
+    source = checkpoint_data_source(src, data, data_dir)  # resolved once: exported variants lack the config
+    data, data_dir = source.name, source.data_dir
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if src.path.resolve().parent == out.resolve():
         raise CompressError("--out must not be the checkpoint's own folder; compression never writes beside its source")
-    ctx = _Context(src, out, data, data_dir, calibration, train_images, seed, log)
+    ctx = _Context(src, out, data, data_dir, calibration, train_images, seed, log, ignore_class_names)
     model = src.model.float().eval()
     base_params = ctx.counts(model)
     targets: list[tuple[str, str, Path, dict[str, Any]]] = [("float32", "eager", src.path, {})]
@@ -252,16 +253,17 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
                             {"sparsity": sparsity_of(start), "gzip_bytes": gz, "nonzero_weights":
                              int(sum((m.weight != 0).sum() for m in start.modules() if isinstance(m, (nn.Conv2d, nn.Linear))))}))
         log(f"  {recipe}: {time.perf_counter() - t0:.1f} s")
-    rows = _measure(targets, data, data_dir, batch, repeats, log)
+    rows = _measure(targets, data, data_dir, batch, repeats, log, ignore_class_names)
     return _report(ctx, rows, src, data)
 
 
-def _measure(targets, data, data_dir, batch: int, repeats: int, log) -> list[dict[str, Any]]:
+def _measure(targets, data, data_dir, batch: int, repeats: int, log,
+             ignore_class_names: bool = False) -> list[dict[str, Any]]:
     from cnnkit.deploy.bench import bench_many
 
     log(f"measuring {len(targets)} variants side by side")
     measured = bench_many([path for _, _, path, _ in targets], data=data, data_dir=data_dir, batch=batch,
-                          repeats=repeats)
+                          repeats=repeats, ignore_class_names=ignore_class_names)
     rows = [{"variant": recipe, "runtime": runtime, "file": Path(path).name, **r, **extra}
             for (recipe, runtime, path, extra), r in zip(targets, measured)]
     base = rows[0]
@@ -341,7 +343,8 @@ def _report(ctx: _Context, rows: list[dict[str, Any]], src: LoadedCheckpoint, da
     out = ctx.out
     png = out / "pareto.png"
     _pareto_png(rows, png)
-    info = {"source": str(src.path), "model": src.meta["model"], "data": data, "torch_threads": torch.get_num_threads(),
+    info = {"source": str(src.path), "model": src.meta["model"], "data": data, "split": rows[0].get("split", "test"),
+            "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__}
     jpath = out / "compress.json"
     atomic_write_text(jpath, json.dumps({**info, "rows": rows}, indent=2, default=str) + "\n")
@@ -357,7 +360,7 @@ def _report(ctx: _Context, rows: list[dict[str, Any]], src: LoadedCheckpoint, da
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>cnnkit compress: {html.escape(info['model'])}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style>
 </head><body><h1>Compression report: {html.escape(info['model'])}</h1>
-<p>Source <code>{html.escape(info['source'])}</code>; accuracy on the {html.escape(data)} test split; latency at batch 1
+<p>Source <code>{html.escape(info['source'])}</code>; accuracy on {html.escape(data)}, split {html.escape(info['split'])}; latency at batch 1
 (p50/p99), throughput at batch {rows[0]['throughput_batch']}, {info['torch_threads']} threads, torch {html.escape(info['torch'])}.
 Every ratio is against the first row, measured in the same run.</p>
 <table><tr>{head}</tr>{body}</table><ul>{''.join(notes)}</ul>

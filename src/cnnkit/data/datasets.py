@@ -208,27 +208,86 @@ def _load_sample(train: bool) -> ImageData:
     return data
 
 
-def _imagefolder_split_root(root: Path, split: str) -> Path:
-    """`<root>/train` or `<root>/test` (also `val`) when present, else `<root>` itself."""
-    names = ["train"] if split == "train" else ["test", "val"]
-    for n in names:
-        if (root / n).is_dir():
-            return root / n
-    return root
+ImageSize = int | tuple[int, int] | list[int]
 
 
-def load_imagefolder(root: str | os.PathLike, split: str = "train", img_size: int | None = None,
-                     in_chans: int | None = None, strict: bool = False) -> ImageData:
+def image_size(img_size: ImageSize | None) -> tuple[int, int] | None:
+    """`img_size` as (H, W): an int N means N×N; None stays None. DataError for anything else."""
+    if img_size is None:
+        return None
+    if isinstance(img_size, int) and not isinstance(img_size, bool):
+        size: tuple = (img_size, img_size)
+    elif isinstance(img_size, (tuple, list)) and len(img_size) == 2:
+        size = tuple(img_size)
+    else:
+        size = ()
+    if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+        raise DataError(f"image size must be a positive side N or a pair (H, W) of positive ints, got {img_size!r}")
+    return int(size[0]), int(size[1])
+
+
+def held_out_test(files: list[str], labels: list[int], test_fraction: float, seed: int) -> list[bool]:
+    """Which files form the held-out test split: per class, the `test_fraction` (at least one image, and
+    never all of a class that has two or more) ranked first by a seeded hash of each file's name, so the
+    split depends only on the file names, the fraction and the seed, and is stratified by class."""
+    if not 0.0 < test_fraction < 1.0:
+        raise DataError(f"test fraction must be strictly between 0 and 1, got {test_fraction}")
+    # A seeded hash of the name rather than a permutation of positions: adding or removing an image moves
+    # no other image between the splits.
+    rank = [hashlib.sha256(f"{seed}\0{f}".encode()).hexdigest() for f in files]
+    by_class: dict[int, list[int]] = {}
+    for i, c in enumerate(labels):
+        by_class.setdefault(c, []).append(i)
+    test = [False] * len(files)
+    for idx in by_class.values():
+        n = len(idx)
+        n_test = 0 if n < 2 else min(n - 1, max(1, round(n * test_fraction)))
+        for i in sorted(idx, key=lambda i: (rank[i], files[i]))[:n_test]:
+            test[i] = True
+    return test
+
+
+def _imagefolder_layout(root: Path, split: str) -> tuple[Path, bool]:
+    """The folder holding `split`'s class folders, and whether the test split must be held out of it:
+    `<root>/train` and `<root>/test` (or `val`) when present, else `<root>` (or `<root>/train`) split in two."""
+    train = root / "train" if (root / "train").is_dir() else None
+    test = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
+    if train is not None and test is not None:
+        return (train if split == "train" else test), False
+    if test is not None:
+        if split == "test":
+            return test, False
+        raise DataError(f"imagefolder: {root} has {test.name}/ but no train/; add {root}/train/<class>/ or put "
+                        f"the class folders directly in {root} to hold a test split out of them")
+    return (train or root), True
+
+
+def _split_name(split: str, test_fraction: float, seed: int) -> str:
+    pct = f"{100 * test_fraction:g}%"
+    if split == "test":
+        return f"test (held out {pct}, seed {seed})"
+    return f"train (all but the {pct} held out for test, seed {seed})"
+
+
+def load_imagefolder(root: str | os.PathLike, split: str = "train", img_size: ImageSize | None = None,
+                     in_chans: int | None = None, strict: bool = False, test_fraction: float = 0.2,
+                     seed: int = 0) -> ImageData:
     """A folder per class of PNG/JPEG images of any size and mode, decoded into memory.
 
-    Corrupt images are skipped with a warning (or raise with `strict`). Images are converted to
-    `in_chans` (default: 1 if every image is grayscale, else 3) and to `img_size` (default: the size
-    all images share, or 64 when they differ).
+    With `<root>/train` and `<root>/test` (or `val`) sub-folders each split is its own folder; otherwise
+    (a flat folder of class folders) `test_fraction` of each class is held out as the test split, chosen
+    by `seed` (see `held_out_test`), and the train split is the rest. Corrupt images are skipped with a
+    warning (or raise with `strict`). Images are converted to `in_chans` (default: 1 if every image is
+    grayscale, else 3) and to `img_size`, an int N (N×N) or (H, W) (default: the size all images share,
+    or 64×64 when they differ).
     """
+    if split not in ("train", "test"):
+        raise DataError(f"split must be 'train' or 'test', got {split!r}")
+    size = image_size(img_size)
     base = Path(root).expanduser()
     if not base.is_dir():
         raise DataError(f"imagefolder: {base} is not a folder")
-    folder = _imagefolder_split_root(base, split)
+    folder, hold_out = _imagefolder_layout(base, split)
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DataError(f"imagefolder: {folder} has no class sub-folders (expected {folder}/<class>/<image>.png)")
@@ -239,6 +298,15 @@ def load_imagefolder(root: str | os.PathLike, split: str = "train", img_size: in
         if not files:
             raise DataError(f"imagefolder: class folder {folder / c} has no PNG or JPEG images")
         samples += [(p, ci) for p in files]
+    split_name = split
+    if hold_out:
+        in_test = held_out_test([p.relative_to(folder).as_posix() for p, _ in samples], [c for _, c in samples],
+                                test_fraction, seed)
+        samples = [s for s, t in zip(samples, in_test) if t == (split == "test")]
+        split_name = _split_name(split, test_fraction, seed)
+        if not samples:
+            raise DataError(f"imagefolder: {folder} has too few images to hold out a test split "
+                            f"(each class needs at least 2); add images or give it train/ and test/ sub-folders")
     decoded, labels, skipped = [], [], []
     for path, label in samples:
         try:
@@ -253,13 +321,12 @@ def load_imagefolder(root: str | os.PathLike, split: str = "train", img_size: in
         raise DataError(f"imagefolder: no readable images in {folder}")
     if in_chans is None:
         in_chans = 1 if all(im.mode in ("1", "L", "I", "I;16", "F") for im in decoded) else 3
-    if img_size is None:
+    if size is None:
         sizes = Counter((im.height, im.width) for im in decoded)
         size = next(iter(sizes)) if len(sizes) == 1 else (64, 64)
-    else:
-        size = (img_size, img_size)
     images = torch.stack([to_model_input(im, in_chans, size) for im in decoded])
-    data = ImageData(images, torch.tensor(labels, dtype=torch.long), classes, f"imagefolder:{base}", split, skipped)
+    data = ImageData(images, torch.tensor(labels, dtype=torch.long), classes, f"imagefolder:{base}", split_name,
+                     skipped)
     if skipped:
         warnings.warn(f"imagefolder: skipped {len(skipped)} unreadable image(s) in {folder}", stacklevel=2)
     return data
@@ -271,14 +338,18 @@ CLUTTERED_SEEDS = {"train": 20140624, "test": 20140625}  # one per split, so the
 
 
 def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | None = None,
-                 download: bool = False, strict: bool = False, img_size: int | None = None,
-                 in_chans: int | None = None) -> ImageData:
-    """Load a named dataset split ('train' or 'test') into memory."""
+                 download: bool = False, strict: bool = False, img_size: ImageSize | None = None,
+                 in_chans: int | None = None, test_fraction: float = 0.2, seed: int = 0) -> ImageData:
+    """Load a named dataset split ('train' or 'test') into memory.
+
+    `img_size` (N or (H, W)), `in_chans`, `test_fraction` and `seed` apply to image folders: a flat folder
+    of class folders holds `test_fraction` of each class out, chosen by `seed`, as its test split."""
     if split not in ("train", "test"):
         raise DataError(f"split must be 'train' or 'test', got {split!r}")
     train = split == "train"
     if name.startswith("imagefolder:"):
-        return load_imagefolder(name.split(":", 1)[1], split, img_size=img_size, in_chans=in_chans, strict=strict)
+        return load_imagefolder(name.split(":", 1)[1], split, img_size=img_size, in_chans=in_chans, strict=strict,
+                                test_fraction=test_fraction, seed=seed)
     if name == "sample":
         return _load_sample(train)
     if name in ("cluttered-fashion-mnist", "cluttered-sample"):

@@ -21,9 +21,13 @@ def load_image_file(path: str | os.PathLike) -> Image.Image:
     """Open and fully decode an image (EXIF orientation applied); DataError if corrupt or truncated."""
     try:
         with Image.open(path) as im:
+            # PIL raises DecompressionBombError past twice its pixel limit but only warns below, then decodes
+            if Image.MAX_IMAGE_PIXELS and im.width * im.height > Image.MAX_IMAGE_PIXELS:
+                raise DataError(f"cannot read image {path}: it claims {im.width}×{im.height} pixels, more than "
+                                f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb?)")
             im.load()
             return ImageOps.exif_transpose(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"cannot read image {path}: {e}") from None
 
 
@@ -42,7 +46,12 @@ def to_model_input(image: Image.Image, in_chans: int, size: tuple[int, int]) -> 
     if in_chans not in (1, 3):
         raise DataError(f"images can be converted to 1 or 3 channels, not {in_chans}")
     if tuple(t.shape[-2:]) != tuple(size):
-        t = v2.Resize(min(size), antialias=True)(t)
+        if size[0] == size[1]:
+            t = v2.Resize(min(size), antialias=True)(t)
+        else:  # scale so the image covers H×W, then crop: resizing the shorter side alone could leave a side short
+            h, w = t.shape[-2:]
+            scale = max(size[0] / h, size[1] / w)
+            t = v2.Resize([max(size[0], round(h * scale)), max(size[1], round(w * scale))], antialias=True)(t)
         t = v2.CenterCrop(size)(t)
     return t.contiguous()
 
@@ -66,7 +75,7 @@ def load_model_inputs(paths: list[str | os.PathLike], in_chans: int, size: tuple
                       strict: bool = False) -> tuple[torch.Tensor, list[Path]]:
     """Image files or folders as one uint8 N×C×H×W batch for a model, and the files kept. Unreadable images
     are skipped with a warning (or raise with `strict`); DataError when none can be read."""
-    tensors, kept, skipped = [], [], 0
+    tensors, kept, problems = [], [], []
     for f in list_image_files(list(paths)):
         try:
             tensors.append(to_model_input(load_image_file(f), in_chans, size))
@@ -74,10 +83,13 @@ def load_model_inputs(paths: list[str | os.PathLike], in_chans: int, size: tuple
         except DataError as e:
             if strict:
                 raise
-            warnings.warn(str(e), stacklevel=3)
-            skipped += 1
-    if skipped:
-        warnings.warn(f"skipped {skipped} unreadable image(s)", stacklevel=3)
-    if not tensors:
-        raise DataError("none of the given images could be read")
+            problems.append(str(e))
+    if not tensors:  # one error line, not a warning per file before it
+        more = f" (and {len(problems) - 1} more unreadable)" if len(problems) > 1 else ""
+        raise DataError(f"none of the given images could be read: {problems[0]}{more}; give PNG, JPEG, BMP, "
+                        f"WebP, TIFF or GIF files")
+    for p in problems:
+        warnings.warn(p, stacklevel=3)
+    if problems:
+        warnings.warn(f"skipped {len(problems)} unreadable image(s)", stacklevel=3)
     return torch.stack(tensors), kept

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from cnnkit.errors import ConfigError
+from cnnkit.errors import ConfigError, close_matches
 
 POLICIES = ("none", "trivialaugment", "randaugment")
 
@@ -25,12 +28,31 @@ class AugmentConfig:
     cutmix: float = 0.0  # CutMix alpha (0 = off)
 
     def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise ConfigError(f"unknown augmentation policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
-        if not 0.0 <= self.erasing <= 1.0:
-            raise ConfigError(f"erasing probability must be in [0, 1], got {self.erasing}")
-        if self.crop_padding < 0 or self.mixup < 0 or self.cutmix < 0:
-            raise ConfigError("crop padding and MixUp/CutMix alphas must be non-negative")
+        def number(v: object) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        checks = [
+            ("crop_padding", isinstance(self.crop_padding, int) and not isinstance(self.crop_padding, bool)
+             and self.crop_padding >= 0, "a whole number of pixels, 0 or more (e.g. 4)"),
+            ("hflip", isinstance(self.hflip, bool), "true or false"),
+            ("policy", self.policy in POLICIES, f"one of {', '.join(POLICIES)}"),
+            ("erasing", number(self.erasing) and 0.0 <= self.erasing <= 1.0, "a probability in [0, 1] (e.g. 0.25)"),
+            ("mixup", number(self.mixup) and self.mixup >= 0, "an alpha of 0 (off) or more (e.g. 0.2)"),
+            ("cutmix", number(self.cutmix) and self.cutmix >= 0, "an alpha of 0 (off) or more (e.g. 1.0)"),
+        ]
+        for key, ok, need in checks:
+            if not ok:
+                raise ConfigError(f"augmentation {key}={getattr(self, key)!r} is not valid: give {need}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> AugmentConfig:
+        """An AugmentConfig from key=value options; ConfigError names an unknown key and the known ones."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in values if k not in known]
+        if unknown:
+            raise ConfigError(f"unknown augmentation {unknown[0]!r}{close_matches(unknown[0], known)}; "
+                              f"the keys are: {', '.join(known)}")
+        return cls(**values)
 
     @property
     def soft_targets(self) -> bool:

@@ -102,12 +102,13 @@ def peak_memory(target: str | os.PathLike, batch: int = 64) -> dict[str, Any]:
 
 def bench_many(targets: list[str | os.PathLike], data: str | None = None, data_dir: str | os.PathLike | None = None,
                batch: int = 64, warmup: int = 3, repeats: int = 30, rounds: int = 5,
-               min_seconds: float = 0.2) -> list[dict[str, Any]]:
+               min_seconds: float = 0.2, ignore_class_names: bool = False) -> list[dict[str, Any]]:
     """Measure several models side by side: all are loaded first, then timed in `rounds` interleaved
     rounds (each round times every target in turn), so a slow spell of the machine (another process,
     clock changes) falls on all of them rather than on whichever happened to run then. Latency is taken
     over all rounds' batch-1 runs (`repeats` in all); throughput is the median over the rounds of
-    back-to-back batch-`batch` runs lasting at least `min_seconds` each."""
+    back-to-back batch-`batch` runs lasting at least `min_seconds` each. With `data`, top-1 is measured on
+    its test split (a flat image folder's held-out part, as each target recorded it)."""
     ckpts = [load_checkpoint(t) for t in targets]
     rounds = max(1, min(rounds, repeats))
     per_round = max(1, repeats // rounds)
@@ -138,8 +139,8 @@ def bench_many(targets: list[str | os.PathLike], data: str | None = None, data_d
         if data:
             from cnnkit.evaluate import evaluate
 
-            row["data"] = data
-            row["top1"] = evaluate(ckpt, data, "test", data_dir=data_dir).metrics["top1"]
+            m = evaluate(ckpt, data, "test", data_dir=data_dir, ignore_class_names=ignore_class_names).metrics
+            row["data"], row["split"], row["top1"] = data, m["split"], m["top1"]
         rows.append(row)
     return rows
 

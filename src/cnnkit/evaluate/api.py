@@ -10,11 +10,11 @@ from typing import Any
 
 import torch
 
-from cnnkit.data import BatchLoader, ImageData, Normalize, load_dataset
+from cnnkit.data import BatchLoader, ImageData, Normalize
+from cnnkit.data.compat import checkpoint_data_source, load_checkpoint_data
 from cnnkit.data.images import load_model_inputs
-from cnnkit.errors import CheckpointError
 from cnnkit.evaluate.metrics import classification_report
-from cnnkit.runtime import autocast_dtype, pick_device
+from cnnkit.runtime import autocast_dtype, cpu_only_artifact, pick_device
 from cnnkit.artifacts import LoadedCheckpoint, atomic_write_text, load_checkpoint
 from cnnkit.evaluate.loop import evaluate_loader
 
@@ -31,32 +31,22 @@ class EvalResult:
     confusion_png: Path | None = None
 
 
-def _check_compatible(ckpt: LoadedCheckpoint, data: ImageData) -> None:
-    shape = (ckpt.in_chans, *ckpt.img_size)
-    got = (data.in_chans, *data.img_size)
-    if shape != got:
-        raise CheckpointError(f"{data.name} gives {'×'.join(map(str, got))} images but {ckpt.path} expects "
-                              f"{'×'.join(map(str, shape))}")
-    if data.num_classes != len(ckpt.classes):
-        raise CheckpointError(f"{data.name} has {data.num_classes} classes but {ckpt.path} was trained on "
-                              f"{len(ckpt.classes)}; evaluate it on data with the same classes")
-
-
-def evaluate(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str = "sample", split: str = "test",
+def evaluate(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str | None = None, split: str = "test",
              data_dir: str | os.PathLike | None = None, tta: bool = False, batch_size: int = 512,
              device: str = "auto", out_dir: str | os.PathLike | None = None, strict: bool = False,
-             amp: str = "off") -> EvalResult:
-    """Top-1/top-5, per-class precision/recall/F1 and ECE of a checkpoint; writes JSON and a confusion PNG to out_dir."""
-    dev = pick_device(device)
+             amp: str = "off", ignore_class_names: bool = False) -> EvalResult:
+    """Top-1/top-5, per-class precision/recall/F1 and ECE of a checkpoint on `split` of `data` (default: the
+    checkpoint's own dataset, with the test split it held out); writes JSON and a confusion PNG to out_dir."""
+    dev = pick_device(device, cpu_only_artifact(checkpoint))
     ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, dev)
     ckpt.model.to(dev)
-    ds = load_dataset(data, split, data_dir=data_dir, strict=strict, img_size=ckpt.img_size[0],
-                      in_chans=ckpt.in_chans)
-    _check_compatible(ckpt, ds)
+    data = checkpoint_data_source(ckpt, data).name
+    ds = load_checkpoint_data(ckpt, data, split, data_dir=data_dir, strict=strict,
+                              ignore_class_names=ignore_class_names)
     mean, std = ckpt.normalization
     loader = BatchLoader(ds, batch_size, Normalize(mean, std, dev))
     probs, labels = evaluate_loader(ckpt.model, loader, dev, autocast_dtype(amp, dev), tta)
-    metrics = {"checkpoint": str(ckpt.path), "data": data, "split": split, "tta": tta,
+    metrics = {"checkpoint": str(ckpt.path), "data": data, "split": ds.split, "tta": tta,
                **classification_report(probs, labels, ckpt.classes)}
     result = EvalResult(metrics, probs, labels, ds)
     if out_dir is not None:
@@ -83,7 +73,7 @@ def predict(checkpoint: str | os.PathLike | LoadedCheckpoint, inputs: list[str |
             tta: bool = False, device: str = "auto", strict: bool = False,
             batch_size: int = 256, amp: str = "off") -> list[Prediction]:
     """Top-k predictions for image files or folders of any size and mode, converted to what the model expects."""
-    dev = pick_device(device)
+    dev = pick_device(device, cpu_only_artifact(checkpoint))
     ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, dev)
     ckpt.model.to(dev)
     images, kept = load_model_inputs(list(inputs), ckpt.in_chans, ckpt.img_size, strict)

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from cnnkit.data import Normalize, load_dataset
+from cnnkit.data import Normalize
+from cnnkit.data.compat import load_checkpoint_data
 from cnnkit.data.images import load_model_inputs
 from cnnkit.errors import DataError, ExplainError, close_matches
 from cnnkit.explain.cam import CAM_METHODS, explain, resolve_layer
@@ -75,9 +76,17 @@ class ExplainRun:
 
 
 def _load(checkpoint, device: str) -> tuple[LoadedCheckpoint, torch.device]:
-    dev = pick_device(device)
-    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, dev)
-    return ckpt, dev
+    """The checkpoint's PyTorch model and the device to run it on. Every method and visualization needs
+    gradients or layers of the model itself, which exported artifacts (ONNX, .pt2, int8 .ts) do not give."""
+    from cnnkit.artifacts.runtimes import OnnxModel, ProgramModel
+
+    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint)
+    if isinstance(ckpt.model, (OnnxModel, ProgramModel)):
+        source = ckpt.meta.get("source")
+        raise ExplainError(f"explain and visualize need a training checkpoint (a run directory or .safetensors "
+                           f"file), not the exported artifact {ckpt.path.name}; pass "
+                           + (f"the checkpoint it was made from: {source}" if source else "its checkpoint instead"))
+    return ckpt, pick_device(device)
 
 
 def _run_methods(model, x, targets, methods, layer, batch_size) -> dict[str, tuple[Any, float]]:
@@ -154,7 +163,8 @@ COLUMNS = ["method", "images_per_s", "pointing_game", "box_iou", "deletion_auc",
 def benchmark_methods(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str = "cluttered-fashion-mnist",
                       data_dir: str | os.PathLike | None = None, methods: str | list[str] = "all",
                       limit: int = 500, batch_size: int = 64, steps: int = 16, sanity_images: int = 32,
-                      out_dir: str | os.PathLike | None = None, device: str = "auto") -> BenchmarkResult:
+                      out_dir: str | os.PathLike | None = None, device: str = "auto",
+                      ignore_class_names: bool = False) -> BenchmarkResult:
     """Every method on the first `limit` test images of a dataset with boxes, explaining the true class:
     pointing game, box IoU, deletion/insertion AUC, images/s, and the rank correlation of the maps after
     the classifier and the last stage are re-initialized. A centre-point row is the pointing-game baseline."""
@@ -163,13 +173,10 @@ def benchmark_methods(checkpoint: str | os.PathLike | LoadedCheckpoint, data: st
 
     names = parse_methods(methods)
     ckpt, dev = _load(checkpoint, device)
-    ds = load_dataset(data, "test", data_dir=data_dir, img_size=ckpt.img_size[0], in_chans=ckpt.in_chans)
+    ds = load_checkpoint_data(ckpt, data, "test", data_dir=data_dir, ignore_class_names=ignore_class_names)
     if ds.boxes is None:
         raise DataError(f"{data} has no ground-truth boxes; the benchmark needs a localization set such as "
                         f"cluttered-fashion-mnist")
-    if (ds.in_chans, *ds.img_size) != (ckpt.in_chans, *ckpt.img_size):
-        raise ExplainError(f"{data} gives {ds.in_chans}×{ds.img_size[0]}×{ds.img_size[1]} images but the "
-                           f"checkpoint expects {ckpt.in_chans}×{ckpt.img_size[0]}×{ckpt.img_size[1]}")
     n = min(limit, len(ds))
     x = Normalize(*ckpt.normalization, dev)(ds.images[:n])
     labels, boxes = ds.labels[:n].to(dev), ds.boxes[:n]
@@ -198,7 +205,7 @@ def benchmark_methods(checkpoint: str | os.PathLike | LoadedCheckpoint, data: st
                      "insertion_auc": float(curves["insertion"].mean()),
                      "randomization_spearman": sanity[-1]["spearman"]})
     out = Path(out_dir) if out_dir is not None else ckpt.path.parent / "explain-benchmark"
-    return BenchmarkResult(rows, *_write_table(rows, out, f"{data} test, first {n} images, {ckpt.meta['model']}"))
+    return BenchmarkResult(rows, *_write_table(rows, out, f"{data} {ds.split}, first {n} images, {ckpt.meta['model']}"))
 
 
 def format_cell(v: Any) -> str:

@@ -9,9 +9,10 @@ from cnnkit.models import (  # noqa: F401  (register the families)
     vgg_small,
 )
 from cnnkit.models.base import Classifier
-from cnnkit.models.registry import TIMM_PREFIX, ModelEntry, create, get_entry, list_models, register_model
+from cnnkit.models.registry import (TIMM_PREFIX, ModelEntry, check_options, create, get_entry, list_models,
+                                     register_model)
 
 DEFAULT_MODEL = "resnet9"
 
-__all__ = ["Classifier", "ModelEntry", "TIMM_PREFIX", "create", "get_entry", "list_models", "register_model",
-           "DEFAULT_MODEL"]
+__all__ = ["Classifier", "ModelEntry", "TIMM_PREFIX", "check_options", "create", "get_entry", "list_models",
+           "register_model", "DEFAULT_MODEL"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -83,17 +84,70 @@ def list_models(pattern: str | None = None, include_timm: bool = False) -> list[
     return names
 
 
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _option_problem(key: str, value: object, default: object) -> str | None:
+    """What `value` must be for option `key` (whose builder default is `default`), or None when it fits."""
+    from cnnkit.models.layers import ATTENTION, HEADS
+
+    fraction = ("drop", "drop_path", "drop_block")
+    if key in fraction:
+        return None if _is_number(value) and 0 <= value < 1 else "a number in [0, 1), e.g. 0.1"
+    if key == "attn":
+        return None if value is None or value in ("none", *ATTENTION) else f"one of none, {', '.join(ATTENTION)}"
+    if key == "head":
+        return None if value in HEADS else f"one of {', '.join(HEADS)}"
+    if key == "mixer":
+        return None if value in ("inception", "dw7") else "inception or dw7"
+    if key == "ibn":
+        return None if isinstance(value, bool) else "true or false"
+    if key == "alpha":
+        return None if _is_number(value) and value >= 0 else "a non-negative number, e.g. 48"
+    if key == "eca_kernel_sizes":
+        ok = value is None or (isinstance(value, (list, tuple)) and len(value) == 4
+                               and all(_is_int(k) and k > 0 and k % 2 for k in value))
+        return None if ok else "four odd kernel sizes, one per stage, e.g. [3, 5, 5, 7]"
+    if isinstance(default, (list, tuple)):
+        ok = isinstance(value, (list, tuple)) and len(value) == len(default) and all(_is_int(v) and v > 0 for v in value)
+        return None if ok else f"{len(default)} positive integers, e.g. {list(default)}"
+    if _is_int(default) or key in ("drop_block_size", "depth", "hidden", "fc_width"):
+        return None if _is_int(value) and value > 0 else f"a positive integer, e.g. {default if _is_int(default) else 3}"
+    if _is_number(default):
+        return None if _is_number(value) and value > 0 else f"a positive number, e.g. {default}"
+    return None
+
+
+def check_options(name: str, options: dict[str, object]) -> None:
+    """ModelError unless every option is one cnnkit model `name` takes, with a value of the right kind and range
+    (checked here, before anything is built, so a wrong value never surfaces as an error deep inside torch)."""
+    entry = get_entry(name)
+    accepted = entry.options()
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ModelError(f"model {name!r} does not support option(s) {', '.join(unknown)}"
+                         f"{close_matches(unknown[0], accepted)}; it accepts: {', '.join(accepted) or 'no options'}")
+    defaults = entry.defaults()
+    for key, value in options.items():
+        need = _option_problem(key, value, defaults.get(key))
+        if need:
+            raise ModelError(f"model option {key}={value!r} is not valid for {name}: give {need} "
+                             f"(see `cnnkit models info {name}`)")
+
+
 def create(name: str, num_classes: int = 10, in_chans: int = 3, img_size: int | tuple[int, int] | None = None,
            **options) -> nn.Module:
     """Build model `name` with a fresh `num_classes` head for `in_chans`-channel inputs of `img_size`."""
     size = img_size if isinstance(img_size, int) or img_size is None else min(img_size)
     if name.startswith(TIMM_PREFIX):
-        return _create_timm(name[len(TIMM_PREFIX):], num_classes, in_chans, **options)
+        return _create_timm(name[len(TIMM_PREFIX):], num_classes, in_chans, img_size, **options)
     entry = get_entry(name)
-    unknown = sorted(set(options) - set(entry.options()))
-    if unknown:
-        raise ModelError(f"model {name!r} does not support option(s) {', '.join(unknown)}; "
-                         f"it accepts: {', '.join(entry.options()) or 'no options'}")
+    check_options(name, options)
     if size is not None and size < entry.min_size:
         raise ModelError(f"input {size}×{size} is too small for {name}: its down-sampling needs at least "
                          f"{entry.min_size}×{entry.min_size}")
@@ -102,13 +156,35 @@ def create(name: str, num_classes: int = 10, in_chans: int = 3, img_size: int | 
     return model
 
 
-def _create_timm(name: str, num_classes: int, in_chans: int, **options) -> nn.Module:
+def _create_timm(name: str, num_classes: int, in_chans: int, img_size: int | tuple[int, int] | None = None,
+                 **options) -> nn.Module:
     import timm
+    import torch
 
     if not timm.is_model(name):
         raise ModelError(f"unknown timm model {name!r}{close_matches(name, _timm_names())}")
     options.pop("pretrained", None)  # weights come from local files (--init-from), never from a hub
+    for key, value in options.items():  # timm stores rates unchecked and fails on them only when it runs
+        if key.endswith("_rate") and not (_is_number(value) and 0 <= value < 1):
+            raise ModelError(f"model option {key}={value!r} is not valid for timm/{name}: give a number in [0, 1)")
     try:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **options)
-    except TypeError as e:
-        raise ModelError(f"timm model {name!r} does not accept these options: {e}") from None
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **options)
+    except (TypeError, ValueError, AssertionError) as e:  # timm's builders reject bad keyword values this way
+        raise ModelError(f"timm model {name!r} does not accept these options: {str(e).splitlines()[0]}") from None
+    if img_size is not None:
+        # Some timm models (ViTs with fixed position embeddings, ...) take only the size they were built for;
+        # find out now with one small forward pass rather than deep inside training or evaluation.
+        h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+        was_training = model.training
+        try:
+            with torch.no_grad():
+                model.eval()(torch.zeros(1, in_chans, h, w))
+        except (RuntimeError, AssertionError, ValueError) as e:  # what torch and timm raise on a wrong shape
+            built = model.pretrained_cfg.get("input_size") if hasattr(model, "pretrained_cfg") else None
+            hint = f" (it was built for {'×'.join(map(str, built))})" if built else ""
+            raise ModelError(f"timm/{name} cannot take {in_chans}×{h}×{w} inputs{hint}: "
+                             f"{str(e).splitlines()[0][:160]}; choose a convolutional model or resize the "
+                             f"images to its size") from None
+        finally:
+            model.train(was_training)
+    return model

@@ -28,14 +28,15 @@ def write_run_report(fit: Any, ev: EvalResult, path: Path | None = None, grid: i
                                     conf.tolist(), classes, fig_dir / "predictions.png")
     cfg = fit.config
     summary = [{"model": cfg.model, "data": cfg.data, "epochs": len(fit.history),
-                "train seconds": round(fit.seconds, 1), f"{m['split']} images": m["images"],
+                "train seconds": round(fit.seconds, 1), "evaluated on": f"{m['data']}, split {m['split']}",
+                "images": m["images"],
                 "top-1": m["top1"], "top-5": m["top5"], "macro F1": m["macro_f1"], "ECE": m["ece"]}]
     sections = [
         ("Summary", table(summary)),
         ("Learning curves", image_tag(curves, "learning curves", path.parent)),
         ("Confusion matrix", image_tag(confusion, "confusion matrix", path.parent)),
         ("Per-class metrics", table([{k: v for k, v in r.items()} for r in m["per_class"]])),
-        (f"Predictions on {grid} {m['split']} images (red: wrong)", image_tag(examples, "predictions", path.parent)),
+        (f"Predictions on {grid} images of the {m['split']} split (red: wrong)", image_tag(examples, "predictions", path.parent)),
         ("Training history", table([{k: v for k, v in h.items()} for h in fit.history])),
     ]
     return write_report(path, f"cnnkit run: {cfg.model} on {cfg.data}", sections)

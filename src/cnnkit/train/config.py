@@ -21,7 +21,8 @@ class TrainConfig:
     data_dir: str | None = None
     download: bool = False
     strict: bool = False  # imagefolder: stop at the first unreadable image instead of skipping it
-    img_size: int | None = None  # imagefolder: resize to this side (default: the images' common size, else 64)
+    img_size: int | list[int] | None = None  # imagefolder: resize to this side or [H, W] (default: the images' common size, else 64)
+    test_fraction: float = 0.2  # flat imagefolder (no train/ and test/ sub-folders): share held out as the test split
     recipe: str | None = "fast"
     epochs: int = 10
     batch_size: int = 256
@@ -65,6 +66,15 @@ class TrainConfig:
             (self.train_images is None or self.train_images > 0,
              f"train_images must be positive, got {self.train_images}"),
             (0.0 <= self.val_fraction < 1.0, f"validation fraction must be in [0, 1), got {self.val_fraction}"),
+            (0.0 < self.test_fraction < 1.0, f"test fraction must be in (0, 1), got {self.test_fraction}"),
+            (self.img_size is None or (isinstance(self.img_size, int) and self.img_size > 0)
+             or (isinstance(self.img_size, (list, tuple)) and len(self.img_size) == 2
+                 and all(isinstance(v, int) and v > 0 for v in self.img_size)),
+             f"image size must be a positive side N or HxW, got {self.img_size}"),
+            (self.threads >= 0, f"threads must be 0 (torch's default) or more, got {self.threads}"),
+            (self.early_stopping >= 0, f"early stopping patience must be 0 (off) or more, got {self.early_stopping}"),
+            (self.grad_clip >= 0, f"gradient clipping norm must be 0 (off) or positive, got {self.grad_clip}"),
+            (self.weight_decay >= 0, f"weight decay must be non-negative, got {self.weight_decay}"),
             (self.warmup_epochs >= 0, "warm-up epochs must be non-negative"),
             (all(isinstance(e, int) and 1 <= e <= self.epochs for e in self.keep_epochs),
              f"epochs to keep must lie between 1 and {self.epochs}, got {self.keep_epochs}"),

@@ -1,14 +1,20 @@
-"""The training loop: `fit(**options)` trains a model into a run directory and returns a FitResult."""
+"""The training loop: `fit(**options)` trains a model into a run directory and returns a FitResult.
+
+`fit` reads top to bottom as its phases: resolve the configuration, set up (data, model, optimizer, run
+directory, restored state), then for each epoch train, evaluate and checkpoint. Every file of the run is
+written atomically into a claimed run directory, which records what cnnkit wrote there and is locked
+while the run lasts; a run killed at any moment resumes from its last complete epoch.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import math
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +22,26 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import yaml
-from safetensors.torch import load_file
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 
+from cnnkit.artifacts import (OutputDir, RunLock, atomic_write_text, claim_dir, load_state_into, read_meta,
+                              repair_sidecar, save_checkpoint)
 from cnnkit.data import BatchLoader, ImageData, Normalize, channel_stats, load_dataset, train_val_split
 from cnnkit.errors import CheckpointError, ConfigError, TrainingDiverged
+from cnnkit.evaluate.loop import evaluate_loader
 from cnnkit.models import create
 from cnnkit.models.layers import MultiSampleDropout, ScheduledDropBlock
 from cnnkit.models.weights import load_pretrained
 from cnnkit.runtime import autocast, autocast_dtype, pick_device, seed_everything, set_threads
-from cnnkit.artifacts import atomic_write_text, read_meta, save_checkpoint
 from cnnkit.train.config import TrainConfig, resolve_config
 from cnnkit.train.progress import TrainProgress
 from cnnkit.train.state import load_train_state, save_train_state
 
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds",
                  "elapsed_seconds", "images_per_s"]
+# What `resume` may change: the length of the run, where it runs, and where the data now lives.
+RESUME_MAY_CHANGE = {"epochs", "device", "threads", "early_stopping", "data_dir", "data"}
 
 
 @dataclass
@@ -64,18 +73,122 @@ class EpochEnd:
     run_dir: Path
 
 
-def _run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> Path:
-    run = Path(cfg.out) if cfg.out else Path("runs") / f"{cfg.model.replace('/', '-')}-{cfg.data.split(':')[0]}"
-    if not cfg.out and not resume:  # default names never overwrite: runs/x, runs/x-2, runs/x-3, ...
-        base, i = run, 2
-        while (run / "last.safetensors").exists():
-            run, i = base.with_name(f"{base.name}-{i}"), i + 1
-    if (run / "last.safetensors").exists() and not resume:
-        if not overwrite:
-            raise ConfigError(f"{run} already holds a run; pass --resume to continue it, or another --out")
-        shutil.rmtree(run)
-    run.mkdir(parents=True, exist_ok=True)
+def fit(config: TrainConfig | dict[str, Any] | None = None, *, resume: str | Path | None = None,
+        overwrite: bool = False, progress: bool = True,
+        callbacks: Sequence[Callable[[EpochEnd], None]] = (), **options: Any) -> FitResult:
+    """Train `model` on `data` as the config says; `resume=RUN_DIR` continues a run exactly where it stopped.
+
+    Options are TrainConfig fields (e.g. `fit(model="resnet20", data="sample", epochs=5)`); an explicitly
+    given option wins over the recipe, which wins over the defaults. `overwrite=True` replaces a run in
+    `out`, deleting only the files cnnkit wrote there.
+    """
+    started = time.perf_counter()
+    cfg = _resolve(config, resume, options)
+    run = _Run(cfg, resume is not None, overwrite, progress)
+    try:
+        run.set_up()
+        with run.bar:
+            for epoch in range(run.start_epoch, cfg.epochs):
+                metrics = run.train_epoch(epoch)
+                metrics.update(run.evaluate())
+                metrics["epoch_seconds"] = time.perf_counter() - run.epoch_started
+                metrics["elapsed_seconds"] = run.elapsed_before + time.perf_counter() - started
+                run.checkpoint(epoch, metrics)
+                run.bar.end_epoch(metrics)
+                for cb in callbacks:
+                    cb(EpochEnd(epoch + 1, metrics, run.model, run.eval_model, run.normalize, run.device, run.dir))
+                if run.should_stop():
+                    run.stopped_early = True
+                    break
+    finally:
+        run.close()
+    return run.result(time.perf_counter() - started)
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).expanduser().absolute()) if path else path
+
+
+def _absolute_data(data: str) -> str:
+    if data.startswith("imagefolder:"):
+        return "imagefolder:" + _absolute(data.split(":", 1)[1])
+    return data
+
+
+def _resolve(config: TrainConfig | dict[str, Any] | None, resume: str | Path | None,
+             options: dict[str, Any]) -> TrainConfig:
+    """The run's configuration: a new one from the options, or the saved one of the run to resume."""
+    for key in ("out", "data_dir", "init_from"):  # stored absolute, so a run resumes from any folder
+        if options.get(key) is not None:
+            options[key] = _absolute(str(options[key]))
+    if options.get("data"):
+        options["data"] = _absolute_data(options["data"])
+    if resume is None:
+        if isinstance(config, TrainConfig):
+            cfg = resolve_config(options, base=config) if options else config
+        else:
+            cfg = resolve_config({**(config or {}), **options})
+        for key in ("out", "data_dir", "init_from"):
+            setattr(cfg, key, _absolute(getattr(cfg, key)))
+        cfg.data = _absolute_data(cfg.data)
+        return cfg
+    run_dir = Path(resume).expanduser()
+    if not run_dir.is_dir():
+        raise CheckpointError(f"cannot resume: {run_dir} is not a run directory")
+    last, config_file = run_dir / "last.safetensors", run_dir / "config.yaml"
+    if last.exists():
+        saved = read_meta(last)["config"]
+    elif config_file.exists():  # stopped before its first epoch ended: start it again from its config
+        try:
+            saved = yaml.safe_load(config_file.read_text())
+        except yaml.YAMLError:
+            saved = None
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"cannot resume: {config_file} is damaged; start a new run")
+    else:
+        raise CheckpointError(f"cannot resume: {last} does not exist (nor {config_file.name})")
+    changed = sorted(k for k, v in options.items() if v is not None and k not in RESUME_MAY_CHANGE
+                     and k != "out" and saved.get(k) != v)
+    if changed:
+        raise ConfigError(f"resuming continues the saved configuration; cannot change: {', '.join(changed)}")
+    if "data" in options and options["data"] and options["data"] != saved["data"] and not (
+            options["data"].startswith("imagefolder:") and saved["data"].startswith("imagefolder:")):
+        raise ConfigError(f"resuming continues the saved configuration; cannot change data from "
+                          f"{saved['data']} to {options['data']} (only an image folder's path may move)")
+    given = {k: v for k, v in options.items() if v is not None and k in RESUME_MAY_CHANGE}
+    if "data_dir" not in given and saved.get("data_dir") and not Path(saved["data_dir"]).exists():
+        given["data_dir"] = None  # the saved folder is gone: fall back to $CNNKIT_DATA or the cache
+    return TrainConfig.from_dict({**saved, **given, "out": str(run_dir.absolute())})  # the run may have moved
+
+
+def _default_run_dir(cfg: TrainConfig) -> Path:
+    """runs/<model>-<data>, or -2, -3, ... so that a default name never lands on an existing run."""
+    name = f"{cfg.model.replace('/', '-')}-{cfg.data.split(':')[0]}"
+    base = run = Path("runs") / name
+    i = 2
+    while (run / "last.safetensors").exists() or (run / "config.yaml").exists():
+        run, i = base.with_name(f"{base.name}-{i}"), i + 1
     return run
+
+
+def open_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> tuple[Path, OutputDir, RunLock]:
+    """Claim and lock the run directory; with `overwrite`, remove the previous run's files (only cnnkit's)."""
+    run = Path(cfg.out) if cfg.out else _default_run_dir(cfg)
+    if run.exists() and not run.is_dir():
+        raise ConfigError(f"--out {run} is a file; give a folder for the run")
+    out = claim_dir(run)
+    lock = RunLock(run).acquire()
+    try:
+        holds_run = (run / "last.safetensors").exists() or (run / "config.yaml").exists()
+        if holds_run and not resume:
+            if not overwrite:
+                raise ConfigError(f"{run} already holds a run; continue it (--resume {run}), replace it "
+                                  f"(--overwrite) or choose another output folder")
+            out = claim_dir(run, overwrite=True)
+    except BaseException:
+        lock.release()
+        raise
+    return run, out, lock
 
 
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int,
@@ -96,244 +209,253 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_st
     return sched.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
 
 
-@torch.no_grad()
-def evaluate_loader(model: nn.Module, loader: BatchLoader, device: torch.device, amp: torch.dtype | None,
-                    tta: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class probabilities and labels over a loader; flip TTA averages with the mirrored image."""
-    model.eval()
-    probs, labels = [], []
-    for x, y in loader:
-        with autocast(device, amp):
-            p = model(x).float().softmax(1)
-            if tta:
-                p = 0.5 * (p + model(x.flip(3)).float().softmax(1))
-        probs.append(p)
-        labels.append(y)
-    return torch.cat(probs).cpu(), torch.cat(labels).cpu()
-
-
 def _checkpoint_meta(cfg: TrainConfig, data: ImageData, fingerprint: str, mean: Sequence[float],
                      std: Sequence[float], epoch: int, metrics: dict[str, float], ema: bool) -> dict[str, Any]:
     return {
         "model": cfg.model, "model_kwargs": cfg.model_kwargs, "classes": data.classes,
         "in_chans": data.in_chans, "img_size": list(data.img_size),
         "normalization": {"mean": list(mean), "std": list(std)},
-        "dataset": {"name": cfg.data, "fingerprint": fingerprint, "train_images": len(data)},
+        "dataset": {"name": cfg.data, "fingerprint": fingerprint, "train_images": len(data),
+                    "test_fraction": cfg.test_fraction, "split_seed": cfg.seed},
         "epoch": epoch, "metrics": metrics, "ema_weights": ema, "config": cfg.to_dict(),
     }
 
 
-def fit(config: TrainConfig | dict[str, Any] | None = None, *, resume: str | Path | None = None,
-        overwrite: bool = False, progress: bool = True,
-        callbacks: Sequence[Callable[[EpochEnd], None]] = (), **options: Any) -> FitResult:
-    """Train `model` on `data` as the config says; `resume=RUN_DIR` continues a run exactly where it stopped.
+def metrics_csv(history: list[dict[str, float]]) -> str:
+    """The run's metrics.csv: a header and one row per finished epoch."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, METRIC_FIELDS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(history)
+    return buf.getvalue()
 
-    Options are TrainConfig fields (e.g. `fit(model="resnet20", data="sample", epochs=5)`); an explicitly
-    given option wins over the recipe, which wins over the defaults.
-    """
-    started = time.perf_counter()
-    if resume is not None:
-        last = Path(resume) / "last.safetensors"
-        if not last.exists():
-            raise CheckpointError(f"cannot resume: {last} does not exist")
-        saved = read_meta(last)
-        allowed = {"epochs", "device", "threads", "early_stopping"}  # what may change on resume
-        changed = sorted(k for k, v in options.items() if v is not None and k not in allowed
-                         and saved["config"].get(k) != v)
-        if changed:
-            raise ConfigError(f"--resume continues the saved configuration; cannot change: {', '.join(changed)}")
-        cfg = TrainConfig.from_dict({**saved["config"], **{k: v for k, v in options.items() if v is not None},
-                                     "out": str(resume)})  # the run may have been moved since
-    elif isinstance(config, TrainConfig):
-        cfg = resolve_config(options, base=config) if options else config
-    else:
-        cfg = resolve_config({**(config or {}), **options})
 
-    set_threads(cfg.threads)
-    seed_everything(cfg.seed, cfg.deterministic)
-    device = pick_device(cfg.device)
-    amp = autocast_dtype(cfg.amp, device)
+@dataclass
+class _Run:
+    """The state of one training run, phase by phase."""
 
-    full = load_dataset(cfg.data, "train", data_dir=cfg.data_dir, download=cfg.download, strict=cfg.strict,
-                        img_size=cfg.img_size)
-    if cfg.val_fraction > 0:
-        tr_idx, va_idx = train_val_split(full.labels, cfg.val_fraction, cfg.seed)
-        train_set, val_set = full.subset(tr_idx, "train"), full.subset(va_idx, "val")
-    else:
-        train_set, val_set = full, None
-    if cfg.train_images is not None and cfg.train_images < len(train_set):
-        _, keep = train_val_split(train_set.labels, cfg.train_images / len(train_set), cfg.seed)
-        train_set = train_set.subset(keep, "train")
-    if len(train_set) == 0:
-        raise ConfigError(f"{cfg.data}: no training images left after holding out the validation split")
-    mean, std = channel_stats(train_set.images)
-    fingerprint = full.fingerprint()
+    cfg: TrainConfig
+    resuming: bool
+    overwrite: bool
+    progress: bool
+    start_epoch: int = 0
+    best_acc: float = -1.0
+    stale: int = 0
+    elapsed_before: float = 0.0
+    stopped_early: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+    lock: RunLock | None = None
+    tb: Any = None
 
-    model = create(cfg.model, num_classes=full.num_classes, in_chans=full.in_chans, img_size=full.img_size,
-                   **cfg.model_kwargs)
-    if cfg.init_from and resume is None:
-        report = load_pretrained(model, cfg.init_from)
-        if progress:
-            print(report.summary())
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
-    normalize = Normalize(mean, std, device, cfg.channels_last)
-    train_loader = BatchLoader(train_set, cfg.batch_size, normalize, shuffle=True, seed=cfg.seed,
-                               augment=cfg.augment, drop_last=len(train_set) > cfg.batch_size)
-    val_loader = BatchLoader(val_set, 512, normalize) if val_set is not None else None
+    # -- set up ---------------------------------------------------------------------------------------------
+    def set_up(self) -> None:
+        cfg = self.cfg
+        set_threads(cfg.threads)
+        seed_everything(cfg.seed, cfg.deterministic)
+        self.device = pick_device(cfg.device)
+        self.amp = autocast_dtype(cfg.amp, self.device)
+        self._load_data()
+        self._build_model()
+        self.dir, self.out, self.lock = open_run_dir(cfg, self.resuming, self.overwrite)
+        if self.resuming and (self.dir / "last.safetensors").exists():
+            self._restore()
+        atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write_text(self.dir / "metrics.csv", metrics_csv(self.history))
+        self._open_tensorboard()
+        self.bar = TrainProgress(cfg.epochs, self.steps_per_epoch, enabled=self.progress)
 
-    optimizer = create_optimizer_v2(model, opt="nesterov" if cfg.optimizer == "sgd" else "adamw", lr=cfg.lr,
-                                    weight_decay=cfg.weight_decay, momentum=cfg.momentum,
-                                    filter_bias_and_bn=True)
-    steps_per_epoch = len(train_loader)
-    scheduler = build_scheduler(cfg, optimizer, cfg.epochs * steps_per_epoch, steps_per_epoch)
-    ema = ModelEmaV3(model, decay=cfg.ema, use_warmup=True) if cfg.ema > 0 else None
-    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
-    step_model = torch.compile(model) if cfg.compile else model
+    def _load_data(self) -> None:
+        cfg = self.cfg
+        self.full = load_dataset(cfg.data, "train", data_dir=cfg.data_dir, download=cfg.download, strict=cfg.strict,
+                                 img_size=cfg.img_size, test_fraction=cfg.test_fraction, seed=cfg.seed)
+        if cfg.val_fraction > 0:
+            tr_idx, va_idx = train_val_split(self.full.labels, cfg.val_fraction, cfg.seed)
+            self.train_set, self.val_set = self.full.subset(tr_idx, "train"), self.full.subset(va_idx, "val")
+        else:
+            self.train_set, self.val_set = self.full, None
+        if cfg.train_images is not None and cfg.train_images < len(self.train_set):
+            _, keep = train_val_split(self.train_set.labels, cfg.train_images / len(self.train_set), cfg.seed)
+            self.train_set = self.train_set.subset(keep, "train")
+        if len(self.train_set) == 0:
+            raise ConfigError(f"{cfg.data}: no training images left after holding out the validation split")
+        self.mean, self.std = channel_stats(self.train_set.images)
+        self.fingerprint = self.full.fingerprint()
 
-    run_dir = _run_dir(cfg, resume is not None, overwrite)
-    history: list[dict[str, float]] = []
-    start_epoch, best_acc, stale, elapsed_before = 0, -1.0, 0, 0.0
-    if resume is not None:
-        last_meta = read_meta(run_dir / "last.safetensors")
-        if last_meta["dataset"]["fingerprint"] != fingerprint:
-            raise ConfigError(f"cannot resume {run_dir}: the training data changed since the run started "
-                              f"(fingerprint {fingerprint}, saved {last_meta['dataset']['fingerprint']})")
-        model.load_state_dict(load_file(str(run_dir / "last.safetensors")))
-        replan = cfg.epochs != last_meta["config"]["epochs"]
-        p = load_train_state(run_dir / last_meta["train_state"], optimizer, None if replan else scheduler, ema)
-        start_epoch, best_acc, stale, history = p["epoch"], p["best_acc"], p["stale"], p["history"]
-        elapsed_before = p["elapsed_seconds"]
-        if start_epoch >= cfg.epochs:
-            raise ConfigError(f"{run_dir} already finished {start_epoch} epoch(s); pass a larger --epochs to go on")
+    def _build_model(self) -> None:
+        cfg, full = self.cfg, self.full
+        model = create(cfg.model, num_classes=full.num_classes, in_chans=full.in_chans, img_size=full.img_size,
+                       **cfg.model_kwargs)
+        if cfg.init_from and not self.resuming:
+            report = load_pretrained(model, cfg.init_from)
+            if self.progress:
+                print(report.summary())
+        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=memory_format)
+        self.normalize = Normalize(self.mean, self.std, self.device, cfg.channels_last)
+        self.train_loader = BatchLoader(self.train_set, cfg.batch_size, self.normalize, shuffle=True, seed=cfg.seed,
+                                        augment=cfg.augment, drop_last=len(self.train_set) > cfg.batch_size)
+        self.val_loader = BatchLoader(self.val_set, 512, self.normalize) if self.val_set is not None else None
+        self.optimizer = create_optimizer_v2(model, opt="nesterov" if cfg.optimizer == "sgd" else "adamw",
+                                             lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                                             filter_bias_and_bn=True)
+        self.steps_per_epoch = len(self.train_loader)
+        self.scheduler = build_scheduler(cfg, self.optimizer, cfg.epochs * self.steps_per_epoch, self.steps_per_epoch)
+        self.ema = ModelEmaV3(model, decay=cfg.ema, use_warmup=True) if cfg.ema > 0 else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
+        self.step_model = torch.compile(model) if cfg.compile else model
+        self.msd_heads = [m for m in model.modules() if isinstance(m, MultiSampleDropout)]
+        self.drop_blocks = [m for m in model.modules() if isinstance(m, ScheduledDropBlock)]
+
+    def _restore(self) -> None:
+        """Weights, optimizer, schedule, EMA, RNG and history of the last complete epoch."""
+        cfg, last = self.cfg, self.dir / "last.safetensors"
+        meta = read_meta(last)
+        if meta["dataset"]["fingerprint"] != self.fingerprint:
+            raise ConfigError(f"cannot resume {self.dir}: the training data changed since the run started "
+                              f"(fingerprint {self.fingerprint}, saved {meta['dataset']['fingerprint']}); "
+                              f"point --data-dir (or the image folder) at the original data")
+        from safetensors.torch import load_file
+
+        load_state_into(self.model, load_file(str(last)), last)
+        for name in ("last.safetensors", "best.safetensors"):  # the header is the truth
+            if (self.dir / name).exists():
+                repair_sidecar(self.dir / name)
+        replan = cfg.epochs != meta["config"]["epochs"]
+        p = load_train_state(self.dir / meta["train_state"], self.optimizer, None if replan else self.scheduler,
+                             self.ema)
+        self.start_epoch, self.best_acc, self.stale, self.history = p["epoch"], p["best_acc"], p["stale"], p["history"]
+        self.elapsed_before = p["elapsed_seconds"]
+        if self.start_epoch >= cfg.epochs:
+            raise ConfigError(f"{self.dir} already finished {self.start_epoch} epoch(s); pass a larger --epochs "
+                              f"to go on")
         if replan:  # a new --epochs re-plans the schedule over the new length, fast-forwarded to this point
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                for _ in range(start_epoch * steps_per_epoch):
-                    scheduler.step()
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+                for _ in range(self.start_epoch * self.steps_per_epoch):
+                    self.scheduler.step()
 
-    from torch.utils.tensorboard import SummaryWriter
+    def _open_tensorboard(self) -> None:
+        from torch.utils.tensorboard import SummaryWriter
 
-    tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_epoch + 1 if start_epoch else None)
-    csv_path = run_dir / "metrics.csv"
-    if start_epoch == 0 or not csv_path.exists():
-        with open(csv_path, "w", newline="") as f:
-            csv.writer(f).writerow(METRIC_FIELDS)
-    else:  # keep only the epochs the resumed state knows about
-        with open(csv_path, "w", newline="") as f:
-            w = csv.DictWriter(f, METRIC_FIELDS)
-            w.writeheader()
-            w.writerows(history)
+        self.out.record_dir(self.dir / "tb")  # TensorBoard writes its own event files there
+        self.tb = SummaryWriter(str(self.dir / "tb"), purge_step=self.start_epoch + 1 if self.start_epoch else None)
 
-    msd_heads = [m for m in model.modules() if isinstance(m, MultiSampleDropout)]
-    drop_blocks = [m for m in model.modules() if isinstance(m, ScheduledDropBlock)]
-
-    def criterion(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        samples = msd_heads[0].last_samples if msd_heads else None  # average the per-sample losses
+    # -- run an epoch ---------------------------------------------------------------------------------------
+    def criterion(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        smoothing = self.cfg.label_smoothing
+        samples = self.msd_heads[0].last_samples if self.msd_heads else None  # average the per-sample losses
         if samples is not None:
-            return torch.stack([F.cross_entropy(s.float(), target, label_smoothing=cfg.label_smoothing)
+            return torch.stack([F.cross_entropy(s.float(), target, label_smoothing=smoothing)
                                 for s in samples]).mean()
-        return F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
+        return F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
 
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg, steps, device = self.cfg, self.steps_per_epoch, self.device
+        self.epoch_started = t0 = time.perf_counter()
+        self.model.train()
+        self.train_loader.set_epoch(epoch)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        seen = 0
+        self.bar.start_epoch(epoch)
+        for i, (x, y) in enumerate(self.train_loader):
+            step = epoch * steps + i
+            for block in self.drop_blocks:  # DropBlock's rate grows linearly over the run
+                block.set_progress(step / (cfg.epochs * steps))
+            with autocast(device, self.amp):
+                logits = self.step_model(x)
+            loss = self.criterion(logits, y)
+            self._step(loss)
+            lr_used = self.optimizer.param_groups[0]["lr"]
+            if step + 1 < cfg.epochs * steps:
+                self.scheduler.step()  # stepping past the last step would extrapolate the schedule
+            if self.ema is not None:
+                self.ema.update(self.model, step=step)
+            seen += len(y)
+            loss_sum += loss.detach() * len(y)
+            hard = y if y.ndim == 1 else y.argmax(1)
+            correct += (logits.detach().argmax(1) == hard).sum()
+            if i % 20 == 19 or i == steps - 1:
+                mean_loss = float(loss_sum) / seen  # one host sync every 20 steps
+                if not math.isfinite(mean_loss):
+                    raise TrainingDiverged(
+                        f"loss became {mean_loss} at epoch {epoch + 1}, step {i + 1}; stopped. The last good "
+                        f"checkpoint is kept in {self.dir}; try a lower --lr or --grad-clip 1.0")
+                self.bar.update(i + 1, mean_loss, float(correct) / seen, seen / (time.perf_counter() - t0))
+        return {"epoch": epoch + 1, "train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen,
+                "lr": lr_used, "images_per_s": seen / (time.perf_counter() - t0)}
 
-    stopped_early = False
-    bar = TrainProgress(cfg.epochs, steps_per_epoch, enabled=progress)
-    try:
-        with bar:
-            for epoch in range(start_epoch, cfg.epochs):
-                t0 = time.perf_counter()
-                model.train()
-                train_loader.set_epoch(epoch)
-                loss_sum = torch.zeros((), device=device)
-                correct = torch.zeros((), device=device)
-                seen = 0
-                bar.start_epoch(epoch)
-                for i, (x, y) in enumerate(train_loader):
-                    for block in drop_blocks:  # DropBlock's rate grows linearly over the run
-                        block.set_progress((epoch * steps_per_epoch + i) / (cfg.epochs * steps_per_epoch))
-                    with autocast(device, amp):
-                        logits = step_model(x)
-                    loss = criterion(logits, y)
-                    optimizer.zero_grad(set_to_none=True)
-                    if scaler is not None:
-                        scaler.scale(loss).backward()
-                        scaler.unscale_(optimizer)
-                    else:
-                        loss.backward()
-                    if cfg.grad_clip > 0:
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    if scaler is not None:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    lr_used = optimizer.param_groups[0]["lr"]
-                    if epoch * steps_per_epoch + i + 1 < cfg.epochs * steps_per_epoch:
-                        scheduler.step()  # stepping past the last step would extrapolate the schedule
-                    if ema is not None:
-                        ema.update(model, step=epoch * steps_per_epoch + i)
-                    n = len(y)
-                    seen += n
-                    loss_sum += loss.detach() * n
-                    hard = y if y.ndim == 1 else y.argmax(1)
-                    correct += (logits.detach().argmax(1) == hard).sum()
-                    if i % 20 == 19 or i == steps_per_epoch - 1:
-                        mean_loss = float(loss_sum) / seen  # one host sync every 20 steps
-                        if not math.isfinite(mean_loss):
-                            raise TrainingDiverged(
-                                f"loss became {mean_loss} at epoch {epoch + 1}, step {i + 1}; stopped. The last good "
-                                f"checkpoint is kept in {run_dir}; try a lower --lr or --grad-clip 1.0")
-                        bar.update(i + 1, mean_loss, float(correct) / seen, seen / (time.perf_counter() - t0))
-                train_seconds = time.perf_counter() - t0
-                eval_model = ema.module if ema is not None else model
-                metrics = {"epoch": epoch + 1, "train_loss": float(loss_sum) / seen,
-                           "train_acc": float(correct) / seen, "lr": lr_used,
-                           "images_per_s": seen / train_seconds}
-                if val_loader is not None:
-                    probs, labels = evaluate_loader(eval_model, val_loader, device, amp, cfg.tta)
-                    metrics["val_loss"] = float(F.nll_loss(probs.clamp_min(1e-12).log(), labels))
-                    metrics["val_acc"] = float((probs.argmax(1) == labels).float().mean())
-                metrics["epoch_seconds"] = time.perf_counter() - t0
-                metrics["elapsed_seconds"] = elapsed_before + time.perf_counter() - started
-                history.append({k: metrics.get(k, float("nan")) for k in METRIC_FIELDS})
+    def _step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if self.cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
 
-                score = metrics.get("val_acc", metrics["epoch"])  # without validation, the latest is best
-                improved = score > best_acc
-                if improved:
-                    best_acc, stale = score, 0
-                else:
-                    stale += 1
-                meta = _checkpoint_meta(cfg, full, fingerprint, mean, std, epoch + 1, metrics, ema is not None)
-                if improved:
-                    save_checkpoint(run_dir / "best.safetensors", eval_model, meta)
-                state_name = f"state-e{epoch + 1:04d}.safetensors"
-                save_train_state(run_dir / state_name, optimizer, scheduler, ema,
-                                 {"epoch": epoch + 1, "best_acc": best_acc, "stale": stale, "history": history,
-                                  "elapsed_seconds": metrics["elapsed_seconds"]})
-                # last.safetensors names its state file; the previous state file goes only once it is replaced,
-                # so a run killed at any moment leaves a consistent last checkpoint to resume from.
-                save_checkpoint(run_dir / "last.safetensors", model, {**meta, "train_state": state_name})
-                if epoch + 1 in cfg.keep_epochs:  # e.g. a lottery-ticket rewind point for `cnnkit compress`
-                    save_checkpoint(run_dir / f"epoch-{epoch + 1:04d}.safetensors", model, meta)
-                for old in run_dir.glob("state-e*.safetensors"):
-                    if old.name != state_name:
-                        old.unlink()
-                with open(csv_path, "a", newline="") as f:
-                    csv.DictWriter(f, METRIC_FIELDS).writerow(history[-1])
-                for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s"):
-                    if k in metrics:
-                        tb.add_scalar(k, metrics[k], epoch + 1)
-                tb.flush()
-                bar.end_epoch(metrics)
-                for cb in callbacks:
-                    cb(EpochEnd(epoch + 1, metrics, model, eval_model, normalize, device, run_dir))
-                if cfg.early_stopping and val_loader is not None and stale >= cfg.early_stopping:
-                    stopped_early = True
-                    break
-    finally:
-        tb.close()
-    return FitResult(run_dir, cfg, history, run_dir / "best.safetensors", run_dir / "last.safetensors",
-                     best_acc if val_loader is not None else None, stopped_early,
-                     elapsed_before + time.perf_counter() - started, len(train_set),
-                     len(val_set) if val_set is not None else 0)
+    # -- evaluate -------------------------------------------------------------------------------------------
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def evaluate(self) -> dict[str, float]:
+        if self.val_loader is None:
+            return {}
+        probs, labels = evaluate_loader(self.eval_model, self.val_loader, self.device, self.amp, self.cfg.tta)
+        return {"val_loss": float(F.nll_loss(probs.clamp_min(1e-12).log(), labels)),
+                "val_acc": float((probs.argmax(1) == labels).float().mean())}
+
+    # -- checkpoint -----------------------------------------------------------------------------------------
+    def checkpoint(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Write the epoch's checkpoints so that a kill at any instant leaves a consistent run to resume:
+        best (if improved), then the training state, then last (which names that state), and only then
+        remove the previous state and rewrite metrics.csv whole."""
+        self.history.append({k: metrics.get(k, float("nan")) for k in METRIC_FIELDS})
+        score = metrics.get("val_acc", metrics["epoch"])  # without validation, the latest is best
+        improved = score > self.best_acc
+        if improved:
+            self.best_acc, self.stale = score, 0
+        else:
+            self.stale += 1
+        d = self.dir
+        meta = _checkpoint_meta(self.cfg, self.full, self.fingerprint, self.mean, self.std, epoch + 1, metrics,
+                                self.ema is not None)
+        if improved:
+            save_checkpoint(d / "best.safetensors", self.eval_model, meta)
+        state_name = f"state-e{epoch + 1:04d}.safetensors"
+        save_train_state(d / state_name, self.optimizer, self.scheduler, self.ema,
+                         {"epoch": epoch + 1, "best_acc": self.best_acc, "stale": self.stale,
+                          "history": self.history, "elapsed_seconds": metrics["elapsed_seconds"]})
+        save_checkpoint(d / "last.safetensors", self.model, {**meta, "train_state": state_name})
+        if epoch + 1 in self.cfg.keep_epochs:  # e.g. a lottery-ticket rewind point for `cnnkit compress`
+            save_checkpoint(d / f"epoch-{epoch + 1:04d}.safetensors", self.model, meta)
+        for old in d.glob("state-e*.safetensors"):
+            if old.name != state_name and self.out.owns(old):
+                old.unlink()
+        atomic_write_text(d / "metrics.csv", metrics_csv(self.history))
+        for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s"):
+            if k in metrics:
+                self.tb.add_scalar(k, metrics[k], epoch + 1)
+        self.tb.flush()
+
+    def should_stop(self) -> bool:
+        return bool(self.cfg.early_stopping and self.val_loader is not None and self.stale >= self.cfg.early_stopping)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.lock is not None:
+            self.lock.release()
+
+    def result(self, seconds: float) -> FitResult:
+        return FitResult(self.dir, self.cfg, self.history, self.dir / "best.safetensors",
+                         self.dir / "last.safetensors", self.best_acc if self.val_loader is not None else None,
+                         self.stopped_early, self.elapsed_before + seconds, len(self.train_set),
+                         len(self.val_set) if self.val_set is not None else 0)

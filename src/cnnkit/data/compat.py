@@ -1,0 +1,72 @@
+"""Whether a dataset fits a checkpoint (channels, H×W, classes), and loading the data a checkpoint is
+measured on: by default its own dataset, at its own input size, with the same held-out test split."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from cnnkit.artifacts import LoadedCheckpoint
+from cnnkit.data.datasets import ImageData, load_dataset
+from cnnkit.errors import CheckpointError
+
+
+def _shape(c: int, hw: tuple[int, int]) -> str:
+    return "×".join(str(v) for v in (c, *hw))
+
+
+def check_compatible(ckpt: LoadedCheckpoint, data: ImageData, ignore_class_names: bool = False) -> None:
+    """CheckpointError unless `data` has the checkpoint's channels, H×W, number of classes and class names
+    (in order); `ignore_class_names` accepts other names for the same number of classes."""
+    where = f"{data.name} ({data.split})"
+    if (data.in_chans, *data.img_size) != (ckpt.in_chans, *ckpt.img_size):
+        raise CheckpointError(f"{where} gives {_shape(data.in_chans, data.img_size)} images but {ckpt.path} expects "
+                              f"{_shape(ckpt.in_chans, ckpt.img_size)} (channels×height×width); use data of that "
+                              f"shape (image folders are resized to it)")
+    if data.num_classes != len(ckpt.classes):
+        raise CheckpointError(f"{where} has {data.num_classes} classes but {ckpt.path} was trained on "
+                              f"{len(ckpt.classes)}; evaluate it on data with the same classes")
+    if not ignore_class_names and list(data.classes) != list(ckpt.classes):
+        i = next(i for i, (a, b) in enumerate(zip(data.classes, ckpt.classes)) if a != b)
+        raise CheckpointError(f"{where} names its classes differently from {ckpt.path}: class {i} is "
+                              f"{data.classes[i]!r} in the data but {ckpt.classes[i]!r} in the model; use the data "
+                              f"the model was trained on, or pass --ignore-class-names if only the names differ")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Which data to measure a checkpoint on, and how a flat image folder's test split was held out."""
+
+    name: str
+    data_dir: str | None
+    test_fraction: float
+    seed: int
+
+
+def checkpoint_data_source(ckpt: LoadedCheckpoint, data: str | None = None,
+                           data_dir: str | os.PathLike | None = None) -> DataSource:
+    """`data` (default: the checkpoint's own dataset, else the sample), its data_dir (default: the one the
+    checkpoint was trained with, for its own dataset), and the test fraction and split seed it recorded
+    (default 0.2 and 0)."""
+    meta: dict[str, Any] = ckpt.meta
+    dataset = meta.get("dataset") or {}
+    own = dataset.get("name")
+    name = data or own or "sample"
+    if data_dir is None and name == own:
+        data_dir = (meta.get("config") or {}).get("data_dir")
+    fraction = dataset.get("test_fraction")
+    seed = dataset.get("split_seed")
+    return DataSource(name, None if data_dir is None else str(data_dir),
+                      0.2 if fraction is None else float(fraction), 0 if seed is None else int(seed))
+
+
+def load_checkpoint_data(ckpt: LoadedCheckpoint, data: str | None = None, split: str = "test",
+                         data_dir: str | os.PathLike | None = None, strict: bool = False,
+                         ignore_class_names: bool = False) -> ImageData:
+    """`split` of `data` (see `checkpoint_data_source`) at the checkpoint's channels and H×W, checked to fit it."""
+    src = checkpoint_data_source(ckpt, data, data_dir)
+    ds = load_dataset(src.name, split, data_dir=src.data_dir, strict=strict, img_size=tuple(ckpt.img_size),
+                      in_chans=ckpt.in_chans, test_fraction=src.test_fraction, seed=src.seed)
+    check_compatible(ckpt, ds, ignore_class_names)
+    return ds
