@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import signal
 
 import os
 import sys
@@ -44,7 +46,7 @@ def parse_kv(pairs: list[str] | None, option: str = "--model-kw") -> dict[str, A
     for p in pairs or []:
         k, eq, v = p.partition("=")
         if not eq or not k.strip():
-            raise ConfigError(f"{option} expects key=value, got {p!r}")
+            raise ConfigError(f"{option}: expected key=value (e.g. width=16), got {p!r}")
         try:
             result[k.strip().replace("-", "_")] = yaml.safe_load(v)
         except yaml.YAMLError:
@@ -65,7 +67,8 @@ def parse_img_size(text: str | None) -> int | list[int] | None:
 
 
 def _check_early(model: str | None = None, model_kwargs: dict[str, Any] | None = None,
-                 augment: dict[str, Any] | None = None, device: str | None = None) -> None:
+                 augment: dict[str, Any] | None = None, device: str | None = None,
+                 checkpoint: Path | None = None) -> None:
     """Check option values as they are parsed, before any data is loaded or folder created."""
     if augment:
         from cnnkit.data.transforms import AugmentConfig
@@ -76,9 +79,9 @@ def _check_early(model: str | None = None, model_kwargs: dict[str, Any] | None =
 
         check_options(model, model_kwargs or {})
     if device is not None:
-        from cnnkit.runtime import pick_device
+        from cnnkit.runtime import cpu_only_artifact, pick_device
 
-        pick_device(device)
+        pick_device(device, cpu_only_artifact(checkpoint))
 
 
 def _check_out_folder(out: Path | None, option: str = "--out") -> None:
@@ -134,12 +137,12 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train a model; writes checkpoints, metrics and the resolved config to a run directory."""
-    from cnnkit.train import fit
-
     if test_fraction is not None and not 0.0 < test_fraction < 1.0:
         raise ConfigError(f"--test-fraction must be strictly between 0 and 1, e.g. 0.2; got {test_fraction}")
     model_kwargs, augment_options = parse_kv(model_kw), parse_kv(augment, "--augment")
     _check_early(model=model, model_kwargs=model_kwargs, augment=augment_options, device=device)
+    from cnnkit.train import fit  # after the checks: importing the training stack takes seconds
+
     options = dict(model=model, data=data, data_dir=str(data_dir) if data_dir else None, epochs=epochs,
                    recipe=recipe, out=str(out) if out else None, model_kwargs=model_kwargs or None,
                    init_from=str(init_from) if init_from else None, batch_size=batch_size, lr=lr,
@@ -177,11 +180,11 @@ def eval_cmd(
                                                  "model's (same number, same order)."),
 ) -> None:
     """Evaluate a checkpoint: top-1/top-5, per-class precision/recall/F1, ECE, confusion matrix."""
+    _check_out_folder(out)
+    _check_early(device=device, checkpoint=checkpoint)
     from cnnkit.evaluate import evaluate
     from cnnkit.train import resolve_checkpoint
 
-    _check_out_folder(out)
-    _check_early(device=device)
     out_dir = out or resolve_checkpoint(checkpoint).parent
     r = evaluate(checkpoint, data, split, data_dir=data_dir, tta=tta, device=device, out_dir=out_dir, strict=strict,
                  ignore_class_names=ignore_class_names)
@@ -375,6 +378,8 @@ def bench_cmd(
     from cnnkit.deploy.bench import bench_many
     from cnnkit.artifacts import atomic_write_text
 
+    if json_out is not None and json_out.is_dir():  # before minutes of measuring
+        raise ConfigError(f"--json {json_out} is a folder; give the JSON file to write, e.g. {json_out / 'bench.json'}")
     rows = bench_many(targets, data, data_dir=data_dir, batch=batch, repeats=repeats)
     t = Table(title=f"bench ({rows[0]['torch_threads']} torch threads)", title_justify="left")
     cols = ["target", "params", "MMACs", "MB on disk", "p50 ms", "p99 ms", f"img/s @{batch}", "peak RSS MiB", "model MiB"]
@@ -389,6 +394,9 @@ def bench_cmd(
         t.add_row(*cells, *([f"{r['top1']:.4f}"] if data else []))
     stdout.print(t)
     if json_out:
+        from cnnkit.artifacts import claim_dir
+
+        claim_dir(json_out.parent)  # replace only a file cnnkit wrote
         atomic_write_text(json_out, json.dumps(rows, indent=2) + "\n")
 
 
@@ -484,6 +492,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
+_DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs a verb; user errors print one line and return non-zero (tracebacks with --debug)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -491,10 +502,22 @@ def main(argv: list[str] | None = None) -> int:
     args = [a for a in args if a != "--debug"]
     if not debug:
         warnings.showwarning = _show_warning
+        # int8 models are TorchScript by design (PyTorch's int8 kernels have no other saved form); torch's
+        # notice about that is nothing a user can act on
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
+    if hasattr(signal, "SIGXFSZ"):  # a file-size limit should fail the write (one line), not kill the process
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         app(args=args, prog_name="cnnkit", standalone_mode=False)
         sys.stdout.flush()  # a closed pipe shows here rather than at exit
         return 0
+    except OSError as e:
+        if debug or e.errno not in _DISK_ERRNOS:
+            raise
+        name = f" {e.filename}" if e.filename else ""
+        _print_error(f"cannot write{name}: {os.strerror(e.errno)}; free space or raise the limit, then "
+                     f"--resume a training run (its last complete checkpoint is kept)")
+        return 2
     except CnnkitError as e:
         if debug:
             raise

@@ -116,15 +116,17 @@ def test_imagefolder_mixed_sizes_and_modes(tmp_path, sample_train):
     write_imagefolder(tmp_path, sample_train)
     data = load_imagefolder(tmp_path)
     assert data.classes == ["Sneaker", "T-shirt-top", "Trouser"]
-    assert data.images.shape == (36, 3, 64, 64)  # RGB present, sizes differ: RGB at the default 64×64
+    # a flat folder: the train split is all but the 20% of each class held out for test (12 - 2 per class)
+    assert data.images.shape == (30, 3, 64, 64)  # RGB present, sizes differ: RGB at the default 64×64
     gray = load_imagefolder(tmp_path, img_size=28, in_chans=1)
-    assert gray.images.shape == (36, 1, 28, 28)
+    assert gray.images.shape == (30, 1, 28, 28)
 
 
 def test_imagefolder_same_size_gray_keeps_size_and_channels(tmp_path, sample_train):
     write_imagefolder(tmp_path, sample_train, mixed=False)
     data = load_imagefolder(tmp_path)
-    assert data.images.shape == (36, 1, 28, 28)
+    assert data.images.shape == (30, 1, 28, 28)
+    assert load_imagefolder(tmp_path, "test").images.shape == (6, 1, 28, 28)
 
 
 def test_imagefolder_16bit_png_is_rescaled_not_clipped(tmp_path):
@@ -142,11 +144,16 @@ def test_imagefolder_skips_corrupt_images_with_warning_or_stops_when_strict(tmp_
     good = (tmp_path / "Trouser" / "0.png").read_bytes()
     bad.write_bytes(good[: len(good) // 2])  # truncated PNG
     (tmp_path / "Trouser" / "junk.jpg").write_bytes(b"not an image")
-    with pytest.warns(UserWarning, match="skipped 2 unreadable"):
-        data = load_imagefolder(tmp_path)
-    assert len(data) == 36 and len(data.skipped) == 2
-    with pytest.raises(DataError, match="broken.png"):
-        load_imagefolder(tmp_path, strict=True)
+    with pytest.warns(UserWarning, match="skipped [12] unreadable"):
+        parts = [load_imagefolder(tmp_path, split) for split in ("train", "test")]
+    assert sum(map(len, parts)) == 36 and sum(len(d.skipped) for d in parts) == 2
+    errors = []
+    for split in ("train", "test"):
+        try:
+            load_imagefolder(tmp_path, split, strict=True)
+        except DataError as e:
+            errors.append(str(e))
+    assert any("broken.png" in e for e in errors) or any("junk.jpg" in e for e in errors)
 
 
 def test_imagefolder_empty_class_and_no_images(tmp_path):

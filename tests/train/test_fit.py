@@ -112,7 +112,9 @@ def test_resume_refuses_changed_options_and_finished_runs(trained_run):
     with pytest.raises(ConfigError, match="cannot change: lr"):
         fit(resume=trained_run.run_dir, lr=0.5, progress=False)
     with pytest.raises(ConfigError, match="already finished 3 epoch"):
-        fit(resume=trained_run.run_dir, progress=False)
+        fit(resume=trained_run.run_dir, epochs=2, progress=False)
+    done = fit(resume=trained_run.run_dir, progress=False)  # a finished run: resuming does nothing
+    assert len(done.history) == 3
     with pytest.raises(CheckpointError, match="cannot resume"):
         fit(resume=trained_run.run_dir / "nope", progress=False)
 

@@ -34,7 +34,7 @@ def read_meta(path: Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
     except Exception as e:  # safetensors raises its own error types for truncated or foreign files
-        raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
+        raise CheckpointError(f"{path} is not a readable safetensors file ({error_line(e)})") from None
     if "cnnkit" not in header:
         raise CheckpointError(f"{path} has no cnnkit metadata; load plain weight files with --init-from")
     try:
@@ -46,21 +46,27 @@ def read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _check_model_meta(file: Path, meta: dict[str, Any]) -> None:
-    """The keys a checkpoint needs to rebuild its model, with the right types."""
+def input_meta_ok(meta: dict[str, Any]) -> bool:
+    """Whether `meta` (a checkpoint's or a sidecar's) has classes, in_chans, img_size and normalization of the
+    types that loading and preprocessing rely on."""
     def count(v: object) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
+    def numbers(v: object) -> bool:
+        return isinstance(v, list) and bool(v) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                       for x in v)
+
     norm = meta.get("normalization")
-    ok = (isinstance(meta.get("model"), str) and isinstance(meta.get("classes"), list) and meta["classes"]
-          and all(isinstance(c, str) for c in meta["classes"]) and count(meta.get("in_chans"))
-          and isinstance(meta.get("img_size"), list) and len(meta["img_size"]) == 2
-          and all(count(v) for v in meta["img_size"])
-          and isinstance(meta.get("model_kwargs", {}), dict)
-          and isinstance(norm, dict)
-          and all(isinstance(norm.get(k), list) and norm[k]
-                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in norm[k])
-                  for k in ("mean", "std")))
+    return bool(isinstance(meta.get("classes"), list) and meta["classes"]
+                and all(isinstance(c, str) for c in meta["classes"]) and count(meta.get("in_chans"))
+                and isinstance(meta.get("img_size"), list) and len(meta["img_size"]) == 2
+                and all(count(v) for v in meta["img_size"])
+                and isinstance(norm, dict) and numbers(norm.get("mean")) and numbers(norm.get("std")))
+
+
+def _check_model_meta(file: Path, meta: dict[str, Any]) -> None:
+    """The keys a checkpoint needs to rebuild its model, with the right types."""
+    ok = isinstance(meta.get("model"), str) and isinstance(meta.get("model_kwargs", {}), dict) and input_meta_ok(meta)
     if not ok:
         raise CheckpointError(f"{file}: its metadata lacks or mangles model, classes, in_chans, img_size or "
                               f"normalization; it cannot be loaded")
@@ -206,13 +212,14 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     try:
         state = load_file(str(file))
     except Exception as e:  # safetensors raises its own error types for truncated files
-        raise CheckpointError(f"{file}: cannot read its weights ({_first_line(e)})") from None
+        raise CheckpointError(f"{file}: cannot read its weights ({error_line(e)})") from None
     model = _rebuild(file, meta, state)
     load_state_into(model, state, file)
     return LoadedCheckpoint(model.to(device).eval(), meta, file)
 
 
-def _first_line(e: BaseException) -> str:
+def error_line(e: BaseException) -> str:
+    """The first line of an exception's message (or its type's name), for one-line error messages."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
 
 
@@ -232,7 +239,7 @@ def _rebuild(file: Path, meta: dict[str, Any], state: dict[str, torch.Tensor]) -
             raise CheckpointError(f"{file}: cannot rebuild its model: {e}") from None
         except Exception as e:  # builders raise what torch and timm raise on mangled options (TypeError, ...)
             raise CheckpointError(f"{file}: cannot rebuild its model from its metadata "
-                                  f"({type(e).__name__}: {_first_line(e)})") from None
+                                  f"({type(e).__name__}: {error_line(e)})") from None
         return model
 
     try:
@@ -242,4 +249,18 @@ def _rebuild(file: Path, meta: dict[str, Any], state: dict[str, torch.Tensor]) -
         probe = None  # a builder that computes on tensors (.item(), .tolist()) cannot run on the meta device
     if probe is not None:
         check_state_fits(probe, state, file)
+        if meta.get("pruned"):  # the head was resized to the weights: it must still give one output per class
+            outputs = _meta_outputs(probe.eval(), meta)
+            if outputs is not None and outputs != len(meta["classes"]):
+                raise CheckpointError(f"{file}: its model gives {outputs} outputs but its metadata lists "
+                                      f"{len(meta['classes'])} classes")
     return build()
+
+
+def _meta_outputs(model: nn.Module, meta: dict[str, Any]) -> int | None:
+    """The number of outputs of a model on the meta device (shapes only, no computation), if it can run there."""
+    try:
+        with torch.no_grad():
+            return int(model(torch.empty(1, meta["in_chans"], *meta["img_size"], device="meta")).shape[-1])
+    except Exception:  # a forward that needs real values (or sizes beyond int64) says nothing here
+        return None

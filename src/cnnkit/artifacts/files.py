@@ -104,8 +104,13 @@ class OutputDir:
         if self.manifest.exists():
             try:
                 saved = json.loads(self.manifest.read_text())
-                self.files = set(saved["files"]) if saved.get("format") == MANIFEST_FORMAT else set()
-            except (OSError, ValueError, KeyError, TypeError):
+            except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8 or JSON, nested too deep
+                saved = None
+            ours = isinstance(saved, dict) and saved.get("format") == MANIFEST_FORMAT
+            files = saved.get("files") if ours else []
+            if isinstance(saved, dict) and isinstance(files, list) and all(isinstance(f, str) for f in files):
+                self.files = set(files)
+            else:
                 raise ConfigError(f"{self.manifest} is damaged; cnnkit cannot tell which files in {root} "
                                   f"it wrote. Move what you want to keep and delete the folder yourself") from None
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from cnnkit.artifacts.checkpoint import LoadedCheckpoint
+from cnnkit.artifacts.checkpoint import LoadedCheckpoint, error_line, input_meta_ok
 from cnnkit.errors import CheckpointError
 
 SIDECAR_FORMAT = "cnnkit-artifact/1"
@@ -60,7 +60,7 @@ def load_onnx(path: str | os.PathLike) -> LoadedCheckpoint:
     try:
         model = OnnxModel(p)
     except Exception as e:  # onnxruntime raises its own exception types
-        raise CheckpointError(f"cannot load {p} in ONNX Runtime: {str(e).splitlines()[0][:160]}") from None
+        raise CheckpointError(f"cannot load {p} in ONNX Runtime: {error_line(e)}") from None
     dims = model.session.get_inputs()[0].shape[1:]
     want = [meta["in_chans"], *meta["img_size"]]
     if any(isinstance(d, int) and d != w for d, w in zip(dims, want)):
@@ -79,11 +79,16 @@ def _read_sidecar(p: Path) -> dict[str, Any]:
                               f"export it with `cnnkit export` or write the sidecar next to it")
     try:
         meta: dict[str, Any] = json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {side}: {e}") from None
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or not UTF-8; RecursionError: too deep
+        raise CheckpointError(f"cannot read {side}: {str(e)[:160]}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{side} is not a cnnkit sidecar (not a JSON object)")
     missing = [k for k in ("classes", "in_chans", "img_size", "normalization") if k not in meta]
     if meta.get("format") != SIDECAR_FORMAT or missing:
         raise CheckpointError(f"{side} is not a cnnkit sidecar" + (f" (missing {', '.join(missing)})" if missing else ""))
+    if not input_meta_ok(meta):
+        raise CheckpointError(f"{side} mangles classes, in_chans, img_size or normalization (a list of class "
+                              f"names, a channel count, [H, W], and mean and std lists); re-export the model")
     return meta
 
 
@@ -112,7 +117,7 @@ def load_program(path: str | os.PathLike) -> LoadedCheckpoint:
     try:
         module = torch.export.load(str(p)).module()
     except Exception as e:
-        raise CheckpointError(f"cannot load {p}: {str(e).splitlines()[0][:160]}") from None
+        raise CheckpointError(f"cannot load {p}: {error_line(e)}") from None
     return LoadedCheckpoint(ProgramModel(module), meta, p)
 
 
@@ -129,5 +134,5 @@ def load_torchscript(path: str | os.PathLike) -> LoadedCheckpoint:
     try:
         module = torch.jit.load(str(p))
     except Exception as e:
-        raise CheckpointError(f"cannot load {p}: {str(e).splitlines()[0][:160]}") from None
+        raise CheckpointError(f"cannot load {p}: {error_line(e)}") from None
     return LoadedCheckpoint(ProgramModel(module), meta, p)

@@ -189,21 +189,26 @@ def _prune_once(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, crite
     if inputs is not None:  # re-key the recorded inputs onto the copy's layers
         by_name = {n: t for n, mod in model.named_modules() for k, t in inputs.items() if k is mod}
         ins = {mod: by_name[n] for n, mod in m.named_modules() if n in by_name}
-    pruner = tp.pruner.MetaPruner(m, x[:1], importance=_importance(criterion, scope, ins),
-                                  global_pruning=scope == "global", pruning_ratio=channel_ratio,
-                                  ignored_layers=_classifier(m, x), max_pruning_ratio=0.95, round_to=round_to)
-    if criterion == "taylor":
-        m.zero_grad()
-        F.cross_entropy(m(x), y).backward()
+    importance, ignored = _importance(criterion, scope, ins), _classifier(m, x)
     names = {mod: n for n, mod in m.named_modules()}
     removed: dict[str, dict[str, list[int]]] = {}
-    for group in pruner.step(interactive=True):
-        for dep, idxs in group:
-            fn = getattr(dep.handler, "__name__", "")
-            side = "out" if "out_channels" in fn else "in" if "in_channels" in fn else None
-            if side and dep.target.module in names:
-                removed.setdefault(names[dep.target.module], {}).setdefault(side, []).extend(int(i) for i in idxs)
-        group.prune()
+    try:
+        pruner = tp.pruner.MetaPruner(m, x[:1], importance=importance, global_pruning=scope == "global",
+                                      pruning_ratio=channel_ratio, ignored_layers=ignored, max_pruning_ratio=0.95,
+                                      round_to=round_to)
+        if criterion == "taylor":  # the gradients Taylor importance reads at pruner.step
+            m.zero_grad()
+            F.cross_entropy(m(x), y).backward()
+        for group in pruner.step(interactive=True):
+            for dep, idxs in group:
+                fn = getattr(dep.handler, "__name__", "")
+                side = "out" if "out_channels" in fn else "in" if "in_channels" in fn else None
+                if side and dep.target.module in names:
+                    removed.setdefault(names[dep.target.module], {}).setdefault(side, []).extend(int(i) for i in idxs)
+            group.prune()
+    except Exception as e:  # Torch-Pruning raises many types on graphs it cannot follow
+        raise CompressError(f"Torch-Pruning cannot prune {type(model).__name__}: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:160]}") from None
     m.zero_grad(set_to_none=True)
     return m, removed
 
@@ -235,22 +240,16 @@ def prune_structured(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None =
     target = (1.0 - ratio) * base_macs
     inputs = _reading_inputs(model, x) if criterion == "lasso" else None
     lo, hi, best = 0.0, 0.95, None
-    try:
-        with torch.enable_grad():  # Torch-Pruning traces the graph through autograd, even under a caller's no_grad
-            for _ in range(12):  # bisection on the channel fraction
-                mid = (lo + hi) / 2
-                cand, removed = _prune_once(model, x, y, criterion, scope, mid, inputs, round_to)
-                macs = count_macs(cand, x)
-                if best is None or abs(macs - target) < abs(best[1] - target):
-                    best = (cand, macs, mid, removed)
-                if abs(macs - target) <= tolerance * base_macs:
-                    break
-                lo, hi = (mid, hi) if macs > target else (lo, mid)
-    except CompressError:
-        raise
-    except Exception as e:  # Torch-Pruning raises many types on graphs it cannot follow
-        raise CompressError(f"Torch-Pruning cannot prune {type(model).__name__}: {type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:160]}") from None
+    with torch.enable_grad():  # Torch-Pruning traces the graph through autograd, even under a caller's no_grad
+        for _ in range(12):  # bisection on the channel fraction
+            mid = (lo + hi) / 2
+            cand, removed = _prune_once(model, x, y, criterion, scope, mid, inputs, round_to)
+            macs = count_macs(cand, x)
+            if best is None or abs(macs - target) < abs(best[1] - target):
+                best = (cand, macs, mid, removed)
+            if abs(macs - target) <= tolerance * base_macs:
+                break
+            lo, hi = (mid, hi) if macs > target else (lo, mid)
     pruned, macs, frac, removed = best
     refitted = 0
     if refit if refit is not None else criterion == "lasso":

@@ -247,7 +247,7 @@ def quantize_onnx(float_onnx: str | Path, out: str | Path, calibration: torch.Te
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=getattr(CalibrationMethod, _ORT_METHODS[method]),
                             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
-    except Exception as e:
+    except Exception as e:  # ONNX Runtime's tools raise many types (onnx, numpy, their own) on graphs they reject
         raise CompressError(f"ONNX Runtime quantization failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
     finally:
         pre.unlink(missing_ok=True)

@@ -26,12 +26,14 @@ from cnnkit.compress.quantize import convert, prepare_qat, qat_float_model, quan
 from cnnkit.data import Normalize
 from cnnkit.data.compat import checkpoint_data_source, load_checkpoint_data
 from cnnkit.artifacts.runtimes import OnnxModel, ProgramModel, onnx_session
+from cnnkit.artifacts.files import claim_dir
 from cnnkit.deploy.artifacts import _export, _write_onnx
 from cnnkit.errors import CompressError
 from cnnkit.artifacts import LoadedCheckpoint, atomic_write_bytes, atomic_write_text, load_checkpoint
 from cnnkit.artifacts import save_checkpoint
 
-_RECIPE = re.compile(r"^(int8|qat8|qat4|prune:[0-9.]+(\+int8)?|sparse:[0-9.]+)$")
+_RATIO = r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)"  # 0.5, .5, 1., 2: a decimal number (its range is checked apart)
+_RECIPE = re.compile(rf"^(int8|qat8|qat4|prune:{_RATIO}(\+int8)?|sparse:{_RATIO})$")
 RECIPES = "int8, qat8, qat4, prune:R, prune:R+int8, sparse:R"
 
 
@@ -128,6 +130,22 @@ def _save_pruned(ctx: _Context, model: nn.Module, path: Path, extra: dict[str, A
     return path
 
 
+def _rewind_point(rewind: str | Path, src: LoadedCheckpoint) -> nn.Module:
+    """The model of the `--rewind` checkpoint, checked to be the same network as the one compressed."""
+    early = load_checkpoint(rewind)
+    if isinstance(early.model, (OnnxModel, ProgramModel)):
+        raise CompressError(f"--rewind takes a training checkpoint (e.g. RUN/epoch-0001.safetensors), not the "
+                            f"exported artifact {early.path.name}")
+    want = {k: tuple(v.shape) for k, v in src.model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in early.model.state_dict().items()}
+    if want != got:
+        differ = sorted(set(want) ^ set(got)) or sorted(k for k in want if want[k] != got[k])
+        raise CompressError(f"--rewind {early.path} is not the same network as {src.path} "
+                            f"({early.meta.get('model')} vs {src.meta.get('model')}; first difference: {differ[0]}); "
+                            f"give an early checkpoint of this run (train with --keep-epoch N)")
+    return early.model
+
+
 def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, data: str | None = None,
              data_dir: str | Path | None = None, calibration: int = 512, observer: str = "mse", engine: str = "x86",
              finetune_epochs: float = 1.0, lr: float | None = None, criterion: str = "l1", scope: str = "uniform",
@@ -159,11 +177,14 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
         raise CompressError(f"compress a training checkpoint or run directory, not an exported artifact ({src.path.name})")
     source = checkpoint_data_source(src, data, data_dir)  # resolved once: exported variants lack the config
     data, data_dir = source.name, source.data_dir
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir).expanduser()
     if src.path.resolve().parent == out.resolve():
         raise CompressError("--out must not be the checkpoint's own folder; compression never writes beside its source")
+    if out.exists() and not out.is_dir():
+        raise CompressError(f"--out {out} is a file; give a folder for the artifacts")
+    rewound = _rewind_point(rewind, src) if rewind is not None and "sparse" in kinds else None
     ctx = _Context(src, out, data, data_dir, calibration, train_images, seed, log, ignore_class_names)
+    claim_dir(out)  # only now, every check passed: writes there replace only files cnnkit wrote
     model = src.model.float().eval()
     base_params = ctx.counts(model)
     targets: list[tuple[str, str, Path, dict[str, Any]]] = [("float32", "eager", src.path, {})]
@@ -238,7 +259,7 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
                                     _write_int8_onnx(ctx, pruned_ckpt.model, stem, observer, extra), {}))
         else:  # sparse: global magnitude masks, rewound weights, retrained with the mask fixed
             masks = magnitude_masks(model, ratio)
-            start = load_checkpoint(rewind).model.float() if rewind else copy.deepcopy(model)
+            start = copy.deepcopy(rewound if rewound is not None else model).float()
             apply_masks(start, masks)
             if finetune_epochs > 0:
                 finetune(start, ctx.train, ctx.mean, ctx.std, finetune_epochs, lr or 1e-2, seed=seed,

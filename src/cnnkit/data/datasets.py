@@ -5,9 +5,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import pickle
 import shutil
+import tarfile
 import tempfile
 import warnings
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +85,8 @@ class ImageData:
 
 
 def train_val_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stratified, seed-deterministic split of indices into (train, val)."""
+    """Stratified, seed-deterministic split of indices into (train, val); with a positive `val_fraction`
+    every class of two or more images gives at least one to val (and keeps at least one)."""
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"validation fraction must be in [0, 1), got {val_fraction}")
     g = torch.Generator().manual_seed(seed)
@@ -91,6 +95,8 @@ def train_val_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tup
         idx = torch.nonzero(labels == c).flatten()
         idx = idx[torch.randperm(len(idx), generator=g)]
         n_val = int(round(len(idx) * val_fraction))
+        if val_fraction > 0 and len(idx) >= 2:  # small classes: never an empty val split, never an empty class
+            n_val = min(len(idx) - 1, max(1, n_val))
         val_idx.append(idx[:n_val])
         train_idx.append(idx[n_val:])
     return torch.sort(torch.cat(train_idx)).values, torch.sort(torch.cat(val_idx)).values
@@ -180,11 +186,24 @@ def _load_cifar10(root: Path, train: bool, download: bool) -> ImageData:
 
         tv_root = cache_dir() / "extracted" / "cifar10"
         if not (tv_root / "cifar-10-batches-py").is_dir():
-            tmp = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=".cifar-"))
-            extract_archive(str(archive), str(tmp))
-            tv_root.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp / "cifar-10-batches-py", tv_root / "cifar-10-batches-py")
-            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                cache_dir().mkdir(parents=True, exist_ok=True)
+                tmp = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=".cifar-"))
+            except OSError as e:
+                raise DataError(f"cannot create the cache folder {cache_dir()} ({e.strerror or e}); "
+                                f"point CNNKIT_CACHE at a writable folder") from None
+            try:
+                extract_archive(str(archive), str(tmp))
+                if not (tmp / "cifar-10-batches-py").is_dir():
+                    raise DataError(f"cifar10: {archive} holds no cifar-10-batches-py/ folder; it is not the "
+                                    f"CIFAR-10 python archive: delete it and download cifar-10-python.tar.gz again")
+                tv_root.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp / "cifar-10-batches-py", tv_root / "cifar-10-batches-py")
+            except (tarfile.TarError, OSError, EOFError, zlib.error) as e:  # what tarfile/gzip raise on a bad file
+                raise DataError(f"cifar10: cannot extract {archive} ({' '.join(str(e).split())[:120]}); it is "
+                                f"damaged or incomplete: delete it and download it again") from None
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
     elif download:
         tv_root = root
     else:
@@ -196,7 +215,12 @@ def _load_cifar10(root: Path, train: bool, download: bool) -> ImageData:
         if download and tv_root == root:
             raise DataError(f"cifar10: download failed ({' '.join(str(e).split())[:160]}); place "
                             f"cifar-10-python.tar.gz or cifar-10-batches-py/ in {root} instead") from None
-        raise DataError(f"cifar10: cannot read {tv_root / 'cifar-10-batches-py'}: {str(e).splitlines()[0]}") from None
+        raise DataError(f"cifar10: cannot read {tv_root / 'cifar-10-batches-py'} ({str(e).splitlines()[0]}); "
+                        f"its files are damaged or incomplete: delete that folder and place a fresh "
+                        f"cifar-10-python.tar.gz in {root}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:  # a batch that passes the checksum but not pickle
+        raise DataError(f"cifar10: cannot read {tv_root / 'cifar-10-batches-py'} ({type(e).__name__}); "
+                        f"delete that folder and place a fresh cifar-10-python.tar.gz in {root}") from None
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
     return ImageData(images, torch.tensor(ds.targets, dtype=torch.long), list(ds.classes), "cifar10",
                      "train" if train else "test")

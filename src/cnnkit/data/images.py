@@ -20,15 +20,27 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", "
 def load_image_file(path: str | os.PathLike) -> Image.Image:
     """Open and fully decode an image (EXIF orientation applied); DataError if corrupt or truncated."""
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # the size check below turns PIL's bomb warning into the error
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
             # PIL raises DecompressionBombError past twice its pixel limit but only warns below, then decodes
             if Image.MAX_IMAGE_PIXELS and im.width * im.height > Image.MAX_IMAGE_PIXELS:
                 raise DataError(f"cannot read image {path}: it claims {im.width}×{im.height} pixels, more than "
-                                f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb?)")
+                                f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb?); {_BOMB_HINT}")
             im.load()
             return ImageOps.exif_transpose(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        raise DataError(f"cannot read image {path}: {str(e).rstrip('.')}; {_BOMB_HINT}") from None
+    # TypeError: PIL's TIFF decoder on tag values of the wrong type (a float or fraction as a strip offset)
+    except UnidentifiedImageError:
+        raise DataError(f"cannot read image {path}: not an image format PIL can decode; give PNG, JPEG, BMP, "
+                        f"WebP, TIFF or GIF files") from None
+    except (OSError, SyntaxError, ValueError, TypeError) as e:
         raise DataError(f"cannot read image {path}: {e}") from None
+
+
+_BOMB_HINT = "resize it to fewer pixels first (or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file)"
 
 
 def to_model_input(image: Image.Image, in_chans: int, size: tuple[int, int]) -> torch.Tensor:
@@ -86,8 +98,7 @@ def load_model_inputs(paths: list[str | os.PathLike], in_chans: int, size: tuple
             problems.append(str(e))
     if not tensors:  # one error line, not a warning per file before it
         more = f" (and {len(problems) - 1} more unreadable)" if len(problems) > 1 else ""
-        raise DataError(f"none of the given images could be read: {problems[0]}{more}; give PNG, JPEG, BMP, "
-                        f"WebP, TIFF or GIF files")
+        raise DataError(f"none of the given images could be read: {problems[0]}{more}")
     for p in problems:
         warnings.warn(p, stacklevel=3)
     if problems:

@@ -31,11 +31,12 @@ class AugmentConfig:
         def number(v: object) -> bool:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
+        if not isinstance(self.policy, str) or self.policy not in POLICIES:
+            raise ConfigError(f"unknown augmentation policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
         checks = [
             ("crop_padding", isinstance(self.crop_padding, int) and not isinstance(self.crop_padding, bool)
              and self.crop_padding >= 0, "a whole number of pixels, 0 or more (e.g. 4)"),
             ("hflip", isinstance(self.hflip, bool), "true or false"),
-            ("policy", self.policy in POLICIES, f"one of {', '.join(POLICIES)}"),
             ("erasing", number(self.erasing) and 0.0 <= self.erasing <= 1.0, "a probability in [0, 1] (e.g. 0.25)"),
             ("mixup", number(self.mixup) and self.mixup >= 0, "an alpha of 0 (off) or more (e.g. 0.2)"),
             ("cutmix", number(self.cutmix) and self.cutmix >= 0, "an alpha of 0 (off) or more (e.g. 1.0)"),

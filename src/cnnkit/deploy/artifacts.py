@@ -45,6 +45,12 @@ def _export(checkpoint, out, suffix: str, kind: str, atol: float | None, seed: i
     conv→BN pair folded (`cnnkit.models.fold`), still compared with the unfolded model; a model torch.fx
     cannot trace is exported unfolded, and the sidecar says so."""
     ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load(checkpoint)
+    from cnnkit.artifacts.runtimes import OnnxModel, ProgramModel
+
+    if model is None and isinstance(ckpt.model, (OnnxModel, ProgramModel)):
+        source = ckpt.meta.get("source")
+        raise ConfigError(f"export takes a training checkpoint or run directory, not the exported artifact "
+                          f"{ckpt.path.name}" + (f"; export {source} instead" if source else ""))
     model = (model if model is not None else ckpt.model.float()).eval()
     exported, extra = model, dict(extra or {})
     if fold_bn:

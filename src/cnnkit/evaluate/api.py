@@ -15,7 +15,7 @@ from cnnkit.data.compat import checkpoint_data_source, load_checkpoint_data
 from cnnkit.data.images import load_model_inputs
 from cnnkit.evaluate.metrics import classification_report
 from cnnkit.runtime import autocast_dtype, cpu_only_artifact, pick_device
-from cnnkit.artifacts import LoadedCheckpoint, atomic_write_text, load_checkpoint
+from cnnkit.artifacts import LoadedCheckpoint, atomic_write_text, claim_dir, load_checkpoint
 from cnnkit.evaluate.loop import evaluate_loader
 
 
@@ -52,6 +52,7 @@ def evaluate(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str | None 
     if out_dir is not None:
         from cnnkit.report.plots import save_confusion_matrix
 
+        claim_dir(out_dir)  # writes there replace only files cnnkit wrote
         out = Path(out_dir)
         stem = f"{data.split(':')[0]}-{split}"
         result.json_path = out / f"eval-{stem}.json"

@@ -18,11 +18,11 @@ import torch
 from cnnkit.data import Normalize
 from cnnkit.data.compat import load_checkpoint_data
 from cnnkit.data.images import load_model_inputs
-from cnnkit.errors import DataError, ExplainError, close_matches
+from cnnkit.errors import ConfigError, DataError, ExplainError, close_matches
 from cnnkit.explain.cam import CAM_METHODS, explain, resolve_layer
 from cnnkit.explain.gradients import GRADIENT_METHODS
 from cnnkit.runtime import pick_device
-from cnnkit.artifacts import LoadedCheckpoint, atomic_write_text, load_checkpoint
+from cnnkit.artifacts import LoadedCheckpoint, atomic_write_text, claim_dir, load_checkpoint
 
 METHODS = CAM_METHODS + GRADIENT_METHODS
 
@@ -125,6 +125,7 @@ def explain_files(checkpoint: str | os.PathLike | LoadedCheckpoint, inputs: list
     targets = pred.clone() if tgt_index is None else torch.full_like(pred, tgt_index)
     results = _run_methods(model, x, targets.to(dev), names, layer, batch_size)
     out = Path(out_dir) if out_dir is not None else ckpt.path.parent / "explain"
+    claim_dir(out)  # writes there replace only files cnnkit wrote
     pngs, records = [], []
     stems: dict[str, int] = {}
     for i, f in enumerate(kept):
@@ -205,6 +206,7 @@ def benchmark_methods(checkpoint: str | os.PathLike | LoadedCheckpoint, data: st
                      "insertion_auc": float(curves["insertion"].mean()),
                      "randomization_spearman": sanity[-1]["spearman"]})
     out = Path(out_dir) if out_dir is not None else ckpt.path.parent / "explain-benchmark"
+    claim_dir(out)
     return BenchmarkResult(rows, *_write_table(rows, out, f"{data} {ds.split}, first {n} images, {ckpt.meta['model']}"))
 
 
@@ -278,6 +280,11 @@ def visualize(checkpoint: str | os.PathLike | LoadedCheckpoint, what: str, layer
     ckpt, dev = _load(checkpoint, device)
     model = ckpt.model.to(dev).eval()
     path = Path(out) if out is not None else ckpt.path.parent / f"visualize-{what}.png"
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a folder; give the PNG file to write")
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"--out {path} should end in .png (visualize writes one PNG image)")
+    claim_dir(path.parent)  # replace only a file cnnkit wrote
     shape = (ckpt.in_chans, *ckpt.img_size)
     if what == "filters":
         name, grid = first_layer_filters(model)

@@ -183,7 +183,7 @@ def _create_timm(name: str, num_classes: int, in_chans: int, img_size: int | tup
             built = model.pretrained_cfg.get("input_size") if hasattr(model, "pretrained_cfg") else None
             hint = f" (it was built for {'×'.join(map(str, built))})" if built else ""
             raise ModelError(f"timm/{name} cannot take {in_chans}×{h}×{w} inputs{hint}: "
-                             f"{str(e).splitlines()[0][:160]}; choose a convolutional model or resize the "
+                             f"{str(e).splitlines()[0][:160].rstrip('.')}; choose a convolutional model or resize the "
                              f"images to its size") from None
         finally:
             model.train(was_training)

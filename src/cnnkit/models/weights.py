@@ -60,19 +60,21 @@ def read_weight_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is one user error
-        raise CheckpointError(f"cannot read weights from {p}: {str(e).splitlines()[0][:200]}") from None
+        from cnnkit.artifacts.checkpoint import error_line
+
+        raise CheckpointError(f"cannot read weights from {p}: {error_line(e)}") from None
     for key in _CONTAINERS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
-    if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{p} holds no state dict of tensors")
     state = {}
-    for k, v in obj.items():
-        if isinstance(v, torch.Tensor):
+    for k, v in (obj.items() if isinstance(obj, dict) else ()):
+        if isinstance(v, torch.Tensor) and isinstance(k, str):  # a pickled dict may have keys of any type
             for pre in _PREFIXES:
                 k = k[len(pre):] if k.startswith(pre) else k
             state[k] = v
+    if not state:
+        raise CheckpointError(f"{p} holds no state dict of tensors")
     return state
 
 

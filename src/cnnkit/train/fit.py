@@ -325,10 +325,13 @@ class _Run:
                              self.ema)
         self.start_epoch, self.best_acc, self.stale, self.history = p["epoch"], p["best_acc"], p["stale"], p["history"]
         self.elapsed_before = p["elapsed_seconds"]
-        if self.start_epoch >= cfg.epochs:
-            raise ConfigError(f"{self.dir} already finished {self.start_epoch} epoch(s); pass a larger --epochs "
-                              f"to go on")
-        if replan:  # a new --epochs re-plans the schedule over the new length, fast-forwarded to this point
+        if self.start_epoch > cfg.epochs:
+            raise ConfigError(f"{self.dir} already finished {self.start_epoch} epoch(s); pass --epochs "
+                              f"{self.start_epoch} or more")  # == epochs: finished, resuming does nothing
+        if replan:  # a new --epochs re-plans the schedule over the new length, fast-forwarded to this point;
+            # built after the optimizer's state is restored, which replaced the groups' schedule fields
+            self.scheduler = build_scheduler(cfg, self.optimizer, cfg.epochs * self.steps_per_epoch,
+                                             self.steps_per_epoch)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 for _ in range(self.start_epoch * self.steps_per_epoch):
