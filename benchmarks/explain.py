@@ -124,4 +124,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from cnnkit.runtime import exclusive_threads
+
+    with exclusive_threads():  # this process is the benchmark's alone (Score-CAM's per-core workers)
+        main()

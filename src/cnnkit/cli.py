@@ -24,6 +24,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Train, evaluate and ship convolutional image classifiers.")
 models_app = typer.Typer(no_args_is_help=True, help="List and inspect the registered models.")
 app.add_typer(models_app, name="models")
+
+
+@app.callback()
+def _global_options(
+    debug: bool = typer.Option(False, "--debug", help="On an error, show the full traceback instead of one "
+                                                      "line (also CNNKIT_DEBUG=1); accepted before or after "
+                                                      "the command."),
+) -> None:
+    """Train, evaluate, explain, compress and ship convolutional image classifiers."""
 stdout = Console()
 err = Console(stderr=True)
 
@@ -508,7 +517,10 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(signal, "SIGXFSZ"):  # a file-size limit should fail the write (one line), not kill the process
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
-        app(args=args, prog_name="cnnkit", standalone_mode=False)
+        from cnnkit.runtime import exclusive_threads
+
+        with exclusive_threads():  # one command at a time: cnnkit may tune torch's thread count
+            app(args=args, prog_name="cnnkit", standalone_mode=False)
         sys.stdout.flush()  # a closed pipe shows here rather than at exit
         return 0
     except OSError as e:

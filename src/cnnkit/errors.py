@@ -48,3 +48,8 @@ def close_matches(name: str, choices: Iterable[str], n: int = 3) -> str:
     """A ' (did you mean: a, b?)' suffix naming the closest choices, or ''."""
     matches = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
     return f" (did you mean: {', '.join(matches)}?)" if matches else ""
+
+
+def error_line(e: BaseException) -> str:
+    """The first line of an exception's message (or its type's name), for one-line error messages."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]

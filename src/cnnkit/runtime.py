@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -94,3 +95,24 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 def set_threads(threads: int) -> None:
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+_OWNS_THREADS = False
+
+
+@contextlib.contextmanager
+def exclusive_threads() -> Iterator[None]:
+    """Declare that nothing else in this process runs torch meanwhile (the `cnnkit` command, a benchmark):
+    cnnkit may then lower torch's thread count for a while (Score-CAM's per-core workers). torch's count is
+    process-wide, so without this declaration, e.g. inside a service or a notebook, it is never changed."""
+    global _OWNS_THREADS
+    before, _OWNS_THREADS = _OWNS_THREADS, True
+    try:
+        yield
+    finally:
+        _OWNS_THREADS = before
+
+
+def owns_threads() -> bool:
+    """Whether cnnkit may change torch's process-wide thread count now (see `exclusive_threads`)."""
+    return _OWNS_THREADS

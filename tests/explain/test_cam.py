@@ -173,3 +173,26 @@ def test_scorecam_bf16_option_is_close_and_checked(model):
     assert (exact.maps - fast.maps).abs().max() < 0.1
     with pytest.raises(ExplainError, match="precision must be fp32 or bf16"):
         explain(model, x, method="scorecam", precision="fp16")
+
+
+def test_scorecam_leaves_torchs_thread_count_alone_unless_the_process_is_cnnkits(model):
+    """torch's thread count is process-wide: a library call (a service, a notebook) must not change it
+    while it runs; the `cnnkit` command, which owns its process, may use per-core workers."""
+    from cnnkit.runtime import exclusive_threads
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    threads = torch.get_num_threads()
+    seen = []
+    handle = model.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+    try:
+        torch.set_num_threads(2)
+        library = explain(model, x, [1, 2], method="scorecam")
+        assert set(seen) == {2}
+        with exclusive_threads():
+            owned = explain(model, x, [1, 2], method="scorecam")
+        assert torch.get_num_threads() == 2
+    finally:
+        handle.remove()
+        torch.set_num_threads(threads)
+    assert torch.allclose(library.maps, owned.maps, atol=1e-5)

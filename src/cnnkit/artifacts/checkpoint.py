@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save
 
 from cnnkit import __version__
 from cnnkit.artifacts.files import atomic_write_bytes, atomic_write_text
-from cnnkit.errors import CheckpointError, CnnkitError
+from cnnkit.errors import CheckpointError, CnnkitError, error_line
 
 FORMAT = "cnnkit-checkpoint/1"
 
@@ -216,11 +216,6 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     model = _rebuild(file, meta, state)
     load_state_into(model, state, file)
     return LoadedCheckpoint(model.to(device).eval(), meta, file)
-
-
-def error_line(e: BaseException) -> str:
-    """The first line of an exception's message (or its type's name), for one-line error messages."""
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
 
 
 def _rebuild(file: Path, meta: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:

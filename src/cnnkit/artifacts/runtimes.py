@@ -12,7 +12,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from cnnkit.artifacts.checkpoint import LoadedCheckpoint, error_line, input_meta_ok
+from cnnkit.artifacts.checkpoint import LoadedCheckpoint, input_meta_ok
+from cnnkit.errors import error_line
 from cnnkit.errors import CheckpointError
 
 SIDECAR_FORMAT = "cnnkit-artifact/1"

@@ -63,10 +63,12 @@ def checkpoint_data_source(ckpt: LoadedCheckpoint, data: str | None = None,
 
 def load_checkpoint_data(ckpt: LoadedCheckpoint, data: str | None = None, split: str = "test",
                          data_dir: str | os.PathLike | None = None, strict: bool = False,
-                         ignore_class_names: bool = False) -> ImageData:
-    """`split` of `data` (see `checkpoint_data_source`) at the checkpoint's channels and H×W, checked to fit it."""
+                         ignore_class_names: bool = False, check: bool = True) -> ImageData:
+    """`split` of `data` (see `checkpoint_data_source`) at the checkpoint's channels and H×W, checked to fit
+    it (unless `check` is False: then call `check_compatible` yourself)."""
     src = checkpoint_data_source(ckpt, data, data_dir)
     ds = load_dataset(src.name, split, data_dir=src.data_dir, strict=strict, img_size=tuple(ckpt.img_size),
                       in_chans=ckpt.in_chans, test_fraction=src.test_fraction, seed=src.seed)
-    check_compatible(ckpt, ds, ignore_class_names)
+    if check:
+        check_compatible(ckpt, ds, ignore_class_names)
     return ds

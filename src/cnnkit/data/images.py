@@ -32,10 +32,10 @@ def load_image_file(path: str | os.PathLike) -> Image.Image:
             return ImageOps.exif_transpose(im)
     except Image.DecompressionBombError as e:
         raise DataError(f"cannot read image {path}: {str(e).rstrip('.')}; {_BOMB_HINT}") from None
-    # TypeError: PIL's TIFF decoder on tag values of the wrong type (a float or fraction as a strip offset)
     except UnidentifiedImageError:
         raise DataError(f"cannot read image {path}: not an image format PIL can decode; give PNG, JPEG, BMP, "
                         f"WebP, TIFF or GIF files") from None
+    # TypeError: PIL's TIFF decoder on tag values of the wrong type (a float or fraction as a strip offset)
     except (OSError, SyntaxError, ValueError, TypeError) as e:
         raise DataError(f"cannot read image {path}: {e}") from None
 

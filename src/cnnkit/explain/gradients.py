@@ -14,6 +14,8 @@ LRP (`relevance.py`) is signed; its map is the positive part of the channel sum,
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn as nn
 
@@ -45,7 +47,9 @@ def attribute(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, method: 
                                                     method="gausslegendre",
                                                     internal_batch_size=max(len(x), 256))  # bounded memory
     elif method == "guided_backprop":
-        attr = GuidedBackprop(model).attribute(x, target=t)
+        with warnings.catch_warnings():  # Captum's notice that its ReLU hooks are temporary: nothing to act on
+            warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
+            attr = GuidedBackprop(model).attribute(x, target=t)
     else:
         raise ValueError(method)
     attr = attr.detach()

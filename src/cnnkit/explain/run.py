@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from cnnkit.data import Normalize
-from cnnkit.data.compat import load_checkpoint_data
+from cnnkit.data.compat import check_compatible, load_checkpoint_data
 from cnnkit.data.images import load_model_inputs
 from cnnkit.errors import ConfigError, DataError, ExplainError, close_matches
 from cnnkit.explain.cam import CAM_METHODS, explain, resolve_layer
@@ -174,10 +174,11 @@ def benchmark_methods(checkpoint: str | os.PathLike | LoadedCheckpoint, data: st
 
     names = parse_methods(methods)
     ckpt, dev = _load(checkpoint, device)
-    ds = load_checkpoint_data(ckpt, data, "test", data_dir=data_dir, ignore_class_names=ignore_class_names)
+    ds = load_checkpoint_data(ckpt, data, "test", data_dir=data_dir, check=False)
     if ds.boxes is None:
         raise DataError(f"{data} has no ground-truth boxes; the benchmark needs a localization set such as "
                         f"cluttered-fashion-mnist")
+    check_compatible(ckpt, ds, ignore_class_names)
     n = min(limit, len(ds))
     x = Normalize(*ckpt.normalization, dev)(ds.images[:n])
     labels, boxes = ds.labels[:n].to(dev), ds.boxes[:n]

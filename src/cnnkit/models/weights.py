@@ -46,10 +46,9 @@ class LoadReport:
 def read_weight_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a .safetensors, .pth/.pt/.bin file or a cnnkit run directory, unwrapped."""
     p = Path(path)
-    if p.is_dir():
-        from cnnkit.artifacts import resolve_checkpoint
-
-        p = resolve_checkpoint(p)
+    if p.is_dir():  # a cnnkit run directory: its best, else last weights (models stays below artifacts)
+        p = next((p / n for n in ("best.safetensors", "last.safetensors") if (p / n).is_file()),
+                 p / "best.safetensors")
     if not p.is_file():
         raise CheckpointError(f"weight file {p} does not exist")
     try:
@@ -60,7 +59,7 @@ def read_weight_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is one user error
-        from cnnkit.artifacts.checkpoint import error_line
+        from cnnkit.errors import error_line
 
         raise CheckpointError(f"cannot read weights from {p}: {error_line(e)}") from None
     for key in _CONTAINERS:

@@ -7,14 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from cnnkit.evaluate.api import EvalResult
 from cnnkit.report.html import image_tag, table, write_report
 from cnnkit.report.plots import save_confusion_matrix, save_learning_curves, save_prediction_grid
 
 
-def write_run_report(fit: Any, ev: EvalResult, path: Path | None = None, grid: int = 32) -> Path:
+def write_run_report(fit: Any, ev: Any, path: Path | None = None, grid: int = 32) -> Path:
     """Write `<run>/report.html` with its figures in `<run>/report/`; returns the HTML path. `fit` is the
-    `cnnkit.train.FitResult` of the run (run_dir, config, history, seconds)."""
+    `cnnkit.train.FitResult` of the run (run_dir, config, history, seconds), `ev` the
+    `cnnkit.evaluate.EvalResult` of its test evaluation: report sits below both steps and imports neither."""
     path = Path(path or fit.run_dir / "report.html")
     fig_dir = path.parent / "report"
     m = ev.metrics
