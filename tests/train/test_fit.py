@@ -147,27 +147,27 @@ def test_early_stopping_stops_when_validation_stalls(tmp_path):
     assert r.stopped_early and len(r.history) < 12
 
 
-def test_run_killed_mid_training_resumes_from_last_good_checkpoint(tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
+def test_resume_re_points_a_moved_image_folder_and_stores_paths_absolute(tmp_path, sample_train, monkeypatch):
+    # (SIGKILL at chosen and random moments: tests/train/test_fault_drills.py)
+    import shutil
 
-    run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "cnnkit", "train", "--model", "resnet9", "--model-kw", "width=8", "--data", "sample",
-           "--epochs", "4", "--batch-size", "128", "--out", str(run), "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (run / "last.safetensors").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.3)  # kill somewhere inside the second epoch or its checkpoint writes
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = read_meta(run / "last.safetensors")["epoch"]
-    assert 1 <= done < 4
-    load_checkpoint(run / "last.safetensors")
-    resumed = fit(resume=run, progress=False)
-    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    from tests.conftest import write_imagefolder
+
+    monkeypatch.chdir(tmp_path)
+    write_imagefolder(tmp_path / "imgs", sample_train, per_class=10, mixed=False)
+    opts = dict(model="resnet9", model_kwargs={"width": 4}, data="imagefolder:imgs", epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(**opts, out="run", progress=False, callbacks=[stop_after(1)])
+    saved = read_meta(tmp_path / "run" / "last.safetensors")["config"]
+    assert saved["data"] == f"imagefolder:{tmp_path / 'imgs'}" and saved["out"] == str(tmp_path / "run")
+    shutil.move(tmp_path / "imgs", tmp_path / "moved")
+    monkeypatch.chdir(tmp_path / "moved")  # resumed from another folder, with the data elsewhere
+    with pytest.raises(ConfigError, match="re-point it"):
+        fit(resume=tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="cannot change data"):
+        fit(resume=tmp_path / "run", data="sample", progress=False)
+    r = fit(resume=tmp_path / "run", data=f"imagefolder:{tmp_path / 'moved'}", progress=False)
+    assert len(r.history) == 2 and r.config.data == f"imagefolder:{tmp_path / 'moved'}"
 
 
 def test_resume_follows_a_moved_run_directory(tmp_path):

@@ -156,6 +156,10 @@ def _resolve(config: TrainConfig | dict[str, Any] | None, resume: str | Path | N
         raise ConfigError(f"resuming continues the saved configuration; cannot change data from "
                           f"{saved['data']} to {options['data']} (only an image folder's path may move)")
     given = {k: v for k, v in options.items() if v is not None and k in RESUME_MAY_CHANGE}
+    folder = given.get("data", saved["data"])
+    if folder.startswith("imagefolder:") and not Path(folder.split(":", 1)[1]).is_dir():
+        raise ConfigError(f"the run's image folder {folder.split(':', 1)[1]} is gone; if it moved, re-point it: "
+                          f"--resume {run_dir} --data imagefolder:NEW_PATH")
     if "data_dir" not in given and saved.get("data_dir") and not Path(saved["data_dir"]).exists():
         given["data_dir"] = None  # the saved folder is gone: fall back to $CNNKIT_DATA or the cache
     return TrainConfig.from_dict({**saved, **given, "out": str(run_dir.absolute())})  # the run may have moved
