@@ -197,7 +197,7 @@ def test_cli_compress_on_sample_writes_artifacts_and_report(trained_run, tmp_pat
                  "resnet9.pruned50.int8.ts", "resnet9.pruned50.int8.onnx", "resnet9.sparse50.safetensors",
                  "resnet9.qat8.int8.ts", "resnet9.qat8.int8.onnx", "report.html", "pareto.png", "compress.json"):
         assert (out / name).exists(), name
-    assert not list(out.glob(".*"))  # no temporary files left behind
+    assert not list(out.glob(".*.tmp*"))  # no temporary files left behind (.cnnkit-files.json is the manifest)
     rows = json.loads((out / "compress.json").read_text())["rows"]
     assert [r["variant"] for r in rows] == ["float32", "float32", "int8", "int8", "prune:0.5", "prune:0.5", "prune:0.5+int8",
                                             "prune:0.5+int8", "sparse:0.5", "qat8", "qat8"]

@@ -238,9 +238,10 @@ def explain_cmd(
     inputs: list[Path] = typer.Argument(None, help="Image files or folders (or use --images)."),
     checkpoint: Path = typer.Option(..., help="Run directory (its best checkpoint) or a .safetensors file."),
     images: list[Path] = typer.Option(None, "--images", help="Image files or folders to explain."),
-    method: str = typer.Option("gradcam", help="Comma-separated methods, or 'all': "
-                                               "gradcam, gradcam++, smoothgradcam++, scorecam, eigencam, "
-                                               "saliency, smoothgrad, integrated_gradients, guided_backprop, lrp."),
+    method: Optional[str] = typer.Option(None, help="Comma-separated methods, or 'all': "
+                                         "gradcam, gradcam++, smoothgradcam++, scorecam, eigencam, saliency, "
+                                         "smoothgrad, integrated_gradients, guided_backprop, lrp "
+                                         "(default: gradcam; with --benchmark: all)."),
     layer: str = typer.Option("auto", help="Layer for the CAM methods (default: the last stage)."),
     target: Optional[str] = typer.Option(None, help="Class to explain, by index or name (default: the prediction)."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default: RUN/explain or RUN/explain-benchmark)."),
@@ -261,7 +262,7 @@ def explain_cmd(
     _check_out_folder(out)
     _check_early(device=device)
     if benchmark:
-        r = benchmark_methods(checkpoint, data, data_dir=data_dir, methods="all" if method == "gradcam" else method,
+        r = benchmark_methods(checkpoint, data, data_dir=data_dir, methods=method or "all",
                               limit=limit, out_dir=out, device=device, ignore_class_names=ignore_class_names)
         t = Table(title="explain benchmark", title_justify="left")
         for c in ("method", "images/s", "pointing", "IoU", "deletion", "insertion", "randomized ρ"):
@@ -276,6 +277,7 @@ def explain_cmd(
     files = list(inputs or []) + list(images or [])
     if not files:
         raise ConfigError("give image files or folders to explain (or --benchmark)")
+    method = method or "gradcam"
     run = explain_files(checkpoint, files, method, layer=layer, target=target, out_dir=out, device=device,
                         strict=strict)
     t = Table(title="explanations", title_justify="left")

@@ -74,10 +74,10 @@ def test_nonsquare_run_goes_through_every_step(nonsquare, tmp_path, capsys):
     assert (tmp_path / "explained" / "00.png").exists()
     onnx = tmp_path / "model.onnx"
     assert main(["export", "--checkpoint", str(run.run_dir), "--out", str(onnx)]) == 0
-    assert main(["bench", str(run.run_dir), str(onnx), "--data", f"imagefolder:{folder}", "--repeats", "3",
+    assert main(["bench", str(onnx), "--data", f"imagefolder:{folder}", "--repeats", "3",
                  "--json", str(tmp_path / "bench.json")]) == 0
-    rows = json.loads((tmp_path / "bench.json").read_text())
-    assert all(r["split"].startswith("test (held out") for r in rows)
+    rows = json.loads((tmp_path / "bench.json").read_text())  # the ONNX sidecar carries the split settings
+    assert rows[0]["split"] == "test (held out 20%, seed 0)" and 0 <= rows[0]["top1"] <= 1
     capsys.readouterr()
     assert main(["compress", "--checkpoint", str(run.run_dir), "--recipe", "int8", "--calibration", "64",
                  "--no-onnx", "--repeats", "3", "--out", str(tmp_path / "c")]) == 0
@@ -191,34 +191,48 @@ MNIST_CLASSES = ["0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 -
                  "8 - eight", "9 - nine"]
 
 
-@pytest.fixture(scope="module")
-def mnist_named(tmp_path_factory) -> Path:
-    """A checkpoint as if trained on MNIST digits: the sample's shape and class count, other class names."""
+def save_digits_checkpoint(path: Path, side: int = 28) -> Path:
+    """An (untrained) checkpoint as if trained on MNIST digits: 10 classes of 1×side×side, digit names."""
     from cnnkit.models import create
 
-    model = create("resnet9", num_classes=10, in_chans=1, img_size=(28, 28), width=8)
+    model = create("resnet9", num_classes=10, in_chans=1, img_size=(side, side), width=8)
     meta = {"model": "resnet9", "model_kwargs": {"width": 8}, "classes": MNIST_CLASSES, "in_chans": 1,
-            "img_size": [28, 28], "normalization": {"mean": [0.286], "std": [0.353]},
+            "img_size": [side, side], "normalization": {"mean": [0.286], "std": [0.353]},
             "dataset": {"name": "mnist", "fingerprint": "0" * 16, "train_images": 60000}}
-    path = tmp_path_factory.mktemp("mnist-named") / "digits.safetensors"
     save_checkpoint(path, model, meta)
     return path
 
 
-def test_class_name_mismatch_is_one_line_and_can_be_overridden(mnist_named, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def mnist_named(tmp_path_factory) -> Path:
+    """A digits checkpoint with the sample's shape and class count, and other class names."""
+    return save_digits_checkpoint(tmp_path_factory.mktemp("mnist-named") / "digits.safetensors")
+
+
+def test_class_name_mismatch_is_one_line_and_can_be_overridden(mnist_named, tmp_path, capsys, monkeypatch):
     code = main(["eval", "--checkpoint", str(mnist_named), "--data", "sample"])
     err = one_line_error(capsys)
     assert code == 2 and "'T-shirt/top'" in err and "'0 - zero'" in err and "--ignore-class-names" in err
     assert main(["eval", "--checkpoint", str(mnist_named), "--data", "sample", "--ignore-class-names"]) == 0
     assert "top-1" in capsys.readouterr().out
-    for cmd in (["compress", "--recipe", "int8", "--no-onnx", "--out", str(tmp_path / "c")],
-                ["explain", "--benchmark", "--out", str(tmp_path / "b")]):
-        assert main([*cmd, "--data", "sample", "--checkpoint", str(mnist_named)]) == 2
-        assert "--ignore-class-names" in one_line_error(capsys)
-    # explain --benchmark with the override gets past the class check, and stops only for want of boxes
-    assert main(["explain", "--benchmark", "--data", "sample", "--checkpoint", str(mnist_named),
-                 "--ignore-class-names", "--out", str(tmp_path / "b")]) == 2
-    assert "no ground-truth boxes" in one_line_error(capsys)
+    assert main(["compress", "--recipe", "int8", "--no-onnx", "--out", str(tmp_path / "c"), "--data", "sample",
+                 "--checkpoint", str(mnist_named)]) == 2
+    assert "--ignore-class-names" in one_line_error(capsys)
+    # explain --benchmark on a stand-in for the cluttered sample (64×64 canvases with boxes, Fashion-MNIST's
+    # classes), so the test need not generate the real one
+    from cnnkit.data import FASHION_MNIST_CLASSES, ImageData
+
+    canvases = ImageData(torch.randint(0, 256, (8, 1, 64, 64), dtype=torch.uint8), torch.arange(8),
+                         FASHION_MNIST_CLASSES, "cluttered-sample", "test",
+                         boxes=torch.tensor([[16, 16, 40, 40]] * 8))
+    monkeypatch.setattr("cnnkit.explain.run.load_checkpoint_data", lambda *a, **k: canvases)
+    digits64 = save_digits_checkpoint(tmp_path / "digits64.safetensors", side=64)
+    bench = ["explain", "--benchmark", "--data", "cluttered-sample", "--checkpoint", str(digits64),
+             "--method", "eigencam", "--limit", "8", "--out", str(tmp_path / "b")]
+    assert main(bench) == 2
+    assert "--ignore-class-names" in one_line_error(capsys)
+    assert main([*bench, "--ignore-class-names"]) == 0
+    assert (tmp_path / "b" / "explain-benchmark.csv").exists()
 
 
 def test_check_compatible_python_api(mnist_named, sample_train, tmp_path):

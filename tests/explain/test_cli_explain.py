@@ -32,7 +32,7 @@ def test_explain_writes_a_png_per_image_and_json(trained_run, tmp_path, capsys, 
     g = rec["methods"]["gradcam"]
     assert g["layer"] == resolve_layer(load_checkpoint(trained_run.run_dir).model)[0]
     assert 0 <= g["mean"] <= 1 and len(g["peak"]) == 2 and "conservation_error" in rec["methods"]["lrp"]
-    assert not list(out.glob(".*"))  # no temporary files left behind
+    assert not list(out.glob(".*.tmp*"))  # no temporary files left behind (.cnnkit-files.json is the manifest)
 
     code = main(["explain", "--images", str(folder), "--checkpoint", str(trained_run.run_dir),
                  "--target", "Sneaker", "--out", str(tmp_path / "t")])

@@ -93,33 +93,37 @@ def _is_number(v: object) -> bool:
 
 
 def _option_problem(key: str, value: object, default: object) -> str | None:
-    """What `value` must be for option `key` (whose builder default is `default`), or None when it fits."""
+    """What is wrong with `value` for option `key` (whose builder default is `default`), or None when it fits."""
     from cnnkit.models.layers import ATTENTION, HEADS
 
-    fraction = ("drop", "drop_path", "drop_block")
-    if key in fraction:
-        return None if _is_number(value) and 0 <= value < 1 else "a number in [0, 1), e.g. 0.1"
+    def need(what: str) -> str:
+        return f"model option {key}={value!r} is not valid: give {what}"
+
+    if key in ("drop", "drop_path", "drop_block"):
+        return None if _is_number(value) and 0 <= value < 1 else f"{key} must be in [0, 1), got {value!r}"
     if key == "attn":
-        return None if value is None or value in ("none", *ATTENTION) else f"one of none, {', '.join(ATTENTION)}"
+        return None if value is None or value in ("none", *ATTENTION) else \
+            f"unknown attention {value!r}; choose one of: none, {', '.join(ATTENTION)}"
     if key == "head":
-        return None if value in HEADS else f"one of {', '.join(HEADS)}"
+        return None if value in HEADS else f"unknown head {value!r}; choose one of: {', '.join(HEADS)}"
     if key == "mixer":
-        return None if value in ("inception", "dw7") else "inception or dw7"
+        return None if value in ("inception", "dw7") else need("inception or dw7")
     if key == "ibn":
-        return None if isinstance(value, bool) else "true or false"
+        return None if isinstance(value, bool) else need("true or false")
     if key == "alpha":
-        return None if _is_number(value) and value >= 0 else "a non-negative number, e.g. 48"
+        return None if _is_number(value) and value >= 0 else need("a non-negative number, e.g. 48")
     if key == "eca_kernel_sizes":
         ok = value is None or (isinstance(value, (list, tuple)) and len(value) == 4
                                and all(_is_int(k) and k > 0 and k % 2 for k in value))
-        return None if ok else "four odd kernel sizes, one per stage, e.g. [3, 5, 5, 7]"
+        return None if ok else need("four odd kernel sizes, one per stage, e.g. [3, 5, 5, 7]")
     if isinstance(default, (list, tuple)):
         ok = isinstance(value, (list, tuple)) and len(value) == len(default) and all(_is_int(v) and v > 0 for v in value)
-        return None if ok else f"{len(default)} positive integers, e.g. {list(default)}"
+        return None if ok else need(f"{len(default)} positive integers, e.g. {list(default)}")
     if _is_int(default) or key in ("drop_block_size", "depth", "hidden", "fc_width"):
-        return None if _is_int(value) and value > 0 else f"a positive integer, e.g. {default if _is_int(default) else 3}"
+        return None if _is_int(value) and value > 0 else \
+            need(f"a positive integer, e.g. {default if _is_int(default) else 3}")
     if _is_number(default):
-        return None if _is_number(value) and value > 0 else f"a positive number, e.g. {default}"
+        return None if _is_number(value) and value > 0 else need(f"a positive number, e.g. {default}")
     return None
 
 
@@ -134,10 +138,9 @@ def check_options(name: str, options: dict[str, object]) -> None:
                          f"{close_matches(unknown[0], accepted)}; it accepts: {', '.join(accepted) or 'no options'}")
     defaults = entry.defaults()
     for key, value in options.items():
-        need = _option_problem(key, value, defaults.get(key))
-        if need:
-            raise ModelError(f"model option {key}={value!r} is not valid for {name}: give {need} "
-                             f"(see `cnnkit models info {name}`)")
+        problem = _option_problem(key, value, defaults.get(key))
+        if problem:
+            raise ModelError(f"{name}: {problem} (see `cnnkit models info {name}`)")
 
 
 def create(name: str, num_classes: int = 10, in_chans: int = 3, img_size: int | tuple[int, int] | None = None,
