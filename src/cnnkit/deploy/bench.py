@@ -79,6 +79,8 @@ def _high_water_kib() -> int:
 
 def _child_peak(target: str, batch: int) -> None:
     """Runs in the child process of `peak_memory`: prints its high-water marks as JSON."""
+    import cnnkit.models  # noqa: F401  (the model code's libraries are not the model's memory)
+
     before = _high_water_kib()
     ckpt = load_checkpoint(target)
     with torch.inference_mode():

@@ -61,7 +61,8 @@ def read_weight_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except Exception as e:  # noqa: BLE001 - any unreadable file is one user error
         from cnnkit.errors import error_line
 
-        raise CheckpointError(f"cannot read weights from {p}: {error_line(e)}") from None
+        raise CheckpointError(f"cannot read weights from {p}: it is not a safetensors or PyTorch weight file "
+                              f"({type(e).__name__}: {error_line(e)})") from None
     for key in _CONTAINERS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -53,7 +53,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
-            self.augment = AugmentConfig(**self.augment)
+            self.augment = AugmentConfig.from_dict(self.augment)
+        self._check_types()
         checks = [
             (self.optimizer in ("sgd", "adamw"), f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}"),
             (self.schedule in ("onecycle", "cosine"), f"schedule must be 'onecycle' or 'cosine', got {self.schedule!r}"),
@@ -82,6 +83,29 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+    def _check_types(self) -> None:
+        """Each field holds its declared kind of value (a config.yaml or a Python call may give anything)."""
+        kinds = {"epochs": int, "batch_size": int, "seed": int, "threads": int, "early_stopping": int,
+                 "lr": float, "momentum": float, "weight_decay": float, "warmup_epochs": float,
+                 "label_smoothing": float, "ema": float, "grad_clip": float, "val_fraction": float,
+                 "test_fraction": float, "model": str, "data": str, "optimizer": str, "schedule": str,
+                 "amp": str, "device": str, "download": bool, "strict": bool, "channels_last": bool,
+                 "compile": bool, "tta": bool, "deterministic": bool}
+        for name, kind in kinds.items():
+            value = getattr(self, name)
+            ok = (isinstance(value, bool) if kind is bool else
+                  isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+                  isinstance(value, int) and not isinstance(value, bool) if kind is int else isinstance(value, str))
+            if not ok:
+                what = {bool: "true or false", float: "a number", int: "a whole number", str: "text"}[kind]
+                raise ConfigError(f"training option {name} must be {what}, got {value!r}")
+        if not isinstance(self.model_kwargs, dict):
+            raise ConfigError(f"model_kwargs must be a mapping of model options, got {self.model_kwargs!r}")
+        if self.train_images is not None and (not isinstance(self.train_images, int) or isinstance(self.train_images, bool)):
+            raise ConfigError(f"train_images must be a whole number, got {self.train_images!r}")
+        if not isinstance(self.keep_epochs, list):
+            raise ConfigError(f"keep_epochs must be a list of epochs, got {self.keep_epochs!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
