@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import errno
 import json
-import signal
-
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
 from typing import Any, Optional
 
-import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-from typer.exceptions import TyperException
+# torch's C++ notices (e.g. that quantized tensor functions are deprecated, printed when an int8 model
+# runs) bypass Python's warnings and would land on stderr; the command keeps stderr for what a user can
+# act on. Read by torch when it is first imported, which happens after this line; a user's setting wins.
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
-from cnnkit.errors import CnnkitError, ConfigError
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
+from rich.table import Table  # noqa: E402
+from typer.exceptions import TyperException  # noqa: E402
+
+from cnnkit.errors import CnnkitError, ConfigError  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, evaluate and ship convolutional image classifiers.")

@@ -207,8 +207,9 @@ def claim_dir(folder: str | os.PathLike, *, overwrite: bool = False, option: str
     except OSError as e:
         raise ConfigError(f"cannot create {option} folder {root}: {e.strerror or e}") from None
     out = _CLAIMED.get(root.absolute())
-    if out is None and not overwrite:  # inside a folder cnnkit already keeps a manifest for: record there
-        holder = next((d for d in root.absolute().parents if (d / MANIFEST).is_file()), None)
+    if out is None and not overwrite:  # the innermost folder, this one or above, with a manifest: record there
+        here = root.absolute()
+        holder = next((d for d in (here, *here.parents) if (d / MANIFEST).is_file()), None)
         out = _CLAIMED.get(holder) or (OutputDir(holder) if holder is not None else None)
     out = out or OutputDir(root)
     if overwrite:
