@@ -108,7 +108,7 @@ def train(
     model: Optional[str] = typer.Option(None, help="Model name (see `cnnkit models list`); default from the recipe."),
     data: Optional[str] = typer.Option(None, help="sample, fashion-mnist, mnist, cifar10 or imagefolder:<dir>."),
     data_dir: Optional[Path] = typer.Option(None, help="Data root (default $CNNKIT_DATA, else ~/.cache/cnnkit/data)."),
-    epochs: Optional[int] = typer.Option(None, min=1),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Training epochs (default from the recipe)."),
     recipe: Optional[str] = typer.Option(None, help="Named defaults per dataset: fast or long (default fast)."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<model>-<data>)."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory where it stopped."),
@@ -116,18 +116,19 @@ def train(
     model_kw: Optional[list[str]] = typer.Option(None, "--model-kw", help="Model option key=value (repeatable)."),
     init_from: Optional[Path] = typer.Option(
         None, help="Start from these weights: a timm/torchvision .pth/.safetensors file or a cnnkit run."),
-    batch_size: Optional[int] = typer.Option(None, min=1),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Images per step (default from the recipe)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
     optimizer: Optional[str] = typer.Option(None, help="sgd (Nesterov) or adamw."),
-    weight_decay: Optional[float] = typer.Option(None),
+    weight_decay: Optional[float] = typer.Option(None, help="Weight decay, on weights only (not norms, biases)."),
     schedule: Optional[str] = typer.Option(None, help="onecycle or cosine."),
-    warmup_epochs: Optional[float] = typer.Option(None),
-    label_smoothing: Optional[float] = typer.Option(None),
+    warmup_epochs: Optional[float] = typer.Option(None, help="Epochs of learning-rate warm-up."),
+    label_smoothing: Optional[float] = typer.Option(None, help="Label smoothing in [0, 1)."),
     ema: Optional[float] = typer.Option(None, help="EMA decay of the weights (0 = off)."),
     augment: Optional[list[str]] = typer.Option(
         None, "--augment", help="Augmentation key=value: crop_padding, hflip, policy, erasing, mixup, cutmix."),
     amp: Optional[str] = typer.Option(None, help="auto, bf16, fp16 or off."),
-    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last"),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
+                                                help="Channels-last memory layout (default on)."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
     grad_clip: Optional[float] = typer.Option(None, help="Max gradient norm (0 = off)."),
     early_stopping: Optional[int] = typer.Option(None, help="Patience in epochs (0 = off)."),
@@ -136,8 +137,11 @@ def train(
     tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Flip test-time augmentation in validation."),
     keep_epoch: Optional[list[int]] = typer.Option(None, help="Also keep the weights after this epoch as "
                                                          "RUN/epoch-NNNN.safetensors (repeatable)."),
-    seed: Optional[int] = typer.Option(None),
-    deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic"),
+    seed: Optional[int] = typer.Option(None, help="Random seed of initialization, splits, order and "
+                                                        "augmentation (default 0)."),
+    deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic",
+                                                help="Deterministic kernels: the same seed gives the same "
+                                                     "weights, bit for bit."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda[:N]."),
     threads: Optional[int] = typer.Option(None, help="CPU threads (0 = torch default)."),
     download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Fetch the dataset if missing."),
@@ -182,11 +186,11 @@ def eval_cmd(
     checkpoint: Path = typer.Option(..., help="Run directory (its best checkpoint) or a .safetensors file."),
     data: Optional[str] = typer.Option(None, help="Dataset to evaluate on (default: the checkpoint's own, with "
                                                   "the test split it held out)."),
-    data_dir: Optional[Path] = typer.Option(None),
+    data_dir: Optional[Path] = typer.Option(None, help="Data root (default $CNNKIT_DATA, else ~/.cache/cnnkit/data)."),
     split: str = typer.Option("test", help="train or test."),
     tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
     out: Optional[Path] = typer.Option(None, help="Where to write the JSON and confusion matrix (default: the run)."),
-    device: str = typer.Option("auto"),
+    device: str = typer.Option("auto", help="auto (CUDA when present, else CPU), cpu or cuda[:N]."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable image."),
     ignore_class_names: bool = typer.Option(False, "--ignore-class-names",
                                             help="Accept data whose classes are named differently from the "
@@ -219,8 +223,8 @@ def predict(
     inputs: list[Path] = typer.Argument(..., help="Image files or folders."),
     checkpoint: Path = typer.Option(..., help="Run directory (its best checkpoint) or a .safetensors file."),
     topk: int = typer.Option(3, min=1, help="How many classes to show per image."),
-    tta: bool = typer.Option(False, "--tta"),
-    device: str = typer.Option("auto"),
+    tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
+    device: str = typer.Option("auto", help="auto (CUDA when present, else CPU), cpu or cuda[:N]."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable image."),
 ) -> None:
     """Top-k classes for image files of any size and mode."""
@@ -252,9 +256,9 @@ def explain_cmd(
     benchmark: bool = typer.Option(False, "--benchmark", help="Run the methods on a localization test set and "
                                                               "write a table (CSV, Markdown, PNG)."),
     data: str = typer.Option("cluttered-fashion-mnist", help="With --benchmark: a dataset with boxes."),
-    data_dir: Optional[Path] = typer.Option(None),
+    data_dir: Optional[Path] = typer.Option(None, help="Data root (default $CNNKIT_DATA, else ~/.cache/cnnkit/data)."),
     limit: int = typer.Option(500, min=1, help="With --benchmark: how many test images."),
-    device: str = typer.Option("auto"),
+    device: str = typer.Option("auto", help="auto (CUDA when present, else CPU), cpu or cuda[:N]."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable image."),
     ignore_class_names: bool = typer.Option(False, "--ignore-class-names",
                                             help="With --benchmark: accept data whose classes are named "
@@ -339,7 +343,7 @@ def compress_cmd(
     out: Path = typer.Option(..., help="Folder for the artifacts, compress.json, report.html and pareto.png."),
     data: Optional[str] = typer.Option(None, help="Calibration, fine-tuning and test data (default: the "
                                                   "checkpoint's dataset)."),
-    data_dir: Optional[Path] = typer.Option(None),
+    data_dir: Optional[Path] = typer.Option(None, help="Data root (default $CNNKIT_DATA, else ~/.cache/cnnkit/data)."),
     calibration: int = typer.Option(512, min=1, help="Training images used to calibrate int8 activations."),
     observer: str = typer.Option("mse", help="Activation calibration: minmax, percentile or mse "
                                              "(MSE histogram search in PyTorch, entropy in ONNX Runtime)."),
@@ -382,7 +386,7 @@ def compress_cmd(
 def bench_cmd(
     targets: list[Path] = typer.Argument(..., help="Run directories, checkpoints, .onnx or .pt2 artifacts."),
     data: Optional[str] = typer.Option(None, help="Also measure top-1 on this dataset's test split."),
-    data_dir: Optional[Path] = typer.Option(None),
+    data_dir: Optional[Path] = typer.Option(None, help="Data root (default $CNNKIT_DATA, else ~/.cache/cnnkit/data)."),
     batch: int = typer.Option(64, min=1, help="Batch size of the throughput measurement."),
     repeats: int = typer.Option(30, min=3, help="Timed runs at batch 1 (after warm-up)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the measurements as JSON."),
@@ -418,8 +422,8 @@ def bench_cmd(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Run directory for the demo."),
-    epochs: int = typer.Option(20, min=1),
-    quiet: bool = typer.Option(False, "--quiet"),
+    epochs: int = typer.Option(20, min=1, help="Training epochs."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train the default model on the bundled Fashion-MNIST sample, evaluate it and write an HTML report."""
     from cnnkit.evaluate import evaluate
