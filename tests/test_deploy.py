@@ -156,3 +156,14 @@ def test_untraceable_model_is_exported_unfolded_and_says_why(trained_run, tmp_pa
                 model=DataDependent().eval(), fold_bn=True)
     meta = json.loads(r.sidecar.read_text())
     assert r.max_abs_diff <= 1e-5 and meta["bn_folded"] == 0 and "cannot trace" in meta["bn_not_folded_because"]
+
+
+def test_onnx_runtime_failure_at_run_time_is_one_line(exported):
+    """A graph ONNX Runtime loads but cannot run on the input (here: the wrong number of channels) is a
+    CheckpointError saying what to do, not ONNX Runtime's own exception."""
+    from cnnkit.errors import CheckpointError
+
+    art = load_onnx(exported.path)
+    with pytest.raises(CheckpointError, match="ONNX Runtime cannot run") as info:
+        art.model(torch.randn(1, 3, 28, 28))
+    assert "\n" not in str(info.value)

@@ -47,7 +47,13 @@ class OnnxModel(nn.Module):
         self.input_name = self.session.get_inputs()[0].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input_name: x.detach().float().cpu().contiguous().numpy()})[0]
+        from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
+
+        try:
+            out = self.session.run(None, {self.input_name: x.detach().float().cpu().contiguous().numpy()})[0]
+        except (Fail, InvalidArgument, RuntimeException) as e:  # a damaged graph can load and fail only here
+            raise CheckpointError(f"ONNX Runtime cannot run {self.path.name}: {error_line(e)}; export it "
+                                  f"again (cnnkit export)") from None
         return torch.from_numpy(out).to(x.device)
 
 
