@@ -126,7 +126,8 @@ def train(
     ema: Optional[float] = typer.Option(None, help="EMA decay of the weights (0 = off)."),
     augment: Optional[list[str]] = typer.Option(
         None, "--augment", help="Augmentation key=value: crop_padding, hflip, policy, erasing, mixup, cutmix."),
-    amp: Optional[str] = typer.Option(None, help="auto, bf16, fp16 or off."),
+    amp: Optional[str] = typer.Option(None, help="auto (bf16 where the CPU or GPU computes it natively, "
+                                                 "else fp32), bf16, fp16 or off."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
                                                 help="Channels-last memory layout (default on)."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),

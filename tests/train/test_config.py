@@ -37,3 +37,23 @@ def test_round_trip_through_dict():
 def test_bad_options_are_clear_errors(bad, match):
     with pytest.raises(ConfigError, match=match):
         resolve_config(bad)
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
+    """oneDNN reports bf16 'supported' where it only emulates it (several times slower than fp32): `auto`
+    follows the CPU's own flags instead."""
+    import torch
+
+    import cnnkit.runtime as rt
+
+    cpu = torch.device("cpu")
+    cases = [(frozenset({"avx512f", "avx512_vnni"}), None),  # AVX-512 without BF16: emulated, so fp32
+             (frozenset({"avx512f", "avx512_bf16"}), torch.bfloat16),
+             (frozenset({"amx_bf16"}), torch.bfloat16),
+             (frozenset(), None)]  # flags unreadable (not Linux): assume no
+    for flags, want in cases:
+        monkeypatch.setattr(rt, "cpu_flags", lambda flags=flags: flags)
+        assert rt.autocast_dtype("auto", cpu) == want, flags
+        assert ("float32" in rt.precision_note("auto", cpu)) == (want is None)
+    assert rt.autocast_dtype("bf16", cpu) == torch.bfloat16  # asked for explicitly: always honoured
+    assert rt.autocast_dtype("off", cpu) is None

@@ -33,7 +33,7 @@ from cnnkit.evaluate.loop import evaluate_loader
 from cnnkit.models import create
 from cnnkit.models.layers import MultiSampleDropout, ScheduledDropBlock
 from cnnkit.models.weights import load_pretrained
-from cnnkit.runtime import autocast, autocast_dtype, pick_device, seed_everything, set_threads
+from cnnkit.runtime import autocast, autocast_dtype, pick_device, precision_note, seed_everything, set_threads
 from cnnkit.train.config import TrainConfig, resolve_config
 from cnnkit.train.progress import TrainProgress
 from cnnkit.train.state import load_train_state, save_train_state
@@ -258,6 +258,7 @@ class _Run:
         seed_everything(cfg.seed, cfg.deterministic)
         self.device = pick_device(cfg.device)
         self.amp = autocast_dtype(cfg.amp, self.device)
+        self.precision = precision_note(cfg.amp, self.device)
         self._load_data()
         self._build_model()
         self.dir, self.out, self.lock = open_run_dir(cfg, self.resuming, self.overwrite)
@@ -267,6 +268,11 @@ class _Run:
         atomic_write_text(self.dir / "metrics.csv", metrics_csv(self.history))
         self._open_tensorboard()
         self.bar = TrainProgress(cfg.epochs, self.steps_per_epoch, enabled=self.progress)
+        if self.progress:  # what `auto` chose on this machine, and why
+            layout = "channels-last" if cfg.channels_last else "NCHW"
+            self.bar.console.print(f"cnnkit train: {cfg.model} on {cfg.data}, {self.device.type}, {self.precision}, "
+                                   f"{layout}, {torch.get_num_threads()} threads -> {self.dir}",
+                                   highlight=False, soft_wrap=True)
 
     def _load_data(self) -> None:
         cfg = self.cfg
@@ -434,6 +440,7 @@ class _Run:
         d = self.dir
         meta = _checkpoint_meta(self.cfg, self.full, self.fingerprint, self.mean, self.std, epoch + 1, metrics,
                                 self.ema is not None)
+        meta["precision"] = self.precision
         if improved:
             save_checkpoint(d / "best.safetensors", self.eval_model, meta)
         state_name = f"state-e{epoch + 1:04d}.safetensors"
