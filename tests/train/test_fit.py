@@ -192,3 +192,11 @@ def test_resume_refuses_changed_training_data(tmp_path, sample_train):
     Image.fromarray(sample_train.images[0, 0].numpy()).save(tmp_path / "imgs" / "Trouser" / "new.png")
     with pytest.raises(ConfigError, match="training data changed"):
         fit(resume=tmp_path / "run", progress=False)
+
+
+def test_a_loss_that_climbs_far_above_its_start_stops_the_run(tmp_path):
+    """A learning rate far too high makes the loss climb without going NaN (here to ~75 in the first epoch,
+    then 1e18): the run stops with one line that says so and suggests a lower rate, keeping what it had."""
+    with pytest.raises(TrainingDiverged, match=r"loss climbed from .* try --lr 2\b"):
+        fit(model="resnet9", model_kwargs={"width": 8}, data="sample", train_images=2000, batch_size=64,
+            lr=20.0, epochs=3, out=str(tmp_path / "r"), progress=False)

@@ -250,6 +250,7 @@ class _Run:
     history: list[dict[str, float]] = field(default_factory=list)
     lock: RunLock | None = None
     tb: Any = None
+    first_loss: float | None = None  # mean loss of the run's first 20-step window (the divergence guard's base)
 
     # -- set up ---------------------------------------------------------------------------------------------
     def set_up(self) -> None:
@@ -335,6 +336,8 @@ class _Run:
                              self.ema)
         self.start_epoch, self.best_acc, self.stale, self.history = p["epoch"], p["best_acc"], p["stale"], p["history"]
         self.elapsed_before = p["elapsed_seconds"]
+        if self.history:  # the guard's base after a resume: the first epoch's mean loss
+            self.first_loss = float(self.history[0]["train_loss"])
         if self.start_epoch > cfg.epochs:
             raise ConfigError(f"{self.dir} already finished {self.start_epoch} epoch(s); pass --epochs "
                               f"{self.start_epoch} or more")  # == epochs: finished, resuming does nothing
@@ -370,6 +373,7 @@ class _Run:
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         seen = 0
+        window = (0.0, 0)  # loss sum and images at the last check: the loss of the last window alone
         self.bar.start_epoch(epoch)
         for i, (x, y) in enumerate(self.train_loader):
             step = epoch * steps + i
@@ -389,14 +393,30 @@ class _Run:
             hard = y if y.ndim == 1 else y.argmax(1)
             correct += (logits.detach().argmax(1) == hard).sum()
             if i % 20 == 19 or i == steps - 1:
-                mean_loss = float(loss_sum) / seen  # one host sync every 20 steps
+                total = float(loss_sum)  # one host sync every 20 steps
+                mean_loss = total / seen
                 if not math.isfinite(mean_loss):
                     raise TrainingDiverged(
                         f"loss became {mean_loss} at epoch {epoch + 1}, step {i + 1}; stopped. The last good "
                         f"checkpoint is kept in {self.dir}; try a lower --lr or --grad-clip 1.0")
+                self._check_climb((total - window[0]) / (seen - window[1]), epoch, i)
+                window = (total, seen)
                 self.bar.update(i + 1, mean_loss, float(correct) / seen, seen / (time.perf_counter() - t0))
         return {"epoch": epoch + 1, "train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen,
                 "lr": lr_used, "images_per_s": seen / (time.perf_counter() - t0)}
+
+    def _check_climb(self, window_loss: float, epoch: int, i: int) -> None:
+        """Stop a run whose loss climbs well above where it started (a learning rate too high for the model):
+        the mean loss of a 20-step window above both 3× and 2 more than the run's first window's."""
+        if self.first_loss is None:
+            self.first_loss = window_loss
+            return
+        if window_loss > max(3 * self.first_loss, self.first_loss + 2):
+            lr = self.cfg.lr
+            raise TrainingDiverged(
+                f"loss climbed from {self.first_loss:.2f} to {window_loss:.3g} by epoch {epoch + 1}, step {i + 1}: "
+                f"the learning rate is too high for {self.cfg.model}; try --lr {lr / 10:g} (the last good "
+                f"checkpoint is kept in {self.dir})")
 
     def _step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
