@@ -413,10 +413,11 @@ class _Run:
             return
         if window_loss > max(3 * self.first_loss, self.first_loss + 2):
             lr = self.cfg.lr
+            kept = (f"the last good checkpoint is kept in {self.dir}" if (self.dir / "last.safetensors").exists()
+                    else "no epoch had finished; start again with --overwrite")
             raise TrainingDiverged(
                 f"loss climbed from {self.first_loss:.2f} to {window_loss:.3g} by epoch {epoch + 1}, step {i + 1}: "
-                f"the learning rate is too high for {self.cfg.model}; try --lr {lr / 10:g} (the last good "
-                f"checkpoint is kept in {self.dir})")
+                f"the learning rate is too high for {self.cfg.model}; try --lr {lr / 10:g} ({kept})")
 
     def _step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
