@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 
 def topk_accuracy(probs: torch.Tensor, labels: torch.Tensor, k: int) -> float:
@@ -32,6 +31,9 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
 
 def classification_report(probs: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
     """Top-1/top-5, per-class precision/recall/F1, macro F1, ECE, NLL and the confusion matrix."""
+    # imported here: scikit-learn takes about a second to import, which every `cnnkit train` would pay
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     pred = probs.argmax(1)
     idx = list(range(len(classes)))
     p, r, f1, support = precision_recall_fscore_support(labels.numpy(), pred.numpy(), labels=idx, zero_division=0)
