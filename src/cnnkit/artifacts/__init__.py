@@ -22,12 +22,10 @@ from cnnkit.artifacts.files import (
     atomic_write_bytes,
     atomic_write_text,
     claim_dir,
-    release_dir,
 )
 
 load = load_checkpoint  # one entry point for every artifact kind
 
 __all__ = ["FORMAT", "FILE_MODE", "LoadedCheckpoint", "load", "load_checkpoint", "load_state_into", "read_meta",
            "repair_sidecar", "resize_to_state", "resolve_checkpoint", "save_checkpoint", "save_tensors",
-           "DiskWriteError", "OutputDir", "RunLock", "atomic_write_bytes", "atomic_write_text", "claim_dir",
-           "release_dir"]
+           "DiskWriteError", "OutputDir", "RunLock", "atomic_write_bytes", "atomic_write_text", "claim_dir"]

@@ -153,13 +153,6 @@ class OutputDir:
         self.files.add(rel)
         self._save()
 
-    def record_existing(self, pattern: str) -> None:
-        """Record files that a library wrote itself (e.g. TensorBoard's event files) matching `pattern`."""
-        new = {self._rel(p) for p in self.root.glob(pattern) if p.is_file()} - self.files
-        if new:
-            self.files |= new
-            self._save()
-
     def _save(self) -> None:
         body = json.dumps({"format": MANIFEST_FORMAT, "files": sorted(self.files)}, indent=1) + "\n"
         tmp = None
@@ -222,17 +215,6 @@ def claim_dir(folder: str | os.PathLike, *, overwrite: bool = False, option: str
         out.remove_own_files()
     _CLAIMED[out.root] = out
     return out
-
-
-def release_dir(out: OutputDir) -> None:
-    """Stop recording writes under `out` (the command that claimed it is done)."""
-    _CLAIMED.pop(out.root, None)
-
-
-def owned_by_cnnkit(path: Path) -> bool:
-    """Whether `path` lies in a claimed folder and is listed in its manifest."""
-    owner = _claimed_root(Path(path))
-    return owner is not None and owner.owns(Path(path))
 
 
 class RunLock:
