@@ -109,6 +109,11 @@ def train(
     data: Optional[str] = typer.Option(None, help="sample, fashion-mnist, mnist, cifar10 or imagefolder:<dir>."),
     data_dir: Optional[Path] = typer.Option(None, help="Data root (default $CNNKIT_DATA, else ~/.cache/cnnkit/data)."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Training epochs (default from the recipe)."),
+    budget: Optional[str] = typer.Option(
+        None, help="Train to a time budget instead of --epochs, e.g. 90s, 3m, 1h: measures this machine's pace "
+                   "and plans the run, evaluations and checkpoints included, to end inside it."),
+    lr_find: bool = typer.Option(False, "--lr-find", help="Run a learning-rate range test (Smith 2017) for this "
+                                                          "model, data and recipe, propose a --lr, and stop."),
     recipe: Optional[str] = typer.Option(None, help="Named defaults per dataset: fast or long (default fast)."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<model>-<data>)."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory where it stopped."),
@@ -118,7 +123,8 @@ def train(
         None, help="Start from these weights: a timm/torchvision .pth/.safetensors file or a cnnkit run."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Images per step (default from the recipe)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
-    optimizer: Optional[str] = typer.Option(None, help="sgd (Nesterov) or adamw."),
+    optimizer: Optional[str] = typer.Option(None, help="sgd (Nesterov), adamw or rmsprop (default: the model "
+                                                       "family's recipe, see `cnnkit models info`)."),
     weight_decay: Optional[float] = typer.Option(None, help="Weight decay, on weights only (not norms, biases)."),
     schedule: Optional[str] = typer.Option(None, help="onecycle or cosine."),
     warmup_epochs: Optional[float] = typer.Option(None, help="Epochs of learning-rate warm-up."),
@@ -159,9 +165,16 @@ def train(
         raise ConfigError(f"--test-fraction must be strictly between 0 and 1, e.g. 0.2; got {test_fraction}")
     model_kwargs, augment_options = parse_kv(model_kw), parse_kv(augment, "--augment")
     _check_early(model=model, model_kwargs=model_kwargs, augment=augment_options, device=device)
+    from cnnkit.train.budget import parse_budget
+
+    budget_s = parse_budget(budget)
+    if budget_s is not None and epochs is not None:
+        raise ConfigError("give --epochs or --budget, not both: a budget plans the epochs itself")
+    if lr_find and resume is not None:
+        raise ConfigError("--lr-find starts from the model's initialization; it cannot be combined with --resume")
     from cnnkit.train import fit  # after the checks: importing the training stack takes seconds
 
-    options = dict(model=model, data=data, data_dir=str(data_dir) if data_dir else None, epochs=epochs,
+    options = dict(model=model, data=data, data_dir=str(data_dir) if data_dir else None, epochs=epochs, budget=budget_s,
                    recipe=recipe, out=str(out) if out else None, model_kwargs=model_kwargs or None,
                    init_from=str(init_from) if init_from else None, batch_size=batch_size, lr=lr,
                    optimizer=optimizer, weight_decay=weight_decay, schedule=schedule,
@@ -171,6 +184,9 @@ def train(
                    train_images=train_images, tta=tta, keep_epochs=keep_epoch or None,
                    seed=seed, deterministic=deterministic, device=device, threads=threads, download=download,
                    strict=strict, img_size=parse_img_size(img_size), test_fraction=test_fraction)
+    if lr_find:
+        _lr_find(options, out)
+        return
     if resume is not None:
         options.pop("out")
     result = fit(resume=resume, overwrite=overwrite, progress=not quiet, **options)
@@ -180,6 +196,23 @@ def train(
                       "best val acc": result.best_val_acc if result.best_val_acc is not None else "n/a (no val split)",
                       "stopped early": result.stopped_early, "seconds": f"{result.seconds:.1f}",
                       "best checkpoint": result.best_checkpoint})
+
+
+def _lr_find(options: dict[str, Any], out: Path | None) -> None:
+    from cnnkit.train import lr_find
+
+    options.pop("out")
+    _check_out_folder(out)
+    r = lr_find(out=str(out) if out else None, **options)
+    t = Table(title="learning-rate range test (Smith 2017)", title_justify="left")
+    for col in ("lr", "smoothed loss"):
+        t.add_column(col, justify="right")
+    for i in range(0, len(r.lrs), max(1, len(r.lrs) // 12)):
+        t.add_row(f"{r.lrs[i]:.2e}", f"{r.smoothed[i]:.3f}")
+    stdout.print(t)
+    summary("lr-find", {"steps": len(r.lrs), "loss lowest at lr": f"{r.min_loss_lr:.3g}",
+                        "fastest fall at lr": f"{r.steepest:.3g}", "proposed": f"--lr {r.suggestion:.2g}",
+                        "plot": (out / "lr_find.png") if out else "(give --out DIR to save lr_find.png and .csv)"})
 
 
 @app.command("eval")
@@ -480,9 +513,13 @@ def models_info(
 
     from cnnkit.models.card import model_card
 
+    from cnnkit.train.recipes import family_recipe
+
     card = model_card(name, input, classes, timing, **parse_kv(model_kw))
+    recipe = family_recipe(name, card.family)
+    recipe_info = {"name": recipe.name, "settings": recipe.settings, "paper": recipe.paper, "scaled": recipe.scaled}
     if json_out:
-        stdout.print_json(json.dumps(card.to_dict()))
+        stdout.print_json(json.dumps({**card.to_dict(), "recipe": recipe_info}))
         return
     c, h, w = card.input
     rows = {"model": card.name, "family": card.family, "paper": card.paper or "-", "input": f"{c}×{h}×{w}",
@@ -493,6 +530,8 @@ def models_info(
         rows["latency, batch 1"] = f"{card.latency_ms:.2f} ms (fp32, {card.threads} threads, median)"
         rows["throughput, batch 64"] = f"{card.throughput:,.0f} images/s (fp32, {card.threads} threads, median)"
     summary("model", rows)
+    summary(f"default training recipe ({recipe.name} family; `cnnkit train --model {name}`)",
+            {"settings": recipe.describe(), "paper": recipe.paper, "scaled to short runs": recipe.scaled})
     t = Table(title="stages", title_justify="left")
     for col in ("module", "output C×H×W"):
         t.add_column(col)

@@ -98,6 +98,25 @@ def native_bf16_cpu() -> bool:
     return any(f in cpu_flags() for f in NATIVE_BF16_FLAGS)
 
 
+def cpu_description() -> dict[str, object]:
+    """The CPU model, its vector ISA and whether it computes bf16 natively: what every speed figure needs."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = cpu_flags()
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "asimd", "sve", "bf16")
+           if f in flags]
+    import os
+
+    return {"model": model or "unknown", "cores": os.cpu_count(), "isa": isa, "bf16_native": native_bf16_cpu(),
+            "torch_isa": torch.backends.cpu.get_cpu_capability()}
+
+
 def precision_note(amp: str, device: torch.device) -> str:
     """What `amp` resolves to on `device`, and why, in a few words (printed by `cnnkit train`)."""
     dtype = autocast_dtype(amp, device)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import copy
+import math
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from cnnkit.data.transforms import AugmentConfig
 from cnnkit.errors import ConfigError, close_matches
+from cnnkit.train.recipes import family_recipe
+
+OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 
 
 @dataclass
@@ -24,11 +28,15 @@ class TrainConfig:
     img_size: int | list[int] | None = None  # imagefolder: resize to this side or [H, W] (default: the images' common size, else 64)
     test_fraction: float = 0.2  # flat imagefolder (no train/ and test/ sub-folders): share held out as the test split
     recipe: str | None = "fast"
+    model_recipe: str | None = None  # which optimization recipe applies: '<recipe>:<data family>' or a model family's
     epochs: int = 10
+    budget: float | None = None  # seconds: plan the run (steps, evaluations, checkpoints) to end within them
+    max_steps: int | None = None  # optimizer steps in all (set by the budget's plan); None: epochs × steps per epoch
     batch_size: int = 256
-    optimizer: str = "sgd"  # 'sgd' (Nesterov momentum) or 'adamw'
+    optimizer: str = "sgd"  # 'sgd' (Nesterov momentum), 'adamw' or 'rmsprop' (TensorFlow-style, as the papers')
     lr: float = 0.1
     momentum: float = 0.9
+    opt_eps: float | None = None  # the optimizer's epsilon (None: its default; RMSProp recipes set it)
     weight_decay: float = 5e-4  # applied to weights only, never to norms and biases
     schedule: str = "onecycle"  # 'onecycle' or 'cosine'
     warmup_epochs: float = 1.0
@@ -36,7 +44,7 @@ class TrainConfig:
     ema: float = 0.0  # EMA decay of the weights; 0 turns EMA off
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     amp: str = "auto"  # 'auto', 'bf16', 'fp16' or 'off'
-    channels_last: bool = True
+    channels_last: bool | str = "auto"  # True, False or 'auto' (measured once per model and machine; see train/layout)
     compile: bool = False
     grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
     init_from: str | None = None  # weight file (timm, torchvision or cnnkit) to start from
@@ -56,10 +64,18 @@ class TrainConfig:
             self.augment = AugmentConfig.from_dict(self.augment)
         self._check_types()
         checks = [
-            (self.optimizer in ("sgd", "adamw"), f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}"),
+            (self.optimizer in OPTIMIZERS,
+             f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
+            (self.opt_eps is None or (isinstance(self.opt_eps, (int, float)) and not isinstance(self.opt_eps, bool)
+                                      and self.opt_eps > 0), f"optimizer epsilon must be positive, got {self.opt_eps!r}"),
             (self.schedule in ("onecycle", "cosine"), f"schedule must be 'onecycle' or 'cosine', got {self.schedule!r}"),
             (self.amp in ("auto", "bf16", "fp16", "off"), f"amp must be auto, bf16, fp16 or off, got {self.amp!r}"),
             (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.budget is None or (isinstance(self.budget, (int, float)) and not isinstance(self.budget, bool)
+                                     and math.isfinite(self.budget) and self.budget >= 10),
+             f"a training budget must be at least 10 seconds, got {self.budget!r}"),
+            (self.max_steps is None or (isinstance(self.max_steps, int) and not isinstance(self.max_steps, bool)
+                                        and self.max_steps >= 1), f"max_steps must be at least 1, got {self.max_steps!r}"),
             (self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}"),
             (self.lr > 0, f"learning rate must be positive, got {self.lr}"),
             (0.0 <= self.ema < 1.0, f"EMA decay must be in [0, 1), got {self.ema}"),
@@ -90,7 +106,7 @@ class TrainConfig:
                  "lr": float, "momentum": float, "weight_decay": float, "warmup_epochs": float,
                  "label_smoothing": float, "ema": float, "grad_clip": float, "val_fraction": float,
                  "test_fraction": float, "model": str, "data": str, "optimizer": str, "schedule": str,
-                 "amp": str, "device": str, "download": bool, "strict": bool, "channels_last": bool,
+                 "amp": str, "device": str, "download": bool, "strict": bool,
                  "compile": bool, "tta": bool, "deterministic": bool}
         for name, kind in kinds.items():
             value = getattr(self, name)
@@ -100,6 +116,8 @@ class TrainConfig:
             if not ok:
                 what = {bool: "true or false", float: "a number", int: "a whole number", str: "text"}[kind]
                 raise ConfigError(f"training option {name} must be {what}, got {value!r}")
+        if not (isinstance(self.channels_last, bool) or self.channels_last == "auto"):
+            raise ConfigError(f"training option channels_last must be true, false or auto, got {self.channels_last!r}")
         if not isinstance(self.model_kwargs, dict):
             raise ConfigError(f"model_kwargs must be a mapping of model options, got {self.model_kwargs!r}")
         if self.train_images is not None and (not isinstance(self.train_images, int) or isinstance(self.train_images, bool)):
@@ -118,6 +136,9 @@ class TrainConfig:
             raise ConfigError(f"unknown training option(s) {', '.join(unknown)}"
                               f"{close_matches(unknown[0], known)}")
         return cls(**copy.deepcopy(values))
+
+
+LONG_RECIPE_FROM_S = 360  # from this budget on, --budget without --recipe trains the `long` recipe (a wider net)
 
 
 def dataset_family(data: str) -> str:
@@ -172,23 +193,57 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+# When the user picks another optimizer than the recipe's and gives no rate or decay: what suits that optimizer.
+OPTIMIZER_DEFAULTS = {"sgd": dict(lr=0.1, weight_decay=5e-4, opt_eps=None),
+                      "adamw": dict(lr=1e-3, weight_decay=0.05, opt_eps=None),
+                      "rmsprop": dict(lr=0.016, weight_decay=4e-5, opt_eps=1e-3)}
+
+
+def _model_family(model: str) -> str | None:
+    from cnnkit.models.registry import TIMM_PREFIX, get_entry
+
+    if model.startswith(TIMM_PREFIX):
+        return None
+    try:
+        return get_entry(model).family
+    except Exception:  # an unknown name is reported when the model is built, with close matches
+        return None
+
+
 def resolve_config(overrides: dict[str, Any] | None = None, base: TrainConfig | None = None) -> TrainConfig:
-    """Defaults, then the recipe for the dataset, then the explicitly given options (None means 'not given')."""
+    """Defaults, then the dataset's recipe, then the model family's optimization recipe when the model is not
+    the dataset recipe's own, then the explicitly given options (None means 'not given')."""
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     values = (base or TrainConfig()).to_dict()
+    if "budget" in given:
+        if "epochs" in given:
+            raise ConfigError("give --epochs or --budget, not both: a budget plans the epochs itself")
+        if "recipe" not in given and base is None:  # a longer budget affords the recipe that goes further
+            given["recipe"] = "long" if given["budget"] >= LONG_RECIPE_FROM_S else "fast"
     recipe = given.get("recipe", values.get("recipe"))
     data = given.get("data", values["data"])
+    preset: dict[str, Any] = {}
     if recipe:
         if recipe not in RECIPES:
             raise ConfigError(f"unknown recipe {recipe!r}{close_matches(recipe, RECIPES)}; "
                               f"choose one of {', '.join(RECIPES)}")
         preset = copy.deepcopy(RECIPES[recipe][dataset_family(data)])
-        model = given.get("model", preset.get("model"))
+    model = given.get("model", preset.get("model", values["model"]))
+    if preset:
         if model != preset.get("model"):  # the recipe's model options only fit the recipe's model
             preset.pop("model_kwargs", None)
             values["model_kwargs"] = {}
         values.update({k: v for k, v in preset.items() if k != "augment"})
         values["augment"] = {**AugmentConfig().__dict__, **preset.get("augment", {})}
+    if base is None or "model" in given:
+        if preset and model == preset.get("model"):
+            values["model_recipe"] = f"{recipe}:{dataset_family(data)}"  # tuned for this very model
+        else:  # another model: its family's optimization recipe, not the one tuned for the recipe's model
+            family = family_recipe(model, _model_family(model))
+            values.update(copy.deepcopy(family.settings))
+            values["model_recipe"] = family.name
+    if "optimizer" in given and given["optimizer"] != values["optimizer"]:
+        values.update({k: v for k, v in OPTIMIZER_DEFAULTS.get(given["optimizer"], {}).items() if k not in given})
     augment = given.pop("augment", None)
     values.update(given)
     if augment:

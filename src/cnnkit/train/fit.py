@@ -84,11 +84,12 @@ def fit(config: TrainConfig | dict[str, Any] | None = None, *, resume: str | Pat
     """
     started = time.perf_counter()
     cfg = _resolve(config, resume, options)
-    run = _Run(cfg, resume is not None, overwrite, progress)
+    run = _Run(cfg, resume is not None, overwrite, progress, budget_clock())
     try:
         run.set_up()
         with run.bar:
-            for epoch in range(run.start_epoch, cfg.epochs):
+            epoch = run.start_epoch - 1
+            while (epoch := epoch + 1) < run.epochs:  # a budget's run may shorten itself as it goes
                 metrics = run.train_epoch(epoch)
                 metrics.update(run.evaluate())
                 metrics["epoch_seconds"] = time.perf_counter() - run.epoch_started
@@ -97,6 +98,7 @@ def fit(config: TrainConfig | dict[str, Any] | None = None, *, resume: str | Pat
                 run.bar.end_epoch(metrics)
                 for cb in callbacks:
                     cb(EpochEnd(epoch + 1, metrics, run.model, run.eval_model, run.normalize, run.device, run.dir))
+                run.keep_to_budget(epoch)
                 if run.should_stop():
                     run.stopped_early = True
                     break
@@ -145,6 +147,7 @@ def _resolve(config: TrainConfig | dict[str, Any] | None, resume: str | Path | N
             saved = None
         if not isinstance(saved, dict):
             raise CheckpointError(f"cannot resume: {config_file} is damaged; start a new run")
+        saved.pop("chosen", None)  # what auto settled on last time: decided afresh
     else:
         raise CheckpointError(f"cannot resume: {last} does not exist (nor {config_file.name})")
     changed = sorted(k for k, v in options.items() if v is not None and k not in RESUME_MAY_CHANGE
@@ -156,6 +159,8 @@ def _resolve(config: TrainConfig | dict[str, Any] | None, resume: str | Path | N
         raise ConfigError(f"resuming continues the saved configuration; cannot change data from "
                           f"{saved['data']} to {options['data']} (only an image folder's path may move)")
     given = {k: v for k, v in options.items() if v is not None and k in RESUME_MAY_CHANGE}
+    if "epochs" in given and saved.get("max_steps"):  # a new length replaces a budget's plan
+        given["max_steps"] = None
     folder = given.get("data", saved["data"])
     if folder.startswith("imagefolder:") and not Path(folder.split(":", 1)[1]).is_dir():
         raise ConfigError(f"the run's image folder {folder.split(':', 1)[1]} is gone; if it moved, re-point it: "
@@ -193,6 +198,14 @@ def open_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> tuple[Path,
         lock.release()
         raise
     return run, out, lock
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The config's optimizer (timm's), weight decay on weights only (never on norms and biases)."""
+    opt = {"sgd": "nesterov", "adamw": "adamw", "rmsprop": "rmsproptf"}[cfg.optimizer]
+    extra = {"eps": cfg.opt_eps} if cfg.opt_eps is not None else {}
+    return create_optimizer_v2(model, opt=opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                               filter_bias_and_bn=True, **extra)
 
 
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int,
@@ -234,6 +247,68 @@ def metrics_csv(history: list[dict[str, float]]) -> str:
     return buf.getvalue()
 
 
+def budget_clock() -> float:
+    """The clock a budget is counted on (a function of its own so that tests can run it fake)."""
+    return time.perf_counter()
+
+
+def measure_pace(run: "_Run", min_steps: int = 4, max_steps: int = 30) -> tuple[float, float]:
+    """Seconds per training step, and per validation pass plus checkpoint, of this run on this machine,
+    measured on a copy of its model and optimizer with its own batches (the run's weights and random state
+    are left as they were). Steps are timed after two warm-up steps, for about 2% of the budget."""
+    import copy
+    import random
+
+    import numpy as np
+
+    cfg = run.cfg
+    states = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    model = copy.deepcopy(run.model).train()
+    optimizer = build_optimizer(model, cfg)
+    stepper = torch.compile(model) if cfg.compile else model
+    run.train_loader.set_epoch(0)
+    times: list[float] = []
+    deadline = time.perf_counter() + 0.02 * (cfg.budget or 0)
+    for i, (x, y) in enumerate(run.train_loader):
+        t = time.perf_counter()
+        with autocast(run.device, run.amp):
+            logits = stepper(x)
+        loss = F.cross_entropy(logits.float(), y if y.ndim == 1 else y.float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        float(loss.detach())  # wait for the device
+        if i >= 2:
+            times.append(time.perf_counter() - t)
+        if len(times) >= max_steps or (len(times) >= min_steps and time.perf_counter() > deadline):
+            break
+    if not times:  # an epoch shorter than the warm-up: time what there was
+        times = [time.perf_counter() - t]
+    step_s = sorted(times)[len(times) // 2] * 1.05  # median; the real loop also updates EMA and metrics
+    extra_s = 0.0
+    if run.val_loader is not None:
+        model.eval()
+        t = time.perf_counter()
+        with torch.no_grad(), autocast(run.device, run.amp):
+            for n, (x, _) in enumerate(run.val_loader):
+                model(x)
+                if cfg.tta:
+                    model(x.flip(3))
+                if n == 1:
+                    break
+        per_batch = (time.perf_counter() - t) / (n + 1)
+        extra_s += per_batch * len(run.val_loader)
+    t = time.perf_counter()
+    from safetensors.torch import save
+
+    save({k: v.detach().contiguous() for k, v in model.state_dict().items()})
+    extra_s += 4 * (time.perf_counter() - t) + 0.05  # best, last and the training state (about twice the weights)
+    torch.set_rng_state(states[0])
+    np.random.set_state(states[1])
+    random.setstate(states[2])
+    return step_s, extra_s
+
+
 @dataclass
 class _Run:
     """The state of one training run, phase by phase."""
@@ -242,6 +317,7 @@ class _Run:
     resuming: bool
     overwrite: bool
     progress: bool
+    started: float = 0.0  # budget_clock() when fit was called: the budget's clock starts there
     start_epoch: int = 0
     best_acc: float = -1.0
     stale: int = 0
@@ -265,15 +341,29 @@ class _Run:
         self.dir, self.out, self.lock = open_run_dir(cfg, self.resuming, self.overwrite)
         if self.resuming and (self.dir / "last.safetensors").exists():
             self._restore()
-        atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        elif cfg.budget is not None and cfg.max_steps is None:
+            self._plan_budget()
+        self._write_config()
         atomic_write_text(self.dir / "metrics.csv", metrics_csv(self.history))
         self._open_tensorboard()
-        self.bar = TrainProgress(cfg.epochs, self.steps_per_epoch, enabled=self.progress)
+        self.bar = TrainProgress(self.epochs, self.steps_per_epoch, enabled=self.progress,
+                                 total_steps=self.total_steps)
         if self.progress:  # what `auto` chose on this machine, and why
-            layout = "channels-last" if cfg.channels_last else "NCHW"
+            layout = self.layout_note
             self.bar.console.print(f"cnnkit train: {cfg.model} on {cfg.data}, {self.device.type}, {self.precision}, "
                                    f"{layout}, {torch.get_num_threads()} threads -> {self.dir}",
                                    highlight=False, soft_wrap=True)
+            if cfg.budget is not None:
+                note = getattr(self, "plan_note", f"resumed with its plan of {self.total_steps} steps")
+                self.bar.console.print(f"budget {cfg.budget:.0f} s: {note}", highlight=False, soft_wrap=True)
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_epoch)
 
     def _load_data(self) -> None:
         cfg = self.cfg
@@ -300,17 +390,24 @@ class _Run:
             report = load_pretrained(model, cfg.init_from)
             if self.progress:
                 print(report.summary())
-        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        if cfg.channels_last == "auto":
+            from cnnkit.train.layout import choose_layout
+
+            self.channels_last, self.layout_note = choose_layout(
+                model, cfg.model, cfg.model_kwargs, (full.in_chans, *full.img_size), cfg.batch_size, self.device,
+                self.amp)
+        else:
+            self.channels_last = cfg.channels_last
+            self.layout_note = f"{'channels-last' if cfg.channels_last else 'NCHW'} (--{'' if cfg.channels_last else 'no-'}channels-last)"
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format)
-        self.normalize = Normalize(self.mean, self.std, self.device, cfg.channels_last)
+        self.normalize = Normalize(self.mean, self.std, self.device, self.channels_last)
         self.train_loader = BatchLoader(self.train_set, cfg.batch_size, self.normalize, shuffle=True, seed=cfg.seed,
                                         augment=cfg.augment, drop_last=len(self.train_set) > cfg.batch_size)
         self.val_loader = BatchLoader(self.val_set, 512, self.normalize) if self.val_set is not None else None
-        self.optimizer = create_optimizer_v2(model, opt="nesterov" if cfg.optimizer == "sgd" else "adamw",
-                                             lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
-                                             filter_bias_and_bn=True)
+        self.optimizer = build_optimizer(model, cfg)
         self.steps_per_epoch = len(self.train_loader)
-        self.scheduler = build_scheduler(cfg, self.optimizer, cfg.epochs * self.steps_per_epoch, self.steps_per_epoch)
+        self.scheduler = build_scheduler(cfg, self.optimizer, self.total_steps, self.steps_per_epoch)
         self.ema = ModelEmaV3(model, decay=cfg.ema, use_warmup=True) if cfg.ema > 0 else None
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
         self.step_model = torch.compile(model) if cfg.compile else model
@@ -331,24 +428,77 @@ class _Run:
         for name in ("last.safetensors", "best.safetensors"):  # the header is the truth
             if (self.dir / name).exists():
                 repair_sidecar(self.dir / name)
-        replan = cfg.epochs != meta["config"]["epochs"]
+        saved = meta["config"]
+        replan = (cfg.epochs, cfg.max_steps) != (saved["epochs"], saved.get("max_steps"))
         p = load_train_state(self.dir / meta["train_state"], self.optimizer, None if replan else self.scheduler,
                              self.ema)
         self.start_epoch, self.best_acc, self.stale, self.history = p["epoch"], p["best_acc"], p["stale"], p["history"]
         self.elapsed_before = p["elapsed_seconds"]
         if self.history:  # the guard's base after a resume: the first epoch's mean loss
             self.first_loss = float(self.history[0]["train_loss"])
-        if self.start_epoch > cfg.epochs:
+        if self.start_epoch > self.epochs:
             raise ConfigError(f"{self.dir} already finished {self.start_epoch} epoch(s); pass --epochs "
                               f"{self.start_epoch} or more")  # == epochs: finished, resuming does nothing
         if replan:  # a new --epochs re-plans the schedule over the new length, fast-forwarded to this point;
             # built after the optimizer's state is restored, which replaced the groups' schedule fields
-            self.scheduler = build_scheduler(cfg, self.optimizer, cfg.epochs * self.steps_per_epoch,
-                                             self.steps_per_epoch)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                for _ in range(self.start_epoch * self.steps_per_epoch):
-                    self.scheduler.step()
+            self._rebuild_scheduler(self.start_epoch * self.steps_per_epoch)
+
+    def _rebuild_scheduler(self, done_steps: int) -> None:
+        """The schedule over the run's (new) length, fast-forwarded past the steps already taken."""
+        self.scheduler = build_scheduler(self.cfg, self.optimizer, self.total_steps, self.steps_per_epoch)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in range(min(done_steps, self.total_steps - 1)):
+                self.scheduler.step()
+
+    # -- plan to a budget -----------------------------------------------------------------------------------
+    def _plan_budget(self) -> None:
+        """Measure this machine's pace on the run's own model and data, then fix the run's length (kept in
+        config.yaml and the checkpoints, so a resumed run keeps it)."""
+        from cnnkit.train.budget import plan_steps, too_small
+
+        cfg = self.cfg
+        step_s, extra_s = measure_pace(self)
+        spent = budget_clock() - self.started
+        plan = plan_steps(cfg.budget - spent, self.steps_per_epoch, step_s, extra_s)
+        problem = too_small(cfg.budget, spent, plan)
+        if problem:
+            raise ConfigError(problem)
+        cfg.max_steps, cfg.epochs = plan.total_steps, plan.epochs
+        self.plan = plan
+        self.plan_note = (f"set-up took {spent:.1f} s; {step_s * 1e3:.0f} ms per step, {extra_s:.1f} s per "
+                          f"evaluation and checkpoint; planned {plan.describe()}")
+        self._rebuild_scheduler(0)
+
+    def keep_to_budget(self, epoch: int) -> None:
+        """At an epoch's end: if the run is behind its plan (the machine got slower than measured), shorten
+        what is left so that it still ends inside the budget; the schedule is re-planned from here."""
+        from cnnkit.train.budget import shortened_total
+
+        cfg = self.cfg
+        if cfg.budget is None or self.resuming or epoch + 1 >= self.epochs:
+            return
+        elapsed = budget_clock() - self.started
+        done = (epoch + 1) * self.steps_per_epoch
+        pace = self.last_train_s / max(self.last_epoch_steps, 1)
+        extra = budget_clock() - self.epoch_clock - self.last_train_s  # validation, checkpoint, callbacks
+        total = shortened_total(cfg.budget, elapsed, done, self.total_steps, self.steps_per_epoch, pace, extra)
+        if total is None:
+            return
+        cfg.max_steps = total
+        cfg.epochs = self.epochs
+        self.bar.set_epochs(self.epochs, self.total_steps)
+        self._rebuild_scheduler(done)
+        self._write_config()
+
+    def _write_config(self) -> None:
+        """config.yaml: the resolved configuration, and under `chosen` what `auto` settled on here and why."""
+        chosen = {"device": str(self.device), "precision": self.precision, "layout": self.layout_note,
+                  "threads": torch.get_num_threads()}
+        if getattr(self, "plan_note", None):
+            chosen["budget_plan"] = self.plan_note
+        atomic_write_text(self.dir / "config.yaml",
+                          yaml.safe_dump({**self.cfg.to_dict(), "chosen": chosen}, sort_keys=False))
 
     def _open_tensorboard(self) -> None:
         from torch.utils.tensorboard import SummaryWriter
@@ -368,6 +518,7 @@ class _Run:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg, steps, device = self.cfg, self.steps_per_epoch, self.device
         self.epoch_started = t0 = time.perf_counter()
+        self.epoch_clock = budget_clock()
         self.model.train()
         self.train_loader.set_epoch(epoch)
         loss_sum = torch.zeros((), device=device)
@@ -375,16 +526,19 @@ class _Run:
         seen = 0
         window = (0.0, 0)  # loss sum and images at the last check: the loss of the last window alone
         self.bar.start_epoch(epoch)
+        last = min(steps, self.total_steps - epoch * steps)  # a budget's plan may end inside an epoch
         for i, (x, y) in enumerate(self.train_loader):
             step = epoch * steps + i
+            if i >= last:
+                break
             for block in self.drop_blocks:  # DropBlock's rate grows linearly over the run
-                block.set_progress(step / (cfg.epochs * steps))
+                block.set_progress(step / self.total_steps)
             with autocast(device, self.amp):
                 logits = self.step_model(x)
             loss = self.criterion(logits, y)
             self._step(loss)
             lr_used = self.optimizer.param_groups[0]["lr"]
-            if step + 1 < cfg.epochs * steps:
+            if step + 1 < self.total_steps:
                 self.scheduler.step()  # stepping past the last step would extrapolate the schedule
             if self.ema is not None:
                 self.ema.update(self.model, step=step)
@@ -392,7 +546,7 @@ class _Run:
             loss_sum += loss.detach() * len(y)
             hard = y if y.ndim == 1 else y.argmax(1)
             correct += (logits.detach().argmax(1) == hard).sum()
-            if i % 20 == 19 or i == steps - 1:
+            if i % 20 == 19 or i == last - 1:
                 total = float(loss_sum)  # one host sync every 20 steps
                 mean_loss = total / seen
                 if not math.isfinite(mean_loss):
@@ -402,6 +556,7 @@ class _Run:
                 self._check_climb((total - window[0]) / (seen - window[1]), epoch, i)
                 window = (total, seen)
                 self.bar.update(i + 1, mean_loss, float(correct) / seen, seen / (time.perf_counter() - t0))
+        self.last_train_s, self.last_epoch_steps = budget_clock() - self.epoch_clock, last
         return {"epoch": epoch + 1, "train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen,
                 "lr": lr_used, "images_per_s": seen / (time.perf_counter() - t0)}
 
@@ -461,7 +616,7 @@ class _Run:
         d = self.dir
         meta = _checkpoint_meta(self.cfg, self.full, self.fingerprint, self.mean, self.std, epoch + 1, metrics,
                                 self.ema is not None)
-        meta["precision"] = self.precision
+        meta["precision"], meta["layout"] = self.precision, self.layout_note
         if improved:
             save_checkpoint(d / "best.safetensors", self.eval_model, meta)
         state_name = f"state-e{epoch + 1:04d}.safetensors"

@@ -11,8 +11,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 class TrainProgress:
     """One bar over all training steps; prints a line per epoch."""
 
-    def __init__(self, epochs: int, steps_per_epoch: int, enabled: bool = True):
+    def __init__(self, epochs: int, steps_per_epoch: int, enabled: bool = True, total_steps: int | None = None):
         self.epochs, self.steps = epochs, steps_per_epoch
+        self.total = total_steps or epochs * steps_per_epoch
         self.enabled = enabled
         self.console = Console(stderr=True)
         self.progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
@@ -32,9 +33,15 @@ class TrainProgress:
     def start_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         if self.task is None:
-            self.task = self.progress.add_task("train", total=self.epochs * self.steps, completed=epoch * self.steps,
+            self.task = self.progress.add_task("train", total=self.total, completed=epoch * self.steps,
                                                epoch=epoch + 1, epochs=self.epochs, stats="")
         self.progress.update(self.task, epoch=epoch + 1)
+
+    def set_epochs(self, epochs: int, total_steps: int) -> None:
+        """The run was re-planned (a budget's run fell behind): show its new length."""
+        self.epochs, self.total = epochs, total_steps
+        if self.task is not None:
+            self.progress.update(self.task, total=total_steps, epochs=epochs)
 
     def update(self, step: int, loss: float, acc: float, images_per_s: float) -> None:
         self.progress.update(self.task, completed=self.epoch * self.steps + step,

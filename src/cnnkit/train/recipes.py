@@ -1,0 +1,117 @@
+"""Optimization recipes per model family: each family's paper recipe, scaled to small inputs and short runs.
+
+A dataset recipe (`config.RECIPES`) says how long to train and how to augment, and was tuned for its own
+model (resnet9). When the user trains another model, that model's family recipe replaces the dataset
+recipe's optimization settings (optimizer, learning rate, weight decay, schedule, warm-up, clipping), so a
+ConvNeXt is trained as ConvNeXt was trained and not with ResNet-9's SGD at lr 0.2.
+
+Scaling rules, the same for every family: the paper's optimizer and weight decay; its learning rate
+rescaled to batch 256 (linearly for SGD, as Goyal et al. 2017; AdamW and RMSProp rates are kept at what
+short runs tolerate, noted per family); the paper's warm-up as the same share of a 10-epoch run; a step
+or exponential decay replaced by a one-cycle or cosine schedule, which reaches a good model in few epochs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# The optimization settings a family recipe decides.
+RECIPE_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "opt_eps", "schedule", "warmup_epochs", "grad_clip")
+
+
+@dataclass(frozen=True)
+class FamilyRecipe:
+    """A model family's default optimization settings, with where they come from."""
+
+    name: str
+    settings: dict[str, Any]
+    paper: str  # what the paper used
+    scaled: str  # how it was scaled to small inputs and short runs
+    models: tuple[str, ...] = field(default=())  # name prefixes (cnnkit and timm) that use it
+
+    def describe(self) -> str:
+        s = self.settings
+        parts = [s["optimizer"] + (" (Nesterov)" if s["optimizer"] == "sgd" else ""), f"lr {s['lr']:g}",
+                 f"weight decay {s['weight_decay']:g}", s["schedule"], f"warm-up {s['warmup_epochs']:g} epoch(s)"]
+        if s.get("opt_eps") is not None:
+            parts.append(f"eps {s['opt_eps']:g}")
+        if s.get("grad_clip"):
+            parts.append(f"gradient clipping {s['grad_clip']:g}")
+        return ", ".join(parts)
+
+
+def _sgd(lr: float, wd: float, warmup: float = 1.0, clip: float = 0.0) -> dict[str, Any]:
+    return dict(optimizer="sgd", lr=lr, momentum=0.9, weight_decay=wd, opt_eps=None, schedule="onecycle",
+                warmup_epochs=warmup, grad_clip=clip)
+
+
+def _adamw(lr: float, wd: float, warmup: float = 1.0, clip: float = 0.0) -> dict[str, Any]:
+    return dict(optimizer="adamw", lr=lr, momentum=0.9, weight_decay=wd, opt_eps=None, schedule="cosine",
+                warmup_epochs=warmup, grad_clip=clip)
+
+
+FAMILY_RECIPES: dict[str, FamilyRecipe] = {r.name: r for r in [
+    FamilyRecipe(
+        "resnet", _sgd(0.1, 5e-4),
+        "He et al. 2016 (CIFAR): SGD, momentum 0.9, lr 0.1 at batch 128, weight decay 1e-4, lr ÷10 at 50% and 75%",
+        "one-cycle instead of steps; weight decay 5e-4, which short runs need (as in Page's DAWNBench ResNet)",
+        ("resnet", "preact_resnet", "ecaresnet", "seresnet", "resnext", "wide_resnet")),
+    FamilyRecipe(
+        "pyramidnet", _sgd(0.1, 5e-4),
+        "Han et al. 2017: SGD with Nesterov momentum 0.9, lr 0.1 at batch 128, weight decay 1e-4, steps",
+        "as the ResNet family", ("pyramidnet",)),
+    FamilyRecipe(
+        "vgg", _sgd(0.05, 5e-4),
+        "Simonyan & Zisserman 2015: SGD, momentum 0.9, lr 0.01 at batch 256, weight decay 5e-4, ÷10 on plateau",
+        "with BatchNorm (the _bn models) the rate can be 5× higher; one-cycle", ("vgg",)),
+    FamilyRecipe(
+        "tinyvgg", _adamw(2e-3, 1e-4, clip=1.0),
+        "Wang et al. 2020 (CNN Explainer) trained TinyVGG with Adam; the network has no normalization layer",
+        "AdamW with warm-up and cosine; gradient clipping at norm 1, since without normalization a high SGD "
+        "rate collapses it to one class", ("tinyvgg",)),
+    FamilyRecipe(
+        "convnext", _adamw(2e-3, 0.05),
+        "Liu et al. 2022: AdamW, lr 4e-3 at batch 4096, weight decay 0.05, 20 warm-up epochs of 300, cosine",
+        "lr 2e-3 at batch 256 (the square-root rule gives 1e-3; short runs tolerate twice that); warm-up 1 "
+        "epoch of 10", ("convnext",)),
+    FamilyRecipe(
+        "inception_next", _adamw(2e-3, 0.05),
+        "Yu et al. 2024: ConvNeXt's recipe (AdamW, lr 4e-3 at batch 4096, weight decay 0.05, warm-up, cosine)",
+        "as the ConvNeXt family", ("inception_next",)),
+    FamilyRecipe(
+        "mobilenet", dict(optimizer="rmsprop", lr=0.016, momentum=0.9, weight_decay=4e-5, opt_eps=1e-3,
+                          schedule="cosine", warmup_epochs=1.0, grad_clip=0.0),
+        "Sandler et al. 2018: RMSProp (decay 0.9, momentum 0.9), lr 0.045 at batch 96, weight decay 4e-5, "
+        "lr ×0.98 per epoch",
+        "TensorFlow-style RMSProp (eps 1e-3, as timm's MobileNet recipes); lr 0.016; cosine after 1 warm-up "
+        "epoch instead of the slow exponential decay", ("mobilenet",)),
+    FamilyRecipe(
+        "inception", dict(optimizer="rmsprop", lr=0.045, momentum=0.9, weight_decay=4e-5, opt_eps=1.0,
+                          schedule="cosine", warmup_epochs=1.0, grad_clip=2.0),
+        "Szegedy et al. 2017: RMSProp (decay 0.9, eps 1.0), lr 0.045, ×0.94 every 2 epochs, gradient clipping "
+        "at 2.0",
+        "the paper's optimizer, rate, eps and clipping; cosine after 1 warm-up epoch instead of the exponential "
+        "decay", ("inception",)),
+    FamilyRecipe(
+        "generic", _adamw(1e-3, 0.05, clip=1.0),
+        "no family recipe: a conservative default for models cnnkit has no paper recipe for",
+        "AdamW, lr 1e-3, weight decay 0.05, warm-up and cosine, gradient clipping at norm 1", ()),
+]}
+
+
+def family_recipe(model: str, family: str | None = None) -> FamilyRecipe:
+    """The recipe of `model` (a cnnkit name or timm/<name>); `family` is its registry family when known."""
+    name = model.split("/", 1)[-1]
+    best: tuple[int, FamilyRecipe] | None = None
+    for recipe in FAMILY_RECIPES.values():
+        for prefix in recipe.models:
+            if name.startswith(prefix) and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), recipe)
+    if best is not None:
+        return best[1]
+    if family:
+        key = family.split(" ")[0]
+        if key in FAMILY_RECIPES:
+            return FAMILY_RECIPES[key]
+    return FAMILY_RECIPES["generic"]

@@ -1,0 +1,124 @@
+"""Training to a time budget: the planner on a fake clock, the plan in a real run, and resume keeping it."""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import pytest
+import yaml
+
+from cnnkit.errors import ConfigError
+from cnnkit.train import fit, parse_budget, resolve_config
+from cnnkit.train.budget import MARGIN, plan_steps, shortened_total
+from tests.conftest import TINY
+
+fit_module = importlib.import_module("cnnkit.train.fit")  # the package's `fit` names the function
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("3m", 180), ("1h", 3600), ("1h30m", 5400), ("2.5m", 150),
+                                           (" 10M ", 600)])
+def test_budget_durations(text, seconds):
+    assert parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["3", "3 minutes", "m", "-3m", "5s", "3d"])
+def test_bad_budgets_are_refused_with_the_form_to_use(text):
+    with pytest.raises(ConfigError, match="budget"):
+        parse_budget(text)
+
+
+def simulate(plan, spent: float, step_s: float, extra_s: float) -> float:
+    """What a fake clock reads at the run's end: set-up, each step, and a validation + checkpoint per epoch."""
+    clock = spent
+    for step in range(plan.total_steps):
+        clock += step_s
+        if (step + 1) % plan.steps_per_epoch == 0 or step + 1 == plan.total_steps:
+            clock += extra_s
+    return clock
+
+
+@pytest.mark.parametrize("budget, spent, step_s, extra_s, steps_per_epoch", [
+    (180, 4.0, 0.012, 0.8, 211),   # fast machine, Fashion-MNIST-sized epochs: many epochs
+    (180, 4.0, 0.35, 2.5, 211),    # slow machine: under three epochs, the last one partial
+    (180, 9.0, 2.0, 6.0, 211),     # very slow: part of one epoch
+    (600, 5.0, 0.05, 1.0, 17),     # tiny epochs: the per-epoch cost dominates
+    (30, 3.0, 0.1, 0.5, 40),
+])
+def test_the_plan_ends_within_the_budget_and_uses_most_of_it(budget, spent, step_s, extra_s, steps_per_epoch):
+    plan = plan_steps(budget - spent, steps_per_epoch, step_s, extra_s)
+    end = simulate(plan, spent, step_s, extra_s)
+    assert end <= budget
+    # and it does not waste the budget: one more step would not have fit inside the margin
+    assert end + step_s + extra_s > budget - (budget - spent) * MARGIN - 1e-9
+    assert plan.epochs == math.ceil(plan.total_steps / steps_per_epoch)
+    assert math.isclose(plan.estimated_seconds, end - spent)
+
+
+def test_budget_and_epochs_together_are_refused_and_a_long_budget_takes_the_long_recipe():
+    with pytest.raises(ConfigError, match="--epochs or --budget"):
+        resolve_config({"budget": 180, "epochs": 3})
+    assert resolve_config({"budget": 180}).recipe == "fast"
+    long = resolve_config({"budget": 600})
+    assert long.recipe == "long" and long.model_kwargs == {"width": 24}
+
+
+@pytest.fixture
+def fake_pace(monkeypatch):
+    """The run 'measures' a pace of 0.2 s per step and 1 s per evaluation and checkpoint."""
+    calls = []
+
+    def pace(run, **_):
+        calls.append(run.cfg.budget)
+        return 0.2, 1.0
+
+    monkeypatch.setattr(fit_module, "measure_pace", pace)
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(fit_module, "budget_clock", lambda: 2.0 * min(next(ticks), 1))  # set-up takes 2 s
+    return calls
+
+
+def test_a_budgeted_run_plans_its_length_from_the_measured_pace(tmp_path, fake_pace):
+    # TINY on the sample: 4,500 training images in batches of 128 -> 35 steps per epoch (drop_last)
+    result = fit(**TINY, budget=30, out=str(tmp_path / "run"), progress=False)
+    cfg = result.config
+    # (30 s - 2 s set-up) * 0.92 = 25.76 s usable; 35 steps * 0.2 s + 1 s = 8 s per epoch: 3 epochs (24 s), and
+    # 1.76 s left of which the 4th epoch's evaluation takes 1 s: 3 more steps
+    assert fake_pace == [30] and cfg.max_steps == 3 * 35 + 3 and cfg.epochs == 4
+    assert len(result.history) == cfg.epochs
+    saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    assert (saved["budget"], saved["max_steps"], saved["epochs"]) == (30, cfg.max_steps, cfg.epochs)
+
+
+def test_a_resumed_budgeted_run_keeps_its_plan(tmp_path, fake_pace):
+    from tests.train.test_fit import stop_after
+
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        fit(**TINY, budget=30, out=str(out), progress=False, callbacks=[stop_after(1)])
+    planned = yaml.safe_load((out / "config.yaml").read_text())["max_steps"]
+    fake_pace.clear()
+    result = fit(resume=out, progress=False)
+    assert fake_pace == []  # nothing re-measured: the plan is the one the run started with
+    assert result.config.max_steps == planned and len(result.history) == result.config.epochs
+
+
+def test_a_too_short_budget_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(fit_module, "measure_pace", lambda run, **_: (20.0, 5.0))
+    with pytest.raises(ConfigError, match="budget of 10 s is too short"):
+        fit(**TINY, budget=10, out=str(tmp_path / "run"), progress=False)
+
+
+def test_a_run_that_falls_behind_its_plan_shortens_the_rest_to_end_inside_the_budget():
+    """Planned at 0.2 s a step, the machine turns out to take 0.6 s: after the first epoch the rest is re-planned
+    at the real pace, and the shortened run (simulated on from there) still ends inside the budget."""
+    budget, spe = 180.0, 35
+    plan = plan_steps(budget - 2, spe, 0.2, 1.0)
+    elapsed = 2 + spe * 0.6 + 1.0  # the first epoch at the real pace
+    total = shortened_total(budget, elapsed, spe, plan.total_steps, spe, 0.6, 1.0)
+    assert total is not None and spe < total < plan.total_steps
+    rest = simulate(plan_steps(budget - elapsed, spe, 0.6, 1.0), elapsed, 0.6, 1.0)
+    assert rest <= budget
+    # on time (or faster): the plan stands
+    assert shortened_total(budget, 2 + spe * 0.2 + 1.0, spe, plan.total_steps, spe, 0.2, 1.0) is None
+    assert shortened_total(budget, 2 + spe * 0.1 + 1.0, spe, plan.total_steps, spe, 0.1, 1.0) is None

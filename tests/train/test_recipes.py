@@ -1,0 +1,102 @@
+"""Each model family trains with its own paper recipe, and that recipe lowers the loss from the start."""
+
+from __future__ import annotations
+
+import pytest
+
+from cnnkit.models.registry import get_entry, list_models
+from cnnkit.train import FAMILY_RECIPES, family_recipe, fit, resolve_config
+
+# one model per small-input family, shrunk (same blocks, fewer channels or layers) so 50 steps take seconds
+FAMILIES = {
+    "resnet": ("resnet20", {}),
+    "pyramidnet": ("pyramidnet", {"depth": 20, "alpha": 12}),
+    "vgg": ("vgg8_bn_mini", {"width": 0.25, "fc_width": 64}),
+    "tinyvgg": ("tinyvgg", {}),
+    "inception": ("inception_v4_mini", {"depths": [1, 1, 1]}),
+    "mobilenet": ("mobilenet_v2_mini", {"width": 0.5}),
+    "convnext": ("convnext_mini", {"dims": [16, 32, 64, 128], "depths": [1, 1, 2, 1]}),
+    "inception_next": ("inception_next_mini", {"dims": [16, 32, 64, 128], "depths": [1, 1, 2, 1]}),
+}
+
+
+def test_every_small_input_model_has_a_family_recipe_of_its_paper():
+    for name in list_models():
+        entry = get_entry(name)
+        recipe = family_recipe(name, entry.family)
+        assert recipe.name != "generic", name
+        assert recipe.name in FAMILIES or recipe.name == "resnet", name
+    assert {r.name for r in FAMILY_RECIPES.values()} >= set(FAMILIES)
+
+
+@pytest.mark.parametrize("model, optimizer, lr, wd, recipe", [
+    ("convnext_mini", "adamw", 2e-3, 0.05, "convnext"),
+    ("inception_next_mini", "adamw", 2e-3, 0.05, "inception_next"),  # the longest name prefix wins
+    ("resnet20", "sgd", 0.1, 5e-4, "resnet"),
+    ("mobilenet_v2_mini", "rmsprop", 0.016, 4e-5, "mobilenet"),
+    ("inception_v4_mini", "rmsprop", 0.045, 4e-5, "inception"),
+    ("timm/convnext_atto", "adamw", 2e-3, 0.05, "convnext"),
+    ("timm/efficientnet_b0", "adamw", 1e-3, 0.05, "generic"),
+])
+def test_another_model_than_the_recipes_own_gets_its_family_recipe(model, optimizer, lr, wd, recipe):
+    cfg = resolve_config({"model": model, "data": "sample"})
+    assert (cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.model_recipe) == (optimizer, lr, wd, recipe)
+    assert cfg.epochs == 5 and cfg.augment.hflip  # how long and how to augment still come from the dataset
+
+
+def test_the_recipes_own_model_keeps_its_tuned_settings_and_options_win():
+    cfg = resolve_config({"data": "sample"})
+    assert (cfg.model, cfg.lr, cfg.model_recipe) == ("resnet9", 0.2, "fast:mnist-like")
+    cfg = resolve_config({"model": "convnext_mini", "lr": 5e-4, "weight_decay": 0.01})
+    assert (cfg.optimizer, cfg.lr, cfg.weight_decay) == ("adamw", 5e-4, 0.01)
+    # another optimizer than the recipe's, without a rate: that optimizer's own default rate and decay
+    cfg = resolve_config({"model": "resnet20", "optimizer": "adamw"})
+    assert (cfg.optimizer, cfg.lr, cfg.weight_decay) == ("adamw", 1e-3, 0.05)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_each_family_recipe_lowers_the_loss_over_its_first_50_steps(family, tmp_path):
+    model, options = FAMILIES[family]
+    # 50 steps: 5 epochs of 10 batches of 64; everything else is the family's default recipe
+    result = fit(model=model, model_kwargs=options, data="sample", train_images=640, batch_size=64, epochs=5,
+                 tta=False, out=str(tmp_path / family), progress=False)
+    assert result.config.model_recipe == family
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < 0.85 * losses[0], losses
+    assert result.best_val_acc > 0.3  # 10 classes: chance is 0.1
+
+
+def test_the_layout_is_measured_once_per_model_and_machine_then_read_from_the_cache(monkeypatch, tmp_path):
+    import torch
+
+    from cnnkit.models import create
+    from cnnkit.train import layout
+
+    monkeypatch.setenv("CNNKIT_CACHE", str(tmp_path))
+    timed = []
+
+    def fake_time(model, x, y, device, amp):
+        timed.append(x.is_contiguous(memory_format=torch.channels_last))
+        return 0.010 if timed[-1] else 0.015  # channels-last 1.5× faster
+
+    monkeypatch.setattr(layout, "_time_steps", fake_time)
+    model = create("resnet9", 10, 3, width=4)
+    args = ("resnet9", {"width": 4}, (3, 28, 28), 256, torch.device("cpu"), None)
+    assert layout.choose_layout(model, *args) == (True, "channels-last (measured: 1.50× faster than NCHW)")
+    assert timed == [False, True]
+    assert layout.choose_layout(model, *args)[1].startswith("channels-last (cached measurement")
+    assert len(timed) == 2  # not measured again
+    monkeypatch.setattr(layout, "_time_steps", lambda model, x, *a: 0.02 if x.is_contiguous(
+        memory_format=torch.channels_last) else 0.01)
+    other = ("resnet9", {"width": 8}, (3, 28, 28), 256, torch.device("cpu"), None)
+    assert layout.choose_layout(model, *other) == (False, "NCHW (measured: 2.00× faster than channels-last)")
+    assert layout.choose_layout(model, "resnet9", {}, (3, 28, 28), 256, torch.device("cuda"), None)[0]
+
+
+def test_train_says_and_records_what_auto_chose(trained_run):
+    import yaml
+
+    saved = yaml.safe_load((trained_run.run_dir / "config.yaml").read_text())
+    assert saved["channels_last"] == "auto"
+    assert saved["chosen"]["layout"].split(" ")[0] in ("channels-last", "NCHW")
+    assert "float32" in saved["chosen"]["precision"] or "bfloat16" in saved["chosen"]["precision"]
