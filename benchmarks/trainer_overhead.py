@@ -1,14 +1,17 @@
-"""Trainer overhead: images/s of cnnkit.train.fit against a plain hand-written PyTorch loop, side by side.
+"""Trainer overhead: images/s of cnnkit.train.fit against plain hand-written PyTorch loops, side by side.
 
 Same model (ResNet-9, width 16), batch size, threads and data (full Fashion-MNIST training set, one epoch,
-no augmentation, no validation). Runs are interleaved, in alternating order, and the median is reported. Two plain loops:
-  * like-for-like: the same precision and memory format fit uses (bf16 autocast where the CPU has it,
-    channels-last), so the ratio measures what the trainer adds or removes;
-  * default: fp32, NCHW: what a plain loop gets without those settings.
-Also: model FLOPs utilization against an sgemm peak measured in the same run, and the input pipeline's
-time per batch against the training step it feeds (the fast and long recipes' augmentations).
+no augmentation, no validation). Runs are interleaved, in alternating order, and the median is reported.
+`fit` runs with `--amp` as given (`auto`: bf16 only where the CPU computes it natively; `off`: fp32, which is
+what a CPU without native bf16 gets, so `--amp off` stands in for such a machine) and its layout on `auto`
+(measured). The plain loops cover every setting a person might pick by hand: fp32 and (where the CPU has
+native bf16, or with --all-plain) bf16 autocast, each NCHW and channels-last. Reported: fit against the plain
+loop at its own precision and layout (what the trainer adds), and against the fastest plain loop of any
+setting (what a user gets from cnnkit's choices); model FLOPs utilization against an sgemm peak measured in the
+same run; the input pipeline's time per batch against the training step it feeds.
 
-    python benchmarks/trainer_overhead.py [--data-dir ../shared/datasets] [--repeats 3]
+    python -m benchmarks.trainer_overhead --amp off    # writes benchmarks/results/trainer_overhead_off.json
+    python -m benchmarks.trainer_overhead --amp auto   # ... trainer_overhead_auto.json
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ import time
 
 import torch
 import torch.nn.functional as F
+import yaml
 
 from benchmarks.common import SHARED_DATA, gemm_peak_gflops, train_flops_per_image, write_result
 from cnnkit.data import AugmentConfig, BatchLoader, Normalize, channel_stats, load_dataset
 from cnnkit.models import create
-from cnnkit.runtime import autocast, autocast_dtype
+from cnnkit.runtime import autocast, autocast_dtype, cpu_description
 from cnnkit.train import RECIPES, fit
 
 MODEL, KW, BATCH, LR = "resnet9", {"width": 16}, 256, 0.2
@@ -54,8 +58,8 @@ def plain_loop(data, amp: torch.dtype | None, channels_last: bool, seed: int = 0
     return n / (time.perf_counter() - t)
 
 
-def fit_epoch(data_dir: str) -> float:
-    r = fit(model=MODEL, model_kwargs=KW, data="fashion-mnist", data_dir=data_dir, epochs=1, batch_size=BATCH,
+def fit_epoch(data_dir: str, amp: str) -> float:
+    r = fit(model=MODEL, model_kwargs=KW, data="fashion-mnist", data_dir=data_dir, epochs=1, batch_size=BATCH, amp=amp,
             lr=LR, val_fraction=0.0, augment={"crop_padding": 0, "hflip": False}, label_smoothing=0.0,
             tta=False, out="/tmp/cnnkit-bench-overhead", overwrite=True, progress=False)
     return r.history[0]["images_per_s"]
@@ -75,20 +79,33 @@ def input_pipeline(data, augment: AugmentConfig, step_seconds: float) -> dict[st
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-dir", default=str(SHARED_DATA))
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--amp", choices=("off", "auto"), default="auto")
+    ap.add_argument("--all-plain", action="store_true", help="Also time bf16 plain loops where bf16 is emulated.")
     args = ap.parse_args()
+    cpu = cpu_description()
     data = load_dataset("fashion-mnist", "train", data_dir=args.data_dir)
-    amp = autocast_dtype("auto", torch.device("cpu"))
-    runs: dict[str, list[float]] = {"fit": [], "plain_like_for_like": [], "plain_fp32_nchw": []}
-    measure = {"fit": lambda r: fit_epoch(args.data_dir),
-               "plain_like_for_like": lambda r: plain_loop(data, amp, True, seed=r),
-               "plain_fp32_nchw": lambda r: plain_loop(data, None, False, seed=r)}
+    amp = autocast_dtype(args.amp, torch.device("cpu"))
+    dtypes = {"fp32": None}
+    if amp is not None or cpu["bf16_native"] or args.all_plain:
+        dtypes["bf16"] = torch.bfloat16
+    measure = {"fit": lambda r: fit_epoch(args.data_dir, args.amp)}
+    for dname, dt in dtypes.items():
+        for layout in ("nchw", "channels_last"):
+            measure[f"plain_{dname}_{layout}"] = (lambda dt, cl: lambda r: plain_loop(data, dt, cl, seed=r))(
+                dt, layout == "channels_last")
+    runs: dict[str, list[float]] = {k: [] for k in measure}
     for r in range(args.repeats):
         order = list(measure) if r % 2 == 0 else list(reversed(measure))  # alternate to cancel drift
         for name in order:
             runs[name].append(measure[name](r))
         print({k: round(v[-1]) for k, v in runs.items()}, flush=True)
     med = {k: statistics.median(v) for k, v in runs.items()}
+    fit_cfg = yaml.safe_load(open("/tmp/cnnkit-bench-overhead/config.yaml"))
+    fit_layout = "channels_last" if fit_cfg["chosen"]["layout"].startswith("channels-last") else "nchw"
+    same = f"plain_{'bf16' if amp is not None else 'fp32'}_{fit_layout}"
+    plain = {k: v for k, v in med.items() if k.startswith("plain_")}
+    fastest = max(plain, key=plain.get)
 
     flops = train_flops_per_image(create(MODEL, 10, 1, **KW), (1, 28, 28))
     sgemm = gemm_peak_gflops(torch.float32)
@@ -97,17 +114,20 @@ def main() -> None:
     pipeline = {name: input_pipeline(data, AugmentConfig(**RECIPES[name]["mnist-like"].get("augment", {})),
                                      step_seconds) for name in ("fast", "long")}
     result = {
-        "model": f"{MODEL} {KW}", "batch_size": BATCH, "images": len(data), "precision": str(amp),
+        "cpu_details": cpu, "amp": args.amp, "fit_precision": fit_cfg["chosen"]["precision"],
+        "fit_layout": fit_cfg["chosen"]["layout"],
+        "model": f"{MODEL} {KW}", "batch_size": BATCH, "images": len(data),
         "images_per_s_median": med, "images_per_s_runs": runs,
-        "ratio_fit_over_plain_like_for_like": med["fit"] / med["plain_like_for_like"],
-        "ratio_fit_over_plain_fp32_nchw": med["fit"] / med["plain_fp32_nchw"],
+        "plain_same_setting": same, "ratio_fit_over_plain_same_setting": med["fit"] / med[same],
+        "fastest_plain": fastest, "ratio_fit_over_fastest_plain": med["fit"] / med[fastest],
         "train_gflop_per_image": flops / 1e9,
         "sgemm_peak_gflops": sgemm, "bf16_gemm_peak_gflops": bf16_gemm,
+        "fit_share_of_sgemm_peak": med["fit"] * flops / 1e9 / sgemm,
         "mfu_vs_sgemm": {k: v * flops / 1e9 / sgemm for k, v in med.items()},
         "mfu_vs_bf16_gemm": {k: v * flops / 1e9 / bf16_gemm for k, v in med.items()},
         "input_pipeline": pipeline,
     }
-    print(write_result("trainer_overhead", result))
+    print(write_result(f"trainer_overhead_{args.amp}", result))
     print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items() if k != "images_per_s_runs"})
 
 

@@ -120,3 +120,20 @@ def test_usage_errors_exit_2_without_traceback(capsys, args, message):
 def test_help_exits_zero(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0 and "train" in out and "predict" in out
+
+
+def test_train_lr_find_proposes_a_rate_and_trains_nothing(tmp_path, capsys):
+    out = tmp_path / "lrf"
+    code, stdout, err = run(capsys, "train", "--lr-find", "--model", "resnet9", "--model-kw", "width=8", "--data",
+                            "sample", "--batch-size", "128", "--out", str(out), "--quiet")
+    assert code == 0, err
+    proposed = re.search(r"--lr (\S+)", stdout)
+    assert proposed and 1e-4 < float(proposed.group(1)) < 1.0
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["lr_find.csv", "lr_find.png"]
+
+
+def test_models_info_shows_the_family_recipe(capsys):
+    code, out, err = run(capsys, "models", "info", "convnext_mini", "--no-timing")
+    assert code == 0, err
+    assert "default training recipe (convnext family" in out and "batch 128, adamw, lr 0.0015, weight decay 0.05" in out
+    assert "Liu et al. 2022" in out

@@ -30,12 +30,12 @@ def test_every_small_input_model_has_a_family_recipe_of_its_paper():
 
 
 @pytest.mark.parametrize("model, optimizer, lr, wd, recipe", [
-    ("convnext_mini", "adamw", 2e-3, 0.05, "convnext"),
-    ("inception_next_mini", "adamw", 2e-3, 0.05, "inception_next"),  # the longest name prefix wins
+    ("convnext_mini", "adamw", 1.5e-3, 0.05, "convnext"),
+    ("inception_next_mini", "adamw", 1.5e-3, 0.05, "inception_next"),  # the longest name prefix wins
     ("resnet20", "sgd", 0.1, 5e-4, "resnet"),
-    ("mobilenet_v2_mini", "rmsprop", 0.016, 4e-5, "mobilenet"),
+    ("mobilenet_v2_mini", "rmsprop", 0.004, 4e-5, "mobilenet"),
     ("inception_v4_mini", "rmsprop", 0.045, 4e-5, "inception"),
-    ("timm/convnext_atto", "adamw", 2e-3, 0.05, "convnext"),
+    ("timm/convnext_atto", "adamw", 1.5e-3, 0.05, "convnext"),
     ("timm/efficientnet_b0", "adamw", 1e-3, 0.05, "generic"),
 ])
 def test_another_model_than_the_recipes_own_gets_its_family_recipe(model, optimizer, lr, wd, recipe):
@@ -66,7 +66,8 @@ def test_each_family_recipe_lowers_the_loss_over_its_first_50_steps(family, tmp_
     assert result.best_val_acc > 0.3  # 10 classes: chance is 0.1
 
 
-def test_the_layout_is_measured_once_per_model_and_machine_then_read_from_the_cache(monkeypatch, tmp_path):
+def test_precision_and_layout_are_measured_once_per_model_and_machine_then_read_from_the_cache(monkeypatch,
+                                                                                             tmp_path):
     import torch
 
     from cnnkit.models import create
@@ -74,23 +75,34 @@ def test_the_layout_is_measured_once_per_model_and_machine_then_read_from_the_ca
 
     monkeypatch.setenv("CNNKIT_CACHE", str(tmp_path))
     timed = []
+    speed = {"fp32-nchw": 0.015, "fp32-channels_last": 0.010, "bf16-nchw": 0.012, "bf16-channels_last": 0.020}
 
     def fake_time(model, x, y, device, amp):
-        timed.append(x.is_contiguous(memory_format=torch.channels_last))
-        return 0.010 if timed[-1] else 0.015  # channels-last 1.5× faster
+        label = layout._label(amp, x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1)
+        timed.append(label)
+        return speed[label]
 
     monkeypatch.setattr(layout, "_time_steps", fake_time)
     model = create("resnet9", 10, 3, width=4)
-    args = ("resnet9", {"width": 4}, (3, 28, 28), 256, torch.device("cpu"), None)
-    assert layout.choose_layout(model, *args) == (True, "channels-last (measured: 1.50× faster than NCHW)")
-    assert timed == [False, True]
-    assert layout.choose_layout(model, *args)[1].startswith("channels-last (cached measurement")
-    assert len(timed) == 2  # not measured again
-    monkeypatch.setattr(layout, "_time_steps", lambda model, x, *a: 0.02 if x.is_contiguous(
-        memory_format=torch.channels_last) else 0.01)
-    other = ("resnet9", {"width": 8}, (3, 28, 28), 256, torch.device("cpu"), None)
-    assert layout.choose_layout(model, *other) == (False, "NCHW (measured: 2.00× faster than channels-last)")
-    assert layout.choose_layout(model, "resnet9", {}, (3, 28, 28), 256, torch.device("cuda"), None)[0]
+    cpu = torch.device("cpu")
+    args = (model, "resnet9", {"width": 4}, (3, 28, 28), 256, cpu)
+    # a CPU with native bf16: all four candidates, and fp32 channels-last (the fastest) wins
+    monkeypatch.setattr(layout, "native_bf16_cpu", lambda: True)
+    dtype, last, prec, lay = layout.choose_execution(*args, "auto", "auto")
+    assert (dtype, last) == (None, True) and len(timed) == 4
+    assert prec == "float32 (measured 2.00× faster than bfloat16 autocast; the CPU has native bf16)"
+    assert lay == "channels-last (measured 1.50× faster than NCHW)"
+    assert layout.choose_execution(*args, "auto", "auto")[3].startswith("channels-last (measured (cached)")
+    assert len(timed) == 4  # not measured again
+    # a CPU that only emulates bf16 (mocked flags): bf16 is never a candidate, whatever it would measure
+    monkeypatch.setattr(layout, "native_bf16_cpu", lambda: False)
+    speed["bf16-nchw"] = 0.001
+    dtype, last, prec, _ = layout.choose_execution(model, "resnet9", {"width": 8}, (3, 28, 28), 256, cpu, "auto",
+                                                   "auto")
+    assert dtype is None and "no native bf16" in prec and not any(t.startswith("bf16") for t in timed[4:])
+    # explicit choices are kept; a GPU takes channels-last without measuring
+    assert layout.choose_execution(*args, "off", False)[:2] == (None, False)
+    assert layout.choose_execution(*args, "bf16", "auto")[0] == torch.bfloat16
 
 
 def test_train_says_and_records_what_auto_chose(trained_run):

@@ -334,8 +334,7 @@ class _Run:
         set_threads(cfg.threads)
         seed_everything(cfg.seed, cfg.deterministic)
         self.device = pick_device(cfg.device)
-        self.amp = autocast_dtype(cfg.amp, self.device)
-        self.precision = precision_note(cfg.amp, self.device)
+        self.amp = autocast_dtype(cfg.amp, self.device)  # checks --amp against the device; auto decided with the model
         self._load_data()
         self._build_model()
         self.dir, self.out, self.lock = open_run_dir(cfg, self.resuming, self.overwrite)
@@ -390,15 +389,11 @@ class _Run:
             report = load_pretrained(model, cfg.init_from)
             if self.progress:
                 print(report.summary())
-        if cfg.channels_last == "auto":
-            from cnnkit.train.layout import choose_layout
+        from cnnkit.train.layout import choose_execution
 
-            self.channels_last, self.layout_note = choose_layout(
-                model, cfg.model, cfg.model_kwargs, (full.in_chans, *full.img_size), cfg.batch_size, self.device,
-                self.amp)
-        else:
-            self.channels_last = cfg.channels_last
-            self.layout_note = f"{'channels-last' if cfg.channels_last else 'NCHW'} (--{'' if cfg.channels_last else 'no-'}channels-last)"
+        self.amp, self.channels_last, self.precision, self.layout_note = choose_execution(
+            model, cfg.model, cfg.model_kwargs, (full.in_chans, *full.img_size), cfg.batch_size, self.device,
+            cfg.amp, cfg.channels_last)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format)
         self.normalize = Normalize(self.mean, self.std, self.device, self.channels_last)

@@ -1,11 +1,14 @@
-"""Channels-last or NCHW: chosen by measuring which one trains this model faster on this machine.
+"""Precision and memory layout for training, chosen by what is fastest for this model on this machine.
 
-On a GPU with mixed precision channels-last is what the tensor cores want, so it is chosen without
-measuring. On a CPU it depends on the model and the kernels (oneDNN): usually faster for plain and residual
-convolution stacks, sometimes slower for depthwise or tiny layers. The first run of a model (its name and
-options), input shape, batch, precision and thread count on a CPU measures a few training steps in both
-layouts; the answer is cached per CPU model and torch version in `$CNNKIT_CACHE/layout.json` (default
-`~/.cache/cnnkit`), so later runs decide at once.
+`--amp auto` never considers bfloat16 on a CPU that only emulates it (see runtime.native_bf16_cpu). Where
+the CPU computes bf16 natively, bf16 is still not always faster: on a 2-core Xeon with AMX, ResNet-9 trains
+1.6× faster in bf16, MobileNetV2 and ConvNeXt (depthwise convolutions) faster in fp32. Channels-last is
+faster for most convolution stacks and slower for some. So on a CPU, each candidate (fp32, and bf16 where
+native; NCHW and channels-last where `--channels-last` is `auto`) is timed for a few training steps on a
+copy of the model, and the fastest wins. The answer is cached per CPU model, torch version, thread count,
+model, options, input shape and batch in `$CNNKIT_CACHE/layout.json` (default `~/.cache/cnnkit`), so only
+the first run of a model on a machine measures; delete the file to measure again. On a GPU, `auto` keeps
+the usual rule (bf16 where supported, else fp16) with channels-last, which the tensor cores want.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnkit.runtime import autocast, cpu_description
+from cnnkit.runtime import autocast, autocast_dtype, cpu_description, native_bf16_cpu, precision_note
 
 TIMED_STEPS = 3
+_NAMES = {None: "float32", torch.bfloat16: "bfloat16 autocast", torch.float16: "float16 autocast"}
 
 
 def _cache_file() -> Path:
@@ -32,11 +36,9 @@ def _cache_file() -> Path:
     return cache_dir() / "layout.json"
 
 
-def _key(model_name: str, model_kwargs: dict[str, Any], shape: tuple[int, ...], batch: int,
-         amp: torch.dtype | None) -> str:
-    cpu = cpu_description()
-    return json.dumps([cpu["model"], torch.__version__, torch.get_num_threads(), model_name,
-                       sorted((k, str(v)) for k, v in model_kwargs.items()), list(shape), batch, str(amp)])
+def _key(model_name: str, model_kwargs: dict[str, Any], shape: tuple[int, ...], batch: int) -> str:
+    return json.dumps([cpu_description()["model"], torch.__version__, torch.get_num_threads(), model_name,
+                       sorted((k, str(v)) for k, v in model_kwargs.items()), list(shape), batch])
 
 
 def _time_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
@@ -58,44 +60,85 @@ def _time_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torc
     return sorted(times)[len(times) // 2]
 
 
-def choose_layout(model: nn.Module, model_name: str, model_kwargs: dict[str, Any], shape: tuple[int, ...],
-                  batch: int, device: torch.device, amp: torch.dtype | None) -> tuple[bool, str]:
-    """(channels_last, why) for training `model` on inputs of `shape` (C, H, W) in batches of `batch`."""
-    if device.type == "cuda":
-        return True, "channels-last (what the GPU's tensor cores want)"
-    if device.type != "cpu":
-        return False, f"NCHW (the default on {device.type})"
-    batch = min(batch, 64)  # enough to rank the layouts, cheap for large models
-    key = _key(model_name, model_kwargs, shape, batch, amp)
+def _label(amp: torch.dtype | None, channels_last: bool) -> str:
+    return f"{'bf16' if amp == torch.bfloat16 else 'fp32'}-{'channels_last' if channels_last else 'nchw'}"
+
+
+def choose_execution(model: nn.Module, model_name: str, model_kwargs: dict[str, Any], shape: tuple[int, ...],
+                     batch: int, device: torch.device, amp: str, channels_last: bool | str
+                     ) -> tuple[torch.dtype | None, bool, str, str]:
+    """(autocast dtype, channels_last, precision note, layout note) for training `model` on (C, H, W) inputs."""
+    if device.type != "cpu" or (amp != "auto" and channels_last != "auto"):
+        dtype = autocast_dtype(amp, device)
+        last = channels_last if channels_last != "auto" else device.type == "cuda"
+        why = "what the GPU's tensor cores want" if device.type == "cuda" else f"the default on {device.type}"
+        layout = ("channels-last" if last else "NCHW") + (
+            f" ({why})" if channels_last == "auto" else f" (--{'' if last else 'no-'}channels-last)")
+        return dtype, last, precision_note(amp, device), layout
+    dtypes = [autocast_dtype(amp, device)] if amp != "auto" else (
+        [None, torch.bfloat16] if torch.backends.mkldnn.is_available() and native_bf16_cpu() else [None])
+    layouts = [channels_last] if channels_last != "auto" else [False, True]
+    candidates = [(d, cl) for d in dtypes for cl in layouts]
+    timings = _measure(model, model_name, model_kwargs, shape, min(batch, 64), device, candidates)
+    best = min(candidates, key=lambda c: timings[_label(*c)])
+    dtype, last = best
+    cached = " (cached)" if timings.get("cached") else ""
+
+    def versus(others: list[tuple[torch.dtype | None, bool]], what) -> str:
+        if not others:
+            return ""
+        runner_up = min(others, key=lambda c: timings[_label(*c)])
+        ratio = timings[_label(*runner_up)] / timings[_label(*best)]
+        return f"measured{cached} {ratio:.2f}× faster than {what(runner_up)}"
+
+    if amp == "auto":
+        if len(dtypes) == 1:
+            prec = f"{_NAMES[dtype]} (the CPU has no native bf16; emulated bf16 would be slower)"
+        else:
+            other = [(d, last) for d in dtypes if d != dtype]
+            prec = f"{_NAMES[dtype]} ({versus(other, lambda c: _NAMES[c[0]])}; the CPU has native bf16)"
+    else:
+        prec = precision_note(amp, device)
+    if channels_last == "auto":
+        other = [(dtype, not last)]
+        layout = f"{'channels-last' if last else 'NCHW'} ({versus(other, lambda c: 'channels-last' if c[1] else 'NCHW')})"
+    else:
+        layout = f"{'channels-last' if last else 'NCHW'} (--{'' if last else 'no-'}channels-last)"
+    return dtype, last, prec, layout
+
+
+def _measure(model: nn.Module, model_name: str, model_kwargs: dict[str, Any], shape: tuple[int, ...], batch: int,
+             device: torch.device, candidates: list[tuple[torch.dtype | None, bool]]) -> dict[str, Any]:
+    """Seconds per step of each candidate, from the cache or measured now (and then cached)."""
+    key = _key(model_name, model_kwargs, shape, batch)
     cache = _cache_file()
     try:
         known = json.loads(cache.read_text())
     except (OSError, ValueError):
         known = {}
-    if isinstance(known, dict) and isinstance(known.get(key), dict) and "nchw" in known[key]:
-        entry = known[key]
-        how = "cached measurement"
-    else:
+    known = known if isinstance(known, dict) else {}
+    entry = known.get(key) if isinstance(known.get(key), dict) else {}
+    wanted = [_label(*c) for c in candidates]
+    if all(isinstance(entry.get(w), (int, float)) for w in wanted):
+        return {**entry, "cached": True}
+    state = torch.get_rng_state()
+    x = torch.randn(batch, *shape, device=device)
+    y = torch.randint(0, 2, (batch,), device=device)
+    for dtype, last in candidates:
+        if _label(dtype, last) in entry:
+            continue
         probe = copy.deepcopy(model).to(device).train()
-        x = torch.randn(batch, *shape, device=device)
-        y = torch.randint(0, 2, (batch,), device=device)
-        state = torch.get_rng_state()
-        nchw = _time_steps(probe, x, y, device, amp)
-        probe = probe.to(memory_format=torch.channels_last)
-        last = _time_steps(probe, x.contiguous(memory_format=torch.channels_last), y, device, amp)
-        torch.set_rng_state(state)
-        entry = {"nchw": nchw, "channels_last": last}
-        how = "measured"
-        known = known if isinstance(known, dict) else {}
-        known[key] = entry
-        try:  # a cache only: a folder that cannot be written costs a re-measurement next time, nothing more
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(known, indent=1))
-            os.replace(tmp, cache)
-        except OSError:
-            pass
-    use_last = entry["channels_last"] <= entry["nchw"]
-    ratio = entry["nchw"] / entry["channels_last"] if use_last else entry["channels_last"] / entry["nchw"]
-    name = "channels-last" if use_last else "NCHW"
-    return use_last, f"{name} ({how}: {ratio:.2f}× faster than {'NCHW' if use_last else 'channels-last'})"
+        xs = x
+        if last:
+            probe, xs = probe.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        entry[_label(dtype, last)] = _time_steps(probe, xs, y, device, dtype)
+    torch.set_rng_state(state)
+    known[key] = entry
+    try:  # a cache only: a folder that cannot be written costs a re-measurement next time, nothing more
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1))
+        os.replace(tmp, cache)
+    except OSError:
+        pass
+    return entry

@@ -26,7 +26,7 @@ from cnnkit.runtime import autocast
 class LrFindResult:
     lrs: list[float]
     losses: list[float]  # raw loss per step
-    smoothed: list[float]  # bias-corrected exponential moving average (beta 0.98)
+    smoothed: list[float]  # bias-corrected exponential moving average
     suggestion: float  # proposed peak learning rate
     steepest: float  # rate where the smoothed loss fell fastest
     min_loss_lr: float  # rate at the smoothed loss's minimum
@@ -39,8 +39,10 @@ class LrFindResult:
         return "\n".join(rows) + "\n"
 
 
-def range_test(run: Any, steps: int = 100, start: float = 1e-6, end: float = 10.0, beta: float = 0.98) -> LrFindResult:
-    """The range test on a set-up `_Run` (its data, model and config), over `steps` steps."""
+def range_test(run: Any, steps: int = 100, start: float = 1e-6, end: float = 10.0,
+               beta: float | None = None) -> LrFindResult:
+    """The range test on a set-up `_Run` (its data, model and config), over `steps` steps. The smoothing
+    `beta` defaults to 1 - 4/steps (0.96 for 100 steps), so its lag stays a small share of the range."""
     from cnnkit.train.fit import build_optimizer
 
     if not (0 < start < end) or steps < 10:
@@ -52,6 +54,7 @@ def range_test(run: Any, steps: int = 100, start: float = 1e-6, end: float = 10.
     lrs: list[float] = []
     losses: list[float] = []
     smoothed: list[float] = []
+    beta = beta if beta is not None else min(0.98, max(0.7, 1 - 4 / steps))
     avg, best, stopped = 0.0, math.inf, False
     epoch = 0
     while len(lrs) < steps and not stopped:
