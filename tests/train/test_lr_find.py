@@ -22,10 +22,10 @@ def test_the_proposal_sits_where_the_loss_still_falls_below_where_it_blows_up():
 
 def test_range_test_on_the_sample_writes_its_curve_and_proposes_a_sane_rate(tmp_path):
     out = tmp_path / "lrf"
-    r = lr_find(**TINY, steps=60, start=1e-4, end=10.0, out=str(out))
+    r = lr_find(**TINY, steps=60, start=1e-4, end=100.0, out=str(out))
     assert len(r.lrs) <= 60 and r.lrs == sorted(r.lrs)
-    assert min(r.smoothed) < 0.85 * r.smoothed[0]  # the loss fell along the way ...
-    assert r.smoothed[-1] > 1.05 * min(r.smoothed)  # ... and climbed again at rates far too high
+    assert min(r.smoothed) < 0.9 * r.smoothed[0]  # the loss fell along the way ...
+    assert r.stopped_early and r.lrs[-1] < 100.0  # ... and blew up at rates far too high, which ended the test
     assert 1e-4 < r.suggestion < 1.0
     assert (out / "lr_find.csv").read_text().startswith("step,lr,loss,smoothed_loss\n")
     assert (out / "lr_find.png").read_bytes()[:4] == b"\x89PNG"

@@ -14,7 +14,7 @@ FAMILIES = {
     "vgg": ("vgg8_bn_mini", {"width": 0.25, "fc_width": 64}),
     "tinyvgg": ("tinyvgg", {}),
     "inception": ("inception_v4_mini", {"depths": [1, 1, 1]}),
-    "mobilenet": ("mobilenet_v2_mini", {"width": 0.5}),
+    "mobilenet": ("mobilenet_v2_mini", {"width": 0.25}),
     "convnext": ("convnext_mini", {"dims": [16, 32, 64, 128], "depths": [1, 1, 2, 1]}),
     "inception_next": ("inception_next_mini", {"dims": [16, 32, 64, 128], "depths": [1, 1, 2, 1]}),
 }
@@ -57,13 +57,15 @@ def test_the_recipes_own_model_keeps_its_tuned_settings_and_options_win():
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_each_family_recipe_lowers_the_loss_over_its_first_50_steps(family, tmp_path):
     model, options = FAMILIES[family]
-    # 50 steps: 5 epochs of 10 batches of 64; everything else is the family's default recipe
+    # 50 steps: 5 epochs of 10 batches of 64, validated on 100 images; the optimization is the family's default
+    # recipe (precision and layout fixed: measuring them is tested elsewhere)
     result = fit(model=model, model_kwargs=options, data="sample", train_images=640, batch_size=64, epochs=5,
-                 tta=False, out=str(tmp_path / family), progress=False)
+                 val_fraction=0.02, tta=False, amp="off", channels_last=True, out=str(tmp_path / family),
+                 progress=False)
     assert result.config.model_recipe == family
     losses = [h["train_loss"] for h in result.history]
     assert losses[-1] < 0.85 * losses[0], losses
-    assert result.best_val_acc > 0.3  # 10 classes: chance is 0.1
+    assert result.best_val_acc > 0.2  # 10 classes: chance is 0.1 (50 steps leave BatchNorm statistics rough)
 
 
 def test_precision_and_layout_are_measured_once_per_model_and_machine_then_read_from_the_cache(monkeypatch,

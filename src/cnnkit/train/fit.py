@@ -33,7 +33,7 @@ from cnnkit.evaluate.loop import evaluate_loader
 from cnnkit.models import create
 from cnnkit.models.layers import MultiSampleDropout, ScheduledDropBlock
 from cnnkit.models.weights import load_pretrained
-from cnnkit.runtime import autocast, autocast_dtype, pick_device, precision_note, seed_everything, set_threads
+from cnnkit.runtime import autocast, autocast_dtype, pick_device, seed_everything, set_threads
 from cnnkit.train.config import TrainConfig, resolve_config
 from cnnkit.train.progress import TrainProgress
 from cnnkit.train.state import load_train_state, save_train_state
