@@ -26,8 +26,11 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     import cnnkit
+    from cnnkit.runtime import cpu_description
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    details = cpu_description()
+    return {"cpu": cpu, "cores": os.cpu_count(), "isa": details["isa"], "bf16_native": details["bf16_native"],
+            "torch_cpu_capability": details["torch_isa"], "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "cnnkit": cnnkit.__version__, "python": platform.python_version(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 

@@ -194,6 +194,8 @@ HEAVY_DATA = {"fashion-mnist": "sample", "mnist": "sample", "cifar10": "sample",
 SHORTEN: dict[str, list[tuple[str, str | None]]] = {
     "train": [("--epochs", "1"), ("--train-images", "300"), ("--quiet", None)],
     "train --resume": [("--epochs", "1"), ("--quiet", None)],  # the resumed run's own settings stand
+    "train --budget": [("--budget", "10s"), ("--train-images", "300"), ("--quiet", None)],
+    "train --lr-find": [("--train-images", "300"), ("--quiet", None)],
     "demo": [("--epochs", "1"), ("--quiet", None)],
     "explain --benchmark": [("--limit", "10"), ("--method", "gradcam,eigencam")],  # all methods: minutes
     "visualize": [("--steps", "5")],
@@ -212,7 +214,7 @@ def command_key(argv: list[str]) -> str:
     """The SHORTEN key of a command line: its command path, plus the option that changes what it does."""
     words = [a for a in argv if a != "--debug"]
     key = words[0] + (f" {words[1]}" if words[0] == "models" and len(words) > 1 else "")
-    for mode in ("--resume", "--benchmark"):
+    for mode in ("--resume", "--benchmark", "--budget", "--lr-find"):
         if mode in words:
             key += f" {mode}"
     return key

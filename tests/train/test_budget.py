@@ -122,3 +122,21 @@ def test_a_run_that_falls_behind_its_plan_shortens_the_rest_to_end_inside_the_bu
     # on time (or faster): the plan stands
     assert shortened_total(budget, 2 + spe * 0.2 + 1.0, spe, plan.total_steps, spe, 0.2, 1.0) is None
     assert shortened_total(budget, 2 + spe * 0.1 + 1.0, spe, plan.total_steps, spe, 0.1, 1.0) is None
+
+
+@pytest.mark.parametrize("total", [4, 5, 7, 40])
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_short_schedules_that_a_small_budget_plans_run_to_their_end(total, schedule):
+    import torch
+
+    from cnnkit.train.fit import build_scheduler
+
+    cfg = resolve_config({"schedule": schedule, "warmup_epochs": 1.5})
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = build_scheduler(cfg, opt, total, steps_per_epoch=1)
+    lrs = []
+    for _ in range(total - 1):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert all(math.isfinite(lr) and lr > 0 for lr in lrs) and lrs[-1] < max(lrs)

@@ -216,7 +216,8 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_st
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=max(warmup, 1) / total_steps,
+            optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=max(warmup, 2) / total_steps,  # >= 2 steps:
+            # with one, torch's OneCycleLR divides by a zero-length warm-up phase
             anneal_strategy="linear", cycle_momentum=False, div_factor=25.0, final_div_factor=1e3)
     sched = torch.optim.lr_scheduler
     cosine = sched.CosineAnnealingLR(optimizer, T_max=max(total_steps - warmup, 1), eta_min=cfg.lr * 1e-3)
