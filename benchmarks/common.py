@@ -17,18 +17,11 @@ SHARED_DATA = ROOT.parent / "shared" / "datasets"
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import cnnkit
     from cnnkit.runtime import cpu_description
 
     details = cpu_description()
+    cpu = details["model"] if details["model"] != "unknown" else platform.processor()
     return {"cpu": cpu, "cores": os.cpu_count(), "isa": details["isa"], "bf16_native": details["bf16_native"],
             "torch_cpu_capability": details["torch_isa"], "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "cnnkit": cnnkit.__version__, "python": platform.python_version(),

@@ -65,12 +65,12 @@ def test_budget_and_epochs_together_are_refused_and_a_long_budget_takes_the_long
 
 @pytest.fixture
 def fake_pace(monkeypatch):
-    """The run 'measures' a pace of 0.2 s per step and 1 s per evaluation and checkpoint."""
+    """The run 'measures' a pace of 0.4 s per step and 1 s per evaluation and checkpoint."""
     calls = []
 
     def pace(run, **_):
         calls.append(run.cfg.budget)
-        return 0.2, 1.0
+        return 0.4, 1.0
 
     monkeypatch.setattr(fit_module, "measure_pace", pace)
     ticks = iter(range(10**6))
@@ -82,9 +82,9 @@ def test_a_budgeted_run_plans_its_length_from_the_measured_pace(tmp_path, fake_p
     # TINY on the sample: 4,500 training images in batches of 128 -> 35 steps per epoch (drop_last)
     result = fit(**TINY, budget=30, out=str(tmp_path / "run"), progress=False)
     cfg = result.config
-    # (30 s - 2 s set-up) * 0.92 = 25.76 s usable; 35 steps * 0.2 s + 1 s = 8 s per epoch: 3 epochs (24 s), and
-    # 1.76 s left of which the 4th epoch's evaluation takes 1 s: 3 more steps
-    assert fake_pace == [30] and cfg.max_steps == 3 * 35 + 3 and cfg.epochs == 4
+    # (30 s - 2 s set-up) * 0.92 = 25.76 s usable; 35 steps * 0.4 s + 1 s = 15 s per epoch: 1 epoch, and
+    # 10.76 s left of which the 2nd epoch's evaluation takes 1 s: 24 more steps
+    assert fake_pace == [30] and cfg.max_steps == 35 + 24 and cfg.epochs == 2
     assert len(result.history) == cfg.epochs
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
     assert (saved["budget"], saved["max_steps"], saved["epochs"]) == (30, cfg.max_steps, cfg.epochs)
