@@ -140,3 +140,16 @@ def test_short_schedules_that_a_small_budget_plans_run_to_their_end(total, sched
         sched.step()
         lrs.append(opt.param_groups[0]["lr"])
     assert all(math.isfinite(lr) and lr > 0 for lr in lrs) and lrs[-1] < max(lrs)
+
+
+def test_a_long_budget_on_a_machine_too_slow_for_the_long_recipe_trains_the_fast_one(tmp_path, monkeypatch):
+    """10 minutes, but this machine (a fake pace of 30 s a step) would fit under 8 epochs of the long recipe's
+    wider net: the run takes the fast recipe instead, and says so."""
+    monkeypatch.setattr(fit_module, "measure_pace", lambda run, **_: (30.0, 1.0))
+    monkeypatch.setattr(fit_module, "budget_clock", lambda: 0.0)
+    result = fit(data="sample", budget=600, train_images=1000, out=str(tmp_path / "run"), progress=False)
+    assert (result.config.recipe, result.config.model_kwargs) == ("fast", {"width": 16})
+    # (600 s * 0.92) / (3 steps * 30 s + 1 s) -> 6 epochs of 3 steps
+    assert result.config.max_steps == 18 and len(result.history) == 6
+    saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    assert saved["recipe"] == "fast" and "trains the fast recipe" in saved["chosen"]["budget_plan"]

@@ -138,7 +138,8 @@ class TrainConfig:
         return cls(**copy.deepcopy(values))
 
 
-LONG_RECIPE_FROM_S = 360  # from this budget on, --budget without --recipe trains the `long` recipe (a wider net)
+LONG_RECIPE_FROM_S = 360  # from this budget on, --budget without --recipe tries the `long` recipe (a wider net) ...
+LONG_RECIPE_MIN_EPOCHS = 8  # ... and keeps it if this machine fits this many of its epochs, else takes `fast`
 
 
 def dataset_family(data: str) -> str:
@@ -215,11 +216,14 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: TrainConfig | 
     the dataset recipe's own, then the explicitly given options (None means 'not given')."""
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     values = (base or TrainConfig()).to_dict()
+    fallback = None
     if "budget" in given:
         if "epochs" in given:
             raise ConfigError("give --epochs or --budget, not both: a budget plans the epochs itself")
-        if "recipe" not in given and base is None:  # a longer budget affords the recipe that goes further
+        if "recipe" not in given and base is None:  # a longer budget may afford the recipe that goes further
             given["recipe"] = "long" if given["budget"] >= LONG_RECIPE_FROM_S else "fast"
+            if given["recipe"] == "long":
+                fallback = {**(overrides or {}), "recipe": "fast"}
     recipe = given.get("recipe", values.get("recipe"))
     data = given.get("data", values["data"])
     preset: dict[str, Any] = {}
@@ -248,4 +252,6 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: TrainConfig | 
     values.update(given)
     if augment:
         values["augment"] = {**values["augment"], **(augment if isinstance(augment, dict) else augment.__dict__)}
-    return TrainConfig.from_dict(values)
+    cfg = TrainConfig.from_dict(values)
+    cfg._budget_fallback = fallback  # not a field: what to train if the machine is too slow for the long recipe
+    return cfg

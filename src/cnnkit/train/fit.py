@@ -34,7 +34,7 @@ from cnnkit.models import create
 from cnnkit.models.layers import MultiSampleDropout, ScheduledDropBlock
 from cnnkit.models.weights import load_pretrained
 from cnnkit.runtime import autocast, autocast_dtype, pick_device, seed_everything, set_threads
-from cnnkit.train.config import TrainConfig, resolve_config
+from cnnkit.train.config import LONG_RECIPE_MIN_EPOCHS, TrainConfig, resolve_config
 from cnnkit.train.progress import TrainProgress
 from cnnkit.train.state import load_train_state, save_train_state
 
@@ -343,6 +343,7 @@ class _Run:
             self._restore()
         elif cfg.budget is not None and cfg.max_steps is None:
             self._plan_budget()
+            cfg = self.cfg  # the plan may have chosen the fast recipe instead
         self._write_config()
         atomic_write_text(self.dir / "metrics.csv", metrics_csv(self.history))
         self._open_tensorboard()
@@ -460,6 +461,18 @@ class _Run:
         problem = too_small(cfg.budget, spent, plan)
         if problem:
             raise ConfigError(problem)
+        fallback = getattr(cfg, "_budget_fallback", None)
+        if fallback and plan.total_steps < LONG_RECIPE_MIN_EPOCHS * self.steps_per_epoch:
+            # the long recipe's wider net would get too few epochs on this machine: the fast one does better
+            narrow = resolve_config(fallback)
+            for key in ("out", "data", "data_dir", "init_from"):
+                setattr(narrow, key, getattr(cfg, key))
+            self.cfg = narrow
+            self._build_model()
+            self._plan_budget()
+            self.plan_note += (f" (the long recipe fitted only {plan.total_steps / self.steps_per_epoch:.1f} "
+                               f"epochs here, fewer than {LONG_RECIPE_MIN_EPOCHS}: trains the fast recipe)")
+            return
         cfg.max_steps, cfg.epochs = plan.total_steps, plan.epochs
         self.plan = plan
         self.plan_note = (f"set-up took {spent:.1f} s; {step_s * 1e3:.0f} ms per step, {extra_s:.1f} s per "
