@@ -111,8 +111,6 @@ def cpu_description() -> dict[str, object]:
     flags = cpu_flags()
     isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "asimd", "sve", "bf16")
            if f in flags]
-    import os
-
     return {"model": model or "unknown", "cores": os.cpu_count(), "isa": isa, "bf16_native": native_bf16_cpu(),
             "torch_isa": torch.backends.cpu.get_cpu_capability()}
 

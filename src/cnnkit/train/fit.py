@@ -330,7 +330,8 @@ class _Run:
     first_loss: float | None = None  # mean loss of the run's first 20-step window (the divergence guard's base)
 
     # -- set up ---------------------------------------------------------------------------------------------
-    def set_up(self) -> None:
+    def prepare(self) -> None:
+        """Threads, seeds, device, data and model: everything but the run directory (lr_find stops here)."""
         cfg = self.cfg
         set_threads(cfg.threads)
         seed_everything(cfg.seed, cfg.deterministic)
@@ -338,6 +339,10 @@ class _Run:
         self.amp = autocast_dtype(cfg.amp, self.device)  # checks --amp against the device; auto decided with the model
         self._load_data()
         self._build_model()
+
+    def set_up(self) -> None:
+        cfg = self.cfg
+        self.prepare()
         self.dir, self.out, self.lock = open_run_dir(cfg, self.resuming, self.overwrite)
         if self.resuming and (self.dir / "last.safetensors").exists():
             self._restore()
@@ -474,7 +479,6 @@ class _Run:
                                f"epochs here, fewer than {LONG_RECIPE_MIN_EPOCHS}: trains the fast recipe)")
             return
         cfg.max_steps, cfg.epochs = plan.total_steps, plan.epochs
-        self.plan = plan
         self.plan_note = (f"set-up took {spent:.1f} s; {step_s * 1e3:.0f} ms per step, {extra_s:.1f} s per "
                           f"evaluation and checkpoint; planned {plan.describe()}")
         self._rebuild_scheduler(0)

@@ -143,17 +143,11 @@ def lr_find(config: Any = None, *, steps: int = 100, start: float = 1e-6, end: f
     import time
     from pathlib import Path
 
-    from cnnkit.runtime import autocast_dtype, pick_device, seed_everything, set_threads
     from cnnkit.train.fit import _Run, _resolve
 
     cfg = _resolve(config, None, options)
     run = _Run(cfg, False, False, False, time.perf_counter())
-    set_threads(cfg.threads)
-    seed_everything(cfg.seed, cfg.deterministic)
-    run.device = pick_device(cfg.device)
-    run.amp = autocast_dtype(cfg.amp, run.device)
-    run._load_data()
-    run._build_model()
+    run.prepare()
     result = range_test(run, steps, start, end)
     if out is not None:
         from cnnkit.artifacts import atomic_write_bytes, atomic_write_text, claim_dir

@@ -18,11 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# The optimization settings a family recipe decides.
-RECIPE_KEYS = ("batch_size", "optimizer", "lr", "momentum", "weight_decay", "opt_eps", "schedule", "warmup_epochs",
-               "grad_clip")
-
-
 @dataclass(frozen=True)
 class FamilyRecipe:
     """A model family's default optimization settings, with where they come from."""
