@@ -12,14 +12,15 @@ IMPORT = re.compile(r"^\s*(?:from|import)\s+cnnkit\.(\w+)", re.MULTILINE)
 
 # package -> the cnnkit packages it must never import
 FORBIDDEN = {
-    "artifacts": {"data", "train", "evaluate", "explain", "compress", "deploy", "report", "cli"},
-    "models": {"artifacts", "data", "train", "evaluate", "explain", "compress", "deploy", "report", "cli"},
-    "data": {"train", "evaluate", "explain", "compress", "deploy", "report", "cli"},
-    "report": {"train", "evaluate", "explain", "compress", "deploy", "cli"},
-    "evaluate": {"train", "explain", "compress", "deploy", "cli"},
-    "deploy": {"train", "explain", "compress", "cli"},
-    "train": {"explain", "compress", "deploy", "cli"},
-    "explain": {"train", "compress", "deploy", "cli"},
+    "artifacts": {"data", "train", "evaluate", "explain", "compress", "deploy", "report", "serve", "cli"},
+    "models": {"artifacts", "data", "train", "evaluate", "explain", "compress", "deploy", "report", "serve", "cli"},
+    "data": {"train", "evaluate", "explain", "compress", "deploy", "report", "serve", "cli"},
+    "report": {"train", "evaluate", "explain", "compress", "deploy", "serve", "cli"},
+    "evaluate": {"train", "explain", "compress", "deploy", "serve", "cli"},
+    "deploy": {"train", "explain", "compress", "serve", "cli"},
+    "train": {"explain", "compress", "deploy", "serve", "cli"},
+    "explain": {"train", "compress", "deploy", "serve", "cli"},
+    "serve": {"train", "compress", "cli"},
 }
 
 

@@ -81,8 +81,10 @@ def parse_img_size(text: str | None) -> int | list[int] | None:
 
 def _check_early(model: str | None = None, model_kwargs: dict[str, Any] | None = None,
                  augment: dict[str, Any] | None = None, device: str | None = None,
-                 checkpoint: Path | None = None) -> None:
+                 checkpoint: Path | None = None, amp: str | None = None) -> None:
     """Check option values as they are parsed, before any data is loaded or folder created."""
+    if amp is not None and amp not in ("auto", "bf16", "fp16", "off"):
+        raise ConfigError(f"--amp must be auto, bf16, fp16 or off, got {amp!r}")
     if augment:
         from cnnkit.data.transforms import AugmentConfig
 
@@ -94,7 +96,11 @@ def _check_early(model: str | None = None, model_kwargs: dict[str, Any] | None =
     if device is not None:
         from cnnkit.runtime import cpu_only_artifact, pick_device
 
-        pick_device(device, cpu_only_artifact(checkpoint))
+        dev = pick_device(device, cpu_only_artifact(checkpoint))
+        if amp is not None:
+            from cnnkit.runtime import autocast_dtype
+
+            autocast_dtype(amp, dev)  # fp16 on a CPU is refused here, in one line
 
 
 def _check_out_folder(out: Path | None, option: str = "--out") -> None:
@@ -229,16 +235,18 @@ def eval_cmd(
     ignore_class_names: bool = typer.Option(False, "--ignore-class-names",
                                             help="Accept data whose classes are named differently from the "
                                                  "model's (same number, same order)."),
+    amp: str = typer.Option("off", help="off (float32, exact), auto (bf16 only where the CPU or GPU computes it "
+                                        "natively, as in train), bf16 or fp16."),
 ) -> None:
     """Evaluate a checkpoint: top-1/top-5, per-class precision/recall/F1, ECE, confusion matrix."""
     _check_out_folder(out)
-    _check_early(device=device, checkpoint=checkpoint)
+    _check_early(device=device, checkpoint=checkpoint, amp=amp)
     from cnnkit.evaluate import evaluate
     from cnnkit.train import resolve_checkpoint
 
     out_dir = out or resolve_checkpoint(checkpoint).parent
     r = evaluate(checkpoint, data, split, data_dir=data_dir, tta=tta, device=device, out_dir=out_dir, strict=strict,
-                 ignore_class_names=ignore_class_names)
+                 ignore_class_names=ignore_class_names, amp=amp)
     m = r.metrics
     t = Table(title="per class", title_justify="left")
     for c in ("class", "precision", "recall", "F1", "support"):
@@ -255,30 +263,62 @@ def eval_cmd(
 @app.command()
 def predict(
     inputs: list[Path] = typer.Argument(..., help="Image files or folders."),
-    checkpoint: Path = typer.Option(..., help="Run directory (its best checkpoint) or a .safetensors file."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Run directory (its best checkpoint), a .safetensors file "
+                                                         "or an exported artifact (.onnx, .pt2, .ts)."),
+    url: Optional[str] = typer.Option(None, help="Ask a running `cnnkit serve` instead: "
+                                                 "http://HOST:PORT/v1/models/NAME (token from $CNNKIT_TOKEN)."),
     topk: int = typer.Option(3, min=1, help="How many classes to show per image."),
     tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
     device: str = typer.Option("auto", help="auto (CUDA when present, else CPU), cpu or cuda[:N]."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable image."),
+    amp: str = typer.Option("off", help="off (float32, exact), auto (bf16 only where the CPU or GPU computes it "
+                                        "natively, as in train), bf16 or fp16."),
 ) -> None:
-    """Top-k classes for image files of any size and mode."""
-    from cnnkit.evaluate import predict as predict_files
+    """Top-k classes for image files of any size and mode (here, or by a running service with --url)."""
+    if (checkpoint is None) == (url is None):
+        raise ConfigError("give --checkpoint RUN (predict here) or --url http://HOST:PORT/v1/models/NAME "
+                          "(ask a running cnnkit serve), one of the two")
+    if url is not None:
+        rows = _predict_remote(url, inputs, topk)
+        source = {"service": url}
+    else:
+        _check_early(device=device, amp=amp)
+        from cnnkit.evaluate import predict as predict_files
 
-    preds = predict_files(checkpoint, inputs, topk=topk, tta=tta, device=device, strict=strict)
+        preds = predict_files(checkpoint, inputs, topk=topk, tta=tta, device=device, strict=strict, amp=amp)
+        rows = [(str(p.path), p.top) for p in preds]
+        source = {"checkpoint": checkpoint}
     t = Table(title="predictions", title_justify="left")
     t.add_column("image", overflow="fold")
-    for i in range(len(preds[0].top)):
+    for i in range(max(len(top) for _, top in rows)):
         t.add_column(f"#{i + 1}")
-    for p in preds:
-        t.add_row(str(p.path), *(f"{c} {v:.1%}" for c, v in p.top))
+    for name, top in rows:
+        t.add_row(name, *(f"{c} {v:.1%}" for c, v in top))
     stdout.print(t)
-    summary("predict", {"images": len(preds), "checkpoint": checkpoint})
+    summary("predict", {"images": len(rows), **source})
+
+
+def _predict_remote(url: str, inputs: list[Path], topk: int) -> list[tuple[str, list[tuple[str, float]]]]:
+    """Predictions of a running service for image files (folders expanded), in requests of up to 32 images."""
+    from cnnkit.data.images import list_image_files
+    from cnnkit.serve.client import Client
+
+    files = list_image_files(list(inputs))
+    rows = []
+    with Client(url) as client:
+        for i in range(0, len(files), 32):
+            part = files[i:i + 32]
+            for f, p in zip(part, client.predict(part, topk)):
+                rows.append((str(f), [(c["class"], c["probability"]) for c in p["top"]]))
+    return rows
 
 
 @app.command("explain")
 def explain_cmd(
     inputs: list[Path] = typer.Argument(None, help="Image files or folders (or use --images)."),
-    checkpoint: Path = typer.Option(..., help="Run directory (its best checkpoint) or a .safetensors file."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Run directory (its best checkpoint) or a .safetensors file."),
+    url: Optional[str] = typer.Option(None, help="Ask a running `cnnkit serve` instead: "
+                                                 "http://HOST:PORT/v1/models/NAME; writes each overlay PNG to --out."),
     images: list[Path] = typer.Option(None, "--images", help="Image files or folders to explain."),
     method: Optional[str] = typer.Option(None, help="Comma-separated methods, or 'all': "
                                          "gradcam, gradcam++, smoothgradcam++, scorecam, eigencam, saliency, "
@@ -299,9 +339,17 @@ def explain_cmd(
                                                  "differently from the model's (same number, same order)."),
 ) -> None:
     """Explain a checkpoint's decisions: a PNG per image with each method's map, and the maps' statistics."""
+    _check_out_folder(out)
+    if (checkpoint is None) == (url is None):
+        raise ConfigError("give --checkpoint RUN (explain here) or --url http://HOST:PORT/v1/models/NAME "
+                          "(ask a running cnnkit serve), one of the two")
+    if url is not None:
+        if benchmark:
+            raise ConfigError("--benchmark runs here; give --checkpoint, not --url")
+        _explain_remote(url, list(inputs or []) + list(images or []), method or "gradcam", layer, target, out)
+        return
     from cnnkit.explain.run import benchmark_methods, explain_files
 
-    _check_out_folder(out)
     _check_early(device=device)
     if benchmark:
         r = benchmark_methods(checkpoint, data, data_dir=data_dir, methods=method or "all",
@@ -329,6 +377,74 @@ def explain_cmd(
         t.add_row(rec["image"], f"{rec['predicted']} {rec['probability']:.1%}", rec["target"], rec["png"])
     stdout.print(t)
     summary("explain", {"images": len(run.records), "methods": method, "json": run.json_path, "folder": run.out_dir})
+
+
+def _explain_remote(url: str, inputs: list[Path], methods: str, layer: str, target: str | None,
+                    out: Path | None) -> None:
+    """Explanations from a running service: an overlay PNG per image and method in --out, and a table."""
+    import base64
+
+    from cnnkit.artifacts import atomic_write_bytes, claim_dir
+    from cnnkit.data.images import list_image_files
+    from cnnkit.serve.client import Client
+
+    if not inputs:
+        raise ConfigError("give image files or folders to explain")
+    files = list_image_files(inputs)
+    folder = out or Path("explain-remote")
+    t = Table(title="explanations (service)", title_justify="left")
+    for c in ("image", "method", "layer", "predicted", "target", "png"):
+        t.add_column(c, overflow="fold")
+    with Client(url) as client:
+        names = [m.strip() for m in methods.split(",") if m.strip()]
+        claim_dir(folder)
+        for f in files:
+            for m in names:
+                r = client.explain(f, method=m, target=target, layer=layer)
+                png = folder / f"{f.stem}-{m}.png"
+                atomic_write_bytes(png, base64.b64decode(r["overlay_png"]))
+                t.add_row(str(f), m, r["layer"], f"{r['predicted']['class']} {r['predicted']['probability']:.1%}",
+                          r["target"]["class"], str(png))
+    stdout.print(t)
+    summary("explain", {"images": len(files), "methods": methods, "service": url, "folder": folder})
+
+
+@app.command("serve")
+def serve_cmd(
+    artifacts: list[str] = typer.Argument(..., help="What to serve: run directories, checkpoints, .onnx, .pt2 or "
+                                                    "int8 .ts files; NAME=PATH names one (default: the folder's "
+                                                    "or file's name)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 exposes it to the network)."),
+    port: int = typer.Option(8000, min=0, max=65535, help="Port (0: a free one)."),
+    max_batch: int = typer.Option(32, min=1, help="Most images in one forward pass (1 turns batching off)."),
+    max_delay_ms: float = typer.Option(5.0, min=0, help="Longest wait for a batch to fill, in milliseconds."),
+    max_queue: int = typer.Option(256, min=1, help="Images waiting per model; beyond, 503 with Retry-After."),
+    timeout: float = typer.Option(30.0, min=0.01, help="Seconds a request may take, queueing included (504)."),
+    token: Optional[str] = typer.Option(None, envvar="CNNKIT_TOKEN",
+                                        help="Require Authorization: Bearer TOKEN (also $CNNKIT_TOKEN)."),
+    max_body_mb: float = typer.Option(16.0, min=0.001, help="Largest request body in MB (413)."),
+    max_pixels: int = typer.Option(40_000_000, min=1, help="Largest image in pixels, checked before decoding (413)."),
+    max_images: int = typer.Option(64, min=1, help="Most images in one request (413)."),
+    device: str = typer.Option("auto", help="auto (CUDA when present, else CPU), cpu or cuda[:N]."),
+    amp: str = typer.Option("off", help="off (float32), auto (bf16 where native), bf16 or fp16."),
+) -> None:
+    """Serve models over HTTP: predictions and explanations, batched, with health and Prometheus metrics."""
+    _check_early(device=device, amp=amp)
+    from cnnkit.serve import ServeOptions, bind, load_models, serve
+
+    sock = bind(host, port)  # a taken port is one line now, not after the models have loaded
+    models = load_models(artifacts, device, amp)
+    options = ServeOptions(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue, timeout_s=timeout,
+                           max_body_mb=max_body_mb, max_pixels=max_pixels, max_images=max_images, token=token)
+
+    def ready(url: str) -> None:
+        stdout.print(f"cnnkit serve: {', '.join(models)} at {url}/v1/models/NAME (docs {url}/docs; "
+                     f"batches of up to {max_batch} images within {max_delay_ms:g} ms)", soft_wrap=True)
+        if host not in ("127.0.0.1", "localhost", "::1") and not token:
+            stdout.print(f"warning: listening on {host} without --token: anyone who can reach it can use it",
+                         soft_wrap=True)
+
+    serve(models, host, port, options, on_ready=ready, sock=sock)
 
 
 @app.command("visualize")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -12,32 +13,37 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from cnnkit.errors import DataError
+from cnnkit.errors import DataError, error_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
-def load_image_file(path: str | os.PathLike) -> Image.Image:
-    """Open and fully decode an image (EXIF orientation applied); DataError if corrupt or truncated."""
+def load_image_file(path: str | os.PathLike | IO[bytes], max_pixels: int | None = None,
+                    name: str | None = None) -> Image.Image:
+    """Open and fully decode an image (EXIF orientation applied) from a path or a binary file object;
+    DataError if corrupt, truncated or larger than `max_pixels` (default PIL's limit), checked from the
+    header before any pixel is decoded. `name` is what error messages call it (default the path)."""
+    name = name or str(path)
+    limit = max_pixels or Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():  # the size check below turns PIL's bomb warning into the error
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(path)
         with im:
             # PIL raises DecompressionBombError past twice its pixel limit but only warns below, then decodes
-            if Image.MAX_IMAGE_PIXELS and im.width * im.height > Image.MAX_IMAGE_PIXELS:
-                raise DataError(f"cannot read image {path}: it claims {im.width}×{im.height} pixels, more than "
-                                f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb?); {_BOMB_HINT}")
+            if limit and im.width * im.height > limit:
+                raise DataError(f"cannot read image {name}: it claims {im.width}×{im.height} pixels, more than "
+                                f"{limit} (a decompression bomb?); {_BOMB_HINT}")
             im.load()
             return ImageOps.exif_transpose(im)
     except Image.DecompressionBombError as e:
-        raise DataError(f"cannot read image {path}: {str(e).rstrip('.')}; {_BOMB_HINT}") from None
+        raise DataError(f"cannot read image {name}: {str(e).rstrip('.')}; {_BOMB_HINT}") from None
     except UnidentifiedImageError:
-        raise DataError(f"cannot read image {path}: not an image format PIL can decode; give PNG, JPEG, BMP, "
+        raise DataError(f"cannot read image {name}: not an image format PIL can decode; give PNG, JPEG, BMP, "
                         f"WebP, TIFF or GIF files") from None
     # TypeError: PIL's TIFF decoder on tag values of the wrong type (a float or fraction as a strip offset)
-    except (OSError, SyntaxError, ValueError, TypeError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
+    except (OSError, SyntaxError, ValueError, TypeError, EOFError) as e:
+        raise DataError(f"cannot read image {name}: {error_line(e)}") from None
 
 
 _BOMB_HINT = "resize it to fewer pixels first (or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file)"

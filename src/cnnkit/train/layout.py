@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from cnnkit.runtime import autocast, autocast_dtype, cpu_description, native_bf16_cpu, precision_note
 
-TIMED_STEPS = 3
+TIMED_ROUNDS = 3  # each candidate is timed once per round, rounds interleaved; the fastest step of each counts
 _NAMES = {None: "float32", torch.bfloat16: "bfloat16 autocast", torch.float16: "float16 autocast"}
 
 
@@ -41,23 +41,18 @@ def _key(model_name: str, model_kwargs: dict[str, Any], shape: tuple[int, ...], 
                        sorted((k, str(v)) for k, v in model_kwargs.items()), list(shape), batch])
 
 
-def _time_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
-                amp: torch.dtype | None) -> float:
-    """Median seconds of a forward, backward and SGD step, after one warm-up step."""
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-    times = []
-    for i in range(TIMED_STEPS + 1):
-        t = time.perf_counter()
-        with autocast(device, amp):
-            out = model(x)
-        loss = F.cross_entropy(out.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        float(loss.detach())
-        if i:
-            times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+def _step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+          amp: torch.dtype | None) -> float:
+    """Seconds of one forward, backward and SGD step."""
+    t = time.perf_counter()
+    with autocast(device, amp):
+        out = model(x)
+    loss = F.cross_entropy(out.float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    float(loss.detach())
+    return time.perf_counter() - t
 
 
 def _label(amp: torch.dtype | None, channels_last: bool) -> str:
@@ -124,14 +119,24 @@ def _measure(model: nn.Module, model_name: str, model_kwargs: dict[str, Any], sh
     state = torch.get_rng_state()
     x = torch.randn(batch, *shape, device=device)
     y = torch.randint(0, 2, (batch,), device=device)
-    for dtype, last in candidates:
-        if _label(dtype, last) in entry:
-            continue
+    todo = [c for c in candidates if _label(*c) not in entry]
+    probes = []
+    for dtype, last in todo:  # a copy per candidate, warmed up by one step
         probe = copy.deepcopy(model).to(device).train()
-        xs = x
-        if last:
-            probe, xs = probe.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-        entry[_label(dtype, last)] = _time_steps(probe, xs, y, device, dtype)
+        xs = x.contiguous(memory_format=torch.channels_last) if last else x
+        probe = probe.to(memory_format=torch.channels_last) if last else probe
+        opt = torch.optim.SGD(probe.parameters(), lr=1e-4)
+        _step(probe, opt, xs, y, device, dtype)
+        probes.append((probe, opt, xs, dtype))
+    # Rounds interleave the candidates and the fastest step of each counts: a spell of contention from another
+    # process then slows one step of every candidate rather than all steps of one, and cannot decide the choice.
+    best = [float("inf")] * len(todo)
+    for r in range(TIMED_ROUNDS):
+        order = range(len(todo)) if r % 2 == 0 else reversed(range(len(todo)))
+        for i in order:
+            best[i] = min(best[i], _step(*probes[i][:3], y, device, probes[i][3]))
+    del probes
+    entry.update({_label(*c): t for c, t in zip(todo, best)})
     torch.set_rng_state(state)
     known[key] = entry
     try:  # a cache only: a folder that cannot be written costs a re-measurement next time, nothing more

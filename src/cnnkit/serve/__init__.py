@@ -1,0 +1,86 @@
+"""`cnnkit serve`: predictions and explanations of cnnkit artifacts over HTTP (FastAPI + uvicorn), with
+dynamic batching, limits, health and Prometheus metrics. `create_app` builds the app for loaded models;
+`serve` loads artifacts and runs it; `cnnkit.serve.client.Client` talks to it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from cnnkit.errors import ConfigError
+from cnnkit.serve.app import ServeOptions, create_app
+from cnnkit.serve.models import ServedModel, parse_artifact
+
+__all__ = ["ServeOptions", "ServedModel", "create_app", "load_models", "serve", "bind"]
+
+
+def load_models(specs: list[str], device: str = "auto", amp: str = "off") -> dict[str, ServedModel]:
+    """'PATH' or 'NAME=PATH' for each artifact (run directory, checkpoint, .onnx, .pt2, int8 .ts), loaded."""
+    from cnnkit.runtime import pick_device
+
+    if not specs:
+        raise ConfigError("give at least one artifact to serve (a run directory, checkpoint, .onnx, .pt2 or .ts)")
+    models: dict[str, ServedModel] = {}
+    for spec in specs:
+        name, path = parse_artifact(spec)
+        if name in models:
+            raise ConfigError(f"two artifacts would both be served as {name!r}; name them: NAME=PATH")
+        models[name] = ServedModel(name, path, pick_device(device), amp)
+    return models
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (port 0: a free one), made before the server starts so the URL
+    printed is the one that answers; ConfigError when the address is taken or not this machine's."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio turns Nagle's algorithm off only on sockets that say they are TCP, and
+    # with it on, every response written in two parts waited 40 ms for the client's delayed ACK
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port "
+                          f"(0 picks a free one)") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(models: dict[str, ServedModel], host: str = "127.0.0.1", port: int = 8000,
+          options: ServeOptions | None = None, on_ready: Callable[[str], None] | None = None,
+          app_hook: Callable | None = None, sock: socket.socket | None = None) -> None:
+    """Run the service until SIGINT or SIGTERM; then it stops accepting, finishes the requests in flight and
+    returns. `on_ready(url)` is called with the address once the socket listens."""
+    import uvicorn
+
+    app = create_app(models, options)
+    if app_hook is not None:  # benchmarks add routes of their own (a constant endpoint)
+        app_hook(app)
+    sock = sock or bind(host, port)
+    shown = host if ":" not in host else f"[{host}]"
+    url = f"http://{shown}:{sock.getsockname()[1]}"
+    config = uvicorn.Config(app, log_level=os.environ.get("CNNKIT_SERVE_LOG", "warning"), access_log=False,
+                            timeout_graceful_shutdown=30, lifespan="on")
+    server = uvicorn.Server(config)
+    if on_ready is not None:
+        on_ready(url)
+    sys.stdout.flush()
+    # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again under the handlers it found, so
+    # that the process dies of it; a clean shutdown is a normal end of `cnnkit serve` (exit 0), so the handlers
+    # it finds only note the signal
+    caught: list[int] = []
+    main_thread = threading.current_thread() is threading.main_thread()  # signals can only be set there
+    previous = {s: signal.signal(s, lambda n, _f: caught.append(n))
+                for s in ((signal.SIGINT, signal.SIGTERM) if main_thread else ())}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

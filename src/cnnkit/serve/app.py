@@ -1,0 +1,457 @@
+"""The HTTP service: FastAPI app, JSON errors everywhere, dynamic batching per model, Prometheus metrics.
+
+Routes (all JSON; errors are `{"error": {"status": N, "message": "..."}}`):
+    GET  /healthz                         alive (answers while a batch runs)
+    GET  /readyz                          503 until every model is loaded and warmed
+    GET  /metrics                         Prometheus text
+    GET  /v1/models                       the models served, by name
+    GET  /v1/models/{name}                its card: classes, input size, normalization, layers, params, MACs
+    POST /v1/models/{name}/predict        images (multipart `file` parts, or JSON base64) -> top-k classes
+    POST /v1/models/{name}/explain        one image + method, target, layer -> maps and a PNG overlay
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import base64
+import binascii
+import hmac
+import io
+import json
+import math
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cnnkit.errors import CnnkitError, DataError, ExplainError, close_matches, error_line
+from cnnkit.serve.batcher import Batcher, QueueFull
+from cnnkit.serve.models import ServedModel, overlay_png
+
+
+@dataclass
+class ServeOptions:
+    max_batch: int = 32
+    max_delay_ms: float = 5.0
+    max_queue: int = 256  # images waiting per model; more -> 503 with Retry-After
+    timeout_s: float = 30.0  # per request, queueing included -> 504
+    max_body_mb: float = 16.0  # -> 413
+    max_pixels: int = 40_000_000  # per image, checked from the header before decoding -> 413
+    max_images: int = 64  # per request -> 413
+    token: str | None = None  # bearer token for /v1 and /metrics -> 401
+
+
+class Problem(Exception):
+    """An HTTP error answer: status and one-line message (and extra headers)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"status": status, "message": message}}, status, headers=headers)
+
+
+class Metrics:
+    """Prometheus metrics in a registry of this app's own (several apps in one process do not collide)."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("cnnkit_requests", "HTTP requests answered, by route and status",
+                                ["route", "status"], registry=self.registry)
+        self.latency = Histogram("cnnkit_request_seconds", "Time to answer a request", ["route"],
+                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30),
+                                 registry=self.registry)
+        self.batch = Histogram("cnnkit_batch_images", "Images per forward pass", ["model", "kind"],
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
+        self.batch_seconds = Histogram("cnnkit_batch_seconds", "Time of one forward pass", ["model", "kind"],
+                                       registry=self.registry)
+        self.queue = Gauge("cnnkit_queue_images", "Images waiting for a batch", ["model"], registry=self.registry)
+
+    def text(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+class Service:
+    """The models, their batchers and the options: what the routes work on."""
+
+    def __init__(self, models: dict[str, ServedModel], options: ServeOptions):
+        self.models, self.options, self.metrics = models, options, Metrics()
+        self.ready = False
+        self.batchers: dict[tuple[str, str, str], Batcher] = {}
+
+    def model(self, name: str) -> ServedModel:
+        if name not in self.models:
+            raise Problem(404, f"unknown model {name!r}{close_matches(name, self.models)}; served: "
+                               f"{', '.join(self.models)}")
+        return self.models[name]
+
+    def batcher(self, m: ServedModel, kind: str, method: str = "", layer: str = "") -> Batcher:
+        key = (m.name, kind, f"{method}@{layer}")
+        if key not in self.batchers:
+            o = self.options
+            observe = (lambda n, s, name=m.name, kind=kind: (self.metrics.batch.labels(name, kind).observe(n),
+                                                             self.metrics.batch_seconds.labels(name, kind).observe(s)))
+            run = m.predict_batch if kind == "predict" else m.explain_batch
+            # explanations take far longer per image than predictions: smaller batches keep latency bounded
+            max_batch = o.max_batch if kind == "predict" else max(1, min(o.max_batch, 8))
+            self.batchers[key] = Batcher(run, max_batch, o.max_delay_ms / 1e3, o.max_queue, observe, m.executor)
+        return self.batchers[key]
+
+    def queued(self, name: str) -> int:
+        return sum(b.queued_images for k, b in self.batchers.items() if k[0] == name)
+
+    async def submit(self, m: ServedModel, b: Batcher, x: torch.Tensor, args: Any = None) -> Any:
+        if self.queued(m.name) + len(x) > self.options.max_queue and self.queued(m.name) > 0:
+            raise Problem(503, f"model {m.name!r} is overloaded ({self.queued(m.name)} images queued); retry "
+                               f"shortly", {"Retry-After": "1"})
+        self.metrics.queue.labels(m.name).set(self.queued(m.name) + len(x))
+        try:
+            return await b.submit(x, args, self.options.timeout_s)
+        except QueueFull:
+            raise Problem(503, f"model {m.name!r} is overloaded; retry shortly", {"Retry-After": "1"}) from None
+        except asyncio.TimeoutError:
+            raise Problem(504, f"no answer within {self.options.timeout_s:g} s (the server is busy); retry "
+                               f"later or raise --timeout") from None
+        except CnnkitError as e:
+            raise Problem(422, error_line(e)) from None
+        finally:
+            self.metrics.queue.labels(m.name).set(self.queued(m.name))
+
+
+# ---------------------------------------------------------------------------------------------- request bodies
+
+async def read_images(request: Request, m: ServedModel, options: ServeOptions,
+                      single: bool = False) -> tuple[torch.Tensor, list[str], dict[str, Any]]:
+    """The request's images as one uint8 N×C×H×W batch for `m`, their names, and the other fields given
+    (JSON keys or multipart form fields). Multipart: one or more file parts (any field name). JSON:
+    {"images": [base64, ...]} or {"image": base64}, optionally as data URLs."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    fields: dict[str, Any] = {}
+    blobs: list[tuple[str, bytes]] = []
+    if ctype == "multipart/form-data":
+        try:
+            form = await request.form(max_files=options.max_images, max_fields=32)
+        except Exception as e:  # starlette's parser errors: malformed multipart, too many parts
+            detail = str(getattr(e, "detail", "") or error_line(e))
+            if "Too many files" in detail:
+                raise Problem(413, f"more than {options.max_images} images in one request") from None
+            raise Problem(400, f"cannot read the multipart body: {detail}") from None
+        for key, value in form.multi_items():
+            if isinstance(value, str):
+                fields[key] = value
+            else:
+                blobs.append((value.filename or key, await value.read()))
+    elif ctype == "application/json":
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise Problem(400, f"the body is not valid JSON: {error_line(e)}") from None
+        if not isinstance(body, dict):
+            raise Problem(422, 'the JSON body must be an object, e.g. {"images": ["<base64>"]}')
+        images = body.pop("images", None)
+        if images is None and "image" in body:
+            images = [body.pop("image")]
+        if not isinstance(images, list) or not all(isinstance(s, str) for s in images):
+            raise Problem(422, 'give "images": a list of base64 strings (or "image": one)')
+        for i, s in enumerate(images):
+            blobs.append((f"image {i}", _b64(s, i)))
+        fields = body
+    else:
+        raise Problem(415, f"send the images as multipart/form-data or application/json (base64), not "
+                           f"{ctype or 'a body without Content-Type'}")
+    if not blobs:
+        raise Problem(422, "no image in the request")
+    if single and len(blobs) > 1:
+        raise Problem(422, f"explain takes one image per request, got {len(blobs)}")
+    if len(blobs) > options.max_images:
+        raise Problem(413, f"{len(blobs)} images in one request; at most {options.max_images}")
+    return decode_images(blobs, m, options.max_pixels), [n for n, _ in blobs], fields
+
+
+def _b64(s: str, i: int) -> bytes:
+    if s.startswith("data:"):
+        s = s.partition(",")[2]
+    try:
+        return base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError):
+        raise Problem(422, f"image {i} is not valid base64") from None
+
+
+def decode_images(blobs: list[tuple[str, bytes]], m: ServedModel, max_pixels: int) -> torch.Tensor:
+    from cnnkit.data.images import load_image_file, to_model_input
+
+    out = []
+    for name, data in blobs:
+        if not data:
+            raise Problem(422, f"{name} is empty (0 bytes)")
+        try:
+            image = load_image_file(io.BytesIO(data), max_pixels=max_pixels, name=name)
+            out.append(to_model_input(image, m.input_shape[0], m.input_shape[1:]))
+        except DataError as e:
+            msg = str(e)
+            status = 413 if "pixels, more than" in msg or "decompression bomb" in msg.lower() else (
+                415 if "not an image format" in msg else 422)
+            raise Problem(status, msg) from None
+    return torch.stack(out)
+
+
+def _int_field(fields: dict[str, Any], request: Request, key: str, default: int, low: int, high: int) -> int:
+    raw = fields.get(key, request.query_params.get(key, default))
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise Problem(422, f"{key} must be an integer, got {str(raw)[:40]!r}") from None
+    if not low <= value <= high:
+        raise Problem(422, f"{key} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _str_field(fields: dict[str, Any], request: Request, key: str, default: str | None) -> str | None:
+    value = fields.get(key, request.query_params.get(key, default))
+    if value is not None and not isinstance(value, (str, int)):
+        raise Problem(422, f"{key} must be a string")
+    return None if value is None else str(value)
+
+
+# ------------------------------------------------------------------------------------------------------ the app
+
+def create_app(models: dict[str, ServedModel], options: ServeOptions | None = None) -> FastAPI:
+    """The service for already loaded models (see `cnnkit.serve.serve` to load artifacts and run it)."""
+    options = options or ServeOptions()
+    service = Service(models, options)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        for m in models.values():
+            m.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"cnnkit-{m.name}")
+
+        async def warm():
+            loop = asyncio.get_running_loop()
+            for m in models.values():
+                await loop.run_in_executor(m.executor, m.warm)
+            service.ready = True
+
+        warming = asyncio.get_running_loop().create_task(warm())
+        yield
+        warming.cancel()
+        for b in list(service.batchers.values()):
+            await b.stop()
+        for m in models.values():
+            m.executor.shutdown(wait=True)
+
+    app = FastAPI(title="cnnkit", version="1", lifespan=lifespan,
+                  description="Predictions and explanations of cnnkit models, batched.")
+    app.state.service = service
+    metrics = service.metrics
+
+    app.add_middleware(Guard, options=options, metrics=metrics)
+
+    @app.exception_handler(Problem)
+    async def on_problem(_request: Request, p: Problem):
+        return _error(p.status, p.message, p.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(_request: Request, e: StarletteHTTPException):
+        message = {404: "no such route; see /docs", 405: "method not allowed on this route"}.get(
+            e.status_code, str(e.detail))
+        return _error(e.status_code, message)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(_request: Request, e: RequestValidationError):
+        first = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return _error(422, f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(_request: Request, e: Exception):  # a bug of ours: say so, keep serving
+        return _error(500, f"internal error ({type(e).__name__}: {error_line(e)})")
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        if not service.ready:
+            return _error(503, "warming up the models", {"Retry-After": "1"})
+        return {"status": "ready", "models": list(models)}
+
+    @app.get("/metrics")
+    async def metrics_route():
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(metrics.text(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"models": [{"name": m.name, "architecture": m.card["architecture"], "kind": m.card["kind"],
+                            "classes": len(m.classes), "input": m.card["input"], "explainable": m.explainable}
+                           for m in models.values()]}
+
+    @app.get("/v1/models/{name}")
+    async def model_card(name: str):
+        return service.model(name).card
+
+    body_doc = {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "properties": {
+            "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+        "application/json": {"schema": {"type": "object", "properties": {
+            "images": {"type": "array", "items": {"type": "string", "description": "base64"}}}}}}}}
+
+    @app.post("/v1/models/{name}/predict", openapi_extra=body_doc)
+    async def predict(name: str, request: Request):
+        """Top-k classes of one or more images (query or field `topk`, default 5)."""
+        t = time.perf_counter()
+        m = service.model(name)
+        x, names, fields = await read_images(request, m, options)
+        k = _int_field(fields, request, "topk", min(5, len(m.classes)), 1, len(m.classes))
+        probs = await service.submit(m, service.batcher(m, "predict"), x)
+        values, indices = probs.topk(k, dim=1)
+        return {"model": name, "predictions": [
+            {"image": n, "top": [{"class": m.classes[int(i)], "index": int(i), "probability": float(v)}
+                                 for v, i in zip(vs, ix)]} for n, vs, ix in zip(names, values, indices)],
+                "seconds": time.perf_counter() - t}
+
+    @app.post("/v1/models/{name}/explain", openapi_extra=body_doc)
+    async def explain(name: str, request: Request):
+        """One image explained: `method` (default gradcam), `target` (class name or index; default the
+        predicted class), `layer` (CAM methods; default the last convolutional stage)."""
+        from cnnkit.explain.run import METHODS, _target_index
+
+        t = time.perf_counter()
+        m = service.model(name)
+        x, names, fields = await read_images(request, m, options, single=True)
+        method = _str_field(fields, request, "method", "gradcam")
+        if method not in METHODS:
+            raise Problem(422, f"unknown method {method!r}{close_matches(method, METHODS)}; choose from: "
+                               f"{', '.join(METHODS)}")
+        try:
+            layer = m.check_layer(_str_field(fields, request, "layer", "auto"))
+            target = _target_index(_str_field(fields, request, "target", None), m.classes)
+        except ExplainError as e:
+            raise Problem(422, error_line(e)) from None
+        from cnnkit.explain.cam import CAM_METHODS
+
+        layer = layer if method in CAM_METHODS else "auto"
+        r = (await service.submit(m, service.batcher(m, "explain", method, layer), x,
+                                  {"method": method, "layer": layer, "target": target}))[0]
+        probs = r["probabilities"]
+        return {"model": name, "image": names[0], "method": method, "layer": r["layer"],
+                "target": {"class": m.classes[r["target"]], "index": r["target"],
+                           "probability": float(probs[r["target"]])},
+                "predicted": {"class": m.classes[r["predicted"]], "index": r["predicted"],
+                              "probability": float(probs[r["predicted"]])},
+                "zero_map": r["zero_map"],
+                "map": _rounded(r["map"]), "layer_map": _rounded(r["layer_map"]),
+                "overlay_png": base64.b64encode(overlay_png(x[0], r["map"])).decode(),
+                "seconds": time.perf_counter() - t}
+
+    return app
+
+
+def _rounded(t: torch.Tensor) -> list[list[float]]:
+    return [[round(float(v), 4) if math.isfinite(v) else 0.0 for v in row] for row in t.tolist()]
+
+
+def _route_label(path: str) -> str:
+    """Metric label of a path: model names kept, anything else unknown collapsed (bounded label values)."""
+    parts = path.rstrip("/").split("/")
+    if path in ("/healthz", "/readyz", "/metrics", "/v1/models", "/docs", "/openapi.json"):
+        return path
+    if len(parts) == 4 and parts[1:3] == ["v1", "models"]:
+        return "/v1/models/{name}"
+    if len(parts) == 5 and parts[1:3] == ["v1", "models"] and parts[4] in ("predict", "explain"):
+        return f"/v1/models/{{name}}/{parts[4]}"
+    return "other"
+
+
+class Guard:
+    """Pure ASGI middleware in front of every route: bearer token (401), body size (413, the Content-Length
+    checked first, then the bytes counted while the body is read, so a chunked body cannot pass the limit),
+    and per-route request counts and latency. Buffering the (bounded) body here lets the routes read it
+    normally."""
+
+    OPEN = ("/healthz", "/readyz", "/docs", "/openapi.json")
+
+    def __init__(self, app, options: ServeOptions, metrics: Metrics):
+        self.app, self.options, self.metrics = app, options, metrics
+        self.limit = int(options.max_body_mb * 2**20)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        route = _route_label(scope["path"])
+        t = time.perf_counter()
+        status = [500]
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            problem = self._check(scope)
+            if problem is None and scope["method"] in ("POST", "PUT", "PATCH"):
+                body, problem = await self._read(receive)
+                receive = _replay(body)
+            if problem is not None:
+                await _error(problem.status, problem.message, problem.headers)(scope, receive, send_status)
+            else:
+                await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.requests.labels(route, str(status[0])).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - t)
+
+    def _check(self, scope) -> Problem | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.options.token and scope["path"] not in self.OPEN:
+            given = headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.options.token}".encode()):
+                return Problem(401, "missing or wrong bearer token (send Authorization: Bearer TOKEN)",
+                               {"WWW-Authenticate": "Bearer"})
+        length = headers.get("content-length")
+        if length is not None and (not length.strip().isdigit() or int(length) > self.limit):
+            return Problem(413, f"the body is {length[:20]} bytes; at most {self.limit} "
+                                f"({self.options.max_body_mb:g} MB)")
+        return None
+
+    async def _read(self, receive) -> tuple[bytes, Problem | None]:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                return b"", Problem(413, f"the body is over {self.limit} bytes ({self.options.max_body_mb:g} MB)")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks), None
+
+
+def _replay(body: bytes):
+    sent = [False]
+
+    async def receive():
+        if not sent[0]:
+            sent[0] = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.sleep(3600)  # nothing more will come; the server cancels this when the client leaves
+        return {"type": "http.disconnect"}
+
+    return receive

@@ -1,0 +1,168 @@
+"""A model as the service holds it: the loaded artifact, its card, and the functions its batchers run."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from cnnkit.artifacts import LoadedCheckpoint, load
+from cnnkit.data import Normalize
+from cnnkit.errors import ConfigError, ExplainError
+from cnnkit.runtime import autocast, autocast_dtype
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def parse_artifact(spec: str) -> tuple[str, Path]:
+    """'NAME=PATH' or 'PATH' (named after the run directory or the file's stem)."""
+    name, sep, path = spec.partition("=")
+    if not sep or "/" in name or not name:
+        path, name = spec, ""
+    p = Path(path).expanduser()
+    if not name:
+        name = p.name if p.is_dir() else p.name.split(".")[0]
+        name = re.sub(r"[^A-Za-z0-9_.-]", "-", name).strip("-.") or "model"
+    if not NAME_RE.match(name):
+        raise ConfigError(f"model name {name!r} must be letters, digits, '.', '_' or '-' (64 at most)")
+    return name, p
+
+
+class ServedModel:
+    """One artifact, loaded once, warmed, with its model card."""
+
+    def __init__(self, name: str, path: str | os.PathLike, device: torch.device, amp: str = "off"):
+        self.name, self.device = name, device
+        self.ckpt: LoadedCheckpoint = load(path)
+        self.model = self.ckpt.model.to(device).eval()
+        self.dtype = autocast_dtype(amp, device)
+        self.normalize = Normalize(*self.ckpt.normalization, device)
+        self.explainable = isinstance(self.model, nn.Module) and not _exported(self.model)
+        self.card = self._card()
+        # the one thread this model runs in (set by the app while it runs): see Batcher
+        self.executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        return self.ckpt.classes
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.ckpt.in_chans, *self.ckpt.img_size)
+
+    def _card(self) -> dict[str, Any]:
+        c, h, w = self.input_shape
+        mean, std = self.ckpt.normalization
+        meta = self.ckpt.meta
+        card: dict[str, Any] = {
+            "name": self.name, "artifact": str(self.ckpt.path), "kind": _kind(self.ckpt.path),
+            "architecture": meta.get("model"), "classes": self.classes,
+            "input": {"channels": c, "height": h, "width": w, "dtype": "uint8 pixels, resized and centre-cropped",
+                      "normalization": {"mean": mean, "std": std}},
+            "params": meta.get("params"), "macs": meta.get("macs"), "layers": [], "explainable": self.explainable,
+            "precision": {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[self.dtype],
+        }
+        if isinstance(self.model, nn.Module) and not _exported(self.model):
+            from cnnkit.models.card import count_macs
+
+            x = torch.zeros(1, c, h, w, device=self.device)
+            card["params"] = card["params"] or sum(p.numel() for p in self.model.parameters())
+            card["macs"] = card["macs"] or count_macs(self.model, x)
+            card["layers"] = layer_shapes(self.model, x)
+        return card
+
+    def warm(self) -> None:
+        x = torch.zeros(2, *self.input_shape, dtype=torch.uint8)
+        self.predict_batch(x, [None], [2])
+
+    def predict_batch(self, x: torch.Tensor, _args: list[Any], sizes: list[int]) -> list[torch.Tensor]:
+        """Class probabilities of a uint8 batch, split back per request."""
+        with torch.inference_mode(), autocast(self.device, self.dtype):
+            logits = self.model(self.normalize(x))
+        probs = torch.softmax(logits.float(), 1).cpu()
+        return list(probs.split(sizes))
+
+    def explain_batch(self, x: torch.Tensor, args: list[dict[str, Any]], sizes: list[int]) -> list[dict[str, Any]]:
+        """Explanations of a uint8 batch; every request in the batch shares the method and layer (the batcher
+        is per method and layer), each has its own target (None: the predicted class)."""
+        from cnnkit.explain.cam import explain
+
+        method, layer = args[0]["method"], args[0]["layer"]
+        inputs = self.normalize(x)
+        with torch.no_grad():
+            probs = torch.softmax(self.model(inputs).float(), 1)
+        pred = probs.argmax(1)
+        targets = torch.cat([pred[i:i + n] if a["target"] is None else torch.full((n,), a["target"], dtype=torch.long)
+                             for a, i, n in zip(args, np.cumsum([0] + sizes[:-1]), sizes)])
+        e = explain(self.model, inputs, targets.to(inputs.device), method=method, layer=layer)
+        raw = e.raw.detach().float().cpu()
+        if raw.ndim == 4:  # gradient methods: input-shaped attributions; CAM methods are B×h×w already
+            raw = raw.abs().amax(1)
+        raw = raw.clamp_min(0)
+        peak = raw.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+        out = []
+        for i in range(len(x)):
+            out.append({"method": method, "layer": e.layer, "target": int(targets[i]), "predicted": int(pred[i]),
+                        "probabilities": probs[i].cpu(), "map": e.maps[i].detach().float().cpu(),
+                        "layer_map": raw[i] / peak[i], "zero_map": i in e.zero_maps})
+        starts = np.cumsum([0] + sizes[:-1])
+        return [out[s:s + n] for s, n in zip(starts, sizes)]
+
+    def check_layer(self, layer: str) -> str:
+        """The layer a CAM method would use (ExplainError listing the valid ones when unknown)."""
+        from cnnkit.explain.cam import resolve_layer
+
+        if not self.explainable:
+            raise ExplainError(f"model {self.name!r} is an exported artifact ({_kind(self.ckpt.path)}); explanations "
+                               f"need its training checkpoint: serve the run directory or .safetensors file")
+        return resolve_layer(self.model, layer)[0]
+
+
+def _exported(model: nn.Module) -> bool:
+    from cnnkit.artifacts.runtimes import OnnxModel, ProgramModel
+
+    return isinstance(model, (OnnxModel, ProgramModel)) or isinstance(model, torch.jit.ScriptModule)
+
+
+def _kind(path: Path) -> str:
+    return {".onnx": "onnx", ".pt2": "torch.export", ".ts": "torchscript-int8"}.get(path.suffix, "checkpoint")
+
+
+def layer_shapes(model: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
+    """Every leaf layer in the order it runs, with its type and output shape (batch dimension dropped)."""
+    rows: list[dict[str, Any]] = []
+    hooks = []
+    for name, m in model.named_modules():
+        if name and not list(m.children()):
+            hooks.append(m.register_forward_hook(
+                lambda mod, _i, out, name=name: rows.append(
+                    {"name": name, "type": type(mod).__name__,
+                     "output_shape": list(out.shape[1:]) if isinstance(out, torch.Tensor) else None})))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return rows
+
+
+def overlay_png(image: torch.Tensor, heat: torch.Tensor) -> bytes:
+    """A PNG of the model-input image (uint8 C×H×W) with the [0, 1] map over it in the jet colour map."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    base = image.float().div(255)
+    base = base.expand(3, -1, -1) if base.shape[0] == 1 else base[:3]
+    colour = torch.from_numpy(colormaps["jet"](heat.clamp(0, 1).numpy())[..., :3]).permute(2, 0, 1).float()
+    mixed = (0.5 * base + 0.5 * colour).clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(mixed, "RGB").save(buf, format="PNG")
+    return buf.getvalue()

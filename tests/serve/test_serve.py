@@ -1,0 +1,326 @@
+"""The service: endpoints against `cnnkit predict` and `cnnkit.explain` offline, every error status, the token,
+the batcher (batches form, pairs kept, queue bound, timeouts) and, in a real server process on loopback,
+batching under concurrency, the CLI clients and graceful shutdown with a request in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnkit.serve.batcher import Batcher, QueueFull
+
+pytest.importorskip("fastapi")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory, sample_train) -> list[Path]:
+    """Eight real sample images as files: PNG and JPEG, gray and RGB, various sizes."""
+    folder = tmp_path_factory.mktemp("serve-images")
+    out = []
+    for i in range(8):
+        im = Image.fromarray(sample_train.images[i, 0].numpy(), "L")
+        if i % 3 == 1:
+            im = im.convert("RGB").resize((40, 40))
+        path = folder / f"{i}.{'jpg' if i % 4 == 3 else 'png'}"
+        im.save(path)
+        out.append(path)
+    return out
+
+
+def make_client(run_dir, **options):
+    from fastapi.testclient import TestClient
+
+    from cnnkit.serve import ServeOptions, create_app, load_models
+
+    app = create_app(load_models([f"tiny={run_dir}"], device="cpu"), ServeOptions(**options))
+    client = TestClient(app)
+    client.__enter__()
+    for _ in range(200):
+        if client.get("/readyz").status_code == 200:
+            break
+        time.sleep(0.02)
+    return client
+
+
+@pytest.fixture(scope="module")
+def client(trained_run):
+    c = make_client(trained_run.run_dir, max_body_mb=1.0, max_pixels=1_000_000, max_images=16)
+    yield c
+    c.__exit__(None, None, None)
+
+
+def files_of(paths):
+    return [("file", (p.name, p.read_bytes())) for p in paths]
+
+
+def test_predict_equals_cnnkit_predict_offline_multipart_and_base64(client, trained_run, images):
+    from cnnkit.evaluate import predict
+
+    offline = predict(trained_run.run_dir, images, topk=3)
+    r = client.post("/v1/models/tiny/predict?topk=3", files=files_of(images))
+    assert r.status_code == 200, r.text
+    got = r.json()["predictions"]
+    assert [g["image"] for g in got] == [p.name for p in images]
+    for g, o in zip(got, offline):
+        assert [t["class"] for t in g["top"]] == [c for c, _ in o.top]
+        np.testing.assert_allclose([t["probability"] for t in g["top"]], [v for _, v in o.top], atol=1e-5)
+    b64 = {"images": [base64.b64encode(p.read_bytes()).decode() for p in images], "topk": 3}
+    again = client.post("/v1/models/tiny/predict", json=b64).json()["predictions"]
+    assert [t["probability"] for g in again for t in g["top"]] == [t["probability"] for g in got for t in g["top"]]
+
+
+def test_model_list_and_card(client, sample_train):
+    listed = client.get("/v1/models").json()["models"]
+    assert [m["name"] for m in listed] == ["tiny"] and listed[0]["explainable"]
+    card = client.get("/v1/models/tiny").json()
+    assert card["classes"] == sample_train.classes and card["input"]["channels"] == 1
+    assert (card["input"]["height"], card["input"]["width"]) == (28, 28)
+    assert card["params"] > 0 and card["macs"] > 0
+    convs = [layer for layer in card["layers"] if layer["type"] == "Conv2d"]
+    assert convs and all(len(layer["output_shape"]) == 3 for layer in convs)
+    assert card["layers"][-1]["output_shape"] == [10]
+
+
+def test_explain_returns_maps_at_both_resolutions_equal_to_offline_explain(client, trained_run, images):
+    from cnnkit.artifacts import load
+    from cnnkit.data import Normalize
+    from cnnkit.data.images import load_model_inputs
+    from cnnkit.explain.cam import explain
+
+    r = client.post("/v1/models/tiny/explain?method=gradcam&target=Trouser", files=files_of(images[:1]))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["target"]["class"] == "Trouser" and body["method"] == "gradcam"
+    full, small = np.array(body["map"]), np.array(body["layer_map"])
+    assert full.shape == (28, 28) and small.shape[0] < 28 and 0 <= full.min() and full.max() <= 1
+    png = Image.open(io.BytesIO(base64.b64decode(body["overlay_png"])))
+    assert png.size == (28, 28)
+    ckpt = load(trained_run.run_dir)
+    raw, _ = load_model_inputs(images[:1], 1, (28, 28))
+    ref = explain(ckpt.model, Normalize(*ckpt.normalization)(raw), [1], method="gradcam", layer=body["layer"])
+    np.testing.assert_allclose(full, ref.maps[0].numpy(), atol=2e-4)
+    # gradient methods work too, at the input's resolution
+    sal = client.post("/v1/models/tiny/explain", data={"method": "saliency"}, files=files_of(images[1:2])).json()
+    assert np.array(sal["map"]).shape == (28, 28)
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A small valid PNG whose header then claims width×height pixels (CRC fixed, so only the size is wrong)."""
+    buf = io.BytesIO()
+    Image.new("L", (4, 4)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+BAD = [  # (what, method, path, kwargs builder, status)
+    ("unknown model", "post", "/v1/models/nope/predict", lambda img: {"files": img}, 404),
+    ("unknown route", "get", "/v2/anything", lambda img: {}, 404),
+    ("wrong method", "get", "/v1/models/tiny/predict", lambda img: {}, 405),
+    ("wrong content type", "post", "/v1/models/tiny/predict",
+     lambda img: {"content": b"abc", "headers": {"content-type": "text/plain"}}, 415),
+    ("random bytes", "post", "/v1/models/tiny/predict",
+     lambda img: {"files": [("file", ("x.png", os.urandom(300)))]}, 415),
+    ("truncated PNG", "post", "/v1/models/tiny/predict",
+     lambda img: {"files": [("file", ("t.png", img[0][1][1][:60]))]}, 422),
+    ("zero bytes", "post", "/v1/models/tiny/predict", lambda img: {"files": [("file", ("z.png", b""))]}, 422),
+    ("huge declared dimensions", "post", "/v1/models/tiny/predict",
+     lambda img: {"files": [("file", ("bomb.png", _png_claiming(100_000, 100_000)))]}, 413),
+    ("oversized body", "post", "/v1/models/tiny/predict",
+     lambda img: {"files": [("file", ("big.png", b"\0" * (2 * 2**20)))]}, 413),
+    ("bad JSON", "post", "/v1/models/tiny/predict",
+     lambda img: {"content": b"{nope", "headers": {"content-type": "application/json"}}, 400),
+    ("JSON without images", "post", "/v1/models/tiny/predict", lambda img: {"json": {"x": 1}}, 422),
+    ("bad base64", "post", "/v1/models/tiny/predict", lambda img: {"json": {"images": ["***"]}}, 422),
+    ("too many images", "post", "/v1/models/tiny/predict", lambda img: {"files": img * 17}, 413),
+    ("topk out of range", "post", "/v1/models/tiny/predict?topk=11", lambda img: {"files": img}, 422),
+    ("topk not a number", "post", "/v1/models/tiny/predict?topk=x", lambda img: {"files": img}, 422),
+    ("unknown method", "post", "/v1/models/tiny/explain?method=magic", lambda img: {"files": img}, 422),
+    ("unknown layer", "post", "/v1/models/tiny/explain?layer=nope", lambda img: {"files": img}, 422),
+    ("target out of range", "post", "/v1/models/tiny/explain?target=10", lambda img: {"files": img}, 422),
+    ("unknown target name", "post", "/v1/models/tiny/explain?target=Dress2", lambda img: {"files": img}, 422),
+    ("two images to explain", "post", "/v1/models/tiny/explain", lambda img: {"files": img * 2}, 422),
+]
+
+
+@pytest.mark.parametrize("what,method,path,kwargs,status", BAD, ids=[b[0] for b in BAD])
+def test_bad_requests_get_their_4xx_as_one_json_line(client, images, what, method, path, kwargs, status):
+    r = getattr(client, method)(path, **kwargs(files_of(images[:1])))
+    assert r.status_code == status, (what, r.status_code, r.text)
+    message = r.json()["error"]["message"]
+    assert r.json()["error"]["status"] == status and message and "\n" not in message and "Traceback" not in message
+
+
+def test_metrics_count_requests_by_status_and_batches(client, images):
+    client.post("/v1/models/tiny/predict", files=files_of(images[:2]))
+    text = client.get("/metrics").text
+    assert re.search(r'cnnkit_requests_total\{route="/v1/models/\{name\}/predict",status="200"\} \d', text)
+    assert re.search(r'cnnkit_requests_total\{route="/v1/models/\{name\}/predict",status="415"\} \d', text)
+    assert 'cnnkit_batch_images_count{kind="predict",model="tiny"}' in text
+    assert "cnnkit_queue_images" in text and "cnnkit_request_seconds_bucket" in text
+
+
+def test_token_is_required_when_set_but_not_for_health(trained_run, images):
+    c = make_client(trained_run.run_dir, token="s3cret")
+    try:
+        assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
+        assert c.get("/v1/models").status_code == 401
+        assert c.post("/v1/models/tiny/predict", files=files_of(images[:1]),
+                      headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.get("/metrics").status_code == 401
+        ok = c.post("/v1/models/tiny/predict", files=files_of(images[:1]), headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+    finally:
+        c.__exit__(None, None, None)
+
+
+# -- the batcher on its own ---------------------------------------------------------------------------------------
+
+def test_batcher_forms_batches_keeps_pairs_and_counts_images():
+    sizes = []
+
+    def run(x, _args, parts):
+        sizes.append(len(x))
+        time.sleep(0.01)
+        return list((x * 2).split(parts))
+
+    async def main():
+        b = Batcher(run, max_batch=8, max_delay_s=0.02, max_queue=100)
+        reqs = [torch.full((1 + i % 3, 1), float(i)) for i in range(24)]
+        outs = await asyncio.gather(*(b.submit(x) for x in reqs))
+        await b.stop()
+        return reqs, outs
+
+    reqs, outs = asyncio.run(main())
+    for x, y in zip(reqs, outs):
+        assert torch.equal(y, x * 2)  # each request gets its own images back, in order
+    assert sum(sizes) == sum(len(x) for x in reqs) and max(sizes) > 1 and max(sizes) <= 8
+
+
+def test_batcher_refuses_past_its_queue_and_drops_timed_out_requests():
+    seen = []
+
+    def slow(x, _args, parts):
+        seen.append(x.flatten().tolist())
+        time.sleep(0.2)
+        return list(x.split(parts))
+
+    async def main():
+        b = Batcher(slow, max_batch=1, max_delay_s=0, max_queue=2)
+        first = asyncio.ensure_future(b.submit(torch.zeros(1, 1)))
+        await asyncio.sleep(0.05)  # the first is running; two more fill the queue
+        queued = [asyncio.ensure_future(b.submit(torch.full((1, 1), float(i)), timeout=0.05)) for i in (1, 2)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull):
+            await b.submit(torch.ones(1, 1))
+        for q in queued:
+            with pytest.raises(asyncio.TimeoutError):
+                await q
+        await first
+        await asyncio.sleep(0.1)
+        await b.stop()
+
+    asyncio.run(main())
+    assert seen == [[0.0]]  # the requests that timed out while queued never ran
+
+
+# -- a real server process on loopback ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server(trained_run):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "cnnkit", "serve", f"tiny={trained_run.run_dir}", "--port", "0",
+                             "--max-delay-ms", "300", "--max-batch", "16"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    line = proc.stdout.readline()
+    m = re.search(r"(http://127\.0\.0\.1:\d+)", line)
+    assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
+    url = m.group(1)
+    import httpx
+
+    for _ in range(300):
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    yield proc, url
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_concurrent_requests_share_forward_passes_and_clients_agree(server, images, tmp_path, trained_run, capsys):
+    import httpx
+
+    proc, url = server
+    answers = {}
+
+    def one(i):
+        with httpx.Client(timeout=30) as c:
+            answers[i] = c.post(f"{url}/v1/models/tiny/predict?topk=1",
+                                files=[("file", (images[i].name, images[i].read_bytes()))]).json()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    from cnnkit.evaluate import predict
+
+    offline = predict(trained_run.run_dir, images, topk=1)
+    assert [answers[i]["predictions"][0]["top"][0]["class"] for i in range(8)] == [o.top[0][0] for o in offline]
+    metrics = httpx.get(f"{url}/metrics").text
+    count = float(re.search(r'cnnkit_batch_images_count\{kind="predict",model="tiny"\} (\S+)', metrics).group(1))
+    total = float(re.search(r'cnnkit_batch_images_sum\{kind="predict",model="tiny"\} (\S+)', metrics).group(1))
+    assert total >= 8 and count < 8  # 8 one-image requests in fewer forward passes (warm-up's batch of 2 included)
+    # the CLI clients use the service
+    from cnnkit.cli import main
+
+    assert main(["predict", "--url", f"{url}/v1/models/tiny", str(images[0]), "--topk", "2"]) == 0
+    assert offline[0].top[0][0] in capsys.readouterr().out
+    assert main(["explain", "--url", f"{url}/v1/models/tiny", str(images[0]), "--out", str(tmp_path / "ex")]) == 0
+    assert Image.open(tmp_path / "ex" / f"{images[0].stem}-gradcam.png").size == (28, 28)
+    capsys.readouterr()
+    assert main(["predict", "--url", f"{url}/v1/models/nope", str(images[0])]) == 2
+    err = capsys.readouterr().err
+    assert "404" in err and "unknown model" in err and len(err.strip().splitlines()) == 1
+
+
+def test_sigterm_finishes_the_request_in_flight_then_exits_0(server, images):
+    import httpx
+
+    proc, url = server
+    result = {}
+
+    def slow():  # waits up to --max-delay-ms (300 ms) for a batch to fill: in flight when SIGTERM comes
+        result["r"] = httpx.post(f"{url}/v1/models/tiny/predict", timeout=30,
+                                 files=[("file", (images[0].name, images[0].read_bytes()))])
+
+    t = threading.Thread(target=slow)
+    t.start()
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    t.join()
+    assert result["r"].status_code == 200
+    assert proc.wait(timeout=20) == 0
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{url}/healthz", timeout=1)
