@@ -3,7 +3,7 @@ concurrent clients, batching on and off, side by side; then the bad-input and ov
 
 - Model-bound: ResNet-18 on 3×224×224 (random weights: speed does not depend on them). Its offline throughput
   at batch 32 in the same runtime (eager PyTorch, this process, same threads) is measured in the same run.
-- Overhead-bound: ResNet-9 on 28×28, against a bare endpoint on the same server (the same multipart request,
+- Overhead-bound: ResNet-9 (width 16, as in the trainer-overhead benchmark) on 28×28, against a bare endpoint on the same server (the same multipart request,
   answered with a constant: the ceiling of the HTTP stack and the client).
 - Bad-input drill: 1,000 malformed requests interleaved with 250 valid ones; counts 5xx, checks every valid
   answer against `cnnkit predict` offline, and the server's resident memory before and after.
@@ -11,7 +11,7 @@ concurrent clients, batching on and off, side by side; then the bad-input and ov
   the server must answer normally once the load stops.
 
 The server runs in a child process (`cnnkit.serve.serve`, the code `cnnkit serve` runs), the load generator
-here (an asyncio loop of httpx clients, one connection each), so both share this machine's cores: on 2 cores
+here (an asyncio loop of aiohttp clients, one keep-alive connection each), so both share this machine's cores: on 2 cores
 the client's own CPU time is part of what is measured, for the bare endpoint as for the models. Every request
 goes to 127.0.0.1; each level runs for a fixed time, bounded in count by the clients' closed loop.
 
@@ -46,7 +46,7 @@ from benchmarks.common import write_result
 LEVELS = (1, 8, 32, 64)
 
 
-def make_checkpoint(folder: Path, model: str, in_chans: int, size: int, **kw) -> Path:
+def make_checkpoint(folder: Path, model: str, in_chans: int, size: int, **kw: object) -> Path:
     from cnnkit.artifacts import save_checkpoint
     from cnnkit.models import create
 
@@ -124,26 +124,32 @@ class Server:
 # ------------------------------------------------------------------------------------------------------ client
 
 async def drive(url: str, path: str, body: bytes, clients: int, seconds: float, warmup: float = 1.0) -> dict:
-    """`clients` closed-loop clients POST the same multipart image for `seconds` (after `warmup`)."""
-    import httpx
+    """`clients` closed-loop clients POST the same multipart image for `seconds` (after `warmup`), each on a
+    keep-alive connection of its own. aiohttp, not httpx: httpx's async connection pool stalled for whole
+    seconds past about 16 concurrent connections here (p99 1.2 s against a constant endpoint at 32 clients,
+    where sync httpx in threads and aiohttp see tens of milliseconds)."""
+    import aiohttp
 
-    files = [("file", ("x.png", body))]
     lat: list[float] = []
     statuses: dict[int, int] = {}
     start = time.perf_counter()
     measure_from, end = start + warmup, start + warmup + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as c:
+    connector = aiohttp.TCPConnector(limit=clients, force_close=False)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as c:
         async def worker():
             while True:
                 t = time.perf_counter()
                 if t >= end:
                     return
-                r = await c.post(path, files=files)
+                form = aiohttp.FormData()
+                form.add_field("file", body, filename="x.png", content_type="image/png")
+                async with c.post(path, data=form) as r:
+                    await r.read()
+                    status = r.status
                 done = time.perf_counter()
                 if t >= measure_from:
                     lat.append(done - t)
-                    statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                    statuses[status] = statuses.get(status, 0) + 1
 
         await asyncio.gather(*(worker() for _ in range(clients)))
     ok = statuses.get(200, 0)
@@ -300,25 +306,25 @@ def overload_drill(ckpt: Path, clients: int = 64, seconds: float = 6.0) -> dict:
 
 
 async def _refusal_latency(url: str, path: str, body: bytes, clients: int, rounds: int = 5) -> dict:
-    import httpx
+    import aiohttp
 
     lat, retry_after = [], set()
-    async with httpx.AsyncClient(base_url=url, timeout=60,
-                                 limits=httpx.Limits(max_connections=clients)) as c:
+    async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=clients)) as c:
         async def one():
+            form = aiohttp.FormData()
+            form.add_field("file", body, filename="x.png", content_type="image/png")
             t = time.perf_counter()
-            r = await c.post(path, files=[("file", ("x.png", body))])
-            if r.status_code == 503:
-                lat.append(time.perf_counter() - t)
-                retry_after.add(r.headers.get("retry-after"))
+            async with c.post(path, data=form) as r:
+                await r.read()
+                if r.status == 503:
+                    lat.append(time.perf_counter() - t)
+                    retry_after.add(r.headers.get("retry-after"))
 
         for _ in range(rounds):
             await asyncio.gather(*(one() for _ in range(clients)))
     return {"count": len(lat), "p50_ms": 1e3 * float(np.percentile(lat, 50)) if lat else None,
             "p99_ms": 1e3 * float(np.percentile(lat, 99)) if lat else None, "retry_after": sorted(map(str, retry_after))}
 
-
-# -------------------------------------------------------------------------------------------------------- main
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -327,10 +333,10 @@ def main() -> None:
     args = ap.parse_args()
     seconds = args.seconds or (2.0 if args.quick else 6.0)
     result: dict = {"seconds_per_level": seconds, "levels": LEVELS, "max_delay_ms": 5.0,
-                    "server_torch_threads": torch.get_num_threads(), "client": f"httpx {__import__('httpx').__version__}"}
+                    "server_torch_threads": torch.get_num_threads(), "client": f"aiohttp {__import__('aiohttp').__version__}"}
     with tempfile.TemporaryDirectory() as tmp:
         r18 = make_checkpoint(Path(tmp), "resnet18", 3, 224)
-        r9 = make_checkpoint(Path(tmp), "resnet9", 1, 28)
+        r9 = make_checkpoint(Path(tmp), "resnet9", 1, 28, width=16)  # the width of cnnkit's other benchmarks
         body18 = png_bytes(np.random.default_rng(0), 224, 3)
         body9 = png_bytes(np.random.default_rng(0), 28, 1)
         for name, ckpt, body in (("resnet18", r18, body18), ("resnet9", r9, body9)):

@@ -93,7 +93,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("usage-no-option", "train --foo", "No such option: --foo"),
     ("usage-models-sub", "models nosuch", "No such command 'nosuch'"),
     ("usage-missing-arg", "predict --checkpoint {run}", "Missing argument"),
-    ("usage-missing-opt", "predict {ok}", "Missing option '--checkpoint'"),
+    ("usage-missing-opt", "eval", "Missing option '--checkpoint'"),
     ("usage-epochs-0", "train --data sample --epochs 0", "--epochs"),
     ("usage-epochs-abc", "train --data sample --epochs abc", "--epochs"),
     ("usage-topk-0", "predict {ok} --checkpoint {run} --topk 0", "--topk"),
@@ -164,6 +164,19 @@ ROWS: list[tuple[str, str, str]] = [
     ("predict-garbage-onnx", "predict {ok} --checkpoint {bad}/garbage.onnx", "cannot load"),
     ("predict-device-mps", "predict {ok} --checkpoint {run} --device mps", "--device mps"),
     ("predict-ckpt-folder", "predict {ok} --checkpoint {bad}/empty", "empty"),
+    ("predict-no-source", "predict {ok}", "--checkpoint RUN"),
+    ("predict-both-sources", "predict {ok} --checkpoint {run} --url http://127.0.0.1:9/v1/models/x", "one of the two"),
+    ("predict-bad-url", "predict {ok} --url ftp://example/x", "--url must look like"),
+    ("predict-no-service", "predict {ok} --url http://127.0.0.1:9/v1/models/x", "cannot reach the service"),
+    ("predict-amp-fp16-cpu", "predict {ok} --checkpoint {run} --amp fp16 --device cpu", "fp16"),
+    ("eval-amp-banana", "eval --checkpoint {run} --amp banana", "--amp must be"),
+    ("explain-url-benchmark", "explain --url http://127.0.0.1:9/v1/models/x --benchmark", "--benchmark runs here"),
+    ("serve-missing", "serve {bad}/missing.safetensors --port 0", "missing.safetensors"),
+    ("serve-garbage-onnx", "serve {bad}/garbage.onnx --port 0", "cannot load"),
+    ("serve-duplicate-name", "serve {run} {run} --port 0", "name them: NAME=PATH"),
+    ("serve-bad-name", "serve 'a b=c'=x --port 0", "model name"),
+    ("serve-port-range", "serve {run} --port 70000", "--port"),
+    ("serve-amp-fp16-cpu", "serve {run} --amp fp16 --device cpu --port 0", "fp16"),
     # explain
     ("explain-method", "explain {ok} --checkpoint {run} --method gradcan", "unknown method 'gradcan'"),
     ("explain-layer", "explain {ok} --checkpoint {run} --layer nosuch", "nosuch"),
@@ -269,7 +282,7 @@ def test_table_covers_every_verb():
     verbs = {r[1].split()[0] for r in ROWS} | {" ".join(r[1].split()[:2]) for r in ROWS if r[1].startswith("models")}
     assert len(ROWS) >= 60
     assert {"train", "eval", "predict", "explain", "visualize", "export", "compress", "bench", "demo",
-            "models info", "models list"} <= verbs
+            "models info", "models list", "serve"} <= verbs
 
 
 def test_missing_cache_folder_is_created(fx, tmp_path, capsys, monkeypatch):

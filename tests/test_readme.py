@@ -207,7 +207,10 @@ SHORTEN: dict[str, list[tuple[str, str | None]]] = {
 # Also: `bench` and `compress` measure each model's peak memory in a fresh Python process (seconds each);
 # here that measurement is stubbed (tests/test_deploy.py covers it).
 
-NEEDS = {"(needs a network)": "no network in the tests", "(needs a GPU)": "no CUDA device here"}
+NEEDS = {"(needs a network)": "no network in the tests", "(needs a GPU)": "no CUDA device here",
+         # tests/serve/test_serve.py runs these against a real `cnnkit serve` process on loopback
+         "(runs until stopped)": "a service that runs until stopped (tests/serve covers it)",
+         "(while cnnkit serve runs)": "needing the service above (tests/serve covers it)"}
 
 
 def command_key(argv: list[str]) -> str:

@@ -324,3 +324,25 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(server, images):
     assert proc.wait(timeout=20) == 0
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{url}/healthz", timeout=1)
+
+
+def test_an_onnx_export_is_served_beside_its_checkpoint_with_the_same_answers(trained_run, images, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from cnnkit.deploy import export_onnx
+    from cnnkit.serve import create_app, load_models
+
+    onnx = export_onnx(trained_run.run_dir, tmp_path / "tiny.onnx").path
+    models = load_models([f"ckpt={trained_run.run_dir}", str(onnx)], device="cpu")
+    assert list(models) == ["ckpt", "tiny"]
+    with TestClient(create_app(models)) as c:
+        a = c.post("/v1/models/ckpt/predict", files=files_of(images)).json()["predictions"]
+        b = c.post("/v1/models/tiny/predict", files=files_of(images)).json()["predictions"]
+        for x, y in zip(a, b):
+            assert [t["class"] for t in x["top"]] == [t["class"] for t in y["top"]]
+            np.testing.assert_allclose([t["probability"] for t in x["top"]], [t["probability"] for t in y["top"]],
+                                       atol=1e-4)
+        card = c.get("/v1/models/tiny").json()
+        assert card["kind"] == "onnx" and not card["explainable"] and len(card["classes"]) == 10
+        r = c.post("/v1/models/tiny/explain", files=files_of(images[:1]))
+        assert r.status_code == 422 and "training checkpoint" in r.json()["error"]["message"]
