@@ -6,6 +6,7 @@ import contextlib
 import functools
 import os
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -172,3 +173,30 @@ def exclusive_threads() -> Iterator[None]:
 def owns_threads() -> bool:
     """Whether cnnkit may change torch's process-wide thread count now (see `exclusive_threads`)."""
     return _OWNS_THREADS
+
+
+def faster_inference_layout(model: torch.nn.Module, shape: tuple[int, ...], batch: int, device: torch.device,
+                            rounds: int = 3) -> tuple[bool, dict[str, float]]:
+    """Whether channels-last runs `model` (in eval mode, on `batch` inputs of `shape`) faster than NCHW here, and
+    the seconds of each; the model is left in the faster layout. GPUs take channels-last without measuring.
+    On the CPU both are timed in interleaved rounds, the fastest pass of each counting, so a spell of load from
+    another process cannot decide it (ResNet-9 serves 2.5× faster channels-last on a 2-core Xeon, some models
+    run slower)."""
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+        return True, {}
+    x = torch.randn(batch, *shape, device=device)
+    best = {"nchw": float("inf"), "channels_last": float("inf")}
+    for r in range(rounds + 1):  # round 0 warms both up
+        for layout in (("nchw", "channels_last") if r % 2 else ("channels_last", "nchw")):
+            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            model.to(memory_format=fmt)  # not under inference_mode: the weights must stay usable by autograd
+            xs = x.contiguous(memory_format=fmt)
+            with torch.no_grad():
+                t = time.perf_counter()
+                model(xs)
+                if r:
+                    best[layout] = min(best[layout], time.perf_counter() - t)
+    last = best["channels_last"] < best["nchw"]
+    model.to(memory_format=torch.channels_last if last else torch.contiguous_format)
+    return last, best

@@ -90,6 +90,7 @@ def test_model_list_and_card(client, sample_train):
     assert [m["name"] for m in listed] == ["tiny"] and listed[0]["explainable"]
     card = client.get("/v1/models/tiny").json()
     assert card["classes"] == sample_train.classes and card["input"]["channels"] == 1
+    assert card["layout"] in ("NCHW", "channels-last") and card["precision"] == "float32"
     assert (card["input"]["height"], card["input"]["width"]) == (28, 28)
     assert card["params"] > 0 and card["macs"] > 0
     convs = [layer for layer in card["layers"] if layer["type"] == "Conv2d"]
