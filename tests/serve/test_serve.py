@@ -347,3 +347,47 @@ def test_an_onnx_export_is_served_beside_its_checkpoint_with_the_same_answers(tr
         assert card["kind"] == "onnx" and not card["explainable"] and len(card["classes"]) == 10
         r = c.post("/v1/models/tiny/explain", files=files_of(images[:1]))
         assert r.status_code == 422 and "training checkpoint" in r.json()["error"]["message"]
+
+
+def test_overload_gives_503_with_retry_after_timeouts_504_and_health_answers_meanwhile(trained_run, images):
+    """A model slowed to 0.6 s per batch (its forward patched), one image of queue, 0.3 s per request."""
+    from fastapi.testclient import TestClient
+
+    from cnnkit.serve import ServeOptions, create_app, load_models
+
+    models = load_models([f"tiny={trained_run.run_dir}"], device="cpu")
+    m = models["tiny"]
+    fast = m.predict_batch
+    m.warm()
+
+    def slow(x, args, sizes):
+        time.sleep(0.6)
+        return fast(x, args, sizes)
+
+    m.predict_batch = slow
+    app = create_app(models, ServeOptions(max_batch=1, max_delay_ms=0, max_queue=1, timeout_s=0.3))
+    with TestClient(app) as c:
+        for _ in range(100):
+            if c.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.05)
+        got = {}
+
+        def post(key):
+            got[key] = c.post("/v1/models/tiny/predict", files=files_of(images[:1]))
+
+        running = threading.Thread(target=post, args=("running",))
+        running.start()
+        time.sleep(0.1)  # its batch is in the worker now
+        queued = threading.Thread(target=post, args=("queued",))
+        queued.start()
+        time.sleep(0.05)  # one image waits: the queue is full
+        t = time.perf_counter()
+        refused = c.post("/v1/models/tiny/predict", files=files_of(images[:1]))
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        health = c.get("/healthz")
+        assert health.status_code == 200 and time.perf_counter() - t < 0.3  # not behind the running batch
+        running.join()
+        queued.join()
+    assert got["running"].status_code == 504 and "0.3 s" in got["running"].json()["error"]["message"]
+    assert got["queued"].status_code == 504

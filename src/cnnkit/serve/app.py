@@ -113,10 +113,15 @@ class Service:
     def queued(self, name: str) -> int:
         return sum(b.queued_images for k, b in self.batchers.items() if k[0] == name)
 
-    async def submit(self, m: ServedModel, b: Batcher, x: torch.Tensor, args: Any = None) -> Any:
-        if self.queued(m.name) + len(x) > self.options.max_queue and self.queued(m.name) > 0:
+    def refuse_if_full(self, m: ServedModel, n: int = 1) -> None:
+        """503 when `n` more images would overflow the model's queue: checked before the body is parsed and
+        decoded too, so that refusing work under overload costs little."""
+        if self.queued(m.name) + n > self.options.max_queue and self.queued(m.name) > 0:
             raise Problem(503, f"model {m.name!r} is overloaded ({self.queued(m.name)} images queued); retry "
                                f"shortly", {"Retry-After": "1"})
+
+    async def submit(self, m: ServedModel, b: Batcher, x: torch.Tensor, args: Any = None) -> Any:
+        self.refuse_if_full(m, len(x))
         self.metrics.queue.labels(m.name).set(self.queued(m.name) + len(x))
         try:
             return await b.submit(x, args, self.options.timeout_s)
@@ -316,6 +321,7 @@ def create_app(models: dict[str, ServedModel], options: ServeOptions | None = No
         """Top-k classes of one or more images (query or field `topk`, default 5)."""
         t = time.perf_counter()
         m = service.model(name)
+        service.refuse_if_full(m)
         x, names, fields = await read_images(request, m, options)
         k = _int_field(fields, request, "topk", min(5, len(m.classes)), 1, len(m.classes))
         probs = await service.submit(m, service.batcher(m, "predict"), x)
@@ -335,6 +341,7 @@ def create_app(models: dict[str, ServedModel], options: ServeOptions | None = No
 
         t = time.perf_counter()
         m = service.model(name)
+        service.refuse_if_full(m)
         x, names, fields = await read_images(request, m, options, single=True)
         method = _str_field(fields, request, "method", "gradcam")
         if method not in METHODS:

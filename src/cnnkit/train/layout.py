@@ -37,7 +37,9 @@ def _cache_file() -> Path:
 
 
 def _key(model_name: str, model_kwargs: dict[str, Any], shape: tuple[int, ...], batch: int) -> str:
-    return json.dumps([cpu_description()["model"], torch.__version__, torch.get_num_threads(), model_name,
+    # "v2": timed in interleaved rounds (the fastest step counts); entries timed the earlier way, one
+    # candidate after another, could record a spell of contention as the answer and are measured again
+    return json.dumps(["v2", cpu_description()["model"], torch.__version__, torch.get_num_threads(), model_name,
                        sorted((k, str(v)) for k, v in model_kwargs.items()), list(shape), batch])
 
 
