@@ -3,8 +3,9 @@ concurrent clients, batching on and off, side by side; then the bad-input and ov
 
 - Model-bound: ResNet-18 on 3×224×224 (random weights: speed does not depend on them). Its offline throughput
   at batch 32 in the same runtime (eager PyTorch, this process, same threads) is measured in the same run.
-- Overhead-bound: ResNet-9 (width 16, as in the trainer-overhead benchmark) on 28×28, against a bare endpoint on the same server (the same multipart request,
-  answered with a constant: the ceiling of the HTTP stack and the client).
+- Overhead-bound: ResNet-9 (width 16, as in the trainer-overhead benchmark) on 28×28, against a bare endpoint on
+  the same server (the same multipart request, answered with a constant: the ceiling of the HTTP stack and the
+  client), and against the predict route with the forward pass replaced by a constant (the route's ceiling).
 - Bad-input drill: 1,000 malformed requests interleaved with 250 valid ones; counts 5xx, checks every valid
   answer against `cnnkit predict` offline, and the server's resident memory before and after.
 - Overload drill: a queue of 4 images against 64 clients sending ResNet-18 work; 503s must come quickly and
@@ -73,6 +74,10 @@ import sys
 from fastapi import Request
 from cnnkit.serve import ServeOptions, load_models, serve
 specs, max_batch, max_delay, max_queue = sys.argv[1].split(","), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+import os, torch
+if os.environ.get("BENCH_NO_MODEL"):  # the route's ceiling: everything but the forward pass
+    from cnnkit.serve.models import ServedModel
+    ServedModel.predict_batch = lambda self, x, args, sizes: list(torch.full((len(x), 10), 0.1).split(sizes))
 def hook(app):
     @app.post("/bench/constant")
     async def constant(request: Request):
@@ -84,12 +89,13 @@ serve(load_models(specs, "cpu"), "127.0.0.1", 0, ServeOptions(max_batch=max_batc
 
 
 class Server:
-    def __init__(self, specs: list[str], max_batch: int = 32, max_delay_ms: float = 5.0, max_queue: int = 256):
+    def __init__(self, specs: list[str], max_batch: int = 32, max_delay_ms: float = 5.0, max_queue: int = 256,
+                 no_model: bool = False):
         import httpx
 
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"BENCH_NO_MODEL": "1"} if no_model else {})}
         self.proc = subprocess.Popen([sys.executable, "-c", CHILD, ",".join(specs), str(max_batch), str(max_delay_ms),
-                                      str(max_queue)], stdout=subprocess.PIPE, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                      str(max_queue)], stdout=subprocess.PIPE, text=True, env=env)
         self.url = self.proc.stdout.readline().strip()
         if not self.url.startswith("http://127.0.0.1:"):
             raise SystemExit(f"server did not start: {self.url!r}")
@@ -220,7 +226,7 @@ def malformed(rng: random.Random, png: bytes, jpeg: bytes) -> tuple[str, dict]:
     if kind == "huge dimensions":
         return kind, f("h.png", _png_claiming(rng.choice([70_000, 200_000, 2**31 - 1]), 65_535))
     if kind == "wrong content type":
-        return kind, {"content": png, "headers": {"content-type": rng.choice(["image/png", "text/plain", ""])}}
+        return kind, {"content": png, "headers": {"content-type": rng.choice(["text/html", "text/plain", ""])}}
     if kind == "oversized body":
         return kind, f("big.png", b"\0" * (17 * 2**20))
     if kind == "bad JSON":
@@ -347,7 +353,8 @@ def main() -> None:
         body9 = png_bytes(np.random.default_rng(0), 28, 1)
         for name, ckpt, body in (("resnet18", r18, body18), ("resnet9", r9, body9)):
             offline = offline_throughput(ckpt)
-            print(name, "offline", offline, flush=True)
+            offline1 = offline_throughput(ckpt, batch=1)
+            print(name, "offline", offline, offline1, flush=True)
             rows = {}
             for mode, max_batch in (("on", 32), ("off", 1)):
                 server = Server([str(ckpt)], max_batch=max_batch)
@@ -357,7 +364,13 @@ def main() -> None:
                         rows["constant"] = [level(server, name, body, n, seconds, "/bench/constant") for n in LEVELS]
                 finally:
                     server.stop()
-            result[name] = {"offline_batch32": offline, **rows}
+            if name == "resnet9":  # the same route with the forward pass replaced by a constant
+                server = Server([str(ckpt)], no_model=True)
+                try:
+                    rows["no_model"] = [level(server, name, body, n, seconds) for n in (8, 32)]
+                finally:
+                    server.stop()
+            result[name] = {"offline_batch32": offline, "offline_batch1": offline1, **rows}
         at32 = lambda name, mode: next(r for r in result[name][mode] if r["clients"] == 32)  # noqa: E731
         compute32 = result["resnet18"]["offline_batch32"]["seconds_per_batch"]
         result["targets"] = {

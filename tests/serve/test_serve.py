@@ -83,6 +83,11 @@ def test_predict_equals_cnnkit_predict_offline_multipart_and_base64(client, trai
     b64 = {"images": [base64.b64encode(p.read_bytes()).decode() for p in images], "topk": 3}
     again = client.post("/v1/models/tiny/predict", json=b64).json()["predictions"]
     assert [t["probability"] for g in again for t in g["top"]] == [t["probability"] for g in got for t in g["top"]]
+    raw = client.post("/v1/models/tiny/predict?topk=3", content=images[3].read_bytes(),
+                      headers={"content-type": "image/jpeg"}).json()["predictions"]
+    assert [t["class"] for t in raw[0]["top"]] == [t["class"] for t in got[3]["top"]]
+    np.testing.assert_allclose([t["probability"] for t in raw[0]["top"]], [t["probability"] for t in got[3]["top"]],
+                               atol=1e-6)  # batch of 1 against batch of 8: the same up to float rounding
 
 
 def test_model_list_and_card(client, sample_train):

@@ -142,7 +142,8 @@ async def read_images(request: Request, m: ServedModel, options: ServeOptions,
                       single: bool = False) -> tuple[torch.Tensor, list[str], dict[str, Any]]:
     """The request's images as one uint8 N×C×H×W batch for `m`, their names, and the other fields given
     (JSON keys or multipart form fields). Multipart: one or more file parts (any field name). JSON:
-    {"images": [base64, ...]} or {"image": base64}, optionally as data URLs."""
+    {"images": [base64, ...]} or {"image": base64}, optionally as data URLs. A body of type image/* (or
+    application/octet-stream): that one image, its options as query parameters."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     fields: dict[str, Any] = {}
     blobs: list[tuple[str, bytes]] = []
@@ -174,9 +175,11 @@ async def read_images(request: Request, m: ServedModel, options: ServeOptions,
         for i, s in enumerate(images):
             blobs.append((f"image {i}", _b64(s, i)))
         fields = body
+    elif ctype.startswith("image/") or ctype == "application/octet-stream":  # one image as the raw body
+        blobs.append(("body", await request.body()))
     else:
-        raise Problem(415, f"send the images as multipart/form-data or application/json (base64), not "
-                           f"{ctype or 'a body without Content-Type'}")
+        raise Problem(415, f"send the images as multipart/form-data, application/json (base64) or one image "
+                           f"as the body (image/*), not {ctype or 'a body without Content-Type'}")
     if not blobs:
         raise Problem(422, "no image in the request")
     if single and len(blobs) > 1:
