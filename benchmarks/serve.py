@@ -91,7 +91,7 @@ serve(load_models(specs, "cpu"), "127.0.0.1", 0, ServeOptions(max_batch=max_batc
 class Server:
     def __init__(self, specs: list[str], max_batch: int = 32, max_delay_ms: float = 5.0, max_queue: int = 256,
                  no_model: bool = False):
-        import httpx
+        from cnnkit.serve.client import Client
 
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"BENCH_NO_MODEL": "1"} if no_model else {})}
         self.proc = subprocess.Popen([sys.executable, "-c", CHILD, ",".join(specs), str(max_batch), str(max_delay_ms),
@@ -99,14 +99,8 @@ class Server:
         self.url = self.proc.stdout.readline().strip()
         if not self.url.startswith("http://127.0.0.1:"):
             raise SystemExit(f"server did not start: {self.url!r}")
-        for _ in range(600):
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise SystemExit("server never became ready")
+        with Client(self.url) as c:
+            c.wait_ready(60)
 
     def rss_mib(self) -> float:
         text = Path(f"/proc/{self.proc.pid}/status").read_text()

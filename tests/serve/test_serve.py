@@ -259,15 +259,10 @@ def server(trained_run):
     m = re.search(r"(http://127\.0\.0\.1:\d+)", line)
     assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
     url = m.group(1)
-    import httpx
+    from cnnkit.serve.client import Client
 
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
+    with Client(url) as c:
+        c.wait_ready(30)
     yield proc, url
     if proc.poll() is None:
         proc.kill()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -56,26 +58,48 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops() // 2
 
 
+@contextlib.contextmanager
+def leaf_hooks(model: nn.Module, fn: Callable[[str, nn.Module, Any], None]) -> Iterator[None]:
+    """Inside, every leaf layer's forward calls `fn(name, layer, output)`."""
+    hooks = [m.register_forward_hook(lambda mod, _i, out, name=name: fn(name, mod, out))
+             for name, m in model.named_modules() if not list(m.children())]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def layer_shapes(model: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
+    """Every leaf layer in the order it runs, with its type and output shape (batch dimension dropped)."""
+    rows: list[dict[str, Any]] = []
+
+    def record(name: str, mod: nn.Module, out: Any) -> None:
+        rows.append({"name": name, "type": type(mod).__name__,
+                     "output_shape": list(out.shape[1:]) if isinstance(out, torch.Tensor) else None})
+
+    with leaf_hooks(model, record), torch.no_grad():
+        model(x)
+    return rows
+
+
 def _trace(model: nn.Module, x: torch.Tensor) -> tuple[int, list[tuple[str, tuple[int, ...]]]]:
     """Sum of leaf-layer output bytes (float32) and the output shape of each stage."""
     stage_names = stage_modules(model)
     modules = dict(model.named_modules())
     total, shapes, hooks = [0], {}, []
 
-    def leaf_hook(_m, _i, out):
+    def leaf_hook(_name, _m, out):
         if isinstance(out, torch.Tensor):
             total[0] += out.numel() * 4
 
-    for m in model.modules():
-        if not list(m.children()):
-            hooks.append(m.register_forward_hook(leaf_hook))
     for n in stage_names:
         if n in modules:
             hooks.append(modules[n].register_forward_hook(
                 lambda _m, _i, out, n=n: shapes.__setitem__(n, tuple(out.shape[1:]))
                 if isinstance(out, torch.Tensor) else None))
     try:
-        with torch.no_grad():
+        with leaf_hooks(model, leaf_hook), torch.no_grad():
             model(x)
     finally:
         for h in hooks:

@@ -77,6 +77,21 @@ class Client:
     def health(self) -> dict[str, Any]:
         return self._call("GET", "/readyz")
 
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until the service answers /readyz with 200 (models loaded and warmed); ServiceError after
+        `timeout` seconds."""
+        import time
+
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                self.health()
+                return
+            except ServiceError:
+                if time.monotonic() > end:
+                    raise ServiceError(f"the service at {self.base} was not ready within {timeout:g} s") from None
+            time.sleep(0.05)
+
     def models(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/models")["models"]
 

@@ -74,7 +74,7 @@ class ServedModel:
             "layout": "channels-last" if self.channels_last else "NCHW",
         }
         if self.explainable:
-            from cnnkit.models.card import count_macs
+            from cnnkit.models.card import count_macs, layer_shapes
 
             x = torch.zeros(1, c, h, w, device=self.device)
             card["params"] = card["params"] or sum(p.numel() for p in self.model.parameters())
@@ -137,25 +137,6 @@ def _exported(model: nn.Module) -> bool:
 
 def _kind(path: Path) -> str:
     return {".onnx": "onnx", ".pt2": "torch.export", ".ts": "torchscript-int8"}.get(path.suffix, "checkpoint")
-
-
-def layer_shapes(model: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
-    """Every leaf layer in the order it runs, with its type and output shape (batch dimension dropped)."""
-    rows: list[dict[str, Any]] = []
-    hooks = []
-    for name, m in model.named_modules():
-        if name and not list(m.children()):
-            hooks.append(m.register_forward_hook(
-                lambda mod, _i, out, name=name: rows.append(
-                    {"name": name, "type": type(mod).__name__,
-                     "output_shape": list(out.shape[1:]) if isinstance(out, torch.Tensor) else None})))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return rows
 
 
 def overlay_png(image: torch.Tensor, heat: torch.Tensor) -> bytes:
