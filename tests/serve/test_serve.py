@@ -391,3 +391,26 @@ def test_overload_gives_503_with_retry_after_timeouts_504_and_health_answers_mea
         queued.join()
     assert got["running"].status_code == 504 and "0.3 s" in got["running"].json()["error"]["message"]
     assert got["queued"].status_code == 504
+
+
+def test_decoding_a_large_image_does_not_hold_up_health_checks(client, images, monkeypatch):
+    """Images are decoded off the event loop: a slow decode (patched to 0.5 s) and /healthz at the same time."""
+    from cnnkit.serve import app as app_module
+
+    real = app_module.decode_images
+
+    def slow(*args):
+        time.sleep(0.5)
+        return real(*args)
+
+    monkeypatch.setattr(app_module, "decode_images", slow)
+    got = {}
+    t = threading.Thread(target=lambda: got.setdefault("r", client.post("/v1/models/tiny/predict",
+                                                                         files=files_of(images[:1]))))
+    t.start()
+    time.sleep(0.1)
+    start = time.perf_counter()
+    assert client.get("/healthz").status_code == 200
+    assert time.perf_counter() - start < 0.3
+    t.join()
+    assert got["r"].status_code == 200

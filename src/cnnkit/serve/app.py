@@ -20,6 +20,7 @@ import hmac
 import io
 import json
 import math
+import os
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -186,7 +187,22 @@ async def read_images(request: Request, m: ServedModel, options: ServeOptions,
         raise Problem(422, f"explain takes one image per request, got {len(blobs)}")
     if len(blobs) > options.max_images:
         raise Problem(413, f"{len(blobs)} images in one request; at most {options.max_images}")
-    return decode_images(blobs, m, options.max_pixels), [n for n, _ in blobs], fields
+    # decoded in a pool thread, not on the event loop: a large image (up to --max-pixels) takes tens to hundreds
+    # of milliseconds to decode, and health checks and every other request would wait for it; PIL releases the
+    # GIL while it decodes
+    x = await asyncio.get_running_loop().run_in_executor(_decode_pool(), decode_images, blobs, m, options.max_pixels)
+    return x, [n for n, _ in blobs], fields
+
+
+_DECODE_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _decode_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _DECODE_POOL
+    if _DECODE_POOL is None:
+        _DECODE_POOL = concurrent.futures.ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)),
+                                                             thread_name_prefix="cnnkit-decode")
+    return _DECODE_POOL
 
 
 def _b64(s: str, i: int) -> bytes:
