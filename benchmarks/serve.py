@@ -176,7 +176,7 @@ def offline_throughput(ckpt: Path, batch: int = 32, seconds: float = 5.0) -> dic
     loaded = load(ckpt)
     m = loaded.model.eval()
     # the layout the server runs it in, chosen the same way
-    last, _ = faster_inference_layout(m, (loaded.in_chans, *loaded.img_size), 8, torch.device("cpu"))
+    last = faster_inference_layout(m, (loaded.in_chans, *loaded.img_size), 8, torch.device("cpu"))
     x = torch.randn(batch, loaded.in_chans, *loaded.img_size)
     x = x.contiguous(memory_format=torch.channels_last) if last else x
     times = []

@@ -279,6 +279,11 @@ def predict(
         raise ConfigError("give --checkpoint RUN (predict here) or --url http://HOST:PORT/v1/models/NAME "
                           "(ask a running cnnkit serve), one of the two")
     if url is not None:
+        local = [o for o, given in (("--tta", tta), ("--strict", strict), ("--device", device != "auto"),
+                                    ("--amp", amp != "off")) if given]
+        if local:
+            raise ConfigError(f"{', '.join(local)} set how predictions run here; with --url the service decides "
+                              f"(start it with the options you want), so leave them out")
         rows = _predict_remote(url, inputs, topk)
         source = {"service": url}
     else:
@@ -344,8 +349,9 @@ def explain_cmd(
         raise ConfigError("give --checkpoint RUN (explain here) or --url http://HOST:PORT/v1/models/NAME "
                           "(ask a running cnnkit serve), one of the two")
     if url is not None:
-        if benchmark:
-            raise ConfigError("--benchmark runs here; give --checkpoint, not --url")
+        if benchmark or device != "auto" or strict:
+            given = "--benchmark" if benchmark else "--device" if device != "auto" else "--strict"
+            raise ConfigError(f"{given} applies to explaining here; give --checkpoint, not --url")
         _explain_remote(url, list(inputs or []) + list(images or []), method or "gradcam", layer, target, out)
         return
     from cnnkit.explain.run import benchmark_methods, explain_files

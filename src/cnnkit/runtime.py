@@ -176,15 +176,14 @@ def owns_threads() -> bool:
 
 
 def faster_inference_layout(model: torch.nn.Module, shape: tuple[int, ...], batch: int, device: torch.device,
-                            rounds: int = 3) -> tuple[bool, dict[str, float]]:
-    """Whether channels-last runs `model` (in eval mode, on `batch` inputs of `shape`) faster than NCHW here, and
-    the seconds of each; the model is left in the faster layout. GPUs take channels-last without measuring.
+                            rounds: int = 3) -> bool:
+    """Whether channels-last runs `model` (in eval mode, on `batch` inputs of `shape`) faster than NCHW here;
+    the model is left in the faster layout. GPUs take channels-last without measuring.
     On the CPU both are timed in interleaved rounds, the fastest pass of each counting, so a spell of load from
-    another process cannot decide it (ResNet-9 serves 2.5× faster channels-last on a 2-core Xeon, some models
-    run slower)."""
+    another process cannot decide it (most convolution stacks run faster channels-last on the CPU, some slower)."""
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-        return True, {}
+        return True
     x = torch.randn(batch, *shape, device=device)
     best = {"nchw": float("inf"), "channels_last": float("inf")}
     for r in range(rounds + 1):  # round 0 warms both up
@@ -199,4 +198,4 @@ def faster_inference_layout(model: torch.nn.Module, shape: tuple[int, ...], batc
                     best[layout] = min(best[layout], time.perf_counter() - t)
     last = best["channels_last"] < best["nchw"]
     model.to(memory_format=torch.channels_last if last else torch.contiguous_format)
-    return last, best
+    return last

@@ -10,12 +10,10 @@ import io
 import os
 import re
 import signal
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ import torch
 from PIL import Image
 
 from cnnkit.serve.batcher import Batcher, QueueFull
+from tests.test_error_contract import _png_header
 
 pytest.importorskip("fastapi")
 
@@ -126,16 +125,6 @@ def test_explain_returns_maps_at_both_resolutions_equal_to_offline_explain(clien
     assert np.array(sal["map"]).shape == (28, 28)
 
 
-def _png_claiming(width: int, height: int) -> bytes:
-    """A small valid PNG whose header then claims width×height pixels (CRC fixed, so only the size is wrong)."""
-    buf = io.BytesIO()
-    Image.new("L", (4, 4)).save(buf, format="PNG")
-    data = bytearray(buf.getvalue())
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
-    return bytes(data)
-
-
 BAD = [  # (what, method, path, kwargs builder, status)
     ("unknown model", "post", "/v1/models/nope/predict", lambda img: {"files": img}, 404),
     ("unknown route", "get", "/v2/anything", lambda img: {}, 404),
@@ -148,11 +137,13 @@ BAD = [  # (what, method, path, kwargs builder, status)
      lambda img: {"files": [("file", ("t.png", img[0][1][1][:60]))]}, 422),
     ("zero bytes", "post", "/v1/models/tiny/predict", lambda img: {"files": [("file", ("z.png", b""))]}, 422),
     ("huge declared dimensions", "post", "/v1/models/tiny/predict",
-     lambda img: {"files": [("file", ("bomb.png", _png_claiming(100_000, 100_000)))]}, 413),
+     lambda img: {"files": [("file", ("bomb.png", _png_header(100_000, 100_000)))]}, 413),
     ("oversized body", "post", "/v1/models/tiny/predict",
      lambda img: {"files": [("file", ("big.png", b"\0" * (2 * 2**20)))]}, 413),
     ("bad JSON", "post", "/v1/models/tiny/predict",
      lambda img: {"content": b"{nope", "headers": {"content-type": "application/json"}}, 400),
+    ("JSON nested past the stack", "post", "/v1/models/tiny/predict",
+     lambda img: {"content": b"[" * 200_000, "headers": {"content-type": "application/json"}}, 400),
     ("JSON without images", "post", "/v1/models/tiny/predict", lambda img: {"json": {"x": 1}}, 422),
     ("bad base64", "post", "/v1/models/tiny/predict", lambda img: {"json": {"images": ["***"]}}, 422),
     ("too many images", "post", "/v1/models/tiny/predict", lambda img: {"files": img * 17}, 413),
@@ -350,7 +341,7 @@ def test_an_onnx_export_is_served_beside_its_checkpoint_with_the_same_answers(tr
 
 
 def test_overload_gives_503_with_retry_after_timeouts_504_and_health_answers_meanwhile(trained_run, images):
-    """A model slowed to 0.6 s per batch (its forward patched), one image of queue, 0.3 s per request."""
+    """A model slowed to 0.8 s per batch (its forward patched), one image of queue, 0.5 s per request."""
     from fastapi.testclient import TestClient
 
     from cnnkit.serve import ServeOptions, create_app, load_models
@@ -358,30 +349,37 @@ def test_overload_gives_503_with_retry_after_timeouts_504_and_health_answers_mea
     models = load_models([f"tiny={trained_run.run_dir}"], device="cpu")
     m = models["tiny"]
     fast = m.predict_batch
-    m.warm()
+
+    started = threading.Event()
 
     def slow(x, args, sizes):
-        time.sleep(0.6)
+        started.set()
+        time.sleep(0.8)
         return fast(x, args, sizes)
 
-    m.predict_batch = slow
-    app = create_app(models, ServeOptions(max_batch=1, max_delay_ms=0, max_queue=1, timeout_s=0.3))
+    app = create_app(models, ServeOptions(max_batch=1, max_delay_ms=0, max_queue=1, timeout_s=0.5))
     with TestClient(app) as c:
-        for _ in range(100):
+        for _ in range(100):  # (warming up runs the patched forward once)
             if c.get("/readyz").status_code == 200:
                 break
             time.sleep(0.05)
+        m.predict_batch = slow
         got = {}
 
         def post(key):
             got[key] = c.post("/v1/models/tiny/predict", files=files_of(images[:1]))
 
+        started.clear()
         running = threading.Thread(target=post, args=("running",))
         running.start()
-        time.sleep(0.1)  # its batch is in the worker now
+        assert started.wait(5)  # its batch is in the worker now
         queued = threading.Thread(target=post, args=("queued",))
         queued.start()
-        time.sleep(0.05)  # one image waits: the queue is full
+        service = app.state.service
+        for _ in range(200):  # until its one image waits in the queue
+            if service.queued("tiny") == 1:
+                break
+            time.sleep(0.005)
         t = time.perf_counter()
         refused = c.post("/v1/models/tiny/predict", files=files_of(images[:1]))
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
@@ -389,7 +387,7 @@ def test_overload_gives_503_with_retry_after_timeouts_504_and_health_answers_mea
         assert health.status_code == 200 and time.perf_counter() - t < 0.3  # not behind the running batch
         running.join()
         queued.join()
-    assert got["running"].status_code == 504 and "0.3 s" in got["running"].json()["error"]["message"]
+    assert got["running"].status_code == 504 and "0.5 s" in got["running"].json()["error"]["message"]
     assert got["queued"].status_code == 504
 
 
@@ -398,8 +396,10 @@ def test_decoding_a_large_image_does_not_hold_up_health_checks(client, images, m
     from cnnkit.serve import app as app_module
 
     real = app_module.decode_images
+    decoding = threading.Event()
 
     def slow(*args):
+        decoding.set()
         time.sleep(0.5)
         return real(*args)
 
@@ -408,7 +408,7 @@ def test_decoding_a_large_image_does_not_hold_up_health_checks(client, images, m
     t = threading.Thread(target=lambda: got.setdefault("r", client.post("/v1/models/tiny/predict",
                                                                          files=files_of(images[:1]))))
     t.start()
-    time.sleep(0.1)
+    assert decoding.wait(5)
     start = time.perf_counter()
     assert client.get("/healthz").status_code == 200
     assert time.perf_counter() - start < 0.3

@@ -99,6 +99,12 @@ def _read_sidecar(p: Path) -> dict[str, Any]:
     return meta
 
 
+def is_exported(model: nn.Module) -> bool:
+    """Whether `model` is an exported artifact's runtime (ONNX Runtime, a `torch.export` program, TorchScript)
+    rather than a PyTorch model whose layers, weights and gradients can be reached."""
+    return isinstance(model, (OnnxModel, ProgramModel))
+
+
 class ProgramModel(nn.Module):
     """An exported program's module behind the usual nn.Module calls. Its graph is already in eval mode
     and refuses `.eval()`/`.train()`, so those calls stop here."""

@@ -25,7 +25,7 @@ from cnnkit.compress.prune import (apply_masks, check_ratio, count_macs, magnitu
 from cnnkit.compress.quantize import convert, prepare_qat, qat_float_model, quantize_fx, quantize_onnx, save_torchscript
 from cnnkit.data import Normalize
 from cnnkit.data.compat import checkpoint_data_source, load_checkpoint_data
-from cnnkit.artifacts.runtimes import OnnxModel, ProgramModel, onnx_session
+from cnnkit.artifacts.runtimes import is_exported, onnx_session
 from cnnkit.artifacts.files import claim_dir
 from cnnkit.deploy.artifacts import _export, _write_onnx
 from cnnkit.errors import CompressError
@@ -133,7 +133,7 @@ def _save_pruned(ctx: _Context, model: nn.Module, path: Path, extra: dict[str, A
 def _rewind_point(rewind: str | Path, src: LoadedCheckpoint) -> nn.Module:
     """The model of the `--rewind` checkpoint, checked to be the same network as the one compressed."""
     early = load_checkpoint(rewind)
-    if isinstance(early.model, (OnnxModel, ProgramModel)):
+    if is_exported(early.model):
         raise CompressError(f"--rewind takes a training checkpoint (e.g. RUN/epoch-0001.safetensors), not the "
                             f"exported artifact {early.path.name}")
     want = {k: tuple(v.shape) for k, v in src.model.state_dict().items()}
@@ -173,7 +173,7 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
         if criterion not in CRITERIA or scope not in SCOPES:
             raise CompressError(f"criterion must be one of {', '.join(CRITERIA)} and scope one of {', '.join(SCOPES)}")
     src = load_checkpoint(checkpoint)
-    if isinstance(src.model, (OnnxModel, ProgramModel)):
+    if is_exported(src.model):
         raise CompressError(f"compress a training checkpoint or run directory, not an exported artifact ({src.path.name})")
     source = checkpoint_data_source(src, data, data_dir)  # resolved once: exported variants lack the config
     data, data_dir = source.name, source.data_dir

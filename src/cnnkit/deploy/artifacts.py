@@ -45,9 +45,9 @@ def _export(checkpoint, out, suffix: str, kind: str, atol: float | None, seed: i
     conv→BN pair folded (`cnnkit.models.fold`), still compared with the unfolded model; a model torch.fx
     cannot trace is exported unfolded, and the sidecar says so."""
     ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load(checkpoint)
-    from cnnkit.artifacts.runtimes import OnnxModel, ProgramModel
+    from cnnkit.artifacts.runtimes import is_exported
 
-    if model is None and isinstance(ckpt.model, (OnnxModel, ProgramModel)):
+    if model is None and is_exported(ckpt.model):
         source = ckpt.meta.get("source")
         raise ConfigError(f"export takes a training checkpoint or run directory, not the exported artifact "
                           f"{ckpt.path.name}" + (f"; export {source} instead" if source else ""))

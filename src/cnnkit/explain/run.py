@@ -40,7 +40,7 @@ def parse_methods(text: str | list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _target_index(target: str | int | None, classes: list[str]) -> int | None:
+def target_index(target: str | int | None, classes: list[str]) -> int | None:
     """A class given by index or by name."""
     if target is None:
         return None
@@ -78,10 +78,10 @@ class ExplainRun:
 def _load(checkpoint, device: str) -> tuple[LoadedCheckpoint, torch.device]:
     """The checkpoint's PyTorch model and the device to run it on. Every method and visualization needs
     gradients or layers of the model itself, which exported artifacts (ONNX, .pt2, int8 .ts) do not give."""
-    from cnnkit.artifacts.runtimes import OnnxModel, ProgramModel
+    from cnnkit.artifacts.runtimes import is_exported
 
     ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint)
-    if isinstance(ckpt.model, (OnnxModel, ProgramModel)):
+    if is_exported(ckpt.model):
         source = ckpt.meta.get("source")
         raise ExplainError(f"explain and visualize need a training checkpoint (a run directory or .safetensors "
                            f"file), not the exported artifact {ckpt.path.name}; pass "
@@ -115,7 +115,7 @@ def explain_files(checkpoint: str | os.PathLike | LoadedCheckpoint, inputs: list
 
     names = parse_methods(methods)
     ckpt, dev = _load(checkpoint, device)
-    tgt_index = _target_index(target, ckpt.classes)
+    tgt_index = target_index(target, ckpt.classes)
     raw, kept = load_model_inputs(list(inputs), ckpt.in_chans, ckpt.img_size, strict)
     x = Normalize(*ckpt.normalization, dev)(raw)
     model = ckpt.model.to(dev).eval()

@@ -13,9 +13,9 @@ Routes (all JSON; errors are `{"error": {"status": N, "message": "..."}}`):
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import base64
 import binascii
+import concurrent.futures
 import hmac
 import io
 import json
@@ -164,7 +164,7 @@ async def read_images(request: Request, m: ServedModel, options: ServeOptions,
     elif ctype == "application/json":
         try:
             body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: arrays nested deeper than Python's stack
             raise Problem(400, f"the body is not valid JSON: {error_line(e)}") from None
         if not isinstance(body, dict):
             raise Problem(422, 'the JSON body must be an object, e.g. {"images": ["<base64>"]}')
@@ -356,7 +356,7 @@ def create_app(models: dict[str, ServedModel], options: ServeOptions | None = No
     async def explain(name: str, request: Request):
         """One image explained: `method` (default gradcam), `target` (class name or index; default the
         predicted class), `layer` (CAM methods; default the last convolutional stage)."""
-        from cnnkit.explain.run import METHODS, _target_index
+        from cnnkit.explain.run import METHODS, target_index
 
         t = time.perf_counter()
         m = service.model(name)
@@ -368,7 +368,7 @@ def create_app(models: dict[str, ServedModel], options: ServeOptions | None = No
                                f"{', '.join(METHODS)}")
         try:
             layer = m.check_layer(_str_field(fields, request, "layer", "auto"))
-            target = _target_index(_str_field(fields, request, "target", None), m.classes)
+            target = target_index(_str_field(fields, request, "target", None), m.classes)
         except ExplainError as e:
             raise Problem(422, error_line(e)) from None
         from cnnkit.explain.cam import CAM_METHODS

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.artifacts import LoadedCheckpoint, load
+from cnnkit.artifacts.runtimes import is_exported
 from cnnkit.data import Normalize
 from cnnkit.errors import ConfigError, ExplainError
 from cnnkit.runtime import autocast, autocast_dtype, faster_inference_layout
@@ -43,10 +44,10 @@ class ServedModel:
         self.ckpt: LoadedCheckpoint = load(path)
         self.model = self.ckpt.model.to(device).eval()
         self.dtype = autocast_dtype(amp, device)
-        self.explainable = not _exported(self.model)
+        self.explainable = not is_exported(self.model)
         self.channels_last = False
         if self.explainable:  # a PyTorch model: the faster memory layout here, measured on a batch of 8
-            self.channels_last, _ = faster_inference_layout(self.model, self.input_shape, 8, device)
+            self.channels_last = faster_inference_layout(self.model, self.input_shape, 8, device)
         self.normalize = Normalize(*self.ckpt.normalization, device, channels_last=self.channels_last)
         self.card = self._card()
         # the one thread this model runs in (set by the app while it runs): see Batcher
@@ -102,10 +103,10 @@ class ServedModel:
         inputs = self.normalize(x)
         with torch.no_grad():
             probs = torch.softmax(self.model(inputs).float(), 1)
-        pred = probs.argmax(1)
-        targets = torch.cat([pred[i:i + n] if a["target"] is None else torch.full((n,), a["target"], dtype=torch.long)
-                             for a, i, n in zip(args, np.cumsum([0] + sizes[:-1]), sizes)])
-        e = explain(self.model, inputs, targets.to(inputs.device), method=method, layer=layer)
+        pred = probs.argmax(1).tolist()
+        wanted = [a["target"] for a, n in zip(args, sizes) for _ in range(n)]  # one per image
+        targets = [p if t is None else t for p, t in zip(pred, wanted)]
+        e = explain(self.model, inputs, torch.tensor(targets, device=inputs.device), method=method, layer=layer)
         raw = e.raw.detach().float().cpu()
         if raw.ndim == 4:  # gradient methods: input-shaped attributions; CAM methods are B×h×w already
             raw = raw.abs().amax(1)
@@ -113,7 +114,7 @@ class ServedModel:
         peak = raw.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
         out = []
         for i in range(len(x)):
-            out.append({"method": method, "layer": e.layer, "target": int(targets[i]), "predicted": int(pred[i]),
+            out.append({"method": method, "layer": e.layer, "target": targets[i], "predicted": pred[i],
                         "probabilities": probs[i].cpu(), "map": e.maps[i].detach().float().cpu(),
                         "layer_map": raw[i] / peak[i], "zero_map": i in e.zero_maps})
         starts = np.cumsum([0] + sizes[:-1])
@@ -127,12 +128,6 @@ class ServedModel:
             raise ExplainError(f"model {self.name!r} is an exported artifact ({_kind(self.ckpt.path)}); explanations "
                                f"need its training checkpoint: serve the run directory or .safetensors file")
         return resolve_layer(self.model, layer)[0]
-
-
-def _exported(model: nn.Module) -> bool:
-    from cnnkit.artifacts.runtimes import OnnxModel, ProgramModel
-
-    return isinstance(model, (OnnxModel, ProgramModel)) or isinstance(model, torch.jit.ScriptModule)
 
 
 def _kind(path: Path) -> str:
