@@ -453,6 +453,48 @@ def serve_cmd(
     serve(models, host, port, options, on_ready=ready, sock=sock)
 
 
+@app.command("explore")
+def explore_cmd(
+    artifacts: list[str] = typer.Argument(..., help="Run directories or checkpoints to explore (NAME=PATH names "
+                                                    "one); the page shows the first and lets you switch."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 exposes it to the network)."),
+    port: int = typer.Option(8000, min=0, max=65535, help="Port (0: a free one)."),
+    export: Optional[Path] = typer.Option(None, help="Write a self-contained static site to this folder instead "
+                                                     "of serving (one index.html: opens from file:// too)."),
+    images: int = typer.Option(8, min=1, max=64, help="With --export: how many test images it holds."),
+    token: Optional[str] = typer.Option(None, envvar="CNNKIT_TOKEN",
+                                        help="Require Authorization: Bearer TOKEN (open the page with ?token=)."),
+    device: str = typer.Option("auto", help="auto (CUDA when present, else CPU), cpu or cuda[:N]."),
+) -> None:
+    """A CNN Explainer for your model in the browser: every layer's activations, what each one computes, why
+    this class, and a hyperparameter playground."""
+    _check_early(device=device)
+    from cnnkit.serve import ServeOptions, bind, load_models, serve
+
+    if export is not None:
+        from cnnkit.serve.explore import Explorer, export_site
+
+        if len(artifacts) != 1:
+            raise ConfigError("--export writes one model's site: give one artifact")
+        m = next(iter(load_models(artifacts, device).values()))
+        path = export_site(Explorer(m), export, images=images)
+        summary("explore", {"site": path, "images": images, "size": f"{path.stat().st_size / 2**20:.1f} MB",
+                            "open": f"{path.resolve().as_uri()} (or any static web server)"})
+        return
+    sock = bind(host, port)
+    models = load_models(artifacts, device)
+    closed = [n for n, m in models.items() if not m.explainable]
+    if closed:
+        raise ConfigError(f"{closed[0]!r} is an exported artifact; the explorer needs the run directory or "
+                          f".safetensors checkpoint (what `cnnkit train` wrote)")
+
+    def ready(url: str) -> None:
+        stdout.print(f"cnnkit explore: open {url}/{f'?token={token}' if token else ''} (API docs {url}/docs)",
+                     soft_wrap=True)
+
+    serve(models, host, port, ServeOptions(token=token), on_ready=ready, sock=sock)
+
+
 @app.command("visualize")
 def visualize_cmd(
     what: str = typer.Argument(..., help="class-models, activations, feature-maps or filters."),

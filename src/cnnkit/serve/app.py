@@ -8,6 +8,9 @@ Routes (all JSON; errors are `{"error": {"status": N, "message": "..."}}`):
     GET  /v1/models/{name}                its card: classes, input size, normalization, layers, params, MACs
     POST /v1/models/{name}/predict        images (multipart `file` parts, or JSON base64) -> top-k classes
     POST /v1/models/{name}/explain        one image + method, target, layer -> maps and a PNG overlay
+    GET  /                                the browser explorer (`cnnkit explore`); its API is under
+         /v1/models/{name}/explore/...    graph, gallery, images (POST one), images/{id}[/nodes/{node}
+                                          [/channels/{c}]], images/{id}/why (see add_explore_routes)
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ class Service:
         self.models, self.options, self.metrics = models, options, Metrics()
         self.ready = False
         self.batchers: dict[tuple[str, str, str], Batcher] = {}
+        self.explorers: dict[str, Any] = {}
 
     def model(self, name: str) -> ServedModel:
         if name not in self.models:
@@ -387,7 +391,102 @@ def create_app(models: dict[str, ServedModel], options: ServeOptions | None = No
                 "overlay_png": base64.b64encode(overlay_png(x[0], r["map"])).decode(),
                 "seconds": time.perf_counter() - t})
 
+    add_explore_routes(app, service)
     return app
+
+
+def add_explore_routes(app: FastAPI, service: Service) -> None:
+    """The explorer's page and API: every answer computed in the model's own thread (never on the event loop,
+    never at the same time as a batch of that model)."""
+    from fastapi.responses import FileResponse, HTMLResponse
+
+    from cnnkit.serve.explore import DEFAULT_TOPK, PAGE_DIR, WHY_METHODS, Explorer, NotFound, page_html
+
+    async def run(m: ServedModel, fn, *args):
+        try:
+            return await asyncio.get_running_loop().run_in_executor(m.executor, fn, *args)
+        except NotFound as e:
+            raise Problem(404, error_line(e)) from None
+        except CnnkitError as e:
+            raise Problem(422, error_line(e)) from None
+
+    async def explorer(name: str) -> Explorer:
+        m = service.model(name)
+        if name not in service.explorers:
+            if not m.explainable:
+                raise Problem(422, f"model {name!r} is an exported artifact ({m.card['kind']}); the explorer needs "
+                                   f"its training checkpoint: serve the run directory or .safetensors file")
+            service.explorers[name] = await run(m, Explorer, m)
+        return service.explorers[name]
+
+    def topk_of(request: Request) -> int:
+        return _int_field({}, request, "topk", DEFAULT_TOPK, 1, 256)
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return HTMLResponse(page_html())
+
+    @app.get("/explorer/{file}", include_in_schema=False)
+    async def asset(file: str):
+        if file not in ("explorer.js", "explorer.css"):
+            raise Problem(404, f"no file {file!r}")
+        return FileResponse(PAGE_DIR / file, media_type="text/javascript" if file.endswith(".js") else "text/css")
+
+    @app.get("/v1/models/{name}/explore/graph")
+    async def graph(name: str):
+        """The network as the explorer draws it: layers from torch.fx, joins, output shapes, stages."""
+        ex = await explorer(name)
+        return JSONResponse(ex.graph())
+
+    @app.get("/v1/models/{name}/explore/gallery")
+    async def gallery(name: str):
+        """Test images of the run's dataset (misclassified ones marked), each with an id to explore."""
+        ex = await explorer(name)
+        return JSONResponse(await run(ex.m, ex.gallery))
+
+    @app.post("/v1/models/{name}/explore/images", openapi_extra=None)
+    async def upload(name: str, request: Request):
+        """One image (multipart, base64 JSON or raw body) -> its id and its overview."""
+        ex = await explorer(name)
+        x, _, _ = await read_images(request, ex.m, service.options, single=True)
+        key = ex.add_image(x[0])
+        return JSONResponse(await run(ex.m, ex.overview, key, topk_of(request)))
+
+    @app.get("/v1/models/{name}/explore/images/{key}")
+    async def overview(name: str, key: str, request: Request):
+        """Every layer's top-k channels (uint8 maps, each with its min and max), class scores, the input."""
+        ex = await explorer(name)
+        return JSONResponse(await run(ex.m, ex.overview, key, topk_of(request)))
+
+    @app.get("/v1/models/{name}/explore/images/{key}/nodes/{node}")
+    async def node_page(name: str, key: str, node: str, request: Request):
+        """Another page of a layer's channels, most active first."""
+        ex = await explorer(name)
+        p = _int_field({}, request, "page", 0, 0, 1 << 20)
+        return JSONResponse(await run(ex.m, ex.node_page, key, node, p, topk_of(request)))
+
+    @app.get("/v1/models/{name}/explore/images/{key}/nodes/{node}/channels/{channel}")
+    async def detail(name: str, key: str, node: str, channel: int):
+        """The layer's numbers at one channel (float32, base64): inputs, weights, bias, outputs."""
+        ex = await explorer(name)
+        return JSONResponse(await run(ex.m, ex.detail, key, node, channel))
+
+    @app.get("/v1/models/{name}/explore/images/{key}/why")
+    async def why(name: str, key: str, request: Request):
+        """One explanation map of a class (`target`, default the predicted one) by `method`, with its
+        deletion and insertion scores for this image."""
+        from cnnkit.explain.run import target_index
+
+        ex = await explorer(name)
+        method = _str_field({}, request, "method", "gradcam")
+        if method not in WHY_METHODS:
+            raise Problem(422, f"unknown method {method!r}{close_matches(method, WHY_METHODS)}; choose from: "
+                               f"{', '.join(WHY_METHODS)}")
+        try:
+            target = target_index(_str_field({}, request, "target", None), ex.m.classes)
+        except ExplainError as e:
+            raise Problem(422, error_line(e)) from None
+        return JSONResponse(await run(ex.m, ex.why, key, target, method))
 
 
 def _rounded(t: torch.Tensor) -> list[list[float]]:
@@ -403,6 +502,10 @@ def _route_label(path: str) -> str:
         return "/v1/models/{name}"
     if len(parts) == 5 and parts[1:3] == ["v1", "models"] and parts[4] in ("predict", "explain"):
         return f"/v1/models/{{name}}/{parts[4]}"
+    if len(parts) >= 5 and parts[1:3] == ["v1", "models"] and parts[4] == "explore":
+        return "/v1/models/{name}/explore"
+    if path == "/" or path.startswith("/explorer/"):
+        return "/explorer"
     return "other"
 
 
@@ -412,7 +515,7 @@ class Guard:
     and per-route request counts and latency. Buffering the (bounded) body here lets the routes read it
     normally."""
 
-    OPEN = ("/healthz", "/readyz", "/docs", "/openapi.json")
+    OPEN = ("/healthz", "/readyz", "/docs", "/openapi.json", "/", "/explorer/explorer.js", "/explorer/explorer.css")
 
     def __init__(self, app, options: ServeOptions, metrics: Metrics):
         self.app, self.options, self.metrics = app, options, metrics

@@ -1,0 +1,300 @@
+"""The browser explorer's API and static export: a model's graph, every layer's activations for one image (top-k
+channels per layer, paged), one layer's numbers at one channel, class explanations with deletion and insertion
+scores, and a gallery of the run's test images. The page itself lives in `cnnkit/serve/explorer/`.
+
+Every answer is keyed by a path relative to `/v1/models/{name}/explore/` (for example `images/ID/nodes/N?page=1
+&topk=8`); the static export stores the same answers under the same keys, so the page reads either."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+import torch
+
+from cnnkit.errors import CnnkitError, ExplainError, error_line
+
+PAGE_DIR = Path(__file__).parent / "explorer"
+WHY_METHODS = ("gradcam", "gradcam++", "scorecam", "eigencam", "lrp", "saliency")
+DEFAULT_TOPK = 8
+MAX_VECTOR = 4096  # a flat layer wider than this is sent as its first values only
+
+
+class NotFound(CnnkitError):
+    """An image id, layer or channel the explorer does not know (HTTP 404)."""
+
+
+def f32(t: torch.Tensor) -> str:
+    """Little-endian float32 bytes, base64: exact values for the elastic and formula views."""
+    return base64.b64encode(t.detach().float().contiguous().cpu().numpy().astype("<f4").tobytes()).decode()
+
+
+def q8(t: torch.Tensor) -> tuple[str, list[float], list[float]]:
+    """K×H×W maps as uint8 per map (0 = its min, 255 = its max), base64, with each map's min and max."""
+    t = t.detach().float().reshape(len(t), -1)
+    lo, hi = t.min(1).values, t.max(1).values
+    q = ((t - lo[:, None]) / (hi - lo).clamp_min(1e-12)[:, None] * 255).round().clamp(0, 255).byte()
+    return base64.b64encode(q.numpy().tobytes()).decode(), lo.tolist(), hi.tolist()
+
+
+def png(image: torch.Tensor) -> str:
+    """A uint8 C×H×W image as a base64 PNG."""
+    from PIL import Image
+
+    a = image.cpu().numpy()
+    im = Image.fromarray(a[0], "L") if a.shape[0] == 1 else Image.fromarray(a[:3].transpose(1, 2, 0), "RGB")
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _encode(value: Any) -> Any:
+    """Tensors in a detail answer as float32 base64 with their shape; the rest as it is."""
+    if isinstance(value, torch.Tensor):
+        return {"shape": list(value.shape), "f32": f32(value)}
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_encode(v) for v in value]
+    return value
+
+
+class Explorer:
+    """The explorer's state for one served model: the traced graph, recent images and their activations."""
+
+    def __init__(self, m, keep_images: int = 256, keep_activations: int = 4):
+        from cnnkit.explain.inside import Inside
+
+        if not m.explainable:
+            raise ExplainError(f"model {m.name!r} is an exported artifact; the explorer needs its training "
+                               f"checkpoint: serve the run directory or .safetensors file")
+        self.m = m
+        c, h, w = m.input_shape
+        self.model = m.model
+        self.inside = Inside(self.model, torch.zeros(1, c, h, w, device=m.device))
+        self.images: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.pinned: dict[str, torch.Tensor] = {}  # gallery images: never evicted
+        self.acts: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self.keep_images, self.keep_activations = keep_images, keep_activations
+        self.lock = threading.Lock()
+        self._gallery: dict[str, Any] | None = None
+
+    # ----------------------------------------------------------------------------------------- images
+    def add_image(self, x: torch.Tensor, pin: bool = False) -> str:
+        """Remember a uint8 C×H×W model input; its id is a hash of its pixels."""
+        key = hashlib.sha1(x.cpu().numpy().tobytes()).hexdigest()[:16]
+        with self.lock:
+            if pin:
+                self.pinned[key] = x
+            else:
+                self.images[key] = x
+                self.images.move_to_end(key)
+                while len(self.images) > self.keep_images:
+                    self.images.popitem(last=False)
+        return key
+
+    def image(self, key: str) -> torch.Tensor:
+        with self.lock:
+            x = self.pinned.get(key)
+            if x is None:
+                x = self.images.get(key)
+        if x is None:
+            raise NotFound(f"unknown image {key!r}: the explorer keeps the last {self.keep_images} uploads; "
+                           f"upload it again")
+        return x
+
+    def activations(self, key: str) -> dict[str, torch.Tensor]:
+        with self.lock:
+            if key in self.acts:
+                self.acts.move_to_end(key)
+                return self.acts[key]
+        x = self.m.normalize(self.image(key)[None])
+        acts = self.inside.run(x.contiguous())
+        with self.lock:
+            self.acts[key] = acts
+            while len(self.acts) > self.keep_activations:
+                self.acts.popitem(last=False)
+        return acts
+
+    # ----------------------------------------------------------------------------------------- answers
+    def graph(self) -> dict[str, Any]:
+        ins = self.inside
+        return {"model": self.m.name, "architecture": self.m.card.get("architecture"), "traced": ins.traced,
+                "note": "" if ins.traced else (f"torch.fx could not trace this model ({ins.trace_error}); the "
+                                               f"layers are shown in the order they run, joins unknown"),
+                "classes": self.m.classes, "nodes": [n.as_dict() for n in ins.nodes], "output": ins.output_id}
+
+    def overview(self, key: str, topk: int = DEFAULT_TOPK) -> dict[str, Any]:
+        t = time.perf_counter()
+        x = self.image(key)
+        acts = self.activations(key)
+        logits = acts[self.inside.output_id].flatten()
+        probs = torch.softmax(logits, 0)
+        normalized = self.m.normalize(x[None])[0].float()
+        mean, std = self.m.ckpt.normalization
+        nodes = {n.id: self._node_page(acts[n.id], 0, topk) for n in self.inside.nodes}
+        finite = [v for d in nodes.values() for v in (d["min"], d["max"])]
+        return {"image": key, "model": self.m.name, "topk": topk,
+                "input": {"png": png(x), "channels": x.shape[0], "height": x.shape[1], "width": x.shape[2],
+                          "mean": mean, "std": std, "min": float(normalized.min()), "max": float(normalized.max())},
+                "logits": logits.tolist(), "probabilities": probs.tolist(), "predicted": int(probs.argmax()),
+                "global": {"min": min(finite), "max": max(finite)}, "nodes": nodes,
+                "seconds": time.perf_counter() - t}
+
+    def node_page(self, key: str, node: str, page: int, topk: int) -> dict[str, Any]:
+        if node not in self.inside.by_id:
+            raise NotFound(f"no layer {node!r} in {self.m.name}")
+        return self._node_page(self.activations(key)[node], page, topk)
+
+    @staticmethod
+    def _node_page(a: torch.Tensor, page: int, topk: int) -> dict[str, Any]:
+        if a.ndim == 1 or (a.ndim == 3 and a.shape[1:] == (1, 1)):  # a vector: every value (up to a bound)
+            v = a.flatten()
+            return {"kind": "vector", "size": len(v), "values": [round(float(f), 6) for f in v[:MAX_VECTOR]],
+                    "min": float(v.min()), "max": float(v.max())}
+        if a.ndim == 2:  # tokens × features: one map
+            a = a[None]
+        if a.ndim != 3:
+            a = a.reshape(a.shape[0], a.shape[1], -1)
+        channels = a.shape[0]
+        order = a.flatten(1).mean(1).argsort(descending=True, stable=True)  # most active first
+        pages = max(1, -(-channels // topk))
+        if not 0 <= page < pages:
+            raise NotFound(f"page {page} does not exist: {pages} pages of {topk} channels")
+        shown = order[page * topk:(page + 1) * topk]
+        data, lo, hi = q8(a[shown])
+        return {"kind": "maps", "channels": channels, "height": a.shape[1], "width": a.shape[2], "page": page,
+                "pages": pages, "topk": topk, "order": shown.tolist(), "data": data, "lo": lo, "hi": hi,
+                "min": float(a.min()), "max": float(a.max())}
+
+    def detail(self, key: str, node: str, channel: int) -> dict[str, Any]:
+        from cnnkit.explain.inside import layer_terms
+
+        if node not in self.inside.by_id:
+            raise NotFound(f"no layer {node!r} in {self.m.name}")
+        try:
+            return _encode(layer_terms(self.inside, self.activations(key), node, channel))
+        except ExplainError as e:
+            raise NotFound(error_line(e)) from None
+
+    def why(self, key: str, target: int | None, method: str) -> dict[str, Any]:
+        """One explanation map of `target` (default the predicted class) and its deletion and insertion
+        scores (probability of the class as the most relevant pixels are removed / revealed; area under
+        the curve: lower deletion and higher insertion are better)."""
+        from cnnkit.explain.cam import explain
+        from cnnkit.explain.metrics import deletion_insertion
+
+        t = time.perf_counter()
+        x = self.m.normalize(self.image(key)[None]).float()
+        logits = self.activations(key)[self.inside.output_id].flatten()
+        target = int(logits.argmax()) if target is None else target
+        if not 0 <= target < len(self.m.classes):
+            raise NotFound(f"class {target} does not exist: {len(self.m.classes)} classes")
+        try:
+            e = explain(self.model, x, [target], method=method)
+        except (CnnkitError, RuntimeError, NotImplementedError) as err:  # LRP on an unsupported layer, ...
+            return {"method": method, "target": target, "error": error_line(err)}
+        maps = e.maps.detach().float()
+        scores = deletion_insertion(self.model, x, maps, torch.tensor([target]), steps=24)
+        q = (maps[0].clamp(0, 1) * 255).round().byte()
+        return {"method": method, "target": target, "class": self.m.classes[target], "layer": e.layer,
+                "height": maps.shape[1], "width": maps.shape[2], "map": base64.b64encode(q.numpy().tobytes()).decode(),
+                "zero_map": bool(e.zero_maps), "deletion": float(scores["deletion"][0]),
+                "insertion": float(scores["insertion"][0]),
+                "deletion_curve": [round(float(v), 4) for v in scores["deletion_curve"][0]],
+                "insertion_curve": [round(float(v), 4) for v in scores["insertion_curve"][0]],
+                "seconds": time.perf_counter() - t}
+
+    def gallery(self, count: int = 24) -> dict[str, Any]:
+        """Up to `count` test images of the run's own dataset, misclassified ones among them and marked."""
+        if self._gallery is not None:
+            return self._gallery
+        from cnnkit.data.compat import load_checkpoint_data
+
+        try:
+            ds = load_checkpoint_data(self.m.ckpt, split="test")
+        except CnnkitError as e:
+            self._gallery = {"images": [], "note": f"no gallery: {error_line(e)}"}
+            return self._gallery
+        n = min(len(ds.images), 512)
+        images = ds.images[:n]
+        with torch.inference_mode():
+            pred = torch.cat([self.model(self.m.normalize(images[i:i + 128])).argmax(1).cpu()
+                              for i in range(0, n, 128)])
+        labels = ds.labels[:n]
+        wrong = (pred != labels).nonzero().flatten().tolist()[: count // 3]
+        right = (pred == labels).nonzero().flatten().tolist()[: count - len(wrong)]
+        items = []
+        for i in sorted(wrong + right):
+            key = self.add_image(images[i].clone(), pin=True)
+            items.append({"id": key, "index": i, "label": int(labels[i]), "predicted": int(pred[i]),
+                          "correct": bool(pred[i] == labels[i]), "png": png(images[i])})
+        self._gallery = {"images": items, "data": ds.name if hasattr(ds, "name") else "", "split": "test"}
+        return self._gallery
+
+
+# -------------------------------------------------------------------------------------------------- export
+
+def page_html(data: dict[str, Any] | None = None) -> str:
+    """The explorer page; with `data`, the self-contained export: script, style and answers inlined, so it
+    opens from file:// as well as from any static web server."""
+    html = (PAGE_DIR / "index.html").read_text()
+    if data is None:
+        return html
+    css = (PAGE_DIR / "explorer.css").read_text()
+    js = (PAGE_DIR / "explorer.js").read_text()
+    blob = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")  # no "</script>" inside the tag
+    js = js.replace("</script", "<\\/script")
+    html = html.replace('<link rel="stylesheet" href="explorer/explorer.css">', "<style>\n" + css + "\n</style>")
+    return html.replace('<script type="module" src="explorer/explorer.js"></script>',
+                        '<script id="cnnkit-data" type="application/json">' + blob + "</script>\n"
+                        '<script type="module">\n' + js + "\n</script>")
+
+
+def export_site(ex: Explorer, out: str | Path, images: int = 8, topk: int = DEFAULT_TOPK,
+                max_detail_floats: int = 200_000) -> Path:
+    """Write the explorer for `images` gallery images as one self-contained HTML file under `out`: overview,
+    every page of every layer, the numbers of the channels on each layer's first page (layers whose input is at
+    most `max_detail_floats` values), and the explanations of the predicted and true class."""
+    from cnnkit.artifacts import atomic_write_text, claim_dir
+
+    gallery = ex.gallery(max(images, 1))
+    chosen = gallery["images"][:images]
+    if not chosen:
+        raise ExplainError(f"nothing to export: {gallery.get('note') or 'the gallery is empty'}")
+    answers: dict[str, Any] = {"graph": ex.graph(), "gallery": {**gallery, "images": chosen}}
+    methods = list(WHY_METHODS)
+    for item in chosen:
+        key = item["id"]
+        ov = ex.overview(key, topk)
+        answers[f"images/{key}?topk={topk}"] = ov
+        acts = ex.activations(key)
+        for node in ex.inside.nodes:
+            first = ov["nodes"][node.id]
+            for p in range(1, first.get("pages", 1)):
+                answers[f"images/{key}/nodes/{node.id}?page={p}&topk={topk}"] = ex.node_page(key, node.id, p, topk)
+            ins = sum(acts[i].numel() for i in node.inputs) if node.inputs else 0
+            if node.kind == "input" or ins > max_detail_floats:
+                continue
+            for c in first.get("order", [0]):
+                try:
+                    answers[f"images/{key}/nodes/{node.id}/channels/{c}"] = ex.detail(key, node.id, c)
+                except NotFound:
+                    pass
+        for target in dict.fromkeys([ov["predicted"], item["label"]]):
+            for method in methods:
+                answers[f"images/{key}/why?target={target}&method={quote(method, safe='')}"] = ex.why(key, target,
+                                                                                                   method)
+    claim_dir(out)
+    path = Path(out) / "index.html"
+    atomic_write_text(path, page_html({"model": ex.m.name, "answers": answers}))
+    return path

@@ -1,0 +1,690 @@
+// cnnkit explorer: what a trained CNN computes, layer by layer, for one image. Reads the service's
+// /v1/models/{name}/explore/ API, or the answers inlined in a static export (same keys, same shapes).
+// Plain ES module, no build step, no dependencies.
+
+const $ = (sel) => document.querySelector(sel);
+const el = (tag, attrs = {}, ...kids) => {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  for (const kid of kids) if (kid != null) e.append(kid);
+  return e;
+};
+const fmt = (v, d = 5) => (Number.isFinite(v) ? v.toFixed(d) : String(v));
+
+const EXPORT = (() => {
+  const tag = document.getElementById("cnnkit-data");
+  return tag ? JSON.parse(tag.textContent) : null;
+})();
+const query = new URLSearchParams(location.search);
+const token = query.get("token");
+const WHY_METHODS = ["gradcam", "gradcam++", "scorecam", "eigencam", "lrp", "saliency"];
+
+const state = { model: null, graph: null, overview: null, image: null, scale: "layer", topk: 8,
+                pages: {}, selected: null, gallery: [], target: null };
+
+function status(text, error = false) {
+  const s = $("#status");
+  s.textContent = text;
+  s.className = error ? "error" : "";
+}
+
+async function api(rel, options = {}) {
+  if (EXPORT) {
+    const answer = EXPORT.answers[rel];
+    if (answer === undefined) throw new Error(`not in this export (${rel}); explore the live service for it`);
+    return answer;
+  }
+  const headers = { ...(options.headers || {}) };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const r = await fetch(`/v1/models/${encodeURIComponent(state.model)}/explore/${rel}`, { ...options, headers });
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(body.error ? body.error.message : `${r.status} ${r.statusText}`);
+  return body;
+}
+
+// ---------------------------------------------------------------------------------------------- decoding
+function bytes(b64) {
+  const s = atob(b64);
+  const out = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+  return out;
+}
+function floats(obj) {  // {shape, f32} -> {shape, data: Float32Array}
+  return { shape: obj.shape, data: new Float32Array(bytes(obj.f32).buffer) };
+}
+
+// a diverging blue-white-red scale around 0 when the range has both signs, else white to dark blue
+function colour(v, lo, hi) {
+  if (lo < 0 && hi > 0) {
+    const m = Math.max(-lo, hi) || 1;
+    const t = Math.max(-1, Math.min(1, v / m));
+    return t >= 0 ? [255, Math.round(255 * (1 - t)), Math.round(255 * (1 - t))]
+                  : [Math.round(255 * (1 + t)), Math.round(255 * (1 + t)), 255];
+  }
+  const t = hi > lo ? Math.max(0, Math.min(1, (v - lo) / (hi - lo))) : 0;
+  return [Math.round(255 - 225 * t), Math.round(255 - 190 * t), Math.round(255 - 95 * t)];
+}
+
+function drawMap(canvas, values, h, w, lo, hi) {  // values: indexable, length h*w
+  canvas.width = w; canvas.height = h;
+  const ctx = canvas.getContext("2d");
+  const img = ctx.createImageData(w, h);
+  for (let i = 0; i < h * w; i++) {
+    const [r, g, b] = colour(values[i], lo, hi);
+    img.data[4 * i] = r; img.data[4 * i + 1] = g; img.data[4 * i + 2] = b; img.data[4 * i + 3] = 255;
+  }
+  ctx.putImageData(img, 0, 0);
+}
+
+function drawPng(canvas, b64) {
+  return new Promise((resolve) => {
+    const im = new Image();
+    im.onload = () => {
+      canvas.width = im.width; canvas.height = im.height;
+      canvas.getContext("2d").drawImage(im, 0, 0);
+      resolve(im);
+    };
+    im.src = `data:image/png;base64,${b64}`;
+  });
+}
+
+// ---------------------------------------------------------------------------------------------- models, input
+async function chooseModel() {
+  if (EXPORT) {
+    state.model = EXPORT.model;
+    $("#model-select").closest("label").hidden = true;
+    $("#drop").textContent = "Static export: pick one of the images below.";
+    return;
+  }
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  const r = await fetch("/v1/models", { headers });
+  const body = await r.json();
+  if (!r.ok) throw new Error(body.error ? body.error.message : "cannot list the models");
+  const names = body.models.filter((m) => m.explainable).map((m) => m.name);
+  if (!names.length) throw new Error("no explainable model is served (exported artifacts cannot be explored)");
+  const select = $("#model-select");
+  select.replaceChildren(...names.map((n) => el("option", { text: n })));
+  state.model = names.includes(query.get("model")) ? query.get("model") : names[0];
+  select.value = state.model;
+  select.onchange = () => { location.search = `?model=${encodeURIComponent(select.value)}${token ? `&token=${token}` : ""}`; };
+}
+
+async function loadGallery() {
+  const g = await api("gallery");
+  state.gallery = g.images;
+  const box = $("#gallery");
+  box.replaceChildren();
+  if (!g.images.length) box.append(el("p", { class: "note", text: g.note || "no test images" }));
+  for (const item of g.images) {
+    const cls = state.graph.classes;
+    const fig = el("figure", { class: item.correct ? "" : "wrong", "data-id": item.id,
+                               title: `true: ${cls[item.label]}, predicted: ${cls[item.predicted]}` },
+      el("img", { src: `data:image/png;base64,${item.png}`, alt: cls[item.label] }),
+      el("figcaption", { text: item.correct ? cls[item.label] : `✗ ${cls[item.predicted]}` }));
+    fig.onclick = () => showImage(item.id);
+    box.append(fig);
+  }
+}
+
+async function upload(file) {
+  status(`uploading ${file.name} …`);
+  const form = new FormData();
+  form.append("file", file, file.name);
+  try {
+    const ov = await api(`images?topk=${state.topk}`, { method: "POST", body: form });
+    await render(ov);
+  } catch (e) { status(e.message, true); }
+}
+
+function wireInput() {
+  const drop = $("#drop");
+  $("#file").onchange = (ev) => ev.target.files[0] && upload(ev.target.files[0]);
+  drop.addEventListener("dragover", (ev) => { ev.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (ev) => {
+    ev.preventDefault(); drop.classList.remove("over");
+    if (ev.dataTransfer.files[0]) upload(ev.dataTransfer.files[0]);
+  });
+  $("#scale").onchange = (ev) => { state.scale = ev.target.value; drawOverview(); };
+  $("#topk").onchange = (ev) => { state.topk = Number(ev.target.value); if (state.image) showImage(state.image); };
+}
+
+async function showImage(id) {
+  status("computing activations …");
+  try {
+    await render(await api(`images/${id}?topk=${state.topk}`));
+  } catch (e) { status(e.message, true); }
+}
+
+async function render(ov) {
+  const t0 = performance.now();
+  state.overview = ov; state.image = ov.image; state.pages = {}; state.target = null;
+  for (const f of document.querySelectorAll("#gallery figure"))
+    f.classList.toggle("current", f.dataset.id === ov.image);
+  await drawPng($("#seen-canvas"), ov.input.png);
+  const i = ov.input;
+  $("#seen-text").textContent = `As the model sees it: ${i.channels}×${i.height}×${i.width} ` +
+    `(${i.channels === 1 ? "gray" : "RGB"}), normalized with mean ${i.mean.map((v) => v.toFixed(3)).join(", ")} ` +
+    `and std ${i.std.map((v) => v.toFixed(3)).join(", ")}: values from ${i.min.toFixed(3)} to ${i.max.toFixed(3)}.`;
+  drawOverview();
+  drawScores();
+  $("#detail").replaceChildren();
+  $("#detail-title").textContent = "Click a channel to see what it computes";
+  $("#why").replaceChildren();
+  const cls = state.graph.classes[ov.predicted];
+  status(`predicted ${cls} (${(100 * ov.probabilities[ov.predicted]).toFixed(1)}%) · server ${(1000 * ov.seconds).toFixed(0)} ms`);
+  document.body.dataset.predicted = cls;
+  document.body.dataset.ready = "1";
+  window.cnnkitTimings = { ...(window.cnnkitTimings || {}), drawMs: performance.now() - t0, serverMs: 1000 * ov.seconds };
+}
+
+// ---------------------------------------------------------------------------------------------- overview
+function scaleOf(node, page) {
+  const ov = state.overview;
+  if (state.scale === "global") return [ov.global.min, ov.global.max];
+  if (state.scale === "stage" && node.stage) {
+    let lo = Infinity, hi = -Infinity;
+    for (const n of state.graph.nodes) if (n.stage === node.stage) {
+      lo = Math.min(lo, ov.nodes[n.id].min); hi = Math.max(hi, ov.nodes[n.id].max);
+    }
+    return [lo, hi];
+  }
+  return [page.min, page.max];
+}
+
+function kindLabel(n) {
+  const p = n.params || {};
+  if (n.kind === "conv") return `conv ${p.kernel.join("×")}${p.stride[0] > 1 ? ` /${p.stride[0]}` : ""}${p.groups > 1 ? ` g${p.groups}` : ""}`;
+  if (n.kind === "act") return p.function;
+  if (n.kind === "pool") return `${p.op}pool ${p.kernel.join("×")}`;
+  if (n.kind === "gpool") return `global ${p.op}`;
+  return n.kind === "other" ? n.type : n.kind;
+}
+
+function drawColumn(node) {
+  const page = state.pages[node.id] || state.overview.nodes[node.id];
+  const col = el("div", { class: `col${node.kind === "add" ? " join" : ""}${node.kind === "cat" ? " cat" : ""}`,
+                          "data-node": node.id, title: `${node.label} (${node.type}) → ${node.shape.join("×")}` },
+    el("header", { text: node.label }), el("div", { class: "kind", text: kindLabel(node) }),
+    el("div", { class: "kind", text: node.shape.join("×") }));
+  const [lo, hi] = scaleOf(node, page);
+  if (page.kind === "vector") {
+    const c = el("canvas", { class: "vec", "data-node": node.id, "data-channel": "0" });
+    const n = Math.min(page.values.length, 512);
+    drawMap(c, page.values.slice(0, n), n, 1, lo, hi);
+    c.onclick = () => openDetail(node, 0, c);
+    col.append(c);
+  } else {
+    const q = bytes(page.data);
+    const size = page.height * page.width;
+    page.order.forEach((ch, k) => {
+      const c = el("canvas", { class: "ch", "data-node": node.id, "data-channel": String(ch), title: `channel ${ch}` });
+      const a = page.lo[k], b = page.hi[k];
+      const vals = new Float32Array(size);
+      for (let i = 0; i < size; i++) vals[i] = a + (q[k * size + i] / 255) * (b - a);
+      drawMap(c, vals, page.height, page.width, lo, hi);
+      c.onclick = () => openDetail(node, ch, c);
+      col.append(c);
+    });
+    if (page.pages > 1) {
+      const go = async (p) => {
+        try {
+          state.pages[node.id] = await api(`images/${state.image}/nodes/${node.id}?page=${p}&topk=${state.topk}`);
+          col.replaceWith(drawColumn(node));
+          drawEdges();
+        } catch (e) { status(e.message, true); }
+      };
+      col.append(el("div", { class: "pager" },
+        el("button", { text: "‹", "aria-label": "previous channels", onclick: () => page.page > 0 && go(page.page - 1) }),
+        el("span", { text: `${page.page + 1}/${page.pages}` }),
+        el("button", { text: "›", "aria-label": "next channels", onclick: () => page.page + 1 < page.pages && go(page.page + 1) })));
+    }
+  }
+  return col;
+}
+
+function drawOverview() {
+  const cols = $("#columns");
+  cols.replaceChildren(...state.graph.nodes.map(drawColumn));
+  const ov = state.overview;
+  const soft = el("div", { class: "col", "data-node": "softmax" }, el("header", { text: "softmax" }),
+                  el("div", { class: "kind", text: "class scores" }));
+  const c = el("canvas", { class: "vec", "data-node": "softmax", "data-channel": "0" });
+  drawMap(c, ov.probabilities, ov.probabilities.length, 1, 0, 1);
+  c.onclick = () => openSoftmax();
+  soft.append(c);
+  cols.append(soft);
+  requestAnimationFrame(drawEdges);
+}
+
+function drawEdges() {  // joins: an arc above the columns from each input that is not the column just before
+  const svg = $("#edges"), box = $("#overview");
+  const cols = [...document.querySelectorAll("#columns .col")];
+  const at = Object.fromEntries(cols.map((c, i) => [c.dataset.node, i]));
+  svg.setAttribute("width", box.scrollWidth); svg.setAttribute("height", 60);
+  const paths = [];
+  const base = box.getBoundingClientRect().left - box.scrollLeft;
+  for (const n of state.graph.nodes) {
+    n.inputs.forEach((src) => {
+      if (at[src] === undefined || at[src] === at[n.id] - 1) return;
+      const a = cols[at[src]].getBoundingClientRect(), b = cols[at[n.id]].getBoundingClientRect();
+      const x1 = a.left + a.width / 2 - base, x2 = b.left + b.width / 2 - base;
+      const rise = Math.min(48, 14 + (x2 - x1) / 40);
+      paths.push(`<path d="M${x1},56 C${x1},${56 - rise} ${x2},${56 - rise} ${x2},56" fill="none" stroke="#2f6fde" stroke-width="1.4" opacity=".7"/>`);
+    });
+  }
+  svg.innerHTML = paths.join("");
+}
+
+// ---------------------------------------------------------------------------------------------- detail views
+function mapBox(values, h, w, title, lo, hi, cls = "map") {
+  let a = lo, b = hi;
+  if (a === undefined) { a = Infinity; b = -Infinity; for (const v of values) { a = Math.min(a, v); b = Math.max(b, v); } }
+  const c = el("canvas", { class: cls, title });
+  drawMap(c, values, h, w, a, b);
+  const box = el("div", { class: "mapbox" }, c);
+  box.canvas = c;
+  return box;
+}
+
+function hoverPixel(box, h, w, fn) {  // fn(y, x) on mouse move over the map
+  box.canvas.addEventListener("mousemove", (ev) => {
+    const r = box.canvas.getBoundingClientRect();
+    const x = Math.min(w - 1, Math.floor(((ev.clientX - r.left) / r.width) * w));
+    const y = Math.min(h - 1, Math.floor(((ev.clientY - r.top) / r.height) * h));
+    fn(y, x);
+  });
+}
+
+function showWindow(box, h, w, y0, x0, kh, kw) {  // an outline of the kernel window (clipped to the map)
+  let win = box.querySelector(".window");
+  if (!win) { win = el("div", { class: "window" }); box.append(win); }
+  const r = box.canvas.getBoundingClientRect();
+  const sy = r.height / h, sx = r.width / w;
+  const top = Math.max(0, y0), left = Math.max(0, x0);
+  const bottom = Math.min(h, y0 + kh), right = Math.min(w, x0 + kw);
+  Object.assign(win.style, { top: `${top * sy}px`, left: `${left * sx}px`, height: `${Math.max(0, bottom - top) * sy}px`,
+                             width: `${Math.max(0, right - left) * sx}px` });
+}
+
+function channelOf(t, c) {  // tensor {shape, data} -> the c-th H×W slice (or the whole of a 2-D tensor)
+  if (t.shape.length === 2) return t.data;
+  const size = t.shape[1] * t.shape[2];
+  return t.data.subarray(c * size, (c + 1) * size);
+}
+
+function activate(name, v) {
+  switch (name) {
+    case "relu": return Math.max(0, v);
+    case "relu6": return Math.min(6, Math.max(0, v));
+    case "sigmoid": return 1 / (1 + Math.exp(-v));
+    case "tanh": return Math.tanh(v);
+    case "silu": return v / (1 + Math.exp(-v));
+    case "gelu": return 0.5 * v * (1 + erf(v / Math.SQRT2));
+    case "leaky_relu": return v >= 0 ? v : 0.01 * v;
+    case "hardswish": return v * Math.min(6, Math.max(0, v + 3)) / 6;
+    case "hardsigmoid": return Math.min(1, Math.max(0, v / 6 + 0.5));
+    case "elu": return v >= 0 ? v : Math.exp(v) - 1;
+    case "mish": return v * Math.tanh(Math.log1p(Math.exp(v)));
+    default: return NaN;
+  }
+}
+function erf(x) {  // Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7): only for drawing GELU's curve and formula
+  const s = Math.sign(x); x = Math.abs(x);
+  const t = 1 / (1 + 0.3275911 * x);
+  const y = 1 - ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * Math.exp(-x * x);
+  return s * y;
+}
+const FORMULAS = { relu: "max(0, x)", relu6: "min(6, max(0, x))", sigmoid: "1 / (1 + e^−x)", tanh: "tanh(x)",
+  silu: "x · sigmoid(x)", gelu: "x · Φ(x) = ½x(1 + erf(x/√2))", leaky_relu: "x if x ≥ 0 else 0.01x",
+  hardswish: "x · min(6, max(0, x + 3)) / 6", hardsigmoid: "min(1, max(0, x/6 + ½))", elu: "x if x ≥ 0 else eˣ − 1",
+  mish: "x · tanh(softplus(x))" };
+
+async function openDetail(node, channel, canvas) {
+  for (const c of document.querySelectorAll("canvas.selected")) c.classList.remove("selected");
+  canvas && canvas.classList.add("selected");
+  state.selected = { node: node.id, channel };
+  $("#detail-title").textContent = `${node.label} (${node.type}), channel ${channel}`;
+  const box = $("#detail");
+  box.replaceChildren(el("p", { class: "note", text: "loading …" }));
+  if (node.kind === "input") {
+    box.replaceChildren(el("p", { text: `The input image, channel ${channel}: pixels scaled to [0, 1], then (x − mean) / std.` }));
+    return;
+  }
+  let d;
+  try { d = await api(`images/${state.image}/nodes/${node.id}/channels/${channel}`); }
+  catch (e) { box.replaceChildren(el("p", { class: "note", text: e.message })); return; }
+  box.replaceChildren();
+  const view = { conv: convView, act: actView, pool: poolView, gpool: gpoolView, bn: bnView, linear: linearView,
+                 add: addView, cat: catView }[node.kind] || otherView;
+  view(box, node, channel, d);
+  document.body.dataset.detail = `${node.id}:${channel}`;
+}
+
+function convView(box, node, channel, d) {
+  const x = floats(d.input), w = floats(d.weight), out = floats(d.output);
+  const [cin, H, W] = x.shape, [, kh, kw] = w.shape, [oh, ow] = out.shape;
+  const [sh, sw] = d.stride, [ph, pw] = d.padding, [dh, dw] = d.dilation;
+  const inputs = el("div", { class: "inputs" });
+  const shown = Math.min(cin, 16);
+  const inBoxes = [];
+  for (let c = 0; c < shown; c++) {
+    const b = mapBox(channelOf(x, c), H, W, `input channel ${d.input_channels[c]}`);
+    b.canvas.className = "";
+    inputs.append(b); inBoxes.push(b);
+  }
+  const kernels = el("div", { class: "kernels" });
+  let wl = Infinity, wh = -Infinity;
+  for (const v of w.data) { wl = Math.min(wl, v); wh = Math.max(wh, v); }
+  for (let c = 0; c < shown; c++) {
+    const k = el("canvas", { title: `kernel slice for input channel ${d.input_channels[c]}` });
+    drawMap(k, w.data.subarray(c * kh * kw, (c + 1) * kh * kw), kh, kw, Math.min(wl, -1e-9), Math.max(wh, 1e-9));
+    kernels.append(k);
+  }
+  const groupNote = d.groups > 1 ? (d.groups === cin * d.groups && cin === 1
+    ? `depthwise: group ${d.group} of ${d.groups} reads input channel ${d.input_channels[0]} only`
+    : `grouped: group ${d.group} of ${d.groups} reads input channels ${d.input_channels[0]}–${d.input_channels[cin - 1]}`)
+    : `reads all ${cin} input channels`;
+  const bn = d.chain.find((s) => s.kind === "bn");
+  const act = d.chain.find((s) => s.kind === "act") || (bn && bn.activation ? { function: bn.activation, output: bn.output } : null);
+  const final = d.chain.length ? floats(d.chain[d.chain.length - 1].output) : out;
+  const outBox = mapBox(out.data, oh, ow, "output (hover a pixel)");
+  const formula = el("div", { id: "formula", text: "Hover a pixel of the output to write out its dot product." });
+  box.append(el("div", { class: "panel" }, el("b", { text: `Input channels (${cin}${cin > shown ? `, first ${shown} shown` : ""}) · ${groupNote}` }), inputs,
+                el("b", { text: `Kernel slices ${kh}×${kw}, stride ${sh}, padding ${ph}${dh > 1 ? `, dilation ${dh}` : ""}` }), kernels),
+             el("div", { class: "panel" }, el("b", { text: `Output ${oh}×${ow}` }), outBox),
+             el("div", { class: "panel" }, formula));
+  if (bn) {
+    const scale = bn.gamma / Math.sqrt(bn.var + bn.eps);
+    box.append(el("div", { class: "panel" }, el("b", { text: "BatchNorm, folded into this channel" }),
+      el("div", { text: `w′ = w · γ/√(σ²+ε) = w · ${fmt(scale)}` }),
+      el("div", { text: `b′ = (b − μ) · γ/√(σ²+ε) + β = ${fmt((d.bias - bn.mean) * scale + bn.beta)}` })));
+  }
+  hoverPixel(outBox, oh, ow, (oy, ox) => {
+    const y0 = oy * sh - ph, x0 = ox * sw - pw;
+    inBoxes.forEach((b) => showWindow(b, H, W, y0, x0, (kh - 1) * dh + 1, (kw - 1) * dw + 1));
+    let sum = 0;
+    const terms = [];
+    for (let c = 0; c < cin; c++) for (let ky = 0; ky < kh; ky++) for (let kx = 0; kx < kw; kx++) {
+      const iy = y0 + ky * dh, ix = x0 + kx * dw;
+      const v = iy >= 0 && iy < H && ix >= 0 && ix < W ? x.data[(c * H + iy) * W + ix] : 0;  // zero padding
+      const wt = w.data[(c * kh + ky) * kw + kx];
+      sum += v * wt;
+      if (terms.length < 18) terms.push(`${fmt(v, 3)}×${fmt(wt, 3)}`);
+    }
+    const z = sum + d.bias;
+    const n = cin * kh * kw;
+    const lines = [`output[${oy}, ${ox}] = Σ input × weight over ${cin}×${kh}×${kw} = ${n} terms`,
+      `  = ${terms.join(" + ")}${n > terms.length ? ` + … (${n - terms.length} more)` : ""}`,
+      `  = ${fmt(sum)}`, `  + bias ${fmt(d.bias)}`];
+    const conv = el("span", { id: "dot-value", text: fmt(z) });
+    let y = z;
+    const tail = [];
+    if (bn) {
+      y = (z - bn.mean) / Math.sqrt(bn.var + bn.eps) * bn.gamma + bn.beta;
+      tail.push(`BatchNorm: (${fmt(z)} − ${fmt(bn.mean)}) / √(${fmt(bn.var)} + ${bn.eps}) × ${fmt(bn.gamma)} + ${fmt(bn.beta)} = ${fmt(y)}`);
+    }
+    if (act) {
+      const a = activate(act.function, y);
+      tail.push(`${act.function}(${fmt(y)}) = ${FORMULAS[act.function] || act.function} = ${fmt(a)}`);
+      y = a;
+    }
+    formula.replaceChildren(lines.join("\n") + "\n  = ", conv,
+      el("span", { id: "dot-torch", text: `   (PyTorch: ${fmt(out.data[oy * ow + ox])})` }));
+    if (tail.length) formula.append(el("div", {}, tail.join("\n"), "\n= ", el("span", { id: "dot-final", text: fmt(y) }),
+                                       el("span", { text: `   (PyTorch: ${fmt(final.data[oy * ow + ox])})` })));
+    formula.dataset.pixel = `${oy},${ox}`;
+  });
+}
+
+function actView(box, node, channel, d) {
+  const fn = node.params.function;
+  const inp = floats(d.input[0]), out = floats(d.output);
+  const [h, w] = out.shape.length === 2 ? out.shape : [1, out.shape[0]];
+  const ib = mapBox(channelOf(inp, 0), h, w, "input"), ob = mapBox(out.data, h, w, "output (hover)");
+  const f = el("div", { id: "formula", text: `${fn}(x) = ${FORMULAS[fn] || fn}, applied to every value.` });
+  box.append(el("div", { class: "panel" }, el("b", { text: "input" }), ib), el("div", { class: "panel" }, el("b", { text: "output" }), ob),
+             el("div", { class: "panel" }, curve(fn), f));
+  hoverPixel(ob, h, w, (y, x) => {
+    const v = channelOf(inp, 0)[y * w + x];
+    f.textContent = `${fn}(${fmt(v)}) = ${FORMULAS[fn] || fn} = ${fmt(activate(fn, v))}   (PyTorch: ${fmt(out.data[y * w + x])})`;
+  });
+}
+
+function curve(fn) {  // the activation function on [-4, 4]
+  const pts = [];
+  for (let i = 0; i <= 80; i++) { const x = -4 + i / 10; pts.push([x, activate(fn, x)]); }
+  const ys = pts.map((p) => p[1]);
+  const lo = Math.min(...ys, -1), hi = Math.max(...ys, 1);
+  const path = pts.map(([x, y], i) => `${i ? "L" : "M"}${(x + 4) * 20},${120 - ((y - lo) / (hi - lo)) * 120}`).join(" ");
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("width", 160); svg.setAttribute("height", 120);
+  svg.innerHTML = `<line x1="80" y1="0" x2="80" y2="120" stroke="#ccc"/><line x1="0" y1="${120 - ((0 - lo) / (hi - lo)) * 120}" x2="160" y2="${120 - ((0 - lo) / (hi - lo)) * 120}" stroke="#ccc"/><path d="${path}" fill="none" stroke="#2f6fde" stroke-width="2"/>`;
+  return svg;
+}
+
+function poolView(box, node, channel, d) {
+  const p = node.params;
+  const inp = floats(d.input[0]), out = floats(d.output);
+  const [H, W] = inp.shape.slice(-2), [oh, ow] = out.shape;
+  const ib = mapBox(channelOf(inp, 0), H, W, "input"), ob = mapBox(out.data, oh, ow, "output (hover)");
+  const f = el("div", { id: "formula", text: `${p.op} pooling, ${p.kernel.join("×")} window, stride ${p.stride[0]}, padding ${p.padding[0]}. Hover the output.` });
+  box.append(el("div", { class: "panel" }, el("b", { text: `input ${H}×${W}` }), ib),
+             el("div", { class: "panel" }, el("b", { text: `output ${oh}×${ow}` }), ob), el("div", { class: "panel" }, f));
+  hoverPixel(ob, oh, ow, (oy, ox) => {
+    const y0 = oy * p.stride[0] - p.padding[0], x0 = ox * p.stride[1] - p.padding[1];
+    showWindow(ib, H, W, y0, x0, p.kernel[0], p.kernel[1]);
+    const vals = [];
+    let padded = 0;
+    for (let ky = 0; ky < p.kernel[0]; ky++) for (let kx = 0; kx < p.kernel[1]; kx++) {
+      const iy = y0 + ky, ix = x0 + kx;
+      if (iy >= 0 && iy < H && ix >= 0 && ix < W) vals.push(channelOf(inp, 0)[iy * W + ix]); else padded++;
+    }
+    const v = p.op === "max" ? Math.max(...vals)
+      : vals.reduce((a, b) => a + b, 0) / (p.count_include_pad ? vals.length + padded : vals.length);
+    f.textContent = `${p.op}(${vals.map((a) => fmt(a, 3)).join(", ")}${padded ? `, ${padded} padding` : ""}) = ${fmt(v)}   (PyTorch: ${fmt(out.data[oy * ow + ox])})`;
+  });
+}
+
+function gpoolView(box, node, channel, d) {
+  const inp = floats(d.input[0]), out = floats(d.output);
+  const src = channelOf(inp, 0);
+  const [H, W] = inp.shape.length >= 2 ? inp.shape.slice(-2) : [1, src.length];
+  const op = node.params.op;
+  const v = op === "max" ? Math.max(...src) : src.reduce((a, b) => a + b, 0) / src.length;
+  box.append(el("div", { class: "panel" }, el("b", { text: `input ${H}×${W}` }), mapBox(src, H, W, "input")),
+             el("div", { id: "formula", text: `global ${op} pooling: ${op === "max" ? "max" : "mean"} of the ${src.length} values = ${fmt(v)}   (PyTorch: ${fmt(out.data[0])})` }));
+}
+
+function bnView(box, node, channel, d) {
+  const inp = floats(d.input[0]), out = floats(d.output);
+  const [h, w] = out.shape;
+  const ib = mapBox(channelOf(inp, 0), h, w, "input"), ob = mapBox(out.data, h, w, "output (hover)");
+  const f = el("div", { id: "formula", text: `y = (x − μ) / √(σ² + ε) · γ + β with μ = ${fmt(d.mean)}, σ² = ${fmt(d.var)}, ε = ${d.eps}, γ = ${fmt(d.gamma)}, β = ${fmt(d.beta)}` });
+  box.append(el("div", { class: "panel" }, el("b", { text: "input" }), ib), el("div", { class: "panel" }, el("b", { text: "output" }), ob),
+             el("div", { class: "panel" }, f));
+  hoverPixel(ob, h, w, (y, x) => {
+    const v = channelOf(inp, 0)[y * w + x];
+    let r = (v - d.mean) / Math.sqrt(d.var + d.eps) * d.gamma + d.beta;
+    const act = node.params.activation;
+    f.textContent = `(${fmt(v)} − ${fmt(d.mean)}) / √(${fmt(d.var)} + ${d.eps}) · ${fmt(d.gamma)} + ${fmt(d.beta)} = ${fmt(r)}`;
+    if (act) { r = activate(act, r); f.textContent += `, then ${act}: ${fmt(r)}`; }
+    f.textContent += `   (PyTorch: ${fmt(out.data[y * w + x])})`;
+  });
+}
+
+function linearView(box, node, channel, d) {
+  const x = floats(d.input), w = floats(d.weight), out = floats(d.output);
+  const terms = [...x.data].map((v, i) => [i, v, w.data[i], v * w.data[i]]);
+  const sum = terms.reduce((a, t) => a + t[3], 0);
+  const top = [...terms].sort((a, b) => Math.abs(b[3]) - Math.abs(a[3])).slice(0, 12);
+  const cls = node.id === state.graph.output ? ` (class ${state.graph.classes[channel]})` : "";
+  box.append(el("div", { id: "formula" },
+    `output ${channel}${cls} = Σ xᵢ·wᵢ over ${x.data.length} inputs + bias\n`,
+    `largest terms: ${top.map(([i, v, wt]) => `x${i} ${fmt(v, 3)}×${fmt(wt, 3)}`).join(" + ")}${terms.length > 12 ? " + …" : ""}\n`,
+    `  = ${fmt(sum)} + ${fmt(d.bias)} = `, el("span", { id: "dot-value", text: fmt(sum + d.bias) }),
+    `   (PyTorch: ${fmt(out.data[0])})`));
+}
+
+function addView(box, node, channel, d) {
+  const ins = d.input.map(floats), out = floats(d.output);
+  const [h, w] = out.shape;
+  const f = el("div", { id: "formula", text: "A residual join: the inputs are added element by element. Hover the output." });
+  const boxes = ins.map((t, i) => el("div", { class: "panel" }, el("b", { text: `input ${i + 1}: ${d.inputs[i]}` }), mapBox(channelOf(t, 0), h, w, "input")));
+  const ob = mapBox(out.data, h, w, "output (hover)");
+  box.append(...boxes, el("div", { class: "panel" }, el("b", { text: "sum" }), ob), el("div", { class: "panel" }, f));
+  hoverPixel(ob, h, w, (y, x) => {
+    const vs = ins.map((t) => (t.shape.length === out.shape.length ? channelOf(t, 0)[y * w + x] : NaN));
+    f.textContent = `${vs.map((v) => fmt(v)).join(" + ")} = ${fmt(vs.reduce((a, b) => a + b, 0))}   (PyTorch: ${fmt(out.data[y * w + x])})`;
+  });
+}
+
+function catView(box, node, channel, d) {
+  box.append(el("div", { id: "formula", text: `A concatenation of ${d.sizes.length} branches (${d.sizes.join(" + ")} channels): channel ${channel} is channel ${d.source_channel} of input ${d.source + 1} (${d.inputs[d.source]}), unchanged.` }));
+  const out = floats(d.output);
+  if (out.shape.length === 2) box.append(mapBox(out.data, out.shape[0], out.shape[1], "channel"));
+}
+
+function otherView(box, node, channel, d) {
+  const out = floats(d.output);
+  const panels = (d.input || []).map((t, i) => {
+    const f = floats(t);
+    const [h, w] = f.shape.length >= 2 ? f.shape.slice(-2) : [1, f.data.length];
+    return el("div", { class: "panel" }, el("b", { text: `input ${i + 1}` }), mapBox(channelOf(f, 0), h, w, "input"));
+  });
+  const [h, w] = out.shape.length >= 2 ? out.shape.slice(-2) : [1, out.data.length];
+  box.append(...panels, el("div", { class: "panel" }, el("b", { text: "output" }), mapBox(channelOf(out, 0), h, w, "output")),
+             el("p", { class: "note", text: d.note || `${node.type}: ${node.kind === "flatten" ? "the same values, reshaped" : "no formula view here; its input and output are shown"}` }));
+}
+
+function openSoftmax() {
+  const ov = state.overview, cls = state.graph.classes;
+  const m = Math.max(...ov.logits);
+  const ex = ov.logits.map((z) => Math.exp(z - m));
+  const s = ex.reduce((a, b) => a + b, 0);
+  $("#detail-title").textContent = "softmax: logits to probabilities";
+  const rows = ov.logits.map((z, i) => `${cls[i].padEnd(14)} z = ${fmt(z, 4).padStart(9)}   e^(z − max) = ${fmt(ex[i], 5)}   p = ${fmt(ex[i] / s, 5)}   (PyTorch: ${fmt(ov.probabilities[i], 5)})`);
+  $("#detail").replaceChildren(el("div", { id: "formula", text: `pᵢ = e^(zᵢ − max z) / Σⱼ e^(zⱼ − max z),  Σ = ${fmt(s)}\n${rows.join("\n")}` }));
+}
+
+// ---------------------------------------------------------------------------------------------- why this class
+function drawScores() {
+  const ov = state.overview, cls = state.graph.classes;
+  const order = ov.probabilities.map((p, i) => [p, i]).sort((a, b) => b[0] - a[0]);
+  $("#scores").replaceChildren(...order.map(([p, i]) => {
+    const row = el("div", { class: "scorebar", "data-class": String(i), role: "button", tabindex: "0" },
+      el("span", { text: cls[i] }), el("div", {}, el("div", { class: "bar", style: `width:${(100 * p).toFixed(1)}%` })),
+      el("span", { text: `${(100 * p).toFixed(1)}%` }));
+    row.onclick = () => explainClass(i);
+    return row;
+  }));
+}
+
+async function explainClass(target) {
+  state.target = target;
+  for (const r of document.querySelectorAll(".scorebar")) r.classList.toggle("chosen", Number(r.dataset.class) === target);
+  const box = $("#why");
+  box.replaceChildren();
+  const image = state.image;
+  const seen = $("#seen-canvas");
+  for (const method of WHY_METHODS) {
+    const card = el("div", { class: "why-card", "data-method": method }, el("b", { text: method }), el("p", { class: "note", text: "computing …" }));
+    box.append(card);
+  }
+  for (const method of WHY_METHODS) {
+    const card = box.querySelector(`[data-method="${CSS.escape(method)}"]`);
+    let r;
+    try { r = await api(`images/${image}/why?target=${target}&method=${encodeURIComponent(method)}`); }
+    catch (e) { r = { error: e.message }; }
+    if (state.image !== image || state.target !== target) return;  // another choice since
+    if (r.error) { card.replaceChildren(el("b", { text: method }), el("p", { class: "error", text: r.error })); continue; }
+    const c = el("canvas", { class: "overlay" });
+    const q = bytes(r.map);
+    c.width = r.width; c.height = r.height;
+    const ctx = c.getContext("2d");
+    ctx.drawImage(seen, 0, 0, r.width, r.height);
+    const base = ctx.getImageData(0, 0, r.width, r.height);
+    for (let i = 0; i < q.length; i++) {  // jet-like colour over the gray image, half and half
+      const t = q[i] / 255;
+      const col = [Math.min(1, Math.max(0, 1.5 - Math.abs(4 * t - 3))), Math.min(1, Math.max(0, 1.5 - Math.abs(4 * t - 2))),
+                   Math.min(1, Math.max(0, 1.5 - Math.abs(4 * t - 1)))];
+      for (let k = 0; k < 3; k++) base.data[4 * i + k] = 0.5 * base.data[4 * i + k] + 127.5 * col[k];
+    }
+    ctx.putImageData(base, 0, 0);
+    card.replaceChildren(el("b", { text: method }), c,
+      el("div", { class: "scores", text: `deletion ${r.deletion.toFixed(3)} · insertion ${r.insertion.toFixed(3)}` }));
+    if (r.zero_map) card.append(el("div", { class: "note", text: "the map is zero everywhere" }));
+    card.dataset.done = "1";
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- playground
+function playground() {
+  const ids = ["size", "pad", "kernel", "stride"];
+  const read = () => Object.fromEntries(ids.map((k) => [k, Number($(`#pg-${k}`).value)]));
+  const cell = 22;
+  const draw = (hover = null) => {
+    const { size, pad, kernel, stride } = read();
+    for (const k of ids) $(`#pg-${k}`).nextElementSibling.textContent = $(`#pg-${k}`).value;
+    const n = size + 2 * pad;
+    const f = $("#pg-formula");
+    if (kernel > n) {
+      f.className = "error";
+      f.textContent = `The kernel (${kernel}) is larger than the padded input (${size} + 2×${pad} = ${n}): no output.`;
+      $("#pg-input").innerHTML = ""; $("#pg-output").innerHTML = "";
+      return;
+    }
+    const out = Math.floor((n - kernel) / stride) + 1;
+    const unused = n - ((out - 1) * stride + kernel);
+    f.className = "";
+    f.textContent = `output size = ⌊(input + 2·padding − kernel) / stride⌋ + 1 = ⌊(${size} + ${2 * pad} − ${kernel}) / ${stride}⌋ + 1 = ${out}` +
+      (unused ? `  (the last ${unused} row(s) and column(s) are never covered)` : "");
+    const svgIn = $("#pg-input"), svgOut = $("#pg-output");
+    svgIn.setAttribute("width", n * cell); svgIn.setAttribute("height", n * cell);
+    svgOut.setAttribute("width", out * cell); svgOut.setAttribute("height", out * cell);
+    let s = "";
+    for (let y = 0; y < n; y++) for (let x = 0; x < n; x++) {
+      const isPad = y < pad || x < pad || y >= n - pad || x >= n - pad;
+      s += `<rect x="${x * cell}" y="${y * cell}" width="${cell - 1}" height="${cell - 1}" fill="${isPad ? "#eee" : "#c7d7fe"}"/>`;
+    }
+    const [hy, hx] = hover || [0, 0];
+    s += `<rect x="${hx * stride * cell}" y="${hy * stride * cell}" width="${kernel * cell - 1}" height="${kernel * cell - 1}" fill="none" stroke="#f79009" stroke-width="3"/>`;
+    svgIn.innerHTML = s;
+    let o = "";
+    for (let y = 0; y < out; y++) for (let x = 0; x < out; x++)
+      o += `<rect data-y="${y}" data-x="${x}" x="${x * cell}" y="${y * cell}" width="${cell - 1}" height="${cell - 1}" fill="${y === hy && x === hx ? "#f79009" : "#fde2c0"}"/>`;
+    svgOut.innerHTML = o;
+  };
+  for (const k of ids) $(`#pg-${k}`).oninput = () => draw();
+  $("#pg-output").addEventListener("mousemove", (ev) => {
+    const t = ev.target;
+    if (t.dataset && t.dataset.y !== undefined) draw([Number(t.dataset.y), Number(t.dataset.x)]);
+  });
+  draw();
+}
+
+// ---------------------------------------------------------------------------------------------- start
+async function main() {
+  playground();
+  wireInput();
+  try {
+    await chooseModel();
+    state.graph = await api("graph");
+    $("#model-name").textContent = `${state.graph.model} · ${state.graph.architecture || ""}`;
+    $("#graph-note").textContent = state.graph.note || `${state.graph.nodes.length} layers from torch.fx`;
+    await loadGallery();
+    const first = state.gallery[0];
+    if (first) await showImage(first.id);
+    else { status("upload an image to begin"); document.body.dataset.ready = "1"; }
+  } catch (e) {
+    status(e.message, true);
+    document.body.dataset.ready = "error";
+  }
+}
+
+main();
