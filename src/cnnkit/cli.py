@@ -476,13 +476,14 @@ def explore_cmd(
 
         if len(artifacts) != 1:
             raise ConfigError("--export writes one model's site: give one artifact")
-        m = next(iter(load_models(artifacts, device).values()))
+        m = next(iter(load_models(artifacts, device, measure_layout=False).values()))
         path = export_site(Explorer(m), export, images=images)
         summary("explore", {"site": path, "images": images, "size": f"{path.stat().st_size / 2**20:.1f} MB",
                             "open": f"{path.resolve().as_uri()} (or any static web server)"})
         return
     sock = bind(host, port)
-    models = load_models(artifacts, device)
+    # the explorer's answers are one image at a time: no need to time memory layouts for batches first
+    models = load_models(artifacts, device, measure_layout=False)
     closed = [n for n, m in models.items() if not m.explainable]
     if closed:
         raise ConfigError(f"{closed[0]!r} is an exported artifact; the explorer needs the run directory or "

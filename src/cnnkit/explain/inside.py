@@ -64,7 +64,8 @@ class _Recorder(torch.fx.Interpreter):
 
     def run_node(self, n: torch.fx.Node) -> Any:
         out = super().run_node(n)
-        self.values[n.name] = out
+        # a copy: an in-place operation later (ReLU(inplace=True), x += shortcut) would change the recorded value
+        self.values[n.name] = out.detach().clone() if isinstance(out, torch.Tensor) else out
         return out
 
 
@@ -346,7 +347,7 @@ def layer_terms(inside: Inside, acts: dict[str, torch.Tensor], node_id: str, cha
     d: dict[str, Any] = {"node": node.as_dict(), "channel": channel, "inputs": node.inputs}
     ins = [acts[i] for i in node.inputs]
     m = inside.module(node_id)
-    if node.kind == "linear" and isinstance(m, nn.Linear):
+    if node.kind == "linear" and isinstance(m, nn.Linear) and out.ndim == 1:
         d.update(input=ins[0].flatten(), weight=m.weight[channel].detach().float(),
                  bias=float(m.bias[channel]) if m.bias is not None else 0.0, output=out.flatten()[channel:channel + 1])
         return d
@@ -370,6 +371,9 @@ def layer_terms(inside: Inside, acts: dict[str, torch.Tensor], node_id: str, cha
         d.update(gamma=float(m.weight[channel]) if m.weight is not None else 1.0,
                  beta=float(m.bias[channel]) if m.bias is not None else 0.0,
                  mean=float(m.running_mean[channel]), var=float(m.running_var[channel]), eps=m.eps)
+    if node.kind == "linear":  # over channels at every position (ConvNeXt's MLP): a 1×1 convolution
+        d["note"] = (f"{node.label} is a Linear layer applied at every position (a 1×1 convolution over the "
+                     f"channels); its input and output at channel {channel} are shown")
     if node.kind == "other" or node.kind == "norm":
         d["note"] = (f"{node.type} has no formula view here; its input and output at channel {channel} are "
                      f"shown")

@@ -182,7 +182,8 @@ class Explorer:
         if node not in self.inside.by_id:
             raise NotFound(f"no layer {node!r} in {self.m.name}")
         try:
-            return _encode(layer_terms(self.inside, self.activations(key), node, channel))
+            with torch.no_grad():
+                return _encode(layer_terms(self.inside, self.activations(key), node, channel))
         except ExplainError as e:
             raise NotFound(error_line(e)) from None
 

@@ -39,14 +39,15 @@ def parse_artifact(spec: str) -> tuple[str, Path]:
 class ServedModel:
     """One artifact, loaded once, warmed, with its model card."""
 
-    def __init__(self, name: str, path: str | os.PathLike, device: torch.device, amp: str = "off"):
+    def __init__(self, name: str, path: str | os.PathLike, device: torch.device, amp: str = "off",
+                 measure_layout: bool = True):
         self.name, self.device = name, device
         self.ckpt: LoadedCheckpoint = load(path)
         self.model = self.ckpt.model.to(device).eval()
         self.dtype = autocast_dtype(amp, device)
         self.explainable = not is_exported(self.model)
         self.channels_last = False
-        if self.explainable:  # a PyTorch model: the faster memory layout here, measured on a batch of 8
+        if self.explainable and measure_layout:  # a PyTorch model: the faster layout here, measured on a batch of 8
             self.channels_last = faster_inference_layout(self.model, self.input_shape, 8, device)
         self.normalize = Normalize(*self.ckpt.normalization, device, channels_last=self.channels_last)
         self.card = self._card()

@@ -179,6 +179,7 @@ async function render(ov) {
   const cls = state.graph.classes[ov.predicted];
   status(`predicted ${cls} (${(100 * ov.probabilities[ov.predicted]).toFixed(1)}%) · server ${(1000 * ov.seconds).toFixed(0)} ms`);
   document.body.dataset.predicted = cls;
+  document.body.dataset.image = ov.image;
   document.body.dataset.ready = "1";
   window.cnnkitTimings = { ...(window.cnnkitTimings || {}), drawMs: performance.now() - t0, serverMs: 1000 * ov.seconds };
 }
@@ -360,7 +361,7 @@ async function openDetail(node, channel, canvas) {
   try { d = await api(`images/${state.image}/nodes/${node.id}/channels/${channel}`); }
   catch (e) { box.replaceChildren(el("p", { class: "note", text: e.message })); return; }
   box.replaceChildren();
-  const view = { conv: convView, act: actView, pool: poolView, gpool: gpoolView, bn: bnView, linear: linearView,
+  const view = node.kind === "linear" && !d.weight ? otherView : { conv: convView, act: actView, pool: poolView, gpool: gpoolView, bn: bnView, linear: linearView,
                  add: addView, cat: catView }[node.kind] || otherView;
   view(box, node, channel, d);
   document.body.dataset.detail = `${node.id}:${channel}`;

@@ -1,0 +1,217 @@
+"""The explorer page in a real browser: Debian's Chromium driven by Playwright (never a browser Playwright
+downloads). Skips with one line when no Chromium is installed; CI installs it (.ci/run), so there they run."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.serve.test_explore import family_checkpoint
+
+CHROMIUM = os.environ.get("CNNKIT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:
+    pytest.skip("no Chromium found (apt-get install chromium, or set CNNKIT_CHROMIUM)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])")
+
+BROWSER_FAMILIES = ["tinyvgg", "mobilenet_v2_mini", "convnext_mini", "inception_next_mini"]
+
+
+@pytest.fixture(scope="module")
+def families(tmp_path_factory, trained_run) -> list[tuple[str, Path]]:
+    from cnnkit.artifacts import load
+
+    folder = tmp_path_factory.mktemp("families")
+    meta = dict(load(trained_run.run_dir).meta)
+    return [(f.replace("_", "-"), family_checkpoint(meta, f, folder)) for f in BROWSER_FAMILIES]
+
+
+@pytest.fixture(scope="module")
+def server(trained_run, families):
+    """`cnnkit explore` in its own process on a free loopback port: the ResNet-9 run and four other families."""
+    specs = [f"tiny={trained_run.run_dir}"] + [f"{n}={p}" for n, p in families]
+    proc = subprocess.Popen([sys.executable, "-m", "cnnkit", "explore", *specs, "--port", "0", "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    url, lines, deadline = None, [], time.monotonic() + 120
+    while url is None and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        found = re.search(r"open (http://127\.0\.0\.1:\d+)/", line)
+        url = found.group(1) if found else None
+    if url is None:
+        proc.kill()
+        pytest.fail("cnnkit explore did not start:\n" + "".join(lines))
+    yield url
+    proc.terminate()
+    proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page that records console errors and uncaught exceptions."""
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    pg.errors = []
+    pg.on("console", lambda m: m.type == "error" and pg.errors.append(m.text))
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    yield pg
+    pg.close()
+
+
+def open_page(page, url: str) -> None:
+    page.goto(url)
+    page.wait_for_selector("body[data-ready]", timeout=60_000)
+    assert page.evaluate("document.body.dataset.ready") == "1", page.text_content("#status")
+
+
+def hover_output(page, fy: float, fx: float) -> tuple[int, int]:
+    """Hover the detail view's output map at a fraction of its height and width; the pixel the page used."""
+    out = page.locator("#detail canvas.map").last
+    out.scroll_into_view_if_needed()
+    box = out.bounding_box()
+    out.hover(position={"x": box["width"] * fx, "y": box["height"] * fy})
+    page.wait_for_function("document.querySelector('#formula') && document.querySelector('#formula').dataset.pixel")
+    y, x = page.evaluate("document.querySelector('#formula').dataset.pixel").split(",")
+    return int(y), int(x)
+
+
+def torch_value(page) -> float:
+    """The PyTorch output the elastic view shows next to its own sum."""
+    return float(page.text_content("#dot-torch").split(":")[1].strip().rstrip(")"))
+
+
+def test_upload_gives_the_top_class_of_cnnkit_predict_without_console_errors(page, server, trained_run,
+                                                                             sample_train, tmp_path):
+    from cnnkit.evaluate import predict
+
+    open_page(page, server + "/?model=tiny")
+    first = page.evaluate("document.body.dataset.image")
+    png = tmp_path / "bag.png"
+    Image.fromarray(sample_train.images[7, 0].numpy(), "L").resize((56, 56)).save(png)  # not a gallery image
+    page.set_input_files("#file", str(png))
+    page.wait_for_function(f"document.body.dataset.image && document.body.dataset.image !== '{first}'")
+    expected = predict(trained_run.run_dir, [png], topk=1)[0].top[0][0]
+    assert page.evaluate("document.body.dataset.predicted") == expected
+    assert expected in page.text_content("#status")
+    assert page.locator("canvas.ch").count() > 50 and not page.errors, page.errors
+
+
+def test_elastic_view_shows_pytorchs_numbers(page, server, trained_run):
+    """Clicking a channel of a convolution and hovering an output pixel writes out the dot product; its value
+    and the value after BatchNorm and ReLU equal PyTorch's outputs at that position to 1e-4."""
+    from cnnkit.artifacts import load
+    from cnnkit.data import Normalize
+
+    open_page(page, server + "/?model=tiny")
+    ckpt = load(trained_run.run_dir)
+    image = page.evaluate("document.body.dataset.image")
+    gallery = page.evaluate("[...document.querySelectorAll('#gallery img')].map(i => i.src)")
+    current = page.locator("#gallery figure.current img").get_attribute("src")
+    assert current in gallery
+    import base64
+    import io
+
+    raw = np.array(Image.open(io.BytesIO(base64.b64decode(current.split(",", 1)[1]))))
+    x = Normalize(*ckpt.normalization)(torch.from_numpy(raw)[None, None])
+    layer = "layer2.0.0"  # the second stage's convolution, 16 -> 32 channels, then BatchNorm and ReLU
+    conv, bn = ckpt.model.get_submodule(layer), ckpt.model.get_submodule("layer2.0.1")
+    seen = {}
+    h1 = conv.register_forward_hook(lambda m, i, o: seen.setdefault("conv", o.detach().clone()))
+    h2 = bn.register_forward_hook(lambda m, i, o: seen.setdefault("bn", o.detach().clone()))
+    with torch.no_grad():
+        ckpt.model(x)
+    h1.remove(), h2.remove()
+    channel = 5
+    page.locator(f'canvas.ch[data-node="layer2_0_0"]').first.wait_for()
+    while not page.locator(f'canvas.ch[data-node="layer2_0_0"][data-channel="{channel}"]').count():
+        page.locator('.col[data-node="layer2_0_0"] .pager button').last.click()  # page to the channel
+        page.wait_for_timeout(100)
+    page.locator(f'canvas.ch[data-node="layer2_0_0"][data-channel="{channel}"]').click()
+    page.wait_for_function(f"document.body.dataset.detail === 'layer2_0_0:{channel}'")
+    assert image == page.evaluate("document.body.dataset.image")
+    for fy, fx in [(0.02, 0.02), (0.5, 0.45), (0.97, 0.6)]:  # a corner (padding), the middle, the last row
+        y, xx = hover_output(page, fy, fx)
+        shown = float(page.text_content("#dot-value"))
+        final = float(page.text_content("#dot-final"))
+        assert shown == pytest.approx(float(seen["conv"][0, channel, y, xx]), abs=1e-4)
+        assert final == pytest.approx(max(float(seen["bn"][0, channel, y, xx]), 0.0), abs=1e-4)
+    text = page.text_content("#formula")
+    assert "16×3×3 = 144 terms" in text and "BatchNorm" in text and "relu" in text
+    assert not page.errors, page.errors
+
+
+def test_choosing_a_class_shows_its_explanation_overlays(page, server):
+    open_page(page, server + "/?model=tiny")
+    page.locator('.scorebar[data-class="3"]').click()
+    page.wait_for_function("document.querySelectorAll('.why-card[data-done], .why-card .error').length === 6",
+                           timeout=60_000)
+    card = page.locator('.why-card[data-method="gradcam"]')
+    assert re.search(r"deletion 0\.\d{3} · insertion 0\.\d{3}", card.text_content())
+    pixels = card.locator("canvas").evaluate(
+        "c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        " return new Set(Array.from(d).filter((_, i) => i % 4 === 0)).size }")
+    assert pixels > 20  # an overlay, not a blank canvas
+    assert page.locator(".why-card .error").count() == 0 and not page.errors, page.errors
+
+
+def test_static_export_opens_from_file_and_shows_the_same_overview(page, server, trained_run, tmp_path):
+    from cnnkit.serve import load_models
+    from cnnkit.serve.explore import Explorer, export_site
+
+    open_page(page, server + "/?model=tiny")
+    live = page.evaluate("[...document.querySelectorAll('.col')].map(c => c.dataset.node + ':' +"
+                         " [...c.querySelectorAll('canvas.ch')].map(x => x.dataset.channel).join(','))")
+    live_image, live_class = page.evaluate("[document.body.dataset.image, document.body.dataset.predicted]")
+    m = load_models([f"tiny={trained_run.run_dir}"], device="cpu")["tiny"]
+    site = export_site(Explorer(m), tmp_path / "site", images=1)
+    page.goto(site.resolve().as_uri())
+    page.wait_for_selector("body[data-ready]", timeout=60_000)
+    static = page.evaluate("[...document.querySelectorAll('.col')].map(c => c.dataset.node + ':' +"
+                           " [...c.querySelectorAll('canvas.ch')].map(x => x.dataset.channel).join(','))")
+    assert page.evaluate("[document.body.dataset.image, document.body.dataset.predicted]") == [live_image, live_class]
+    assert static == live and len(static) > 30
+    page.locator('canvas.ch[data-node="layer1_0_0"]').first.click()  # the elastic view works offline too
+    page.wait_for_function("document.body.dataset.detail && document.body.dataset.detail.startsWith('layer1_0_0')")
+    hover_output(page, 0.5, 0.5)
+    assert float(page.text_content("#dot-value")) == pytest.approx(torch_value(page), abs=2e-5)
+    assert not page.errors, page.errors
+
+
+@pytest.mark.parametrize("family", [f.replace("_", "-") for f in BROWSER_FAMILIES])
+def test_each_family_draws_and_opens_a_convolution(page, server, family, sample_train, tmp_path):
+    open_page(page, f"{server}/?model={family}")
+    # these checkpoints take 3×32×32 (64 for TinyVGG): the sample's test images do not fit them, so the gallery
+    # says why it is empty, and an uploaded image is explored instead
+    assert "no gallery" in page.text_content("#gallery")
+    png = tmp_path / "coat.png"
+    Image.fromarray(sample_train.images[3, 0].numpy(), "L").save(png)
+    page.set_input_files("#file", str(png))
+    page.wait_for_function("document.body.dataset.image")
+    graph_nodes = page.evaluate("fetch('/v1/models/' + new URLSearchParams(location.search).get('model') +"
+                                " '/explore/graph').then(r => r.json()).then(g => g.nodes.length)")
+    assert page.locator("#columns .col").count() == graph_nodes + 1  # every layer and the softmax
+    conv = page.locator('.col .kind:text-matches("^conv")').first.locator("xpath=..").get_attribute("data-node")
+    page.locator(f'canvas.ch[data-node="{conv}"]').first.click()
+    page.wait_for_function(f"document.body.dataset.detail && document.body.dataset.detail.startsWith('{conv}:')")
+    hover_output(page, 0.5, 0.5)
+    assert float(page.text_content("#dot-value")) == pytest.approx(torch_value(page), abs=2e-5)
+    assert not page.errors, page.errors
