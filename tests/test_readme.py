@@ -203,6 +203,7 @@ SHORTEN: dict[str, list[tuple[str, str | None]]] = {
                  ("--repeats", "3")],
     "bench": [("--repeats", "3")],
     "models info": [("--no-timing", None)],
+    "explore": [("--images", "1")],  # the static export: 1 image, not 8 (six explanations of two classes each)
 }
 # Also: `bench` and `compress` measure each model's peak memory in a fresh Python process (seconds each);
 # here that measurement is stubbed (tests/test_deploy.py covers it).

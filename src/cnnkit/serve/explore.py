@@ -268,7 +268,7 @@ def export_site(ex: Explorer, out: str | Path, images: int = 8, topk: int = DEFA
     most `max_detail_floats` values), and the explanations of the predicted and true class."""
     from cnnkit.artifacts import atomic_write_text, claim_dir
 
-    gallery = ex.gallery(max(images, 1))
+    gallery = ex.gallery()
     chosen = gallery["images"][:images]
     if not chosen:
         raise ExplainError(f"nothing to export: {gallery.get('note') or 'the gallery is empty'}")
