@@ -387,7 +387,7 @@ function convView(box, node, channel, d) {
     drawMap(k, w.data.subarray(c * kh * kw, (c + 1) * kh * kw), kh, kw, Math.min(wl, -1e-9), Math.max(wh, 1e-9));
     kernels.append(k);
   }
-  const groupNote = d.groups > 1 ? (d.groups === cin * d.groups && cin === 1
+  const groupNote = d.groups > 1 ? (cin === 1
     ? `depthwise: group ${d.group} of ${d.groups} reads input channel ${d.input_channels[0]} only`
     : `grouped: group ${d.group} of ${d.groups} reads input channels ${d.input_channels[0]}–${d.input_channels[cin - 1]}`)
     : `reads all ${cin} input channels`;
@@ -397,7 +397,7 @@ function convView(box, node, channel, d) {
   const outBox = mapBox(out.data, oh, ow, "output (hover a pixel)");
   const formula = el("div", { id: "formula", text: "Hover a pixel of the output to write out its dot product." });
   box.append(el("div", { class: "panel" }, el("b", { text: `Input channels (${cin}${cin > shown ? `, first ${shown} shown` : ""}) · ${groupNote}` }), inputs,
-                el("b", { text: `Kernel slices ${kh}×${kw}, stride ${sh}, padding ${ph}${dh > 1 ? `, dilation ${dh}` : ""}` }), kernels),
+                el("b", { text: `Kernel slices ${kh}×${kw}, stride ${sh}, padding ${ph}${d.padding_mode !== "zeros" ? ` (${d.padding_mode})` : ""}${dh > 1 ? `, dilation ${dh}` : ""}` }), kernels),
              el("div", { class: "panel" }, el("b", { text: `Output ${oh}×${ow}` }), outBox),
              el("div", { class: "panel" }, formula));
   if (bn) {
@@ -406,14 +406,22 @@ function convView(box, node, channel, d) {
       el("div", { text: `w′ = w · γ/√(σ²+ε) = w · ${fmt(scale)}` }),
       el("div", { text: `b′ = (b − μ) · γ/√(σ²+ε) + β = ${fmt((d.bias - bn.mean) * scale + bn.beta)}` })));
   }
+  // where a window position outside the input reads from, by the layer's padding mode (-1: a zero)
+  const pad = (i, n) => {
+    if (i >= 0 && i < n) return i;
+    if (d.padding_mode === "reflect") return i < 0 ? -i : 2 * (n - 1) - i;
+    if (d.padding_mode === "replicate") return i < 0 ? 0 : n - 1;
+    if (d.padding_mode === "circular") return ((i % n) + n) % n;
+    return -1;
+  };
   hoverPixel(outBox, oh, ow, (oy, ox) => {
     const y0 = oy * sh - ph, x0 = ox * sw - pw;
     inBoxes.forEach((b) => showWindow(b, H, W, y0, x0, (kh - 1) * dh + 1, (kw - 1) * dw + 1));
     let sum = 0;
     const terms = [];
     for (let c = 0; c < cin; c++) for (let ky = 0; ky < kh; ky++) for (let kx = 0; kx < kw; kx++) {
-      const iy = y0 + ky * dh, ix = x0 + kx * dw;
-      const v = iy >= 0 && iy < H && ix >= 0 && ix < W ? x.data[(c * H + iy) * W + ix] : 0;  // zero padding
+      const iy = pad(y0 + ky * dh, H), ix = pad(x0 + kx * dw, W);
+      const v = iy >= 0 ? x.data[(c * H + iy) * W + ix] : 0;
       const wt = w.data[(c * kh + ky) * kw + kx];
       sum += v * wt;
       if (terms.length < 18) terms.push(`${fmt(v, 3)}×${fmt(wt, 3)}`);
