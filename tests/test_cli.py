@@ -125,7 +125,7 @@ def test_help_exits_zero(capsys):
 def test_train_lr_find_proposes_a_rate_and_trains_nothing(tmp_path, capsys):
     out = tmp_path / "lrf"
     code, stdout, err = run(capsys, "train", "--lr-find", "--model", "resnet9", "--model-kw", "width=8", "--data",
-                            "sample", "--batch-size", "128", "--out", str(out), "--quiet")
+                            "sample", "--batch-size", "32", "--out", str(out), "--quiet")
     assert code == 0, err
     proposed = re.search(r"--lr (\S+)", stdout)
     assert proposed and 1e-4 < float(proposed.group(1)) < 1.0

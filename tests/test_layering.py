@@ -12,15 +12,16 @@ IMPORT = re.compile(r"^\s*(?:from|import)\s+cnnkit\.(\w+)", re.MULTILINE)
 
 # package -> the cnnkit packages it must never import
 FORBIDDEN = {
-    "artifacts": {"data", "train", "evaluate", "explain", "compress", "deploy", "report", "serve", "cli"},
-    "models": {"artifacts", "data", "train", "evaluate", "explain", "compress", "deploy", "report", "serve", "cli"},
-    "data": {"train", "evaluate", "explain", "compress", "deploy", "report", "serve", "cli"},
-    "report": {"train", "evaluate", "explain", "compress", "deploy", "serve", "cli"},
-    "evaluate": {"train", "explain", "compress", "deploy", "serve", "cli"},
-    "deploy": {"train", "explain", "compress", "serve", "cli"},
-    "train": {"explain", "compress", "deploy", "serve", "cli"},
-    "explain": {"train", "compress", "deploy", "serve", "cli"},
-    "serve": {"train", "compress", "cli"},
+    "artifacts": {"data", "train", "evaluate", "explain", "compress", "deploy", "report", "serve", "cli", "represent"},
+    "models": {"artifacts", "data", "train", "evaluate", "explain", "compress", "deploy", "report", "serve", "cli", "represent"},
+    "data": {"train", "evaluate", "explain", "compress", "deploy", "report", "serve", "cli", "represent"},
+    "report": {"train", "evaluate", "explain", "compress", "deploy", "serve", "cli", "represent"},
+    "evaluate": {"train", "explain", "compress", "deploy", "serve", "cli", "represent"},
+    "deploy": {"train", "explain", "compress", "serve", "cli", "represent"},
+    "train": {"explain", "compress", "deploy", "serve", "cli", "represent"},
+    "explain": {"train", "compress", "deploy", "serve", "cli", "represent"},
+    "serve": {"train", "compress", "cli", "represent"},
+    "represent": {"compress", "deploy", "explain", "serve", "cli"},
 }
 
 

@@ -203,7 +203,10 @@ SHORTEN: dict[str, list[tuple[str, str | None]]] = {
                  ("--repeats", "3")],
     "bench": [("--repeats", "3")],
     "models info": [("--no-timing", None)],
-    "explore": [("--images", "1")],  # the static export: 1 image, not 8 (six explanations of two classes each)
+    "explore": [("--images", "1")],
+    "pretrain": [("--epochs", "1"), ("--train-images", "300"), ("--quiet", None)],
+    "features": [("--limit", "50")],
+    "probe": [("--train-images", "200"), ("--test-images", "100"), ("--epochs", "2"), ("--quiet", None)],  # the static export: 1 image, not 8 (six explanations of two classes each)
 }
 # Also: `bench` and `compress` measure each model's peak memory in a fresh Python process (seconds each);
 # here that measurement is stubbed (tests/test_deploy.py covers it).
@@ -270,6 +273,7 @@ PLACEHOLDERS: dict[str, str] = {
     "more_photos": "a folder of two JPEG sample images of other sizes",
     "photos": "an image folder: 3 classes × 20 real sample images of mixed sizes and modes",
     "resnet18-f37072fd.pth": "torchvision's resnet18 state dict, randomly initialized (nothing downloaded)",
+    "runs/rotnet": "cnnkit pretrain: nin4 width 0.25, 1 epoch on 300 sample images",
 }
 OUTPUT_OPTIONS = {"--out", "--json"}  # their values are written, never read
 
@@ -292,7 +296,7 @@ class Placeholders:
             "runs/fmnist": self._fmnist, "runs/cluttered": self._cluttered, "fmnist.onnx": self._onnx,
             "fmnist.pt2": self._pt2, "compressed": self._compressed, "shirt.png": self._shirt_png,
             "shirt.jpg": self._shirt_jpg, "shoes": self._shoes, "more_photos": self._more_photos,
-            "photos": self._photos, "resnet18-f37072fd.pth": self._resnet18,
+            "photos": self._photos, "resnet18-f37072fd.pth": self._resnet18, "runs/rotnet": self._rotnet,
         }
         assert self.makers.keys() == PLACEHOLDERS.keys()
 
@@ -325,6 +329,10 @@ class Placeholders:
     def _fmnist(self, at: Path) -> None:
         run_cli("train", "--model", "resnet9", "--model-kw", "width=8", "--data", "sample", "--epochs", "1",
                 "--train-images", "500", "--keep-epoch", "1", "--out", at, "--quiet")
+
+    def _rotnet(self, at: Path) -> None:
+        run_cli("pretrain", "--model", "nin4", "--model-kw", "width=0.25", "--data", "sample", "--epochs", "1",
+                "--train-images", "300", "--out", at, "--quiet")
 
     def _cluttered(self, at: Path) -> None:
         run_cli("train", "--model", "resnet9", "--model-kw", "width=8", "--data", "cluttered-sample", "--epochs",

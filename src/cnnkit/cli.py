@@ -147,6 +147,9 @@ def train(
     early_stopping: Optional[int] = typer.Option(None, help="Patience in epochs (0 = off)."),
     val_fraction: Optional[float] = typer.Option(None, help="Share of train held out for validation."),
     train_images: Optional[int] = typer.Option(None, help="Train on a stratified subset of this many images."),
+    train_images_per_class: Optional[int] = typer.Option(
+        None, min=1, help="Train on this many images of each class (seeded): few labels, e.g. with --init-from "
+                          "a `cnnkit pretrain` run."),
     tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Flip test-time augmentation in validation."),
     keep_epoch: Optional[list[int]] = typer.Option(None, help="Also keep the weights after this epoch as "
                                                          "RUN/epoch-NNNN.safetensors (repeatable)."),
@@ -187,7 +190,8 @@ def train(
                    warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, ema=ema,
                    augment=augment_options or None, amp=amp, channels_last=channels_last, compile=compile,
                    grad_clip=grad_clip, early_stopping=early_stopping, val_fraction=val_fraction,
-                   train_images=train_images, tta=tta, keep_epochs=keep_epoch or None,
+                   train_images=train_images, train_images_per_class=train_images_per_class, tta=tta,
+                   keep_epochs=keep_epoch or None,
                    seed=seed, deterministic=deterministic, device=device, threads=threads, download=download,
                    strict=strict, img_size=parse_img_size(img_size), test_fraction=test_fraction)
     if lr_find:
@@ -202,6 +206,62 @@ def train(
                       "best val acc": result.best_val_acc if result.best_val_acc is not None else "n/a (no val split)",
                       "stopped early": result.stopped_early, "seconds": f"{result.seconds:.1f}",
                       "best checkpoint": result.best_checkpoint})
+
+
+@app.command()
+def pretrain(
+    method: str = typer.Option("rotnet", help="The self-supervised task: rotnet (Gidaris et al. 2018)."),
+    model: str = typer.Option("nin4", help="Model name (see `cnnkit models list`); RotNet's paper used nin4."),
+    data: str = typer.Option("sample", help="sample, fashion-mnist, mnist, cifar10 or imagefolder:<dir>; its "
+                                            "labels are not used."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data root (default $CNNKIT_DATA, else ~/.cache/cnnkit/data)."),
+    rotations: int = typer.Option(4, help="4 (0/90/180/270°) or 2 (0/180°, the paper's ablation)."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Epochs (default from the recipe)."),
+    budget: Optional[str] = typer.Option(None, help="Train to a time budget instead of --epochs, e.g. 3m."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<model>-<data>-rotnet)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory where it stopped."),
+    overwrite: bool = typer.Option(False, help="Replace an existing run in --out."),
+    model_kw: Optional[list[str]] = typer.Option(None, "--model-kw", help="Model option key=value (repeatable)."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Images per step, each in every rotation "
+                                                               "(default from the model's recipe)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
+    train_images: Optional[int] = typer.Option(None, help="Pretrain on a subset of this many images."),
+    val_fraction: Optional[float] = typer.Option(None, help="Share held out to measure rotation accuracy."),
+    amp: Optional[str] = typer.Option(None, help="auto (bf16 where native), bf16, fp16 or off."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (default 0)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda[:N]."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (0 = torch default)."),
+    img_size: Optional[str] = typer.Option(None, help="imagefolder: resize images to N×N."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Learn features without labels: RotNet trains the model to tell each image's rotation."""
+    if method != "rotnet":
+        raise ConfigError(f"unknown pretraining method {method!r}; choose rotnet")
+    if rotations not in (2, 4):
+        raise ConfigError(f"--rotations must be 2 (0/180°) or 4 (0/90/180/270°), got {rotations}")
+    model_kwargs = parse_kv(model_kw)
+    _check_early(model=model, model_kwargs=model_kwargs, device=device, amp=amp)
+    from cnnkit.train.budget import parse_budget
+
+    budget_s = parse_budget(budget)
+    if budget_s is not None and epochs is not None:
+        raise ConfigError("give --epochs or --budget, not both: a budget plans the epochs itself")
+    from cnnkit.train import fit
+
+    default_out = Path("runs") / f"{model.replace('/', '-')}-{data.split(':')[0]}-rotnet"
+    options = dict(model=model, data=data, data_dir=str(data_dir) if data_dir else None, epochs=epochs,
+                   budget=budget_s, out=str(out or default_out), model_kwargs=model_kwargs or None,
+                   batch_size=batch_size, lr=lr, train_images=train_images, val_fraction=val_fraction, amp=amp,
+                   seed=seed, device=device, threads=threads, img_size=parse_img_size(img_size),
+                   pretext=method, rotations=rotations)
+    if resume is not None:  # the saved run decides everything else (its model, data, rotations, recipe)
+        options = {k: options[k] for k in ("epochs", "device", "threads", "data_dir")}
+    result = fit(resume=resume, overwrite=overwrite, progress=not quiet, **options)
+    last = result.history[-1]
+    summary("pretrain", {"run": result.run_dir, "method": f"rotnet, {rotations} rotations", "model": model,
+                         "data": data, "epochs": int(last["epoch"]), "rotation acc (train)": last["train_acc"],
+                         "rotation acc (val)": result.best_val_acc if result.best_val_acc is not None else "n/a",
+                         "seconds": f"{result.seconds:.1f}", "checkpoint": result.best_checkpoint})
 
 
 def _lr_find(options: dict[str, Any], out: Path | None) -> None:
@@ -494,6 +554,77 @@ def explore_cmd(
                      soft_wrap=True)
 
     serve(models, host, port, ServeOptions(token=token), on_ready=ready, sock=sock)
+
+
+@app.command("features")
+def features_cmd(
+    checkpoint: Path = typer.Option(..., help="Run directory (its best checkpoint) or a .safetensors file."),
+    out: Path = typer.Option(..., help="The .safetensors file to write: one tensor per layer, and labels."),
+    data: Optional[str] = typer.Option(None, help="Dataset (default: the checkpoint's own); its labels are saved."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data root (default $CNNKIT_DATA, else ~/.cache/cnnkit/data)."),
+    layer: str = typer.Option("blocks", help="blocks (the output of every block), a module name, or several, "
+                                             "comma-separated."),
+    pool: str = typer.Option("avg", help="avg or max (global, one value per channel), avg3 (a 3×3 grid of "
+                                         "averages), or none (the maps)."),
+    split: str = typer.Option("test", help="train or test."),
+    limit: Optional[int] = typer.Option(None, min=1, help="A stratified subset of this many images."),
+    batch_size: int = typer.Option(256, min=1, help="Images per forward pass."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Frozen features of a network's layers, with the images' labels, in one safetensors file."""
+    _check_early(device=device)
+    if split not in ("train", "test"):
+        raise ConfigError(f"--split must be train or test, got {split!r}")
+    if pool not in ("avg", "max", "avg3", "none"):
+        raise ConfigError(f"--pool must be avg, max, avg3 or none, got {pool!r}")
+    from cnnkit.represent import features, save_features
+
+    f = features(checkpoint, data, layer, pool, split, data_dir, batch_size, device, limit, progress=not quiet)
+    path = save_features(f, out)
+    summary("features", {"file": path, "images": len(f.labels), "data": f"{f.data} ({split})",
+                         **{n: "×".join(map(str, t.shape[1:])) for n, t in f.layers.items()}})
+
+
+@app.command("probe")
+def probe_cmd(
+    checkpoint: list[Path] = typer.Option(..., help="Run directory or .safetensors file (repeatable: a RotNet run "
+                                                    "and a supervised one in one table)."),
+    data: Optional[str] = typer.Option(None, help="Dataset to probe on (default: the first checkpoint's own)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data root (default $CNNKIT_DATA, else ~/.cache/cnnkit/data)."),
+    layer: str = typer.Option("blocks", help="blocks (every block), a module name, or several, comma-separated."),
+    head: str = typer.Option("linear", help="linear, svm, knn, mlp or conv; several comma-separated."),
+    pool: str = typer.Option("avg3", help="Pooling for linear, svm, knn and mlp: avg3 (a 3×3 grid of averages), "
+                                          "avg or max (global), or none (the maps, flattened)."),
+    train_images_per_class: Optional[int] = typer.Option(None, min=1, help="Train the probes on K images per class."),
+    train_images: Optional[int] = typer.Option(None, min=1, help="Train the probes on a subset of this many."),
+    test_images: Optional[int] = typer.Option(None, min=1, help="Score on a subset of this many test images."),
+    random_init: bool = typer.Option(False, "--random-init", help="Add the first checkpoint's architecture at "
+                                                                  "random initialization as a baseline."),
+    pixels: bool = typer.Option(False, "--pixels", help="Add the heads on raw pixels as a baseline."),
+    epochs: int = typer.Option(30, min=1, help="Epochs of the mlp and conv heads."),
+    out: Optional[Path] = typer.Option(None, help="Folder for probe.json and probe.md."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    seed: int = typer.Option(0, help="Seed of the subsets and the heads."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """How good frozen features are: a classifier per layer on top of them, scored on the test split."""
+    _check_early(device=device)
+    _check_out_folder(out)
+    from cnnkit.represent import probe
+
+    heads = [h.strip() for h in head.split(",") if h.strip()]
+    rows = probe([str(c) for c in checkpoint], data, layer, heads, pool, data_dir, train_images_per_class,
+                 train_images, test_images, random_init, pixels, epochs, device, seed, out, progress=not quiet)
+    t = Table(title="probes on frozen features (test accuracy)", title_justify="left")
+    for col in ("source", "layer", "head", "test acc", "train acc", "dims"):
+        t.add_column(col, justify="right" if col in ("test acc", "train acc", "dims") else "left")
+    for r in rows:
+        t.add_row(r.source, r.layer, r.head, f"{100 * r.test_acc:.2f}",
+                  "—" if r.train_acc != r.train_acc else f"{100 * r.train_acc:.2f}", str(r.dims))
+    stdout.print(t)
+    if out is not None:
+        summary("probe", {"table": out / "probe.md", "json": out / "probe.json"})
 
 
 @app.command("visualize")

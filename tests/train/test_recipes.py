@@ -17,6 +17,7 @@ FAMILIES = {
     "mobilenet": ("mobilenet_v2_mini", {"width": 0.25}),
     "convnext": ("convnext_mini", {"dims": [16, 32, 64, 128], "depths": [1, 1, 2, 1]}),
     "inception_next": ("inception_next_mini", {"dims": [16, 32, 64, 128], "depths": [1, 1, 2, 1]}),
+    "nin": ("nin3", {"width": 0.125}),
 }
 
 

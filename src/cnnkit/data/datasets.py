@@ -84,6 +84,16 @@ class ImageData:
                          boxes=None if self.boxes is None else self.boxes[index])
 
 
+def per_class_subset(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:
+    """Indices of `per_class` images of each class (all of a smaller class), chosen by `seed`, sorted."""
+    g = torch.Generator().manual_seed(seed)
+    keep = []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        keep.append(idx[torch.randperm(len(idx), generator=g)][:per_class])
+    return torch.sort(torch.cat(keep)).values
+
+
 def train_val_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Stratified, seed-deterministic split of indices into (train, val); with a positive `val_fraction`
     every class of two or more images gives at least one to val (and keeps at least one)."""

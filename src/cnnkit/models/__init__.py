@@ -4,6 +4,7 @@ from cnnkit.models import (  # noqa: F401  (register the families)
     imagenet,
     inception_small,
     modern_small,
+    nin,
     resnet_small,
     tinyvgg,
     vgg_small,

@@ -50,6 +50,9 @@ class TrainConfig:
     init_from: str | None = None  # weight file (timm, torchvision or cnnkit) to start from
     early_stopping: int = 0  # stop after this many epochs without validation improvement; 0 turns it off
     train_images: int | None = None  # train on a stratified, seeded subset of this many images
+    train_images_per_class: int | None = None  # train on this many images of each class (seeded): few labels
+    pretext: str | None = None  # a self-supervised task instead of the labels: 'rotnet' (`cnnkit pretrain`)
+    rotations: int = 4  # rotnet: 4 (0/90/180/270°) or 2 (0/180°, the paper's ablation)
     val_fraction: float = 0.1  # share of the training split held out (stratified, by seed) for validation
     tta: bool = False  # flip test-time augmentation when validating
     keep_epochs: list[int] = field(default_factory=list)  # also save the weights after these epochs (epoch-NNNN)
@@ -82,6 +85,12 @@ class TrainConfig:
             (0.0 <= self.label_smoothing < 1.0, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
             (self.train_images is None or self.train_images > 0,
              f"train_images must be positive, got {self.train_images}"),
+            (self.train_images_per_class is None or (isinstance(self.train_images_per_class, int)
+                                                     and not isinstance(self.train_images_per_class, bool)
+                                                     and self.train_images_per_class > 0),
+             f"images per class must be a positive whole number, got {self.train_images_per_class!r}"),
+            (self.pretext in (None, "rotnet"), f"pretext task must be rotnet, got {self.pretext!r}"),
+            (self.rotations in (2, 4), f"rotations must be 2 (0/180°) or 4 (0/90/180/270°), got {self.rotations!r}"),
             (0.0 <= self.val_fraction < 1.0, f"validation fraction must be in [0, 1), got {self.val_fraction}"),
             (0.0 < self.test_fraction < 1.0, f"test fraction must be in (0, 1), got {self.test_fraction}"),
             (self.img_size is None or (isinstance(self.img_size, int) and self.img_size > 0)

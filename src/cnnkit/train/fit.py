@@ -27,7 +27,8 @@ from timm.utils import ModelEmaV3
 
 from cnnkit.artifacts import (OutputDir, RunLock, atomic_write_text, claim_dir, load_state_into, read_meta,
                               repair_sidecar, save_checkpoint)
-from cnnkit.data import BatchLoader, ImageData, Normalize, channel_stats, load_dataset, train_val_split
+from cnnkit.data import (BatchLoader, ImageData, Normalize, channel_stats, load_dataset, per_class_subset,
+                         train_val_split)
 from cnnkit.errors import CheckpointError, ConfigError, TrainingDiverged
 from cnnkit.evaluate.loop import evaluate_loader
 from cnnkit.models import create
@@ -35,6 +36,7 @@ from cnnkit.models.layers import MultiSampleDropout, ScheduledDropBlock
 from cnnkit.models.weights import load_pretrained
 from cnnkit.runtime import autocast, autocast_dtype, pick_device, seed_everything, set_threads
 from cnnkit.train.config import LONG_RECIPE_MIN_EPOCHS, TrainConfig, resolve_config
+from cnnkit.train.pretext import ROTATION_NAMES, rotate_batch
 from cnnkit.train.progress import TrainProgress
 from cnnkit.train.state import load_train_state, save_train_state
 
@@ -272,6 +274,8 @@ def measure_pace(run: "_Run", min_steps: int = 4, max_steps: int = 30) -> tuple[
     deadline = time.perf_counter() + 0.02 * (cfg.budget or 0)
     for i, (x, y) in enumerate(run.train_loader):
         t = time.perf_counter()
+        if cfg.pretext:
+            x, y = rotate_batch(x, cfg.rotations)
         with autocast(run.device, run.amp):
             logits = stepper(x)
         loss = F.cross_entropy(logits.float(), y if y.ndim == 1 else y.float())
@@ -292,7 +296,7 @@ def measure_pace(run: "_Run", min_steps: int = 4, max_steps: int = 30) -> tuple[
         t = time.perf_counter()
         with torch.no_grad(), autocast(run.device, run.amp):
             for n, (x, _) in enumerate(run.val_loader):
-                model(x)
+                model(rotate_batch(x, cfg.rotations)[0] if cfg.pretext else x)
                 if cfg.tta:
                     model(x.flip(3))
                 if n == 1:
@@ -383,6 +387,13 @@ class _Run:
         if cfg.train_images is not None and cfg.train_images < len(self.train_set):
             _, keep = train_val_split(self.train_set.labels, cfg.train_images / len(self.train_set), cfg.seed)
             self.train_set = self.train_set.subset(keep, "train")
+        if cfg.train_images_per_class is not None:  # few labels: K of each class
+            self.train_set = self.train_set.subset(
+                per_class_subset(self.train_set.labels, cfg.train_images_per_class, cfg.seed), "train")
+        if cfg.pretext == "rotnet" and cfg.rotations == 4 and self.full.img_size[0] != self.full.img_size[1]:
+            h, w = self.full.img_size
+            raise ConfigError(f"RotNet with 4 rotations needs square images, these are {h}×{w}; give --img-size N "
+                              f"or --rotations 2 (0° and 180°)")
         if len(self.train_set) == 0:
             raise ConfigError(f"{cfg.data}: no training images left after holding out the validation split")
         self.mean, self.std = channel_stats(self.train_set.images)
@@ -390,7 +401,8 @@ class _Run:
 
     def _build_model(self) -> None:
         cfg, full = self.cfg, self.full
-        model = create(cfg.model, num_classes=full.num_classes, in_chans=full.in_chans, img_size=full.img_size,
+        classes = cfg.rotations if cfg.pretext else full.num_classes  # RotNet: a head over the rotations
+        model = create(cfg.model, num_classes=classes, in_chans=full.in_chans, img_size=full.img_size,
                        **cfg.model_kwargs)
         if cfg.init_from and not self.resuming:
             report = load_pretrained(model, cfg.init_from)
@@ -546,6 +558,8 @@ class _Run:
                 break
             for block in self.drop_blocks:  # DropBlock's rate grows linearly over the run
                 block.set_progress(step / self.total_steps)
+            if cfg.pretext:  # the labels are not used: every image in each rotation, labelled by its rotation
+                x, y = rotate_batch(x, cfg.rotations)
             with autocast(device, self.amp):
                 logits = self.step_model(x)
             loss = self.criterion(logits, y)
@@ -610,9 +624,27 @@ class _Run:
     def evaluate(self) -> dict[str, float]:
         if self.val_loader is None:
             return {}
+        if self.cfg.pretext:
+            return self._evaluate_pretext()
         probs, labels = evaluate_loader(self.eval_model, self.val_loader, self.device, self.amp, self.cfg.tta)
         return {"val_loss": float(F.nll_loss(probs.clamp_min(1e-12).log(), labels)),
                 "val_acc": float((probs.argmax(1) == labels).float().mean())}
+
+    def _evaluate_pretext(self) -> dict[str, float]:
+        """Rotation loss and accuracy on the validation images, each in all its rotations."""
+        model = self.eval_model
+        was = model.training
+        model.eval()
+        loss, correct, n = 0.0, 0, 0
+        with torch.no_grad(), autocast(self.device, self.amp):
+            for x, _ in self.val_loader:
+                x, y = rotate_batch(x, self.cfg.rotations)
+                logits = model(x).float()
+                loss += float(F.cross_entropy(logits, y, reduction="sum"))
+                correct += int((logits.argmax(1) == y).sum())
+                n += len(y)
+        model.train(was)
+        return {"val_loss": loss / n, "val_acc": correct / n}
 
     # -- checkpoint -----------------------------------------------------------------------------------------
     def checkpoint(self, epoch: int, metrics: dict[str, float]) -> None:
@@ -630,6 +662,10 @@ class _Run:
         meta = _checkpoint_meta(self.cfg, self.full, self.fingerprint, self.mean, self.std, epoch + 1, metrics,
                                 self.ema is not None)
         meta["precision"], meta["layout"] = self.precision, self.layout_note
+        if self.cfg.pretext:  # the head predicts rotations; the dataset's classes are kept for the record
+            meta["pretext"] = {"method": self.cfg.pretext, "rotations": self.cfg.rotations,
+                               "data_classes": meta["classes"]}
+            meta["classes"] = ROTATION_NAMES[self.cfg.rotations]
         if improved:
             save_checkpoint(d / "best.safetensors", self.eval_model, meta)
         state_name = f"state-e{epoch + 1:04d}.safetensors"

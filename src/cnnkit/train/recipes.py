@@ -98,6 +98,11 @@ FAMILY_RECIPES: dict[str, FamilyRecipe] = {r.name: r for r in [
         "the paper's optimizer, rate, eps and clipping, at batch 64; cosine after 1 warm-up epoch instead of "
         "the exponential decay", ("inception",)),
     FamilyRecipe(
+        "nin", _sgd(128, 0.1, 5e-4),
+        "Gidaris et al. 2018 (RotNet's NIN on CIFAR-10): SGD, momentum 0.9, lr 0.1 at batch 128, weight decay "
+        "5e-4, lr ×0.2 at epochs 30, 60 and 80 of 100",
+        "the paper's optimizer, batch, rate and weight decay; one-cycle instead of the steps", ("nin",)),
+    FamilyRecipe(
         "generic", _adamw(128, 1e-3, 0.05, clip=1.0),
         "no family recipe: a conservative default for models cnnkit has no paper recipe for",
         "AdamW, lr 1e-3, weight decay 0.05, warm-up and cosine, gradient clipping at norm 1", ()),

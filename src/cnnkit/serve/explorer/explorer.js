@@ -421,7 +421,7 @@ function convView(box, node, channel, d) {
     const terms = [];
     for (let c = 0; c < cin; c++) for (let ky = 0; ky < kh; ky++) for (let kx = 0; kx < kw; kx++) {
       const iy = pad(y0 + ky * dh, H), ix = pad(x0 + kx * dw, W);
-      const v = iy >= 0 ? x.data[(c * H + iy) * W + ix] : 0;
+      const v = iy >= 0 && ix >= 0 ? x.data[(c * H + iy) * W + ix] : 0;
       const wt = w.data[(c * kh + ky) * kw + kx];
       sum += v * wt;
       if (terms.length < 18) terms.push(`${fmt(v, 3)}×${fmt(wt, 3)}`);
