@@ -32,10 +32,10 @@ def mnist_folder(out: Path) -> Path:
 
     csv = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
     rows = np.loadtxt(gzip.open(csv, "rt"), delimiter=",", dtype=np.int64)
-    for i, row in enumerate(rows):  # label, then 784 pixels
-        d = out / str(row[0])
+    for i, row in enumerate(rows):  # 784 pixels, then the label
+        d = out / str(row[-1])
         d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(row[1:].reshape(28, 28).astype(np.uint8), "L").save(d / f"{i:04d}.png")
+        Image.fromarray(row[:784].reshape(28, 28).astype(np.uint8), "L").save(d / f"{i:04d}.png")
     return out
 
 
