@@ -199,8 +199,9 @@ SHORTEN: dict[str, list[tuple[str, str | None]]] = {
     "demo": [("--epochs", "1"), ("--quiet", None)],
     "explain --benchmark": [("--limit", "10"), ("--method", "gradcam,eigencam")],  # all methods: minutes
     "visualize": [("--steps", "5")],
+    # --no-onnx: the ONNX and ONNX Runtime int8 files of every variant are covered by tests/test_compress.py
     "compress": [("--finetune-epochs", "0.05"), ("--train-images", "300"), ("--calibration", "64"),
-                 ("--repeats", "3")],
+                 ("--repeats", "3"), ("--no-onnx", None)],
     "bench": [("--repeats", "3")],
     "models info": [("--no-timing", None)],
     "explore": [("--images", "1")],

@@ -87,7 +87,7 @@ def test_resumed_pretraining_continues_exactly(tmp_path):
     from cnnkit.train import fit
     from tests.train.test_fit import stop_after
 
-    opts = dict(ROT, epochs=2, deterministic=True, seed=3, val_fraction=0.1)
+    opts = dict(ROT, epochs=2, deterministic=True, seed=3, val_fraction=0.1, train_images=150)
     straight = fit(**opts, out=str(tmp_path / "a"))
     with pytest.raises(KeyboardInterrupt):
         fit(**opts, out=str(tmp_path / "b"), callbacks=[stop_after(1)])
@@ -198,7 +198,7 @@ def test_features_cli_writes_a_file_and_keeps_other_files(rotnet_run, tmp_path, 
     (["features", "--checkpoint", "{run}", "--layer", "blocks.nope", "--out", "{tmp}/x.safetensors"], "no layer"),
     (["features", "--checkpoint", "{run}", "--pool", "median", "--out", "{tmp}/x.safetensors"], "--pool must be"),
     (["probe", "--checkpoint", "{run}", "--head", "forest"], "unknown probe head"),
-    (["train", "--train-images-per-class", "0"], "0"),
+    (["train", "--train-images-per-class", "0"], "greater than or equal to 1"),
 ])
 def test_representation_commands_refuse_bad_input_in_one_line(rotnet_run, tmp_path, capsys, args, says):
     code, _, err = run(capsys, *[a.format(run=rotnet_run.run_dir, tmp=tmp_path) for a in args])
