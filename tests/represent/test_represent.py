@@ -40,7 +40,7 @@ def test_rotations_are_exact_and_labelled_in_order():
 def test_each_batch_holds_every_rotation_of_each_image(monkeypatch, tmp_path):
     import sys
 
-    import cnnkit.train  # noqa: F401
+    import cnnkit.train  # noqa: F401  (imports the module cnnkit.train.fit)
 
     fitmod = sys.modules["cnnkit.train.fit"]  # the module (cnnkit.train.fit as an attribute is the function)
     seen = []
@@ -190,6 +190,9 @@ def test_features_cli_writes_a_file_and_keeps_other_files(rotnet_run, tmp_path, 
     mine.write_bytes(b"not features")
     code, _, err = run(capsys, "features", "--checkpoint", str(rotnet_run.run_dir), "--out", str(mine), "--quiet")
     assert code == 2 and "not a cnnkit features file" in err and mine.read_bytes() == b"not features"
+    code, _, err = run(capsys, "features", "--checkpoint", str(rotnet_run.run_dir), "--quiet",
+                       "--out", str(mine / "under-a-file.safetensors"))
+    assert code == 2 and "is a file, not a folder" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("args,says", [
@@ -203,3 +206,16 @@ def test_features_cli_writes_a_file_and_keeps_other_files(rotnet_run, tmp_path, 
 def test_representation_commands_refuse_bad_input_in_one_line(rotnet_run, tmp_path, capsys, args, says):
     code, _, err = run(capsys, *[a.format(run=rotnet_run.run_dir, tmp=tmp_path) for a in args])
     assert code == 2 and says in err and err.strip().count("\n") == 0 and "Traceback" not in err
+
+
+def test_a_rotnet_run_can_be_explored_with_its_data_in_the_gallery(rotnet_run):
+    """Its head predicts rotations, not the data's classes: the gallery shows the test images, unmarked."""
+    from cnnkit.serve import load_models
+    from cnnkit.serve.explore import Explorer
+
+    ex = Explorer(load_models([f"rot={rotnet_run.run_dir}"], device="cpu", measure_layout=False)["rot"])
+    g = ex.gallery()
+    assert len(g["images"]) == 24 and g["classes"][0] == "T-shirt/top"
+    assert all(i["correct"] is None for i in g["images"])
+    ov = ex.overview(g["images"][0]["id"])
+    assert len(ov["probabilities"]) == 4  # the rotation head

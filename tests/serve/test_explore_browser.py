@@ -141,7 +141,7 @@ def test_elastic_view_shows_pytorchs_numbers(page, server, trained_run):
         ckpt.model(x)
     h1.remove(), h2.remove()
     channel = 5
-    page.locator(f'canvas.ch[data-node="layer2_0_0"]').first.wait_for()
+    page.locator('canvas.ch[data-node="layer2_0_0"]').first.wait_for()
     while not page.locator(f'canvas.ch[data-node="layer2_0_0"][data-channel="{channel}"]').count():
         page.locator('.col[data-node="layer2_0_0"] .pager button').last.click()  # page to the channel
         page.wait_for_timeout(100)

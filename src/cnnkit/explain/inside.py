@@ -84,15 +84,15 @@ class Inside:
         self.nodes: list[Node] = []
         self._alias: dict[str, str] = {}  # a hidden node -> the shown node whose value it carries
         with torch.no_grad():
-            values = self._build(example)
+            self._build(example)
         self.by_id = {n.id: n for n in self.nodes}
         self.output_id = self.nodes[-1].id
-        del values
 
     # ------------------------------------------------------------------------------------------ building
-    def _build(self, x: torch.Tensor) -> dict[str, Any]:
+    def _build(self, x: torch.Tensor) -> None:
         if self.gm is None:
-            return self._build_from_hooks(x)
+            self._build_from_hooks(x)
+            return
         rec = _Recorder(self.gm)
         rec.run(x)
         layout: dict[str, bool] = {}
@@ -120,9 +120,8 @@ class Inside:
             layout[n.name] = last
             node = self._describe(n, module, ins, value, last)
             self._add(node, value)
-        return rec.values
 
-    def _build_from_hooks(self, x: torch.Tensor) -> dict[str, Any]:
+    def _build_from_hooks(self, x: torch.Tensor) -> None:
         """Leaf modules in the order they run, each fed by the one before (no joins known)."""
         order: list[tuple[str, nn.Module, torch.Tensor]] = []
         hooks = []
@@ -148,7 +147,6 @@ class Inside:
             prev = node.id
         if out.shape[1:] != torch.Size(self.nodes[-1].shape):
             self._add(Node("output", "output", "other", "output", [prev], list(out.shape[1:])), out)
-        return {}
 
     def _add(self, node: Node, value: torch.Tensor) -> None:
         if node.channels_last and value.ndim == 4:

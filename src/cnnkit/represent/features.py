@@ -139,6 +139,9 @@ def save_features(f: Features, out: str | os.PathLike) -> Path:
         raise ConfigError(f"--out {path} is a folder; give a file name ending in .safetensors")
     if path.exists() and read_features_meta(path) is None:
         raise ConfigError(f"{path} exists and is not a cnnkit features file; cnnkit replaces only files it wrote")
+    blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise ConfigError(f"cannot write {path}: {blocked} is a file, not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"kind": "features", "checkpoint": f.checkpoint, "data": f.data, "split": f.split, "pool": f.pool,
             "classes": f.classes, "layers": {n: list(t.shape[1:]) for n, t in f.layers.items()}}

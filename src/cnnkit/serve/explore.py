@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import numpy as np
 import torch
 
 from cnnkit.errors import CnnkitError, ExplainError, error_line
@@ -216,30 +215,34 @@ class Explorer:
                 "seconds": time.perf_counter() - t}
 
     def gallery(self, count: int = 24) -> dict[str, Any]:
-        """Up to `count` test images of the run's own dataset, misclassified ones among them and marked."""
+        """Up to `count` test images of the run's own dataset, misclassified ones among them and marked. For a
+        model whose classes are not the data's (a RotNet run predicts rotations) the images are shown unmarked."""
         if self._gallery is not None:
             return self._gallery
         from cnnkit.data.compat import load_checkpoint_data
 
         try:
-            ds = load_checkpoint_data(self.m.ckpt, split="test")
+            ds = load_checkpoint_data(self.m.ckpt, split="test", check=False)
+            if (ds.in_chans, *ds.img_size) != tuple(self.m.input_shape):
+                raise ExplainError(f"{ds.name} ({ds.split}) gives {ds.in_chans}×{ds.img_size[0]}×{ds.img_size[1]} "
+                                   f"images but the model takes {'×'.join(map(str, self.m.input_shape))}")
         except CnnkitError as e:
             self._gallery = {"images": [], "note": f"no gallery: {error_line(e)}"}
             return self._gallery
         n = min(len(ds.images), 512)
-        images = ds.images[:n]
+        images, labels = ds.images[:n], ds.labels[:n]
         with torch.inference_mode():
             pred = torch.cat([self.model(self.m.normalize(images[i:i + 128])).argmax(1).cpu()
                               for i in range(0, n, 128)])
-        labels = ds.labels[:n]
-        wrong = (pred != labels).nonzero().flatten().tolist()[: count // 3]
-        right = (pred == labels).nonzero().flatten().tolist()[: count - len(wrong)]
+        same = list(ds.classes) == list(self.m.classes)
+        wrong = (pred != labels).nonzero().flatten().tolist()[: count // 3] if same else []
+        right = (pred == labels).nonzero().flatten().tolist()[: count - len(wrong)] if same else list(range(count))
         items = []
-        for i in sorted(wrong + right):
+        for i in sorted(wrong + right)[:count]:
             key = self.add_image(images[i].clone(), pin=True)
             items.append({"id": key, "index": i, "label": int(labels[i]), "predicted": int(pred[i]),
-                          "correct": bool(pred[i] == labels[i]), "png": png(images[i])})
-        self._gallery = {"images": items, "data": ds.name if hasattr(ds, "name") else "", "split": "test"}
+                          "correct": bool(pred[i] == labels[i]) if same else None, "png": png(images[i])})
+        self._gallery = {"images": items, "data": ds.name, "split": "test", "classes": list(ds.classes)}
         return self._gallery
 
 

@@ -121,11 +121,11 @@ async function loadGallery() {
   box.replaceChildren();
   if (!g.images.length) box.append(el("p", { class: "note", text: g.note || "no test images" }));
   for (const item of g.images) {
-    const cls = state.graph.classes;
-    const fig = el("figure", { class: item.correct ? "" : "wrong", "data-id": item.id,
-                               title: `true: ${cls[item.label]}, predicted: ${cls[item.predicted]}` },
-      el("img", { src: `data:image/png;base64,${item.png}`, alt: cls[item.label] }),
-      el("figcaption", { text: item.correct ? cls[item.label] : `✗ ${cls[item.predicted]}` }));
+    const cls = state.graph.classes, truth = g.classes || cls;  // the data's classes may not be the model's
+    const fig = el("figure", { class: item.correct === false ? "wrong" : "", "data-id": item.id,
+                               title: `true: ${truth[item.label]}, predicted: ${cls[item.predicted]}` },
+      el("img", { src: `data:image/png;base64,${item.png}`, alt: truth[item.label] }),
+      el("figcaption", { text: item.correct === false ? `✗ ${cls[item.predicted]}` : truth[item.label] }));
     fig.onclick = () => showImage(item.id);
     box.append(fig);
   }
