@@ -155,6 +155,9 @@ def train(
                                                          "RUN/epoch-NNNN.safetensors (repeatable)."),
     seed: Optional[int] = typer.Option(None, help="Random seed of initialization, splits, order and "
                                                         "augmentation (default 0)."),
+    split_seed: Optional[int] = typer.Option(None, help="Seed of the held-out validation (and flat folder's "
+                                                        "test) split, default --seed: runs that share it hold "
+                                                        "out the same images (model-soup ingredients)."),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic",
                                                 help="Deterministic kernels: the same seed gives the same "
                                                      "weights, bit for bit."),
@@ -192,8 +195,8 @@ def train(
                    grad_clip=grad_clip, early_stopping=early_stopping, val_fraction=val_fraction,
                    train_images=train_images, train_images_per_class=train_images_per_class, tta=tta,
                    keep_epochs=keep_epoch or None,
-                   seed=seed, deterministic=deterministic, device=device, threads=threads, download=download,
-                   strict=strict, img_size=parse_img_size(img_size), test_fraction=test_fraction)
+                   seed=seed, split_seed=split_seed, deterministic=deterministic, device=device, threads=threads,
+                   download=download, strict=strict, img_size=parse_img_size(img_size), test_fraction=test_fraction)
     if lr_find:
         _lr_find(options, out)
         return

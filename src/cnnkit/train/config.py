@@ -57,6 +57,8 @@ class TrainConfig:
     tta: bool = False  # flip test-time augmentation when validating
     keep_epochs: list[int] = field(default_factory=list)  # also save the weights after these epochs (epoch-NNNN)
     seed: int = 0
+    split_seed: int | None = None  # seeds the validation (and a flat folder's test) split; None: `seed`. Runs that
+    # share it hold out the same images whatever their own seed (model-soup ingredients must)
     deterministic: bool = False
     device: str = "auto"
     threads: int = 0  # CPU threads; 0 keeps torch's default
@@ -97,6 +99,8 @@ class TrainConfig:
              or (isinstance(self.img_size, (list, tuple)) and len(self.img_size) == 2
                  and all(isinstance(v, int) and v > 0 for v in self.img_size)),
              f"image size must be a positive side N or HxW, got {self.img_size}"),
+            (self.split_seed is None or (isinstance(self.split_seed, int) and not isinstance(self.split_seed, bool)),
+             f"split seed must be a whole number, got {self.split_seed!r}"),
             (self.threads >= 0, f"threads must be 0 (torch's default) or more, got {self.threads}"),
             (self.early_stopping >= 0, f"early stopping patience must be 0 (off) or more, got {self.early_stopping}"),
             (self.grad_clip >= 0, f"gradient clipping norm must be 0 (off) or positive, got {self.grad_clip}"),
@@ -133,6 +137,11 @@ class TrainConfig:
             raise ConfigError(f"train_images must be a whole number, got {self.train_images!r}")
         if not isinstance(self.keep_epochs, list):
             raise ConfigError(f"keep_epochs must be a list of epochs, got {self.keep_epochs!r}")
+
+    @property
+    def data_split_seed(self) -> int:
+        """The seed of the held-out splits: `split_seed`, else `seed`."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -236,7 +236,7 @@ def _checkpoint_meta(cfg: TrainConfig, data: ImageData, fingerprint: str, mean: 
         "in_chans": data.in_chans, "img_size": list(data.img_size),
         "normalization": {"mean": list(mean), "std": list(std)},
         "dataset": {"name": cfg.data, "fingerprint": fingerprint, "train_images": len(data),
-                    "test_fraction": cfg.test_fraction, "split_seed": cfg.seed},
+                    "test_fraction": cfg.test_fraction, "split_seed": cfg.data_split_seed},
         "epoch": epoch, "metrics": metrics, "ema_weights": ema, "config": cfg.to_dict(),
     }
 
@@ -378,9 +378,9 @@ class _Run:
     def _load_data(self) -> None:
         cfg = self.cfg
         self.full = load_dataset(cfg.data, "train", data_dir=cfg.data_dir, download=cfg.download, strict=cfg.strict,
-                                 img_size=cfg.img_size, test_fraction=cfg.test_fraction, seed=cfg.seed)
+                                 img_size=cfg.img_size, test_fraction=cfg.test_fraction, seed=cfg.data_split_seed)
         if cfg.val_fraction > 0:
-            tr_idx, va_idx = train_val_split(self.full.labels, cfg.val_fraction, cfg.seed)
+            tr_idx, va_idx = train_val_split(self.full.labels, cfg.val_fraction, cfg.data_split_seed)
             self.train_set, self.val_set = self.full.subset(tr_idx, "train"), self.full.subset(va_idx, "val")
         else:
             self.train_set, self.val_set = self.full, None
