@@ -367,7 +367,7 @@ def load_imagefolder(root: str | os.PathLike, split: str = "train", img_size: Im
 
 
 DATASETS = ["sample", "fashion-mnist", "mnist", "cifar10", "cluttered-fashion-mnist", "cluttered-sample",
-            "imagefolder:<dir>"]
+            "fashion-mnist-c", "mnist-c", "cifar10-c", "sample-c", "imagefolder:<dir>"]
 CLUTTERED_SEEDS = {"train": 20140624, "test": 20140625}  # one per split, so the splits share no layout
 
 
@@ -386,6 +386,17 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
                                 test_fraction=test_fraction, seed=seed)
     if name == "sample":
         return _load_sample(train)
+    from cnnkit.data.corruptions import benchmark_cells, parse_benchmark
+
+    parsed = parse_benchmark(name)
+    if parsed is not None:  # a corruption benchmark: test sets only, one cell at a time
+        base, corruptions, severities = parsed
+        if train or len(corruptions) != 1 or len(severities) != 1:
+            raise DataError(f"{name.split(':')[0]} is a corruption benchmark for evaluation (cnnkit eval --data "
+                            f"{name}); as a dataset, name one test cell, e.g. {name.split(':')[0]}:fog:3, and train "
+                            f"on {base}")
+        return next(benchmark_cells(name, lambda b: load_dataset(b, "test", data_dir, download),
+                                    cache_dir() / "corrupted"))[2]
     if name in ("cluttered-fashion-mnist", "cluttered-sample"):
         from cnnkit.data.cluttered import cached_cluttered
 
