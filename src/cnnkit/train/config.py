@@ -53,6 +53,11 @@ class TrainConfig:
     train_images_per_class: int | None = None  # train on this many images of each class (seeded): few labels
     pretext: str | None = None  # a self-supervised task instead of the labels: 'rotnet' (`cnnkit pretrain`)
     rotations: int = 4  # rotnet: 4 (0/90/180/270°) or 2 (0/180°, the paper's ablation)
+    distill: str | None = None  # learn from teachers: 'kd' (Hinton 2015) or 'meal-v2' (no labels; `cnnkit distill`)
+    teachers: list[str] = field(default_factory=list)  # the teachers' checkpoints or run directories
+    kd_temperature: float = 4.0  # kd: softmax temperature T of teachers and student
+    kd_alpha: float = 0.9  # kd: weight of the soft (T²-scaled) loss; 1 − α weighs the hard labels
+    disc_weight: float = 1.0  # meal-v2: scale of the discriminator's reversed gradient into the student
     val_fraction: float = 0.1  # share of the training split held out (stratified, by seed) for validation
     tta: bool = False  # flip test-time augmentation when validating
     keep_epochs: list[int] = field(default_factory=list)  # also save the weights after these epochs (epoch-NNNN)
@@ -92,6 +97,13 @@ class TrainConfig:
                                                      and self.train_images_per_class > 0),
              f"images per class must be a positive whole number, got {self.train_images_per_class!r}"),
             (self.pretext in (None, "rotnet"), f"pretext task must be rotnet, got {self.pretext!r}"),
+            (self.distill in (None, "kd", "meal-v2"), f"distillation method must be kd or meal-v2, got {self.distill!r}"),
+            (bool(self.teachers) == (self.distill is not None),
+             "distillation needs --teacher (one or more) and a method; teachers without a method do nothing"),
+            (not (self.distill and self.pretext), "distillation and a pretext task do not combine"),
+            (self.kd_temperature > 0, f"distillation temperature must be positive, got {self.kd_temperature}"),
+            (0.0 <= self.kd_alpha <= 1.0, f"kd alpha (the soft loss's weight) must lie in [0, 1], got {self.kd_alpha}"),
+            (self.disc_weight >= 0, f"discriminator weight must be 0 (off) or more, got {self.disc_weight}"),
             (self.rotations in (2, 4), f"rotations must be 2 (0/180°) or 4 (0/90/180/270°), got {self.rotations!r}"),
             (0.0 <= self.val_fraction < 1.0, f"validation fraction must be in [0, 1), got {self.val_fraction}"),
             (0.0 < self.test_fraction < 1.0, f"test fraction must be in (0, 1), got {self.test_fraction}"),
@@ -117,7 +129,8 @@ class TrainConfig:
         """Each field holds its declared kind of value (a config.yaml or a Python call may give anything)."""
         kinds = {"epochs": int, "batch_size": int, "seed": int, "threads": int, "early_stopping": int,
                  "lr": float, "momentum": float, "weight_decay": float, "warmup_epochs": float,
-                 "label_smoothing": float, "ema": float, "grad_clip": float, "val_fraction": float,
+                 "label_smoothing": float, "ema": float, "kd_temperature": float, "kd_alpha": float,
+                 "disc_weight": float, "grad_clip": float, "val_fraction": float,
                  "test_fraction": float, "model": str, "data": str, "optimizer": str, "schedule": str,
                  "amp": str, "device": str, "download": bool, "strict": bool,
                  "compile": bool, "tta": bool, "deterministic": bool}
@@ -135,6 +148,8 @@ class TrainConfig:
             raise ConfigError(f"model_kwargs must be a mapping of model options, got {self.model_kwargs!r}")
         if self.train_images is not None and (not isinstance(self.train_images, int) or isinstance(self.train_images, bool)):
             raise ConfigError(f"train_images must be a whole number, got {self.train_images!r}")
+        if not (isinstance(self.teachers, list) and all(isinstance(t, str) for t in self.teachers)):
+            raise ConfigError(f"teachers must be a list of checkpoint paths, got {self.teachers!r}")
         if not isinstance(self.keep_epochs, list):
             raise ConfigError(f"keep_epochs must be a list of epochs, got {self.keep_epochs!r}")
 

@@ -127,6 +127,8 @@ def _resolve(config: TrainConfig | dict[str, Any] | None, resume: str | Path | N
             options[key] = _absolute(str(options[key]))
     if options.get("data"):
         options["data"] = _absolute_data(options["data"])
+    if options.get("teachers"):
+        options["teachers"] = [_absolute(str(t)) for t in options["teachers"]]
     if resume is None:
         if isinstance(config, TrainConfig):
             cfg = resolve_config(options, base=config) if options else config
@@ -135,6 +137,7 @@ def _resolve(config: TrainConfig | dict[str, Any] | None, resume: str | Path | N
         for key in ("out", "data_dir", "init_from"):
             setattr(cfg, key, _absolute(getattr(cfg, key)))
         cfg.data = _absolute_data(cfg.data)
+        cfg.teachers = [_absolute(t) for t in cfg.teachers]
         return cfg
     run_dir = Path(resume).expanduser()
     if not run_dir.is_dir():
@@ -278,7 +281,10 @@ def measure_pace(run: "_Run", min_steps: int = 4, max_steps: int = 30) -> tuple[
             x, y = rotate_batch(x, cfg.rotations)
         with autocast(run.device, run.amp):
             logits = stepper(x)
-        loss = F.cross_entropy(logits.float(), y if y.ndim == 1 else y.float())
+        if run.distiller is not None:  # a distillation step runs its teachers too
+            loss = run.distiller.loss(x, logits, y)
+        else:
+            loss = F.cross_entropy(logits.float(), y if y.ndim == 1 else y.float())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -419,7 +425,15 @@ class _Run:
         self.train_loader = BatchLoader(self.train_set, cfg.batch_size, self.normalize, shuffle=True, seed=cfg.seed,
                                         augment=cfg.augment, drop_last=len(self.train_set) > cfg.batch_size)
         self.val_loader = BatchLoader(self.val_set, 512, self.normalize) if self.val_set is not None else None
-        self.optimizer = build_optimizer(model, cfg)
+        self.distiller = None
+        if cfg.distill:  # teachers, and for MEAL V2 a discriminator that trains with the student
+            from cnnkit.train.distill import Distiller
+
+            self.distiller = Distiller(cfg.distill, cfg.teachers, full.classes, full.in_chans, full.img_size,
+                                       self.mean, self.std, self.device, self.amp, self.channels_last,
+                                       cfg.kd_temperature, cfg.kd_alpha, cfg.disc_weight, cfg.label_smoothing)
+        disc = self.distiller.discriminator if self.distiller is not None else None
+        self.optimizer = build_optimizer(model if disc is None else nn.ModuleList([model, disc]), cfg)
         self.steps_per_epoch = len(self.train_loader)
         self.scheduler = build_scheduler(cfg, self.optimizer, self.total_steps, self.steps_per_epoch)
         self.ema = ModelEmaV3(model, decay=cfg.ema, use_warmup=True) if cfg.ema > 0 else None
@@ -445,7 +459,7 @@ class _Run:
         saved = meta["config"]
         replan = (cfg.epochs, cfg.max_steps) != (saved["epochs"], saved.get("max_steps"))
         p = load_train_state(self.dir / meta["train_state"], self.optimizer, None if replan else self.scheduler,
-                             self.ema)
+                             self.ema, self._state_modules())
         self.start_epoch, self.best_acc, self.stale, self.history = p["epoch"], p["best_acc"], p["stale"], p["history"]
         self.elapsed_before = p["elapsed_seconds"]
         if self.history:  # the guard's base after a resume: the first epoch's mean loss
@@ -532,7 +546,11 @@ class _Run:
         self.tb = SummaryWriter(str(self.dir / "tb"), purge_step=self.start_epoch + 1 if self.start_epoch else None)
 
     # -- run an epoch ---------------------------------------------------------------------------------------
-    def criterion(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def criterion(self, logits: torch.Tensor, target: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The loss of a batch `x` whose logits are `logits`: cross-entropy with the labels, or a distillation
+        run's loss against its teachers' outputs on the same batch."""
+        if self.distiller is not None:
+            return self.distiller.loss(x, logits, target)
         smoothing = self.cfg.label_smoothing
         samples = self.msd_heads[0].last_samples if self.msd_heads else None  # average the per-sample losses
         if samples is not None:
@@ -562,7 +580,7 @@ class _Run:
                 x, y = rotate_batch(x, cfg.rotations)
             with autocast(device, self.amp):
                 logits = self.step_model(x)
-            loss = self.criterion(logits, y)
+            loss = self.criterion(logits, y, x)
             self._step(loss)
             lr_used = self.optimizer.param_groups[0]["lr"]
             if step + 1 < self.total_steps:
@@ -671,7 +689,8 @@ class _Run:
         state_name = f"state-e{epoch + 1:04d}.safetensors"
         save_train_state(d / state_name, self.optimizer, self.scheduler, self.ema,
                          {"epoch": epoch + 1, "best_acc": self.best_acc, "stale": self.stale,
-                          "history": self.history, "elapsed_seconds": metrics["elapsed_seconds"]})
+                          "history": self.history, "elapsed_seconds": metrics["elapsed_seconds"]},
+                         self._state_modules())
         save_checkpoint(d / "last.safetensors", self.model, {**meta, "train_state": state_name})
         if epoch + 1 in self.cfg.keep_epochs:  # e.g. a lottery-ticket rewind point for `cnnkit compress`
             save_checkpoint(d / f"epoch-{epoch + 1:04d}.safetensors", self.model, meta)
@@ -683,6 +702,11 @@ class _Run:
             if k in metrics:
                 self.tb.add_scalar(k, metrics[k], epoch + 1)
         self.tb.flush()
+
+    def _state_modules(self) -> dict[str, nn.Module]:
+        """Trained modules beside the model that an exact resume needs (MEAL V2's discriminator)."""
+        disc = self.distiller.discriminator if self.distiller is not None else None
+        return {"discriminator": disc} if disc is not None else {}
 
     def should_stop(self) -> bool:
         return bool(self.cfg.early_stopping and self.val_loader is not None and self.stale >= self.cfg.early_stopping)

@@ -33,11 +33,13 @@ def _join_optimizer(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> 
 
 
 def save_train_state(path: Path, optimizer: torch.optim.Optimizer, scheduler: Any, ema: torch.nn.Module | None,
-                     progress: dict[str, Any]) -> None:
-    """Everything beyond the weights that an exact resume needs."""
+                     progress: dict[str, Any], modules: dict[str, torch.nn.Module] | None = None) -> None:
+    """Everything beyond the weights that an exact resume needs (`modules`: other trained modules by name)."""
     tensors, optim_plain = _split_optimizer(optimizer.state_dict())
     if ema is not None:
         tensors.update({f"ema/{k}": v for k, v in ema.state_dict().items()})
+    for name, module in (modules or {}).items():
+        tensors.update({f"module/{name}/{k}": v for k, v in module.state_dict().items()})
     tensors["rng/cpu"] = torch.get_rng_state()
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -47,10 +49,13 @@ def save_train_state(path: Path, optimizer: torch.optim.Optimizer, scheduler: An
 
 
 def load_train_state(path: Path, optimizer: torch.optim.Optimizer, scheduler: Any | None,
-                     ema: torch.nn.Module | None) -> dict[str, Any]:
-    """Restore optimizer, scheduler (unless None), EMA and RNG from `path`; return the saved progress record."""
+                     ema: torch.nn.Module | None, modules: dict[str, torch.nn.Module] | None = None) -> dict[str, Any]:
+    """Restore optimizer, scheduler (unless None), EMA, `modules` and RNG from `path`; return the saved progress."""
     meta = read_meta(path)
     tensors = load_file(str(path))
+    for name, module in (modules or {}).items():
+        prefix = f"module/{name}/"
+        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     optimizer.load_state_dict(_join_optimizer(tensors, meta["optimizer"]))
     if scheduler is not None:
         scheduler.load_state_dict(meta["scheduler"])
