@@ -191,6 +191,8 @@ def test_readme_parser_finds_the_commands():
 # value or added when absent (None: a flag added).
 HEAVY_DATA = {"fashion-mnist": "sample", "mnist": "sample", "cifar10": "sample",
               "cluttered-fashion-mnist": "cluttered-sample"}
+# Corruption benchmarks: the sample's, one cell unless the line names its own, 100 images per cell.
+CORRUPTED = {"fashion-mnist-c": "sample-c", "mnist-c": "sample-c"}
 SHORTEN: dict[str, list[tuple[str, str | None]]] = {
     "train": [("--epochs", "1"), ("--train-images", "300"), ("--quiet", None)],
     "train --resume": [("--epochs", "1"), ("--quiet", None)],  # the resumed run's own settings stand
@@ -206,8 +208,11 @@ SHORTEN: dict[str, list[tuple[str, str | None]]] = {
     "models info": [("--no-timing", None)],
     "explore": [("--images", "1")],
     "pretrain": [("--epochs", "1"), ("--train-images", "300"), ("--quiet", None)],
+    "distill": [("--epochs", "1"), ("--train-images", "300"), ("--model", "resnet9"), ("--model-kw", "width=4"),
+                ("--quiet", None)],  # the README's ResNet-20 student: seconds more per line
     "features": [("--limit", "50")],
     "probe": [("--train-images", "200"), ("--test-images", "100"), ("--epochs", "2"), ("--quiet", None)],  # the static export: 1 image, not 8 (six explanations of two classes each)
+    "soup": [("--bn-images", "200"), ("--quiet", None)],
 }
 # Also: `bench` and `compress` measure each model's peak memory in a fresh Python process (seconds each);
 # here that measurement is stubbed (tests/test_deploy.py covers it).
@@ -246,6 +251,14 @@ def shorten(argv: list[str]) -> list[str]:
         if "--data-dir" in argv:
             j = argv.index("--data-dir")
             del argv[j:j + 2]
+    if "--data" in argv and argv[argv.index("--data") + 1].split(":")[0] in CORRUPTED:
+        i = argv.index("--data")
+        base, *cells = argv[i + 1].split(":")
+        argv[i + 1] = ":".join([CORRUPTED[base], *(cells or ["contrast", "5"])])
+        if "--data-dir" in argv:
+            j = argv.index("--data-dir")
+            del argv[j:j + 2]
+        argv = set_option(argv, "--images-per-cell", "100")
     for option, value in SHORTEN.get(command_key(argv), []):
         argv = set_option(argv, option, value)
     return argv
@@ -275,6 +288,8 @@ PLACEHOLDERS: dict[str, str] = {
     "photos": "an image folder: 3 classes × 20 real sample images of mixed sizes and modes",
     "resnet18-f37072fd.pth": "torchvision's resnet18 state dict, randomly initialized (nothing downloaded)",
     "runs/rotnet": "cnnkit pretrain: nin4 width 0.25, 1 epoch on 300 sample images",
+    **{f"runs/ing-{s}": f"cnnkit train --init-from runs/fmnist --split-seed 0 --seed {s}: 1 epoch on 200 sample images"
+       for s in (1, 2, 3)},  # model-soup ingredients
 }
 OUTPUT_OPTIONS = {"--out", "--json"}  # their values are written, never read
 
@@ -298,6 +313,7 @@ class Placeholders:
             "fmnist.pt2": self._pt2, "compressed": self._compressed, "shirt.png": self._shirt_png,
             "shirt.jpg": self._shirt_jpg, "shoes": self._shoes, "more_photos": self._more_photos,
             "photos": self._photos, "resnet18-f37072fd.pth": self._resnet18, "runs/rotnet": self._rotnet,
+            **{f"runs/ing-{s}": lambda at, s=s: self._ingredient(at, s) for s in (1, 2, 3)},
         }
         assert self.makers.keys() == PLACEHOLDERS.keys()
 
@@ -334,6 +350,11 @@ class Placeholders:
     def _rotnet(self, at: Path) -> None:
         run_cli("pretrain", "--model", "nin4", "--model-kw", "width=0.25", "--data", "sample", "--epochs", "1",
                 "--train-images", "300", "--out", at, "--quiet")
+
+    def _ingredient(self, at: Path, seed: int) -> None:
+        run_cli("train", "--model", "resnet9", "--model-kw", "width=8", "--data", "sample", "--init-from",
+                self.path("runs/fmnist") / "best.safetensors", "--split-seed", "0", "--seed", seed, "--epochs", "1",
+                "--train-images", "200", "--out", at, "--quiet")
 
     def _cluttered(self, at: Path) -> None:
         run_cli("train", "--model", "resnet9", "--model-kw", "width=8", "--data", "cluttered-sample", "--epochs",

@@ -173,6 +173,16 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train a model; writes checkpoints, metrics and the resolved config to a run directory."""
+    _train(**locals())
+
+
+def _train(*, extra: dict[str, Any] | None = None, command: str = "train", **kw: Any) -> None:
+    """What `train` and `distill` run: the training options of `train`, plus `extra` config fields."""
+    (model, data, data_dir, epochs, budget, lr_find, recipe, out, resume, overwrite, model_kw, init_from, batch_size,
+     lr, optimizer, weight_decay, schedule, warmup_epochs, label_smoothing, ema, augment, amp, channels_last, compile,
+     grad_clip, early_stopping, val_fraction, train_images, train_images_per_class, tta, keep_epoch, seed,
+     split_seed, deterministic, device, threads, download, strict, img_size, test_fraction, quiet) = (
+        kw[k] for k in _TRAIN_OPTIONS)
     if test_fraction is not None and not 0.0 < test_fraction < 1.0:
         raise ConfigError(f"--test-fraction must be strictly between 0 and 1, e.g. 0.2; got {test_fraction}")
     model_kwargs, augment_options = parse_kv(model_kw), parse_kv(augment, "--augment")
@@ -196,7 +206,8 @@ def train(
                    train_images=train_images, train_images_per_class=train_images_per_class, tta=tta,
                    keep_epochs=keep_epoch or None,
                    seed=seed, split_seed=split_seed, deterministic=deterministic, device=device, threads=threads,
-                   download=download, strict=strict, img_size=parse_img_size(img_size), test_fraction=test_fraction)
+                   download=download, strict=strict, img_size=parse_img_size(img_size), test_fraction=test_fraction,
+                   **(extra or {}))
     if lr_find:
         _lr_find(options, out)
         return
@@ -204,11 +215,62 @@ def train(
         options.pop("out")
     result = fit(resume=resume, overwrite=overwrite, progress=not quiet, **options)
     last = result.history[-1]
-    summary("train", {"run": result.run_dir, "model": result.config.model, "data": result.config.data,
+    cfg = result.config
+    taught = {"method": cfg.distill, "teachers": ", ".join(cfg.teachers)} if cfg.distill else {}
+    summary(command, {"run": result.run_dir, "model": result.config.model, "data": result.config.data, **taught,
                       "epochs": int(last["epoch"]), "train acc": last["train_acc"],
                       "best val acc": result.best_val_acc if result.best_val_acc is not None else "n/a (no val split)",
                       "stopped early": result.stopped_early, "seconds": f"{result.seconds:.1f}",
                       "best checkpoint": result.best_checkpoint})
+
+
+_TRAIN_OPTIONS = [name for name in __import__("inspect").signature(train).parameters]
+
+
+def distill_cmd(
+    teacher: Optional[list[Path]] = typer.Option(
+        None, help="A teacher: a run directory (its best checkpoint) or a checkpoint, trained on the same classes "
+                   "and input shape, any architecture (repeatable: their softmax outputs are averaged)."),
+    method: str = typer.Option("kd", help="kd (Hinton 2015: soft targets at --temperature mixed with the labels "
+                                          "by --alpha) or meal-v2 (Shen 2020: the teachers' softmax only, no "
+                                          "labels, and a discriminator)."),
+    temperature: float = typer.Option(4.0, help="kd: softmax temperature T; the soft loss is scaled by T²."),
+    alpha: float = typer.Option(0.9, help="kd: weight of the soft loss; 1 − alpha weighs the labels."),
+    disc_weight: float = typer.Option(1.0, help="meal-v2: how strongly the discriminator's reversed gradient "
+                                                "reaches the student (0 = KL only)."),
+    **train_options: Any,
+) -> None:
+    """Train a student from one or more teachers (knowledge distillation); every `cnnkit train` option applies."""
+    train_options["lr_find"] = False
+    if train_options["resume"] is not None:  # the saved run keeps its teachers and method
+        _train(extra=None, command="distill", **train_options)
+        return
+    if not teacher:
+        raise ConfigError("give the student's teacher(s): --teacher RUN (repeatable)")
+    if method not in ("kd", "meal-v2"):
+        raise ConfigError(f"--method must be kd or meal-v2, got {method!r}")
+    for t in teacher:
+        if not t.exists():
+            raise ConfigError(f"teacher {t} does not exist")
+    extra = dict(distill=method, teachers=[str(t) for t in teacher], kd_temperature=temperature, kd_alpha=alpha,
+                 disc_weight=disc_weight)
+    _train(extra=extra, command="distill", **train_options)
+
+
+def _with_train_options(fn):
+    """`fn`'s own options followed by every option of `train` (but --lr-find), for typer to read."""
+    import inspect
+
+    own = [p for p in inspect.signature(fn).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    names = {p.name for p in own}
+    shared = [p for p in inspect.signature(train).parameters.values() if p.name not in names | {"lr_find"}]
+    fn.__signature__ = inspect.Signature(own + shared)
+    fn.__annotations__ = {**train.__annotations__, **{k: v for k, v in fn.__annotations__.items()
+                                                      if k != "train_options"}}
+    return fn
+
+
+app.command("distill")(_with_train_options(distill_cmd))
 
 
 @app.command()
@@ -300,16 +362,40 @@ def eval_cmd(
                                                  "model's (same number, same order)."),
     amp: str = typer.Option("off", help="off (float32, exact), auto (bf16 only where the CPU or GPU computes it "
                                         "natively, as in train), bf16 or fp16."),
+    adapt: Optional[str] = typer.Option(None, help="Test-time adaptation of BatchNorm to the images, on a copy of "
+                                                   "the model: bn (the batch's statistics), alpha-bn (mixed with "
+                                                   "the source's by --alpha) or tent (entropy minimization)."),
+    alpha: Optional[float] = typer.Option(None, help="alpha-bn: weight of the batch's statistics, 0 (source) to 1 "
+                                                     "(bn); default 0.1."),
+    tent_lr: float = typer.Option(1e-3, help="tent: Adam learning rate of the BatchNorm scales and shifts."),
+    batch_size: int = typer.Option(512, min=1, help="Images per batch (what --adapt adapts to)."),
+    images_per_cell: Optional[int] = typer.Option(None, min=1, help="Corruption benchmarks: evaluate this many "
+                                                                    "images of each cell (stratified, seeded)."),
 ) -> None:
-    """Evaluate a checkpoint: top-1/top-5, per-class precision/recall/F1, ECE, confusion matrix."""
+    """Evaluate a checkpoint: top-1/top-5, per-class precision/recall/F1, ECE, confusion matrix; on a corruption
+    benchmark (fashion-mnist-c, mnist-c, cifar10-c, sample-c) the error per corruption and severity."""
     _check_out_folder(out)
     _check_early(device=device, checkpoint=checkpoint, amp=amp)
-    from cnnkit.evaluate import evaluate
+    from cnnkit.evaluate.adapt import check_adapt
+
+    check_adapt(adapt, alpha)
+    from cnnkit.data.corruptions import parse_benchmark
     from cnnkit.train import resolve_checkpoint
 
     out_dir = out or resolve_checkpoint(checkpoint).parent
+    if data is not None and parse_benchmark(data) is not None:
+        if split != "test" or tta:
+            raise ConfigError(f"{data.split(':')[0]} is a test benchmark: leave out --split and --tta")
+        _eval_corruptions(checkpoint, data, data_dir, out_dir, device, amp, adapt, alpha, tent_lr, batch_size,
+                          images_per_cell)
+        return
+    if images_per_cell is not None:
+        raise ConfigError("--images-per-cell applies to corruption benchmarks (e.g. --data fashion-mnist-c)")
+    from cnnkit.evaluate import evaluate
+
     r = evaluate(checkpoint, data, split, data_dir=data_dir, tta=tta, device=device, out_dir=out_dir, strict=strict,
-                 ignore_class_names=ignore_class_names, amp=amp)
+                 ignore_class_names=ignore_class_names, amp=amp, adapt=adapt, alpha=alpha, tent_lr=tent_lr,
+                 batch_size=batch_size)
     m = r.metrics
     t = Table(title="per class", title_justify="left")
     for c in ("class", "precision", "recall", "F1", "support"):
@@ -319,8 +405,40 @@ def eval_cmd(
                   str(row["support"]))
     stdout.print(t)
     summary("eval", {"checkpoint": m["checkpoint"], "data": m["data"], "split": m["split"], "images": m["images"],
-                     "top-1": m["top1"], "top-5": m["top5"], "macro F1": m["macro_f1"], "ECE": m["ece"],
+                     **({"adapt": _adapt_words(m["adapt"])} if adapt else {}), "top-1": m["top1"],
+                     "top-5": m["top5"], "macro F1": m["macro_f1"], "ECE": m["ece"],
                      "json": r.json_path, "confusion matrix": r.confusion_png})
+
+
+def _adapt_words(record: dict[str, Any]) -> str:
+    extra = {"alpha-bn": f", alpha {record.get('alpha')}", "tent": f", lr {record.get('lr')}"}.get(record["method"], "")
+    return f"{record['method']} (batch {record['batch_size']}{extra})"
+
+
+def _eval_corruptions(checkpoint: Path, data: str, data_dir: Optional[Path], out_dir: Path, device: str, amp: str,
+                      adapt: Optional[str], alpha: Optional[float], tent_lr: float, batch_size: int,
+                      images_per_cell: Optional[int]) -> None:
+    from cnnkit.evaluate import evaluate_corruptions
+
+    r = evaluate_corruptions(checkpoint, data, data_dir=data_dir, batch_size=batch_size, device=device, amp=amp,
+                             adapt=adapt, alpha=alpha, tent_lr=tent_lr, images_per_cell=images_per_cell,
+                             out_dir=out_dir)
+    severities = sorted({s for row in r.errors.values() for s in row})
+    t = Table(title="top-1 error per corruption and severity", title_justify="left")
+    t.add_column("corruption")
+    for sev in severities:
+        t.add_column(str(sev), justify="right")
+    t.add_column("mean", justify="right")
+    for corruption, row in r.errors.items():
+        t.add_row(corruption, *(f"{row[sev]:.3f}" if sev in row else "" for sev in severities),
+                  f"{sum(row.values()) / len(row):.3f}")
+    stdout.print(t)
+    m = r.metrics
+    summary("eval", {"checkpoint": m["checkpoint"], "data": data,
+                     "images per cell": images_per_cell or "all",
+                     "adapt": _adapt_words(m["adapt"]) if adapt else "none",
+                     "clean error": f"{r.clean_error:.4f}",
+                     "mean corruption error": f"{r.mean_corruption_error:.4f}", "json": r.json_path})
 
 
 @app.command()
@@ -336,6 +454,13 @@ def predict(
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable image."),
     amp: str = typer.Option("off", help="off (float32, exact), auto (bf16 only where the CPU or GPU computes it "
                                         "natively, as in train), bf16 or fp16."),
+    adapt: Optional[str] = typer.Option(None, help="Test-time adaptation of BatchNorm to the images, on a copy of "
+                                                   "the model: bn (the batch's statistics), alpha-bn (mixed with "
+                                                   "the source's by --alpha) or tent (entropy minimization)."),
+    alpha: Optional[float] = typer.Option(None, help="alpha-bn: weight of the batch's statistics, 0 (source) to 1 "
+                                                     "(bn); default 0.1."),
+    tent_lr: float = typer.Option(1e-3, help="tent: Adam learning rate of the BatchNorm scales and shifts."),
+    batch_size: int = typer.Option(256, min=1, help="Images per batch (what --adapt adapts to), in the order given."),
 ) -> None:
     """Top-k classes for image files of any size and mode (here, or by a running service with --url)."""
     if (checkpoint is None) == (url is None):
@@ -343,7 +468,7 @@ def predict(
                           "(ask a running cnnkit serve), one of the two")
     if url is not None:
         local = [o for o, given in (("--tta", tta), ("--strict", strict), ("--device", device != "auto"),
-                                    ("--amp", amp != "off")) if given]
+                                    ("--amp", amp != "off"), ("--adapt", adapt is not None)) if given]
         if local:
             raise ConfigError(f"{', '.join(local)} set how predictions run here; with --url the service decides "
                               f"(start it with the options you want), so leave them out")
@@ -351,9 +476,13 @@ def predict(
         source = {"service": url}
     else:
         _check_early(device=device, amp=amp)
+        from cnnkit.evaluate.adapt import check_adapt
+
+        check_adapt(adapt, alpha)
         from cnnkit.evaluate import predict as predict_files
 
-        preds = predict_files(checkpoint, inputs, topk=topk, tta=tta, device=device, strict=strict, amp=amp)
+        preds = predict_files(checkpoint, inputs, topk=topk, tta=tta, device=device, strict=strict, amp=amp,
+                              adapt=adapt, alpha=alpha, tent_lr=tent_lr, batch_size=batch_size)
         rows = [(str(p.path), p.top) for p in preds]
         source = {"checkpoint": checkpoint}
     t = Table(title="predictions", title_justify="left")
@@ -628,6 +757,50 @@ def probe_cmd(
     stdout.print(t)
     if out is not None:
         summary("probe", {"table": out / "probe.md", "json": out / "probe.json"})
+
+
+@app.command("soup")
+def soup_cmd(
+    runs: list[Path] = typer.Argument(..., help="Two or more run directories (their best checkpoint) or "
+                                                ".safetensors files of one architecture, fine-tuned from one "
+                                                "initialization."),
+    method: str = typer.Option("greedy", help="greedy (the paper's recipe: add ingredients while the held-out "
+                                              "accuracy does not drop), uniform (average all) or both: the "
+                                              "checkpoints written; the table always shows both soups."),
+    data: Optional[str] = typer.Option(None, help="Dataset (default: the ingredients' own): its validation split "
+                                                  "that no ingredient trained on chooses the soup, its test split "
+                                                  "scores it."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data root (default $CNNKIT_DATA, else ~/.cache/cnnkit/data)."),
+    out: Optional[Path] = typer.Option(None, help="Folder for the soup checkpoints, soup.csv and soup.md "
+                                                  "(default soups/<first run's name>)."),
+    bn_images: int = typer.Option(10000, min=0, help="Training images (not held out) on which each soup's "
+                                                     "BatchNorm statistics are measured again; 0 keeps the averaged "
+                                                     "ones."),
+    batch_size: int = typer.Option(512, min=1, help="Images per forward pass."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress lines."),
+) -> None:
+    """Model soup: average the weights of runs fine-tuned from one checkpoint (uniform or greedy, Wortsman et al. 2022)."""
+    if method not in ("greedy", "uniform", "both"):
+        raise ConfigError(f"--method must be greedy, uniform or both, got {method!r}")
+    _check_early(device=device)
+    _check_out_folder(out)
+    from cnnkit.represent import make_soup
+
+    r = make_soup([str(p) for p in runs], method, data, data_dir, out, bn_images, device, batch_size,
+                  progress=not quiet)
+    n = sum(row.kind == "ingredient" for row in r.rows)
+    t = Table(title=f"model soup ({r.data}: held-out and test accuracy)", title_justify="left")
+    for col in ("ingredient / soup", "held-out acc", "test acc", "in greedy soup"):
+        t.add_column(col, justify="left" if col in ("ingredient / soup", "in greedy soup") else "right")
+    for row in r.rows:
+        kept = ("yes" if row.kept else "no") if row.kept is not None else f"{len(row.ingredients)} of {n}"
+        t.add_row(escape(row.name), f"{100 * row.heldout_acc:.2f}", f"{100 * row.test_acc:.2f}", kept)
+    stdout.print(t)
+    summary("soup", {"held-out images": r.heldout_images, "BatchNorm images": r.bn_images or "not re-measured",
+                     "greedy ingredients": ", ".join(r.kept),
+                     **{f"{m} soup": r.paths[m] for m in ("greedy", "uniform") if m in r.paths},
+                     "table": r.paths["md"], "csv": r.paths["csv"]})
 
 
 @app.command("visualize")
