@@ -49,13 +49,21 @@ def main() -> None:
         plan = {128: None, 16: 200, 1: 20}
     try:
         if args.source:
+            from cnnkit.artifacts import read_meta
+            from cnnkit.artifacts.checkpoint import resolve_checkpoint
+
             source = Path(args.source)
-            val_acc = None
+            meta = read_meta(resolve_checkpoint(source))
+            val_acc = meta["metrics"].get("val_acc")
+            cfg = meta["config"]
+            source_note = (f"{cfg['model']} {cfg['model_kwargs']}, {cfg['epochs']} epochs on {cfg['data'].split('/')[-1]}, "
+                           f"seed {cfg['seed']}, amp {cfg['amp']} (val acc {val_acc:.4f})")
         else:
             t = time.perf_counter()
             run = fit(model="resnet9", model_kwargs={"width": 16}, data=data, data_dir=args.data_dir,
                       epochs=1 if args.quick else args.epochs, out=str(work / "source"), progress=False)
             source, val_acc = run.best_checkpoint, run.best_val_acc
+            source_note = f"resnet9 width 16, fast recipe, {args.epochs} epochs on {data} (val acc {val_acc:.4f})"
             print(f"source model trained in {time.perf_counter() - t:.0f} s, val acc {val_acc:.4f}", flush=True)
         rows = []
         for batch, per_cell in sorted(plan.items(), reverse=True):
@@ -84,8 +92,7 @@ def main() -> None:
         f"plain bn falls apart at batch {one} (mCE above the source's)": mce(one, "bn") > mce(one, "source"),
         f"alpha-bn beats plain bn at batch {one}": mce(one, "alpha-bn") < mce(one, "bn"),
     }
-    payload = {"machine": machine(), "source": str(args.source or f"resnet9 width 16, fast recipe, {args.epochs} "
-                                                              f"epochs on {data} (val acc {val_acc})"),
+    payload = {"machine": machine(), "source": source_note,
                "benchmark": bench, "alpha": args.alpha, "tent": "Adam lr 1e-3, one step per batch, online within a cell",
                "rows": rows, "checks": checks, "paper": PAPER, "quick": args.quick,
                "command": "python -m benchmarks.corruption" + (" --quick" if args.quick else "")}

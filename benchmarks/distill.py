@@ -51,6 +51,8 @@ def main() -> None:
 
     try:
         teachers = args.teacher or []
+        for path in teachers:
+            score(f"teacher: {Path(path).name}", path, None)
         if not teachers:
             for seed in (0, 1):
                 t = time.perf_counter()
@@ -75,15 +77,20 @@ def main() -> None:
     checks = {"distilled student beats the student trained alone": max(kd, meal) > alone,
               "kd beats alone": kd > alone, "meal-v2 beats alone": meal > alone,
               "meal-v2 without labels is at least as good as kd with them": meal >= kd}
-    payload = {"machine": machine(), "data": data, "student_epochs": epochs, "teachers": teachers if args.teacher else
-               f"2 × resnet9 width 16, fast recipe, {args.teacher_epochs} epochs, seeds 0 and 1",
+    from cnnkit.artifacts import read_meta
+    from cnnkit.artifacts.checkpoint import resolve_checkpoint
+
+    described = [{k: read_meta(resolve_checkpoint(t))["config"][k] for k in ("model", "model_kwargs", "epochs", "seed",
+                                                                          "amp")} for t in teachers]
+    payload = {"machine": machine(), "data": data, "student_epochs": epochs, "teachers": described,
                "rows": rows, "checks": checks, "papers": PAPERS, "quick": args.quick,
                "command": "python -m benchmarks.distill" + (" --quick" if args.quick else "")}
     name = "distill_quick" if args.quick else "distill"
     write_result(name, payload)
     lines = [f"Knowledge distillation on {data}: test accuracy (10,000 test images), students {epochs} epochs each.",
              "", "| model | test acc (%) | seconds |", "| --- | ---: | ---: |"]
-    lines += [f"| {r['model']} | {100 * r['test_acc']:.2f} | {r['seconds']:.0f} |" for r in rows]
+    lines += [f"| {r['model']} | {100 * r['test_acc']:.2f} | "
+              f"{'' if r['seconds'] is None else format(r['seconds'], '.0f')} |" for r in rows]
     lines += ["", "| check | met |", "| --- | --- |"] + [f"| {k} | {'yes' if v else 'no'} |" for k, v in checks.items()]
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

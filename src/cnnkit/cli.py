@@ -346,6 +346,14 @@ def _lr_find(options: dict[str, Any], out: Path | None) -> None:
                         "plot": (out / "lr_find.png") if out else "(give --out DIR to save lr_find.png and .csv)"})
 
 
+# test-time adaptation, shared by eval and predict
+_ADAPT_OPTION = typer.Option(None, help="Test-time adaptation of BatchNorm to the images, on a copy of the model: bn "
+                                        "(the batch's statistics), alpha-bn (mixed with the source's by --alpha) or "
+                                        "tent (entropy minimization).")
+_ALPHA_OPTION = typer.Option(None, help="alpha-bn: weight of the batch's statistics, 0 (source) to 1 (bn); default 0.1.")
+_TENT_LR_OPTION = typer.Option(1e-3, help="tent: Adam learning rate of the BatchNorm scales and shifts.")
+
+
 @app.command("eval")
 def eval_cmd(
     checkpoint: Path = typer.Option(..., help="Run directory (its best checkpoint) or a .safetensors file."),
@@ -362,12 +370,9 @@ def eval_cmd(
                                                  "model's (same number, same order)."),
     amp: str = typer.Option("off", help="off (float32, exact), auto (bf16 only where the CPU or GPU computes it "
                                         "natively, as in train), bf16 or fp16."),
-    adapt: Optional[str] = typer.Option(None, help="Test-time adaptation of BatchNorm to the images, on a copy of "
-                                                   "the model: bn (the batch's statistics), alpha-bn (mixed with "
-                                                   "the source's by --alpha) or tent (entropy minimization)."),
-    alpha: Optional[float] = typer.Option(None, help="alpha-bn: weight of the batch's statistics, 0 (source) to 1 "
-                                                     "(bn); default 0.1."),
-    tent_lr: float = typer.Option(1e-3, help="tent: Adam learning rate of the BatchNorm scales and shifts."),
+    adapt: Optional[str] = _ADAPT_OPTION,
+    alpha: Optional[float] = _ALPHA_OPTION,
+    tent_lr: float = _TENT_LR_OPTION,
     batch_size: int = typer.Option(512, min=1, help="Images per batch (what --adapt adapts to)."),
     images_per_cell: Optional[int] = typer.Option(None, min=1, help="Corruption benchmarks: evaluate this many "
                                                                     "images of each cell (stratified, seeded)."),
@@ -454,12 +459,9 @@ def predict(
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable image."),
     amp: str = typer.Option("off", help="off (float32, exact), auto (bf16 only where the CPU or GPU computes it "
                                         "natively, as in train), bf16 or fp16."),
-    adapt: Optional[str] = typer.Option(None, help="Test-time adaptation of BatchNorm to the images, on a copy of "
-                                                   "the model: bn (the batch's statistics), alpha-bn (mixed with "
-                                                   "the source's by --alpha) or tent (entropy minimization)."),
-    alpha: Optional[float] = typer.Option(None, help="alpha-bn: weight of the batch's statistics, 0 (source) to 1 "
-                                                     "(bn); default 0.1."),
-    tent_lr: float = typer.Option(1e-3, help="tent: Adam learning rate of the BatchNorm scales and shifts."),
+    adapt: Optional[str] = _ADAPT_OPTION,
+    alpha: Optional[float] = _ALPHA_OPTION,
+    tent_lr: float = _TENT_LR_OPTION,
     batch_size: int = typer.Option(256, min=1, help="Images per batch (what --adapt adapts to), in the order given."),
 ) -> None:
     """Top-k classes for image files of any size and mode (here, or by a running service with --url)."""
