@@ -229,6 +229,13 @@ ROWS: list[tuple[str, str, str]] = [
     ("bench-missing", "bench {bad}/missing", "no such checkpoint"),
     ("bench-garbage", "bench {bad}/garbage.safetensors", "not a readable safetensors file"),
     ("bench-json-folder", "bench {run} --repeats 3 --json {bad}/empty", "is a folder"),
+    # soup
+    ("soup-one-ingredient", "soup {run}", "at least 2 ingredients"),
+    ("soup-other-architecture", "soup {run} {other}", "their model options differ"),
+    ("soup-garbage", "soup {run} {bad}/garbage.safetensors", "not a readable safetensors file"),
+    ("soup-onnx", "soup {run} {onnx}", "is not a cnnkit checkpoint"),
+    ("soup-missing", "soup {run} {cwd}/nowhere", "no such checkpoint or run directory"),
+    ("soup-method", "soup {run} {best} --method soupiest", "--method must be greedy, uniform or both"),
     # demo
     ("demo-out-is-file", "demo --out {ok} --epochs 1", "is a file"),
     # models
