@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--teacher-epochs", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=3, help="student epochs, the same for every student")
     ap.add_argument("--student", default="resnet20")
+    ap.add_argument("--seed", type=int, default=0, help="the students' seed (results of a seed other than 0 go to "
+                                                        "distill_seedN.json)")
     ap.add_argument("--quick", action="store_true", help="smoke run on the bundled sample")
     args = ap.parse_args()
     from cnnkit.evaluate import evaluate
@@ -65,7 +67,8 @@ def main() -> None:
                              ("kd (T 4, α 0.9)", {"distill": "kd", "teachers": teachers}),
                              ("meal-v2 (no labels)", {"distill": "meal-v2", "teachers": teachers})]:
             t = time.perf_counter()
-            run = fit(model=args.student, epochs=epochs, out=str(work / label.split()[0]), **extra, **common)
+            run = fit(model=args.student, epochs=epochs, seed=args.seed, out=str(work / label.split()[0]), **extra,
+                      **common)
             score(f"student {args.student}: {label}", run.run_dir, time.perf_counter() - t,
                   config={k: run.config.to_dict()[k] for k in ("optimizer", "lr", "batch_size", "epochs",
                                                                 "label_smoothing", "amp")})
@@ -82,10 +85,12 @@ def main() -> None:
 
     described = [{k: read_meta(resolve_checkpoint(t))["config"][k] for k in ("model", "model_kwargs", "epochs", "seed",
                                                                           "amp")} for t in teachers]
-    payload = {"machine": machine(), "data": data, "student_epochs": epochs, "teachers": described,
+    payload = {"machine": machine(), "data": data, "student_epochs": epochs, "student_seed": args.seed,
+               "teachers": described,
                "rows": rows, "checks": checks, "papers": PAPERS, "quick": args.quick,
-               "command": "python -m benchmarks.distill" + (" --quick" if args.quick else "")}
-    name = "distill_quick" if args.quick else "distill"
+               "command": "python -m benchmarks.distill" + (" --quick" if args.quick else "")
+               + (f" --seed {args.seed}" if args.seed else "")}
+    name = ("distill_quick" if args.quick else "distill") + (f"_seed{args.seed}" if args.seed else "")
     write_result(name, payload)
     lines = [f"Knowledge distillation on {data}: test accuracy (10,000 test images), students {epochs} epochs each.",
              "", "| model | test acc (%) | seconds |", "| --- | ---: | ---: |"]
