@@ -21,7 +21,8 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
 def test_train_eval_predict_end_to_end(tmp_path, capsys, sample_train):
     run_dir = tmp_path / "run"
     code, out, err = run(capsys, "train", "--model", "resnet9", "--model-kw", "width=8", "--data", "sample",
-                         "--epochs", "2", "--batch-size", "128", "--out", str(run_dir), "--quiet")
+                         "--epochs", "2", "--batch-size", "128", "--train-images", "1000", "--out", str(run_dir),
+                         "--quiet")
     assert code == 0, err
     assert "best val acc" in out and (run_dir / "best.safetensors").exists()
 

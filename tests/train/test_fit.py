@@ -67,7 +67,7 @@ def _weights(path):
 
 
 def test_resume_reproduces_uninterrupted_run_exactly(tmp_path):
-    opts = dict(TINY, epochs=4, deterministic=True, seed=7, ema=0.9, val_fraction=0.1,
+    opts = dict(TINY, epochs=4, deterministic=True, seed=7, ema=0.9, val_fraction=0.1, train_images=1000,
                 augment={"crop_padding": 2, "hflip": True, "erasing": 0.3, "mixup": 0.2}, progress=False)
     straight = fit(**opts, out=str(tmp_path / "straight"))
 
@@ -143,7 +143,8 @@ def test_interrupted_checkpoint_write_leaves_previous_file_intact(trained_run, t
 def test_early_stopping_stops_when_validation_stalls(tmp_path):
     # A learning rate this small leaves the weights as they are: validation accuracy stops improving
     # once batch-norm statistics settle, and patience 2 ends the run well before 12 epochs.
-    r = fit(**TINY, epochs=12, lr=1e-9, early_stopping=2, out=str(tmp_path / "r"), progress=False)
+    r = fit(**TINY, epochs=12, lr=1e-9, early_stopping=2, train_images=1000, out=str(tmp_path / "r"),
+            progress=False)
     assert r.stopped_early and len(r.history) < 12
 
 
