@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--per-cell", default="128:all,16:1000,1:200",
                     help="batch size: images per cell (all = the 10,000)")
     ap.add_argument("--quick", action="store_true", help="smoke run: sample data, 2 corruptions, tiny subsets")
+    ap.add_argument("--alphas", default=None, help="instead: alpha-bn only, at these α (e.g. 0.1,0.3,0.5), "
+                                                   "written to corruption_alpha.json/.md")
     args = ap.parse_args()
     from cnnkit.evaluate import evaluate_corruptions
     from cnnkit.train import fit
@@ -66,6 +68,9 @@ def main() -> None:
             source_note = f"resnet9 width 16, fast recipe, {args.epochs} epochs on {data} (val acc {val_acc:.4f})"
             print(f"source model trained in {time.perf_counter() - t:.0f} s, val acc {val_acc:.4f}", flush=True)
         rows = []
+        if args.alphas:
+            _alpha_sweep(args, source, source_note, bench, plan)
+            return
         for batch, per_cell in sorted(plan.items(), reverse=True):
             for adapt in (None, "bn", "alpha-bn", "tent"):
                 t = time.perf_counter()
@@ -114,6 +119,34 @@ def main() -> None:
         lines.append(f"| {c} | " + " | ".join(f"{100 * by[a]['per_corruption'][c]:.2f}"
                                             for a in ("source", "bn", "alpha-bn", "tent")) + " |")
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _alpha_sweep(args, source, source_note: str, bench: str, plan: dict) -> None:
+    """alpha-bn's error against α, per test batch size: where the mixture stops helping or starts hurting."""
+    from cnnkit.evaluate import evaluate_corruptions
+
+    rows = []
+    for batch, per_cell in sorted(plan.items(), reverse=True):
+        for alpha in [float(a) for a in args.alphas.split(",")]:
+            t = time.perf_counter()
+            r = evaluate_corruptions(source, bench, data_dir=args.data_dir, batch_size=batch, device="cpu",
+                                     adapt="alpha-bn", alpha=alpha, images_per_cell=per_cell)
+            rows.append({"batch": batch, "images_per_cell": per_cell or "all", "alpha": alpha,
+                         "clean_error": r.clean_error, "mce": r.mean_corruption_error,
+                         "seconds": time.perf_counter() - t})
+            print(json.dumps(rows[-1]), flush=True)
+    write_result("corruption_alpha", {"machine": machine(), "source": source_note, "benchmark": bench, "rows": rows,
+                                      "command": f"python -m benchmarks.corruption --alphas {args.alphas}"})
+    alphas = sorted({r["alpha"] for r in rows})
+    lines = [f"alpha-bn on {bench}: mean corruption error / clean error (%) against α (0 = source, 1 = bn).", "",
+             "| test batch | " + " | ".join(f"α {a:g}" for a in alphas) + " |",
+             "| ---: | " + " | ".join("---:" for _ in alphas) + " |"]
+    for batch in sorted(plan, reverse=True):
+        by = {r["alpha"]: r for r in rows if r["batch"] == batch}
+        lines.append(f"| {batch} | " + " | ".join(f"{100 * by[a]['mce']:.2f} / {100 * by[a]['clean_error']:.1f}"
+                                                 for a in alphas) + " |")
+    (RESULTS / "corruption_alpha.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
