@@ -182,7 +182,7 @@ def _train(*, extra: dict[str, Any] | None = None, command: str = "train", **kw:
      lr, optimizer, weight_decay, schedule, warmup_epochs, label_smoothing, ema, augment, amp, channels_last, compile,
      grad_clip, early_stopping, val_fraction, train_images, train_images_per_class, tta, keep_epoch, seed,
      split_seed, deterministic, device, threads, download, strict, img_size, test_fraction, quiet) = (
-        kw[k] for k in _TRAIN_OPTIONS)
+        kw[k] for k in _TRAIN_NAMES)
     if test_fraction is not None and not 0.0 < test_fraction < 1.0:
         raise ConfigError(f"--test-fraction must be strictly between 0 and 1, e.g. 0.2; got {test_fraction}")
     model_kwargs, augment_options = parse_kv(model_kw), parse_kv(augment, "--augment")
@@ -224,7 +224,15 @@ def _train(*, extra: dict[str, Any] | None = None, command: str = "train", **kw:
                       "best checkpoint": result.best_checkpoint})
 
 
-_TRAIN_OPTIONS = [name for name in __import__("inspect").signature(train).parameters]
+# the names `_train` unpacks, in its order; checked against `train`'s own parameters when the module loads, so that
+# an option added to `train` (and so to `distill`) cannot be dropped or mixed up silently
+_TRAIN_NAMES = ("model", "data", "data_dir", "epochs", "budget", "lr_find", "recipe", "out", "resume", "overwrite",
+                "model_kw", "init_from", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "warmup_epochs",
+                "label_smoothing", "ema", "augment", "amp", "channels_last", "compile", "grad_clip", "early_stopping",
+                "val_fraction", "train_images", "train_images_per_class", "tta", "keep_epoch", "seed", "split_seed",
+                "deterministic", "device", "threads", "download", "strict", "img_size", "test_fraction", "quiet")
+if set(_TRAIN_NAMES) != set(__import__("inspect").signature(train).parameters):
+    raise RuntimeError("cnnkit.cli: _TRAIN_NAMES must list exactly the parameters of `train`")
 
 
 def distill_cmd(
@@ -383,7 +391,7 @@ def eval_cmd(
     _check_early(device=device, checkpoint=checkpoint, amp=amp)
     from cnnkit.evaluate.adapt import check_adapt
 
-    check_adapt(adapt, alpha)
+    check_adapt(adapt, alpha, tent_lr)
     from cnnkit.data.corruptions import parse_benchmark
     from cnnkit.train import resolve_checkpoint
 
@@ -480,7 +488,7 @@ def predict(
         _check_early(device=device, amp=amp)
         from cnnkit.evaluate.adapt import check_adapt
 
-        check_adapt(adapt, alpha)
+        check_adapt(adapt, alpha, tent_lr)
         from cnnkit.evaluate import predict as predict_files
 
         preds = predict_files(checkpoint, inputs, topk=topk, tta=tta, device=device, strict=strict, amp=amp,

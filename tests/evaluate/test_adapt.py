@@ -120,6 +120,7 @@ def test_cli_eval_on_a_corruption_benchmark_and_predict_with_adaptation(trained_
                           (["--data", "sample-c", "--tta"], "is a test benchmark"),
                           (["--data", "sample", "--adapt", "bnn"], "--adapt must be one of"),
                           (["--data", "sample", "--alpha", "0.3"], "give it with --adapt alpha-bn"),
+                          (["--data", "sample", "--adapt", "tent", "--tent-lr", "-1"], "--tent-lr must be a positive number"),
                           (["--data", "sample", "--images-per-cell", "5"], "applies to corruption benchmarks")]:
         code, out, err = run(capsys, "eval", "--checkpoint", str(trained_run.run_dir), *args)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)

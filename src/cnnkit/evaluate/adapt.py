@@ -20,6 +20,7 @@ nothing to adapt, and says so.
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn as nn
@@ -37,8 +38,11 @@ def _image_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
             and not isinstance(m, nn.BatchNorm1d) and m.track_running_stats and m.running_mean is not None]
 
 
-def check_adapt(method: str | None, alpha: float | None = None) -> None:
-    """ConfigError unless `method` is a known adaptation and α (for alpha-bn only) lies in [0, 1]."""
+def check_adapt(method: str | None, alpha: float | None = None, lr: float = DEFAULT_TENT_LR) -> None:
+    """ConfigError unless `method` is a known adaptation, α (for alpha-bn only) lies in [0, 1] and tent's
+    learning rate is a positive number."""
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"--tent-lr must be a positive number, got {lr}")
     if method is None:
         if alpha is not None:
             raise ConfigError("--alpha sets alpha-bn's mixture; give it with --adapt alpha-bn")
@@ -56,7 +60,7 @@ class BatchNormAdapter:
 
     def __init__(self, model: nn.Module, method: str, alpha: float | None = None, lr: float = DEFAULT_TENT_LR,
                  device: torch.device | str = "cpu", amp: torch.dtype | None = None) -> None:
-        check_adapt(method, alpha)
+        check_adapt(method, alpha, lr)
         if not _image_norms(model):
             raise ConfigError(f"--adapt {method} adapts BatchNorm layers, and this model has none over images "
                               f"(it normalizes otherwise, e.g. LayerNorm): there is nothing to adapt")

@@ -32,11 +32,11 @@ def _probs(model, loader: BatchLoader, dev: torch.device, amp: torch.dtype | Non
     return adapted_probs(BatchNormAdapter(model, adapt, alpha, tent_lr, dev, amp), loader)
 
 
-def _adaptable(ckpt: LoadedCheckpoint, adapt: str | None, alpha: float | None) -> None:
+def _adaptable(ckpt: LoadedCheckpoint, adapt: str | None, alpha: float | None, tent_lr: float) -> None:
     from cnnkit.artifacts.runtimes import is_exported
     from cnnkit.evaluate.adapt import check_adapt
 
-    check_adapt(adapt, alpha)
+    check_adapt(adapt, alpha, tent_lr)
     if adapt is not None and is_exported(ckpt.model):
         raise ConfigError(f"--adapt changes BatchNorm layers, which {ckpt.path.name} (an exported artifact) does not "
                           f"expose; adapt a cnnkit checkpoint (.safetensors or a run directory)")
@@ -70,7 +70,7 @@ def evaluate(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str | None 
                           f"(`cnnkit eval --data {data}` does)")
     dev = pick_device(device, cpu_only_artifact(checkpoint))
     ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, dev)
-    _adaptable(ckpt, adapt, alpha)
+    _adaptable(ckpt, adapt, alpha, tent_lr)
     ckpt.model.to(dev)
     data = checkpoint_data_source(ckpt, data).name
     ds = load_checkpoint_data(ckpt, data, split, data_dir=data_dir, strict=strict,
@@ -111,7 +111,7 @@ def predict(checkpoint: str | os.PathLike | LoadedCheckpoint, inputs: list[str |
     `adapt` adapts a copy of the model to the images, `batch_size` at a time, in the order given."""
     dev = pick_device(device, cpu_only_artifact(checkpoint))
     ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, dev)
-    _adaptable(ckpt, adapt, alpha)
+    _adaptable(ckpt, adapt, alpha, tent_lr)
     ckpt.model.to(dev)
     images, kept = load_model_inputs(list(inputs), ckpt.in_chans, ckpt.img_size, strict)
     k = max(1, min(topk, len(ckpt.classes)))
@@ -173,7 +173,7 @@ def evaluate_corruptions(checkpoint: str | os.PathLike | LoadedCheckpoint, data:
         raise ConfigError(f"--images-per-cell must be at least 1, got {images_per_cell}")
     dev = pick_device(device, cpu_only_artifact(checkpoint))
     ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, dev)
-    _adaptable(ckpt, adapt, alpha)
+    _adaptable(ckpt, adapt, alpha, tent_lr)
     ckpt.model.to(dev)
     precision = autocast_dtype(amp, dev)
     mean, std = ckpt.normalization
