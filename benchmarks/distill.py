@@ -5,7 +5,14 @@ discriminator), all for the same number of epochs with the same recipe (the ResN
 Teachers: two ResNet-9 (width 16) trained with cnnkit's fast recipe, seeds 0 and 1 (or `--teacher RUN ...`).
 Everything is scored on the 10,000 test images, which no run saw.
 
-    python -m benchmarks.distill   # writes benchmarks/results/distill.json and .md (about 45 minutes on 2 cores)
+    python -m benchmarks.distill   # writes benchmarks/results/distill.json and .md (about 10 minutes on 2 cores
+                                   # with teachers given, 25 without)
+
+`--setting finetune` is MEAL V2's own setting: the student starts from a pretrained checkpoint (here the student
+trained alone for `--epochs`), then each of alone (labels), kd and meal-v2 continues it for `--finetune-epochs`
+at `--finetune-lr` (a tenth of the family's 0.1 by default), so all three start from the same weights.
+
+    python -m benchmarks.distill --setting finetune --teacher T0 --teacher T1   # distill_finetune.json
 """
 
 from __future__ import annotations
@@ -34,6 +41,10 @@ def main() -> None:
     ap.add_argument("--student", default="resnet20")
     ap.add_argument("--seed", type=int, default=0, help="the students' seed (results of a seed other than 0 go to "
                                                         "distill_seedN.json)")
+    ap.add_argument("--setting", choices=("scratch", "finetune"), default="scratch",
+                    help="scratch: every student from random init; finetune: from the student trained alone")
+    ap.add_argument("--finetune-epochs", type=int, default=2)
+    ap.add_argument("--finetune-lr", type=float, default=0.01)
     ap.add_argument("--quick", action="store_true", help="smoke run on the bundled sample")
     args = ap.parse_args()
     from cnnkit.evaluate import evaluate
@@ -52,6 +63,8 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
 
     try:
+        from cnnkit.artifacts.checkpoint import resolve_checkpoint
+
         teachers = args.teacher or []
         for path in teachers:
             score(f"teacher: {Path(path).name}", path, None)
@@ -63,15 +76,28 @@ def main() -> None:
                 teachers.append(str(run.run_dir))
                 score(f"teacher: resnet9 width 16, seed {seed}", run.run_dir, time.perf_counter() - t)
         epochs = 1 if args.quick else args.epochs
-        for label, extra in [("alone (labels)", {}),
-                             ("kd (T 4, α 0.9)", {"distill": "kd", "teachers": teachers}),
-                             ("meal-v2 (no labels)", {"distill": "meal-v2", "teachers": teachers})]:
+        students = [("alone (labels)", {}), ("kd (T 4, α 0.9)", {"distill": "kd", "teachers": teachers}),
+                    ("meal-v2 (no labels)", {"distill": "meal-v2", "teachers": teachers})]
+        if args.setting == "finetune":
+            t = time.perf_counter()
+            base = fit(model=args.student, epochs=epochs, seed=args.seed, out=str(work / "base"), **common)
+            score(f"base {args.student}: alone (labels), {epochs} epochs", base.run_dir, time.perf_counter() - t)
+            start = str(resolve_checkpoint(base.run_dir))
+            epochs = 1 if args.quick else args.finetune_epochs
+            for _, extra in students:
+                extra.update(init_from=start, lr=args.finetune_lr)
+        for label, extra in students:
             t = time.perf_counter()
             run = fit(model=args.student, epochs=epochs, seed=args.seed, out=str(work / label.split()[0]), **extra,
                       **common)
             score(f"student {args.student}: {label}", run.run_dir, time.perf_counter() - t,
                   config={k: run.config.to_dict()[k] for k in ("optimizer", "lr", "batch_size", "epochs",
                                                                 "label_smoothing", "amp")})
+        from cnnkit.artifacts import read_meta
+        from cnnkit.artifacts.checkpoint import resolve_checkpoint
+
+        described = [{k: read_meta(resolve_checkpoint(t))["config"][k]
+                      for k in ("model", "model_kwargs", "epochs", "seed", "amp")} for t in teachers]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -80,19 +106,20 @@ def main() -> None:
     checks = {"distilled student beats the student trained alone": max(kd, meal) > alone,
               "kd beats alone": kd > alone, "meal-v2 beats alone": meal > alone,
               "meal-v2 without labels is at least as good as kd with them": meal >= kd}
-    from cnnkit.artifacts import read_meta
-    from cnnkit.artifacts.checkpoint import resolve_checkpoint
-
-    described = [{k: read_meta(resolve_checkpoint(t))["config"][k] for k in ("model", "model_kwargs", "epochs", "seed",
-                                                                          "amp")} for t in teachers]
-    payload = {"machine": machine(), "data": data, "student_epochs": epochs, "student_seed": args.seed,
+    payload = {"machine": machine(), "data": data, "setting": args.setting, "student_epochs": epochs,
+               "student_seed": args.seed,
+               **({"base_epochs": args.epochs, "finetune_lr": args.finetune_lr} if args.setting == "finetune" else {}),
                "teachers": described,
                "rows": rows, "checks": checks, "papers": PAPERS, "quick": args.quick,
                "command": "python -m benchmarks.distill" + (" --quick" if args.quick else "")
+               + (" --setting finetune" if args.setting == "finetune" else "")
                + (f" --seed {args.seed}" if args.seed else "")}
-    name = ("distill_quick" if args.quick else "distill") + (f"_seed{args.seed}" if args.seed else "")
+    name = ("distill_quick" if args.quick else "distill") + ("_finetune" if args.setting == "finetune" else "") \
+        + (f"_seed{args.seed}" if args.seed else "")
     write_result(name, payload)
-    lines = [f"Knowledge distillation on {data}: test accuracy (10,000 test images), students {epochs} epochs each.",
+    how = (f"students start from the base trained alone and continue {epochs} epochs each at lr {args.finetune_lr}"
+           if args.setting == "finetune" else f"students {epochs} epochs each from random init")
+    lines = [f"Knowledge distillation on {data}: test accuracy (10,000 test images), {how}.",
              "", "| model | test acc (%) | seconds |", "| --- | ---: | ---: |"]
     lines += [f"| {r['model']} | {100 * r['test_acc']:.2f} | "
               f"{'' if r['seconds'] is None else format(r['seconds'], '.0f')} |" for r in rows]

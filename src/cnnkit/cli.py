@@ -28,6 +28,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Train, evaluate and ship convolutional image classifiers.")
 models_app = typer.Typer(no_args_is_help=True, help="List and inspect the registered models.")
 app.add_typer(models_app, name="models")
+data_app = typer.Typer(no_args_is_help=True, help="Prepare data sets: WebDataset shards for training at scale.")
+app.add_typer(data_app, name="data")
 
 
 @app.callback()
@@ -170,6 +172,20 @@ def train(
     test_fraction: Optional[float] = typer.Option(
         None, help="Flat imagefolder (no train/ and test/ sub-folders): share of each class held out as the "
                    "test split, chosen by --seed (default 0.2)."),
+    data_mode: Optional[str] = typer.Option(
+        None, help="imagefolder: memory (decode once, hold in RAM), stream (decode and augment in worker "
+                   "processes, bounded memory) or auto (stream when the decoded set would take more than a "
+                   "quarter of the available memory; default)."),
+    workers: Optional[int] = typer.Option(None, min=0, help="Streaming: decoding processes per training process "
+                                                            "(default: the CPUs shared among the processes, ≤ 8)."),
+    nproc: Optional[int] = typer.Option(None, min=1, help="Train on N processes of this machine with torchrun "
+                                                          "(DistributedDataParallel; gloo on CPU, NCCL on CUDA); "
+                                                          "--batch-size is the global batch."),
+    sync_bn: Optional[bool] = typer.Option(None, "--sync-bn/--no-sync-bn",
+                                           help="Several processes: BatchNorm with the global batch's statistics."),
+    checkpoint_every: Optional[int] = typer.Option(
+        None, min=0, help="Also save the full training state every N steps, mid-epoch, so that --resume (or "
+                          "torchrun --max-restarts) continues from that step (0 = only at epochs' ends)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train a model; writes checkpoints, metrics and the resolved config to a run directory."""
@@ -181,8 +197,8 @@ def _train(*, extra: dict[str, Any] | None = None, command: str = "train", **kw:
     (model, data, data_dir, epochs, budget, lr_find, recipe, out, resume, overwrite, model_kw, init_from, batch_size,
      lr, optimizer, weight_decay, schedule, warmup_epochs, label_smoothing, ema, augment, amp, channels_last, compile,
      grad_clip, early_stopping, val_fraction, train_images, train_images_per_class, tta, keep_epoch, seed,
-     split_seed, deterministic, device, threads, download, strict, img_size, test_fraction, quiet) = (
-        kw[k] for k in _TRAIN_NAMES)
+     split_seed, deterministic, device, threads, download, strict, img_size, test_fraction, data_mode, workers, nproc,
+     sync_bn, checkpoint_every, quiet) = (kw[k] for k in _TRAIN_NAMES)
     if test_fraction is not None and not 0.0 < test_fraction < 1.0:
         raise ConfigError(f"--test-fraction must be strictly between 0 and 1, e.g. 0.2; got {test_fraction}")
     model_kwargs, augment_options = parse_kv(model_kw), parse_kv(augment, "--augment")
@@ -207,13 +223,28 @@ def _train(*, extra: dict[str, Any] | None = None, command: str = "train", **kw:
                    keep_epochs=keep_epoch or None,
                    seed=seed, split_seed=split_seed, deterministic=deterministic, device=device, threads=threads,
                    download=download, strict=strict, img_size=parse_img_size(img_size), test_fraction=test_fraction,
+                   data_mode=data_mode, workers=workers, sync_bn=sync_bn, checkpoint_every=checkpoint_every,
                    **(extra or {}))
+    if nproc is not None and nproc > 1:
+        if lr_find:
+            raise ConfigError("--lr-find runs on one process; drop --nproc for it")
+        from cnnkit.train.distributed import launched_by_torchrun
+
+        if not launched_by_torchrun():  # check the options here, once, then start the processes
+            if resume is None:
+                from cnnkit.train.config import resolve_config
+
+                resolve_config({k: v for k, v in options.items() if v is not None})
+            _launch(nproc)
+            return
     if lr_find:
         _lr_find(options, out)
         return
     if resume is not None:
         options.pop("out")
     result = fit(resume=resume, overwrite=overwrite, progress=not quiet, **options)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return
     last = result.history[-1]
     cfg = result.config
     taught = {"method": cfg.distill, "teachers": ", ".join(cfg.teachers)} if cfg.distill else {}
@@ -230,9 +261,27 @@ _TRAIN_NAMES = ("model", "data", "data_dir", "epochs", "budget", "lr_find", "rec
                 "model_kw", "init_from", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "warmup_epochs",
                 "label_smoothing", "ema", "augment", "amp", "channels_last", "compile", "grad_clip", "early_stopping",
                 "val_fraction", "train_images", "train_images_per_class", "tta", "keep_epoch", "seed", "split_seed",
-                "deterministic", "device", "threads", "download", "strict", "img_size", "test_fraction", "quiet")
+                "deterministic", "device", "threads", "download", "strict", "img_size", "test_fraction", "data_mode",
+                "workers", "nproc", "sync_bn", "checkpoint_every", "quiet")
 if set(_TRAIN_NAMES) != set(__import__("inspect").signature(train).parameters):
     raise RuntimeError("cnnkit.cli: _TRAIN_NAMES must list exactly the parameters of `train`")
+
+
+def _launch(nproc: int) -> None:
+    """Run this very command again on `nproc` processes under torchrun's launcher (without --nproc)."""
+    from cnnkit.train.distributed import launch
+
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            argv.append(a)
+    code = launch(nproc, argv)
+    if code:
+        raise typer.Exit(code)
 
 
 def distill_cmd(
@@ -1032,6 +1081,36 @@ def models_info(
         for o, doc in card.options.items():
             t.add_row(o, doc)
         stdout.print(t)
+
+
+@data_app.command("shard")
+def data_shard(
+    source: str = typer.Argument(..., help="The images: imagefolder:<dir>."),
+    out: Path = typer.Option(..., help="Folder for the shards and manifest.json: new, or one "
+                                       "`cnnkit data shard` wrote."),
+    shard_size: str = typer.Option("1GiB", help="Largest shard file: e.g. 500MB, 1GB, 64KiB or bytes (KB, MB, GB: "
+                                                "powers of 1000; KiB, MiB, GiB: of 1024)."),
+    val_fraction: float = typer.Option(0.1, help="Fraction of each class of the train split held out as val."),
+    split_seed: int = typer.Option(0, help="Seed of the test and val splits and of the order samples are written in."),
+    test_fraction: float = typer.Option(0.2, help="Fraction of each class held out as test (a flat folder only)."),
+    img_size: Optional[str] = typer.Option(None, "--img-size", help="Size images are decoded to: N or HxW "
+                                                                     "(default: their own when shared, else 64)."),
+    overwrite: bool = typer.Option(False, help="Replace the shards an earlier `cnnkit data shard` wrote in --out."),
+) -> None:
+    """Write an image folder as WebDataset tar shards (train, val, test) and their manifest.json."""
+    from cnnkit.data.shards import MANIFEST_NAME, parse_size, write_shards
+
+    size = parse_size(shard_size)
+    _check_out_folder(out)
+    manifest = write_shards(source, out, size, val_fraction, split_seed, test_fraction, parse_img_size(img_size),
+                            overwrite=overwrite)
+    rows: dict[str, Any] = {}
+    for split, entry in manifest["splits"].items():
+        rows[split] = (f"{entry['images']} images in {len(entry['shards'])} shard(s), "
+                       f"{entry['bytes'] / 2**20:.1f} MiB")
+    rows["skipped"] = f"{manifest['skipped']} unreadable image(s)"
+    rows["manifest"] = str(out / MANIFEST_NAME)
+    summary("shards", rows)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001

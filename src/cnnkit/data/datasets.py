@@ -303,18 +303,76 @@ def _split_name(split: str, test_fraction: float, seed: int) -> str:
     return f"train (all but the {pct} held out for test, seed {seed})"
 
 
-def load_imagefolder(root: str | os.PathLike, split: str = "train", img_size: ImageSize | None = None,
-                     in_chans: int | None = None, strict: bool = False, test_fraction: float = 0.2,
-                     seed: int = 0) -> ImageData:
-    """A folder per class of PNG/JPEG images of any size and mode, decoded into memory.
+@dataclass
+class FileSet:
+    """A labelled image folder as a list of files, decoded only when read (`cnnkit.data.stream`): what the
+    in-memory ImageData holds as pixels, it holds as paths. Same split and subset interface as ImageData."""
 
-    With `<root>/train` and `<root>/test` (or `val`) sub-folders each split is its own folder; otherwise
-    (a flat folder of class folders) `test_fraction` of each class is held out as the test split, chosen
-    by `seed` (see `held_out_test`), and the train split is the rest. Corrupt images are skipped with a
-    warning (or raise with `strict`). Images are converted to `in_chans` (default: 1 if every image is
-    grayscale, else 3) and to `img_size`, an int N (N×N) or (H, W) (default: the size all images share,
-    or 64×64 when they differ).
-    """
+    files: list[Path]
+    labels: torch.Tensor
+    classes: list[str]
+    name: str
+    split: str
+    in_chans: int
+    img_size: tuple[int, int]
+    root: Path | None = None  # fingerprints name files relative to it, so a moved folder keeps its fingerprint
+    skipped: list[str] = field(default_factory=list)
+    boxes: None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def fingerprint(self) -> str:
+        """Hash of each file's relative name, size and label (first 16 hex digits of SHA-256): reading every
+        byte of a folder larger than memory at each start or resume would cost as much as an epoch."""
+        h = hashlib.sha256()
+        for f, y in zip(self.files, self.labels.tolist()):
+            name = f.relative_to(self.root).as_posix() if self.root else f.name
+            h.update(f"{name}\0{f.stat().st_size}\0{y}\n".encode())
+        return h.hexdigest()[:16]
+
+    def subset(self, index: torch.Tensor, split: str) -> FileSet:
+        keep = index.tolist()
+        return FileSet([self.files[i] for i in keep], self.labels[index], self.classes, self.name, split,
+                       self.in_chans, self.img_size, self.root)
+
+
+def _image_format(files: list[Path], in_chans: int | None, size: tuple[int, int] | None,
+                  sample: int = 4096) -> tuple[int, tuple[int, int]]:
+    """Channels (1 if every image is grayscale, else 3) and size (the one all images share, else 64×64) from
+    the files' headers, no pixel decoded; past `sample` files, from a fixed sample of that many."""
+    if in_chans is not None and size is not None:
+        return in_chans, size
+    from PIL import Image
+
+    if len(files) > sample:
+        g = torch.Generator().manual_seed(0)
+        files = [files[i] for i in torch.randperm(len(files), generator=g)[:sample].tolist()]
+    modes, sizes = set(), Counter()
+    for f in files:
+        try:
+            with Image.open(f) as im:  # the header only
+                modes.add(im.mode)
+                # EXIF orientation 5-8 swaps the sides (applied at decoding)
+                swap = im.format in ("JPEG", "TIFF", "WEBP", "PNG") and im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+                sizes[(im.width, im.height) if swap else (im.height, im.width)] += 1
+        except Exception:  # an unreadable file is skipped when decoded (and counted there); not a format vote
+            continue
+    if in_chans is None:
+        in_chans = 1 if modes and modes <= {"1", "L", "I", "I;16", "F"} else 3
+    if size is None:
+        size = next(iter(sizes)) if len(sizes) == 1 else (64, 64)
+    return in_chans, size
+
+
+def scan_imagefolder(root: str | os.PathLike, split: str = "train", img_size: ImageSize | None = None,
+                     in_chans: int | None = None, test_fraction: float = 0.2, seed: int = 0) -> FileSet:
+    """An image folder's `split` as a FileSet: the files, their labels and the format they are decoded to,
+    without decoding any (see `load_imagefolder` for the layouts, the split and the format rules)."""
     if split not in ("train", "test"):
         raise DataError(f"split must be 'train' or 'test', got {split!r}")
     size = image_size(img_size)
@@ -341,29 +399,48 @@ def load_imagefolder(root: str | os.PathLike, split: str = "train", img_size: Im
         if not samples:
             raise DataError(f"imagefolder: {folder} has too few images to hold out a test split "
                             f"(each class needs at least 2); add images or give it train/ and test/ sub-folders")
-    decoded, labels, skipped = [], [], []
-    for path, label in samples:
+    files = [p for p, _ in samples]
+    chans, size = _image_format(files, in_chans, size)
+    return FileSet(files, torch.tensor([c for _, c in samples], dtype=torch.long), classes, f"imagefolder:{base}",
+                   split_name, chans, size, root=base)
+
+
+def decode_files(files: FileSet, strict: bool = False) -> ImageData:
+    """Decode a FileSet into memory (uint8, its format); unreadable images are skipped with a warning (or
+    raise with `strict`), one image decoded at a time so that peak memory is the decoded set's."""
+    images, labels, skipped = [], [], []
+    for path, label in zip(files.files, files.labels.tolist()):
         try:
-            decoded.append(load_image_file(path))
+            images.append(to_model_input(load_image_file(path), files.in_chans, files.img_size))
             labels.append(label)
         except DataError as e:
             if strict:
                 raise
-            warnings.warn(str(e), stacklevel=2)
+            warnings.warn(str(e), stacklevel=3)
             skipped.append(str(path))
-    if not decoded:
-        raise DataError(f"imagefolder: no readable images in {folder}")
-    if in_chans is None:
-        in_chans = 1 if all(im.mode in ("1", "L", "I", "I;16", "F") for im in decoded) else 3
-    if size is None:
-        sizes = Counter((im.height, im.width) for im in decoded)
-        size = next(iter(sizes)) if len(sizes) == 1 else (64, 64)
-    images = torch.stack([to_model_input(im, in_chans, size) for im in decoded])
-    data = ImageData(images, torch.tensor(labels, dtype=torch.long), classes, f"imagefolder:{base}", split_name,
-                     skipped)
+    if not images:
+        raise DataError(f"imagefolder: no readable images in {files.name.split(':', 1)[-1]}")
+    data = ImageData(torch.stack(images), torch.tensor(labels, dtype=torch.long), files.classes, files.name,
+                     files.split, skipped)
     if skipped:
-        warnings.warn(f"imagefolder: skipped {len(skipped)} unreadable image(s) in {folder}", stacklevel=2)
+        warnings.warn(f"imagefolder: skipped {len(skipped)} unreadable image(s) in {files.name.split(':', 1)[-1]}",
+                      stacklevel=3)
     return data
+
+
+def load_imagefolder(root: str | os.PathLike, split: str = "train", img_size: ImageSize | None = None,
+                     in_chans: int | None = None, strict: bool = False, test_fraction: float = 0.2,
+                     seed: int = 0) -> ImageData:
+    """A folder per class of PNG/JPEG images of any size and mode, decoded into memory.
+
+    With `<root>/train` and `<root>/test` (or `val`) sub-folders each split is its own folder; otherwise
+    (a flat folder of class folders) `test_fraction` of each class is held out as the test split, chosen
+    by `seed` (see `held_out_test`), and the train split is the rest. Corrupt images are skipped with a
+    warning (or raise with `strict`). Images are converted to `in_chans` (default: 1 if every image is
+    grayscale, else 3) and to `img_size`, an int N (N×N) or (H, W) (default: the size all images share,
+    or 64×64 when they differ), both read from the files' headers.
+    """
+    return decode_files(scan_imagefolder(root, split, img_size, in_chans, test_fraction, seed), strict)
 
 
 DATASETS = ["sample", "fashion-mnist", "mnist", "cifar10", "cluttered-fashion-mnist", "cluttered-sample",

@@ -19,10 +19,11 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", "
 
 
 def load_image_file(path: str | os.PathLike | IO[bytes], max_pixels: int | None = None,
-                    name: str | None = None) -> Image.Image:
+                    name: str | None = None, reduce_to: int | None = None) -> Image.Image:
     """Open and fully decode an image (EXIF orientation applied) from a path or a binary file object;
     DataError if corrupt, truncated or larger than `max_pixels` (default PIL's limit), checked from the
-    header before any pixel is decoded. `name` is what error messages call it (default the path)."""
+    header before any pixel is decoded. `name` is what error messages call it (default the path).
+    `reduce_to`: a JPEG may be decoded at a reduced scale (1/2 to 1/8) whose sides stay at least this."""
     name = name or str(path)
     limit = max_pixels or Image.MAX_IMAGE_PIXELS
     try:
@@ -34,6 +35,8 @@ def load_image_file(path: str | os.PathLike | IO[bytes], max_pixels: int | None 
             if limit and im.width * im.height > limit:
                 raise DataError(f"cannot read image {name}: it claims {im.width}×{im.height} pixels, more than "
                                 f"{limit} (a decompression bomb?); {_BOMB_HINT}")
+            if reduce_to and im.format == "JPEG" and im.mode in ("L", "RGB"):
+                im.draft(im.mode, (reduce_to, reduce_to))
             im.load()
             return ImageOps.exif_transpose(im)
     except Image.DecompressionBombError as e:

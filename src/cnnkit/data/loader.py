@@ -30,14 +30,51 @@ class Normalize:
         return x.contiguous(memory_format=self.memory_format)
 
 
+def epoch_order(n: int, shuffle: bool, seed: int, epoch: int) -> torch.Tensor:
+    """The order of an epoch's `n` images: a permutation that depends only on (seed, epoch)."""
+    if not shuffle:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+class ShardedBatches:
+    """Which images each step of an epoch gives this process: the epoch's order cut into global batches of
+    `batch_size`, and of each global batch the `rank`-th of `world` equal slices; the first `start` steps of
+    the epoch are skipped (a run resumed mid-epoch). With several processes the last partial batch is
+    dropped, so that every process takes the same number of steps."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool, rank: int = 0,
+                 world: int = 1):
+        if batch_size % world:
+            raise ValueError(f"the batch size {batch_size} must be a multiple of the {world} processes")
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.drop_last = drop_last or world > 1
+        self.rank, self.world = rank, world
+        self.epoch, self.start = 0, 0
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def batches(self) -> Iterator[torch.Tensor]:
+        order = epoch_order(self.n, self.shuffle, self.seed, self.epoch)
+        per = self.batch_size // self.world
+        for i in range(self.start, len(self)):
+            batch = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield batch[self.rank * per:(self.rank + 1) * per] if self.world > 1 else batch
+
+
 class BatchLoader:
     """Iterates (inputs, targets) over an ImageData, one tensor operation per batch, no per-sample Python.
 
     Data order depends only on (seed, epoch), so a resumed run sees the same batches as an uninterrupted one.
+    With `world` processes, each takes its `rank`-th slice of every global batch of `batch_size`; `start`
+    (set with `set_epoch`) skips the epoch's first steps, for a run resumed mid-epoch.
     """
 
     def __init__(self, data: ImageData, batch_size: int, normalize: Normalize, shuffle: bool = False,
-                 seed: int = 0, augment: AugmentConfig | None = None, drop_last: bool = False):
+                 seed: int = 0, augment: AugmentConfig | None = None, drop_last: bool = False,
+                 rank: int = 0, world: int = 1):
         self.data = data
         self.batch_size = batch_size
         self.normalize = normalize
@@ -45,6 +82,7 @@ class BatchLoader:
         self.seed = seed
         self.augment = BatchAugment(augment, data.num_classes) if augment else None
         self.drop_last = drop_last
+        self.sampler = ShardedBatches(len(data), batch_size, shuffle, seed, drop_last, rank, world)
         self.epoch = 0
         device = normalize.mean.device
         # Hold the whole set on the device once: small images make this cheap and remove all copies per step.
@@ -52,23 +90,18 @@ class BatchLoader:
         self.labels = data.labels.to(device)
 
     def __len__(self) -> int:
-        n = len(self.data)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return len(self.sampler)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch = self.sampler.epoch = epoch
+        self.sampler.start = start
 
     def order(self) -> torch.Tensor:
-        n = len(self.data)
-        if not self.shuffle:
-            return torch.arange(n)
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(n, generator=g)
+        return epoch_order(len(self.data), self.shuffle, self.seed, self.epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self.order().to(self.images.device)
-        for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+        for idx in self.sampler.batches():
+            idx = idx.to(self.images.device)
             images, labels = self.images[idx], self.labels[idx]
             if self.augment is not None:
                 images = self.augment.geometric(images)

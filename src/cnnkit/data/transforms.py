@@ -21,6 +21,7 @@ class AugmentConfig:
     """Which augmentations to apply; all off by default."""
 
     crop_padding: int = 0  # padded random crop: pad by this many pixels, crop back to size
+    resized_crop: float = 0.0  # random-resized crop (Inception/ImageNet style): smallest area share, e.g. 0.08; 0 off
     hflip: bool = False  # horizontal flip with probability 1/2
     policy: str = "none"  # 'trivialaugment' or 'randaugment' (torchvision.transforms.v2)
     erasing: float = 0.0  # RandomErasing probability
@@ -36,6 +37,8 @@ class AugmentConfig:
         checks = [
             ("crop_padding", isinstance(self.crop_padding, int) and not isinstance(self.crop_padding, bool)
              and self.crop_padding >= 0, "a whole number of pixels, 0 or more (e.g. 4)"),
+            ("resized_crop", number(self.resized_crop) and 0.0 <= self.resized_crop <= 1.0,
+             "the smallest share of the image's area a crop keeps, in (0, 1] (e.g. 0.08), or 0 (off)"),
             ("hflip", isinstance(self.hflip, bool), "true or false"),
             ("erasing", number(self.erasing) and 0.0 <= self.erasing <= 1.0, "a probability in [0, 1] (e.g. 0.25)"),
             ("mixup", number(self.mixup) and self.mixup >= 0, "an alpha of 0 (off) or more (e.g. 0.2)"),
@@ -103,6 +106,9 @@ class BatchAugment:
     def geometric(self, images: torch.Tensor) -> torch.Tensor:
         """Crop, flip and policy on uint8 images."""
         cfg = self.config
+        if cfg.resized_crop > 0:  # in memory, from the stored image (streaming crops the full-size file)
+            crop = v2.RandomResizedCrop(tuple(images.shape[-2:]), scale=(cfg.resized_crop, 1.0), antialias=True)
+            images = torch.stack([crop(im) for im in images])
         if cfg.crop_padding or cfg.hflip:
             images = random_crop_flip(images, cfg.crop_padding, cfg.hflip)
         if self.policy is not None:

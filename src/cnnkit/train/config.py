@@ -68,6 +68,10 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0  # CPU threads; 0 keeps torch's default
     out: str | None = None  # run directory (default runs/<model>-<data>)
+    data_mode: str = "auto"  # image folders: 'memory' (decoded once), 'stream' (decoded by workers), 'auto'
+    workers: int | None = None  # streaming: decoding processes per training process (None: the CPUs shared, ≤ 8)
+    sync_bn: bool = False  # several processes: BatchNorm statistics of the global batch (CPU and CUDA)
+    checkpoint_every: int = 0  # also save the full training state every this many steps, mid-epoch; 0 off
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
@@ -114,6 +118,13 @@ class TrainConfig:
             (self.split_seed is None or (isinstance(self.split_seed, int) and not isinstance(self.split_seed, bool)),
              f"split seed must be a whole number, got {self.split_seed!r}"),
             (self.threads >= 0, f"threads must be 0 (torch's default) or more, got {self.threads}"),
+            (self.data_mode in ("auto", "memory", "stream"),
+             f"data mode must be auto, memory or stream, got {self.data_mode!r}"),
+            (self.workers is None or (isinstance(self.workers, int) and not isinstance(self.workers, bool)
+                                      and self.workers >= 0), f"workers must be 0 or more, got {self.workers!r}"),
+            (isinstance(self.checkpoint_every, int) and not isinstance(self.checkpoint_every, bool)
+             and self.checkpoint_every >= 0,
+             f"--checkpoint-every must be a number of steps, 0 (off) or more, got {self.checkpoint_every!r}"),
             (self.early_stopping >= 0, f"early stopping patience must be 0 (off) or more, got {self.early_stopping}"),
             (self.grad_clip >= 0, f"gradient clipping norm must be 0 (off) or positive, got {self.grad_clip}"),
             (self.weight_decay >= 0, f"weight decay must be non-negative, got {self.weight_decay}"),
@@ -133,7 +144,7 @@ class TrainConfig:
                  "disc_weight": float, "grad_clip": float, "val_fraction": float,
                  "test_fraction": float, "model": str, "data": str, "optimizer": str, "schedule": str,
                  "amp": str, "device": str, "download": bool, "strict": bool,
-                 "compile": bool, "tta": bool, "deterministic": bool}
+                 "compile": bool, "tta": bool, "deterministic": bool, "sync_bn": bool, "data_mode": str}
         for name, kind in kinds.items():
             value = getattr(self, name)
             ok = (isinstance(value, bool) if kind is bool else

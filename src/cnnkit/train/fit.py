@@ -36,6 +36,8 @@ from cnnkit.models.layers import MultiSampleDropout, ScheduledDropBlock
 from cnnkit.models.weights import load_pretrained
 from cnnkit.runtime import autocast, autocast_dtype, pick_device, seed_everything, set_threads
 from cnnkit.train.config import LONG_RECIPE_MIN_EPOCHS, TrainConfig, resolve_config
+from cnnkit.train.distributed import (Ranks, all_sum, average_gradients, barrier, broadcast, convert_sync_batchnorm,
+                                      elastic_restart, init_ranks, launched_by_torchrun, leave)
 from cnnkit.train.pretext import ROTATION_NAMES, rotate_batch
 from cnnkit.train.progress import TrainProgress
 from cnnkit.train.state import load_train_state, save_train_state
@@ -43,7 +45,8 @@ from cnnkit.train.state import load_train_state, save_train_state
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds",
                  "elapsed_seconds", "images_per_s"]
 # What `resume` may change: the length of the run, where it runs, and where the data now lives.
-RESUME_MAY_CHANGE = {"epochs", "device", "threads", "early_stopping", "data_dir", "data"}
+RESUME_MAY_CHANGE = {"epochs", "device", "threads", "early_stopping", "data_dir", "data", "data_mode", "workers",
+                     "checkpoint_every"}
 
 
 @dataclass
@@ -85,8 +88,13 @@ def fit(config: TrainConfig | dict[str, Any] | None = None, *, resume: str | Pat
     `out`, deleting only the files cnnkit wrote there.
     """
     started = time.perf_counter()
+    out = options.get("out") or (config.out if isinstance(config, TrainConfig) else (config or {}).get("out"))
+    if resume is None and elastic_restart() and out and _holds_run(Path(out).expanduser()):
+        # torchrun restarted the workers after one failed: continue the run from its last saved step
+        resume, overwrite, config, options = out, False, None, {}
     cfg = _resolve(config, resume, options)
     run = _Run(cfg, resume is not None, overwrite, progress, budget_clock())
+    run.fit_started = started
     try:
         run.set_up()
         with run.bar:
@@ -109,13 +117,18 @@ def fit(config: TrainConfig | dict[str, Any] | None = None, *, resume: str | Pat
     return run.result(time.perf_counter() - started)
 
 
+def _holds_run(folder: Path) -> bool:
+    return (folder / "last.safetensors").exists() or (folder / "config.yaml").exists()
+
+
 def _absolute(path: str | None) -> str | None:
     return str(Path(path).expanduser().absolute()) if path else path
 
 
 def _absolute_data(data: str) -> str:
-    if data.startswith("imagefolder:"):
-        return "imagefolder:" + _absolute(data.split(":", 1)[1])
+    for kind in ("imagefolder:", "webdataset:"):
+        if data.startswith(kind):
+            return kind + _absolute(data.split(":", 1)[1])
     return data
 
 
@@ -338,6 +351,10 @@ class _Run:
     lock: RunLock | None = None
     tb: Any = None
     first_loss: float | None = None  # mean loss of the run's first 20-step window (the divergence guard's base)
+    ranks: Ranks = field(default_factory=Ranks)
+    start_step: int = 0  # steps of `start_epoch` already taken (a run resumed mid-epoch)
+    partial: dict[str, float] | None = None  # that epoch's running sums when it was saved
+    aux_params: list = field(default_factory=list)  # trained beside the model, outside DistributedDataParallel
 
     # -- set up ---------------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -346,6 +363,13 @@ class _Run:
         set_threads(cfg.threads)
         seed_everything(cfg.seed, cfg.deterministic)
         self.device = pick_device(cfg.device)
+        if launched_by_torchrun() and self.device.type == "cuda":  # one GPU per process: its local rank's
+            self.device = torch.device("cuda", int(__import__("os").environ["LOCAL_RANK"]) % torch.cuda.device_count())
+        self.ranks = init_ranks(self.device)
+        self.progress = self.progress and self.ranks.main
+        if self.ranks.distributed and cfg.batch_size % self.ranks.world:
+            raise ConfigError(f"the batch size {cfg.batch_size} is the global batch: it must be a multiple of the "
+                              f"{self.ranks.world} processes")
         self.amp = autocast_dtype(cfg.amp, self.device)  # checks --amp against the device; auto decided with the model
         self._load_data()
         self._build_model()
@@ -353,22 +377,38 @@ class _Run:
     def set_up(self) -> None:
         cfg = self.cfg
         self.prepare()
-        self.dir, self.out, self.lock = open_run_dir(cfg, self.resuming, self.overwrite)
+        problem = None
+        if self.ranks.main:  # only rank 0 writes: it claims the folder, the others learn where it is
+            try:
+                self.dir, self.out, self.lock = open_run_dir(cfg, self.resuming, self.overwrite)
+            except Exception as e:
+                problem = e
+        where = broadcast(str(self.dir) if self.ranks.main and not problem else None, self.ranks)
+        if problem:
+            raise problem
+        if where is None:
+            raise ConfigError("rank 0 could not open the run directory; its error says why")
+        self.dir = Path(where)
         if self.resuming and (self.dir / "last.safetensors").exists():
             self._restore()
         elif cfg.budget is not None and cfg.max_steps is None:
             self._plan_budget()
             cfg = self.cfg  # the plan may have chosen the fast recipe instead
-        self._write_config()
-        atomic_write_text(self.dir / "metrics.csv", metrics_csv(self.history))
-        self._open_tensorboard()
+        if self.ranks.main:
+            self._write_config()
+            atomic_write_text(self.dir / "metrics.csv", metrics_csv(self.history))
+            self._open_tensorboard()
         self.bar = TrainProgress(self.epochs, self.steps_per_epoch, enabled=self.progress,
                                  total_steps=self.total_steps)
         if self.progress:  # what `auto` chose on this machine, and why
             layout = self.layout_note
+            procs = f"{self.ranks.world} processes × " if self.ranks.distributed else ""
             self.bar.console.print(f"cnnkit train: {cfg.model} on {cfg.data}, {self.device.type}, {self.precision}, "
-                                   f"{layout}, {torch.get_num_threads()} threads -> {self.dir}",
-                                   highlight=False, soft_wrap=True)
+                                   f"{layout}, {procs}{torch.get_num_threads()} threads, {self.data_note} "
+                                   f"-> {self.dir}", highlight=False, soft_wrap=True)
+            if self.start_step:
+                self.bar.console.print(f"resumed at epoch {self.start_epoch + 1}, step {self.start_step} of "
+                                       f"{self.steps_per_epoch}", highlight=False)
             if cfg.budget is not None:
                 note = getattr(self, "plan_note", f"resumed with its plan of {self.total_steps} steps")
                 self.bar.console.print(f"budget {cfg.budget:.0f} s: {note}", highlight=False, soft_wrap=True)
@@ -383,8 +423,24 @@ class _Run:
 
     def _load_data(self) -> None:
         cfg = self.cfg
-        self.full = load_dataset(cfg.data, "train", data_dir=cfg.data_dir, download=cfg.download, strict=cfg.strict,
-                                 img_size=cfg.img_size, test_fraction=cfg.test_fraction, seed=cfg.data_split_seed)
+        self.data_note = "in memory"
+        if cfg.data.startswith("webdataset:"):
+            return self._load_shards()
+        if cfg.data.startswith("imagefolder:"):  # listed first, decoded now or by the loader's workers
+            from cnnkit.data.datasets import decode_files, scan_imagefolder
+            from cnnkit.data.stream import choose_mode
+
+            files = scan_imagefolder(cfg.data.split(":", 1)[1], "train", cfg.img_size, None, cfg.test_fraction,
+                                     cfg.data_split_seed)
+            mode, self.data_note = choose_mode(cfg.data_mode, files, self.ranks.world)
+            self.full = decode_files(files, cfg.strict) if mode == "memory" else files
+        else:
+            if cfg.data_mode == "stream":
+                raise ConfigError(f"--data-mode stream reads image folders (imagefolder:DIR); {cfg.data} is "
+                                  f"loaded in memory")
+            self.full = load_dataset(cfg.data, "train", data_dir=cfg.data_dir, download=cfg.download,
+                                     strict=cfg.strict, img_size=cfg.img_size, test_fraction=cfg.test_fraction,
+                                     seed=cfg.data_split_seed)
         if cfg.val_fraction > 0:
             tr_idx, va_idx = train_val_split(self.full.labels, cfg.val_fraction, cfg.data_split_seed)
             self.train_set, self.val_set = self.full.subset(tr_idx, "train"), self.full.subset(va_idx, "val")
@@ -402,8 +458,31 @@ class _Run:
                               f"or --rotations 2 (0° and 180°)")
         if len(self.train_set) == 0:
             raise ConfigError(f"{cfg.data}: no training images left after holding out the validation split")
-        self.mean, self.std = channel_stats(self.train_set.images)
+        if isinstance(self.train_set, ImageData):
+            self.mean, self.std = channel_stats(self.train_set.images)
+        else:  # from a fixed sample, decoded by workers: the same on every rank
+            from cnnkit.data.stream import sample_channel_stats
+
+            self.mean, self.std = sample_channel_stats(self.train_set, workers=cfg.workers)
+            self.data_note = f"streamed ({self.data_note})"
         self.fingerprint = self.full.fingerprint()
+
+    def _load_shards(self) -> None:
+        """WebDataset shards written by `cnnkit data shard`: train from the train shards, validate on the val ones."""
+        from cnnkit.data.shards import open_webdataset
+
+        cfg = self.cfg
+        if cfg.train_images is not None or cfg.train_images_per_class is not None:
+            raise ConfigError("--train-images and --train-images-per-class pick images by index; WebDataset shards "
+                              "are read in order: write shards of the subset instead")
+        path = cfg.data.split(":", 1)[1]
+        self.full = self.train_set = open_webdataset(path, "train")
+        self.val_set = open_webdataset(path, "val") if cfg.val_fraction > 0 else None
+        if self.val_set is not None and len(self.val_set) == 0:
+            self.val_set = None
+        self.mean, self.std = list(self.full.mean), list(self.full.std)
+        self.fingerprint = self.full.fingerprint()
+        self.data_note = "WebDataset shards (validation: the val shards)"
 
     def _build_model(self) -> None:
         cfg, full = self.cfg, self.full
@@ -419,12 +498,19 @@ class _Run:
         self.amp, self.channels_last, self.precision, self.layout_note = choose_execution(
             model, cfg.model, cfg.model_kwargs, (full.in_chans, *full.img_size), cfg.batch_size, self.device,
             cfg.amp, cfg.channels_last)
+        if self.ranks.distributed:  # every rank runs as rank 0 measured, so that they compute alike
+            self.amp, self.channels_last, self.precision, self.layout_note = broadcast(
+                (self.amp, self.channels_last, self.precision, self.layout_note), self.ranks)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        if cfg.sync_bn and self.ranks.distributed:
+            model = convert_sync_batchnorm(model, self.device)
         self.model = model.to(self.device, memory_format=memory_format)
         self.normalize = Normalize(self.mean, self.std, self.device, self.channels_last)
-        self.train_loader = BatchLoader(self.train_set, cfg.batch_size, self.normalize, shuffle=True, seed=cfg.seed,
-                                        augment=cfg.augment, drop_last=len(self.train_set) > cfg.batch_size)
-        self.val_loader = BatchLoader(self.val_set, 512, self.normalize) if self.val_set is not None else None
+        self.train_loader = self._loader(self.train_set, cfg.batch_size, train=True)
+        self.val_loader = self._loader(self.val_set, 512 * self.ranks.world, train=False) if self.val_set else None
+        if len(self.train_loader) == 0:
+            raise ConfigError(f"{cfg.data}: {len(self.train_set)} training images make no batch of "
+                              f"{cfg.batch_size} shared among {self.ranks.world} processes; lower --batch-size")
         self.distiller = None
         if cfg.distill:  # teachers, and for MEAL V2 a discriminator that trains with the student
             from cnnkit.train.distill import Distiller
@@ -438,9 +524,33 @@ class _Run:
         self.scheduler = build_scheduler(cfg, self.optimizer, self.total_steps, self.steps_per_epoch)
         self.ema = ModelEmaV3(model, decay=cfg.ema, use_warmup=True) if cfg.ema > 0 else None
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
-        self.step_model = torch.compile(model) if cfg.compile else model
+        self.aux_params = list(disc.parameters()) if disc is not None and self.ranks.distributed else []
+        stepper = model
+        if self.ranks.distributed:  # gradients averaged over the ranks in the backward pass
+            stepper = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.step_model = torch.compile(stepper) if cfg.compile else stepper
         self.msd_heads = [m for m in model.modules() if isinstance(m, MultiSampleDropout)]
         self.drop_blocks = [m for m in model.modules() if isinstance(m, ScheduledDropBlock)]
+
+    def _loader(self, data: Any, batch_size: int, train: bool) -> Any:
+        """The loader for a set: in memory, streamed from files, or from WebDataset shards. Training batches are
+        sharded across the ranks; validation gives each rank its share of the images (WebDataset: all)."""
+        cfg, ranks = self.cfg, self.ranks
+        opts = dict(shuffle=True, seed=cfg.seed, augment=cfg.augment, drop_last=len(data) > batch_size,
+                    rank=ranks.rank, world=ranks.world) if train else {}
+        if not train and ranks.distributed and not hasattr(data, "shards"):
+            data = data.subset(torch.arange(ranks.rank, len(data), ranks.world), data.split)
+            batch_size //= ranks.world
+        if isinstance(data, ImageData):
+            return BatchLoader(data, batch_size, self.normalize, **opts)
+        if hasattr(data, "shards"):
+            from cnnkit.data.shards import WebDatasetLoader
+
+            return WebDatasetLoader(data, batch_size, self.normalize, workers=cfg.workers, **opts)
+        from cnnkit.data.stream import StreamLoader
+
+        return StreamLoader(data, batch_size, self.normalize, workers=cfg.workers, **opts)
 
     def _restore(self) -> None:
         """Weights, optimizer, schedule, EMA, RNG and history of the last complete epoch."""
@@ -462,6 +572,7 @@ class _Run:
                              self.ema, self._state_modules())
         self.start_epoch, self.best_acc, self.stale, self.history = p["epoch"], p["best_acc"], p["stale"], p["history"]
         self.elapsed_before = p["elapsed_seconds"]
+        self.start_step, self.partial = p.get("step", 0), p.get("partial")  # saved mid-epoch: where it was
         if self.history:  # the guard's base after a resume: the first epoch's mean loss
             self.first_loss = float(self.history[0]["train_loss"])
         if self.start_epoch > self.epochs:
@@ -469,7 +580,7 @@ class _Run:
                               f"{self.start_epoch} or more")  # == epochs: finished, resuming does nothing
         if replan:  # a new --epochs re-plans the schedule over the new length, fast-forwarded to this point;
             # built after the optimizer's state is restored, which replaced the groups' schedule fields
-            self._rebuild_scheduler(self.start_epoch * self.steps_per_epoch)
+            self._rebuild_scheduler(self.start_epoch * self.steps_per_epoch + self.start_step)
 
     def _rebuild_scheduler(self, done_steps: int) -> None:
         """The schedule over the run's (new) length, fast-forwarded past the steps already taken."""
@@ -486,8 +597,8 @@ class _Run:
         from cnnkit.train.budget import plan_steps, too_small
 
         cfg = self.cfg
-        step_s, extra_s = measure_pace(self)
-        spent = budget_clock() - self.started
+        step_s, extra_s = broadcast(measure_pace(self), self.ranks)  # one plan for every rank: rank 0's
+        spent = broadcast(budget_clock() - self.started, self.ranks)
         plan = plan_steps(cfg.budget - spent, self.steps_per_epoch, step_s, extra_s)
         problem = too_small(cfg.budget, spent, plan)
         if problem:
@@ -521,14 +632,16 @@ class _Run:
         done = (epoch + 1) * self.steps_per_epoch
         pace = self.last_train_s / max(self.last_epoch_steps, 1)
         extra = budget_clock() - self.epoch_clock - self.last_train_s  # validation, checkpoint, callbacks
-        total = shortened_total(cfg.budget, elapsed, done, self.total_steps, self.steps_per_epoch, pace, extra)
+        total = broadcast(shortened_total(cfg.budget, elapsed, done, self.total_steps, self.steps_per_epoch, pace,
+                                          extra), self.ranks)  # rank 0 decides for all
         if total is None:
             return
         cfg.max_steps = total
         cfg.epochs = self.epochs
         self.bar.set_epochs(self.epochs, self.total_steps)
         self._rebuild_scheduler(done)
-        self._write_config()
+        if self.ranks.main:
+            self._write_config()
 
     def _write_config(self) -> None:
         """config.yaml: the resolved configuration, and under `chosen` what `auto` settled on here and why."""
@@ -563,14 +676,20 @@ class _Run:
         self.epoch_started = t0 = time.perf_counter()
         self.epoch_clock = budget_clock()
         self.model.train()
-        self.train_loader.set_epoch(epoch)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        seen = 0
-        window = (0.0, 0)  # loss sum and images at the last check: the loss of the last window alone
+        first = self.start_step if epoch == self.start_epoch else 0  # resumed mid-epoch: continue from there
+        self.train_loader.set_epoch(epoch, first)
+        # running sums over the ranks' batches: loss × images, correct, images, and the last check's loss and images
+        sums = torch.zeros(5, dtype=torch.float64, device=device)
+        earlier = 0.0  # seconds this epoch ran before a mid-epoch resume
+        if first and self.partial:  # rank 0 carries the sums saved with the step (they are global)
+            if self.ranks.main:
+                sums += torch.tensor(self.partial["sums"], dtype=torch.float64, device=device)
+            earlier = self.partial.get("seconds", 0.0)
+        before = float(self.partial["sums"][2]) if first and self.partial else 0.0  # images seen before resuming
         self.bar.start_epoch(epoch)
         last = min(steps, self.total_steps - epoch * steps)  # a budget's plan may end inside an epoch
-        for i, (x, y) in enumerate(self.train_loader):
+        global_sums = sums
+        for i, (x, y) in enumerate(self.train_loader, start=first):
             step = epoch * steps + i
             if i >= last:
                 break
@@ -587,23 +706,34 @@ class _Run:
                 self.scheduler.step()  # stepping past the last step would extrapolate the schedule
             if self.ema is not None:
                 self.ema.update(self.model, step=step)
-            seen += len(y)
-            loss_sum += loss.detach() * len(y)
             hard = y if y.ndim == 1 else y.argmax(1)
-            correct += (logits.detach().argmax(1) == hard).sum()
-            if i % 20 == 19 or i == last - 1:
-                total = float(loss_sum)  # one host sync every 20 steps
+            sums[0] += loss.detach() * len(y)
+            sums[1] += (logits.detach().argmax(1) == hard).sum()
+            sums[2] += len(y)
+            every = cfg.checkpoint_every
+            checkpoint_now = every and (step + 1) % every == 0 and i + 1 < last
+            if i % 20 == 19 or i == last - 1 or checkpoint_now:
+                global_sums = all_sum(sums, self.ranks)  # one host sync every 20 steps
+                total, seen = float(global_sums[0]), float(global_sums[2])
                 mean_loss = total / seen
                 if not math.isfinite(mean_loss):
                     raise TrainingDiverged(
                         f"loss became {mean_loss} at epoch {epoch + 1}, step {i + 1}; stopped. The last good "
                         f"checkpoint is kept in {self.dir}; try a lower --lr or --grad-clip 1.0")
-                self._check_climb((total - window[0]) / (seen - window[1]), epoch, i)
-                window = (total, seen)
-                self.bar.update(i + 1, mean_loss, float(correct) / seen, seen / (time.perf_counter() - t0))
-        self.last_train_s, self.last_epoch_steps = budget_clock() - self.epoch_clock, last
-        return {"epoch": epoch + 1, "train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen,
-                "lr": lr_used, "images_per_s": seen / (time.perf_counter() - t0)}
+                window = (float(global_sums[3]), float(global_sums[4]))
+                if seen > window[1]:
+                    self._check_climb((total - window[0]) / (seen - window[1]), epoch, i)
+                sums[3], sums[4] = sums[0], sums[2]  # this rank's loss sum and images at this check
+                self.bar.update(i + 1, mean_loss, float(global_sums[1]) / seen,
+                                (seen - before) / max(time.perf_counter() - t0, 1e-9))
+            if checkpoint_now:
+                self.checkpoint_step(epoch, i + 1, [float(v) for v in global_sums],
+                                     earlier + time.perf_counter() - t0)
+        global_sums = all_sum(sums, self.ranks)
+        total, correct, seen = (float(v) for v in global_sums[:3])
+        self.last_train_s, self.last_epoch_steps = budget_clock() - self.epoch_clock, last - first
+        return {"epoch": epoch + 1, "train_loss": total / seen, "train_acc": correct / seen,
+                "lr": lr_used, "images_per_s": seen / (earlier + time.perf_counter() - t0)}
 
     def _check_climb(self, window_loss: float, epoch: int, i: int) -> None:
         """Stop a run whose loss climbs well above where it started (a learning rate too high for the model):
@@ -626,6 +756,7 @@ class _Run:
             self.scaler.unscale_(self.optimizer)
         else:
             loss.backward()
+        average_gradients(self.aux_params, self.ranks)  # DDP averaged the model's; these are beside it
         if self.cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         if self.scaler is not None:
@@ -645,8 +776,11 @@ class _Run:
         if self.cfg.pretext:
             return self._evaluate_pretext()
         probs, labels = evaluate_loader(self.eval_model, self.val_loader, self.device, self.amp, self.cfg.tta)
-        return {"val_loss": float(F.nll_loss(probs.clamp_min(1e-12).log(), labels)),
-                "val_acc": float((probs.argmax(1) == labels).float().mean())}
+        sums = torch.tensor([float(F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum")),
+                             float((probs.argmax(1) == labels).sum()), len(labels)], dtype=torch.float64)
+        if self.ranks.distributed and not hasattr(self.val_set, "shards"):  # each rank scored its share
+            sums = all_sum(sums.to(self.device), self.ranks).cpu()
+        return {"val_loss": float(sums[0] / sums[2]), "val_acc": float(sums[1] / sums[2])}
 
     def _evaluate_pretext(self) -> dict[str, float]:
         """Rotation loss and accuracy on the validation images, each in all its rotations."""
@@ -676,6 +810,9 @@ class _Run:
             self.best_acc, self.stale = score, 0
         else:
             self.stale += 1
+        if not self.ranks.main:  # only rank 0 writes; the others wait until it has
+            barrier(self.ranks)
+            return
         d = self.dir
         meta = _checkpoint_meta(self.cfg, self.full, self.fingerprint, self.mean, self.std, epoch + 1, metrics,
                                 self.ema is not None)
@@ -694,14 +831,44 @@ class _Run:
         save_checkpoint(d / "last.safetensors", self.model, {**meta, "train_state": state_name})
         if epoch + 1 in self.cfg.keep_epochs:  # e.g. a lottery-ticket rewind point for `cnnkit compress`
             save_checkpoint(d / f"epoch-{epoch + 1:04d}.safetensors", self.model, meta)
-        for old in d.glob("state-e*.safetensors"):
-            if old.name != state_name and self.out.owns(old):
-                old.unlink()
+        self._drop_states(state_name)
         atomic_write_text(d / "metrics.csv", metrics_csv(self.history))
         for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s"):
             if k in metrics:
                 self.tb.add_scalar(k, metrics[k], epoch + 1)
         self.tb.flush()
+        barrier(self.ranks)
+
+    def _drop_states(self, keep: str) -> None:
+        for old in self.dir.glob("state-e*.safetensors"):
+            if old.name != keep and self.out.owns(old):
+                old.unlink()
+
+    def checkpoint_step(self, epoch: int, step: int, sums: list[float], seconds: float) -> None:
+        """Mid-epoch (`--checkpoint-every`): the training state after `step` steps of `epoch`, and the weights
+        as last.safetensors, so that a resumed run (or torchrun restarting its workers) continues from this
+        step in the same data order. best.safetensors and metrics.csv change only at epochs' ends."""
+        if not self.ranks.main:
+            barrier(self.ranks)
+            return
+        d = self.dir
+        previous = self.history[-1] if self.history else {}
+        meta = _checkpoint_meta(self.cfg, self.full, self.fingerprint, self.mean, self.std, epoch, previous,
+                                self.ema is not None)
+        meta["precision"], meta["layout"], meta["step_in_epoch"] = self.precision, self.layout_note, step
+        if self.cfg.pretext:
+            meta["pretext"] = {"method": self.cfg.pretext, "rotations": self.cfg.rotations,
+                               "data_classes": meta["classes"]}
+            meta["classes"] = ROTATION_NAMES[self.cfg.rotations]
+        state_name = f"state-e{epoch:04d}-s{step:07d}.safetensors"
+        elapsed = self.elapsed_before + time.perf_counter() - self.fit_started
+        save_train_state(d / state_name, self.optimizer, self.scheduler, self.ema,
+                         {"epoch": epoch, "step": step, "partial": {"sums": sums, "seconds": seconds},
+                          "best_acc": self.best_acc, "stale": self.stale, "history": self.history,
+                          "elapsed_seconds": elapsed}, self._state_modules())
+        save_checkpoint(d / "last.safetensors", self.model, {**meta, "train_state": state_name})
+        self._drop_states(state_name)
+        barrier(self.ranks)
 
     def _state_modules(self) -> dict[str, nn.Module]:
         """Trained modules beside the model that an exact resume needs (MEAL V2's discriminator)."""
@@ -716,6 +883,9 @@ class _Run:
             self.tb.close()
         if self.lock is not None:
             self.lock.release()
+        for loader in (getattr(self, "train_loader", None), getattr(self, "val_loader", None)):
+            getattr(loader, "close", lambda: None)()  # streaming: stop the decoding workers
+        leave(self.ranks)
 
     def result(self, seconds: float) -> FitResult:
         return FitResult(self.dir, self.cfg, self.history, self.dir / "best.safetensors",

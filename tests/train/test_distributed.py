@@ -1,0 +1,124 @@
+"""Training on several processes with torchrun (gloo on loopback): the same weights as one process on the same
+global batch, and a worker killed mid-epoch under `torchrun --max-restarts 1` resumes from the last saved step."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cnnkit.artifacts import read_meta
+
+pytestmark = pytest.mark.slow
+
+# TinyVGG (CNN Explainer's model) has no normalization, so each rank's half batch gives exactly its share of the
+# 64-image batch's gradient (BatchNorm under --sync-bn is checked layer by layer below: its backward pass sums
+# in another order on two ranks, which at this learning rate moves fp32 weights by about 1e-3 in one step); no
+# augmentation (each rank would draw its own), fp32 and NCHW on every process
+CONFIG = dict(model="tinyvgg", data="sample", train_images=512, batch_size=64, epochs=2, amp="off",
+              channels_last=False, augment={"hflip": False, "crop_padding": 0}, seed=3, threads=1)
+
+SCRIPT = textwrap.dedent('''
+    import json, os, signal, sys
+    import torch
+    from cnnkit.train import fit
+    fit_module = sys.modules["cnnkit.train.fit"]
+    out, kill_at, stop_after = sys.argv[1], int(sys.argv[2]), int(sys.argv[4])
+    config = json.loads(sys.argv[3])
+    rank, attempt = int(os.environ["RANK"]), int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+    steps = [0]
+    step = fit_module._Run._step
+    def counting_step(self, loss):  # the fault: rank 1 is killed (SIGKILL) at its step `kill_at` of attempt 0
+        steps[0] += 1
+        if rank == 1 and attempt == 0 and steps[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        step(self, loss)
+    fit_module._Run._step = counting_step
+
+    restore = fit_module._Run._restore
+    def noting_restore(self):
+        restore(self)
+        print(f"rank {rank} attempt {attempt} resumed at epoch {self.start_epoch} step {self.start_step}", flush=True)
+    fit_module._Run._restore = noting_restore
+
+    def keep(end):  # this rank's weights after each epoch, for the test to compare
+        torch.save({k: v.clone() for k, v in end.model.state_dict().items()}, f"{out}.rank{rank}.e{end.epoch}.pt")
+        if end.epoch == stop_after:
+            raise KeyboardInterrupt  # stop here, as a user's callback may
+    try:
+        fit(out=out, progress=False, callbacks=[keep], **config)
+    except KeyboardInterrupt:
+        pass
+''')
+
+
+def _torchrun(tmp_path: Path, out: Path, config: dict, kill_at: int = 0, restarts: int = 0, stop_after: int = 0) -> str:
+    import json
+
+    script = tmp_path / "ddp_script.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "--max-restarts", str(restarts), "--monitor-interval", "0.2", str(script), str(out), str(kill_at),
+         json.dumps(config), str(stop_after)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """The same configuration on one process: weights after each epoch."""
+    from cnnkit.train import fit
+
+    out = tmp_path_factory.mktemp("single") / "run"
+    weights = {}
+    fit(out=str(out), progress=False, **CONFIG,
+        callbacks=[lambda end: weights.__setitem__(end.epoch, {k: v.clone() for k, v in end.model.state_dict().items()})])
+    return weights
+
+
+def _close(a: dict, b: dict, tol: float) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if a[k].is_floating_point():
+            assert torch.allclose(a[k], b[k], atol=tol, rtol=0), (k, (a[k] - b[k]).abs().max())
+        else:
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_two_processes_equal_one_process_on_the_same_global_batch(tmp_path, single):
+    out = tmp_path / "run"
+    _torchrun(tmp_path, out, CONFIG, stop_after=1)  # the first of two epochs: the same schedule as `single`
+    ranks = [torch.load(f"{out}.rank{r}.e1.pt") for r in (0, 1)]
+    _close(ranks[0], ranks[1], 0.0)  # DistributedDataParallel keeps the ranks identical
+    _close(ranks[0], single[1], 1e-5)
+    saved = load_file(str(out / "last.safetensors"))
+    _close({k: saved[k] for k in ranks[0]}, ranks[0], 0.0)
+
+
+def test_worker_killed_mid_epoch_restarts_from_the_last_saved_step(tmp_path, single):
+    # 510 training images: 7 steps of 64 per epoch; the state is saved every 3 steps: steps 3, 6, then 9 (epoch
+    # 2, step 2), 12; rank 1 is killed during step 11, so the restarted workers resume at epoch 2, step 2
+    out = tmp_path / "run"
+    log = _torchrun(tmp_path, out, {**CONFIG, "checkpoint_every": 3}, kill_at=11, restarts=1)
+    assert "rank 0 attempt 1 resumed at epoch 1 step 2" in log and "rank 1 attempt 1 resumed at epoch 1 step 2" in log
+    final = [torch.load(f"{out}.rank{r}.e2.pt") for r in (0, 1)]
+    _close(final[0], final[1], 0.0)
+    _close(final[0], single[2], 1e-5)  # the same steps, in the same order, as one uninterrupted process
+    meta = read_meta(out / "last.safetensors")
+    assert meta["epoch"] == 2 and "step_in_epoch" not in meta
+    # only rank 0 wrote, and only the run's own files: no second run folder, no leftover mid-epoch state
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".cnnkit-files.json", ".cnnkit.lock", "best.json", "best.safetensors", "config.yaml", "last.json", "last.safetensors",
+        "metrics.csv", "state-e0002.safetensors", "tb"]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("run.rank")) == ["ddp_script.py", "run"]
+    assert len((out / "metrics.csv").read_text().splitlines()) == 3
