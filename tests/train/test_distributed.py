@@ -122,3 +122,58 @@ def test_worker_killed_mid_epoch_restarts_from_the_last_saved_step(tmp_path, sin
         "metrics.csv", "state-e0002.safetensors", "tb"]
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("run.rank")) == ["ddp_script.py", "run"]
     assert len((out / "metrics.csv").read_text().splitlines()) == 3
+
+
+def _sync_bn_rank(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+    from torch import nn
+
+    from cnnkit.train.distributed import CpuSyncBatchNorm
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    x = (torch.randn(6, 3, 5, 4, dtype=torch.float64) * 4 + 2)
+    w = torch.randn(6, 3, 5, 4, dtype=torch.float64)
+    ref = nn.BatchNorm2d(3).double()
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5)
+        ref.bias.uniform_(-1, 1)
+    sync = CpuSyncBatchNorm(3).double()
+    sync.load_state_dict(ref.state_dict())
+    full = x.clone().requires_grad_()
+    ((ref(full) * w).sum() / 2).backward()  # the mean over the two ranks of each rank's own loss
+    mine = x[rank * 3:(rank + 1) * 3].clone().requires_grad_()
+    y = sync(mine)
+    (y * w[rank * 3:(rank + 1) * 3]).sum().backward()
+    grads = torch.cat([sync.weight.grad, sync.bias.grad])
+    dist.all_reduce(grads)
+    ref.eval()
+    expected = (x[rank * 3:(rank + 1) * 3] - x.mean(dim=(0, 2, 3), keepdim=True)) / torch.sqrt(
+        x.var(dim=(0, 2, 3), unbiased=False, keepdim=True) + ref.eps) * ref.weight[None, :, None, None] \
+        + ref.bias[None, :, None, None]
+    torch.save({"y": y.detach(), "ref_y": expected.detach(), "x_grad": mine.grad, "ref_x_grad": full.grad[rank * 3:(rank + 1) * 3],
+                "params": grads / 2, "ref_params": torch.cat([ref.weight.grad, ref.bias.grad]),
+                "running": torch.cat([sync.running_mean, sync.running_var]),
+                "ref_running": torch.cat([ref.running_mean, ref.running_var])}, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_cpu_sync_batchnorm_equals_batchnorm_on_the_global_batch(tmp_path):
+    """Forward, input and parameter gradients and running statistics of BatchNorm synchronized over two gloo
+    processes, against one BatchNorm2d on the whole batch (float64, so that only the maths can differ)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_sync_bn_rank, args=(port, str(tmp_path / "bn")), nprocs=2, start_method="spawn")
+    for rank in (0, 1):
+        r = torch.load(tmp_path / f"bn.{rank}")
+        assert torch.allclose(r["y"], r["ref_y"], atol=1e-12)
+        # each rank's input gets the gradient of every rank's loss (the sum: DDP then averages the parameters'
+        # gradients over the ranks, as torch's SyncBatchNorm does); the reference loss is that mean
+        assert torch.allclose(r["x_grad"], 2 * r["ref_x_grad"], atol=1e-12)
+        assert torch.allclose(r["params"], r["ref_params"], atol=1e-12)
+        assert torch.allclose(r["running"], r["ref_running"], atol=1e-12)

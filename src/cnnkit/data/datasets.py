@@ -444,7 +444,7 @@ def load_imagefolder(root: str | os.PathLike, split: str = "train", img_size: Im
 
 
 DATASETS = ["sample", "fashion-mnist", "mnist", "cifar10", "cluttered-fashion-mnist", "cluttered-sample",
-            "fashion-mnist-c", "mnist-c", "cifar10-c", "sample-c", "imagefolder:<dir>"]
+            "fashion-mnist-c", "mnist-c", "cifar10-c", "sample-c", "imagefolder:<dir>", "webdataset:<dir>"]
 CLUTTERED_SEEDS = {"train": 20140624, "test": 20140625}  # one per split, so the splits share no layout
 
 
@@ -461,6 +461,10 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
     if name.startswith("imagefolder:"):
         return load_imagefolder(name.split(":", 1)[1], split, img_size=img_size, in_chans=in_chans, strict=strict,
                                 test_fraction=test_fraction, seed=seed)
+    if name.startswith("webdataset:"):  # shards written by `cnnkit data shard`: decoded into memory
+        from cnnkit.data.shards import load_webdataset
+
+        return load_webdataset(name.split(":", 1)[1], split, strict)
     if name == "sample":
         return _load_sample(train)
     from cnnkit.data.corruptions import benchmark_cells, parse_benchmark

@@ -34,8 +34,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from cnnkit.artifacts.files import (MANIFEST, DiskWriteError, OutputDir, atomic_write_text, claim_dir,
                                     finish_temp_file, temp_path_for)
-from cnnkit.data.datasets import FileSet, ImageSize, scan_imagefolder, train_val_split
-from cnnkit.data.images import IMAGE_EXTENSIONS, load_image_file
+from cnnkit.data.datasets import FileSet, ImageData, ImageSize, scan_imagefolder, train_val_split
+from cnnkit.data.images import IMAGE_EXTENSIONS, load_image_file, to_model_input
 from cnnkit.data.loader import Normalize, epoch_order
 from cnnkit.data.stream import DecodeImages, collate_readable, default_workers, sample_channel_stats
 from cnnkit.data.transforms import AugmentConfig, BatchAugment
@@ -429,6 +429,31 @@ def open_webdataset(path: str | os.PathLike, split: str) -> WebDatasetSet:
                          shards, counts, manifest=manifest, skipped=list(entry.get("skipped") or []))
 
 
+
+def load_webdataset(path: str | os.PathLike, split: str, strict: bool = False) -> ImageData:
+    """A split of a shard folder decoded into memory, in the manifest's order (what `cnnkit eval --data
+    webdataset:DIR` scores: the test shards); unreadable samples are skipped with a warning, or raise with
+    `strict`."""
+    data = open_webdataset(path, split)
+    images, labels, skipped = [], [], []
+    for shard in data.shards:
+        for s in _shard_samples(shard, data.num_classes):
+            try:
+                if s.data is None:
+                    raise DataError(s.error)
+                image = load_image_file(io.BytesIO(s.data), name=s.where)
+                images.append(to_model_input(image, data.in_chans, data.img_size))
+                labels.append(s.label)
+            except DataError as e:
+                if strict:
+                    raise
+                warnings.warn(str(e), stacklevel=2)
+                skipped.append(s.where)
+    if not images:
+        raise DataError(f"webdataset: no readable {split} images in {data.root}")
+    return ImageData(torch.stack(images), torch.tensor(labels, dtype=torch.long), data.classes, data.name, split,
+                     skipped)
+
 # -- reading -------------------------------------------------------------------------------------------------
 #
 # The shards are read with `tarfile`, not webdataset's pipeline: its shuffling and splitting stages
@@ -702,7 +727,8 @@ class WebDatasetLoader:
         device = normalize.mean.device
         self._loader = DataLoader(self.stream, batch_size=None, num_workers=self.workers,
                                   pin_memory=device.type == "cuda",
-                                  prefetch_factor=4 if self.workers > 0 else None)
+                                  prefetch_factor=4 if self.workers > 0 else None,
+                                  generator=torch.Generator().manual_seed(seed))  # leaves the training's RNG be
 
     def __len__(self) -> int:
         return self._steps

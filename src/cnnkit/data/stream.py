@@ -126,7 +126,8 @@ class StreamLoader:
         self._loader = DataLoader(
             DecodeImages(files, augment, seed), batch_sampler=_EpochBatches(self), num_workers=self.workers,
             collate_fn=collate_readable, pin_memory=device.type == "cuda",
-            persistent_workers=self.workers > 0, prefetch_factor=4 if self.workers > 0 else None)
+            persistent_workers=self.workers > 0, prefetch_factor=4 if self.workers > 0 else None,
+            generator=torch.Generator().manual_seed(seed))  # its own: starting workers leaves the training's RNG be
 
     def __len__(self) -> int:
         return len(self.sampler)
