@@ -234,7 +234,10 @@ def _train(*, extra: dict[str, Any] | None = None, command: str = "train", **kw:
             if resume is None:
                 from cnnkit.train.config import resolve_config
 
-                resolve_config({k: v for k, v in options.items() if v is not None})
+                resolved = resolve_config({k: v for k, v in options.items() if v is not None})
+                if resolved.batch_size % nproc:
+                    raise ConfigError(f"--batch-size {resolved.batch_size} is the global batch: it must be a "
+                                      f"multiple of --nproc {nproc}")
             _launch(nproc)
             return
     if lr_find:
@@ -280,8 +283,10 @@ def _launch(nproc: int) -> None:
         elif not a.startswith("--nproc="):
             argv.append(a)
     code = launch(nproc, argv)
-    if code:
-        raise typer.Exit(code)
+    if code:  # the workers have said why (rank 0, one line); the command ends with their status
+        failed = CnnkitError()
+        failed.exit_code = code
+        raise failed
 
 
 def distill_cmd(
@@ -1149,7 +1154,8 @@ def main(argv: list[str] | None = None) -> int:
     except CnnkitError as e:
         if debug:
             raise
-        _print_error(str(e))
+        if str(e) and os.environ.get("RANK", "0") == "0":  # under torchrun every rank meets the same
+            _print_error(str(e))  # mistake: rank 0 says it
         return e.exit_code
     except typer.Exit as e:  # --help and friends
         return e.exit_code
