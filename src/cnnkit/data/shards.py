@@ -37,7 +37,8 @@ from cnnkit.artifacts.files import (MANIFEST, DiskWriteError, OutputDir, atomic_
 from cnnkit.data.datasets import FileSet, ImageData, ImageSize, scan_imagefolder, train_val_split
 from cnnkit.data.images import IMAGE_EXTENSIONS, load_image_file, to_model_input
 from cnnkit.data.loader import Normalize, epoch_order
-from cnnkit.data.stream import DecodeImages, collate_readable, default_workers, sample_channel_stats
+from cnnkit.data.stream import (DecodeImages, collate_readable, default_workers, finish_batches,
+                                 sample_channel_stats)
 from cnnkit.data.transforms import AugmentConfig, BatchAugment
 from cnnkit.errors import ConfigError, DataError, error_line
 
@@ -753,21 +754,13 @@ class WebDatasetLoader:
             self.stream.epoch = saved
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels, bad, error in self._loader:
-            if error:
-                raise DataError(error)
-            if bad:
-                self.skipped += bad
-                for msg in bad:
-                    warnings.warn(msg, stacklevel=2)
-            if not len(labels):
-                continue
-            labels = labels.to(self.normalize.mean.device, non_blocking=True)
-            x = self.normalize(images)
-            if self.mixing is not None and (self.mixing.erase is not None or self.mixing.mixer is not None):
-                x, labels = self.mixing.erase_and_mix(x, labels)
-                x = x.contiguous(memory_format=self.normalize.memory_format)
-            yield x, labels
+        def checked() -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+            for images, labels, bad, error in self._loader:
+                if error:
+                    raise DataError(error)
+                yield images, labels, bad
+
+        return finish_batches(checked(), self.normalize, self.mixing, self.skipped)
 
     def close(self) -> None:
         """Nothing to stop: the workers live for one epoch's iteration."""

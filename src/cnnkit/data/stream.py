@@ -144,19 +144,27 @@ class StreamLoader:
         self._loader._iterator = None
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels, bad in self._loader:
-            if bad:
-                self.skipped += bad
-                for msg in bad:
-                    warnings.warn(msg, stacklevel=2)
-            if not len(labels):
-                continue
-            labels = labels.to(self.normalize.mean.device, non_blocking=True)
-            x = self.normalize(images)
-            if self.mixing is not None and (self.mixing.erase is not None or self.mixing.mixer is not None):
-                x, labels = self.mixing.erase_and_mix(x, labels)
-                x = x.contiguous(memory_format=self.normalize.memory_format)
-            yield x, labels
+        return finish_batches(self._loader, self.normalize, self.mixing, self.skipped)
+
+
+def finish_batches(batches: Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]], normalize: Normalize,
+                   mixing: BatchAugment | None, skipped: list[str]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Workers' (uint8 images, labels, unreadable images' messages) batches as the training loop takes them:
+    normalized on the device, erased and mixed per batch; the unreadable ones warned about and added to
+    `skipped`."""
+    for images, labels, bad in batches:
+        if bad:
+            skipped += bad
+            for msg in bad:
+                warnings.warn(msg, stacklevel=3)
+        if not len(labels):
+            continue
+        labels = labels.to(normalize.mean.device, non_blocking=True)
+        x = normalize(images)
+        if mixing is not None and (mixing.erase is not None or mixing.mixer is not None):
+            x, labels = mixing.erase_and_mix(x, labels)
+            x = x.contiguous(memory_format=normalize.memory_format)
+        yield x, labels
 
 
 class _EpochBatches:
