@@ -42,6 +42,14 @@ SCRIPT = textwrap.dedent('''
         step(self, loss)
     fit_module._Run._step = counting_step
 
+    if len(sys.argv) > 5 and sys.argv[5] == "syncbn":  # first, BatchNorm synchronized over the two ranks
+        import torch.distributed as dist
+        from tests.train.test_distributed import sync_bn_results
+        store, r, w = next(dist.rendezvous("env://"))
+        dist.init_process_group("gloo", store=dist.PrefixStore("test-syncbn", store), rank=r, world_size=w)
+        torch.save(sync_bn_results(rank), f"{out}.syncbn.{rank}")
+        dist.destroy_process_group()
+
     restore = fit_module._Run._restore
     def noting_restore(self):
         restore(self)
@@ -59,16 +67,18 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-def _torchrun(tmp_path: Path, out: Path, config: dict, kill_at: int = 0, restarts: int = 0, stop_after: int = 0) -> str:
+def _torchrun(tmp_path: Path, out: Path, config: dict, kill_at: int = 0, restarts: int = 0, stop_after: int = 0,
+              sync_bn: bool = False) -> str:
     import json
 
     script = tmp_path / "ddp_script.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "--max-restarts", str(restarts), "--monitor-interval", "0.2", str(script), str(out), str(kill_at),
-         json.dumps(config), str(stop_after)],
+         json.dumps(config), str(stop_after), "syncbn" if sync_bn else ""],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc.stdout
@@ -97,7 +107,8 @@ def _close(a: dict, b: dict, tol: float) -> None:
 
 def test_two_processes_equal_one_process_on_the_same_global_batch(tmp_path, single):
     out = tmp_path / "run"
-    _torchrun(tmp_path, out, CONFIG, stop_after=1)  # the first of two epochs: the same schedule as `single`
+    _torchrun(tmp_path, out, CONFIG, stop_after=1, sync_bn=True)  # the first of two epochs: `single`'s schedule
+    _check_sync_bn([torch.load(f"{out}.syncbn.{rank}") for rank in (0, 1)])
     ranks = [torch.load(f"{out}.rank{r}.e1.pt") for r in (0, 1)]
     _close(ranks[0], ranks[1], 0.0)  # DistributedDataParallel keeps the ranks identical
     _close(ranks[0], single[1], 1e-5)
@@ -124,13 +135,14 @@ def test_worker_killed_mid_epoch_restarts_from_the_last_saved_step(tmp_path, sin
     assert len((out / "metrics.csv").read_text().splitlines()) == 3
 
 
-def _sync_bn_rank(rank: int, port: int, out: str) -> None:
+def sync_bn_results(rank: int) -> dict[str, torch.Tensor]:
+    """On rank `rank` of 2 (a gloo process group is up): BatchNorm synchronized over the ranks, on this rank's
+    half of a batch, and one BatchNorm2d on the whole batch, in float64 so that only the maths can differ."""
     import torch.distributed as dist
     from torch import nn
 
     from cnnkit.train.distributed import CpuSyncBatchNorm
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     torch.manual_seed(0)
     x = (torch.randn(6, 3, 5, 4, dtype=torch.float64) * 4 + 2)
     w = torch.randn(6, 3, 5, 4, dtype=torch.float64)
@@ -147,30 +159,20 @@ def _sync_bn_rank(rank: int, port: int, out: str) -> None:
     (y * w[rank * 3:(rank + 1) * 3]).sum().backward()
     grads = torch.cat([sync.weight.grad, sync.bias.grad])
     dist.all_reduce(grads)
-    ref.eval()
     expected = (x[rank * 3:(rank + 1) * 3] - x.mean(dim=(0, 2, 3), keepdim=True)) / torch.sqrt(
         x.var(dim=(0, 2, 3), unbiased=False, keepdim=True) + ref.eps) * ref.weight[None, :, None, None] \
         + ref.bias[None, :, None, None]
-    torch.save({"y": y.detach(), "ref_y": expected.detach(), "x_grad": mine.grad, "ref_x_grad": full.grad[rank * 3:(rank + 1) * 3],
-                "params": grads / 2, "ref_params": torch.cat([ref.weight.grad, ref.bias.grad]),
-                "running": torch.cat([sync.running_mean, sync.running_var]),
-                "ref_running": torch.cat([ref.running_mean, ref.running_var])}, f"{out}.{rank}")
-    dist.destroy_process_group()
+    return {"y": y.detach(), "ref_y": expected.detach(), "x_grad": mine.grad,
+            "ref_x_grad": full.grad[rank * 3:(rank + 1) * 3], "params": grads / 2,
+            "ref_params": torch.cat([ref.weight.grad, ref.bias.grad]),
+            "running": torch.cat([sync.running_mean, sync.running_var]),
+            "ref_running": torch.cat([ref.running_mean, ref.running_var])}
 
 
-def test_cpu_sync_batchnorm_equals_batchnorm_on_the_global_batch(tmp_path):
-    """Forward, input and parameter gradients and running statistics of BatchNorm synchronized over two gloo
-    processes, against one BatchNorm2d on the whole batch (float64, so that only the maths can differ)."""
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_sync_bn_rank, args=(port, str(tmp_path / "bn")), nprocs=2, start_method="spawn")
-    for rank in (0, 1):
-        r = torch.load(tmp_path / f"bn.{rank}")
+def _check_sync_bn(results: list[dict[str, torch.Tensor]]) -> None:
+    """--sync-bn on CPU: forward, gradients and running statistics of BatchNorm over two gloo processes equal
+    one BatchNorm2d's on the whole batch."""
+    for r in results:
         assert torch.allclose(r["y"], r["ref_y"], atol=1e-12)
         # each rank's input gets the gradient of every rank's loss (the sum: DDP then averages the parameters'
         # gradients over the ranks, as torch's SyncBatchNorm does); the reference loss is that mean
