@@ -52,8 +52,11 @@ def load_image_file(path: str | os.PathLike | IO[bytes], max_pixels: int | None 
 _BOMB_HINT = "resize it to fewer pixels first (or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file)"
 
 
-def to_model_input(image: Image.Image, in_chans: int, size: tuple[int, int]) -> torch.Tensor:
-    """A PIL image of any mode and size as uint8 C×H×W: converted to gray or RGB, resized, centre-cropped."""
+def convert_mode(image: Image.Image, in_chans: int) -> Image.Image:
+    """A PIL image of any mode as 8-bit gray (`in_chans` 1) or RGB (3): 16/32-bit gray rescaled, not clipped;
+    transparency composited on white."""
+    if in_chans not in (1, 3):
+        raise DataError(f"images can be converted to 1 or 3 channels, not {in_chans}")
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grayscale: rescale to 8 bits, not clip
         arr = np.asarray(image, dtype=np.float32)
         top = 65535.0 if image.mode.startswith("I;16") else max(float(arr.max()), 1.0)
@@ -62,10 +65,13 @@ def to_model_input(image: Image.Image, in_chans: int, size: tuple[int, int]) -> 
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    image = image.convert("L" if in_chans == 1 else "RGB")
-    t = TF.pil_to_tensor(image)
-    if in_chans not in (1, 3):
-        raise DataError(f"images can be converted to 1 or 3 channels, not {in_chans}")
+    mode = "L" if in_chans == 1 else "RGB"
+    return image if image.mode == mode else image.convert(mode)
+
+
+def to_model_input(image: Image.Image, in_chans: int, size: tuple[int, int]) -> torch.Tensor:
+    """A PIL image of any mode and size as uint8 C×H×W: converted to gray or RGB, resized, centre-cropped."""
+    t = TF.pil_to_tensor(convert_mode(image, in_chans))
     if tuple(t.shape[-2:]) != tuple(size):
         if size[0] == size[1]:
             t = v2.Resize(min(size), antialias=True)(t)

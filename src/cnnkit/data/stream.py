@@ -16,10 +16,12 @@ from typing import IO
 
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
+from PIL import Image
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 from cnnkit.data.datasets import FileSet
-from cnnkit.data.images import load_image_file, to_model_input
+from cnnkit.data.images import convert_mode, load_image_file, to_model_input
 from cnnkit.data.loader import Normalize, ShardedBatches
 from cnnkit.data.transforms import AugmentConfig, BatchAugment, random_crop_flip
 from cnnkit.errors import DataError
@@ -71,17 +73,20 @@ class DecodeImages(Dataset):
         return self._augment(image, epoch, index), label
 
     def _augment(self, image, epoch: int, index: int) -> torch.Tensor:
-        torch.manual_seed(image_seed(self.seed, epoch, index))
-        if self.crop is not None:
-            if min(image.size) > 2 * max(self.size):  # not a JPEG: reduce it here
-                side = 2 * max(self.size)
-                image.thumbnail((side * image.width // min(image.size), side * image.height // min(image.size)))
-            x = self.crop(to_model_input(image, self.in_chans, (image.height, image.width)))
+        # the CPU generator alone (torch.manual_seed would also seed every other device: 100× slower)
+        torch.default_generator.manual_seed(image_seed(self.seed, epoch, index))
+        a = self.augment
+        if self.crop is not None:  # crop and resize the PIL image, then convert only the crop
+            image = convert_mode(image, self.in_chans)
+            top, left, h, w = v2.RandomResizedCrop.get_params(image, self.crop.scale, self.crop.ratio)
+            image = image.resize(self.size[::-1], Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
+            x = TF.pil_to_tensor(image)
         else:
             x = to_model_input(image, self.in_chans, self.size)
-        a = self.augment
-        if a.crop_padding or a.hflip:
+        if a.crop_padding:
             x = random_crop_flip(x[None], a.crop_padding, a.hflip)[0]
+        elif a.hflip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
         if self.policy is not None:
             x = self.policy(x)
         return x.contiguous()

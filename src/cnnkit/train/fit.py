@@ -646,7 +646,7 @@ class _Run:
     def _write_config(self) -> None:
         """config.yaml: the resolved configuration, and under `chosen` what `auto` settled on here and why."""
         chosen = {"device": str(self.device), "precision": self.precision, "layout": self.layout_note,
-                  "threads": torch.get_num_threads()}
+                  "threads": torch.get_num_threads(), "data": self.data_note, "processes": self.ranks.world}
         if getattr(self, "plan_note", None):
             chosen["budget_plan"] = self.plan_note
         atomic_write_text(self.dir / "config.yaml",
