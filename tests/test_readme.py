@@ -198,6 +198,9 @@ SHORTEN: dict[str, list[tuple[str, str | None]]] = {
     "train --resume": [("--epochs", "1"), ("--quiet", None)],  # the resumed run's own settings stand
     "train --budget": [("--budget", "10s"), ("--train-images", "300"), ("--quiet", None)],
     "train --lr-find": [("--train-images", "300"), ("--quiet", None)],
+    # several processes: the whole path (launcher, streaming workers, sync-BN, mid-epoch saves), a small net
+    "train --nproc": [("--epochs", "1"), ("--train-images", "300"), ("--img-size", "32"), ("--model", "resnet20"),
+                      ("--checkpoint-every", "3"), ("--quiet", None)],
     "demo": [("--epochs", "1"), ("--quiet", None)],
     "explain --benchmark": [("--limit", "10"), ("--method", "gradcam,eigencam")],  # all methods: minutes
     "visualize": [("--steps", "5")],
@@ -227,7 +230,7 @@ def command_key(argv: list[str]) -> str:
     """The SHORTEN key of a command line: its command path, plus the option that changes what it does."""
     words = [a for a in argv if a != "--debug"]
     key = words[0] + (f" {words[1]}" if words[0] == "models" and len(words) > 1 else "")
-    for mode in ("--resume", "--benchmark", "--budget", "--lr-find"):
+    for mode in ("--resume", "--benchmark", "--budget", "--lr-find", "--nproc"):
         if mode in words:
             key += f" {mode}"
     return key

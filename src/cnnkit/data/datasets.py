@@ -408,20 +408,22 @@ def scan_imagefolder(root: str | os.PathLike, split: str = "train", img_size: Im
 def decode_files(files: FileSet, strict: bool = False) -> ImageData:
     """Decode a FileSet into memory (uint8, its format); unreadable images are skipped with a warning (or
     raise with `strict`), one image decoded at a time so that peak memory is the decoded set's."""
-    images, labels, skipped = [], [], []
+    # one tensor filled image by image: the peak is the decoded set, not that and a list of its images
+    images = torch.empty((len(files), files.in_chans, *files.img_size), dtype=torch.uint8)
+    labels, skipped = [], []
     for path, label in zip(files.files, files.labels.tolist()):
         try:
-            images.append(to_model_input(load_image_file(path), files.in_chans, files.img_size))
+            images[len(labels)] = to_model_input(load_image_file(path), files.in_chans, files.img_size)
             labels.append(label)
         except DataError as e:
             if strict:
                 raise
             warnings.warn(str(e), stacklevel=3)
             skipped.append(str(path))
-    if not images:
+    if not labels:
         raise DataError(f"imagefolder: no readable images in {files.name.split(':', 1)[-1]}")
-    data = ImageData(torch.stack(images), torch.tensor(labels, dtype=torch.long), files.classes, files.name,
-                     files.split, skipped)
+    data = ImageData(images[:len(labels)].clone() if skipped else images, torch.tensor(labels, dtype=torch.long),
+                     files.classes, files.name, files.split, skipped)
     if skipped:
         warnings.warn(f"imagefolder: skipped {len(skipped)} unreadable image(s) in {files.name.split(':', 1)[-1]}",
                       stacklevel=3)

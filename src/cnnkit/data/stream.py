@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO
 
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
@@ -93,12 +93,15 @@ class DecodeImages(Dataset):
 
 
 def collate_readable(items: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Stack the readable images of a batch; the unreadable ones' messages come back as the third item."""
+    """Stack the readable images of a batch; the unreadable ones' messages come back as the third item. In a
+    worker, torch's default_collate stacks straight into shared memory: a batch stacked in the worker's own
+    heap and then copied out leaves that heap growing with every image decoded (glibc's allocator)."""
     good = [(x, y) for x, y in items if x is not None]
     bad = [msg for x, msg in items if x is None]
     if not good:
         return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), bad
-    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good], dtype=torch.long), bad
+    images, labels = default_collate(good)
+    return images, labels, bad
 
 
 def default_workers(world: int = 1) -> int:
