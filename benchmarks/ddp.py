@@ -119,6 +119,12 @@ class Watcher(threading.Thread):
         return sorted(out, key=lambda r: r["role"])
 
 
+def _busy_seconds() -> float:
+    """CPU seconds all processes of this machine have used: /proc/stat's busy columns."""
+    f = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(f) - f[3] - f[4]) / TICK
+
+
 # -- one run ------------------------------------------------------------------------------------------------------
 def train(setting: str, amp: str, args, work: Path) -> dict:
     out = work / f"{setting}-{amp}"
@@ -129,6 +135,7 @@ def train(setting: str, amp: str, args, work: Path) -> dict:
         cmd += ["--train-images", str(args.train_images)]
     cmd += ["--threads", "2"] if setting == "1x2" else ["--nproc", "2"]
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    busy, own = _busy_seconds(), sum(os.times()[:2])
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     watcher = Watcher(proc.pid)
@@ -137,6 +144,8 @@ def train(setting: str, amp: str, args, work: Path) -> dict:
     wall = time.perf_counter() - t
     watcher.stop.set()
     watcher.join()
+    run_cpu = sum(sum(p["threads"].values()) for p in watcher.procs.values())
+    other = (_busy_seconds() - busy) - run_cpu - (sum(os.times()[:2]) - own)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{log[-3000:]}")
     with open(out / "metrics.csv") as f:
@@ -145,7 +154,8 @@ def train(setting: str, amp: str, args, work: Path) -> dict:
     result = {"setting": setting, "amp": amp, "images_per_s": float(row["images_per_s"]),
               "epoch_seconds": float(row["epoch_seconds"]), "wall_seconds": wall,
               "train_acc": float(row["train_acc"]), "precision": chosen["precision"], "layout": chosen["layout"],
-              "rank0_torch_threads": chosen["threads"], "processes": watcher.summary()}
+              "rank0_torch_threads": chosen["threads"], "other_processes_cpu_s": max(other, 0.0),
+              "processes": watcher.summary()}
     print({k: v for k, v in result.items() if k != "processes"}, flush=True)
     for p in result["processes"]:
         print("   ", p, flush=True)
@@ -183,7 +193,8 @@ def projection() -> dict:
         "H100 (MLPerf-optimized, mixed)": {
             "images_per_s": round(35 * 1_281_167 / (13.466 * 60) / 8),
             "source": "derived from MLPerf v3.0 3.0-2053 (8× H100, 13.466 min) assuming about 35 epochs to the "
-                      "target (an assumption: MLPerf ResNet-50 runs converge in about 35–40 epochs; time to train also "
+                      "target (an assumption: MLPerf ResNet-50 runs converge in about 35–40 epochs; time to train "
+                      "also "
                       "includes evaluation, so this understates raw throughput slightly)"}}
     nets = {
         "8 GPUs, 1 node, NVLink/NVSwitch": {"gpus": 8, "busbw_GBps": {"A100": 200, "H100": 370},
@@ -297,7 +308,16 @@ def main() -> None:
         "the 1-process runs had two busy threads (the check can see a second thread)": all(
             q["threads_over_10pct_of_cpu"] == 2 for x in runs if x["setting"] == "1x2" for q in x["processes"]),
     }
-    payload = {"machine": machine(), "lscpu": lscpu(), "data": args.data, "train_images": args.train_images,
+    import hashlib
+
+    import cnnkit.train
+
+    base = Path(cnnkit.train.__file__).parent
+    sources = {f"src/cnnkit/train/{n}": hashlib.sha1(b"blob %d\0" % len((base / n).read_bytes())
+                                                      + (base / n).read_bytes()).hexdigest()
+               for n in ("fit.py", "distributed.py")}
+    payload = {"machine": machine(), "sources_measured": sources, "lscpu": lscpu(), "data": args.data,
+               "train_images": args.train_images,
                "model": f"{MODEL} width {WIDTH}", "global_batch": BATCH, "epochs": 1, "val_fraction": 0,
                "settings": {"1x2": "1 process, --threads 2", "2x1": "--nproc 2 (torchrun, gloo, DDP), "
                                                                    "OMP_NUM_THREADS left to cnnkit's launcher"},
@@ -331,16 +351,33 @@ def report(p: dict, name: str) -> str:
         f"images/s: metrics.csv's `images_per_s` (all ranks' images: the per-rank sums are all-reduced in "
         f"`train_epoch`); wall: the whole command, start-up and launch included. Median of "
         f"{max(r['repeat'] for r in p['runs']) + 1} runs each, alternating order.", "",
-        "| --amp | setting | precision | images/s | epoch (s) | wall (s) |", "| --- | --- | --- | ---: | ---: | ---: |"]
+        "| --amp | setting | precision | images/s | epoch (s) | wall (s) | runs (images/s) | train acc |",
+        "| --- | --- | --- | ---: | ---: | ---: | --- | ---: |"]
     for amp, s in p["summary"].items():
         for setting, label in (("1x2", "1 process × 2 threads"), ("2x1", "2 processes × 1 thread")):
             r = s[setting]
+            mine = [x for x in p["runs"] if x["amp"] == amp and x["setting"] == setting]
             lines.append(f"| {amp} | {label} | {r['precision'].split(' (')[0]} | {r['images_per_s_median']:.0f} | "
-                         f"{r['epoch_seconds_median']:.1f} | {r['wall_seconds_median']:.1f} |")
-    lines.append("")
+                         f"{r['epoch_seconds_median']:.1f} | {r['wall_seconds_median']:.1f} | "
+                         f"{', '.join(format(x['images_per_s'], '.0f') for x in mine)} | {mine[0]['train_acc']:.4f} |")
+    other = max(x["other_processes_cpu_s"] for x in p["runs"])
+    spread = max(max(x["images_per_s"] for x in p["runs"] if x["amp"] == a and x["setting"] == st)
+                 / min(x["images_per_s"] for x in p["runs"] if x["amp"] == a and x["setting"] == st)
+                 for a in p["summary"] for st in ("1x2", "2x1"))
+    lines += ["", f"Other processes on the machine used {other:.1f} CPU s at most during a run (from /proc/stat, less "
+              f"the run's own processes and this script). Repeats of one setting differ by up to "
+              f"{100 * (spread - 1):.0f}% on this virtual machine (its host is shared and its speed drifts over the "
+              f"day with nothing else running inside it), so a ratio within about that margin of 1.0 means 'about "
+              f"the same'.", ""]
     for amp, s in p["summary"].items():
+        paired = [next(x for x in p["runs"] if x["amp"] == amp and x["setting"] == "2x1" and x["repeat"] == r)
+                  ["images_per_s"] / next(x for x in p["runs"] if x["amp"] == amp and x["setting"] == "1x2"
+                                          and x["repeat"] == r)["images_per_s"]
+                  for r in sorted({x["repeat"] for x in p["runs"]})]
         lines.append(f"- `--amp {amp}`: 2 processes give {s['ratio_2x1_over_1x2_images_per_s']:.2f}× the images/s "
-                     f"of 1 process, and take {s['ratio_2x1_over_1x2_wall']:.2f}× its wall time.")
+                     f"of 1 process (medians; repeat by repeat, the two run back to back: "
+                     f"{', '.join(f'{v:.2f}×' for v in paired)}), and take {s['ratio_2x1_over_1x2_wall']:.2f}× its "
+                     f"wall time (torchrun's launch, a second process's start-up and the gloo rendezvous).")
     lines += ["", "Checks (each process watched from outside: /proc/PID/environ and the CPU time of each thread):", "",
               "| check | met |", "| --- | --- |"]
     lines += [f"| {k} | {'yes' if v else 'no'} |" for k, v in p["checks"].items()]
@@ -355,7 +392,8 @@ def report(p: dict, name: str) -> str:
     lines += ["", "## Projection: ResNet-50, data-parallel, 8 and 64 GPUs (not measured)", "",
               f"{pr['model']}: fp32 gradients {pr['gradient_bytes'] / 1e6:.1f} MB per step, all-reduced in "
               f"{pr['ddp_buckets']} DDP buckets of 25 MB. A ring all-reduce sends 2(N−1)/N × that per GPU: "
-              f"{2 * 7 / 8 * pr['gradient_bytes'] / 1e6:.1f} MB at N = 8, {2 * 63 / 64 * pr['gradient_bytes'] / 1e6:.1f} "
+              f"{2 * 7 / 8 * pr['gradient_bytes'] / 1e6:.1f} MB at N = 8, "
+              f"{2 * 63 / 64 * pr['gradient_bytes'] / 1e6:.1f} "
               f"MB at N = 64. Formulas: {'; '.join(f'{k} = {v}' for k, v in pr['formulas'].items())}.", "",
               "| GPU (compute per step of 256) | network | busbw (GB/s) | compute (ms) | comm (ms) | exposed with "
               "overlap (ms) | efficiency, no overlap | efficiency, overlap |",

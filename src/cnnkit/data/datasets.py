@@ -422,7 +422,7 @@ def decode_files(files: FileSet, strict: bool = False) -> ImageData:
             skipped.append(str(path))
     if not labels:
         raise DataError(f"imagefolder: no readable images in {files.name.split(':', 1)[-1]}")
-    data = ImageData(images[:len(labels)].clone() if skipped else images, torch.tensor(labels, dtype=torch.long),
+    data = ImageData(images[:len(labels)] if skipped else images, torch.tensor(labels, dtype=torch.long),
                      files.classes, files.name, files.split, skipped)
     if skipped:
         warnings.warn(f"imagefolder: skipped {len(skipped)} unreadable image(s) in {files.name.split(':', 1)[-1]}",
