@@ -18,7 +18,7 @@ demo: install
 	$(BIN)/cnnkit demo
 
 test: dev
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf runs .pytest_cache

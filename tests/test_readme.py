@@ -200,7 +200,7 @@ SHORTEN: dict[str, list[tuple[str, str | None]]] = {
     "train --lr-find": [("--train-images", "300"), ("--quiet", None)],
     # several processes: the whole path (launcher, streaming workers, sync-BN, mid-epoch saves), a small net
     "train --nproc": [("--epochs", "1"), ("--train-images", "300"), ("--img-size", "32"), ("--model", "resnet20"),
-                      ("--checkpoint-every", "3"), ("--quiet", None)],
+                      ("--checkpoint-every", "3"), ("--batch-size", "16"), ("--quiet", None)],
     "demo": [("--epochs", "1"), ("--quiet", None)],
     "explain --benchmark": [("--limit", "10"), ("--method", "gradcam,eigencam")],  # all methods: minutes
     "visualize": [("--steps", "5")],

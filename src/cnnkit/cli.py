@@ -275,7 +275,7 @@ def _launch(nproc: int) -> None:
     from cnnkit.train.distributed import launch
 
     argv, skip = [], False
-    for a in sys.argv[1:]:
+    for a in _ARGV:
         if skip:
             skip = False
         elif a == "--nproc":
@@ -1123,6 +1123,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 _DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+_ARGV: list[str] = []  # the command line `main` runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1130,6 +1131,8 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("CNNKIT_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
+    global _ARGV
+    _ARGV = list(args) + (["--debug"] if debug else [])  # what `--nproc` starts again on each process
     if not debug:
         warnings.showwarning = _show_warning
         # int8 models are TorchScript by design (PyTorch's int8 kernels have no other saved form); torch's

@@ -134,7 +134,8 @@ def check_options(name: str, options: dict[str, object]) -> None:
     accepted = entry.options()
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ModelError(f"model {name!r} does not support option(s) {', '.join(unknown)}"
+        shown = ", ".join(str(k) if str(k).isprintable() else repr(k) for k in unknown)  # one line, whatever the key
+        raise ModelError(f"model {name!r} does not support option(s) {shown}"
                          f"{close_matches(unknown[0], accepted)}; it accepts: {', '.join(accepted) or 'no options'}")
     defaults = entry.defaults()
     for key, value in options.items():
