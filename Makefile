@@ -2,6 +2,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -c constraints.txt
+PYTEST_ARGS ?=
 
 .PHONY: demo test install dev clean
 
@@ -18,7 +19,7 @@ demo: install
 	$(BIN)/cnnkit demo
 
 test: dev
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # several test workers share the cores: one thread each (set before
+    os.environ["OMP_NUM_THREADS"] = "1"  # torch starts its OpenMP pool, which would spin-wait against the other)
 
 import numpy as np
 import pytest
