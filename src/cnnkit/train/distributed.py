@@ -189,7 +189,8 @@ def launch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
     for name in list(logging.root.manager.loggerDict):  # its notes and failure reports: the worker's own line,
         if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher")):  # printed by it, says why
             logging.getLogger(name).setLevel(logging.CRITICAL)
-    if "OMP_NUM_THREADS" not in os.environ:  # share this machine's cores among the processes (torchrun: 1)
+    threads_given = "OMP_NUM_THREADS" in os.environ
+    if not threads_given:  # share this machine's cores among the processes (torchrun: 1); the workers inherit it
         try:
             cpus = len(os.sched_getaffinity(0))
         except AttributeError:
@@ -203,4 +204,7 @@ def launch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
     except ChildFailedError as e:
         codes = [f.exitcode for f in e.failures.values()]
         return next((c for c in codes if c and c > 0), 1)  # a worker's own status (2 for bad input)
+    finally:
+        if not threads_given:  # this process (a notebook, a test) keeps its own setting
+            del os.environ["OMP_NUM_THREADS"]
     return 0

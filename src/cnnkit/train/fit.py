@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -364,7 +365,7 @@ class _Run:
         seed_everything(cfg.seed, cfg.deterministic)
         self.device = pick_device(cfg.device)
         if launched_by_torchrun() and self.device.type == "cuda":  # one GPU per process: its local rank's
-            self.device = torch.device("cuda", int(__import__("os").environ["LOCAL_RANK"]) % torch.cuda.device_count())
+            self.device = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
         self.ranks = init_ranks(self.device)
         self.progress = self.progress and self.ranks.main
         if self.ranks.distributed and cfg.batch_size % self.ranks.world:
@@ -507,7 +508,7 @@ class _Run:
         self.model = model.to(self.device, memory_format=memory_format)
         self.normalize = Normalize(self.mean, self.std, self.device, self.channels_last)
         self.train_loader = self._loader(self.train_set, cfg.batch_size, train=True)
-        self.val_loader = self._loader(self.val_set, 512 * self.ranks.world, train=False) if self.val_set else None
+        self.val_loader = self._loader(self.val_set, 512, train=False) if self.val_set else None
         if len(self.train_loader) == 0:
             raise ConfigError(f"{cfg.data}: {len(self.train_set)} training images make no batch of "
                               f"{cfg.batch_size} shared among {self.ranks.world} processes; lower --batch-size")
@@ -541,7 +542,6 @@ class _Run:
                     rank=ranks.rank, world=ranks.world) if train else {}
         if not train and ranks.distributed and not hasattr(data, "shards"):
             data = data.subset(torch.arange(ranks.rank, len(data), ranks.world), data.split)
-            batch_size //= ranks.world
         if isinstance(data, ImageData):
             return BatchLoader(data, batch_size, self.normalize, **opts)
         if hasattr(data, "shards"):
@@ -679,11 +679,11 @@ class _Run:
         first = self.start_step if epoch == self.start_epoch else 0  # resumed mid-epoch: continue from there
         self.train_loader.set_epoch(epoch, first)
         # running sums over the ranks' batches: loss × images, correct, images, and the last check's loss and images
-        sums = torch.zeros(5, dtype=torch.float64, device=device)
+        sums = torch.zeros(5, device=device)  # float32: MPS has no float64; exact counts up to 16 M images
         earlier = 0.0  # seconds this epoch ran before a mid-epoch resume
         if first and self.partial:  # rank 0 carries the sums saved with the step (they are global)
             if self.ranks.main:
-                sums += torch.tensor(self.partial["sums"], dtype=torch.float64, device=device)
+                sums += torch.tensor(self.partial["sums"], device=device)
             earlier = self.partial.get("seconds", 0.0)
         before = float(self.partial["sums"][2]) if first and self.partial else 0.0  # images seen before resuming
         self.bar.start_epoch(epoch)
