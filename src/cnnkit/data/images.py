@@ -39,6 +39,8 @@ def load_image_file(path: str | os.PathLike | IO[bytes], max_pixels: int | None 
                 im.draft(im.mode, (reduce_to, reduce_to))
             im.load()
             return ImageOps.exif_transpose(im)
+    except MemoryError:  # a header whose size passes the pixel limit but whose decoder buffers do not fit
+        raise DataError(f"cannot read image {name}: not enough memory to decode it; {_BOMB_HINT}") from None
     except Image.DecompressionBombError as e:
         raise DataError(f"cannot read image {name}: {str(e).rstrip('.')}; {_BOMB_HINT}") from None
     except UnidentifiedImageError:
