@@ -72,6 +72,9 @@ def main() -> None:
     ap.add_argument("--all", action="store_true", help="Every registered small-input model, not one per family.")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--amp", default="auto")
+    ap.add_argument("--replace", action="store_true",
+                    help="With --models: re-run these and replace their rows in benchmarks/results/recipes.json "
+                         "(after a change to their recipe), keeping the other rows.")
     args = ap.parse_args()
     models = args.models or ([m for m in list_models() if not get_entry(m).imagenet] if args.all else REPRESENTATIVES)
     rows = []
@@ -79,9 +82,16 @@ def main() -> None:
         rows.append(run_one(m, args.epochs, args.amp))
         r = rows[-1]
         print(f"{m}: test {r['test_acc']}, diverged {r['diverged']}, {r['seconds']:.0f} s", flush=True)
-    print(table(rows))
-    if args.models or args.epochs != 10:
+    if args.replace and args.models and args.epochs == 10:
+        old = json.loads((RESULTS / "recipes.json").read_text())
+        if old["amp"] != args.amp:
+            raise SystemExit(f"recipes.json was measured with --amp {old['amp']}; replace rows with the same")
+        fresh = {r["model"]: r for r in rows}
+        rows = [fresh.pop(r["model"], r) for r in old["rows"]] + list(fresh.values())
+    elif args.models or args.epochs != 10:
+        print(table(rows))
         return  # a quick look, not the benchmark
+    print(table(rows))
     met = all(r["test_acc"] is not None and r["test_acc"] >= TARGET and not r["diverged"] for r in rows)
     payload = {"epochs": args.epochs, "amp": args.amp, "cpu": cpu_description(), "target": TARGET, "met": met,
                "rows": rows}

@@ -18,6 +18,8 @@ goes to 127.0.0.1; each level runs for a fixed time, bounded in count by the cli
 
     python -m benchmarks.serve                 # writes benchmarks/results/serve.json (about 6 minutes)
     python -m benchmarks.serve --quick         # shorter levels, for a look
+    python -m benchmarks.serve --amp auto      # the load levels with the server in bf16 where the CPU runs it
+                                               # natively (serve_auto.json; no drills: they compare with fp32)
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import torch
 from PIL import Image
 
 from benchmarks.common import write_result
+from cnnkit.train.config import RECIPES
 
 LEVELS = (1, 8, 32, 64)
 
@@ -74,6 +77,7 @@ import sys
 from fastapi import Request
 from cnnkit.serve import ServeOptions, load_models, serve
 specs, max_batch, max_delay, max_queue = sys.argv[1].split(","), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+amp = sys.argv[5]
 import os, torch
 if os.environ.get("BENCH_NO_MODEL"):  # the route's ceiling: everything but the forward pass
     from cnnkit.serve.models import ServedModel
@@ -83,19 +87,19 @@ def hook(app):
     async def constant(request: Request):
         await request.body()
         return {"predictions": [{"top": [{"class": "class0", "index": 0, "probability": 1.0}]}]}
-serve(load_models(specs, "cpu"), "127.0.0.1", 0, ServeOptions(max_batch=max_batch, max_delay_ms=max_delay,
+serve(load_models(specs, "cpu", amp), "127.0.0.1", 0, ServeOptions(max_batch=max_batch, max_delay_ms=max_delay,
       max_queue=max_queue, timeout_s=30), on_ready=lambda url: print(url, flush=True), app_hook=hook)
 """
 
 
 class Server:
     def __init__(self, specs: list[str], max_batch: int = 32, max_delay_ms: float = 5.0, max_queue: int = 256,
-                 no_model: bool = False):
+                 no_model: bool = False, amp: str = "off"):
         from cnnkit.serve.client import Client
 
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"BENCH_NO_MODEL": "1"} if no_model else {})}
         self.proc = subprocess.Popen([sys.executable, "-c", CHILD, ",".join(specs), str(max_batch), str(max_delay_ms),
-                                      str(max_queue)], stdout=subprocess.PIPE, text=True, env=env)
+                                      str(max_queue), amp], stdout=subprocess.PIPE, text=True, env=env)
         self.url = self.proc.stdout.readline().strip()
         if not self.url.startswith("http://127.0.0.1:"):
             raise SystemExit(f"server did not start: {self.url!r}")
@@ -155,7 +159,8 @@ async def drive(url: str, path: str, body: bytes, clients: int, seconds: float, 
     ok = statuses.get(200, 0)
     return {"clients": clients, "requests": len(lat), "ok": ok, "statuses": statuses,
             "requests_per_s": ok / seconds, "p50_ms": 1e3 * float(np.percentile(lat, 50)) if lat else None,
-            "p99_ms": 1e3 * float(np.percentile(lat, 99)) if lat else None}
+            "p99_ms": 1e3 * float(np.percentile(lat, 99)) if lat else None,
+            "max_ms": 1e3 * max(lat) if lat else None}
 
 
 def level(server: Server, model: str, body: bytes, clients: int, seconds: float, path: str | None = None) -> dict:
@@ -168,10 +173,9 @@ def level(server: Server, model: str, body: bytes, clients: int, seconds: float,
     return r
 
 
-def offline_throughput(ckpt: Path, batch: int = 32, seconds: float = 5.0) -> dict:
+def offline_throughput(ckpt: Path, batch: int = 32, seconds: float = 5.0, amp: str = "off") -> dict:
     from cnnkit.artifacts import load
-
-    from cnnkit.runtime import faster_inference_layout
+    from cnnkit.runtime import autocast, autocast_dtype, faster_inference_layout
 
     loaded = load(ckpt)
     m = loaded.model.eval()
@@ -180,7 +184,8 @@ def offline_throughput(ckpt: Path, batch: int = 32, seconds: float = 5.0) -> dic
     x = torch.randn(batch, loaded.in_chans, *loaded.img_size)
     x = x.contiguous(memory_format=torch.channels_last) if last else x
     times = []
-    with torch.inference_mode():
+    dtype = autocast_dtype(amp, torch.device("cpu"))  # the precision the server runs it in
+    with torch.inference_mode(), autocast(torch.device("cpu"), dtype):
         m(x)
         end = time.perf_counter() + seconds
         while time.perf_counter() < end or len(times) < 3:
@@ -336,22 +341,25 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="2 s levels and a smaller drill, for a look")
     ap.add_argument("--seconds", type=float, default=None)
+    ap.add_argument("--amp", choices=("off", "auto"), default="off",
+                    help="the server's precision (`cnnkit serve --amp`); auto: bf16 where the CPU runs it natively")
     args = ap.parse_args()
     seconds = args.seconds or (2.0 if args.quick else 6.0)
-    result: dict = {"seconds_per_level": seconds, "levels": LEVELS, "max_delay_ms": 5.0,
+    result: dict = {"seconds_per_level": seconds, "levels": LEVELS, "max_delay_ms": 5.0, "amp": args.amp,
                     "server_torch_threads": torch.get_num_threads(), "client": f"aiohttp {__import__('aiohttp').__version__}"}
     with tempfile.TemporaryDirectory() as tmp:
         r18 = make_checkpoint(Path(tmp), "resnet18", 3, 224)
-        r9 = make_checkpoint(Path(tmp), "resnet9", 1, 28, width=16)  # the width of cnnkit's other benchmarks
+        # what `cnnkit train --data fashion-mnist` trains (ResNet-9 width 16, pooling before BN)
+        r9 = make_checkpoint(Path(tmp), "resnet9", 1, 28, **RECIPES["fast"]["mnist-like"]["model_kwargs"])
         body18 = png_bytes(np.random.default_rng(0), 224, 3)
         body9 = png_bytes(np.random.default_rng(0), 28, 1)
         for name, ckpt, body in (("resnet18", r18, body18), ("resnet9", r9, body9)):
-            offline = offline_throughput(ckpt)
-            offline1 = offline_throughput(ckpt, batch=1)
+            offline = offline_throughput(ckpt, amp=args.amp)
+            offline1 = offline_throughput(ckpt, batch=1, amp=args.amp)
             print(name, "offline", offline, offline1, flush=True)
             rows = {}
             for mode, max_batch in (("on", 32), ("off", 1)):
-                server = Server([str(ckpt)], max_batch=max_batch)
+                server = Server([str(ckpt)], max_batch=max_batch, amp=args.amp)
                 try:
                     rows[mode] = [level(server, name, body, n, seconds) for n in LEVELS]
                     if name == "resnet9" and mode == "on":
@@ -359,7 +367,7 @@ def main() -> None:
                 finally:
                     server.stop()
             if name == "resnet9":  # the same route with the forward pass replaced by a constant
-                server = Server([str(ckpt)], no_model=True)
+                server = Server([str(ckpt)], no_model=True, amp=args.amp)
                 try:
                     rows["no_model"] = [level(server, name, body, n, seconds) for n in (8, 32)]
                 finally:
@@ -378,6 +386,9 @@ def main() -> None:
             / at32("resnet18", "off")["requests_per_s"],
         }
         print(json.dumps(result["targets"], indent=1), flush=True)
+        if args.amp != "off":  # the drills check answers against `cnnkit predict` (fp32): run with --amp off
+            print(write_result("serve_auto" + ("_quick" if args.quick else ""), result))
+            return
         result["bad_input_drill"] = bad_input_drill(r9, 300 if args.quick else 1000, 75 if args.quick else 250)
         print(json.dumps({k: v for k, v in result["bad_input_drill"].items() if k != "statuses_by_kind"}), flush=True)
         result["overload_drill"] = overload_drill(r18)

@@ -47,6 +47,34 @@ def test_resnet9_width_and_surface():
     assert m(x).shape == (2, 3)
 
 
+def test_resnet9_pool_first_is_the_same_function_where_pooling_commutes_with_bn():
+    """Max-pool commutes with a per-channel increasing map (BN in eval mode with positive scale, then ReLU), so
+    the pool-first ordering with the same weights computes the same outputs there; its BN then sees pooled maps."""
+    torch.manual_seed(0)
+    orig, fast = create("resnet9", 10, 1, width=8), create("resnet9", 10, 1, width=8, pool_first=True)
+    assert [type(m).__name__ for m in fast.layer1[0]] == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"]
+    with torch.no_grad():
+        for m in orig.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 2.0), m.bias.normal_(), m.running_mean.normal_(), m.running_var.uniform_(0.5, 2)
+    renamed = {}
+    for k, v in orig.state_dict().items():
+        parts = k.split(".")
+        if parts[0] in ("layer1", "layer2", "layer3"):
+            if parts[1] == "0" and parts[2] == "1":  # the down-sampling BN moves behind the pool
+                parts[2] = "2"
+            elif parts[1] == "2":  # the residual pair moves up one: no separate pool module
+                parts[1] = "1"
+        renamed[".".join(parts)] = v
+    fast.load_state_dict(renamed)
+    x = torch.randn(4, 1, 28, 28)
+    torch.testing.assert_close(fast.eval()(x), orig.eval()(x), rtol=1e-5, atol=1e-5)
+    # in training the batch statistics are those of the pooled map, so the two differ: a different model
+    assert not torch.allclose(fast.train()(x), orig.train()(x), atol=1e-3)
+    with pytest.raises(ModelError, match="pool_first=1 is not valid: give true or false"):
+        create("resnet9", pool_first=1)
+
+
 def test_timm_passthrough_and_listing():
     m = create("timm/resnet18", num_classes=5, in_chans=1)
     assert m(torch.randn(2, 1, 32, 32)).shape == (2, 5)

@@ -392,8 +392,13 @@ def test_overload_gives_503_with_retry_after_timeouts_504_and_health_answers_mea
 
 
 def test_decoding_a_large_image_does_not_hold_up_health_checks(client, images, monkeypatch):
-    """Images are decoded off the event loop: a slow decode (patched to 0.5 s) and /healthz at the same time."""
+    """Images larger than a thumbnail are decoded off the event loop: a slow decode (patched to 0.5 s) of a
+    512×512 PNG and /healthz at the same time."""
     from cnnkit.serve import app as app_module
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (512, 512), dtype=np.uint8), "L").save(buf, "PNG")
+    assert 512 * 512 > app_module.INLINE_DECODE_PIXELS
 
     real = app_module.decode_images
     decoding = threading.Event()
@@ -406,7 +411,7 @@ def test_decoding_a_large_image_does_not_hold_up_health_checks(client, images, m
     monkeypatch.setattr(app_module, "decode_images", slow)
     got = {}
     t = threading.Thread(target=lambda: got.setdefault("r", client.post("/v1/models/tiny/predict",
-                                                                         files=files_of(images[:1]))))
+                                                                         files=[("file", ("big.png", buf.getvalue()))])))
     t.start()
     assert decoding.wait(5)
     start = time.perf_counter()

@@ -60,7 +60,7 @@ def test_budget_and_epochs_together_are_refused_and_a_long_budget_takes_the_long
         resolve_config({"budget": 180, "epochs": 3})
     assert resolve_config({"budget": 180}).recipe == "fast"
     long = resolve_config({"budget": 600})
-    assert long.recipe == "long" and long.model_kwargs == {"width": 24}
+    assert long.recipe == "long" and long.model_kwargs == {"width": 24, "pool_first": True}
 
 
 @pytest.fixture
@@ -148,7 +148,7 @@ def test_a_long_budget_on_a_machine_too_slow_for_the_long_recipe_trains_the_fast
     monkeypatch.setattr(fit_module, "measure_pace", lambda run, **_: (30.0, 1.0))
     monkeypatch.setattr(fit_module, "budget_clock", lambda: 0.0)
     result = fit(data="sample", budget=600, train_images=1000, out=str(tmp_path / "run"), progress=False)
-    assert (result.config.recipe, result.config.model_kwargs) == ("fast", {"width": 16})
+    assert (result.config.recipe, result.config.model_kwargs) == ("fast", {"width": 16, "pool_first": True})
     # (600 s * 0.92) / (3 steps * 30 s + 1 s) -> 6 epochs of 3 steps
     assert result.config.max_steps == 18 and len(result.history) == 6
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())

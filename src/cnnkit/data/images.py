@@ -18,9 +18,10 @@ from cnnkit.errors import DataError, error_line
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
-def load_image_file(path: str | os.PathLike | IO[bytes], max_pixels: int | None = None,
+def load_image_file(path: str | os.PathLike | IO[bytes] | Image.Image, max_pixels: int | None = None,
                     name: str | None = None, reduce_to: int | None = None) -> Image.Image:
-    """Open and fully decode an image (EXIF orientation applied) from a path or a binary file object;
+    """Open and fully decode an image (EXIF orientation applied) from a path, a binary file object or an image
+    PIL has opened (its header read, nothing decoded yet);
     DataError if corrupt, truncated or larger than `max_pixels` (default PIL's limit), checked from the
     header before any pixel is decoded. `name` is what error messages call it (default the path).
     `reduce_to`: a JPEG may be decoded at a reduced scale (1/2 to 1/8) whose sides stay at least this."""
@@ -29,7 +30,7 @@ def load_image_file(path: str | os.PathLike | IO[bytes], max_pixels: int | None 
     try:
         with warnings.catch_warnings():  # the size check below turns PIL's bomb warning into the error
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = path if isinstance(path, Image.Image) else Image.open(path)
         with im:
             # PIL raises DecompressionBombError past twice its pixel limit but only warns below, then decodes
             if limit and im.width * im.height > limit:

@@ -108,7 +108,7 @@ def _option_problem(key: str, value: object, default: object) -> str | None:
         return None if value in HEADS else f"unknown head {value!r}; choose one of: {', '.join(HEADS)}"
     if key == "mixer":
         return None if value in ("inception", "dw7") else need("inception or dw7")
-    if key == "ibn":
+    if key == "ibn" or isinstance(default, bool):
         return None if isinstance(value, bool) else need("true or false")
     if key == "alpha":
         return None if _is_number(value) and value >= 0 else need("a non-negative number, e.g. 48")

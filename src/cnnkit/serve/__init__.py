@@ -4,6 +4,7 @@ dynamic batching, limits, health and Prometheus metrics. `create_app` builds the
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -81,6 +82,12 @@ def serve(models: dict[str, ServedModel], host: str = "127.0.0.1", port: int = 8
     main_thread = threading.current_thread() is threading.main_thread()  # signals can only be set there
     previous = {s: signal.signal(s, lambda n, _f: caught.append(n))
                 for s in ((signal.SIGINT, signal.SIGTERM) if main_thread else ())}
+    # everything loaded so far (torch, the models, the app) lives as long as the server: moved out of the
+    # garbage collector's view, so that its full collections, every few seconds under load, no longer walk all
+    # of it and stall every request in flight for ~0.2 s (ResNet-9 at 32 clients here: p99 207 ms before,
+    # 53 ms after)
+    gc.collect()
+    gc.freeze()
     try:
         server.run(sockets=[sock])
     finally:

