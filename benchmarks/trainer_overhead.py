@@ -12,6 +12,7 @@ same run; the input pipeline's time per batch against the training step it feeds
 
     python -m benchmarks.trainer_overhead --amp off    # writes benchmarks/results/trainer_overhead_off.json
     python -m benchmarks.trainer_overhead --amp auto   # ... trainer_overhead_auto.json
+    python -m benchmarks.trainer_overhead --amp off --pair --repeats 8   # fit against its plain twin only
 """
 
 from __future__ import annotations
@@ -84,6 +85,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--amp", choices=("off", "auto"), default="auto")
     ap.add_argument("--all-plain", action="store_true", help="Also time bf16 plain loops where bf16 is emulated.")
+    ap.add_argument("--pair", action="store_true",
+                    help="Only fit and the plain loop at fit's setting, more precisely: many repeats of the pair "
+                         "(writes trainer_overhead_<amp>_pair.json; the full table stays as it is)")
     args = ap.parse_args()
     cpu = cpu_description()
     data = load_dataset("fashion-mnist", "train", data_dir=args.data_dir)
@@ -97,6 +101,9 @@ def main() -> None:
         for layout in ("nchw", "channels_last"):
             measure[f"plain_{dname}_{layout}"] = (lambda dt, cl: lambda r: plain_loop(data, dt, cl, seed=r))(
                 dt, layout == "channels_last")
+    if args.pair:  # fit chose channels-last in every run here; its plain twin at the same precision
+        twin = f"plain_{'bf16' if amp is not None else 'fp32'}_channels_last"
+        measure = {k: v for k, v in measure.items() if k in ("fit", twin)}
     runs: dict[str, list[float]] = {k: [] for k in measure}
     for r in range(args.repeats):
         order = list(measure) if r % 2 == 0 else list(reversed(measure))  # alternate to cancel drift
@@ -107,6 +114,17 @@ def main() -> None:
     fit_cfg = yaml.safe_load(open("/tmp/cnnkit-bench-overhead/config.yaml"))
     fit_layout = "channels_last" if fit_cfg["chosen"]["layout"].startswith("channels-last") else "nchw"
     same = f"plain_{'bf16' if amp is not None else 'fp32'}_{fit_layout}"
+    # each repeat's fit against the same repeat's loop, minutes apart: this machine's speed drifts by ±10% over
+    # minutes, so the median of these paired ratios is the steadier figure
+    paired = [f / p for f, p in zip(runs["fit"], runs[same])]
+    if args.pair:
+        result = {"cpu_details": cpu, "amp": args.amp, "fit_layout": fit_cfg["chosen"]["layout"],
+                  "model": f"{MODEL} {KW}", "batch_size": BATCH, "images": len(data), "repeats": args.repeats,
+                  "images_per_s_runs": runs, "images_per_s_median": med, "paired_ratios_fit_over_plain": paired,
+                  "median_paired_ratio": statistics.median(paired), "ratio_of_medians": med["fit"] / med[same]}
+        print(write_result(f"trainer_overhead_{args.amp}_pair", result))
+        print({k: v for k, v in result.items() if k not in ("cpu_details", "images_per_s_runs")})
+        return
     plain = {k: v for k, v in med.items() if k.startswith("plain_")}  # all with the recipe's model
     fastest = max(plain, key=plain.get)
 
@@ -124,6 +142,8 @@ def main() -> None:
         "model": f"{MODEL} {KW}", "fit_original_order_model": f"{MODEL} {ORIGINAL_KW}", "batch_size": BATCH, "images": len(data),
         "images_per_s_median": med, "images_per_s_runs": runs,
         "plain_same_setting": same, "ratio_fit_over_plain_same_setting": med["fit"] / med[same],
+        "paired_ratios_fit_over_plain_same_setting": paired,
+        "ratio_fit_over_fit_original_order": med["fit"] / med["fit_original_order"],
         "fastest_plain": fastest, "ratio_fit_over_fastest_plain": med["fit"] / med[fastest],
         "train_gflop_per_image": flops / 1e9,
         "sgemm_peak_gflops": sgemm, "bf16_gemm_peak_gflops": bf16_gemm,

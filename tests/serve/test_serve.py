@@ -419,3 +419,43 @@ def test_decoding_a_large_image_does_not_hold_up_health_checks(client, images, m
     assert time.perf_counter() - start < 0.3
     t.join()
     assert got["r"].status_code == 200
+
+
+def test_multipart_bodies_read_as_starlettes_form_parser_reads_them():
+    """The predict route parses multipart bodies with python-multipart directly; Starlette's `request.form()`
+    is the reference: the same fields and the same files (name, bytes) for the bodies clients send."""
+    import httpx
+    from starlette.requests import Request
+
+    from cnnkit.serve.app import Problem, parse_multipart
+
+    png = _png_header(3, 2)
+    bodies = [{"files": [("file", ("a.png", png))]},
+              {"files": [("x", ("b.png", png)), ("y", ("c.jpg", b"\xff\xd8" + bytes(range(256)) * 9))],
+               "data": {"topk": "3", "note": "é ü"}},
+              {"files": [("other", ("", b""))], "data": {"topk": "2"}},
+              {"files": [("file", ("crlf.png", b"\r\n--not-the-boundary\r\n" + png + b"\r\n"))]}]
+    for kwargs in bodies:
+        request = httpx.Request("POST", "http://127.0.0.1/", **kwargs)
+        body, ctype = request.read(), request.headers["content-type"]
+
+        async def reference():
+            async def receive():
+                return {"type": "http.request", "body": body, "more_body": False}
+            scope = {"type": "http", "method": "POST", "path": "/", "query_string": b"",
+                     "headers": [(b"content-type", ctype.encode())]}
+            form = await Request(scope, receive).form()
+            fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+            files = [(v.filename or k, await v.read()) for k, v in form.multi_items() if not isinstance(v, str)]
+            return fields, files
+
+        assert parse_multipart(body, ctype, max_files=16, max_fields=32) == asyncio.run(reference())
+    many = httpx.Request("POST", "http://127.0.0.1/", files=[("f", (f"{i}.png", png)) for i in range(5)])
+    with pytest.raises(Problem, match="more than 4 images"):
+        parse_multipart(many.read(), many.headers["content-type"], max_files=4, max_fields=32)
+    with pytest.raises(Problem, match="no boundary"):
+        parse_multipart(b"--x\r\n", "multipart/form-data", max_files=4, max_fields=32)
+    with pytest.raises(Problem, match="cannot read the multipart body: .*invalid character") as e:
+        parse_multipart(b"--x\r\nbroken header\r\n\r\ndata\r\n--x--\r\n", "multipart/form-data; boundary=x",
+                        max_files=4, max_fields=32)
+    assert e.value.status == 400

@@ -198,9 +198,9 @@ class ResNet9(Classifier):
     Shared options: attention and stochastic depth on the two residual pairs, DropBlock after the last two
     layers, and the pooling head (max by default, as published). `pool_first` max-pools each down-sampling
     conv's output before its batch norm and ReLU (Page's "bag of tricks" ordering, also airbench's): the same
-    convolutions, a quarter of the elements through BN and ReLU there, ~1.35× faster training on a 2-core CPU
-    at width 16 on 28×28, where those memory-bound layers dominate; max-pool commutes with ReLU but not with
-    BN, so the statistics are those of the pooled map."""
+    convolutions, a quarter of the elements through BN and ReLU there, 1.2–1.4× faster training on a 2-core
+    CPU at width 16 on 28×28, where those memory-bound layers take a third of a step; max-pool commutes with
+    ReLU but not with BN, so the statistics are those of the pooled map."""
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, width: int = 64, logit_scale: float = 0.125,
                  attn: str | None = None, drop_path: float = 0.0, drop_block: float = 0.0,

@@ -250,7 +250,8 @@ def parse_multipart(body: bytes, content_type: str, max_files: int,
             raise Problem(413, f"more than {max_files} images in one request")
 
     parser = MultipartParser(boundary, {
-        "on_header_field": lambda d, a, b: field.extend(d[a:b]), "on_header_value": lambda d, a, b: value.extend(d[a:b]),
+        "on_header_field": lambda d, a, b: field.extend(d[a:b]),
+        "on_header_value": lambda d, a, b: value.extend(d[a:b]),
         "on_header_end": header_end, "on_part_data": lambda d, a, b: data.extend(d[a:b]), "on_part_end": part_end})
     try:
         parser.write(body)
@@ -260,7 +261,7 @@ def parse_multipart(body: bytes, content_type: str, max_files: int,
     fields: dict[str, str] = {}
     blobs: list[tuple[str, bytes]] = []
     for part_headers, content in parts:
-        disposition, params = parse_options_header(part_headers.get(b"content-disposition", b""))
+        params = parse_options_header(part_headers.get(b"content-disposition", b""))[1]
         name = params.get(b"name", b"").decode("utf-8", "replace")
         if b"filename" in params:
             blobs.append((params[b"filename"].decode("utf-8", "replace") or name, content))

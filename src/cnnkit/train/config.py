@@ -203,9 +203,9 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "fast": {
         # Fashion-MNIST, 54k/6k split: 6 epochs gave 94.3% validation accuracy with flip only, 93.3% with a
         # padded crop added (too strong for so short a schedule); 5 epochs fit 3 minutes on 2 cores.
-        # Pooling before BN and ReLU (`pool_first`) trains ~1.35× faster here at the same convolutions.
-        "mnist-like": dict(model="resnet9", model_kwargs={"width": 16, "pool_first": True}, epochs=5, batch_size=256, lr=0.2,
-                           optimizer="sgd", weight_decay=5e-4, schedule="onecycle", warmup_epochs=1.5,
+        # Pooling before BN and ReLU (`pool_first`) trains 1.2–1.4× faster here at the same convolutions.
+        "mnist-like": dict(model="resnet9", model_kwargs={"width": 16, "pool_first": True}, epochs=5, batch_size=256,
+                           lr=0.2, optimizer="sgd", weight_decay=5e-4, schedule="onecycle", warmup_epochs=1.5,
                            label_smoothing=0.1, augment={"crop_padding": 0, "hflip": True}, tta=True),
         # 64×64 canvases, 5× the pixels of Fashion-MNIST: the same network, fewer epochs for the same budget.
         "cluttered": dict(model="resnet9", model_kwargs={"width": 16}, epochs=4, batch_size=128, lr=0.1,
