@@ -83,6 +83,8 @@ def main() -> None:
         r = rows[-1]
         print(f"{m}: test {r['test_acc']}, diverged {r['diverged']}, {r['seconds']:.0f} s", flush=True)
     if args.replace and args.models and args.epochs == 10:
+        if not (RESULTS / "recipes.json").exists():
+            raise SystemExit("--replace needs benchmarks/results/recipes.json: run the whole benchmark first")
         old = json.loads((RESULTS / "recipes.json").read_text())
         if old["amp"] != args.amp:
             raise SystemExit(f"recipes.json was measured with --amp {old['amp']}; replace rows with the same")

@@ -101,9 +101,13 @@ def main() -> None:
         for layout in ("nchw", "channels_last"):
             measure[f"plain_{dname}_{layout}"] = (lambda dt, cl: lambda r: plain_loop(data, dt, cl, seed=r))(
                 dt, layout == "channels_last")
-    if args.pair:  # fit chose channels-last in every run here; its plain twin at the same precision
-        twin = f"plain_{'bf16' if amp is not None else 'fp32'}_channels_last"
-        measure = {k: v for k, v in measure.items() if k in ("fit", twin)}
+    if args.pair:  # fit, and the plain loop at the precision and layout fit chose (read from its last run)
+        def fit_chose_channels_last() -> bool:
+            chosen = yaml.safe_load(open("/tmp/cnnkit-bench-overhead/config.yaml"))["chosen"]
+            return chosen["layout"].startswith("channels-last")
+
+        measure = {"fit": measure["fit"],  # runs first in round 0, so the loop knows its layout from then on
+                   "plain_same": lambda r: plain_loop(data, amp, fit_chose_channels_last(), seed=r)}
     runs: dict[str, list[float]] = {k: [] for k in measure}
     for r in range(args.repeats):
         order = list(measure) if r % 2 == 0 else list(reversed(measure))  # alternate to cancel drift
@@ -113,7 +117,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in runs.items()}
     fit_cfg = yaml.safe_load(open("/tmp/cnnkit-bench-overhead/config.yaml"))
     fit_layout = "channels_last" if fit_cfg["chosen"]["layout"].startswith("channels-last") else "nchw"
-    same = f"plain_{'bf16' if amp is not None else 'fp32'}_{fit_layout}"
+    same = "plain_same" if args.pair else f"plain_{'bf16' if amp is not None else 'fp32'}_{fit_layout}"
     # each repeat's fit against the same repeat's loop, minutes apart: this machine's speed drifts by ±10% over
     # minutes, so the median of these paired ratios is the steadier figure
     paired = [f / p for f, p in zip(runs["fit"], runs[same])]

@@ -198,8 +198,9 @@ class ResNet9(Classifier):
     Shared options: attention and stochastic depth on the two residual pairs, DropBlock after the last two
     layers, and the pooling head (max by default, as published). `pool_first` max-pools each down-sampling
     conv's output before its batch norm and ReLU (Page's "bag of tricks" ordering, also airbench's): the same
-    convolutions, a quarter of the elements through BN and ReLU there, 1.2–1.4× faster training on a 2-core
-    CPU at width 16 on 28×28, where those memory-bound layers take a third of a step; max-pool commutes with
+    convolutions, a quarter of the elements through BN and ReLU there: `fit` 1.22× faster in fp32 on a 2-core
+    CPU at width 16 on 28×28 (benchmarks/trainer_overhead.py), where those memory-bound layers take about a
+    third of a step; max-pool commutes with
     ReLU but not with BN, so the statistics are those of the pooled map."""
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, width: int = 64, logit_scale: float = 0.125,
@@ -212,8 +213,7 @@ class ResNet9(Classifier):
 
         def down(cin: int, cout: int) -> list[nn.Module]:  # conv-BN-ReLU then pool, or conv-pool-BN-ReLU
             if pool_first:
-                return [nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.MaxPool2d(2),
-                                      nn.BatchNorm2d(cout), nn.ReLU(inplace=True))]
+                return [conv_bn_relu(cin, cout).insert(1, nn.MaxPool2d(2))]
             return [conv_bn_relu(cin, cout), nn.MaxPool2d(2)]
 
         self.stem = conv_bn_relu(in_chans, w)

@@ -84,8 +84,8 @@ def serve(models: dict[str, ServedModel], host: str = "127.0.0.1", port: int = 8
                 for s in ((signal.SIGINT, signal.SIGTERM) if main_thread else ())}
     # everything loaded so far (torch, the models, the app) lives as long as the server: moved out of the
     # garbage collector's view, so that its full collections, every few seconds under load, no longer walk all
-    # of it and stall every request in flight for ~0.2 s (ResNet-9 at 32 clients here: p99 207 ms before,
-    # 53 ms after)
+    # of it and stall every request in flight for ~0.2 s (benchmarks/serve.py, ResNet-9 at 32 clients: p99
+    # 233 ms before, 61 ms after)
     gc.collect()
     gc.freeze()
     try:
