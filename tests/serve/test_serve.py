@@ -211,6 +211,59 @@ def test_batcher_forms_batches_keeps_pairs_and_counts_images():
     assert sum(sizes) == sum(len(x) for x in reqs) and max(sizes) > 1 and max(sizes) <= 8
 
 
+def test_batcher_runs_a_lone_request_at_once_but_waits_for_company_when_others_are_in_progress():
+    """With nobody else in progress (one client) a request is not held for max_delay; with other requests in
+    progress it waits for them, and they share one batch."""
+    sizes = []
+
+    def run(x, _args, parts):
+        sizes.append(len(x))
+        return list(x.split(parts))
+
+    async def main(others: int):
+        b = Batcher(run, max_batch=8, max_delay_s=1.0, max_queue=100, others=lambda: others)
+        t = time.perf_counter()
+        first = asyncio.ensure_future(b.submit(torch.zeros(1, 1)))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(b.submit(torch.ones(1, 1)))
+        await asyncio.gather(first, second)
+        await b.stop()
+        return time.perf_counter() - t
+
+    alone = asyncio.run(main(0))
+    assert alone < 0.5 and sizes == [1, 1]  # neither waited the second of max_delay
+    sizes.clear()
+    company = asyncio.run(main(3))
+    assert company >= 0.9 and sizes == [2]
+
+
+def test_batcher_fills_the_next_batch_while_one_runs_and_the_model_thread_takes_it():
+    """Requests that come while a batch runs form the next one, which runs as soon as the first ends (no second
+    max_delay), in the model's own thread; every request gets its own result."""
+    threads, sizes, started = set(), [], []
+
+    def run(x, _args, parts):
+        threads.add(threading.get_ident())
+        started.append(time.perf_counter())
+        sizes.append(len(x))
+        time.sleep(0.3)
+        return list((x + 1).split(parts))
+
+    async def main():
+        b = Batcher(run, max_batch=4, max_delay_s=0.05, max_queue=100)
+        first = [asyncio.ensure_future(b.submit(torch.full((1, 1), float(i)))) for i in range(4)]  # full: runs now
+        await asyncio.sleep(0.1)
+        rest = [asyncio.ensure_future(b.submit(torch.full((1, 1), float(i)))) for i in range(4, 8)]
+        outs = await asyncio.gather(*first, *rest)
+        await b.stop()
+        return outs
+
+    outs = asyncio.run(main())
+    assert [float(o) for o in outs] == [i + 1.0 for i in range(8)]
+    assert sizes == [4, 4] and len(threads) == 1 and threading.get_ident() not in threads
+    assert started[1] - started[0] < 0.3 + 0.04  # the second batch started right after the first ended
+
+
 def test_batcher_refuses_past_its_queue_and_drops_timed_out_requests():
     seen = []
 

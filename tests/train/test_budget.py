@@ -10,7 +10,7 @@ import yaml
 
 from cnnkit.errors import ConfigError
 from cnnkit.train import fit, parse_budget, resolve_config
-from cnnkit.train.budget import MARGIN, plan_steps, shortened_total
+from cnnkit.train.budget import MARGIN, plan_steps, replanned_total
 from tests.conftest import TINY
 
 fit_module = importlib.import_module("cnnkit.train.fit")  # the package's `fit` names the function
@@ -115,13 +115,54 @@ def test_a_run_that_falls_behind_its_plan_shortens_the_rest_to_end_inside_the_bu
     budget, spe = 180.0, 35
     plan = plan_steps(budget - 2, spe, 0.2, 1.0)
     elapsed = 2 + spe * 0.6 + 1.0  # the first epoch at the real pace
-    total = shortened_total(budget, elapsed, spe, plan.total_steps, spe, 0.6, 1.0)
+    total = replanned_total(budget, elapsed, spe, plan.total_steps, spe, 0.6, 1.0)
     assert total is not None and spe < total < plan.total_steps
     rest = simulate(plan_steps(budget - elapsed, spe, 0.6, 1.0), elapsed, 0.6, 1.0)
     assert rest <= budget
-    # on time (or faster): the plan stands
-    assert shortened_total(budget, 2 + spe * 0.2 + 1.0, spe, plan.total_steps, spe, 0.2, 1.0) is None
-    assert shortened_total(budget, 2 + spe * 0.1 + 1.0, spe, plan.total_steps, spe, 0.1, 1.0) is None
+    # on time, or a little faster: the plan stands
+    assert replanned_total(budget, 2 + spe * 0.2 + 1.0, spe, plan.total_steps, spe, 0.2, 1.0) is None
+    assert replanned_total(budget, 2 + spe * 0.19 + 1.0, spe, plan.total_steps, spe, 0.19, 1.0) is None
+
+
+def test_a_run_well_ahead_of_its_plan_early_on_lengthens_it_and_still_ends_inside_the_budget():
+    """The pace measured before training paid one-time costs (as on a GPU): planned at 0.2 s a step and 2 s per
+    evaluation, the first epoch ran at 0.1 s and 1 s. The rest is re-planned longer, to the budget's end; late
+    in the run (past a quarter of the plan) the plan stands, as it does with no pace to go by."""
+    budget, spe = 180.0, 35
+    plan = plan_steps(budget - 2, spe, 0.2, 2.0)
+    elapsed = 2 + spe * 0.1 + 1.0
+    total = replanned_total(budget, elapsed, spe, plan.total_steps, spe, 0.1, 1.0)
+    assert total is not None and total > 1.5 * plan.total_steps
+    rest = plan_steps(budget - elapsed, spe, 0.1, 1.0)
+    assert total == spe + rest.total_steps and simulate(rest, elapsed, 0.1, 1.0) <= budget
+    late = plan.total_steps // 2 // spe * spe  # half-way, at an epoch's end
+    assert replanned_total(budget, 2 + late * 0.1 + late // spe, late, plan.total_steps, spe, 0.1, 1.0) is None
+    assert replanned_total(budget, elapsed, spe, plan.total_steps, spe, 0.0, 0.0) is None
+
+
+def test_a_budgeted_run_whose_pace_was_measured_too_slow_trains_longer(tmp_path, monkeypatch):
+    """fit on a fake clock: measured 0.4 s a step, the steps really take 0.1 s. After the first epoch the plan
+    is lengthened, the run trains the new length, says so in config.yaml, and ends inside the budget."""
+    monkeypatch.setattr(fit_module, "measure_pace", lambda run, **_: (0.4, 1.0))
+    clock = [0.0]
+    monkeypatch.setattr(fit_module, "budget_clock", lambda: clock[0])
+    real_train_epoch = fit_module._Run.train_epoch
+
+    def train_epoch(self, epoch):  # each step 0.1 s and each evaluation + checkpoint 0.5 s on the fake clock
+        out = real_train_epoch(self, epoch)
+        clock[0] += 0.1 * self.last_epoch_steps + 0.5
+        self.last_train_s = 0.1 * self.last_epoch_steps
+        self.epoch_clock = clock[0] - self.last_train_s - 0.5
+        return out
+
+    monkeypatch.setattr(fit_module._Run, "train_epoch", train_epoch)
+    result = fit(**TINY, budget=30, out=str(tmp_path / "run"), progress=False)
+    cfg = result.config
+    planned = plan_steps(30, 35, 0.4, 1.0).total_steps  # TINY: 35 steps per epoch; set-up takes no fake time
+    assert cfg.max_steps > 2 * planned and len(result.history) == cfg.epochs
+    assert clock[0] <= 30
+    saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    assert saved["max_steps"] == cfg.max_steps and "lengthened to" in saved["chosen"]["budget_plan"]
 
 
 @pytest.mark.parametrize("total", [4, 5, 7, 40])

@@ -94,6 +94,7 @@ class Service:
     def __init__(self, models: dict[str, ServedModel], options: ServeOptions):
         self.models, self.options, self.metrics = models, options, Metrics()
         self.ready = False
+        self.in_progress = 0  # HTTP requests between the Guard's entry and their answer (the batchers ask)
         self.batchers: dict[tuple[str, str, str], Batcher] = {}
         self.explorers: dict[str, Any] = {}
 
@@ -112,7 +113,8 @@ class Service:
             run = m.predict_batch if kind == "predict" else m.explain_batch
             # explanations take far longer per image than predictions: smaller batches keep latency bounded
             max_batch = o.max_batch if kind == "predict" else max(1, min(o.max_batch, 8))
-            self.batchers[key] = Batcher(run, max_batch, o.max_delay_ms / 1e3, o.max_queue, observe, m.executor)
+            self.batchers[key] = Batcher(run, max_batch, o.max_delay_ms / 1e3, o.max_queue, observe, m.executor,
+                                         others=lambda: self.in_progress - 1)
         return self.batchers[key]
 
     def queued(self, name: str) -> int:
@@ -363,7 +365,7 @@ def create_app(models: dict[str, ServedModel], options: ServeOptions | None = No
     app.state.service = service
     metrics = service.metrics
 
-    app.add_middleware(Guard, options=options, metrics=metrics)
+    app.add_middleware(Guard, options=options, metrics=metrics, service=service)
 
     @app.exception_handler(Problem)
     async def on_problem(_request: Request, p: Problem):
@@ -601,8 +603,8 @@ class Guard:
 
     OPEN = ("/healthz", "/readyz", "/docs", "/openapi.json", "/", "/explorer/explorer.js", "/explorer/explorer.css")
 
-    def __init__(self, app, options: ServeOptions, metrics: Metrics):
-        self.app, self.options, self.metrics = app, options, metrics
+    def __init__(self, app, options: ServeOptions, metrics: Metrics, service: Service):
+        self.app, self.options, self.metrics, self.service = app, options, metrics, service
         self.limit = int(options.max_body_mb * 2**20)
 
     async def __call__(self, scope, receive, send):
@@ -611,6 +613,7 @@ class Guard:
         route = _route_label(scope["path"])
         t = time.perf_counter()
         status = [500]
+        self.service.in_progress += 1
 
         async def send_status(message):
             if message["type"] == "http.response.start":
@@ -627,6 +630,7 @@ class Guard:
             else:
                 await self.app(scope, receive, send_status)
         finally:
+            self.service.in_progress -= 1
             self.metrics.requests.labels(route, str(status[0])).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - t)
 

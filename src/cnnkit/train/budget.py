@@ -3,8 +3,11 @@
 The plan covers the whole run as the budget's clock sees it (it starts when `fit` is called): what set-up
 took, then per epoch the training steps, the validation pass and the checkpoint writes. Measured throughput
 varies from step to step, so the plan keeps a margin, and at each epoch's end the run checks its real pace
-and shortens the rest of the schedule when it is behind (never lengthens it: the same machine gives the
-same plan, and a resumed run keeps the plan it started with).
+and shortens the rest of the schedule when it is behind. It lengthens it only early on (at the first epoch's end or in
+the first quarter of the plan, while the one-cycle schedule is still near its start) and only when at least 15% more steps fit: the
+pace measured before training can be far too slow where the first passes pay one-time costs (on a GPU, cuDNN's
+algorithm search and the allocator's first allocations: a 1-minute budget on an H200 had planned 52 s and
+trained for 28 s). A resumed run keeps the plan it started with.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from cnnkit.errors import ConfigError
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 MARGIN = 0.08  # share of the remaining budget kept free for the measurement's error
+LENGTHEN_AT = 1.15  # a plan is lengthened when this many times the steps left fit
+LENGTHEN_UNTIL = 0.25  # ... and only at the first epoch's end or while at most this share of it is done
 
 
 def parse_budget(text: str | float | int | None) -> float | None:
@@ -78,18 +83,23 @@ def plan_steps(remaining_s: float, steps_per_epoch: int, seconds_per_step: float
     return Plan(total, steps_per_epoch, seconds_per_step, seconds_per_epoch_extra, estimate)
 
 
-def shortened_total(budget_s: float, elapsed_s: float, done_steps: int, total_steps: int, steps_per_epoch: int,
+def replanned_total(budget_s: float, elapsed_s: float, done_steps: int, total_steps: int, steps_per_epoch: int,
                     seconds_per_step: float, seconds_per_epoch_extra: float) -> int | None:
-    """At an epoch's end, at the pace the run really kept: the shorter total that still ends inside the budget
-    when the planned one would not (None when the plan still fits or cannot be shortened)."""
+    """At an epoch's end, at the pace the run really kept: a new total when the planned one would not end inside
+    the budget (shorter), or when, early in the run, at least LENGTHEN_AT times the steps left fit (longer);
+    None when the plan stands."""
     left = total_steps - done_steps
-    if left <= 0:
+    if left <= 0 or seconds_per_step <= 0:  # no pace to go by
         return None
     need = left * seconds_per_step + math.ceil(left / steps_per_epoch) * seconds_per_epoch_extra
-    if elapsed_s + need <= budget_s:
-        return None
-    rest = plan_steps(budget_s - elapsed_s, steps_per_epoch, seconds_per_step, seconds_per_epoch_extra)
-    return done_steps + rest.total_steps if rest.total_steps < left else None
+    if elapsed_s + need > budget_s:
+        rest = plan_steps(budget_s - elapsed_s, steps_per_epoch, seconds_per_step, seconds_per_epoch_extra)
+        return done_steps + rest.total_steps if rest.total_steps < left else None
+    if done_steps <= max(LENGTHEN_UNTIL * total_steps, steps_per_epoch):  # early: the 1st epoch or 1st quarter
+        rest = plan_steps(budget_s - elapsed_s, steps_per_epoch, seconds_per_step, seconds_per_epoch_extra)
+        if rest.total_steps >= LENGTHEN_AT * left:
+            return done_steps + rest.total_steps
+    return None
 
 
 def too_small(budget_s: float, spent_s: float, plan: Plan) -> str | None:

@@ -622,8 +622,9 @@ class _Run:
 
     def keep_to_budget(self, epoch: int) -> None:
         """At an epoch's end: if the run is behind its plan (the machine got slower than measured), shorten
-        what is left so that it still ends inside the budget; the schedule is re-planned from here."""
-        from cnnkit.train.budget import shortened_total
+        what is left so that it still ends inside the budget; if it is well ahead early on (the measurement
+        paid one-time costs), lengthen it. The schedule is re-planned from here."""
+        from cnnkit.train.budget import replanned_total
 
         cfg = self.cfg
         if cfg.budget is None or self.resuming or epoch + 1 >= self.epochs:
@@ -632,10 +633,13 @@ class _Run:
         done = (epoch + 1) * self.steps_per_epoch
         pace = self.last_train_s / max(self.last_epoch_steps, 1)
         extra = budget_clock() - self.epoch_clock - self.last_train_s  # validation, checkpoint, callbacks
-        total = broadcast(shortened_total(cfg.budget, elapsed, done, self.total_steps, self.steps_per_epoch, pace,
+        total = broadcast(replanned_total(cfg.budget, elapsed, done, self.total_steps, self.steps_per_epoch, pace,
                                           extra), self.ranks)  # rank 0 decides for all
         if total is None:
             return
+        self.plan_note = (getattr(self, "plan_note", "") + f"; after epoch {epoch + 1}, at the pace kept "
+                          f"({pace * 1e3:.0f} ms per step, {extra:.1f} s per evaluation and checkpoint), "
+                          f"{'lengthened' if total > self.total_steps else 'shortened'} to {total} steps")
         cfg.max_steps = total
         cfg.epochs = self.epochs
         self.bar.set_epochs(self.epochs, self.total_steps)
