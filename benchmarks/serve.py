@@ -20,6 +20,8 @@ goes to 127.0.0.1; each level runs for a fixed time, bounded in count by the cli
     python -m benchmarks.serve --quick         # shorter levels, for a look
     python -m benchmarks.serve --amp auto      # the load levels with the server in bf16 where the CPU runs it
                                                # natively (serve_auto.json; no drills: they compare with fp32)
+    python -m benchmarks.serve --device cuda --amp auto --quick   # the load levels on a GPU
+                                               # (serve_cuda_auto_quick.json)
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ import sys
 from fastapi import Request
 from cnnkit.serve import ServeOptions, load_models, serve
 specs, max_batch, max_delay, max_queue = sys.argv[1].split(","), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-amp = sys.argv[5]
+amp, device = sys.argv[5], sys.argv[6]
 import os, torch
 if os.environ.get("BENCH_NO_MODEL"):  # the route's ceiling: everything but the forward pass
     from cnnkit.serve.models import ServedModel
@@ -87,19 +89,19 @@ def hook(app):
     async def constant(request: Request):
         await request.body()
         return {"predictions": [{"top": [{"class": "class0", "index": 0, "probability": 1.0}]}]}
-serve(load_models(specs, "cpu", amp), "127.0.0.1", 0, ServeOptions(max_batch=max_batch, max_delay_ms=max_delay,
+serve(load_models(specs, device, amp), "127.0.0.1", 0, ServeOptions(max_batch=max_batch, max_delay_ms=max_delay,
       max_queue=max_queue, timeout_s=30), on_ready=lambda url: print(url, flush=True), app_hook=hook)
 """
 
 
 class Server:
     def __init__(self, specs: list[str], max_batch: int = 32, max_delay_ms: float = 5.0, max_queue: int = 256,
-                 no_model: bool = False, amp: str = "off"):
+                 no_model: bool = False, amp: str = "off", device: str = "cpu"):
         from cnnkit.serve.client import Client
 
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"BENCH_NO_MODEL": "1"} if no_model else {})}
         self.proc = subprocess.Popen([sys.executable, "-c", CHILD, ",".join(specs), str(max_batch), str(max_delay_ms),
-                                      str(max_queue), amp], stdout=subprocess.PIPE, text=True, env=env)
+                                      str(max_queue), amp, device], stdout=subprocess.PIPE, text=True, env=env)
         self.url = self.proc.stdout.readline().strip()
         if not self.url.startswith("http://127.0.0.1:"):
             raise SystemExit(f"server did not start: {self.url!r}")
@@ -173,24 +175,28 @@ def level(server: Server, model: str, body: bytes, clients: int, seconds: float,
     return r
 
 
-def offline_throughput(ckpt: Path, batch: int = 32, seconds: float = 5.0, amp: str = "off") -> dict:
+def offline_throughput(ckpt: Path, batch: int = 32, seconds: float = 5.0, amp: str = "off", device: str = "cpu") -> dict:
     from cnnkit.artifacts import load
     from cnnkit.runtime import autocast, autocast_dtype, faster_inference_layout
 
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     loaded = load(ckpt)
-    m = loaded.model.eval()
+    m = loaded.model.eval().to(dev)
     # the layout the server runs it in, chosen the same way
-    last = faster_inference_layout(m, (loaded.in_chans, *loaded.img_size), 8, torch.device("cpu"))
-    x = torch.randn(batch, loaded.in_chans, *loaded.img_size)
+    last = faster_inference_layout(m, (loaded.in_chans, *loaded.img_size), 8, dev)
+    x = torch.randn(batch, loaded.in_chans, *loaded.img_size, device=dev)
     x = x.contiguous(memory_format=torch.channels_last) if last else x
     times = []
-    dtype = autocast_dtype(amp, torch.device("cpu"))  # the precision the server runs it in
-    with torch.inference_mode(), autocast(torch.device("cpu"), dtype):
+    dtype = autocast_dtype(amp, dev)  # the precision the server runs it in
+    with torch.inference_mode(), autocast(dev, dtype):
         m(x)
+        sync()
         end = time.perf_counter() + seconds
         while time.perf_counter() < end or len(times) < 3:
             t = time.perf_counter()
             m(x)
+            sync()
             times.append(time.perf_counter() - t)
     med = statistics.median(times)
     return {"batch": batch, "seconds_per_batch": med, "images_per_s": batch / med,
@@ -343,9 +349,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=None)
     ap.add_argument("--amp", choices=("off", "auto"), default="off",
                     help="the server's precision (`cnnkit serve --amp`); auto: bf16 where the CPU runs it natively")
+    ap.add_argument("--device", default="cpu", help="where the server runs the models (cpu or cuda; the load "
+                    "levels only: the drills run on the CPU)")
     args = ap.parse_args()
     seconds = args.seconds or (2.0 if args.quick else 6.0)
     result: dict = {"seconds_per_level": seconds, "levels": LEVELS, "max_delay_ms": 5.0, "amp": args.amp,
+                    "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
                     "server_torch_threads": torch.get_num_threads(), "client": f"aiohttp {__import__('aiohttp').__version__}"}
     with tempfile.TemporaryDirectory() as tmp:
         r18 = make_checkpoint(Path(tmp), "resnet18", 3, 224)
@@ -354,12 +363,12 @@ def main() -> None:
         body18 = png_bytes(np.random.default_rng(0), 224, 3)
         body9 = png_bytes(np.random.default_rng(0), 28, 1)
         for name, ckpt, body in (("resnet18", r18, body18), ("resnet9", r9, body9)):
-            offline = offline_throughput(ckpt, amp=args.amp)
-            offline1 = offline_throughput(ckpt, batch=1, amp=args.amp)
+            offline = offline_throughput(ckpt, amp=args.amp, device=args.device)
+            offline1 = offline_throughput(ckpt, batch=1, amp=args.amp, device=args.device)
             print(name, "offline", offline, offline1, flush=True)
             rows = {}
             for mode, max_batch in (("on", 32), ("off", 1)):
-                server = Server([str(ckpt)], max_batch=max_batch, amp=args.amp)
+                server = Server([str(ckpt)], max_batch=max_batch, amp=args.amp, device=args.device)
                 try:
                     rows[mode] = [level(server, name, body, n, seconds) for n in LEVELS]
                     if name == "resnet9" and mode == "on":
@@ -367,7 +376,7 @@ def main() -> None:
                 finally:
                     server.stop()
             if name == "resnet9":  # the same route with the forward pass replaced by a constant
-                server = Server([str(ckpt)], no_model=True, amp=args.amp)
+                server = Server([str(ckpt)], no_model=True, amp=args.amp, device=args.device)
                 try:
                     rows["no_model"] = [level(server, name, body, n, seconds) for n in (8, 32)]
                 finally:
@@ -386,8 +395,9 @@ def main() -> None:
             / at32("resnet18", "off")["requests_per_s"],
         }
         print(json.dumps(result["targets"], indent=1), flush=True)
-        if args.amp != "off":  # the drills check answers against `cnnkit predict` (fp32): run with --amp off
-            print(write_result("serve_auto" + ("_quick" if args.quick else ""), result))
+        name = "serve" + ("_cuda" if args.device.startswith("cuda") else "") + ("_auto" if args.amp != "off" else "")
+        if args.amp != "off" or args.device != "cpu":  # the drills compare with `cnnkit predict` on the CPU in fp32
+            print(write_result(name + ("_quick" if args.quick else ""), result))
             return
         result["bad_input_drill"] = bad_input_drill(r9, 300 if args.quick else 1000, 75 if args.quick else 250)
         print(json.dumps({k: v for k, v in result["bad_input_drill"].items() if k != "statuses_by_kind"}), flush=True)

@@ -167,3 +167,29 @@ def test_onnx_runtime_failure_at_run_time_is_one_line(exported):
     with pytest.raises(CheckpointError, match="ONNX Runtime cannot run") as info:
         art.model(torch.randn(1, 3, 28, 28))
     assert "\n" not in str(info.value)
+
+
+def test_onnx_export_falls_back_to_the_torchscript_exporter_when_the_dynamo_one_fails(trained_run, tmp_path,
+                                                                                        monkeypatch):
+    """Where torch.export-based conversion fails (it did on torch 2.11 with onnxscript 0.7.2), the export still
+    writes a model that ONNX Runtime runs at any batch size and that matches PyTorch."""
+    import onnxruntime as ort
+    import torch
+
+    from cnnkit.deploy import export_onnx
+
+    real = torch.onnx.export
+    calls = []
+
+    def flaky(*args, dynamo=True, **kwargs):
+        calls.append(dynamo)
+        if dynamo:
+            raise RuntimeError("ConversionError: Failed to convert the exported program to an ONNX model")
+        return real(*args, dynamo=False, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", flaky)
+    r = export_onnx(trained_run.run_dir, tmp_path / "m.onnx")
+    assert calls == [True, False] and r.max_abs_diff <= 1e-4
+    sess = ort.InferenceSession(str(r.path), providers=["CPUExecutionProvider"])
+    for n in (1, 5):
+        assert sess.run(None, {"images": np.zeros((n, *sess.get_inputs()[0].shape[1:]), np.float32)})[0].shape[0] == n

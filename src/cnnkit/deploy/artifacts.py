@@ -104,9 +104,20 @@ def _export(checkpoint, out, suffix: str, kind: str, atol: float | None, seed: i
 
 
 def _write_onnx(model: nn.Module, example: torch.Tensor, tmp: str) -> Callable[[torch.Tensor], np.ndarray]:
-    with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
-        torch.onnx.export(model, (example,), tmp, dynamo=True, input_names=["images"], output_names=["logits"],
-                          external_data=False, dynamic_shapes=({0: torch.export.Dim("batch")},))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
+            torch.onnx.export(model, (example,), tmp, dynamo=True, input_names=["images"], output_names=["logits"],
+                              external_data=False, dynamic_shapes=({0: torch.export.Dim("batch")},))
+    except Exception as first:  # noqa: BLE001
+        # the torch.export-based exporter fails to convert some graphs with some torch/onnxscript pairs (torch
+        # 2.11 with onnxscript 0.7.2: ResNet-9, "ConversionError ... step 3/3"); the TorchScript-based one,
+        # still in torch, exports them. The parity check after this applies to either
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                torch.onnx.export(model, (example,), tmp, dynamo=False, input_names=["images"],
+                                  output_names=["logits"], dynamic_axes={"images": {0: "batch"}})
+        except Exception:  # noqa: BLE001 - the first failure is the one to report
+            raise first from None
     sess = onnx_session(tmp)
     return lambda x: sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
 

@@ -313,7 +313,7 @@ def decode_images(blobs: list[tuple[str, bytes]], m: ServedModel, max_pixels: in
             status = 413 if "pixels, more than" in msg or "decompression bomb" in msg.lower() else (
                 415 if "not an image format" in msg else 422)
             raise Problem(status, msg) from None
-    return torch.stack(out)
+    return out[0].unsqueeze(0) if len(out) == 1 else torch.stack(out)
 
 
 def _int_field(fields: dict[str, Any], request: Request, key: str, default: int, low: int, high: int) -> int:

@@ -3,8 +3,10 @@
 The plan covers the whole run as the budget's clock sees it (it starts when `fit` is called): what set-up
 took, then per epoch the training steps, the validation pass and the checkpoint writes. Measured throughput
 varies from step to step, so the plan keeps a margin, and at each epoch's end the run checks its real pace
-and shortens the rest of the schedule when it is behind. It lengthens it only early on (at the first epoch's end or in
-the first quarter of the plan, while the one-cycle schedule is still near its start) and only when at least 15% more steps fit: the
+and shortens the rest of the schedule when it is behind. It lengthens it at most once, early on (at the first epoch's
+end or in the first quarter of the plan, while the one-cycle schedule is still near its start), when at least
+15% more steps fit (one epoch's pace is noisy: re-planned each epoch, a 1-minute GPU run went up and down five
+times): the
 pace measured before training can be far too slow where the first passes pay one-time costs (on a GPU, cuDNN's
 algorithm search and the allocator's first allocations: a 1-minute budget on an H200 had planned 52 s and
 trained for 28 s). A resumed run keeps the plan it started with.
@@ -84,7 +86,7 @@ def plan_steps(remaining_s: float, steps_per_epoch: int, seconds_per_step: float
 
 
 def replanned_total(budget_s: float, elapsed_s: float, done_steps: int, total_steps: int, steps_per_epoch: int,
-                    seconds_per_step: float, seconds_per_epoch_extra: float) -> int | None:
+                    seconds_per_step: float, seconds_per_epoch_extra: float, may_lengthen: bool = True) -> int | None:
     """At an epoch's end, at the pace the run really kept: a new total when the planned one would not end inside
     the budget (shorter), or when, early in the run, at least LENGTHEN_AT times the steps left fit (longer);
     None when the plan stands."""
@@ -95,7 +97,7 @@ def replanned_total(budget_s: float, elapsed_s: float, done_steps: int, total_st
     if elapsed_s + need > budget_s:
         rest = plan_steps(budget_s - elapsed_s, steps_per_epoch, seconds_per_step, seconds_per_epoch_extra)
         return done_steps + rest.total_steps if rest.total_steps < left else None
-    if done_steps <= max(LENGTHEN_UNTIL * total_steps, steps_per_epoch):  # early: the 1st epoch or 1st quarter
+    if may_lengthen and done_steps <= max(LENGTHEN_UNTIL * total_steps, steps_per_epoch):  # early on
         rest = plan_steps(budget_s - elapsed_s, steps_per_epoch, seconds_per_step, seconds_per_epoch_extra)
         if rest.total_steps >= LENGTHEN_AT * left:
             return done_steps + rest.total_steps
