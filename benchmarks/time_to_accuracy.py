@@ -1,4 +1,4 @@
-"""Time to accuracy on full Fashion-MNIST (60k train, 10k test) with a named recipe, on this machine's CPU.
+"""Time to accuracy on full Fashion-MNIST (60k train, 10k test) with a named recipe, on this machine.
 
 The clock starts before `fit` is called and so includes data loading, every epoch's training, checkpoint
 writing and the test evaluation after each epoch (with the recipe's flip TTA). The recipe trains on all
@@ -10,6 +10,7 @@ after each epoch is recorded to draw the curve; it selects nothing: the reported
     python -m benchmarks.time_to_accuracy --recipe long     # targets: >= 94.5% within 10, >= 95.0% within 30 min
     python -m benchmarks.time_to_accuracy --budget 3m --amp off    # `cnnkit train --budget 3m`, fp32 only
     python -m benchmarks.time_to_accuracy --budget 10m --amp auto  # ... to 10 minutes, what auto picks
+    python -m benchmarks.time_to_accuracy --budget 1m --device cuda  # on a GPU (..._cuda.json)
 
 With --budget the run is exactly `cnnkit train --data fashion-mnist --budget B --val-fraction 0` (the
 recipe chosen by the budget), plus the test evaluation after each epoch that draws the curve; that
@@ -43,12 +44,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="Override the recipe's epochs (the budget-matched run).")
     ap.add_argument("--budget", default=None, help="Train to this budget (3m or 10m) instead of a recipe's epochs.")
     ap.add_argument("--amp", default="auto", choices=("auto", "off"))
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     ap.add_argument("--plot-only", action="store_true", help="Redraw the PNG from the saved JSON; train nothing.")
     args = ap.parse_args()
     name = f"time_to_accuracy_{args.recipe}" + (f"_e{args.epochs}" if args.epochs else "")
     label = f"--recipe {args.recipe}" + (f" --epochs {args.epochs}" if args.epochs else "")
     if args.budget:
         name, label = f"time_to_accuracy_budget{args.budget}_{args.amp}", f"--budget {args.budget} --amp {args.amp}"
+    if args.device.startswith("cuda"):
+        name, label = f"{name}_cuda", f"{label} --device {args.device}"
     if args.plot_only:
         saved = json.loads((RESULTS / f"{name}.json").read_text())
         plot(saved["curve"], saved["targets"], label, RESULTS / f"{name}.png")
@@ -73,12 +77,12 @@ def main() -> None:
         length = {"budget": parse_budget(args.budget)}
     else:
         length = {"recipe": args.recipe, "epochs": args.epochs}
-    result = fit(data="fashion-mnist", data_dir=args.data_dir, val_fraction=0.0, amp=args.amp,
+    result = fit(data="fashion-mnist", data_dir=args.data_dir, val_fraction=0.0, amp=args.amp, device=args.device,
                  seed=args.seed, out=f"/tmp/cnnkit-tta-{name}", overwrite=True, progress=False,
                  callbacks=[test_accuracy], **length)
     total_minutes = (time.perf_counter() - start) / 60
     targets = []
-    for acc, minutes in TARGETS[f"budget-{args.budget}" if args.budget else args.recipe]:
+    for acc, minutes in TARGETS.get(f"budget-{args.budget}" if args.budget else args.recipe, []):
         first = next((c for c in curve if c["test_acc"] >= acc), None)
         targets.append({"accuracy": acc, "within_minutes": minutes,
                         "reached_at_minutes": first["minutes"] if first else None,
@@ -94,12 +98,12 @@ def main() -> None:
                "ended_inside_budget": (total_minutes * 60 <= length["budget"]) if args.budget else None,
                "targets": targets, "curve": curve, "threads": torch.get_num_threads()}
     print(write_result(name, payload))
-    plot(curve, targets, label, RESULTS / f"{name}.png")
+    plot(curve, targets, label, RESULTS / f"{name}.png", gpu=args.device.startswith("cuda"))
     for t in targets:
         print(t)
 
 
-def plot(curve, targets, label: str, path) -> None:
+def plot(curve, targets, label: str, path, gpu: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,7 +115,7 @@ def plot(curve, targets, label: str, path) -> None:
         ax.plot([t["within_minutes"]], [100 * t["accuracy"]], "r*", markersize=12,
                 label="target (accuracy by minute)" if i == 0 else None)
         ax.axhline(100 * t["accuracy"], color="r", alpha=0.25, linestyle="--")
-    ax.set(xlabel="wall-clock minutes (2 CPU cores, incl. data loading and evaluation)",
+    ax.set(xlabel=f"wall-clock minutes ({'one GPU' if gpu else '2 CPU cores'}, incl. data loading and evaluation)",
            ylabel="Fashion-MNIST test accuracy (%)", title=f"Time to accuracy, {label}",
            ylim=(max(80, 100 * min(c["test_acc"] for c in curve) - 1),
                  max(96, 100 * max(c["test_acc"] for c in curve) + 0.5)))

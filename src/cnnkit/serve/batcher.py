@@ -45,7 +45,7 @@ class _Item:
     x: torch.Tensor  # n×C×H×W
     args: Any  # per-request extras the run function needs (targets), or None
     future: asyncio.Future
-    arrived: float  # loop.time() (time.monotonic) at submission
+    arrived: float  # time.monotonic() at submission (the model's thread compares it too)
 
 
 class Batcher:
@@ -82,7 +82,7 @@ class Batcher:
         if self.queued_images + n > self.max_queue and self.queued_images > 0:
             raise QueueFull(f"{self.queued_images} images queued (limit {self.max_queue})")
         loop = self._loop = asyncio.get_running_loop()
-        item = _Item(x, args, loop.create_future(), loop.time())
+        item = _Item(x, args, loop.create_future(), time.monotonic())
         with self._cond:
             self._pending.append(item)
             self.queued_images += n
@@ -126,11 +126,12 @@ class Batcher:
                 return
             deadline = max(self._pending[0].arrived, self._free_since) + self.max_delay_s
             alone = len(self._pending) == 1
-        if (self.queued_images >= self.max_batch or self._loop.time() >= deadline
+        now = time.monotonic()
+        if (self.queued_images >= self.max_batch or now >= deadline
                 or (alone and self.others is not None and self.others() == 0)):
             self._dispatch()
         elif self._timer is None:
-            self._timer = self._loop.call_at(deadline, self._dispatch)
+            self._timer = self._loop.call_later(deadline - now, self._dispatch)
 
     def _dispatch(self) -> None:
         if self._timer is not None:
