@@ -7,15 +7,14 @@ up. What is needed here is a queue bounded in images and a drain that runs in th
 health checks and metrics answer while a batch runs), about a hundred lines.
 
 How a batch forms: it leaves as soon as it holds `max_batch` images, or `max_delay` after it began to form,
-that is after its first request arrived or the previous batch ended, whichever came later. Counting from the
-arrival alone (Triton's rule), the requests that queued while a batch ran would leave at once, as a batch of
-whatever had come: under closed-loop clients the batches then settle at half of `max_batch` (ResNet-18 in bf16
-at 32 clients: mean batch 16, 55% of the offline batch-32 throughput against 68% when they wait;
-benchmarks/serve.py). While a batch runs, the next one fills; the model's thread waits for it and takes it itself,
-without a hand-over through the event loop (busy reading requests under load). Only the results go back through
-the loop. A
-request that arrives while the model is idle and no other request is in progress (`others() == 0`, a single
-client) runs at once: nobody could join its batch, so waiting would only add `max_delay` to its latency.
+that is after its first request arrived or the previous batch ended, whichever came later; so a batch that
+starts when the model frees waits for the requests its clients are about to send. (Counting from the arrival
+alone, Triton's rule, was tried: the requests that queued while a batch ran left at once, and in a quick run of
+benchmarks/serve.py ResNet-18 in bf16 at 32 clients served 55% of the offline rate, against 74% now.) While a batch runs, the
+next one fills; the model's thread waits for it and takes it itself, without a hand-over through the event
+loop (busy reading requests under load). Only the results go back through the loop. A request that arrives
+while the model is idle and no other request is in progress (`others() == 0`, a single client) runs at once:
+nobody could join its batch, so waiting would only add `max_delay` to its latency.
 
 A request of several images counts them all against `max_batch` and is never split; a request larger than
 `max_batch` runs as a batch of its own. A request that timed out while queued is dropped before its batch
