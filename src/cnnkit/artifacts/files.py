@@ -42,9 +42,12 @@ def _claimed_root(path: Path) -> OutputDir | None:
     return best
 
 
-def temp_path_for(path: Path) -> Path:
-    """A fresh temporary file beside `path` (`.<name>.<random>.tmp`), recognisable as cnnkit's own."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def temp_path_for(path: Path, keep_suffix: bool = False) -> Path:
+    """A fresh temporary file beside `path` (`.<name>.<random>.tmp`), recognisable as cnnkit's own;
+    `keep_suffix`: `.<name>.<random>.tmp<suffix>`, for writers that go by the suffix (torch.export.save warns,
+    and its loader falls back, on a `.pt2` archive named otherwise)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                               suffix=".tmp" + (path.suffix if keep_suffix else ""))
     os.close(fd)
     return Path(tmp)
 

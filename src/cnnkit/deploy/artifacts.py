@@ -74,7 +74,7 @@ def _export(checkpoint, out, suffix: str, kind: str, atol: float | None, seed: i
         raise ConfigError(f"cannot create {path.parent}: {e.strerror or e}") from None
     shape = (ckpt.in_chans, *ckpt.img_size)
     gen = torch.Generator().manual_seed(seed)
-    tmp = temp_path_for(path)
+    tmp = temp_path_for(path, keep_suffix=True)
     side = sidecar_path(path)
     try:
         try:
