@@ -184,11 +184,11 @@ def offline_throughput(ckpt: Path, batch: int = 32, seconds: float = 5.0, amp: s
     loaded = load(ckpt)
     m = loaded.model.eval().to(dev)
     # the layout the server runs it in, chosen the same way
-    last = faster_inference_layout(m, (loaded.in_chans, *loaded.img_size), 8, dev)
+    dtype = autocast_dtype(amp, dev)  # the precision the server runs it in
+    last = faster_inference_layout(m, (loaded.in_chans, *loaded.img_size), 8, dev, dtype=dtype)
     x = torch.randn(batch, loaded.in_chans, *loaded.img_size, device=dev)
     x = x.contiguous(memory_format=torch.channels_last) if last else x
     times = []
-    dtype = autocast_dtype(amp, dev)  # the precision the server runs it in
     with torch.inference_mode(), autocast(dev, dtype):
         m(x)
         sync()

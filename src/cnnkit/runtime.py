@@ -176,9 +176,10 @@ def owns_threads() -> bool:
 
 
 def faster_inference_layout(model: torch.nn.Module, shape: tuple[int, ...], batch: int, device: torch.device,
-                            rounds: int = 3) -> bool:
-    """Whether channels-last runs `model` (in eval mode, on `batch` inputs of `shape`) faster than NCHW here;
-    the model is left in the faster layout. GPUs take channels-last without measuring.
+                            rounds: int = 3, dtype: torch.dtype | None = None) -> bool:
+    """Whether channels-last runs `model` (in eval mode, on `batch` inputs of `shape`, under autocast to
+    `dtype` when given: the precision it will run in) faster than NCHW here; the model is left in the faster
+    layout. GPUs take channels-last without measuring.
     On the CPU both are timed in interleaved rounds, the fastest pass of each counting, so a spell of load from
     another process cannot decide it (most convolution stacks run faster channels-last on the CPU, some slower)."""
     if device.type == "cuda":
@@ -191,7 +192,7 @@ def faster_inference_layout(model: torch.nn.Module, shape: tuple[int, ...], batc
             fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
             model.to(memory_format=fmt)  # not under inference_mode: the weights must stay usable by autograd
             xs = x.contiguous(memory_format=fmt)
-            with torch.no_grad():
+            with torch.no_grad(), autocast(device, dtype):
                 t = time.perf_counter()
                 model(xs)
                 if r:

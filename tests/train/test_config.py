@@ -57,3 +57,23 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypa
         assert ("float32" in rt.precision_note("auto", cpu)) == (want is None)
     assert rt.autocast_dtype("bf16", cpu) == torch.bfloat16  # asked for explicitly: always honoured
     assert rt.autocast_dtype("off", cpu) is None
+
+
+def test_the_inference_layout_is_measured_in_the_precision_the_model_will_run_in():
+    """A server in bf16 chooses its layout from bf16 passes (the faster layout can differ between precisions),
+    and the model is left in the layout chosen."""
+    import torch
+    import torch.nn as nn
+
+    from cnnkit import runtime as rt
+
+    seen = []
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()).eval()
+    model.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    last = rt.faster_inference_layout(model, (3, 16, 16), 2, torch.device("cpu"), dtype=torch.bfloat16)
+    assert seen and set(seen) == {torch.bfloat16}
+    fmt = torch.channels_last if last else torch.contiguous_format
+    assert model[0].weight.is_contiguous(memory_format=fmt)
+    seen.clear()
+    rt.faster_inference_layout(model, (3, 16, 16), 2, torch.device("cpu"))
+    assert set(seen) == {torch.float32}
