@@ -348,8 +348,11 @@ def paired_rounds(r18: Path, r9: Path, body18: bytes, body9: bytes, rounds: int,
     """Each round, back to back: ResNet-18 offline at batch 32, then 32 clients with batching on and off (two
     servers up at once, one driven at a time); ResNet-9 at 32 clients, then the bare endpoint on the same server."""
     out: list[dict] = [{} for _ in range(rounds)]
-    on, off = (Server([str(r18)], max_batch=b, amp=amp, device=device) for b in (32, 1))
+    servers: list[Server] = []
     try:
+        for max_batch in (32, 1):
+            servers.append(Server([str(r18)], max_batch=max_batch, amp=amp, device=device))
+        on, off = servers
         for r in out:
             offline = offline_throughput(r18, seconds=3.0, amp=amp, device=device)
             a, b = level(on, "resnet18", body18, 32, seconds), level(off, "resnet18", body18, 32, seconds)
@@ -360,7 +363,8 @@ def paired_rounds(r18: Path, r9: Path, body18: bytes, body9: bytes, rounds: int,
                       "resnet18_p99_over_bound": a["p99_ms"] / bound,
                       "resnet18_on_over_off": a["requests_per_s"] / b["requests_per_s"]})
     finally:
-        on.stop(), off.stop()
+        for server in servers:  # both, or the one that started
+            server.stop()
     server = Server([str(r9)], amp=amp, device=device)
     try:
         for r in out:
