@@ -3,13 +3,12 @@
 The plan covers the whole run as the budget's clock sees it (it starts when `fit` is called): what set-up
 took, then per epoch the training steps, the validation pass and the checkpoint writes. Measured throughput
 varies from step to step, so the plan keeps a margin, and at each epoch's end the run checks its real pace
-and shortens the rest of the schedule when it is behind. It lengthens it at most once, early on (at the first epoch's
-end or in the first quarter of the plan, while the one-cycle schedule is still near its start), when at least
-15% more steps fit (one epoch's pace is noisy: re-planned each epoch, a 1-minute GPU run went up and down five
-times): the
-pace measured before training can be far too slow where the first passes pay one-time costs (on a GPU, cuDNN's
-algorithm search and the allocator's first allocations: a 1-minute budget on an H200 had planned 52 s and
-trained for 28 s). A resumed run keeps the plan it started with.
+and shortens the rest of the schedule when it is behind. It lengthens it at most once, early on (at the first
+epoch's end or in the plan's first quarter, while the one-cycle schedule is still near its start), when at least
+15% more steps fit: the pace measured before training can be far too slow where the first passes pay one-time
+costs (on a GPU, cuDNN's algorithm search and the allocator's first allocations: a 1-minute budget on an H200
+planned 52 s and trained for 28 s). Once only, because one epoch's pace is noisy: re-planned at every epoch, a
+1-minute GPU run went up and down five times. A resumed run keeps the plan it started with.
 """
 
 from __future__ import annotations
@@ -94,14 +93,14 @@ def replanned_total(budget_s: float, elapsed_s: float, done_steps: int, total_st
     if left <= 0 or seconds_per_step <= 0:  # no pace to go by
         return None
     need = left * seconds_per_step + math.ceil(left / steps_per_epoch) * seconds_per_epoch_extra
-    if elapsed_s + need > budget_s:
-        rest = plan_steps(budget_s - elapsed_s, steps_per_epoch, seconds_per_step, seconds_per_epoch_extra)
-        return done_steps + rest.total_steps if rest.total_steps < left else None
-    if may_lengthen and done_steps <= max(LENGTHEN_UNTIL * total_steps, steps_per_epoch):  # early on
-        rest = plan_steps(budget_s - elapsed_s, steps_per_epoch, seconds_per_step, seconds_per_epoch_extra)
-        if rest.total_steps >= LENGTHEN_AT * left:
-            return done_steps + rest.total_steps
-    return None
+    behind = elapsed_s + need > budget_s
+    early = may_lengthen and done_steps <= max(LENGTHEN_UNTIL * total_steps, steps_per_epoch)
+    if not (behind or early):
+        return None
+    rest = plan_steps(budget_s - elapsed_s, steps_per_epoch, seconds_per_step, seconds_per_epoch_extra).total_steps
+    if behind:
+        return done_steps + rest if rest < left else None
+    return done_steps + rest if rest >= LENGTHEN_AT * left else None
 
 
 def too_small(budget_s: float, spent_s: float, plan: Plan) -> str | None:

@@ -348,6 +348,7 @@ class _Run:
     stale: int = 0
     elapsed_before: float = 0.0
     stopped_early: bool = False
+    lengthened: bool = False  # a budget's plan is lengthened once at most
     history: list[dict[str, float]] = field(default_factory=list)
     lock: RunLock | None = None
     tb: Any = None
@@ -633,12 +634,11 @@ class _Run:
         done = (epoch + 1) * self.steps_per_epoch
         pace = self.last_train_s / max(self.last_epoch_steps, 1)
         extra = budget_clock() - self.epoch_clock - self.last_train_s  # validation, checkpoint, callbacks
-        lengthened = getattr(self, "lengthened", False)
         total = broadcast(replanned_total(cfg.budget, elapsed, done, self.total_steps, self.steps_per_epoch, pace,
-                                          extra, may_lengthen=not lengthened), self.ranks)  # rank 0 decides for all
+                                          extra, may_lengthen=not self.lengthened), self.ranks)  # rank 0 decides
         if total is None:
             return
-        self.lengthened = lengthened or total > self.total_steps
+        self.lengthened |= total > self.total_steps
         self.plan_note = (getattr(self, "plan_note", "") + f"; after epoch {epoch + 1}, at the pace kept "
                           f"({pace * 1e3:.0f} ms per step, {extra:.1f} s per evaluation and checkpoint), "
                           f"{'lengthened' if total > self.total_steps else 'shortened'} to {total} steps")
