@@ -334,6 +334,16 @@ def test_a_pruned_checkpoint_whose_head_disagrees_with_its_classes_is_refused(fo
         load(path)
 
 
+def test_a_pruned_checkpoint_whose_input_channels_disagree_with_its_metadata_is_refused(folder, checkpoint, state):
+    """Found by the mutated-metadata property: a pruned checkpoint's stem takes the weights' shapes, so the
+    metadata could claim 3-channel images for a stem that takes 1 (the first forward pass then crashed)."""
+    path = folder / "pruned_chans.safetensors"
+    path.write_bytes(save(state, metadata={"cnnkit": json.dumps({**read_meta(checkpoint), "pruned": True,
+                                                                  "in_chans": 3})}))
+    with pytest.raises(CheckpointError, match="take 1-channel images but its metadata says in_chans 3"):
+        load(path)
+
+
 @fuzz(60)
 @given(text=st.text(max_size=40) | JSON.map(json.dumps) | st.sampled_from(["[" * 100_000, '{"a":' * 100_000]),
        other=st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2))

@@ -244,12 +244,39 @@ def _rebuild(file: Path, meta: dict[str, Any], state: dict[str, torch.Tensor]) -
         probe = None  # a builder that computes on tensors (.item(), .tolist()) cannot run on the meta device
     if probe is not None:
         check_state_fits(probe, state, file)
-        if meta.get("pruned"):  # the head was resized to the weights: it must still give one output per class
-            outputs = _meta_outputs(probe.eval(), meta)
+        if meta.get("pruned"):  # layers were resized to the weights: the input's channels and the head must
+            _check_input_channels(probe.eval(), meta, file)  # still agree with the metadata
+            outputs = _meta_outputs(probe, meta)
             if outputs is not None and outputs != len(meta["classes"]):
                 raise CheckpointError(f"{file}: its model gives {outputs} outputs but its metadata lists "
                                       f"{len(meta['classes'])} classes")
     return build()
+
+
+def _check_input_channels(model: nn.Module, meta: dict[str, Any], file: str) -> None:
+    """The first convolution a (pruned, resized) model runs must take the metadata's `in_chans`: found by
+    running it on the meta device until that convolution is reached."""
+    first: list[tuple[nn.Module, int]] = []
+
+    class Reached(Exception):
+        pass
+
+    def hook(m: nn.Module, args: tuple) -> None:
+        first.append((m, args[0].shape[1]))
+        raise Reached
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    try:
+        with torch.no_grad():
+            model(torch.empty(1, meta["in_chans"], *meta["img_size"], device="meta"))
+    except Exception:  # Reached, or a forward that needs real values: nothing more to learn here
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    if first and first[0][0].in_channels != first[0][1]:
+        raise CheckpointError(f"{file}: its weights take {first[0][0].in_channels}-channel images but its "
+                              f"metadata says in_chans {first[0][1]}")
 
 
 def _meta_outputs(model: nn.Module, meta: dict[str, Any]) -> int | None:
