@@ -177,7 +177,7 @@ def level(server: Server, model: str, body: bytes, clients: int, seconds: float,
 
 def offline_throughput(ckpt: Path, batch: int = 32, seconds: float = 5.0, amp: str = "off", device: str = "cpu") -> dict:
     from cnnkit.artifacts import load
-    from cnnkit.runtime import autocast, autocast_dtype, faster_inference_layout
+    from cnnkit.runtime import autocast, autocast_dtype, faster_inference_layout, reuse_freed_memory
 
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -189,7 +189,8 @@ def offline_throughput(ckpt: Path, batch: int = 32, seconds: float = 5.0, amp: s
     x = torch.randn(batch, loaded.in_chans, *loaded.img_size, device=dev)
     x = x.contiguous(memory_format=torch.channels_last) if last else x
     times = []
-    with torch.inference_mode(), autocast(dev, dtype):
+    # with the malloc limits the server runs under (cnnkit.serve.serve keeps freed memory for the next batch)
+    with reuse_freed_memory(), torch.inference_mode(), autocast(dev, dtype):
         m(x)
         sync()
         end = time.perf_counter() + seconds

@@ -8,11 +8,15 @@ what a CPU without native bf16 gets, so `--amp off` stands in for such a machine
 native bf16, or with --all-plain) bf16 autocast, each NCHW and channels-last. Reported: fit against the plain
 loop at its own precision and layout (what the trainer adds), and against the fastest plain loop of any
 setting (what a user gets from cnnkit's choices); model FLOPs utilization against an sgemm peak measured in the
-same run; the input pipeline's time per batch against the training step it feeds.
+same run; the input pipeline's time per batch against the training step it feeds. fit keeps the memory its
+steps free for the next steps (cnnkit.runtime.reuse_freed_memory: glibc's malloc limits raised while it trains);
+the fp32 channels-last loop runs once more with the same limits ("kept_memory"), so the tables show how much of
+fit's lead over the hand-written loop that is; the kept-memory loop is not one of the plain loops.
 
     python -m benchmarks.trainer_overhead --amp off    # writes benchmarks/results/trainer_overhead_off.json
     python -m benchmarks.trainer_overhead --amp auto   # ... trainer_overhead_auto.json
-    python -m benchmarks.trainer_overhead --amp off --pair --repeats 8   # fit against its plain twin only
+    python -m benchmarks.trainer_overhead --amp off --pair --repeats 6   # fit against its plain twin only
+                                                    # (and the twin with fit's malloc limits)
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import yaml
 from benchmarks.common import SHARED_DATA, gemm_peak_gflops, train_flops_per_image, write_result
 from cnnkit.data import AugmentConfig, BatchLoader, Normalize, channel_stats, load_dataset
 from cnnkit.models import create
-from cnnkit.runtime import autocast, autocast_dtype, cpu_description
+from cnnkit.runtime import autocast, autocast_dtype, cpu_description, reuse_freed_memory
 from cnnkit.train import RECIPES, fit
 
 MODEL, BATCH, LR = "resnet9", 256, 0.2
@@ -36,8 +40,12 @@ KW = RECIPES["fast"]["mnist-like"]["model_kwargs"]  # what `cnnkit train --data 
 ORIGINAL_KW = {"width": 16}  # Page's first ordering (conv-BN-ReLU, then pool), the recipe's model until 2026-11
 
 
-def plain_loop(data, amp: torch.dtype | None, channels_last: bool, seed: int = 0) -> float:
-    """One epoch of the loop a person writes by hand; returns images/s of the epoch."""
+def plain_loop(data, amp: torch.dtype | None, channels_last: bool, seed: int = 0, kept_memory: bool = False) -> float:
+    """One epoch of the loop a person writes by hand; returns images/s of the epoch. `kept_memory`: with the
+    malloc limits fit raises while it trains (cnnkit.runtime.reuse_freed_memory), to show what that is worth."""
+    if kept_memory:
+        with reuse_freed_memory():
+            return plain_loop(data, amp, channels_last, seed)
     torch.manual_seed(seed)
     model = create(MODEL, 10, 1, **KW)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -101,13 +109,17 @@ def main() -> None:
         for layout in ("nchw", "channels_last"):
             measure[f"plain_{dname}_{layout}"] = (lambda dt, cl: lambda r: plain_loop(data, dt, cl, seed=r))(
                 dt, layout == "channels_last")
+    # the fp32 channels-last loop again with fit's malloc limits: what fit's lead over the hand-written loop is made of
+    measure["kept_memory_fp32_channels_last"] = lambda r: plain_loop(data, None, True, seed=r, kept_memory=True)
     if args.pair:  # fit, and the plain loop at the precision and layout fit chose (read from its last run)
         def fit_chose_channels_last() -> bool:
             chosen = yaml.safe_load(open("/tmp/cnnkit-bench-overhead/config.yaml"))["chosen"]
             return chosen["layout"].startswith("channels-last")
 
         measure = {"fit": measure["fit"],  # runs first in round 0, so the loop knows its layout from then on
-                   "plain_same": lambda r: plain_loop(data, amp, fit_chose_channels_last(), seed=r)}
+                   "plain_same": lambda r: plain_loop(data, amp, fit_chose_channels_last(), seed=r),
+                   "plain_same_kept_memory": lambda r: plain_loop(data, amp, fit_chose_channels_last(), seed=r,
+                                                                  kept_memory=True)}
     runs: dict[str, list[float]] = {k: [] for k in measure}
     for r in range(args.repeats):
         order = list(measure) if r % 2 == 0 else list(reversed(measure))  # alternate to cancel drift
@@ -121,15 +133,19 @@ def main() -> None:
     # each repeat's fit against the same repeat's loop, minutes apart: this machine's speed drifts by ±10% over
     # minutes, so the median of these paired ratios is the steadier figure
     paired = [f / p for f, p in zip(runs["fit"], runs[same])]
+    kept = "plain_same_kept_memory" if args.pair else "kept_memory_fp32_channels_last"
+    paired_kept = [f / p for f, p in zip(runs["fit"], runs[kept])]
     if args.pair:
         result = {"cpu_details": cpu, "amp": args.amp, "fit_layout": fit_cfg["chosen"]["layout"],
                   "model": f"{MODEL} {KW}", "batch_size": BATCH, "images": len(data), "repeats": args.repeats,
                   "images_per_s_runs": runs, "images_per_s_median": med, "paired_ratios_fit_over_plain": paired,
-                  "median_paired_ratio": statistics.median(paired), "ratio_of_medians": med["fit"] / med[same]}
+                  "median_paired_ratio": statistics.median(paired), "ratio_of_medians": med["fit"] / med[same],
+                  "paired_ratios_fit_over_plain_kept_memory": paired_kept,
+                  "median_paired_ratio_over_plain_kept_memory": statistics.median(paired_kept)}
         print(write_result(f"trainer_overhead_{args.amp}_pair", result))
         print({k: v for k, v in result.items() if k not in ("cpu_details", "images_per_s_runs")})
         return
-    plain = {k: v for k, v in med.items() if k.startswith("plain_")}  # all with the recipe's model
+    plain = {k: v for k, v in med.items() if k.startswith("plain_")}  # the hand-written loops, as people write them
     fastest = max(plain, key=plain.get)
 
     flops = train_flops_per_image(create(MODEL, 10, 1, **KW), (1, 28, 28))
@@ -149,6 +165,9 @@ def main() -> None:
         "paired_ratios_fit_over_plain_same_setting": paired,
         "ratio_fit_over_fit_original_order": med["fit"] / med["fit_original_order"],
         "fastest_plain": fastest, "ratio_fit_over_fastest_plain": med["fit"] / med[fastest],
+        "ratio_fit_over_fp32_channels_last": med["fit"] / med["plain_fp32_channels_last"],
+        "paired_ratios_fit_over_kept_memory_fp32_channels_last": paired_kept,
+        "ratio_fit_over_kept_memory_fp32_channels_last": med["fit"] / med["kept_memory_fp32_channels_last"],
         "train_gflop_per_image": flops / 1e9,
         "sgemm_peak_gflops": sgemm, "bf16_gemm_peak_gflops": bf16_gemm,
         "fit_share_of_sgemm_peak": med["fit"] * flops / 1e9 / sgemm,

@@ -1141,9 +1141,11 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(signal, "SIGXFSZ"):  # a file-size limit should fail the write (one line), not kill the process
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
-        from cnnkit.runtime import exclusive_threads
+        from cnnkit.runtime import exclusive_threads, reuse_freed_memory
 
-        with exclusive_threads():  # one command at a time: cnnkit may tune torch's thread count
+        # one command at a time: cnnkit may tune torch's thread count, and keeps the memory each batch frees for
+        # the next batch (a command's process is cnnkit's own)
+        with exclusive_threads(), reuse_freed_memory():
             app(args=args, prog_name="cnnkit", standalone_mode=False)
         sys.stdout.flush()  # a closed pipe shows here rather than at exit
         return 0

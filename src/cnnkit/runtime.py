@@ -6,9 +6,11 @@ import contextlib
 import functools
 import os
 import random
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -173,6 +175,59 @@ def exclusive_threads() -> Iterator[None]:
 def owns_threads() -> bool:
     """Whether cnnkit may change torch's process-wide thread count now (see `exclusive_threads`)."""
     return _OWNS_THREADS
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+_GLIBC_DEFAULT = 128 * 1024  # both parameters' documented default
+_REUSE_DEPTH = 0
+_REUSE_LOCK = threading.Lock()
+
+
+@functools.cache
+def _glibc() -> Any:
+    """The C library when it is glibc (whose mallopt is tuned below), else None (macOS, Windows, musl)."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def reuse_freed_memory() -> Iterator[bool]:
+    """While it lasts, memory that torch frees is kept for its next tensors instead of going back to the
+    operating system; yields whether that took effect (glibc only; CNNKIT_MALLOC=system leaves malloc alone).
+
+    A training step allocates and frees the same activation tensors every step. glibc serves blocks over its
+    mmap threshold with fresh pages and trims the heap's free top beyond its trim threshold, so the next step
+    touches zeroed new pages again: 5,000 to 9,000 page faults per ResNet-9 step at batch 256 here, against about
+    250 with the limits raised. PyTorch's own CPU launcher (torch.backends.xeon.run_cpu) gets the same effect by
+    preloading jemalloc or tcmalloc configured never to give memory back. On exit the limits go back to glibc's
+    defaults and the kept memory is returned (malloc_trim)."""
+    global _REUSE_DEPTH
+    libc = _glibc()
+    if libc is None or os.environ.get("CNNKIT_MALLOC", "").lower() == "system":
+        yield False
+        return
+    with _REUSE_LOCK:
+        _REUSE_DEPTH += 1
+        if _REUSE_DEPTH == 1:
+            libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's largest: blocks up to 32 MiB come from the heap
+            libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)  # never trim the heap's top meanwhile
+    try:
+        yield True
+    finally:
+        with _REUSE_LOCK:
+            _REUSE_DEPTH -= 1
+            if _REUSE_DEPTH == 0:
+                libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT)
+                libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT)
+                libc.malloc_trim(0)
 
 
 def faster_inference_layout(model: torch.nn.Module, shape: tuple[int, ...], batch: int, device: torch.device,

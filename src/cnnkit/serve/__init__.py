@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cnnkit.errors import ConfigError
+from cnnkit.runtime import reuse_freed_memory
 from cnnkit.serve.app import ServeOptions, create_app
 from cnnkit.serve.models import ServedModel, parse_artifact
 
@@ -96,7 +97,8 @@ def serve(models: dict[str, ServedModel], host: str = "127.0.0.1", port: int = 8
     switch = sys.getswitchinterval()
     sys.setswitchinterval(0.0002)
     try:
-        server.run(sockets=[sock])
+        with reuse_freed_memory():  # each batch's activations reuse the previous batch's memory
+            server.run(sockets=[sock])
     finally:
         sys.setswitchinterval(switch)
         for s, h in previous.items():

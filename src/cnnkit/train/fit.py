@@ -35,7 +35,7 @@ from cnnkit.evaluate.loop import evaluate_loader
 from cnnkit.models import create
 from cnnkit.models.layers import MultiSampleDropout, ScheduledDropBlock
 from cnnkit.models.weights import load_pretrained
-from cnnkit.runtime import autocast, autocast_dtype, pick_device, seed_everything, set_threads
+from cnnkit.runtime import autocast, autocast_dtype, pick_device, reuse_freed_memory, seed_everything, set_threads
 from cnnkit.train.config import LONG_RECIPE_MIN_EPOCHS, TrainConfig, resolve_config
 from cnnkit.train.distributed import (Ranks, all_sum, average_gradients, barrier, broadcast, convert_sync_batchnorm,
                                       elastic_restart, init_ranks, launched_by_torchrun, leave)
@@ -97,25 +97,31 @@ def fit(config: TrainConfig | dict[str, Any] | None = None, *, resume: str | Pat
     run = _Run(cfg, resume is not None, overwrite, progress, budget_clock())
     run.fit_started = started
     try:
-        run.set_up()
-        with run.bar:
-            epoch = run.start_epoch - 1
-            while (epoch := epoch + 1) < run.epochs:  # a budget's run may shorten itself as it goes
-                metrics = run.train_epoch(epoch)
-                metrics.update(run.evaluate())
-                metrics["epoch_seconds"] = time.perf_counter() - run.epoch_started
-                metrics["elapsed_seconds"] = run.elapsed_before + time.perf_counter() - started
-                run.checkpoint(epoch, metrics)
-                run.bar.end_epoch(metrics)
-                for cb in callbacks:
-                    cb(EpochEnd(epoch + 1, metrics, run.model, run.eval_model, run.normalize, run.device, run.dir))
-                run.keep_to_budget(epoch)
-                if run.should_stop():
-                    run.stopped_early = True
-                    break
+        with reuse_freed_memory() as run.reuses_memory:  # the steps' tensors reuse the previous steps' memory
+            _train(run, started, callbacks)
     finally:
         run.close()
     return run.result(time.perf_counter() - started)
+
+
+def _train(run: _Run, started: float, callbacks: Sequence[Callable[[EpochEnd], None]]) -> None:
+    """Set the run up and train its epochs (evaluating, checkpointing and keeping to a budget after each)."""
+    run.set_up()
+    with run.bar:
+        epoch = run.start_epoch - 1
+        while (epoch := epoch + 1) < run.epochs:  # a budget's run may shorten itself as it goes
+            metrics = run.train_epoch(epoch)
+            metrics.update(run.evaluate())
+            metrics["epoch_seconds"] = time.perf_counter() - run.epoch_started
+            metrics["elapsed_seconds"] = run.elapsed_before + time.perf_counter() - started
+            run.checkpoint(epoch, metrics)
+            run.bar.end_epoch(metrics)
+            for cb in callbacks:
+                cb(EpochEnd(epoch + 1, metrics, run.model, run.eval_model, run.normalize, run.device, run.dir))
+            run.keep_to_budget(epoch)
+            if run.should_stop():
+                run.stopped_early = True
+                break
 
 
 def _holds_run(folder: Path) -> bool:
@@ -349,6 +355,7 @@ class _Run:
     elapsed_before: float = 0.0
     stopped_early: bool = False
     lengthened: bool = False  # a budget's plan is lengthened once at most
+    reuses_memory: bool = False  # freed memory kept for the next steps (runtime.reuse_freed_memory)
     history: list[dict[str, float]] = field(default_factory=list)
     lock: RunLock | None = None
     tb: Any = None
@@ -652,7 +659,9 @@ class _Run:
     def _write_config(self) -> None:
         """config.yaml: the resolved configuration, and under `chosen` what `auto` settled on here and why."""
         chosen = {"device": str(self.device), "precision": self.precision, "layout": self.layout_note,
-                  "threads": torch.get_num_threads(), "data": self.data_note, "processes": self.ranks.world}
+                  "threads": torch.get_num_threads(), "data": self.data_note, "processes": self.ranks.world,
+                  "memory": ("freed memory kept for the next steps (glibc malloc limits raised while training)"
+                             if self.reuses_memory else "the C library's default malloc")}
         if getattr(self, "plan_note", None):
             chosen["budget_plan"] = self.plan_note
         atomic_write_text(self.dir / "config.yaml",
