@@ -164,6 +164,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("eval-cifar-cut", "eval --checkpoint {run} --data cifar10 --data-dir {cifar_cut}", "delete that folder"),
     ("eval-cifar-missing", "eval --checkpoint {run} --data cifar10 --data-dir {bad}/empty", "cifar10: missing"),
     ("eval-int8-on-cuda", "eval --checkpoint {ts} --device cuda", "runs on the CPU only"),
+    ("eval-tta-adapt", "eval --checkpoint {run} --tta --adapt bn", "--tta and --adapt do not combine"),
+    ("predict-tta-adapt", "predict {ok} --checkpoint {run} --tta --adapt bn", "--tta and --adapt do not combine"),
     ("eval-device-banana", "eval --checkpoint {run} --device banana", "unknown device 'banana'"),
     # predict
     ("predict-bomb", "predict {bad}/bomb.png --checkpoint {run}", "bomb"),

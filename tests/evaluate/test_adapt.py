@@ -126,3 +126,10 @@ def test_cli_eval_on_a_corruption_benchmark_and_predict_with_adaptation(trained_
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
     code, out, err = run(capsys, "train", "--data", "sample-c", "--epochs", "1", "--out", str(tmp_path / "r"))
     assert code == 2 and "corruption benchmark for evaluation" in err
+
+
+@pytest.mark.parametrize("call", [lambda: evaluate("/nonexistent/run", tta=True, adapt="bn"),
+                                  lambda: predict("/nonexistent/run", ["/nonexistent/x.png"], tta=True, adapt="bn")])
+def test_tta_with_adapt_is_refused_before_anything_is_loaded(call):
+    with pytest.raises(ConfigError, match="--tta and --adapt do not combine"):
+        call()  # no checkpoint, no data: the options alone are refused

@@ -27,9 +27,13 @@ def _probs(model, loader: BatchLoader, dev: torch.device, amp: torch.dtype | Non
         return evaluate_loader(model, loader, dev, amp, tta)
     from cnnkit.evaluate.adapt import BatchNormAdapter, adapted_probs
 
-    if tta:
-        raise ConfigError("--tta and --adapt do not combine: adaptation already sees each batch once")
     return adapted_probs(BatchNormAdapter(model, adapt, alpha, tent_lr, dev, amp), loader)
+
+
+def _check_tta(tta: bool, adapt: str | None) -> None:
+    """Refused before anything is loaded: flipping each image and adapting to each batch do not combine."""
+    if tta and adapt is not None:
+        raise ConfigError("--tta and --adapt do not combine: adaptation already sees each batch once")
 
 
 def _adaptable(ckpt: LoadedCheckpoint, adapt: str | None, alpha: float | None, tent_lr: float) -> None:
@@ -63,6 +67,7 @@ def evaluate(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str | None 
     checkpoint's own dataset, with the test split it held out); writes JSON and a confusion PNG to out_dir.
     `adapt` (bn, alpha-bn, tent) adapts a copy of the model to the test batches of `batch_size` as it goes
     (see cnnkit.evaluate.adapt). For a corruption benchmark (e.g. fashion-mnist-c) use `evaluate_corruptions`."""
+    _check_tta(tta, adapt)
     from cnnkit.data.corruptions import parse_benchmark
 
     if data is not None and parse_benchmark(data) is not None:
@@ -109,6 +114,7 @@ def predict(checkpoint: str | os.PathLike | LoadedCheckpoint, inputs: list[str |
             tent_lr: float = 1e-3) -> list[Prediction]:
     """Top-k predictions for image files or folders of any size and mode, converted to what the model expects;
     `adapt` adapts a copy of the model to the images, `batch_size` at a time, in the order given."""
+    _check_tta(tta, adapt)
     dev = pick_device(device, cpu_only_artifact(checkpoint))
     ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, dev)
     _adaptable(ckpt, adapt, alpha, tent_lr)
