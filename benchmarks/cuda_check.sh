@@ -5,7 +5,7 @@
 #
 # Trains to a 1-minute budget on CUDA (bf16 and fp32), a ConvNeXt on the bundled sample, then evaluates (TTA,
 # corruptions with BN adaptation), predicts, explains (Grad-CAM, Score-CAM, Eigen-CAM, LRP), exports
-# (torch.export and ONNX), serves on CUDA and asks the service through `cnnkit predict --url` and
+# (torch.export and ONNX), benches the run and its .pt2 on CUDA, serves on CUDA and asks the service through `cnnkit predict --url` and
 # `cnnkit explain --url`, and drives the service with benchmarks/serve.py's quick load levels. Each step's last
 # lines and exit status are printed; OUT_DIR/all.log keeps everything, OUT_DIR/*.json the figures.
 set -u
@@ -42,6 +42,7 @@ step cnnkit predict --checkpoint runs/b1m imgs --device cuda --topk 2
 step cnnkit explain imgs --checkpoint runs/b1m --device cuda --method gradcam,scorecam,eigencam,lrp --out maps
 step cnnkit export --checkpoint runs/b1m --format torch-export --out b1m.pt2
 step cnnkit export --checkpoint runs/b1m --out b1m.onnx
+step cnnkit bench runs/b1m b1m.pt2 --device cuda --amp auto --data fashion-mnist --data-dir "$DATA" --repeats 10
 cnnkit serve runs/b1m --port 8123 --device cuda > serve.log 2>&1 &
 SERVER=$!
 for _ in $(seq 60); do

@@ -89,10 +89,36 @@ def test_bench_measures_checkpoints_and_artifacts(exported, trained_run, tmp_pat
     for r in (ck, ox):
         assert 0 < r["latency_ms_p50"] <= r["latency_ms_p99"] and r["images_per_s"] > 0
     assert ox["top1"] == pytest.approx(ck["top1"], abs=1e-3)
+    assert (ck["device"], ck["precision"]) == ("cpu", "float32") and ox["precision"] == "as exported"
     out = tmp_path / "b.json"
     assert main(["bench", str(trained_run.run_dir), str(exported.path), "--repeats", "3", "--batch", "4",
                  "--json", str(out)]) == 0
     assert len(json.loads(out.read_text())) == 2 and "p50 ms" in capsys.readouterr().out
+
+
+def test_bench_times_a_pytorch_model_in_the_precision_asked(trained_run):
+    from cnnkit.deploy.bench import bench
+
+    r = bench(trained_run.run_dir, repeats=3, batch=4, device="cpu", amp="bf16")
+    assert (r["device"], r["precision"]) == ("cpu", "bfloat16")
+    assert 0 < r["latency_ms_p50"] <= r["latency_ms_p99"] and r["images_per_s"] > 0 and r["peak_rss_mib"] > 0
+
+
+def test_bench_device_of_each_target(monkeypatch):
+    """With a GPU present (mocked), auto puts PyTorch models on it and CPU-only artifacts on the CPU; asking for
+    the GPU for an artifact that runs on the CPU only is refused rather than timed through copies."""
+    from cnnkit.deploy.bench import target_device
+    from cnnkit.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert target_device("runs/x", "auto").type == "cuda"
+    assert target_device("runs/x", "cpu").type == "cpu"
+    assert target_device("m.onnx", "auto").type == "cpu" and target_device("m.ts", "auto").type == "cpu"
+    with pytest.raises(ConfigError, match="m.onnx runs in ONNX Runtime on the CPU here"):
+        target_device("m.onnx", "cuda")
+    with pytest.raises(ConfigError, match="m.ts runs on the CPU only"):
+        target_device("m.ts", "cuda")
 
 
 def test_bench_peak_memory_is_each_targets_own(trained_run, tmp_path):

@@ -98,6 +98,9 @@ ROWS: list[tuple[str, str, str]] = [
     ("usage-epochs-abc", "train --data sample --epochs abc", "--epochs"),
     ("usage-topk-0", "predict {ok} --checkpoint {run} --topk 0", "--topk"),
     ("usage-bench-batch", "bench {run} --batch 0", "--batch"),
+    ("bench-device-cuda", "bench {run} --device cuda", "no CUDA device is available"),
+    ("bench-fp16-on-cpu", "bench {run} --device cpu --amp fp16", "fp16"),
+    ("bench-amp-banana", "bench {run} --amp banana", "--amp must be auto, bf16, fp16 or off"),
     ("usage-demo-epochs", "demo --epochs 0", "--epochs"),
     # train: model options
     ("train-width-0", "train --data sample --model resnet9 --model-kw width=0", "width=0 is not valid"),

@@ -960,6 +960,10 @@ def bench_cmd(
     batch: int = typer.Option(64, min=1, help="Batch size of the throughput measurement."),
     repeats: int = typer.Option(30, min=3, help="Timed runs at batch 1 (after warm-up)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the measurements as JSON."),
+    device: str = typer.Option("auto", help="auto (CUDA when present, else CPU), cpu or cuda[:N]; int8 and "
+                                            ".onnx artifacts run on the CPU."),
+    amp: str = typer.Option("off", help="off (float32), auto (bf16 only where the CPU or GPU computes it natively, "
+                                        "as in train), bf16 or fp16; PyTorch models only."),
 ) -> None:
     """Parameters, MACs, file size, latency p50/p99 at batch 1, throughput, peak memory, accuracy."""
     import json
@@ -969,8 +973,10 @@ def bench_cmd(
 
     if json_out is not None and json_out.is_dir():  # before minutes of measuring
         raise ConfigError(f"--json {json_out} is a folder; give the JSON file to write, e.g. {json_out / 'bench.json'}")
-    rows = bench_many(targets, data, data_dir=data_dir, batch=batch, repeats=repeats)
-    t = Table(title=f"bench ({rows[0]['torch_threads']} torch threads)", title_justify="left")
+    _check_early(device=device, amp=amp)
+    rows = bench_many(targets, data, data_dir=data_dir, batch=batch, repeats=repeats, device=device, amp=amp)
+    where = ", ".join(sorted({f"{r['device']} {r['precision']}" for r in rows}))
+    t = Table(title=f"bench ({where}; {rows[0]['torch_threads']} torch threads)", title_justify="left")
     cols = ["target", "params", "MMACs", "MB on disk", "p50 ms", "p99 ms", f"img/s @{batch}", "peak RSS MiB", "model MiB"]
     cols += ["top-1"] if data else []
     for c in cols:

@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnkit.artifacts.runtimes import OnnxModel
+from cnnkit.artifacts.runtimes import OnnxModel, is_exported
 from cnnkit.artifacts import load_checkpoint
+from cnnkit.errors import ConfigError
+from cnnkit.runtime import autocast, autocast_dtype, cpu_only_artifact, pick_device
 
 
 def _params(model: torch.nn.Module) -> int:
@@ -43,26 +45,38 @@ def _macs(model: torch.nn.Module, x: torch.Tensor) -> int | None:
     return count_macs(model, x)
 
 
-def _times(model: torch.nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> list[float]:
-    with torch.inference_mode():
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a CUDA launch returns before it computes)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _times(model: torch.nn.Module, x: torch.Tensor, warmup: int, repeats: int,
+           dtype: torch.dtype | None = None) -> list[float]:
+    with torch.inference_mode(), autocast(x.device, dtype):
         for _ in range(warmup):
             model(x)
+        _sync(x.device)
         out = []
         for _ in range(repeats):
             t0 = time.perf_counter()
             model(x)
+            _sync(x.device)
             out.append(time.perf_counter() - t0)
     return out
 
 
-def _seconds_per_run(model: torch.nn.Module, x: torch.Tensor, min_seconds: float) -> float:
+def _seconds_per_run(model: torch.nn.Module, x: torch.Tensor, min_seconds: float,
+                     dtype: torch.dtype | None = None) -> float:
     """Mean time of back-to-back runs, repeated until `min_seconds` have passed (at least two runs), so a
     fast model's figure is not one or two runs of a couple of milliseconds."""
+    _sync(x.device)
     n, t0 = 0, time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(x.device, dtype):
         while True:
             model(x)
             n += 1
+            _sync(x.device)
             elapsed = time.perf_counter() - t0
             if n >= 2 and elapsed >= min_seconds:
                 return elapsed / n
@@ -77,23 +91,31 @@ def _high_water_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def _child_peak(target: str, batch: int) -> None:
-    """Runs in the child process of `peak_memory`: prints its high-water marks as JSON."""
+def _child_peak(target: str, batch: int, device: str = "cpu", amp: str = "off") -> None:
+    """Runs in the child process of `peak_memory`: prints its high-water marks as JSON (on a GPU also the
+    most memory torch's allocator held there)."""
     import cnnkit.models  # noqa: F401  (the model code's libraries are not the model's memory)
 
     before = _high_water_kib()
-    ckpt = load_checkpoint(target)
-    with torch.inference_mode():
+    dev = torch.device(device)
+    ckpt = load_checkpoint(target, dev)
+    model = ckpt.model.to(dev)
+    with torch.inference_mode(), autocast(dev, autocast_dtype(amp, dev)):
         for n in (1, batch):
-            ckpt.model(torch.randn(n, ckpt.in_chans, *ckpt.img_size))
+            model(torch.randn(n, ckpt.in_chans, *ckpt.img_size, device=dev))
+    _sync(dev)
     peak = _high_water_kib()
-    print(json.dumps({"peak_rss_mib": peak / 1024, "model_rss_mib": (peak - before) / 1024}))
+    out = {"peak_rss_mib": peak / 1024, "model_rss_mib": (peak - before) / 1024}
+    if dev.type == "cuda":
+        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    print(json.dumps(out))
 
 
-def peak_memory(target: str | os.PathLike, batch: int = 64) -> dict[str, Any]:
+def peak_memory(target: str | os.PathLike, batch: int = 64, device: str = "cpu", amp: str = "off") -> dict[str, Any]:
     """The target's peak memory on its own (see the module docstring). If the child process fails, both
     figures are None and `peak_memory_error` holds the last line it wrote to stderr."""
-    code = f"from cnnkit.deploy.bench import _child_peak; _child_peak({str(target)!r}, {int(batch)})"
+    code = (f"from cnnkit.deploy.bench import _child_peak; "
+            f"_child_peak({str(target)!r}, {int(batch)}, {str(device)!r}, {str(amp)!r})")
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     with contextlib.suppress(IndexError, ValueError):
@@ -102,33 +124,58 @@ def peak_memory(target: str | os.PathLike, batch: int = 64) -> dict[str, Any]:
     return {"peak_rss_mib": None, "model_rss_mib": None, "peak_memory_error": why[:200]}
 
 
+def target_device(target: str | os.PathLike, device: str = "auto") -> torch.device:
+    """Where `cnnkit bench` runs a target: `device` (auto: CUDA when present), except that an int8 TorchScript
+    artifact runs on the CPU only and an `.onnx` file in ONNX Runtime on the CPU (auto picks the CPU for them;
+    another device is refused rather than timed through copies to and from the CPU)."""
+    name = os.path.basename(os.fspath(target))
+    if name.endswith(".onnx"):
+        dev = pick_device(device)  # an unknown or unavailable device is refused as for any target
+        if str(device).strip().lower() != "auto" and dev.type != "cpu":
+            raise ConfigError(f"{name} runs in ONNX Runtime on the CPU here; bench it with --device cpu or auto")
+        return torch.device("cpu")
+    return pick_device(device, cpu_only_artifact(target))
+
+
 def bench_many(targets: list[str | os.PathLike], data: str | None = None, data_dir: str | os.PathLike | None = None,
                batch: int = 64, warmup: int = 3, repeats: int = 30, rounds: int = 5,
-               min_seconds: float = 0.2, ignore_class_names: bool = False) -> list[dict[str, Any]]:
+               min_seconds: float = 0.2, ignore_class_names: bool = False, device: str = "auto",
+               amp: str = "off") -> list[dict[str, Any]]:
     """Measure several models side by side: all are loaded first, then timed in `rounds` interleaved
     rounds (each round times every target in turn), so a slow spell of the machine (another process,
     clock changes) falls on all of them rather than on whichever happened to run then. Latency is taken
     over all rounds' batch-1 runs (`repeats` in all); throughput is the median over the rounds of
     back-to-back batch-`batch` runs lasting at least `min_seconds` each. With `data`, top-1 is measured on
-    its test split (a flat image folder's held-out part, as each target recorded it)."""
-    ckpts = [load_checkpoint(t) for t in targets]
+    its test split (a flat image folder's held-out part, as each target recorded it). `device` and `amp` as for
+    `cnnkit eval` (see `target_device`); on a GPU each timing waits for the device to finish."""
+    devs = [target_device(t, device) for t in targets]  # every target's device settled before any is loaded
+    for d in devs:
+        autocast_dtype(amp, d)  # e.g. fp16 on a CPU: refused before anything is loaded
+    ckpts = [load_checkpoint(t, d) for t, d in zip(targets, devs)]
+    for c, d in zip(ckpts, devs):
+        c.model.to(d)
+    # an exported artifact runs in the precision it was exported in; autocast is for PyTorch models
+    dtypes = [None if is_exported(c.model) else autocast_dtype(amp, d) for c, d in zip(ckpts, devs)]
     rounds = max(1, min(rounds, repeats))
     per_round = max(1, repeats // rounds)
     lat: list[list[float]] = [[] for _ in ckpts]
     thr: list[list[float]] = [[] for _ in ckpts]
-    inputs = [(torch.randn(1, c.in_chans, *c.img_size), torch.randn(batch, c.in_chans, *c.img_size)) for c in ckpts]
+    inputs = [(torch.randn(1, c.in_chans, *c.img_size, device=d), torch.randn(batch, c.in_chans, *c.img_size, device=d))
+              for c, d in zip(ckpts, devs)]
     for i, c in enumerate(ckpts):
-        _times(c.model.eval(), inputs[i][0], warmup, 0)
-        _times(c.model, inputs[i][1], max(1, warmup // 2), 0)
+        _times(c.model.eval(), inputs[i][0], warmup, 0, dtypes[i])
+        _times(c.model, inputs[i][1], max(1, warmup // 2), 0, dtypes[i])
     for _ in range(rounds):
         for i, c in enumerate(ckpts):
-            lat[i] += _times(c.model, inputs[i][0], 1, per_round)
-            thr[i].append(_seconds_per_run(c.model, inputs[i][1], min_seconds))
+            lat[i] += _times(c.model, inputs[i][0], 1, per_round, dtypes[i])
+            thr[i].append(_seconds_per_run(c.model, inputs[i][1], min_seconds, dtypes[i]))
     rows = []
     for i, ckpt in enumerate(ckpts):
         one = inputs[i][0]
         row: dict[str, Any] = {
-            "target": str(ckpt.path), "kind": ckpt.path.suffix.lstrip("."),
+            "target": str(ckpt.path), "kind": ckpt.path.suffix.lstrip("."), "device": str(devs[i]),
+            "precision": ("as exported" if is_exported(ckpt.model) else
+                          {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtypes[i]]),
             "params": ckpt.meta.get("params") or _params(ckpt.model),
             "macs": ckpt.meta.get("macs") or _macs(ckpt.model, one), "file_bytes": Path(ckpt.path).stat().st_size,
             "latency_ms_p50": 1e3 * float(np.percentile(lat[i], 50)),
@@ -136,18 +183,19 @@ def bench_many(targets: list[str | os.PathLike], data: str | None = None, data_d
             "throughput_batch": batch, "images_per_s": batch / statistics.median(thr[i]),
             "torch_threads": torch.get_num_threads(), "warmup": warmup, "repeats": len(lat[i]), "rounds": rounds,
             "throughput_seconds_per_round": min_seconds,
-            **peak_memory(ckpt.path, batch),
+            **peak_memory(ckpt.path, batch, str(devs[i]), "off" if dtypes[i] is None else amp),
         }
         if data:
             from cnnkit.evaluate import evaluate
 
-            m = evaluate(ckpt, data, "test", data_dir=data_dir, ignore_class_names=ignore_class_names).metrics
+            m = evaluate(ckpt, data, "test", data_dir=data_dir, ignore_class_names=ignore_class_names,
+                         device=str(devs[i]), amp=amp).metrics
             row["data"], row["split"], row["top1"] = data, m["split"], m["top1"]
         rows.append(row)
     return rows
 
 
 def bench(target: str | os.PathLike, data: str | None = None, data_dir: str | os.PathLike | None = None,
-          batch: int = 64, warmup: int = 3, repeats: int = 30) -> dict[str, Any]:
+          batch: int = 64, warmup: int = 3, repeats: int = 30, device: str = "auto", amp: str = "off") -> dict[str, Any]:
     """Measure a checkpoint, run directory, `.onnx`, `.pt2` or `.ts` artifact (see the module docstring)."""
-    return bench_many([target], data, data_dir, batch, warmup, repeats)[0]
+    return bench_many([target], data, data_dir, batch, warmup, repeats, device=device, amp=amp)[0]
