@@ -297,7 +297,7 @@ PLACEHOLDERS: dict[str, str] = {
 OUTPUT_OPTIONS = {"--out", "--json"}  # their values are written, never read
 
 
-def no_peak_memory(target, batch=64):  # noqa: ANN001, ANN201
+def no_peak_memory(target, batch=64, device="cpu", amp="off"):  # noqa: ANN001, ANN201
     return {"peak_rss_mib": None, "model_rss_mib": None, "peak_memory_error": "not measured in tests/test_readme.py"}
 
 
