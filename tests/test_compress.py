@@ -186,7 +186,7 @@ def _digest(path) -> str:
 
 def test_cli_compress_on_sample_writes_artifacts_and_report(trained_run, tmp_path, monkeypatch):
     # each variant's peak memory takes a fresh process (seconds each); tests/test_deploy.py covers it
-    monkeypatch.setattr("cnnkit.deploy.bench.peak_memory", lambda target, batch=64: {
+    monkeypatch.setattr("cnnkit.deploy.bench.peak_memory", lambda target, batch=64, *rest: {
         "peak_rss_mib": None, "model_rss_mib": None, "peak_memory_error": "not measured in this test"})
     src = trained_run.best_checkpoint
     digest = _digest(src)

@@ -283,8 +283,9 @@ def _measure(targets, data, data_dir, batch: int, repeats: int, log,
     from cnnkit.deploy.bench import bench_many
 
     log(f"measuring {len(targets)} variants side by side")
+    # all on the CPU, where the int8 variants run: speed-ups between devices would mean nothing
     measured = bench_many([path for _, _, path, _ in targets], data=data, data_dir=data_dir, batch=batch,
-                          repeats=repeats, ignore_class_names=ignore_class_names)
+                          repeats=repeats, ignore_class_names=ignore_class_names, device="cpu")
     rows = [{"variant": recipe, "runtime": runtime, "file": Path(path).name, **r, **extra}
             for (recipe, runtime, path, extra), r in zip(targets, measured)]
     base = rows[0]
