@@ -131,6 +131,11 @@ def precision_note(amp: str, device: torch.device) -> str:
             else f"{name} (the CPU has no native bf16; emulated bf16 would be slower)")
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """What an autocast dtype (None: none, float32) is called in cards, tables and JSON."""
+    return {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     if dtype is None:
         return contextlib.nullcontext()
@@ -205,8 +210,8 @@ def reuse_freed_memory() -> Iterator[bool]:
 
     A training step allocates and frees the same activation tensors every step. glibc serves blocks over its
     mmap threshold with fresh pages and trims the heap's free top beyond its trim threshold, so the next step
-    touches zeroed new pages again: 5,000 to 9,000 page faults per ResNet-9 step at batch 256 here, against about
-    250 with the limits raised. PyTorch's own CPU launcher (torch.backends.xeon.run_cpu) gets the same effect by
+    touches zeroed new pages again: about 5,000 page faults per ResNet-9 step at batch 256 here, against about
+    300 with the limits raised (benchmarks/page_faults.py). PyTorch's own CPU launcher (torch.backends.xeon.run_cpu) gets the same effect by
     preloading jemalloc or tcmalloc configured never to give memory back. On exit the limits go back to glibc's
     defaults and the kept memory is returned (malloc_trim)."""
     global _REUSE_DEPTH

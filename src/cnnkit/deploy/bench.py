@@ -24,7 +24,7 @@ import torch
 from cnnkit.artifacts.runtimes import OnnxModel, is_exported
 from cnnkit.artifacts import load_checkpoint
 from cnnkit.errors import ConfigError
-from cnnkit.runtime import autocast, autocast_dtype, cpu_only_artifact, pick_device
+from cnnkit.runtime import autocast, autocast_dtype, cpu_only_artifact, pick_device, precision_name
 
 
 def _params(model: torch.nn.Module) -> int:
@@ -155,7 +155,9 @@ def bench_many(targets: list[str | os.PathLike], data: str | None = None, data_d
     for c, d in zip(ckpts, devs):
         c.model.to(d)
     # an exported artifact runs in the precision it was exported in; autocast is for PyTorch models
-    dtypes = [None if is_exported(c.model) else autocast_dtype(amp, d) for c, d in zip(ckpts, devs)]
+    exported = [is_exported(c.model) for c in ckpts]
+    amps = ["off" if e else amp for e in exported]
+    dtypes = [autocast_dtype(a, d) for a, d in zip(amps, devs)]
     rounds = max(1, min(rounds, repeats))
     per_round = max(1, repeats // rounds)
     lat: list[list[float]] = [[] for _ in ckpts]
@@ -174,8 +176,7 @@ def bench_many(targets: list[str | os.PathLike], data: str | None = None, data_d
         one = inputs[i][0]
         row: dict[str, Any] = {
             "target": str(ckpt.path), "kind": ckpt.path.suffix.lstrip("."), "device": str(devs[i]),
-            "precision": ("as exported" if is_exported(ckpt.model) else
-                          {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtypes[i]]),
+            "precision": "as exported" if exported[i] else precision_name(dtypes[i]),
             "params": ckpt.meta.get("params") or _params(ckpt.model),
             "macs": ckpt.meta.get("macs") or _macs(ckpt.model, one), "file_bytes": Path(ckpt.path).stat().st_size,
             "latency_ms_p50": 1e3 * float(np.percentile(lat[i], 50)),
@@ -183,13 +184,13 @@ def bench_many(targets: list[str | os.PathLike], data: str | None = None, data_d
             "throughput_batch": batch, "images_per_s": batch / statistics.median(thr[i]),
             "torch_threads": torch.get_num_threads(), "warmup": warmup, "repeats": len(lat[i]), "rounds": rounds,
             "throughput_seconds_per_round": min_seconds,
-            **peak_memory(ckpt.path, batch, str(devs[i]), "off" if dtypes[i] is None else amp),
+            **peak_memory(ckpt.path, batch, str(devs[i]), amps[i]),
         }
         if data:
             from cnnkit.evaluate import evaluate
 
             m = evaluate(ckpt, data, "test", data_dir=data_dir, ignore_class_names=ignore_class_names,
-                         device=str(devs[i]), amp=amp).metrics
+                         device=str(devs[i]), amp=amps[i]).metrics
             row["data"], row["split"], row["top1"] = data, m["split"], m["top1"]
         rows.append(row)
     return rows

@@ -17,7 +17,7 @@ from cnnkit.artifacts import LoadedCheckpoint, load
 from cnnkit.artifacts.runtimes import is_exported
 from cnnkit.data import Normalize
 from cnnkit.errors import ConfigError, ExplainError
-from cnnkit.runtime import autocast, autocast_dtype, faster_inference_layout
+from cnnkit.runtime import autocast, autocast_dtype, faster_inference_layout, precision_name
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -73,7 +73,7 @@ class ServedModel:
             "input": {"channels": c, "height": h, "width": w, "dtype": "uint8 pixels, resized and centre-cropped",
                       "normalization": {"mean": mean, "std": std}},
             "params": meta.get("params"), "macs": meta.get("macs"), "layers": [], "explainable": self.explainable,
-            "precision": {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[self.dtype],
+            "precision": precision_name(self.dtype),
             "layout": "channels-last" if self.channels_last else "NCHW",
         }
         if self.explainable:
