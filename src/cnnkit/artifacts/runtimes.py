@@ -4,6 +4,7 @@ programs (`.pt2`) and TorchScript (the int8 models of `cnnkit compress`), each w
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.artifacts.checkpoint import LoadedCheckpoint, input_meta_ok
+from cnnkit.artifacts.trust import check_program_graph, check_torchscript, program_bytes
 from cnnkit.errors import error_line
 from cnnkit.errors import CheckpointError
 
@@ -127,25 +129,38 @@ def load_program(path: str | os.PathLike) -> LoadedCheckpoint:
     if not p.exists():
         raise CheckpointError(f"no such exported program: {p}")
     meta = _read_sidecar(p)
+    archive = program_bytes(p)  # refuses anything PyTorch's loader would unpickle
     try:
-        module = torch.export.load(str(p)).module()
+        program = torch.export.load(archive)
     except Exception as e:
-        raise CheckpointError(f"cannot load {p}: {error_line(e)}") from None
+        raise CheckpointError(f"cannot load {p.name}: {error_line(e)}") from None
+    check_program_graph(p, program.graph)  # before anything calls the graph
+    try:
+        module = program.module()
+    except Exception as e:
+        raise CheckpointError(f"cannot load {p.name}: {error_line(e)}") from None
     return LoadedCheckpoint(ProgramModel(module), meta, p)
 
 
 def load_torchscript(path: str | os.PathLike) -> LoadedCheckpoint:
-    """A TorchScript artifact (the int8 models of `cnnkit compress`, `.ts`) and its sidecar."""
+    """A TorchScript artifact (the int8 models of `cnnkit compress`, `.ts`) and its sidecar; only one this user's
+    cnnkit wrote (its sidecar's signature) or one the user trusts (`trusting_torchscript`), since loading
+    TorchScript runs the file's code."""
     p = Path(path).expanduser()
     if not p.exists():
         raise CheckpointError(f"no such TorchScript file: {p}")
     meta = _read_sidecar(p)
+    try:
+        data = p.read_bytes()  # checked and loaded from the same bytes
+    except OSError as e:
+        raise CheckpointError(f"cannot read {p}: {e.strerror or e}") from None
+    check_torchscript(p, data, meta.get("signature"))
     if meta.get("engine"):
         if meta["engine"] not in torch.backends.quantized.supported_engines:
             raise CheckpointError(f"{p.name} was quantized for the {meta['engine']} engine, which this machine lacks")
         torch.backends.quantized.engine = meta["engine"]
     try:
-        module = torch.jit.load(str(p))
+        module = torch.jit.load(io.BytesIO(data))
     except Exception as e:
-        raise CheckpointError(f"cannot load {p}: {error_line(e)}") from None
+        raise CheckpointError(f"cannot load {p.name}: {error_line(e)}") from None
     return LoadedCheckpoint(ProgramModel(module), meta, p)

@@ -14,6 +14,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -126,6 +127,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CNNKIT_CACHE") or Path.home() / ".cache" / "cnnkit").expanduser()
 
 
+_IDX_MAX_BYTES = 1 << 30  # the largest published IDX file (MNIST's training images) is 47 MB
+
+
+def _copy_bounded(src: IO[bytes], dst: IO[bytes], limit: int, name: Path) -> None:
+    """Copy at most `limit` bytes; DataError past it (a .gz that inflates without end fills no disk)."""
+    total = 0
+    while chunk := src.read(1 << 20):
+        total += len(chunk)
+        if total > limit:
+            raise DataError(f"cannot decompress {name}: it inflates to more than {limit >> 20} MiB, far more than "
+                            f"an IDX file of this data set; it is not the published archive")
+        dst.write(chunk)
+
+
 def _gunzip_into_cache(files: list[Path], subdir: str) -> Path:
     """Decompress `.gz` files into a cache folder keyed by their content; return that cache root."""
     key = hashlib.sha256()
@@ -143,11 +158,14 @@ def _gunzip_into_cache(files: list[Path], subdir: str) -> Path:
         fd, tmp = tempfile.mkstemp(dir=raw, prefix=".extract-")
         try:
             with gzip.open(f, "rb") as src, os.fdopen(fd, "wb") as dst:
-                shutil.copyfileobj(src, dst, length=1 << 20)
+                _copy_bounded(src, dst, _IDX_MAX_BYTES, f)
             os.replace(tmp, target)
         except (OSError, EOFError, gzip.BadGzipFile) as e:
             Path(tmp).unlink(missing_ok=True)
             raise DataError(f"cannot decompress {f}: {e}") from None
+        except DataError:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return root
 
 
@@ -186,14 +204,36 @@ def _load_mnist_like(name: str, root: Path, train: bool, download: bool) -> Imag
     return ImageData(images, ds.targets.long(), list(ds.classes), name, "train" if train else "test")
 
 
+CIFAR10_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
+                 "batches.meta", "readme.html")
+_CIFAR10_MEMBER_BYTES = 256 << 20  # each published file is under 32 MB
+
+
+def extract_cifar10(archive: Path, dest: Path) -> None:
+    """Extract the CIFAR-10 python archive's own files (`cifar-10-batches-py/<name>` for the names the publisher
+    ships, regular files of bounded size) into `dest`, and nothing else: an entry that is absolute, climbs out
+    with `..`, is a link or a device, or has any other name is never written (torchvision's `extract_archive`
+    calls `tarfile.extractall` without a filter, which writes such entries where they say)."""
+    wanted = {f"cifar-10-batches-py/{n}" for n in CIFAR10_FILES}
+    (dest / "cifar-10-batches-py").mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "r:*") as tf:
+        for info in tf:  # names are compared whole, so "./x", "../x" and "/x" never match
+            if info.name not in wanted or not info.isreg() or info.size > _CIFAR10_MEMBER_BYTES:
+                continue
+            src = tf.extractfile(info)
+            if src is None:
+                continue
+            target = dest / info.name
+            with src, open(target, "xb") as out:  # "x": never through a file or link already there
+                shutil.copyfileobj(src, out, length=1 << 20)
+
+
 def _load_cifar10(root: Path, train: bool, download: bool) -> ImageData:
     folder = root / "cifar-10-batches-py"
     archive = root / "cifar-10-python.tar.gz"
     if folder.is_dir():
         tv_root = root
     elif archive.exists():
-        from torchvision.datasets.utils import extract_archive
-
         tv_root = cache_dir() / "extracted" / "cifar10"
         if not (tv_root / "cifar-10-batches-py").is_dir():
             try:
@@ -203,7 +243,7 @@ def _load_cifar10(root: Path, train: bool, download: bool) -> ImageData:
                 raise DataError(f"cannot create the cache folder {cache_dir()} ({e.strerror or e}); "
                                 f"point CNNKIT_CACHE at a writable folder") from None
             try:
-                extract_archive(str(archive), str(tmp))
+                extract_cifar10(archive, tmp)
                 if not (tmp / "cifar-10-batches-py").is_dir():
                     raise DataError(f"cifar10: {archive} holds no cifar-10-batches-py/ folder; it is not the "
                                     f"CIFAR-10 python archive: delete it and download cifar-10-python.tar.gz again")

@@ -16,6 +16,9 @@ from torchvision.transforms.v2 import functional as TF
 from cnnkit.errors import DataError, error_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+# the longest side an image may have, in multiples of its shortest, checked from the header: a 1×1,000,000 strip
+# is 1 Mpixel, but nothing a camera or a scanner makes (panoramas stay under about 10:1)
+MAX_ASPECT_RATIO = 100
 
 
 def load_image_file(path: str | os.PathLike | IO[bytes] | Image.Image, max_pixels: int | None = None,
@@ -36,14 +39,18 @@ def load_image_file(path: str | os.PathLike | IO[bytes] | Image.Image, max_pixel
             if limit and im.width * im.height > limit:
                 raise DataError(f"cannot read image {name}: it claims {im.width}×{im.height} pixels, more than "
                                 f"{limit} (a decompression bomb?); {_BOMB_HINT}")
+            if max(im.size) > MAX_ASPECT_RATIO * max(1, min(im.size)):
+                raise DataError(f"cannot read image {name}: it is {im.width}×{im.height} pixels, an aspect ratio "
+                                f"beyond {MAX_ASPECT_RATIO}:1; crop it to the part that matters first")
             if reduce_to and im.format == "JPEG" and im.mode in ("L", "RGB"):
                 im.draft(im.mode, (reduce_to, reduce_to))
             im.load()
             return ImageOps.exif_transpose(im)
     except MemoryError:  # a header whose size passes the pixel limit but whose decoder buffers do not fit
         raise DataError(f"cannot read image {name}: not enough memory to decode it; {_BOMB_HINT}") from None
-    except Image.DecompressionBombError as e:
-        raise DataError(f"cannot read image {name}: {str(e).rstrip('.')}; {_BOMB_HINT}") from None
+    except Image.DecompressionBombError:  # PIL's own refusal, past twice its limit, while reading the header
+        raise DataError(f"cannot read image {name}: it claims more than {limit} pixels (a decompression "
+                        f"bomb?); {_BOMB_HINT}") from None
     except UnidentifiedImageError:
         raise DataError(f"cannot read image {name}: not an image format PIL can decode; give PNG, JPEG, BMP, "
                         f"WebP, TIFF or GIF files") from None
@@ -52,7 +59,7 @@ def load_image_file(path: str | os.PathLike | IO[bytes] | Image.Image, max_pixel
         raise DataError(f"cannot read image {name}: {error_line(e)}") from None
 
 
-_BOMB_HINT = "resize it to fewer pixels first (or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file)"
+_BOMB_HINT = "resize it to fewer pixels first"
 
 
 def convert_mode(image: Image.Image, in_chans: int) -> Image.Image:
@@ -73,8 +80,17 @@ def convert_mode(image: Image.Image, in_chans: int) -> Image.Image:
 
 
 def to_model_input(image: Image.Image, in_chans: int, size: tuple[int, int]) -> torch.Tensor:
-    """A PIL image of any mode and size as uint8 C×H×W: converted to gray or RGB, resized, centre-cropped."""
+    """A PIL image of any mode and size as uint8 C×H×W: converted to gray or RGB, resized to cover H×W,
+    centre-cropped (an image whose aspect ratio is far from H×W's is centre-cropped first, so that the work is
+    bounded by the image's and the target's pixels)."""
     t = TF.pil_to_tensor(convert_mode(image, in_chans))
+    h, w = t.shape[-2:]
+    H, W = size  # noqa: N806
+    if h * W > 2 * w * H or w * H > 2 * h * W:
+        # the aspect ratio is more than twice the target's: centre-crop to the target's first, so that the resize
+        # below makes about H×W pixels instead of a strip as long as the image (28 × 28,000,000 for a 1×1,000,000
+        # image resized to cover 28×28); at most twice the target's, the order is as before, to the pixel
+        t = v2.CenterCrop([min(h, max(1, round(w * H / W))), min(w, max(1, round(h * W / H)))])(t)
     if tuple(t.shape[-2:]) != tuple(size):
         if size[0] == size[1]:
             t = v2.Resize(min(size), antialias=True)(t)

@@ -51,6 +51,7 @@ _BLOCK = 512  # tar: every header and every file's data take whole 512-byte bloc
 _END = 2 * _BLOCK  # the two zero blocks that end an archive
 _RECORD = 20 * _BLOCK  # tarfile pads the archive to whole records of 10240 bytes
 _SHARD_NAME = re.compile(r"(train|val|test)-\d{6}\.tar")
+MAX_MEMBER_BYTES = 256 << 20  # the largest image file a shard sample may hold (read into memory whole)
 _IMAGE_EXTS = {e.lstrip(".") for e in IMAGE_EXTENSIONS} | {"jpg"}
 _PASS_STRIDE = 1 << 40  # augmentation index of an image's k-th reading in one epoch: its index + k * this
 
@@ -504,6 +505,9 @@ def _shard_samples(path: Path, num_classes: int) -> Iterator[_Sample]:
                     yield sample(key, members)
                     members = {}
                 key = k
+                if info.size > MAX_MEMBER_BYTES:  # read into memory whole: a member's size is bounded first
+                    members[ext.lower()] = b""
+                    continue
                 f = tf.extractfile(info)
                 members[ext.lower()] = f.read() if f is not None else b""
         if key is not None:

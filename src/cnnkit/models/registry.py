@@ -168,6 +168,12 @@ def _create_timm(name: str, num_classes: int, in_chans: int, img_size: int | tup
     if not timm.is_model(name):
         raise ModelError(f"unknown timm model {name!r}{close_matches(name, _timm_names())}")
     options.pop("pretrained", None)  # weights come from local files (--init-from), never from a hub
+    # timm loads `checkpoint_path` with torch.load, unpickling whatever the file holds; the others point timm at
+    # files or hubs of weights. Weights enter through --init-from (safetensors, or tensors only)
+    loaders = sorted(set(options) & {"checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"})
+    if loaders:
+        raise ModelError(f"model option {loaders[0]} is not accepted (it makes timm load files itself); load "
+                         f"weights with --init-from PATH (.safetensors, or a .pth of plain tensors)")
     for key, value in options.items():  # timm stores rates unchecked and fails on them only when it runs
         if key.endswith("_rate") and not (_is_number(value) and 0 <= value < 1):
             raise ModelError(f"model option {key}={value!r} is not valid for timm/{name}: give a number in [0, 1)")

@@ -11,6 +11,8 @@ left freshly initialized, and a 3-channel stem is adapted to 1 channel (timm's `
 from __future__ import annotations
 
 import os
+import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,7 +59,15 @@ def read_weight_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
             obj = load_file(str(p))
         else:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
+            # torch's weights-only unpickler builds tensors and plain containers and refuses any other object
+            # (a pickle's code never runs); its notices about pickle protocols are not the user's to act on
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"cannot read weights from {p}: it holds objects other than tensors, which cnnkit "
+                              f"never unpickles (they could run code); save a state dict of tensors, or "
+                              f"convert it to .safetensors") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file is one user error
         from cnnkit.errors import error_line
 

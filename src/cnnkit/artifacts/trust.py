@@ -1,0 +1,201 @@
+"""What cnnkit trusts in a file it is handed: the checks that run before an exported program or a TorchScript
+file reaches PyTorch's loaders, which can run code by design.
+
+- `.pt2` (`torch.export`): `torch.export.load` unpickles any weight or constant its archive marks `use_pickle`,
+  any "opaque" or custom-object constant, and falls back to a full unpickler when the sample inputs fail the
+  weights-only one; the graph it rebuilds may call any `torch.*` function (`torch.save`, `aten::from_file`).
+  `program_bytes` reads the archive itself, refuses every member cnnkit's own export never writes and every
+  pickled entry, drops the sample inputs (unused by a loaded program), and hands PyTorch an archive with
+  nothing left to unpickle; `check_program_graph` then refuses any call that is not a plain ATen operator or
+  one that reads or writes files.
+- `.ts` (TorchScript): loading runs the file's own code (`__setstate__`), so it cannot be made safe by
+  inspection. cnnkit loads a `.ts` only when its sidecar carries a signature that this user's cnnkit made when
+  it wrote the file (HMAC-SHA256 of the file's bytes under a key kept in the user's config folder, mode 0600),
+  or when the user says they trust the file (`--trust-torchscript`, `CNNKIT_TRUST_TORCHSCRIPT=1`, or
+  `trusting_torchscript()` in Python).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import io
+import json
+import os
+import re
+import secrets
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from cnnkit.errors import CheckpointError
+
+# ---------------------------------------------------------------------------------------------- .pt2 programs
+
+# the members `torch.export.save` writes for one program named "model", below the archive's root folder
+_PT2_MEMBERS = re.compile(
+    r"(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id|models/model\.json"
+    r"|data/weights/model_weights_config\.json|data/weights/weight_\d+"
+    r"|data/constants/model_constants_config\.json|data/constants/tensor_\d+|data/sample_inputs/model\.pt"
+    r"|extra/[A-Za-z0-9_.-]+)")
+_SAMPLE_INPUTS = "data/sample_inputs/model.pt"
+_PT2_MAX_MEMBERS = 100_000
+
+
+def program_bytes(path: Path) -> io.BytesIO:
+    """The `.pt2` archive at `path`, checked and rebuilt in memory so that loading it unpickles nothing:
+    CheckpointError for any member other than `torch.export.save`'s own, a compressed member, a pickled weight
+    or constant, or a member name that would leave the archive."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{path.name} is not a torch.export archive (.pt2 is a zip file): {e}") from None
+    with zf:
+        infos = zf.infolist()
+        if not infos or len(infos) > _PT2_MAX_MEMBERS:
+            raise CheckpointError(f"{path.name} is not a torch.export archive ({len(infos)} members)")
+        root = infos[0].filename.split("/", 1)[0]
+        for info in infos:
+            rel = info.filename[len(root) + 1:] if info.filename.startswith(root + "/") else None
+            if rel is None or not _PT2_MEMBERS.fullmatch(rel):
+                raise CheckpointError(f"{path.name} holds {info.filename[:80]!r}, which torch.export.save never "
+                                      f"writes; cnnkit refuses it (loading it could run code): export the "
+                                      f"model again with `cnnkit export --format program`")
+            if info.compress_type != zipfile.ZIP_STORED:  # torch writes stored members: size on disk = size read
+                raise CheckpointError(f"{path.name}: member {rel} is compressed, which torch.export.save never "
+                                      f"does; export the model again")
+        for config, prefix in (("data/weights/model_weights_config.json", "weight_"),
+                               ("data/constants/model_constants_config.json", "tensor_")):
+            _check_payload_config(path, zf, f"{root}/{config}", prefix)
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as rebuilt:
+            for info in infos:
+                # the sample inputs are a pickle, read with a weights-only unpickler that falls back to a full
+                # one; a loaded program never uses them, so they go (an empty entry reads as "none")
+                data = b"" if info.filename == f"{root}/{_SAMPLE_INPUTS}" else zf.read(info)
+                rebuilt.writestr(info.filename, data)
+    out.seek(0)
+    return out
+
+
+def _check_payload_config(path: Path, zf: zipfile.ZipFile, name: str, prefix: str) -> None:
+    """Every entry of a weights or constants config is a raw tensor (no pickle) stored in a member it names."""
+    if name not in zf.namelist():
+        raise CheckpointError(f"{path.name} has no {name.split('/', 1)[-1]}; it is not a torch.export archive "
+                              f"of this PyTorch's format: export the model again")
+    try:
+        config = json.loads(zf.read(name))
+        entries = config["config"]
+        ok = isinstance(entries, dict) and all(
+            isinstance(e, dict) and e.get("use_pickle") is False and isinstance(e.get("path_name"), str)
+            and re.fullmatch(rf"{prefix}\d+", e["path_name"]) for e in entries.values())
+    except (ValueError, KeyError, TypeError, RecursionError):
+        ok = False
+    if not ok:
+        raise CheckpointError(f"{path.name}: {name.split('/', 1)[-1]} asks for pickled or unknown entries, "
+                              f"which cnnkit refuses (unpickling can run code); export the model again")
+
+
+def _file_ops() -> frozenset[str]:
+    """ATen operators that take a file name (`aten::save`, `aten::from_file`): a program may not call them."""
+    import torch
+
+    return frozenset(s.name for s in torch._C._jit_get_all_schemas()
+                     if any(a.name in ("filename", "file", "path", "f") and str(a.type) == "str"
+                            for a in s.arguments))
+
+
+def check_program_graph(path: Path, graph) -> None:  # noqa: ANN001 - a torch.fx.Graph
+    """CheckpointError unless every call in an exported program's graph is an ATen operator that touches no file
+    (or a getitem on a result): what `torch.export` produces from a network, nothing that reaches the disk."""
+    import operator
+
+    import torch
+
+    banned = _file_ops()
+    for node in graph.nodes:
+        if node.op in ("placeholder", "output", "get_attr"):
+            continue
+        target = node.target
+        fine = node.op == "call_function" and (
+            target is operator.getitem
+            or (isinstance(target, torch._ops.OpOverload) and target.namespace == "aten"
+                and target._schema.name not in banned))
+        if not fine:
+            raise CheckpointError(f"{path.name} calls {str(target)[:80]} ({node.op}), which is not a plain ATen "
+                                  f"operator; cnnkit refuses to run it")
+
+
+# ----------------------------------------------------------------------------------------------- TorchScript
+
+_TRUST_TORCHSCRIPT = False
+TRUST_ENV = "CNNKIT_TRUST_TORCHSCRIPT"
+
+
+@contextlib.contextmanager
+def trusting_torchscript() -> Iterator[None]:
+    """Within it, TorchScript files load without a signature (the user vouches for them: loading runs their code)."""
+    global _TRUST_TORCHSCRIPT
+    before, _TRUST_TORCHSCRIPT = _TRUST_TORCHSCRIPT, True
+    try:
+        yield
+    finally:
+        _TRUST_TORCHSCRIPT = before
+
+
+def torchscript_trusted() -> bool:
+    """Whether the user has said they trust every TorchScript file (flag, context or environment)."""
+    return _TRUST_TORCHSCRIPT or os.environ.get(TRUST_ENV) == "1"
+
+
+def config_dir() -> Path:
+    """cnnkit's per-user configuration: $CNNKIT_CONFIG, else $XDG_CONFIG_HOME/cnnkit, else ~/.config/cnnkit."""
+    if os.environ.get("CNNKIT_CONFIG"):
+        return Path(os.environ["CNNKIT_CONFIG"]).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base).expanduser() / "cnnkit"
+
+
+def _signing_key(create: bool) -> bytes | None:
+    """This user's signing key (32 random bytes, a file readable by the user alone); made on first use."""
+    path = config_dir() / "signing.key"
+    try:
+        key = path.read_bytes()
+        return key if len(key) == 32 else None
+    except FileNotFoundError:
+        if not create:
+            return None
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = secrets.token_bytes(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first: use theirs
+        return _signing_key(create=False)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+    return key
+
+
+def sign(data: bytes) -> str:
+    """The signature a sidecar records for a TorchScript file this user's cnnkit wrote."""
+    key = _signing_key(create=True)
+    assert key is not None
+    return "hmac-sha256:" + hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+def signed_by_this_user(data: bytes, signature: object) -> bool:
+    """Whether `signature` is this user's signature of `data`."""
+    key = _signing_key(create=False)
+    if key is None or not isinstance(signature, str):
+        return False
+    return hmac.compare_digest(signature, "hmac-sha256:" + hmac.new(key, data, hashlib.sha256).hexdigest())
+
+
+def check_torchscript(path: Path, data: bytes, signature: object) -> None:
+    """CheckpointError unless the TorchScript bytes were written by this user's cnnkit or the user trusts them."""
+    if torchscript_trusted() or signed_by_this_user(data, signature):
+        return
+    raise CheckpointError(f"{path.name} is TorchScript, and loading TorchScript runs code stored in the file; "
+                          f"cnnkit loads only the TorchScript it wrote itself for you. If you trust whoever made "
+                          f"it, pass --trust-torchscript (or set {TRUST_ENV}=1)")
