@@ -26,7 +26,7 @@ from safetensors.torch import save
 
 from cnnkit.artifacts import OutputDir, load, read_meta, repair_sidecar, runtimes, save_checkpoint
 from cnnkit.artifacts.files import MANIFEST, MANIFEST_FORMAT
-from cnnkit.data.images import load_image_file, load_model_inputs
+from cnnkit.data.images import load_image_file, load_model_inputs, to_model_input
 from cnnkit.errors import CheckpointError, ConfigError, DataError
 from cnnkit.models.weights import read_weight_file
 
@@ -190,6 +190,46 @@ def test_decompression_bombs_are_a_data_error(folder, data):
         warnings.simplefilter("always")  # as a user's session would: PIL's warning alone does not stop it
         with time_limit(10), pytest.raises(DataError, match="bomb.png"):
             load_image_file(path)
+
+
+def real_png(width: int, height: int) -> bytes:
+    """A real gray PNG of any size (a plain image compresses to almost nothing: 1×39,000,000 is 40 KB)."""
+    buf = io.BytesIO()
+    Image.new("L", (width, height), 128).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@fuzz(60)
+@given(width=st.integers(1, 2**31 - 1) | st.integers(1, 4000), height=st.integers(1, 2**31 - 1) | st.integers(1, 4000),
+       target=st.sampled_from([(28, 28), (32, 32), (64, 48), (224, 224)]))
+@example(width=1_000_000, height=1, target=(28, 28))  # 1 Mpixel: resized to cover 28×28 it was 28×28,000,000
+@example(width=300, height=20_000, target=(28, 28))
+def test_work_per_image_is_bounded_whatever_its_header_claims(folder, width, height, target):
+    """Any PNG header, decoded with a pixel limit and resized to a model's input: refused from the header, or
+    decoded and resized within a fixed memory budget (the address space is capped: the resize of a 1×1,000,000
+    image used to ask for gigabytes)."""
+    path = folder / "any-size.png"
+    path.write_bytes(png_with_header(width, height, 8, 0) if width * height > 4_000_000 else real_png(width, height))
+    with memory_limit(0.75), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image = loads_or_refuses(lambda: load_image_file(path, max_pixels=4_000_000), DataError, path)
+        if image is not None:
+            x = to_model_input(image, 1, target)
+            assert x.shape == (1, *target) and x.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("size", [(1_000_000, 1), (1, 39_000_000), (20_000, 300)])
+def test_cli_predict_on_a_strip_image_is_one_line_or_an_answer(folder, trained_run, capsys, size):
+    from cnnkit.cli import main
+
+    path = folder / f"strip-{size[0]}x{size[1]}.png"
+    path.write_bytes(real_png(*size))
+    code = main(["predict", "--checkpoint", str(trained_run.run_dir), str(path)])
+    err = capsys.readouterr().err.strip()
+    if max(size) > 100 * min(size):
+        assert code == 2 and err.startswith("error:") and "\n" not in err and "aspect ratio" in err, err
+    else:
+        assert code == 0, err
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints

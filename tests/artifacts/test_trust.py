@@ -93,7 +93,14 @@ def test_pickled_weight_in_a_pt2_never_runs(tmp_path, capsys):
     rewrite(evil, change)
     with pytest.raises(CheckpointError, match="pickled"):
         load(evil)
-    cli_fails_in_one_line(capsys, ["eval", "--checkpoint", str(evil), "--data", "sample"], "evil.pt2", "pickle")
+    for command in (["eval", "--checkpoint", str(evil), "--data", "sample"],
+                    ["predict", "--checkpoint", str(evil), str(tmp_path)],
+                    ["bench", str(evil)],
+                    ["serve", str(evil), "--port", "0"],
+                    ["explore", str(evil), "--port", "0"],
+                    ["distill", "--teacher", str(evil), "--model", "resnet9", "--data", "sample", "--epochs", "1",
+                     "--out", str(tmp_path / "student")]):
+        cli_fails_in_one_line(capsys, command, "evil.pt2", "pickle")
     assert not marker.exists()
     with pytest.raises(Exception):  # the control: PyTorch's own loader runs the payload, then fails
         torch.export.load(str(evil))

@@ -171,3 +171,75 @@ def test_imagefolder_uses_train_and_test_subfolders(tmp_path, sample_train):
     write_imagefolder(tmp_path / "test", sample_train, per_class=4, mixed=False)
     assert len(load_dataset(f"imagefolder:{tmp_path}", "train")) == 36
     assert len(load_dataset(f"imagefolder:{tmp_path}", "test")) == 12
+
+
+def _add(tf, name: str, data: bytes = b"x", **kind) -> None:  # noqa: ANN001 - a tarfile.TarFile
+    import io
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.size = 0 if kind else len(data)
+    for k, v in kind.items():
+        setattr(info, k, v)
+    tf.addfile(info, None if kind else io.BytesIO(data))
+
+
+def test_a_crafted_cifar_archive_writes_nothing_outside_the_cache(tmp_path, monkeypatch):
+    """Entries that climb out with `..`, absolute names, links out and device files: none is written anywhere
+    (torchvision's extract_archive wrote the first two where they said); the archive is then not CIFAR-10."""
+    import tarfile
+
+    cache = tmp_path / "a" / "b" / "cache"
+    monkeypatch.setenv("CNNKIT_CACHE", str(cache))
+    root = tmp_path / "data"
+    root.mkdir()
+    outside = tmp_path / "absolute-escape"
+    with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tf:
+        _add(tf, "../../escaped-up")
+        _add(tf, "cifar-10-batches-py/../../../../escaped-deep")
+        _add(tf, str(outside))
+        _add(tf, "cifar-10-batches-py/data_batch_1", type=tarfile.SYMTYPE, linkname=str(tmp_path / "linked"))
+        _add(tf, "cifar-10-batches-py/data_batch_2", type=tarfile.LNKTYPE, linkname="/etc/passwd")
+        _add(tf, "cifar-10-batches-py/test_batch", type=tarfile.CHRTYPE, devmajor=1, devminor=3)
+        _add(tf, "cifar-10-batches-py/../escaped-sideways")
+    with pytest.raises(DataError, match="cifar10"):
+        load_dataset("cifar10", data_dir=root)
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if not p.is_dir())
+    assert written == ["data/cifar-10-python.tar.gz"], written  # nothing extracted stays, nothing escaped
+    assert not any(p.is_symlink() for p in tmp_path.rglob("*"))
+
+
+def test_cifar_extraction_takes_only_the_publishers_files(tmp_path):
+    import tarfile
+
+    from cnnkit.data.datasets import extract_cifar10
+
+    archive = tmp_path / "c.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        _add(tf, "cifar-10-batches-py/data_batch_1", b"batch one")
+        _add(tf, "cifar-10-batches-py/batches.meta", b"meta")
+        _add(tf, "cifar-10-batches-py/extra.py", b"print('hi')")
+        _add(tf, "cifar-10-batches-py/sub/data_batch_2", b"nested")
+    dest = tmp_path / "dest"
+    extract_cifar10(archive, dest)
+    files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert files == ["cifar-10-batches-py/batches.meta", "cifar-10-batches-py/data_batch_1"]
+    assert (dest / "cifar-10-batches-py" / "data_batch_1").read_bytes() == b"batch one"
+
+
+def test_a_gzip_that_inflates_without_end_is_refused(tmp_path):
+    """An IDX .gz that decompresses to more than any published file is stopped, and its partial output removed."""
+    from cnnkit.data import datasets
+
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    big = raw / "train-images-idx3-ubyte.gz"
+    with gzip.open(big, "wb", compresslevel=1) as f:
+        chunk = b"\0" * (1 << 20)
+        for _ in range(8):
+            f.write(chunk)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(datasets, "_IDX_MAX_BYTES", 4 << 20)  # the real limit is 1 GiB; the test inflates 8 MiB
+        with pytest.raises(DataError, match="inflates to more than"):
+            datasets._gunzip_into_cache([big], "FashionMNIST/raw")
+    assert not [p for p in (datasets.cache_dir() / "extracted").rglob("*") if p.is_file() and ".extract-" in p.name]
