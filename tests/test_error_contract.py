@@ -42,6 +42,7 @@ def fx(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from cnnkit.compress import quantize_fx
     from cnnkit.compress.quantize import save_torchscript
     from cnnkit.deploy import export_onnx
+    from cnnkit.artifacts.trust import sign
     from cnnkit.models import create
     from cnnkit.train import fit
 
@@ -55,7 +56,8 @@ def fx(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     ts = art / "m.int8.ts"
     save_torchscript(q.model, torch.randn(2, ckpt.in_chans, *ckpt.img_size), ts)
     side = json.loads(Path(f"{onnx}.json").read_text())
-    Path(f"{ts}.json").write_text(json.dumps({**side, "artifact": "int8 torchscript", "engine": q.engine}))
+    Path(f"{ts}.json").write_text(json.dumps({**side, "artifact": "int8 torchscript", "engine": q.engine,
+                                              "signature": sign(ts.read_bytes())}))  # as compress signs its own
     other = root / "other.safetensors"  # the same family at another width: not a rewind point of the run
     meta = {k: v for k, v in ckpt.meta.items() if k not in ("format", "cnnkit_version", "torch_version")}
     save_checkpoint(other, create("resnet9", num_classes=10, in_chans=1, width=4),

@@ -76,7 +76,11 @@ def convert_mode(image: Image.Image, in_chans: int) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
     mode = "L" if in_chans == 1 else "RGB"
-    return image if image.mode == mode else image.convert(mode)
+    try:
+        return image if image.mode == mode else image.convert(mode)
+    except (ValueError, OSError) as e:  # modes PIL decodes but cannot convert (LAB, some 16-bit and TIFF modes)
+        raise DataError(f"cannot convert an image of mode {image.mode} to {mode}: {error_line(e)}; save it as "
+                        f"an 8-bit gray or RGB PNG or JPEG") from None
 
 
 def to_model_input(image: Image.Image, in_chans: int, size: tuple[int, int]) -> torch.Tensor:

@@ -1,6 +1,11 @@
 """`cnnkit serve`: predictions and explanations of cnnkit artifacts over HTTP (FastAPI + uvicorn), with
 dynamic batching, limits, health and Prometheus metrics. `create_app` builds the app for loaded models;
-`serve` loads artifacts and runs it; `cnnkit.serve.client.Client` talks to it."""
+`serve` loads artifacts and runs it; `cnnkit.serve.client.Client` talks to it.
+
+Every client is bounded in time by `ServeOptions.timeout_s` (--timeout), at each stage: its headers (else the
+connection is closed, cnnkit.serve.connections), its body (408, the app's Guard), its answer (504, queueing
+included), a stalled read of the answer (dropped); and a shutdown (SIGTERM, SIGINT) waits at most that long
+for the requests in flight. Connections are bounded in number below the process's open-file limit."""
 
 from __future__ import annotations
 
@@ -16,9 +21,11 @@ from pathlib import Path
 from cnnkit.errors import ConfigError
 from cnnkit.runtime import reuse_freed_memory
 from cnnkit.serve.app import ServeOptions, create_app
+from cnnkit.serve.connections import connection_limit
 from cnnkit.serve.models import ServedModel, parse_artifact
 
-__all__ = ["ServeOptions", "ServedModel", "create_app", "load_models", "serve", "bind"]
+__all__ = ["ServeOptions", "ServedModel", "create_app", "load_models", "serve", "bind", "connection_limit",
+           "parse_origins", "is_loopback", "resolve_token", "server_config"]
 
 
 def load_models(specs: list[str], device: str = "auto", amp: str = "off",
@@ -57,6 +64,66 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` is an address of this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
+
+
+def parse_origins(origins: list[str] | None) -> tuple[str, ...]:
+    """--allow-origin values as scheme://host[:port], lower case; ConfigError for anything else."""
+    import re
+
+    out = []
+    for o in origins or []:
+        if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+", o.strip().rstrip("/")):
+            raise ConfigError(f"--allow-origin must be an origin such as http://myhost:8000 (scheme, host and port, "
+                              f"no path), got {o!r}")
+        out.append(o.strip().rstrip("/").lower())
+    return tuple(out)
+
+
+def resolve_token(given: str | None, token_file: Path | None) -> tuple[str | None, str | None]:
+    """The bearer token from --token (`given`), --token-file (its one line, stripped) or $CNNKIT_TOKEN, in
+    that order; and a warning to print when it came from the command line, where `ps` shows it to every user
+    of the machine. ConfigError for both options at once, or a file that cannot be read or is empty."""
+    if given is not None and token_file is not None:
+        raise ConfigError("give --token or --token-file, not both")
+    if given is not None:
+        if not given.strip():
+            raise ConfigError("--token is empty")
+        return given.strip(), ("warning: --token shows in `ps` to every user of this machine (and in the shell's "
+                               "history); give it in $CNNKIT_TOKEN or --token-file instead")
+    if token_file is not None:
+        try:
+            text = Path(token_file).expanduser().read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read --token-file {token_file}: {getattr(e, 'strerror', None) or e}") from None
+        if not text or "\n" in text:
+            raise ConfigError(f"--token-file {token_file} must hold the token on one line")
+        return text, None
+    return (os.environ.get("CNNKIT_TOKEN") or "").strip() or None, None
+
+
+def server_config(app, options: ServeOptions):
+    """uvicorn's Config for the app with the service's bounds: the protocol of cnnkit.serve.connections
+    (headers' and stalled readers' deadlines, the connection limit) and a shutdown that waits at most
+    --timeout for the requests in flight (uvicorn's default waits for ever; this module used to wait 30 s)."""
+    import uvicorn
+
+    from cnnkit.serve.connections import protocol_class
+
+    limit = connection_limit(options.max_connections)
+    service = getattr(app.state, "service", None)
+    http = protocol_class(options.timeout_s, limit, service.metrics if service is not None else None)
+    return uvicorn.Config(app, log_level=os.environ.get("CNNKIT_SERVE_LOG", "warning"), access_log=False,
+                          http=http, timeout_graceful_shutdown=options.timeout_s, lifespan="on")
+
+
 def serve(models: dict[str, ServedModel], host: str = "127.0.0.1", port: int = 8000,
           options: ServeOptions | None = None, on_ready: Callable[[str], None] | None = None,
           app_hook: Callable | None = None, sock: socket.socket | None = None) -> None:
@@ -64,15 +131,14 @@ def serve(models: dict[str, ServedModel], host: str = "127.0.0.1", port: int = 8
     returns. `on_ready(url)` is called with the address once the socket listens."""
     import uvicorn
 
+    options = options or ServeOptions()
     app = create_app(models, options)
     if app_hook is not None:  # benchmarks add routes of their own (a constant endpoint)
         app_hook(app)
     sock = sock or bind(host, port)
     shown = host if ":" not in host else f"[{host}]"
     url = f"http://{shown}:{sock.getsockname()[1]}"
-    config = uvicorn.Config(app, log_level=os.environ.get("CNNKIT_SERVE_LOG", "warning"), access_log=False,
-                            timeout_graceful_shutdown=30, lifespan="on")
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(app, options))
     if on_ready is not None:
         on_ready(url)
     sys.stdout.flush()

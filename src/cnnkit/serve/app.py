@@ -1,5 +1,11 @@
 """The HTTP service: FastAPI app, JSON errors everywhere, dynamic batching per model, Prometheus metrics.
 
+Every request passes the Guard middleware first (bearer token, Host and Origin allow-list when there is no
+token, body size and the body's deadline); connections are bounded in time and number below it, in
+`cnnkit.serve.connections`. No answer shows a path of this machine (file names only). The OpenAPI schema is
+at /openapi.json; there is no /docs page (FastAPI's loads Swagger UI from a CDN: offline it breaks, online it
+tells the CDN who reads the docs).
+
 Routes (all JSON; errors are `{"error": {"status": N, "message": "..."}}`):
     GET  /healthz                         alive (answers while a batch runs)
     GET  /readyz                          503 until every model is loaded and warmed
@@ -24,6 +30,7 @@ import io
 import json
 import math
 import os
+import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -50,6 +57,10 @@ class ServeOptions:
     max_pixels: int = 40_000_000  # per image, checked from the header before decoding -> 413
     max_images: int = 64  # per request -> 413
     token: str | None = None  # bearer token for /v1 and /metrics -> 401
+    # without a token: origins (scheme://host:port) whose pages may call the API, and whose host may be in the
+    # Host header, besides the server's own address and localhost's -> 403
+    allow_origins: tuple[str, ...] = ()
+    max_connections: int | None = None  # open at once (None: connections.connection_limit's default)
 
 
 class Problem(Exception):
@@ -60,8 +71,17 @@ class Problem(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
+# an absolute path of two or more parts (POSIX or Windows), not inside a URL or a media type: its folders
+_FOLDERS = re.compile(r"(?<![\w.:/\\])(?:[A-Za-z]:)?[/\\](?:[^\s'\"/\\:;,()]+[/\\])+(?=[^\s'\"/\\:;,()])")
+
+
+def without_paths(message: str) -> str:
+    """`message` with every absolute path cut to its file name: answers never show this machine's folders."""
+    return _FOLDERS.sub("", message)
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"status": status, "message": message}}, status, headers=headers)
+    return JSONResponse({"error": {"status": status, "message": without_paths(message)}}, status, headers=headers)
 
 
 class Metrics:
@@ -81,6 +101,12 @@ class Metrics:
         self.batch_seconds = Histogram("cnnkit_batch_seconds", "Time of one forward pass", ["model", "kind"],
                                        registry=self.registry)
         self.queue = Gauge("cnnkit_queue_images", "Images waiting for a batch", ["model"], registry=self.registry)
+        self.connections = Gauge("cnnkit_connections", "Open HTTP connections", registry=self.registry)
+        self.closed_early = Counter("cnnkit_connections_closed_early", "Connections the server closed on its own: "
+                                    "header_timeout (a request's headers late, 408), idle_timeout (no request "
+                                    "begun), write_timeout (a client not reading its answer), evicted (the one "
+                                    "waiting longest for headers, at the connection limit), refused (503 at the "
+                                    "limit, every connection busy)", ["reason"], registry=self.registry)
 
     def text(self) -> bytes:
         from prometheus_client import generate_latest
@@ -310,10 +336,30 @@ def decode_images(blobs: list[tuple[str, bytes]], m: ServedModel, max_pixels: in
             out.append(to_model_input(image, m.input_shape[0], m.input_shape[1:]))
         except DataError as e:
             msg = str(e)
-            status = 413 if "pixels, more than" in msg or "decompression bomb" in msg.lower() else (
-                415 if "not an image format" in msg else 422)
+            if "pixels, more than" in msg or "decompression bomb" in msg.lower():
+                raise Problem(413, _too_many_pixels(name, msg, max_pixels)) from None
+            status = 413 if "aspect ratio" in msg else 415 if "not an image format" in msg else 422
             raise Problem(status, msg) from None
+        except MemoryError:
+            raise Problem(413, f"{name} is too large to convert for the model; send a smaller image") from None
+        except (ValueError, OSError, TypeError, RuntimeError) as e:  # a mode the conversion does not know (LAB)
+            raise Problem(422, f"cannot convert image {name} for the model: {error_line(e)}") from None
     return out[0].unsqueeze(0) if len(out) == 1 else torch.stack(out)
+
+
+def _too_many_pixels(name: str, msg: str, max_pixels: int) -> str:
+    """The 413 for an image past the pixel limit, naming the service's limit (load_image_file's message
+    quotes the limit it was given or PIL's, and how to raise PIL's, which a client cannot do)."""
+    from PIL import Image
+
+    size = re.search(r"(\d+)×(\d+) pixels", msg)
+    if size:
+        return (f"{name} has {size.group(1)}×{size.group(2)} pixels, more than --max-pixels {max_pixels} allows; "
+                f"send a smaller image")
+    refused = 2 * (Image.MAX_IMAGE_PIXELS or 0)  # PIL refuses from the header past twice its warning limit
+    if refused and max_pixels > refused:
+        return f"{name} has more than {refused} pixels, more than the image decoder takes; send a smaller image"
+    return f"{name} has more pixels than --max-pixels {max_pixels} allows; send a smaller image"
 
 
 def _int_field(fields: dict[str, Any], request: Request, key: str, default: int, low: int, high: int) -> int:
@@ -360,7 +406,8 @@ def create_app(models: dict[str, ServedModel], options: ServeOptions | None = No
         for m in models.values():
             m.executor.shutdown(wait=True)
 
-    app = FastAPI(title="cnnkit", version="1", lifespan=lifespan,
+    # no /docs nor /redoc: FastAPI's pages load their scripts from a CDN (see the module's docstring)
+    app = FastAPI(title="cnnkit", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Predictions and explanations of cnnkit models, batched.")
     app.state.service = service
     metrics = service.metrics
@@ -373,7 +420,7 @@ def create_app(models: dict[str, ServedModel], options: ServeOptions | None = No
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(_request: Request, e: StarletteHTTPException):
-        message = {404: "no such route; see /docs", 405: "method not allowed on this route"}.get(
+        message = {404: "no such route; see /openapi.json", 405: "method not allowed on this route"}.get(
             e.status_code, str(e.detail))
         return _error(e.status_code, message)
 
@@ -582,7 +629,7 @@ def _rounded(t: torch.Tensor) -> list[list[float]]:
 def _route_label(path: str) -> str:
     """Metric label of a path: model names kept, anything else unknown collapsed (bounded label values)."""
     parts = path.rstrip("/").split("/")
-    if path in ("/healthz", "/readyz", "/metrics", "/v1/models", "/docs", "/openapi.json"):
+    if path in ("/healthz", "/readyz", "/metrics", "/v1/models", "/openapi.json"):
         return path
     if len(parts) == 4 and parts[1:3] == ["v1", "models"]:
         return "/v1/models/{name}"
@@ -596,28 +643,41 @@ def _route_label(path: str) -> str:
 
 
 class Guard:
-    """Pure ASGI middleware in front of every route: bearer token (401), body size (413, the Content-Length
-    checked first, then the bytes counted while the body is read, so a chunked body cannot pass the limit),
-    and per-route request counts and latency. Buffering the (bounded) body here lets the routes read it
-    normally."""
+    """Pure ASGI middleware in front of every route: bearer token (401); without a token, the Host and Origin
+    allow-list (403); body size (413, the Content-Length checked first, then the bytes counted while the body
+    is read, so a chunked body cannot pass the limit); the body's deadline (408); per-route request counts and
+    latency. Buffering the (bounded) body here lets the routes read it normally.
 
-    OPEN = ("/healthz", "/readyz", "/docs", "/openapi.json", "/", "/explorer/explorer.js", "/explorer/explorer.css")
+    The allow-list, when there is no token: any web page can make a browser POST a form (multipart, no CORS
+    preflight) to 127.0.0.1, and a page whose domain is made to resolve to 127.0.0.1 (DNS rebinding) can even
+    read the answers. So a request must name this server in its Host header (its own address, localhost,
+    127.0.0.1 or [::1], with its port), and a request from a page (Origin) must come from this server's own
+    origin; `allow_origins` adds more. With a token, the token is the check (a browser cannot add it
+    cross-origin without a CORS preflight, which the service never approves)."""
+
+    OPEN = ("/healthz", "/readyz", "/openapi.json", "/", "/explorer/explorer.js", "/explorer/explorer.css")
+    ANY_HOST = ("/healthz", "/readyz")  # health checkers know the server by names of their own; these say nothing
 
     def __init__(self, app, options: ServeOptions, metrics: Metrics, service: Service):
         self.app, self.options, self.metrics, self.service = app, options, metrics, service
         self.limit = int(options.max_body_mb * 2**20)
+        # compared as bytes: the header's own (decoded as latin-1 below, so encoded back exactly), the token's UTF-8
+        self.token = options.token.encode() if options.token else None
+        self.origins = {o.strip().lower().rstrip("/") for o in options.allow_origins}
+        self.extra_hosts = {o.partition("://")[2] for o in self.origins}
+        self._hosts: dict[tuple, frozenset[str]] = {}  # per (server address, port, scheme)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         route = _route_label(scope["path"])
         t = time.perf_counter()
-        status = [500]
+        status = [500, False]  # the answer's status, and whether it has started
         self.service.in_progress += 1
 
         async def send_status(message):
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
+                status[0], status[1] = message["status"], True
             await send(message)
 
         try:
@@ -629,6 +689,12 @@ class Guard:
                 await _error(problem.status, problem.message, problem.headers)(scope, receive, send_status)
             else:
                 await self.app(scope, receive, send_status)
+        except asyncio.CancelledError:
+            # uvicorn cancels what still runs once a shutdown has waited --timeout for it, then logs each with a
+            # traceback and answers 500: this is the request's own task, so it answers 503 and ends normally
+            if not status[1]:
+                await _error(503, "the server is shutting down; retry shortly", {"Connection": "close"})(
+                    scope, receive, send_status)
         finally:
             self.service.in_progress -= 1
             self.metrics.requests.labels(route, str(status[0])).inc()
@@ -636,30 +702,81 @@ class Guard:
 
     def _check(self, scope) -> Problem | None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.options.token and scope["path"] not in self.OPEN:
-            given = headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.options.token}".encode()):
-                return Problem(401, "missing or wrong bearer token (send Authorization: Bearer TOKEN)",
-                               {"WWW-Authenticate": "Bearer"})
+        if self.token is not None:
+            if scope["path"] not in self.OPEN:
+                scheme, _, given = headers.get("authorization", "").strip().partition(" ")
+                # the scheme is case-insensitive (RFC 7235); the token compared in constant time
+                if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("latin-1"), self.token):
+                    return Problem(401, "missing or wrong bearer token (send Authorization: Bearer TOKEN)",
+                                   {"WWW-Authenticate": "Bearer"})
+        elif scope["path"] not in self.ANY_HOST:
+            problem = self._check_host(scope, headers)
+            if problem is not None:
+                return problem
         length = headers.get("content-length")
         if length is not None and (not length.strip().isdigit() or int(length) > self.limit):
             return Problem(413, f"the body is {length[:20]} bytes; at most {self.limit} "
                                 f"({self.options.max_body_mb:g} MB)")
         return None
 
+    def _check_host(self, scope, headers: dict[str, str]) -> Problem | None:
+        server = scope.get("server") or ("", None)
+        scheme = scope.get("scheme", "http")
+        key = (server[0], server[1], scheme)
+        hosts = self._hosts.get(key)
+        if hosts is None:
+            name = str(server[0]).lower()
+            names = {"localhost", "127.0.0.1", "[::1]", f"[{name}]" if ":" in name else name}
+            hosts = {f"{n}:{server[1]}" for n in names} | self.extra_hosts
+            if server[1] == (443 if scheme == "https" else 80):
+                hosts |= names  # the default port may go unsaid
+            hosts = self._hosts[key] = frozenset(hosts)
+        host = headers.get("host", "").strip().lower()
+        if host not in hosts:
+            return Problem(403, f"Host {host[:80]!r} is not this server's address ({', '.join(sorted(hosts))}): "
+                                f"without --token it answers only those (DNS rebinding); give --token, or "
+                                f"--allow-origin for another name")
+        origin = headers.get("origin")
+        if origin is not None:
+            o = origin.strip().lower().rstrip("/")
+            if o != f"{scheme}://{host}" and o not in self.origins:
+                return Problem(403, f"a request from the page of another origin ({origin[:80]}): without --token "
+                                    f"only this server's own pages may call it; give --token, or --allow-origin "
+                                    f"{origin[:80]} if you trust it")
+        return None
+
     async def _read(self, receive) -> tuple[bytes, Problem | None]:
+        """The body, within the deadline: a timer that cancels this task, as asyncio.timeout does (3.11+ only;
+        asyncio.wait_for would make a task per request on the hot path)."""
+        task, late = asyncio.current_task(), []
+
+        def expire():
+            late.append(True)
+            task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(self.options.timeout_s, expire)
         chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                return b"", Problem(413, f"the body is over {self.limit} bytes ({self.options.max_body_mb:g} MB)")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":  # nobody will read the answer
+                    return b"", Problem(400, "the client left before its request's body was complete")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.limit:
+                    return b"", Problem(413, f"the body is over {self.limit} bytes ({self.options.max_body_mb:g} MB)")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+        except asyncio.CancelledError:
+            if not late:
+                raise
+            if hasattr(task, "uncancel"):  # 3.11+: this cancellation is handled
+                task.uncancel()
+            return b"", Problem(408, f"the request's body did not arrive within {self.options.timeout_s:g} s "
+                                     f"(--timeout)", {"Connection": "close"})
+        finally:
+            timer.cancel()
         return b"".join(chunks), None
 
 

@@ -67,8 +67,9 @@ class ServedModel:
         c, h, w = self.input_shape
         mean, std = self.ckpt.normalization
         meta = self.ckpt.meta
+        # the artifact by its file name only: the card is public, and a path shows this machine's folders
         card: dict[str, Any] = {
-            "name": self.name, "artifact": str(self.ckpt.path), "kind": _kind(self.ckpt.path),
+            "name": self.name, "artifact": self.ckpt.path.name, "kind": _kind(self.ckpt.path),
             "architecture": meta.get("model"), "classes": self.classes,
             "input": {"channels": c, "height": h, "width": w, "dtype": "uint8 pixels, resized and centre-cropped",
                       "normalization": {"mean": mean, "std": std}},
