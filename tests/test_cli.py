@@ -138,3 +138,64 @@ def test_models_info_shows_the_family_recipe(capsys):
     assert code == 0, err
     assert "default training recipe (convnext family" in out and "batch 128, adamw, lr 0.0015, weight decay 0.05" in out
     assert "Liu et al. 2022" in out
+
+
+@pytest.mark.parametrize("signum, status, said", [(2, 130, "interrupted"), (15, 143, "stopped by SIGTERM")])
+def test_a_real_training_process_stopped_by_a_signal_exits_with_its_status(tmp_path, signum, status, said):
+    """Ctrl-C (SIGINT) and SIGTERM end `cnnkit train` with 128 + the signal, one line on how to continue, and the
+    last completed epoch's checkpoint in place: `cnnkit train ... && next` never carries on after them."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cnnkit", "train", "--model", "resnet9", "--model-kw", "width=8",
+           "--data", "sample", "--epochs", "200", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = []
+    try:
+        for line in proc.stderr:  # wait for the first epoch to end (its checkpoint is written before the line)
+            lines.append(line)
+            if line.startswith("epoch 1/"):
+                break
+        time.sleep(0.5)
+        proc.send_signal(signum)
+        _, rest = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == status, "".join(lines) + rest
+    last = rest.strip().splitlines()[-1]
+    assert last.startswith(said) and f"cnnkit train --resume {out}" in last, rest
+    assert "Traceback" not in rest
+    assert (out / "last.safetensors").is_file()
+
+
+HOSTILE = ["[link=http://evil.example]T-shirt[/link]", "\x1b]8;;http://evil.example\x1b\\Trouser", "[/i]",
+           "\x1b[2J\x1b[31mPullover", "Dress\x07", "Coat\u202e", "[bold]Sandal", "Shirt", "Sneaker", "Bag"]
+
+
+def test_hostile_class_and_file_names_are_shown_never_acted_on(trained_run, tmp_path, capsys, sample_train,
+                                                                monkeypatch):
+    """Class names from a checkpoint and file names from a folder reach the terminal as text: rich markup shown
+    literally (it used to crash `predict` on `[/i].png` and render `[link=...]` as a link), control characters
+    (escape sequences, bells, bidi overrides) as visible escapes."""
+    from cnnkit.artifacts import load, save_checkpoint
+
+    monkeypatch.setenv("COLUMNS", "500")  # no wrapping inside the names
+    ckpt = load(trained_run.run_dir)
+    hostile = tmp_path / "hostile.safetensors"
+    save_checkpoint(hostile, ckpt.model, {**ckpt.meta, "classes": HOSTILE})
+    images = tmp_path / "images"
+    (images / "[").mkdir(parents=True)  # so that the path reads .../[/i].png
+    for name in ("[/i].png", "\x1b]8;;evil.example\x1b\\a.png", "[link=evil.example]b.png"):
+        Image.fromarray(sample_train.images[0, 0].numpy(), "L").save(images / name)
+    for args in (["predict", "--checkpoint", str(hostile), str(images)],
+                 ["eval", "--checkpoint", str(hostile), "--data", "sample", "--ignore-class-names"]):
+        code, out, err = run(capsys, *args)
+        assert code == 0, err
+        for text in (out, err):
+            assert not any(c in text for c in "\x1b\x07\u202e"), repr(text[:300])
+        shown = "[/i].png", "[link=evil.example]b.png", "\\x1b]8;;evil.example\\x1b\\a.png"
+        assert all(s in out for s in shown) if args[0] == "predict" else "[link=http://evil.example]" in out, out

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import re
 import signal
 import sys
 import warnings
@@ -37,10 +39,33 @@ def _global_options(
     debug: bool = typer.Option(False, "--debug", help="On an error, show the full traceback instead of one "
                                                       "line (also CNNKIT_DEBUG=1); accepted before or after "
                                                       "the command."),
+    trust_torchscript: bool = typer.Option(False, "--trust-torchscript",
+                                           help="Load TorchScript (.ts) files that this user's cnnkit did not "
+                                                "write (loading TorchScript runs code stored in the file; also "
+                                                "CNNKIT_TRUST_TORCHSCRIPT=1); accepted before or after the "
+                                                "command."),
 ) -> None:
     """Train, evaluate, explain, compress and ship convolutional image classifiers."""
-stdout = Console()
-err = Console(stderr=True)
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: str) -> str:
+    """`text` with terminal control characters (escape sequences, bells, bidirectional overrides) shown as
+    `\\xNN`/`\\uNNNN` escapes: class names, file names and messages come from data, and a terminal would act
+    on them."""
+    return _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
+
+
+class _SafeConsole(Console):
+    """A rich Console that shows control characters in any text it renders (tables, titles, messages) as
+    escapes."""
+
+    def render_str(self, text: str, **kwargs: Any):  # noqa: ANN201 - rich's Text
+        return super().render_str(visible(text), **kwargs)
+
+
+stdout = _SafeConsole(markup=False)  # what stdout shows comes from data (class and file names): never markup
+err = _SafeConsole(stderr=True)  # cnnkit's own markup ("error:" in red); data in it is escaped
 
 
 def summary(title: str, rows: dict[str, Any]) -> None:
@@ -201,6 +226,10 @@ def _train(*, extra: dict[str, Any] | None = None, command: str = "train", **kw:
      sync_bn, checkpoint_every, quiet) = (kw[k] for k in _TRAIN_NAMES)
     if test_fraction is not None and not 0.0 < test_fraction < 1.0:
         raise ConfigError(f"--test-fraction must be strictly between 0 and 1, e.g. 0.2; got {test_fraction}")
+    if out is not None and resume is None:
+        from cnnkit.artifacts.files import check_out_dir
+
+        check_out_dir(out)  # a file, the file-system root: refused before anything is loaded
     model_kwargs, augment_options = parse_kv(model_kw), parse_kv(augment, "--augment")
     _check_early(model=model, model_kwargs=model_kwargs, augment=augment_options, device=device)
     from cnnkit.train.budget import parse_budget
@@ -681,9 +710,22 @@ def serve_cmd(
     max_batch: int = typer.Option(32, min=1, help="Most images in one forward pass (1 turns batching off)."),
     max_delay_ms: float = typer.Option(5.0, min=0, help="Longest wait for a batch to fill, in milliseconds."),
     max_queue: int = typer.Option(256, min=1, help="Images waiting per model; beyond, 503 with Retry-After."),
-    timeout: float = typer.Option(30.0, min=0.01, help="Seconds a request may take, queueing included (504)."),
-    token: Optional[str] = typer.Option(None, envvar="CNNKIT_TOKEN",
-                                        help="Require Authorization: Bearer TOKEN (also $CNNKIT_TOKEN)."),
+    timeout: float = typer.Option(30.0, min=0.01, help="Seconds a client has for each step of a request: to send "
+                                                       "its headers (else it is disconnected), its body (408), to "
+                                                       "be answered, queueing included (504); and the longest a "
+                                                       "shutdown waits for requests in flight."),
+    token: Optional[str] = typer.Option(None, help="Require Authorization: Bearer TOKEN. Prefer $CNNKIT_TOKEN or "
+                                                   "--token-file: on the command line it shows in ps (a warning "
+                                                   "says so)."),
+    token_file: Optional[Path] = typer.Option(None, help="Read the bearer token from this file (one line)."),
+    allow_origin: Optional[list[str]] = typer.Option(None, help="Without a token, only requests to this server's "
+                                                                "own address or localhost, from its own pages, are "
+                                                                "answered (403 otherwise): also allow this origin, "
+                                                                "e.g. http://myhost:8000 (repeatable)."),
+    max_connections: Optional[int] = typer.Option(None, min=1, help="Most open connections (default 1000, kept "
+                                                                    "below ulimit -n); past it the one waiting "
+                                                                    "longest for its headers is closed, or the "
+                                                                    "new one gets 503."),
     max_body_mb: float = typer.Option(16.0, min=0.001, help="Largest request body in MB (413)."),
     max_pixels: int = typer.Option(40_000_000, min=1, help="Largest image in pixels, checked before decoding (413)."),
     max_images: int = typer.Option(64, min=1, help="Most images in one request (413)."),
@@ -692,19 +734,25 @@ def serve_cmd(
 ) -> None:
     """Serve models over HTTP: predictions and explanations, batched, with health and Prometheus metrics."""
     _check_early(device=device, amp=amp)
-    from cnnkit.serve import ServeOptions, bind, load_models, serve
+    from cnnkit.serve import ServeOptions, bind, connection_limit, is_loopback, load_models, parse_origins, \
+        resolve_token, serve
 
+    token, warning = resolve_token(token, token_file)
+    origins = parse_origins(allow_origin)
+    connection_limit(max_connections)  # one line now if it does not fit ulimit -n
+    if not is_loopback(host) and not token:
+        warning = f"warning: --host {host} without a token: anyone who can reach it can use it"
+    if warning:
+        err.print(warning, soft_wrap=True, markup=False, highlight=False)
     sock = bind(host, port)  # a taken port is one line now, not after the models have loaded
     models = load_models(artifacts, device, amp)
     options = ServeOptions(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue, timeout_s=timeout,
-                           max_body_mb=max_body_mb, max_pixels=max_pixels, max_images=max_images, token=token)
+                           max_body_mb=max_body_mb, max_pixels=max_pixels, max_images=max_images, token=token,
+                           allow_origins=origins, max_connections=max_connections)
 
     def ready(url: str) -> None:
-        stdout.print(f"cnnkit serve: {', '.join(models)} at {url}/v1/models/NAME (docs {url}/docs; "
+        stdout.print(f"cnnkit serve: {', '.join(models)} at {url}/v1/models/NAME (API schema {url}/openapi.json; "
                      f"batches of up to {max_batch} images within {max_delay_ms:g} ms)", soft_wrap=True)
-        if host not in ("127.0.0.1", "localhost", "::1") and not token:
-            stdout.print(f"warning: listening on {host} without --token: anyone who can reach it can use it",
-                         soft_wrap=True)
 
     serve(models, host, port, options, on_ready=ready, sock=sock)
 
@@ -718,14 +766,20 @@ def explore_cmd(
     export: Optional[Path] = typer.Option(None, help="Write a self-contained static site to this folder instead "
                                                      "of serving (one index.html: opens from file:// too)."),
     images: int = typer.Option(8, min=1, max=64, help="With --export: how many test images it holds."),
-    token: Optional[str] = typer.Option(None, envvar="CNNKIT_TOKEN",
-                                        help="Require Authorization: Bearer TOKEN (open the page with ?token=)."),
+    token: Optional[str] = typer.Option(None, help="Require Authorization: Bearer TOKEN (open the page with "
+                                                   "?token=). Prefer $CNNKIT_TOKEN or --token-file: on the "
+                                                   "command line it shows in ps (a warning says so)."),
+    token_file: Optional[Path] = typer.Option(None, help="Read the bearer token from this file (one line)."),
+    allow_origin: Optional[list[str]] = typer.Option(None, help="Without a token, only requests to this server's "
+                                                                "own address or localhost, from its own pages, are "
+                                                                "answered (403 otherwise): also allow this origin, "
+                                                                "e.g. http://myhost:8000 (repeatable)."),
     device: str = typer.Option("auto", help="auto (CUDA when present, else CPU), cpu or cuda[:N]."),
 ) -> None:
     """A CNN Explainer for your model in the browser: every layer's activations, what each one computes, why
     this class, and a hyperparameter playground."""
     _check_early(device=device)
-    from cnnkit.serve import ServeOptions, bind, load_models, serve
+    from cnnkit.serve import ServeOptions, bind, is_loopback, load_models, parse_origins, resolve_token, serve
 
     if export is not None:
         from cnnkit.serve.explore import Explorer, export_site
@@ -737,6 +791,12 @@ def explore_cmd(
         summary("explore", {"site": path, "images": images, "size": f"{path.stat().st_size / 2**20:.1f} MB",
                             "open": f"{path.resolve().as_uri()} (or any static web server)"})
         return
+    token, warning = resolve_token(token, token_file)
+    origins = parse_origins(allow_origin)
+    if not is_loopback(host) and not token:  # as serve says it
+        warning = f"warning: --host {host} without a token: anyone who can reach it can use it"
+    if warning:
+        err.print(warning, soft_wrap=True, markup=False, highlight=False)
     sock = bind(host, port)
     # the explorer's answers are one image at a time: no need to time memory layouts for batches first
     models = load_models(artifacts, device, measure_layout=False)
@@ -746,10 +806,10 @@ def explore_cmd(
                           f".safetensors checkpoint (what `cnnkit train` wrote)")
 
     def ready(url: str) -> None:
-        stdout.print(f"cnnkit explore: open {url}/{f'?token={token}' if token else ''} (API docs {url}/docs)",
-                     soft_wrap=True)
+        stdout.print(f"cnnkit explore: open {url}/{f'?token={token}' if token else ''} (API schema "
+                     f"{url}/openapi.json)", soft_wrap=True)
 
-    serve(models, host, port, ServeOptions(token=token), on_ready=ready, sock=sock)
+    serve(models, host, port, ServeOptions(token=token, allow_origins=origins), on_ready=ready, sock=sock)
 
 
 @app.command("features")
@@ -859,7 +919,7 @@ def soup_cmd(
         t.add_column(col, justify="left" if col in ("ingredient / soup", "in greedy soup") else "right")
     for row in r.rows:
         kept = ("yes" if row.kept else "no") if row.kept is not None else f"{len(row.ingredients)} of {n}"
-        t.add_row(escape(row.name), f"{100 * row.heldout_acc:.2f}", f"{100 * row.test_acc:.2f}", kept)
+        t.add_row(row.name, f"{100 * row.heldout_acc:.2f}", f"{100 * row.test_acc:.2f}", kept)
     stdout.print(t)
     summary("soup", {"held-out images": r.heldout_images, "BatchNorm images": r.bn_images or "not re-measured",
                      "greedy ingredients": ", ".join(r.kept),
@@ -973,6 +1033,10 @@ def bench_cmd(
 
     if json_out is not None and json_out.is_dir():  # before minutes of measuring
         raise ConfigError(f"--json {json_out} is a folder; give the JSON file to write, e.g. {json_out / 'bench.json'}")
+    if json_out is not None:
+        from cnnkit.artifacts.files import check_writable
+
+        check_writable([json_out], "--json")  # a file cnnkit did not write, the file-system root: refused now
     _check_early(device=device, amp=amp)
     rows = bench_many(targets, data, data_dir=data_dir, batch=batch, repeats=repeats, device=device, amp=amp)
     where = ", ".join(sorted({f"{r['device']} {r['precision']}" for r in rows}))
@@ -991,7 +1055,7 @@ def bench_cmd(
     if json_out:
         from cnnkit.artifacts import claim_dir
 
-        claim_dir(json_out.parent)  # replace only a file cnnkit wrote
+        claim_dir(json_out.parent, option="--json")  # replace only a file cnnkit wrote
         atomic_write_text(json_out, json.dumps(rows, indent=2) + "\n")
 
 
@@ -1136,9 +1200,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: runs a verb; user errors print one line and return non-zero (tracebacks with --debug)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("CNNKIT_DEBUG") == "1"
-    args = [a for a in args if a != "--debug"]
+    trust = "--trust-torchscript" in args
+    args = [a for a in args if a not in ("--debug", "--trust-torchscript")]
     global _ARGV
-    _ARGV = list(args) + (["--debug"] if debug else [])  # what `--nproc` starts again on each process
+    # what `--nproc` starts again on each process
+    _ARGV = list(args) + (["--debug"] if debug else []) + (["--trust-torchscript"] if trust else [])
     if not debug:
         warnings.showwarning = _show_warning
         # int8 models are TorchScript by design (PyTorch's int8 kernels have no other saved form); torch's
@@ -1146,15 +1212,21 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
     if hasattr(signal, "SIGXFSZ"):  # a file-size limit should fail the write (one line), not kill the process
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    previous = _catch_stop_signals()
     try:
+        from cnnkit.artifacts.trust import trusting_torchscript
         from cnnkit.runtime import exclusive_threads, reuse_freed_memory
 
         # one command at a time: cnnkit may tune torch's thread count, and keeps the memory each batch frees for
         # the next batch (a command's process is cnnkit's own)
-        with exclusive_threads(), reuse_freed_memory():
-            app(args=args, prog_name="cnnkit", standalone_mode=False)
+        with exclusive_threads(), reuse_freed_memory(), (trusting_torchscript() if trust else _no_context()):
+            code = app(args=args, prog_name="cnnkit", standalone_mode=False)
         sys.stdout.flush()  # a closed pipe shows here rather than at exit
-        return 0
+        # typer turns a KeyboardInterrupt raised outside cnnkit's handler into a returned 130
+        return code if isinstance(code, int) and not isinstance(code, bool) else 0
+    except StopSignal as e:
+        err.print(_interrupted_line(e.signum), highlight=False, markup=False, soft_wrap=True)
+        return 128 + e.signum
     except OSError as e:
         if debug or e.errno not in _DISK_ERRNOS:
             raise
@@ -1171,7 +1243,7 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Exit as e:  # --help and friends
         return e.exit_code
     except (KeyboardInterrupt, typer.Abort):
-        err.print("interrupted; the last completed epoch's checkpoint is kept (continue with --resume RUN_DIR)")
+        err.print(_interrupted_line(signal.SIGINT), highlight=False, markup=False, soft_wrap=True)
         return 130
     except BrokenPipeError:  # the reader went away (`cnnkit models list | head -1`): stop quietly
         _silence_stdout()
@@ -1194,6 +1266,46 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _print_error(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)")
         return 1
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class StopSignal(BaseException):
+    """SIGINT or SIGTERM arrived: unwinds the command (a BaseException, so that no `except Exception` on the way
+    swallows it, and not KeyboardInterrupt, which typer turns into a return value)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = int(signum)
+
+
+def _raise_stop(signum: int, _frame: object) -> None:
+    raise StopSignal(signum)
+
+
+def _catch_stop_signals() -> dict[int, Any]:
+    """SIGINT and SIGTERM end the command with 128 + the signal's number and one line (the main thread only;
+    `cnnkit serve` sets its own handlers while it serves, and stops cleanly)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _interrupted_line(signum: int) -> str:
+    """The one line a stopped command prints: what stopped it and, for training, how to continue."""
+    name = "interrupted" if signum == signal.SIGINT else "stopped by SIGTERM"
+    if _ARGV[:1] not in (["train"], ["distill"], ["pretrain"]):
+        return name
+    run = next((_ARGV[i + 1] for i, a in enumerate(_ARGV[:-1]) if a in ("--out", "--resume")), "RUN_DIR")
+    return f"{name}; the last completed epoch's checkpoint is kept (continue with: cnnkit {_ARGV[0]} --resume {run})"
+
+
+@contextlib.contextmanager
+def _no_context():
+    yield
 
 
 def _print_error(message: str) -> None:

@@ -20,8 +20,9 @@ import torch
 import torch.nn as nn
 
 from cnnkit.artifacts import LoadedCheckpoint, atomic_write_text, load
-from cnnkit.artifacts.files import claim_dir, finish_temp_file, temp_path_for
+from cnnkit.artifacts.files import check_writable, claim_dir, finish_temp_file, temp_path_for
 from cnnkit.artifacts.runtimes import SIDECAR_FORMAT, onnx_session, sidecar_path
+from cnnkit.artifacts.trust import sign
 from cnnkit.errors import ConfigError, ExportError
 _META_KEYS = ("model", "model_kwargs", "classes", "in_chans", "img_size", "normalization", "dataset")
 
@@ -66,8 +67,8 @@ def _export(checkpoint, out, suffix: str, kind: str, atol: float | None, seed: i
         raise ConfigError(f"--out {path} is a folder; give the {suffix} file to write, e.g. {path / ('model' + suffix)}")
     if path.suffix != suffix:
         raise ConfigError(f"--out {path} should end in {suffix} (the {kind} format)")
-    if out is not None:
-        claim_dir(path.parent)  # overwrite only what cnnkit wrote there
+    check_writable([path, sidecar_path(path)])  # every refusal before the export runs: a refused one writes nothing
+    claim_dir(path.parent)  # overwrite only what cnnkit wrote there (beside the checkpoint too)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -95,6 +96,8 @@ def _export(checkpoint, out, suffix: str, kind: str, atol: float | None, seed: i
         meta = {"format": SIDECAR_FORMAT, "artifact": kind, "source": str(ckpt.path.absolute()),
                 "max_abs_diff_vs_pytorch": worst, "torch_version": torch.__version__,
                 **{k: ckpt.meta[k] for k in _META_KEYS if k in ckpt.meta}, **extra}
+        if suffix == ".ts":  # loading TorchScript runs its code: this user's cnnkit loads the ones it signed
+            meta["signature"] = sign(Path(tmp).read_bytes())
         atomic_write_text(side, json.dumps(meta, indent=2) + "\n")  # the sidecar first: a model file
         finish_temp_file(tmp, path)  # never exists without one
     finally:

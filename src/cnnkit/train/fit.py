@@ -12,6 +12,7 @@ import csv
 import io
 import math
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ from timm.utils import ModelEmaV3
 
 from cnnkit.artifacts import (OutputDir, RunLock, atomic_write_text, claim_dir, load_state_into, read_meta,
                               repair_sidecar, save_checkpoint)
+from cnnkit.artifacts.files import TENSORBOARD_EVENTS, check_out_dir
 from cnnkit.data import (BatchLoader, ImageData, Normalize, channel_stats, load_dataset, per_class_subset,
                          train_val_split)
 from cnnkit.errors import CheckpointError, ConfigError, TrainingDiverged
@@ -205,22 +207,38 @@ def _default_run_dir(cfg: TrainConfig) -> Path:
     return run
 
 
+# the names a run writes in its folder (TensorBoard's event files aside, in tb/)
+_RUN_FILE = re.compile(r"config\.yaml|metrics\.csv|(best|last|epoch-\d{4,})\.(safetensors|json)"
+                       r"|state-e\d{4,}(-s\d{7,})?\.safetensors")
+
+
+def check_run_dir(run: Path, resume: bool, overwrite: bool) -> None:
+    """Every refusal of open_run_dir, made without writing anything: a refused run leaves the folder as it was."""
+    if (run.exists() or run.is_symlink()) and not run.is_dir():
+        raise ConfigError(f"--out {run} is a file; give a folder for the run")
+    replace = _holds_run(run) and not resume
+    if replace and not overwrite:
+        raise ConfigError(f"{run} already holds a run; continue it (--resume {run}), replace it "
+                          f"(--overwrite) or choose another output folder")
+    check_out_dir(run, overwrite=replace)  # replaced: nothing but cnnkit's files there, and not a protected folder
+    if run.is_dir() and not replace:  # a new run beside other files, or a resumed one: none it writes is theirs
+        out = OutputDir.of(run)
+        out.check_free(sorted(p for p in run.iterdir() if _RUN_FILE.fullmatch(p.name)))
+        out.check_library_files(run / "tb", TENSORBOARD_EVENTS)
+
+
 def open_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> tuple[Path, OutputDir, RunLock]:
     """Claim and lock the run directory; with `overwrite`, remove the previous run's files (only cnnkit's)."""
-    run = Path(cfg.out) if cfg.out else _default_run_dir(cfg)
-    if run.exists() and not run.is_dir():
-        raise ConfigError(f"--out {run} is a file; give a folder for the run")
+    run = Path(cfg.out).expanduser() if cfg.out else _default_run_dir(cfg)
+    check_run_dir(run, resume, overwrite)
     out = claim_dir(run)
     lock = RunLock(run).acquire()
     try:
-        holds_run = (run / "last.safetensors").exists() or (run / "config.yaml").exists()
-        if holds_run and not resume:
-            if not overwrite:
-                raise ConfigError(f"{run} already holds a run; continue it (--resume {run}), replace it "
-                                  f"(--overwrite) or choose another output folder")
+        check_run_dir(run, resume, overwrite)  # again, now that no other run can change the folder
+        if _holds_run(run) and not resume:
             out = claim_dir(run, overwrite=True)
     except BaseException:
-        lock.release()
+        lock.release(remove=lock.created)
         raise
     return run, out, lock
 
@@ -670,7 +688,7 @@ class _Run:
     def _open_tensorboard(self) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.out.record_dir(self.dir / "tb")  # TensorBoard writes its own event files there
+        self.out.record_library_files(self.dir / "tb", TENSORBOARD_EVENTS)  # TensorBoard names its event files
         self.tb = SummaryWriter(str(self.dir / "tb"), purge_step=self.start_epoch + 1 if self.start_epoch else None)
 
     # -- run an epoch ---------------------------------------------------------------------------------------

@@ -145,6 +145,10 @@ def lr_find(config: Any = None, *, steps: int = 100, start: float = 1e-6, end: f
 
     from cnnkit.train.fit import _Run, _resolve
 
+    if out is not None:  # refusals before the range test: a refused command writes nothing
+        from cnnkit.artifacts.files import check_writable
+
+        check_writable([Path(out).expanduser() / "lr_find.csv", Path(out).expanduser() / "lr_find.png"])
     cfg = _resolve(config, None, options)
     run = _Run(cfg, False, False, False, time.perf_counter())
     run.prepare()
