@@ -183,7 +183,9 @@ def test_hostile_class_and_file_names_are_shown_never_acted_on(trained_run, tmp_
     (escape sequences, bells, bidi overrides) as visible escapes."""
     from cnnkit.artifacts import load, save_checkpoint
 
-    monkeypatch.setenv("COLUMNS", "500")  # no wrapping inside the names
+    from cnnkit import cli
+
+    monkeypatch.setattr(cli.stdout, "width", 500)  # no wrapping inside the names
     ckpt = load(trained_run.run_dir)
     hostile = tmp_path / "hostile.safetensors"
     save_checkpoint(hostile, ckpt.model, {**ckpt.meta, "classes": HOSTILE})
