@@ -53,6 +53,24 @@ def train_flops_per_image(model: torch.nn.Module, shape: tuple[int, ...], batch:
     return counter.get_total_flops() / batch
 
 
+def paired_ratio(ratios: list[float], level: float = 0.95) -> dict[str, Any]:
+    """The median of paired ratios (arm A / arm B, one per pair of fresh processes) with a distribution-free
+    interval for it: the order statistics k and n+1-k of the sorted ratios, k the largest with
+    P(Binomial(n, 1/2) < k) <= (1 - level) / 2 (for 6 pairs: the smallest and largest ratio, 96.9%)."""
+    import math
+    import statistics
+
+    xs = sorted(ratios)
+    n = len(xs)
+    tail, k = (1 - level) / 2, 0
+    while k + 1 <= n and sum(math.comb(n, i) for i in range(k + 1)) / 2**n <= tail:
+        k += 1
+    lo, hi = (xs[k - 1], xs[n - k]) if k >= 1 else (float("nan"), float("nan"))
+    coverage = 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n if k >= 1 else 0.0
+    return {"pairs": n, "median": statistics.median(xs), "interval": [lo, hi], "coverage": round(coverage, 4),
+            "ratios": ratios}
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     """benchmarks/results/<name>.json, with the machine it ran on."""
     RESULTS.mkdir(parents=True, exist_ok=True)

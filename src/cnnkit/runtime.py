@@ -183,8 +183,8 @@ def owns_threads() -> bool:
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-_GLIBC_DEFAULT = 128 * 1024  # both parameters' documented default
 _REUSE_DEPTH = 0
+_LIMITS_RAISED = False  # once raised, for the process's life: glibc has no way back to its dynamic threshold
 _REUSE_LOCK = threading.Lock()
 
 
@@ -211,28 +211,33 @@ def reuse_freed_memory() -> Iterator[bool]:
     A training step allocates and frees the same activation tensors every step. glibc serves blocks over its
     mmap threshold with fresh pages and trims the heap's free top beyond its trim threshold, so the next step
     touches zeroed new pages again: about 5,000 page faults per ResNet-9 step at batch 256 here, against about
-    300 with the limits raised (benchmarks/page_faults.py). PyTorch's own CPU launcher (torch.backends.xeon.run_cpu) gets the same effect by
-    preloading jemalloc or tcmalloc configured never to give memory back. On exit the limits go back to glibc's
-    defaults and the kept memory is returned (malloc_trim)."""
-    global _REUSE_DEPTH
+    300 with the limits raised (benchmarks/page_faults.py). PyTorch's own CPU launcher (torch.backends.xeon.run_cpu)
+    gets the same effect by preloading jemalloc or tcmalloc configured never to give memory back.
+
+    The raised limits stay for the rest of the process: glibc cannot be put back as it was. Setting either limit
+    turns off its dynamic mmap threshold for good (mallopt(3)), so setting 128 KiB back on exit made every later
+    block above 128 KiB a fresh mmap: training steps after `fit` returned faulted in about 12 times the pages
+    of the same steps in a fresh process (tests/train/test_memory_reuse.py).
+    What the process kept is handed back on leaving the outermost use (malloc_trim), so its memory after
+    `fit` returns is what it would be without."""
+    global _REUSE_DEPTH, _LIMITS_RAISED
     libc = _glibc()
     if libc is None or os.environ.get("CNNKIT_MALLOC", "").lower() == "system":
         yield False
         return
     with _REUSE_LOCK:
         _REUSE_DEPTH += 1
-        if _REUSE_DEPTH == 1:
+        if not _LIMITS_RAISED:
             libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's largest: blocks up to 32 MiB come from the heap
-            libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)  # never trim the heap's top meanwhile
+            libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)  # never trim the heap's top by itself
+            _LIMITS_RAISED = True
     try:
         yield True
     finally:
         with _REUSE_LOCK:
             _REUSE_DEPTH -= 1
             if _REUSE_DEPTH == 0:
-                libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT)
-                libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT)
-                libc.malloc_trim(0)
+                libc.malloc_trim(0)  # the kept memory goes back now; the limits stay (see above)
 
 
 def faster_inference_layout(model: torch.nn.Module, shape: tuple[int, ...], batch: int, device: torch.device,

@@ -54,7 +54,7 @@ def test_training_steps_reuse_freed_memory_instead_of_faulting_in_fresh_pages():
     assert kept["later_steps"] < system["later_steps"] / 5, (kept, system)
 
 
-def test_nested_uses_restore_the_defaults_only_when_the_outermost_ends(monkeypatch):
+def test_limits_are_raised_once_and_the_kept_memory_handed_back_when_the_outermost_use_ends(monkeypatch):
     calls = []
 
     class FakeLibc:
@@ -67,12 +67,54 @@ def test_nested_uses_restore_the_defaults_only_when_the_outermost_ends(monkeypat
             return 1
 
     monkeypatch.setattr("cnnkit.runtime._glibc", lambda: FakeLibc())
+    monkeypatch.setattr("cnnkit.runtime._LIMITS_RAISED", False)
     monkeypatch.delenv("CNNKIT_MALLOC", raising=False)
     with reuse_freed_memory() as outer:
         with reuse_freed_memory() as inner:
             assert outer and inner
-        assert calls == [(-3, 32 * 2**20), (-1, 2**31 - 1)]  # the inner exit restored nothing
-    assert calls[2:] == [(-3, 128 * 1024), (-1, 128 * 1024), ("trim", 0)]
+        assert calls == [(-3, 32 * 2**20), (-1, 2**31 - 1)]  # the inner exit handed nothing back
+    assert calls[2:] == [("trim", 0)]  # no limit set back: that would pin glibc's threshold at 128 KiB
+    with reuse_freed_memory():
+        pass
+    assert calls[3:] == [("trim", 0)]  # raised once per process
+
+
+# The same steps in a fresh process after `fit` has run and returned, or in one that never called it: the page
+# faults of the later steps
+AFTER_FIT = r"""
+import json, resource, sys, tempfile, torch
+from cnnkit.models import create
+if sys.argv[1] == "after-fit":
+    from cnnkit.train import fit
+    fit(model="resnet9", model_kwargs={"width": 8}, data="sample", epochs=1, train_images=256, batch_size=128,
+        out=tempfile.mkdtemp() + "/run", progress=False)
+torch.manual_seed(0)
+model = create("resnet9", 10, 1, width=16, pool_first=True).to(memory_format=torch.channels_last)
+opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+x = torch.randn(128, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+y = torch.randint(0, 10, (128,))
+faults = []
+for _ in range(8):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    opt.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"later_steps": sum(faults[2:])}))
+"""
+
+
+def test_work_after_fit_returns_faults_no_more_than_in_a_fresh_process():
+    """Leaving `fit` used to set glibc's limits back to 128 KiB, which pins its mmap threshold there for the rest
+    of the process: every later block above 128 KiB was a fresh mmap (about 8x the page faults of a fresh
+    process in this test). Now later work in the process runs at least as well as in a fresh one."""
+    runs = {}
+    for mode in ("fresh", "after-fit"):
+        out = subprocess.run([sys.executable, "-c", AFTER_FIT, mode], capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert out.returncode == 0, out.stderr
+        runs[mode] = json.loads(out.stdout.strip().splitlines()[-1])["later_steps"]
+    assert runs["after-fit"] <= 1.5 * runs["fresh"], runs
 
 
 def test_fit_records_that_it_kept_freed_memory(trained_run):
