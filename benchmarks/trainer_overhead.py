@@ -17,19 +17,28 @@ fit's lead over the hand-written loop that is; the kept-memory loop is not one o
     python -m benchmarks.trainer_overhead --amp auto   # ... trainer_overhead_auto.json
     python -m benchmarks.trainer_overhead --amp off --pair --repeats 6   # fit against its plain twin only
                                                     # (and the twin with fit's malloc limits)
+
+`--pair` runs each arm in a fresh process (`--one ARM`), the three arms in a rotating order, fit first in the
+first round; the figure is the median of the per-round paired ratios with a distribution-free 95% interval
+(benchmarks.common.paired_ratio). The full table runs every arm in one process, in alternating order: in it,
+every arm after the first `fit` runs with the malloc limits fit leaves raised (they stay for the process's
+life), so only `--pair` compares fit with a loop in the state a user's own process would be in.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 import yaml
 
-from benchmarks.common import SHARED_DATA, gemm_peak_gflops, train_flops_per_image, write_result
+from benchmarks.common import SHARED_DATA, gemm_peak_gflops, paired_ratio, train_flops_per_image, write_result
 from cnnkit.data import AugmentConfig, BatchLoader, Normalize, channel_stats, load_dataset
 from cnnkit.models import create
 from cnnkit.runtime import autocast, autocast_dtype, cpu_description, reuse_freed_memory
@@ -87,6 +96,37 @@ def input_pipeline(data, augment: AugmentConfig, step_seconds: float) -> dict[st
             "step_over_prep": step_seconds / per_batch}
 
 
+PAIR_ARMS = ("fit", "plain_same", "plain_same_kept_memory")
+
+
+def pair_in_fresh_processes(args: argparse.Namespace) -> None:
+    """fit, the plain loop at fit's precision and layout, and that loop with fit's malloc limits: each arm in a
+    fresh process, `--repeats` rounds in a rotating order; per-round paired ratios of fit to each loop."""
+    runs: dict[str, list[float]] = {arm: [] for arm in PAIR_ARMS}
+    for r in range(args.repeats):
+        for arm in PAIR_ARMS[r % 3:] + PAIR_ARMS[:r % 3]:
+            cmd = [sys.executable, "-m", "benchmarks.trainer_overhead", "--one", arm, "--amp", args.amp,
+                   "--data-dir", args.data_dir, "--seed", str(r)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            runs[arm].append(json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"])
+        print({k: round(v[-1]) for k, v in runs.items()}, flush=True)
+    fit_cfg = yaml.safe_load(open("/tmp/cnnkit-bench-overhead/config.yaml"))
+    result = {"command": f"python -m benchmarks.trainer_overhead --amp {args.amp} --pair --repeats {args.repeats}",
+              "cpu_details": cpu_description(), "amp": args.amp, "fit_layout": fit_cfg["chosen"]["layout"],
+              "fit_precision": fit_cfg["chosen"]["precision"], "model": f"{MODEL} {KW}", "batch_size": BATCH,
+              "method": "each arm one epoch of the full Fashion-MNIST training set in a fresh process; arms in a "
+                        "rotating order; median of per-round paired ratios, distribution-free 95% interval",
+              "images_per_s_runs": runs,
+              "images_per_s_median": {k: statistics.median(v) for k, v in runs.items()},
+              "fit_over_plain": paired_ratio([f / p for f, p in zip(runs["fit"], runs["plain_same"])]),
+              "fit_over_plain_kept_memory": paired_ratio(
+                  [f / p for f, p in zip(runs["fit"], runs["plain_same_kept_memory"])]),
+              "plain_kept_memory_over_plain": paired_ratio(
+                  [k / p for k, p in zip(runs["plain_same_kept_memory"], runs["plain_same"])])}
+    print(write_result(f"trainer_overhead_{args.amp}_pair", result))
+    print({k: v for k, v in result.items() if k not in ("cpu_details", "images_per_s_runs")})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-dir", default=str(SHARED_DATA))
@@ -96,7 +136,11 @@ def main() -> None:
     ap.add_argument("--pair", action="store_true",
                     help="Only fit and the plain loop at fit's setting, more precisely: many repeats of the pair "
                          "(writes trainer_overhead_<amp>_pair.json; the full table stays as it is)")
+    ap.add_argument("--one", choices=PAIR_ARMS, help=argparse.SUPPRESS)  # one arm of --pair, in this process
+    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.pair and args.one is None:
+        return pair_in_fresh_processes(args)
     cpu = cpu_description()
     data = load_dataset("fashion-mnist", "train", data_dir=args.data_dir)
     amp = autocast_dtype(args.amp, torch.device("cpu"))
@@ -111,15 +155,17 @@ def main() -> None:
                 dt, layout == "channels_last")
     # the fp32 channels-last loop again with fit's malloc limits: what fit's lead over the hand-written loop is made of
     measure["kept_memory_fp32_channels_last"] = lambda r: plain_loop(data, None, True, seed=r, kept_memory=True)
-    if args.pair:  # fit, and the plain loop at the precision and layout fit chose (read from its last run)
+    if args.one is not None:  # one arm of --pair in this fresh process: its images/s on stdout
         def fit_chose_channels_last() -> bool:
             chosen = yaml.safe_load(open("/tmp/cnnkit-bench-overhead/config.yaml"))["chosen"]
             return chosen["layout"].startswith("channels-last")
 
-        measure = {"fit": measure["fit"],  # runs first in round 0, so the loop knows its layout from then on
-                   "plain_same": lambda r: plain_loop(data, amp, fit_chose_channels_last(), seed=r),
-                   "plain_same_kept_memory": lambda r: plain_loop(data, amp, fit_chose_channels_last(), seed=r,
-                                                                  kept_memory=True)}
+        one = {"fit": lambda r: fit_epoch(args.data_dir, args.amp),  # runs first, so the loops know fit's layout
+               "plain_same": lambda r: plain_loop(data, amp, fit_chose_channels_last(), seed=r),
+               "plain_same_kept_memory": lambda r: plain_loop(data, amp, fit_chose_channels_last(), seed=r,
+                                                              kept_memory=True)}[args.one]
+        print(json.dumps({"arm": args.one, "images_per_s": one(args.seed)}))
+        return
     runs: dict[str, list[float]] = {k: [] for k in measure}
     for r in range(args.repeats):
         order = list(measure) if r % 2 == 0 else list(reversed(measure))  # alternate to cancel drift
@@ -129,22 +175,12 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in runs.items()}
     fit_cfg = yaml.safe_load(open("/tmp/cnnkit-bench-overhead/config.yaml"))
     fit_layout = "channels_last" if fit_cfg["chosen"]["layout"].startswith("channels-last") else "nchw"
-    same = "plain_same" if args.pair else f"plain_{'bf16' if amp is not None else 'fp32'}_{fit_layout}"
+    same = f"plain_{'bf16' if amp is not None else 'fp32'}_{fit_layout}"
     # each repeat's fit against the same repeat's loop, minutes apart: this machine's speed drifts by ±10% over
     # minutes, so the median of these paired ratios is the steadier figure
     paired = [f / p for f, p in zip(runs["fit"], runs[same])]
-    kept = "plain_same_kept_memory" if args.pair else "kept_memory_fp32_channels_last"
+    kept = "kept_memory_fp32_channels_last"
     paired_kept = [f / p for f, p in zip(runs["fit"], runs[kept])]
-    if args.pair:
-        result = {"cpu_details": cpu, "amp": args.amp, "fit_layout": fit_cfg["chosen"]["layout"],
-                  "model": f"{MODEL} {KW}", "batch_size": BATCH, "images": len(data), "repeats": args.repeats,
-                  "images_per_s_runs": runs, "images_per_s_median": med, "paired_ratios_fit_over_plain": paired,
-                  "median_paired_ratio": statistics.median(paired), "ratio_of_medians": med["fit"] / med[same],
-                  "paired_ratios_fit_over_plain_kept_memory": paired_kept,
-                  "median_paired_ratio_over_plain_kept_memory": statistics.median(paired_kept)}
-        print(write_result(f"trainer_overhead_{args.amp}_pair", result))
-        print({k: v for k, v in result.items() if k not in ("cpu_details", "images_per_s_runs")})
-        return
     plain = {k: v for k, v in med.items() if k.startswith("plain_")}  # the hand-written loops, as people write them
     fastest = max(plain, key=plain.get)
 
