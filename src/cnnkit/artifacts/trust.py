@@ -25,6 +25,7 @@ import json
 import os
 import re
 import secrets
+import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,10 +178,20 @@ def _signing_key(create: bool) -> bytes | None:
     return key
 
 
-def sign(data: bytes) -> str:
-    """The signature a sidecar records for a TorchScript file this user's cnnkit wrote."""
-    key = _signing_key(create=True)
-    assert key is not None
+def sign(data: bytes) -> str | None:
+    """The signature a sidecar records for a TorchScript file this user's cnnkit wrote; None, with a warning,
+    where the key cannot be kept (the file then loads only with --trust-torchscript)."""
+    try:
+        key = _signing_key(create=True)
+    except OSError as e:
+        warnings.warn(f"cannot keep cnnkit's signing key in {config_dir()} ({e.strerror or e}); the TorchScript "
+                      f"file is written unsigned and loads only with --trust-torchscript (set CNNKIT_CONFIG to a "
+                      f"writable folder)", stacklevel=2)
+        return None
+    if key is None:  # a key file of the wrong size: not ours to replace
+        warnings.warn(f"{config_dir() / 'signing.key'} is not a cnnkit signing key (32 bytes); the TorchScript "
+                      f"file is written unsigned", stacklevel=2)
+        return None
     return "hmac-sha256:" + hmac.new(key, data, hashlib.sha256).hexdigest()
 
 
