@@ -71,6 +71,14 @@ def paired_ratio(ratios: list[float], level: float = 0.95) -> dict[str, Any]:
             "ratios": ratios}
 
 
+def command_line(module: str) -> str:
+    """The command that ran this script, as a result's `command`: `python -m benchmarks.NAME` and its arguments."""
+    import shlex
+    import sys
+
+    return " ".join(["python", "-m", module, *(shlex.quote(a) for a in sys.argv[1:])])
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     """benchmarks/results/<name>.json, with the machine it ran on."""
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -89,6 +89,7 @@ def main() -> None:
                  round_to=args.round_to if args.round_to > 1 else None, repeats=args.repeats, log=lambda s: print(s, flush=True))
     payload = {"checkpoint": str(args.checkpoint), "rewind": str(args.rewind), "recipes": RECIPES,
                "finetune_epochs": args.finetune_epochs, "prune_criterion": args.criterion, "distill": True,
+               "observer": "mse", "calibration_images": 512,  # compress()'s defaults, which this script keeps
                "round_to": args.round_to,
                "rows": r.rows, "criteria_at_half_macs": crit, "total_seconds": time.time() - t0}
     write_result("compress", payload)

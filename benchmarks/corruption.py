@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, SHARED_DATA, machine, write_result
+from benchmarks.common import RESULTS, SHARED_DATA, command_line, machine, write_result
 
 PAPER = ("Schneider et al. (NeurIPS 2020): prediction-time BN lowers ResNet-50's ImageNet-C mCE from 76.7 to 62.2 "
          "(AlexNet-normalized mCE, large batches); You et al. (2021): alpha-BN keeps its gain at batch size 1, "
@@ -100,7 +100,7 @@ def main() -> None:
     payload = {"machine": machine(), "source": source_note,
                "benchmark": bench, "alpha": args.alpha, "tent": "Adam lr 1e-3, one step per batch, online within a cell",
                "rows": rows, "checks": checks, "paper": PAPER, "quick": args.quick,
-               "command": "python -m benchmarks.corruption" + (" --quick" if args.quick else "")}
+               "command": command_line("benchmarks.corruption")}
     name = "corruption_quick" if args.quick else "corruption"
     write_result(name, payload)
     lines = [f"Mean corruption error (%) on {bench}, source model and test-time adaptation (alpha-bn α = {args.alpha}).",
@@ -137,7 +137,7 @@ def _alpha_sweep(args, source, source_note: str, bench: str, plan: dict) -> None
                          "seconds": time.perf_counter() - t})
             print(json.dumps(rows[-1]), flush=True)
     write_result("corruption_alpha", {"machine": machine(), "source": source_note, "benchmark": bench, "rows": rows,
-                                      "command": f"python -m benchmarks.corruption --alphas {args.alphas}"})
+                                      "command": command_line("benchmarks.corruption")})
     alphas = sorted({r["alpha"] for r in rows})
     lines = [f"alpha-bn on {bench}: mean corruption error / clean error (%) against α (0 = source, 1 = bn).", "",
              "| test batch | " + " | ".join(f"α {a:g}" for a in alphas) + " |",
