@@ -11,7 +11,7 @@ import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 # torch's C++ notices (e.g. that quantized tensor functions are deprecated, printed when an int8 model
 # runs) bypass Python's warnings and would land on stderr; the command keeps stderr for what a user can
@@ -700,6 +700,27 @@ def _explain_remote(url: str, inputs: list[Path], methods: str, layer: str, targ
     summary("explain", {"images": len(files), "methods": methods, "service": url, "folder": folder})
 
 
+# the access options `serve` and `explore` share, declared once
+TokenFileOption = Annotated[Optional[Path], typer.Option(help="Read the bearer token from this file (one line).")]
+AllowOriginOption = Annotated[Optional[list[str]], typer.Option(
+    help="Without a token, only requests to this server's own address or localhost, from its own pages, are "
+         "answered (403 otherwise): also allow this origin, e.g. http://myhost:8000 (repeatable).")]
+
+
+def _access(host: str, token: str | None, token_file: Path | None, allow_origin: list[str] | None):  # noqa: ANN202
+    """The token (from --token, --token-file or $CNNKIT_TOKEN) and the allowed origins; warns on stderr when the
+    token came on the command line, or when a non-loopback address has none."""
+    from cnnkit.serve import is_loopback, parse_origins, resolve_token
+
+    token, warning = resolve_token(token, token_file)
+    origins = parse_origins(allow_origin)
+    if not is_loopback(host) and not token:
+        warning = f"warning: --host {host} without a token: anyone who can reach it can use it"
+    if warning:
+        err.print(warning, soft_wrap=True, markup=False, highlight=False)
+    return token, origins
+
+
 @app.command("serve")
 def serve_cmd(
     artifacts: list[str] = typer.Argument(..., help="What to serve: run directories, checkpoints, .onnx, .pt2 or "
@@ -717,11 +738,8 @@ def serve_cmd(
     token: Optional[str] = typer.Option(None, help="Require Authorization: Bearer TOKEN. Prefer $CNNKIT_TOKEN or "
                                                    "--token-file: on the command line it shows in ps (a warning "
                                                    "says so)."),
-    token_file: Optional[Path] = typer.Option(None, help="Read the bearer token from this file (one line)."),
-    allow_origin: Optional[list[str]] = typer.Option(None, help="Without a token, only requests to this server's "
-                                                                "own address or localhost, from its own pages, are "
-                                                                "answered (403 otherwise): also allow this origin, "
-                                                                "e.g. http://myhost:8000 (repeatable)."),
+    token_file: TokenFileOption = None,
+    allow_origin: AllowOriginOption = None,
     max_connections: Optional[int] = typer.Option(None, min=1, help="Most open connections (default 1000, kept "
                                                                     "below ulimit -n); past it the one waiting "
                                                                     "longest for its headers is closed, or the "
@@ -734,16 +752,10 @@ def serve_cmd(
 ) -> None:
     """Serve models over HTTP: predictions and explanations, batched, with health and Prometheus metrics."""
     _check_early(device=device, amp=amp)
-    from cnnkit.serve import ServeOptions, bind, connection_limit, is_loopback, load_models, parse_origins, \
-        resolve_token, serve
+    from cnnkit.serve import ServeOptions, bind, connection_limit, load_models, serve
 
-    token, warning = resolve_token(token, token_file)
-    origins = parse_origins(allow_origin)
     connection_limit(max_connections)  # one line now if it does not fit ulimit -n
-    if not is_loopback(host) and not token:
-        warning = f"warning: --host {host} without a token: anyone who can reach it can use it"
-    if warning:
-        err.print(warning, soft_wrap=True, markup=False, highlight=False)
+    token, origins = _access(host, token, token_file, allow_origin)
     sock = bind(host, port)  # a taken port is one line now, not after the models have loaded
     models = load_models(artifacts, device, amp)
     options = ServeOptions(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue, timeout_s=timeout,
@@ -769,17 +781,14 @@ def explore_cmd(
     token: Optional[str] = typer.Option(None, help="Require Authorization: Bearer TOKEN (open the page with "
                                                    "?token=). Prefer $CNNKIT_TOKEN or --token-file: on the "
                                                    "command line it shows in ps (a warning says so)."),
-    token_file: Optional[Path] = typer.Option(None, help="Read the bearer token from this file (one line)."),
-    allow_origin: Optional[list[str]] = typer.Option(None, help="Without a token, only requests to this server's "
-                                                                "own address or localhost, from its own pages, are "
-                                                                "answered (403 otherwise): also allow this origin, "
-                                                                "e.g. http://myhost:8000 (repeatable)."),
+    token_file: TokenFileOption = None,
+    allow_origin: AllowOriginOption = None,
     device: str = typer.Option("auto", help="auto (CUDA when present, else CPU), cpu or cuda[:N]."),
 ) -> None:
     """A CNN Explainer for your model in the browser: every layer's activations, what each one computes, why
     this class, and a hyperparameter playground."""
     _check_early(device=device)
-    from cnnkit.serve import ServeOptions, bind, is_loopback, load_models, parse_origins, resolve_token, serve
+    from cnnkit.serve import ServeOptions, bind, load_models, serve
 
     if export is not None:
         from cnnkit.serve.explore import Explorer, export_site
@@ -791,12 +800,7 @@ def explore_cmd(
         summary("explore", {"site": path, "images": images, "size": f"{path.stat().st_size / 2**20:.1f} MB",
                             "open": f"{path.resolve().as_uri()} (or any static web server)"})
         return
-    token, warning = resolve_token(token, token_file)
-    origins = parse_origins(allow_origin)
-    if not is_loopback(host) and not token:  # as serve says it
-        warning = f"warning: --host {host} without a token: anyone who can reach it can use it"
-    if warning:
-        err.print(warning, soft_wrap=True, markup=False, highlight=False)
+    token, origins = _access(host, token, token_file, allow_origin)
     sock = bind(host, port)
     # the explorer's answers are one image at a time: no need to time memory layouts for batches first
     models = load_models(artifacts, device, measure_layout=False)
