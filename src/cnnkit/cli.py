@@ -714,10 +714,11 @@ def _access(host: str, token: str | None, token_file: Path | None, allow_origin:
 
     token, warning = resolve_token(token, token_file)
     origins = parse_origins(allow_origin)
+    warnings_ = [warning] if warning else []
     if not is_loopback(host) and not token:
-        warning = f"warning: --host {host} without a token: anyone who can reach it can use it"
-    if warning:
-        err.print(warning, soft_wrap=True, markup=False, highlight=False)
+        warnings_.append(f"warning: --host {host} without a token: anyone who can reach it can use it")
+    for line in warnings_:
+        err.print(line, soft_wrap=True, markup=False, highlight=False)
     return token, origins
 
 
@@ -754,7 +755,7 @@ def serve_cmd(
     _check_early(device=device, amp=amp)
     from cnnkit.serve import ServeOptions, bind, connection_limit, load_models, serve
 
-    connection_limit(max_connections)  # one line now if it does not fit ulimit -n
+    max_connections = connection_limit(max_connections)  # resolved once; one line now if it does not fit ulimit -n
     token, origins = _access(host, token, token_file, allow_origin)
     sock = bind(host, port)  # a taken port is one line now, not after the models have loaded
     models = load_models(artifacts, device, amp)
@@ -1284,8 +1285,18 @@ class StopSignal(BaseException):
         self.signum = int(signum)
 
 
+_COMMAND_PID: int | None = None  # the process `main` runs in (forked workers inherit the handler, not the role)
+
+
 def _raise_stop(signum: int, _frame: object) -> None:
-    raise StopSignal(signum)
+    if os.getpid() == _COMMAND_PID:
+        raise StopSignal(signum)
+    # a forked worker (DataLoader's): what it would have done without cnnkit's handler. Its loop ends quietly on
+    # KeyboardInterrupt (Ctrl-C reaches the whole process group); SIGTERM ends it as the signal does
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def _catch_stop_signals() -> dict[int, Any]:
@@ -1293,8 +1304,10 @@ def _catch_stop_signals() -> dict[int, Any]:
     `cnnkit serve` sets its own handlers while it serves, and stops cleanly)."""
     import threading
 
+    global _COMMAND_PID
     if threading.current_thread() is not threading.main_thread():
         return {}
+    _COMMAND_PID = os.getpid()
     return {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
 
 

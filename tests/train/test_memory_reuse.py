@@ -14,18 +14,23 @@ from cnnkit.runtime import _glibc, reuse_freed_memory
 pytestmark = pytest.mark.skipif(_glibc() is None, reason="malloc tuning is for glibc only")
 
 # ResNet-9's training steps at batch 128, in a fresh process (no earlier allocation shapes the heap): the page
-# faults of the steps after the first two, once the memory the first ones used could be reused
+# faults of the steps after the first two, once the memory the first ones used could be reused. argv[1]:
+# "inside" runs them inside reuse_freed_memory, "plain" outside it, "after-fit" outside it after `fit` returned
 STEPS = r"""
-import json, resource, torch
+import contextlib, json, resource, sys, tempfile, torch
 from cnnkit.models import create
 from cnnkit.runtime import reuse_freed_memory
 
+if sys.argv[1] == "after-fit":
+    from cnnkit.train import fit
+    fit(model="resnet9", model_kwargs={"width": 8}, data="sample", epochs=1, train_images=256, batch_size=128,
+        out=tempfile.mkdtemp() + "/run", progress=False)
 torch.manual_seed(0)
 model = create("resnet9", 10, 1, width=16, pool_first=True).to(memory_format=torch.channels_last)
 opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 x = torch.randn(128, 1, 28, 28).contiguous(memory_format=torch.channels_last)
 y = torch.randint(0, 10, (128,))
-with reuse_freed_memory() as took:
+with reuse_freed_memory() if sys.argv[1] == "inside" else contextlib.nullcontext(False) as took:
     faults = []
     for _ in range(8):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -37,8 +42,8 @@ print(json.dumps({"took": took, "later_steps": sum(faults[2:])}))
 """
 
 
-def _later_step_faults(**env: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", STEPS], capture_output=True, text=True, timeout=300,
+def _later_step_faults(mode: str = "inside", **env: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", STEPS, mode], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "OMP_NUM_THREADS": "1", **env})
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -79,42 +84,12 @@ def test_limits_are_raised_once_and_the_kept_memory_handed_back_when_the_outermo
     assert calls[3:] == [("trim", 0)]  # raised once per process
 
 
-# The same steps in a fresh process after `fit` has run and returned, or in one that never called it: the page
-# faults of the later steps
-AFTER_FIT = r"""
-import json, resource, sys, tempfile, torch
-from cnnkit.models import create
-if sys.argv[1] == "after-fit":
-    from cnnkit.train import fit
-    fit(model="resnet9", model_kwargs={"width": 8}, data="sample", epochs=1, train_images=256, batch_size=128,
-        out=tempfile.mkdtemp() + "/run", progress=False)
-torch.manual_seed(0)
-model = create("resnet9", 10, 1, width=16, pool_first=True).to(memory_format=torch.channels_last)
-opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-x = torch.randn(128, 1, 28, 28).contiguous(memory_format=torch.channels_last)
-y = torch.randint(0, 10, (128,))
-faults = []
-for _ in range(8):
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    opt.zero_grad(set_to_none=True)
-    torch.nn.functional.cross_entropy(model(x), y).backward()
-    opt.step()
-    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(json.dumps({"later_steps": sum(faults[2:])}))
-"""
-
-
 def test_work_after_fit_returns_faults_no_more_than_in_a_fresh_process():
     """Leaving `fit` used to set glibc's limits back to 128 KiB, which pins its mmap threshold there for the rest
     of the process: every later block above 128 KiB was a fresh mmap (about 8x the page faults of a fresh
     process in this test). Now later work in the process runs at least as well as in a fresh one."""
-    runs = {}
-    for mode in ("fresh", "after-fit"):
-        out = subprocess.run([sys.executable, "-c", AFTER_FIT, mode], capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-        assert out.returncode == 0, out.stderr
-        runs[mode] = json.loads(out.stdout.strip().splitlines()[-1])["later_steps"]
-    assert runs["after-fit"] <= 1.5 * runs["fresh"], runs
+    runs = {mode: _later_step_faults(mode)["later_steps"] for mode in ("plain", "after-fit")}
+    assert runs["after-fit"] <= 1.5 * runs["plain"], runs
 
 
 def test_fit_records_that_it_kept_freed_memory(trained_run):

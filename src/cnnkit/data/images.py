@@ -21,6 +21,15 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", "
 MAX_ASPECT_RATIO = 100
 
 
+class ImageTooLarge(DataError):
+    """An image refused from its header: more pixels than the limit (`size` its width and height, when the
+    header could be read), or an extreme aspect ratio."""
+
+    def __init__(self, message: str, size: tuple[int, int] | None = None, limit: int | None = None):
+        super().__init__(message)
+        self.size, self.limit = size, limit
+
+
 def load_image_file(path: str | os.PathLike | IO[bytes] | Image.Image, max_pixels: int | None = None,
                     name: str | None = None, reduce_to: int | None = None) -> Image.Image:
     """Open and fully decode an image (EXIF orientation applied) from a path, a binary file object or an image
@@ -37,20 +46,20 @@ def load_image_file(path: str | os.PathLike | IO[bytes] | Image.Image, max_pixel
         with im:
             # PIL raises DecompressionBombError past twice its pixel limit but only warns below, then decodes
             if limit and im.width * im.height > limit:
-                raise DataError(f"cannot read image {name}: it claims {im.width}×{im.height} pixels, more than "
-                                f"{limit} (a decompression bomb?); {_BOMB_HINT}")
+                raise ImageTooLarge(f"cannot read image {name}: it claims {im.width}×{im.height} pixels, more "
+                                    f"than {limit} (a decompression bomb?); {_BOMB_HINT}", im.size, limit)
             if max(im.size) > MAX_ASPECT_RATIO * max(1, min(im.size)):
-                raise DataError(f"cannot read image {name}: it is {im.width}×{im.height} pixels, an aspect ratio "
+                raise ImageTooLarge(f"cannot read image {name}: it is {im.width}×{im.height} pixels, an aspect ratio "
                                 f"beyond {MAX_ASPECT_RATIO}:1; crop it to the part that matters first")
             if reduce_to and im.format == "JPEG" and im.mode in ("L", "RGB"):
                 im.draft(im.mode, (reduce_to, reduce_to))
             im.load()
             return ImageOps.exif_transpose(im)
     except MemoryError:  # a header whose size passes the pixel limit but whose decoder buffers do not fit
-        raise DataError(f"cannot read image {name}: not enough memory to decode it; {_BOMB_HINT}") from None
+        raise ImageTooLarge(f"cannot read image {name}: not enough memory to decode it; {_BOMB_HINT}") from None
     except Image.DecompressionBombError:  # PIL's own refusal, past twice its limit, while reading the header
-        raise DataError(f"cannot read image {name}: it claims more than {limit} pixels (a decompression "
-                        f"bomb?); {_BOMB_HINT}") from None
+        raise ImageTooLarge(f"cannot read image {name}: it claims more than {limit} pixels (a decompression "
+                            f"bomb?); {_BOMB_HINT}", None, limit) from None
     except UnidentifiedImageError:
         raise DataError(f"cannot read image {name}: not an image format PIL can decode; give PNG, JPEG, BMP, "
                         f"WebP, TIFF or GIF files") from None

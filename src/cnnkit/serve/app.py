@@ -325,7 +325,7 @@ def _b64(s: str, i: int) -> bytes:
 def decode_images(blobs: list[tuple[str, bytes]], m: ServedModel, max_pixels: int,
                   opened: list[Any] | None = None) -> torch.Tensor:
     """The images as one uint8 batch for `m`; `opened`: the same images already opened by PIL."""
-    from cnnkit.data.images import load_image_file, to_model_input
+    from cnnkit.data.images import ImageTooLarge, load_image_file, to_model_input
 
     out = []
     for i, (name, data) in enumerate(blobs):
@@ -334,12 +334,11 @@ def decode_images(blobs: list[tuple[str, bytes]], m: ServedModel, max_pixels: in
         try:
             image = load_image_file(opened[i] if opened else io.BytesIO(data), max_pixels=max_pixels, name=name)
             out.append(to_model_input(image, m.input_shape[0], m.input_shape[1:]))
+        except ImageTooLarge as e:
+            raise Problem(413, _too_many_pixels(name, e, max_pixels) if e.limit else str(e)) from None
         except DataError as e:
             msg = str(e)
-            if "pixels, more than" in msg or "decompression bomb" in msg.lower():
-                raise Problem(413, _too_many_pixels(name, msg, max_pixels)) from None
-            status = 413 if "aspect ratio" in msg else 415 if "not an image format" in msg else 422
-            raise Problem(status, msg) from None
+            raise Problem(415 if "not an image format" in msg else 422, msg) from None
         except MemoryError:
             raise Problem(413, f"{name} is too large to convert for the model; send a smaller image") from None
         except (ValueError, OSError, TypeError, RuntimeError) as e:  # a mode the conversion does not know (LAB)
@@ -347,15 +346,13 @@ def decode_images(blobs: list[tuple[str, bytes]], m: ServedModel, max_pixels: in
     return out[0].unsqueeze(0) if len(out) == 1 else torch.stack(out)
 
 
-def _too_many_pixels(name: str, msg: str, max_pixels: int) -> str:
-    """The 413 for an image past the pixel limit, naming the service's limit (load_image_file's message
-    quotes the limit it was given or PIL's, and how to raise PIL's, which a client cannot do)."""
+def _too_many_pixels(name: str, e: Any, max_pixels: int) -> str:
+    """The 413 for an image past the pixel limit (an ImageTooLarge), naming the service's --max-pixels."""
     from PIL import Image
 
-    size = re.search(r"(\d+)×(\d+) pixels", msg)
-    if size:
-        return (f"{name} has {size.group(1)}×{size.group(2)} pixels, more than --max-pixels {max_pixels} allows; "
-                f"send a smaller image")
+    if e.size:
+        return (f"{name} has {e.size[0]}×{e.size[1]} pixels, more than --max-pixels {max_pixels} allows; send a "
+                f"smaller image")
     refused = 2 * (Image.MAX_IMAGE_PIXELS or 0)  # PIL refuses from the header past twice its warning limit
     if refused and max_pixels > refused:
         return f"{name} has more than {refused} pixels, more than the image decoder takes; send a smaller image"
