@@ -71,6 +71,36 @@ def paired_ratio(ratios: list[float], level: float = 0.95) -> dict[str, Any]:
             "ratios": ratios}
 
 
+def paired_bootstrap(correct_a, correct_b, level: float = 0.95, resamples: int = 10_000, seed: int = 0) -> dict[str, Any]:
+    """Accuracy of A minus accuracy of B (in points) on the same images, with a percentile bootstrap interval:
+    the images resampled with replacement, both models scored on each resample (a paired bootstrap, for when
+    seeds are unaffordable; it measures the test set's sampling noise, not the training run's)."""
+    import numpy as np
+
+    a, b = np.asarray(correct_a, dtype=np.float64), np.asarray(correct_b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError("paired_bootstrap needs two equally long vectors of per-image correctness")
+    d = a - b
+    rng = np.random.default_rng(seed)
+    means = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(resamples)])
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return {"difference_points": 100 * float(d.mean()), "interval_points": [100 * float(lo), 100 * float(hi)],
+            "images": len(d), "resamples": resamples, "holds_zero": bool(lo <= 0 <= hi)}
+
+
+def t_interval(values: list[float], level: float = 0.95) -> dict[str, Any]:
+    """Mean of per-seed values (for example paired differences) with a Student-t interval."""
+    import statistics
+
+    from scipy import stats
+
+    n = len(values)
+    mean = statistics.fmean(values)
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * statistics.stdev(values) / n**0.5 if n > 1 else float("nan")
+    return {"mean": mean, "interval": [mean - half, mean + half], "n": n, "values": [float(v) for v in values],
+            "holds_zero": bool(mean - half <= 0 <= mean + half)}
+
+
 def command_line(module: str) -> str:
     """The command that ran this script, as a result's `command`: `python -m benchmarks.NAME` and its arguments."""
     import shlex

@@ -9,6 +9,11 @@ MACs, file size, batch-1 latency p50/p99, batch-64 throughput).
    (--round-to), then fine-tuned with distillation),
    prune:0.5+int8 and sparse:0.8 (magnitude mask, rewound to epoch 1, retrained with the mask fixed).
 3. Compares the pruning criteria at half the MACs before any fine-tuning (accuracy straight after pruning).
+4. Fair baselines for int8's speed-up: the fp32 model with its BatchNorm folded into the convolutions, in the
+   same runtime as each int8 variant (PyTorch: the folded `torch.export` program; ONNX Runtime: the fp32
+   ONNX file, folded by ONNX Runtime's graph optimizations), measured side by side with the int8 files in
+   `--pairs` fresh processes (each process times all five in interleaved rounds, the order reversed every
+   other process); the figure is the median of the per-process ratios with its 95% interval.
 
     python -m benchmarks.compress                     # writes benchmarks/results/compress.{json,md} and pareto.png
     python -m benchmarks.compress --checkpoint RUN --rewind RUN/rewind-e1.safetensors
@@ -23,7 +28,11 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import RESULTS, SHARED_DATA, write_result
+import json
+import subprocess
+import sys
+
+from benchmarks.common import RESULTS, SHARED_DATA, command_line, paired_ratio, write_result
 from cnnkit.compress import compress, prune_structured
 from cnnkit.compress.run import markdown_table
 from cnnkit.data import Normalize, load_dataset
@@ -57,8 +66,63 @@ def criteria(checkpoint: Path, ratio: float = 0.5) -> list[dict]:
     return rows
 
 
+FAIR = ("eager", "folded_pt2", "onnx_fp32", "int8_ts", "int8_onnx")
+
+
+def fused_baselines(checkpoint: Path, out: Path, pairs: int) -> dict:
+    """int8 against fp32 with BatchNorm folded, in the same runtime: throughput at batch 64 and batch-1 latency
+    of the five files, each process timing all five (interleaved rounds), `pairs` fresh processes."""
+    from cnnkit.deploy.artifacts import export_program
+
+    files = {"eager": checkpoint, "folded_pt2": export_program(checkpoint, out / "fp32_folded.pt2").path}
+    names = {p.name: p for p in out.iterdir()}
+    files["onnx_fp32"] = next(p for n, p in names.items() if n.endswith(".onnx") and ".int8." not in n and
+                              ".pruned" not in n and ".qat" not in n and ".sparse" not in n)
+    files["int8_ts"] = next(p for n, p in names.items() if n.endswith(".int8.ts") and ".qat" not in n and ".pruned" not in n)
+    files["int8_onnx"] = next(p for n, p in names.items() if n.endswith(".int8.onnx") and ".qat" not in n and
+                              ".pruned" not in n)
+    runs = []
+    for i in range(pairs):
+        order = list(FAIR) if i % 2 == 0 else list(reversed(FAIR))
+        cmd = [sys.executable, "-m", "benchmarks.compress", "--time-files",
+               json.dumps({k: str(files[k]) for k in order})]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**__import__("os").environ,
+                                                                                   "CNNKIT_TRUST_TORCHSCRIPT": "1"})
+        runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        print("process", i, {k: round(v["images_per_s"]) for k, v in runs[-1].items()}, flush=True)
+
+    def ratio(a: str, b: str, key: str = "images_per_s") -> dict:
+        if key == "images_per_s":
+            return paired_ratio([r[a][key] / r[b][key] for r in runs])
+        return paired_ratio([r[b][key] / r[a][key] for r in runs])  # latency: b's time over a's (a speed-up)
+
+    return {"files": {k: Path(v).name for k, v in files.items()}, "processes": pairs, "runs": runs,
+            "throughput_b64": {"int8_ts_over_eager": ratio("int8_ts", "eager"),
+                               "int8_ts_over_folded_pt2": ratio("int8_ts", "folded_pt2"),
+                               "folded_pt2_over_eager": ratio("folded_pt2", "eager"),
+                               "int8_onnx_over_onnx_fp32": ratio("int8_onnx", "onnx_fp32"),
+                               "onnx_fp32_over_eager": ratio("onnx_fp32", "eager")},
+            "latency_b1_speedup": {"int8_ts_over_eager": ratio("int8_ts", "eager", "latency_ms_p50"),
+                                   "int8_ts_over_folded_pt2": ratio("int8_ts", "folded_pt2", "latency_ms_p50"),
+                                   "int8_onnx_over_onnx_fp32": ratio("int8_onnx", "onnx_fp32", "latency_ms_p50")}}
+
+
+def time_files(spec: str) -> None:
+    """One process of `fused_baselines`: bench_many over the given files; a JSON line on stdout."""
+    from cnnkit.deploy.bench import bench_many
+
+    files = json.loads(spec)
+    rows = bench_many(list(files.values()), batch=64, repeats=50, device="cpu")
+    print(json.dumps({k: {"images_per_s": r["images_per_s"], "latency_ms_p50": r["latency_ms_p50"]}
+                      for k, r in zip(files, rows)}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--time-files", help=argparse.SUPPRESS)  # one process of the fused-baseline comparison
+    ap.add_argument("--pairs", type=int, default=6, help="fresh processes for the fused-baseline comparison")
+    ap.add_argument("--skip-compress", action="store_true",
+                    help="only the fused-baseline comparison, on the files an earlier run left in --run-dir")
     ap.add_argument("--checkpoint", type=Path)
     ap.add_argument("--rewind", type=Path)
     ap.add_argument("--run-dir", type=Path, default=Path("/tmp/cnnkit-compress-bench"))
@@ -68,7 +132,15 @@ def main() -> None:
     ap.add_argument("--round-to", type=int, default=16,
                     help="channel counts kept multiples of this (16: ONNX Runtime's AVX-512 blocks; 1: off)")
     args = ap.parse_args()
+    if args.time_files:
+        return time_files(args.time_files)
     t0 = time.time()
+    out = args.run_dir / "compress"
+    if args.skip_compress:
+        fair = fused_baselines(args.checkpoint or args.run_dir / "last.safetensors", out, args.pairs)
+        write_result("compress_fused_baselines", {**fair, "command": command_line("benchmarks.compress")})
+        print(json.dumps({k: fair[k] for k in ("throughput_b64", "latency_b1_speedup")}, indent=1, default=str))
+        return
     if args.checkpoint is None:
         rewind = args.run_dir / "rewind-e1.safetensors"
 
@@ -83,7 +155,6 @@ def main() -> None:
                   out=str(args.run_dir), overwrite=True, progress=False, callbacks=[keep_epoch1])
         args.checkpoint, args.rewind = res.last_checkpoint, rewind
     crit = criteria(args.checkpoint)
-    out = args.run_dir / "compress"
     r = compress(args.checkpoint, RECIPES, out, data="fashion-mnist", data_dir=SHARED_DATA,
                  finetune_epochs=args.finetune_epochs, criterion=args.criterion, distill=True, rewind=args.rewind,
                  round_to=args.round_to if args.round_to > 1 else None, repeats=args.repeats, log=lambda s: print(s, flush=True))
@@ -91,7 +162,9 @@ def main() -> None:
                "finetune_epochs": args.finetune_epochs, "prune_criterion": args.criterion, "distill": True,
                "observer": "mse", "calibration_images": 512,  # compress()'s defaults, which this script keeps
                "round_to": args.round_to,
-               "rows": r.rows, "criteria_at_half_macs": crit, "total_seconds": time.time() - t0}
+               "rows": r.rows, "criteria_at_half_macs": crit,
+               "fused_baselines": fused_baselines(args.checkpoint, out, args.pairs),
+               "total_seconds": time.time() - t0, "command": command_line("benchmarks.compress")}
     write_result("compress", payload)
     shutil.copy(r.png_path, RESULTS / "compress_pareto.png")
     md = markdown_table(r.rows)

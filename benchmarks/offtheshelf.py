@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RESULTS, SHARED_DATA, command_line, write_result
+from benchmarks.common import RESULTS, SHARED_DATA, command_line, write_result, t_interval
 
 
 def mnist_rows() -> np.ndarray:
@@ -60,16 +60,6 @@ def splits(labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, n
         val += list(rest[:n_val])
         train += list(rest[n_val:])
     return np.array(sorted(train)), np.array(sorted(val)), np.array(sorted(test))
-
-
-def t_interval(diffs: list[float]) -> dict:
-    """Mean of paired differences with a two-sided 95% t-interval."""
-    from scipy import stats
-
-    d = np.asarray(diffs, dtype=float)
-    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-    return {"mean": float(d.mean()), "interval": [float(d.mean() - half), float(d.mean() + half)],
-            "n": len(d), "values": [float(x) for x in d]}
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.common import write_result
+from benchmarks.common import command_line, paired_ratio, write_result
 from cnnkit.train.config import RECIPES
 
 LEVELS = (1, 8, 32, 64)
@@ -346,36 +346,43 @@ async def _refusal_latency(url: str, path: str, body: bytes, clients: int, round
 
 def paired_rounds(r18: Path, r9: Path, body18: bytes, body9: bytes, rounds: int, seconds: float, amp: str,
                   device: str) -> list[dict]:
-    """Each round, back to back: ResNet-18 offline at batch 32, then 32 clients with batching on and off (two
-    servers up at once, one driven at a time); ResNet-9 at 32 clients, then the bare endpoint on the same server."""
+    """Each round starts fresh server processes and measures both sides of every ratio back to back, the order
+    of the two sides swapped every other round: ResNet-18 offline at batch 32 and 32 clients with batching on
+    and off (two servers up at once, one driven at a time); ResNet-9 at 32 clients and the bare endpoint on the
+    same server."""
     out: list[dict] = [{} for _ in range(rounds)]
-    servers: list[Server] = []
-    try:
-        for max_batch in (32, 1):
-            servers.append(Server([str(r18)], max_batch=max_batch, amp=amp, device=device))
-        on, off = servers
-        for r in out:
+    for i, r in enumerate(out):
+        servers: list[Server] = []
+        try:
+            for max_batch in (32, 1):
+                servers.append(Server([str(r18)], max_batch=max_batch, amp=amp, device=device))
+            on, off = servers
             offline = offline_throughput(r18, seconds=3.0, amp=amp, device=device)
-            a, b = level(on, "resnet18", body18, 32, seconds), level(off, "resnet18", body18, 32, seconds)
+            if i % 2 == 0:
+                a, b = level(on, "resnet18", body18, 32, seconds), level(off, "resnet18", body18, 32, seconds)
+            else:
+                b, a = level(off, "resnet18", body18, 32, seconds), level(on, "resnet18", body18, 32, seconds)
             bound = 5.0 + 2e3 * offline["seconds_per_batch"]
             r.update({"resnet18_offline_batch32": offline["images_per_s"], "resnet18_on": a["requests_per_s"],
                       "resnet18_off": b["requests_per_s"], "resnet18_p99_ms": a["p99_ms"], "resnet18_p99_bound_ms": bound,
                       "resnet18_over_offline": a["requests_per_s"] / offline["images_per_s"],
                       "resnet18_p99_over_bound": a["p99_ms"] / bound,
                       "resnet18_on_over_off": a["requests_per_s"] / b["requests_per_s"]})
-    finally:
-        for server in servers:  # both, or the one that started
-            server.stop()
-    server = Server([str(r9)], amp=amp, device=device)
-    try:
-        for r in out:
-            a = level(server, "resnet9", body9, 32, seconds)
-            c = level(server, "resnet9", body9, 32, seconds, "/bench/constant")
+        finally:
+            for server in servers:  # both, or the one that started
+                server.stop()
+        server = Server([str(r9)], amp=amp, device=device)
+        try:
+            if i % 2 == 0:
+                a = level(server, "resnet9", body9, 32, seconds)
+                c = level(server, "resnet9", body9, 32, seconds, "/bench/constant")
+            else:
+                c = level(server, "resnet9", body9, 32, seconds, "/bench/constant")
+                a = level(server, "resnet9", body9, 32, seconds)
             r.update({"resnet9_on": a["requests_per_s"], "resnet9_constant": c["requests_per_s"],
                       "resnet9_over_constant": a["requests_per_s"] / c["requests_per_s"]})
-    finally:
-        server.stop()
-    for i, r in enumerate(out):
+        finally:
+            server.stop()
         print("round", i, json.dumps({k: round(v, 3) for k, v in r.items()}), flush=True)
     return out
 
@@ -386,7 +393,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=None)
     ap.add_argument("--amp", choices=("off", "auto"), default="off",
                     help="the server's precision (`cnnkit serve --amp`); auto: bf16 where the CPU runs it natively")
-    ap.add_argument("--rounds", type=int, default=3, help="paired rounds that decide the targets (median)")
+    ap.add_argument("--rounds", type=int, default=6,
+                    help="paired rounds, each with fresh servers, that decide the targets (median and 95%% interval)")
     ap.add_argument("--device", default="cpu", help="where the server runs the models (cpu or cuda; the load "
                     "levels only: the drills run on the CPU)")
     args = ap.parse_args()
@@ -425,14 +433,15 @@ def main() -> None:
         # ratio back to back, and the targets take the median round
         result["paired_rounds"] = paired_rounds(r18, r9, body18, body9, 1 if args.quick else args.rounds, seconds,
                                                 args.amp, args.device)
-        med = lambda key: statistics.median(r[key] for r in result["paired_rounds"])  # noqa: E731
+        ratio = lambda key: paired_ratio([r[key] for r in result["paired_rounds"]])  # noqa: E731
         result["targets"] = {
             "rounds": len(result["paired_rounds"]),
-            "resnet18_32_clients_over_offline_batch32": med("resnet18_over_offline"),
-            "resnet18_p99_over_bound": med("resnet18_p99_over_bound"),
-            "resnet9_32_clients_over_constant": med("resnet9_over_constant"),
-            "resnet18_batching_on_over_off_at_32": med("resnet18_on_over_off"),
+            "resnet18_32_clients_over_offline_batch32": ratio("resnet18_over_offline"),
+            "resnet18_p99_over_bound": ratio("resnet18_p99_over_bound"),
+            "resnet9_32_clients_over_constant": ratio("resnet9_over_constant"),
+            "resnet18_batching_on_over_off_at_32": ratio("resnet18_on_over_off"),
         }
+        result["command"] = command_line("benchmarks.serve")
         print(json.dumps(result["targets"], indent=1), flush=True)
         name = "serve" + ("_cuda" if args.device.startswith("cuda") else "") + ("_auto" if args.amp != "off" else "")
         if args.amp != "off" or args.device != "cpu":  # the drills compare with `cnnkit predict` on the CPU in fp32

@@ -1,7 +1,9 @@
 """Trainer overhead: images/s of cnnkit.train.fit against plain hand-written PyTorch loops, side by side.
 
 Same model (the fast recipe's: ResNet-9, width 16, pooling before BN and ReLU), batch size, threads and data (full Fashion-MNIST training set, one epoch,
-no augmentation, no validation). Runs are interleaved, in alternating order, and the median is reported.
+no augmentation, no validation). Every arm runs in a fresh process (no earlier allocation, thread pool or
+malloc setting shapes it), `--repeats` rounds (default 6) in a rotating order; each ratio is the median of
+per-round paired ratios with a distribution-free 95% interval (benchmarks.common.paired_ratio).
 `fit` runs with `--amp` as given (`auto`: bf16 only where the CPU computes it natively; `off`: fp32, which is
 what a CPU without native bf16 gets, so `--amp off` stands in for such a machine) and its layout on `auto`
 (measured). The plain loops cover every setting a person might pick by hand: fp32 and (where the CPU has
@@ -18,11 +20,9 @@ fit's lead over the hand-written loop that is; the kept-memory loop is not one o
     python -m benchmarks.trainer_overhead --amp off --pair --repeats 6   # fit against its plain twin only
                                                     # (and the twin with fit's malloc limits)
 
-`--pair` runs each arm in a fresh process (`--one ARM`), the three arms in a rotating order, fit first in the
-first round; the figure is the median of the per-round paired ratios with a distribution-free 95% interval
-(benchmarks.common.paired_ratio). The full table runs every arm in one process, in alternating order: in it,
-every arm after the first `fit` runs with the malloc limits fit leaves raised (they stay for the process's
-life), so only `--pair` compares fit with a loop in the state a user's own process would be in.
+`--pair` runs only three arms (fit, the plain loop at fit's precision and layout, and that loop with fit's
+malloc limits), fit first in the first round. Earlier versions ran the full table in one process, where every
+loop after the first `fit` ran with the malloc setting fit left behind; those figures are withdrawn.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from benchmarks.common import SHARED_DATA, gemm_peak_gflops, paired_ratio, train_flops_per_image, write_result
+from benchmarks.common import (SHARED_DATA, command_line, gemm_peak_gflops, paired_ratio, train_flops_per_image,
+                               write_result)
 from cnnkit.data import AugmentConfig, BatchLoader, Normalize, channel_stats, load_dataset
 from cnnkit.models import create
 from cnnkit.runtime import autocast, autocast_dtype, cpu_description, reuse_freed_memory
@@ -99,19 +100,24 @@ def input_pipeline(data, augment: AugmentConfig, step_seconds: float) -> dict[st
 PAIR_ARMS = ("fit", "plain_same", "plain_same_kept_memory")
 
 
+def run_arm(arm: str, args: argparse.Namespace, seed: int) -> float:
+    """Images/s of one arm, one epoch, in a fresh process (`--one ARM`)."""
+    cmd = [sys.executable, "-m", "benchmarks.trainer_overhead", "--one", arm, "--amp", args.amp,
+           "--data-dir", args.data_dir, "--seed", str(seed)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"]
+
+
 def pair_in_fresh_processes(args: argparse.Namespace) -> None:
     """fit, the plain loop at fit's precision and layout, and that loop with fit's malloc limits: each arm in a
     fresh process, `--repeats` rounds in a rotating order; per-round paired ratios of fit to each loop."""
     runs: dict[str, list[float]] = {arm: [] for arm in PAIR_ARMS}
     for r in range(args.repeats):
         for arm in PAIR_ARMS[r % 3:] + PAIR_ARMS[:r % 3]:
-            cmd = [sys.executable, "-m", "benchmarks.trainer_overhead", "--one", arm, "--amp", args.amp,
-                   "--data-dir", args.data_dir, "--seed", str(r)]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            runs[arm].append(json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"])
+            runs[arm].append(run_arm(arm, args, r))
         print({k: round(v[-1]) for k, v in runs.items()}, flush=True)
     fit_cfg = yaml.safe_load(open("/tmp/cnnkit-bench-overhead/config.yaml"))
-    result = {"command": f"python -m benchmarks.trainer_overhead --amp {args.amp} --pair --repeats {args.repeats}",
+    result = {"command": command_line("benchmarks.trainer_overhead"),
               "cpu_details": cpu_description(), "amp": args.amp, "fit_layout": fit_cfg["chosen"]["layout"],
               "fit_precision": fit_cfg["chosen"]["precision"], "model": f"{MODEL} {KW}", "batch_size": BATCH,
               "method": "each arm one epoch of the full Fashion-MNIST training set in a fresh process; arms in a "
@@ -130,47 +136,49 @@ def pair_in_fresh_processes(args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-dir", default=str(SHARED_DATA))
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=6, help="rounds; each arm once per round, in a fresh process")
     ap.add_argument("--amp", choices=("off", "auto"), default="auto")
     ap.add_argument("--all-plain", action="store_true", help="Also time bf16 plain loops where bf16 is emulated.")
     ap.add_argument("--pair", action="store_true",
                     help="Only fit and the plain loop at fit's setting, more precisely: many repeats of the pair "
                          "(writes trainer_overhead_<amp>_pair.json; the full table stays as it is)")
-    ap.add_argument("--one", choices=PAIR_ARMS, help=argparse.SUPPRESS)  # one arm of --pair, in this process
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # one arm, in this (fresh) process
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.pair and args.one is None:
         return pair_in_fresh_processes(args)
     cpu = cpu_description()
-    data = load_dataset("fashion-mnist", "train", data_dir=args.data_dir)
     amp = autocast_dtype(args.amp, torch.device("cpu"))
     dtypes = {"fp32": None}
     if amp is not None or cpu["bf16_native"] or args.all_plain:
         dtypes["bf16"] = torch.bfloat16
-    measure = {"fit": lambda r: fit_epoch(args.data_dir, args.amp),
-               "fit_original_order": lambda r: fit_epoch(args.data_dir, args.amp, ORIGINAL_KW, "/tmp/cnnkit-bench-oo")}
-    for dname, dt in dtypes.items():
-        for layout in ("nchw", "channels_last"):
-            measure[f"plain_{dname}_{layout}"] = (lambda dt, cl: lambda r: plain_loop(data, dt, cl, seed=r))(
-                dt, layout == "channels_last")
+    arms = ["fit", "fit_original_order"] + [f"plain_{d}_{layout}" for d in dtypes for layout in ("nchw", "channels_last")]
     # the fp32 channels-last loop again with fit's malloc limits: what fit's lead over the hand-written loop is made of
-    measure["kept_memory_fp32_channels_last"] = lambda r: plain_loop(data, None, True, seed=r, kept_memory=True)
-    if args.one is not None:  # one arm of --pair in this fresh process: its images/s on stdout
+    arms.append("kept_memory_fp32_channels_last")
+    if args.one is not None:  # one arm in this fresh process: its images/s on stdout
+        data = load_dataset("fashion-mnist", "train", data_dir=args.data_dir)
+
         def fit_chose_channels_last() -> bool:
             chosen = yaml.safe_load(open("/tmp/cnnkit-bench-overhead/config.yaml"))["chosen"]
             return chosen["layout"].startswith("channels-last")
 
         one = {"fit": lambda r: fit_epoch(args.data_dir, args.amp),  # runs first, so the loops know fit's layout
+               "fit_original_order": lambda r: fit_epoch(args.data_dir, args.amp, ORIGINAL_KW, "/tmp/cnnkit-bench-oo"),
                "plain_same": lambda r: plain_loop(data, amp, fit_chose_channels_last(), seed=r),
                "plain_same_kept_memory": lambda r: plain_loop(data, amp, fit_chose_channels_last(), seed=r,
-                                                              kept_memory=True)}[args.one]
-        print(json.dumps({"arm": args.one, "images_per_s": one(args.seed)}))
+                                                              kept_memory=True),
+               "kept_memory_fp32_channels_last": lambda r: plain_loop(data, None, True, seed=r, kept_memory=True)}
+        for dname, dt in (("fp32", None), ("bf16", torch.bfloat16)):
+            for layout in ("nchw", "channels_last"):
+                one[f"plain_{dname}_{layout}"] = (lambda dt, cl: lambda r: plain_loop(data, dt, cl, seed=r))(
+                    dt, layout == "channels_last")
+        print(json.dumps({"arm": args.one, "images_per_s": one[args.one](args.seed)}))
         return
-    runs: dict[str, list[float]] = {k: [] for k in measure}
-    for r in range(args.repeats):
-        order = list(measure) if r % 2 == 0 else list(reversed(measure))  # alternate to cancel drift
-        for name in order:
-            runs[name].append(measure[name](r))
+    data = load_dataset("fashion-mnist", "train", data_dir=args.data_dir)
+    runs: dict[str, list[float]] = {k: [] for k in arms}
+    for r in range(args.repeats):  # every arm in a fresh process, the order rotating round by round
+        for name in arms[r % len(arms):] + arms[:r % len(arms)]:
+            runs[name].append(run_arm(name, args, r))
         print({k: round(v[-1]) for k, v in runs.items()}, flush=True)
     med = {k: statistics.median(v) for k, v in runs.items()}
     fit_cfg = yaml.safe_load(open("/tmp/cnnkit-bench-overhead/config.yaml"))
@@ -178,9 +186,9 @@ def main() -> None:
     same = f"plain_{'bf16' if amp is not None else 'fp32'}_{fit_layout}"
     # each repeat's fit against the same repeat's loop, minutes apart: this machine's speed drifts by ±10% over
     # minutes, so the median of these paired ratios is the steadier figure
-    paired = [f / p for f, p in zip(runs["fit"], runs[same])]
+    paired = paired_ratio([f / p for f, p in zip(runs["fit"], runs[same])])
     kept = "kept_memory_fp32_channels_last"
-    paired_kept = [f / p for f, p in zip(runs["fit"], runs[kept])]
+    paired_kept = paired_ratio([f / p for f, p in zip(runs["fit"], runs[kept])])
     plain = {k: v for k, v in med.items() if k.startswith("plain_")}  # the hand-written loops, as people write them
     fastest = max(plain, key=plain.get)
 
@@ -193,17 +201,20 @@ def main() -> None:
     pipeline = {name: input_pipeline(data, AugmentConfig(**RECIPES[name]["mnist-like"].get("augment", {})),
                                      step_seconds) for name in ("fast", "long")}
     result = {
+        "command": command_line("benchmarks.trainer_overhead"),
+        "method": "every arm one epoch of the full Fashion-MNIST training set in a fresh process, `--repeats` "
+                  "rounds in a rotating order; paired ratios per round, median with a distribution-free 95% interval",
         "cpu_details": cpu, "amp": args.amp, "fit_precision": fit_cfg["chosen"]["precision"],
         "fit_layout": fit_cfg["chosen"]["layout"],
         "model": f"{MODEL} {KW}", "fit_original_order_model": f"{MODEL} {ORIGINAL_KW}", "batch_size": BATCH, "images": len(data),
         "images_per_s_median": med, "images_per_s_runs": runs,
-        "plain_same_setting": same, "ratio_fit_over_plain_same_setting": med["fit"] / med[same],
-        "paired_ratios_fit_over_plain_same_setting": paired,
-        "ratio_fit_over_fit_original_order": med["fit"] / med["fit_original_order"],
-        "fastest_plain": fastest, "ratio_fit_over_fastest_plain": med["fit"] / med[fastest],
-        "ratio_fit_over_fp32_channels_last": med["fit"] / med["plain_fp32_channels_last"],
-        "paired_ratios_fit_over_kept_memory_fp32_channels_last": paired_kept,
-        "ratio_fit_over_kept_memory_fp32_channels_last": med["fit"] / med["kept_memory_fp32_channels_last"],
+        "plain_same_setting": same, "ratio_fit_over_plain_same_setting": paired,
+        "ratio_fit_over_fit_original_order": paired_ratio([f / o for f, o in zip(runs["fit"], runs["fit_original_order"])]),
+        "fastest_plain": fastest,
+        "ratio_fit_over_fastest_plain": paired_ratio([f / p for f, p in zip(runs["fit"], runs[fastest])]),
+        "ratio_fit_over_fp32_channels_last": paired_ratio(
+            [f / p for f, p in zip(runs["fit"], runs["plain_fp32_channels_last"])]),
+        "ratio_fit_over_kept_memory_fp32_channels_last": paired_kept,
         "train_gflop_per_image": flops / 1e9,
         "sgemm_peak_gflops": sgemm, "bf16_gemm_peak_gflops": bf16_gemm,
         "fit_share_of_sgemm_peak": med["fit"] * flops / 1e9 / sgemm,

@@ -162,6 +162,8 @@ def test_probes_separate_a_linearly_separable_toy_set(head):
         xtr, xte = xtr[:, :, None, None].expand(-1, -1, 3, 3), xte[:, :, None, None].expand(-1, -1, 3, 3)
     s = fit_head(head, xtr, ytr, xte, yte, epochs=15)
     assert s.test_acc == 1.0, s
+    # the per-image predictions behind the accuracy, for paired comparisons of two probes on the same images
+    assert len(s.test_pred) == len(yte) and (torch.as_tensor(s.test_pred) == yte).float().mean().item() == s.test_acc
 
 
 def test_probe_table_has_the_baselines_and_the_cli_writes_it(rotnet_run, tmp_path, capsys):

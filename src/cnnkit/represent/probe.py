@@ -29,6 +29,7 @@ class ProbeScore:
     test_acc: float
     seconds: float
     dims: int
+    test_pred: np.ndarray | None = None  # the predicted class of each scored image, for paired comparisons
 
 
 def _standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -46,9 +47,9 @@ def fit_head(head: str, train_x: torch.Tensor, train_y: torch.Tensor, test_x: to
     if head == "conv":
         if train_x.ndim != 4:
             raise ConfigError("the conv probe needs feature maps: extract them with --pool none")
-        tr, te = _torch_head(_conv_head(train_x.shape[1], int(train_y.max()) + 1), train_x, train_y, test_x,
-                             test_y, epochs, seed)
-        return ProbeScore(head, tr, te, time.perf_counter() - t, int(np.prod(train_x.shape[1:])))
+        tr, te, pred = _torch_head(_conv_head(train_x.shape[1], int(train_y.max()) + 1), train_x, train_y, test_x,
+                                   test_y, epochs, seed)
+        return ProbeScore(head, tr, te, time.perf_counter() - t, int(np.prod(train_x.shape[1:])), pred)
     if train_x.ndim == 4:  # maps given to a head over vectors: flattened, as RotNet's non-linear classifier
         train_x, test_x = train_x.flatten(1), test_x.flatten(1)
     xtr, xte = train_x.flatten(1).double().numpy(), test_x.flatten(1).double().numpy()
@@ -56,9 +57,9 @@ def fit_head(head: str, train_x: torch.Tensor, train_y: torch.Tensor, test_x: to
     if head == "mlp":
         xtr, xte = _standardize(xtr, xte)
         n_classes = int(max(ytr.max(), yte.max())) + 1
-        tr, te = _torch_head(_mlp_head(xtr.shape[1], n_classes), torch.from_numpy(xtr).float(), train_y,
-                             torch.from_numpy(xte).float(), test_y, epochs, seed)
-        return ProbeScore(head, tr, te, time.perf_counter() - t, xtr.shape[1])
+        tr, te, pred = _torch_head(_mlp_head(xtr.shape[1], n_classes), torch.from_numpy(xtr).float(), train_y,
+                                   torch.from_numpy(xte).float(), test_y, epochs, seed)
+        return ProbeScore(head, tr, te, time.perf_counter() - t, xtr.shape[1], pred)
     if head == "knn":
         from sklearn.neighbors import KNeighborsClassifier
 
@@ -81,8 +82,8 @@ def fit_head(head: str, train_x: torch.Tensor, train_y: torch.Tensor, test_x: to
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit(xtr, ytr)
     train_acc = float((clf.predict(xtr) == ytr).mean()) if head != "knn" else float("nan")
-    return ProbeScore(head, train_acc, float((clf.predict(xte) == yte).mean()), time.perf_counter() - t,
-                      xtr.shape[1])
+    pred = clf.predict(xte)
+    return ProbeScore(head, train_acc, float((pred == yte).mean()), time.perf_counter() - t, xtr.shape[1], pred)
 
 
 def _mlp_head(d: int, n: int) -> nn.Module:
@@ -100,9 +101,9 @@ def _conv_head(c: int, n: int) -> nn.Module:
 
 
 def _torch_head(net: nn.Module, xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte: torch.Tensor,
-                epochs: int, seed: int, batch: int = 128) -> tuple[float, float]:
+                epochs: int, seed: int, batch: int = 128) -> tuple[float, float, np.ndarray]:
     """SGD with momentum, lr 0.1 with a cosine decay, weight decay 5e-4 (RotNet's classifier training,
-    shortened); the accuracy on both splits."""
+    shortened); the accuracy on both splits and the predictions on the second."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     steps = epochs * math.ceil(len(xtr) / batch)
@@ -122,9 +123,9 @@ def _torch_head(net: nn.Module, xtr: torch.Tensor, ytr: torch.Tensor, xte: torch
             sched.step()
     net.eval()
 
-    def acc(x, y):
+    def predict(x):
         with torch.no_grad():
-            pred = torch.cat([net(x[s:s + 512]).argmax(1) for s in range(0, len(x), 512)])
-        return float((pred == y).float().mean())
+            return torch.cat([net(x[s:s + 512]).argmax(1) for s in range(0, len(x), 512)])
 
-    return acc(xtr, ytr), acc(xte, yte)
+    pred = predict(xte)
+    return float((predict(xtr) == ytr).float().mean()), float((pred == yte).float().mean()), pred.numpy()
