@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import ROOT, SHARED_DATA, write_result
+from benchmarks.common import ROOT, SHARED_DATA, command_line, write_result
 
 CHILD = r"""
 import json, sys, time
@@ -74,7 +74,8 @@ def main() -> None:
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
     med = {k: statistics.median(x["images_per_s"] for x in v) for k, v in runs.items()}
-    result = {"amp": args.amp, "before": before_rev, "images_per_s_median": med, "runs": runs,
+    result = {"command": command_line("benchmarks.before_after"),
+              "amp": args.amp, "before": before_rev, "images_per_s_median": med, "runs": runs,
               "ratio_after_over_before": {s: med[f"{s}_after"] / med[f"{s}_before"] for s in ("fixed", "default")}}
     print(write_result(f"before_after_{args.amp}", result))
     print(json.dumps({k: result[k] for k in ("images_per_s_median", "ratio_after_over_before")}, indent=1))

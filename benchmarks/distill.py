@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, SHARED_DATA, machine, write_result
+from benchmarks.common import RESULTS, SHARED_DATA, command_line, machine, write_result
 
 PAPERS = ("Hinton, Vinyals and Dean (2015): on MNIST a distilled small net made 74 test errors against 146 "
           "trained alone (the large teacher net: 67); Shen and Savvides (2020, MEAL V2): a plain "
@@ -111,9 +111,7 @@ def main() -> None:
                **({"base_epochs": args.epochs, "finetune_lr": args.finetune_lr} if args.setting == "finetune" else {}),
                "teachers": described,
                "rows": rows, "checks": checks, "papers": PAPERS, "quick": args.quick,
-               "command": "python -m benchmarks.distill" + (" --quick" if args.quick else "")
-               + (" --setting finetune" if args.setting == "finetune" else "")
-               + (f" --seed {args.seed}" if args.seed else "")}
+               "command": command_line("benchmarks.distill")}
     name = ("distill_quick" if args.quick else "distill") + ("_finetune" if args.setting == "finetune" else "") \
         + (f"_seed{args.seed}" if args.seed else "")
     write_result(name, payload)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS, SHARED_DATA, write_result
+from benchmarks.common import RESULTS, SHARED_DATA, command_line, write_result
 from cnnkit.data import Normalize, load_dataset
 from cnnkit.explain import explain
 from cnnkit.explain.run import benchmark_methods
@@ -119,7 +119,8 @@ def main() -> None:
     write_result("explain", {"model": ckpt.meta["model"],
                              "model_kwargs": ckpt.meta.get("model_kwargs"), "training": train_info,
                              "test_accuracy_first_2000": acc, "speed": sp, "methods": bench.rows,
-                             "limit": args.limit, "seconds": time.time() - t0})
+                             "limit": args.limit, "seconds": time.time() - t0,
+                             "command": command_line("benchmarks.explain")})
     print((RESULTS / "explain.md").read_text())
 
 

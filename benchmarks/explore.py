@@ -32,7 +32,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from benchmarks.common import RESULTS, SHARED_DATA, write_result
+from benchmarks.common import RESULTS, SHARED_DATA, command_line, write_result
 from benchmarks.serve import make_checkpoint
 
 SHOTS = RESULTS / "explore"
@@ -229,7 +229,7 @@ def main() -> None:
                                   f"{train_s:.0f} s), 1×28×28", "resnet50": "random weights, 3×224×224"},
             "results": rows, "targets_met": targets, "screenshots": shots,
             "static_export_bytes": site.stat().st_size, "static_export_images": 4,
-            "command": "python -m benchmarks.explore"})
+            "command": command_line("benchmarks.explore")})
         print(json.dumps(targets, indent=2), "\n", path)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import RESULTS, write_result
+from benchmarks.common import RESULTS, command_line, write_result
 from cnnkit.deploy.artifacts import _write_onnx
 from cnnkit.models import create
 
@@ -56,7 +56,8 @@ def main(rounds: int = 7, batch: int = 64) -> None:
                          "ort_img_s": statistics.median(onnx), "torch_after_ort_img_s": statistics.median(after)})
     for r in rows:
         r["torch_after_ort_ratio"] = r["torch_after_ort_img_s"] / r["torch_alone_img_s"]
-    write_result("ort_spinning", {"rounds": rounds, "batch": batch, "threads": torch.get_num_threads(), "rows": rows})
+    write_result("ort_spinning", {"command": command_line("benchmarks.ort_spinning"),
+                                  "rounds": rounds, "batch": batch, "threads": torch.get_num_threads(), "rows": rows})
     md = ("| ORT spinning | PyTorch alone img/s | ORT img/s | PyTorch right after ORT img/s | after / alone |\n"
           "| --- | --- | --- | --- | --- |\n")
     md += "".join(f"| {'on (default)' if r['ort_spinning'] else 'off (cnnkit)'} | {r['torch_alone_img_s']:,.0f} | "

@@ -19,7 +19,7 @@ import statistics
 import subprocess
 import sys
 
-from benchmarks.common import paired_ratio, write_result
+from benchmarks.common import command_line, paired_ratio, write_result
 
 STEPS = r"""
 import json, resource, statistics, sys, time, torch
@@ -87,8 +87,7 @@ def main() -> None:
             [a["step_ms"] / b["step_ms"] for a, b in zip(runs[arm], base)])
         summary[arm]["faults_vs_glibc_defaults"] = paired_ratio(
             [a["faults_per_step"] / b["faults_per_step"] for a, b in zip(runs[arm], base)])
-    command = "python -m benchmarks.page_faults" + (f" --repeats {args.repeats}" if args.repeats != 6 else "")
-    print(write_result("page_faults", {"command": command,
+    print(write_result("page_faults", {"command": command_line("benchmarks.page_faults"),
                                        "model": "resnet9 fast recipe, batch 256, fp32 channels-last, 2 threads",
                                        "runs": runs, "summary": summary}))
     print(json.dumps(summary, indent=1))

@@ -18,7 +18,7 @@ import json
 import tempfile
 import time
 
-from benchmarks.common import RESULTS, write_result
+from benchmarks.common import RESULTS, command_line, write_result
 from cnnkit.errors import TrainingDiverged
 from cnnkit.evaluate import evaluate
 from cnnkit.models.registry import get_entry, list_models
@@ -76,6 +76,7 @@ def main() -> None:
                     help="With --models: re-run these and replace their rows in benchmarks/results/recipes.json "
                          "(after a change to their recipe), keeping the other rows.")
     args = ap.parse_args()
+    command = command_line("benchmarks.recipes")
     models = args.models or ([m for m in list_models() if not get_entry(m).imagenet] if args.all else REPRESENTATIVES)
     rows = []
     for m in models:
@@ -90,13 +91,14 @@ def main() -> None:
             raise SystemExit(f"recipes.json was measured with --amp {old['amp']}; replace rows with the same")
         fresh = {r["model"]: r for r in rows}
         rows = [fresh.pop(r["model"], r) for r in old["rows"]] + list(fresh.values())
+        command = f"{old['command']} && {command}" if old.get("command") else command  # the full run, then this
     elif args.models or args.epochs != 10:
         print(table(rows))
         return  # a quick look, not the benchmark
     print(table(rows))
     met = all(r["test_acc"] is not None and r["test_acc"] >= TARGET and not r["diverged"] for r in rows)
     payload = {"epochs": args.epochs, "amp": args.amp, "cpu": cpu_description(), "target": TARGET, "met": met,
-               "rows": rows}
+               "rows": rows, "command": command}
     write_result("recipes", payload)
     (RESULTS / "recipes.md").write_text(
         f"# `benchmarks/recipes.py`: each family's default recipe, `--model M --data sample --epochs 10`\n\n"

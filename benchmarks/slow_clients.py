@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import write_result
+from benchmarks.common import command_line, write_result
 from benchmarks.serve import make_checkpoint, png_bytes
 
 
@@ -233,7 +233,8 @@ def main() -> None:
                   f"(connection limit {args.nofile - 64})", "slow_connections": args.connections,
         "of_them_slow_bodies": args.bodies, "byte_every_s": args.every, "reopened_after_s": 1.0,
         "attack_seconds": args.seconds, "healthy_client": "GET /healthz every 0.1 s and POST predict every 0.25 s, "
-                                                          "each on a new connection (aiohttp)"}, **result})
+                                                          "each on a new connection (aiohttp)"}, **result,
+        "command": command_line("benchmarks.slow_clients")})
     print(path)
     for k in ("idle", "attack"):
         print(k, {q: result[k][q] for q in ("healthz", "predict")})

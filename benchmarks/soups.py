@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, SHARED_DATA, write_result
+from benchmarks.common import RESULTS, SHARED_DATA, command_line, paired_bootstrap, write_result
 
 PAPER = {"model": "CLIP ViT-B/32, 72 ingredients, ImageNet top-1", "best_individual": 80.39, "uniform_soup": 79.97,
          "greedy_soup": 81.03,
@@ -120,6 +120,21 @@ def main() -> None:
                 "heldout_acc": score_held(plain, chef.normalization), "test_acc": score_test(plain, chef.normalization),
                 "kept": None, "ingredients": [i.name for i in ings], "checkpoint": None}
         timing["base_and_ablation"] = time.perf_counter() - t
+        # per-image test correctness of the best single ingredient (chosen on held-out) and of both soups, for
+        # paired bootstraps over the test images (one base, one sweep: seeds would cost a whole run each)
+        from cnnkit.evaluate import evaluate
+
+        chosen = max((r for r in soup.rows if r.kind == "ingredient"), key=lambda r: r.heldout_acc)
+        paths = {"best single": chosen.checkpoint,
+                 "greedy soup": soup.row("greedy soup").checkpoint, "uniform soup": soup.row("uniform soup").checkpoint}
+        hits = {}
+        for k, path in paths.items():
+            ev = evaluate(path, data_dir=args.data_dir, device="cpu")
+            hits[k] = (ev.probs.argmax(1) == ev.labels).numpy()
+        differences = {"greedy_minus_best_single": paired_bootstrap(hits["greedy soup"], hits["best single"]),
+                       "uniform_minus_best_single": paired_bootstrap(hits["uniform soup"], hits["best single"]),
+                       "greedy_minus_uniform": paired_bootstrap(hits["greedy soup"], hits["uniform soup"])}
+        print(json.dumps(differences, indent=1), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -128,6 +143,7 @@ def main() -> None:
     greedy, uniform = soup.row("greedy soup"), soup.row("uniform soup")
     checks = {
         "greedy_soup_test_at_least_best_single_ingredient": greedy.test_acc >= best.test_acc,
+        "greedy_soup_ahead_of_best_single_interval_above_0": differences["greedy_minus_best_single"]["interval_points"][0] > 0,
         "greedy_soup_heldout_at_least_best_single_ingredient": greedy.heldout_acc >= best.heldout_acc,
         "bn_recompute_helps_the_uniform_soup": uniform.test_acc >= nobn["test_acc"],
     }
@@ -141,9 +157,8 @@ def main() -> None:
         "greedy_steps": [vars(s) for s in soup.steps], "greedy_kept": soup.kept,
         "best_single": {"name": best.name, "heldout_acc": best.heldout_acc, "test_acc": best.test_acc},
         "best_single_on_test": max(r.test_acc for r in ingredients),
-        "checks": checks, "paper": PAPER,
-        "command": "python -m benchmarks.soups" + (" --quick" if args.quick else "")
-                   + (f" --threads {args.threads}" if args.threads else "")}
+        "test_differences_paired_bootstrap": differences,
+        "checks": checks, "paper": PAPER, "command": command_line("benchmarks.soups")}
     name = "soups_quick" if args.quick else "soups"
     path = write_result(name, payload)
     write_markdown(payload, RESULTS / f"{name}.md")
@@ -173,7 +188,10 @@ def write_markdown(p: dict, out: Path) -> None:
                   f"{s['name']} {pct(s['heldout_acc'])}" + ("" if s["before"] is None else
                                                              f" ({'kept' if s['kept'] else 'left out'})")
                   for s in p["greedy_steps"]) + ".",
-              "", "| check | met |", "| --- | --- |"] + [f"| {k} | {'yes' if v else 'no'} |"
+              "", "Paired differences on the test images (points, 95% bootstrap interval; one base, one sweep):", ""]
+    lines += [f"- {k}: {d['difference_points']:+.2f} ({d['interval_points'][0]:+.2f} to {d['interval_points'][1]:+.2f})"
+              for k, d in p["test_differences_paired_bootstrap"].items()]
+    lines += ["", "| check | met |", "| --- | --- |"] + [f"| {k} | {'yes' if v else 'no'} |"
                                                           for k, v in p["checks"].items()]
     out.write_text("\n".join(lines) + "\n")
 

@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from benchmarks.common import RESULTS, SHARED_DATA, write_result
+from benchmarks.common import RESULTS, SHARED_DATA, command_line, write_result
 from cnnkit.data import BatchLoader, load_dataset
 from cnnkit.runtime import autocast_dtype
 from cnnkit.evaluate.loop import evaluate_loader
@@ -96,7 +96,8 @@ def main() -> None:
                "cpu_details": cpu_description(), "config": result.config.to_dict(),
                "final_test_acc": curve[-1]["test_acc"], "total_minutes": total_minutes,
                "ended_inside_budget": (total_minutes * 60 <= length["budget"]) if args.budget else None,
-               "targets": targets, "curve": curve, "threads": torch.get_num_threads()}
+               "targets": targets, "curve": curve, "threads": torch.get_num_threads(),
+               "command": command_line("benchmarks.time_to_accuracy")}
     print(write_result(name, payload))
     plot(curve, targets, label, RESULTS / f"{name}.png", gpu=args.device.startswith("cuda"))
     for t in targets:

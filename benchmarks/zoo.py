@@ -31,7 +31,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import RESULTS, SHARED_DATA, write_result
+from benchmarks.common import RESULTS, SHARED_DATA, command_line, write_result
 from cnnkit.evaluate import evaluate
 from cnnkit.models import create
 from cnnkit.models.card import model_card
@@ -168,6 +168,12 @@ def plot(rows: list[dict], path) -> None:
     save_figure(fig, path)
 
 
+def chained_command(previous: str | None) -> str:
+    """The command of a result this run updates in place: the run that wrote it, then this one."""
+    this = command_line("benchmarks.zoo")
+    return f"{previous} && {this}" if previous else this
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget-min", type=float, default=3.0)
@@ -188,6 +194,7 @@ def main() -> None:
                                                                          **r["kwargs"])))
         for r in saved["rows"]:
             r["infer_img_s_b64"], r["infer_samples"] = statistics.median(samples[r["model"]]), samples[r["model"]]
+        saved["command"] = chained_command(saved.get("command"))
         write_result("zoo", saved)
         (RESULTS / "zoo.md").write_text(table(saved["rows"], saved["budget_min"]) + "\n")
         print(table(saved["rows"], saved["budget_min"]))
@@ -197,6 +204,7 @@ def main() -> None:
         saved.pop("benchmark", None), saved.pop("machine", None)
         saved["mixer"] = mixer_comparison()
         print(json.dumps(saved["mixer"]["inception_over_dw7"]))
+        saved["command"] = chained_command(saved.get("command"))
         write_result("zoo", saved)
         return
     if args.plot_only:
@@ -210,11 +218,12 @@ def main() -> None:
     for name in args.models:
         rows.append(run_one(name, {}, args.budget_min * 60, args.data_dir, False))
         write_result("zoo", {"budget_min": args.budget_min, "recipe": RECIPE, "rows": rows, "mixer": mixer,
-                             "partial": True})
+                             "partial": True, "command": command_line("benchmarks.zoo")})
     best = max((r for r in rows if not r["baseline"]), key=lambda r: r["test_acc"])
     base = rows[0]
     write_result("zoo", {"budget_min": args.budget_min, "recipe": RECIPE, "rows": rows, "mixer": mixer,
-                         "best_zoo_model": best["model"], "best_beats_baseline": best["test_acc"] > base["test_acc"]})
+                         "best_zoo_model": best["model"], "best_beats_baseline": best["test_acc"] > base["test_acc"],
+                         "command": command_line("benchmarks.zoo")})
     plot(rows, RESULTS / "zoo.png")
     (RESULTS / "zoo.md").write_text(table(rows, args.budget_min) + "\n")
     print(table(rows, args.budget_min))
