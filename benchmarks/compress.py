@@ -17,6 +17,9 @@ MACs, file size, batch-1 latency p50/p99, batch-64 throughput).
 
     python -m benchmarks.compress                     # writes benchmarks/results/compress.{json,md} and pareto.png
     python -m benchmarks.compress --checkpoint RUN --rewind RUN/rewind-e1.safetensors
+    python -m benchmarks.compress --skip-compress --checkpoint RUN/last.safetensors --run-dir DIR
+        # only step 4, on the files an earlier `cnnkit compress --recipe int8 --out DIR/compress` wrote;
+        # writes benchmarks/results/compress_fused_baselines.json
 """
 
 from __future__ import annotations
