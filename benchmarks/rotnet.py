@@ -112,7 +112,7 @@ def main() -> None:
         for src, ckpt in ckpts.items():
             model = ckpt.model.eval()
             norm = Normalize(*ckpt.normalization, torch.device("cpu"))
-            blocks = [b for b in block_names(model)]
+            blocks = block_names(model)
             pooled = [extract(model, d, norm, blocks, "avg3") for d in (train, val, test)]
             maps = [extract(model, d, norm, [FIXED_BLOCK], "none")[FIXED_BLOCK] for d in (train, val, test)]
             feats[src] = {"blocks": blocks, "pooled": pooled, "maps": maps}
