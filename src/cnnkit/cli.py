@@ -451,7 +451,8 @@ def eval_cmd(
     data: Optional[str] = typer.Option(None, help="Dataset to evaluate on (default: the checkpoint's own, with "
                                                   "the test split it held out)."),
     data_dir: Optional[Path] = typer.Option(None, help="Data root (default $CNNKIT_DATA, else ~/.cache/cnnkit/data)."),
-    split: str = typer.Option("test", help="train or test."),
+    split: str = typer.Option("test", help="train, val (the images the run held out for validation: choose "
+                                           "settings there) or test; a corruption benchmark corrupts test or val."),
     tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
     out: Optional[Path] = typer.Option(None, help="Where to write the JSON and confusion matrix (default: the run)."),
     device: str = typer.Option("auto", help="auto (CUDA when present, else CPU), cpu or cuda[:N]."),
@@ -480,10 +481,11 @@ def eval_cmd(
 
     out_dir = out or resolve_checkpoint(checkpoint).parent
     if data is not None and parse_benchmark(data) is not None:
-        if split != "test" or tta:
-            raise ConfigError(f"{data.split(':')[0]} is a test benchmark: leave out --split and --tta")
+        if split not in ("test", "val") or tta:
+            raise ConfigError(f"{data.split(':')[0]} corrupts the test split (or, with --split val, the run's "
+                              f"validation images): leave out --tta, and use --split test or val")
         _eval_corruptions(checkpoint, data, data_dir, out_dir, device, amp, adapt, alpha, tent_lr, batch_size,
-                          images_per_cell)
+                          images_per_cell, split)
         return
     if images_per_cell is not None:
         raise ConfigError("--images-per-cell applies to corruption benchmarks (e.g. --data fashion-mnist-c)")
@@ -513,12 +515,12 @@ def _adapt_words(record: dict[str, Any]) -> str:
 
 def _eval_corruptions(checkpoint: Path, data: str, data_dir: Optional[Path], out_dir: Path, device: str, amp: str,
                       adapt: Optional[str], alpha: Optional[float], tent_lr: float, batch_size: int,
-                      images_per_cell: Optional[int]) -> None:
+                      images_per_cell: Optional[int], split: str) -> None:
     from cnnkit.evaluate import evaluate_corruptions
 
     r = evaluate_corruptions(checkpoint, data, data_dir=data_dir, batch_size=batch_size, device=device, amp=amp,
                              adapt=adapt, alpha=alpha, tent_lr=tent_lr, images_per_cell=images_per_cell,
-                             out_dir=out_dir)
+                             out_dir=out_dir, split=split)
     severities = sorted({s for row in r.errors.values() for s in row})
     t = Table(title="top-1 error per corruption and severity", title_justify="left")
     t.add_column("corruption")
@@ -531,6 +533,7 @@ def _eval_corruptions(checkpoint: Path, data: str, data_dir: Optional[Path], out
     stdout.print(t)
     m = r.metrics
     summary("eval", {"checkpoint": m["checkpoint"], "data": data,
+                     "split": "val (the run's validation images)" if split == "val" else "test",
                      "images per cell": images_per_cell or "all",
                      "adapt": _adapt_words(m["adapt"]) if adapt else "none",
                      "clean error": f"{r.clean_error:.4f}",

@@ -117,7 +117,9 @@ def test_cli_eval_on_a_corruption_benchmark_and_predict_with_adaptation(trained_
                          "--adapt", "tent")
     assert code == 0, err
     for args, message in [(["--data", "sample-c:fgo"], "unknown corruption 'fgo'"),
-                          (["--data", "sample-c", "--tta"], "is a test benchmark"),
+                          (["--data", "sample-c", "--tta"], "corrupts the test split"),
+                          (["--data", "sample-c", "--split", "train"], "use --split test or val"),
+                          (["--split", "bogus"], "split must be train, val"),
                           (["--data", "sample", "--adapt", "bnn"], "--adapt must be one of"),
                           (["--data", "sample", "--alpha", "0.3"], "give it with --adapt alpha-bn"),
                           (["--data", "sample", "--adapt", "tent", "--tent-lr", "-1"], "--tent-lr must be a positive number"),
@@ -126,6 +128,34 @@ def test_cli_eval_on_a_corruption_benchmark_and_predict_with_adaptation(trained_
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
     code, out, err = run(capsys, "train", "--data", "sample-c", "--epochs", "1", "--out", str(tmp_path / "r"))
     assert code == 2 and "corruption benchmark for evaluation" in err
+
+
+def test_validation_split_is_the_runs_held_out_images_clean_and_corrupted(trained_run, tmp_path, capsys):
+    """`split="val"`: the images the run validated on (its recorded best validation accuracy comes back), and
+    corruption cells made from them, where an adaptation setting can be chosen without reading the test split."""
+    val = evaluate(trained_run.run_dir, "sample", "val", batch_size=100)
+    assert val.metrics["split"] == "val" and val.metrics["images"] < len(load_dataset("sample", "train"))
+    assert val.metrics["top1"] == pytest.approx(trained_run.best_val_acc, abs=0.015)
+    cells = evaluate_corruptions(trained_run.best_checkpoint, "sample-c:fog:5", split="val", batch_size=100,
+                                 out_dir=tmp_path)
+    assert cells.metrics["split"] == "val"
+    assert cells.clean_error == pytest.approx(1 - val.metrics["top1"], abs=1e-6)
+    test = evaluate_corruptions(trained_run.best_checkpoint, "sample-c:fog:5", batch_size=100, out_dir=tmp_path)
+    assert test.json_path != cells.json_path and test.json_path.exists() and cells.json_path.exists()
+    assert test.clean_error == pytest.approx(1 - evaluate(trained_run.run_dir, "sample", batch_size=100).metrics["top1"],
+                                             abs=1e-6)
+    code, out, err = run(capsys, "eval", "--checkpoint", str(trained_run.run_dir), "--data", "sample-c:fog:5",
+                         "--split", "val", "--adapt", "alpha-bn", "--alpha", "0.1", "--out", str(tmp_path / "cli"))
+    assert code == 0, err
+    assert "validation images" in out
+    saved = json.loads((tmp_path / "cli" / "eval-sample-c-fog-5-val-alpha-bn.json").read_text())
+    assert saved["split"] == "val" and saved["adapt"]["alpha"] == 0.1
+    no_val = load_checkpoint(trained_run.best_checkpoint)
+    no_val.meta["config"]["val_fraction"] = 0.0
+    for call in (lambda: evaluate(no_val, "sample", "val"),
+                 lambda: evaluate_corruptions(no_val, "sample-c:fog:5", split="val")):
+        with pytest.raises(ConfigError, match="held out no validation images"):
+            call()
 
 
 @pytest.mark.parametrize("call", [lambda: evaluate("/nonexistent/run", tta=True, adapt="bn"),

@@ -7,9 +7,15 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from pathlib import Path
+
+import torch
+
 from cnnkit.artifacts import LoadedCheckpoint
-from cnnkit.data.datasets import ImageData, load_dataset
+from cnnkit.data.datasets import ImageData, load_dataset, train_val_split
 from cnnkit.errors import CheckpointError
+
+DEFAULT_VAL_FRACTION = 0.1  # `cnnkit train`'s share of the training split held out for validation
 
 
 def _shape(c: int, hw: tuple[int, int]) -> str:
@@ -65,10 +71,47 @@ def load_checkpoint_data(ckpt: LoadedCheckpoint, data: str | None = None, split:
                          data_dir: str | os.PathLike | None = None, strict: bool = False,
                          ignore_class_names: bool = False, check: bool = True) -> ImageData:
     """`split` of `data` (see `checkpoint_data_source`) at the checkpoint's channels and H×W, checked to fit
-    it (unless `check` is False: then call `check_compatible` yourself)."""
+    it (unless `check` is False: then call `check_compatible` yourself). `split="val"`: the training images the
+    checkpoint's run held out for validation."""
+    if split not in ("train", "val", "test"):
+        from cnnkit.errors import DataError
+
+        raise DataError(f"split must be train, val (the images the run held out for validation) or test, got {split!r}")
     src = checkpoint_data_source(ckpt, data, data_dir)
-    ds = load_dataset(src.name, split, data_dir=src.data_dir, strict=strict, img_size=tuple(ckpt.img_size),
-                      in_chans=ckpt.in_chans, test_fraction=src.test_fraction, seed=src.seed)
+    ds = load_dataset(src.name, "train" if split == "val" else split, data_dir=src.data_dir, strict=strict,
+                      img_size=tuple(ckpt.img_size), in_chans=ckpt.in_chans, test_fraction=src.test_fraction,
+                      seed=src.seed)
+    if split == "val":
+        ds = held_out_for_validation(ckpt, ds)
     if check:
         check_compatible(ckpt, ds, ignore_class_names)
     return ds
+
+
+def validation_split(meta: dict[str, Any], labels: torch.Tensor, source: Path | str) -> torch.Tensor:
+    """The indices (into the train split whose labels are given) that a run held out for validation, from its
+    checkpoint's config: `val_fraction`, and `split_seed` (else `seed`) as `cnnkit train` splits them. Empty
+    when the run held none out (`val_fraction` 0)."""
+    cfg = meta.get("config")
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{source} records no training configuration, so which images it trained on is "
+                              f"unknown; give checkpoints written by cnnkit train")
+    fraction = cfg.get("val_fraction", DEFAULT_VAL_FRACTION)
+    seed = cfg.get("split_seed")
+    seed = cfg.get("seed", 0) if seed is None else seed
+    if not fraction:
+        return torch.zeros(0, dtype=torch.long)
+    return train_val_split(labels, float(fraction), int(seed))[1]
+
+
+def held_out_for_validation(ckpt: LoadedCheckpoint, train: ImageData) -> ImageData:
+    """The images of `train` (the checkpoint's dataset's train split) that its run held out for validation, as
+    a set named "val". ConfigError when the run held none out."""
+    from cnnkit.errors import ConfigError
+
+    held = validation_split(ckpt.meta, train.labels, ckpt.path)
+    if len(held) == 0:
+        raise ConfigError(f"{ckpt.path} held out no validation images (val_fraction 0): it trained on every image of "
+                          f"{train.name}'s train split, so it has no validation split to evaluate; train with "
+                          f"--val-fraction above 0, or use --split test")
+    return train.subset(held, "val")

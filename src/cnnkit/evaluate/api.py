@@ -162,13 +162,18 @@ def evaluate_corruptions(checkpoint: str | os.PathLike | LoadedCheckpoint, data:
                          data_dir: str | os.PathLike | None = None, batch_size: int = 512, device: str = "auto",
                          amp: str = "off", adapt: str | None = None, alpha: float | None = None,
                          tent_lr: float = 1e-3, images_per_cell: int | None = None, seed: int = 0,
-                         out_dir: str | os.PathLike | None = None, progress: bool = False) -> CorruptionResult:
+                         out_dir: str | os.PathLike | None = None, progress: bool = False,
+                         split: str = "test") -> CorruptionResult:
     """Top-1 error on each corruption and severity of `data` (e.g. fashion-mnist-c, or fashion-mnist-c:fog:5),
     on the clean test split, and the mean corruption error (the mean over the cells). With `adapt`, each cell
     starts from the source model (tent's updates do not carry from one cell to the next). `images_per_cell`
-    evaluates a stratified, seeded subset of each cell (the same images in every cell)."""
+    evaluates a stratified, seeded subset of each cell (the same images in every cell).
+
+    `split="val"` corrupts, instead of the test split, the training images the checkpoint's run held out for
+    validation (its `val_fraction` and split seed): the place to choose an adaptation setting (alpha-BN's α,
+    Tent's learning rate) before reading the test split once. The run must have held images out."""
     from cnnkit.data import train_val_split
-    from cnnkit.data.compat import check_compatible
+    from cnnkit.data.compat import check_compatible, held_out_for_validation
     from cnnkit.data.corruptions import benchmark_cells, parse_benchmark
     from cnnkit.data.datasets import cache_dir
 
@@ -177,6 +182,9 @@ def evaluate_corruptions(checkpoint: str | os.PathLike | LoadedCheckpoint, data:
         raise ConfigError(f"{data} is not a corruption benchmark (fashion-mnist-c, mnist-c, cifar10-c, sample-c)")
     if images_per_cell is not None and images_per_cell < 1:
         raise ConfigError(f"--images-per-cell must be at least 1, got {images_per_cell}")
+    if split not in ("test", "val"):
+        raise ConfigError(f"a corruption benchmark corrupts the test split or the run's validation split (--split "
+                          f"test or val), got {split!r}")
     dev = pick_device(device, cpu_only_artifact(checkpoint))
     ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, dev)
     _adaptable(ckpt, adapt, alpha, tent_lr)
@@ -188,7 +196,10 @@ def evaluate_corruptions(checkpoint: str | os.PathLike | LoadedCheckpoint, data:
     def clean_loader(base: str) -> ImageData:
         from cnnkit.data import load_dataset
 
-        ds = load_dataset(base, "test", data_dir=data_dir)
+        if split == "test":
+            ds = load_dataset(base, "test", data_dir=data_dir)
+        else:
+            ds = held_out_for_validation(ckpt, load_dataset(base, "train", data_dir=data_dir))
         check_compatible(ckpt, ds)
         return ds
 
@@ -211,14 +222,14 @@ def evaluate_corruptions(checkpoint: str | os.PathLike | LoadedCheckpoint, data:
         if progress:
             print(f"{corruption} {severity}: error {errors[corruption][severity]:.4f}", flush=True)
     result = CorruptionResult(errors, float(clean_error), {})
-    result.metrics = {"checkpoint": str(ckpt.path), "data": data, "images_per_cell": images_per_cell,
+    result.metrics = {"checkpoint": str(ckpt.path), "data": data, "split": split, "images_per_cell": images_per_cell,
                       "adapt": _adapt_record(adapt, alpha, tent_lr, batch_size), "clean_error": result.clean_error,
                       "mean_corruption_error": result.mean_corruption_error,
                       "per_corruption": {c: sum(r.values()) / len(r) for c, r in errors.items()},
                       "errors": {c: {str(s): e for s, e in r.items()} for c, r in errors.items()}}
     if out_dir is not None:
         claim_dir(out_dir)
-        name = data.replace(":", "-").replace(",", "+") + (f"-{adapt}" if adapt else "")
+        name = data.replace(":", "-").replace(",", "+") + ("-val" if split == "val" else "") + (f"-{adapt}" if adapt else "")
         result.json_path = Path(out_dir) / f"eval-{name}.json"
         atomic_write_text(result.json_path, json.dumps(result.metrics, indent=2) + "\n")
     return result

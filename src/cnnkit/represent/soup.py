@@ -38,8 +38,8 @@ import torch.nn as nn
 
 from cnnkit.artifacts import (LoadedCheckpoint, atomic_write_text, claim_dir, load_checkpoint, read_meta,
                               resolve_checkpoint, save_checkpoint)
-from cnnkit.data import BatchLoader, ImageData, Normalize, train_val_split
-from cnnkit.data.compat import load_checkpoint_data
+from cnnkit.data import BatchLoader, ImageData, Normalize
+from cnnkit.data.compat import load_checkpoint_data, validation_split
 from cnnkit.errors import CheckpointError, ConfigError
 
 METHODS = ("greedy", "uniform", "both")
@@ -198,23 +198,6 @@ def check_shared_init(ingredients: list[Ingredient]) -> bool:
 
 
 # -- held-out images -----------------------------------------------------------------------------------------
-
-def validation_split(meta: dict[str, Any], labels: torch.Tensor, source: Path | str) -> torch.Tensor:
-    """The indices (into the train split whose labels are given) that a run held out for validation, from its
-    checkpoint's config: `val_fraction`, and `split_seed` (else `seed`) as `cnnkit train` splits them."""
-    from cnnkit.train.config import TrainConfig
-
-    cfg = meta.get("config")
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{source} records no training configuration, so which images it trained on is "
-                              f"unknown; give checkpoints written by cnnkit train")
-    fraction = cfg.get("val_fraction", TrainConfig.val_fraction)
-    seed = cfg.get("split_seed")
-    seed = cfg.get("seed", 0) if seed is None else seed
-    if not fraction:
-        return torch.zeros(0, dtype=torch.long)
-    return train_val_split(labels, float(fraction), int(seed))[1]
-
 
 def _lineage(ingredient: Ingredient) -> list[tuple[Path, dict[str, Any]]]:
     """The ingredient and the cnnkit runs on the same data it was fine-tuned from (they trained on images too)."""

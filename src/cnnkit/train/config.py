@@ -8,6 +8,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from cnnkit.data.compat import DEFAULT_VAL_FRACTION
 from cnnkit.data.transforms import AugmentConfig
 from cnnkit.errors import ConfigError, close_matches
 from cnnkit.train.recipes import family_recipe
@@ -58,7 +59,7 @@ class TrainConfig:
     kd_temperature: float = 4.0  # kd: softmax temperature T of teachers and student
     kd_alpha: float = 0.9  # kd: weight of the soft (T²-scaled) loss; 1 − α weighs the hard labels
     disc_weight: float = 1.0  # meal-v2: scale of the discriminator's reversed gradient into the student
-    val_fraction: float = 0.1  # share of the training split held out (stratified, by seed) for validation
+    val_fraction: float = DEFAULT_VAL_FRACTION  # share of the training split held out (stratified, by seed) for validation
     tta: bool = False  # flip test-time augmentation when validating
     keep_epochs: list[int] = field(default_factory=list)  # also save the weights after these epochs (epoch-NNNN)
     seed: int = 0
