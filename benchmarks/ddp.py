@@ -7,9 +7,11 @@ Measured per run: images/s of the training epoch from metrics.csv (`images_per_s
 summed with an all-reduce, over the epoch's time), the epoch's seconds, and the whole command's wall time
 (start-up, data, layout check and launch included). Every process of the run is watched from outside: its
 OMP_NUM_THREADS, and the CPU time of each of its threads, so that "1 thread per process" is checked rather than
-assumed. Runs alternate in order over `--repeats`; the median is reported.
+assumed. Every run is a fresh `cnnkit train` process (or torchrun's); the two settings alternate in order
+(swapped every other repeat) over `--repeats` pairs (default 6); the figures are the medians of the per-pair
+ratios (2 processes ÷ 1) with distribution-free 95% intervals (`benchmarks.common.paired_ratio`).
 
-    python -m benchmarks.ddp            # writes benchmarks/results/ddp.json and .md (about 8 minutes on 2 cores)
+    python -m benchmarks.ddp --amp off  # writes benchmarks/results/ddp.json and .md (about 15 minutes on 2 cores)
     python -m benchmarks.ddp --quick    # smoke run on the bundled sample (ddp_quick.json)
 """
 
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.common import RESULTS, SHARED_DATA, machine, write_result
+from benchmarks.common import RESULTS, SHARED_DATA, command_line, machine, paired_ratio, write_result
 
 MODEL, WIDTH, BATCH = "resnet9", 16, 256
 TICK = os.sysconf("SC_CLK_TCK")
@@ -277,7 +279,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=str(SHARED_DATA))
     ap.add_argument("--train-images", type=int, default=None, help="a stratified subset (default: all 60,000)")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=6, help="pairs of runs (one per setting), order alternated")
     ap.add_argument("--amp", nargs="+", default=["off", "auto"])
     ap.add_argument("--quick", action="store_true", help="smoke run: the bundled sample, 1,024 images, 1 repeat")
     args = ap.parse_args()
@@ -301,6 +303,10 @@ def main() -> None:
                           "precision": mine[0]["precision"], "layout": mine[0]["layout"]}
         s["ratio_2x1_over_1x2_images_per_s"] = s["2x1"]["images_per_s_median"] / s["1x2"]["images_per_s_median"]
         s["ratio_2x1_over_1x2_wall"] = s["2x1"]["wall_seconds_median"] / s["1x2"]["wall_seconds_median"]
+        pairs = [tuple(next(x for x in runs if x["amp"] == amp and x["setting"] == st and x["repeat"] == r)
+                       for st in ("2x1", "1x2")) for r in range(args.repeats)]
+        s["paired_images_per_s_2x1_over_1x2"] = paired_ratio([a["images_per_s"] / b["images_per_s"] for a, b in pairs])
+        s["paired_wall_2x1_over_1x2"] = paired_ratio([a["wall_seconds"] / b["wall_seconds"] for a, b in pairs])
         summary[amp] = s
     ranks = [p for x in runs if x["setting"] == "2x1" for p in x["processes"] if p["role"].startswith("rank")]
     checks = {
@@ -333,7 +339,7 @@ def main() -> None:
                                                 "ranks by the epoch's time",
                "summary": summary, "runs": runs, "checks": checks, "gpu_measured": False,
                "projection": projection(), "quick": args.quick,
-               "command": "python -m benchmarks.ddp" + (" --quick" if args.quick else "")}
+               "command": command_line("benchmarks.ddp")}
     name = "ddp_quick" if args.quick else "ddp"
     shutil.rmtree(work, ignore_errors=True)
     print(write_result(name, payload))
@@ -357,7 +363,7 @@ def report(p: dict, name: str) -> str:
         f"--val-fraction 0` on the {data}; global batch 256 in both (128 per process with `--nproc 2`). "
         f"images/s: metrics.csv's `images_per_s` (all ranks' images: the per-rank sums are all-reduced in "
         f"`train_epoch`); wall: the whole command, start-up and launch included. Median of "
-        f"{max(r['repeat'] for r in p['runs']) + 1} runs each, alternating order.", "",
+        f"{max(r['repeat'] for r in p['runs']) + 1} runs each, each a fresh process, alternating order.", "",
         "| --amp | setting | precision | images/s | epoch (s) | wall (s) | runs (images/s) | train acc |",
         "| --- | --- | --- | ---: | ---: | ---: | --- | ---: |"]
     for amp, s in p["summary"].items():
@@ -377,14 +383,14 @@ def report(p: dict, name: str) -> str:
               f"day with nothing else running inside it), so a ratio within about that margin of 1.0 means 'about "
               f"the same'.", ""]
     for amp, s in p["summary"].items():
-        paired = [next(x for x in p["runs"] if x["amp"] == amp and x["setting"] == "2x1" and x["repeat"] == r)
-                  ["images_per_s"] / next(x for x in p["runs"] if x["amp"] == amp and x["setting"] == "1x2"
-                                          and x["repeat"] == r)["images_per_s"]
-                  for r in sorted({x["repeat"] for x in p["runs"]})]
-        lines.append(f"- `--amp {amp}`: 2 processes give {s['ratio_2x1_over_1x2_images_per_s']:.2f}× the images/s "
-                     f"of 1 process (medians; repeat by repeat, the two run back to back: "
-                     f"{', '.join(f'{v:.2f}×' for v in paired)}), and take {s['ratio_2x1_over_1x2_wall']:.2f}× its "
-                     f"wall time (torchrun's launch, a second process's start-up and the gloo rendezvous).")
+        ips, wall = s["paired_images_per_s_2x1_over_1x2"], s["paired_wall_2x1_over_1x2"]
+        lo, hi = ips["interval"]
+        verdict = ("no measurable difference" if lo <= 1 <= hi else
+                   "2 processes faster" if lo > 1 else "2 processes slower")
+        lines.append(f"- `--amp {amp}`: 2 processes ÷ 1 process, images/s: **{ips['median']:.2f}× ({lo:.2f}–{hi:.2f}, "
+                     f"{ips['pairs']} pairs): {verdict}** (per pair: {', '.join(f'{v:.2f}' for v in ips['ratios'])}); "
+                     f"wall time {wall['median']:.2f}× ({wall['interval'][0]:.2f}–{wall['interval'][1]:.2f}): "
+                     f"torchrun's launch, a second process's start-up and the gloo rendezvous.")
     lines += ["", "Checks (each process watched from outside: /proc/PID/environ and the CPU time of each thread):", "",
               "| check | met |", "| --- | --- |"]
     lines += [f"| {k} | {'yes' if v else 'no'} |" for k, v in p["checks"].items()]
