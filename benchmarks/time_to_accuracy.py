@@ -11,6 +11,8 @@ after each epoch is recorded to draw the curve; it selects nothing: the reported
     python -m benchmarks.time_to_accuracy --budget 3m --amp off    # `cnnkit train --budget 3m`, fp32 only
     python -m benchmarks.time_to_accuracy --budget 10m --amp auto  # ... to 10 minutes, what auto picks
     python -m benchmarks.time_to_accuracy --budget 1m --device cuda  # on a GPU (..._cuda.json)
+    python -m benchmarks.time_to_accuracy --budget 10m --amp off --seed 3  # another seed (..._seed3.json)
+    python -m benchmarks.time_to_accuracy --budget 10m --amp off --summarize 0 1 2 3 4  # ..._seeds.json
 
 With --budget the run is exactly `cnnkit train --data fashion-mnist --budget B --val-fraction 0` (the
 recipe chosen by the budget), plus the test evaluation after each epoch that draws the curve; that
@@ -46,6 +48,9 @@ def main() -> None:
     ap.add_argument("--amp", default="auto", choices=("auto", "off"))
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     ap.add_argument("--plot-only", action="store_true", help="Redraw the PNG from the saved JSON; train nothing.")
+    ap.add_argument("--summarize", type=int, nargs="+", metavar="SEED", default=None,
+                    help="Train nothing: gather the runs of these seeds (each written by --seed N) into NAME_seeds.json, "
+                         "the final test accuracy's mean over seeds and its margin over each target with a t-interval.")
     args = ap.parse_args()
     name = f"time_to_accuracy_{args.recipe}" + (f"_e{args.epochs}" if args.epochs else "")
     label = f"--recipe {args.recipe}" + (f" --epochs {args.epochs}" if args.epochs else "")
@@ -53,6 +58,11 @@ def main() -> None:
         name, label = f"time_to_accuracy_budget{args.budget}_{args.amp}", f"--budget {args.budget} --amp {args.amp}"
     if args.device.startswith("cuda"):
         name, label = f"{name}_cuda", f"{label} --device {args.device}"
+    if args.seed:
+        name, label = f"{name}_seed{args.seed}", f"{label} --seed {args.seed}"
+    if args.summarize:
+        summarize(name, args)
+        return
     if args.plot_only:
         saved = json.loads((RESULTS / f"{name}.json").read_text())
         plot(saved["curve"], saved["targets"], label, RESULTS / f"{name}.png")
@@ -100,6 +110,33 @@ def main() -> None:
                "command": command_line("benchmarks.time_to_accuracy")}
     print(write_result(name, payload))
     plot(curve, targets, label, RESULTS / f"{name}.png", gpu=args.device.startswith("cuda"))
+    for t in targets:
+        print(t)
+
+
+def summarize(name: str, args) -> None:
+    """Several seeds of one setting: mean final test accuracy and margin over each target, with t-intervals;
+    a target counts as met when every seed reached it in time and the margin's interval lies above 0."""
+    from benchmarks.common import t_interval
+
+    files = [RESULTS / (f"{name}.json" if s == 0 else f"{name}_seed{s}.json") for s in args.summarize]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise SystemExit(f"no run for: {', '.join(missing)} (write each with --seed N first)")
+    runs = [json.loads(f.read_text()) for f in files]
+    finals = [100 * r["final_test_acc"] for r in runs]
+    targets = []
+    for i, t in enumerate(runs[0]["targets"]):
+        margin = t_interval([f - 100 * t["accuracy"] for f in finals])
+        in_time = [bool(r["targets"][i]["met"]) for r in runs]
+        targets.append({"accuracy": t["accuracy"], "within_minutes": t["within_minutes"], "met_per_seed": in_time,
+                        "final_margin_points": margin,
+                        "met": all(in_time) and margin["interval"][0] > 0})
+    payload = {"seeds": args.summarize, "files": [f.name for f in files], "final_test_acc_points": t_interval(finals),
+               "total_minutes": [r["total_minutes"] for r in runs],
+               "epochs": [r["curve"][-1]["epoch"] for r in runs], "targets": targets,
+               "command": command_line("benchmarks.time_to_accuracy")}
+    print(write_result(f"{name}_seeds", payload))
     for t in targets:
         print(t)
 
