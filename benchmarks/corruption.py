@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.1)
     ap.add_argument("--per-cell", default="128:all,16:1000,1:200",
                     help="batch size: images per cell (all = the 10,000)")
+    ap.add_argument("--val-per-cell", default=None, help="with --alphas: images per cell of the validation cells, per "
+                                                         "batch size (default: as --per-cell)")
     ap.add_argument("--quick", action="store_true", help="smoke run: sample data, 2 corruptions, tiny subsets")
     ap.add_argument("--alphas", default=None, help="instead: choose alpha-bn's α among these (e.g. 0,0.05,0.1,0.2,"
                                                    "0.3,0.5,1) on corrupted validation images, then read the test "
@@ -148,8 +150,14 @@ def _alpha_sweep(args, source, source_note: str, bench: str, plan: dict) -> None
         print(json.dumps(row), flush=True)
         return row
 
+    val_plan = dict(plan)
+    if args.val_per_cell and not args.quick:
+        val_plan.update({int(b): (None if n == "all" else int(n))
+                         for b, n in (p.split(":") for p in args.val_per_cell.split(","))})
     chosen = {}
-    for batch, per_cell in sorted(plan.items(), reverse=True):
+    for batch, per_cell in sorted(val_plan.items(), reverse=True):
+        if batch not in plan:
+            continue
         here = [run("val", batch, per_cell, a) for a in alphas]
         val_rows += here
         chosen[batch] = min(here, key=lambda r: (r["mce"], r["alpha"]))["alpha"]

@@ -38,6 +38,55 @@ PAPERS = ("Hinton, Vinyals and Dean (2015): on MNIST a distilled small net made 
           "against about 76.1% for the standard ResNet-50 trained on the labels.")
 
 
+NAMES = ("alone (labels)", "kd (T 4, α 0.9)", "meal-v2 (no labels)")
+
+
+def paired_differences(runs: list[dict[str, float]]) -> dict:
+    """Per pair of students, the mean over runs (each run: its students' test accuracies, same seed and
+    teachers) of the paired difference in points, with a t-interval and a verdict."""
+    out = {}
+    for a, b in ((NAMES[1], NAMES[0]), (NAMES[2], NAMES[0]), (NAMES[2], NAMES[1])):
+        t_ = t_interval([100 * (r[a] - r[b]) for r in runs])
+        t_["verdict"] = ("no measurable difference" if t_["holds_zero"]
+                         else f"{a.split()[0]} {'ahead' if t_['mean'] > 0 else 'behind'}")
+        out[f"{a.split()[0]} - {b.split()[0]}"] = t_
+    return out
+
+
+def summarize(files: list[str]) -> None:
+    """Every (file, student seed) of the given results as one paired run; differences over all of them."""
+    runs, settings = [], set()
+    for f in files:
+        path = Path(f) if Path(f).exists() else RESULTS / f
+        d = json.loads(path.read_text())
+        settings.add(d.get("setting", "scratch"))
+        teachers = [r["test_acc"] for r in d["rows"] if r["model"].startswith("teacher")]
+        for seed in d.get("student_seeds", [d.get("student_seed", 0)]):
+            acc = {r["model"].split(": ", 1)[-1]: r["test_acc"] for r in d["rows"]
+                   if r["model"].startswith("student") and r.get("seed", seed) == seed}
+            runs.append({"file": path.name, "seed": seed, "teachers_test_acc": teachers,
+                         "bf16_native": d["machine"]["bf16_native"], "amp": d["rows"][-1]["config"]["amp"], **acc})
+    if len(settings) != 1:
+        raise SystemExit(f"these files mix settings ({', '.join(sorted(settings))}): summarize one setting at a time")
+    setting = settings.pop()
+    name = "distill" + ("_finetune" if setting == "finetune" else "") + "_summary"
+    payload = {"setting": setting, "files": files, "runs": runs, "differences_points": paired_differences(runs),
+               "mean_test_acc": {n: statistics.fmean(r[n] for r in runs) for n in NAMES},
+               "command": command_line("benchmarks.distill")}
+    write_result(name, payload)
+    lines = [f"Distillation ({setting}): {len(runs)} paired runs (test accuracy %, 10,000 test images).", "",
+             "| file | seed | teachers | bf16 | " + " | ".join(NAMES) + " |", "| --- | ---: | --- | --- | ---: | ---: | ---: |"]
+    lines += [f"| {r['file']} | {r['seed']} | {' / '.join(f'{100 * t:.2f}' for t in r['teachers_test_acc'])} | "
+              f"{'native' if r['bf16_native'] else 'none (fp32)'} | " + " | ".join(f"{100 * r[n]:.2f}" for n in NAMES)
+              + " |" for r in runs]
+    lines += ["", f"| difference (points, {len(runs)} paired runs) | mean | 95% interval | verdict |",
+              "| --- | ---: | --- | --- |"]
+    lines += [f"| {k} | {v['mean']:+.2f} | {v['interval'][0]:+.2f} to {v['interval'][1]:+.2f} | {v['verdict']} |"
+              for k, v in payload["differences_points"].items()]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=str(SHARED_DATA))
@@ -51,12 +100,18 @@ def main() -> None:
                     help="several student seeds, teachers trained once: writes distill_seeds.json with paired "
                          "differences and t-intervals")
     ap.add_argument("--keep-teachers", default=None, help="train the teachers into this folder and keep them")
+    ap.add_argument("--summarize", nargs="+", metavar="RESULT", default=None,
+                    help="train nothing: gather these result files (e.g. distill.json distill_seed1.json ...) into "
+                         "distill[_finetune]_summary.json, paired differences over every student seed in them")
     ap.add_argument("--setting", choices=("scratch", "finetune"), default="scratch",
                     help="scratch: every student from random init; finetune: from the student trained alone")
     ap.add_argument("--finetune-epochs", type=int, default=2)
     ap.add_argument("--finetune-lr", type=float, default=0.01)
     ap.add_argument("--quick", action="store_true", help="smoke run on the bundled sample")
     args = ap.parse_args()
+    if args.summarize:
+        summarize(args.summarize)
+        return
     from cnnkit.artifacts import read_meta
     from cnnkit.artifacts.checkpoint import resolve_checkpoint
     from cnnkit.evaluate import evaluate
@@ -116,19 +171,12 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    names = ("alone (labels)", "kd (T 4, α 0.9)", "meal-v2 (no labels)")
-    alone, kd, meal = (statistics.fmean(per_seed[s][n] for s in seeds) for n in names)
+    alone, kd, meal = (statistics.fmean(per_seed[s][n] for s in seeds) for n in NAMES)
     checks = {"distilled student beats the student trained alone": max(kd, meal) > alone,
               "kd beats alone": kd > alone, "meal-v2 beats alone": meal > alone,
               "meal-v2 without labels is at least as good as kd with them": meal >= kd}
-    differences = {}
-    if len(seeds) > 1:
-        for a, b in (("kd (T 4, α 0.9)", "alone (labels)"), ("meal-v2 (no labels)", "alone (labels)"),
-                     ("meal-v2 (no labels)", "kd (T 4, α 0.9)")):
-            t_ = t_interval([100 * (per_seed[s][a] - per_seed[s][b]) for s in seeds])
-            t_["verdict"] = ("no measurable difference" if t_["holds_zero"]
-                             else f"{a.split()[0]} {'ahead' if t_['mean'] > 0 else 'behind'}")
-            differences[f"{a.split()[0]} - {b.split()[0]}"] = t_
+    differences = paired_differences(list(per_seed.values())) if len(seeds) > 1 else {}
+    if differences:
         checks = {k: None for k in checks}  # the differences, with their intervals, answer these
     payload = {"machine": machine(), "data": data, "setting": args.setting, "student_epochs": epochs,
                "student_seeds": seeds, "student_seed": seeds[0],
