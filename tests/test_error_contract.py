@@ -164,7 +164,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("eval-missing-ckpt", "eval --checkpoint {bad}/missing", "no such checkpoint or run directory"),
     ("eval-garbage-ckpt", "eval --checkpoint {bad}/garbage.safetensors", "not a readable safetensors file"),
     ("eval-text-ckpt", "eval --checkpoint {bad}/notes.txt", "notes.txt"),
-    ("eval-split-val", "eval --checkpoint {run} --split val", "split"),
+    ("eval-split-unknown", "eval --checkpoint {run} --split validation", "split must be train, val"),
     ("eval-out-is-file", "eval --checkpoint {run} --out {ok}", "is a file"),
     ("eval-cifar-cut", "eval --checkpoint {run} --data cifar10 --data-dir {cifar_cut}", "delete that folder"),
     ("eval-cifar-missing", "eval --checkpoint {run} --data cifar10 --data-dir {bad}/empty", "cifar10: missing"),
