@@ -150,6 +150,8 @@ def test_validation_split_is_the_runs_held_out_images_clean_and_corrupted(traine
     assert "validation images" in out
     saved = json.loads((tmp_path / "cli" / "eval-sample-c-fog-5-val-alpha-bn.json").read_text())
     assert saved["split"] == "val" and saved["adapt"]["alpha"] == 0.1
+    with pytest.raises(ConfigError, match="not that data"):  # another dataset has no such validation split
+        evaluate(trained_run.run_dir, "cluttered-sample", "val", ignore_class_names=True)
     no_val = load_checkpoint(trained_run.best_checkpoint)
     no_val.meta["config"]["val_fraction"] = 0.0
     for call in (lambda: evaluate(no_val, "sample", "val"),

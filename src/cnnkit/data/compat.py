@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -109,6 +108,11 @@ def held_out_for_validation(ckpt: LoadedCheckpoint, train: ImageData) -> ImageDa
     a set named "val". ConfigError when the run held none out."""
     from cnnkit.errors import ConfigError
 
+    recorded = (ckpt.meta.get("dataset") or {}).get("fingerprint")
+    if recorded and hasattr(train, "fingerprint") and train.fingerprint() != recorded:
+        raise ConfigError(f"--split val is the images {ckpt.path}'s run held out of its own training data, and "
+                          f"{train.name}'s train split is not that data (its fingerprint differs); use --split "
+                          f"test, or the dataset the run trained on")
     held = validation_split(ckpt.meta, train.labels, ckpt.path)
     if len(held) == 0:
         raise ConfigError(f"{ckpt.path} held out no validation images (val_fraction 0): it trained on every image of "
