@@ -13,6 +13,7 @@ after each epoch is recorded to draw the curve; it selects nothing: the reported
     python -m benchmarks.time_to_accuracy --budget 1m --device cuda  # on a GPU (..._cuda.json)
     python -m benchmarks.time_to_accuracy --budget 10m --amp off --seed 3  # another seed (..._seed3.json)
     python -m benchmarks.time_to_accuracy --budget 10m --amp off --summarize 0 1 2 3 4  # ..._seeds.json
+    (`--tag NAME` in each of these names the files ..._NAME[_seedN].json: runs on another machine)
 
 With --budget the run is exactly `cnnkit train --data fashion-mnist --budget B --val-fraction 0` (the
 recipe chosen by the budget), plus the test evaluation after each epoch that draws the curve; that
@@ -48,6 +49,8 @@ def main() -> None:
     ap.add_argument("--amp", default="auto", choices=("auto", "off"))
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     ap.add_argument("--plot-only", action="store_true", help="Redraw the PNG from the saved JSON; train nothing.")
+    ap.add_argument("--tag", default=None, help="Add _TAG to the result's name (e.g. the machine), so that runs on "
+                                                "another machine do not replace the committed ones.")
     ap.add_argument("--summarize", type=int, nargs="+", metavar="SEED", default=None,
                     help="Train nothing: gather the runs of these seeds (each written by --seed N) into NAME_seeds.json, "
                          "the final test accuracy's mean over seeds and its margin over each target with a t-interval.")
@@ -58,6 +61,8 @@ def main() -> None:
         name, label = f"time_to_accuracy_budget{args.budget}_{args.amp}", f"--budget {args.budget} --amp {args.amp}"
     if args.device.startswith("cuda"):
         name, label = f"{name}_cuda", f"{label} --device {args.device}"
+    if args.tag:
+        name = f"{name}_{args.tag}"
     if args.seed:
         name, label = f"{name}_seed{args.seed}", f"{label} --seed {args.seed}"
     if args.summarize:
@@ -131,7 +136,7 @@ def summarize(name: str, args) -> None:
         in_time = [bool(r["targets"][i]["met"]) for r in runs]
         targets.append({"accuracy": t["accuracy"], "within_minutes": t["within_minutes"], "met_per_seed": in_time,
                         "final_margin_points": margin,
-                        "met": all(in_time) and margin["interval"][0] > 0})
+                        "met": bool(all(in_time) and margin["interval"][0] > 0)})
     payload = {"seeds": args.summarize, "files": [f.name for f in files], "final_test_acc_points": t_interval(finals),
                "total_minutes": [r["total_minutes"] for r in runs],
                "epochs": [r["curve"][-1]["epoch"] for r in runs], "targets": targets,
