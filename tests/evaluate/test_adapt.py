@@ -12,7 +12,7 @@ import torch
 
 from cnnkit.artifacts import load_checkpoint
 from cnnkit.data import BatchLoader, Normalize, load_dataset
-from cnnkit.errors import ConfigError
+from cnnkit.errors import CheckpointError, ConfigError
 from cnnkit.evaluate import evaluate, evaluate_corruptions, predict
 from cnnkit.evaluate.adapt import BatchNormAdapter
 from tests.test_cli import run
@@ -134,7 +134,7 @@ def test_validation_split_is_the_runs_held_out_images_clean_and_corrupted(traine
     """`split="val"`: the images the run validated on (its recorded best validation accuracy comes back), and
     corruption cells made from them, where an adaptation setting can be chosen without reading the test split."""
     val = evaluate(trained_run.run_dir, "sample", "val", batch_size=100)
-    assert val.metrics["split"] == "val" and val.metrics["images"] < len(load_dataset("sample", "train"))
+    assert val.metrics["split"] == "val" and val.metrics["images"] == trained_run.val_images > 0
     assert val.metrics["top1"] == pytest.approx(trained_run.best_val_acc, abs=0.015)
     cells = evaluate_corruptions(trained_run.best_checkpoint, "sample-c:fog:5", split="val", batch_size=100,
                                  out_dir=tmp_path)
@@ -152,6 +152,10 @@ def test_validation_split_is_the_runs_held_out_images_clean_and_corrupted(traine
     assert saved["split"] == "val" and saved["adapt"]["alpha"] == 0.1
     with pytest.raises(ConfigError, match="not that data"):  # another dataset has no such validation split
         evaluate(trained_run.run_dir, "cluttered-sample", "val", ignore_class_names=True)
+    bad = load_checkpoint(trained_run.best_checkpoint)
+    bad.meta["config"]["val_fraction"] = "a tenth"
+    with pytest.raises(CheckpointError, match="cannot read"):
+        evaluate(bad, "sample", "val")
     no_val = load_checkpoint(trained_run.best_checkpoint)
     no_val.meta["config"]["val_fraction"] = 0.0
     for call in (lambda: evaluate(no_val, "sample", "val"),

@@ -12,7 +12,7 @@ import torch
 
 from cnnkit.artifacts import LoadedCheckpoint
 from cnnkit.data.datasets import ImageData, load_dataset, train_val_split
-from cnnkit.errors import CheckpointError
+from cnnkit.errors import CheckpointError, ConfigError, DataError
 
 DEFAULT_VAL_FRACTION = 0.1  # `cnnkit train`'s share of the training split held out for validation
 
@@ -73,8 +73,6 @@ def load_checkpoint_data(ckpt: LoadedCheckpoint, data: str | None = None, split:
     it (unless `check` is False: then call `check_compatible` yourself). `split="val"`: the training images the
     checkpoint's run held out for validation."""
     if split not in ("train", "val", "test"):
-        from cnnkit.errors import DataError
-
         raise DataError(f"split must be train, val (the images the run held out for validation) or test, got {split!r}")
     src = checkpoint_data_source(ckpt, data, data_dir)
     ds = load_dataset(src.name, "train" if split == "val" else split, data_dir=src.data_dir, strict=strict,
@@ -98,16 +96,19 @@ def validation_split(meta: dict[str, Any], labels: torch.Tensor, source: Path | 
     fraction = cfg.get("val_fraction", DEFAULT_VAL_FRACTION)
     seed = cfg.get("split_seed")
     seed = cfg.get("seed", 0) if seed is None else seed
+    try:  # a handed checkpoint's config is data: a malformed value is its mistake, said in one line
+        fraction, seed = float(fraction or 0), int(seed)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{source} records a validation split cnnkit cannot read (val_fraction "
+                              f"{cfg.get('val_fraction')!r}, seed {seed!r})") from None
     if not fraction:
         return torch.zeros(0, dtype=torch.long)
-    return train_val_split(labels, float(fraction), int(seed))[1]
+    return train_val_split(labels, fraction, seed)[1]
 
 
 def held_out_for_validation(ckpt: LoadedCheckpoint, train: ImageData) -> ImageData:
     """The images of `train` (the checkpoint's dataset's train split) that its run held out for validation, as
     a set named "val". ConfigError when the run held none out."""
-    from cnnkit.errors import ConfigError
-
     recorded = (ckpt.meta.get("dataset") or {}).get("fingerprint")
     if recorded and hasattr(train, "fingerprint") and train.fingerprint() != recorded:
         raise ConfigError(f"--split val is the images {ckpt.path}'s run held out of its own training data, and "
