@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -c constraints.txt
 PYTEST_ARGS ?= -n 2 --dist loadfile  # two workers (one thread each, see tests/conftest.py), a test file each
 
-.PHONY: demo test install dev clean
+.PHONY: demo test docs install dev clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: install
 
 test: dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# the documentation site (docs/, mkdocs.yml) on this machine only, rebuilt as its pages change
+docs: dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
 
 clean:
 	rm -rf runs .pytest_cache

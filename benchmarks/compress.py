@@ -36,18 +36,17 @@ import subprocess
 import sys
 
 from benchmarks.common import RESULTS, SHARED_DATA, command_line, paired_ratio, write_result
-from cnnkit.compress import compress, prune_structured
-from cnnkit.compress.run import markdown_table
+from cnnkit.compress import compress, markdown_table, prune_structured
 from cnnkit.data import Normalize, load_dataset
 from cnnkit.train import fit
-from cnnkit.artifacts import load_checkpoint
+from cnnkit.artifacts import load
 
 RECIPES = ["int8", "qat8", "qat4", "prune:0.5", "prune:0.5+int8", "sparse:0.8"]
 
 
 def criteria(checkpoint: Path, ratio: float = 0.5) -> list[dict]:
     """Accuracy on the test set straight after pruning to (1 − ratio) of the MACs, per criterion, no fine-tuning."""
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load(checkpoint)
     norm = Normalize(*ckpt.normalization)
     train = load_dataset("fashion-mnist", "train", data_dir=SHARED_DATA)
     test = load_dataset("fashion-mnist", "test", data_dir=SHARED_DATA)
@@ -75,7 +74,7 @@ FAIR = ("eager", "folded_pt2", "onnx_fp32", "int8_ts", "int8_onnx")
 def fused_baselines(checkpoint: Path, out: Path, pairs: int) -> dict:
     """int8 against fp32 with BatchNorm folded, in the same runtime: throughput at batch 64 and batch-1 latency
     of the five files, each process timing all five (interleaved rounds), `pairs` fresh processes."""
-    from cnnkit.deploy.artifacts import export_program
+    from cnnkit.deploy.export import export_program
 
     files: dict = {"eager": checkpoint}
     names = {p.name: p for p in out.iterdir()} if out.is_dir() else {}

@@ -193,7 +193,7 @@ def folder_stats(root: Path) -> dict:
 # -- the three loaders -------------------------------------------------------------------------------------------
 def cnnkit_loader(root: Path, workers: int):
     from cnnkit.data import AugmentConfig, Normalize
-    from cnnkit.data.datasets import scan_imagefolder
+    from cnnkit.data.imagefolder import scan_imagefolder
     from cnnkit.data.stream import StreamLoader
 
     files = scan_imagefolder(root, "train", img_size=SIZE)
@@ -444,7 +444,7 @@ def per_image_costs(root: Path, count: int) -> dict:
     from torchvision.datasets.folder import pil_loader
 
     from cnnkit.data import AugmentConfig
-    from cnnkit.data.datasets import scan_imagefolder
+    from cnnkit.data.imagefolder import scan_imagefolder
     from cnnkit.data.images import load_image_file
     from cnnkit.data.stream import DecodeImages
 
@@ -546,7 +546,7 @@ class Sampler(threading.Thread):
 def child(mode: str, root: Path, workers: int) -> dict:
     """Runs in a fresh process: `mode` is 'stream' (one epoch of the streaming loader), 'memory' (decode_files)
     or 'baseline' (imports and the folder scan only)."""
-    from cnnkit.data.datasets import decode_files, scan_imagefolder
+    from cnnkit.data.imagefolder import decode_files, scan_imagefolder
 
     sampler = Sampler()
     sampler.start()
@@ -642,7 +642,7 @@ def source_hashes() -> dict[str, str]:
 
     base = Path(cnnkit.data.__file__).parent
     out = {}
-    for name in ("stream.py", "images.py", "datasets.py", "loader.py", "transforms.py"):
+    for name in ("stream.py", "images.py", "base.py", "imagefolder.py", "loader.py", "transforms.py"):
         raw = (base / name).read_bytes()
         out[f"src/cnnkit/data/{name}"] = hashlib.sha1(b"blob %d\0" % len(raw) + raw).hexdigest()
     return out
@@ -931,7 +931,7 @@ def main() -> None:
         above = m_4n["main_peak_rss_mb"] - b_4n["main_peak_rss_mb"]
         if above > 1.5 * m_4n["decoded_mb"]:
             findings.append(
-                f"datasets.py `decode_files` keeps the list of decoded images while `torch.stack` copies it into one "
+                f"imagefolder.py `decode_files` keeps the list of decoded images while `torch.stack` copies it into one "
                 f"tensor, so its peak is about twice the decoded set: {above:.0f} MB above the baseline process for "
                 f"{m_4n['decoded_mb']:.0f} MB decoded at 4N ({m_n['main_peak_rss_mb'] - b_n['main_peak_rss_mb']:.0f} "
                 f"MB for {m_n['decoded_mb']:.0f} MB at N); its docstring says the peak is the decoded set's. "

@@ -32,7 +32,7 @@ from cnnkit.data import Normalize, load_dataset
 from cnnkit.explain import explain
 from cnnkit.explain.run import benchmark_methods
 from cnnkit.train import fit
-from cnnkit.artifacts import load_checkpoint
+from cnnkit.artifacts import load
 
 
 def _reference(cls, model, layer, x, targets):
@@ -57,7 +57,7 @@ ARMS = {"gradcam": ("gradcam", {}, "GradCAM"), "scorecam": ("scorecam", {}, "Sco
 
 
 def _batch(checkpoint: Path):
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load(checkpoint)
     test = load_dataset("cluttered-fashion-mnist", "test", data_dir=SHARED_DATA)
     return ckpt, Normalize(*ckpt.normalization)(test.images[:64]), test.labels[:64], test.boxes[:64]
 
@@ -147,7 +147,7 @@ def main() -> None:
     if args.speed_only:
         if args.checkpoint is None:
             ap.error("--speed-only needs --checkpoint")
-        cfg = load_checkpoint(args.checkpoint).meta.get("config", {})
+        cfg = load(args.checkpoint).meta.get("config", {})
         write_result("explain_speed", {"checkpoint": str(args.checkpoint),
                                        "training": {k: cfg.get(k) for k in ("model", "model_kwargs", "data", "recipe",
                                                                             "epochs", "train_images")},
@@ -162,7 +162,7 @@ def main() -> None:
                   progress=False)
         args.checkpoint = res.best_checkpoint
         train_info = {"epochs": args.epochs, "train_images": args.train_images, "seconds": res.seconds}
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpt = load(args.checkpoint)
     if train_info is None:
         cfg = ckpt.meta.get("config", {})
         train_info = {k: cfg.get(k) for k in ("data", "recipe", "epochs", "train_images", "val_fraction")}

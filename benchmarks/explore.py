@@ -169,11 +169,11 @@ def photos_for(checkpoint: Path, run_dir: Path, folder: Path, per_class: int = 3
     names holding Fashion-MNIST test images as RGB files (resized to 224×224 when loaded)."""
     from PIL import Image
 
-    from cnnkit.artifacts import load_checkpoint, save_checkpoint
+    from cnnkit.artifacts import load, save_checkpoint
     from cnnkit.data import load_dataset
 
     test = load_dataset("sample", "test")
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load(checkpoint)
     for c, name in enumerate(ckpt.classes):
         (folder / name).mkdir(parents=True, exist_ok=True)
         for j in range(per_class):

@@ -39,7 +39,7 @@ def one(spinning: bool) -> dict:
     import onnxruntime as ort
     import torch
 
-    from cnnkit.deploy.artifacts import _write_onnx
+    from cnnkit.deploy.export import write_onnx
     from cnnkit.models import create
 
     torch.manual_seed(0)
@@ -47,7 +47,7 @@ def one(spinning: bool) -> dict:
     x = torch.randn(BATCH, 1, 28, 28)
     with tempfile.TemporaryDirectory() as d, torch.inference_mode():
         path = str(Path(d) / "m.onnx")
-        _write_onnx(model, x[:1], path)
+        write_onnx(model, x[:1], path)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")

@@ -77,7 +77,7 @@ def main() -> None:
     if args.quick:
         args.images, args.pretrain_epochs, args.supervised_epochs, args.probe_epochs = 1000, 1, 1, 2
         schedule, val_images = ((20, 2, 32), (100, 1, 32)), 500
-    from cnnkit.artifacts import load_checkpoint
+    from cnnkit.artifacts import load
     from cnnkit.data import Normalize
     from cnnkit.evaluate import evaluate
     from cnnkit.represent.features import block_names, extract
@@ -102,7 +102,7 @@ def main() -> None:
             timing[name] = time.perf_counter() - t
             print(name, runs[name].history[-1], flush=True)
         t = time.perf_counter()
-        ckpts = {n: load_checkpoint(runs[n].run_dir, "cpu") for n in ("rot4", "rot2", "supervised")}
+        ckpts = {n: load(runs[n].run_dir, "cpu") for n in ("rot4", "rot2", "supervised")}
         ckpts = {"rot4": ckpts["rot4"], "rot2": ckpts["rot2"], "random": random_init(ckpts["rot4"], 0),
                  "supervised": ckpts["supervised"]}
         train, val, test = probe_splits(ckpts["rot4"], runs["rot4"].config, args.data_dir, val_images)

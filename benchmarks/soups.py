@@ -2,7 +2,7 @@
 
 A ResNet-9 (width 16) is trained with the fast recipe (the base); ingredients are fine-tuned from its best
 checkpoint with `--init-from BASE/best.safetensors --split-seed 0` and different seeds, learning rates and
-augmentations, as a hyperparameter sweep would make them; then `cnnkit.represent.make_soup` makes the uniform
+augmentations, as a hyperparameter sweep would make them; then `cnnkit.merge.make_soup` makes the uniform
 and the greedy soup. Every ingredient and both soups are scored on the images of the validation split that no
 run trained on (the held-out set the greedy soup is chosen on) and on the 10,000 test images. As an ablation
 the uniform soup is also scored with its BatchNorm statistics averaged rather than re-measured.
@@ -68,10 +68,9 @@ def main() -> None:
         data = "sample"
     import torch
 
-    from cnnkit.artifacts import load_checkpoint
+    from cnnkit.artifacts import load
     from cnnkit.data.compat import load_checkpoint_data
-    from cnnkit.represent import make_soup
-    from cnnkit.represent.soup import _Scorer, average_states, held_out_indices, load_ingredients
+    from cnnkit.merge import Scorer, average_states, held_out_indices, load_ingredients, make_soup
     from cnnkit.train import fit
 
     if args.threads:
@@ -109,8 +108,8 @@ def main() -> None:
         held = train.subset(held_out_indices(ings, train.labels, train.name), "held-out")
         test = load_checkpoint_data(first, None, "test")
         dev = torch.device("cpu")
-        score_held, score_test = _Scorer(held, dev, 512), _Scorer(test, dev, 512)
-        b = load_checkpoint(base.run_dir)
+        score_held, score_test = Scorer(held, dev, 512), Scorer(test, dev, 512)
+        b = load(base.run_dir)
         base_scores = {"heldout_acc": score_held(b.model, b.normalization),
                        "test_acc": score_test(b.model, b.normalization)}
         chef = next(i for i in ings if i.name == soup.kept[0]).ckpt  # the best ingredient: the soups' metadata

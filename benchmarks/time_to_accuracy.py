@@ -3,7 +3,7 @@
 The clock starts before `fit` is called and so includes data loading, every epoch's training, checkpoint
 writing and the test evaluation after each epoch (with the recipe's flip TTA). The recipe trains on all
 60,000 training images for its fixed number of epochs (val_fraction=0); its hyperparameters were chosen
-on a validation split carved from the training set (see README), never on the test set. The test accuracy
+on a validation split carved from the training set (see docs/benchmarks/time-budget.md), never on the test set. The test accuracy
 after each epoch is recorded to draw the curve; it selects nothing: the reported model is the last one.
 
     python -m benchmarks.time_to_accuracy --recipe fast     # target: >= 93.0% within 3 minutes

@@ -63,3 +63,22 @@ def write_imagefolder(root: Path, sample, classes=(0, 1, 7), per_class: int = 12
                 continue
             im.save(d / f"{j}.png")
     return root
+
+
+@pytest.hookimpl(trylast=True)  # after --durations' table: the last thing before the counts
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ANN001, ARG001
+    """End the run by naming what it skipped and why: one line per reason, with how many tests (or whole test
+    files, skipped as they were collected) it covers, so a missing tool (chromium, a data set) never goes
+    unnoticed."""
+    counts: dict[str, list[int]] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = str(longrepr[2] if isinstance(longrepr, (tuple, list)) and len(longrepr) == 3 else longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        counts.setdefault(reason, [0, 0])[1 if report.when == "collect" else 0] += 1
+    if not counts:
+        return
+    terminalreporter.write_sep("-", "skipped, and why")
+    for reason, (tests, files) in sorted(counts.items(), key=lambda kv: (-kv[1][0] - kv[1][1], kv[0])):
+        what = [f"{n} {noun}{'s' if n != 1 else ''}" for n, noun in ((tests, "test"), (files, "test file")) if n]
+        terminalreporter.write_line(f"{' and '.join(what)} skipped: {reason}")

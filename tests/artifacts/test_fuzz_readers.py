@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import save
 
-from cnnkit.artifacts import OutputDir, load, read_meta, repair_sidecar, runtimes, save_checkpoint
+from cnnkit.artifacts import OutputDir, exported, load, read_meta, repair_sidecar, save_checkpoint
 from cnnkit.artifacts.files import MANIFEST, MANIFEST_FORMAT
 from cnnkit.data.images import load_image_file, load_model_inputs, to_model_input
 from cnnkit.errors import CheckpointError, ConfigError, DataError
@@ -434,7 +434,7 @@ def onnx_file(checkpoint: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def sidecar(onnx_file: Path) -> dict[str, Any]:
-    return json.loads(runtimes.sidecar_path(onnx_file).read_text())
+    return json.loads(exported.sidecar_path(onnx_file).read_text())
 
 
 @pytest.fixture(scope="module")
@@ -456,9 +456,9 @@ def quantized_engine_kept():
 
 
 def check_artifact(path: Path, side: bytes) -> None:
-    """_read_sidecar and load on an artifact whose sidecar holds `side`: results or CheckpointErrors."""
-    runtimes.sidecar_path(path).write_bytes(side)
-    meta = loads_or_refuses(lambda: runtimes._read_sidecar(path), CheckpointError, path)
+    """read_sidecar and load on an artifact whose sidecar holds `side`: results or CheckpointErrors."""
+    exported.sidecar_path(path).write_bytes(side)
+    meta = loads_or_refuses(lambda: exported.read_sidecar(path), CheckpointError, path)
     assert meta is None or isinstance(meta, dict)
     with quantized_engine_kept():
         ckpt = loads_or_refuses(lambda: load(path), CheckpointError, path)
@@ -506,7 +506,7 @@ def test_truncated_or_bit_flipped_onnx_files_load_or_give_a_checkpoint_error(fol
     data = onnx_file.read_bytes()
     path = folder / "damaged.onnx"
     path.write_bytes(data[:int(len(data) * cut)] if cut is not None else flip_bits(data, where))
-    runtimes.sidecar_path(path).write_text(json.dumps(sidecar))
+    exported.sidecar_path(path).write_text(json.dumps(sidecar))
     loads_or_refuses(lambda: load(path), CheckpointError, path)  # what a damaged graph computes is not checked
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.artifacts import load
-from cnnkit.artifacts.runtimes import SIDECAR_FORMAT, sidecar_path
+from cnnkit.artifacts.exported import SIDECAR_FORMAT, sidecar_path
 from cnnkit.artifacts.trust import check_program_graph, sign, trusting_torchscript
 from cnnkit.cli import main
 from cnnkit.errors import CheckpointError, ModelError

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from cnnkit.data import FASHION_MNIST_CLASSES, load_dataset, load_imagefolder, train_val_split
-from cnnkit.data.datasets import MNIST_FILES
-from cnnkit.data.datasets import SAMPLE_ROOT
+from cnnkit.data.bundled import SAMPLE_ROOT
+from cnnkit.data.published import MNIST_FILES
 from cnnkit.errors import DataError
 from tests.conftest import SHARED_DATA, write_imagefolder
 
@@ -212,7 +212,7 @@ def test_a_crafted_cifar_archive_writes_nothing_outside_the_cache(tmp_path, monk
 def test_cifar_extraction_takes_only_the_publishers_files(tmp_path):
     import tarfile
 
-    from cnnkit.data.datasets import extract_cifar10
+    from cnnkit.data.published import extract_cifar10
 
     archive = tmp_path / "c.tar.gz"
     with tarfile.open(archive, "w:gz") as tf:
@@ -229,7 +229,7 @@ def test_cifar_extraction_takes_only_the_publishers_files(tmp_path):
 
 def test_a_gzip_that_inflates_without_end_is_refused(tmp_path):
     """An IDX .gz that decompresses to more than any published file is stopped, and its partial output removed."""
-    from cnnkit.data import datasets
+    from cnnkit.data import cache_dir, published
 
     raw = tmp_path / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
@@ -239,7 +239,7 @@ def test_a_gzip_that_inflates_without_end_is_refused(tmp_path):
         for _ in range(8):
             f.write(chunk)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(datasets, "_IDX_MAX_BYTES", 4 << 20)  # the real limit is 1 GiB; the test inflates 8 MiB
+        mp.setattr(published, "IDX_MAX_BYTES", 4 << 20)  # the real limit is 1 GiB; the test inflates 8 MiB
         with pytest.raises(DataError, match="inflates to more than"):
-            datasets._gunzip_into_cache([big], "FashionMNIST/raw")
-    assert not [p for p in (datasets.cache_dir() / "extracted").rglob("*") if p.is_file() and ".extract-" in p.name]
+            published.gunzip_into_cache([big], "FashionMNIST/raw")
+    assert not [p for p in (cache_dir() / "extracted").rglob("*") if p.is_file() and ".extract-" in p.name]

@@ -11,11 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnkit.artifacts import LoadedCheckpoint, load_checkpoint, save_checkpoint
+from cnnkit.artifacts import LoadedCheckpoint, load, save_checkpoint
 from cnnkit.cli import main, parse_img_size
 from cnnkit.data import load_dataset, load_imagefolder, to_model_input
 from cnnkit.data.compat import check_compatible, checkpoint_data_source
-from cnnkit.data.datasets import held_out_test, image_size
+from cnnkit.data.base import image_size
+from cnnkit.data.splits import held_out_test
 from cnnkit.errors import CheckpointError, ConfigError, DataError
 
 H, W = 20, 12  # taller than wide
@@ -56,7 +57,7 @@ def one_line_error(capsys) -> str:
 
 def test_nonsquare_run_goes_through_every_step(nonsquare, tmp_path, capsys):
     folder, run = nonsquare
-    ckpt = load_checkpoint(run.run_dir)
+    ckpt = load(run.run_dir)
     assert ckpt.img_size == (H, W) and ckpt.in_chans == 1
     assert ckpt.meta["dataset"]["test_fraction"] == 0.2 and ckpt.meta["dataset"]["split_seed"] == 0
 
@@ -166,7 +167,7 @@ def test_cli_img_size_and_test_fraction(tmp_path, capsys):
     assert "--test-fraction must be strictly between 0 and 1" in one_line_error(capsys)
     assert main([*base, "--img-size", "16x10", "--test-fraction", "0.25", "--seed", "3",
                  "--out", str(tmp_path / "run")]) == 0
-    ckpt = load_checkpoint(tmp_path / "run")
+    ckpt = load(tmp_path / "run")
     assert ckpt.img_size == (16, 10)
     assert (ckpt.meta["dataset"]["test_fraction"], ckpt.meta["dataset"]["split_seed"]) == (0.25, 3)
     capsys.readouterr()
@@ -238,7 +239,7 @@ def test_class_name_mismatch_is_one_line_and_can_be_overridden(mnist_named, tmp_
 def test_check_compatible_python_api(mnist_named, sample_train, tmp_path):
     from cnnkit.evaluate import evaluate
 
-    ckpt = load_checkpoint(mnist_named)
+    ckpt = load(mnist_named)
     with pytest.raises(CheckpointError, match=r"class 0 is 'T-shirt/top' in the data but '0 - zero'"):
         check_compatible(ckpt, sample_train)
     check_compatible(ckpt, sample_train, ignore_class_names=True)
@@ -251,9 +252,12 @@ def test_check_compatible_python_api(mnist_named, sample_train, tmp_path):
     with pytest.raises(CheckpointError, match="--ignore-class-names"):
         evaluate(mnist_named, "sample")
     # compress loads its calibration data through the same check, and the same override
-    from cnnkit.compress.run import _Context
+    from cnnkit.compress import Context, Settings
+    from cnnkit.compress.context import training_split
 
-    ctx = _Context(ckpt, tmp_path, "sample", None, 64, None, 0, print, ignore_class_names=True)
+    source = checkpoint_data_source(ckpt, "sample")
+    train = training_split(ckpt, source, ignore_class_names=True)
+    ctx = Context(ckpt, tmp_path, train, Settings(calibration=64), print)
     assert ctx.calib.shape == (64, 1, 28, 28)
     with pytest.raises(CheckpointError, match="--ignore-class-names"):
-        _Context(ckpt, tmp_path, "sample", None, 64, None, 0, print)
+        training_split(ckpt, source)

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from cnnkit.cli import main
-from cnnkit.data.datasets import decode_files, scan_imagefolder
+from cnnkit.data.imagefolder import decode_files, scan_imagefolder
 from cnnkit.data.loader import Normalize
 from cnnkit.data.shards import (WebDatasetLoader, _shard_samples, open_webdataset, parse_size,
                                 write_shards)
-from cnnkit.data.transforms import AugmentConfig
+from cnnkit.data.settings import AugmentConfig
 from cnnkit.errors import ConfigError, DataError
 from tests.conftest import write_imagefolder
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from cnnkit.data import BatchLoader, Normalize
-from cnnkit.data.datasets import decode_files, scan_imagefolder
+from cnnkit.data.imagefolder import decode_files, scan_imagefolder
 from cnnkit.data.stream import StreamLoader, choose_mode
-from cnnkit.data.transforms import AugmentConfig
+from cnnkit.data.settings import AugmentConfig
 from tests.conftest import write_imagefolder
 
 RAW = Normalize([0.0], [1 / 255])  # leaves the uint8 values as they are, as floats

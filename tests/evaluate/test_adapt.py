@@ -10,18 +10,18 @@ import json
 import pytest
 import torch
 
-from cnnkit.artifacts import load_checkpoint
+from cnnkit.artifacts import load
 from cnnkit.data import BatchLoader, Normalize, load_dataset
 from cnnkit.errors import CheckpointError, ConfigError
 from cnnkit.evaluate import evaluate, evaluate_corruptions, predict
 from cnnkit.evaluate.adapt import BatchNormAdapter
-from tests.test_cli import run
+from tests.cli.test_cli import run
 
 
 @pytest.fixture(scope="module")
 def shifted(trained_run):
     """Normalized batches of the sample's test images under a strong contrast shift."""
-    ckpt = load_checkpoint(trained_run.best_checkpoint)
+    ckpt = load(trained_run.best_checkpoint)
     cell = load_dataset("sample-c:contrast:4", "test")
     x, y = next(iter(BatchLoader(cell, 64, Normalize(*ckpt.normalization))))
     return ckpt, x, y
@@ -152,11 +152,11 @@ def test_validation_split_is_the_runs_held_out_images_clean_and_corrupted(traine
     assert saved["split"] == "val" and saved["adapt"]["alpha"] == 0.1
     with pytest.raises(ConfigError, match="not that data"):  # another dataset has no such validation split
         evaluate(trained_run.run_dir, "cluttered-sample", "val", ignore_class_names=True)
-    bad = load_checkpoint(trained_run.best_checkpoint)
+    bad = load(trained_run.best_checkpoint)
     bad.meta["config"]["val_fraction"] = "a tenth"
     with pytest.raises(CheckpointError, match="cannot read"):
         evaluate(bad, "sample", "val")
-    no_val = load_checkpoint(trained_run.best_checkpoint)
+    no_val = load(trained_run.best_checkpoint)
     no_val.meta["config"]["val_fraction"] = 0.0
     for call in (lambda: evaluate(no_val, "sample", "val"),
                  lambda: evaluate_corruptions(no_val, "sample-c:fog:5", split="val")):

@@ -10,7 +10,7 @@ from PIL import Image
 
 from cnnkit.cli import main
 from cnnkit.explain import resolve_layer
-from cnnkit.artifacts import load_checkpoint
+from cnnkit.artifacts import load
 from tests.conftest import write_imagefolder
 
 
@@ -30,7 +30,7 @@ def test_explain_writes_a_png_per_image_and_json(trained_run, tmp_path, capsys, 
     rec = report["images"][0]
     assert rec["predicted"] in sample_train.classes and rec["target"] == rec["predicted"]
     g = rec["methods"]["gradcam"]
-    assert g["layer"] == resolve_layer(load_checkpoint(trained_run.run_dir).model)[0]
+    assert g["layer"] == resolve_layer(load(trained_run.run_dir).model)[0]
     assert 0 <= g["mean"] <= 1 and len(g["peak"]) == 2 and "conservation_error" in rec["methods"]["lrp"]
     assert not list(out.glob(".*.tmp*"))  # no temporary files left behind (.cnnkit-files.json is the manifest)
 

@@ -20,9 +20,9 @@ def model():
 
 
 def test_class_model_raises_its_class_score(trained_run):
-    from cnnkit.artifacts import load_checkpoint
+    from cnnkit.artifacts import load
 
-    model = load_checkpoint(trained_run.run_dir).model
+    model = load(trained_run.run_dir).model
     imgs = class_model(model, [0, 3, 7], (1, 28, 28), steps=40, lr=0.1)
     logits = model(imgs)
     start = model(0.01 * torch.randn(1, 28, 28, generator=torch.Generator().manual_seed(0))[None])[0]

@@ -77,7 +77,7 @@ def test_models_list_shows_families(capsys):
 def test_fit_with_zoo_options_and_init_from(tmp_path, capsys, trained_run):
     from cnnkit.models.layers import ScheduledDropBlock
     from cnnkit.train import fit
-    from cnnkit.artifacts import load_checkpoint
+    from cnnkit.artifacts import load
 
     # DropBlock's schedule and the multi-sample dropout loss run inside the trainer
     rates: list[list[float]] = []
@@ -96,8 +96,8 @@ def test_fit_with_zoo_options_and_init_from(tmp_path, capsys, trained_run):
                          "--epochs", "1", "--lr", "1e-12", "--train-images", "256", "--batch-size", "128",
                          "--init-from", str(trained_run.run_dir), "--out", str(tmp_path / "init"), "--quiet")
     assert code == 0, err
-    a = load_checkpoint(trained_run.best_checkpoint).model.state_dict()
-    b = load_checkpoint(tmp_path / "init").model.state_dict()
+    a = load(trained_run.best_checkpoint).model.state_dict()
+    b = load(tmp_path / "init").model.state_dict()
     assert torch.allclose(a["layer2.0.0.weight"], b["layer2.0.0.weight"], atol=1e-6)  # tiny lr: still the init
     code, _, err = run(capsys, "train", "--model", "resnet20", "--data", "sample", "--epochs", "1",
                        "--init-from", str(trained_run.run_dir), "--out", str(tmp_path / "bad"), "--quiet")

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from cnnkit.models import create
-from cnnkit.train.pretext import rotate_batch
-from tests.test_cli import run
+from cnnkit.tasks.rotnet import rotate_batch
+from tests.cli.test_cli import run
 
 ROT = dict(model="nin3", model_kwargs={"width": 0.125}, data="sample", train_images=300, batch_size=64,
            pretext="rotnet", progress=False)
@@ -38,21 +38,19 @@ def test_rotations_are_exact_and_labelled_in_order():
 
 
 def test_each_batch_holds_every_rotation_of_each_image(monkeypatch, tmp_path):
-    import sys
+    import cnnkit.tasks.rotnet as rotnet
+    from cnnkit.train import fit
 
-    import cnnkit.train  # noqa: F401  (imports the module cnnkit.train.fit)
-
-    fitmod = sys.modules["cnnkit.train.fit"]  # the module (cnnkit.train.fit as an attribute is the function)
     seen = []
-    real = fitmod.rotate_batch
+    real = rotnet.rotate_batch
 
     def spy(x, rotations=4):
         out, y = real(x, rotations)
         seen.append((x.clone(), out, y))
         return out, y
 
-    monkeypatch.setattr(fitmod, "rotate_batch", spy)
-    fitmod.fit(**{**ROT, "train_images": 130}, epochs=1, val_fraction=0.0, out=str(tmp_path / "r"))
+    monkeypatch.setattr(rotnet, "rotate_batch", spy)
+    fit(**{**ROT, "train_images": 130}, epochs=1, val_fraction=0.0, out=str(tmp_path / "r"))
     x, out, y = seen[0]
     assert len(out) == 4 * len(x) and torch.bincount(y).tolist() == [len(x)] * 4
     assert all(torch.equal(out[k * len(x):(k + 1) * len(x)], torch.rot90(x, k, (2, 3))) for k in range(4))

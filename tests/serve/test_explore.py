@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from tests.test_cli import run
+from tests.cli.test_cli import run
 
 pytest.importorskip("fastapi")
 

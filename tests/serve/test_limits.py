@@ -28,8 +28,8 @@ import pytest
 from PIL import Image
 
 from tests.serve.test_serve import make_client
-from tests.test_cli import run
-from tests.test_error_contract import _png_header
+from tests.cli.test_cli import run
+from tests.cli.test_error_contract import _png_header
 
 pytest.importorskip("fastapi")
 
@@ -460,7 +460,7 @@ def client(trained_run):
 
 
 def test_no_answer_shows_a_folder_of_the_server(client, trained_run):
-    from cnnkit.serve.app import without_paths
+    from cnnkit.serve.problems import without_paths
 
     card = client.get("/v1/models/tiny").json()
     assert card["artifact"] and "/" not in card["artifact"] and "\\" not in card["artifact"]
@@ -489,7 +489,8 @@ def png(width: int, height: int, mode: str = "L", fmt: str = "PNG") -> bytes:
 
 
 def test_an_image_past_max_pixels_gets_413_naming_max_pixels():
-    from cnnkit.serve.app import Problem, decode_images
+    from cnnkit.serve.bodies import decode_images
+    from cnnkit.serve.problems import Problem
 
     class Model:  # what decode_images reads of a served model
         input_shape = (1, 28, 28)

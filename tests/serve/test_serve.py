@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from cnnkit.serve.batcher import Batcher, QueueFull
-from tests.test_error_contract import _png_header
+from tests.cli.test_error_contract import _png_header
 
 pytest.importorskip("fastapi")
 
@@ -447,13 +447,13 @@ def test_overload_gives_503_with_retry_after_timeouts_504_and_health_answers_mea
 def test_decoding_a_large_image_does_not_hold_up_health_checks(client, images, monkeypatch):
     """Images larger than a thumbnail are decoded off the event loop: a slow decode (patched to 0.5 s) of a
     512×512 PNG and /healthz at the same time."""
-    from cnnkit.serve import app as app_module
+    from cnnkit.serve import bodies
 
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (512, 512), dtype=np.uint8), "L").save(buf, "PNG")
-    assert 512 * 512 > app_module.INLINE_DECODE_PIXELS
+    assert 512 * 512 > bodies.INLINE_DECODE_PIXELS
 
-    real = app_module.decode_images
+    real = bodies.decode_images
     decoding = threading.Event()
 
     def slow(*args):
@@ -461,7 +461,7 @@ def test_decoding_a_large_image_does_not_hold_up_health_checks(client, images, m
         time.sleep(0.5)
         return real(*args)
 
-    monkeypatch.setattr(app_module, "decode_images", slow)
+    monkeypatch.setattr(bodies, "decode_images", slow)
     got = {}
     t = threading.Thread(target=lambda: got.setdefault("r", client.post("/v1/models/tiny/predict",
                                                                          files=[("file", ("big.png", buf.getvalue()))])))
@@ -480,7 +480,8 @@ def test_multipart_bodies_read_as_starlettes_form_parser_reads_them():
     import httpx
     from starlette.requests import Request
 
-    from cnnkit.serve.app import Problem, parse_multipart
+    from cnnkit.serve.bodies import parse_multipart
+    from cnnkit.serve.problems import Problem
 
     png = _png_header(3, 2)
     bodies = [{"files": [("file", ("a.png", png))]},

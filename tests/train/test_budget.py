@@ -13,7 +13,8 @@ from cnnkit.train import fit, parse_budget, resolve_config
 from cnnkit.train.budget import MARGIN, plan_steps, replanned_total
 from tests.conftest import TINY
 
-fit_module = importlib.import_module("cnnkit.train.fit")  # the package's `fit` names the function
+fit_module = importlib.import_module("cnnkit.train.trainer")
+budget_module = importlib.import_module("cnnkit.train.budget")
 
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("3m", 180), ("1h", 3600), ("1h30m", 5400), ("2.5m", 150),
@@ -72,9 +73,9 @@ def fake_pace(monkeypatch):
         calls.append(run.cfg.budget)
         return 0.4, 1.0
 
-    monkeypatch.setattr(fit_module, "measure_pace", pace)
+    monkeypatch.setattr(budget_module, "measure_pace", pace)
     ticks = iter(range(10**6))
-    monkeypatch.setattr(fit_module, "budget_clock", lambda: 2.0 * min(next(ticks), 1))  # set-up takes 2 s
+    monkeypatch.setattr(budget_module, "budget_clock", lambda: 2.0 * min(next(ticks), 1))  # set-up takes 2 s
     return calls
 
 
@@ -104,7 +105,7 @@ def test_a_resumed_budgeted_run_keeps_its_plan(tmp_path, fake_pace):
 
 
 def test_a_too_short_budget_says_so(tmp_path, monkeypatch):
-    monkeypatch.setattr(fit_module, "measure_pace", lambda run, **_: (20.0, 5.0))
+    monkeypatch.setattr(budget_module, "measure_pace", lambda run, **_: (20.0, 5.0))
     with pytest.raises(ConfigError, match="budget of 10 s is too short"):
         fit(**TINY, budget=10, out=str(tmp_path / "run"), progress=False)
 
@@ -144,10 +145,10 @@ def test_a_run_well_ahead_of_its_plan_early_on_lengthens_it_and_still_ends_insid
 def test_a_budgeted_run_whose_pace_was_measured_too_slow_trains_longer(tmp_path, monkeypatch):
     """fit on a fake clock: measured 0.4 s a step, the steps really take 0.1 s. After the first epoch the plan
     is lengthened, the run trains the new length, says so in config.yaml, and ends inside the budget."""
-    monkeypatch.setattr(fit_module, "measure_pace", lambda run, **_: (0.4, 1.0))
+    monkeypatch.setattr(budget_module, "measure_pace", lambda run, **_: (0.4, 1.0))
     clock = [0.0]
-    monkeypatch.setattr(fit_module, "budget_clock", lambda: clock[0])
-    real_train_epoch = fit_module._Run.train_epoch
+    monkeypatch.setattr(budget_module, "budget_clock", lambda: clock[0])
+    real_train_epoch = fit_module.train_epoch
 
     def train_epoch(self, epoch):  # each step 0.1 s and each evaluation + checkpoint 0.5 s on the fake clock
         out = real_train_epoch(self, epoch)
@@ -156,7 +157,7 @@ def test_a_budgeted_run_whose_pace_was_measured_too_slow_trains_longer(tmp_path,
         self.epoch_clock = clock[0] - self.last_train_s - 0.5
         return out
 
-    monkeypatch.setattr(fit_module._Run, "train_epoch", train_epoch)
+    monkeypatch.setattr(fit_module, "train_epoch", train_epoch)
     result = fit(**TINY, budget=30, out=str(tmp_path / "run"), progress=False)
     cfg = result.config
     planned = plan_steps(30, 35, 0.4, 1.0).total_steps  # TINY: 35 steps per epoch; set-up takes no fake time
@@ -172,7 +173,7 @@ def test_a_budgeted_run_whose_pace_was_measured_too_slow_trains_longer(tmp_path,
 def test_short_schedules_that_a_small_budget_plans_run_to_their_end(total, schedule):
     import torch
 
-    from cnnkit.train.fit import build_scheduler
+    from cnnkit.train.optim import build_scheduler
 
     cfg = resolve_config({"schedule": schedule, "warmup_epochs": 1.5})
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
@@ -188,8 +189,8 @@ def test_short_schedules_that_a_small_budget_plans_run_to_their_end(total, sched
 def test_a_long_budget_on_a_machine_too_slow_for_the_long_recipe_trains_the_fast_one(tmp_path, monkeypatch):
     """10 minutes, but this machine (a fake pace of 30 s a step) would fit under 8 epochs of the long recipe's
     wider net: the run takes the fast recipe instead, and says so."""
-    monkeypatch.setattr(fit_module, "measure_pace", lambda run, **_: (30.0, 1.0))
-    monkeypatch.setattr(fit_module, "budget_clock", lambda: 0.0)
+    monkeypatch.setattr(budget_module, "measure_pace", lambda run, **_: (30.0, 1.0))
+    monkeypatch.setattr(budget_module, "budget_clock", lambda: 0.0)
     result = fit(data="sample", budget=600, train_images=1000, out=str(tmp_path / "run"), progress=False)
     assert (result.config.recipe, result.config.model_kwargs) == ("fast", {"width": 16, "pool_first": True})
     # (600 s * 0.92) / (3 steps * 30 s + 1 s) -> 6 epochs of 3 steps

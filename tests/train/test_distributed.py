@@ -28,19 +28,20 @@ SCRIPT = textwrap.dedent('''
     import json, os, signal, sys
     import torch
     from cnnkit.train import fit
-    fit_module = sys.modules["cnnkit.train.fit"]
+    fit_module = sys.modules["cnnkit.train.trainer"]
     out, kill_at, stop_after = sys.argv[1], int(sys.argv[2]), int(sys.argv[4])
     config = json.loads(sys.argv[3])
     rank, attempt = int(os.environ["RANK"]), int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
     steps = [0]
-    step = fit_module._Run._step
-    def counting_step(self, loss):  # the fault: rank 1 is killed (SIGKILL) at its step `kill_at` of attempt 0
+    loop = sys.modules["cnnkit.train.loop"]
+    step = loop._step
+    def counting_step(run, loss):  # the fault: rank 1 is killed (SIGKILL) at its step `kill_at` of attempt 0
         steps[0] += 1
         if rank == 1 and attempt == 0 and steps[0] == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
-        step(self, loss)
-    fit_module._Run._step = counting_step
+        step(run, loss)
+    loop._step = counting_step
 
     if len(sys.argv) > 5 and sys.argv[5] == "syncbn":  # first, BatchNorm synchronized over the two ranks
         import torch.distributed as dist
@@ -50,11 +51,11 @@ SCRIPT = textwrap.dedent('''
         torch.save(sync_bn_results(rank), f"{out}.syncbn.{rank}")
         dist.destroy_process_group()
 
-    restore = fit_module._Run._restore
-    def noting_restore(self):
-        restore(self)
-        print(f"rank {rank} attempt {attempt} resumed at epoch {self.start_epoch} step {self.start_step}", flush=True)
-    fit_module._Run._restore = noting_restore
+    restore = fit_module.restore
+    def noting_restore(run):
+        restore(run)
+        print(f"rank {rank} attempt {attempt} resumed at epoch {run.start_epoch} step {run.start_step}", flush=True)
+    fit_module.restore = noting_restore
 
     def keep(end):  # this rank's weights after each epoch, for the test to compare
         torch.save({k: v.clone() for k, v in end.model.state_dict().items()}, f"{out}.rank{rank}.e{end.epoch}.pt")

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cnnkit.artifacts import load_checkpoint, read_meta
+from cnnkit.artifacts import load, read_meta
 from cnnkit.artifacts.files import MANIFEST, OutputDir
 
 EPOCHS = 5
@@ -42,16 +42,15 @@ def kill_on_nth(fn, after=False):
         return out
     return wrapped
 import cnnkit.artifacts.files as files
-import cnnkit.train.fit
-fit = sys.modules["cnnkit.train.fit"]  # (the package exports a function of the same name)
+import cnnkit.train.loop as loop
 if kind == "fsync":      # a file's bytes are written, not yet renamed into place
     files.os.fsync = kill_on_nth(files.os.fsync)
 elif kind == "replace":  # just after a rename: e.g. best written, state or last not yet
     files.os.replace = kill_on_nth(files.os.replace, after=True)
 elif kind == "step":     # mid-epoch
-    fit._Run._step = kill_on_nth(fit._Run._step)
+    loop._step = kill_on_nth(loop._step)
 elif kind == "eval":     # mid-evaluation
-    fit.evaluate_loader = kill_on_nth(fit.evaluate_loader)
+    loop.validation_sums = kill_on_nth(loop.validation_sums)
 from cnnkit.cli import main
 sys.exit(main(sys.argv[3:]))
 """
@@ -76,7 +75,7 @@ def _assert_same_run(run: Path, reference: Path) -> None:
     assert rows[0].startswith("epoch,") and [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, EPOCHS + 1))
     assert not OutputDir(run).foreign_files()  # nothing but cnnkit's own recorded files
     assert [p.name for p in run.glob("state-e*.safetensors")] == [f"state-e{EPOCHS:04d}.safetensors"]
-    load_checkpoint(run)  # best and last load
+    load(run)  # best and last load
 
 
 def _resume(run: Path, cwd: Path) -> None:
@@ -163,7 +162,7 @@ def test_a_full_disk_gives_one_line_and_keeps_the_last_checkpoint(reference, tmp
     assert len(lines) == 1 and "Traceback" not in err and "internal error" not in err, err
     assert "file size limit" in lines[0] or "cannot write" in lines[0]
     assert (run / "last.safetensors").read_bytes() == before
-    assert load_checkpoint(run).meta["epoch"] == EPOCHS
+    assert load(run).meta["epoch"] == EPOCHS
     assert not [f for f in run.rglob("*.tmp")]  # no half-written temporaries left
     p = _cnnkit(["train", "--resume", str(run), "--epochs", more, "--quiet"], tmp_path)  # room again: it goes on
     _, err = p.communicate(timeout=300)

@@ -8,7 +8,8 @@ import yaml
 from safetensors.torch import load_file
 
 from cnnkit.errors import CheckpointError, ConfigError, TrainingDiverged
-from cnnkit.train import fit, load_checkpoint
+from cnnkit.artifacts import load
+from cnnkit.train import fit
 from cnnkit.artifacts import read_meta, save_checkpoint
 from tests.conftest import TINY
 
@@ -98,7 +99,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
     with pytest.raises(TrainingDiverged, match="loss became nan at epoch 2"):
         fit(**TINY, epochs=3, out=str(tmp_path / "run"), callbacks=[poison], progress=False)
-    ckpt = load_checkpoint(tmp_path / "run" / "last.safetensors")
+    ckpt = load(tmp_path / "run" / "last.safetensors")
     assert ckpt.meta["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt.model.state_dict().values())
 
@@ -127,7 +128,7 @@ def test_interrupted_checkpoint_write_leaves_previous_file_intact(trained_run, t
     target = tmp_path / "best.safetensors"
     shutil.copy(trained_run.best_checkpoint, target)
     before = target.read_bytes()
-    ckpt = load_checkpoint(target)
+    ckpt = load(target)
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt  # killed after the bytes are written, before the rename
@@ -137,7 +138,7 @@ def test_interrupted_checkpoint_write_leaves_previous_file_intact(trained_run, t
         save_checkpoint(target, ckpt.model, ckpt.meta)
     assert target.read_bytes() == before
     assert not list(tmp_path.glob(".*.tmp"))
-    load_checkpoint(target)
+    load(target)
 
 
 def test_early_stopping_stops_when_validation_stalls(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from cnnkit.train import lr_find
-from cnnkit.train.lr_find import _propose
+from cnnkit.train.range_test import _propose
 from tests.conftest import TINY
 
 

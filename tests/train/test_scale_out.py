@@ -51,22 +51,22 @@ def test_a_run_stopped_mid_epoch_resumes_from_its_last_saved_step(tmp_path, monk
                   **FAST)
     whole = fit(out=str(tmp_path / "whole"), **config)
     steps_per_epoch = 320 // 16
-    run_module = sys.modules["cnnkit.train.fit"]
-    step = run_module._Run._step
+    loop = sys.modules["cnnkit.train.loop"]
+    step = loop._step
     taken = [0]
 
-    def stop_at_step_25(self, loss):  # a kill during the 25th step: the state saved after step 24 is the last
+    def stop_at_step_25(run, loss):  # a kill during the 25th step: the state saved after step 24 is the last
         taken[0] += 1
         if taken[0] == 25:
             raise KeyboardInterrupt
-        step(self, loss)
+        step(run, loss)
 
-    monkeypatch.setattr(run_module._Run, "_step", stop_at_step_25)
+    monkeypatch.setattr(loop, "_step", stop_at_step_25)
     with pytest.raises(KeyboardInterrupt):
         fit(out=str(tmp_path / "cut"), **config)
     meta = read_meta(tmp_path / "cut" / "last.safetensors")
     assert (meta["epoch"], meta["step_in_epoch"]) == (1, 24 - steps_per_epoch)
-    monkeypatch.setattr(run_module._Run, "_step", step)
+    monkeypatch.setattr(loop, "_step", step)
     resumed = fit(resume=str(tmp_path / "cut"), progress=False)
     a, b = load_file(str(whole.last_checkpoint)), load_file(str(resumed.last_checkpoint))
     assert all(torch.equal(a[k], b[k]) for k in a)  # the same batches, augmentation and schedule, bit for bit

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from safetensors.torch import load_file, save
 
 from cnnkit import __version__
 from cnnkit.artifacts.files import atomic_write_bytes, atomic_write_text
+from cnnkit.artifacts.loaded import LoadedCheckpoint, input_meta_ok
 from cnnkit.errors import CheckpointError, CnnkitError, error_line
 
 FORMAT = "cnnkit-checkpoint/1"
@@ -44,24 +44,6 @@ def read_meta(path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: its cnnkit metadata is damaged (not a JSON object)")
     return meta
-
-
-def input_meta_ok(meta: dict[str, Any]) -> bool:
-    """Whether `meta` (a checkpoint's or a sidecar's) has classes, in_chans, img_size and normalization of the
-    types that loading and preprocessing rely on."""
-    def count(v: object) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-    def numbers(v: object) -> bool:
-        return isinstance(v, list) and bool(v) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                       for x in v)
-
-    norm = meta.get("normalization")
-    return bool(isinstance(meta.get("classes"), list) and meta["classes"]
-                and all(isinstance(c, str) for c in meta["classes"]) and count(meta.get("in_chans"))
-                and isinstance(meta.get("img_size"), list) and len(meta["img_size"]) == 2
-                and all(count(v) for v in meta["img_size"])
-                and isinstance(norm, dict) and numbers(norm.get("mean")) and numbers(norm.get("std")))
 
 
 def _check_model_meta(file: Path, meta: dict[str, Any]) -> None:
@@ -115,31 +97,6 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if not p.exists():
         raise CheckpointError(f"no such checkpoint or run directory: {p}")
     return p
-
-
-@dataclass
-class LoadedCheckpoint:
-    """A model rebuilt from a checkpoint, in eval mode, and the metadata it was saved with."""
-
-    model: nn.Module
-    meta: dict[str, Any]
-    path: Path
-
-    @property
-    def classes(self) -> list[str]:
-        return self.meta["classes"]
-
-    @property
-    def in_chans(self) -> int:
-        return int(self.meta["in_chans"])
-
-    @property
-    def img_size(self) -> tuple[int, int]:
-        return tuple(self.meta["img_size"])
-
-    @property
-    def normalization(self) -> tuple[list[float], list[float]]:
-        return self.meta["normalization"]["mean"], self.meta["normalization"]["std"]
 
 
 def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:
@@ -196,14 +153,9 @@ def resize_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> list[st
     return changed
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedCheckpoint:
-    """Rebuild the model a checkpoint (file or run directory) was trained as, with its weights; an `.onnx`
-    artifact with its sidecar loads as an ONNX Runtime model (CPU)."""
-    if str(path).endswith((".onnx", ".pt2", ".ts")):
-        from cnnkit.artifacts.runtimes import load_onnx, load_program, load_torchscript
-
-        loader = {".onnx": load_onnx, ".pt2": load_program, ".ts": load_torchscript}[Path(path).suffix]
-        return loader(path)
+def rebuild_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Rebuild the model a checkpoint (file or run directory) was trained as, with its weights, on `device`
+    (the checkpoint kind of `cnnkit.artifacts.load`)."""
     file = resolve_checkpoint(path)
     meta = read_meta(file)
     if meta.get("format") != FORMAT:
@@ -213,12 +165,12 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         state = load_file(str(file))
     except Exception as e:  # safetensors raises its own error types for truncated files
         raise CheckpointError(f"{file}: cannot read its weights ({error_line(e)})") from None
-    model = _rebuild(file, meta, state)
+    model = _build_model(file, meta, state)
     load_state_into(model, state, file)
     return LoadedCheckpoint(model.to(device).eval(), meta, file)
 
 
-def _rebuild(file: Path, meta: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
+def _build_model(file: Path, meta: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
     """The model `meta` describes, shaped like `state` (pruned checkpoints). It is first built on the meta
     device, which allocates nothing, and compared with the weights, so that metadata asking for a model far
     larger than the file (a huge img_size, in_chans or width) is refused before it takes the machine's memory."""

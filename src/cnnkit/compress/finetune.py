@@ -13,16 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnkit.data import BatchLoader, ImageData, Normalize
-from cnnkit.data.transforms import AugmentConfig
-
-
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, alpha: float,
-                      temperature: float) -> torch.Tensor:
-    """(1 − α)·CE(student, labels) + α·T²·KL(softmax(teacher/T) ‖ softmax(student/T))."""
-    hard = F.cross_entropy(student, target)
-    soft = F.kl_div(F.log_softmax(student / temperature, 1), F.log_softmax(teacher / temperature, 1),
-                    reduction="batchmean", log_target=True) * temperature ** 2
-    return (1 - alpha) * hard + alpha * soft
+from cnnkit.data.settings import AugmentConfig
+from cnnkit.tasks.distill import kd_loss  # the one KD loss, shared with training's distillation
 
 
 def finetune(model: nn.Module, data: ImageData, mean, std, epochs: float = 1.0, lr: float = 0.01,
@@ -50,7 +42,7 @@ def finetune(model: nn.Module, data: ImageData, mean, std, epochs: float = 1.0, 
             if teacher is not None:
                 with torch.no_grad():
                     t = teacher(x)
-                loss = distillation_loss(out, t, y, kd_alpha, kd_temperature)
+                loss = kd_loss(out, (t.float() / kd_temperature).softmax(1), y, kd_temperature, kd_alpha)
             else:
                 loss = F.cross_entropy(out, y, label_smoothing=0.1)
             opt.zero_grad(set_to_none=True)

@@ -11,7 +11,7 @@ Structured (channels), through Torch-Pruning's dependency graph, which keeps eve
 * `uniform` (every layer loses the same fraction of channels) or `global` (one threshold across layers,
   normalized per layer);
 * the ratio is the fraction of MACs to remove: the channel fraction that reaches it is found by bisection;
-* iterative rounds with fine-tuning between them are driven by `cnnkit.compress.run`.
+* iterative rounds with fine-tuning between them are driven by `cnnkit.compress.recipes` (`pruned_model`).
 
 Unstructured: global magnitude pruning of conv/linear weights with the mask kept fixed while retraining,
 optionally rewound to an early checkpoint (Frankle & Carbin 2019, with rewinding as in Frankle et al. 2020).

@@ -54,7 +54,8 @@ class PercentileObserver(HistogramObserver):
         return self._calculate_qparams(torch.minimum(lo, torch.tensor(0.0)), torch.maximum(hi, torch.tensor(0.0)))
 
 
-def _check(observer: str, engine: str, weight_bits: int) -> None:
+def check_quantization(observer: str, engine: str, weight_bits: int) -> None:
+    """CompressError unless `observer` and `engine` are known here and `weight_bits` is 8 or 4."""
     if observer not in OBSERVERS:
         raise CompressError(f"unknown calibration observer {observer!r}; choose from: {', '.join(OBSERVERS)}")
     if engine not in ENGINES or engine not in torch.backends.quantized.supported_engines:
@@ -70,7 +71,7 @@ def qconfig_mapping(observer: str = "mse", engine: str = "x86", weight_bits: int
     [-8, 7] a symmetric scale maps the largest weight to 7.5, which conversion would round to 8) and
     per-tensor affine uint8 activations. fbgemm/x86 keep PyTorch's reduced activation range (7 bits), which
     their kernels need on CPUs without VNNI."""
-    _check(observer, engine, weight_bits)
+    check_quantization(observer, engine, weight_bits)
     reduce = engine in ("x86", "fbgemm")
     wmin, wmax = (-128, 127) if weight_bits == 8 else (-7, 7)
     if qat:

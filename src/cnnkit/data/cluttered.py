@@ -21,11 +21,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cnnkit.data.datasets import ImageData
+from cnnkit.data.base import ImageData, Loader, LoadOptions, cache_dir
 
 GENERATOR_VERSION = 1
 INK = 32  # a pixel above this (of 255) belongs to the object's box
 _TRIES = 16
+MADE_FROM = {"cluttered-fashion-mnist": "fashion-mnist", "cluttered-sample": "sample"}  # the set each is made from
+SPLIT_SEEDS = {"train": 20140624, "test": 20140625}  # one per split, so the splits share no layout
+
+
+def load(name: str, split: str, options: LoadOptions, clean: Loader) -> ImageData:
+    """The source loader of `cluttered-fashion-mnist` and `cluttered-sample`: `split` made from the same split
+    of the set `clean` loads (see MADE_FROM), read from the cache when it was made before."""
+    source = clean(MADE_FROM[name], split, LoadOptions(data_dir=options.data_dir, download=options.download))
+    return cached_cluttered(source, SPLIT_SEEDS[split], cache_dir() / "cluttered", name)
 
 
 def _tight_boxes(obj: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:

@@ -11,24 +11,30 @@ from typing import Any
 import torch
 
 from cnnkit.artifacts import LoadedCheckpoint
-from cnnkit.data.datasets import ImageData, load_dataset, train_val_split
+from cnnkit.data.base import ImageData
+from cnnkit.data.sources import load_dataset
+from cnnkit.data.settings import DEFAULT_VAL_FRACTION
+from cnnkit.data.splits import train_val_split
 from cnnkit.errors import CheckpointError, ConfigError, DataError
 
-DEFAULT_VAL_FRACTION = 0.1  # `cnnkit train`'s share of the training split held out for validation
 
 
 def _shape(c: int, hw: tuple[int, int]) -> str:
     return "×".join(str(v) for v in (c, *hw))
 
 
-def check_compatible(ckpt: LoadedCheckpoint, data: ImageData, ignore_class_names: bool = False) -> None:
+def check_compatible(ckpt: LoadedCheckpoint, data: ImageData, ignore_class_names: bool = False,
+                     match_classes: bool = True) -> None:
     """CheckpointError unless `data` has the checkpoint's channels, H×W, number of classes and class names
-    (in order); `ignore_class_names` accepts other names for the same number of classes."""
+    (in order); `ignore_class_names` accepts other names for the same number of classes; `match_classes`
+    False (a task whose outputs are not the data's classes) checks the images' shape only."""
     where = f"{data.name} ({data.split})"
     if (data.in_chans, *data.img_size) != (ckpt.in_chans, *ckpt.img_size):
         raise CheckpointError(f"{where} gives {_shape(data.in_chans, data.img_size)} images but {ckpt.path} expects "
                               f"{_shape(ckpt.in_chans, ckpt.img_size)} (channels×height×width); use data of that "
                               f"shape (image folders are resized to it)")
+    if not match_classes:
+        return
     if data.num_classes != len(ckpt.classes):
         raise CheckpointError(f"{where} has {data.num_classes} classes but {ckpt.path} was trained on "
                               f"{len(ckpt.classes)}; evaluate it on data with the same classes")
@@ -68,7 +74,8 @@ def checkpoint_data_source(ckpt: LoadedCheckpoint, data: str | None = None,
 
 def load_checkpoint_data(ckpt: LoadedCheckpoint, data: str | None = None, split: str = "test",
                          data_dir: str | os.PathLike | None = None, strict: bool = False,
-                         ignore_class_names: bool = False, check: bool = True) -> ImageData:
+                         ignore_class_names: bool = False, check: bool = True,
+                         match_classes: bool = True) -> ImageData:
     """`split` of `data` (see `checkpoint_data_source`) at the checkpoint's channels and H×W, checked to fit
     it (unless `check` is False: then call `check_compatible` yourself). `split="val"`: the training images the
     checkpoint's run held out for validation."""
@@ -81,7 +88,7 @@ def load_checkpoint_data(ckpt: LoadedCheckpoint, data: str | None = None, split:
     if split == "val":
         ds = held_out_for_validation(ckpt, ds)
     if check:
-        check_compatible(ckpt, ds, ignore_class_names)
+        check_compatible(ckpt, ds, ignore_class_names, match_classes)
     return ds
 
 

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnkit.data.datasets import ImageData
+from cnnkit.data.base import ImageData, Loader, LoadOptions, cache_dir
 from cnnkit.errors import DataError, close_matches
 
 GENERATOR_VERSION = 1
@@ -336,6 +336,18 @@ def cell_seed(corruption: str, severity: int) -> int:
 
 
 # -- the benchmark sets ----------------------------------------------------------------------------------------
+def load(name: str, split: str, options: LoadOptions, clean: Loader) -> ImageData:
+    """The source loader of the corruption benchmarks: one test cell (`fashion-mnist-c:fog:3`), made from the
+    clean test split that `clean` loads (for evaluation over every cell, see `benchmark_cells`)."""
+    base, corruptions, severities = parse_benchmark(name)
+    if split == "train" or len(corruptions) != 1 or len(severities) != 1:
+        raise DataError(f"{name.split(':')[0]} is a corruption benchmark for evaluation (cnnkit eval --data "
+                        f"{name}); as a dataset, name one test cell, e.g. {name.split(':')[0]}:fog:3, and train "
+                        f"on {base}")
+    clean_options = LoadOptions(data_dir=options.data_dir, download=options.download)
+    return next(benchmark_cells(name, lambda b: clean(b, "test", clean_options), cache_dir() / "corrupted"))[2]
+
+
 def parse_benchmark(name: str) -> tuple[str, list[str], list[int]] | None:
     """`fashion-mnist-c` -> (its clean set, all corruptions, all severities); `fashion-mnist-c:fog` or
     `fashion-mnist-c:fog:5` picks one corruption (and severity). None when `name` is not a corruption set."""

@@ -6,8 +6,9 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from cnnkit.data.datasets import ImageData
-from cnnkit.data.transforms import AugmentConfig, BatchAugment
+from cnnkit.data.base import ImageData
+from cnnkit.data.settings import AugmentConfig
+from cnnkit.data.transforms import BatchAugment
 
 
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:

@@ -34,12 +34,15 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from cnnkit.artifacts.files import (MANIFEST, DiskWriteError, OutputDir, atomic_write_text, claim_dir,
                                     finish_temp_file, temp_path_for)
-from cnnkit.data.datasets import FileSet, ImageData, ImageSize, scan_imagefolder, train_val_split
+from cnnkit.data.base import FileSet, ImageData, ImageSize, LoadOptions
+from cnnkit.data.imagefolder import scan_imagefolder
 from cnnkit.data.images import IMAGE_EXTENSIONS, load_image_file, to_model_input
 from cnnkit.data.loader import Normalize, epoch_order
+from cnnkit.data.splits import train_val_split
 from cnnkit.data.stream import (DecodeImages, collate_readable, default_workers, finish_batches,
                                  sample_channel_stats)
-from cnnkit.data.transforms import AugmentConfig, BatchAugment
+from cnnkit.data.settings import AugmentConfig
+from cnnkit.data.transforms import BatchAugment
 from cnnkit.errors import ConfigError, DataError, error_line
 
 FORMAT = "cnnkit-webdataset/1"
@@ -231,15 +234,7 @@ def write_shards(source: str, out: str | os.PathLike, shard_size: int = DEFAULT_
     Every image is opened before it is written (by `workers` processes); unreadable ones are skipped with
     a warning and listed in the manifest. Normalization statistics come from a fixed sample of the train
     split. `out` must be new, or a folder cnnkit wrote (`overwrite` replaces shards written before)."""
-    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
-        raise ConfigError(f"shard size must be a positive number of bytes, got {shard_size!r}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    if not 0.0 < test_fraction < 1.0:
-        raise ConfigError(f"--test-fraction must be strictly between 0 and 1, got {test_fraction}")
-    kind, _, folder = str(source).partition(":")
-    if kind != "imagefolder" or not folder:
-        raise DataError(f"cnnkit data shard reads an image folder: give imagefolder:<dir>, got {source!r}")
+    folder = _shard_source(source, shard_size, val_fraction, test_fraction)
     root = Path(out).expanduser()
     _check_out(root, overwrite)
     train_all = scan_imagefolder(folder, "train", img_size, in_chans, test_fraction, split_seed)
@@ -251,42 +246,14 @@ def write_shards(source: str, out: str | os.PathLike, shard_size: int = DEFAULT_
 
     out_dir = claim_dir(root, overwrite=overwrite)
     base = Path(folder).expanduser()
-    manifest_splits: dict[str, Any] = {}
-    skipped_total = 0
-    for split, (files, index) in splits.items():
-        # Each split's own order: the same seed, a different permutation per split.
-        g = torch.Generator().manual_seed(split_seed * 1_000_003 + SPLITS.index(split))
-        order = index[torch.randperm(len(index), generator=g)].tolist()
-        sink = _ShardSink(out_dir, root, split, shard_size)
-        skipped: list[str] = []
-        width = max(8, len(str(len(files))))
-        loader = DataLoader(_ReadChecked(files.files), batch_size=8, sampler=order, num_workers=workers,
-                            collate_fn=_as_list)
-        try:
-            for batch in loader:
-                for i, data, reason in batch:
-                    path = files.files[i]
-                    if data is None:
-                        warnings.warn(reason, stacklevel=2)
-                        skipped.append(path.relative_to(base).as_posix() if path.is_relative_to(base) else str(path))
-                        continue
-                    ext = path.suffix.lower().lstrip(".").replace("jpeg", "jpg")
-                    sink.add(f"{i:0{width}d}", ext, data, int(files.labels[i]))
-        except BaseException:
-            sink.abort()
-            raise
-        entry = sink.close()
-        if split != "val" and len(index) and not entry["images"]:
-            raise DataError(f"imagefolder: none of the {len(index)} images of the {split} split of {base} "
-                            f"could be read")
-        manifest_splits[split] = {**entry, "skipped": skipped}
-        skipped_total += len(skipped)
+    manifest_splits = {split: _write_split(out_dir, root, split, files, index, base, shard_size, split_seed, workers)
+                       for split, (files, index) in splits.items()}
+    skipped_total = sum(len(e["skipped"]) for e in manifest_splits.values())
     if skipped_total:
         warnings.warn(f"imagefolder: skipped {skipped_total} unreadable image(s) in {base}", stacklevel=2)
     # After the reading above, not before: the loader sample_channel_stats leaves behind (persistent workers,
     # in a reference cycle) must not be inherited by the reading workers' forks.
     mean, std = sample_channel_stats(train_all.subset(tr, "train"), workers=workers)
-
     fingerprint = hashlib.sha256(json.dumps(
         [train_all.classes, train_all.in_chans, list(train_all.img_size),
          [manifest_splits[s]["fingerprint"] for s in SPLITS]]).encode()).hexdigest()[:16]
@@ -312,6 +279,52 @@ def write_shards(source: str, out: str | os.PathLike, shard_size: int = DEFAULT_
     return manifest
 
 
+def _shard_source(source: str, shard_size: int, val_fraction: float, test_fraction: float) -> str:
+    """The image folder `write_shards` reads, its options checked before anything is read or written."""
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        raise ConfigError(f"shard size must be a positive number of bytes, got {shard_size!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ConfigError(f"--test-fraction must be strictly between 0 and 1, got {test_fraction}")
+    kind, _, folder = str(source).partition(":")
+    if kind != "imagefolder" or not folder:
+        raise DataError(f"cnnkit data shard reads an image folder: give imagefolder:<dir>, got {source!r}")
+    return folder
+
+
+def _write_split(out_dir: OutputDir, root: Path, split: str, files: FileSet, index: torch.Tensor, base: Path,
+                 shard_size: int, split_seed: int, workers: int) -> dict[str, Any]:
+    """The images `index` of `files` written as `split`'s shards, in an order seeded by (split_seed, split),
+    each opened first (by `workers` processes); its manifest entry, with the unreadable images skipped."""
+    # Each split's own order: the same seed, a different permutation per split.
+    g = torch.Generator().manual_seed(split_seed * 1_000_003 + SPLITS.index(split))
+    order = index[torch.randperm(len(index), generator=g)].tolist()
+    sink = _ShardSink(out_dir, root, split, shard_size)
+    skipped: list[str] = []
+    width = max(8, len(str(len(files))))
+    loader = DataLoader(_ReadChecked(files.files), batch_size=8, sampler=order, num_workers=workers,
+                        collate_fn=_as_list)
+    try:
+        for batch in loader:
+            for i, data, reason in batch:
+                path = files.files[i]
+                if data is None:
+                    warnings.warn(reason, stacklevel=3)
+                    skipped.append(path.relative_to(base).as_posix() if path.is_relative_to(base) else str(path))
+                    continue
+                ext = path.suffix.lower().lstrip(".").replace("jpeg", "jpg")
+                sink.add(f"{i:0{width}d}", ext, data, int(files.labels[i]))
+    except BaseException:
+        sink.abort()
+        raise
+    entry = sink.close()
+    if split != "val" and len(index) and not entry["images"]:
+        raise DataError(f"imagefolder: none of the {len(index)} images of the {split} split of {base} "
+                        f"could be read")
+    return {**entry, "skipped": skipped}
+
+
 def _remove_stale_shards(out_dir: OutputDir, root: Path, keep: set[str]) -> None:
     """Shards (and their temporaries) that cnnkit wrote here before and this manifest does not list: those of
     an interrupted earlier run, or of a run that wrote more shards."""
@@ -330,8 +343,9 @@ def _remove_stale_shards(out_dir: OutputDir, root: Path, keep: set[str]) -> None
 
 @dataclass
 class WebDatasetSet:
-    """One split of a shard folder written by `cnnkit data shard`: what training and evaluation need of a
-    data set (classes, format, size, fingerprint, normalization) and the shards that hold its images."""
+    """One split of a shard folder written by `cnnkit data shard`: an `ImageSet` (what training and evaluation
+    read of a data set: classes, format, size, fingerprint), its normalization, and the shards that hold its
+    images (read in order: it has no labels to split by, no `subset`)."""
 
     root: Path
     split: str
@@ -430,6 +444,10 @@ def open_webdataset(path: str | os.PathLike, split: str) -> WebDatasetSet:
                          [float(v) for v in manifest["mean"]], [float(v) for v in manifest["std"]],
                          shards, counts, manifest=manifest, skipped=list(entry.get("skipped") or []))
 
+
+def load(name: str, split: str, options: LoadOptions) -> ImageData:
+    """The source loader of `webdataset:DIR`: the `split` shards of the folder DIR, decoded into memory."""
+    return load_webdataset(name.split(":", 1)[1], split, options.strict)
 
 
 def load_webdataset(path: str | os.PathLike, split: str, strict: bool = False) -> ImageData:

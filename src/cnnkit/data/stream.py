@@ -20,10 +20,11 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from cnnkit.data.datasets import FileSet
+from cnnkit.data.base import FileSet
 from cnnkit.data.images import convert_mode, load_image_file, to_model_input
 from cnnkit.data.loader import Normalize, ShardedBatches
-from cnnkit.data.transforms import AugmentConfig, BatchAugment, random_crop_flip
+from cnnkit.data.settings import AugmentConfig
+from cnnkit.data.transforms import BatchAugment, random_crop_flip
 from cnnkit.errors import DataError
 
 DATA_MODES = ("auto", "memory", "stream")

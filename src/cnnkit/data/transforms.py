@@ -2,65 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from cnnkit.errors import ConfigError, close_matches
-
-POLICIES = ("none", "trivialaugment", "randaugment")
-
-
-@dataclass
-class AugmentConfig:
-    """Which augmentations to apply; all off by default."""
-
-    crop_padding: int = 0  # padded random crop: pad by this many pixels, crop back to size
-    resized_crop: float = 0.0  # random-resized crop (Inception/ImageNet style): smallest area share, e.g. 0.08; 0 off
-    hflip: bool = False  # horizontal flip with probability 1/2
-    policy: str = "none"  # 'trivialaugment' or 'randaugment' (torchvision.transforms.v2)
-    erasing: float = 0.0  # RandomErasing probability
-    mixup: float = 0.0  # MixUp alpha (0 = off)
-    cutmix: float = 0.0  # CutMix alpha (0 = off)
-
-    def __post_init__(self) -> None:
-        def number(v: object) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-        if not isinstance(self.policy, str) or self.policy not in POLICIES:
-            raise ConfigError(f"unknown augmentation policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
-        checks = [
-            ("crop_padding", isinstance(self.crop_padding, int) and not isinstance(self.crop_padding, bool)
-             and self.crop_padding >= 0, "a whole number of pixels, 0 or more (e.g. 4)"),
-            ("resized_crop", number(self.resized_crop) and 0.0 <= self.resized_crop <= 1.0,
-             "the smallest share of the image's area a crop keeps, in (0, 1] (e.g. 0.08), or 0 (off)"),
-            ("hflip", isinstance(self.hflip, bool), "true or false"),
-            ("erasing", number(self.erasing) and 0.0 <= self.erasing <= 1.0, "a probability in [0, 1] (e.g. 0.25)"),
-            ("mixup", number(self.mixup) and self.mixup >= 0, "an alpha of 0 (off) or more (e.g. 0.2)"),
-            ("cutmix", number(self.cutmix) and self.cutmix >= 0, "an alpha of 0 (off) or more (e.g. 1.0)"),
-        ]
-        for key, ok, need in checks:
-            if not ok:
-                raise ConfigError(f"augmentation {key}={getattr(self, key)!r} is not valid: give {need}")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> AugmentConfig:
-        """An AugmentConfig from key=value options; ConfigError names an unknown key and the known ones."""
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = [k for k in values if k not in known]
-        if unknown:
-            raise ConfigError(f"unknown augmentation {unknown[0]!r}{close_matches(unknown[0], known)}; "
-                              f"the keys are: {', '.join(known)}")
-        return cls(**values)
-
-    @property
-    def soft_targets(self) -> bool:
-        return self.mixup > 0 or self.cutmix > 0
+from cnnkit.data.settings import AugmentConfig
 
 
 def random_crop_flip(images: torch.Tensor, padding: int, hflip: bool) -> torch.Tensor:

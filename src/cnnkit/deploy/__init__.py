@@ -1,6 +1,10 @@
-"""Deployable artifacts: ONNX and torch.export programs, checked against PyTorch and written with a sidecar."""
+"""Deployable artifacts and what they cost: ONNX and torch.export programs, checked against PyTorch and written
+with a sidecar (`cnnkit.deploy.export`; `cnnkit.artifacts.load` reads them back), and their latency,
+throughput, memory and accuracy measured side by side (`cnnkit.deploy.bench`, whose names stay in that module:
+`cnnkit.deploy.bench` names the module, not its `bench` function)."""
 
-from cnnkit.artifacts.runtimes import OnnxModel, load_onnx, load_program
-from cnnkit.deploy.artifacts import export_onnx, export_program
+from cnnkit.deploy.export import (ExportResult, Writer, export_artifact, export_onnx, export_program, write_onnx,
+                                  write_program)
 
-__all__ = ["OnnxModel", "export_onnx", "export_program", "load_onnx", "load_program"]
+__all__ = ["ExportResult", "Writer", "export_artifact", "export_onnx", "export_program", "write_onnx",
+           "write_program"]

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnkit.artifacts.runtimes import OnnxModel, is_exported
-from cnnkit.artifacts import load_checkpoint
+from cnnkit.artifacts import is_exported, load
+from cnnkit.artifacts.exported import OnnxModel
 from cnnkit.errors import ConfigError
 from cnnkit.runtime import autocast, autocast_dtype, cpu_only_artifact, pick_device, precision_name
 
@@ -98,7 +98,7 @@ def _child_peak(target: str, batch: int, device: str = "cpu", amp: str = "off") 
 
     before = _high_water_kib()
     dev = torch.device(device)
-    ckpt = load_checkpoint(target, dev)
+    ckpt = load(target, dev)
     model = ckpt.model.to(dev)
     with torch.inference_mode(), autocast(dev, autocast_dtype(amp, dev)):
         for n in (1, batch):
@@ -151,7 +151,7 @@ def bench_many(targets: list[str | os.PathLike], data: str | None = None, data_d
     devs = [target_device(t, device) for t in targets]  # every target's device settled before any is loaded
     for d in devs:
         autocast_dtype(amp, d)  # e.g. fp16 on a CPU: refused before anything is loaded
-    ckpts = [load_checkpoint(t, d) for t, d in zip(targets, devs)]
+    ckpts = [load(t, d) for t, d in zip(targets, devs)]
     for c, d in zip(ckpts, devs):
         c.model.to(d)
     # an exported artifact runs in the precision it was exported in; autocast is for PyTorch models

@@ -1,8 +1,9 @@
-"""Evaluation metrics and prediction on image files."""
+"""Evaluation of a checkpoint on a dataset split, corruption benchmarks, and prediction on image files,
+driven by the checkpoint's task (`cnnkit.tasks`)."""
 
 from cnnkit.evaluate.api import (CorruptionResult, EvalResult, Prediction, evaluate, evaluate_corruptions,
-                                 predict)
-from cnnkit.evaluate.metrics import classification_report, expected_calibration_error, topk_accuracy
+                                 predict, task_of)
+from cnnkit.evaluate.loop import evaluate_loader, validation_sums
 
-__all__ = ["evaluate", "evaluate_corruptions", "predict", "CorruptionResult", "EvalResult", "Prediction", "classification_report",
-           "expected_calibration_error", "topk_accuracy"]
+__all__ = ["evaluate", "evaluate_corruptions", "predict", "task_of", "CorruptionResult", "EvalResult", "Prediction",
+           "evaluate_loader", "validation_sums"]

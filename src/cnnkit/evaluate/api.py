@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +13,20 @@ import torch
 from cnnkit.data import BatchLoader, ImageData, Normalize
 from cnnkit.data.compat import checkpoint_data_source, load_checkpoint_data
 from cnnkit.data.images import load_model_inputs
-from cnnkit.evaluate.metrics import classification_report
 from cnnkit.runtime import autocast_dtype, cpu_only_artifact, pick_device
-from cnnkit.artifacts import LoadedCheckpoint, atomic_write_text, claim_dir, load_checkpoint
+from cnnkit.artifacts import LoadedCheckpoint, atomic_write_text, claim_dir, is_exported, load
 from cnnkit.evaluate.loop import evaluate_loader
 from cnnkit.errors import ConfigError
+from cnnkit.tasks import Task, get_task
 
 
 def _probs(model, loader: BatchLoader, dev: torch.device, amp: torch.dtype | None, tta: bool,
-           adapt: str | None, alpha: float | None, tent_lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Probabilities over a loader, from the model as it is or adapted to each batch (a fresh copy per call)."""
+           adapt: str | None, alpha: float | None, tent_lr: float,
+           task: Task | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The task's outputs (classification: probabilities) and targets over a loader, from the model as it is
+    or adapted to each batch (a fresh copy per call; classification only)."""
     if adapt is None:
-        return evaluate_loader(model, loader, dev, amp, tta)
+        return evaluate_loader(model, loader, dev, amp, tta, task or get_task(None))
     from cnnkit.evaluate.adapt import BatchNormAdapter, adapted_probs
 
     return adapted_probs(BatchNormAdapter(model, adapt, alpha, tent_lr, dev, amp), loader)
@@ -36,11 +38,18 @@ def _check_tta(tta: bool, adapt: str | None) -> None:
         raise ConfigError("--tta and --adapt do not combine: adaptation already sees each batch once")
 
 
+def task_of(ckpt: LoadedCheckpoint) -> Task:
+    """The task a checkpoint's model was trained for (checkpoints from before tasks: classification)."""
+    return get_task(ckpt.meta.get("task"))
+
+
 def _adaptable(ckpt: LoadedCheckpoint, adapt: str | None, alpha: float | None, tent_lr: float) -> None:
-    from cnnkit.artifacts.runtimes import is_exported
     from cnnkit.evaluate.adapt import check_adapt
 
     check_adapt(adapt, alpha, tent_lr)
+    if adapt is not None and task_of(ckpt).name != "classify":
+        raise ConfigError(f"--adapt adapts a classifier to test batches; {ckpt.path.name} is a "
+                          f"{task_of(ckpt).name} model")
     if adapt is not None and is_exported(ckpt.model):
         raise ConfigError(f"--adapt changes BatchNorm layers, which {ckpt.path.name} (an exported artifact) does not "
                           f"expose; adapt a cnnkit checkpoint (.safetensors or a run directory)")
@@ -56,6 +65,8 @@ class EvalResult:
     data: ImageData
     json_path: Path | None = None
     confusion_png: Path | None = None
+    figures: dict[str, Path] = field(default_factory=dict)  # what the task's report drew (name -> file)
+    summary: dict[str, Any] = field(default_factory=dict)  # what a command prints: the task's few metrics
 
 
 def evaluate(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str | None = None, split: str = "test",
@@ -74,35 +85,34 @@ def evaluate(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str | None 
         raise ConfigError(f"{data} is a corruption benchmark of many test sets: use evaluate_corruptions "
                           f"(`cnnkit eval --data {data}` does)")
     dev = pick_device(device, cpu_only_artifact(checkpoint))
-    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, dev)
+    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load(checkpoint, dev)
     _adaptable(ckpt, adapt, alpha, tent_lr)
     ckpt.model.to(dev)
     data = checkpoint_data_source(ckpt, data).name
+    task = task_of(ckpt)
     ds = load_checkpoint_data(ckpt, data, split, data_dir=data_dir, strict=strict,
-                              ignore_class_names=ignore_class_names)
+                              ignore_class_names=ignore_class_names, match_classes=task.outputs_are_classes)
     mean, std = ckpt.normalization
     loader = BatchLoader(ds, batch_size, Normalize(mean, std, dev))
-    probs, labels = _probs(ckpt.model, loader, dev, autocast_dtype(amp, dev), tta, adapt, alpha, tent_lr)
+    probs, labels = _probs(ckpt.model, loader, dev, autocast_dtype(amp, dev), tta, adapt, alpha, tent_lr, task)
     metrics = {"checkpoint": str(ckpt.path), "data": data, "split": ds.split, "tta": tta,
-               "adapt": _adapt_record(adapt, alpha, tent_lr, batch_size),
-               **classification_report(probs, labels, ckpt.classes)}
-    result = EvalResult(metrics, probs, labels, ds)
+               "adapt": _adapt_record(adapt, alpha, tent_lr, batch_size), **task.evaluate(probs, labels, ckpt.classes)}
+    result = EvalResult(metrics, probs, labels, ds, summary=task.summary(metrics))
     if out_dir is not None:
-        from cnnkit.report.plots import save_confusion_matrix
-
         claim_dir(out_dir)  # writes there replace only files cnnkit wrote
         out = Path(out_dir)
         stem = f"{data.split(':')[0]}-{split}" + (f"-{adapt}" if adapt else "")
         result.json_path = out / f"eval-{stem}.json"
         atomic_write_text(result.json_path, json.dumps(metrics, indent=2) + "\n")
-        result.confusion_png = save_confusion_matrix(metrics["confusion_matrix"], ckpt.classes,
-                                                     out / f"confusion-{stem}.png")
+        result.figures = task.report(metrics, ckpt.classes, out, stem)
+        result.confusion_png = result.figures.get("confusion matrix")
     return result
 
 
 @dataclass
 class Prediction:
-    """Top-k classes for one image file."""
+    """One image file's answer from its task: (name, value) pairs, best first (classification: the top-k
+    classes and their probabilities)."""
 
     path: Path
     top: list[tuple[str, float]]
@@ -116,18 +126,16 @@ def predict(checkpoint: str | os.PathLike | LoadedCheckpoint, inputs: list[str |
     `adapt` adapts a copy of the model to the images, `batch_size` at a time, in the order given."""
     _check_tta(tta, adapt)
     dev = pick_device(device, cpu_only_artifact(checkpoint))
-    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, dev)
+    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load(checkpoint, dev)
     _adaptable(ckpt, adapt, alpha, tent_lr)
     ckpt.model.to(dev)
     images, kept = load_model_inputs(list(inputs), ckpt.in_chans, ckpt.img_size, strict)
-    k = max(1, min(topk, len(ckpt.classes)))
     data = ImageData(images, torch.zeros(len(images), dtype=torch.long), ckpt.classes, "files", "predict")
     mean, std = ckpt.normalization
-    probs, _ = _probs(ckpt.model, BatchLoader(data, batch_size, Normalize(mean, std, dev)), dev,
-                      autocast_dtype(amp, dev), tta, adapt, alpha, tent_lr)
-    values, indices = probs.topk(k, dim=1)
-    return [Prediction(f, [(ckpt.classes[int(i)], float(v)) for v, i in zip(vs, ix)])
-            for f, vs, ix in zip(kept, values, indices)]
+    task = task_of(ckpt)
+    outputs, _ = _probs(ckpt.model, BatchLoader(data, batch_size, Normalize(mean, std, dev)), dev,
+                        autocast_dtype(amp, dev), tta, adapt, alpha, tent_lr, task)
+    return [Prediction(f, top) for f, top in zip(kept, task.predictions(outputs, ckpt.classes, topk))]
 
 
 def _adapt_record(adapt: str | None, alpha: float | None, tent_lr: float, batch_size: int) -> dict[str, Any] | None:
@@ -175,7 +183,7 @@ def evaluate_corruptions(checkpoint: str | os.PathLike | LoadedCheckpoint, data:
     from cnnkit.data import train_val_split
     from cnnkit.data.compat import check_compatible, held_out_for_validation
     from cnnkit.data.corruptions import benchmark_cells, parse_benchmark
-    from cnnkit.data.datasets import cache_dir
+    from cnnkit.data import cache_dir
 
     parsed = parse_benchmark(data)
     if parsed is None:
@@ -186,7 +194,7 @@ def evaluate_corruptions(checkpoint: str | os.PathLike | LoadedCheckpoint, data:
         raise ConfigError(f"a corruption benchmark corrupts the test split or the run's validation split (--split "
                           f"test or val), got {split!r}")
     dev = pick_device(device, cpu_only_artifact(checkpoint))
-    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, dev)
+    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load(checkpoint, dev)
     _adaptable(ckpt, adapt, alpha, tent_lr)
     ckpt.model.to(dev)
     precision = autocast_dtype(amp, dev)

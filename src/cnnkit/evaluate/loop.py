@@ -1,25 +1,47 @@
-"""The evaluation loop shared by validation during training, `evaluate` and `predict`."""
+"""The evaluation loop shared by validation during training, `evaluate` and `predict`, driven by a task."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn as nn
 
-from cnnkit.data import BatchLoader
 from cnnkit.runtime import autocast
+from cnnkit.tasks import CLASSIFY, Task
+
+Batch = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @torch.no_grad()
-def evaluate_loader(model: nn.Module, loader: BatchLoader, device: torch.device, amp: torch.dtype | None,
-                    tta: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class probabilities and labels over a loader; flip TTA averages with the mirrored image."""
+def evaluate_loader(model: nn.Module, loader: Iterable, device: torch.device, amp: torch.dtype | None,
+                    tta: bool = False, task: Task = CLASSIFY) -> tuple[torch.Tensor, torch.Tensor]:
+    """The task's evaluation outputs and targets over a loader (classification: class probabilities and
+    labels; flip TTA averages with the mirrored image)."""
     model.eval()
-    probs, labels = [], []
+    outputs, targets = [], []
     for x, y in loader:
         with autocast(device, amp):
-            p = model(x).float().softmax(1)
-            if tta:
-                p = 0.5 * (p + model(x.flip(3)).float().softmax(1))
-        probs.append(p)
-        labels.append(y)
-    return torch.cat(probs).cpu(), torch.cat(labels).cpu()
+            outputs.append(task.infer(model, x, tta))
+        targets.append(task.targets(x, y))
+    return torch.cat(outputs).cpu(), torch.cat(targets).cpu()
+
+
+@torch.no_grad()
+def validation_sums(model: nn.Module, loader: Iterable, task: Task, device: torch.device, amp: torch.dtype | None,
+                    tta: bool = False, batch: Batch | None = None) -> torch.Tensor:
+    """[loss summed, score summed, images] over a loader, float64; `batch` turns each batch into what the
+    model sees and its targets (an objective's, e.g. RotNet's rotations)."""
+    was = model.training
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64)
+    for x, y in loader:
+        t = task.targets(x, y)
+        if batch is not None:
+            x, t = batch(x, t)
+        with autocast(device, amp):
+            out = task.infer(model, x, tta)
+        sums += torch.tensor([float(task.loss_sum(out, t)), float(task.score_sum(out, t)), len(t)],
+                             dtype=torch.float64)
+    model.train(was)
+    return sums

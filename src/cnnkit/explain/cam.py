@@ -60,7 +60,8 @@ def resolve_layer(model: nn.Module, layer: str = "auto") -> tuple[str, nn.Module
     return layer, modules[layer]
 
 
-def _check_inputs(model: nn.Module, images: torch.Tensor, targets) -> None:
+def check_inputs(model: nn.Module, images: torch.Tensor, targets) -> None:
+    """Refuse, in one line, images that are not a B×C×H×W batch of the channels the model takes."""
     if images.ndim != 4:
         raise ExplainError(f"images must be a batch B×C×H×W, got shape {tuple(images.shape)}")
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
@@ -69,7 +70,8 @@ def _check_inputs(model: nn.Module, images: torch.Tensor, targets) -> None:
                            f"(convert them first, e.g. cnnkit.data.images.to_model_input)")
 
 
-def _dtype(model: nn.Module) -> torch.dtype:
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating-point type of the model's weights (float32 for a model without floating weights)."""
     p = next(model.parameters(), None)
     return p.dtype if p is not None and p.is_floating_point() else torch.float32
 
@@ -104,7 +106,7 @@ def _explain_input(model: nn.Module, images: torch.Tensor, targets, method: str,
     was_training = model.training
     model.eval()
     try:
-        x = images.detach().to(_dtype(model))
+        x = images.detach().to(model_dtype(model))
         with torch.no_grad():
             tgt = _targets(targets, model(x))
         attr, heat, extra = attribute(model, x, tgt, method, **options)
@@ -277,7 +279,7 @@ def explain(model: nn.Module, images: torch.Tensor, targets: int | list[int] | t
     if unknown:
         raise ExplainError(f"{method} takes no option {unknown[0]!r}"
                            + (f"; its options: {', '.join(allowed)}" if allowed else ""))
-    _check_inputs(model, images, targets)
+    check_inputs(model, images, targets)
     if method in GRADIENT_METHODS:
         return _explain_input(model, images, targets, method, **options)
     name, module = resolve_layer(model, layer)
@@ -299,7 +301,7 @@ def explain(model: nn.Module, images: torch.Tensor, targets: int | list[int] | t
 
     handle = module.register_forward_hook(hook)
     try:
-        x = images.detach().to(_dtype(model))
+        x = images.detach().to(model_dtype(model))
         tgt, grads = _forward_backward(model, x, targets, store, name)
         acts = store["acts"].detach()
         if method == "scorecam":

@@ -53,9 +53,9 @@ def _constants(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 def linear_decomposition(model: nn.Module, images: torch.Tensor, batch_size: int = 32) -> LinearDecomposition:
     """Decompose `model`'s logits on `images` (B×C×H×W) into A_x·x + b_x; see the module docstring."""
-    from cnnkit.explain.cam import _check_inputs, _dtype
+    from cnnkit.explain.cam import check_inputs, model_dtype
 
-    _check_inputs(model, images, None)
+    check_inputs(model, images, None)
     was_training = model.training
     model.eval()
     consts = _constants(model)
@@ -69,7 +69,7 @@ def linear_decomposition(model: nn.Module, images: torch.Tensor, batch_size: int
     parts = []
     try:
         for i in range(0, len(images), batch_size):
-            x = images[i:i + batch_size].detach().to(_dtype(model))
+            x = images[i:i + batch_size].detach().to(model_dtype(model))
             biases = tuple(state[n] for n in names)
             d_bias, d_x = per_image(biases, x)
             with torch.no_grad():

@@ -22,7 +22,7 @@ from cnnkit.errors import ConfigError, DataError, ExplainError, close_matches
 from cnnkit.explain.cam import CAM_METHODS, explain, resolve_layer
 from cnnkit.explain.gradients import GRADIENT_METHODS
 from cnnkit.runtime import pick_device
-from cnnkit.artifacts import LoadedCheckpoint, atomic_write_text, claim_dir, load_checkpoint
+from cnnkit.artifacts import LoadedCheckpoint, atomic_write_text, claim_dir, load
 
 METHODS = CAM_METHODS + GRADIENT_METHODS
 
@@ -78,9 +78,9 @@ class ExplainRun:
 def _load(checkpoint, device: str) -> tuple[LoadedCheckpoint, torch.device]:
     """The checkpoint's PyTorch model and the device to run it on. Every method and visualization needs
     gradients or layers of the model itself, which exported artifacts (ONNX, .pt2, int8 .ts) do not give."""
-    from cnnkit.artifacts.runtimes import is_exported
+    from cnnkit.artifacts import is_exported
 
-    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint)
+    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load(checkpoint)
     if is_exported(ckpt.model):
         source = ckpt.meta.get("source")
         raise ExplainError(f"explain and visualize need a training checkpoint (a run directory or .safetensors "

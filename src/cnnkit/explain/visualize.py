@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.errors import ExplainError
-from cnnkit.explain.cam import _check_inputs, _dtype, resolve_layer
+from cnnkit.explain.cam import check_inputs, model_dtype, resolve_layer
 
 
 def _ascend(model: nn.Module, objective: Callable[[torch.Tensor], torch.Tensor], count: int,
@@ -33,7 +33,7 @@ def _ascend(model: nn.Module, objective: Callable[[torch.Tensor], torch.Tensor],
     model.eval()
     # Simonyan et al. start from the zero image; a little noise (init_std) keeps a ReLU network whose zero
     # input gives all-zero activations (no biases yet, as at initialization) off that stationary point.
-    x = (init_std * torch.randn(shape, generator=gen)).expand(count, *shape).clone().to(_dtype(model))
+    x = (init_std * torch.randn(shape, generator=gen)).expand(count, *shape).clone().to(model_dtype(model))
     x.requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr)
     try:
@@ -59,9 +59,9 @@ def class_model(model: nn.Module, targets: list[int] | torch.Tensor, shape: tupl
                 blur_sigma: float = 0.5, seed: int = 0, init_std: float = 0.01) -> torch.Tensor:
     """Class-model images, one per target (T×C×H×W), by regularized gradient ascent on the class score."""
     tgt = torch.as_tensor(targets, dtype=torch.long).flatten()
-    _check_inputs(model, torch.zeros(1, *shape), None)
+    check_inputs(model, torch.zeros(1, *shape), None)
     with torch.no_grad():
-        n_classes = model(torch.zeros(1, *shape, dtype=_dtype(model))).shape[1]
+        n_classes = model(torch.zeros(1, *shape, dtype=model_dtype(model))).shape[1]
     if len(tgt) == 0 or int(tgt.min()) < 0 or int(tgt.max()) >= n_classes:
         raise ExplainError(f"targets must be classes 0–{n_classes - 1}, got {tgt.tolist()}")
     return _ascend(model, lambda x: model(x).gather(1, tgt[:, None])[:, 0], len(tgt), shape, steps, lr, l2,
@@ -75,7 +75,7 @@ def activation_maximization(model: nn.Module, layer: str, channels: list[int], s
     """Images (one per channel) that maximize the mean activation of `channels` of `layer`."""
     name, module = resolve_layer(model, layer)
     ch = torch.as_tensor(channels, dtype=torch.long).flatten()
-    width = feature_maps(model, torch.zeros(1, *shape, dtype=_dtype(model)), name)[1].shape[1]
+    width = feature_maps(model, torch.zeros(1, *shape, dtype=model_dtype(model)), name)[1].shape[1]
     if len(ch) == 0 or int(ch.min()) < 0 or int(ch.max()) >= width:
         raise ExplainError(f"layer {name!r} has {width} channels (0–{width - 1}); got {ch.tolist()}")
     store: dict[str, torch.Tensor] = {}
@@ -92,7 +92,7 @@ def activation_maximization(model: nn.Module, layer: str, channels: list[int], s
 
 def feature_maps(model: nn.Module, images: torch.Tensor, layer: str = "auto") -> tuple[str, torch.Tensor]:
     """(layer name, its B×C×h×w output) for `images`."""
-    _check_inputs(model, images, None)
+    check_inputs(model, images, None)
     name, module = resolve_layer(model, layer)
     store: dict[str, torch.Tensor] = {}
     handle = module.register_forward_hook(lambda _m, _i, out: store.__setitem__("out", out))
@@ -100,7 +100,7 @@ def feature_maps(model: nn.Module, images: torch.Tensor, layer: str = "auto") ->
     model.eval()
     try:
         with torch.no_grad():
-            model(images.to(_dtype(model)))
+            model(images.to(model_dtype(model)))
     finally:
         handle.remove()
         model.train(was_training)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from cnnkit.artifacts import LoadedCheckpoint, load_checkpoint, save_tensors
+from cnnkit.artifacts import LoadedCheckpoint, load, save_tensors
 from cnnkit.data import ImageData, Normalize
 from cnnkit.data.compat import load_checkpoint_data
 from cnnkit.errors import CheckpointError, ConfigError, close_matches
@@ -121,7 +121,7 @@ def features(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str | None 
     from cnnkit.runtime import pick_device
 
     dev = pick_device(device)
-    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, dev)
+    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load(checkpoint, dev)
     model = ckpt.model.to(dev).eval()
     layers = resolve_layers(model, layer)
     ds = load_features_data(ckpt, data, split, data_dir, limit=limit)

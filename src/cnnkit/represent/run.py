@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from cnnkit.artifacts import LoadedCheckpoint, atomic_write_text, claim_dir, load_checkpoint
+from cnnkit.artifacts import LoadedCheckpoint, atomic_write_text, claim_dir, load
 from cnnkit.data import Normalize
 from cnnkit.errors import ConfigError
 from cnnkit.represent.features import extract, load_features_data, pool_features, resolve_layers
@@ -60,7 +60,7 @@ def probe(checkpoints: list[str | os.PathLike], data: str | None = None, layer: 
     dev = pick_device(device)
     sources: list[tuple[str, LoadedCheckpoint]] = []
     for c in checkpoints:
-        ckpt = load_checkpoint(c, dev)
+        ckpt = load(c, dev)
         sources.append((str(Path(c)), ckpt))
     if random_baseline:
         sources.append((f"random init of {sources[0][1].meta['model']}", random_init(sources[0][1], seed)))

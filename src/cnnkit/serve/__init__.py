@@ -5,167 +5,18 @@ dynamic batching, limits, health and Prometheus metrics. `create_app` builds the
 Every client is bounded in time by `ServeOptions.timeout_s` (--timeout), at each stage: its headers (else the
 connection is closed, cnnkit.serve.connections), its body (408, the app's Guard), its answer (504, queueing
 included), a stalled read of the answer (dropped); and a shutdown (SIGTERM, SIGINT) waits at most that long
-for the requests in flight. Connections are bounded in number below the process's open-file limit."""
+for the requests in flight. Connections are bounded in number below the process's open-file limit.
 
-from __future__ import annotations
+Modules: `server` (artifacts loaded, the socket, uvicorn, `serve`), `app` (`create_app`), `routes/` (one router
+per group: health, catalog, inference, explore), `guard` (the middleware in front of every route), `bodies`
+(request bodies into image batches), `service` (the models and their batchers), `problems` (error answers),
+`options`, `metrics`, `batcher`, `connections`, `models` (a served model), `explore` (the explorer), `client`."""
 
-import gc
-import os
-import signal
-import socket
-import sys
-import threading
-from collections.abc import Callable
-from pathlib import Path
-
-from cnnkit.errors import ConfigError
-from cnnkit.runtime import reuse_freed_memory
-from cnnkit.serve.app import ServeOptions, create_app
+from cnnkit.serve.app import create_app
 from cnnkit.serve.connections import connection_limit
-from cnnkit.serve.models import ServedModel, parse_artifact
+from cnnkit.serve.models import ServedModel
+from cnnkit.serve.options import ServeOptions, is_loopback, parse_origins, resolve_token
+from cnnkit.serve.server import bind, load_models, serve, server_config
 
 __all__ = ["ServeOptions", "ServedModel", "create_app", "load_models", "serve", "bind", "connection_limit",
            "parse_origins", "is_loopback", "resolve_token", "server_config"]
-
-
-def load_models(specs: list[str], device: str = "auto", amp: str = "off",
-                measure_layout: bool = True) -> dict[str, ServedModel]:
-    """'PATH' or 'NAME=PATH' for each artifact (run directory, checkpoint, .onnx, .pt2, int8 .ts), loaded;
-    `measure_layout`: time NCHW against channels-last and keep the faster (off: NCHW, a faster start)."""
-    from cnnkit.runtime import pick_device
-
-    if not specs:
-        raise ConfigError("give at least one artifact to serve (a run directory, checkpoint, .onnx, .pt2 or .ts)")
-    models: dict[str, ServedModel] = {}
-    for spec in specs:
-        name, path = parse_artifact(spec)
-        if name in models:
-            raise ConfigError(f"two artifacts would both be served as {name!r}; name them: NAME=PATH")
-        models[name] = ServedModel(name, path, pick_device(device), amp, measure_layout)
-    return models
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port (port 0: a free one), made before the server starts so the URL
-    printed is the one that answers; ConfigError when the address is taken or not this machine's."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio turns Nagle's algorithm off only on sockets that say they are TCP, and
-    # with it on, every response written in two parts waited 40 ms for the client's delayed ACK
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port "
-                          f"(0 picks a free one)") from None
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` is an address of this machine only (127.0.0.0/8, ::1, localhost)."""
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return host.lower() == "localhost"
-
-
-def parse_origins(origins: list[str] | None) -> tuple[str, ...]:
-    """--allow-origin values as scheme://host[:port], lower case; ConfigError for anything else."""
-    import re
-
-    out = []
-    for o in origins or []:
-        if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+", o.strip().rstrip("/")):
-            raise ConfigError(f"--allow-origin must be an origin such as http://myhost:8000 (scheme, host and port, "
-                              f"no path), got {o!r}")
-        out.append(o.strip().rstrip("/").lower())
-    return tuple(out)
-
-
-def resolve_token(given: str | None, token_file: Path | None) -> tuple[str | None, str | None]:
-    """The bearer token from --token (`given`), --token-file (its one line, stripped) or $CNNKIT_TOKEN, in
-    that order; and a warning to print when it came from the command line, where `ps` shows it to every user
-    of the machine. ConfigError for both options at once, or a file that cannot be read or is empty."""
-    if given is not None and token_file is not None:
-        raise ConfigError("give --token or --token-file, not both")
-    if given is not None:
-        if not given.strip():
-            raise ConfigError("--token is empty")
-        return given.strip(), ("warning: --token shows in `ps` to every user of this machine (and in the shell's "
-                               "history); give it in $CNNKIT_TOKEN or --token-file instead")
-    if token_file is not None:
-        try:
-            text = Path(token_file).expanduser().read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"cannot read --token-file {token_file}: {getattr(e, 'strerror', None) or e}") from None
-        if not text or "\n" in text:
-            raise ConfigError(f"--token-file {token_file} must hold the token on one line")
-        return text, None
-    return (os.environ.get("CNNKIT_TOKEN") or "").strip() or None, None
-
-
-def server_config(app, options: ServeOptions):
-    """uvicorn's Config for the app with the service's bounds: the protocol of cnnkit.serve.connections
-    (headers' and stalled readers' deadlines, the connection limit) and a shutdown that waits at most
-    --timeout for the requests in flight (uvicorn's default waits for ever; this module used to wait 30 s)."""
-    import uvicorn
-
-    from cnnkit.serve.connections import protocol_class
-
-    limit = connection_limit(options.max_connections)
-    service = getattr(app.state, "service", None)
-    http = protocol_class(options.timeout_s, limit, service.metrics if service is not None else None)
-    return uvicorn.Config(app, log_level=os.environ.get("CNNKIT_SERVE_LOG", "warning"), access_log=False,
-                          http=http, timeout_graceful_shutdown=options.timeout_s, lifespan="on")
-
-
-def serve(models: dict[str, ServedModel], host: str = "127.0.0.1", port: int = 8000,
-          options: ServeOptions | None = None, on_ready: Callable[[str], None] | None = None,
-          app_hook: Callable | None = None, sock: socket.socket | None = None) -> None:
-    """Run the service until SIGINT or SIGTERM; then it stops accepting, finishes the requests in flight and
-    returns. `on_ready(url)` is called with the address once the socket listens."""
-    import uvicorn
-
-    options = options or ServeOptions()
-    app = create_app(models, options)
-    if app_hook is not None:  # benchmarks add routes of their own (a constant endpoint)
-        app_hook(app)
-    sock = sock or bind(host, port)
-    shown = host if ":" not in host else f"[{host}]"
-    url = f"http://{shown}:{sock.getsockname()[1]}"
-    server = uvicorn.Server(server_config(app, options))
-    if on_ready is not None:
-        on_ready(url)
-    sys.stdout.flush()
-    # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again under the handlers it found, so
-    # that the process dies of it; a clean shutdown is a normal end of `cnnkit serve` (exit 0), so the handlers
-    # it finds only note the signal
-    caught: list[int] = []
-    main_thread = threading.current_thread() is threading.main_thread()  # signals can only be set there
-    previous = {s: signal.signal(s, lambda n, _f: caught.append(n))
-                for s in ((signal.SIGINT, signal.SIGTERM) if main_thread else ())}
-    # everything loaded so far (torch, the models, the app) lives as long as the server: moved out of the
-    # garbage collector's view, so that its full collections, every few seconds under load, no longer walk all
-    # of it and stall every request in flight for ~0.2 s (benchmarks/serve.py, ResNet-9 at 32 clients: p99
-    # 233 ms before, 61 ms after)
-    gc.collect()
-    gc.freeze()
-    # the event loop (pure Python, holding the GIL) and the model's thread (which needs the GIL for a moment
-    # between its operators) share the GIL: at Python's default switch interval of 5 ms the model's thread
-    # waited up to 5 ms per operator under load. ResNet-9 at 32 clients on 2 cores, benchmarks/serve.py's
-    # server and load generator, 6-s levels interleaved: 789 and 860 requests/s at 5 ms, 942 and 724 at 1 ms,
-    # 1,068 and 946 at 0.2 ms
-    switch = sys.getswitchinterval()
-    sys.setswitchinterval(0.0002)
-    try:
-        with reuse_freed_memory():  # each batch's activations reuse the previous batch's memory
-            server.run(sockets=[sock])
-    finally:
-        sys.setswitchinterval(switch)
-        for s, h in previous.items():
-            signal.signal(s, h)

@@ -7,7 +7,7 @@ that has waited longest for headers (an idle keep-alive or a slow client's), and
 the middle of a request, it is answered 503 with Retry-After and closed at once. So slow clients cannot hold
 file descriptors beyond the limit, nor the server beyond `timeout`, and /healthz gets a connection as long as
 not every connection is busy with a request (each of which is bounded by `timeout` too). The request body's
-deadline (408) is the Guard middleware's (app.py), where it goes through the app's answers and metrics.
+deadline (408) is the Guard middleware's (guard.py), where it goes through the app's answers and metrics.
 
 Written by hand, as a subclass of uvicorn's httptools protocol, because uvicorn (0.54) does none of it: its
 `timeout_keep_alive` starts only after a first answer and stops at the first byte of the next request, so a
@@ -75,7 +75,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     timeout: float = 30.0
     max_connections: int = DEFAULT_MAX_CONNECTIONS
-    metrics: Any = None  # cnnkit.serve.app.Metrics, or None
+    metrics: Any = None  # cnnkit.serve.metrics.Metrics, or None
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

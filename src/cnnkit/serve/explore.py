@@ -227,7 +227,7 @@ class Explorer:
                 raise ExplainError(f"{ds.name} ({ds.split}) gives {ds.in_chans}×{ds.img_size[0]}×{ds.img_size[1]} "
                                    f"images but the model takes {'×'.join(map(str, self.m.input_shape))}")
         except CnnkitError as e:
-            from cnnkit.serve.app import without_paths  # (the data folder is this machine's business)
+            from cnnkit.serve.problems import without_paths  # (the data folder is this machine's business)
 
             self._gallery = {"images": [], "note": f"no gallery: {without_paths(error_line(e))}"}
             return self._gallery

@@ -11,13 +11,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 
-from cnnkit.artifacts import LoadedCheckpoint, load
-from cnnkit.artifacts.runtimes import is_exported
+from cnnkit.artifacts import LoadedCheckpoint, is_exported, load
 from cnnkit.data import Normalize
 from cnnkit.errors import ConfigError, ExplainError
 from cnnkit.runtime import autocast, autocast_dtype, faster_inference_layout, precision_name
+from cnnkit.tasks import get_task
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -43,6 +42,7 @@ class ServedModel:
                  measure_layout: bool = True):
         self.name, self.device = name, device
         self.ckpt: LoadedCheckpoint = load(path)
+        self.task = get_task(self.ckpt.meta.get("task"))  # what its outputs mean, and what an answer looks like
         self.model = self.ckpt.model.to(device).eval()
         self.dtype = autocast_dtype(amp, device)
         self.explainable = not is_exported(self.model)
@@ -91,11 +91,10 @@ class ServedModel:
         self.predict_batch(x, [None], [2])
 
     def predict_batch(self, x: torch.Tensor, _args: list[Any], sizes: list[int]) -> list[torch.Tensor]:
-        """Class probabilities of a uint8 batch, split back per request."""
+        """The task's outputs for a uint8 batch (classification: class probabilities), split back per request."""
         with torch.inference_mode(), autocast(self.device, self.dtype):
-            logits = self.model(self.normalize(x))
-        probs = torch.softmax(logits.float(), 1).cpu()
-        return list(probs.split(sizes))
+            outputs = self.task.infer(self.model, self.normalize(x)).cpu()
+        return list(outputs.split(sizes))
 
     def explain_batch(self, x: torch.Tensor, args: list[dict[str, Any]], sizes: list[int]) -> list[dict[str, Any]]:
         """Explanations of a uint8 batch; every request in the batch shares the method and layer (the batcher

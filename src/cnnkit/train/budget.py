@@ -13,11 +13,23 @@ planned 52 s and trained for 28 s). Once only, because one epoch's pace is noisy
 
 from __future__ import annotations
 
+import copy
 import math
+import random
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
 
 from cnnkit.errors import ConfigError
+from cnnkit.runtime import autocast
+from cnnkit.train.config import LONG_RECIPE_MIN_EPOCHS, resolve_config
+from cnnkit.train.distributed import broadcast
+from cnnkit.train.optim import build_optimizer, build_scheduler
+from cnnkit.train.run import Run
+from cnnkit.train.setup import build_model
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 MARGIN = 0.08  # share of the remaining budget kept free for the measurement's error
@@ -109,3 +121,121 @@ def too_small(budget_s: float, spent_s: float, plan: Plan) -> str | None:
         return (f"the budget of {budget_s:.0f} s is too short: set-up took {spent_s:.0f} s and one step "
                 f"{plan.seconds_per_step:.2f} s; give a longer --budget, a smaller model or fewer images")
     return None
+
+
+def budget_clock() -> float:
+    """The clock a budget is counted on (a function of its own so that tests can run it fake)."""
+    return time.perf_counter()
+
+
+def measure_pace(run: Run, min_steps: int = 4, max_steps: int = 30) -> tuple[float, float]:
+    """Seconds per training step, and per validation pass plus checkpoint, of this run on this machine,
+    measured on a copy of its model and optimizer with its own batches and objective (the run's weights and
+    random state are left as they were). Steps are timed after two warm-up steps, for about 2% of the budget."""
+    cfg, objective = run.cfg, run.objective
+    states = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    model = copy.deepcopy(run.model).train()
+    optimizer = build_optimizer(model, cfg)
+    stepper = torch.compile(model) if cfg.compile else model
+    run.train_loader.set_epoch(0)
+    times: list[float] = []
+    deadline = time.perf_counter() + 0.02 * (cfg.budget or 0)
+    for i, (x, y) in enumerate(run.train_loader):
+        t = time.perf_counter()
+        x, target = objective.batch(x, run.task.targets(x, y))
+        with autocast(run.device, run.amp):
+            outputs = stepper(x)
+        loss = objective.loss(outputs, target, x)  # a distillation step runs its teachers too
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        float(loss.detach())  # wait for the device
+        if i >= 2:
+            times.append(time.perf_counter() - t)
+        if len(times) >= max_steps or (len(times) >= min_steps and time.perf_counter() > deadline):
+            break
+    if not times:  # an epoch shorter than the warm-up: time what there was
+        times = [time.perf_counter() - t]
+    step_s = sorted(times)[len(times) // 2] * 1.05  # median; the real loop also updates EMA and metrics
+    extra_s = _validation_seconds(run, model) + _checkpoint_seconds(model)
+    torch.set_rng_state(states[0])
+    np.random.set_state(states[1])
+    random.setstate(states[2])
+    return step_s, extra_s
+
+
+def _validation_seconds(run: Run, model: torch.nn.Module) -> float:
+    """A validation pass's seconds, from its first two batches."""
+    if run.val_loader is None:
+        return 0.0
+    model.eval()
+    t = time.perf_counter()
+    with torch.no_grad(), autocast(run.device, run.amp):
+        for n, (x, y) in enumerate(run.val_loader):
+            x, _ = run.objective.batch(x, run.task.targets(x, y))
+            run.task.infer(model, x, run.cfg.tta and run.objective.flip_invariant)
+            if n == 1:
+                break
+    return (time.perf_counter() - t) / (n + 1) * len(run.val_loader)
+
+
+def _checkpoint_seconds(model: torch.nn.Module) -> float:
+    """Writing best, last and the training state (about twice the weights): four times the weights' write."""
+    from safetensors.torch import save
+
+    t = time.perf_counter()
+    save({k: v.detach().contiguous() for k, v in model.state_dict().items()})
+    return 4 * (time.perf_counter() - t) + 0.05
+
+
+def plan_budget(run: Run) -> None:
+    """Measure this machine's pace on the run's own model and data, then fix the run's length (kept in
+    config.yaml and the checkpoints, so a resumed run keeps it). If the long recipe, chosen for the budget,
+    fits fewer than LONG_RECIPE_MIN_EPOCHS epochs, the run takes the fast recipe instead (its model built again)."""
+    cfg = run.cfg
+    step_s, extra_s = broadcast(measure_pace(run), run.ranks)  # one plan for every rank: rank 0's
+    spent = broadcast(budget_clock() - run.started, run.ranks)
+    plan = plan_steps(cfg.budget - spent, run.steps_per_epoch, step_s, extra_s)
+    problem = too_small(cfg.budget, spent, plan)
+    if problem:
+        raise ConfigError(problem)
+    if run.fallback and plan.total_steps < LONG_RECIPE_MIN_EPOCHS * run.steps_per_epoch:
+        # the long recipe's wider net would get too few epochs on this machine: the fast one does better
+        narrow = resolve_config(run.fallback)
+        run.cfg = replace(narrow, **{k: getattr(cfg, k) for k in ("out", "data", "data_dir", "init_from")})
+        run.fallback = None
+        run.objective = run.task.objective(run.cfg)
+        build_model(run)
+        plan_budget(run)
+        run.plan_note += (f" (the long recipe fitted only {plan.total_steps / run.steps_per_epoch:.1f} epochs "
+                          f"here, fewer than {LONG_RECIPE_MIN_EPOCHS}: trains the fast recipe)")
+        return
+    run.cfg = replace(cfg, max_steps=plan.total_steps, epochs=plan.epochs)
+    run.plan_note = (f"set-up took {spent:.1f} s; {step_s * 1e3:.0f} ms per step, {extra_s:.1f} s per "
+                     f"evaluation and checkpoint; planned {plan.describe()}")
+    run.scheduler = build_scheduler(run.cfg, run.optimizer, run.total_steps, run.steps_per_epoch)
+
+
+def keep_to_budget(run: Run, epoch: int) -> bool:
+    """At an epoch's end: if the run is behind its plan (the machine got slower than measured), shorten what
+    is left so that it still ends inside the budget; if it is well ahead early on (the measurement paid
+    one-time costs), lengthen it. The schedule is re-planned from here. True if the plan changed."""
+    cfg = run.cfg
+    if cfg.budget is None or run.resuming or epoch + 1 >= run.epochs:
+        return False
+    elapsed = budget_clock() - run.started
+    done = (epoch + 1) * run.steps_per_epoch
+    pace = run.last_train_s / max(run.last_epoch_steps, 1)
+    extra = budget_clock() - run.epoch_clock - run.last_train_s  # validation, checkpoint, callbacks
+    total = broadcast(replanned_total(cfg.budget, elapsed, done, run.total_steps, run.steps_per_epoch, pace,
+                                      extra, may_lengthen=not run.lengthened), run.ranks)  # rank 0 decides
+    if total is None:
+        return False
+    run.lengthened |= total > run.total_steps
+    run.plan_note = ((run.plan_note or "") + f"; after epoch {epoch + 1}, at the pace kept ({pace * 1e3:.0f} ms "
+                     f"per step, {extra:.1f} s per evaluation and checkpoint), "
+                     f"{'lengthened' if total > run.total_steps else 'shortened'} to {total} steps")
+    run.cfg = replace(cfg, max_steps=total)
+    run.cfg = replace(run.cfg, epochs=run.epochs)
+    run.scheduler = build_scheduler(run.cfg, run.optimizer, run.total_steps, run.steps_per_epoch, done)
+    return True

@@ -8,8 +8,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from cnnkit.data.compat import DEFAULT_VAL_FRACTION
-from cnnkit.data.transforms import AugmentConfig
+from cnnkit.data.settings import DEFAULT_VAL_FRACTION, AugmentConfig
 from cnnkit.errors import ConfigError, close_matches
 from cnnkit.train.recipes import family_recipe
 
@@ -20,38 +19,64 @@ OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 class TrainConfig:
     """Everything that decides a training run. Written to `<run>/config.yaml`."""
 
-    model: str = "resnet9"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    data: str = "sample"
-    data_dir: str | None = None
-    download: bool = False
-    strict: bool = False  # imagefolder: stop at the first unreadable image instead of skipping it
-    img_size: int | list[int] | None = None  # imagefolder: resize to this side or [H, W] (default: the images' common size, else 64)
-    test_fraction: float = 0.2  # flat imagefolder (no train/ and test/ sub-folders): share held out as the test split
-    recipe: str | None = "fast"
+    # A field whose `metadata` has a "help" is an option of `cnnkit train` and `distill` (made by cnnkit.cli.train):
+    # "help" its text; "option" its name when not --<field-name>; "form" how the command line writes a value not
+    # of the field's own type ("path"; "key=value", repeatable; "duration" such as 3m; "size": N or HxW); "min" the
+    # smallest number the command line takes. Options default to None there: not given, resolve_config decides.
+    task: str = "classify"  # what the model outputs and learns (a registered cnnkit.tasks task)
+    model: str = field(default="resnet9", metadata={
+        "help": "Model name (see `cnnkit models list`); default from the recipe."})
+    model_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "Model option key=value (repeatable).", "option": "--model-kw", "form": "key=value"})
+    data: str = field(default="sample", metadata={
+        "help": "sample, fashion-mnist, mnist, cifar10 or imagefolder:<dir>."})
+    data_dir: str | None = field(default=None, metadata={
+        "help": "Data root (default $CNNKIT_DATA, else ~/.cache/cnnkit/data).", "form": "path"})
+    download: bool = field(default=False, metadata={"help": "Fetch the dataset if missing."})
+    strict: bool = field(default=False, metadata={  # else unreadable images are skipped (and named)
+        "help": "Stop at the first unreadable image."})
+    img_size: int | list[int] | None = field(default=None, metadata={  # None: the images' common size, else 64
+        "help": "imagefolder: resize images to N×N (e.g. 32) or to height×width (e.g. 48x32).", "form": "size"})
+    test_fraction: float = field(default=0.2, metadata={
+        "help": "Flat imagefolder (no train/ and test/ sub-folders): share of each class held out as the test split, "
+                "chosen by --seed (default 0.2)."})
+    recipe: str | None = field(default="fast", metadata={
+        "help": "Named defaults per dataset: fast or long (default fast)."})
     model_recipe: str | None = None  # which optimization recipe applies: '<recipe>:<data family>' or a model family's
-    epochs: int = 10
-    budget: float | None = None  # seconds: plan the run (steps, evaluations, checkpoints) to end within them
+    epochs: int = field(default=10, metadata={"help": "Training epochs (default from the recipe).", "min": 1})
+    budget: float | None = field(default=None, metadata={  # seconds
+        "help": "Train to a time budget instead of --epochs, e.g. 90s, 3m, 1h: measures this machine's pace and plans "
+                "the run, evaluations and checkpoints included, to end inside it.", "form": "duration"})
     max_steps: int | None = None  # optimizer steps in all (set by the budget's plan); None: epochs × steps per epoch
-    batch_size: int = 256
-    optimizer: str = "sgd"  # 'sgd' (Nesterov momentum), 'adamw' or 'rmsprop' (TensorFlow-style, as the papers')
-    lr: float = 0.1
+    batch_size: int = field(default=256, metadata={"help": "Images per step (default from the recipe).", "min": 1})
+    optimizer: str = field(default="sgd", metadata={  # RMSProp TensorFlow-style, as the papers'
+        "help": "sgd (Nesterov), adamw or rmsprop (default: the model family's recipe, see `cnnkit models info`)."})
+    lr: float = field(default=0.1, metadata={"help": "Peak learning rate."})
     momentum: float = 0.9
     opt_eps: float | None = None  # the optimizer's epsilon (None: its default; RMSProp recipes set it)
-    weight_decay: float = 5e-4  # applied to weights only, never to norms and biases
-    schedule: str = "onecycle"  # 'onecycle' or 'cosine'
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.0
-    ema: float = 0.0  # EMA decay of the weights; 0 turns EMA off
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    amp: str = "auto"  # 'auto', 'bf16', 'fp16' or 'off'
-    channels_last: bool | str = "auto"  # True, False or 'auto' (measured once per model and machine; see train/layout)
-    compile: bool = False
-    grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
-    init_from: str | None = None  # weight file (timm, torchvision or cnnkit) to start from
-    early_stopping: int = 0  # stop after this many epochs without validation improvement; 0 turns it off
-    train_images: int | None = None  # train on a stratified, seeded subset of this many images
-    train_images_per_class: int | None = None  # train on this many images of each class (seeded): few labels
+    weight_decay: float = field(default=5e-4, metadata={
+        "help": "Weight decay, on weights only (not norms, biases)."})
+    schedule: str = field(default="onecycle", metadata={"help": "onecycle or cosine."})
+    warmup_epochs: float = field(default=1.0, metadata={"help": "Epochs of learning-rate warm-up."})
+    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing in [0, 1)."})
+    ema: float = field(default=0.0, metadata={"help": "EMA decay of the weights (0 = off)."})
+    augment: AugmentConfig = field(default_factory=AugmentConfig, metadata={
+        "help": "Augmentation key=value: crop_padding, hflip, policy, erasing, mixup, cutmix.", "form": "key=value"})
+    amp: str = field(default="auto", metadata={
+        "help": "auto (bf16 where the CPU or GPU computes it natively, else fp32), bf16, fp16 or off."})
+    channels_last: bool | str = field(default="auto", metadata={  # 'auto': measured once per model and machine
+        "help": "Channels-last memory layout (default on)."})  # (see train/layout)
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model."})
+    grad_clip: float = field(default=0.0, metadata={"help": "Max gradient norm (0 = off)."})
+    init_from: str | None = field(default=None, metadata={
+        "help": "Start from these weights: a timm/torchvision .pth/.safetensors file or a cnnkit run.", "form": "path"})
+    early_stopping: int = field(default=0, metadata={  # epochs without validation improvement
+        "help": "Patience in epochs (0 = off)."})
+    train_images: int | None = field(default=None, metadata={  # seeded
+        "help": "Train on a stratified subset of this many images."})
+    train_images_per_class: int | None = field(default=None, metadata={
+        "help": "Train on this many images of each class (seeded): few labels, e.g. with --init-from a `cnnkit pretrain` "
+                "run.", "min": 1})
     pretext: str | None = None  # a self-supervised task instead of the labels: 'rotnet' (`cnnkit pretrain`)
     rotations: int = 4  # rotnet: 4 (0/90/180/270°) or 2 (0/180°, the paper's ablation)
     distill: str | None = None  # learn from teachers: 'kd' (Hinton 2015) or 'meal-v2' (no labels; `cnnkit distill`)
@@ -59,25 +84,44 @@ class TrainConfig:
     kd_temperature: float = 4.0  # kd: softmax temperature T of teachers and student
     kd_alpha: float = 0.9  # kd: weight of the soft (T²-scaled) loss; 1 − α weighs the hard labels
     disc_weight: float = 1.0  # meal-v2: scale of the discriminator's reversed gradient into the student
-    val_fraction: float = DEFAULT_VAL_FRACTION  # share of the training split held out (stratified, by seed) for validation
-    tta: bool = False  # flip test-time augmentation when validating
-    keep_epochs: list[int] = field(default_factory=list)  # also save the weights after these epochs (epoch-NNNN)
-    seed: int = 0
-    split_seed: int | None = None  # seeds the validation (and a flat folder's test) split; None: `seed`. Runs that
-    # share it hold out the same images whatever their own seed (model-soup ingredients must)
-    deterministic: bool = False
-    device: str = "auto"
-    threads: int = 0  # CPU threads; 0 keeps torch's default
-    out: str | None = None  # run directory (default runs/<model>-<data>)
-    data_mode: str = "auto"  # image folders: 'memory' (decoded once), 'stream' (decoded by workers), 'auto'
-    workers: int | None = None  # streaming: decoding processes per training process (None: the CPUs shared, ≤ 8)
-    sync_bn: bool = False  # several processes: BatchNorm statistics of the global batch (CPU and CUDA)
-    checkpoint_every: int = 0  # also save the full training state every this many steps, mid-epoch; 0 off
+    val_fraction: float = field(default=DEFAULT_VAL_FRACTION, metadata={  # stratified, by the split seed
+        "help": "Share of train held out for validation."})
+    tta: bool = field(default=False, metadata={"help": "Flip test-time augmentation in validation."})
+    keep_epochs: list[int] = field(default_factory=list, metadata={
+        "help": "Also keep the weights after this epoch as RUN/epoch-NNNN.safetensors (repeatable).",
+        "option": "--keep-epoch"})
+    seed: int = field(default=0, metadata={
+        "help": "Random seed of initialization, splits, order and augmentation (default 0)."})
+    split_seed: int | None = field(default=None, metadata={  # None: `seed`
+        "help": "Seed of the held-out validation (and flat folder's test) split, default --seed: runs that share it "
+                "hold out the same images (model-soup ingredients)."})
+    deterministic: bool = field(default=False, metadata={
+        "help": "Deterministic kernels: the same seed gives the same weights, bit for bit."})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else CPU), cpu or cuda[:N]."})
+    threads: int = field(default=0, metadata={"help": "CPU threads (0 = torch default)."})
+    out: str | None = field(default=None, metadata={
+        "help": "Run directory (default runs/<model>-<data>; for `cnnkit pretrain` runs/<model>-<data>-rotnet).",
+        "form": "path"})
+    data_mode: str = field(default="auto", metadata={
+        "help": "imagefolder: memory (decode once, hold in RAM), stream (decode and augment in worker processes, "
+                "bounded memory) or auto (stream when the decoded set would take more than a quarter of the "
+                "available memory; default)."})
+    workers: int | None = field(default=None, metadata={
+        "help": "Streaming: decoding processes per training process (default: the CPUs shared among the processes, "
+                "≤ 8).", "min": 0})
+    sync_bn: bool = field(default=False, metadata={  # CPU and CUDA
+        "help": "Several processes: BatchNorm with the global batch's statistics."})
+    checkpoint_every: int = field(default=0, metadata={
+        "help": "Also save the full training state every N steps, mid-epoch, so that --resume (or torchrun "
+                "--max-restarts) continues from that step (0 = only at epochs' ends).", "min": 0})
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
             self.augment = AugmentConfig.from_dict(self.augment)
         self._check_types()
+        from cnnkit.tasks import get_task  # here: the CLI reads this module at start-up, without torch
+
+        get_task(self.task)  # an unknown task: one line naming the registered ones
         checks = [
             (self.optimizer in OPTIMIZERS,
              f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
@@ -101,17 +145,19 @@ class TrainConfig:
                                                      and not isinstance(self.train_images_per_class, bool)
                                                      and self.train_images_per_class > 0),
              f"images per class must be a positive whole number, got {self.train_images_per_class!r}"),
-            (self.pretext in (None, "rotnet"), f"pretext task must be rotnet, got {self.pretext!r}"),
+            (self.pretext in (None, "rotnet"), f"unknown pretraining method {self.pretext!r}; choose rotnet"),
             (self.distill in (None, "kd", "meal-v2"), f"distillation method must be kd or meal-v2, got {self.distill!r}"),
             (bool(self.teachers) == (self.distill is not None),
-             "distillation needs --teacher (one or more) and a method; teachers without a method do nothing"),
+             "give the student's teacher(s): --teacher RUN (repeatable), and a distillation method; teachers "
+             "without a method do nothing"),
             (not (self.distill and self.pretext), "distillation and a pretext task do not combine"),
             (self.kd_temperature > 0, f"distillation temperature must be positive, got {self.kd_temperature}"),
             (0.0 <= self.kd_alpha <= 1.0, f"kd alpha (the soft loss's weight) must lie in [0, 1], got {self.kd_alpha}"),
             (self.disc_weight >= 0, f"discriminator weight must be 0 (off) or more, got {self.disc_weight}"),
-            (self.rotations in (2, 4), f"rotations must be 2 (0/180°) or 4 (0/90/180/270°), got {self.rotations!r}"),
+            (self.rotations in (2, 4), f"--rotations must be 2 (0/180°) or 4 (0/90/180/270°), got {self.rotations!r}"),
             (0.0 <= self.val_fraction < 1.0, f"validation fraction must be in [0, 1), got {self.val_fraction}"),
-            (0.0 < self.test_fraction < 1.0, f"test fraction must be in (0, 1), got {self.test_fraction}"),
+            (0.0 < self.test_fraction < 1.0,
+             f"--test-fraction must be strictly between 0 and 1, e.g. 0.2; got {self.test_fraction}"),
             (self.img_size is None or (isinstance(self.img_size, int) and self.img_size > 0)
              or (isinstance(self.img_size, (list, tuple)) and len(self.img_size) == 2
                  and all(isinstance(v, int) and v > 0 for v in self.img_size)),
@@ -262,14 +308,11 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: TrainConfig | 
     the dataset recipe's own, then the explicitly given options (None means 'not given')."""
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     values = (base or TrainConfig()).to_dict()
-    fallback = None
     if "budget" in given:
         if "epochs" in given:
             raise ConfigError("give --epochs or --budget, not both: a budget plans the epochs itself")
         if "recipe" not in given and base is None:  # a longer budget may afford the recipe that goes further
             given["recipe"] = "long" if given["budget"] >= LONG_RECIPE_FROM_S else "fast"
-            if given["recipe"] == "long":
-                fallback = {**(overrides or {}), "recipe": "fast"}
     recipe = given.get("recipe", values.get("recipe"))
     data = given.get("data", values["data"])
     preset: dict[str, Any] = {}
@@ -298,6 +341,14 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: TrainConfig | 
     values.update(given)
     if augment:
         values["augment"] = {**values["augment"], **(augment if isinstance(augment, dict) else augment.__dict__)}
-    cfg = TrainConfig.from_dict(values)
-    cfg._budget_fallback = fallback  # not a field: what to train if the machine is too slow for the long recipe
-    return cfg
+    return TrainConfig.from_dict(values)
+
+
+def long_recipe_fallback(overrides: dict[str, Any] | None, base: TrainConfig | None = None) -> dict[str, Any] | None:
+    """The options to train instead when `resolve_config(overrides, base)` chose the long recipe for a budget
+    (no recipe given) and the machine fits fewer than LONG_RECIPE_MIN_EPOCHS of its epochs: the fast recipe.
+    None when the long recipe was not chosen that way."""
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if base is not None or "recipe" in given or "budget" not in given or given["budget"] < LONG_RECIPE_FROM_S:
+        return None
+    return {**(overrides or {}), "recipe": "fast"}

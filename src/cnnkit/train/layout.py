@@ -31,7 +31,7 @@ _NAMES = {None: "float32", torch.bfloat16: "bfloat16 autocast", torch.float16: "
 
 
 def _cache_file() -> Path:
-    from cnnkit.data.datasets import cache_dir
+    from cnnkit.data import cache_dir
 
     return cache_dir() / "layout.json"
 

@@ -1,0 +1,169 @@
+"""Exported artifacts read back: ONNX models (run by ONNX Runtime), `torch.export` programs (`.pt2`) and
+TorchScript (the int8 models of `cnnkit compress`, `.ts`), each with its JSON sidecar (classes, input size,
+normalization), behind the same LoadedCheckpoint as a checkpoint. (`cnnkit.deploy.export` writes them.)"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from cnnkit.artifacts.loaded import LoadedCheckpoint, input_meta_ok
+from cnnkit.artifacts.trust import check_program_graph, check_torchscript, program_bytes
+from cnnkit.errors import CheckpointError, error_line
+
+SIDECAR_FORMAT = "cnnkit-artifact/1"
+
+
+def sidecar_path(path: Path) -> Path:
+    """`model.onnx` -> `model.onnx.json`."""
+    return Path(f"{path}.json")
+
+
+def onnx_session(path: str | Path):
+    """An ONNX Runtime CPU session on as many threads as torch uses, with intra-op spinning off: by default
+    ORT's idle threads keep spinning after each run, which took about 30% of the next PyTorch call's speed on
+    2 cores, so anything sharing the process, `cnnkit bench`'s side-by-side rounds included, would pay for
+    it. Without spinning ORT itself loses about 5% throughput here (`benchmarks/ort_spinning.py`)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+class OnnxModel(nn.Module):
+    """An ONNX file run by ONNX Runtime on the CPU, behind the nn.Module call the evaluators use."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+        self.session = onnx_session(path)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
+
+        try:
+            out = self.session.run(None, {self.input_name: x.detach().float().cpu().contiguous().numpy()})[0]
+        except (Fail, InvalidArgument, RuntimeException) as e:  # a damaged graph can load and fail only here
+            raise CheckpointError(f"ONNX Runtime cannot run {self.path.name}: {error_line(e)}; export it "
+                                  f"again (cnnkit export)") from None
+        return torch.from_numpy(out).to(x.device)
+
+
+def load_onnx(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """An `.onnx` artifact and its sidecar, as a LoadedCheckpoint (model = OnnxModel). ONNX Runtime runs it on
+    the CPU, whatever `device` says (its outputs come back on the input's device)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CheckpointError(f"no such ONNX file: {p}")
+    meta = read_sidecar(p)
+    side = sidecar_path(p)
+    try:
+        model = OnnxModel(p)
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise CheckpointError(f"cannot load {p} in ONNX Runtime: {error_line(e)}") from None
+    dims = model.session.get_inputs()[0].shape[1:]
+    want = [meta["in_chans"], *meta["img_size"]]
+    if any(isinstance(d, int) and d != w for d, w in zip(dims, want)):
+        raise CheckpointError(f"{side} says the input is {'×'.join(map(str, want))} but {p.name} takes "
+                              f"{'×'.join(map(str, dims))}; the sidecar does not belong to this model")
+    outputs = model.session.get_outputs()[0].shape
+    if isinstance(outputs[-1], int) and outputs[-1] != len(meta["classes"]):
+        raise CheckpointError(f"{side} lists {len(meta['classes'])} classes but {p.name} outputs {outputs[-1]}")
+    return LoadedCheckpoint(model.eval(), meta, p)
+
+
+def read_sidecar(p: Path) -> dict[str, Any]:
+    """The metadata in an exported artifact's sidecar (`model.onnx.json`), checked: CheckpointError when it is
+    missing, unreadable, not a cnnkit sidecar or mangles what loading relies on."""
+    side = sidecar_path(p)
+    if not side.exists():
+        raise CheckpointError(f"{p} has no sidecar {side.name} (classes, input size, normalization); "
+                              f"export it with `cnnkit export` or write the sidecar next to it")
+    try:
+        meta: dict[str, Any] = json.loads(side.read_text())
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or not UTF-8; RecursionError: too deep
+        raise CheckpointError(f"cannot read {side}: {str(e)[:160]}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{side} is not a cnnkit sidecar (not a JSON object)")
+    missing = [k for k in ("classes", "in_chans", "img_size", "normalization") if k not in meta]
+    if meta.get("format") != SIDECAR_FORMAT or missing:
+        raise CheckpointError(f"{side} is not a cnnkit sidecar" + (f" (missing {', '.join(missing)})" if missing else ""))
+    if not input_meta_ok(meta):
+        raise CheckpointError(f"{side} mangles classes, in_chans, img_size or normalization (a list of class "
+                              f"names, a channel count, [H, W], and mean and std lists); re-export the model")
+    return meta
+
+
+def is_exported(model: nn.Module) -> bool:
+    """Whether `model` is an exported artifact's runtime (ONNX Runtime, a `torch.export` program, TorchScript)
+    rather than a PyTorch model whose layers, weights and gradients can be reached."""
+    return isinstance(model, (OnnxModel, ProgramModel))
+
+
+class ProgramModel(nn.Module):
+    """An exported program's module behind the usual nn.Module calls. Its graph is already in eval mode
+    and refuses `.eval()`/`.train()`, so those calls stop here."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.program = module
+
+    def train(self, mode: bool = True) -> ProgramModel:
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)
+
+
+def load_program(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """A `.pt2` program and its sidecar, as a LoadedCheckpoint, on the CPU whatever `device` says (move it
+    with `.model.to`); nothing in the archive is unpickled and its graph is checked first (`trust`)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CheckpointError(f"no such exported program: {p}")
+    meta = read_sidecar(p)
+    archive = program_bytes(p)  # refuses anything PyTorch's loader would unpickle
+    try:
+        program = torch.export.load(archive)
+    except Exception as e:
+        raise CheckpointError(f"cannot load {p.name}: {error_line(e)}") from None
+    check_program_graph(p, program.graph)  # before anything calls the graph
+    try:
+        module = program.module()
+    except Exception as e:
+        raise CheckpointError(f"cannot load {p.name}: {error_line(e)}") from None
+    return LoadedCheckpoint(ProgramModel(module), meta, p)
+
+
+def load_torchscript(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """A TorchScript artifact (the int8 models of `cnnkit compress`, `.ts`) and its sidecar, on the CPU (its
+    int8 kernels run there alone) whatever `device` says; only one this user's cnnkit wrote (its sidecar's
+    signature) or one the user trusts (`trusting_torchscript`), since loading TorchScript runs the file's code."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CheckpointError(f"no such TorchScript file: {p}")
+    meta = read_sidecar(p)
+    try:
+        data = p.read_bytes()  # checked and loaded from the same bytes
+    except OSError as e:
+        raise CheckpointError(f"cannot read {p}: {e.strerror or e}") from None
+    check_torchscript(p, data, meta.get("signature"))
+    if meta.get("engine"):
+        if meta["engine"] not in torch.backends.quantized.supported_engines:
+            raise CheckpointError(f"{p.name} was quantized for the {meta['engine']} engine, which this machine lacks")
+        torch.backends.quantized.engine = meta["engine"]
+    try:
+        module = torch.jit.load(io.BytesIO(data))
+    except Exception as e:
+        raise CheckpointError(f"cannot load {p.name}: {error_line(e)}") from None
+    return LoadedCheckpoint(ProgramModel(module), meta, p)

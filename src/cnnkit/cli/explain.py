@@ -1,0 +1,130 @@
+"""`cnnkit explain` and `cnnkit visualize`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from cnnkit.cli.console import stdout, summary
+from cnnkit.cli.options import Checkpoint, DataDir, Device, IgnoreClassNames, Strict, check_early, check_out_folder
+from cnnkit.errors import ConfigError
+
+
+def explain(
+    inputs: Annotated[Optional[list[Path]], typer.Argument(help="Image files or folders (or use --images).")] = None,
+    checkpoint: Checkpoint = None,
+    url: Annotated[Optional[str], typer.Option(help="Ask a running `cnnkit serve` instead: "
+                                                    "http://HOST:PORT/v1/models/NAME; writes each overlay PNG to "
+                                                    "--out.")] = None,
+    images: Annotated[Optional[list[Path]], typer.Option("--images", help="Image files or folders to "
+                                                                          "explain.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="Comma-separated methods, or 'all': gradcam, gradcam++, "
+                                                       "smoothgradcam++, scorecam, eigencam, saliency, smoothgrad, "
+                                                       "integrated_gradients, guided_backprop, lrp (default: "
+                                                       "gradcam; with --benchmark: all).")] = None,
+    layer: Annotated[str, typer.Option(help="Layer for the CAM methods (default: the last stage).")] = "auto",
+    target: Annotated[Optional[str], typer.Option(help="Class to explain, by index or name (default: the "
+                                                       "prediction).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: RUN/explain or "
+                                                     "RUN/explain-benchmark).")] = None,
+    benchmark: Annotated[bool, typer.Option("--benchmark", help="Run the methods on a localization test set and "
+                                                                "write a table (CSV, Markdown, PNG).")] = False,
+    data: Annotated[str, typer.Option(help="With --benchmark: a dataset with boxes.")] = "cluttered-fashion-mnist",
+    data_dir: DataDir = None,
+    limit: Annotated[int, typer.Option(min=1, help="With --benchmark: how many test images.")] = 500,
+    device: Device = "auto",
+    strict: Strict = False,
+    ignore_class_names: IgnoreClassNames = False,
+) -> None:
+    """Explain a checkpoint's decisions: a PNG per image with each method's map, and the maps' statistics."""
+    check_out_folder(out)
+    if (checkpoint is None) == (url is None):
+        raise ConfigError("give --checkpoint RUN (explain here) or --url http://HOST:PORT/v1/models/NAME "
+                          "(ask a running cnnkit serve), one of the two")
+    if url is not None:
+        if benchmark or device != "auto" or strict:
+            given = "--benchmark" if benchmark else "--device" if device != "auto" else "--strict"
+            raise ConfigError(f"{given} applies to explaining here; give --checkpoint, not --url")
+        _explain_remote(url, list(inputs or []) + list(images or []), method or "gradcam", layer, target, out)
+        return
+    from cnnkit.explain.run import benchmark_methods, explain_files
+
+    check_early(device=device)
+    if benchmark:
+        r = benchmark_methods(checkpoint, data, data_dir=data_dir, methods=method or "all",
+                              limit=limit, out_dir=out, device=device, ignore_class_names=ignore_class_names)
+        t = Table(title="explain benchmark", title_justify="left")
+        for c in ("method", "images/s", "pointing", "IoU", "deletion", "insertion", "randomized ρ"):
+            t.add_column(c, justify="left" if c == "method" else "right")
+        from cnnkit.explain.run import COLUMNS, format_cell
+
+        for row in r.rows:
+            t.add_row(*(format_cell(row[c]) for c in COLUMNS))
+        stdout.print(t)
+        summary("explain --benchmark", {"csv": r.csv_path, "markdown": r.md_path, "chart": r.png_path})
+        return
+    files = list(inputs or []) + list(images or [])
+    if not files:
+        raise ConfigError("give image files or folders to explain (or --benchmark)")
+    method = method or "gradcam"
+    run = explain_files(checkpoint, files, method, layer=layer, target=target, out_dir=out, device=device,
+                        strict=strict)
+    t = Table(title="explanations", title_justify="left")
+    for c in ("image", "predicted", "target", "png"):
+        t.add_column(c, overflow="fold")
+    for rec in run.records:
+        t.add_row(rec["image"], f"{rec['predicted']} {rec['probability']:.1%}", rec["target"], rec["png"])
+    stdout.print(t)
+    summary("explain", {"images": len(run.records), "methods": method, "json": run.json_path, "folder": run.out_dir})
+
+
+def _explain_remote(url: str, inputs: list[Path], methods: str, layer: str, target: str | None,
+                    out: Path | None) -> None:
+    """Explanations from a running service: an overlay PNG per image and method in --out, and a table."""
+    import base64
+
+    from cnnkit.artifacts import atomic_write_bytes, claim_dir
+    from cnnkit.data.images import list_image_files
+    from cnnkit.serve.client import Client
+
+    if not inputs:
+        raise ConfigError("give image files or folders to explain")
+    files = list_image_files(inputs)
+    folder = out or Path("explain-remote")
+    t = Table(title="explanations (service)", title_justify="left")
+    for c in ("image", "method", "layer", "predicted", "target", "png"):
+        t.add_column(c, overflow="fold")
+    with Client(url) as client:
+        names = [m.strip() for m in methods.split(",") if m.strip()]
+        claim_dir(folder)
+        for f in files:
+            for m in names:
+                r = client.explain(f, method=m, target=target, layer=layer)
+                png = folder / f"{f.stem}-{m}.png"
+                atomic_write_bytes(png, base64.b64decode(r["overlay_png"]))
+                t.add_row(str(f), m, r["layer"], f"{r['predicted']['class']} {r['predicted']['probability']:.1%}",
+                          r["target"]["class"], str(png))
+    stdout.print(t)
+    summary("explain", {"images": len(files), "methods": methods, "service": url, "folder": folder})
+
+
+def visualize(
+    what: Annotated[str, typer.Argument(help="class-models, activations, feature-maps or filters.")],
+    checkpoint: Checkpoint,
+    layer: Annotated[str, typer.Option(help="Layer for activations and feature-maps (default: the last "
+                                            "stage).")] = "auto",
+    channels: Annotated[str, typer.Option(help="Channels for activations, e.g. 0-7 or 1,5,9.")] = "0-7",
+    images: Annotated[Optional[list[Path]], typer.Option("--images", help="Image files for feature-maps (the first "
+                                                                          "is shown).")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Gradient-ascent steps for class-models and "
+                                                   "activations.")] = 200,
+    out: Annotated[Optional[Path], typer.Option(help="PNG to write (default: RUN/visualize-WHAT.png).")] = None,
+) -> None:
+    """What the network has learnt: class-model images, activation maximization, feature maps, filters."""
+    from cnnkit.explain.run import visualize as draw
+
+    path = draw(checkpoint, what, layer=layer, channels=channels, images=images, steps=steps, out=out)
+    summary("visualize", {"what": what, "png": path})

@@ -1,0 +1,96 @@
+"""What every compression recipe works from: the recipe options (`Settings`), and the `Context` of one run:
+the source checkpoint and its float model, the training split resolved at `compress`'s entry, the
+calibration images drawn from it, the output folder, and the pruned models the recipes share."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from cnnkit.artifacts import LoadedCheckpoint
+from cnnkit.compress.prune import count_macs
+from cnnkit.data import ImageData, Normalize, load_dataset
+from cnnkit.data.compat import DataSource, check_compatible
+
+# metadata a checkpoint's writer adds itself: a variant saved as a checkpoint does not carry the source's
+WRITER_KEYS = ("format", "cnnkit_version", "torch_version")
+
+
+@dataclass
+class Settings:
+    """The options of `cnnkit compress` that the recipes read (see `compress` for each)."""
+
+    calibration: int = 512
+    observer: str = "mse"
+    engine: str = "x86"
+    finetune_epochs: float = 1.0
+    lr: float | None = None
+    criterion: str = "l1"
+    scope: str = "uniform"
+    rounds: int = 1
+    round_to: int | None = None
+    distill: bool = False
+    rewind: str | Path | None = None
+    train_images: int | None = None
+    batch: int = 64
+    seed: int = 0
+    onnx: bool = True
+
+
+def training_split(ckpt: LoadedCheckpoint, source: DataSource, ignore_class_names: bool = False) -> ImageData:
+    """The train split of the data source resolved for `ckpt` (`checkpoint_data_source`), at the checkpoint's
+    channels and H×W, checked to fit it."""
+    train = load_dataset(source.name, "train", data_dir=source.data_dir, img_size=tuple(ckpt.img_size),
+                         in_chans=ckpt.in_chans, test_fraction=source.test_fraction, seed=source.seed)
+    check_compatible(ckpt, train, ignore_class_names)
+    return train
+
+
+class Context:
+    """One compression run: the source and its float model, the (fine-tuning) training images, the calibration
+    images, the output folder and file-name stem, the settings, a progress printer, and what recipes share
+    (the float model's counts, the `--rewind` weights, the pruned models by ratio)."""
+
+    def __init__(self, ckpt: LoadedCheckpoint, out: Path, train: ImageData, settings: Settings,
+                 log: Callable[[str], None], rewound: nn.Module | None = None):
+        self.ckpt, self.out, self.settings, self.log, self.rewound = ckpt, out, settings, log, rewound
+        self.name = ckpt.meta["model"].replace("/", "_")
+        self.mean, self.std = ckpt.normalization
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(settings.seed))
+        self.train = train.subset(order[:settings.train_images], "train") if settings.train_images else train
+        pick = order[:settings.calibration]
+        self.calib = Normalize(self.mean, self.std)(train.images[pick])
+        self.calib_labels = train.labels[pick]
+        self.example = self.calib[:2]
+        self.model = ckpt.model.float().eval()
+        self.pruned: dict[float, LoadedCheckpoint] = {}  # prune:R and prune:R+int8 share one pruned model
+        self._base: dict[str, int] | None = None
+
+    @property
+    def base(self) -> dict[str, int]:
+        """The float model's parameters and MACs."""
+        if self._base is None:
+            self._base = self.counts(self.model)
+        return self._base
+
+    def counts(self, model: nn.Module) -> dict[str, int]:
+        """A model's parameters and MACs (on one calibration image)."""
+        return {"params": int(sum(p.numel() for p in model.parameters())), "macs": count_macs(model, self.example)}
+
+    def loaded(self, model: nn.Module, path: Path) -> LoadedCheckpoint:
+        """`model` as a checkpoint of the source's metadata at `path` (what an export reads)."""
+        return LoadedCheckpoint(model, dict(self.ckpt.meta), path)
+
+    def variant_meta(self, **extra: Any) -> dict[str, Any]:
+        """The metadata of a variant saved as a checkpoint: the source's, with `extra`."""
+        return {**{k: v for k, v in self.ckpt.meta.items() if k not in WRITER_KEYS}, **extra}
+
+    def teacher(self) -> nn.Module | None:
+        """A copy of the float model to distill from (--distill), else None."""
+        return copy.deepcopy(self.model) if self.settings.distill else None

@@ -1,0 +1,62 @@
+"""The one door to data by name: `load_dataset` looks the name up in SOURCES and hands the request to that
+source's module (the bundled sample, the publishers' formats, generated benchmarks, image folders, shards)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import partial
+
+from cnnkit.data import bundled, cluttered, corruptions, imagefolder, published, shards
+from cnnkit.data.base import ImageData, ImageSize, Loader, LoadOptions
+from cnnkit.errors import DataError, close_matches
+
+
+@dataclass(frozen=True)
+class Source:
+    """A source of named data sets: its loader, and what its name may carry after a colon: nothing
+    (`sample`), a folder it needs (`imagefolder:<dir>`), or a selection it may take (`fashion-mnist-c:fog:3`)."""
+
+    load: Loader
+    argument: str | None = None  # what must follow "name:", as the list of datasets shows it ("<dir>")
+    selects: bool = False  # "name:selection" may follow
+
+    def takes(self, colon: bool) -> bool:
+        """Whether a name with (or without) a colon after this source's name is one of its data sets."""
+        return colon == bool(self.argument) or self.selects
+
+
+def _load(name: str, split: str, options: LoadOptions) -> ImageData:
+    """Dispatch a full name (`imagefolder:DIR`, `fashion-mnist-c:fog:3`, `mnist`) to its source's loader."""
+    key, colon, _ = name.partition(":")
+    source = SOURCES.get(key)
+    if source is None or not source.takes(bool(colon)):
+        raise DataError(f"unknown dataset {name!r}{close_matches(name, DATASETS)}; choose one of "
+                        f"{', '.join(DATASETS)}")
+    return source.load(name, split, options)
+
+
+SOURCES: dict[str, Source] = {
+    "sample": Source(bundled.load),
+    "fashion-mnist": Source(published.load),
+    "mnist": Source(published.load),
+    "cifar10": Source(published.load),
+    "cluttered-fashion-mnist": Source(partial(cluttered.load, clean=_load)),
+    "cluttered-sample": Source(partial(cluttered.load, clean=_load)),
+    **{name: Source(partial(corruptions.load, clean=_load), selects=True) for name in corruptions.BENCHMARKS},
+    "imagefolder": Source(imagefolder.load, argument="<dir>"),
+    "webdataset": Source(shards.load, argument="<dir>"),  # shards written by `cnnkit data shard`, decoded into memory
+}
+DATASETS = [f"{name}:{source.argument}" if source.argument else name for name, source in SOURCES.items()]
+
+
+def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | None = None,
+                 download: bool = False, strict: bool = False, img_size: ImageSize | None = None,
+                 in_chans: int | None = None, test_fraction: float = 0.2, seed: int = 0) -> ImageData:
+    """Load a named dataset split ('train' or 'test') into memory.
+
+    `img_size` (N or (H, W)), `in_chans`, `test_fraction` and `seed` apply to image folders: a flat folder
+    of class folders holds `test_fraction` of each class out, chosen by `seed`, as its test split."""
+    if split not in ("train", "test"):
+        raise DataError(f"split must be 'train' or 'test', got {split!r}")
+    return _load(name, split, LoadOptions(data_dir, download, strict, img_size, in_chans, test_fraction, seed))

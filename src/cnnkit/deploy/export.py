@@ -1,0 +1,171 @@
+"""Deployable artifacts: ONNX through the exporter PyTorch ships (`torch.onnx.export(dynamo=True)`), checked
+in ONNX Runtime, and `torch.export` programs (`.pt2`); both with a dynamic batch, checked against the eager
+model before anything is written, and carrying a JSON sidecar (classes, input size, normalization) so
+`cnnkit predict` and `cnnkit eval` accept them as they accept a checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from cnnkit.artifacts import LoadedCheckpoint, atomic_write_text, load
+from cnnkit.artifacts.files import check_writable, claim_dir, finish_temp_file, temp_path_for
+from cnnkit.artifacts.exported import SIDECAR_FORMAT, is_exported, onnx_session, sidecar_path
+from cnnkit.artifacts.trust import sign
+from cnnkit.errors import ConfigError, ExportError
+from cnnkit.tasks import get_task
+
+_META_KEYS = ("task", "model", "model_kwargs", "classes", "in_chans", "img_size", "normalization", "dataset")
+
+
+@dataclass
+class ExportResult:
+    """An artifact written: its file, its JSON sidecar, and how far its outputs were from PyTorch's."""
+
+    path: Path
+    sidecar: Path
+    max_abs_diff: float
+
+
+# writes `model` (given an example input) to a file and returns a runner of the written file
+Writer = Callable[[nn.Module, torch.Tensor, str], Callable[[torch.Tensor], np.ndarray]]
+
+
+def export_artifact(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str | os.PathLike | None, suffix: str,
+                    kind: str, atol: float | None, seed: int, write: Writer, model: nn.Module | None = None,
+                    extra: dict[str, Any] | None = None, fold_bn: bool = False) -> ExportResult:
+    """The steps every export shares: write to a temporary file beside the target with `write(model,
+    example, tmp)`, which returns a runner of the written artifact; compare the runner with `model` (default:
+    the checkpoint's eager model) at batch 1 and 3; only then move the file into place and write the sidecar,
+    both atomically. `atol=None` records the difference without checking it (quantized artifacts, whose
+    difference from the float model is measured as accuracy instead). `fold_bn` exports a copy with every
+    conv→BN pair folded (`cnnkit.models.fold`), still compared with the unfolded model; a model torch.fx
+    cannot trace is exported unfolded, and the sidecar says so."""
+    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load(checkpoint)
+    if model is None and is_exported(ckpt.model):
+        source = ckpt.meta.get("source")
+        raise ConfigError(f"export takes a training checkpoint or run directory, not the exported artifact "
+                          f"{ckpt.path.name}" + (f"; export {source} instead" if source else ""))
+    model = (model if model is not None else ckpt.model.float()).eval()
+    extra = dict(extra or {})
+    exported = _folded(model, extra) if fold_bn else model
+    path = _destination(ckpt, out, suffix, kind)
+    task = get_task(ckpt.meta.get("task"))  # its example input: what the model is exported and checked with
+    gen = torch.Generator().manual_seed(seed)
+    tmp = temp_path_for(path, keep_suffix=True)
+    side = sidecar_path(path)
+    try:
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the exporters' own deprecation chatter
+                run = write(exported, task.example_input(ckpt.in_chans, ckpt.img_size, 2, gen), str(tmp))
+        except Exception as e:  # the exporters raise many types on graphs they cannot capture
+            raise ExportError(f"{kind} export of {ckpt.meta['model']} failed: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:160]}") from None
+        worst = 0.0
+        for n in (1, 3):
+            x = task.example_input(ckpt.in_chans, ckpt.img_size, n, gen)
+            with torch.no_grad():
+                worst = max(worst, float(np.abs(run(x) - model(x).numpy()).max()))
+        if atol is not None and not worst <= atol:
+            raise ExportError(f"the {kind} artifact's outputs differ from PyTorch's by {worst:.2e} "
+                              f"(> {atol:.0e}); nothing was written")
+        meta = {"format": SIDECAR_FORMAT, "artifact": kind, "source": str(ckpt.path.absolute()),
+                "max_abs_diff_vs_pytorch": worst, "torch_version": torch.__version__,
+                **{k: ckpt.meta[k] for k in _META_KEYS if k in ckpt.meta}, **extra}
+        if suffix == ".ts":  # loading TorchScript runs its code: this user's cnnkit loads the ones it signed
+            meta["signature"] = sign(Path(tmp).read_bytes())
+        atomic_write_text(side, json.dumps(meta, indent=2) + "\n")  # the sidecar first: a model file
+        finish_temp_file(tmp, path)  # never exists without one
+    finally:
+        tmp.unlink(missing_ok=True)
+        Path(f"{tmp}.data").unlink(missing_ok=True)  # ONNX external data, should the exporter write any
+    return ExportResult(path, side, worst)
+
+
+def _folded(model: nn.Module, extra: dict[str, Any]) -> nn.Module:
+    """A copy of `model` with its conv→BN pairs folded (`extra` records how many), else `model` itself
+    (`extra` records why not)."""
+    from cnnkit.errors import ModelError
+    from cnnkit.models.fold import fold_batchnorm
+
+    try:
+        folded, extra["bn_folded"] = fold_batchnorm(model)
+        return folded
+    except ModelError as e:
+        extra["bn_folded"], extra["bn_not_folded_because"] = 0, str(e)
+        return model
+
+
+def _destination(ckpt: LoadedCheckpoint, out: str | os.PathLike | None, suffix: str, kind: str) -> Path:
+    """The artifact's path (default: beside the checkpoint), checked and its folder made, before the export
+    runs: a refused one writes nothing."""
+    path = Path(out).expanduser() if out is not None else ckpt.path.with_suffix(suffix)
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a folder; give the {suffix} file to write, e.g. {path / ('model' + suffix)}")
+    if path.suffix != suffix:
+        raise ConfigError(f"--out {path} should end in {suffix} (the {kind} format)")
+    check_writable([path, sidecar_path(path)])  # every refusal before the export runs: a refused one writes nothing
+    claim_dir(path.parent)  # overwrite only what cnnkit wrote there (beside the checkpoint too)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create {path.parent}: {e.strerror or e}") from None
+    return path
+
+
+def write_onnx(model: nn.Module, example: torch.Tensor, tmp: str) -> Callable[[torch.Tensor], np.ndarray]:
+    """Write `model` to `tmp` as ONNX (input `images` with a dynamic batch, output `logits`) and return a runner
+    of the written file in ONNX Runtime (a `Writer` for `export_artifact`)."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
+            torch.onnx.export(model, (example,), tmp, dynamo=True, input_names=["images"], output_names=["logits"],
+                              external_data=False, dynamic_shapes=({0: torch.export.Dim("batch")},))
+    except Exception as first:  # noqa: BLE001
+        # the torch.export-based exporter fails to convert some graphs with some torch/onnxscript pairs (torch
+        # 2.11 with onnxscript 0.7.2: ResNet-9, "ConversionError ... step 3/3"); the TorchScript-based one,
+        # still in torch, exports them. The parity check after this applies to either
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                torch.onnx.export(model, (example,), tmp, dynamo=False, input_names=["images"],
+                                  output_names=["logits"], dynamic_axes={"images": {0: "batch"}})
+        except Exception:  # noqa: BLE001 - the first failure is the one to report
+            raise first from None
+    sess = onnx_session(tmp)
+    return lambda x: sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+
+
+def write_program(model: nn.Module, example: torch.Tensor, tmp: str) -> Callable[[torch.Tensor], np.ndarray]:
+    """Write `model` to `tmp` as a `torch.export` program with a dynamic batch and return a runner of the
+    program loaded back (a `Writer` for `export_artifact`)."""
+    prog = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(prog, tmp)
+    loaded = torch.export.load(tmp).module()
+    return lambda x: loaded(x).numpy()
+
+
+def export_onnx(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str | os.PathLike | None = None,
+                atol: float = 1e-4, seed: int = 0, fold_bn: bool = True) -> ExportResult:
+    """Export a checkpoint to ONNX (input `images` N×C×H×W with a dynamic N, output `logits`), compare
+    ONNX Runtime's float32 outputs with PyTorch's at batch 1 and 3, and only then write `<out>` and
+    `<out>.json` atomically. A parity failure writes nothing and says by how much it failed. BatchNorm is
+    folded into the convolutions first (`fold_bn`)."""
+    return export_artifact(checkpoint, out, ".onnx", "onnx", atol, seed, write_onnx, fold_bn=fold_bn)
+
+
+def export_program(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str | os.PathLike | None = None,
+                   atol: float = 1e-5, seed: int = 0, fold_bn: bool = True) -> ExportResult:
+    """A `torch.export` program (`.pt2`, dynamic batch) with the same sidecar, checked against the eager
+    model at batch 1 and 3 before it is written; BatchNorm folded as in `export_onnx`."""
+    return export_artifact(checkpoint, out, ".pt2", "torch.export", atol, seed, write_program, fold_bn=fold_bn)

@@ -1,0 +1,191 @@
+"""Setting a run up: threads, seeds and device; the data (split for validation, subsets, statistics); the
+model, its loaders, optimizer, schedule and the task's objective. `prepare_run` is the whole phase, and all
+that the learning-rate range test needs."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import torch
+import torch.nn as nn
+from timm.utils import ModelEmaV3
+
+from cnnkit.data import (BatchLoader, ImageData, Normalize, channel_stats, load_dataset, per_class_subset,
+                         train_val_split)
+from cnnkit.errors import ConfigError
+from cnnkit.models import create
+from cnnkit.models.layers import ScheduledDropBlock
+from cnnkit.models.weights import load_pretrained
+from cnnkit.runtime import autocast_dtype, pick_device, seed_everything, set_threads
+from cnnkit.tasks import TrainSetting, get_task
+from cnnkit.train.config import TrainConfig
+from cnnkit.train.distributed import broadcast, convert_sync_batchnorm, init_ranks, launched_by_torchrun
+from cnnkit.train.optim import build_optimizer, build_scheduler
+from cnnkit.train.run import Run
+
+
+def prepare_run(cfg: TrainConfig, progress: bool = False, resuming: bool = False) -> Run:
+    """A run set up up to its first step (threads, seeds, device, data, model, optimizer), without a run
+    directory: what `fit` does first, and all that `lr_find` needs."""
+    run = Run(cfg, resuming=resuming, progress=progress, fit_started=time.perf_counter())
+    prepare(run)
+    return run
+
+
+def prepare(run: Run) -> None:
+    """Threads, seeds, device, the task, data and model of `run`: everything but the run directory."""
+    cfg = run.cfg
+    set_threads(cfg.threads)
+    seed_everything(cfg.seed, cfg.deterministic)
+    run.device = pick_device(cfg.device)
+    if launched_by_torchrun() and run.device.type == "cuda":  # one GPU per process: its local rank's
+        run.device = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+    run.ranks = init_ranks(run.device)
+    run.progress = run.progress and run.ranks.main
+    if run.ranks.distributed and cfg.batch_size % run.ranks.world:
+        raise ConfigError(f"the batch size {cfg.batch_size} is the global batch: it must be a multiple of the "
+                          f"{run.ranks.world} processes")
+    run.amp = autocast_dtype(cfg.amp, run.device)  # checks --amp against the device; auto decided with the model
+    run.task = get_task(cfg.task)
+    run.objective = run.task.objective(cfg)
+    load_data(run)
+    build_model(run)
+
+
+def load_data(run: Run) -> None:
+    """The training data, the validation split held out of it, and the channel statistics."""
+    cfg = run.cfg
+    run.data_note = "in memory"
+    if cfg.data.startswith("webdataset:"):
+        return _load_shards(run)
+    run.full = _training_split(run)
+    if cfg.val_fraction > 0:
+        tr_idx, va_idx = train_val_split(run.full.labels, cfg.val_fraction, cfg.data_split_seed)
+        run.train_set, run.val_set = run.full.subset(tr_idx, "train"), run.full.subset(va_idx, "val")
+    else:
+        run.train_set, run.val_set = run.full, None
+    if cfg.train_images is not None and cfg.train_images < len(run.train_set):
+        _, keep = train_val_split(run.train_set.labels, cfg.train_images / len(run.train_set), cfg.seed)
+        run.train_set = run.train_set.subset(keep, "train")
+    if cfg.train_images_per_class is not None:  # few labels: K of each class
+        run.train_set = run.train_set.subset(
+            per_class_subset(run.train_set.labels, cfg.train_images_per_class, cfg.seed), "train")
+    run.objective.check_data(tuple(run.full.img_size))
+    if len(run.train_set) == 0:
+        raise ConfigError(f"{cfg.data}: no training images left after holding out the validation split")
+    if isinstance(run.train_set, ImageData):
+        run.mean, run.std = channel_stats(run.train_set.images)
+    else:  # from a fixed sample, decoded by workers: the same on every rank
+        from cnnkit.data.stream import sample_channel_stats
+
+        run.mean, run.std = sample_channel_stats(run.train_set, workers=cfg.workers)
+        run.data_note = f"streamed ({run.data_note})"
+    run.fingerprint = run.full.fingerprint()
+
+
+def _training_split(run: Run) -> Any:
+    """The data's training split: in memory, or an image folder's files to stream."""
+    cfg = run.cfg
+    if cfg.data.startswith("imagefolder:"):  # listed first, decoded now or by the loader's workers
+        from cnnkit.data.imagefolder import decode_files, scan_imagefolder
+        from cnnkit.data.stream import choose_mode
+
+        files = scan_imagefolder(cfg.data.split(":", 1)[1], "train", cfg.img_size, None, cfg.test_fraction,
+                                 cfg.data_split_seed)
+        mode, run.data_note = choose_mode(cfg.data_mode, files, run.ranks.world)
+        return decode_files(files, cfg.strict) if mode == "memory" else files
+    if cfg.data_mode == "stream":
+        raise ConfigError(f"--data-mode stream reads image folders (imagefolder:DIR); {cfg.data} is loaded in memory")
+    return load_dataset(cfg.data, "train", data_dir=cfg.data_dir, download=cfg.download, strict=cfg.strict,
+                        img_size=cfg.img_size, test_fraction=cfg.test_fraction, seed=cfg.data_split_seed)
+
+
+def _load_shards(run: Run) -> None:
+    """WebDataset shards written by `cnnkit data shard`: train from the train shards, validate on the val ones."""
+    from cnnkit.data.shards import open_webdataset
+
+    cfg = run.cfg
+    if cfg.train_images is not None or cfg.train_images_per_class is not None:
+        raise ConfigError("--train-images and --train-images-per-class pick images by index; WebDataset shards "
+                          "are read in order: write shards of the subset instead")
+    path = cfg.data.split(":", 1)[1]
+    run.full = run.train_set = open_webdataset(path, "train")
+    run.val_set = open_webdataset(path, "val") if cfg.val_fraction > 0 else None
+    if run.val_set is not None and len(run.val_set) == 0:
+        run.val_set = None
+    run.objective.check_data(tuple(run.full.img_size))
+    run.mean, run.std = list(run.full.mean), list(run.full.std)
+    run.fingerprint = run.full.fingerprint()
+    run.data_note = "WebDataset shards (validation: the val shards)"
+
+
+def build_model(run: Run) -> None:
+    """The model (with its head sized by the task's objective), its execution choices, loaders, the
+    objective bound to it, optimizer, schedule, EMA and the model the loop steps (DDP, compiled)."""
+    cfg, full = run.cfg, run.full
+    outputs = run.objective.output_names(run.task.output_names(list(full.classes)))
+    model = create(cfg.model, num_classes=len(outputs), in_chans=full.in_chans, img_size=full.img_size,
+                   **cfg.model_kwargs)
+    if cfg.init_from and not run.resuming:
+        report = load_pretrained(model, cfg.init_from)
+        if run.progress:
+            print(report.summary())
+    _choose_execution(run, model)
+    memory_format = torch.channels_last if run.channels_last else torch.contiguous_format
+    if cfg.sync_bn and run.ranks.distributed:
+        model = convert_sync_batchnorm(model, run.device)
+    run.model = model.to(run.device, memory_format=memory_format)
+    run.normalize = Normalize(run.mean, run.std, run.device, run.channels_last)
+    run.train_loader = loader(run, run.train_set, cfg.batch_size, train=True)
+    run.val_loader = loader(run, run.val_set, 512, train=False) if run.val_set else None
+    if len(run.train_loader) == 0:
+        raise ConfigError(f"{cfg.data}: {len(run.train_set)} training images make no batch of "
+                          f"{cfg.batch_size} shared among {run.ranks.world} processes; lower --batch-size")
+    run.objective.bind(TrainSetting(model, list(full.classes), full.in_chans, tuple(full.img_size), run.mean,
+                                    run.std, run.device, run.amp, run.channels_last))
+    beside = list(run.objective.modules.values())  # trained with the model (MEAL V2's discriminator)
+    run.optimizer = build_optimizer(nn.ModuleList([model, *beside]) if beside else model, cfg)
+    run.steps_per_epoch = len(run.train_loader)
+    run.scheduler = build_scheduler(cfg, run.optimizer, run.total_steps, run.steps_per_epoch)
+    run.ema = ModelEmaV3(model, decay=cfg.ema, use_warmup=True) if cfg.ema > 0 else None
+    run.scaler = torch.amp.GradScaler("cuda") if run.amp == torch.float16 else None
+    run.aux_params = [p for m in beside for p in m.parameters()] if run.ranks.distributed else []
+    stepper = model
+    if run.ranks.distributed:  # gradients averaged over the ranks in the backward pass
+        stepper = nn.parallel.DistributedDataParallel(
+            model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    run.step_model = torch.compile(stepper) if cfg.compile else stepper
+    run.drop_blocks = [m for m in model.modules() if isinstance(m, ScheduledDropBlock)]
+
+
+def _choose_execution(run: Run, model: nn.Module) -> None:
+    """Precision and memory layout, measured once per model and machine when `auto` (rank 0's choice for all)."""
+    from cnnkit.train.layout import choose_execution
+
+    cfg, full = run.cfg, run.full
+    chosen = choose_execution(model, cfg.model, cfg.model_kwargs, (full.in_chans, *full.img_size), cfg.batch_size,
+                              run.device, cfg.amp, cfg.channels_last)
+    if run.ranks.distributed:  # every rank runs as rank 0 measured, so that they compute alike
+        chosen = broadcast(chosen, run.ranks)
+    run.amp, run.channels_last, run.precision, run.layout_note = chosen
+
+
+def loader(run: Run, data: Any, batch_size: int, train: bool) -> Any:
+    """The loader for a set: in memory, streamed from files, or from WebDataset shards. Training batches are
+    sharded across the ranks; validation gives each rank its share of the images (WebDataset: all)."""
+    cfg, ranks = run.cfg, run.ranks
+    opts = dict(shuffle=True, seed=cfg.seed, augment=cfg.augment, drop_last=len(data) > batch_size,
+                rank=ranks.rank, world=ranks.world) if train else {}
+    if not train and ranks.distributed and not hasattr(data, "shards"):
+        data = data.subset(torch.arange(ranks.rank, len(data), ranks.world), data.split)
+    if isinstance(data, ImageData):
+        return BatchLoader(data, batch_size, run.normalize, **opts)
+    if hasattr(data, "shards"):
+        from cnnkit.data.shards import WebDatasetLoader
+
+        return WebDatasetLoader(data, batch_size, run.normalize, workers=cfg.workers, **opts)
+    from cnnkit.data.stream import StreamLoader
+
+    return StreamLoader(data, batch_size, run.normalize, workers=cfg.workers, **opts)

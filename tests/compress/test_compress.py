@@ -1,0 +1,253 @@
+"""Compression: int8 PTQ (FX and ONNX Runtime), QAT at 8 and 4 bits, structured pruning with every criterion,
+unstructured masks, pruned checkpoints, and `cnnkit compress` on the sample."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from cnnkit.cli import main
+from cnnkit.compress import CRITERIA, OBSERVERS, prune_structured, quantize_fx, quantize_onnx
+from cnnkit.compress.finetune import finetune
+from cnnkit.compress.prune import apply_masks, count_macs, magnitude_masks, sparsity_of
+from cnnkit.compress.quantize import convert, float_ops, prepare_qat, qat_float_model, save_torchscript
+from cnnkit.data import Normalize, load_dataset
+from cnnkit.errors import CompressError
+from cnnkit.models import create
+from cnnkit.artifacts import load, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def sample(trained_run):
+    ckpt = load(trained_run.run_dir)
+    norm = Normalize(*ckpt.normalization)
+    train = load_dataset("sample", "train")
+    test = load_dataset("sample", "test")
+    return ckpt, norm(train.images[:256]), train.labels[:256], norm(test.images), test.labels
+
+
+def _agree(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.argmax(1) == b.argmax(1)).float().mean())
+
+
+@pytest.mark.parametrize("observer", OBSERVERS)
+def test_int8_fx_is_close_to_float_and_round_trips(sample, observer, tmp_path):
+    ckpt, calib, _, x, _ = sample
+    q = quantize_fx(ckpt.model, calib, observer)
+    with torch.no_grad():
+        ref, out = ckpt.model(x), q.model(x)
+    assert _agree(ref, out) >= 0.95
+    assert (out - ref).abs().max() < 0.1 * ref.abs().max()
+    assert q.float_ops == ["global_pool (AdaptiveMaxPool2d)"]  # max pooling of the head runs in float
+    assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in q.model.modules())
+    ts = save_torchscript(q.model, x[:2], tmp_path / "m.int8.ts")
+    with torch.no_grad():
+        assert torch.equal(ts(x), out)
+
+
+def test_int8_is_four_times_smaller_on_disk(tmp_path, sample):
+    _, calib, _, _, _ = sample
+    model = create("resnet9", num_classes=10, in_chans=1, width=32).eval()
+    save_checkpoint(tmp_path / "f.safetensors", model, {"model": "resnet9"})
+    q = quantize_fx(model, calib, "minmax")
+    save_torchscript(q.model, calib[:2], tmp_path / "q.ts")
+    ratio = (tmp_path / "f.safetensors").stat().st_size / (tmp_path / "q.ts").stat().st_size
+    assert 3.5 <= ratio <= 4.2
+
+
+def test_onnx_runtime_int8_is_close_to_float(sample, tmp_path):
+    import onnxruntime as ort
+
+    from cnnkit.deploy import export_onnx
+
+    ckpt, calib, _, x, _ = sample
+    f = export_onnx(ckpt, tmp_path / "m.onnx").path
+    left = quantize_onnx(f, tmp_path / "m.int8.onnx", calib, "percentile")
+    assert left == []
+    sess = ort.InferenceSession(str(tmp_path / "m.int8.onnx"), providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in __import__("onnx").load(str(tmp_path / "m.int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    out = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+    with torch.no_grad():
+        assert _agree(ckpt.model(x), out) >= 0.95
+
+
+def test_unquantizable_layers_fall_back_to_float_and_are_listed():
+    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.Hardswish(), nn.Conv2d(8, 8, 3), nn.Softsign(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+    x = torch.randn(64, 1, 12, 12)
+    q = quantize_fx(net, x, "minmax")
+    assert [s.split(" ")[1] for s in q.float_ops] == ["(Softsign)"]
+    with torch.no_grad():
+        assert (q.model(x) - net(x)).abs().max() < 0.1
+
+
+def test_calibration_and_option_errors(sample):
+    ckpt, calib, _, _, _ = sample
+    with pytest.raises(CompressError, match="fewer than one batch"):
+        quantize_fx(ckpt.model, calib[:10], "minmax", batch=64)
+    with pytest.raises(CompressError, match="unknown calibration observer"):
+        quantize_fx(ckpt.model, calib, "kl")
+    with pytest.raises(CompressError, match="8 or 4 bits"):
+        prepare_qat(ckpt.model, calib[:2], weight_bits=2)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_qat_converts_to_int8_kernels(sample, bits):
+    ckpt, calib, labels, x, y = sample
+    prepared = prepare_qat(ckpt.model, calib[:2], weight_bits=bits)
+    data = load_dataset("sample", "train")
+    finetune(prepared, data, *ckpt.normalization, epochs=0.5, lr=1e-3, freeze_bn_after=0.5)
+    # the ONNX route: the fine-tuned weights and BN statistics back in the float architecture compute what
+    # the QAT graph computes with fake quantization switched off
+    trained = qat_float_model(prepared, ckpt.model)
+    plain = copy.deepcopy(prepared).eval()
+    plain.apply(torch.ao.quantization.disable_fake_quant)
+    with torch.no_grad():
+        assert torch.allclose(trained(x[:16]), plain(x[:16]), atol=1e-5)
+        assert not torch.allclose(trained(x[:16]), ckpt.model(x[:16]), atol=1e-3)  # the weights did change
+    q = convert(prepared, "x86")
+    convs = [m for m in q.modules() if type(m).__name__ in ("ConvReLU2d", "Conv2d") and hasattr(m, "weight")
+             and callable(m.weight)]
+    assert convs
+    lo, hi = (-7, 7) if bits == 4 else (-128, 127)
+    for conv in convs:
+        w = conv.weight().int_repr()
+        assert w.min() >= lo and w.max() <= hi
+        assert w.abs().max() >= (7 if bits == 4 else 120)  # the range is used
+    with torch.no_grad():
+        acc = float((q(x).argmax(1) == y).float().mean())
+        base = float((ckpt.model(x).argmax(1) == y).float().mean())
+    assert acc >= base - (0.05 if bits == 8 else 0.15)
+    assert float_ops(q) == ["global_pool (AdaptiveMaxPool2d)"]
+
+
+@pytest.mark.parametrize("criterion,scope", [(c, "uniform") for c in CRITERIA] + [("l1", "global"), ("lamp", "global")])
+def test_structured_pruning_halves_macs_and_keeps_shapes(sample, criterion, scope):
+    ckpt, calib, labels, x, _ = sample
+    before = {k: v.clone() for k, v in ckpt.model.state_dict().items()}
+    p = prune_structured(ckpt.model, calib[:64], labels[:64], 0.5, criterion, scope)
+    assert abs(p.macs_after / p.macs_before - 0.5) <= 0.05
+    assert p.macs_after == count_macs(p.model, x) and p.params_after < p.params_before
+    assert p.model(x[:3]).shape == (3, 10)
+    assert all(torch.equal(v, ckpt.model.state_dict()[k]) for k, v in before.items())  # source untouched
+
+
+def test_round_to_keeps_channel_counts_in_kernel_blocks(sample):
+    ckpt, calib, labels, x, _ = sample
+    p = prune_structured(ckpt.model, calib[:64], labels[:64], 0.4, "lasso", round_to=8)
+    convs = [m for m in p.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(m.out_channels % 8 == 0 for m in convs)
+    assert p.macs_after < p.macs_before and p.refitted_layers > 0
+    assert p.model(x[:2]).shape == (2, 10)
+
+
+def test_lasso_refit_reconstructs_better_than_no_refit(sample):
+    ckpt, calib, labels, x, _ = sample
+    with torch.no_grad():
+        ref = ckpt.model(x)
+        plain = prune_structured(ckpt.model, calib[:64], None, 0.5, "lasso", refit=False).model(x)
+        refit = prune_structured(ckpt.model, calib[:64], None, 0.5, "lasso", refit=True).model(x)
+    assert (refit - ref).pow(2).mean() < 0.5 * (plain - ref).pow(2).mean()
+
+
+def test_pruning_errors(sample):
+    ckpt, calib, labels, _, _ = sample
+    for bad in (0.0, 1.0, 1.5, -0.1):
+        with pytest.raises(CompressError, match="strictly between 0 and 1"):
+            prune_structured(ckpt.model, calib, labels, bad)
+    with pytest.raises(CompressError, match="unknown pruning criterion"):
+        prune_structured(ckpt.model, calib, labels, 0.5, "random")
+    with pytest.raises(CompressError, match="layer-wise"):
+        prune_structured(ckpt.model, calib, labels, 0.5, "lasso", "global")
+
+
+def test_magnitude_masks_stay_applied_while_retraining(sample):
+    ckpt, *_ = sample
+    model = load(ckpt.path).model
+    masks = magnitude_masks(model, 0.7)
+    apply_masks(model, masks)
+    assert abs(sparsity_of(model) - 0.7) < 0.01
+    finetune(model, load_dataset("sample", "train"), *ckpt.normalization, epochs=0.3,
+             after_step=lambda: apply_masks(model, masks))
+    assert abs(sparsity_of(model) - 0.7) < 0.01
+    with pytest.raises(CompressError):
+        magnitude_masks(model, 1.0)
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_cli_compress_on_sample_writes_artifacts_and_report(trained_run, tmp_path, monkeypatch):
+    # each variant's peak memory takes a fresh process (seconds each); tests/deploy/test_deploy.py covers it
+    monkeypatch.setattr("cnnkit.deploy.bench.peak_memory", lambda target, batch=64, *rest: {
+        "peak_rss_mib": None, "model_rss_mib": None, "peak_memory_error": "not measured in this test"})
+    src = trained_run.best_checkpoint
+    digest = _digest(src)
+    out = tmp_path / "c"
+    code = main(["compress", "--checkpoint", str(trained_run.run_dir), "--recipe", "int8",
+                 "--recipe", "prune:0.5+int8", "--recipe", "sparse:0.5", "--recipe", "qat8",
+                 "--finetune-epochs", "0.2", "--calibration", "128", "--repeats", "3", "--out", str(out)])
+    assert code == 0
+    assert _digest(src) == digest  # the source checkpoint is never modified
+    for name in ("resnet9.onnx", "resnet9.int8.ts", "resnet9.int8.onnx", "resnet9.pruned50.safetensors", "resnet9.pruned50.onnx",
+                 "resnet9.pruned50.int8.ts", "resnet9.pruned50.int8.onnx", "resnet9.sparse50.safetensors",
+                 "resnet9.qat8.int8.ts", "resnet9.qat8.int8.onnx", "report.html", "pareto.png", "compress.json"):
+        assert (out / name).exists(), name
+    assert not list(out.glob(".*.tmp*"))  # no temporary files left behind (.cnnkit-files.json is the manifest)
+    rows = json.loads((out / "compress.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["float32", "float32", "int8", "int8", "prune:0.5", "prune:0.5", "prune:0.5+int8",
+                                            "prune:0.5+int8", "sparse:0.5", "qat8", "qat8"]
+    assert len({r["file"] for r in rows}) == len(rows)  # each artifact measured once
+    assert all(0 <= r["top1"] <= 1 for r in rows)
+    pruned = next(r for r in rows if r["file"] == "resnet9.pruned50.safetensors")
+    assert pruned["macs"] <= 0.55 * rows[0]["macs"]
+    int8 = next(r for r in rows if r["file"] == "resnet9.int8.ts")
+    assert int8["file_bytes"] < rows[0]["file_bytes"] / 2.5
+    page = (out / "report.html").read_text()
+    assert "<table>" in page and "data:image/png;base64," in page and "resnet9.int8.onnx" in page
+    # every artifact works where a checkpoint does
+    for name in ("resnet9.int8.ts", "resnet9.int8.onnx", "resnet9.pruned50.safetensors", "resnet9.qat8.int8.onnx"):
+        assert main(["eval", "--checkpoint", str(out / name)]) == 0, name
+    p = load(out / "resnet9.pruned50.safetensors")
+    assert p.model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--recipe", "int4"], "unknown recipe"),
+    (["--recipe", "prune:1.5"], "strictly between 0 and 1, got 1.5"),
+    (["--recipe", "prune:0"], "strictly between 0 and 1"),
+    (["--recipe", "int8", "--calibration", "8"], "fewer than one batch"),
+    (["--recipe", "int8", "--observer", "kl"], "unknown calibration observer"),
+])
+def test_cli_compress_errors_are_one_line(trained_run, tmp_path, capsys, args, message):
+    code = main(["compress", "--checkpoint", str(trained_run.run_dir), "--out", str(tmp_path / "o"), "--no-onnx", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "compress.json").exists()
+
+
+def test_keep_epoch_gives_a_rewind_point_for_sparse(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--model", "resnet9", "--model-kw", "width=8", "--data", "sample", "--epochs", "2",
+                 "--train-images", "512", "--keep-epoch", "1", "--out", str(run_dir), "--quiet"]) == 0
+    early = run_dir / "epoch-0001.safetensors"
+    assert early.exists() and not (run_dir / "epoch-0002.safetensors").exists()
+    assert not torch.equal(load(early).model.state_dict()["fc.weight"],
+                           load(run_dir / "last.safetensors").model.state_dict()["fc.weight"])
+    out = tmp_path / "c"
+    assert main(["compress", "--checkpoint", str(run_dir), "--recipe", "sparse:0.6", "--rewind", str(early),
+                 "--finetune-epochs", "0", "--no-onnx", "--repeats", "3", "--out", str(out)]) == 0
+    sparse = load(out / "resnet9.sparse60.safetensors")
+    assert sparse.meta["rewound_to"] == str(early)
+    w, w0 = sparse.model.state_dict()["fc.weight"], load(early).model.state_dict()["fc.weight"]
+    assert torch.equal(w[w != 0], w0[w != 0])  # the surviving weights are the epoch-1 weights
+    assert main(["train", "--data", "sample", "--epochs", "2", "--keep-epoch", "3", "--out", str(tmp_path / "x")]) == 2
+    assert "between 1 and 2" in capsys.readouterr().err
