@@ -251,3 +251,21 @@ def test_keep_epoch_gives_a_rewind_point_for_sparse(tmp_path, capsys):
     assert torch.equal(w[w != 0], w0[w != 0])  # the surviving weights are the epoch-1 weights
     assert main(["train", "--data", "sample", "--epochs", "2", "--keep-epoch", "3", "--out", str(tmp_path / "x")]) == 2
     assert "between 1 and 2" in capsys.readouterr().err
+
+
+def test_finetuning_depends_on_its_seed_alone(sample):
+    """The same model fine-tuned with the same seed comes out the same whatever drew from torch's random
+    generator before (a compress variant is the same alone or after others), and the caller's state is kept."""
+    import copy
+
+    ckpt = sample[0]
+    data = load_dataset("sample", "train").subset(torch.arange(256), "train")
+    runs = []
+    for draws in (0, 7):
+        torch.rand(draws)  # whatever ran before
+        model = copy.deepcopy(ckpt.model)
+        before = torch.random.get_rng_state()
+        finetune(model, data, *ckpt.normalization, epochs=0.5, lr=1e-2, batch_size=64, seed=3)
+        assert torch.equal(torch.random.get_rng_state(), before)
+        runs.append(model.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
