@@ -98,6 +98,7 @@ def test_evaluate_and_predict_use_the_task(toy_run, tmp_path):
     Image.fromarray(image).save(tmp_path / "one.png")
     [pred] = predict(toy_run.run_dir, [tmp_path / "one.png"], device="cpu")
     assert pred.top[0][0] == "mean" and pred.top[0][1] == pytest.approx(float(expect[0]), abs=1e-4)
+    assert pred.shown == [f"mean {pred.top[0][1]:.4g}"]  # the task's format, not a probability's
 
 
 def test_a_toy_run_resumes_exactly(toy, tmp_path):

@@ -148,20 +148,21 @@ def predict(
 
         preds = predict_files(checkpoint, inputs, topk=topk, tta=tta, device=device, strict=strict, amp=amp,
                               adapt=adapt, alpha=alpha, tent_lr=tent_lr, batch_size=batch_size)
-        rows = [(str(p.path), p.top) for p in preds]
+        rows = [(str(p.path), p.shown) for p in preds]
         source = {"checkpoint": checkpoint}
     t = Table(title="predictions", title_justify="left")
     t.add_column("image", overflow="fold")
     for i in range(max(len(top) for _, top in rows)):
         t.add_column(f"#{i + 1}")
-    for name, top in rows:
-        t.add_row(name, *(f"{c} {v:.1%}" for c, v in top))
+    for name, shown in rows:
+        t.add_row(name, *shown)
     stdout.print(t)
     summary("predict", {"images": len(rows), **source})
 
 
-def _predict_remote(url: str, inputs: list[Path], topk: int) -> list[tuple[str, list[tuple[str, float]]]]:
-    """Predictions of a running service for image files (folders expanded), in requests of up to 32 images."""
+def _predict_remote(url: str, inputs: list[Path], topk: int) -> list[tuple[str, list[str]]]:
+    """Predictions of a running service for image files (folders expanded), in requests of up to 32 images, as
+    the table shows them (a classifier's answers: the class and its probability)."""
     from cnnkit.data.images import list_image_files
     from cnnkit.serve.client import Client
 
@@ -171,5 +172,5 @@ def _predict_remote(url: str, inputs: list[Path], topk: int) -> list[tuple[str, 
         for i in range(0, len(files), 32):
             part = files[i:i + 32]
             for f, p in zip(part, client.predict(part, topk)):
-                rows.append((str(f), [(c["class"], c["probability"]) for c in p["top"]]))
+                rows.append((str(f), [f"{c['class']} {c['probability']:.1%}" for c in p["top"]]))
     return rows

@@ -116,6 +116,7 @@ class Prediction:
 
     path: Path
     top: list[tuple[str, float]]
+    shown: list[str] = field(default_factory=list)  # each pair as a command prints it (the task's format)
 
 
 def predict(checkpoint: str | os.PathLike | LoadedCheckpoint, inputs: list[str | os.PathLike], topk: int = 5,
@@ -135,7 +136,8 @@ def predict(checkpoint: str | os.PathLike | LoadedCheckpoint, inputs: list[str |
     task = task_of(ckpt)
     outputs, _ = _probs(ckpt.model, BatchLoader(data, batch_size, Normalize(mean, std, dev)), dev,
                         autocast_dtype(amp, dev), tta, adapt, alpha, tent_lr, task)
-    return [Prediction(f, top) for f, top in zip(kept, task.predictions(outputs, ckpt.classes, topk))]
+    return [Prediction(f, top, [f"{name} {task.format_value(v)}" for name, v in top])
+            for f, top in zip(kept, task.predictions(outputs, ckpt.classes, topk))]
 
 
 def _adapt_record(adapt: str | None, alpha: float | None, tent_lr: float, batch_size: int) -> dict[str, Any] | None:

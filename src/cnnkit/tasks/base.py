@@ -140,6 +140,10 @@ class Task(ABC):
         """What a service sends for each image (JSON-ready): `predictions` as {"name", "value"} objects."""
         return [[{"name": n, "value": v} for n, v in pairs] for pairs in self.predictions(outputs, names, topk)]
 
+    def format_value(self, value: float) -> str:
+        """One answer's value as a command prints it (classification: a probability in percent)."""
+        return f"{value:.4g}"
+
     def summary(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """The few metrics a command prints after an evaluation (label -> value); default: every number."""
         return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -90,6 +90,9 @@ class Classification(Task):
         return [[{"class": names[i], "index": i, "probability": v} for v, i in zip(vs, ix)]
                 for vs, ix in zip(values.tolist(), indices.tolist())]
 
+    def format_value(self, value: float) -> str:
+        return f"{value:.1%}"
+
     def summary(self, metrics: dict[str, Any]) -> dict[str, Any]:
         return {"top-1": metrics["top1"], "top-5": metrics["top5"], "macro F1": metrics["macro_f1"],
                 "ECE": metrics["ece"]}
