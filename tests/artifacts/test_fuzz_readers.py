@@ -38,7 +38,7 @@ def fuzz(examples: int) -> settings:
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-META = {"model": "resnet9", "model_kwargs": {"width": 8}, "classes": ["a", "b", "c"], "in_chans": 1,
+META = {"task": "classify", "model": "resnet9", "model_kwargs": {"width": 8}, "classes": ["a", "b", "c"], "in_chans": 1,
         "img_size": [16, 16], "normalization": {"mean": [0.5], "std": [0.25]}, "dataset": {"name": "sample"},
         "epoch": 1, "metrics": {}, "config": {}}
 
@@ -266,6 +266,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def check_loaded(ckpt) -> None:
     """A checkpoint that loads has the metadata its users rely on, and a model that runs."""
     assert isinstance(ckpt.classes, list) and ckpt.classes and all(isinstance(c, str) for c in ckpt.classes)
+    assert isinstance(ckpt.meta.get("task", ""), str)  # what evaluation, prediction and export look the task up by
     assert ckpt.in_chans >= 1 and len(ckpt.img_size) == 2 and min(ckpt.img_size) >= 1
     mean, std = ckpt.normalization
     assert all(isinstance(v, (int, float)) for v in [*mean, *std])
@@ -319,6 +320,7 @@ def test_bit_flipped_checkpoints_load_or_give_a_checkpoint_error(folder, checkpo
 
 DELETE = object()
 BAD_VALUES = {
+    "task": ["", "segmnt", 3, None, ["classify"], {"name": "classify"}],
     "model": ["resnet99", "", "timm/", "timm/no_such_model", "tinyvgg", "resnet20", 9, None, ["resnet9"]],
     "model_kwargs": [{"width": -8}, {"width": 0}, {"width": "8"}, {"width": 8.5}, {"width": 10**12},
                      {"width": 2**70}, {"width": [8]}, {"width": None}, {"nope": 1}, {"num_classes": 3}, {"": 1},

@@ -126,3 +126,11 @@ def test_a_toy_model_exports_and_its_artifact_answers_alike(toy_run, tmp_path):
 def test_an_unknown_task_is_refused_in_one_line():
     with pytest.raises(ConfigError, match="unknown task 'segmnt'.*registered: .*classify"):
         TrainConfig(task="segmnt")
+
+
+@pytest.mark.parametrize("name", [["classify"], 3, {"name": "classify"}])
+def test_a_task_that_is_not_a_name_is_refused_in_one_line(name):
+    from cnnkit.tasks import get_task
+
+    with pytest.raises(ConfigError, match="a task is a name"):
+        get_task(name)

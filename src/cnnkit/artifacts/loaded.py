@@ -39,7 +39,7 @@ class LoadedCheckpoint:
 
 def input_meta_ok(meta: dict[str, Any]) -> bool:
     """Whether `meta` (a checkpoint's or a sidecar's) has classes, in_chans, img_size and normalization of the
-    types that loading and preprocessing rely on."""
+    types that loading and preprocessing rely on, and a task (if it names one) given by a name."""
     def count(v: object) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
@@ -48,7 +48,7 @@ def input_meta_ok(meta: dict[str, Any]) -> bool:
                                                        for x in v)
 
     norm = meta.get("normalization")
-    return bool(isinstance(meta.get("classes"), list) and meta["classes"]
+    return bool(isinstance(meta.get("task", ""), str) and isinstance(meta.get("classes"), list) and meta["classes"]
                 and all(isinstance(c, str) for c in meta["classes"]) and count(meta.get("in_chans"))
                 and isinstance(meta.get("img_size"), list) and len(meta["img_size"]) == 2
                 and all(count(v) for v in meta["img_size"])

@@ -47,9 +47,9 @@ def _adaptable(ckpt: LoadedCheckpoint, adapt: str | None, alpha: float | None, t
     from cnnkit.evaluate.adapt import check_adapt
 
     check_adapt(adapt, alpha, tent_lr)
-    if adapt is not None and task_of(ckpt).name != "classify":
-        raise ConfigError(f"--adapt adapts a classifier to test batches; {ckpt.path.name} is a "
-                          f"{task_of(ckpt).name} model")
+    task = task_of(ckpt)
+    if adapt is not None and task.name != "classify":
+        raise ConfigError(f"--adapt adapts a classifier to test batches; {ckpt.path.name} is a {task.name} model")
     if adapt is not None and is_exported(ckpt.model):
         raise ConfigError(f"--adapt changes BatchNorm layers, which {ckpt.path.name} (an exported artifact) does not "
                           f"expose; adapt a cnnkit checkpoint (.safetensors or a run directory)")

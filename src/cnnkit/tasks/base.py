@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,6 @@ class TrainSetting:
     device: torch.device
     amp: torch.dtype | None = None
     channels_last: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Objective:
@@ -170,8 +169,11 @@ def register_task(task: Task) -> Task:
 
 
 def get_task(name: str | None) -> Task:
-    """The registered task of this name (None: classification, what checkpoints before tasks were)."""
+    """The registered task of this name (None: classification, what checkpoints before tasks were); anything
+    else, or a name no task has, is refused in one line (ConfigError)."""
     name = name or "classify"
+    if not isinstance(name, str):  # e.g. a handed checkpoint's metadata
+        raise ConfigError(f"a task is a name (one of {', '.join(sorted(TASKS))}), got a {type(name).__name__}")
     if name not in TASKS:
         raise ConfigError(f"unknown task {name!r}{close_matches(name, TASKS)}; registered: {', '.join(sorted(TASKS))}")
     return TASKS[name]

@@ -46,16 +46,16 @@ class Classification(Task):
     output = "logits"
 
     def objective(self, cfg: Any) -> Objective:
-        if getattr(cfg, "pretext", None):
+        if cfg.pretext:
             from cnnkit.tasks.rotnet import RotNet
 
             return RotNet(cfg.rotations)
-        if getattr(cfg, "distill", None):
+        if cfg.distill:
             from cnnkit.tasks.distill import Distillation
 
             return Distillation(cfg.distill, cfg.teachers, cfg.kd_temperature, cfg.kd_alpha, cfg.disc_weight,
                                 cfg.label_smoothing)
-        return CrossEntropy(getattr(cfg, "label_smoothing", 0.0))
+        return CrossEntropy(cfg.label_smoothing)
 
     def infer(self, model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
         """Class probabilities; flip TTA averages them with the mirrored image's."""

@@ -235,7 +235,6 @@ def keep_to_budget(run: Run, epoch: int) -> bool:
     run.plan_note = ((run.plan_note or "") + f"; after epoch {epoch + 1}, at the pace kept ({pace * 1e3:.0f} ms "
                      f"per step, {extra:.1f} s per evaluation and checkpoint), "
                      f"{'lengthened' if total > run.total_steps else 'shortened'} to {total} steps")
-    run.cfg = replace(cfg, max_steps=total)
-    run.cfg = replace(run.cfg, epochs=run.epochs)
+    run.cfg = replace(cfg, max_steps=total, epochs=math.ceil(total / run.steps_per_epoch))
     run.scheduler = build_scheduler(run.cfg, run.optimizer, run.total_steps, run.steps_per_epoch, done)
     return True
