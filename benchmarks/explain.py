@@ -30,7 +30,7 @@ import torch
 from benchmarks.common import RESULTS, SHARED_DATA, command_line, paired_ratio, write_result
 from cnnkit.data import Normalize, load_dataset
 from cnnkit.explain import explain
-from cnnkit.explain.run import benchmark_methods
+from cnnkit.explain.workflows import benchmark_methods
 from cnnkit.train import fit
 from cnnkit.artifacts import load
 

@@ -82,7 +82,7 @@ def main() -> None:
     from cnnkit.evaluate import evaluate
     from cnnkit.represent.features import block_names, extract
     from cnnkit.represent.probe import fit_head
-    from cnnkit.represent.run import random_init
+    from cnnkit.represent.probe_table import random_init
     from cnnkit.train import fit
 
     work = Path(tempfile.mkdtemp(prefix="cnnkit-rotnet-bench-"))

@@ -63,6 +63,8 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     'auto' means bfloat16 where the hardware runs it natively (CUDA with bf16, CPUs with AVX-512 BF16 or
     AMX, where oneDNN's bf16 convolutions are about 2× faster than fp32), float16 on older GPUs, else off.
     """
+    if amp not in ("auto", "bf16", "fp16", "off"):
+        raise ConfigError(f"amp must be auto, bf16, fp16 or off, got {amp!r}")
     if amp == "off":
         return None
     if device.type == "cuda":

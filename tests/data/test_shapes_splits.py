@@ -226,7 +226,7 @@ def test_class_name_mismatch_is_one_line_and_can_be_overridden(mnist_named, tmp_
     canvases = ImageData(torch.randint(0, 256, (8, 1, 64, 64), dtype=torch.uint8), torch.arange(8),
                          FASHION_MNIST_CLASSES, "cluttered-sample", "test",
                          boxes=torch.tensor([[16, 16, 40, 40]] * 8))
-    monkeypatch.setattr("cnnkit.explain.run.load_checkpoint_data", lambda *a, **k: canvases)
+    monkeypatch.setattr("cnnkit.explain.workflows.load_checkpoint_data", lambda *a, **k: canvases)
     digits64 = save_digits_checkpoint(tmp_path / "digits64.safetensors", side=64)
     bench = ["explain", "--benchmark", "--data", "cluttered-sample", "--checkpoint", str(digits64),
              "--method", "eigencam", "--limit", "8", "--out", str(tmp_path / "b")]
@@ -253,11 +253,11 @@ def test_check_compatible_python_api(mnist_named, sample_train, tmp_path):
         evaluate(mnist_named, "sample")
     # compress loads its calibration data through the same check, and the same override
     from cnnkit.compress import Context, Settings
-    from cnnkit.compress.context import training_split
+    from cnnkit.data.compat import load_source_split
 
     source = checkpoint_data_source(ckpt, "sample")
-    train = training_split(ckpt, source, ignore_class_names=True)
+    train = load_source_split(ckpt, source, "train", ignore_class_names=True)
     ctx = Context(ckpt, tmp_path, train, Settings(calibration=64), print)
     assert ctx.calib.shape == (64, 1, 28, 28)
     with pytest.raises(CheckpointError, match="--ignore-class-names"):
-        training_split(ckpt, source)
+        load_source_split(ckpt, source, "train")

@@ -95,6 +95,18 @@ def test_resumed_pretraining_continues_exactly(tmp_path):
     assert straight.history[-1]["val_acc"] == resumed.history[-1]["val_acc"]
 
 
+def test_resumed_pretraining_reports_the_saved_runs_settings(tmp_path, capsys):
+    """`pretrain --resume` continues the saved run: what it prints is that run's model, data and rotations,
+    not the command's defaults."""
+    out = tmp_path / "rot2"
+    code, _, err = run(capsys, "pretrain", "--model", "nin3", "--model-kw", "width=0.125", "--rotations", "2",
+                       "--epochs", "1", "--train-images", "100", "--batch-size", "50", "--out", str(out), "--quiet")
+    assert code == 0, err
+    code, printed, err = run(capsys, "pretrain", "--resume", str(out), "--epochs", "2", "--quiet")
+    assert code == 0, err
+    assert "rotnet, 2 rotations" in printed and "nin3" in printed and "nin4" not in printed
+
+
 def test_few_labels_fine_tune_from_rotnet(rotnet_run, tmp_path):
     from cnnkit.artifacts import load
     from cnnkit.train import fit

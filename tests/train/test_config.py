@@ -57,6 +57,8 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypa
         assert ("float32" in rt.precision_note("auto", cpu)) == (want is None)
     assert rt.autocast_dtype("bf16", cpu) == torch.bfloat16  # asked for explicitly: always honoured
     assert rt.autocast_dtype("off", cpu) is None
+    with pytest.raises(ConfigError, match="amp must be auto, bf16, fp16 or off, got 'fp8'"):
+        rt.autocast_dtype("fp8", cpu)  # an unknown precision is refused, not run in float32
 
 
 def test_the_inference_layout_is_measured_in_the_precision_the_model_will_run_in():

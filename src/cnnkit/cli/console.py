@@ -3,7 +3,9 @@ characters that data may hold shown as escapes; and the short table every verb e
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -27,7 +29,19 @@ class SafeConsole(Console):
         return super().render_str(visible(text), **kwargs)
 
 
-stdout = SafeConsole(markup=False)  # what stdout shows comes from data (class and file names): never markup
+def percent(fraction: float | None) -> str:
+    """An accuracy (a fraction in [0, 1]) as every command shows it to a person: a percentage with two decimals
+    and a % sign; machine output (JSON, CSV, metrics files) keeps the fraction."""
+    return "n/a" if fraction is None else f"{100 * fraction:.2f}%"
+
+
+def _pipe_width() -> int | None:
+    """On a pipe (`cnnkit ... | cat`), tables are as wide as their content: one row per line, names whole;
+    on a terminal, its width (or COLUMNS)."""
+    return None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 100_000
+
+
+stdout = SafeConsole(markup=False, width=_pipe_width())  # what stdout shows comes from data: never markup
 err = SafeConsole(stderr=True)  # cnnkit's own markup ("error:" in red); data in it is escaped
 
 

@@ -50,7 +50,7 @@ def explain(
             raise ConfigError(f"{given} applies to explaining here; give --checkpoint, not --url")
         _explain_remote(url, list(inputs or []) + list(images or []), method or "gradcam", layer, target, out)
         return
-    from cnnkit.explain.run import benchmark_methods, explain_files
+    from cnnkit.explain.workflows import benchmark_methods, explain_files
 
     check_early(device=device)
     if benchmark:
@@ -59,7 +59,7 @@ def explain(
         t = Table(title="explain benchmark", title_justify="left")
         for c in ("method", "images/s", "pointing", "IoU", "deletion", "insertion", "randomized ρ"):
             t.add_column(c, justify="left" if c == "method" else "right")
-        from cnnkit.explain.run import COLUMNS, format_cell
+        from cnnkit.explain.workflows import COLUMNS, format_cell
 
         for row in r.rows:
             t.add_row(*(format_cell(row[c]) for c in COLUMNS))
@@ -124,7 +124,7 @@ def visualize(
     out: Annotated[Optional[Path], typer.Option(help="PNG to write (default: RUN/visualize-WHAT.png).")] = None,
 ) -> None:
     """What the network has learnt: class-model images, activation maximization, feature maps, filters."""
-    from cnnkit.explain.run import visualize as draw
+    from cnnkit.explain.workflows import visualize as draw
 
     path = draw(checkpoint, what, layer=layer, channels=channels, images=images, steps=steps, out=out)
     summary("visualize", {"what": what, "png": path})

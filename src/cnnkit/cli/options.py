@@ -87,10 +87,15 @@ def parse_img_size(text: str | None) -> int | list[int] | None:
 # -- checking values before anything runs ---------------------------------------------------------------------
 
 def check_early(model: str | None = None, model_kwargs: dict[str, Any] | None = None, device: str | None = None,
-                checkpoint: Path | None = None, amp: str | None = None) -> None:
-    """Check option values as they are parsed, before any data is loaded or folder created: the model's options,
-    that the device exists (for `checkpoint`, CPU-only artifacts choose the CPU) and, for the verbs that run a
-    model, --amp (the training verbs leave it to TrainConfig)."""
+                checkpoint: Path | None = None, amp: str | None = None, out: str | None = None) -> None:
+    """Check option values as they are parsed, before any data is loaded or folder created: the output folder
+    (`out`: not a file, not the file-system root), the model's options, that the device exists (for `checkpoint`,
+    CPU-only artifacts choose the CPU) and, for the verbs that run a model, --amp (the training verbs leave it to
+    TrainConfig)."""
+    if out is not None:
+        from cnnkit.artifacts.files import check_out_dir
+
+        check_out_dir(out)
     if amp is not None and amp not in ("auto", "bf16", "fp16", "off"):
         raise ConfigError(f"--amp must be auto, bf16, fp16 or off, got {amp!r}")
     if model is not None and not model.startswith("timm/"):

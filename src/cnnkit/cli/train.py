@@ -153,14 +153,11 @@ def distill(
 def run_training(options: dict[str, Any], *, command: str, resume: Path | None, overwrite: bool, nproc: int | None,
                  quiet: bool, lr_find: bool = False, extra: dict[str, Any] | None = None) -> None:
     """What `train` and `distill` run: the training options given, plus `extra` TrainConfig fields."""
-    if options.get("out") is not None and resume is None:
-        from cnnkit.artifacts.files import check_out_dir
-
-        check_out_dir(options["out"])  # a file, the file-system root: refused before anything is loaded
     values = {**config_values(options), **(extra or {})}
-    check_early(model=values["model"], model_kwargs=values["model_kwargs"], device=values["device"])
     if lr_find and resume is not None:
         raise ConfigError("--lr-find starts from the model's initialization; it cannot be combined with --resume")
+    check_early(model=values["model"], model_kwargs=values["model_kwargs"], device=values["device"],
+                out=values["out"] if resume is None else None)  # refused before anything is loaded
     if nproc is not None and nproc > 1 and _start_processes(nproc, values, lr_find, resume):
         return
     if lr_find:
@@ -257,7 +254,8 @@ def pretrain(
 
     result = fit(resume=resume, overwrite=overwrite, progress=not quiet, **values)
     last = result.history[-1]
-    summary("pretrain", {"run": result.run_dir, "method": f"rotnet, {rotations} rotations", "model": model,
-                         "data": data, "epochs": int(last["epoch"]), "rotation acc (train)": last["train_acc"],
+    cfg = result.config  # resumed: the saved run's model, data and rotations
+    summary("pretrain", {"run": result.run_dir, "method": f"rotnet, {cfg.rotations} rotations", "model": cfg.model,
+                         "data": cfg.data, "epochs": int(last["epoch"]), "rotation acc (train)": last["train_acc"],
                          "rotation acc (val)": result.best_val_acc if result.best_val_acc is not None else "n/a",
                          "seconds": f"{result.seconds:.1f}", "checkpoint": result.best_checkpoint})

@@ -15,8 +15,7 @@ import torch.nn as nn
 
 from cnnkit.artifacts import LoadedCheckpoint
 from cnnkit.compress.prune import count_macs
-from cnnkit.data import ImageData, Normalize, load_dataset
-from cnnkit.data.compat import DataSource, check_compatible
+from cnnkit.data import ImageData, Normalize
 
 # metadata a checkpoint's writer adds itself: a variant saved as a checkpoint does not carry the source's
 WRITER_KEYS = ("format", "cnnkit_version", "torch_version")
@@ -41,15 +40,6 @@ class Settings:
     batch: int = 64
     seed: int = 0
     onnx: bool = True
-
-
-def training_split(ckpt: LoadedCheckpoint, source: DataSource, ignore_class_names: bool = False) -> ImageData:
-    """The train split of the data source resolved for `ckpt` (`checkpoint_data_source`), at the checkpoint's
-    channels and H×W, checked to fit it."""
-    train = load_dataset(source.name, "train", data_dir=source.data_dir, img_size=tuple(ckpt.img_size),
-                         in_chans=ckpt.in_chans, test_fraction=source.test_fraction, seed=source.seed)
-    check_compatible(ckpt, train, ignore_class_names)
-    return train
 
 
 class Context:

@@ -29,6 +29,7 @@ _EXPORTS = {
     "FASHION_MNIST_CLASSES": "cnnkit.data.published",
     "DATASETS": "cnnkit.data.sources",
     "load_dataset": "cnnkit.data.sources",
+    "open_training_data": "cnnkit.data.sources",
     "per_class_subset": "cnnkit.data.splits",
     "train_val_split": "cnnkit.data.splits",
     "AugmentConfig": "cnnkit.data.transforms",
@@ -42,13 +43,13 @@ if TYPE_CHECKING:  # what static tools (type checkers, the API reference) read
     from cnnkit.data.imagefolder import load_imagefolder
     from cnnkit.data.loader import BatchLoader, Normalize, channel_stats
     from cnnkit.data.published import FASHION_MNIST_CLASSES
-    from cnnkit.data.sources import DATASETS, load_dataset
+    from cnnkit.data.sources import DATASETS, load_dataset, open_training_data
     from cnnkit.data.splits import per_class_subset, train_val_split
     from cnnkit.data.transforms import AugmentConfig, BatchAugment, random_crop_flip
 
 __all__ = ["FileSet", "ImageData", "ImageSet", "IndexedImageSet", "cache_dir", "resolve_data_root",
            "list_image_files", "load_image_file", "to_model_input", "load_imagefolder", "BatchLoader", "Normalize",
-           "channel_stats", "FASHION_MNIST_CLASSES", "DATASETS", "load_dataset", "per_class_subset",
+           "channel_stats", "FASHION_MNIST_CLASSES", "DATASETS", "load_dataset", "open_training_data", "per_class_subset",
            "train_val_split", "AugmentConfig", "BatchAugment", "random_crop_flip"]
 
 

@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -167,6 +167,23 @@ class LoadOptions:
     test_fraction: float = 0.2
     seed: int = 0
 
+
+@dataclass(frozen=True)
+class TrainingData:
+    """A data set's training split as training reads it: `full` in memory, as files to stream or as shards;
+    `val`, the source's own validation split when it has one (`splits_itself`: training holds none out of
+    `full`); how it is read (`note`); and the channel statistics when the source records them."""
+
+    full: Any
+    val: Any | None = None
+    note: str = "in memory"
+    splits_itself: bool = False
+    stats: tuple[list[float], list[float]] | None = None
+
+
+# A source's opener for training: (full name, options, data mode 'auto'/'memory'/'stream', processes of the
+# run, whether a validation split is wanted) -> its training data.
+TrainingOpener = Callable[[str, "LoadOptions", str, int, bool], TrainingData]
 
 # A source's loader: (the dataset's full name, e.g. "imagefolder:DIR" or "fashion-mnist-c:fog:3", the split
 # 'train' or 'test', the options) -> the split in memory.

@@ -79,9 +79,15 @@ def load_checkpoint_data(ckpt: LoadedCheckpoint, data: str | None = None, split:
     """`split` of `data` (see `checkpoint_data_source`) at the checkpoint's channels and H×W, checked to fit
     it (unless `check` is False: then call `check_compatible` yourself). `split="val"`: the training images the
     checkpoint's run held out for validation."""
+    return load_source_split(ckpt, checkpoint_data_source(ckpt, data, data_dir), split, strict, ignore_class_names,
+                             check, match_classes)
+
+
+def load_source_split(ckpt: LoadedCheckpoint, src: DataSource, split: str = "test", strict: bool = False,
+                      ignore_class_names: bool = False, check: bool = True, match_classes: bool = True) -> ImageData:
+    """`load_checkpoint_data` for a data source already resolved (`checkpoint_data_source`)."""
     if split not in ("train", "val", "test"):
         raise DataError(f"split must be train, val (the images the run held out for validation) or test, got {split!r}")
-    src = checkpoint_data_source(ckpt, data, data_dir)
     ds = load_dataset(src.name, "train" if split == "val" else split, data_dir=src.data_dir, strict=strict,
                       img_size=tuple(ckpt.img_size), in_chans=ckpt.in_chans, test_fraction=src.test_fraction,
                       seed=src.seed)

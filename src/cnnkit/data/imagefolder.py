@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from cnnkit.data.base import FileSet, ImageData, ImageSize, LoadOptions, image_size
+from cnnkit.data.base import FileSet, ImageData, ImageSize, LoadOptions, TrainingData, image_size
 from cnnkit.data.images import load_image_file, to_model_input
 from cnnkit.data.splits import held_out_test
 from cnnkit.errors import DataError
@@ -21,6 +21,17 @@ def load(name: str, split: str, options: LoadOptions) -> ImageData:
     """The source loader of `imagefolder:DIR`: `split` of the folder DIR, decoded into memory."""
     return load_imagefolder(name.split(":", 1)[1], split, img_size=options.img_size, in_chans=options.in_chans,
                             strict=options.strict, test_fraction=options.test_fraction, seed=options.seed)
+
+
+def open_training(name: str, options: LoadOptions, mode: str, processes: int, validation: bool) -> TrainingData:
+    """The training split of `imagefolder:DIR`, listed first, then decoded now or streamed by the loader's
+    workers as `mode` says ('auto': streamed when decoding it once per process would not fit in memory)."""
+    from cnnkit.data.stream import choose_mode
+
+    files = scan_imagefolder(name.split(":", 1)[1], "train", options.img_size, None, options.test_fraction,
+                             options.seed)
+    mode, note = choose_mode(mode, files, processes)
+    return TrainingData(decode_files(files, options.strict) if mode == "memory" else files, note=note)
 
 
 def _imagefolder_layout(root: Path, split: str) -> tuple[Path, bool]:

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from cnnkit.artifacts.files import (MANIFEST, DiskWriteError, OutputDir, atomic_write_text, claim_dir,
                                     finish_temp_file, temp_path_for)
-from cnnkit.data.base import FileSet, ImageData, ImageSize, LoadOptions
+from cnnkit.data.base import FileSet, ImageData, ImageSize, LoadOptions, TrainingData
 from cnnkit.data.imagefolder import scan_imagefolder
 from cnnkit.data.images import IMAGE_EXTENSIONS, load_image_file, to_model_input
 from cnnkit.data.loader import Normalize, epoch_order
@@ -448,6 +448,16 @@ def open_webdataset(path: str | os.PathLike, split: str) -> WebDatasetSet:
 def load(name: str, split: str, options: LoadOptions) -> ImageData:
     """The source loader of `webdataset:DIR`: the `split` shards of the folder DIR, decoded into memory."""
     return load_webdataset(name.split(":", 1)[1], split, options.strict)
+
+
+def open_training(name: str, options: LoadOptions, mode: str, processes: int, validation: bool) -> TrainingData:
+    """The train shards of `webdataset:DIR`, read in order as they stream, with the val shards as the
+    validation split (none when they are empty or none is wanted) and the statistics the manifest records."""
+    path = name.split(":", 1)[1]
+    full = open_webdataset(path, "train")
+    val = open_webdataset(path, "val") if validation else None
+    return TrainingData(full, val if val is not None and len(val) else None,
+                        "WebDataset shards (validation: the val shards)", True, (list(full.mean), list(full.std)))
 
 
 def load_webdataset(path: str | os.PathLike, split: str, strict: bool = False) -> ImageData:

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from functools import partial
 
 from cnnkit.data import bundled, cluttered, corruptions, imagefolder, published, shards
-from cnnkit.data.base import ImageData, ImageSize, Loader, LoadOptions
-from cnnkit.errors import DataError, close_matches
+from cnnkit.data.base import ImageData, ImageSize, Loader, LoadOptions, TrainingData, TrainingOpener
+from cnnkit.errors import ConfigError, DataError, close_matches
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,7 @@ class Source:
     (`sample`), a folder it needs (`imagefolder:<dir>`), or a selection it may take (`fashion-mnist-c:fog:3`)."""
 
     load: Loader
+    train: TrainingOpener | None = None  # how training opens it, when not by `load` into memory
     argument: str | None = None  # what must follow "name:", as the list of datasets shows it ("<dir>")
     selects: bool = False  # "name:selection" may follow
 
@@ -26,14 +27,18 @@ class Source:
         return colon == bool(self.argument) or self.selects
 
 
-def _load(name: str, split: str, options: LoadOptions) -> ImageData:
-    """Dispatch a full name (`imagefolder:DIR`, `fashion-mnist-c:fog:3`, `mnist`) to its source's loader."""
+def _source(name: str) -> Source:
     key, colon, _ = name.partition(":")
     source = SOURCES.get(key)
     if source is None or not source.takes(bool(colon)):
         raise DataError(f"unknown dataset {name!r}{close_matches(name, DATASETS)}; choose one of "
                         f"{', '.join(DATASETS)}")
-    return source.load(name, split, options)
+    return source
+
+
+def _load(name: str, split: str, options: LoadOptions) -> ImageData:
+    """Dispatch a full name (`imagefolder:DIR`, `fashion-mnist-c:fog:3`, `mnist`) to its source's loader."""
+    return _source(name).load(name, split, options)
 
 
 SOURCES: dict[str, Source] = {
@@ -44,8 +49,9 @@ SOURCES: dict[str, Source] = {
     "cluttered-fashion-mnist": Source(partial(cluttered.load, clean=_load)),
     "cluttered-sample": Source(partial(cluttered.load, clean=_load)),
     **{name: Source(partial(corruptions.load, clean=_load), selects=True) for name in corruptions.BENCHMARKS},
-    "imagefolder": Source(imagefolder.load, argument="<dir>"),
-    "webdataset": Source(shards.load, argument="<dir>"),  # shards written by `cnnkit data shard`, decoded into memory
+    "imagefolder": Source(imagefolder.load, imagefolder.open_training, argument="<dir>"),
+    # shards written by `cnnkit data shard`: streamed for training, decoded into memory otherwise
+    "webdataset": Source(shards.load, shards.open_training, argument="<dir>"),
 }
 DATASETS = [f"{name}:{source.argument}" if source.argument else name for name, source in SOURCES.items()]
 
@@ -60,3 +66,17 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
     if split not in ("train", "test"):
         raise DataError(f"split must be 'train' or 'test', got {split!r}")
     return _load(name, split, LoadOptions(data_dir, download, strict, img_size, in_chans, test_fraction, seed))
+
+
+def open_training_data(name: str, mode: str = "auto", processes: int = 1, validation: bool = True,
+                       data_dir: str | os.PathLike | None = None, download: bool = False, strict: bool = False,
+                       img_size: ImageSize | None = None, test_fraction: float = 0.2, seed: int = 0) -> TrainingData:
+    """The training split of a named dataset as training reads it (see `TrainingData`): in memory, or as the
+    source streams it (image folders by `mode`; WebDataset shards, with their own validation split)."""
+    source = _source(name)
+    options = LoadOptions(data_dir, download, strict, img_size, None, test_fraction, seed)
+    if source.train is not None:
+        return source.train(name, options, mode, processes, validation)
+    if mode == "stream":
+        raise ConfigError(f"--data-mode stream reads image folders (imagefolder:DIR); {name} is loaded in memory")
+    return TrainingData(_load(name, "train", options))

@@ -4,7 +4,7 @@ pretext task (`fit(pretext="rotnet")`, `cnnkit pretrain`); model soups are `cnnk
 
 from cnnkit.represent.features import Features, extract, features, load_features, save_features
 from cnnkit.represent.probe import HEADS, ProbeScore, fit_head
-from cnnkit.represent.run import ProbeRow, probe
+from cnnkit.represent.probe_table import ProbeRow, probe
 
 __all__ = ["Features", "extract", "features", "load_features", "save_features", "HEADS", "ProbeScore", "fit_head",
            "ProbeRow", "probe"]

@@ -76,11 +76,14 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     timeout: float = 30.0
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     metrics: Any = None  # cnnkit.serve.metrics.Metrics, or None
+    # a connection is in `connections` from the start of the base class's connection_made, before the lines
+    # below run: what others read of it (the limit's choice, the metrics) exists from then on
+    _waiting: int | None = None  # while it waits for a request's headers: when it began (a ticket)
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._header_timer = self._write_timer = None
-        self._waiting: int | None = None  # while it waits for a request's headers: when it began (a ticket)
+        self._waiting = None
         self._begun = False  # a request's first bytes came, not yet all its headers
         self._refused = False  # answered 503 at the limit: what the client sends is dropped
         self._expect_headers()

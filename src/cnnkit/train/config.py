@@ -6,6 +6,7 @@ import copy
 import math
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cnnkit.data.settings import DEFAULT_VAL_FRACTION, AugmentConfig
@@ -292,17 +293,6 @@ OPTIMIZER_DEFAULTS = {"sgd": dict(lr=0.1, weight_decay=5e-4, opt_eps=None),
                       "rmsprop": dict(lr=0.016, weight_decay=4e-5, opt_eps=1e-3)}
 
 
-def _model_family(model: str) -> str | None:
-    from cnnkit.models.registry import TIMM_PREFIX, get_entry
-
-    if model.startswith(TIMM_PREFIX):
-        return None
-    try:
-        return get_entry(model).family
-    except Exception:  # an unknown name is reported when the model is built, with close matches
-        return None
-
-
 def resolve_config(overrides: dict[str, Any] | None = None, base: TrainConfig | None = None) -> TrainConfig:
     """Defaults, then the dataset's recipe, then the model family's optimization recipe when the model is not
     the dataset recipe's own, then the explicitly given options (None means 'not given')."""
@@ -332,7 +322,7 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: TrainConfig | 
         if preset and model == preset.get("model"):
             values["model_recipe"] = f"{recipe}:{dataset_family(data)}"  # tuned for this very model
         else:  # another model: its family's optimization recipe, not the one tuned for the recipe's model
-            family = family_recipe(model, _model_family(model))
+            family = family_recipe(model)
             values.update(copy.deepcopy(family.settings))
             values["model_recipe"] = family.name
     if "optimizer" in given and given["optimizer"] != values["optimizer"]:
@@ -342,6 +332,41 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: TrainConfig | 
     if augment:
         values["augment"] = {**values["augment"], **(augment if isinstance(augment, dict) else augment.__dict__)}
     return TrainConfig.from_dict(values)
+
+
+PATH_OPTIONS = ("out", "data_dir", "init_from")  # stored absolute, so that a run resumes from any folder
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).expanduser().absolute()) if path else path
+
+
+def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """The options with every path made absolute (each once, where it enters)."""
+    values = dict(values)
+    for key in PATH_OPTIONS:
+        if values.get(key) is not None:
+            values[key] = _absolute(str(values[key]))
+    data = values.get("data")
+    for kind in ("imagefolder:", "webdataset:"):
+        if data and data.startswith(kind):
+            values["data"] = kind + _absolute(data.split(":", 1)[1])
+    if values.get("teachers"):
+        values["teachers"] = [_absolute(str(t)) for t in values["teachers"]]
+    return values
+
+
+def resolve_new_run(config: TrainConfig | dict[str, Any] | None,
+                    options: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """What a new run trains, with its paths absolute, and the fast recipe's options to fall back to if a budget's
+    long recipe fits too few epochs here (None if there is no such choice)."""
+    if isinstance(config, TrainConfig):
+        cfg, fallback = (resolve_config(options, base=config) if options else config), None
+    else:
+        merged = {**(config or {}), **options}
+        cfg, fallback = resolve_config(merged), long_recipe_fallback(merged)
+    paths = absolute_paths({k: getattr(cfg, k) for k in (*PATH_OPTIONS, "data", "teachers")})
+    return dataclasses.replace(cfg, **paths), fallback
 
 
 def long_recipe_fallback(overrides: dict[str, Any] | None, base: TrainConfig | None = None) -> dict[str, Any] | None:

@@ -109,8 +109,20 @@ FAMILY_RECIPES: dict[str, FamilyRecipe] = {r.name: r for r in [
 ]}
 
 
+def _registry_family(model: str) -> str | None:
+    from cnnkit.models.registry import TIMM_PREFIX, get_entry
+
+    if model.startswith(TIMM_PREFIX):
+        return None
+    try:
+        return get_entry(model).family
+    except Exception:  # an unknown name is reported when the model is built, with close matches
+        return None
+
+
 def family_recipe(model: str, family: str | None = None) -> FamilyRecipe:
-    """The recipe of `model` (a cnnkit name or timm/<name>); `family` is its registry family when known."""
+    """The recipe of `model` (a cnnkit name or timm/<name>); `family` is its registry family (looked up when not
+    given)."""
     name = model.split("/", 1)[-1]
     best: tuple[int, FamilyRecipe] | None = None
     for recipe in FAMILY_RECIPES.values():
@@ -119,6 +131,7 @@ def family_recipe(model: str, family: str | None = None) -> FamilyRecipe:
                 best = (len(prefix), recipe)
     if best is not None:
         return best[1]
+    family = family or _registry_family(model)
     if family:
         key = family.split(" ")[0]
         if key in FAMILY_RECIPES:

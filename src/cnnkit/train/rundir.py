@@ -15,13 +15,12 @@ import yaml
 from cnnkit.artifacts import OutputDir, RunLock, atomic_write_text, claim_dir, read_meta
 from cnnkit.artifacts.files import TENSORBOARD_EVENTS, check_out_dir
 from cnnkit.errors import CheckpointError, ConfigError
-from cnnkit.train.config import TrainConfig, long_recipe_fallback, resolve_config
+from cnnkit.train.config import TrainConfig, absolute_paths, resolve_new_run
 from cnnkit.train.run import Run
 
 # What `resume` may change: the length of the run, where it runs, and where the data now lives.
 RESUME_MAY_CHANGE = {"epochs", "device", "threads", "early_stopping", "data_dir", "data", "data_mode", "workers",
                      "checkpoint_every"}
-PATH_OPTIONS = ("out", "data_dir", "init_from")  # stored absolute, so that a run resumes from any folder
 # the names a run writes in its folder (TensorBoard's event files aside, in tb/)
 RUN_FILE = re.compile(r"config\.yaml|metrics\.csv|(best|last|epoch-\d{4,})\.(safetensors|json)"
                       r"|state-e\d{4,}(-s\d{7,})?\.safetensors")
@@ -32,42 +31,14 @@ def holds_run(folder: Path) -> bool:
     return (folder / "last.safetensors").exists() or (folder / "config.yaml").exists()
 
 
-def _absolute(path: str | None) -> str | None:
-    return str(Path(path).expanduser().absolute()) if path else path
-
-
-def _absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
-    """The options with every path made absolute (each once, where it enters)."""
-    values = dict(values)
-    for key in PATH_OPTIONS:
-        if values.get(key) is not None:
-            values[key] = _absolute(str(values[key]))
-    data = values.get("data")
-    for kind in ("imagefolder:", "webdataset:"):
-        if data and data.startswith(kind):
-            values["data"] = kind + _absolute(data.split(":", 1)[1])
-    if values.get("teachers"):
-        values["teachers"] = [_absolute(str(t)) for t in values["teachers"]]
-    return values
-
-
 def resolve_run(config: TrainConfig | dict[str, Any] | None, resume: str | Path | None,
                 options: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any] | None]:
     """The configuration a run trains, and the fast recipe's options to fall back to if a budget's long recipe
     fits too few epochs here (None if there is no such choice): a new configuration from the options, or the
     saved one of the run to resume (with what resuming may change)."""
     if resume is not None:
-        return _resumed(Path(resume).expanduser(), _absolute_paths(options)), None
-    if isinstance(config, TrainConfig):
-        cfg = resolve_config(options, base=config) if options else config
-        fallback = None
-    else:
-        merged = {**(config or {}), **options}
-        cfg, fallback = resolve_config(merged), long_recipe_fallback(merged)
-    absolute = _absolute_paths({k: getattr(cfg, k) for k in (*PATH_OPTIONS, "data", "teachers")})
-    for key, value in absolute.items():
-        setattr(cfg, key, value)
-    return cfg, fallback
+        return _resumed(Path(resume).expanduser(), absolute_paths(options)), None
+    return resolve_new_run(config, options)
 
 
 def _saved_config(run_dir: Path) -> dict[str, Any]:

@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 from timm.utils import ModelEmaV3
 
-from cnnkit.data import (BatchLoader, ImageData, Normalize, channel_stats, load_dataset, per_class_subset,
-                         train_val_split)
+from cnnkit.data import (BatchLoader, ImageData, IndexedImageSet, Normalize, channel_stats, open_training_data,
+                         per_class_subset, train_val_split)
 from cnnkit.errors import ConfigError
 from cnnkit.models import create
 from cnnkit.models.layers import ScheduledDropBlock
@@ -55,27 +55,27 @@ def prepare(run: Run) -> None:
 
 
 def load_data(run: Run) -> None:
-    """The training data, the validation split held out of it, and the channel statistics."""
+    """The training data (through the data door), the validation split held out of it unless the source has
+    its own, the subsets asked for, and the channel statistics."""
     cfg = run.cfg
-    run.data_note = "in memory"
-    if cfg.data.startswith("webdataset:"):
-        return _load_shards(run)
-    run.full = _training_split(run)
-    if cfg.val_fraction > 0:
+    opened = open_training_data(cfg.data, cfg.data_mode, run.ranks.world, cfg.val_fraction > 0,
+                                data_dir=cfg.data_dir, download=cfg.download, strict=cfg.strict,
+                                img_size=cfg.img_size, test_fraction=cfg.test_fraction, seed=cfg.data_split_seed)
+    run.full, run.data_note = opened.full, opened.note
+    if opened.splits_itself:
+        run.train_set, run.val_set = opened.full, opened.val
+    elif cfg.val_fraction > 0:
         tr_idx, va_idx = train_val_split(run.full.labels, cfg.val_fraction, cfg.data_split_seed)
         run.train_set, run.val_set = run.full.subset(tr_idx, "train"), run.full.subset(va_idx, "val")
     else:
         run.train_set, run.val_set = run.full, None
-    if cfg.train_images is not None and cfg.train_images < len(run.train_set):
-        _, keep = train_val_split(run.train_set.labels, cfg.train_images / len(run.train_set), cfg.seed)
-        run.train_set = run.train_set.subset(keep, "train")
-    if cfg.train_images_per_class is not None:  # few labels: K of each class
-        run.train_set = run.train_set.subset(
-            per_class_subset(run.train_set.labels, cfg.train_images_per_class, cfg.seed), "train")
+    _take_subsets(run)
     run.objective.check_data(tuple(run.full.img_size))
     if len(run.train_set) == 0:
         raise ConfigError(f"{cfg.data}: no training images left after holding out the validation split")
-    if isinstance(run.train_set, ImageData):
+    if opened.stats is not None:
+        run.mean, run.std = opened.stats
+    elif isinstance(run.train_set, ImageData):
         run.mean, run.std = channel_stats(run.train_set.images)
     else:  # from a fixed sample, decoded by workers: the same on every rank
         from cnnkit.data.stream import sample_channel_stats
@@ -85,40 +85,20 @@ def load_data(run: Run) -> None:
     run.fingerprint = run.full.fingerprint()
 
 
-def _training_split(run: Run) -> Any:
-    """The data's training split: in memory, or an image folder's files to stream."""
+def _take_subsets(run: Run) -> None:
+    """--train-images (a stratified share) and --train-images-per-class (K of each class) of the training split."""
     cfg = run.cfg
-    if cfg.data.startswith("imagefolder:"):  # listed first, decoded now or by the loader's workers
-        from cnnkit.data.imagefolder import decode_files, scan_imagefolder
-        from cnnkit.data.stream import choose_mode
-
-        files = scan_imagefolder(cfg.data.split(":", 1)[1], "train", cfg.img_size, None, cfg.test_fraction,
-                                 cfg.data_split_seed)
-        mode, run.data_note = choose_mode(cfg.data_mode, files, run.ranks.world)
-        return decode_files(files, cfg.strict) if mode == "memory" else files
-    if cfg.data_mode == "stream":
-        raise ConfigError(f"--data-mode stream reads image folders (imagefolder:DIR); {cfg.data} is loaded in memory")
-    return load_dataset(cfg.data, "train", data_dir=cfg.data_dir, download=cfg.download, strict=cfg.strict,
-                        img_size=cfg.img_size, test_fraction=cfg.test_fraction, seed=cfg.data_split_seed)
-
-
-def _load_shards(run: Run) -> None:
-    """WebDataset shards written by `cnnkit data shard`: train from the train shards, validate on the val ones."""
-    from cnnkit.data.shards import open_webdataset
-
-    cfg = run.cfg
-    if cfg.train_images is not None or cfg.train_images_per_class is not None:
-        raise ConfigError("--train-images and --train-images-per-class pick images by index; WebDataset shards "
-                          "are read in order: write shards of the subset instead")
-    path = cfg.data.split(":", 1)[1]
-    run.full = run.train_set = open_webdataset(path, "train")
-    run.val_set = open_webdataset(path, "val") if cfg.val_fraction > 0 else None
-    if run.val_set is not None and len(run.val_set) == 0:
-        run.val_set = None
-    run.objective.check_data(tuple(run.full.img_size))
-    run.mean, run.std = list(run.full.mean), list(run.full.std)
-    run.fingerprint = run.full.fingerprint()
-    run.data_note = "WebDataset shards (validation: the val shards)"
+    if cfg.train_images is None and cfg.train_images_per_class is None:
+        return
+    if not isinstance(run.train_set, IndexedImageSet):
+        raise ConfigError(f"--train-images and --train-images-per-class pick images by index; {cfg.data} is read "
+                          f"in order: write shards of the subset instead")
+    if cfg.train_images is not None and cfg.train_images < len(run.train_set):
+        _, keep = train_val_split(run.train_set.labels, cfg.train_images / len(run.train_set), cfg.seed)
+        run.train_set = run.train_set.subset(keep, "train")
+    if cfg.train_images_per_class is not None:  # few labels: K of each class
+        run.train_set = run.train_set.subset(
+            per_class_subset(run.train_set.labels, cfg.train_images_per_class, cfg.seed), "train")
 
 
 def build_model(run: Run) -> None:

@@ -107,7 +107,7 @@ async def detail(name: str, key: str, node: str, channel: int, request: Request)
 async def why(name: str, key: str, request: Request) -> JSONResponse:
     """One explanation map of a class (`target`, default the predicted one) by `method`, with its
     deletion and insertion scores for this image."""
-    from cnnkit.explain.run import target_index
+    from cnnkit.explain.workflows import target_index
 
     ex = await _explorer(request, name)
     method = str_field({}, request, "method", "gradcam")

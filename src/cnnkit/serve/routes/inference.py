@@ -68,7 +68,7 @@ async def explain(name: str, request: Request) -> JSONResponse:
 
 def _explain_options(m: ServedModel, fields: dict[str, Any], request: Request) -> tuple[str, str, int | None]:
     """The explanation's method, layer (`auto` for methods without one) and target class; 422 for unknown ones."""
-    from cnnkit.explain.run import METHODS, target_index
+    from cnnkit.explain.workflows import METHODS, target_index
 
     method = str_field(fields, request, "method", "gradcam")
     if method not in METHODS:

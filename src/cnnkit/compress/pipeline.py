@@ -16,10 +16,10 @@ import torch
 import torch.nn as nn
 
 from cnnkit.artifacts import LoadedCheckpoint, claim_dir, is_exported, load
-from cnnkit.compress.context import Context, Settings, training_split
+from cnnkit.compress.context import Context, Settings
 from cnnkit.compress.recipes import RECIPE_KINDS, RECIPE_SYNTAX, Recipe, Target, parse_recipes
 from cnnkit.compress.report import CompressResult, write_report
-from cnnkit.data.compat import DataSource, checkpoint_data_source
+from cnnkit.data.compat import DataSource, checkpoint_data_source, load_source_split
 from cnnkit.deploy import export_onnx
 from cnnkit.deploy.bench import bench_many
 from cnnkit.errors import CompressError
@@ -48,7 +48,8 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
     source = checkpoint_data_source(src, data, data_dir)  # resolved once: exported variants lack the config
     out = _output_folder(out_dir, src)
     rewound = rewind_point(rewind, src) if rewind is not None and any(r.kind == "sparse" for r in parsed) else None
-    ctx = Context(src, out, training_split(src, source, ignore_class_names), settings, log, rewound)
+    train = load_source_split(src, source, "train", ignore_class_names=ignore_class_names)
+    ctx = Context(src, out, train, settings, log, rewound)
     claim_dir(out)  # only now, every check passed: writes there replace only files cnnkit wrote
     targets = [Target("float32", "eager", src.path)]
     if onnx:
