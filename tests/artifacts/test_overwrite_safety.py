@@ -188,7 +188,7 @@ def test_the_file_system_root_is_never_an_output_folder(tmp_path, capsys):
     # refused before anything is loaded (were they not, the missing data and target would fail, writing nothing)
     assert main(["train", "--data", "imagefolder:" + str(tmp_path / "none"), "--out", "/", "--quiet"]) == 2
     assert "file-system root" in _error(capsys)
-    assert main(["bench", str(tmp_path / "none.onnx"), "--json", "/bench.json"]) == 2
+    assert main(["bench", str(tmp_path / "none.onnx"), "--out", "/bench.json"]) == 2
     assert "file-system root" in _error(capsys)
 
 
@@ -206,7 +206,7 @@ def test_refused_commands_leave_the_folder_as_it_was(tmp_path, tiny_run, capsys)
     for args, name in [(["export", "--checkpoint", str(tiny_run), "--out", str(folder / "user.onnx")], "user.onnx"),
                        (["export", "--checkpoint", str(tiny_run), "--out", str(folder / "other.onnx")],
                         "other.onnx.json"),
-                       (["bench", str(tiny_run), "--json", str(folder / "user.onnx")], "user.onnx"),
+                       (["bench", str(tiny_run), "--out", str(folder / "user.onnx")], "user.onnx"),
                        (["train", *TINY, "--out", str(folder)], "metrics.csv"),
                        (["train", *TINY, "--lr-find", "--out", str(folder)], "lr_find.csv")]:
         assert main(args) == 2, args

@@ -5,7 +5,6 @@ with one line and exit status 2 from the CLI."""
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import pickle
 import zipfile

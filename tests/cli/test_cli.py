@@ -29,7 +29,7 @@ def test_train_eval_predict_end_to_end(tmp_path, capsys, sample_train):
     code, out, err = run(capsys, "eval", "--checkpoint", str(run_dir), "--data", "sample", "--tta")
     assert code == 0, err
     assert "top-1" in out and "Ankle boot" in out
-    assert (run_dir / "eval-sample-test.json").exists() and (run_dir / "confusion-sample-test.png").exists()
+    assert (run_dir / "eval-run-sample-test.json").exists() and (run_dir / "confusion-run-sample-test.png").exists()
 
     for i in range(3):
         Image.fromarray(sample_train.images[i, 0].numpy()).resize((100, 80)).convert("RGB").save(tmp_path / f"{i}.jpg")

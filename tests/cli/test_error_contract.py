@@ -184,7 +184,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("predict-no-source", "predict {ok}", "--checkpoint RUN"),
     ("predict-both-sources", "predict {ok} --checkpoint {run} --url http://127.0.0.1:9/v1/models/x", "one of the two"),
     ("predict-bad-url", "predict {ok} --url ftp://example/x", "--url must look like"),
-    ("predict-url-no-model", "predict {ok} --url http://127.0.0.1:9", "say which model"),
+    ("predict-url-host-unreachable", "predict {ok} --url http://127.0.0.1:9", "cannot reach the service"),
     ("predict-no-service", "predict {ok} --url http://127.0.0.1:9/v1/models/x", "cannot reach the service"),
     ("predict-amp-fp16-cpu", "predict {ok} --checkpoint {run} --amp fp16 --device cpu", "fp16"),
     ("eval-amp-banana", "eval --checkpoint {run} --amp banana", "--amp must be"),
@@ -245,7 +245,7 @@ ROWS: list[tuple[str, str, str]] = [
     # bench
     ("bench-missing", "bench {bad}/missing", "no such checkpoint"),
     ("bench-garbage", "bench {bad}/garbage.safetensors", "not a readable safetensors file"),
-    ("bench-json-folder", "bench {run} --repeats 3 --json {bad}/empty", "is a folder"),
+    ("bench-out-folder", "bench {run} --repeats 3 --out {bad}/empty", "is a folder"),
     # soup
     ("soup-one-ingredient", "soup {run}", "at least 2 ingredients"),
     ("soup-other-architecture", "soup {run} {other}", "their model options differ"),

@@ -59,3 +59,30 @@ def test_each_value_reaches_the_config_as_the_fields_value(tmp_path, monkeypatch
     assert given["epochs"] is None and given["tta"] is None  # not given: the recipe decides
     TrainConfig.from_dict({k: v for k, v in given.items()
                            if v is not None and k not in ("resume", "overwrite", "progress")})
+
+
+def test_the_help_says_what_each_option_takes():
+    from cnnkit.data.corruptions import BENCHMARKS
+    from cnnkit.data.settings import BENCHMARK_DATASETS, TRAINING_DATASETS, AugmentConfig
+    from cnnkit.data.sources import DATASETS
+
+    # the light list the help is made from (the CLI starts without torch) names the data table's sets
+    assert sorted(TRAINING_DATASETS + BENCHMARK_DATASETS) == sorted(DATASETS)
+    assert sorted(BENCHMARK_DATASETS) == sorted(BENCHMARKS)
+    texts = {p.name: p.help for p in command("train").params}
+    assert all(name in texts["data"] for name in TRAINING_DATASETS)
+    assert all(f.name in texts["augment"] for f in dataclasses.fields(AugmentConfig))
+    assert "default on" not in texts["channels_last"] and "measured" in texts["channels_last"]
+    checkpoint = next(p.help for p in command("eval").params if p.name == "checkpoint")
+    assert all(kind in checkpoint for kind in (".safetensors", ".onnx", ".pt2", ".ts"))
+
+
+def test_webdataset_validates_on_its_val_shards_and_refuses_another_fraction(tmp_path, capsys):
+    from cnnkit.data.settings import DEFAULT_VAL_FRACTION
+
+    code = main(["train", "--data", f"webdataset:{tmp_path}", "--val-fraction", "0.3", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "its val shards are the validation split" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+    for fraction in (0.0, DEFAULT_VAL_FRACTION):  # none, or the val shards
+        TrainConfig(data=f"webdataset:{tmp_path}", val_fraction=fraction)

@@ -77,6 +77,26 @@ def test_onnx_runtime_int8_is_close_to_float(sample, tmp_path):
         assert _agree(ckpt.model(x), out) >= 0.95
 
 
+def test_onnx_runtimes_warnings_are_said_once_in_cnnkits_words(tmp_path, caplog):
+    """ONNX Runtime logs through the root logger, `WARNING:root:Axis 1 is out-of-range ...` once per use of a
+    1-D weight (a LayerNorm's scale): taken, and said once to the log; other logging is left as it was."""
+    import logging
+
+    from cnnkit.deploy import write_onnx
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LayerNorm(4 * 26 * 26), nn.Linear(4 * 26 * 26, 10))
+    write_onnx(model.eval(), torch.randn(2, 1, 28, 28), str(tmp_path / "m.onnx"))
+    handlers, said = list(logging.getLogger().handlers), []
+    caplog.clear()  # (the export's own debug records)
+    with caplog.at_level(logging.WARNING):
+        quantize_onnx(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", torch.randn(64, 1, 28, 28), "minmax", 32,
+                      log=said.append)
+        logging.getLogger("elsewhere").warning("still said")
+    assert said == ["  int8 ONNX: 1 one-dimensional weight(s) quantized per tensor, not per channel: 2.weight"]
+    assert [r.getMessage() for r in caplog.records] == ["still said"]  # none of ONNX Runtime's reached a handler
+    assert logging.getLogger().handlers == handlers
+
+
 def test_unquantizable_layers_fall_back_to_float_and_are_listed():
     net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.Hardswish(), nn.Conv2d(8, 8, 3), nn.Softsign(),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()

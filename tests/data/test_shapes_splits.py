@@ -76,7 +76,7 @@ def test_nonsquare_run_goes_through_every_step(nonsquare, tmp_path, capsys):
     onnx = tmp_path / "model.onnx"
     assert main(["export", "--checkpoint", str(run.run_dir), "--out", str(onnx)]) == 0
     assert main(["bench", str(onnx), "--data", f"imagefolder:{folder}", "--repeats", "3",
-                 "--json", str(tmp_path / "bench.json")]) == 0
+                 "--out", str(tmp_path / "bench.json")]) == 0
     rows = json.loads((tmp_path / "bench.json").read_text())  # the ONNX sidecar carries the split settings
     assert rows[0]["split"] == "test (held out 20%, seed 0)" and 0 <= rows[0]["top1"] <= 1
     capsys.readouterr()
@@ -240,9 +240,10 @@ def test_check_compatible_python_api(mnist_named, sample_train, tmp_path):
     from cnnkit.evaluate import evaluate
 
     ckpt = load(mnist_named)
-    with pytest.raises(CheckpointError, match=r"class 0 is 'T-shirt/top' in the data but '0 - zero'"):
+    with pytest.raises(CheckpointError, match=r"names classes that .* does not \('T-shirt/top', 'Trouser', "
+                                              r"'Pullover' in the data; '0 - zero', '1 - one', '2 - two' in the model\)"):
         check_compatible(ckpt, sample_train)
-    check_compatible(ckpt, sample_train, ignore_class_names=True)
+    assert check_compatible(ckpt, sample_train, ignore_class_names=True) is sample_train  # paired by position
     small = sample_train.subset(torch.arange(4), "train")
     small.images = small.images[:, :, :20, :12].contiguous()
     with pytest.raises(CheckpointError, match="gives 1×20×12 images but .* expects 1×28×28"):
@@ -261,3 +262,53 @@ def test_check_compatible_python_api(mnist_named, sample_train, tmp_path):
     assert ctx.calib.shape == (64, 1, 28, 28)
     with pytest.raises(CheckpointError, match="--ignore-class-names"):
         load_source_split(ckpt, source, "train")
+
+
+def _with_classes(ckpt: LoadedCheckpoint, classes: list[str]) -> LoadedCheckpoint:
+    return LoadedCheckpoint(ckpt.model, {**ckpt.meta, "classes": classes}, ckpt.path)
+
+
+def test_the_same_classes_in_another_order_are_renumbered_by_name(mnist_named, sample_train):
+    ckpt = load(mnist_named)
+    shuffled = [sample_train.classes[i] for i in (9, 0, 1, 2, 3, 4, 5, 6, 7, 8)]  # 'Ankle boot' first
+    model = _with_classes(ckpt, shuffled)
+    with pytest.warns(UserWarning, match=r"mapped to the model's classes by name \('T-shirt/top' is class 0 in "
+                                         r"the data, 'T-shirt/top' class 1 in the model\)"):
+        mapped = check_compatible(model, sample_train)
+    assert mapped.classes == shuffled and mapped is not sample_train and torch.equal(mapped.images, sample_train.images)
+    assert [shuffled[y] for y in mapped.labels[:50]] == [sample_train.classes[y] for y in sample_train.labels[:50]]
+    assert sample_train.classes[0] == "T-shirt/top" and sample_train.labels.max() == 9  # the loaded set untouched
+    # with --ignore-class-names too: these are the same names, and pairing them by position would be wrong
+    with pytest.warns(UserWarning, match="by name"):
+        assert torch.equal(check_compatible(model, sample_train, ignore_class_names=True).labels, mapped.labels)
+    # a folder cannot name a class 'T-shirt/top': names equal up to case and punctuation are the same class
+    folder_names = [c.replace("/", "_").lower() for c in sample_train.classes]
+    as_folder = sample_train.subset(torch.arange(len(sample_train)), "test")
+    as_folder.classes = sorted(folder_names)
+    as_folder.labels = torch.tensor([as_folder.classes.index(folder_names[y]) for y in sample_train.labels])
+    ckpt = _with_classes(ckpt, list(sample_train.classes))
+    with pytest.warns(UserWarning, match=r"by name \(ignoring case and punctuation\)"):
+        back = check_compatible(ckpt, as_folder)
+    assert torch.equal(back.labels, sample_train.labels) and back.classes == sample_train.classes
+    # in the same order, nothing to say and nothing copied
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_compatible(ckpt, sample_train) is sample_train
+
+
+def test_ignore_class_names_warns_of_a_name_at_another_position(mnist_named, sample_train):
+    import warnings
+
+    ckpt = load(mnist_named)
+    names = list(MNIST_CLASSES)
+    names[3] = sample_train.classes[0]  # 'T-shirt/top' is the data's class 0 and the model's class 3
+    with pytest.warns(UserWarning, match=r"has 'T-shirt/top' as class 0 and .* as class 3: the scores are against "
+                                         r"the model's class 0 for those images"):
+        assert check_compatible(_with_classes(ckpt, names), sample_train, ignore_class_names=True) is sample_train
+    names[3] = "3 - three"
+    names[0] = sample_train.classes[0]  # at the same position: other names paired by position, as asked
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_compatible(_with_classes(ckpt, names), sample_train, ignore_class_names=True) is sample_train

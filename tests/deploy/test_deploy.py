@@ -93,7 +93,7 @@ def test_bench_measures_checkpoints_and_artifacts(exported, trained_run, tmp_pat
     assert (ck["device"], ck["precision"]) == ("cpu", "float32") and ox["precision"] == "as exported"
     out = tmp_path / "b.json"
     assert main(["bench", str(trained_run.run_dir), str(exported.path), "--repeats", "3", "--batch", "4",
-                 "--json", str(out)]) == 0
+                 "--out", str(out)]) == 0
     assert len(json.loads(out.read_text())) == 2 and "p50 ms" in capsys.readouterr().out
 
 

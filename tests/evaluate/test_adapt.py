@@ -104,8 +104,18 @@ def test_cli_eval_on_a_corruption_benchmark_and_predict_with_adaptation(trained_
                          "--adapt", "alpha-bn", "--alpha", "0.5", "--images-per-cell", "200", "--out", str(tmp_path))
     assert code == 0, err
     assert "snow" in out and "mean corruption error" in out and "alpha-bn (batch 512, alpha 0.5)" in out
-    saved = json.loads((tmp_path / "eval-sample-c-snow-1+5-alpha-bn.json").read_text())
+    saved = json.loads((tmp_path / f"eval-{trained_run.run_dir.name}-sample-c-snow-1+5-alpha-bn.json").read_text())
     assert saved["images_per_cell"] == 200 and set(saved["errors"]["snow"]) == {"1", "5"}
+    # progress on stderr: what runs, the clean images, then a line per corruption; the table's errors in percent
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("sample-c:snow:1,5: 1 corruption(s) × 2 severities of 200 images of the test split"), err
+    assert lines[1].startswith("clean: top-1 error ") and len(lines) == 3
+    snow = saved["errors"]["snow"]
+    assert lines[2] == f"snow (1/1): top-1 error by severity 1: {100 * snow['1']:.2f}%, 5: {100 * snow['5']:.2f}%"
+    assert f"{100 * saved['mean_corruption_error']:.2f}%" in out
+    code, out, err = run(capsys, "eval", "--checkpoint", str(trained_run.run_dir), "--data", "sample-c:snow:1",
+                         "--images-per-cell", "50", "--out", str(tmp_path), "--quiet")
+    assert code == 0 and err == "" and "snow" in out
     from PIL import Image
 
     for i in range(6):
@@ -147,8 +157,10 @@ def test_validation_split_is_the_runs_held_out_images_clean_and_corrupted(traine
     code, out, err = run(capsys, "eval", "--checkpoint", str(trained_run.run_dir), "--data", "sample-c:fog:5",
                          "--split", "val", "--adapt", "alpha-bn", "--alpha", "0.1", "--out", str(tmp_path / "cli"))
     assert code == 0, err
-    assert "validation images" in out
-    saved = json.loads((tmp_path / "cli" / "eval-sample-c-fog-5-val-alpha-bn.json").read_text())
+    assert "validation images" in out and "sample-c:fog:5" in out  # the name as given, not rich's fog emoji
+    assert err.splitlines()[0].startswith("sample-c:fog:5: 1 corruption(s) × 1 severity of ")
+    saved = json.loads((tmp_path / "cli" / f"eval-{trained_run.run_dir.name}-sample-c-fog-5-val-alpha-bn.json")
+                       .read_text())
     assert saved["split"] == "val" and saved["adapt"]["alpha"] == 0.1
     with pytest.raises(ConfigError, match="not that data"):  # another dataset has no such validation split
         evaluate(trained_run.run_dir, "cluttered-sample", "val", ignore_class_names=True)

@@ -62,3 +62,100 @@ def test_evaluate_on_incompatible_data_is_an_error(trained_run, sample_train, tm
     write_imagefolder(tmp_path, sample_train, per_class=2, mixed=False)
     with pytest.raises(CheckpointError, match="has 3 classes but .* was trained on 10"):
         evaluate(trained_run.run_dir, f"imagefolder:{tmp_path}")
+
+
+def write_test_split_by_class_name(root, test) -> str:
+    """The sample's test split as `root/test/<class name>/NNNN.png` ('/' in a name as '-'): the folders sort
+    alphabetically ('Ankle boot' first), not in Fashion-MNIST's order ('T-shirt/top' first)."""
+    for i, (image, label) in enumerate(zip(test.images, test.labels.tolist())):
+        d = root / "test" / test.classes[label].replace("/", "-")
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[0].numpy(), "L").save(d / f"{i:04d}.png")
+    return f"imagefolder:{root}"
+
+
+def test_a_folder_of_the_same_classes_in_another_order_is_scored_by_name(trained_run, tmp_path, capsys):
+    from cnnkit.cli import main
+    from cnnkit.data import load_dataset
+
+    test = load_dataset("sample", "test")
+    folder = write_test_split_by_class_name(tmp_path / "photos", test)
+    assert load_dataset(folder, "test").classes[0] == "Ankle boot"  # not the checkpoint's class 0
+    own = evaluate(trained_run.run_dir, "sample").metrics["top1"]
+    with pytest.warns(UserWarning, match=r"mapped to the model's classes by name .*'Ankle boot' is class 0 in the "
+                                         r"data, 'Ankle boot' class 9 in the model"):
+        r = evaluate(trained_run.run_dir, folder)
+    assert r.metrics["images"] == 1000 and abs(r.metrics["top1"] - own) < 0.005  # the same 28×28 images
+    assert r.data.classes == test.classes and torch.equal(r.data.labels.sort().values, test.labels.sort().values)
+    with pytest.warns(UserWarning, match="by name"):  # the option pairs other names; these are the same ones
+        assert evaluate(trained_run.run_dir, folder, ignore_class_names=True).metrics["top1"] == r.metrics["top1"]
+    # the command says so in one line, and scores the same
+    assert main(["eval", "--checkpoint", str(trained_run.run_dir), "--data", folder, "--out", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "warning:" in err and "by name" in err, err
+    assert f"{100 * r.metrics['top1']:.2f}%" in out
+
+
+def test_reports_of_two_checkpoints_in_one_folder_are_both_kept(trained_run, tmp_path):
+    import shutil
+
+    from cnnkit.artifacts import load, save_checkpoint
+
+    other = tmp_path / "elsewhere" / trained_run.run_dir.name  # another run of the same name
+    ckpt = load(trained_run.run_dir)
+    with torch.no_grad():
+        next(ckpt.model.parameters()).mul_(0.5)
+    other.mkdir(parents=True)
+    save_checkpoint(other / "best.safetensors", ckpt.model, ckpt.meta)
+    shutil.copy(trained_run.run_dir / "best.safetensors", tmp_path / "copy.safetensors")
+    out = tmp_path / "reports"
+    paths = [evaluate(c, "sample", out_dir=out).json_path
+             for c in (trained_run.run_dir, other, tmp_path / "copy.safetensors", trained_run.run_dir)]
+    assert paths[0] == paths[3] == out / f"eval-{trained_run.run_dir.name}-sample-test.json"  # its own: replaced
+    assert paths[1] == out / f"eval-{trained_run.run_dir.name}-sample-test-2.json"  # another's: kept
+    assert paths[2] == out / "eval-copy-sample-test.json"
+    assert sorted(p.name for p in out.glob("eval-*.json")) == sorted({p.name for p in paths})
+    recorded = [json.loads(p.read_text())["checkpoint"] for p in paths[:3]]
+    assert recorded == [str((trained_run.run_dir / "best.safetensors").absolute()), str(other / "best.safetensors"),
+                        str(tmp_path / "copy.safetensors")]
+    assert all((out / f"confusion-{p.stem.removeprefix('eval-')}.png").exists() for p in paths)
+    folder = tmp_path / "imgs"
+    write_imagefolder(folder, load_dataset_sample_test(), classes=range(10), per_class=2, mixed=False)
+    with pytest.warns(UserWarning, match="by name"):  # its class folders sort alphabetically
+        r = evaluate(trained_run.run_dir, f"imagefolder:{folder}", out_dir=out)
+    assert r.json_path.name == f"eval-{trained_run.run_dir.name}-imagefolder-imgs-test.json"
+    assert json.loads(r.json_path.read_text())["data"] == f"imagefolder:{folder}"  # the whole name
+
+
+def load_dataset_sample_test():
+    from cnnkit.data import load_dataset
+
+    return load_dataset("sample", "test")
+
+
+def test_predict_json_and_csv_give_full_paths_and_fractions(trained_run, sample_train, tmp_path, capsys,
+                                                            monkeypatch):
+    import csv
+    import io
+
+    from cnnkit.cli import main
+
+    for i in range(2):
+        Image.fromarray(sample_train.images[i, 0].numpy()).save(tmp_path / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    args = ["predict", "0.png", "1.png", "--checkpoint", str(trained_run.run_dir), "--topk", "2"]
+    assert main([*args, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in rows] == [str(tmp_path / "0.png"), str(tmp_path / "1.png")]
+    top = rows[0]["top"]
+    assert len(top) == 2 and top[0]["class"] in sample_train.classes and 0 < top[1]["probability"] <= \
+        top[0]["probability"] <= 1
+    assert main([*args, "--csv"]) == 0
+    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["image"], r["rank"], r["class"]) for r in table][:2] == [(str(tmp_path / "0.png"), "1", top[0]["class"]),
+                                                                         (str(tmp_path / "0.png"), "2", top[1]["class"])]
+    assert float(table[0]["probability"]) == pytest.approx(top[0]["probability"])
+    assert main(args) == 0  # the table: each probability as a percentage with two decimals
+    assert f"{top[0]['class']} {100 * top[0]['probability']:.2f}%" in capsys.readouterr().out
+    assert main([*args, "--json", "--csv"]) == 2
+    assert "--json or --csv" in capsys.readouterr().err

@@ -96,8 +96,48 @@ def test_cli_writes_both_soups_and_the_table(cli_soup):
     assert [r.split(",")[0] for r in rows[1:]] == ["ing1", "ing2", "scrambled", "uniform soup", "greedy soup"]
     md = (soup / "soup.md").read_text()
     assert "| scrambled |" in md and "| greedy soup |" in md and "left out" in md
-    for word in ("ing1", "ing2", "scrambled", "uniform soup", "greedy soup", "held-out acc", "BatchNorm images"):
+    for word in ("ing1", "ing2", "scrambled", "uniform soup", "greedy soup", "held-out acc", "held-out images"):
         assert word in out
+
+
+def test_the_table_says_how_every_row_was_scored(cli_soup):
+    """Accuracies in percent; whether TTA was used (the ingredients' training validated with it, and the soup
+    says so); each soup's BatchNorm statistics re-measured, the ingredients' as trained; the images named."""
+    import csv
+
+    code, out, err, soup = cli_soup
+    rows = list(csv.DictReader((soup / "soup.csv").open()))
+    lines = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") >= 5}
+    for r in rows:
+        cells = [c.strip() for c in lines[r["name"]].split("│")[1:-1]]
+        assert cells[1:4] == [f"{100 * float(r['heldout_acc']):.2f}%", f"{100 * float(r['test_acc']):.2f}%",
+                              "as trained" if r["kind"] == "ingredient" else "re-measured"], cells
+        assert r["tta"] == "none" and r["batchnorm"] == cells[3]
+    assert "without flip TTA" in out and "their best val acc is a TTA figure; --tta to compare" in out
+    assert f"re-measured on {BN_IMAGES} training images" in out and "ingredients: as trained" in out
+    assert "500 validation images of sample that no ingredient trained on" in out
+    md = (soup / "soup.md").read_text()
+    assert "| BatchNorm |" in md and "| as trained |" in md and "%" in md
+
+
+def test_with_tta_an_ingredient_scores_what_its_training_validated(runs, tmp_path):
+    """The ingredients' recipe validates with flip TTA: scored so, on the same held-out images (the whole
+    validation split, one split seed), an ingredient's held-out accuracy is its run's validation accuracy."""
+    from cnnkit.artifacts import read_meta
+    from cnnkit.merge import make_soup
+
+    said: list[tuple] = []
+    with_tta = make_soup([runs["ing1"], runs["ing2"]], "uniform", bn_images=0, out=tmp_path / "tta", tta=True,
+                         progress=lambda *parts: said.append(parts))
+    plain = make_soup([runs["ing1"], runs["ing2"]], "uniform", bn_images=0, out=tmp_path / "plain", progress=False)
+    assert with_tta.tta and with_tta.trained_with_tta and not plain.tta
+    for name in ("ing1", "ing2"):
+        val_acc = read_meta(runs[name] / "best.safetensors")["metrics"]["val_acc"]
+        assert with_tta.row(name).heldout_acc == pytest.approx(val_acc, abs=0.004)
+    assert any(r.heldout_acc != p.heldout_acc for r, p in zip(with_tta.rows, plain.rows))
+    # progress lines come in pieces, accuracies as fractions, for the caller to show in its unit
+    assert any(p[0] == "  ing1 (as trained): held-out " and p[1] == with_tta.row("ing1").heldout_acc for p in said)
+    assert read_meta(with_tta.paths["uniform"])["soup"]["tta"] is True
 
 
 def test_uniform_soup_weights_are_the_mean_of_the_ingredients(runs, cli_soup):

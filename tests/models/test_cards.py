@@ -58,6 +58,25 @@ def test_models_info_cli(capsys):
     assert "attn" in card["options"] and "ECA" in card["options"]["attn"].upper()
 
 
+def test_models_info_describes_what_train_builds_for_the_data(capsys):
+    """Without --input, the card is of the model `cnnkit train --model NAME` builds for the data: the recipe's
+    model options, the data's channels, size and classes; and the settings that run trains with."""
+    code, out, err = run(capsys, "models", "info", "resnet9", "--no-timing", "--json")
+    card = json.loads(out)
+    assert code == 0, err
+    assert card["model_kwargs"] == {"width": 16, "pool_first": True} and card["input"] == [1, 28, 28]
+    assert card["params"] == 412_666 and card["recipe"] is None  # 0.41 M, not the 6.57 M of width 64
+    t = card["training"]
+    assert (t["model_recipe"], t["batch_size"], t["lr"], t["warmup_epochs"]) == ("fast:mnist-like", 256, 0.2, 1.5)
+    code, out, err = run(capsys, "models", "info", "resnet9", "--no-timing", "--json", "--recipe", "long")
+    assert json.loads(out)["model_kwargs"] == {"width": 24, "pool_first": True}
+    code, out, err = run(capsys, "models", "info", "nin3", "--no-timing", "--model-kw", "width=0.25")
+    assert code == 0, err
+    assert "default training recipe (nin family" in out and "batch 128" in out and "width=0.25" in out
+    code, out, err = run(capsys, "models", "info", "resnet50", "--no-timing")
+    assert code == 2 and "too small for resnet50" in err and "--input" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("args,message", [
     (("models", "info", "resnet2O"), "did you mean"),
     (("models", "info", "resnet20", "--input", "28x28"), "CxHxW"),
@@ -101,4 +120,10 @@ def test_fit_with_zoo_options_and_init_from(tmp_path, capsys, trained_run):
     assert torch.allclose(a["layer2.0.0.weight"], b["layer2.0.0.weight"], atol=1e-6)  # tiny lr: still the init
     code, _, err = run(capsys, "train", "--model", "resnet20", "--data", "sample", "--epochs", "1",
                        "--init-from", str(trained_run.run_dir), "--out", str(tmp_path / "bad"), "--quiet")
-    assert code == 2 and "do not fit the model" in err
+    # a cnnkit run's weights belong to its architecture: another model is refused, naming the flags to add
+    assert code == 2 and "not the resnet20 asked for" in err and "add --model resnet9 --model-kw width=8" in err
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = run(capsys, "train", "--model", "resnet9", "--model-kw", "width=16", "--data", "sample",
+                       "--epochs", "1", "--init-from", str(trained_run.run_dir), "--out", str(tmp_path / "bad"),
+                       "--quiet")
+    assert code == 2 and "do not fit resnet9 with width=16" in err and "--model-kw width=8" in err

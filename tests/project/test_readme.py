@@ -11,7 +11,8 @@ The pages read here are README.md and every Markdown page under docs/ (the MkDoc
    command has.
 2. Every `cnnkit ...` line of the pages' ```bash blocks runs and exits 0, in-process through
    `cnnkit.cli.main`, in a fresh folder, shortened to seconds by the rules in SHORTEN below, with the
-   paths it reads (runs/fmnist, fmnist.onnx, shirt.png, ...) made once per module (PLACEHOLDERS). A line
+   paths it reads (runs/fmnist, photos, fmnist.onnx, ...) made once per module (PLACEHOLDERS): by the README's
+   own line that writes them, shortened, where the README writes them (a newcomer has nothing else). A line
    that, shortened, repeats another (in the same page or another one) runs once.
    A line whose comment says "(needs a network)" or "(needs a GPU)" is skipped where that is missing.
 """
@@ -281,6 +282,8 @@ SHORTEN: dict[str, list[tuple[str, str | None]]] = {
     "features": [("--limit", "50")],
     "probe": [("--train-images", "200"), ("--test-images", "100"), ("--epochs", "2"), ("--quiet", None)],  # the static export: 1 image, not 8 (six explanations of two classes each)
     "soup": [("--bn-images", "200"), ("--quiet", None)],
+    # 400 train images (the train lines above take 300 of them, less the validation share) and 40 test per class
+    "data export-sample": [("--limit", "40")],
 }
 # Also: `bench` and `compress` measure each model's peak memory in a fresh Python process (seconds each);
 # here that measurement is stubbed (tests/test_deploy.py covers it).
@@ -294,7 +297,7 @@ NEEDS = {"(needs a network)": "no network in the tests", "(needs a GPU)": "no CU
 def command_key(argv: list[str]) -> str:
     """The SHORTEN key of a command line: its command path, plus the option that changes what it does."""
     words = [a for a in argv if a != "--debug"]
-    key = words[0] + (f" {words[1]}" if words[0] == "models" and len(words) > 1 else "")
+    key = words[0] + (f" {words[1]}" if words[0] in ("models", "data") and len(words) > 1 else "")
     for mode in ("--resume", "--benchmark", "--budget", "--lr-find", "--nproc"):
         if mode in words:
             key += f" {mode}"
@@ -339,27 +342,58 @@ def test_shorten_rules():
     assert shorten(["--debug", "models", "info", "x"]) == ["--debug", "models", "info", "x", "--no-timing"]
     assert shorten(["explain", "--benchmark", "--data", "cluttered-fashion-mnist"])[:4] == [
         "explain", "--benchmark", "--data", "cluttered-sample"]
+    assert shorten(["data", "export-sample", "photos"]) == ["data", "export-sample", "photos", "--limit", "40"]
 
 
 # Paths the pages' commands read, made once per module in a folder of their own and copied into each
-# command's working folder when the command names them (as a path, or as `imagefolder:<path>`).
+# command's working folder when the command names them (as a path, or as `imagefolder:<path>`). Those the
+# README's flow writes are made by its own line (README_MADE), shortened as SHORTEN says.
 PLACEHOLDERS: dict[str, str] = {
-    "runs/fmnist": "cnnkit train: resnet9 width 8, 1 epoch on 500 sample images, --keep-epoch 1",
+    "runs/fmnist": "the README's cnnkit train line, shortened, at width 8 and with --keep-epoch 1 (the rewind of "
+                   "docs/compress.md)",
+    "photos": "the README's cnnkit data export-sample line, shortened: 40 images per class and split",
+    "fmnist.onnx": "the README's cnnkit export line (with its sidecar)",
+    "compressed": "the README's cnnkit compress line, shortened",
     "runs/cluttered": "cnnkit train: resnet9 width 8, 1 epoch on 300 cluttered-sample images",
-    "fmnist.onnx": "cnnkit export of runs/fmnist, with its sidecar",
     "fmnist.pt2": "cnnkit export --format torch-export of runs/fmnist, with its sidecar",
-    "compressed": "cnnkit compress --recipe int8 --no-onnx of runs/fmnist",
-    "shirt.png": "a sample test image of a shirt",
-    "shirt.jpg": "the same as JPEG, 100×80 RGB",
-    "shoes": "a folder of two sample images (a sneaker, an ankle boot)",
-    "more_photos": "a folder of two JPEG sample images of other sizes",
-    "photos": "an image folder: 3 classes × 20 real sample images of mixed sizes and modes",
+    "shirt.png": "a sample test image of a shirt (docs/export.md)",
     "resnet18-f37072fd.pth": "torchvision's resnet18 state dict, randomly initialized (nothing downloaded)",
     "runs/rotnet": "cnnkit pretrain: nin4 width 0.25, 1 epoch on 300 sample images",
     **{f"runs/ing-{s}": f"cnnkit train --init-from runs/fmnist --split-seed 0 --seed {s}: 1 epoch on 200 sample images"
        for s in (1, 2, 3)},  # model-soup ingredients
 }
 OUTPUT_OPTIONS = {"--out", "--json"}  # their values are written, never read
+# the options each README-made placeholder adds to the README's line that writes it
+README_MADE = {"runs/fmnist": [("--model-kw", "width=8"), ("--keep-epoch", "1")], "photos": [],
+               "fmnist.onnx": [], "compressed": []}
+
+
+def written_by(argv: list[str]) -> str | None:
+    """The path a command line writes: its --out, or the folder of `data export-sample DIR`."""
+    if argv[:2] == ["data", "export-sample"] and len(argv) > 2:
+        return argv[2]
+    return argv[argv.index("--out") + 1] if "--out" in argv[:-1] else None
+
+
+def readme_line_writing(name: str) -> list[str]:
+    """The argv (after `cnnkit`) of the one README line that writes `name`, shortened."""
+    found = [argv for argv in (shlex.split(line, comments=True)[1:] for line in bash_command_lines(PAGES["README.md"]))
+             if written_by(argv) == name]
+    assert len(found) == 1, f"README.md has {len(found)} lines writing {name}; the placeholder is made by one"
+    return shorten(found[0])
+
+
+def test_the_readme_writes_what_its_flow_reads():
+    """A newcomer has only the README: the run, the image files and the artifacts its lines read are written by
+    its own earlier lines (and so the placeholders are made by those lines)."""
+    assert readme_line_writing("photos")[:2] == ["data", "export-sample"]
+    assert readme_line_writing("runs/fmnist")[0] == "train"
+    assert {readme_line_writing(n)[0] for n in ("fmnist.onnx", "compressed")} == {"export", "compress"}
+    readme = [shlex.split(line, comments=True)[1:] for line in bash_command_lines(PAGES["README.md"])]
+    for i, argv in enumerate(readme):
+        reads = {n for n in Placeholders.needed(argv) if n not in README_MADE or written_by(argv) != n}
+        earlier = {written_by(a) for a in readme[:i]}
+        assert reads <= earlier, f"README line `cnnkit {shlex.join(argv)}` reads {reads - earlier}, not written before it"
 
 
 def no_peak_memory(target, batch=64, device="cpu", amp="off"):  # noqa: ANN001, ANN201
@@ -383,10 +417,9 @@ class Placeholders:
     def __init__(self, root: Path, sample_train) -> None:  # noqa: ANN001
         self.root, self.sample = root, sample_train
         self.makers: dict[str, Callable[[Path], None]] = {
-            "runs/fmnist": self._fmnist, "runs/cluttered": self._cluttered, "fmnist.onnx": self._onnx,
-            "fmnist.pt2": self._pt2, "compressed": self._compressed, "shirt.png": self._shirt_png,
-            "shirt.jpg": self._shirt_jpg, "shoes": self._shoes, "more_photos": self._more_photos,
-            "photos": self._photos, "resnet18-f37072fd.pth": self._resnet18, "runs/rotnet": self._rotnet,
+            **{name: lambda at, name=name: self._readme(name) for name in README_MADE},
+            "runs/cluttered": self._cluttered, "fmnist.pt2": self._pt2, "shirt.png": self._shirt_png,
+            "resnet18-f37072fd.pth": self._resnet18, "runs/rotnet": self._rotnet,
             **{f"runs/ing-{s}": lambda at, s=s: self._ingredient(at, s) for s in (1, 2, 3)},
         }
         assert self.makers.keys() == PLACEHOLDERS.keys()
@@ -395,8 +428,10 @@ class Placeholders:
         """The made placeholder `name` (made now if it is not yet)."""
         home = self.root / name.replace("/", "_")
         if not home.exists():
+            home.mkdir(parents=True)
             with pytest.MonkeyPatch.context() as mp:
                 stub_peak_memory(mp)
+                mp.chdir(home)  # where a README line writes its relative paths
                 self.makers[name](home / name)
         return home / name
 
@@ -409,17 +444,24 @@ class Placeholders:
             elif not src.name.startswith(".cnnkit"):
                 shutil.copy2(src, cwd / src.name)
 
-    def needed(self, argv: list[str]) -> Iterator[str]:
+    @staticmethod
+    def needed(argv: list[str]) -> Iterator[str]:
+        """The placeholders `argv` reads (not those it writes)."""
         for i, token in enumerate(argv):
-            if i and argv[i - 1] in OUTPUT_OPTIONS:
+            if (i and argv[i - 1] in OUTPUT_OPTIONS) or (i == 2 and argv[:2] == ["data", "export-sample"]):
                 continue
             token = token.removeprefix("imagefolder:").rstrip("/")
             yield from (n for n in PLACEHOLDERS if token == n or token.startswith(n + "/"))
 
     # -- makers
-    def _fmnist(self, at: Path) -> None:
-        run_cli("train", "--model", "resnet9", "--model-kw", "width=8", "--data", "sample", "--epochs", "1",
-                "--train-images", "500", "--keep-epoch", "1", "--out", at, "--quiet")
+    def _readme(self, name: str) -> None:
+        """Run the README's line that writes `name`, shortened (README_MADE's options added), in the current
+        folder, the placeholders it reads given by their made paths."""
+        argv = readme_line_writing(name)
+        for option, value in README_MADE[name]:
+            argv = set_option(argv, option, value)
+        reads = set(self.needed(argv))
+        run_cli(*(str(self.path(a)) if a in reads else a for a in argv))
 
     def _rotnet(self, at: Path) -> None:
         run_cli("pretrain", "--model", "nin4", "--model-kw", "width=0.25", "--data", "sample", "--epochs", "1",
@@ -434,50 +476,20 @@ class Placeholders:
         run_cli("train", "--model", "resnet9", "--model-kw", "width=8", "--data", "cluttered-sample", "--epochs",
                 "1", "--train-images", "300", "--out", at, "--quiet")
 
-    def _onnx(self, at: Path) -> None:
-        run_cli("export", "--checkpoint", self.path("runs/fmnist"), "--out", at)
-
     def _pt2(self, at: Path) -> None:
         run_cli("export", "--checkpoint", self.path("runs/fmnist"), "--format", "torch-export", "--out", at)
 
-    def _compressed(self, at: Path) -> None:
-        run_cli("compress", "--checkpoint", self.path("runs/fmnist"), "--recipe", "int8", "--no-onnx",
-                "--calibration", "64", "--repeats", "3", "--out", at)
-
-    def _image(self, label: int, k: int = 0):  # noqa: ANN202
+    def _shirt_png(self, at: Path) -> None:
         from PIL import Image
 
-        idx = (self.sample.labels == label).nonzero().flatten()[k]
-        return Image.fromarray(self.sample.images[idx, 0].numpy(), "L")
-
-    def _shirt_png(self, at: Path) -> None:
-        at.parent.mkdir(parents=True)
-        self._image(6).save(at)
-
-    def _shirt_jpg(self, at: Path) -> None:
-        at.parent.mkdir(parents=True)
-        self._image(6, 1).resize((100, 80)).convert("RGB").save(at)
-
-    def _shoes(self, at: Path) -> None:
-        at.mkdir(parents=True)
-        self._image(7).save(at / "sneaker.png")
-        self._image(9).save(at / "ankle-boot.png")
-
-    def _more_photos(self, at: Path) -> None:
-        at.mkdir(parents=True)
-        self._image(0).resize((64, 48)).convert("RGB").save(at / "top.jpg")
-        self._image(1).resize((40, 40)).convert("RGB").save(at / "trouser.jpg")
-
-    def _photos(self, at: Path) -> None:
-        from tests.conftest import write_imagefolder
-
-        write_imagefolder(at, self.sample, classes=(0, 1, 7), per_class=20)
+        idx = (self.sample.labels == 6).nonzero().flatten()[0]
+        Image.fromarray(self.sample.images[idx, 0].numpy(), "L").save(at)
 
     def _resnet18(self, at: Path) -> None:
         import torch
         import torchvision
 
-        at.parent.mkdir(parents=True)
+        at.parent.mkdir(parents=True, exist_ok=True)
         torch.save(torchvision.models.resnet18().state_dict(), at)
 
 

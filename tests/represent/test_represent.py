@@ -231,3 +231,58 @@ def test_a_rotnet_run_can_be_explored_with_its_data_in_the_gallery(rotnet_run):
     assert all(i["correct"] is None for i in g["images"])
     ov = ex.overview(g["images"][0]["id"])
     assert len(ov["probabilities"]) == 4  # the rotation head
+
+
+@pytest.fixture(scope="module")
+def feature_files(rotnet_run, tmp_path_factory):
+    """Features of the RotNet run: both splits (30 images each), its test split alone, and both pooled avg."""
+    from cnnkit.represent import feature_splits, save_features
+
+    folder = tmp_path_factory.mktemp("feats")
+    both = feature_splits(rotnet_run.run_dir, device="cpu", data="sample", limit=30)
+    paths = {"both": save_features(both, folder / "both.safetensors"),
+             "test": save_features(both[1], folder / "test.safetensors"),
+             "avg": save_features(feature_splits(rotnet_run.run_dir, device="cpu", data="sample", limit=30,
+                                                 pool="avg"), folder / "avg.safetensors")}
+    return paths
+
+
+def test_a_features_file_holds_both_splits_pooled_as_probe_pools(feature_files):
+    from cnnkit.represent import DEFAULT_POOL, load_feature_splits, load_features
+
+    splits = load_feature_splits(feature_files["both"])
+    assert set(splits) == {"train", "test"} and DEFAULT_POOL == "avg3"
+    assert all(f.pool == "avg3" and len(f.labels) == 30 for f in splits.values())
+    assert splits["train"].layers["blocks.block1"].shape[1] == 9 * 12  # a 3×3 grid of averages of 12 channels
+    assert torch.equal(load_features(feature_files["both"]).labels, splits["test"].labels)  # test by default
+    assert load_features(feature_files["test"]).split == "test"
+
+
+def test_probe_of_a_features_file_is_the_probe_of_its_checkpoint(rotnet_run, feature_files):
+    """The stored features are the representation: probed as they are, they score what extracting them again
+    from the checkpoint scores, on the same images."""
+    from cnnkit.represent import probe
+
+    kw = dict(data="sample", heads=["linear"], train_limit=30, test_limit=30, device="cpu")
+    from_file = probe([], features=[str(feature_files["both"])], **kw)
+    from_net = probe([str(rotnet_run.run_dir)], **kw)
+    assert [(r.layer, r.test_acc, r.dims) for r in from_file] == [(r.layer, r.test_acc, r.dims) for r in from_net]
+    assert {r.source for r in from_file} == {str(feature_files["both"])}
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--checkpoint", "{both}"], "is a features file (`cnnkit features` wrote it), not a checkpoint: probe it "
+                                 "with --features"),
+    (["--features", "{test}"], "holds no train features"),
+    (["--features", "{both}", "--data", "mnist"], "holds features of sample, not of mnist"),
+    (["--features", "{avg}", "--pool", "avg3"], "pooled avg; they cannot be pooled avg3"),
+    (["--features", "{both}", "--layer", "blocks.nope"], "no layer 'blocks.nope'"),
+    (["--features", "{both}", "--random-init"], "--random-init needs a --checkpoint"),
+    (["--features", "{both}", "--checkpoint", "{run}"], "its test features are of other images"),
+    ([], "give at least one --checkpoint or --features"),
+])
+def test_probe_refuses_features_it_cannot_score_honestly_in_one_line(rotnet_run, feature_files, capsys, args,
+                                                                     says):
+    names = {k: str(v) for k, v in feature_files.items()}
+    code, _, err = run(capsys, "probe", *[a.format(run=rotnet_run.run_dir, **names) for a in args], "--quiet")
+    assert code == 2 and says in err and err.strip().count("\n") == 0 and "Traceback" not in err, err

@@ -303,11 +303,15 @@ def server(trained_run):
     m = re.search(r"(http://127\.0\.0\.1:\d+)", line)
     assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
     url = m.group(1)
+    printed = [line]  # the address, then each model's URL (read aside: a line that never comes fails, not hangs)
+    reader = threading.Thread(target=lambda: printed.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(30)
     from cnnkit.serve.client import Client
 
     with Client(url) as c:
         c.wait_ready(30)
-    yield proc, url
+    yield proc, url, printed
     if proc.poll() is None:
         proc.kill()
         proc.wait()
@@ -316,7 +320,7 @@ def server(trained_run):
 def test_concurrent_requests_share_forward_passes_and_clients_agree(server, images, tmp_path, trained_run, capsys):
     import httpx
 
-    proc, url = server
+    proc, url, _ = server
     answers = {}
 
     def one(i):
@@ -350,10 +354,37 @@ def test_concurrent_requests_share_forward_passes_and_clients_agree(server, imag
     assert "404" in err and "unknown model" in err and len(err.strip().splitlines()) == 1
 
 
+def test_serve_prints_each_models_url_and_a_url_of_the_host_alone_reaches_its_one_model(server, images, capsys):
+    from cnnkit.cli import main
+
+    _, url, printed = server
+    assert len(printed) == 2 and printed[1].split() == ["tiny", f"{url}/v1/models/tiny"]  # whole: copy, paste, ask
+    assert main(["predict", "--url", printed[1].split()[1], str(images[0]), "--topk", "1"]) == 0
+    by_name = capsys.readouterr().out
+    assert main(["predict", "--url", url, str(images[0]), "--topk", "1"]) == 0
+    by_host = capsys.readouterr().out
+    answers = [[line for line in out.splitlines() if images[0].name in line] for out in (by_name, by_host)]
+    assert answers[0] == answers[1] and len(answers[0]) == 1 and "%" in answers[0][0]
+
+
+def test_a_url_of_the_host_alone_with_several_models_served_names_their_urls(monkeypatch):
+    from cnnkit.errors import ConfigError
+    from cnnkit.serve.client import Client
+
+    with Client("http://127.0.0.1:9") as c:
+        monkeypatch.setattr(c, "models", lambda: [{"name": "tiny"}, {"name": "int8 model"}])
+        with pytest.raises(ConfigError) as e:
+            c.predict([])
+    assert str(e.value) == ("http://127.0.0.1:9 serves 2 models: say which, with a URL ending in /v1/models/NAME "
+                            "(http://127.0.0.1:9/v1/models/tiny, http://127.0.0.1:9/v1/models/int8%20model)")
+    with Client("http://127.0.0.1:9/v1/models/int8%20model") as c:  # as `cnnkit serve` prints it
+        assert c.model == "int8 model"
+
+
 def test_sigterm_finishes_the_request_in_flight_then_exits_0(server, images):
     import httpx
 
-    proc, url = server
+    proc, url, _ = server
     result = {}
 
     def slow():  # waits up to --max-delay-ms (300 ms) for a batch to fill: in flight when SIGTERM comes

@@ -142,9 +142,10 @@ def test_a_run_well_ahead_of_its_plan_early_on_lengthens_it_and_still_ends_insid
     assert replanned_total(budget, elapsed, spe, plan.total_steps, spe, 0.1, 1.0, may_lengthen=False) is None
 
 
-def test_a_budgeted_run_whose_pace_was_measured_too_slow_trains_longer(tmp_path, monkeypatch):
+def test_a_budgeted_run_whose_pace_was_measured_too_slow_trains_longer(tmp_path, monkeypatch, capsys):
     """fit on a fake clock: measured 0.4 s a step, the steps really take 0.1 s. After the first epoch the plan
-    is lengthened, the run trains the new length, says so in config.yaml, and ends inside the budget."""
+    is lengthened, the run trains the new length, says so in config.yaml and in one line as it happens (the
+    bar's epoch count changes: the line says from what to what, and why), and ends inside the budget."""
     monkeypatch.setattr(budget_module, "measure_pace", lambda run, **_: (0.4, 1.0))
     clock = [0.0]
     monkeypatch.setattr(budget_module, "budget_clock", lambda: clock[0])
@@ -158,11 +159,15 @@ def test_a_budgeted_run_whose_pace_was_measured_too_slow_trains_longer(tmp_path,
         return out
 
     monkeypatch.setattr(fit_module, "train_epoch", train_epoch)
-    result = fit(**TINY, budget=30, out=str(tmp_path / "run"), progress=False)
+    result = fit(**TINY, budget=30, out=str(tmp_path / "run"), progress=True)
     cfg = result.config
     planned = plan_steps(30, 35, 0.4, 1.0).total_steps  # TINY: 35 steps per epoch; set-up takes no fake time
     assert cfg.max_steps > 2 * planned and len(result.history) == cfg.epochs
     assert clock[0] <= 30
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("budget re-planned")]
+    assert len(said) == 1 and said[0].startswith("budget re-planned after epoch 1: the run is well ahead of its plan")
+    assert (f"lengthened from {planned} steps ({math.ceil(planned / 35)} epochs) to {cfg.max_steps} "
+            f"({cfg.epochs} epochs)") in said[0] and "100 ms per step" in said[0]
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
     note = saved["chosen"]["budget_plan"]
     assert saved["max_steps"] == cfg.max_steps and note.count("lengthened to") == 1  # once at most

@@ -285,6 +285,17 @@ class OutputDir:
         self.files.add(rel)
         self._save()
 
+    def record_all(self, paths: Iterable[Path]) -> None:
+        """`record` for many files of this folder's own record in one save of the manifest (thousands of
+        files, each recorded on its own, would rewrite a growing manifest thousands of times)."""
+        new = {self._rel(Path(p)): Path(p) for p in paths}
+        new = {rel: p for rel, p in new.items() if rel not in self.files}
+        if new:
+            self._load()
+            self.check_free([p for rel, p in new.items() if rel not in self.files])
+            self.files |= set(new)
+            self._save()
+
     def record_library_files(self, folder: Path, pattern: str) -> None:
         """Record the files a library names itself in `folder` (created if missing, as cnnkit's), by that
         library's exact `pattern` (e.g. TENSORBOARD_EVENTS); refused if files of that pattern are there already

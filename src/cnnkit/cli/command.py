@@ -24,15 +24,20 @@ from cnnkit.cli import compress, data, demo, deploy, evaluate, explain, models, 
 from cnnkit.cli.console import err
 from cnnkit.errors import CnnkitError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# --help in click's plain layout (rich_markup_mode=None): each option's names on one line, whole, and its text
+# wrapped under it at any width; rich's panels cut long option names and texts short ("--train-images-p…") on an
+# 80-column terminal
+HELP = dict(rich_markup_mode=None, no_args_is_help=True)
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, **HELP,
                   help="Train, evaluate and ship convolutional image classifiers.")
-data_app = typer.Typer(no_args_is_help=True, help="Prepare data sets: WebDataset shards for training at scale.")
-models_app = typer.Typer(no_args_is_help=True, help="List and inspect the registered models.")
+data_app = typer.Typer(**HELP, help="Prepare data sets: WebDataset shards for training at scale; the bundled "
+                                   "sample as image files.")
+models_app = typer.Typer(**HELP, help="List and inspect the registered models.")
 
 # (group, verb, what runs it), in the flow's order: data -> model -> train -> evaluate -> explain -> represent ->
 # soup -> compress -> export / bench -> serve / explore; and the demo of it all
 VERBS = [
-    (data_app, "shard", data.shard),
+    (data_app, "shard", data.shard), (data_app, "export-sample", data.export_sample),
     (models_app, "list", models.list_), (models_app, "info", models.info),
     (app, "train", train.train), (app, "distill", train.distill), (app, "pretrain", train.pretrain),
     (app, "eval", evaluate.eval_), (app, "predict", evaluate.predict),
@@ -44,10 +49,22 @@ VERBS = [
     (app, "serve", serve.serve), (app, "explore", serve.explore),
     (app, "demo", demo.demo),
 ]
-for group, name, verb in VERBS:
-    group.command(name)(verb)
+for group, name, verb in VERBS:  # the list of commands shows each one's first paragraph whole (wrapped, not cut)
+    group.command(name, short_help=" ".join((verb.__doc__ or "").split("\n\n")[0].split()))(verb)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("cnnkit")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            from cnnkit import __version__ as number
+        sys.stdout.write(f"cnnkit {number}\n")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -59,6 +76,8 @@ def global_options(
                                                     "this user's cnnkit did not write (loading TorchScript runs "
                                                     "code stored in the file; also CNNKIT_TRUST_TORCHSCRIPT=1); "
                                                     "accepted before or after the command.")] = False,
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_show_version,
+                                          help="Print cnnkit's version and exit.")] = False,
 ) -> None:
     """Train, evaluate, explain, compress and ship convolutional image classifiers."""
 

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cnnkit.cli.console import err, stdout, summary
-from cnnkit.cli.options import Checkpoint, DataDir, IgnoreClassNames
+from cnnkit.cli.console import err, machine_format, percent, print_rows, stdout, summary
+from cnnkit.cli.options import Checkpoint, CsvOutput, DataDir, IgnoreClassNames, JsonOutput
 
 
 def compress(
@@ -43,21 +43,29 @@ def compress(
     repeats: Annotated[int, typer.Option(min=3, help="Timed batch-1 runs per variant.")] = 30,
     onnx: Annotated[bool, typer.Option(help="Also write float and int8 ONNX models (ONNX Runtime).")] = True,
     ignore_class_names: IgnoreClassNames = False,
+    as_json: JsonOutput = False,
+    as_csv: CsvOutput = False,
 ) -> None:
     """Quantize and prune a checkpoint; write the artifacts and an HTML report measuring every variant."""
     from cnnkit.compress import compress as compress_checkpoint
 
+    fmt = machine_format(as_json, as_csv)
     r = compress_checkpoint(checkpoint, recipe, out, data=data, data_dir=data_dir, calibration=calibration,
                             observer=observer, engine=engine, finetune_epochs=finetune_epochs, lr=lr,
                             criterion=criterion, scope=scope, rounds=rounds, round_to=round_to, distill=distill,
                             rewind=rewind, train_images=train_images, repeats=repeats, onnx=onnx,
-                            log=lambda m: err.print(m), ignore_class_names=ignore_class_names)
+                            log=lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True),
+                            ignore_class_names=ignore_class_names)
+    if fmt:
+        print_rows(r.rows, fmt)
+        return
     t = Table(title="compress", title_justify="left")
-    for c in ("variant", "runtime", "file", "top-1", "Δ pts", "KiB", "p50 ms", "img/s"):
-        t.add_column(c, justify="left" if c in ("variant", "runtime", "file") else "right")
+    for c in ("variant", "runtime", "path", "top-1", "Δ pts", "KiB", "p50 ms", "img/s"):
+        # a narrow terminal folds cells onto more lines, never cuts a path short
+        t.add_column(c, justify="left" if c in ("variant", "runtime", "path") else "right", overflow="fold")
     for row in r.rows:
-        t.add_row(row["variant"], row["runtime"], row["file"], f"{100 * row['top1']:.2f}",
+        t.add_row(row["variant"], row["runtime"], row["target"], percent(row["top1"]),
                   f"{row['top1_delta_pts']:+.2f}", f"{row['file_bytes'] / 1024:.0f}", f"{row['latency_ms_p50']:.2f}",
                   f"{row['images_per_s']:.0f}")
     stdout.print(t)
-    summary("compress", {"report": r.html_path, "json": r.json_path, "pareto": r.png_path})
+    summary("compress", {"folder": r.out_dir, "report": r.html_path, "json": r.json_path, "pareto": r.png_path})

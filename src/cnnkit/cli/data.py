@@ -1,4 +1,4 @@
-"""`cnnkit data`: prepare data sets."""
+"""`cnnkit data`: prepare data sets: shards of an image folder, and the bundled sample as image files."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from cnnkit.cli.console import summary
+from cnnkit.cli.console import err, summary
 from cnnkit.cli.options import check_out_folder, parse_img_size
 
 
@@ -43,3 +43,24 @@ def shard(
     rows["skipped"] = f"{manifest['skipped']} unreadable image(s)"
     rows["manifest"] = str(out / MANIFEST_NAME)
     summary("shards", rows)
+
+
+def export_sample(
+    out: Annotated[Path, typer.Argument(metavar="DIR", help="Folder to write the images into: new, or one "
+                                                            "`cnnkit data export-sample` wrote.")],
+    split: Annotated[str, typer.Option(help="Which of the sample's splits to write: train, test or "
+                                            "both.")] = "both",
+    limit: Annotated[Optional[int], typer.Option(help="Write only the first N images of each class (default: "
+                                                      "all, 500 train and 100 test).")] = None,
+) -> None:
+    """Write the bundled sample as an image folder of PNG files: DIR/train/<class>/00000.png, ..., DIR/test/...,
+    and DIR/classes.json, so that --data imagefolder:DIR reads the sample's classes under its names and order."""
+    from cnnkit.data.bundled import export_sample as write_sample
+
+    done = write_sample(out, split, limit, log=lambda line: err.print(f"cnnkit data export-sample: {line}",
+                                                                      soft_wrap=True, markup=False,
+                                                                      highlight=False))
+    rows: dict[str, Any] = {s: f"{n} images in {out / s}/<class>/" for s, n in done["images"].items()}
+    rows["classes"] = f"{len(done['classes'])}, listed in {done['class_file']}"
+    rows["use"] = f"--data imagefolder:{out}"
+    summary("sample exported", rows)

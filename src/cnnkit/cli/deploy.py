@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
-from cnnkit.cli.console import stdout, summary
-from cnnkit.cli.options import Amp, Checkpoint, DataDir, Device, check_early
+from cnnkit.cli.console import err, format_rows, machine_format, percent, print_rows, stdout, summary
+from cnnkit.cli.options import Amp, Checkpoint, CsvOutput, DataDir, Device, JsonOutput, check_early
 from cnnkit.errors import ConfigError
 
 
@@ -37,42 +37,58 @@ def export(
 
 
 def bench(
-    targets: Annotated[list[Path], typer.Argument(help="Run directories, checkpoints, .onnx or .pt2 artifacts.")],
+    targets: Annotated[list[Path], typer.Argument(help="Run directories, checkpoints, .onnx, .pt2 or int8 .ts "
+                                                       "artifacts.")],
     data: Annotated[Optional[str], typer.Option(help="Also measure top-1 on this dataset's test split.")] = None,
     data_dir: DataDir = None,
     batch: Annotated[int, typer.Option(min=1, help="Batch size of the throughput measurement.")] = 64,
     repeats: Annotated[int, typer.Option(min=3, help="Timed runs at batch 1 (after warm-up).")] = 30,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the measurements as JSON.")] = None,
+    as_json: JsonOutput = False,
+    as_csv: CsvOutput = False,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the measurements to this file: CSV when its name "
+                                                     "ends in .csv, else JSON.")] = None,
     device: Device = "auto",
     amp: Amp = "off",
 ) -> None:
     """Parameters, MACs, file size, latency p50/p99 at batch 1, throughput, peak memory, accuracy."""
-    from cnnkit.artifacts import atomic_write_text
     from cnnkit.deploy.bench import bench_many
 
-    if json_out is not None and json_out.is_dir():  # before minutes of measuring
-        raise ConfigError(f"--json {json_out} is a folder; give the JSON file to write, e.g. {json_out / 'bench.json'}")
-    if json_out is not None:
+    fmt = machine_format(as_json, as_csv)
+    if out is not None and out.is_dir():  # before minutes of measuring
+        raise ConfigError(f"--out {out} is a folder; give the file to write, e.g. {out / 'bench.json'}")
+    if out is not None:
         from cnnkit.artifacts.files import check_writable
 
-        check_writable([json_out], "--json")  # a file cnnkit did not write, the file-system root: refused now
+        check_writable([out], "--out")  # a file cnnkit did not write, the file-system root: refused now
     check_early(device=device, amp=amp)
-    rows = bench_many(targets, data, data_dir=data_dir, batch=batch, repeats=repeats, device=device, amp=amp)
+    rows = bench_many(targets, data, data_dir=data_dir, batch=batch, repeats=repeats, device=device, amp=amp,
+                      log=lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True))
+    if fmt:
+        print_rows(rows, fmt)
+    else:
+        _bench_table(rows, batch, bool(data))
+    if out is not None:
+        _write_rows(out, rows)
+
+
+def _bench_table(rows: list[dict[str, Any]], batch: int, top1: bool) -> None:
     where = ", ".join(sorted({f"{r['device']} {r['precision']}" for r in rows}))
     t = Table(title=f"bench ({where}; {rows[0]['torch_threads']} torch threads)", title_justify="left")
     cols = ["target", "params", "MMACs", "MB on disk", "p50 ms", "p99 ms", f"img/s @{batch}", "peak RSS MiB", "model MiB"]
-    cols += ["top-1"] if data else []
-    for c in cols:
+    for c in cols + (["top-1"] if top1 else []):  # a narrow terminal folds cells onto more lines, never cuts them
         t.add_column(c, justify="left" if c == "target" else "right", overflow="fold")
     for r in rows:
         cells = [r["target"], f"{r['params']:,}", "–" if r["macs"] is None else f"{r['macs'] / 1e6:.1f}",
                  f"{r['file_bytes'] / 1e6:.2f}", f"{r['latency_ms_p50']:.2f}", f"{r['latency_ms_p99']:.2f}",
                  f"{r['images_per_s']:.0f}",
                  *("–" if r[k] is None else f"{r[k]:.0f}" for k in ("peak_rss_mib", "model_rss_mib"))]
-        t.add_row(*cells, *([f"{r['top1']:.4f}"] if data else []))
+        t.add_row(*cells, *([percent(r["top1"])] if top1 else []))
     stdout.print(t)
-    if json_out:
-        from cnnkit.artifacts import claim_dir
 
-        claim_dir(json_out.parent, option="--json")  # replace only a file cnnkit wrote
-        atomic_write_text(json_out, json.dumps(rows, indent=2) + "\n")
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """The measurements as the file `path` (CSV or JSON, by its name), replacing only a file cnnkit wrote."""
+    from cnnkit.artifacts import atomic_write_text, claim_dir
+
+    claim_dir(path.parent, option="--out")
+    atomic_write_text(path, format_rows(rows, "csv" if path.suffix.lower() == ".csv" else "json"))

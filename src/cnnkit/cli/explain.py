@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cnnkit.cli.console import stdout, summary
+from cnnkit.cli.console import percent, stdout, summary
 from cnnkit.cli.options import Checkpoint, DataDir, Device, IgnoreClassNames, Strict, check_early, check_out_folder
 from cnnkit.errors import ConfigError
 
@@ -58,7 +58,7 @@ def explain(
                               limit=limit, out_dir=out, device=device, ignore_class_names=ignore_class_names)
         t = Table(title="explain benchmark", title_justify="left")
         for c in ("method", "images/s", "pointing", "IoU", "deletion", "insertion", "randomized ρ"):
-            t.add_column(c, justify="left" if c == "method" else "right")
+            t.add_column(c, justify="left" if c == "method" else "right", overflow="fold")
         from cnnkit.explain.workflows import COLUMNS, format_cell
 
         for row in r.rows:
@@ -76,7 +76,7 @@ def explain(
     for c in ("image", "predicted", "target", "png"):
         t.add_column(c, overflow="fold")
     for rec in run.records:
-        t.add_row(rec["image"], f"{rec['predicted']} {rec['probability']:.1%}", rec["target"], rec["png"])
+        t.add_row(rec["image"], f"{rec['predicted']} {percent(rec['probability'])}", rec["target"], rec["png"])
     stdout.print(t)
     summary("explain", {"images": len(run.records), "methods": method, "json": run.json_path, "folder": run.out_dir})
 
@@ -105,7 +105,7 @@ def _explain_remote(url: str, inputs: list[Path], methods: str, layer: str, targ
                 r = client.explain(f, method=m, target=target, layer=layer)
                 png = folder / f"{f.stem}-{m}.png"
                 atomic_write_bytes(png, base64.b64decode(r["overlay_png"]))
-                t.add_row(str(f), m, r["layer"], f"{r['predicted']['class']} {r['predicted']['probability']:.1%}",
+                t.add_row(str(f), m, r["layer"], f"{r['predicted']['class']} {percent(r['predicted']['probability'])}",
                           r["target"]["class"], str(png))
     stdout.print(t)
     summary("explain", {"images": len(files), "methods": methods, "service": url, "folder": folder})

@@ -31,19 +31,30 @@ Overwrite = Annotated[bool, typer.Option(help="Replace an existing run in --out.
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
 
 # -- checkpoints and inference --------------------------------------------------------------------------------
-Checkpoint = Annotated[Optional[Path], typer.Option(help="Run directory (its best checkpoint) or a .safetensors "
-                                                         "file.")]
+Checkpoint = Annotated[Optional[Path], typer.Option(help="Run directory (its best checkpoint), soup folder (its "
+                                                         "greedy soup) or a .safetensors file.")]
+# the verbs that only run the model also take what `cnnkit export` and `cnnkit compress` write
+Artifact = Annotated[Optional[Path], typer.Option(
+    "--checkpoint", help="Run directory (its best checkpoint), soup folder (its greedy soup), a .safetensors file, "
+                         "or an exported .onnx, .pt2 or int8 .ts file.")]
 Amp = Annotated[str, typer.Option(help="off (float32, exact), auto (bf16 only where the CPU or GPU computes it "
                                        "natively, as in train), bf16 or fp16.")]
 Tta = Annotated[bool, typer.Option("--tta", help="Average with the horizontally flipped image.")]
-IgnoreClassNames = Annotated[bool, typer.Option("--ignore-class-names", help="Accept data whose classes are named "
-                                                "differently from the model's (same number, same order).")]
+IgnoreClassNames = Annotated[bool, typer.Option("--ignore-class-names", help="Accept data whose classes have other "
+                                                "names than the model's (same number), paired by position; the "
+                                                "same names in another order need no option (mapped by name).")]
 Adapt = Annotated[Optional[str], typer.Option(
     help="Test-time adaptation of BatchNorm to the images, on a copy of the model: bn (the batch's statistics), "
          "alpha-bn (mixed with the source's by --alpha) or tent (entropy minimization).")]
 AdaptAlpha = Annotated[Optional[float], typer.Option(
     "--alpha", help="alpha-bn: weight of the batch's statistics, 0 (source) to 1 (bn); default 0.1.")]
 TentLr = Annotated[float, typer.Option(help="tent: Adam learning rate of the BatchNorm scales and shifts.")]
+
+# -- machine output (see cnnkit.cli.console) --------------------------------------------------------------------
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print the results as JSON instead of the table: full "
+                                                         "paths, accuracies as fractions in [0, 1].")]
+CsvOutput = Annotated[bool, typer.Option("--csv", help="Print the results as CSV instead of the table: full "
+                                                       "paths, accuracies as fractions in [0, 1].")]
 
 # -- the HTTP service and the explorer ------------------------------------------------------------------------
 Host = Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 exposes it to the network).")]

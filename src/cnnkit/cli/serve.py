@@ -72,9 +72,14 @@ def serve(
                            max_body_mb=max_body_mb, max_pixels=max_pixels, max_images=max_images, token=token,
                            allow_origins=origins, max_connections=max_connections)
 
-    def ready(url: str) -> None:
-        stdout.print(f"cnnkit serve: {', '.join(models)} at {url}/v1/models/NAME (API schema {url}/openapi.json; "
-                     f"batches of up to {max_batch} images within {max_delay_ms:g} ms)", soft_wrap=True)
+    def ready(url: str) -> None:  # the address, then each model's own URL, whole, one a line
+        from urllib.parse import quote
+
+        stdout.print(f"cnnkit serve: {url} (API schema {url}/openapi.json; batches of up to {max_batch} images "
+                     f"within {max_delay_ms:g} ms)", soft_wrap=True)
+        width = max(map(len, models))
+        for name in models:
+            stdout.print(f"  {name:<{width}}  {url}/v1/models/{quote(name, safe='')}", soft_wrap=True)
 
     run_service(models, host, port, options, on_ready=ready, sock=sock)
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cnnkit.cli.console import stdout, summary
+from cnnkit.cli.console import err, percent, stdout, summary
 from cnnkit.cli.options import DataDir, Device, check_early, check_out_folder
 from cnnkit.errors import ConfigError
 
@@ -31,6 +31,9 @@ def soup(
                                                        "averaged ones.")] = 10000,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 512,
     device: Device = "auto",
+    tta: Annotated[bool, typer.Option("--tta", help="Score every ingredient and soup with flip test-time "
+                                                    "augmentation (as training validates with a recipe's tta); "
+                                                    "default: without, as cnnkit eval scores.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines.")] = False,
 ) -> None:
     """Model soup: average the weights of runs fine-tuned from one checkpoint (uniform or greedy, Wortsman et al. 2022)."""
@@ -38,19 +41,25 @@ def soup(
         raise ConfigError(f"--method must be greedy, uniform or both, got {method!r}")
     check_early(device=device)
     check_out_folder(out)
-    from cnnkit.merge import make_soup
+    from cnnkit.merge import how_scored, make_soup
 
     r = make_soup([str(p) for p in runs], method, data, data_dir, out, bn_images, device, batch_size,
-                  progress=not quiet)
+                  progress=False if quiet else _say, tta=tta)
     n = sum(row.kind == "ingredient" for row in r.rows)
-    t = Table(title=f"model soup ({r.data}: held-out and test accuracy)", title_justify="left")
-    for col in ("ingredient / soup", "held-out acc", "test acc", "in greedy soup"):
-        t.add_column(col, justify="left" if col in ("ingredient / soup", "in greedy soup") else "right")
+    t = Table(title=f"model soup ({r.data}: held-out and test accuracy, {'with' if tta else 'without'} flip TTA)",
+              title_justify="left")
+    for col in ("ingredient / soup", "held-out acc", "test acc", "BatchNorm", "in greedy soup"):
+        t.add_column(col, justify="right" if col.endswith("acc") else "left")
     for row in r.rows:
         kept = ("yes" if row.kept else "no") if row.kept is not None else f"{len(row.ingredients)} of {n}"
-        t.add_row(row.name, f"{100 * row.heldout_acc:.2f}", f"{100 * row.test_acc:.2f}", kept)
+        t.add_row(row.name, percent(row.heldout_acc), percent(row.test_acc), row.batchnorm, kept)
     stdout.print(t)
-    summary("soup", {"held-out images": r.heldout_images, "BatchNorm images": r.bn_images or "not re-measured",
-                     "greedy ingredients": ", ".join(r.kept),
+    summary("soup", {**how_scored(r), "greedy ingredients": ", ".join(r.kept),
                      **{f"{m} soup": r.paths[m] for m in ("greedy", "uniform") if m in r.paths},
                      "table": r.paths["md"], "csv": r.paths["csv"]})
+
+
+def _say(*parts: object) -> None:
+    """A progress line on stderr, its accuracies (the floats among its pieces) in percent."""
+    err.print("".join(percent(p) if isinstance(p, float) else str(p) for p in parts), markup=False, emoji=False,
+              highlight=False, soft_wrap=True)

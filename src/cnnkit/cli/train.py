@@ -21,7 +21,7 @@ from typing import Annotated, Any, Optional, TypeVar
 import typer
 from rich.table import Table
 
-from cnnkit.cli.console import stdout, summary
+from cnnkit.cli.console import err, percent, stdout, summary
 from cnnkit.cli.options import Overwrite, Quiet, Resume, check_early, parse_img_size, parse_kv
 from cnnkit.cli.session import command_line
 from cnnkit.errors import CnnkitError, ConfigError
@@ -147,21 +147,30 @@ def distill(
             raise ConfigError(f"teacher {t} does not exist")
     extra = dict(distill=method, teachers=[str(t) for t in teacher or []], kd_temperature=temperature,
                  kd_alpha=alpha, disc_weight=disc_weight)
+    if teacher and options.get("data") is None:  # the student learns on what its teachers learned on
+        from cnnkit.tasks.distill import teachers_data
+
+        extra.update({k: v for k, v in teachers_data(extra["teachers"]).items() if options.get(k) is None})
+        how["data_note"] = "the teachers' (give --data for other data)"
     run_training(options, extra=extra, **how)
 
 
 def run_training(options: dict[str, Any], *, command: str, resume: Path | None, overwrite: bool, nproc: int | None,
-                 quiet: bool, lr_find: bool = False, extra: dict[str, Any] | None = None) -> None:
-    """What `train` and `distill` run: the training options given, plus `extra` TrainConfig fields."""
+                 quiet: bool, lr_find: bool = False, extra: dict[str, Any] | None = None,
+                 data_note: str | None = None) -> None:
+    """What `train` and `distill` run: the training options given, plus `extra` TrainConfig fields; `data_note`
+    says in the summary where the data came from when the command chose it."""
     values = {**config_values(options), **(extra or {})}
     if lr_find and resume is not None:
         raise ConfigError("--lr-find starts from the model's initialization; it cannot be combined with --resume")
+    if resume is None and values.get("init_from") and values.get("model") is None:
+        _model_of_init_from(values)
     check_early(model=values["model"], model_kwargs=values["model_kwargs"], device=values["device"],
                 out=values["out"] if resume is None else None)  # refused before anything is loaded
     if nproc is not None and nproc > 1 and _start_processes(nproc, values, lr_find, resume):
         return
     if lr_find:
-        _show_lr_find(values)
+        _show_lr_find(values, quiet)
         return
     if resume is not None:
         values.pop("out")
@@ -171,12 +180,27 @@ def run_training(options: dict[str, Any], *, command: str, resume: Path | None, 
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return
     last, cfg = result.history[-1], result.config
+    from cnnkit.tasks import get_task
+
+    score = get_task(cfg.task).score  # the task's score (metrics.csv's train_<score>, val_<score>)
     taught = {"method": cfg.distill, "teachers": ", ".join(cfg.teachers)} if cfg.distill else {}
-    summary(command, {"run": result.run_dir, "model": cfg.model, "data": cfg.data, **taught,
-                      "epochs": int(last["epoch"]), "train acc": last["train_acc"],
-                      "best val acc": result.best_val_acc if result.best_val_acc is not None else "n/a (no val split)",
+    data = f"{cfg.data}, {data_note}" if data_note else cfg.data
+    summary(command, {"run": result.run_dir, "model": cfg.model, "data": data, **taught,
+                      "epochs": int(last["epoch"]), f"train {score}": percent(last.get(f"train_{score}")),
+                      f"best val {score}": (percent(result.best_val_acc) + (" (with flip TTA)" if cfg.tta else ""))
+                      if result.best_val_acc is not None else "n/a (no val split)",
                       "stopped early": result.stopped_early, "seconds": f"{result.seconds:.1f}",
                       "best checkpoint": result.best_checkpoint})
+
+
+def _model_of_init_from(values: dict[str, Any]) -> None:
+    """--init-from a cnnkit run, without --model: train the run's model with its options (--model-kw given adds
+    to them); the run's first lines say so (setup.start_from)."""
+    from cnnkit.train.setup import init_from_model
+
+    source = init_from_model(values["init_from"])
+    if source is not None:  # else a timm or torchvision file: the recipe's model, as without --init-from
+        values["model"], values["model_kwargs"] = source[0], {**source[1], **(values["model_kwargs"] or {})}
 
 
 def _start_processes(nproc: int, values: dict[str, Any], lr_find: bool, resume: Path | None) -> bool:
@@ -211,10 +235,13 @@ def _start_processes(nproc: int, values: dict[str, Any], lr_find: bool, resume: 
     return True
 
 
-def _show_lr_find(values: dict[str, Any]) -> None:
+def _show_lr_find(values: dict[str, Any], quiet: bool) -> None:
     from cnnkit.train import lr_find
 
-    r = lr_find(**values)
+    def say(line: str) -> None:  # a minute or so of training steps, with nothing else to show until the table
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    r = lr_find(**values, say=None if quiet else say)
     t = Table(title="learning-rate range test (Smith 2017)", title_justify="left")
     for col in ("lr", "smoothed loss"):
         t.add_column(col, justify="right")
@@ -222,8 +249,12 @@ def _show_lr_find(values: dict[str, Any]) -> None:
         t.add_row(f"{r.lrs[i]:.2e}", f"{r.smoothed[i]:.3f}")
     stdout.print(t)
     out = values["out"]
-    summary("lr-find", {"steps": len(r.lrs), "loss lowest at lr": f"{r.min_loss_lr:.3g}",
+    steps = f"{len(r.lrs)} of {r.steps_planned}" + (f"; stopped early: {r.stopped_because}" if r.stopped_early
+                                                     else "")
+    now = f"--lr {r.lr:g} (" + ("given" if values.get("lr") is not None else f"the {r.model_recipe} recipe's") + ")"
+    summary("lr-find", {"steps": steps, "loss lowest at lr": f"{r.min_loss_lr:.3g}",
                         "fastest fall at lr": f"{r.steepest:.3g}", "proposed": f"--lr {r.suggestion:.2g}",
+                        "now trains with": now,
                         "plot": Path(out) / "lr_find.png" if out else "(give --out DIR to save lr_find.png and .csv)"})
 
 
@@ -256,6 +287,6 @@ def pretrain(
     last = result.history[-1]
     cfg = result.config  # resumed: the saved run's model, data and rotations
     summary("pretrain", {"run": result.run_dir, "method": f"rotnet, {cfg.rotations} rotations", "model": cfg.model,
-                         "data": cfg.data, "epochs": int(last["epoch"]), "rotation acc (train)": last["train_acc"],
-                         "rotation acc (val)": result.best_val_acc if result.best_val_acc is not None else "n/a",
+                         "data": cfg.data, "epochs": int(last["epoch"]), "rotation acc (train)": percent(last["train_acc"]),
+                         "rotation acc (val)": percent(result.best_val_acc),
                          "seconds": f"{result.seconds:.1f}", "checkpoint": result.best_checkpoint})

@@ -115,7 +115,7 @@ def measure(targets: list[Target], source: DataSource, batch: int, repeats: int,
     """Every target measured side by side on the test split of `source`, with its ratios to the first."""
     log(f"measuring {len(targets)} variants side by side")
     measured = bench_many([t.path for t in targets], data=source.name, data_dir=source.data_dir, batch=batch,
-                          repeats=repeats, ignore_class_names=ignore_class_names, device=str(DEVICE))
+                          repeats=repeats, ignore_class_names=ignore_class_names, device=str(DEVICE), log=log)
     rows = [{"variant": t.variant, "runtime": t.runtime, "file": Path(t.path).name, **r, **t.extra}
             for t, r in zip(targets, measured)]
     base = rows[0]

@@ -17,7 +17,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import logging
+import os
+import re
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -218,10 +222,50 @@ def save_torchscript(q: torch.fx.GraphModule, example: torch.Tensor, path: str |
         return torch.jit.load(str(path))
 
 
+class _Collect(logging.Handler):
+    """The root logger's one handler while ONNX Runtime quantizes: keeps the records its tools log, hands every
+    other record to the handlers it replaced (or, with none, to logging's last resort, as before)."""
+
+    def __init__(self, replaced: list[logging.Handler]):
+        super().__init__()
+        self.replaced, self.messages = replaced, []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if f"{os.sep}onnxruntime{os.sep}" in record.pathname:
+            self.messages.append(record.getMessage())
+            return
+        for h in self.replaced or ([logging.lastResort] if logging.lastResort else []):
+            if record.levelno >= h.level:
+                h.handle(record)
+
+
+_PER_TENSOR = re.compile(r"Axis -?\d+ is out-of-range for weight '(.+)' with rank 1")
+
+
+@contextlib.contextmanager
+def _ort_logging(log: Callable[[str], None]) -> Iterator[None]:
+    """ONNX Runtime's quantization tools log warnings through the root logger, which then prints them as
+    `WARNING:root:...`, once per use of a tensor. Taken here, and each said once, in cnnkit's words, to `log`."""
+    root = logging.getLogger()
+    collect = _Collect(list(root.handlers))
+    root.handlers = [collect]
+    try:
+        yield
+    finally:
+        root.handlers = collect.replaced
+    per_tensor = list(dict.fromkeys(m[1] for m in map(_PER_TENSOR.match, collect.messages) if m))
+    if per_tensor:  # a 1-D weight (e.g. a LayerNorm's scale) has no channel axis: one scale for all its values
+        log(f"  int8 ONNX: {len(per_tensor)} one-dimensional weight(s) quantized per tensor, not per channel: "
+            f"{', '.join(per_tensor)}")
+    for message in dict.fromkeys(m for m in collect.messages if not _PER_TENSOR.match(m)):
+        log(f"  int8 ONNX: ONNX Runtime says: {message}")
+
+
 def quantize_onnx(float_onnx: str | Path, out: str | Path, calibration: torch.Tensor, method: str = "mse",
-                  batch: int = 64) -> list[str]:
+                  batch: int = 64, log: Callable[[str], None] = lambda s: None) -> list[str]:
     """ONNX Runtime static quantization (QDQ, per-channel symmetric int8 weights, uint8 activations) of a
-    float ONNX file into `out`; returns the compute nodes left in float."""
+    float ONNX file into `out`; returns the compute nodes left in float. What ONNX Runtime's tools warn of is
+    said, once each, to `log`."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static
@@ -242,8 +286,8 @@ def quantize_onnx(float_onnx: str | Path, out: str | Path, calibration: torch.Te
 
     pre = Path(f"{out}.pre.onnx")
     try:
-        quant_pre_process(str(float_onnx), str(pre), skip_symbolic_shape=True)  # shape inference and graph optimizations (BN folding)
-        with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print their progress
+        with _ort_logging(log), contextlib.redirect_stdout(io.StringIO()):  # the calibrators print their progress
+            quant_pre_process(str(float_onnx), str(pre), skip_symbolic_shape=True)  # shape inference, BN folding
             quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=getattr(CalibrationMethod, _ORT_METHODS[method]),

@@ -27,7 +27,7 @@ class CompressResult:
     notes: list[str] = field(default_factory=list)
 
 
-_COLUMNS = [("variant", "variant"), ("runtime", "runtime"), ("file", "file"), ("top1", "top-1 %"),
+_COLUMNS = [("variant", "variant"), ("runtime", "runtime"), ("file", "file"), ("top1", "top-1"),
             ("top1_delta_pts", "Δ pts"), ("params", "params"), ("macs", "MACs"), ("file_bytes", "file KiB"),
             ("size_ratio", "smaller ×"), ("latency_ms_p50", "p50 ms (b=1)"), ("latency_ms_p99", "p99 ms"),
             ("latency_speedup", "latency ×"), ("images_per_s", "img/s"), ("throughput_speedup", "throughput ×"),
@@ -38,8 +38,8 @@ def format_value(key: str, v: Any) -> str:
     """One cell of the table: percentages, KiB, millions, signed points, as the column wants."""
     if v is None:
         return "–"
-    if key == "top1":
-        return f"{100 * v:.2f}"
+    if key == "top1":  # an accuracy, as every command shows one: a percentage with two decimals
+        return f"{100 * v:.2f}%"
     if key == "file_bytes":
         return f"{v / 1024:.0f}"
     if key == "model_rss_mib":

@@ -40,7 +40,7 @@ def write_int8_onnx(ctx: Context, float_model: nn.Module, stem: str, observer: s
         fp = Path(f"{tmp}.float.onnx")
         try:
             write_onnx(model, example, str(fp))
-            info["float_ops"] = quantize_onnx(fp, tmp, ctx.calib, observer)
+            info["float_ops"] = quantize_onnx(fp, tmp, ctx.calib, observer, log=ctx.log)
         finally:
             fp.unlink(missing_ok=True)
         sess = onnx_session(tmp)

@@ -69,8 +69,14 @@ class ImageData:
     split: str
     skipped: list[str] = field(default_factory=list)
     boxes: torch.Tensor | None = None  # N×4 ground-truth boxes (x0, y0, x1, y1; x1, y1 exclusive), if any
+    masks: torch.Tensor | None = None  # N×H×W uint8 class of each pixel (255: ignored), for segmentation
+    instances: torch.Tensor | None = None  # N×H×W uint8 object number of each pixel (0: none), if known
 
     def __post_init__(self) -> None:
+        for what, t in (("masks", self.masks), ("instances", self.instances)):
+            if t is not None and (t.dtype != torch.uint8 or tuple(t.shape) != (len(self.images), *self.images.shape[2:])):
+                raise DataError(f"{self.name}: {what} must be uint8 N×H×W matching the images "
+                                f"{tuple(self.images.shape)}, got {t.dtype} {tuple(t.shape)}")
         if self.boxes is not None and tuple(self.boxes.shape) != (len(self.images), 4):
             raise DataError(f"{self.name}: boxes must be {len(self.images)}×4 (x0, y0, x1, y1), "
                             f"got {tuple(self.boxes.shape)}")
@@ -104,14 +110,16 @@ class ImageData:
         h = hashlib.sha256()
         h.update(self.images.numpy().tobytes())
         h.update(self.labels.numpy().astype(np.int64).tobytes())
-        if self.boxes is not None:
-            h.update(self.boxes.float().numpy().tobytes())
+        for extra in (self.boxes, self.masks, self.instances):
+            if extra is not None:
+                h.update(extra.numpy().tobytes() if extra.dtype == torch.uint8 else extra.float().numpy().tobytes())
         return h.hexdigest()[:16]
 
     def subset(self, index: torch.Tensor, split: str) -> ImageData:
-        """The images at `index` as a new set named `split`."""
+        """The images at `index` (with their boxes, masks and instances) as a new set named `split`."""
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
         return ImageData(self.images[index], self.labels[index], self.classes, self.name, split,
-                         boxes=None if self.boxes is None else self.boxes[index])
+                         boxes=pick(self.boxes), masks=pick(self.masks), instances=pick(self.instances))
 
 
 @dataclass

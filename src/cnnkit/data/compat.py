@@ -1,9 +1,15 @@
 """Whether a dataset fits a checkpoint (channels, H×W, classes), and loading the data a checkpoint is
-measured on: by default its own dataset, at its own input size, with the same held-out test split."""
+measured on: by default its own dataset, at its own input size, with the same held-out test split. A set that
+names the checkpoint's classes in another order (an image folder's classes are its sorted folder names) has
+its labels renumbered as the model's, by name: every step that loads data here scores against the right
+labels."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,31 +24,90 @@ from cnnkit.data.splits import train_val_split
 from cnnkit.errors import CheckpointError, ConfigError, DataError
 
 
-
 def _shape(c: int, hw: tuple[int, int]) -> str:
     return "×".join(str(v) for v in (c, *hw))
 
 
+def class_key(name: str) -> str:
+    """A class name as a folder can spell it: its letters and digits, case and the rest ignored ('T-shirt/top'
+    and the folder 'T-shirt_top' are one class; a folder's name cannot hold '/')."""
+    return " ".join(re.findall(r"[^\W_]+", name.casefold()))
+
+
+def class_order(data_classes: list[str], model_classes: list[str]) -> list[int] | None:
+    """For each of the data's classes, the index of the model's class of the same name (equal, else equal as
+    `class_key` spells them); None unless both name the same classes, each once."""
+    for key in (str, class_key):
+        d, m = [key(c) for c in data_classes], [key(c) for c in model_classes]
+        if len(set(d)) == len(d) == len(m) == len(set(m)) and set(d) == set(m):
+            index = {k: i for i, k in enumerate(m)}
+            return [index[k] for k in d]
+    return None
+
+
 def check_compatible(ckpt: LoadedCheckpoint, data: ImageData, ignore_class_names: bool = False,
-                     match_classes: bool = True) -> None:
-    """CheckpointError unless `data` has the checkpoint's channels, H×W, number of classes and class names
-    (in order); `ignore_class_names` accepts other names for the same number of classes; `match_classes`
-    False (a task whose outputs are not the data's classes) checks the images' shape only."""
+                     match_classes: bool = True) -> ImageData:
+    """The set to measure the checkpoint on: `data` itself when it has the checkpoint's channels, H×W and
+    classes; a copy whose labels are the model's class indices when it names the same classes in another
+    order (an image folder's sorted folders: mapped by name, said in one warning). CheckpointError for
+    another shape, another number of classes, or other class names; `ignore_class_names` accepts other names
+    for the same number of classes, paired by position. `match_classes` False (a task whose outputs are not
+    the data's classes) checks the images' shape only."""
     where = f"{data.name} ({data.split})"
     if (data.in_chans, *data.img_size) != (ckpt.in_chans, *ckpt.img_size):
         raise CheckpointError(f"{where} gives {_shape(data.in_chans, data.img_size)} images but {ckpt.path} expects "
                               f"{_shape(ckpt.in_chans, ckpt.img_size)} (channels×height×width); use data of that "
                               f"shape (image folders are resized to it)")
     if not match_classes:
-        return
+        return data
     if data.num_classes != len(ckpt.classes):
         raise CheckpointError(f"{where} has {data.num_classes} classes but {ckpt.path} was trained on "
                               f"{len(ckpt.classes)}; evaluate it on data with the same classes")
-    if not ignore_class_names and list(data.classes) != list(ckpt.classes):
-        i = next(i for i, (a, b) in enumerate(zip(data.classes, ckpt.classes)) if a != b)
-        raise CheckpointError(f"{where} names its classes differently from {ckpt.path}: class {i} is "
-                              f"{data.classes[i]!r} in the data but {ckpt.classes[i]!r} in the model; use the data "
-                              f"the model was trained on, or pass --ignore-class-names if only the names differ")
+    order = class_order(list(data.classes), list(ckpt.classes))
+    if order is not None:
+        return data if order == list(range(len(order))) else _mapped_by_name(ckpt, data, order)
+    _check_other_names(ckpt, data, ignore_class_names)
+    return data
+
+
+def _check_other_names(ckpt: LoadedCheckpoint, data: ImageData, ignore_class_names: bool) -> None:
+    """Classes named differently: refused, unless `ignore_class_names` pairs them by position (with a warning
+    when a name of one side stands at another position on the other: that pairing scores against the wrong
+    labels)."""
+    where = f"{data.name} ({data.split})"
+    d, m = [class_key(c) for c in data.classes], [class_key(c) for c in ckpt.classes]
+    if not ignore_class_names:
+        only_data = [repr(c) for c, k in zip(data.classes, d) if k not in m][:3]
+        only_model = [repr(c) for c, k in zip(ckpt.classes, m) if k not in d][:3]
+        raise CheckpointError(f"{where} names classes that {ckpt.path} does not ({', '.join(only_data)} in the data; "
+                              f"{', '.join(only_model)} in the model): use data of the model's classes (in any "
+                              f"order: they are matched by name), or, if they are the same classes named "
+                              f"differently, pass --ignore-class-names to pair them by position (the data's class i "
+                              f"as the model's class i)")
+    moved = next(((c, i, m.index(k)) for i, (c, k) in enumerate(zip(data.classes, d)) if k in m and m[i] != k), None)
+    if moved is not None:  # asked for, so done; but likely a mistake, and the figures would be wrong
+        warnings.warn(f"--ignore-class-names pairs classes by position, but {where} has {moved[0]!r} as class "
+                      f"{moved[1]} and {ckpt.path} as class {moved[2]}: the scores are against the model's class "
+                      f"{moved[1]} for those images; name the data's classes as the model does (they are then "
+                      f"matched by name)", stacklevel=3)
+
+
+def _mapped_by_name(ckpt: LoadedCheckpoint, data: ImageData, order: list[int]) -> ImageData:
+    """`data` with its labels (and segmentation masks) renumbered as the model numbers the same classes."""
+    lut = torch.tensor(order, dtype=torch.long)
+    i = next(i for i, j in enumerate(order) if i != j)
+    exact = list(data.classes) == [ckpt.classes[j] for j in order]
+    warnings.warn(f"{data.name} numbers its classes in another order than {ckpt.path}: its labels were mapped to the "
+                  f"model's classes by name{'' if exact else ' (ignoring case and punctuation)'} "
+                  f"({data.classes[i]!r} is class {i} in the data, {ckpt.classes[order[i]]!r} class {order[i]} in the "
+                  f"model)", stacklevel=3)
+    changes: dict[str, Any] = {"labels": lut[data.labels], "classes": list(ckpt.classes)}
+    masks = getattr(data, "masks", None)
+    if masks is not None:  # a pixel's class too; 255 (ignored) stays
+        full = torch.arange(256, dtype=torch.long)
+        full[:len(order)] = lut
+        changes["masks"] = full[masks.long()].to(masks.dtype)
+    return dataclasses.replace(data, **changes)
 
 
 @dataclass(frozen=True)
@@ -77,8 +142,9 @@ def load_checkpoint_data(ckpt: LoadedCheckpoint, data: str | None = None, split:
                          ignore_class_names: bool = False, check: bool = True,
                          match_classes: bool = True) -> ImageData:
     """`split` of `data` (see `checkpoint_data_source`) at the checkpoint's channels and H×W, checked to fit
-    it (unless `check` is False: then call `check_compatible` yourself). `split="val"`: the training images the
-    checkpoint's run held out for validation."""
+    it (unless `check` is False: then call `check_compatible` yourself and use the set it returns), its labels
+    the model's class indices (the same classes in another order are mapped by name). `split="val"`: the
+    training images the checkpoint's run held out for validation."""
     return load_source_split(ckpt, checkpoint_data_source(ckpt, data, data_dir), split, strict, ignore_class_names,
                              check, match_classes)
 
@@ -93,8 +159,8 @@ def load_source_split(ckpt: LoadedCheckpoint, src: DataSource, split: str = "tes
                       seed=src.seed)
     if split == "val":
         ds = held_out_for_validation(ckpt, ds)
-    if check:
-        check_compatible(ckpt, ds, ignore_class_names, match_classes)
+    if check:  # the same classes in another order come back renumbered as the model's
+        ds = check_compatible(ckpt, ds, ignore_class_names, match_classes)
     return ds
 
 

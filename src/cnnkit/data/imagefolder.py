@@ -1,9 +1,11 @@
 """Image folders: a folder per class of PNG/JPEG images of any size and mode, listed as a `FileSet` (read
 later by the streaming loader or decoded into memory here), split into train and test by its sub-folders or,
-for a flat folder, by holding a seeded share of each class out."""
+for a flat folder, by holding a seeded share of each class out. The classes are the class folders sorted by
+name, or those `<dir>/classes.json` lists, in its order and by its names (a name a folder cannot have)."""
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections import Counter
@@ -15,6 +17,10 @@ from cnnkit.data.base import FileSet, ImageData, ImageSize, LoadOptions, Trainin
 from cnnkit.data.images import load_image_file, to_model_input
 from cnnkit.data.splits import held_out_test
 from cnnkit.errors import DataError
+
+# `{"classes": [{"folder": "T-shirt_top", "name": "T-shirt/top"}, ...]}`: the classes in label order, each
+# read from its folder under its name (what `cnnkit data export-sample` writes)
+CLASS_FILE = "classes.json"
 
 
 def load(name: str, split: str, options: LoadOptions) -> ImageData:
@@ -47,6 +53,35 @@ def _imagefolder_layout(root: Path, split: str) -> tuple[Path, bool]:
         raise DataError(f"imagefolder: {root} has {test.name}/ but no train/; add {root}/train/<class>/ or put "
                         f"the class folders directly in {root} to hold a test split out of them")
     return (train or root), True
+
+
+def _class_folders(base: Path, folder: Path) -> list[tuple[str, str]]:
+    """(folder, class name) of each class in label order: `base/classes.json`'s entries when it is there (a
+    listed folder may be missing from a split, so that a split lacking a class keeps the others' labels),
+    else the class folders of `folder` sorted by name, each naming its class."""
+    present = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    path = base / CLASS_FILE
+    if not path.is_file():
+        return [(d, d) for d in present]
+    try:
+        listed = json.loads(path.read_text(encoding="utf-8"))["classes"]
+        pairs = [(e["folder"], e["name"]) for e in listed]
+        ok = bool(pairs) and all(isinstance(f, str) and isinstance(n, str) and f and n and "/" not in f
+                                 and f not in (".", "..") for f, n in pairs)
+    except (OSError, ValueError, RecursionError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise DataError(f"imagefolder: {path} is not a class list: it must hold {{\"classes\": [{{\"folder\": "
+                        f"..., \"name\": ...}}, ...]}}, one entry per class in label order")
+    for what, values in (("folder", [f for f, _ in pairs]), ("class name", [n for _, n in pairs])):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:
+            raise DataError(f"imagefolder: {path} lists the {what} {twice[0]!r} twice")
+    unlisted = [d for d in present if d not in {f for f, _ in pairs}]
+    if unlisted:
+        raise DataError(f"imagefolder: {folder} has class folders {path} does not list: "
+                        f"{', '.join(unlisted[:5])}; add them to it or move them out")
+    return pairs
 
 
 def _split_name(split: str, test_fraction: float, seed: int) -> str:
@@ -95,12 +130,14 @@ def scan_imagefolder(root: str | os.PathLike, split: str = "train", img_size: Im
     if not base.is_dir():
         raise DataError(f"imagefolder: {base} is not a folder")
     folder, hold_out = _imagefolder_layout(base, split)
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
+    class_folders = _class_folders(base, folder)
+    if not any((folder / f).is_dir() for f, _ in class_folders):
         raise DataError(f"imagefolder: {folder} has no class sub-folders (expected {folder}/<class>/<image>.png)")
     exts = (".png", ".jpg", ".jpeg")
     samples: list[tuple[Path, int]] = []
-    for ci, c in enumerate(classes):
+    for ci, (c, _) in enumerate(class_folders):
+        if not (folder / c).is_dir():  # listed in classes.json, absent from this split
+            continue
         files = sorted(p for p in (folder / c).rglob("*") if p.suffix.lower() in exts and p.is_file())
         if not files:
             raise DataError(f"imagefolder: class folder {folder / c} has no PNG or JPEG images")
@@ -116,6 +153,7 @@ def scan_imagefolder(root: str | os.PathLike, split: str = "train", img_size: Im
                             f"(each class needs at least 2); add images or give it train/ and test/ sub-folders")
     files = [p for p, _ in samples]
     chans, size = _image_format(files, in_chans, size)
+    classes = [name for _, name in class_folders]
     return FileSet(files, torch.tensor([c for _, c in samples], dtype=torch.long), classes, f"imagefolder:{base}",
                    split_name, chans, size, root=base)
 

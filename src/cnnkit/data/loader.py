@@ -88,7 +88,9 @@ class BatchLoader:
         device = normalize.mean.device
         # Hold the whole set on the device once: small images make this cheap and remove all copies per step.
         self.images = data.images.to(device)
-        self.labels = data.labels.to(device)
+        # the targets: a class per image, or per pixel where the set has masks (augmented with the images)
+        self.masks = getattr(data, "masks", None) is not None
+        self.labels = (data.masks if self.masks else data.labels).to(device)
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -104,7 +106,10 @@ class BatchLoader:
         for idx in self.sampler.batches():
             idx = idx.to(self.images.device)
             images, labels = self.images[idx], self.labels[idx]
-            if self.augment is not None:
+            if self.augment is not None and self.masks:
+                images, labels = self.augment.geometric_with_masks(images, labels)
+                yield self.normalize(images).contiguous(memory_format=self.normalize.memory_format), labels
+            elif self.augment is not None:
                 images = self.augment.geometric(images)
                 x, y = self.augment.erase_and_mix(self.normalize(images), labels)
                 yield x.contiguous(memory_format=self.normalize.memory_format), y

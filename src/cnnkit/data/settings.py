@@ -11,6 +11,14 @@ from typing import Any
 from cnnkit.errors import ConfigError, close_matches
 
 DEFAULT_VAL_FRACTION = 0.1  # `cnnkit train`'s share of the training split held out for validation
+# the names of cnnkit.data.sources.DATASETS (their loaders import torch; the options' help is made from these,
+# and tests/cli/test_train_options.py checks both lists name the same sets): those training reads, then the
+# corruption benchmarks, which only evaluation reads
+TRAINING_DATASETS = ("sample", "fashion-mnist", "mnist", "cifar10", "cluttered-fashion-mnist", "cluttered-sample",
+                     "fashion-scenes", "fashion-scenes-full", "imagefolder:<dir>", "webdataset:<dir>")
+BENCHMARK_DATASETS = ("fashion-mnist-c", "mnist-c", "cifar10-c", "sample-c")
+# the data sets whose targets are a class per pixel: training on them is the `segment` task unless told otherwise
+SEGMENTATION_DATASETS = ("fashion-scenes", "fashion-scenes-full")
 POLICIES = ("none", "trivialaugment", "randaugment")
 
 

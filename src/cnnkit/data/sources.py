@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from functools import partial
 
-from cnnkit.data import bundled, cluttered, corruptions, imagefolder, published, shards
+from cnnkit.data import bundled, cluttered, corruptions, imagefolder, published, scenes, shards
 from cnnkit.data.base import ImageData, ImageSize, Loader, LoadOptions, TrainingData, TrainingOpener
 from cnnkit.errors import ConfigError, DataError, close_matches
 
@@ -48,6 +48,8 @@ SOURCES: dict[str, Source] = {
     "cifar10": Source(published.load),
     "cluttered-fashion-mnist": Source(partial(cluttered.load, clean=_load)),
     "cluttered-sample": Source(partial(cluttered.load, clean=_load)),
+    "fashion-scenes": Source(partial(scenes.load, clean=_load)),  # segmentation: masks of 1-5 objects per scene
+    "fashion-scenes-full": Source(partial(scenes.load, clean=_load)),
     **{name: Source(partial(corruptions.load, clean=_load), selects=True) for name in corruptions.BENCHMARKS},
     "imagefolder": Source(imagefolder.load, imagefolder.open_training, argument="<dir>"),
     # shards written by `cnnkit data shard`: streamed for training, decoded into memory otherwise

@@ -62,6 +62,16 @@ class BatchAugment:
             images = torch.stack([self.policy(im) for im in images])
         return images
 
+    def geometric_with_masks(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Crop and flip applied alike to uint8 images and their N×H×W masks (a crop's padding is background,
+        class 0, like the black border it adds). Resized crops, policies, erasing and mixing are refused for
+        masks (the segmentation task's objective says so: torchvision's policies do not take masks)."""
+        cfg = self.config
+        if cfg.crop_padding or cfg.hflip:
+            both = random_crop_flip(torch.cat([images, masks[:, None]], 1), cfg.crop_padding, cfg.hflip)
+            images, masks = both[:, :-1], both[:, -1]
+        return images, masks
+
     def erase_and_mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """RandomErasing (per image) and MixUp/CutMix (per batch) on normalized float images."""
         if self.erase is not None:

@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -140,14 +141,15 @@ def target_device(target: str | os.PathLike, device: str = "auto") -> torch.devi
 def bench_many(targets: list[str | os.PathLike], data: str | None = None, data_dir: str | os.PathLike | None = None,
                batch: int = 64, warmup: int = 3, repeats: int = 30, rounds: int = 5,
                min_seconds: float = 0.2, ignore_class_names: bool = False, device: str = "auto",
-               amp: str = "off") -> list[dict[str, Any]]:
+               amp: str = "off", log: Callable[[str], None] = lambda s: None) -> list[dict[str, Any]]:
     """Measure several models side by side: all are loaded first, then timed in `rounds` interleaved
     rounds (each round times every target in turn), so a slow spell of the machine (another process,
     clock changes) falls on all of them rather than on whichever happened to run then. Latency is taken
     over all rounds' batch-1 runs (`repeats` in all); throughput is the median over the rounds of
     back-to-back batch-`batch` runs lasting at least `min_seconds` each. With `data`, top-1 is measured on
     its test split (a flat image folder's held-out part, as each target recorded it). `device` and `amp` as for
-    `cnnkit eval` (see `target_device`); on a GPU each timing waits for the device to finish."""
+    `cnnkit eval` (see `target_device`); on a GPU each timing waits for the device to finish. `log` is told
+    what is being measured, phase by phase and target by target."""
     devs = [target_device(t, device) for t in targets]  # every target's device settled before any is loaded
     for d in devs:
         autocast_dtype(amp, d)  # e.g. fp16 on a CPU: refused before anything is loaded
@@ -167,12 +169,14 @@ def bench_many(targets: list[str | os.PathLike], data: str | None = None, data_d
     for i, c in enumerate(ckpts):
         _times(c.model.eval(), inputs[i][0], warmup, 0, dtypes[i])
         _times(c.model, inputs[i][1], max(1, warmup // 2), 0, dtypes[i])
+    log(f"timing {len(ckpts)} target(s) in {rounds} interleaved rounds")
     for _ in range(rounds):
         for i, c in enumerate(ckpts):
             lat[i] += _times(c.model, inputs[i][0], 1, per_round, dtypes[i])
             thr[i].append(_seconds_per_run(c.model, inputs[i][1], min_seconds, dtypes[i]))
     rows = []
     for i, ckpt in enumerate(ckpts):
+        log(f"  {i + 1}/{len(ckpts)} {ckpt.path.name}: peak memory{f', top-1 on {data}' if data else ''}")
         one = inputs[i][0]
         row: dict[str, Any] = {
             "target": str(ckpt.path), "kind": ckpt.path.suffix.lstrip("."), "device": str(devs[i]),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,18 +97,71 @@ def evaluate(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str | None 
     mean, std = ckpt.normalization
     loader = BatchLoader(ds, batch_size, Normalize(mean, std, dev))
     probs, labels = _probs(ckpt.model, loader, dev, autocast_dtype(amp, dev), tta, adapt, alpha, tent_lr, task)
-    metrics = {"checkpoint": str(ckpt.path), "data": data, "split": ds.split, "tta": tta,
-               "adapt": _adapt_record(adapt, alpha, tent_lr, batch_size), **task.evaluate(probs, labels, ckpt.classes)}
+    metrics = {"checkpoint": os.path.abspath(ckpt.path), "data": full_data_name(data),
+               **({"data_dir": os.path.abspath(os.path.expanduser(data_dir))} if data_dir is not None else {}),
+               "split": ds.split, "tta": tta, "adapt": _adapt_record(adapt, alpha, tent_lr, batch_size),
+               **task.evaluate(probs, labels, ckpt.classes)}
     result = EvalResult(metrics, probs, labels, ds, summary=task.summary(metrics))
     if out_dir is not None:
         claim_dir(out_dir)  # writes there replace only files cnnkit wrote
         out = Path(out_dir)
-        stem = f"{data.split(':')[0]}-{split}" + (f"-{adapt}" if adapt else "")
+        stem = report_stem(out, ckpt.path, data, split, adapt)
         result.json_path = out / f"eval-{stem}.json"
         atomic_write_text(result.json_path, json.dumps(metrics, indent=2) + "\n")
         result.figures = task.report(metrics, ckpt.classes, out, stem)
         result.confusion_png = result.figures.get("confusion matrix")
     return result
+
+
+def full_data_name(data: str) -> str:
+    """A data set's name as a report records it: an image folder's or shards' folder made absolute."""
+    kind, colon, where = data.partition(":")
+    if colon and kind in ("imagefolder", "webdataset"):
+        return f"{kind}:{os.path.abspath(os.path.expanduser(where))}"
+    return data
+
+
+def checkpoint_label(path: str | os.PathLike) -> str:
+    """A checkpoint as a report's file name names it: a run's best checkpoint by the run's name, another
+    file by its stem, a file that is not a checkpoint with its kind after it (`model-onnx`), and the files
+    every run or soup folder names alike with their folder's name before them (`fm-last`, `fm-best-onnx`,
+    `fm-soup-greedy`)."""
+    p = Path(os.path.abspath(path))
+    stem = p.stem if p.suffix == ".safetensors" else f"{p.stem}-{p.suffix.lstrip('.')}".rstrip("-")
+    if p.name == "best.safetensors":
+        return p.parent.name or "best"
+    if p.stem in ("best", "last", "soup-greedy", "soup-uniform") and p.parent.name:
+        return f"{p.parent.name}-{stem}"
+    return stem
+
+
+def data_label(data: str) -> str:
+    """A data set as a report's file name names it: `sample`, `imagefolder-<the folder's own name>`,
+    `sample-c-fog-5` (a corruption benchmark's selection, `+` between several)."""
+    kind, colon, rest = data.partition(":")
+    if colon and kind in ("imagefolder", "webdataset"):
+        rest = Path(os.path.expanduser(rest)).resolve().name or "root"
+    return kind + (f"-{rest.replace(':', '-').replace(',', '+')}" if colon else "")
+
+
+def report_stem(out: Path, checkpoint: str | os.PathLike, data: str, split: str, adapt: str | None) -> str:
+    """`<checkpoint>-<data>-<split>[-<adapt>]` (see `checkpoint_label`, `data_label`), numbered `-2`, `-3`, ...
+    when a report of that name in `out` measured another checkpoint: a report replaces only its own."""
+    parts = [p for p in (checkpoint_label(checkpoint), data_label(data), split, adapt) if p]
+    stem = re.sub(r"[^A-Za-z0-9_.+-]+", "-", "-".join(parts)).strip("-")
+    own = os.path.abspath(checkpoint)
+    for n in range(1, 1000):
+        candidate = stem if n == 1 else f"{stem}-{n}"
+        report = out / f"eval-{candidate}.json"
+        if not report.exists():
+            return candidate
+        try:
+            recorded = json.loads(report.read_text()).get("checkpoint")
+        except (OSError, ValueError, AttributeError, RecursionError):  # unreadable: someone else's
+            continue
+        if isinstance(recorded, str) and os.path.abspath(recorded) == own:
+            return candidate
+    raise ConfigError(f"{out} already holds reports of 999 other checkpoints named {stem}; give another --out")
 
 
 @dataclass
@@ -117,6 +172,8 @@ class Prediction:
     path: Path
     top: list[tuple[str, float]]
     shown: list[str] = field(default_factory=list)  # each pair as a command prints it (the task's format)
+    answer: list[dict[str, Any]] = field(default_factory=list)  # JSON-ready, as a service sends it (classification:
+    # {"class", "index", "probability"}, the probability a fraction)
 
 
 def predict(checkpoint: str | os.PathLike | LoadedCheckpoint, inputs: list[str | os.PathLike], topk: int = 5,
@@ -136,8 +193,9 @@ def predict(checkpoint: str | os.PathLike | LoadedCheckpoint, inputs: list[str |
     task = task_of(ckpt)
     outputs, _ = _probs(ckpt.model, BatchLoader(data, batch_size, Normalize(mean, std, dev)), dev,
                         autocast_dtype(amp, dev), tta, adapt, alpha, tent_lr, task)
-    return [Prediction(f, top, [f"{name} {task.format_value(v)}" for name, v in top])
-            for f, top in zip(kept, task.predictions(outputs, ckpt.classes, topk))]
+    answers = task.answer(outputs, ckpt.classes, topk)
+    return [Prediction(f, top, [f"{name} {task.format_value(v)}" for name, v in top], answer)
+            for f, top, answer in zip(kept, task.predictions(outputs, ckpt.classes, topk), answers)]
 
 
 def _adapt_record(adapt: str | None, alpha: float | None, tent_lr: float, batch_size: int) -> dict[str, Any] | None:
@@ -172,20 +230,19 @@ def evaluate_corruptions(checkpoint: str | os.PathLike | LoadedCheckpoint, data:
                          data_dir: str | os.PathLike | None = None, batch_size: int = 512, device: str = "auto",
                          amp: str = "off", adapt: str | None = None, alpha: float | None = None,
                          tent_lr: float = 1e-3, images_per_cell: int | None = None, seed: int = 0,
-                         out_dir: str | os.PathLike | None = None, progress: bool = False,
+                         out_dir: str | os.PathLike | None = None, progress: CorruptionProgress | None = None,
                          split: str = "test") -> CorruptionResult:
     """Top-1 error on each corruption and severity of `data` (e.g. fashion-mnist-c, or fashion-mnist-c:fog:5),
     on the clean test split, and the mean corruption error (the mean over the cells). With `adapt`, each cell
     starts from the source model (tent's updates do not carry from one cell to the next). `images_per_cell`
-    evaluates a stratified, seeded subset of each cell (the same images in every cell).
+    evaluates a stratified, seeded subset of each cell (the same images in every cell). `progress`, if
+    given, is called after the clean images and after each corruption's severities (see `CorruptionProgress`).
 
     `split="val"` corrupts, instead of the test split, the training images the checkpoint's run held out for
     validation (its `val_fraction` and split seed): the place to choose an adaptation setting (alpha-BN's α,
     Tent's learning rate) before reading the test split once. The run must have held images out."""
-    from cnnkit.data import train_val_split
-    from cnnkit.data.compat import check_compatible, held_out_for_validation
-    from cnnkit.data.corruptions import benchmark_cells, parse_benchmark
     from cnnkit.data import cache_dir
+    from cnnkit.data.corruptions import benchmark_cells, parse_benchmark
 
     parsed = parse_benchmark(data)
     if parsed is None:
@@ -199,47 +256,77 @@ def evaluate_corruptions(checkpoint: str | os.PathLike | LoadedCheckpoint, data:
     ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load(checkpoint, dev)
     _adaptable(ckpt, adapt, alpha, tent_lr)
     ckpt.model.to(dev)
-    precision = autocast_dtype(amp, dev)
-    mean, std = ckpt.normalization
-    keep: torch.Tensor | None = None
-
-    def clean_loader(base: str) -> ImageData:
-        from cnnkit.data import load_dataset
-
-        if split == "test":
-            ds = load_dataset(base, "test", data_dir=data_dir)
-        else:
-            ds = held_out_for_validation(ckpt, load_dataset(base, "train", data_dir=data_dir))
-        check_compatible(ckpt, ds)
-        return ds
-
-    def error(ds: ImageData) -> float:
-        nonlocal keep
-        if images_per_cell is not None and images_per_cell < len(ds):
-            if keep is None:
-                keep = train_val_split(ds.labels, images_per_cell / len(ds), seed)[1]
-            ds = ds.subset(keep, ds.split)
-        probs, labels = _probs(ckpt.model, BatchLoader(ds, batch_size, Normalize(mean, std, dev)), dev, precision,
-                               False, adapt, alpha, tent_lr)
-        return float((probs.argmax(1) != labels).float().mean())
-
+    cells = _CellScorer(ckpt, dev, autocast_dtype(amp, dev), batch_size, images_per_cell, seed,
+                        (adapt, alpha, tent_lr), split, data_dir)
+    report = progress or (lambda *a: None)
     errors: dict[str, dict[int, float]] = {}
     clean_error = None
-    for corruption, severity, cell in benchmark_cells(data, clean_loader, cache_dir() / "corrupted"):
+    total, clean = len(parsed[1]), cells.clean(parsed[0])  # a mistake in the data shows before anything is said
+    report("start", {}, min(len(clean), images_per_cell or len(clean)), total)
+    for corruption, severity, cell in benchmark_cells(data, cells.clean, cache_dir() / "corrupted"):
         if clean_error is None:  # the same images uncorrupted, the same way
-            clean_error = error(clean_loader(parsed[0]))
-        errors.setdefault(corruption, {})[severity] = error(cell)
-        if progress:
-            print(f"{corruption} {severity}: error {errors[corruption][severity]:.4f}", flush=True)
+            clean_error = cells.error(clean)
+            report("clean", {0: clean_error}, 0, total)
+        if errors and corruption not in errors:
+            done = next(reversed(errors))
+            report(done, errors[done], len(errors), total)
+        errors.setdefault(corruption, {})[severity] = cells.error(cell)
+    if errors:
+        done = next(reversed(errors))
+        report(done, errors[done], len(errors), total)
     result = CorruptionResult(errors, float(clean_error), {})
-    result.metrics = {"checkpoint": str(ckpt.path), "data": data, "split": split, "images_per_cell": images_per_cell,
-                      "adapt": _adapt_record(adapt, alpha, tent_lr, batch_size), "clean_error": result.clean_error,
-                      "mean_corruption_error": result.mean_corruption_error,
+    result.metrics = {"checkpoint": os.path.abspath(ckpt.path), "data": data, "split": split,
+                      "images_per_cell": images_per_cell, "adapt": _adapt_record(adapt, alpha, tent_lr, batch_size),
+                      "clean_error": result.clean_error, "mean_corruption_error": result.mean_corruption_error,
                       "per_corruption": {c: sum(r.values()) / len(r) for c, r in errors.items()},
                       "errors": {c: {str(s): e for s, e in r.items()} for c, r in errors.items()}}
     if out_dir is not None:
         claim_dir(out_dir)
-        name = data.replace(":", "-").replace(",", "+") + ("-val" if split == "val" else "") + (f"-{adapt}" if adapt else "")
-        result.json_path = Path(out_dir) / f"eval-{name}.json"
+        stem = report_stem(Path(out_dir), ckpt.path, data, "val" if split == "val" else "", adapt)
+        result.json_path = Path(out_dir) / f"eval-{stem}.json"
         atomic_write_text(result.json_path, json.dumps(result.metrics, indent=2) + "\n")
     return result
+
+
+# called with ("start", {}, images per cell, n corruptions) once the clean set is loaded, ("clean", {0: error}, 0, n)
+# once it is scored, then (corruption, {severity: error}, corruptions done, n) as each corruption's severities are
+CorruptionProgress = Callable[[str, dict[int, float], int, int], None]
+
+
+class _CellScorer:
+    """The top-1 error of a checkpoint on the cells of a corruption benchmark, and the clean set they are
+    made from (the test split, or the run's validation images), checked to fit it."""
+
+    def __init__(self, ckpt: LoadedCheckpoint, dev: torch.device, precision: torch.dtype | None, batch_size: int,
+                 images_per_cell: int | None, seed: int, adapt: tuple[str | None, float | None, float], split: str,
+                 data_dir: str | os.PathLike | None):
+        self.ckpt, self.dev, self.precision, self.batch_size = ckpt, dev, precision, batch_size
+        self.images_per_cell, self.seed, self.adapt, self.split, self.data_dir = images_per_cell, seed, adapt, \
+            split, data_dir
+        self.keep: torch.Tensor | None = None
+        self.loaded: dict[str, ImageData] = {}
+
+    def clean(self, base: str) -> ImageData:
+        """The clean set the cells are made from (loaded once)."""
+        from cnnkit.data import load_dataset
+        from cnnkit.data.compat import check_compatible, held_out_for_validation
+
+        if base not in self.loaded:
+            if self.split == "test":
+                ds = load_dataset(base, "test", data_dir=self.data_dir)
+            else:
+                ds = held_out_for_validation(self.ckpt, load_dataset(base, "train", data_dir=self.data_dir))
+            self.loaded[base] = check_compatible(self.ckpt, ds)  # the same classes in another order: renumbered
+        return self.loaded[base]
+
+    def error(self, ds: ImageData) -> float:
+        from cnnkit.data import train_val_split
+
+        if self.images_per_cell is not None and self.images_per_cell < len(ds):
+            if self.keep is None:
+                self.keep = train_val_split(ds.labels, self.images_per_cell / len(ds), self.seed)[1]
+            ds = ds.subset(self.keep, ds.split)
+        mean, std = self.ckpt.normalization
+        probs, labels = _probs(self.ckpt.model, BatchLoader(ds, self.batch_size, Normalize(mean, std, self.dev)),
+                               self.dev, self.precision, False, *self.adapt)
+        return float((probs.argmax(1) != labels).float().mean())

@@ -30,18 +30,25 @@ def evaluate_loader(model: nn.Module, loader: Iterable, device: torch.device, am
 @torch.no_grad()
 def validation_sums(model: nn.Module, loader: Iterable, task: Task, device: torch.device, amp: torch.dtype | None,
                     tta: bool = False, batch: Batch | None = None) -> torch.Tensor:
-    """[loss summed, score summed, images] over a loader, float64; `batch` turns each batch into what the
-    model sees and its targets (an objective's, e.g. RotNet's rotations)."""
+    """[loss summed, images, what the score is made from (`task.score_sum`, summed)...] over a loader, float64;
+    `batch` turns each batch into what the model sees and its targets (an objective's, e.g. RotNet's)."""
     was = model.training
     model.eval()
-    sums = torch.zeros(3, dtype=torch.float64)
+    sums: torch.Tensor | None = None
     for x, y in loader:
         t = task.targets(x, y)
         if batch is not None:
             x, t = batch(x, t)
         with autocast(device, amp):
             out = task.infer(model, x, tta)
-        sums += torch.tensor([float(task.loss_sum(out, t)), float(task.score_sum(out, t)), len(t)],
-                             dtype=torch.float64)
+        part = torch.cat([torch.stack([task.loss_sum(out, t).double().cpu(), torch.tensor(len(t), dtype=torch.float64)]),
+                          task.score_sum(out, t).double().flatten().cpu()])
+        sums = part if sums is None else sums + part
     model.train(was)
-    return sums
+    return sums if sums is not None else torch.zeros(3, dtype=torch.float64)
+
+
+def validation_metrics(sums: torch.Tensor, task: Task) -> dict[str, float]:
+    """`validation_sums` read out: the mean loss and the task's score."""
+    images = float(sums[1])
+    return {"val_loss": float(sums[0]) / max(images, 1.0), f"val_{task.score}": task.score_value(sums[2:], images)}

@@ -178,7 +178,7 @@ def benchmark_methods(checkpoint: str | os.PathLike | LoadedCheckpoint, data: st
     if ds.boxes is None:
         raise DataError(f"{data} has no ground-truth boxes; the benchmark needs a localization set such as "
                         f"cluttered-fashion-mnist")
-    check_compatible(ckpt, ds, ignore_class_names)
+    ds = check_compatible(ckpt, ds, ignore_class_names)  # the same classes in another order: renumbered
     n = min(limit, len(ds))
     x = Normalize(*ckpt.normalization, dev)(ds.images[:n])
     labels, boxes = ds.labels[:n].to(dev), ds.boxes[:n]

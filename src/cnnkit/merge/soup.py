@@ -28,6 +28,7 @@ import copy
 import csv
 import io
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,7 @@ class SoupRow:
     kept: bool | None  # ingredients: whether the greedy soup holds it; soups: None
     ingredients: list[str]  # soups: the ingredients averaged; an ingredient: itself
     checkpoint: str | None = None  # the ingredient's file, or the soup's file when it was written
+    batchnorm: str = ""  # "as trained" (an ingredient), "re-measured" or "averaged" (a soup's statistics)
 
 
 @dataclass
@@ -81,6 +83,9 @@ class SoupResult:
     data: str
     out: Path
     models: dict[str, nn.Module] = field(default_factory=dict, repr=False)  # "uniform", "greedy": eval mode
+    test_images: int = 0
+    tta: bool = False  # every row scored with flip test-time augmentation
+    trained_with_tta: bool = False  # the ingredients' training validated with it (their "best val acc" did)
 
     def row(self, name: str) -> SoupRow:
         return next(r for r in self.rows if r.name == name)
@@ -89,10 +94,11 @@ class SoupResult:
 # -- scoring -----------------------------------------------------------------------------------------------
 
 class Scorer:
-    """Accuracy of a model on one image set, with loaders cached per normalization."""
+    """Accuracy of a model on one image set, with loaders cached per normalization; `tta` averages each
+    image's prediction with its mirror's (flip test-time augmentation, as training validates with `tta`)."""
 
-    def __init__(self, data: ImageData, device: torch.device, batch_size: int):
-        self.data, self.device, self.batch_size = data, device, batch_size
+    def __init__(self, data: ImageData, device: torch.device, batch_size: int, tta: bool = False):
+        self.data, self.device, self.batch_size, self.tta = data, device, batch_size, tta
         self.loaders: dict[tuple, BatchLoader] = {}
 
     def __call__(self, model: nn.Module, norm: tuple[list[float], list[float]]) -> float:
@@ -102,8 +108,16 @@ class Scorer:
         key = (tuple(norm[0]), tuple(norm[1]))
         if key not in self.loaders:
             self.loaders[key] = BatchLoader(self.data, self.batch_size, Normalize(*norm, self.device))
-        probs, labels = evaluate_loader(model.eval(), self.loaders[key], self.device, None)
+        probs, labels = evaluate_loader(model.eval(), self.loaders[key], self.device, None, self.tta)
         return float((probs.argmax(1) == labels).float().mean())
+
+
+# A progress line in pieces: text, and accuracies (fractions, floats) that the receiver shows in its unit
+Say = Callable[..., None]
+
+
+def _printer(*parts: Any) -> None:
+    print("".join(f"{p:.4f}" if isinstance(p, float) else str(p) for p in parts), file=sys.stderr, flush=True)
 
 
 # -- the soup ------------------------------------------------------------------------------------------------
@@ -111,14 +125,16 @@ class Scorer:
 def make_soup(ingredients: list[str | os.PathLike], method: str = "greedy", data: str | None = None,
               data_dir: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
               bn_images: int = 10000, device: str = "auto", batch_size: int = 512,
-              progress: bool = True) -> SoupResult:
+              progress: bool | Say = True, tta: bool = False) -> SoupResult:
     """Average the weights of `ingredients` (run directories or checkpoints of one architecture, fine-tuned
     from one initialization) into the uniform and the greedy soup, score every ingredient and both soups on
     the held-out images (the validation split no ingredient trained on) and on the test split of `data`
     (default: the ingredients' own dataset), and write into `out` (default `soups/<first run's name>`)
     `soup-greedy.safetensors` and/or `soup-uniform.safetensors` (`method`: greedy, uniform or both) and the
     table, `soup.csv` and `soup.md`, which always holds both soups. `bn_images` training images (not held out)
-    re-measure each soup's BatchNorm statistics; 0 keeps the averaged ones."""
+    re-measure each soup's BatchNorm statistics; 0 keeps the averaged ones. Ingredients and soups are scored
+    alike (`tta`: with flip test-time augmentation), on the same images; the ingredients as they are.
+    `progress`: lines on stderr (True), or a `Say` that receives each line's pieces."""
     from cnnkit.runtime import pick_device
 
     check_options(method, bn_images, batch_size)
@@ -127,25 +143,30 @@ def make_soup(ingredients: list[str | os.PathLike], method: str = "greedy", data
     out_dir = Path(out).expanduser() if out is not None else Path("soups") / _run_name(ingredients[0])
     images = soup_images(ings, data, data_dir, bn_images)
     claim_dir(out_dir)
-    say = print if progress else (lambda *a, **k: None)
+    say: Say = progress if callable(progress) else _printer if progress else (lambda *a: None)
     say(f"soup of {len(ings)} ingredients: {len(images.heldout)} held-out images of {images.data}, "
-        f"{len(images.test)} test images"
-        + (f", BatchNorm statistics from {len(images.bn)} training images" if images.bn is not None else ""),
-        flush=True)
-    score_held, score_test = Scorer(images.heldout, dev, batch_size), Scorer(images.test, dev, batch_size)
+        f"{len(images.test)} test images, {'with' if tta else 'without'} flip TTA"
+        + (f"; each soup's BatchNorm statistics re-measured on {len(images.bn)} training images"
+           if images.bn is not None else ""))
+    score_held, score_test = Scorer(images.heldout, dev, batch_size, tta), Scorer(images.test, dev, batch_size, tta)
     held_acc = [score_held(i.ckpt.model, i.ckpt.normalization) for i in ings]
     test_acc = [score_test(i.ckpt.model, i.ckpt.normalization) for i in ings]
     for i, h, t in zip(ings, held_acc, test_acc):
-        say(f"  {i.name}: held-out {100 * h:.2f}, test {100 * t:.2f}", flush=True)
+        say(f"  {i.name} (as trained): held-out ", h, ", test ", t)
     order = sorted(range(len(ings)), key=lambda k: -held_acc[k])  # stable: ties keep the given order
     kitchen = Kitchen(ings, ings[order[0]], images.bn, score_held, dev, batch_size)
     soups = cook_soups(kitchen, order, score_test, say)
-    paths = write_soups(kitchen, soups, method, images, out_dir)
-    result = SoupResult(soup_rows(ings, held_acc, test_acc, soups, paths), paths, soups.steps,
-                        [ings[k].name for k in soups.kept], len(images.heldout),
-                        len(images.bn) if images.bn is not None else 0, images.data, out_dir, soups.models)
+    paths = write_soups(kitchen, soups, method, images, out_dir, tta)
+    result = SoupResult(soup_rows(ings, held_acc, test_acc, soups, paths, kitchen.bn_images), paths, soups.steps,
+                        [ings[k].name for k in soups.kept], len(images.heldout), kitchen.bn_images, images.data,
+                        out_dir, soups.models, len(images.test), tta, all(_validated_with_tta(i) for i in ings))
     paths["csv"], paths["md"] = write_tables(result, out_dir)
     return result
+
+
+def _validated_with_tta(ing: Ingredient) -> bool:
+    """Whether the ingredient's run validated with flip TTA (its recipe's `tta`): its "best val acc" did."""
+    return bool((ing.ckpt.meta.get("config") or {}).get("tta"))
 
 
 def check_options(method: str, bn_images: int, batch_size: int) -> None:
@@ -194,6 +215,7 @@ class Kitchen:
         self.norm = best.ckpt.normalization
         self.work = copy.deepcopy(best.ckpt.model).to(device).eval()
         self.cooked: dict[tuple[int, ...], tuple[float, dict[str, torch.Tensor]]] = {}
+        self.bn_images = 0  # images the soups' BatchNorm statistics were re-measured on (0: not, or none to)
 
     def cook(self, members: list[int]) -> float:
         """Load the average of `members` into `work`, re-measure its BatchNorm statistics, score it held out."""
@@ -202,8 +224,8 @@ class Kitchen:
             self.work.load_state_dict(self.cooked[key][1])
             return self.cooked[key][0]
         self.work.load_state_dict(average_states([self.ings[k].state for k in members]))
-        if self.bn is not None:
-            recompute_bn(self.work, self.bn, Normalize(*self.norm, self.device), self.batch_size)
+        if self.bn is not None and recompute_bn(self.work, self.bn, Normalize(*self.norm, self.device), self.batch_size):
+            self.bn_images = len(self.bn)
         acc = self.score_held(self.work, self.norm)
         self.cooked[key] = (acc, {k: v.detach().clone() for k, v in self.work.state_dict().items()})
         return acc
@@ -227,12 +249,13 @@ def cook_soups(kitchen: Kitchen, order: list[int], score_test: Scorer, say: Call
     kept = [order[0]]
     current = kitchen.cook(kept)
     steps = [GreedyStep(best.name, current, None, True)]
-    say(f"greedy: {best.name} alone: {100 * current:.2f}", flush=True)
+    remeasured = " (BatchNorm re-measured)" if kitchen.bn_images else ""
+    say(f"greedy: {best.name} alone{remeasured}: held-out ", current)
     for k in order[1:]:
         acc = kitchen.cook(kept + [k])
         ok = acc >= current
         steps.append(GreedyStep(ings[k].name, acc, current, ok))
-        say(f"greedy: + {ings[k].name}: {100 * acc:.2f} ({'kept' if ok else 'left out'})", flush=True)
+        say(f"greedy: + {ings[k].name}: held-out ", acc, f" ({'kept' if ok else 'left out'})")
         if ok:
             kept.append(k)
             current = acc
@@ -242,12 +265,12 @@ def cook_soups(kitchen: Kitchen, order: list[int], score_test: Scorer, say: Call
         h = kitchen.cook(members)
         models[name] = copy.deepcopy(kitchen.work).eval()
         scores[name] = (h, score_test(kitchen.work, kitchen.norm))
-        say(f"{name} soup ({len(members)} of {len(ings)}): held-out {100 * h:.2f}, test {100 * scores[name][1]:.2f}",
-            flush=True)
+        say(f"{name} soup ({len(members)} of {len(ings)}): held-out ", h, ", test ", scores[name][1])
     return Soups(kept, steps, models, scores)
 
 
-def write_soups(kitchen: Kitchen, soups: Soups, method: str, images: SoupImages, out_dir: Path) -> dict[str, Path]:
+def write_soups(kitchen: Kitchen, soups: Soups, method: str, images: SoupImages, out_dir: Path,
+                tta: bool = False) -> dict[str, Path]:
     """`soup-<name>.safetensors` for the soups `method` asks for: the best ingredient's metadata with a `soup`
     record (ingredients, scores, the greedy search)."""
     ings = kitchen.ings
@@ -257,8 +280,8 @@ def write_soups(kitchen: Kitchen, soups: Soups, method: str, images: SoupImages,
         record = {"method": name, "ingredients": [str(ings[k].path) for k in members],
                   "names": [ings[k].name for k in members], "candidates": len(ings),
                   "heldout_acc": soups.scores[name][0], "heldout_images": len(images.heldout),
-                  "test_acc": soups.scores[name][1], "data": images.data,
-                  "bn_recomputed_images": len(images.bn) if images.bn is not None else 0}
+                  "test_acc": soups.scores[name][1], "test_images": len(images.test), "data": images.data,
+                  "tta": tta, "bn_recomputed_images": kitchen.bn_images}
         if name == "greedy":
             record["steps"] = [vars(s) for s in soups.steps]
         path = out_dir / f"soup-{name}.safetensors"
@@ -268,15 +291,30 @@ def write_soups(kitchen: Kitchen, soups: Soups, method: str, images: SoupImages,
 
 
 def soup_rows(ings: list[Ingredient], held_acc: list[float], test_acc: list[float], soups: Soups,
-              paths: dict[str, Path]) -> list[SoupRow]:
-    """The table: each ingredient, then the uniform and the greedy soup."""
-    rows = [SoupRow(i.name, "ingredient", held_acc[k], test_acc[k], k in soups.kept, [i.name], str(i.path))
-            for k, i in enumerate(ings)]
+              paths: dict[str, Path], bn_images: int = 0) -> list[SoupRow]:
+    """The table: each ingredient (as trained), then the uniform and the greedy soup."""
+    rows = [SoupRow(i.name, "ingredient", held_acc[k], test_acc[k], k in soups.kept, [i.name], str(i.path),
+                    "as trained") for k, i in enumerate(ings)]
+    bn = "re-measured" if bn_images else "averaged"
     rows.append(SoupRow("uniform soup", "uniform soup", *soups.scores["uniform"], None, [i.name for i in ings],
-                        str(paths["uniform"]) if "uniform" in paths else None))
+                        str(paths["uniform"]) if "uniform" in paths else None, bn))
     rows.append(SoupRow("greedy soup", "greedy soup", *soups.scores["greedy"], None, [ings[k].name for k in soups.kept],
-                        str(paths["greedy"]) if "greedy" in paths else None))
+                        str(paths["greedy"]) if "greedy" in paths else None, bn))
     return rows
+
+
+def how_scored(result: SoupResult) -> dict[str, str]:
+    """How every row's figures were measured, in words (the table's notes): the images, TTA, BatchNorm."""
+    tta = "flip, every row" if result.tta else "none" + (
+        " (the ingredients' runs validated with flip TTA: their best val acc is a TTA figure; --tta to compare)"
+        if result.trained_with_tta else "")
+    bn = (f"soups: re-measured on {result.bn_images} training images not held out (so a soup of one ingredient "
+          f"differs from it); ingredients: as trained"
+          if result.bn_images else "soups: the ingredients' averaged statistics (not re-measured)")
+    return {"held-out images": f"{result.heldout_images} validation images of {result.data} that no ingredient "
+                               f"trained on (every row)",
+            "test images": f"{result.test_images} ({result.data}'s test split, every row)", "TTA": tta,
+            "BatchNorm statistics": bn}
 
 
 def _run_name(path: str | os.PathLike) -> str:
@@ -294,29 +332,29 @@ def _soup_meta(meta: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _pct(v: float) -> str:
-    return f"{100 * v:.2f}"
+def _pct(v: float) -> str:  # as `cnnkit.cli.console.percent` shows accuracies (merge sits below the CLI)
+    return f"{100 * v:.2f}%"
 
 
 def write_tables(result: SoupResult, out: Path) -> tuple[Path, Path]:
     """soup.csv (one row per ingredient, then the uniform and the greedy soup) and soup.md."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["name", "kind", "heldout_acc", "test_acc", "in_greedy_soup", "ingredients", "checkpoint"])
+    w.writerow(["name", "kind", "heldout_acc", "test_acc", "in_greedy_soup", "ingredients", "checkpoint",
+                "batchnorm", "tta"])
     for r in result.rows:
         kept = "" if r.kept is None else ("yes" if r.kept else "no")
         w.writerow([r.name, r.kind, f"{r.heldout_acc:.6f}", f"{r.test_acc:.6f}", kept, ";".join(r.ingredients),
-                    r.checkpoint or ""])
+                    r.checkpoint or "", r.batchnorm, "flip" if result.tta else "none"])
     atomic_write_text(out / "soup.csv", buf.getvalue())
     n = sum(r.kind == "ingredient" for r in result.rows)
-    lines = [f"Model soup on {result.data}: held-out accuracy on {result.heldout_images} validation images no "
-             f"ingredient trained on; test accuracy on the test split. "
-             + (f"BatchNorm statistics of each soup re-measured on {result.bn_images} training images."
-                if result.bn_images else "BatchNorm statistics averaged, not re-measured."), "",
-             "| ingredient / soup | held-out acc | test acc | in greedy soup |", "| --- | ---: | ---: | --- |"]
+    lines = [f"Model soup on {result.data}, every row scored alike:", ""]
+    lines += [f"- {k}: {v}" for k, v in how_scored(result).items()]
+    lines += ["", "| ingredient / soup | held-out acc | test acc | BatchNorm | in greedy soup |",
+              "| --- | ---: | ---: | --- | --- |"]
     for r in result.rows:
         kept = ("yes" if r.kept else "no") if r.kept is not None else f"{len(r.ingredients)} of {n}"
-        lines.append(f"| {r.name} | {_pct(r.heldout_acc)} | {_pct(r.test_acc)} | {kept} |")
+        lines.append(f"| {r.name} | {_pct(r.heldout_acc)} | {_pct(r.test_acc)} | {r.batchnorm} | {kept} |")
     lines += ["", "Greedy search (best held-out ingredient first; each next one kept if the soup's held-out accuracy "
                   "does not drop):", ""]
     for s in result.steps:

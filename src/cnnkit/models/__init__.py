@@ -6,6 +6,7 @@ from cnnkit.models import (  # noqa: F401  (register the families)
     modern_small,
     nin,
     resnet_small,
+    segment,
     tinyvgg,
     vgg_small,
 )

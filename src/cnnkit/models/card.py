@@ -35,6 +35,7 @@ class ModelCard:
     latency_ms: float | None = None  # batch 1, median
     throughput: float | None = None  # images/s at batch 64, median
     threads: int = 0
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # the options it was built with (--model-kw)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,7 +141,7 @@ def model_card(name: str, input: str | tuple[int, int, int] | None = None, num_c
     except RuntimeError as e:
         raise ModelError(f"{name} cannot run on a {c}×{h}×{w} input: {str(e).splitlines()[0]}") from None
     card = ModelCard(name, family, paper, (c, h, w), num_classes, sum(p.numel() for p in model.parameters()),
-                     macs, act, stages, own, threads=torch.get_num_threads())
+                     macs, act, stages, own, threads=torch.get_num_threads(), model_kwargs=dict(options))
     if timing:
         with torch.no_grad():
             card.latency_ms = 1000 * _median_seconds(lambda: model(x))

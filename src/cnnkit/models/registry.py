@@ -27,6 +27,7 @@ class ModelEntry:
     shared: tuple[str, ...] = ()  # shared options (layers.COMMON_OPTIONS) the builder takes through **options
     default_input: str = "1x28x28"  # C×H×W a model card uses when none is given
     imagenet: bool = False  # an ImageNet-size original (built by timm) rather than a small-input family
+    task: str = "classify"  # what its outputs are (cnnkit.tasks): classes, or a class per pixel (segment)
 
     def options(self) -> list[str]:
         """Keyword options the builder accepts beyond num_classes, in_chans and img_size."""
@@ -46,7 +47,7 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(family: str, min_size: int, paper: str = "", shared: tuple[str, ...] = (),
-                   default_input: str = "1x28x28", imagenet: bool = False) -> Callable:
+                   default_input: str = "1x28x28", imagenet: bool = False, task: str = "classify") -> Callable:
     """Decorator: register a builder `fn(num_classes, in_chans, img_size, **options)` under its name.
 
     `shared` names the shared options (attention, stochastic depth, DropBlock, head, ...) the builder accepts.
@@ -54,7 +55,7 @@ def register_model(family: str, min_size: int, paper: str = "", shared: tuple[st
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _REGISTRY[fn.__name__] = ModelEntry(fn.__name__, fn, family, min_size, paper, tuple(shared),
-                                            default_input, imagenet)
+                                            default_input, imagenet, task)
         return fn
 
     return wrap
@@ -74,10 +75,11 @@ def _timm_names() -> list[str]:
     return timm.list_models()
 
 
-def list_models(pattern: str | None = None, include_timm: bool = False) -> list[str]:
-    """Registered model names matching a shell-style pattern; timm's as `timm/<name>` when asked."""
-    names = sorted(_REGISTRY)
-    if include_timm:
+def list_models(pattern: str | None = None, include_timm: bool = False, task: str | None = "classify") -> list[str]:
+    """Registered model names of `task` (None: every task) matching a shell-style pattern; timm's classifiers
+    as `timm/<name>` when asked."""
+    names = sorted(n for n, e in _REGISTRY.items() if task is None or e.task == task)
+    if include_timm and task in (None, "classify"):
         names += [TIMM_PREFIX + n for n in _timm_names()]
     if pattern:
         names = [n for n in names if fnmatch.fnmatch(n, pattern) or pattern in n]

@@ -18,6 +18,8 @@ from cnnkit.data.compat import load_checkpoint_data
 from cnnkit.errors import CheckpointError, ConfigError, close_matches
 
 POOLS = ("avg", "max", "avg3", "none")
+DEFAULT_POOL = "avg3"  # `cnnkit features` and `cnnkit probe` alike: what a probe of a file gets is what it measures
+SPLITS = ("train", "test")
 
 
 @dataclass
@@ -66,7 +68,7 @@ def pool_features(t: torch.Tensor, pool: str) -> torch.Tensor:
     return t.mean((2, 3)) if pool == "avg" else t.amax((2, 3))
 
 
-def extract(model: nn.Module, data: ImageData, normalize: Normalize, layers: list[str], pool: str = "avg",
+def extract(model: nn.Module, data: ImageData, normalize: Normalize, layers: list[str], pool: str = DEFAULT_POOL,
             batch_size: int = 256, progress: bool = False) -> dict[str, torch.Tensor]:
     """The outputs of `layers` for every image of `data`, batched, in inference mode, pooled by `pool`."""
     if pool not in POOLS:
@@ -113,7 +115,7 @@ def load_features_data(ckpt: LoadedCheckpoint, data: str | None, split: str,
 
 
 def features(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str | None = None, layer: str = "blocks",
-             pool: str = "avg", split: str = "test", data_dir: str | os.PathLike | None = None,
+             pool: str = DEFAULT_POOL, split: str = "test", data_dir: str | os.PathLike | None = None,
              batch_size: int = 256, device: str = "auto", limit: int | None = None,
              progress: bool = False) -> Features:
     """Frozen features of `layer` ('blocks' for every block) of a checkpoint on `split` of `data` (default the
@@ -129,9 +131,21 @@ def features(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str | None 
     return Features(feats, ds.labels.clone(), list(ds.classes), pool, str(ckpt.path), ds.name, split)
 
 
-def save_features(f: Features, out: str | os.PathLike) -> Path:
-    """One safetensors file: a tensor per layer (named by the layer) and `labels`, with what they are in the
-    header. Replaces only a features file cnnkit wrote."""
+def feature_splits(checkpoint: str | os.PathLike | LoadedCheckpoint, splits: tuple[str, ...] = SPLITS,
+                   device: str = "auto", **options: Any) -> list[Features]:
+    """`features` of each of `splits` (default train and test, what a probe trains and scores on), the
+    checkpoint loaded once; `options` as `features` takes them."""
+    from cnnkit.runtime import pick_device
+
+    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load(checkpoint, pick_device(device))
+    return [features(ckpt, split=s, device=device, **options) for s in splits]
+
+
+def save_features(f: Features | list[Features], out: str | os.PathLike) -> Path:
+    """One safetensors file: per split, a tensor per layer (`<split>/<layer>`) and `<split>/labels`, with what
+    they are in the header. The splits must come from one checkpoint, data, pooling and layers. Replaces only a
+    features file cnnkit wrote."""
+    parts = f if isinstance(f, list) else [f]
     path = Path(out).expanduser()
     if path.suffix != ".safetensors":
         raise ConfigError(f"--out must end in .safetensors, got {path.name}")
@@ -142,10 +156,16 @@ def save_features(f: Features, out: str | os.PathLike) -> Path:
     blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocked is not None:
         raise ConfigError(f"cannot write {path}: {blocked} is a file, not a folder")
+    first = parts[0]
+    if any((p.checkpoint, p.data, p.pool, list(p.layers)) != (first.checkpoint, first.data, first.pool,
+                                                               list(first.layers)) for p in parts):
+        raise ConfigError("the splits of one features file must come from one checkpoint, data, pooling and layers")
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"kind": "features", "checkpoint": f.checkpoint, "data": f.data, "split": f.split, "pool": f.pool,
-            "classes": f.classes, "layers": {n: list(t.shape[1:]) for n, t in f.layers.items()}}
-    save_tensors(path, {**f.layers, "labels": f.labels}, meta)
+    meta = {"kind": "features", "checkpoint": first.checkpoint, "data": first.data, "pool": first.pool,
+            "classes": first.classes, "splits": {p.split: len(p.labels) for p in parts},
+            "layers": {n: list(t.shape[1:]) for n, t in first.layers.items()}}
+    tensors = {f"{p.split}/{n}": t for p in parts for n, t in {**p.layers, "labels": p.labels}.items()}
+    save_tensors(path, tensors, meta)
     return path
 
 
@@ -161,13 +181,29 @@ def read_features_meta(path: Path) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) and meta.get("kind") == "features" else None
 
 
-def load_features(path: str | os.PathLike) -> Features:
+def load_feature_splits(path: str | os.PathLike) -> dict[str, Features]:
+    """Every split a features file holds, by name."""
     from safetensors.torch import load_file
 
-    p = Path(path)
+    p = Path(path).expanduser()
     meta = read_features_meta(p)
     if meta is None:
         raise CheckpointError(f"{p} is not a cnnkit features file")
     tensors = load_file(str(p))
-    labels = tensors.pop("labels")
-    return Features(tensors, labels, meta["classes"], meta["pool"], meta["checkpoint"], meta["data"], meta["split"])
+    if "splits" not in meta:  # written before files held several splits: one, its tensors named by layer alone
+        tensors = {f"{meta['split']}/{k}": v for k, v in tensors.items()}
+    out = {}
+    for split in meta.get("splits") or [meta["split"]]:
+        mine = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.split("/", 1)[0] == split}
+        labels = mine.pop("labels")
+        out[split] = Features(mine, labels, meta["classes"], meta["pool"], meta["checkpoint"], meta["data"], split)
+    return out
+
+
+def load_features(path: str | os.PathLike, split: str | None = None) -> Features:
+    """One split of a features file: `split`, else its test split, else the one it holds."""
+    splits = load_feature_splits(path)
+    name = split or ("test" if "test" in splits else next(iter(splits)))
+    if name not in splits:
+        raise ConfigError(f"{path} holds the features of the {' and '.join(splits)} split(s), not of {name}")
+    return splits[name]

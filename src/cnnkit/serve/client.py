@@ -1,7 +1,8 @@
 """A small client of `cnnkit serve` (httpx), used by `cnnkit predict --url` and `cnnkit explain --url`.
 
     from cnnkit.serve.client import Client
-    c = Client("http://127.0.0.1:8000/v1/models/resnet9")        # or Client("http://127.0.0.1:8000", "resnet9")
+    c = Client("http://127.0.0.1:8000/v1/models/resnet9")        # or Client("http://127.0.0.1:8000", "resnet9");
+                                                                  # Client("http://127.0.0.1:8000"): its one model
     c.predict(["shoe.png"], topk=3)       # -> [{"image": ..., "top": [{"class", "index", "probability"}]}]
     c.explain("shoe.png", method="gradcam", target="Sandal")      # -> maps, overlay PNG (base64)
 """
@@ -12,6 +13,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 from cnnkit.errors import CnnkitError, ConfigError, error_line
 
@@ -28,7 +30,8 @@ _URL = re.compile(r"^(https?://[^/]+)(?:/v1/models/([^/]+))?/?$")
 
 
 class Client:
-    """Talks to one service; `model` is taken from a `.../v1/models/NAME` URL when not given."""
+    """Talks to one service; `model` is taken from a `.../v1/models/NAME` URL when not given, else, with only
+    the host's address, it is the one model the service serves."""
 
     def __init__(self, url: str, model: str | None = None, token: str | None = None, timeout: float = 60.0):
         m = _URL.match(url.strip())
@@ -37,7 +40,8 @@ class Client:
                               f"{url!r}")
         import httpx
 
-        self.base, self.model = m.group(1), model or m.group(2)
+        # a name in the URL as `cnnkit serve` prints it: percent-encoded
+        self.base, self.model = m.group(1), model or (unquote(m.group(2)) if m.group(2) else None)
         token = token if token is not None else os.environ.get("CNNKIT_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.base, headers=headers, timeout=timeout)
@@ -70,9 +74,16 @@ class Client:
         return body
 
     def _name(self) -> str:
+        """The model asked, as a URL's path holds it: the URL's, else the one the service serves (with several, a
+        ConfigError names their URLs)."""
         if not self.model:
-            raise ConfigError("say which model: a URL ending in /v1/models/NAME")
-        return self.model
+            names = [m["name"] for m in self.models()]
+            if len(names) != 1:
+                served = ", ".join(f"{self.base}/v1/models/{quote(n, safe='')}" for n in names) or "none"
+                raise ConfigError(f"{self.base} serves {len(names)} models: say which, with a URL ending in "
+                                  f"/v1/models/NAME ({served})")
+            self.model = names[0]
+        return quote(self.model, safe="")
 
     def health(self) -> dict[str, Any]:
         return self._call("GET", "/readyz")

@@ -6,7 +6,7 @@ A task answers, for its kind of output:
   the names of the model's outputs (`output_names`: the classes, recorded in every checkpoint);
 - **training**: its `objective(cfg)`, whose `loss(outputs, targets, x)` the loop minimizes (classification's
   are cross-entropy, knowledge distillation, MEAL V2 and RotNet), and the score the loop reports and keeps
-  the best checkpoint by (`score`, higher is better, summed per batch by `score_sum`);
+  the best checkpoint by (`score`, higher is better, summed per batch by `score_sum` and read by `score_value`);
 - **evaluation**: its outputs at evaluation time (`infer`, with flip test-time augmentation where it makes
   sense), the loss reported on validation data (`loss_sum`), and its full metrics (`evaluate`);
 - **predictions**: how raw outputs become answers (`predictions`: what `predict` prints; `answer`: what a
@@ -125,7 +125,16 @@ class Task(ABC):
 
     @abstractmethod
     def score_sum(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The score summed over a batch (mean = sum / images), higher is better."""
+        """What the score is made from, summed over a batch: `score_size` numbers (one: the score summed over the
+        images; segmentation: a confusion matrix's counts), added up over batches and processes."""
+
+    def score_size(self, outputs: int) -> int:
+        """How many numbers `score_sum` gives for a model with this many outputs."""
+        return 1
+
+    def score_value(self, total: torch.Tensor, images: float) -> float:
+        """The score (higher is better) from `score_sum`'s total over `images` images: by default their mean."""
+        return float(total.sum()) / max(images, 1.0)
 
     @abstractmethod
     def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor, names: list[str]) -> dict[str, Any]:

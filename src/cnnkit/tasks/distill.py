@@ -16,7 +16,10 @@ student's augmented batch, re-normalized with its own mean and std, in inference
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -82,6 +85,42 @@ def meal_v2_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, disc
     return similarity + adversarial
 
 
+def _trained_on(meta: dict[str, Any]) -> str | None:
+    """The dataset a checkpoint's run trained on, as its metadata records it."""
+    dataset = meta.get("dataset")
+    name = dataset.get("name") if isinstance(dataset, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def teachers_data(paths: Sequence[str | os.PathLike]) -> dict[str, Any]:
+    """What a student given no --data trains on: the teachers' dataset (`data`, and the `data_dir` and `img_size`
+    their runs read it with, when set and still there). ConfigError, asking for --data, when the teachers were
+    trained on different data or one does not record its own."""
+    from cnnkit.artifacts import artifact_kind, read_meta, resolve_checkpoint
+    from cnnkit.artifacts.kinds import artifact_file
+
+    found = {}
+    for path in paths:
+        if artifact_kind(path) != "checkpoint":
+            raise CheckpointError(f"teacher {path} is an exported artifact; give a cnnkit checkpoint or run")
+        meta = read_meta(resolve_checkpoint(artifact_file(path)))  # a run's best, a soup folder's soup
+        config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+        found[str(path)] = (_trained_on(meta), config.get("data_dir"), config.get("img_size"))
+    unknown = [p for p, (name, _, _) in found.items() if name is None]
+    if unknown:
+        raise ConfigError(f"teacher {unknown[0]} does not record the data it was trained on; give --data")
+    if len({name for name, _, _ in found.values()}) > 1:
+        raise ConfigError(f"the teachers were trained on different data "
+                          f"({'; '.join(f'{p}: {v[0]}' for p, v in found.items())}); give --data")
+    name, data_dir, img_size = next(iter(found.values()))
+    values: dict[str, Any] = {"data": name}
+    if isinstance(data_dir, str) and Path(data_dir).is_dir():
+        values["data_dir"] = data_dir
+    if img_size is not None:
+        values["img_size"] = img_size
+    return values
+
+
 class Distillation(Objective):
     """Classification learned from teachers: `kd` (Hinton's loss) or `meal-v2` (the teachers' outputs only, and
     a discriminator trained beside the student, saved with the training state)."""
@@ -106,14 +145,17 @@ class Distillation(Objective):
             ckpt = load(path, device)
             if is_exported(ckpt.model):
                 raise CheckpointError(f"teacher {path} is an exported artifact; give a cnnkit checkpoint or run")
+            own = _trained_on(ckpt.meta)
             if list(ckpt.classes) != list(s.classes):
-                raise ConfigError(f"teacher {path} predicts other classes than the data's ({len(ckpt.classes)} "
+                raise ConfigError(f"teacher {path} predicts other classes than --data's ({len(ckpt.classes)} "
                                   f"classes, first {ckpt.classes[0]!r}; the data has {len(s.classes)}, first "
-                                  f"{s.classes[0]!r}); distill from teachers trained on the same classes")
+                                  f"{s.classes[0]!r}): it was trained on {own or 'other data'}; leave out --data to "
+                                  f"distill on the teachers' data, or give a --data with their classes")
             if (ckpt.in_chans, *ckpt.img_size) != (s.in_chans, *s.img_size):
                 raise ConfigError(f"teacher {path} takes {ckpt.in_chans}×{ckpt.img_size[0]}×{ckpt.img_size[1]} "
-                                  f"images, the data is {s.in_chans}×{s.img_size[0]}×{s.img_size[1]}; use --img-size "
-                                  f"to match")
+                                  f"images, --data gives {s.in_chans}×{s.img_size[0]}×{s.img_size[1]}: leave out "
+                                  f"--data to distill on the teachers' data ({own or 'unrecorded'}), or use "
+                                  f"--img-size to match")
             t_mean, t_std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in ckpt.normalization)
             # the student's normalized batch, re-normalized for this teacher: x·(s_std/t_std) + (s_mean − t_mean)/t_std
             scale, shift = student_std / t_std, (student_mean - t_mean) / t_std

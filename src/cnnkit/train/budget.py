@@ -231,10 +231,16 @@ def keep_to_budget(run: Run, epoch: int) -> bool:
                                       extra, may_lengthen=not run.lengthened), run.ranks)  # rank 0 decides
     if total is None:
         return False
-    run.lengthened |= total > run.total_steps
-    run.plan_note = ((run.plan_note or "") + f"; after epoch {epoch + 1}, at the pace kept ({pace * 1e3:.0f} ms "
-                     f"per step, {extra:.1f} s per evaluation and checkpoint), "
-                     f"{'lengthened' if total > run.total_steps else 'shortened'} to {total} steps")
+    longer, before, epochs_before = total > run.total_steps, run.total_steps, run.epochs
+    run.lengthened |= longer
+    pace_kept = f"{pace * 1e3:.0f} ms per step, {extra:.1f} s per evaluation and checkpoint"
+    run.plan_note = ((run.plan_note or "") + f"; after epoch {epoch + 1}, at the pace kept ({pace_kept}), "
+                     f"{'lengthened' if longer else 'shortened'} to {total} steps")
     run.cfg = replace(cfg, max_steps=total, epochs=math.ceil(total / run.steps_per_epoch))
+    if run.bar is not None:  # the bar's length changes: say why, once, on the line above it
+        why = ("the run is well ahead of its plan" if longer else "the rest of the plan would overrun the budget")
+        run.bar.note(f"budget re-planned after epoch {epoch + 1}: {why} ({pace_kept}; {elapsed:.0f} s of "
+                     f"{cfg.budget:.0f} s spent), {'lengthened' if longer else 'shortened'} from {before} steps "
+                     f"({epochs_before} epochs) to {total} ({run.epochs} epochs)")
     run.scheduler = build_scheduler(run.cfg, run.optimizer, run.total_steps, run.steps_per_epoch, done)
     return True

@@ -79,7 +79,7 @@ def save_step(run: Run, epoch: int, step: int, sums: list[float], seconds: float
     state_name = f"state-e{epoch:04d}-s{step:07d}.safetensors"
     elapsed = run.elapsed_before + time.perf_counter() - run.fit_started
     save_train_state(run.dir / state_name, run.optimizer, run.scheduler, run.ema,
-                     {"epoch": epoch, "step": step, "partial": {"sums": sums, "seconds": seconds},
+                     {"epoch": epoch, "step": step, "partial": {"sums": sums, "layout": 2, "seconds": seconds},
                       "best_acc": run.best_score, "stale": run.stale, "history": run.history,
                       "elapsed_seconds": elapsed}, run.objective.modules)
     save_checkpoint(run.dir / "last.safetensors", run.model, {**meta, "train_state": state_name})

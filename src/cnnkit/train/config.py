@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnnkit.data.settings import DEFAULT_VAL_FRACTION, AugmentConfig
+from cnnkit.data.settings import DEFAULT_VAL_FRACTION, SEGMENTATION_DATASETS, TRAINING_DATASETS, AugmentConfig
 from cnnkit.errors import ConfigError, close_matches
 from cnnkit.train.recipes import family_recipe
 
@@ -30,7 +30,8 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "Model option key=value (repeatable).", "option": "--model-kw", "form": "key=value"})
     data: str = field(default="sample", metadata={
-        "help": "sample, fashion-mnist, mnist, cifar10 or imagefolder:<dir>."})
+        "help": f"{', '.join(TRAINING_DATASETS[:-1])} or {TRAINING_DATASETS[-1]} (imagefolder: a folder of class "
+                f"folders; webdataset: the shards `cnnkit data shard` wrote, validated on their val shards)."})
     data_dir: str | None = field(default=None, metadata={
         "help": "Data root (default $CNNKIT_DATA, else ~/.cache/cnnkit/data).", "form": "path"})
     download: bool = field(default=False, metadata={"help": "Fetch the dataset if missing."})
@@ -62,11 +63,13 @@ class TrainConfig:
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing in [0, 1)."})
     ema: float = field(default=0.0, metadata={"help": "EMA decay of the weights (0 = off)."})
     augment: AugmentConfig = field(default_factory=AugmentConfig, metadata={
-        "help": "Augmentation key=value: crop_padding, hflip, policy, erasing, mixup, cutmix.", "form": "key=value"})
+        "help": f"Augmentation key=value (repeatable): {', '.join(f.name for f in dataclasses.fields(AugmentConfig))}.",
+        "form": "key=value"})
     amp: str = field(default="auto", metadata={
         "help": "auto (bf16 where the CPU or GPU computes it natively, else fp32), bf16, fp16 or off."})
     channels_last: bool | str = field(default="auto", metadata={  # 'auto': measured once per model and machine
-        "help": "Channels-last memory layout (default on)."})  # (see train/layout)
+        "help": "Channels-last (or, --no-channels-last, NCHW) memory layout; default: on a CPU whichever trains "
+                "this model faster, measured once per model and machine; on a GPU channels-last."})  # train/layout
     compile: bool = field(default=False, metadata={"help": "torch.compile the model."})
     grad_clip: float = field(default=0.0, metadata={"help": "Max gradient norm (0 = off)."})
     init_from: str | None = field(default=None, metadata={
@@ -86,7 +89,8 @@ class TrainConfig:
     kd_alpha: float = 0.9  # kd: weight of the soft (T²-scaled) loss; 1 − α weighs the hard labels
     disc_weight: float = 1.0  # meal-v2: scale of the discriminator's reversed gradient into the student
     val_fraction: float = field(default=DEFAULT_VAL_FRACTION, metadata={  # stratified, by the split seed
-        "help": "Share of train held out for validation."})
+        "help": f"Share of train held out for validation (default {DEFAULT_VAL_FRACTION}; 0: none). webdataset: "
+                f"the val shards are the validation split (0 leaves them out)."})
     tta: bool = field(default=False, metadata={"help": "Flip test-time augmentation in validation."})
     keep_epochs: list[int] = field(default_factory=list, metadata={
         "help": "Also keep the weights after this epoch as RUN/epoch-NNNN.safetensors (repeatable).",
@@ -157,6 +161,10 @@ class TrainConfig:
             (self.disc_weight >= 0, f"discriminator weight must be 0 (off) or more, got {self.disc_weight}"),
             (self.rotations in (2, 4), f"--rotations must be 2 (0/180°) or 4 (0/90/180/270°), got {self.rotations!r}"),
             (0.0 <= self.val_fraction < 1.0, f"validation fraction must be in [0, 1), got {self.val_fraction}"),
+            (not self.data.startswith("webdataset:") or self.val_fraction in (0, DEFAULT_VAL_FRACTION),
+             f"--val-fraction {self.val_fraction} does not apply to webdataset: its val shards are the validation "
+             f"split (chosen by `cnnkit data shard --val-fraction`); leave --val-fraction out, or give 0 to train "
+             f"without validation"),
             (0.0 < self.test_fraction < 1.0,
              f"--test-fraction must be strictly between 0 and 1, e.g. 0.2; got {self.test_fraction}"),
             (self.img_size is None or (isinstance(self.img_size, int) and self.img_size > 0)
@@ -242,6 +250,8 @@ def dataset_family(data: str) -> str:
         return "cifar10"
     if data.startswith("cluttered-"):
         return "cluttered"
+    if data in SEGMENTATION_DATASETS:
+        return "scenes"
     return "imagefolder"
 
 
@@ -265,6 +275,10 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         "imagefolder": dict(model="resnet9", model_kwargs={"width": 16}, epochs=15, batch_size=64, lr=0.05,
                             schedule="onecycle", warmup_epochs=1, label_smoothing=0.1,
                             augment={"crop_padding": 4, "hflip": True}),
+        # fashion-scenes (segmentation): a small U-Net; a first setting, not yet tuned on a validation split
+        "scenes": dict(model="unet_small", model_kwargs={"width": 16}, task="segment", epochs=8, batch_size=32,
+                       lr=3e-3, optimizer="adamw", weight_decay=1e-4, schedule="onecycle", warmup_epochs=1,
+                       label_smoothing=0.0, augment={"crop_padding": 0, "hflip": True}, tta=True),
     },
     "long": {
         # Fashion-MNIST, 54k/6k split: width 16 without crop plateaued at 94.5% validation accuracy by epoch 10
@@ -283,6 +297,9 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         "imagefolder": dict(model="resnet9", model_kwargs={"width": 32}, epochs=60, batch_size=64, lr=0.05,
                             schedule="cosine", warmup_epochs=3, label_smoothing=0.1, ema=0.999,
                             augment={"crop_padding": 4, "hflip": True, "policy": "trivialaugment"}),
+        "scenes": dict(model="deeplab_small", model_kwargs={"width": 16}, task="segment", epochs=20, batch_size=32,
+                       lr=3e-3, optimizer="adamw", weight_decay=1e-4, schedule="onecycle", warmup_epochs=2,
+                       label_smoothing=0.0, augment={"crop_padding": 0, "hflip": True}, tta=True),
     },
 }
 
@@ -327,6 +344,8 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: TrainConfig | 
             values["model_recipe"] = family.name
     if "optimizer" in given and given["optimizer"] != values["optimizer"]:
         values.update({k: v for k, v in OPTIMIZER_DEFAULTS.get(given["optimizer"], {}).items() if k not in given})
+    if "task" not in given and data in SEGMENTATION_DATASETS:  # the data's targets say what the task is
+        values["task"] = "segment"
     augment = given.pop("augment", None)
     values.update(given)
     if augment:

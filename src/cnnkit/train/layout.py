@@ -49,6 +49,8 @@ def _step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torc
     t = time.perf_counter()
     with autocast(device, amp):
         out = model(x)
+    if out.ndim > 2:  # a class per pixel (segmentation): the image's label at every pixel
+        y = y.view(-1, *[1] * (out.ndim - 2)).expand(-1, *out.shape[2:])
     loss = F.cross_entropy(out.float(), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()

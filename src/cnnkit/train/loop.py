@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.errors import TrainingDiverged
-from cnnkit.evaluate.loop import validation_sums
+from cnnkit.evaluate.loop import validation_metrics, validation_sums
 from cnnkit.runtime import autocast
 from cnnkit.train import budget
 from cnnkit.train.checkpoints import save_step
@@ -26,14 +26,17 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
     run.model.train()
     first = run.start_step if epoch == run.start_epoch else 0  # resumed mid-epoch: continue from there
     run.train_loader.set_epoch(epoch, first)
-    # running sums over the ranks' batches: loss × images, score, images, and the last check's loss and images
-    sums = torch.zeros(5, device=device)  # float32: MPS has no float64; exact counts up to 16 M images
+    # running sums over the ranks' batches: loss × images, images, the last check's loss and images, and what
+    # the task's score is made from (its score_sum, summed)
+    outputs = len(run.objective.output_names(run.task.output_names(list(run.full.classes))))
+    sums = torch.zeros(4 + run.task.score_size(outputs), device=device)  # float32 (MPS has no float64):
+    # exact counts up to 16 M
     earlier = 0.0  # seconds this epoch ran before a mid-epoch resume
     if first and run.partial:  # rank 0 carries the sums saved with the step (they are global)
         if run.ranks.main:
-            sums += torch.tensor(run.partial["sums"], device=device)
+            sums += torch.tensor(_current_layout(run.partial), device=device)
         earlier = run.partial.get("seconds", 0.0)
-    before = float(run.partial["sums"][2]) if first and run.partial else 0.0  # images seen before resuming
+    before = _current_layout(run.partial)[1] if first and run.partial else 0.0  # images seen before resuming
     run.bar.start_epoch(epoch)
     last = min(steps, run.total_steps - epoch * steps)  # a budget's plan may end inside an epoch
     global_sums, lr_used = sums, run.optimizer.param_groups[0]["lr"]
@@ -46,16 +49,17 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
         if i % 20 == 19 or i == last - 1 or checkpoint_now:
             global_sums = all_sum(sums, run.ranks)  # one host sync every 20 steps
             _check_sums(run, global_sums, epoch, i)
-            sums[3], sums[4] = sums[0], sums[2]  # this rank's loss sum and images at this check
-            seen = float(global_sums[2])
-            run.bar.update(i + 1, float(global_sums[0]) / seen, float(global_sums[1]) / seen,
+            sums[2], sums[3] = sums[0], sums[1]  # this rank's loss sum and images at this check
+            seen = float(global_sums[1])
+            run.bar.update(i + 1, float(global_sums[0]) / seen, run.task.score_value(global_sums[4:].cpu(), seen),
                            (seen - before) / max(time.perf_counter() - t0, 1e-9))
         if checkpoint_now:
             save_step(run, epoch, i + 1, [float(v) for v in global_sums], earlier + time.perf_counter() - t0)
     global_sums = all_sum(sums, run.ranks)
-    total, score, seen = (float(v) for v in global_sums[:3])
+    total, seen = float(global_sums[0]), float(global_sums[1])
     run.last_train_s, run.last_epoch_steps = budget.budget_clock() - run.epoch_clock, last - first
-    return {"epoch": epoch + 1, "train_loss": total / seen, f"train_{run.task.score}": score / seen,
+    return {"epoch": epoch + 1, "train_loss": total / seen,
+            f"train_{run.task.score}": run.task.score_value(global_sums[4:].cpu(), seen),
             "lr": lr_used, "images_per_s": seen / (earlier + time.perf_counter() - t0)}
 
 
@@ -74,9 +78,19 @@ def _train_step(run: Run, step: int, x: torch.Tensor, y: torch.Tensor, sums: tor
     if run.ema is not None:
         run.ema.update(run.model, step=step)
     sums[0] += loss.detach() * len(target)
-    sums[1] += run.task.score_sum(outputs.detach(), target)
-    sums[2] += len(target)
+    sums[1] += len(target)
+    sums[4:] += run.task.score_sum(outputs.detach(), target).flatten()
     return lr_used
+
+
+def _current_layout(partial: dict) -> list[float]:
+    """A mid-epoch checkpoint's running sums in today's layout (SUMS_LAYOUT): [loss, images, window loss, window
+    images, score...]; checkpoints written before tasks had scores of their own saved [loss, score, images,
+    window loss, window images] and no layout number."""
+    saved = [float(v) for v in partial["sums"]]
+    if partial.get("layout", 1) == 1:
+        return [saved[0], saved[2], saved[3], saved[4], saved[1]]
+    return saved
 
 
 def _step(run: Run, loss: torch.Tensor) -> None:
@@ -99,12 +113,12 @@ def _step(run: Run, loss: torch.Tensor) -> None:
 def _check_sums(run: Run, global_sums: torch.Tensor, epoch: int, i: int) -> None:
     """Stop a run whose loss is not finite, or climbs well above where it started (a learning rate too high
     for the model): the mean loss of a 20-step window above both 3× and 2 more than the run's first window's."""
-    total, seen = float(global_sums[0]), float(global_sums[2])
+    total, seen = float(global_sums[0]), float(global_sums[1])
     if not math.isfinite(total / seen):
         raise TrainingDiverged(
             f"loss became {total / seen} at epoch {epoch + 1}, step {i + 1}; stopped. The last good "
             f"checkpoint is kept in {run.dir}; try a lower --lr or --grad-clip 1.0")
-    window_loss_sum, window_seen = float(global_sums[3]), float(global_sums[4])
+    window_loss_sum, window_seen = float(global_sums[2]), float(global_sums[3])
     if seen <= window_seen:
         return
     window_loss = (total - window_loss_sum) / (seen - window_seen)
@@ -128,4 +142,4 @@ def validate(run: Run) -> dict[str, float]:
     sums = validation_sums(run.eval_model, run.val_loader, run.task, run.device, run.amp, tta, run.objective.batch)
     if run.ranks.distributed and not hasattr(run.val_set, "shards"):
         sums = all_sum(sums.to(run.device), run.ranks).cpu()
-    return {"val_loss": float(sums[0] / sums[2]), f"val_{run.task.score}": float(sums[1] / sums[2])}
+    return validation_metrics(sums, run.task)

@@ -22,6 +22,7 @@ class TrainProgress:
                                  disable=not enabled, transient=True)
         self.task = None
         self.epoch = 0
+        self.score = "acc"  # the task's score, as metrics.csv names it (learned from the first epoch's metrics)
 
     def __enter__(self) -> TrainProgress:
         self.progress.__enter__()
@@ -43,14 +44,29 @@ class TrainProgress:
         if self.task is not None:
             self.progress.update(self.task, total=total_steps, epochs=epochs)
 
+    def note(self, text: str) -> None:
+        """One line above the bar: something that changed the run while it trains (a budget's re-plan)."""
+        if self.enabled:
+            self.console.print(text, highlight=False, markup=False, soft_wrap=True)
+
     def update(self, step: int, loss: float, acc: float, images_per_s: float) -> None:
         self.progress.update(self.task, completed=self.epoch * self.steps + step,
-                             stats=f"loss {loss:.3f}  acc {acc:.3f}  {images_per_s:,.0f} img/s")
+                             stats=f"loss {loss:.3f}  {self.score} {_shown(self.score, acc)}  "
+                                   f"{images_per_s:,.0f} img/s")
 
     def end_epoch(self, m: dict[str, float]) -> None:
+        """The epoch's line: loss and the task's score (an accuracy in percent) on train and validation."""
+        self.score = next((k[6:] for k in m if k.startswith("train_") and k != "train_loss"), self.score)
         if not self.enabled:
             return
-        val = f"  val_loss {m['val_loss']:.3f}  val_acc {m['val_acc']:.4f}" if "val_acc" in m else ""
+        s = self.score
+        val = f"  val_loss {m['val_loss']:.3f}  val_{s} {_shown(s, m['val_' + s])}" if f"val_{s}" in m else ""
         self.console.print(f"epoch {int(m['epoch'])}/{self.epochs}  loss {m['train_loss']:.3f}  "
-                           f"acc {m['train_acc']:.4f}{val}  {m['images_per_s']:,.0f} img/s  "
-                           f"{m['epoch_seconds']:.1f}s", soft_wrap=True)
+                           f"{s} {_shown(s, m['train_' + s])}{val}  {m['images_per_s']:,.0f} img/s  "
+                           f"{m['epoch_seconds']:.1f}s", soft_wrap=True, highlight=False)
+
+
+def _shown(score: str, value: float) -> str:
+    """A score as a person reads it: an accuracy in percent with two decimals, as every command shows one
+    (cnnkit.cli.console.percent, which training, below the CLI, does not import); another task's as a number."""
+    return f"{100 * value:.2f}%" if score == "acc" else f"{value:.4f}"

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -30,6 +31,10 @@ class LrFindResult:
     steepest: float  # rate where the smoothed loss fell fastest
     min_loss_lr: float  # rate at the smoothed loss's minimum
     stopped_early: bool  # the loss blew up before `end` was reached
+    steps_planned: int = 0  # the steps the test would have run to `end`
+    stopped_because: str = ""  # why it stopped early, in words
+    lr: float | None = None  # the rate the run's config trains with (the recipe's, unless --lr was given)
+    model_recipe: str | None = None  # the recipe that rate comes from
 
     def csv(self) -> str:
         rows = ["step,lr,loss,smoothed_loss"]
@@ -55,7 +60,7 @@ def range_test(run: Any, steps: int = 100, start: float = 1e-6, end: float = 10.
     losses: list[float] = []
     smoothed: list[float] = []
     beta = beta if beta is not None else min(0.98, max(0.7, 1 - 4 / steps))
-    avg, best, stopped = 0.0, math.inf, False
+    avg, best, stopped, why = 0.0, math.inf, False, ""
     epoch = 0
     while len(lrs) < steps and not stopped:
         run.train_loader.set_epoch(epoch)
@@ -78,17 +83,18 @@ def range_test(run: Any, steps: int = 100, start: float = 1e-6, end: float = 10.
             losses.append(value)
             if not math.isfinite(value):
                 smoothed.append(math.inf)
-                stopped = True
+                stopped, why = True, f"the loss became {value} at lr {lr:.3g}"
                 break
             avg = beta * avg + (1 - beta) * value
             smoothed.append(avg / (1 - beta ** len(lrs)))
             best = min(best, smoothed[-1])
-            if len(lrs) > 10 and smoothed[-1] > 4 * best:
-                stopped = True
+            if len(lrs) > 10 and smoothed[-1] > 4 * best:  # diverged: higher rates tell nothing more
+                stopped, why = True, (f"the loss diverged at lr {lr:.3g} (smoothed, {smoothed[-1]:.3g} against its "
+                                      f"lowest {best:.3g}: more than 4×)")
                 break
             if len(lrs) >= steps:
                 break
-    return _propose(lrs, losses, smoothed, stopped)
+    return replace(_propose(lrs, losses, smoothed, stopped), steps_planned=steps, stopped_because=why)
 
 
 def _propose(lrs: list[float], losses: list[float], smoothed: list[float], stopped: bool) -> LrFindResult:
@@ -137,9 +143,10 @@ def plot(result: LrFindResult, title: str) -> bytes:
 
 
 def lr_find(config: Any = None, *, steps: int = 100, start: float = 1e-6, end: float = 10.0,
-            out: str | None = None, **options: Any) -> LrFindResult:
+            out: str | None = None, say: Callable[[str], None] | None = None, **options: Any) -> LrFindResult:
     """Run the range test for the model, data and recipe that `fit(**options)` would train; with `out`, write
-    lr_find.csv and lr_find.png into that folder (claimed as cnnkit's, as every output folder)."""
+    lr_find.csv and lr_find.png into that folder (claimed as cnnkit's, as every output folder). `say` is told,
+    once the run is set up, what the test is doing."""
     from pathlib import Path
 
     from cnnkit.train.rundir import resolve_run
@@ -151,7 +158,10 @@ def lr_find(config: Any = None, *, steps: int = 100, start: float = 1e-6, end: f
         check_writable([Path(out).expanduser() / "lr_find.csv", Path(out).expanduser() / "lr_find.png"])
     cfg, _ = resolve_run(config, None, options)
     run = prepare_run(cfg)
-    result = range_test(run, steps, start, end)
+    if say is not None:
+        say(f"lr-find: {cfg.model} on {cfg.data}: training a copy from its initialization for up to {steps} steps, "
+            f"the learning rate growing from {start:g} to {end:g}; it stops early where the loss diverges")
+    result = replace(range_test(run, steps, start, end), lr=cfg.lr, model_recipe=cfg.model_recipe)
     if out is not None:
         from cnnkit.artifacts import atomic_write_bytes, atomic_write_text, claim_dir
 

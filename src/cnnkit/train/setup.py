@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,7 +15,7 @@ from timm.utils import ModelEmaV3
 
 from cnnkit.data import (BatchLoader, ImageData, IndexedImageSet, Normalize, channel_stats, open_training_data,
                          per_class_subset, train_val_split)
-from cnnkit.errors import ConfigError
+from cnnkit.errors import CheckpointError, ConfigError
 from cnnkit.models import create
 from cnnkit.models.layers import ScheduledDropBlock
 from cnnkit.models.weights import load_pretrained
@@ -71,6 +72,7 @@ def load_data(run: Run) -> None:
         run.train_set, run.val_set = run.full, None
     _take_subsets(run)
     run.objective.check_data(tuple(run.full.img_size))
+    _check_task_fits(run)
     if len(run.train_set) == 0:
         raise ConfigError(f"{cfg.data}: no training images left after holding out the validation split")
     if opened.stats is not None:
@@ -83,6 +85,25 @@ def load_data(run: Run) -> None:
         run.mean, run.std = sample_channel_stats(run.train_set, workers=cfg.workers)
         run.data_note = f"streamed ({run.data_note})"
     run.fingerprint = run.full.fingerprint()
+
+
+def _check_task_fits(run: Run) -> None:
+    """The data's targets and the model's outputs are the task's: a class per pixel needs masks and a
+    segmentation model, a class per image a classifier (one line otherwise)."""
+    cfg, pixels = run.cfg, run.task.name == "segment"
+    if pixels != (getattr(run.full, "masks", None) is not None):
+        raise ConfigError(f"{cfg.data} has {'no ' if pixels else ''}per-pixel masks: the {run.task.name} task "
+                          f"{'needs data with masks (e.g. fashion-scenes)' if pixels else 'takes a class per image'}")
+    if not cfg.model.startswith("timm/"):
+        from cnnkit.models import get_entry, list_models
+
+        entry = get_entry(cfg.model)
+        if entry.task != run.task.name:
+            raise ConfigError(f"{cfg.model} is a {entry.task} model, not a {run.task.name} one; choose one of "
+                              f"{', '.join(list_models(task=run.task.name))}")
+    elif pixels:
+        raise ConfigError("timm models are classifiers; segmentation needs a segmentation model: "
+                          "see `cnnkit models list --task segment`")
 
 
 def _take_subsets(run: Run) -> None:
@@ -108,10 +129,8 @@ def build_model(run: Run) -> None:
     outputs = run.objective.output_names(run.task.output_names(list(full.classes)))
     model = create(cfg.model, num_classes=len(outputs), in_chans=full.in_chans, img_size=full.img_size,
                    **cfg.model_kwargs)
-    if cfg.init_from and not run.resuming:
-        report = load_pretrained(model, cfg.init_from)
-        if run.progress:
-            print(report.summary())
+    if cfg.init_from and not run.resuming:  # said once the run is set up (a refusal after it stays one line)
+        run.init_note = start_from(model, cfg)
     _choose_execution(run, model)
     memory_format = torch.channels_last if run.channels_last else torch.contiguous_format
     if cfg.sync_bn and run.ranks.distributed:
@@ -138,6 +157,56 @@ def build_model(run: Run) -> None:
             model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
     run.step_model = torch.compile(stepper) if cfg.compile else stepper
     run.drop_blocks = [m for m in model.modules() if isinstance(m, ScheduledDropBlock)]
+
+
+def init_from_model(path: str | os.PathLike) -> tuple[str, dict[str, Any]] | None:
+    """The model name and options of the cnnkit run or checkpoint `path` names (None for a timm or torchvision
+    weight file, which carries no architecture)."""
+    from cnnkit.artifacts import read_meta, resolve_checkpoint
+
+    p = Path(path).expanduser()
+    if not (p.is_dir() or p.suffix == ".safetensors"):
+        return None
+    file = resolve_checkpoint(p)
+    try:
+        meta = read_meta(file)
+    except CheckpointError:  # plain safetensors weights (timm's): matched by name or position as they are
+        return None
+    model, options = meta.get("model"), meta.get("model_kwargs") or {}
+    if not isinstance(model, str) or not isinstance(options, dict):
+        return None
+    return model, dict(options)
+
+
+def model_flags(model: str, options: dict[str, Any]) -> str:
+    """The command line's flags that build `model` with `options`."""
+    return " ".join([f"--model {model}", *(f"--model-kw {k}={v}" for k, v in options.items())])
+
+
+def start_from(model: nn.Module, cfg: TrainConfig) -> str:
+    """Load --init-from into `model`, and say what was loaded. A cnnkit run's weights belong to its
+    architecture: another model, or options whose weights do not fit, is refused in one line naming the flags
+    that build the run's model."""
+    source = init_from_model(cfg.init_from)
+    if source is None:
+        return load_pretrained(model, cfg.init_from).summary()
+    name, options = source
+    asked = ", ".join(f"{k}={v}" for k, v in cfg.model_kwargs.items()) or "its default options"
+    held = ", ".join(f"{k}={v}" for k, v in options.items())
+    differs = (f"not the {cfg.model} asked for" if name != cfg.model else
+               f"whose weights do not fit {name} with {asked}")
+    refusal = (f"--init-from {cfg.init_from} holds a {name} model{f' ({held})' if held else ''}, {differs}: add "
+               f"{model_flags(name, options)} (or leave out --model to train the run's model)")
+    if name != cfg.model:
+        raise ConfigError(refusal)
+    try:
+        report = load_pretrained(model, cfg.init_from)
+    except CheckpointError:
+        if options != cfg.model_kwargs:  # the same model at other widths: its tensors do not fit
+            raise ConfigError(refusal) from None
+        raise
+    return (f"--init-from {cfg.init_from}: a {name} run, trained as its model "
+            f"({model_flags(cfg.model, cfg.model_kwargs)}); {report.summary()}")
 
 
 def _choose_execution(run: Run, model: nn.Module) -> None:

@@ -146,6 +146,8 @@ def _say_what_auto_chose(run: Run) -> None:
     procs = f"{run.ranks.world} processes × " if run.ranks.distributed else ""
     say(f"cnnkit train: {cfg.model} on {cfg.data}, {run.device.type}, {run.precision}, {run.layout_note}, "
         f"{procs}{torch.get_num_threads()} threads, {run.data_note} -> {run.dir}", highlight=False, soft_wrap=True)
+    if run.init_note:
+        say(run.init_note, highlight=False, soft_wrap=True, markup=False)
     if run.start_step:
         say(f"resumed at epoch {run.start_epoch + 1}, step {run.start_step} of {run.steps_per_epoch}", highlight=False)
     if cfg.budget is not None:
