@@ -7,6 +7,10 @@ from pathlib import Path
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # several test workers share the cores: one thread each (set before
     os.environ["OMP_NUM_THREADS"] = "1"  # torch starts its OpenMP pool, which would spin-wait against the other)
+# xdist's workers export COLUMNS=80 and LINES=24 as if they had a terminal; a command's output is tested as a user
+# sees it on a pipe, where no terminal width applies (a test that wants one sets it for its own process)
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
 
 import numpy as np
 import pytest

@@ -43,7 +43,7 @@ def test_each_value_reaches_the_config_as_the_fields_value(tmp_path, monkeypatch
 
     def fit(**kwargs):  # noqa: ANN202 - stands in for cnnkit.train.fit
         given.update(kwargs)
-        cfg = SimpleNamespace(model="resnet9", data="sample", distill=None, teachers=[])
+        cfg = SimpleNamespace(model="resnet9", data="sample", distill=None, teachers=[], task="classify", tta=False)
         return SimpleNamespace(history=[{"epoch": 1, "train_acc": 0.5}], config=cfg, run_dir=tmp_path,
                                best_val_acc=None, stopped_early=False, seconds=1.0, best_checkpoint=tmp_path)
 
