@@ -96,3 +96,15 @@ def test_a_second_export_replaces_only_its_own_files(tmp_path, monkeypatch, caps
     assert main(["data", "export-sample", "other"]) == 2
     assert "refusing to replace other/test/Bag/00000.png" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "other").rglob("*")] == ["test", "Bag", "00000.png"]
+
+
+def test_a_class_file_beyond_its_bound_is_refused_unread(tmp_path, monkeypatch):
+    import cnnkit.data.imagefolder as imagefolder
+    from cnnkit.data import load_imagefolder
+    from cnnkit.errors import DataError
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "classes.json").write_text('{"classes": [{"folder": "a", "name": "A"}]}' + " " * 200)
+    monkeypatch.setattr(imagefolder, "MAX_CLASS_FILE_BYTES", 100)
+    with pytest.raises(DataError, match="is not a class list"):
+        load_imagefolder(tmp_path, "train")

@@ -21,6 +21,7 @@ from cnnkit.errors import DataError
 # `{"classes": [{"folder": "T-shirt_top", "name": "T-shirt/top"}, ...]}`: the classes in label order, each
 # read from its folder under its name (what `cnnkit data export-sample` writes)
 CLASS_FILE = "classes.json"
+MAX_CLASS_FILE_BYTES = 4 << 20  # far above any class list (100,000 classes fit); a larger file is refused
 
 
 def load(name: str, split: str, options: LoadOptions) -> ImageData:
@@ -64,6 +65,8 @@ def _class_folders(base: Path, folder: Path) -> list[tuple[str, str]]:
     if not path.is_file():
         return [(d, d) for d in present]
     try:
+        if path.stat().st_size > MAX_CLASS_FILE_BYTES:  # a handed folder's file: read within bounds
+            raise ValueError("too large")
         listed = json.loads(path.read_text(encoding="utf-8"))["classes"]
         pairs = [(e["folder"], e["name"]) for e in listed]
         ok = bool(pairs) and all(isinstance(f, str) and isinstance(n, str) and f and n and "/" not in f
@@ -74,7 +77,7 @@ def _class_folders(base: Path, folder: Path) -> list[tuple[str, str]]:
         raise DataError(f"imagefolder: {path} is not a class list: it must hold {{\"classes\": [{{\"folder\": "
                         f"..., \"name\": ...}}, ...]}}, one entry per class in label order")
     for what, values in (("folder", [f for f, _ in pairs]), ("class name", [n for _, n in pairs])):
-        twice = sorted({v for v in values if values.count(v) > 1})
+        twice = sorted(v for v, n in Counter(values).items() if n > 1)
         if twice:
             raise DataError(f"imagefolder: {path} lists the {what} {twice[0]!r} twice")
     unlisted = [d for d in present if d not in {f for f, _ in pairs}]

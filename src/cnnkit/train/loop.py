@@ -28,8 +28,7 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
     run.train_loader.set_epoch(epoch, first)
     # running sums over the ranks' batches: loss × images, images, the last check's loss and images, and what
     # the task's score is made from (its score_sum, summed)
-    outputs = len(run.objective.output_names(run.task.output_names(list(run.full.classes))))
-    sums = torch.zeros(4 + run.task.score_size(outputs), device=device)  # float32 (MPS has no float64):
+    sums = torch.zeros(4 + run.task.score_size(run.outputs), device=device)  # float32 (MPS has no float64):
     # exact counts up to 16 M
     earlier = 0.0  # seconds this epoch ran before a mid-epoch resume
     if first and run.partial:  # rank 0 carries the sums saved with the step (they are global)

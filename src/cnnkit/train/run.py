@@ -67,6 +67,7 @@ class Run:
     # progress through the run (loop, checkpoints.restore)
     start_epoch: int = 0
     start_step: int = 0  # steps of `start_epoch` already taken (a run resumed mid-epoch)
+    outputs: int = 0  # the model's outputs (its head's size), set when it is built
     partial: dict[str, Any] | None = None  # that epoch's running sums when it was saved
     best_score: float = -math.inf
     stale: int = 0

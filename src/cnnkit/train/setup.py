@@ -127,6 +127,7 @@ def build_model(run: Run) -> None:
     objective bound to it, optimizer, schedule, EMA and the model the loop steps (DDP, compiled)."""
     cfg, full = run.cfg, run.full
     outputs = run.objective.output_names(run.task.output_names(list(full.classes)))
+    run.outputs = len(outputs)
     model = create(cfg.model, num_classes=len(outputs), in_chans=full.in_chans, img_size=full.img_size,
                    **cfg.model_kwargs)
     if cfg.init_from and not run.resuming:  # said once the run is set up (a refusal after it stays one line)
