@@ -51,6 +51,17 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory):
     return fit(**TINY, epochs=3, out=str(out), progress=False)
 
 
+@pytest.fixture(scope="session")
+def seg_run(tmp_path_factory: pytest.TempPathFactory):
+    """A short segmentation run (a narrow U-Net, 2 epochs on 256 fashion-scenes, 200 validation scenes), shared by
+    the segmentation tests of prediction, export and serving: barely trained (it labels mostly background)."""
+    from cnnkit.train import fit
+
+    out = tmp_path_factory.mktemp("runs") / "seg"
+    return fit(model="unet_small", model_kwargs={"width": 8, "depth": 2}, data="fashion-scenes", train_images=256,
+               epochs=2, batch_size=32, val_fraction=0.04, tta=False, channels_last=False, out=str(out), progress=False)
+
+
 def write_imagefolder(root: Path, sample, classes=(0, 1, 7), per_class: int = 12, mixed: bool = True) -> Path:
     """Class folders of real sample images as PNG/JPEG, in varied sizes and modes when `mixed`."""
     for c in classes:

@@ -18,6 +18,32 @@ from cnnkit.tasks.base import Objective, Task, register_task
 IGNORE = 255  # a mask's value for pixels that count nowhere (unlabelled, borders)
 
 
+def default_palette(classes: int) -> list[tuple[int, int, int]]:
+    """Pascal VOC's colour map for `classes` class indices (0 black; bits of the index spread over R, G, B),
+    the colours a mask PNG uses when the data recorded none."""
+    colours = []
+    for i in range(classes):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        colours.append((r, g, b))
+    return colours
+
+
+def run_palette(meta: dict[str, Any], classes: int) -> list[tuple[int, int, int]]:
+    """The palette a checkpoint recorded (`meta["palette"]`: one [r, g, b] per class), else VOC's."""
+    recorded = meta.get("palette")
+    if isinstance(recorded, list) and len(recorded) == classes and all(
+            isinstance(c, (list, tuple)) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+            for c in recorded):
+        return [tuple(c) for c in recorded]
+    return default_palette(classes)
+
+
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """1 − the mean soft Dice coefficient over the classes present in the batch, ignored pixels left out."""
     probs = logits.float().softmax(1)
