@@ -273,6 +273,8 @@ SHORTEN: dict[str, list[tuple[str, str | None]]] = {
     # --no-onnx: the ONNX and ONNX Runtime int8 files of every variant are covered by tests/test_compress.py
     "compress": [("--finetune-epochs", "0.05"), ("--train-images", "300"), ("--calibration", "64"),
                  ("--repeats", "3"), ("--no-onnx", None)],
+    # a segmentation run's only int8 is ONNX Runtime's: no --no-onnx
+    "compress segment": [("--train-images", "300"), ("--calibration", "64"), ("--repeats", "3")],
     "bench": [("--repeats", "3")],
     "models info": [("--no-timing", None)],
     "explore": [("--images", "1")],
@@ -301,6 +303,8 @@ def command_key(argv: list[str]) -> str:
     for mode in ("--resume", "--benchmark", "--budget", "--lr-find", "--nproc"):
         if mode in words:
             key += f" {mode}"
+    if key == "compress" and "runs/scenes" in words:
+        key += " segment"
     return key
 
 
@@ -361,6 +365,11 @@ PLACEHOLDERS: dict[str, str] = {
     "runs/rotnet": "cnnkit pretrain: nin4 width 0.25, 1 epoch on 300 sample images",
     **{f"runs/ing-{s}": f"cnnkit train --init-from runs/fmnist --split-seed 0 --seed {s}: 1 epoch on 200 sample images"
        for s in (1, 2, 3)},  # model-soup ingredients
+    "runs/scenes": "cnnkit train --data fashion-scenes: unet_small width 8 depth 2, 1 epoch on 300 scenes",
+    "scenes.onnx": "cnnkit export of runs/scenes (with its sidecar)",
+    "scenes.pt2": "cnnkit export --format torch-export of runs/scenes, with its sidecar",
+    "scene.png": "a fashion-scenes test scene (96×96)",
+    "big_scan.png": "a 300×220 grey image made of fashion-scenes test scenes",
 }
 OUTPUT_OPTIONS = {"--out", "--json"}  # their values are written, never read
 # the options each README-made placeholder adds to the README's line that writes it
@@ -396,7 +405,7 @@ def test_the_readme_writes_what_its_flow_reads():
         assert reads <= earlier, f"README line `cnnkit {shlex.join(argv)}` reads {reads - earlier}, not written before it"
 
 
-def no_peak_memory(target, batch=64, device="cpu", amp="off"):  # noqa: ANN001, ANN201
+def no_peak_memory(target, batch=64, device="cpu", amp="off", img_size=None):  # noqa: ANN001, ANN201
     return {"peak_rss_mib": None, "model_rss_mib": None, "peak_memory_error": "not measured in tests/project/test_readme.py"}
 
 
@@ -421,6 +430,9 @@ class Placeholders:
             "runs/cluttered": self._cluttered, "fmnist.pt2": self._pt2, "shirt.png": self._shirt_png,
             "resnet18-f37072fd.pth": self._resnet18, "runs/rotnet": self._rotnet,
             **{f"runs/ing-{s}": lambda at, s=s: self._ingredient(at, s) for s in (1, 2, 3)},
+            "runs/scenes": self._scenes, "scenes.onnx": lambda at: self._scenes_export(at, "onnx"),
+            "scenes.pt2": lambda at: self._scenes_export(at, "torch-export"), "scene.png": self._scene_png,
+            "big_scan.png": self._big_scan,
         }
         assert self.makers.keys() == PLACEHOLDERS.keys()
 
@@ -475,6 +487,30 @@ class Placeholders:
     def _cluttered(self, at: Path) -> None:
         run_cli("train", "--model", "resnet9", "--model-kw", "width=8", "--data", "cluttered-sample", "--epochs",
                 "1", "--train-images", "300", "--out", at, "--quiet")
+
+    def _scenes(self, at: Path) -> None:
+        run_cli("train", "--data", "fashion-scenes", "--model-kw", "width=8", "--model-kw", "depth=2", "--epochs", "1",
+                "--train-images", "300", "--val-fraction", "0.04", "--out", at, "--quiet")
+
+    def _scenes_export(self, at: Path, fmt: str) -> None:
+        run_cli("export", "--checkpoint", self.path("runs/scenes"), "--format", fmt, "--out", at)
+
+    def _scene_png(self, at: Path) -> None:
+        from PIL import Image
+
+        from cnnkit.data import load_dataset
+
+        Image.fromarray(load_dataset("fashion-scenes", "test").images[0, 0].numpy(), "L").save(at)
+
+    def _big_scan(self, at: Path) -> None:
+        import numpy as np
+        from PIL import Image
+
+        from cnnkit.data import load_dataset
+
+        scenes = load_dataset("fashion-scenes", "test").images[:12, 0].numpy()
+        grid = np.concatenate([np.concatenate(list(scenes[r * 4:(r + 1) * 4]), 1) for r in range(3)], 0)
+        Image.fromarray(grid[:220, :300], "L").save(at)
 
     def _pt2(self, at: Path) -> None:
         run_cli("export", "--checkpoint", self.path("runs/fmnist"), "--format", "torch-export", "--out", at)

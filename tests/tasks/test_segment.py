@@ -42,6 +42,18 @@ def test_miou_agrees_with_torchmetrics_and_leaves_absent_classes_out():
     tm = multiclass_jaccard_index(probs.argmax(1), target, 5, average=None, ignore_index=IGNORE, zero_division=float("nan"))
     assert ours["per_class_iou"]["e"] is None
     assert ours["miou"] == pytest.approx(float(tm[:4].mean()), abs=1e-6)
+    from torchmetrics.functional.classification import multiclass_accuracy
+
+    micro = multiclass_accuracy(probs.argmax(1), target, 5, average="micro", ignore_index=IGNORE)
+    assert ours["pixel_accuracy"] == pytest.approx(float(micro))
+    import cnnkit.tasks.segment_metrics as sm
+
+    chunked = sm.CHUNK
+    try:  # counted a chunk at a time, from the predicted masks evaluation keeps: the same report
+        sm.CHUNK = 1
+        assert segmentation_report(SEGMENT.kept(probs), target, list("abcde")) == ours
+    finally:
+        sm.CHUNK = chunked
     assert torch.isnan(iou_from_confusion(torch.zeros(2, 2))).all()
 
 
@@ -112,15 +124,20 @@ def test_deeplab_parts_follow_the_papers():
         create("deeplab_small", num_classes=5, in_chans=1, output_stride=4)
 
 
-def test_torchvision_segmentation_models_match_their_library():
-    from torchvision.models.segmentation import lraspp_mobilenet_v3_large
+@pytest.mark.parametrize("ours_name,theirs_name", [("lraspp_mobilenet_v3", "lraspp_mobilenet_v3_large"),
+                                                   ("fcn_resnet50", "fcn_resnet50"),
+                                                   ("deeplabv3_resnet50", "deeplabv3_resnet50")])
+def test_torchvision_segmentation_models_match_their_library(ours_name, theirs_name):
+    import torchvision.models.segmentation as tvseg
 
-    ours = create("lraspp_mobilenet_v3", num_classes=3, in_chans=3)
-    theirs = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=3)
+    ours = create(ours_name, num_classes=3, in_chans=3)
+    theirs = getattr(tvseg, theirs_name)(weights=None, weights_backbone=None, num_classes=3, aux_loss=None) \
+        if ours_name != "lraspp_mobilenet_v3" else tvseg.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                                                                  num_classes=3)
     theirs.load_state_dict({k.removeprefix("net."): v for k, v in ours.state_dict().items()})
     x = torch.randn(1, 3, 64, 64)
     assert torch.allclose(ours.eval()(x), theirs.eval()(x)["out"])
-    assert create("lraspp_mobilenet_v3", num_classes=3, in_chans=1).eval()(torch.randn(1, 1, 64, 64)).shape == (1, 3, 64, 64)
+    assert create(ours_name, num_classes=3, in_chans=1).eval()(torch.randn(1, 1, 64, 64)).shape == (1, 3, 64, 64)
 
 
 def test_segmentation_refuses_augmentations_that_would_not_move_the_masks():
@@ -130,3 +147,51 @@ def test_segmentation_refuses_augmentations_that_would_not_move_the_masks():
         SEGMENT.objective(TrainConfig(task="segment", augment={"mixup": 0.2}))
     with pytest.raises(ConfigError, match="policy is not available"):
         SEGMENT.objective(TrainConfig(task="segment", augment={"policy": "trivialaugment"}))
+
+
+def test_multiscale_and_sliding_window_agree_with_the_whole_image_where_they_must():
+    from cnnkit.tasks.segment import MultiScale, SlidingWindow, test_time_model
+
+    torch.manual_seed(0)
+    pointwise = torch.nn.Conv2d(1, 4, 1).eval()  # a per-pixel model: tiles and whole images give the same answer
+    x = torch.randn(2, 1, 50, 37)
+    whole = pointwise(x).softmax(1)
+    tiled = SlidingWindow(pointwise, (16, 12))(x).softmax(1)
+    assert torch.allclose(tiled, whole, atol=1e-5)  # every pixel covered, overlaps averaged
+    small = torch.randn(1, 1, 10, 8)
+    assert torch.equal(SlidingWindow(pointwise, (16, 12))(small), pointwise(small))  # no larger than a tile: whole
+    assert torch.allclose(MultiScale(pointwise, [1.0])(x).softmax(1), whole, atol=1e-6)
+    # a 2× scale of a per-pixel model, resized back: the bilinear resampling of the same map (smooth inputs agree)
+    smooth = torch.nn.functional.interpolate(torch.randn(1, 1, 6, 6), size=(48, 48), mode="bilinear")
+    ms = MultiScale(pointwise, [1.0, 2.0])(smooth).softmax(1)
+    assert torch.allclose(ms, pointwise(smooth).softmax(1), atol=2e-2)
+    with pytest.raises(ConfigError, match="scales must be between"):
+        MultiScale(pointwise, [0.0])
+    with pytest.raises(ConfigError, match="for segmentation models"):
+        from cnnkit.tasks import CLASSIFY
+
+        test_time_model(pointwise, CLASSIFY, [1.0, 1.5], False, (28, 28))
+
+
+def test_dice_option_trains_segmentation_only():
+    from cnnkit.train.config import TrainConfig, resolve_config
+
+    cfg = resolve_config({"data": "fashion-scenes", "dice": 0.5})
+    assert cfg.task == "segment" and SEGMENT.objective(cfg).dice == 0.5
+    with pytest.raises(ConfigError, match="Dice loss to|segmentation loss"):
+        TrainConfig(data="sample", dice=1.0)
+    with pytest.raises(ConfigError, match="Dice weight must be 0 or more"):
+        TrainConfig(task="segment", data="fashion-scenes", dice=-1.0)
+
+
+def test_segmentation_models_are_listed_apart_and_default_to_scenes():
+    from cnnkit.models import list_models
+    from cnnkit.train.config import resolve_config
+    from cnnkit.train.recipes import family_recipe
+
+    seg = list_models(task="segment")
+    assert {"unet_small", "deeplab_small", "fcn_resnet50", "deeplabv3_resnet50", "lraspp_mobilenet_v3"} <= set(seg)
+    assert not set(seg) & set(list_models())  # `models list` shows classifiers unless asked
+    cfg = resolve_config({"model": "deeplab_small"})
+    assert cfg.data == "fashion-scenes" and cfg.task == "segment"
+    assert family_recipe("deeplab_small").name == family_recipe("unet_small").name == "segmentation"

@@ -75,9 +75,9 @@ def load_onnx(path: str | os.PathLike, device: str | torch.device = "cpu") -> Lo
     if any(isinstance(d, int) and d != w for d, w in zip(dims, want)):
         raise CheckpointError(f"{side} says the input is {'×'.join(map(str, want))} but {p.name} takes "
                               f"{'×'.join(map(str, dims))}; the sidecar does not belong to this model")
-    outputs = model.session.get_outputs()[0].shape
-    if isinstance(outputs[-1], int) and outputs[-1] != len(meta["classes"]):
-        raise CheckpointError(f"{side} lists {len(meta['classes'])} classes but {p.name} outputs {outputs[-1]}")
+    outputs = model.session.get_outputs()[0].shape  # N×K, or N×K×H×W (a class per pixel): K is the second
+    if len(outputs) > 1 and isinstance(outputs[1], int) and outputs[1] != len(meta["classes"]):
+        raise CheckpointError(f"{side} lists {len(meta['classes'])} classes but {p.name} outputs {outputs[1]}")
     return LoadedCheckpoint(model.eval(), meta, p)
 
 

@@ -108,19 +108,23 @@ def _file_ops() -> frozenset[str]:
 
 
 def check_program_graph(path: Path, graph) -> None:  # noqa: ANN001 - a torch.fx.Graph
-    """CheckpointError unless every call in an exported program's graph is an ATen operator that touches no file
-    (or a getitem on a result): what `torch.export` produces from a network, nothing that reaches the disk."""
+    """CheckpointError unless every call in an exported program's graph is an ATen operator that touches no file,
+    a getitem on a result, or integer arithmetic on sizes (a program with a dynamic height and width computes
+    its layers' sizes from the input's): what `torch.export` produces from a network, nothing that reaches the
+    disk."""
     import operator
 
     import torch
 
     banned = _file_ops()
+    size_arithmetic = (operator.add, operator.sub, operator.mul, operator.floordiv, operator.mod, operator.neg,
+                       torch.sym_max, torch.sym_min)
     for node in graph.nodes:
         if node.op in ("placeholder", "output", "get_attr"):
             continue
         target = node.target
         fine = node.op == "call_function" and (
-            target is operator.getitem
+            target is operator.getitem or any(target is f for f in size_arithmetic)
             or (isinstance(target, torch._ops.OpOverload) and target.namespace == "aten"
                 and target._schema.name not in banned))
         if not fine:

@@ -59,13 +59,16 @@ def compress(
     if fmt:
         print_rows(r.rows, fmt)
         return
+    from cnnkit.compress.report import metric_of
+
+    key, label = metric_of(r.rows)  # top-1, or mIoU for a segmentation model
     t = Table(title="compress", title_justify="left")
-    for c in ("variant", "runtime", "path", "top-1", "Δ pts", "KiB", "p50 ms", "img/s"):
+    for c in ("variant", "runtime", "path", label, "Δ pts", "KiB", "p50 ms", "img/s"):
         # a narrow terminal folds cells onto more lines, never cuts a path short
         t.add_column(c, justify="left" if c in ("variant", "runtime", "path") else "right", overflow="fold")
     for row in r.rows:
-        t.add_row(row["variant"], row["runtime"], row["target"], percent(row["top1"]),
-                  f"{row['top1_delta_pts']:+.2f}", f"{row['file_bytes'] / 1024:.0f}", f"{row['latency_ms_p50']:.2f}",
+        t.add_row(row["variant"], row["runtime"], row["target"], percent(row[key]),
+                  f"{row[f'{key}_delta_pts']:+.2f}", f"{row['file_bytes'] / 1024:.0f}", f"{row['latency_ms_p50']:.2f}",
                   f"{row['images_per_s']:.0f}")
     stdout.print(t)
     summary("compress", {"folder": r.out_dir, "report": r.html_path, "json": r.json_path, "pareto": r.png_path})

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from cnnkit.cli.console import err, format_rows, machine_format, percent, print_rows, stdout, summary
-from cnnkit.cli.options import Amp, Checkpoint, CsvOutput, DataDir, Device, JsonOutput, check_early
+from cnnkit.cli.options import Amp, Checkpoint, CsvOutput, DataDir, Device, JsonOutput, check_early, parse_img_size
 from cnnkit.errors import ConfigError
 
 
@@ -32,14 +32,18 @@ def export(
     fn, default = (export_onnx, 1e-4) if format == "onnx" else (export_program, 1e-5)
     r = fn(checkpoint, out, atol=default if atol is None else atol, fold_bn=fold_bn)
     folded = json.loads(r.sidecar.read_text()).get("bn_folded", 0)
+    checked = {f"at {c['size'][0]}×{c['size'][1]}": ", ".join(
+        [f"max |Δ| {c['max_abs_diff']:.2e}"] + [f"{k.replace('_', ' ')} {percent(v)}" for k, v in c.items()
+                                               if k not in ("size", "max_abs_diff")]) for c in r.checks}
     summary("export", {format: r.path, "sidecar": r.sidecar, "BatchNorms folded": folded,
-                       "max |artifact - torch|": f"{r.max_abs_diff:.2e}"})
+                       "max |artifact - torch|": f"{r.max_abs_diff:.2e}", **(checked if len(checked) > 1 else {})})
 
 
 def bench(
     targets: Annotated[list[Path], typer.Argument(help="Run directories, checkpoints, .onnx, .pt2 or int8 .ts "
                                                        "artifacts.")],
-    data: Annotated[Optional[str], typer.Option(help="Also measure top-1 on this dataset's test split.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Also measure top-1 (mIoU for a segmentation model) on this "
+                                                     "dataset's test split.")] = None,
     data_dir: DataDir = None,
     batch: Annotated[int, typer.Option(min=1, help="Batch size of the throughput measurement.")] = 64,
     repeats: Annotated[int, typer.Option(min=3, help="Timed runs at batch 1 (after warm-up).")] = 30,
@@ -49,11 +53,18 @@ def bench(
                                                      "ends in .csv, else JSON.")] = None,
     device: Device = "auto",
     amp: Amp = "off",
+    img_size: Annotated[Optional[str], typer.Option("--img-size", help="Input size, N or HxW (default: each "
+                                                                       "target's training size; another only for "
+                                                                       "models that take any size, e.g. "
+                                                                       "segmentation).")] = None,
 ) -> None:
-    """Parameters, MACs, file size, latency p50/p99 at batch 1, throughput, peak memory, accuracy."""
+    """Parameters, MACs, file size, latency p50/p99 at batch 1 (and per megapixel), throughput, peak memory,
+    accuracy."""
     from cnnkit.deploy.bench import bench_many
 
     fmt = machine_format(as_json, as_csv)
+    size = parse_img_size(img_size)
+    size = (size, size) if isinstance(size, int) else None if size is None else tuple(size)
     if out is not None and out.is_dir():  # before minutes of measuring
         raise ConfigError(f"--out {out} is a folder; give the file to write, e.g. {out / 'bench.json'}")
     if out is not None:
@@ -62,27 +73,33 @@ def bench(
         check_writable([out], "--out")  # a file cnnkit did not write, the file-system root: refused now
     check_early(device=device, amp=amp)
     rows = bench_many(targets, data, data_dir=data_dir, batch=batch, repeats=repeats, device=device, amp=amp,
-                      log=lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True))
+                      log=lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True), img_size=size)
     if fmt:
         print_rows(rows, fmt)
     else:
-        _bench_table(rows, batch, bool(data))
+        _bench_table(rows, batch)
     if out is not None:
         _write_rows(out, rows)
 
 
-def _bench_table(rows: list[dict[str, Any]], batch: int, top1: bool) -> None:
+def _bench_table(rows: list[dict[str, Any]], batch: int) -> None:
+    from cnnkit.deploy.bench import metric_key
+
     where = ", ".join(sorted({f"{r['device']} {r['precision']}" for r in rows}))
     t = Table(title=f"bench ({where}; {rows[0]['torch_threads']} torch threads)", title_justify="left")
-    cols = ["target", "params", "MMACs", "MB on disk", "p50 ms", "p99 ms", f"img/s @{batch}", "peak RSS MiB", "model MiB"]
-    for c in cols + (["top-1"] if top1 else []):  # a narrow terminal folds cells onto more lines, never cuts them
+    metrics = list(dict.fromkeys(r["metric"] for r in rows if "metric" in r))  # top-1, mIoU: each task's own
+    cols = ["target", "size", "params", "MMACs", "MB on disk", "p50 ms", "p99 ms", "ms/MP", f"img/s @{batch}",
+            "peak RSS MiB", "model MiB"]
+    for c in cols + metrics:  # a narrow terminal folds cells onto more lines, never cuts them
         t.add_column(c, justify="left" if c == "target" else "right", overflow="fold")
     for r in rows:
-        cells = [r["target"], f"{r['params']:,}", "–" if r["macs"] is None else f"{r['macs'] / 1e6:.1f}",
-                 f"{r['file_bytes'] / 1e6:.2f}", f"{r['latency_ms_p50']:.2f}", f"{r['latency_ms_p99']:.2f}",
+        key = metric_key(r.get("metric", ""))
+        cells = [r["target"], "×".join(map(str, r["img_size"])), f"{r['params']:,}",
+                 "–" if r["macs"] is None else f"{r['macs'] / 1e6:.1f}", f"{r['file_bytes'] / 1e6:.2f}",
+                 f"{r['latency_ms_p50']:.2f}", f"{r['latency_ms_p99']:.2f}", f"{r['ms_per_megapixel']:.1f}",
                  f"{r['images_per_s']:.0f}",
                  *("–" if r[k] is None else f"{r[k]:.0f}" for k in ("peak_rss_mib", "model_rss_mib"))]
-        t.add_row(*cells, *([percent(r["top1"])] if top1 else []))
+        t.add_row(*cells, *(percent(r[key]) if r.get("metric") == m else "–" for m in metrics))
     stdout.print(t)
 
 

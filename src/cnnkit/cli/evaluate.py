@@ -33,6 +33,11 @@ def eval_(
     alpha: AdaptAlpha = None,
     tent_lr: TentLr = 1e-3,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch (what --adapt adapts to).")] = 512,
+    scales: Annotated[Optional[str], typer.Option(help="Segmentation: also run the model at these input scales "
+                                                       "and average (e.g. 0.75,1,1.25).")] = None,
+    window: Annotated[bool, typer.Option("--window", help="Segmentation: run images larger than the training "
+                                                          "size in overlapping tiles of that size (default: "
+                                                          "whole).")] = False,
     images_per_cell: Annotated[Optional[int], typer.Option(min=1, help="Corruption benchmarks: evaluate this many "
                                                                        "images of each cell (stratified, "
                                                                        "seeded).")] = None,
@@ -51,6 +56,8 @@ def eval_(
     given = checkpoint.expanduser()  # a run or soup folder, else the file's folder: where its reports go
     out_dir = out or (given if given.is_dir() else given.parent)
     if data is not None and parse_benchmark(data) is not None:
+        if scales is not None or window:
+            raise ConfigError("--scales and --window are for segmentation data; corruption benchmarks are classifiers'")
         if split not in ("test", "val") or tta:
             raise ConfigError(f"{data.split(':')[0]} corrupts the test split (or, with --split val, the run's "
                               f"validation images): leave out --tta, and use --split test or val")
@@ -62,6 +69,7 @@ def eval_(
     from cnnkit.evaluate import evaluate
 
     r = evaluate(checkpoint, data, split, data_dir=data_dir, tta=tta, device=device, out_dir=out_dir, strict=strict,
+                 scales=parse_scales(scales), window=window,
                  ignore_class_names=ignore_class_names, amp=amp, adapt=adapt, alpha=alpha, tent_lr=tent_lr,
                  batch_size=batch_size)
     m = r.metrics
@@ -157,46 +165,87 @@ def predict(
     as_csv: Annotated[bool, typer.Option("--csv", help="Print the predictions as CSV instead of the table: one row "
                                                        "per image and rank (full path, rank, class, index, "
                                                        "probability as a fraction).")] = False,
+    masks_out: Annotated[Optional[Path], typer.Option(help="Segmentation models: write each image's mask "
+                                                           "(<stem>.png, a palette PNG of class indices at the "
+                                                           "image's size), <stem>-overlay.png and areas.json "
+                                                           "(each class's pixel share and count) into this "
+                                                           "folder.")] = None,
+    input_size: Annotated[str, typer.Option(help="Segmentation models: the size the model sees each image at: "
+                                                 "model (the training size, the image stretched to it), "
+                                                 "native (the image's own, padded to the model's stride; at "
+                                                 "most 1 Mpixel) or window (the image's own, in overlapping "
+                                                 "windows of the training size). The mask is at the image's "
+                                                 "size in each case.")] = "model",
 ) -> None:
-    """Top-k classes for image files of any size and mode (here, or by a running service with --url)."""
+    """Top-k classes for image files of any size and mode (here, or by a running service with --url); a
+    segmentation model's classes by their share of the pixels, and with --masks-out the masks."""
     fmt = machine_format(as_json, as_csv)
+    check_out_folder(masks_out, "--masks-out")
     if (checkpoint is None) == (url is None):
         raise ConfigError("give --checkpoint RUN (predict here) or --url http://HOST:PORT/v1/models/NAME "
                           "(ask a running cnnkit serve), one of the two")
     if url is not None:
         local = [o for o, given in (("--tta", tta), ("--strict", strict), ("--device", device != "auto"),
-                                    ("--amp", amp != "off"), ("--adapt", adapt is not None)) if given]
+                                    ("--amp", amp != "off"), ("--adapt", adapt is not None),
+                                    ("--input-size", input_size != "model")) if given]
         if local:
             raise ConfigError(f"{', '.join(local)} set how predictions run here; with --url the service decides "
                               f"(start it with the options you want), so leave them out")
-        rows = _predict_remote(url, inputs, topk)
+        preds = _predict_remote(url, inputs, topk, masks_out)
         source = {"service": url}
     else:
         check_early(device=device, amp=amp)
         from cnnkit.evaluate.adapt import check_adapt
+        from cnnkit.evaluate.masks import check_input_size
 
         check_adapt(adapt, alpha, tent_lr)
+        check_input_size(input_size)
         from cnnkit.evaluate import predict as predict_files
 
         preds = predict_files(checkpoint, inputs, topk=topk, tta=tta, device=device, strict=strict, amp=amp,
-                              adapt=adapt, alpha=alpha, tent_lr=tent_lr, batch_size=batch_size)
-        rows = [(p.path, p.answer, p.shown) for p in preds]
+                              adapt=adapt, alpha=alpha, tent_lr=tent_lr, batch_size=batch_size, masks_out=masks_out,
+                              input_size=input_size, keep_masks=False)
         source = {"checkpoint": checkpoint}
+    _print_predictions(preds, fmt, {**source, **({"masks": masks_out} if masks_out is not None else {})})
+
+
+def _print_predictions(preds: list[Any], fmt: Optional[str], source: dict[str, Any]) -> None:
+    """The predictions as a table and a summary (naming `source`), or as JSON or CSV (`fmt`)."""
     if fmt is not None:  # full paths; a probability as the fraction it is
         if fmt == "json":
-            print_rows([{"image": str(Path(f).absolute()), "top": answer} for f, answer, _ in rows], fmt)
+            print_rows([{"image": str(Path(p.path).absolute()), "top": p.answer, **_mask_fields(p)} for p in preds],
+                       fmt)
         else:
-            print_rows([{"image": str(Path(f).absolute()), "rank": k + 1, **a}
-                        for f, answer, _ in rows for k, a in enumerate(answer)], fmt)
+            print_rows([{"image": str(Path(p.path).absolute()), "rank": k + 1, **a}
+                        for p in preds for k, a in enumerate(p.answer)], fmt)
         return
     t = Table(title="predictions", title_justify="left")
     t.add_column("image", overflow="fold")
-    for i in range(max(len(answer) for _, answer, _ in rows)):
+    for i in range(max(len(p.answer) for p in preds)):
         t.add_column(f"#{i + 1}")
-    for f, answer, shown in rows:
-        t.add_row(str(f), *_cells(answer, shown))
+    for p in preds:
+        t.add_row(str(p.path), *_cells(p.answer, p.shown))
     stdout.print(t)
-    summary("predict", {"images": len(rows), **source})
+    summary("predict", {"images": len(preds), **source})
+
+
+def _mask_fields(p: Any) -> dict[str, Any]:
+    """What a segmentation prediction adds to its JSON line: the image's size, every class's area, the files."""
+    if p.size is None:
+        return {}
+    return {"height": p.size[0], "width": p.size[1], "areas": p.areas,
+            **{name: str(Path(f).absolute()) for name, f in p.files.items()}}
+
+
+def parse_scales(text: str | None) -> list[float] | None:
+    """--scales' comma-separated numbers (None when not given); anything else is refused in one line."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--scales takes comma-separated numbers such as 0.75,1,1.25, got {text!r}") from None
+    return values
 
 
 def _cells(answer: list[dict[str, Any]], shown: list[str]) -> list[str]:
@@ -207,18 +256,58 @@ def _cells(answer: list[dict[str, Any]], shown: list[str]) -> list[str]:
     return shown
 
 
-def _predict_remote(url: str, inputs: list[Path], topk: int) -> list[tuple[Path, list[dict[str, Any]], list[str]]]:
-    """Predictions of a running service for image files (folders expanded), in requests of up to 32 images:
-    (file, the service's answers, as a line shows them)."""
+def _predict_remote(url: str, inputs: list[Path], topk: int, masks_out: Optional[Path]) -> list[Any]:
+    """Predictions of a running service for image files (folders expanded), in requests of up to 32 images; a
+    segmentation model's masks written to `masks_out` as `predict` writes them here."""
     from cnnkit.data.images import list_image_files
+    from cnnkit.evaluate import Prediction
     from cnnkit.serve.client import Client
 
     files = list_image_files(list(inputs))
-    rows = []
+    preds, folder, classes, palette = [], None, [], []
     with Client(url) as client:
         for i in range(0, len(files), 32):
             part = files[i:i + 32]
             for f, p in zip(part, client.predict(part, topk)):
                 top = list(p["top"])
-                rows.append((Path(f), top, [" ".join(str(v) for v in a.values()) for a in top]))
-    return rows
+                pred = Prediction(Path(f), [], [_shown(a) for a in top], top)  # the service's answer as sent
+                if "mask" in p:
+                    pred.size, pred.areas = (p["height"], p["width"]), p["areas"]
+                    if masks_out is not None:
+                        if folder is None:
+                            from cnnkit.evaluate.masks import MaskFolder
+
+                            folder, classes = MaskFolder(masks_out, files), client.card()["classes"]
+                        palette = _write_served_mask(folder, pred, p, classes)
+                elif masks_out is not None:
+                    raise ConfigError(f"--masks-out is for segmentation models; the model at {url} is not one")
+                preds.append(pred)
+    if folder is not None:
+        folder.finish({"service": url, "input_size": "model"}, classes, palette[:len(classes)])
+    return preds
+
+
+def _shown(a: dict[str, Any]) -> str:
+    """A served answer as a line shows it: a segmentation class's share in percent, else its values."""
+    if "area" in a:
+        from cnnkit.tasks import get_task
+
+        return f"{a['class']} {get_task('segment').format_value(a['area'])}"
+    return " ".join(str(v) for v in a.values())
+
+
+def _write_served_mask(folder: Any, pred: Any, answer: dict[str, Any], classes: list[str]) -> list[Any]:
+    """Write a served mask (its PNG as sent) and an overlay on the local image; the mask's palette."""
+    import base64
+
+    from cnnkit.data.images import load_image_file
+    from cnnkit.evaluate.masks import read_mask_png
+
+    data = base64.b64decode(answer["mask"])
+    mask, palette = read_mask_png(data, f"the service's mask of {pred.path.name}")
+    image = load_image_file(pred.path)
+    if tuple(mask.shape) != (image.height, image.width):
+        raise ConfigError(f"the service's mask of {pred.path.name} is {mask.shape[1]}×{mask.shape[0]}, the image "
+                          f"{image.width}×{image.height}: is the URL a cnnkit serve of this version?")
+    pred.files = folder.write(pred.path, image, mask, palette, classes, pred.areas, data)
+    return palette

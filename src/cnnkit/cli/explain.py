@@ -26,8 +26,15 @@ def explain(
                                                        "integrated_gradients, guided_backprop, lrp (default: "
                                                        "gradcam; with --benchmark: all).")] = None,
     layer: Annotated[str, typer.Option(help="Layer for the CAM methods (default: the last stage).")] = "auto",
-    target: Annotated[Optional[str], typer.Option(help="Class to explain, by index or name (default: the "
-                                                       "prediction).")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", "--class", help="Class to explain, by index or name "
+                                                  "(default: the prediction; segmentation: the largest predicted "
+                                                  "class).")] = None,
+    region: Annotated[Optional[str], typer.Option(help="Segmentation runs: explain the class over this box, "
+                                                       "x0,y0,x1,y1 in pixels of the image as the model sees it (x1, "
+                                                       "y1 exclusive; default: the pixels predicted as the "
+                                                       "class).")] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="Segmentation runs: random maps the deletion check compares "
+                                                   "the map with.")] = 8,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: RUN/explain or "
                                                      "RUN/explain-benchmark).")] = None,
     benchmark: Annotated[bool, typer.Option("--benchmark", help="Run the methods on a localization test set and "
@@ -45,8 +52,9 @@ def explain(
         raise ConfigError("give --checkpoint RUN (explain here) or --url http://HOST:PORT/v1/models/NAME "
                           "(ask a running cnnkit serve), one of the two")
     if url is not None:
-        if benchmark or device != "auto" or strict:
-            given = "--benchmark" if benchmark else "--device" if device != "auto" else "--strict"
+        if benchmark or device != "auto" or strict or region is not None:
+            given = ("--benchmark" if benchmark else "--device" if device != "auto" else "--strict" if strict
+                     else "--region")
             raise ConfigError(f"{given} applies to explaining here; give --checkpoint, not --url")
         _explain_remote(url, list(inputs or []) + list(images or []), method or "gradcam", layer, target, out)
         return
@@ -71,14 +79,37 @@ def explain(
         raise ConfigError("give image files or folders to explain (or --benchmark)")
     method = method or "gradcam"
     run = explain_files(checkpoint, files, method, layer=layer, target=target, out_dir=out, device=device,
-                        strict=strict)
+                        strict=strict, region=region, seeds=seeds)
+    if run.records and "region" in run.records[0]:
+        _print_segmentation(run.records)
+    else:
+        _print_classification(run.records)
+    summary("explain", {"images": len(run.records), "methods": method, "json": run.json_path, "folder": run.out_dir})
+
+
+def _print_classification(records: list[dict]) -> None:
     t = Table(title="explanations", title_justify="left")
     for c in ("image", "predicted", "target", "png"):
         t.add_column(c, overflow="fold")
-    for rec in run.records:
+    for rec in records:
         t.add_row(rec["image"], f"{rec['predicted']} {percent(rec['probability'])}", rec["target"], rec["png"])
     stdout.print(t)
-    summary("explain", {"images": len(run.records), "methods": method, "json": run.json_path, "folder": run.out_dir})
+
+
+def _print_segmentation(records: list[dict]) -> None:
+    """Seg-Grad-CAM's table: per image and method, the map's deletion AUC beside the random maps' (mean and
+    lowest–highest); lower is more faithful."""
+    t = Table(title="Seg-Grad-CAM (deletion AUC: lower is more faithful)", title_justify="left")
+    for c in ("image", "class", "region", "method", "deletion AUC", "random maps: mean (range)", "png"):
+        t.add_column(c, overflow="fold")
+    for rec in records:
+        region = "predicted" if rec["region"] == "predicted" else ",".join(str(v) for v in rec["region"])
+        for m, r in rec["methods"].items():
+            rnd = r["random_deletion_auc"]
+            t.add_row(rec["image"], rec["target"], f"{region} ({rec['region_pixels']} px)", m,
+                      f"{r['deletion_auc']:.3f}", f"{rnd['mean']:.3f} ({rnd['min']:.3f}–{rnd['max']:.3f}, "
+                      f"{rnd['seeds']} seeds)", rec["png"])
+    stdout.print(t)
 
 
 def _explain_remote(url: str, inputs: list[Path], methods: str, layer: str, target: str | None,

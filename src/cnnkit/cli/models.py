@@ -18,11 +18,15 @@ from cnnkit.errors import ModelError
 def list_(
     pattern: Annotated[Optional[str], typer.Argument(help="Shell-style pattern or substring.")] = None,
     timm: Annotated[bool, typer.Option("--timm", help="Include every timm model (as timm/<name>).")] = False,
+    task: Annotated[str, typer.Option(help="The task's models: classify, segment, ... or all.")] = "classify",
 ) -> None:
     """Registered model names."""
     from cnnkit.models import get_entry, list_models
+    from cnnkit.tasks import get_task
 
-    names = list_models(pattern, include_timm=timm)
+    if task != "all":
+        get_task(task)  # an unknown task: one line with the registered ones
+    names = list_models(pattern, include_timm=timm, task=None if task == "all" else task)
     rows = [(n, "timm", "", "") if n.startswith("timm/") else
             (n, get_entry(n).family, get_entry(n).default_input, get_entry(n).paper) for n in names]
     if not stdout.is_terminal:  # for pipes and files: plain lines, tab-separated, nothing cut or wrapped

@@ -16,6 +16,7 @@ import torch.nn as nn
 from cnnkit.artifacts import LoadedCheckpoint
 from cnnkit.compress.prune import count_macs
 from cnnkit.data import ImageData, Normalize
+from cnnkit.tasks import get_task
 
 # metadata a checkpoint's writer adds itself: a variant saved as a checkpoint does not carry the source's
 WRITER_KEYS = ("format", "cnnkit_version", "torch_version")
@@ -45,12 +46,13 @@ class Settings:
 class Context:
     """One compression run: the source and its float model, the (fine-tuning) training images, the calibration
     images, the output folder and file-name stem, the settings, a progress printer, and what recipes share
-    (the float model's counts, the `--rewind` weights, the pruned models by ratio)."""
+    (the float model's counts, the `--rewind` weights, the pruned models by ratio); `task` is the model's task."""
 
     def __init__(self, ckpt: LoadedCheckpoint, out: Path, train: ImageData, settings: Settings,
                  log: Callable[[str], None], rewound: nn.Module | None = None):
         self.ckpt, self.out, self.settings, self.log, self.rewound = ckpt, out, settings, log, rewound
         self.name = ckpt.meta["model"].replace("/", "_")
+        self.task = get_task(ckpt.meta.get("task"))
         self.mean, self.std = ckpt.normalization
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(settings.seed))
         self.train = train.subset(order[:settings.train_images], "train") if settings.train_images else train

@@ -17,11 +17,11 @@ import torch.nn as nn
 
 from cnnkit.artifacts import LoadedCheckpoint, claim_dir, is_exported, load
 from cnnkit.compress.context import Context, Settings
-from cnnkit.compress.recipes import RECIPE_KINDS, RECIPE_SYNTAX, Recipe, Target, parse_recipes
+from cnnkit.compress.recipes import RECIPE_KINDS, RECIPE_SYNTAX, Recipe, Target, parse_recipes, skip_reason
 from cnnkit.compress.report import CompressResult, write_report
 from cnnkit.data.compat import DataSource, checkpoint_data_source, load_source_split
 from cnnkit.deploy import export_onnx
-from cnnkit.deploy.bench import bench_many
+from cnnkit.deploy.bench import bench_many, metric_key
 from cnnkit.errors import CompressError
 
 # every variant is made and measured on the CPU, where the int8 variants run: speed-ups between devices
@@ -36,7 +36,9 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
              train_images: int | None = None, batch: int = 64, repeats: int = 30, seed: int = 0, onnx: bool = True,
              log: Callable[[str], None] = lambda s: None, ignore_class_names: bool = False) -> CompressResult:
     """Run `recipes` on `checkpoint` (see `cnnkit compress --help`) and measure everything on the test split
-    of `data` (default: the checkpoint's own dataset and its held-out test split)."""
+    of `data` (default: the checkpoint's own dataset and its held-out test split), by the task's headline metric
+    (top-1, mIoU). A recipe that does not apply to the model's task is skipped with one line saying why
+    (`skip_reason`; logged and kept in the report's notes); CompressError when none applies."""
     settings = Settings(calibration, observer, engine, finetune_epochs, lr, criterion, scope, rounds, round_to,
                         distill, rewind, train_images, batch, seed, onnx)
     parsed = parse_recipes(recipes)
@@ -45,6 +47,13 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
     if is_exported(src.model):
         raise CompressError(f"compress a training checkpoint or run directory, not an exported artifact "
                             f"({src.path.name})")
+    task = src.meta.get("task") or "classify"
+    skipped = [why for why in (skip_reason(r, task, onnx) for r in parsed) if why]
+    parsed = [r for r in parsed if not skip_reason(r, task, onnx)]
+    if not parsed:
+        raise CompressError("no recipe applies to this model: " + "; ".join(skipped))
+    for why in skipped:
+        log(why)
     source = checkpoint_data_source(src, data, data_dir)  # resolved once: exported variants lack the config
     out = _output_folder(out_dir, src)
     rewound = rewind_point(rewind, src) if rewind is not None and any(r.kind == "sparse" for r in parsed) else None
@@ -61,7 +70,7 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
         targets += RECIPE_KINDS[recipe.kind](ctx, recipe)
         log(f"  {recipe.text}: {time.perf_counter() - t0:.1f} s")
     rows = measure(targets, source, batch, repeats, log, ignore_class_names)
-    return write_report(out, rows, src, source.name)
+    return write_report(out, rows, src, source.name, skipped)
 
 
 def check_settings(recipes: list[Recipe], s: Settings) -> None:
@@ -112,15 +121,17 @@ def rewind_point(rewind: str | Path, src: LoadedCheckpoint) -> nn.Module:
 
 def measure(targets: list[Target], source: DataSource, batch: int, repeats: int, log: Callable[[str], None],
             ignore_class_names: bool = False) -> list[dict[str, Any]]:
-    """Every target measured side by side on the test split of `source`, with its ratios to the first."""
+    """Every target measured side by side on the test split of `source`, with its ratios to the first (its
+    metric's difference in points: `top1_delta_pts`, `miou_delta_pts`)."""
     log(f"measuring {len(targets)} variants side by side")
     measured = bench_many([t.path for t in targets], data=source.name, data_dir=source.data_dir, batch=batch,
                           repeats=repeats, ignore_class_names=ignore_class_names, device=str(DEVICE), log=log)
     rows = [{"variant": t.variant, "runtime": t.runtime, "file": Path(t.path).name, **r, **t.extra}
             for t, r in zip(targets, measured)]
     base = rows[0]
+    key = metric_key(base["metric"])
     for r in rows:
-        r["top1_delta_pts"] = 100 * (r["top1"] - base["top1"])
+        r[f"{key}_delta_pts"] = 100 * (r[key] - base[key])
         r["size_ratio"] = base["file_bytes"] / r["file_bytes"]
         r["latency_speedup"] = base["latency_ms_p50"] / r["latency_ms_p50"]
         r["throughput_speedup"] = r["images_per_s"] / base["images_per_s"]

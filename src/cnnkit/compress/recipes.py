@@ -1,6 +1,8 @@
 """The compression recipes, one function each, in a table by kind (`RECIPE_KINDS`): each takes the run's
 `Context` and one parsed `Recipe`, writes its variants into the output folder and returns them as `Target`s
-to measure. `parse_recipe` reads a recipe string (int8, qat8, qat4, prune:R, prune:R+int8, sparse:R)."""
+to measure. `parse_recipe` reads a recipe string (int8, qat8, qat4, prune:R, prune:R+int8, sparse:R);
+`skip_reason` says why one does not apply to a model (a segmentation model: int8 in ONNX Runtime only, and
+no recipe that fine-tunes)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ from cnnkit.errors import CompressError
 _RATIO = r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)"  # 0.5, .5, 1., 2: a decimal number (its range is checked apart)
 _RECIPE = re.compile(rf"^(int8|qat8|qat4|prune:{_RATIO}(\+int8)?|sparse:{_RATIO})$")
 RECIPE_SYNTAX = "int8, qat8, qat4, prune:R, prune:R+int8, sparse:R"
+# the recipes that fine-tune: their loop (cnnkit.compress.finetune) and the Taylor criterion train a classifier
+# (cross-entropy on one label per image), so they apply to classifiers only
+FINETUNED = ("qat8", "qat4", "prune", "sparse")
 
 
 @dataclass(frozen=True)
@@ -66,17 +71,34 @@ def parse_recipes(recipes: list[str]) -> list[Recipe]:
     return list(dict.fromkeys(Recipe(r.strip(), *parse_recipe(r)) for r in recipes))
 
 
+def skip_reason(recipe: Recipe, task: str, onnx: bool) -> str | None:
+    """Why `recipe` does not apply to a model of `task` (None: it does). A model other than a classifier gets
+    int8 from ONNX Runtime alone (FX/TorchScript int8 is classification's, moving to PT2E: issue 38) and no
+    recipe that fine-tunes."""
+    if task == "classify":
+        return None
+    if recipe.kind in FINETUNED:
+        return (f"{recipe.text}: skipped, not available for {task} models (its fine-tuning trains a classifier: "
+                f"cross-entropy on one label per image)")
+    if not onnx:
+        return f"{recipe.text}: skipped, int8 for {task} models is ONNX Runtime's, which --no-onnx turns off"
+    return None
+
+
 def _pct(ratio: float) -> str:
     return f"{round(100 * ratio):d}"
 
 
 def int8(ctx: Context, recipe: Recipe) -> list[Target]:
-    """Post-training static int8: FX graph mode (TorchScript) and, with --onnx, ONNX Runtime's QDQ."""
+    """Post-training static int8: FX graph mode (TorchScript; classifiers only, see `skip_reason`) and, with
+    --onnx, ONNX Runtime's QDQ (per-channel weights, calibrated on training images)."""
     s = ctx.settings
-    q = quantize_fx(ctx.model, ctx.calib, s.observer, s.engine, batch=min(s.batch, len(ctx.calib)))
     extra = {"recipe": recipe.text}
-    targets = [Target(recipe.text, "pytorch int8", write_int8_ts(ctx, q, ctx.model, ctx.name, extra),
-                      {"float_ops": q.float_ops})]
+    targets = []
+    if ctx.task.name == "classify":
+        q = quantize_fx(ctx.model, ctx.calib, s.observer, s.engine, batch=min(s.batch, len(ctx.calib)))
+        targets.append(Target(recipe.text, "pytorch int8", write_int8_ts(ctx, q, ctx.model, ctx.name, extra),
+                              {"float_ops": q.float_ops}))
     if s.onnx:
         path, ops = write_int8_onnx(ctx, ctx.model, ctx.name, s.observer, extra)
         targets.append(Target(recipe.text, "onnxruntime int8", path, {"float_ops": ops}))

@@ -15,11 +15,12 @@ from cnnkit.artifacts.exported import onnx_session
 from cnnkit.compress.context import Context
 from cnnkit.compress.quantize import Quantized, quantize_onnx, save_torchscript
 from cnnkit.deploy import export_artifact, write_onnx
+from cnnkit.tasks import Task
 
 
 def write_int8_ts(ctx: Context, q: Quantized, float_model: nn.Module, stem: str, extra: dict[str, Any]) -> Path:
     """`<stem>.int8.ts`: the int8 model `q` (quantized from `float_model`) as signed TorchScript."""
-    def write(_model: nn.Module, example: torch.Tensor, tmp: str):
+    def write(_model: nn.Module, example: torch.Tensor, tmp: str, _task: Task):
         ts = save_torchscript(q.model, example, tmp)
         return lambda x: ts(x).numpy()
 
@@ -36,11 +37,12 @@ def write_int8_onnx(ctx: Context, float_model: nn.Module, stem: str, observer: s
     images; and the operators left in float (also in its sidecar)."""
     info: dict[str, Any] = {}
 
-    def write(model: nn.Module, example: torch.Tensor, tmp: str):
+    def write(model: nn.Module, example: torch.Tensor, tmp: str, task: Task):
         fp = Path(f"{tmp}.float.onnx")
         try:
-            write_onnx(model, example, str(fp))
-            info["float_ops"] = quantize_onnx(fp, tmp, ctx.calib, observer, log=ctx.log)
+            write_onnx(model, example, str(fp), task)
+            info["float_ops"] = quantize_onnx(fp, tmp, ctx.calib, observer, min(ctx.settings.batch, len(ctx.calib)),
+                                              log=ctx.log)
         finally:
             fp.unlink(missing_ok=True)
         sess = onnx_session(tmp)

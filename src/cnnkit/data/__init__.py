@@ -1,5 +1,5 @@
 """Data sets by name (`load_dataset`, the one door: `sources.SOURCES` sends each name to its source's
-module: `bundled`, `published`, `cluttered`, `corruptions`, `imagefolder`, `shards`), the sets they give
+module: `bundled`, `published`, `cluttered`, `corruptions`, `imagefolder`, `segfolders`, `shards`), the sets they give
 (`ImageData` in memory, `FileSet` as files, `shards.WebDatasetSet` as tar shards, all meeting the `ImageSet`
 protocol of `base`), splits, batched augmentation, and the loaders that read each set (`BatchLoader`,
 `stream.StreamLoader`, `shards.WebDatasetLoader`)."""

@@ -71,6 +71,9 @@ class ImageData:
     boxes: torch.Tensor | None = None  # N×4 ground-truth boxes (x0, y0, x1, y1; x1, y1 exclusive), if any
     masks: torch.Tensor | None = None  # N×H×W uint8 class of each pixel (255: ignored), for segmentation
     instances: torch.Tensor | None = None  # N×H×W uint8 object number of each pixel (0: none), if known
+    palette: list[list[int]] | None = None  # the [r, g, b] of each class in masks, when the data has colours
+    sizes: torch.Tensor | None = None  # N×2 int64 (H, W) of each image as its file holds it, where recorded
+    native_masks: list[torch.Tensor] | None = None  # each mask as its file holds it (uint8 H×W), where resized
 
     def __post_init__(self) -> None:
         for what, t in (("masks", self.masks), ("instances", self.instances)):
@@ -116,10 +119,15 @@ class ImageData:
         return h.hexdigest()[:16]
 
     def subset(self, index: torch.Tensor, split: str) -> ImageData:
-        """The images at `index` (with their boxes, masks and instances) as a new set named `split`."""
+        """The images at `index` (with their boxes, masks, instances and sizes, and the palette) as a new set
+        named `split`."""
         pick = lambda t: None if t is None else t[index]  # noqa: E731
+        rows = torch.as_tensor(index)
+        rows = rows.nonzero().flatten() if rows.dtype == torch.bool else rows.flatten()
         return ImageData(self.images[index], self.labels[index], self.classes, self.name, split,
-                         boxes=pick(self.boxes), masks=pick(self.masks), instances=pick(self.instances))
+                         boxes=pick(self.boxes), masks=pick(self.masks), instances=pick(self.instances),
+                         palette=self.palette, sizes=pick(self.sizes),
+                         native_masks=None if self.native_masks is None else [self.native_masks[int(i)] for i in rows])
 
 
 @dataclass

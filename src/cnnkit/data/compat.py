@@ -107,6 +107,8 @@ def _mapped_by_name(ckpt: LoadedCheckpoint, data: ImageData, order: list[int]) -
         full = torch.arange(256, dtype=torch.long)
         full[:len(order)] = lut
         changes["masks"] = full[masks.long()].to(masks.dtype)
+        if getattr(data, "native_masks", None) is not None:
+            changes["native_masks"] = [full[m.long()].to(m.dtype) for m in data.native_masks]
     return dataclasses.replace(data, **changes)
 
 

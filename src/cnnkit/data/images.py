@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from collections.abc import Iterator
 from typing import IO
 
 import numpy as np
@@ -31,9 +32,10 @@ class ImageTooLarge(DataError):
 
 
 def load_image_file(path: str | os.PathLike | IO[bytes] | Image.Image, max_pixels: int | None = None,
-                    name: str | None = None, reduce_to: int | None = None) -> Image.Image:
-    """Open and fully decode an image (EXIF orientation applied) from a path, a binary file object or an image
-    PIL has opened (its header read, nothing decoded yet);
+                    name: str | None = None, reduce_to: int | None = None, orient: bool = True) -> Image.Image:
+    """Open and fully decode an image (EXIF orientation applied, unless `orient` is False: a segmentation mask
+    is drawn on the pixels as stored) from a path, a binary file object or an image PIL has opened (its header
+    read, nothing decoded yet);
     DataError if corrupt, truncated or larger than `max_pixels` (default PIL's limit), checked from the
     header before any pixel is decoded. `name` is what error messages call it (default the path).
     `reduce_to`: a JPEG may be decoded at a reduced scale (1/2 to 1/8) whose sides stay at least this."""
@@ -54,7 +56,7 @@ def load_image_file(path: str | os.PathLike | IO[bytes] | Image.Image, max_pixel
             if reduce_to and im.format == "JPEG" and im.mode in ("L", "RGB"):
                 im.draft(im.mode, (reduce_to, reduce_to))
             im.load()
-            return ImageOps.exif_transpose(im)
+            return ImageOps.exif_transpose(im) if orient else im
     except MemoryError:  # a header whose size passes the pixel limit but whose decoder buffers do not fit
         raise ImageTooLarge(f"cannot read image {name}: not enough memory to decode it; {_BOMB_HINT}") from None
     except Image.DecompressionBombError:  # PIL's own refusal, past twice its limit, while reading the header
@@ -135,24 +137,35 @@ def list_image_files(paths: list[str | os.PathLike]) -> list[Path]:
     return out
 
 
-def load_model_inputs(paths: list[str | os.PathLike], in_chans: int, size: tuple[int, int],
-                      strict: bool = False) -> tuple[torch.Tensor, list[Path]]:
-    """Image files or folders as one uint8 N×C×H×W batch for a model, and the files kept. Unreadable images
-    are skipped with a warning (or raise with `strict`); DataError when none can be read."""
-    tensors, kept, problems = [], [], []
-    for f in list_image_files(list(paths)):
+def decoded_images(inputs: list[str | os.PathLike], strict: bool) -> Iterator[tuple[Path, Image.Image]]:
+    """The image files of `inputs` (folders expanded), decoded one by one; an unreadable one is skipped with a
+    warning (raised with `strict`); DataError at the end when none could be read."""
+    problems, read = [], 0
+    for f in list_image_files(list(inputs)):
         try:
-            tensors.append(to_model_input(load_image_file(f), in_chans, size))
-            kept.append(Path(f))
+            image = load_image_file(f)
         except DataError as e:
             if strict:
                 raise
             problems.append(str(e))
-    if not tensors:  # one error line, not a warning per file before it
+            continue
+        read += 1
+        yield Path(f), image
+    if not read:
         more = f" (and {len(problems) - 1} more unreadable)" if len(problems) > 1 else ""
         raise DataError(f"none of the given images could be read: {problems[0]}{more}")
     for p in problems:
         warnings.warn(p, stacklevel=3)
     if problems:
         warnings.warn(f"skipped {len(problems)} unreadable image(s)", stacklevel=3)
+
+
+def load_model_inputs(paths: list[str | os.PathLike], in_chans: int, size: tuple[int, int],
+                      strict: bool = False) -> tuple[torch.Tensor, list[Path]]:
+    """Image files or folders as one uint8 N×C×H×W batch for a model, and the files kept. Unreadable images
+    are skipped with a warning (or raise with `strict`); DataError when none can be read."""
+    tensors, kept = [], []
+    for f, image in decoded_images(paths, strict):
+        tensors.append(to_model_input(image, in_chans, size))
+        kept.append(f)
     return torch.stack(tensors), kept

@@ -15,11 +15,20 @@ DEFAULT_VAL_FRACTION = 0.1  # `cnnkit train`'s share of the training split held 
 # and tests/cli/test_train_options.py checks both lists name the same sets): those training reads, then the
 # corruption benchmarks, which only evaluation reads
 TRAINING_DATASETS = ("sample", "fashion-mnist", "mnist", "cifar10", "cluttered-fashion-mnist", "cluttered-sample",
-                     "fashion-scenes", "fashion-scenes-full", "imagefolder:<dir>", "webdataset:<dir>")
+                     "fashion-scenes", "fashion-scenes-full", "imagefolder:<dir>", "masks:<dir>", "voc:<dir>",
+                     "coco:<file.json>", "webdataset:<dir>")
 BENCHMARK_DATASETS = ("fashion-mnist-c", "mnist-c", "cifar10-c", "sample-c")
-# the data sets whose targets are a class per pixel: training on them is the `segment` task unless told otherwise
-SEGMENTATION_DATASETS = ("fashion-scenes", "fashion-scenes-full")
+# the data sets whose targets are a class per pixel (a name, or a source before its "name:" argument): training
+# on them is the `segment` task unless told otherwise
+SEGMENTATION_DATASETS = ("fashion-scenes", "fashion-scenes-full", "masks", "voc", "coco")
+# the sources whose argument is a path (made absolute where a run's options enter, and in reports)
+PATH_SOURCES = ("imagefolder", "webdataset", "masks", "voc", "coco")
 POLICIES = ("none", "trivialaugment", "randaugment")
+
+
+def is_segmentation_data(data: str) -> bool:
+    """Whether `data` (`fashion-scenes`, `voc:DIR`, ...) labels each pixel (see SEGMENTATION_DATASETS)."""
+    return data.partition(":")[0] in SEGMENTATION_DATASETS
 
 
 @dataclass

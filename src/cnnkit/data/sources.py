@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from functools import partial
 
-from cnnkit.data import bundled, cluttered, corruptions, imagefolder, published, scenes, shards
+from cnnkit.data import bundled, cluttered, corruptions, imagefolder, published, scenes, segfolders, shards
 from cnnkit.data.base import ImageData, ImageSize, Loader, LoadOptions, TrainingData, TrainingOpener
 from cnnkit.errors import ConfigError, DataError, close_matches
 
@@ -52,6 +52,10 @@ SOURCES: dict[str, Source] = {
     "fashion-scenes-full": Source(partial(scenes.load, clean=_load)),
     **{name: Source(partial(corruptions.load, clean=_load), selects=True) for name in corruptions.BENCHMARKS},
     "imagefolder": Source(imagefolder.load, imagefolder.open_training, argument="<dir>"),
+    # segmentation in the user's formats: images/ and masks/ folders, the Pascal VOC layout, a COCO instances file
+    "masks": Source(segfolders.load, argument="<dir>"),
+    "voc": Source(segfolders.load, argument="<dir>"),
+    "coco": Source(segfolders.load, argument="<file.json>"),
     # shards written by `cnnkit data shard`: streamed for training, decoded into memory otherwise
     "webdataset": Source(shards.load, shards.open_training, argument="<dir>"),
 }
@@ -64,7 +68,8 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
     """Load a named dataset split ('train' or 'test') into memory.
 
     `img_size` (N or (H, W)), `in_chans`, `test_fraction` and `seed` apply to image folders: a flat folder
-    of class folders holds `test_fraction` of each class out, chosen by `seed`, as its test split."""
+    of class folders holds `test_fraction` of each class out, chosen by `seed`, as its test split (likewise
+    the segmentation folders `masks:DIR` without train/ and test/, and `coco:FILE.json`)."""
     if split not in ("train", "test"):
         raise DataError(f"split must be 'train' or 'test', got {split!r}")
     return _load(name, split, LoadOptions(data_dir, download, strict, img_size, in_chans, test_fraction, seed))

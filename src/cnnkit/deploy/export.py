@@ -1,7 +1,8 @@
 """Deployable artifacts: ONNX through the exporter PyTorch ships (`torch.onnx.export(dynamo=True)`), checked
-in ONNX Runtime, and `torch.export` programs (`.pt2`); both with a dynamic batch, checked against the eager
-model before anything is written, and carrying a JSON sidecar (classes, input size, normalization) so
-`cnnkit predict` and `cnnkit eval` accept them as they accept a checkpoint."""
+in ONNX Runtime, and `torch.export` programs (`.pt2`); both with a dynamic batch (and, for a task whose models
+take any size, such as segmentation, a dynamic height and width), checked against the eager model before
+anything is written, and carrying a JSON sidecar (task, classes, input size, normalization) so `cnnkit predict`
+and `cnnkit eval` accept them as they accept a checkpoint."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import json
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,34 +25,52 @@ from cnnkit.artifacts.files import check_writable, claim_dir, finish_temp_file, 
 from cnnkit.artifacts.exported import SIDECAR_FORMAT, is_exported, onnx_session, sidecar_path
 from cnnkit.artifacts.trust import sign
 from cnnkit.errors import ConfigError, ExportError
-from cnnkit.tasks import get_task
+from cnnkit.tasks import Task, get_task
 
 _META_KEYS = ("task", "model", "model_kwargs", "classes", "in_chans", "img_size", "normalization", "dataset")
+MIN_AGREEMENT = 0.999  # the least share of equal answers (a mask's pixels) a float artifact must give
 
 
 @dataclass
 class ExportResult:
-    """An artifact written: its file, its JSON sidecar, and how far its outputs were from PyTorch's."""
+    """An artifact written: its file, its JSON sidecar, how far its outputs were from PyTorch's, and the checks
+    at each input size (`size`, `max_abs_diff` and the task's agreement shares, e.g. `mask_agreement`)."""
 
     path: Path
     sidecar: Path
     max_abs_diff: float
+    checks: list[dict[str, Any]] = field(default_factory=list)
 
 
-# writes `model` (given an example input) to a file and returns a runner of the written file
-Writer = Callable[[nn.Module, torch.Tensor, str], Callable[[torch.Tensor], np.ndarray]]
+# writes `model` (given an example input and the task, which names the output and says whether the height and
+# width are dynamic) to a file and returns a runner of the written file
+Writer = Callable[[nn.Module, torch.Tensor, str, Task], Callable[[torch.Tensor], np.ndarray]]
+
+
+def check_sizes(img_size: tuple[int, int], any_size: bool) -> list[tuple[int, int]]:
+    """The input sizes an export is checked at: the training size and, for a model that takes any size, a
+    second, non-square one (about 2/3 of the height by 4/3 of the width, in multiples of 32 so that every
+    output stride divides it)."""
+    h, w = img_size
+    if not any_size:
+        return [(h, w)]
+    h2, w2 = max(32, 32 * round(h * 2 / 3 / 32)), max(32, 32 * round(w * 4 / 3 / 32))
+    return [(h, w), (h2, w2 + 32 if w2 == h2 else w2)]
 
 
 def export_artifact(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str | os.PathLike | None, suffix: str,
                     kind: str, atol: float | None, seed: int, write: Writer, model: nn.Module | None = None,
                     extra: dict[str, Any] | None = None, fold_bn: bool = False) -> ExportResult:
     """The steps every export shares: write to a temporary file beside the target with `write(model,
-    example, tmp)`, which returns a runner of the written artifact; compare the runner with `model` (default:
-    the checkpoint's eager model) at batch 1 and 3; only then move the file into place and write the sidecar,
-    both atomically. `atol=None` records the difference without checking it (quantized artifacts, whose
-    difference from the float model is measured as accuracy instead). `fold_bn` exports a copy with every
-    conv→BN pair folded (`cnnkit.models.fold`), still compared with the unfolded model; a model torch.fx
-    cannot trace is exported unfolded, and the sidecar says so."""
+    example, tmp, task)`, which returns a runner of the written artifact; compare the runner with `model` (default:
+    the checkpoint's eager model) at batch 1 and 3, and for a task whose models take any size also at batch 2
+    of a second, non-square size (`check_sizes`), by the largest difference and by the task's agreement
+    (segmentation: the share of equal mask pixels, at least MIN_AGREEMENT); only then move the file into place
+    and write the sidecar, both atomically. `atol=None` records the differences without checking them
+    (quantized artifacts, whose difference from the float model is measured as accuracy instead). A runtime
+    that fails at the second size (a model exported at its training size only) writes nothing and says so.
+    `fold_bn` exports a copy with every conv→BN pair folded (`cnnkit.models.fold`), still compared with the
+    unfolded model; a model torch.fx cannot trace is exported unfolded, and the sidecar says so."""
     ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load(checkpoint)
     if model is None and is_exported(ckpt.model):
         source = ckpt.meta.get("source")
@@ -69,21 +88,25 @@ def export_artifact(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str |
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the exporters' own deprecation chatter
-                run = write(exported, task.example_input(ckpt.in_chans, ckpt.img_size, 2, gen), str(tmp))
+                run = write(exported, task.example_input(ckpt.in_chans, ckpt.img_size, 2, gen), str(tmp), task)
         except Exception as e:  # the exporters raise many types on graphs they cannot capture
             raise ExportError(f"{kind} export of {ckpt.meta['model']} failed: {type(e).__name__}: "
                               f"{str(e).splitlines()[0][:160]}") from None
-        worst = 0.0
-        for n in (1, 3):
-            x = task.example_input(ckpt.in_chans, ckpt.img_size, n, gen)
-            with torch.no_grad():
-                worst = max(worst, float(np.abs(run(x) - model(x).numpy()).max()))
+        checks = [_check(run, model, task, ckpt.in_chans, size, (1, 3) if i == 0 else (2,), gen, kind)
+                  for i, size in enumerate(check_sizes(ckpt.img_size, task.any_size))]
+        worst = max(c["max_abs_diff"] for c in checks)
         if atol is not None and not worst <= atol:
             raise ExportError(f"the {kind} artifact's outputs differ from PyTorch's by {worst:.2e} "
                               f"(> {atol:.0e}); nothing was written")
+        low = [(c, k) for c in checks for k, v in c.items() if k not in ("size", "max_abs_diff") and v < MIN_AGREEMENT]
+        if atol is not None and low:
+            c, k = low[0]
+            raise ExportError(f"the {kind} artifact's {k.replace('_', ' ')} with PyTorch is {c[k]:.4f} at "
+                              f"{c['size'][0]}×{c['size'][1]} (< {MIN_AGREEMENT}); nothing was written")
         meta = {"format": SIDECAR_FORMAT, "artifact": kind, "source": str(ckpt.path.absolute()),
-                "max_abs_diff_vs_pytorch": worst, "torch_version": torch.__version__,
-                **{k: ckpt.meta[k] for k in _META_KEYS if k in ckpt.meta}, **extra}
+                "max_abs_diff_vs_pytorch": worst, "parity": checks, "dynamic_size": task.any_size,
+                "torch_version": torch.__version__, **{k: ckpt.meta[k] for k in _META_KEYS if k in ckpt.meta},
+                **extra}
         if suffix == ".ts":  # loading TorchScript runs its code: this user's cnnkit loads the ones it signed
             meta["signature"] = sign(Path(tmp).read_bytes())
         atomic_write_text(side, json.dumps(meta, indent=2) + "\n")  # the sidecar first: a model file
@@ -91,7 +114,27 @@ def export_artifact(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str |
     finally:
         tmp.unlink(missing_ok=True)
         Path(f"{tmp}.data").unlink(missing_ok=True)  # ONNX external data, should the exporter write any
-    return ExportResult(path, side, worst)
+    return ExportResult(path, side, worst, checks)
+
+
+def _check(run: Callable[[torch.Tensor], np.ndarray], model: nn.Module, task: Task, in_chans: int,
+           size: tuple[int, int], batches: tuple[int, ...], gen: torch.Generator, kind: str) -> dict[str, Any]:
+    """The artifact's runner against the eager model on random batches of `size`: the largest difference and
+    the task's agreement shares (the lowest over the batches). ExportError when the runner cannot run them."""
+    out: dict[str, Any] = {"size": list(size), "max_abs_diff": 0.0}
+    for n in batches:
+        x = task.example_input(in_chans, size, n, gen)
+        with torch.no_grad():
+            try:
+                got = torch.from_numpy(np.asarray(run(x)))
+            except Exception as e:  # noqa: BLE001 - ONNX Runtime and exported programs raise many types
+                raise ExportError(f"the {kind} artifact does not run at {size[0]}×{size[1]} ({type(e).__name__}: "
+                                  f"{(str(e).splitlines() or [''])[0][:120]}); nothing was written") from None
+            want = model(x).float()
+        out["max_abs_diff"] = max(out["max_abs_diff"], float((got - want).abs().max()))
+        for k, v in task.agreement(got, want).items():
+            out[k] = min(out.get(k, 1.0), v)
+    return out
 
 
 def _folded(model: nn.Module, extra: dict[str, Any]) -> nn.Module:
@@ -125,13 +168,27 @@ def _destination(ckpt: LoadedCheckpoint, out: str | os.PathLike | None, suffix: 
     return path
 
 
-def write_onnx(model: nn.Module, example: torch.Tensor, tmp: str) -> Callable[[torch.Tensor], np.ndarray]:
-    """Write `model` to `tmp` as ONNX (input `images` with a dynamic batch, output `logits`) and return a runner
-    of the written file in ONNX Runtime (a `Writer` for `export_artifact`)."""
+def _dynamic_dims(task: Task | None) -> dict[int, Any]:
+    """The input's dynamic dimensions for torch.export: the batch and, for a task whose models take any size,
+    the height and width (Dim.AUTO: dynamic wherever the graph allows, as the parity check at a second size
+    then confirms)."""
+    dims: dict[int, Any] = {0: torch.export.Dim("batch")}
+    if task is not None and task.any_size:
+        dims.update({2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO})
+    return dims
+
+
+def write_onnx(model: nn.Module, example: torch.Tensor, tmp: str,
+               task: Task | None = None) -> Callable[[torch.Tensor], np.ndarray]:
+    """Write `model` to `tmp` as ONNX (input `images` with a dynamic batch, and height and width where `task`'s
+    models take any size; output named by `task`, default `logits`) and return a runner of the written file
+    in ONNX Runtime (a `Writer` for `export_artifact`)."""
+    output = task.output if task is not None else "logits"
+    axes = {0: "batch", **({2: "height", 3: "width"} if task is not None and task.any_size else {})}
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
-            torch.onnx.export(model, (example,), tmp, dynamo=True, input_names=["images"], output_names=["logits"],
-                              external_data=False, dynamic_shapes=({0: torch.export.Dim("batch")},))
+            torch.onnx.export(model, (example,), tmp, dynamo=True, input_names=["images"], output_names=[output],
+                              external_data=False, dynamic_shapes=(_dynamic_dims(task),))
     except Exception as first:  # noqa: BLE001
         # the torch.export-based exporter fails to convert some graphs with some torch/onnxscript pairs (torch
         # 2.11 with onnxscript 0.7.2: ResNet-9, "ConversionError ... step 3/3"); the TorchScript-based one,
@@ -139,17 +196,19 @@ def write_onnx(model: nn.Module, example: torch.Tensor, tmp: str) -> Callable[[t
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 torch.onnx.export(model, (example,), tmp, dynamo=False, input_names=["images"],
-                                  output_names=["logits"], dynamic_axes={"images": {0: "batch"}})
+                                  output_names=[output], dynamic_axes={"images": axes, output: axes})
         except Exception:  # noqa: BLE001 - the first failure is the one to report
             raise first from None
     sess = onnx_session(tmp)
     return lambda x: sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
 
 
-def write_program(model: nn.Module, example: torch.Tensor, tmp: str) -> Callable[[torch.Tensor], np.ndarray]:
-    """Write `model` to `tmp` as a `torch.export` program with a dynamic batch and return a runner of the
-    program loaded back (a `Writer` for `export_artifact`)."""
-    prog = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+def write_program(model: nn.Module, example: torch.Tensor, tmp: str,
+                  task: Task | None = None) -> Callable[[torch.Tensor], np.ndarray]:
+    """Write `model` to `tmp` as a `torch.export` program with a dynamic batch (and height and width where
+    `task`'s models take any size) and return a runner of the program loaded back (a `Writer` for
+    `export_artifact`)."""
+    prog = torch.export.export(model, (example,), dynamic_shapes=(_dynamic_dims(task),))
     torch.export.save(prog, tmp)
     loaded = torch.export.load(tmp).module()
     return lambda x: loaded(x).numpy()
@@ -157,8 +216,9 @@ def write_program(model: nn.Module, example: torch.Tensor, tmp: str) -> Callable
 
 def export_onnx(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str | os.PathLike | None = None,
                 atol: float = 1e-4, seed: int = 0, fold_bn: bool = True) -> ExportResult:
-    """Export a checkpoint to ONNX (input `images` N×C×H×W with a dynamic N, output `logits`), compare
-    ONNX Runtime's float32 outputs with PyTorch's at batch 1 and 3, and only then write `<out>` and
+    """Export a checkpoint to ONNX (input `images` N×C×H×W with a dynamic N, and H and W for a segmentation
+    model; output named by the task, `logits`), compare ONNX Runtime's float32 outputs with PyTorch's at batch
+    1 and 3 (and at a second size, see `export_artifact`), and only then write `<out>` and
     `<out>.json` atomically. A parity failure writes nothing and says by how much it failed. BatchNorm is
     folded into the convolutions first (`fold_bn`)."""
     return export_artifact(checkpoint, out, ".onnx", "onnx", atol, seed, write_onnx, fold_bn=fold_bn)

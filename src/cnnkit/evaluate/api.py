@@ -15,9 +15,11 @@ import torch
 from cnnkit.data import BatchLoader, ImageData, Normalize
 from cnnkit.data.compat import checkpoint_data_source, load_checkpoint_data
 from cnnkit.data.images import load_model_inputs
-from cnnkit.runtime import autocast_dtype, cpu_only_artifact, pick_device
+from cnnkit.data.settings import PATH_SOURCES
+from cnnkit.runtime import autocast, autocast_dtype, cpu_only_artifact, pick_device
 from cnnkit.artifacts import LoadedCheckpoint, atomic_write_text, claim_dir, is_exported, load
 from cnnkit.evaluate.loop import evaluate_loader
+from cnnkit.evaluate.masks import MaskFolder, check_input_size, class_areas, segment_files
 from cnnkit.errors import ConfigError
 from cnnkit.tasks import Task, get_task
 
@@ -62,7 +64,7 @@ class EvalResult:
     """Metrics of a checkpoint on a dataset split, and the files written."""
 
     metrics: dict[str, Any]
-    probs: torch.Tensor
+    probs: torch.Tensor  # what the task keeps of its outputs: class probabilities; a segmentation's predicted masks
     labels: torch.Tensor
     data: ImageData
     json_path: Path | None = None
@@ -75,11 +77,14 @@ def evaluate(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str | None 
              data_dir: str | os.PathLike | None = None, tta: bool = False, batch_size: int = 512,
              device: str = "auto", out_dir: str | os.PathLike | None = None, strict: bool = False,
              amp: str = "off", ignore_class_names: bool = False, adapt: str | None = None,
-             alpha: float | None = None, tent_lr: float = 1e-3) -> EvalResult:
+             alpha: float | None = None, tent_lr: float = 1e-3, scales: list[float] | None = None,
+             window: bool = False) -> EvalResult:
     """Top-1/top-5, per-class precision/recall/F1 and ECE of a checkpoint on `split` of `data` (default: the
     checkpoint's own dataset, with the test split it held out); writes JSON and a confusion PNG to out_dir.
     `adapt` (bn, alpha-bn, tent) adapts a copy of the model to the test batches of `batch_size` as it goes
-    (see cnnkit.evaluate.adapt). For a corruption benchmark (e.g. fashion-mnist-c) use `evaluate_corruptions`."""
+    (see cnnkit.evaluate.adapt). For a corruption benchmark (e.g. fashion-mnist-c) use `evaluate_corruptions`.
+    A segmentation model can be run at several input `scales` (probabilities averaged) and, on images larger than
+    it was trained at, in overlapping `window`s of its training size instead of whole."""
     _check_tta(tta, adapt)
     from cnnkit.data.corruptions import parse_benchmark
 
@@ -96,11 +101,26 @@ def evaluate(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str | None 
                               ignore_class_names=ignore_class_names, match_classes=task.outputs_are_classes)
     mean, std = ckpt.normalization
     loader = BatchLoader(ds, batch_size, Normalize(mean, std, dev))
-    probs, labels = _probs(ckpt.model, loader, dev, autocast_dtype(amp, dev), tta, adapt, alpha, tent_lr, task)
+    from cnnkit.tasks.segment import test_time_model
+
+    model = test_time_model(ckpt.model, task, scales, window, ckpt.img_size)
+    native = task.name == "segment" and getattr(ds, "native_masks", None) is not None and not window
+    if native:  # a segmentation set resized when loaded: scored against each mask as its file holds it
+        from cnnkit.tasks.segment import native_predictions
+
+        scored = native_predictions(model, loader, ds.native_masks, task, tta,
+                                    lambda: autocast(dev, autocast_dtype(amp, dev)))
+        probs, labels = scored[2], scored[3]
+    else:
+        probs, labels = _probs(model, loader, dev, autocast_dtype(amp, dev), tta, adapt, alpha, tent_lr, task)
+        scored = (probs, labels)
     metrics = {"checkpoint": os.path.abspath(ckpt.path), "data": full_data_name(data),
                **({"data_dir": os.path.abspath(os.path.expanduser(data_dir))} if data_dir is not None else {}),
-               "split": ds.split, "tta": tta, "adapt": _adapt_record(adapt, alpha, tent_lr, batch_size),
-               **task.evaluate(probs, labels, ckpt.classes)}
+               "split": ds.split, "tta": tta, **({"scales": scales} if scales else {}),
+               **({"window": list(ckpt.img_size)} if window else {}),
+               "adapt": _adapt_record(adapt, alpha, tent_lr, batch_size),
+               **({"resolution": "native (each mask as its file holds it)"} if native else {}),
+               **task.evaluate(scored[0], scored[1], ckpt.classes), **({"images": len(labels)} if native else {})}
     result = EvalResult(metrics, probs, labels, ds, summary=task.summary(metrics))
     if out_dir is not None:
         claim_dir(out_dir)  # writes there replace only files cnnkit wrote
@@ -108,7 +128,8 @@ def evaluate(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str | None 
         stem = report_stem(out, ckpt.path, data, split, adapt)
         result.json_path = out / f"eval-{stem}.json"
         atomic_write_text(result.json_path, json.dumps(metrics, indent=2) + "\n")
-        result.figures = task.report(metrics, ckpt.classes, out, stem)
+        result.figures = task.report(metrics, ckpt.classes, out, stem, images=ds.images, outputs=probs, targets=labels,
+                                     meta=ckpt.meta)
         result.confusion_png = result.figures.get("confusion matrix")
     return result
 
@@ -116,7 +137,7 @@ def evaluate(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str | None 
 def full_data_name(data: str) -> str:
     """A data set's name as a report records it: an image folder's or shards' folder made absolute."""
     kind, colon, where = data.partition(":")
-    if colon and kind in ("imagefolder", "webdataset"):
+    if colon and kind in PATH_SOURCES:
         return f"{kind}:{os.path.abspath(os.path.expanduser(where))}"
     return data
 
@@ -139,7 +160,7 @@ def data_label(data: str) -> str:
     """A data set as a report's file name names it: `sample`, `imagefolder-<the folder's own name>`,
     `sample-c-fog-5` (a corruption benchmark's selection, `+` between several)."""
     kind, colon, rest = data.partition(":")
-    if colon and kind in ("imagefolder", "webdataset"):
+    if colon and kind in PATH_SOURCES:
         rest = Path(os.path.expanduser(rest)).resolve().name or "root"
     return kind + (f"-{rest.replace(':', '-').replace(',', '+')}" if colon else "")
 
@@ -174,19 +195,39 @@ class Prediction:
     shown: list[str] = field(default_factory=list)  # each pair as a command prints it (the task's format)
     answer: list[dict[str, Any]] = field(default_factory=list)  # JSON-ready, as a service sends it (classification:
     # {"class", "index", "probability"}, the probability a fraction)
+    # segmentation: the image's (height, width), each class's area ({"share", "pixels"}, largest first), the mask
+    # (uint8 H×W class indices at the image's size; None with keep_masks=False) and the files written (mask, overlay)
+    size: tuple[int, int] | None = None
+    areas: dict[str, dict[str, Any]] = field(default_factory=dict)
+    mask: torch.Tensor | None = None
+    files: dict[str, Path] = field(default_factory=dict)
 
 
 def predict(checkpoint: str | os.PathLike | LoadedCheckpoint, inputs: list[str | os.PathLike], topk: int = 5,
             tta: bool = False, device: str = "auto", strict: bool = False,
             batch_size: int = 256, amp: str = "off", adapt: str | None = None, alpha: float | None = None,
-            tent_lr: float = 1e-3) -> list[Prediction]:
+            tent_lr: float = 1e-3, masks_out: str | os.PathLike | None = None, input_size: str = "model",
+            keep_masks: bool = True) -> list[Prediction]:
     """Top-k predictions for image files or folders of any size and mode, converted to what the model expects;
-    `adapt` adapts a copy of the model to the images, `batch_size` at a time, in the order given."""
+    `adapt` adapts a copy of the model to the images, `batch_size` at a time, in the order given.
+    A segmentation model answers each image's mask at the image's own size and its classes' areas (`input_size`:
+    the model sees the image at its training size, `model`, at the image's own, `native`, or at the image's own in
+    windows of its training size, `window`; see cnnkit.evaluate.masks); `masks_out` writes each mask (palette
+    PNG), an overlay and areas.json there; `keep_masks=False` leaves the masks out of the answers (many large
+    images)."""
     _check_tta(tta, adapt)
+    check_input_size(input_size)
     dev = pick_device(device, cpu_only_artifact(checkpoint))
     ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load(checkpoint, dev)
     _adaptable(ckpt, adapt, alpha, tent_lr)
     ckpt.model.to(dev)
+    if task_of(ckpt).name == "segment":
+        return _predict_masks(ckpt, inputs, topk, tta, dev, strict, batch_size, amp, masks_out, input_size,
+                              keep_masks)
+    for given, option in ((masks_out is not None, "--masks-out"), (input_size != "model", "--input-size")):
+        if given:
+            raise ConfigError(f"{option} is for segmentation models; {ckpt.path.name} is a {task_of(ckpt).name} "
+                              f"model")
     images, kept = load_model_inputs(list(inputs), ckpt.in_chans, ckpt.img_size, strict)
     data = ImageData(images, torch.zeros(len(images), dtype=torch.long), ckpt.classes, "files", "predict")
     mean, std = ckpt.normalization
@@ -196,6 +237,36 @@ def predict(checkpoint: str | os.PathLike | LoadedCheckpoint, inputs: list[str |
     answers = task.answer(outputs, ckpt.classes, topk)
     return [Prediction(f, top, [f"{name} {task.format_value(v)}" for name, v in top], answer)
             for f, top, answer in zip(kept, task.predictions(outputs, ckpt.classes, topk), answers)]
+
+
+def _predict_masks(ckpt: LoadedCheckpoint, inputs: list[str | os.PathLike], topk: int, tta: bool, dev: torch.device,
+                   strict: bool, batch_size: int, amp: str, masks_out: str | os.PathLike | None, input_size: str,
+                   keep_masks: bool) -> list[Prediction]:
+    """`predict` for a segmentation model: each image's mask at its own size, its areas, the files written."""
+    from cnnkit.data.images import list_image_files
+    from cnnkit.tasks.segment import run_palette
+
+    if input_size != "model" and is_exported(ckpt.model):
+        raise ConfigError(f"--input-size {input_size} needs a model that takes any size; {ckpt.path.name} is an "
+                          f"exported artifact of a fixed size: use --input-size model, or the run's .safetensors "
+                          f"checkpoint")
+    task, classes = task_of(ckpt), ckpt.classes
+    palette = run_palette(ckpt.meta, len(classes))
+    folder = MaskFolder(masks_out, list_image_files(list(inputs))) if masks_out is not None else None
+    precision = autocast_dtype(amp, dev)
+    out = []
+    for s in segment_files(ckpt.model, task, Normalize(*ckpt.normalization, dev), inputs, ckpt.in_chans,
+                           ckpt.img_size, input_size, tta, batch_size, strict, lambda: autocast(dev, precision)):
+        areas = class_areas(s.mask, classes)
+        top = [(c, a["share"]) for c, a in areas.items()][:topk]
+        files = folder.write(s.path, s.image, s.mask, palette, classes, areas) if folder is not None else {}
+        out.append(Prediction(s.path, top, [f"{c} {task.format_value(v)}" for c, v in top],
+                              [{"class": c, "area": v} for c, v in top], tuple(s.mask.shape), areas,
+                              s.mask if keep_masks else None, files))
+    if folder is not None:
+        folder.finish({"checkpoint": os.path.abspath(ckpt.path), "input_size": input_size, "tta": tta}, classes,
+                      palette)
+    return out
 
 
 def _adapt_record(adapt: str | None, alpha: float | None, tent_lr: float, batch_size: int) -> dict[str, Any] | None:

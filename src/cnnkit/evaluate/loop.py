@@ -16,13 +16,14 @@ Batch = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]
 @torch.no_grad()
 def evaluate_loader(model: nn.Module, loader: Iterable, device: torch.device, amp: torch.dtype | None,
                     tta: bool = False, task: Task = CLASSIFY) -> tuple[torch.Tensor, torch.Tensor]:
-    """The task's evaluation outputs and targets over a loader (classification: class probabilities and
-    labels; flip TTA averages with the mirrored image)."""
+    """The task's evaluation outputs (what `task.kept` keeps of `task.infer`'s) and targets over a loader
+    (classification: class probabilities and labels; segmentation: predicted and true masks; flip TTA averages
+    with the mirrored image)."""
     model.eval()
     outputs, targets = [], []
     for x, y in loader:
         with autocast(device, amp):
-            outputs.append(task.infer(model, x, tta))
+            outputs.append(task.kept(task.infer(model, x, tta)))
         targets.append(task.targets(x, y))
     return torch.cat(outputs).cpu(), torch.cat(targets).cpu()
 

@@ -1,6 +1,7 @@
 """Class activation maps, batched over images: Grad-CAM (Selvaraju et al. 2017), Grad-CAM++
 (Chattopadhyay et al. 2018), Smooth Grad-CAM++ (Omeiza et al. 2019), Score-CAM (Wang et al. 2020) and
-Eigen-CAM (Muhammad & Yeasin 2020).
+Eigen-CAM (Muhammad & Yeasin 2020); for segmentation models, Seg-Grad-CAM (Vinogradova et al. 2020): Grad-CAM
+(or Grad-CAM++) of a class's logits summed over a region of the output, by default the pixels predicted as it.
 
 One forward and one backward pass serve the whole batch: the summed target logits are differentiated once,
 and in eval mode every image's gradient depends only on that image.
@@ -21,6 +22,8 @@ from cnnkit.models.base import stage_modules
 
 
 CAM_METHODS = ("gradcam", "gradcam++", "smoothgradcam++", "scorecam", "eigencam")
+# the methods that explain a segmentation model (N×K×H×W logits): their score is a region's summed class logits
+SEGMENT_METHODS = ("gradcam", "gradcam++")
 _OPTIONS = {"smoothgradcam++": ("samples", "noise", "seed", "channels", "neurons"),
             "smoothgrad": ("samples", "noise"), "integrated_gradients": ("steps", "baseline"),
             "lrp": ("rule", "epsilon"), "scorecam": ("precision",)}
@@ -30,8 +33,8 @@ _OPTIONS = {"smoothgradcam++": ("samples", "noise", "seed", "channels", "neurons
 class Explanation:
     """Maps for a batch: `maps` (B×H×W, resized to the input, each scaled to [0, 1]); `raw`, un-normalized:
     for CAM methods the map at the layer's resolution before the ReLU, for gradient methods the input-shaped
-    attributions (B×C×H×W); the explained `targets`; and which images had a constant map (left at zero
-    rather than divided by zero)."""
+    attributions (B×C×H×W); the explained `targets`; which images had a constant map (left at zero rather
+    than divided by zero); for a segmentation model, the `regions` (B×H×W, 1 where the score was summed)."""
 
     maps: torch.Tensor
     raw: torch.Tensor
@@ -40,6 +43,7 @@ class Explanation:
     method: str
     zero_maps: list[int] = field(default_factory=list)
     extra: dict[str, list[float]] = field(default_factory=dict)
+    regions: torch.Tensor | None = None
 
 
 def resolve_layer(model: nn.Module, layer: str = "auto") -> tuple[str, nn.Module]:
@@ -60,6 +64,37 @@ def resolve_layer(model: nn.Module, layer: str = "auto") -> tuple[str, nn.Module
     return layer, modules[layer]
 
 
+def decoder_layer(model: nn.Module, images: torch.Tensor) -> tuple[str, nn.Module]:
+    """Seg-Grad-CAM's default layer: the last block (a module holding layers) to give a feature map wider than
+    1×1 before the classifier (the last convolution to run) starts, e.g. U-Net's last decoder block, DeepLab's
+    ASPP head or decoder, a torchvision model's last backbone stage. Found by tracing one image."""
+    done: list[str] = []
+    classifier_start = [0]
+    hooks = []
+
+    def finished(name: str):
+        def hook(module, _i, out):
+            if isinstance(out, torch.Tensor) and out.ndim == 4 and min(out.shape[-2:]) > 1 and any(module.children()):
+                done.append(name)
+        return hook
+
+    for name, m in model.named_modules():
+        if name:
+            hooks.append(m.register_forward_hook(finished(name)))
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_pre_hook(lambda *_: classifier_start.__setitem__(0, len(done))))
+    try:
+        with torch.no_grad():
+            model(images[:1].detach().to(model_dtype(model)))
+    finally:
+        for h in hooks:
+            h.remove()
+    if not done[:classifier_start[0]]:
+        return resolve_layer(model)
+    name = done[classifier_start[0] - 1]
+    return name, model.get_submodule(name)
+
+
 def check_inputs(model: nn.Module, images: torch.Tensor, targets) -> None:
     """Refuse, in one line, images that are not a B×C×H×W batch of the channels the model takes."""
     if images.ndim != 4:
@@ -76,11 +111,29 @@ def model_dtype(model: nn.Module) -> torch.dtype:
     return p.dtype if p is not None and p.is_floating_point() else torch.float32
 
 
-def _targets(targets, logits: torch.Tensor) -> torch.Tensor:
-    """The explained classes: given ones (one for all, or one per image), checked, or the predictions."""
+def largest_class(logits: torch.Tensor) -> torch.Tensor:
+    """Per image of N×K×H×W logits, the class predicted on most pixels, class 0 (the background, by the
+    convention of fashion-scenes and Pascal VOC) only where no other class is predicted."""
+    counts = F.one_hot(logits.argmax(1).flatten(1), logits.shape[1]).sum(1)
+    if logits.shape[1] > 1:
+        counts[:, 0] = torch.where(counts[:, 1:].sum(1) > 0, -1, counts[:, 0])
+    return counts.argmax(1)
+
+
+def predicted_region(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The pixels of N×K×H×W logits predicted as each image's target class (N×H×W, 1.0 or 0.0)."""
+    return (logits.argmax(1) == targets.view(-1, 1, 1)).to(logits.dtype)
+
+
+def _targets(targets, logits: torch.Tensor, method: str = "gradcam") -> torch.Tensor:
+    """The explained classes: given ones (one for all, or one per image), checked, or the predictions
+    (segmentation: the largest predicted class, see `largest_class`)."""
     n_classes = logits.shape[1]
+    if logits.ndim == 4 and method not in SEGMENT_METHODS:
+        raise ExplainError(f"{method} explains a classifier's scores; for a segmentation model use "
+                           f"{' or '.join(SEGMENT_METHODS)} (Seg-Grad-CAM)")
     if targets is None:
-        return logits.argmax(1)
+        return logits.argmax(1) if logits.ndim == 2 else largest_class(logits)
     tgt = torch.as_tensor(targets, dtype=torch.long).flatten()
     tgt = tgt.expand(len(logits)) if tgt.numel() == 1 else tgt
     if len(tgt) != len(logits):
@@ -108,7 +161,7 @@ def _explain_input(model: nn.Module, images: torch.Tensor, targets, method: str,
     try:
         x = images.detach().to(model_dtype(model))
         with torch.no_grad():
-            tgt = _targets(targets, model(x))
+            tgt = _targets(targets, model(x), method)
         attr, heat, extra = attribute(model, x, tgt, method, **options)
     finally:
         model.train(was_training)
@@ -143,7 +196,7 @@ def _noisy_moments(model: nn.Module, x: torch.Tensor, tgt: torch.Tensor, store: 
     for i in range(0, samples, per_pass):
         e = eps[i:i + per_pass]
         noisy = (x[None] + noise * span[None] * e[:, None]).flatten(0, 1)  # sample-major: s*B + image
-        _, g = _forward_backward(model, noisy, tgt.repeat(len(e)), store, "the layer")  # targets given
+        _, g, _ = _forward_backward(model, noisy, tgt.repeat(len(e)), store, "the layer")  # targets given
         g = g.view(len(e), b, *g.shape[1:])
         for k in range(3):
             sums[k] = sums[k] + g.pow(k + 1).sum(0)
@@ -250,24 +303,50 @@ def _eigen_projection(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
     return (proj * sign[:, None]).view(b, h, w)
 
 
-def _forward_backward(model: nn.Module, x: torch.Tensor, targets, store: dict, name: str
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The explained classes, and the gradient of their summed logits at the hooked layer's output."""
+def _check_region(region, logits: torch.Tensor) -> torch.Tensor | None:
+    """A given region as N×H×W weights of the output's size (one H×W region serves every image)."""
+    if region is None:
+        return None
+    if logits.ndim != 4:
+        raise ExplainError("a region applies to a segmentation model's per-pixel outputs; this model gives "
+                           "one score per class")
+    r = torch.as_tensor(region).to(logits)
+    r = r.expand(len(logits), -1, -1) if r.ndim == 2 else r
+    if r.shape != (len(logits), *logits.shape[2:]):
+        raise ExplainError(f"the region must be H×W or B×H×W like the outputs {tuple(logits.shape[2:])}, "
+                           f"got shape {tuple(torch.as_tensor(region).shape)}")
+    return r
+
+
+def _forward_backward(model: nn.Module, x: torch.Tensor, targets, store: dict, name: str, method: str = "gradcam",
+                      region=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The explained classes, the gradient of their summed logits at the hooked layer's output, and for a
+    segmentation model the region the logits were summed over (Seg-Grad-CAM's score; default: the pixels
+    predicted as the class)."""
     store.pop("acts", None)
     with torch.no_grad():
         logits = model(x)
     if "acts" not in store:
         raise ExplainError(f"layer {name!r} is not used by the model's forward pass")
-    tgt = _targets(targets, logits.detach())
-    (grads,) = torch.autograd.grad(logits.gather(1, tgt[:, None]).sum(), store["acts"], allow_unused=True)
+    tgt = _targets(targets, logits.detach(), method)
+    region = _check_region(region, logits)
+    if logits.ndim == 4:
+        region = predicted_region(logits.detach(), tgt) if region is None else region
+        score = (logits.gather(1, tgt.view(-1, 1, 1, 1).expand(-1, 1, *logits.shape[2:]))[:, 0] * region).sum()
+    else:
+        score = logits.gather(1, tgt[:, None]).sum()
+    (grads,) = torch.autograd.grad(score, store["acts"], allow_unused=True)
     if grads is None:  # the layer does not reach the logits
         grads = torch.zeros_like(store["acts"])
-    return tgt, grads
+    return tgt, grads, region
 
 
 def explain(model: nn.Module, images: torch.Tensor, targets: int | list[int] | torch.Tensor | None = None,
-            method: str = "gradcam", layer: str = "auto", batch_size: int = 256, **options) -> Explanation:
-    """Explain `model`'s scores for `targets` (default: its predicted classes) on a batch of images."""
+            method: str = "gradcam", layer: str = "auto", batch_size: int = 256, region=None,
+            **options) -> Explanation:
+    """Explain `model`'s scores for `targets` (default: its predicted classes) on a batch of images. For a
+    segmentation model (N×K×H×W logits) the score is the class's logits summed over `region` (H×W or B×H×W
+    weights, e.g. a box's 0/1 mask; default: the pixels predicted as the class): Seg-Grad-CAM."""
     from cnnkit.explain.gradients import GRADIENT_METHODS
 
     methods = CAM_METHODS + GRADIENT_METHODS
@@ -280,9 +359,12 @@ def explain(model: nn.Module, images: torch.Tensor, targets: int | list[int] | t
         raise ExplainError(f"{method} takes no option {unknown[0]!r}"
                            + (f"; its options: {', '.join(allowed)}" if allowed else ""))
     check_inputs(model, images, targets)
+    if region is not None and method not in SEGMENT_METHODS:
+        raise ExplainError(f"a region is explained by {' or '.join(SEGMENT_METHODS)} (Seg-Grad-CAM), not {method}")
     if method in GRADIENT_METHODS:
         return _explain_input(model, images, targets, method, **options)
-    name, module = resolve_layer(model, layer)
+    segmenter = getattr(model, "task", None) == "segment"
+    name, module = decoder_layer(model, images) if segmenter and layer == "auto" else resolve_layer(model, layer)
     was_training = model.training
     model.eval()
     store: dict[str, torch.Tensor] = {}
@@ -302,7 +384,7 @@ def explain(model: nn.Module, images: torch.Tensor, targets: int | list[int] | t
     handle = module.register_forward_hook(hook)
     try:
         x = images.detach().to(model_dtype(model))
-        tgt, grads = _forward_backward(model, x, targets, store, name)
+        tgt, grads, region = _forward_backward(model, x, targets, store, name, method, region)
         acts = store["acts"].detach()
         if method == "scorecam":
             handle.remove()  # Score-CAM's masked passes run without gradients and must not reach the hook
@@ -327,4 +409,4 @@ def explain(model: nn.Module, images: torch.Tensor, targets: int | list[int] | t
     cam = F.interpolate(raw.clamp_min(0)[:, None], size=images.shape[-2:], mode="bilinear",
                         align_corners=False)[:, 0]
     maps, zero = _normalize(cam)
-    return Explanation(maps, raw, tgt, name, method, zero)
+    return Explanation(maps, raw, tgt, name, method, zero, regions=region)

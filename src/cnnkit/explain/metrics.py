@@ -38,12 +38,21 @@ def _blur(images: torch.Tensor) -> torch.Tensor:
     return gaussian_blur(images, [k, k], [k / 3.0, k / 3.0])
 
 
+def target_probability(outputs: torch.Tensor, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """A classifier's softmax probability of each image's target class (the score deletion tracks by default)."""
+    return torch.softmax(outputs.float(), 1).gather(1, targets[images][:, None])[:, 0]
+
+
+Score = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (outputs, targets, image indices) -> B
+
+
 def deletion_insertion(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor,
-                       steps: int = 32, batch_size: int = 128, mode: str = "both"
+                       steps: int = 32, batch_size: int = 128, mode: str = "both", score: Score = target_probability
                        ) -> dict[str, torch.Tensor]:
     """Per-image deletion and insertion AUCs (and their curves, `steps`+1 points each). Deletion replaces
     pixels with zero (the normalized mean); insertion reveals them on a blurred copy, as in RISE. Ties in
-    a map are broken by position, the same way for every method."""
+    a map are broken by position, the same way for every method. The curve tracks `score(outputs, targets,
+    image indices)` of the changed images (default: the target class's probability)."""
     _check_maps(maps, images)
     was_training = model.training
     model.eval()
@@ -67,8 +76,7 @@ def deletion_insertion(model: nn.Module, images: torch.Tensor, maps: torch.Tenso
                     n_px = (fractions[st] * h * w).round().long()
                     changed = (rank[img] < n_px[:, None]).view(-1, 1, h, w)
                     x = torch.where(changed, end[img], start[img])
-                    p = torch.softmax(model(x).float(), 1).gather(1, targets[img][:, None])[:, 0]
-                    probs[img, st] = p
+                    probs[img, st] = score(model(x), targets, img.to(targets.device)).float().cpu()
             out[f"{kind}_curve"] = probs
             out[kind] = torch.trapezoid(probs, fractions, dim=1)
     finally:

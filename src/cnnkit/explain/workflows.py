@@ -19,6 +19,7 @@ from cnnkit.data import Normalize
 from cnnkit.data.compat import check_compatible, load_checkpoint_data
 from cnnkit.data.images import load_model_inputs
 from cnnkit.errors import ConfigError, DataError, ExplainError, close_matches
+from cnnkit.evaluate.api import task_of
 from cnnkit.explain.cam import CAM_METHODS, explain, resolve_layer
 from cnnkit.explain.gradients import GRADIENT_METHODS
 from cnnkit.runtime import pick_device
@@ -109,22 +110,34 @@ def _run_methods(model, x, targets, methods, layer, batch_size) -> dict[str, tup
 def explain_files(checkpoint: str | os.PathLike | LoadedCheckpoint, inputs: list[str | os.PathLike],
                   methods: str | list[str] = "gradcam", layer: str = "auto", target: str | int | None = None,
                   out_dir: str | os.PathLike | None = None, device: str = "auto", strict: bool = False,
-                  batch_size: int = 64) -> ExplainRun:
-    """Explain the checkpoint's prediction (or `target`) on image files or folders with each method."""
+                  batch_size: int = 64, region: str | None = None, seeds: int = 8) -> ExplainRun:
+    """Explain the checkpoint's prediction (or `target`) on image files or folders with each method. For a
+    segmentation run: Seg-Grad-CAM of `target` (default: the largest predicted class) over `region`
+    ('x0,y0,x1,y1' in the pixels of the image as the model sees it; default: the pixels predicted as the
+    class), with the deletion check against `seeds` random maps (see `cnnkit.explain.segment`)."""
     from cnnkit.report.explain_plots import save_explanation_figure
 
     names = parse_methods(methods)
     ckpt, dev = _load(checkpoint, device)
     tgt_index = target_index(target, ckpt.classes)
+    segment = task_of(ckpt).name == "segment"
+    if region is not None and not segment:
+        raise ExplainError("--region explains a segmentation model over a box; this run classifies images")
     raw, kept = load_model_inputs(list(inputs), ckpt.in_chans, ckpt.img_size, strict)
     x = Normalize(*ckpt.normalization, dev)(raw)
+    out = Path(out_dir) if out_dir is not None else ckpt.path.parent / "explain"
+    if segment:
+        from cnnkit.explain.segment import explain_segmentation
+
+        pngs, records, json_path = explain_segmentation(ckpt, dev, raw, x, kept, names, layer, tgt_index, region,
+                                                        out, seeds, batch_size)
+        return ExplainRun(out, pngs, json_path, records)
     model = ckpt.model.to(dev).eval()
     with torch.no_grad():
         probs = torch.softmax(model(x).float(), 1).cpu()
     pred = probs.argmax(1)
     targets = pred.clone() if tgt_index is None else torch.full_like(pred, tgt_index)
     results = _run_methods(model, x, targets.to(dev), names, layer, batch_size)
-    out = Path(out_dir) if out_dir is not None else ckpt.path.parent / "explain"
     claim_dir(out)  # writes there replace only files cnnkit wrote
     pngs, records = [], []
     stems: dict[str, int] = {}
@@ -174,6 +187,9 @@ def benchmark_methods(checkpoint: str | os.PathLike | LoadedCheckpoint, data: st
 
     names = parse_methods(methods)
     ckpt, dev = _load(checkpoint, device)
+    if task_of(ckpt).name == "segment":
+        raise ExplainError("--benchmark measures classifiers on boxes; explain a segmentation run on its images "
+                           "(each gets Seg-Grad-CAM's deletion check against random maps)")
     ds = load_checkpoint_data(ckpt, data, "test", data_dir=data_dir, check=False)
     if ds.boxes is None:
         raise DataError(f"{data} has no ground-truth boxes; the benchmark needs a localization set such as "

@@ -38,14 +38,15 @@ class SegmentationNet(nn.Module):
 
 
 class UNet(SegmentationNet):
-    def __init__(self, num_classes: int, in_chans: int, width: int = 16, depth: int = 3, skips: bool = True):
+    def __init__(self, num_classes: int, in_chans: int, width: int = 16, depth: int = 3, skips: bool = True,
+                 stem_stride: int = 1):
         super().__init__()
         widths = [width * 2 ** i for i in range(depth + 1)]
         self.skips = skips
         self.down = nn.ModuleList()
         cin = in_chans
-        for w in widths:
-            self.down.append(nn.Sequential(_cbr(cin, w), _cbr(w, w)))
+        for i, w in enumerate(widths):
+            self.down.append(nn.Sequential(_cbr(cin, w, stride=stem_stride if i == 0 else 1), _cbr(w, w)))
             cin = w
         self.up = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, 2) for i in reversed(range(depth)))
         self.merge = nn.ModuleList(nn.Sequential(_cbr(widths[i] * (2 if skips else 1), widths[i]), _cbr(widths[i], widths[i]))
@@ -138,10 +139,14 @@ class DeepLab(SegmentationNet):
 @register_model("unet", min_size=8, paper="Ronneberger et al. 2015, U-Net", task="segment",
                 default_input="1x96x96")
 def unet_small(num_classes: int = 11, in_chans: int = 1, img_size=None, width: int = 16, depth: int = 3,
-               skips: bool = True) -> nn.Module:
-    """U-Net for small images: `depth` poolings, `width` channels at full resolution, doubling per level;
-    `skips=False` removes the encoder-decoder connections (the ablation)."""
-    return UNet(num_classes, in_chans, width, depth, skips)
+               skips: bool = True, stem_stride: int = 1) -> nn.Module:
+    """U-Net for small images: `depth` poolings, `width` channels at the first level, doubling per level;
+    `skips=False` removes the encoder-decoder connections (the ablation); `stem_stride=2` makes the first
+    convolution stride 2, so the network works at half resolution and its logits are resized bilinearly to the
+    input (cheaper where objects span many pixels; the paper's U-Net is stem_stride=1)."""
+    if stem_stride not in (1, 2, 4):
+        raise ModelError(f"stem_stride must be 1, 2 or 4, got {stem_stride!r}")
+    return UNet(num_classes, in_chans, width, depth, skips, stem_stride)
 
 
 @register_model("deeplab", min_size=16, paper="Chen et al. 2017, DeepLabv3 (atrous convolution, ASPP)",

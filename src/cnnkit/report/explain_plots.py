@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnkit.report.plots import plt, save_figure
+from cnnkit.report.plots import mask_image, mask_patches, plt, save_figure
 
 
 def _display(image: np.ndarray) -> tuple[np.ndarray, str | None]:
@@ -75,4 +75,31 @@ def save_filter_grid(grid: np.ndarray, path: Path, title: str) -> Path:
     ax.imshow(np.asarray(grid, dtype=np.float32).transpose(1, 2, 0), interpolation="nearest")
     ax.axis("off")
     ax.set_title(title, fontsize=9)
+    return save_figure(fig, Path(path))
+
+
+def save_segmentation_explanation(image: np.ndarray, predicted: np.ndarray, overlays: dict[str, np.ndarray],
+                                  region: np.ndarray, path: Path, classes: list[str],
+                                  palette: list[tuple[int, int, int]], target: int,
+                                  scores: dict[str, str] | None = None) -> Path:
+    """One row: the image, the predicted mask (palette colours, with a legend), then each method's map over
+    the image with the explained region outlined in white."""
+    base, cmap = _display(image)
+    n = 2 + len(overlays)
+    fig, axes = plt.subplots(1, n, figsize=(2.8 * n + 1.0, 3.0))
+    axes[0].imshow(base, cmap=cmap)
+    axes[0].set_title("image", fontsize=8)
+    axes[1].imshow(mask_image(predicted, palette), interpolation="nearest")
+    axes[1].set_title("predicted mask", fontsize=8)
+    axes[1].legend(handles=mask_patches([predicted], classes, palette), fontsize=6, loc="upper center",
+                   bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False)
+    for ax, (method, m) in zip(axes[2:], overlays.items()):
+        ax.imshow(base, cmap=cmap)
+        im = ax.imshow(np.asarray(m, dtype=np.float32), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        ax.contour(np.asarray(region, dtype=np.float32), levels=[0.5], colors="white", linewidths=0.8)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=6)
+        ax.set_title(method + (f"\n{scores[method]}" if scores and method in scores else ""), fontsize=7)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(f"Seg-Grad-CAM of {classes[target]} over the outlined region", fontsize=9)
     return save_figure(fig, Path(path))

@@ -22,12 +22,12 @@ from cnnkit.serve.options import ServeOptions
 from cnnkit.serve.problems import Problem
 
 
-async def read_images(request: Request, m: ServedModel, options: ServeOptions,
-                      single: bool = False) -> tuple[torch.Tensor, list[str], dict[str, Any]]:
-    """The request's images as one uint8 N×C×H×W batch for `m`, their names, and the other fields given
-    (JSON keys or multipart form fields). Multipart: one or more file parts (any field name). JSON:
-    {"images": [base64, ...]} or {"image": base64}, optionally as data URLs. A body of type image/* (or
-    application/octet-stream): that one image, its options as query parameters."""
+async def read_images(request: Request, m: ServedModel, options: ServeOptions, single: bool = False
+                      ) -> tuple[torch.Tensor, list[str], dict[str, Any], list[tuple[int, int]]]:
+    """The request's images as one uint8 N×C×H×W batch for `m`, their names, the other fields given
+    (JSON keys or multipart form fields) and each image's own (height, width). Multipart: one or more file
+    parts (any field name). JSON: {"images": [base64, ...]} or {"image": base64}, optionally as data URLs. A
+    body of type image/* (or application/octet-stream): that one image, its options as query parameters."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     fields: dict[str, Any] = {}
     blobs: list[tuple[str, bytes]] = []
@@ -53,11 +53,11 @@ async def read_images(request: Request, m: ServedModel, options: ServeOptions,
     # to a thread and back takes under load
     opened = _open_if_small(blobs)
     if opened is not None:
-        x = decode_images(blobs, m, options.max_pixels, opened)
+        x, sizes = decode_images(blobs, m, options.max_pixels, opened)
     else:
-        x = await asyncio.get_running_loop().run_in_executor(_decode_pool(), decode_images, blobs, m,
-                                                             options.max_pixels)
-    return x, [n for n, _ in blobs], fields
+        x, sizes = await asyncio.get_running_loop().run_in_executor(decode_pool(), decode_images, blobs, m,
+                                                                    options.max_pixels)
+    return x, [n for n, _ in blobs], fields, sizes
 
 
 def json_images(raw: bytes) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
@@ -159,7 +159,8 @@ def parse_multipart(body: bytes, content_type: str, max_files: int,
 _DECODE_POOL: concurrent.futures.ThreadPoolExecutor | None = None
 
 
-def _decode_pool() -> concurrent.futures.ThreadPoolExecutor:
+def decode_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads that decode images and encode masks off the event loop (made on first use)."""
     global _DECODE_POOL
     if _DECODE_POOL is None:
         _DECODE_POOL = concurrent.futures.ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)),
@@ -177,17 +178,22 @@ def _b64(s: str, i: int) -> bytes:
 
 
 def decode_images(blobs: list[tuple[str, bytes]], m: ServedModel, max_pixels: int,
-                  opened: list[Any] | None = None) -> torch.Tensor:
-    """The images as one uint8 batch for `m`; `opened`: the same images already opened by PIL."""
+                  opened: list[Any] | None = None) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """The images as one uint8 batch for `m` (a segmentation model's stretched whole to its input size, a
+    classifier's resized and centre-cropped) and each image's own (height, width); `opened`: the same images
+    already opened by PIL."""
     from cnnkit.data.images import ImageTooLarge, load_image_file, to_model_input
+    from cnnkit.evaluate.masks import model_input
 
-    out = []
+    out, sizes = [], []
     for i, (name, data) in enumerate(blobs):
         if not data:
             raise Problem(422, f"{name} is empty (0 bytes)")
         try:
             image = load_image_file(opened[i] if opened else io.BytesIO(data), max_pixels=max_pixels, name=name)
-            out.append(to_model_input(image, m.input_shape[0], m.input_shape[1:]))
+            convert = model_input if m.task.name == "segment" else to_model_input
+            out.append(convert(image, m.input_shape[0], m.input_shape[1:]))
+            sizes.append((image.height, image.width))
         except ImageTooLarge as e:
             raise Problem(413, _too_many_pixels(name, e, max_pixels) if e.limit else str(e)) from None
         except DataError as e:
@@ -197,7 +203,7 @@ def decode_images(blobs: list[tuple[str, bytes]], m: ServedModel, max_pixels: in
             raise Problem(413, f"{name} is too large to convert for the model; send a smaller image") from None
         except (ValueError, OSError, TypeError, RuntimeError) as e:  # a mode the conversion does not know (LAB)
             raise Problem(422, f"cannot convert image {name} for the model: {error_line(e)}") from None
-    return out[0].unsqueeze(0) if len(out) == 1 else torch.stack(out)
+    return out[0].unsqueeze(0) if len(out) == 1 else torch.stack(out), sizes
 
 
 def _too_many_pixels(name: str, e: Any, max_pixels: int) -> str:

@@ -4,6 +4,8 @@
     c = Client("http://127.0.0.1:8000/v1/models/resnet9")        # or Client("http://127.0.0.1:8000", "resnet9");
                                                                   # Client("http://127.0.0.1:8000"): its one model
     c.predict(["shoe.png"], topk=3)       # -> [{"image": ..., "top": [{"class", "index", "probability"}]}]
+                                          # a segmentation model: also "mask" (palette PNG, base64), "areas",
+                                          # "height", "width"; "top" holds {"class", "area"}
     c.explain("shoe.png", method="gradcam", target="Sandal")      # -> maps, overlay PNG (base64)
 """
 
@@ -110,7 +112,8 @@ class Client:
         return self._call("GET", f"/v1/models/{self._name()}")
 
     def predict(self, images: list[str | os.PathLike], topk: int = 5) -> list[dict[str, Any]]:
-        """Top-k classes of image files, in one request."""
+        """Top-k classes of image files, in one request (a segmentation model's: each image's mask and areas
+        too; `cnnkit.evaluate.masks.read_mask_png` decodes the mask)."""
         files = [("file", (Path(p).name, Path(p).read_bytes())) for p in images]
         return self._call("POST", f"/v1/models/{self._name()}/predict", params={"topk": topk},
                           files=files)["predictions"]

@@ -71,7 +71,9 @@ class ServedModel:
         card: dict[str, Any] = {
             "name": self.name, "artifact": self.ckpt.path.name, "kind": _kind(self.ckpt.path),
             "architecture": meta.get("model"), "classes": self.classes,
-            "input": {"channels": c, "height": h, "width": w, "dtype": "uint8 pixels, resized and centre-cropped",
+            "input": {"channels": c, "height": h, "width": w,
+                      "dtype": "uint8 pixels, resized (stretched) whole; masks answered at the image's size"
+                      if self.task.name == "segment" else "uint8 pixels, resized and centre-cropped",
                       "normalization": {"mean": mean, "std": std}},
             "params": meta.get("params"), "macs": meta.get("macs"), "layers": [], "explainable": self.explainable,
             "precision": precision_name(self.dtype),
@@ -95,6 +97,26 @@ class ServedModel:
         with torch.inference_mode(), autocast(self.device, self.dtype):
             outputs = self.task.infer(self.model, self.normalize(x)).cpu()
         return list(outputs.split(sizes))
+
+    def mask_answers(self, probs: torch.Tensor, sizes: list[tuple[int, int]], names: list[str],
+                     topk: int) -> list[dict[str, Any]]:
+        """A segmentation model's answer per image from its per-pixel probabilities at the input size: the mask
+        at the image's own size as a palette PNG (base64; the run's palette), each class's area, the size, and
+        the `topk` largest classes as every task's answer gives them."""
+        import base64
+
+        from cnnkit.evaluate.masks import class_areas, mask_at, mask_png
+        from cnnkit.tasks.segment import run_palette
+
+        palette = run_palette(self.ckpt.meta, len(self.classes))
+        out = []
+        for p, (h, w), name in zip(probs, sizes, names):
+            mask = mask_at(p, (h, w))
+            areas = class_areas(mask, self.classes)
+            out.append({"image": name, "top": [{"class": c, "area": a["share"]} for c, a in areas.items()][:topk],
+                        "mask": base64.b64encode(mask_png(mask, palette)).decode(), "areas": areas,
+                        "height": h, "width": w})
+        return out
 
     def explain_batch(self, x: torch.Tensor, args: list[dict[str, Any]], sizes: list[int]) -> list[dict[str, Any]]:
         """Explanations of a uint8 batch; every request in the batch shares the method and layer (the batcher

@@ -102,6 +102,7 @@ class Task(ABC):
     score: str = "score"  # the validation metric maximized (metrics.csv: train_<score>, val_<score>)
     output: str = "outputs"  # the exported model's output name
     outputs_are_classes: bool = True  # the model's outputs are the data's classes: evaluation data must have them
+    any_size: bool = False  # its models are fully convolutional: exported with a dynamic height and width
 
     def output_names(self, classes: list[str]) -> list[str]:
         """Names of the model's outputs for data with these classes; the head has one output per name."""
@@ -118,6 +119,11 @@ class Task(ABC):
     def infer(self, model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
         """The model's outputs on a batch at evaluation time, as `loss_sum`, `score_sum` and `evaluate` take them."""
         return model(x).float()
+
+    def kept(self, outputs: torch.Tensor) -> torch.Tensor:
+        """What an evaluation keeps of a batch's `infer` outputs, for `evaluate` and `report` over the whole split
+        (default: all of them; segmentation keeps each pixel's predicted class, not K probabilities)."""
+        return outputs
 
     @abstractmethod
     def loss_sum(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -156,8 +162,18 @@ class Task(ABC):
         """The few metrics a command prints after an evaluation (label -> value); default: every number."""
         return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
-    def report(self, metrics: dict[str, Any], names: list[str], out_dir: Path, stem: str) -> dict[str, Path]:
-        """Figures written beside an evaluation's metrics (label, as a command prints it -> file); none by default."""
+    def report(self, metrics: dict[str, Any], names: list[str], out_dir: Path, stem: str,
+               images: torch.Tensor | None = None, outputs: torch.Tensor | None = None,
+               targets: torch.Tensor | None = None, meta: dict[str, Any] | None = None) -> dict[str, Path]:
+        """Figures written beside an evaluation's metrics (label, as a command prints it -> file); none by default.
+        `images` (the split's, uint8 N×C×H×W), `outputs` (`infer`'s) and `targets` are what the metrics came
+        from, for figures of examples; `meta` is the checkpoint's metadata (e.g. a segmentation run's palette)."""
+        return {}
+
+    def agreement(self, outputs: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+        """How far another runtime's answers (an exported artifact's outputs on a batch) agree with `reference`,
+        the PyTorch model's on the same batch, beyond their largest difference (name -> share, 1 = all agree);
+        none by default."""
         return {}
 
     def example_input(self, in_chans: int, img_size: Sequence[int], batch: int = 2,

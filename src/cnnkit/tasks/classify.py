@@ -97,7 +97,9 @@ class Classification(Task):
         return {"top-1": metrics["top1"], "top-5": metrics["top5"], "macro F1": metrics["macro_f1"],
                 "ECE": metrics["ece"]}
 
-    def report(self, metrics: dict[str, Any], names: list[str], out_dir: Path, stem: str) -> dict[str, Path]:
+    def report(self, metrics: dict[str, Any], names: list[str], out_dir: Path, stem: str,
+               images: torch.Tensor | None = None, outputs: torch.Tensor | None = None,
+               targets: torch.Tensor | None = None, meta: dict[str, Any] | None = None) -> dict[str, Path]:
         from cnnkit.report.plots import save_confusion_matrix
 
         return {"confusion matrix": save_confusion_matrix(metrics["confusion_matrix"], names,

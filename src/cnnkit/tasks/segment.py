@@ -6,6 +6,8 @@ from torchmetrics."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -83,12 +85,111 @@ def iou_from_confusion(matrix: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(inter, float("nan")))
 
 
+class MultiScale(nn.Module):
+    """A segmentation model run at several scales of its input (DeepLab's multi-scale inputs at test time):
+    each scale's per-pixel probabilities resized back to the input size and averaged; returns their log, so that
+    what follows (softmax, argmax, flip TTA) reads it as logits."""
+
+    def __init__(self, model: nn.Module, scales: Sequence[float]) -> None:
+        super().__init__()
+        if not scales or any(not (0.1 <= s <= 4.0) for s in scales):
+            raise ConfigError(f"test-time scales must be between 0.1 and 4, got {list(scales)}")
+        self.model, self.scales = model, tuple(float(s) for s in scales)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        total = None
+        for s in self.scales:
+            xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False,
+                                                  recompute_scale_factor=False)
+            p = self.model(xs).float().softmax(1)
+            if p.shape[-2:] != (h, w):
+                p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
+            total = p if total is None else total + p
+        return (total / len(self.scales)).clamp_min(1e-12).log()
+
+
+def _starts(length: int, window: int, stride: int) -> list[int]:
+    """Window offsets that cover `length` with windows of `window` at `stride` (the last one flush with the end)."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window, stride))
+    return starts + [length - window]
+
+
+class SlidingWindow(nn.Module):
+    """A segmentation model applied to an image larger than `window` (H, W) in overlapping tiles: each tile's
+    probabilities are added where it lies and divided by how many tiles cover each pixel (an image no larger
+    than the window is passed whole); returns log-probabilities, read as logits downstream."""
+
+    def __init__(self, model: nn.Module, window: Sequence[int], overlap: float = 1 / 3) -> None:
+        super().__init__()
+        if len(window) != 2 or min(window) < 1 or not (0.0 <= overlap < 1.0):
+            raise ConfigError(f"a sliding window needs a height×width of at least 1 and an overlap in [0, 1), got "
+                              f"{list(window)} and {overlap}")
+        self.model, self.window, self.overlap = model, (int(window[0]), int(window[1])), float(overlap)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (h, w), (wh, ww) = x.shape[-2:], self.window
+        if h <= wh and w <= ww:
+            return self.model(x)
+        sh, sw = max(1, round(wh * (1 - self.overlap))), max(1, round(ww * (1 - self.overlap)))
+        total = count = None
+        for top in _starts(h, wh, sh):
+            for left in _starts(w, ww, sw):
+                p = self.model(x[..., top:top + wh, left:left + ww]).float().softmax(1)
+                if total is None:
+                    total = x.new_zeros((x.shape[0], p.shape[1], h, w), dtype=torch.float32)
+                    count = x.new_zeros((1, 1, h, w), dtype=torch.float32)
+                total[..., top:top + p.shape[-2], left:left + p.shape[-1]] += p
+                count[..., top:top + p.shape[-2], left:left + p.shape[-1]] += 1
+        return (total / count).clamp_min(1e-12).log()
+
+
+@torch.no_grad()
+def native_predictions(model: nn.Module, loader: Any, native_masks: list[torch.Tensor], task: Task, tta: bool,
+                       autocast: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Evaluation at each image's own resolution: the model's probabilities on the loaded (resized) images,
+    resized bilinearly to each image's native mask size, then argmax; returns every native pixel's predicted and
+    true class (1×P each, for the metrics) and, for the report's overlays, the predicted and true masks at the
+    loaded size. `loader` yields the images in the data's order (no shuffling)."""
+    model.eval()
+    native_pred, native_true, kept, targets, i = [], [], [], [], 0
+    for x, y in loader:
+        with autocast():
+            probs = task.infer(model, x, tta)
+        for p in probs:
+            truth = native_masks[i]
+            i += 1
+            if p.shape[-2:] != truth.shape:
+                p = F.interpolate(p[None].float(), size=tuple(truth.shape), mode="bilinear", align_corners=False)[0]
+            native_pred.append(p.argmax(0).to(torch.uint8).flatten().cpu())
+            native_true.append(truth.flatten())
+        kept.append(task.kept(probs).cpu())
+        targets.append(task.targets(x, y).cpu())
+    return (torch.cat(native_pred)[None], torch.cat(native_true)[None], torch.cat(kept), torch.cat(targets))
+
+
+def test_time_model(model: nn.Module, task: Task, scales: Sequence[float] | None, window: bool,
+                    img_size: Sequence[int]) -> nn.Module:
+    """`model` as evaluation runs it: at several input `scales` (averaged) and/or in sliding `window`s of the
+    training size `img_size` over larger images; refused in one line for a task other than segmentation."""
+    if (scales or window) and task.name != "segment":
+        raise ConfigError(f"--scales and --window are for segmentation models; this one's task is {task.name}")
+    if scales and list(scales) != [1.0]:
+        model = MultiScale(model, scales)
+    if window:
+        model = SlidingWindow(model, img_size)
+    return model
+
+
 class Segmentation(Task):
     """A class per pixel: the model's outputs are N×K×H×W logits, one channel per class."""
 
     name = "segment"
     score = "miou"
     output = "logits"
+    any_size = True
 
     def targets(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return labels.long()
@@ -103,7 +204,7 @@ class Segmentation(Task):
         if cfg.pretext or cfg.distill:
             raise ConfigError("RotNet pretraining and distillation are for classification; segmentation trains "
                               "with cross-entropy (and --dice)")
-        return PixelCrossEntropy(cfg.label_smoothing, getattr(cfg, "dice", 0.0))
+        return PixelCrossEntropy(cfg.label_smoothing, cfg.dice)
 
     def infer(self, model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
         """Per-pixel class probabilities; flip TTA averages them with the mirrored image's, mirrored back."""
@@ -132,6 +233,11 @@ class Segmentation(Task):
         iou = iou_from_confusion(total.view(classes, classes))
         return float(iou.nanmean()) if bool((~iou.isnan()).any()) else 0.0
 
+    def kept(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Each pixel's predicted class (uint8 N×H×W up to 256 classes): a split's probabilities would take
+        K × 4 bytes per pixel, which Pascal-VOC-sized evaluations cannot hold."""
+        return outputs.argmax(1).to(torch.uint8 if outputs.shape[1] <= 256 else torch.int16)
+
     def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor, names: list[str]) -> dict[str, Any]:
         from cnnkit.tasks.segment_metrics import segmentation_report
 
@@ -151,9 +257,40 @@ class Segmentation(Task):
     def format_value(self, value: float) -> str:
         return f"{value:.1%} of the pixels"
 
+    def agreement(self, outputs: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+        """The share of pixels given the same class (the argmax masks' agreement)."""
+        return {"mask_agreement": float((outputs.argmax(1) == reference.argmax(1)).float().mean())}
+
     def summary(self, metrics: dict[str, Any]) -> dict[str, Any]:
         return {"mIoU": metrics["miou"], "pixel accuracy": metrics["pixel_accuracy"],
                 "mean class accuracy": metrics["mean_class_accuracy"]}
+
+    def report(self, metrics: dict[str, Any], names: list[str], out_dir: Path, stem: str,
+               images: torch.Tensor | None = None, outputs: torch.Tensor | None = None,
+               targets: torch.Tensor | None = None, meta: dict[str, Any] | None = None,
+               shown: int = 4) -> dict[str, Path]:
+        """An HTML report (`eval-<stem>.html`) with the mIoU, per-class IoU (table, bar chart), the confusion
+        matrix and, given the images, outputs and targets, overlays of predictions against the ground truth for
+        the first `shown` images by index and the `shown` others with the lowest mIoU of their own pixels."""
+        from cnnkit.report.segment_report import write_segmentation_report
+
+        palette = run_palette(meta or {}, len(names))  # the run's recorded colours, else VOC's
+        if images is None or outputs is None or targets is None:
+            return write_segmentation_report(out_dir, stem, metrics, names, palette)
+        predicted = (outputs.argmax(1) if outputs.ndim == 4 else outputs).cpu()
+        targets = targets.cpu()
+        per_image = torch.stack([iou_from_confusion(confusion(p, t, len(names))).nanmean()
+                                 for p, t in zip(predicted, targets)]).nan_to_num(1.0)  # nothing labelled: not worst
+        first = list(range(min(shown, len(predicted))))
+        worst = [i for i in per_image.argsort(stable=True).tolist() if i not in first][:shown]
+        pick = first + worst
+        rows = [{"image": i, "shown as": "first" if i in first else "worst", "mIoU": float(per_image[i])} for i in pick]
+        examples = {"images": images[pick].numpy(), "truth": targets[pick].numpy(),
+                    "predicted": predicted[pick].numpy(),
+                    "titles": [f"#{r['image']} ({r['shown as']}), mIoU {r['mIoU']:.2f}" for r in rows], "rows": rows,
+                    "caption": f"the first {len(first)} images by index, then the {len(worst)} others with the lowest "
+                               f"mIoU over their own pixels"}
+        return write_segmentation_report(out_dir, stem, metrics, names, palette, examples)
 
 
 SEGMENT = register_task(Segmentation())

@@ -31,6 +31,8 @@ def checkpoint_meta(run: Run, epoch: int, metrics: dict[str, float]) -> dict[str
         "precision": run.precision, "layout": run.layout_note,
     }
     meta.update(run.objective.meta(data_classes))  # e.g. RotNet's rotations and the data's own classes
+    if getattr(data, "palette", None) is not None:  # a segmentation set's colour per class (cnnkit.tasks.segment)
+        meta["palette"] = data.palette
     return meta
 
 

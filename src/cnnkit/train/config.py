@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnnkit.data.settings import DEFAULT_VAL_FRACTION, SEGMENTATION_DATASETS, TRAINING_DATASETS, AugmentConfig
+from cnnkit.data.settings import (DEFAULT_VAL_FRACTION, PATH_SOURCES, TRAINING_DATASETS, AugmentConfig,
+                                  is_segmentation_data)
 from cnnkit.errors import ConfigError, close_matches
 from cnnkit.train.recipes import family_recipe
 
@@ -31,17 +32,21 @@ class TrainConfig:
         "help": "Model option key=value (repeatable).", "option": "--model-kw", "form": "key=value"})
     data: str = field(default="sample", metadata={
         "help": f"{', '.join(TRAINING_DATASETS[:-1])} or {TRAINING_DATASETS[-1]} (imagefolder: a folder of class "
-                f"folders; webdataset: the shards `cnnkit data shard` wrote, validated on their val shards)."})
+                f"folders; masks: images/ and masks/ folders of index PNGs; voc: the Pascal VOC layout; coco: a COCO "
+                f"instances file (masks, voc and coco train the segment task); webdataset: the shards `cnnkit data "
+                f"shard` wrote, validated on their val shards)."})
     data_dir: str | None = field(default=None, metadata={
         "help": "Data root (default $CNNKIT_DATA, else ~/.cache/cnnkit/data).", "form": "path"})
     download: bool = field(default=False, metadata={"help": "Fetch the dataset if missing."})
     strict: bool = field(default=False, metadata={  # else unreadable images are skipped (and named)
         "help": "Stop at the first unreadable image."})
     img_size: int | list[int] | None = field(default=None, metadata={  # None: the images' common size, else 64
-        "help": "imagefolder: resize images to N×N (e.g. 32) or to height×width (e.g. 48x32).", "form": "size"})
+        "help": "imagefolder, masks, voc, coco: resize images (and masks) to N×N (e.g. 32) or to height×width "
+                "(e.g. 48x32).", "form": "size"})
     test_fraction: float = field(default=0.2, metadata={
         "help": "Flat imagefolder (no train/ and test/ sub-folders): share of each class held out as the test split, "
-                "chosen by --seed (default 0.2)."})
+                "chosen by --seed (default 0.2); likewise of the images of masks:DIR without train/ and test/, and "
+                "of coco:FILE.json."})
     recipe: str | None = field(default="fast", metadata={
         "help": "Named defaults per dataset: fast or long (default fast)."})
     model_recipe: str | None = None  # which optimization recipe applies: '<recipe>:<data family>' or a model family's
@@ -61,6 +66,8 @@ class TrainConfig:
     schedule: str = field(default="onecycle", metadata={"help": "onecycle or cosine."})
     warmup_epochs: float = field(default=1.0, metadata={"help": "Epochs of learning-rate warm-up."})
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing in [0, 1)."})
+    dice: float = field(default=0.0, metadata={
+        "help": "Segmentation: add this weight × the Dice loss to the pixel cross-entropy (0 = off)."})
     ema: float = field(default=0.0, metadata={"help": "EMA decay of the weights (0 = off)."})
     augment: AugmentConfig = field(default_factory=AugmentConfig, metadata={
         "help": f"Augmentation key=value (repeatable): {', '.join(f.name for f in dataclasses.fields(AugmentConfig))}.",
@@ -144,6 +151,9 @@ class TrainConfig:
             (self.lr > 0, f"learning rate must be positive, got {self.lr}"),
             (0.0 <= self.ema < 1.0, f"EMA decay must be in [0, 1), got {self.ema}"),
             (0.0 <= self.label_smoothing < 1.0, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (0.0 <= self.dice and math.isfinite(self.dice), f"the Dice weight must be 0 or more, got {self.dice}"),
+            (self.dice == 0 or self.task == "segment", "--dice is a segmentation loss; this run's task is "
+                                                      f"{self.task}"),
             (self.train_images is None or self.train_images > 0,
              f"train_images must be positive, got {self.train_images}"),
             (self.train_images_per_class is None or (isinstance(self.train_images_per_class, int)
@@ -196,7 +206,7 @@ class TrainConfig:
         """Each field holds its declared kind of value (a config.yaml or a Python call may give anything)."""
         kinds = {"epochs": int, "batch_size": int, "seed": int, "threads": int, "early_stopping": int,
                  "lr": float, "momentum": float, "weight_decay": float, "warmup_epochs": float,
-                 "label_smoothing": float, "ema": float, "kd_temperature": float, "kd_alpha": float,
+                 "label_smoothing": float, "dice": float, "ema": float, "kd_temperature": float, "kd_alpha": float,
                  "disc_weight": float, "grad_clip": float, "val_fraction": float,
                  "test_fraction": float, "model": str, "data": str, "optimizer": str, "schedule": str,
                  "amp": str, "device": str, "download": bool, "strict": bool,
@@ -250,7 +260,7 @@ def dataset_family(data: str) -> str:
         return "cifar10"
     if data.startswith("cluttered-"):
         return "cluttered"
-    if data in SEGMENTATION_DATASETS:
+    if is_segmentation_data(data):
         return "scenes"
     return "imagefolder"
 
@@ -275,8 +285,11 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         "imagefolder": dict(model="resnet9", model_kwargs={"width": 16}, epochs=15, batch_size=64, lr=0.05,
                             schedule="onecycle", warmup_epochs=1, label_smoothing=0.1,
                             augment={"crop_padding": 4, "hflip": True}),
-        # fashion-scenes (segmentation): a small U-Net; a first setting, not yet tuned on a validation split
-        "scenes": dict(model="unet_small", model_kwargs={"width": 16}, task="segment", epochs=8, batch_size=32,
+        # fashion-scenes (segmentation): a U-Net working at half resolution (stride-2 stem) with four poolings: 2.4×
+        # the full-resolution U-Net's training speed on a 2-core CPU (memory-bound 96×96 maps dropped), and a 3×3,
+        # 256-channel bottleneck that sees whole objects; see benchmarks/segment_trainer.py and the Segment page
+        "scenes": dict(model="unet_small", model_kwargs={"width": 16, "depth": 4, "stem_stride": 2}, task="segment",
+                       epochs=12, batch_size=32,
                        lr=3e-3, optimizer="adamw", weight_decay=1e-4, schedule="onecycle", warmup_epochs=1,
                        label_smoothing=0.0, augment={"crop_padding": 0, "hflip": True}, tta=True),
     },
@@ -297,8 +310,10 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         "imagefolder": dict(model="resnet9", model_kwargs={"width": 32}, epochs=60, batch_size=64, lr=0.05,
                             schedule="cosine", warmup_epochs=3, label_smoothing=0.1, ema=0.999,
                             augment={"crop_padding": 4, "hflip": True, "policy": "trivialaugment"}),
-        "scenes": dict(model="deeplab_small", model_kwargs={"width": 16}, task="segment", epochs=20, batch_size=32,
-                       lr=3e-3, optimizer="adamw", weight_decay=1e-4, schedule="onecycle", warmup_epochs=2,
+        # the fast recipe's network and settings on a longer schedule (not tuned apart)
+        "scenes": dict(model="unet_small", model_kwargs={"width": 16, "depth": 4, "stem_stride": 2}, task="segment",
+                       epochs=30, batch_size=32, lr=3e-3, optimizer="adamw", weight_decay=1e-4, schedule="onecycle",
+                       warmup_epochs=2,
                        label_smoothing=0.0, augment={"crop_padding": 0, "hflip": True}, tta=True),
     },
 }
@@ -321,6 +336,8 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: TrainConfig | 
         if "recipe" not in given and base is None:  # a longer budget may afford the recipe that goes further
             given["recipe"] = "long" if given["budget"] >= LONG_RECIPE_FROM_S else "fast"
     recipe = given.get("recipe", values.get("recipe"))
+    if "data" not in given and base is None and _model_task(given.get("model")) == "segment":
+        given["data"] = "fashion-scenes"  # a segmentation model's default data: scenes with masks, not the sample
     data = given.get("data", values["data"])
     preset: dict[str, Any] = {}
     if recipe:
@@ -344,13 +361,23 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: TrainConfig | 
             values["model_recipe"] = family.name
     if "optimizer" in given and given["optimizer"] != values["optimizer"]:
         values.update({k: v for k, v in OPTIMIZER_DEFAULTS.get(given["optimizer"], {}).items() if k not in given})
-    if "task" not in given and data in SEGMENTATION_DATASETS:  # the data's targets say what the task is
+    if "task" not in given and is_segmentation_data(data):  # the data's targets say what the task is
         values["task"] = "segment"
     augment = given.pop("augment", None)
     values.update(given)
     if augment:
         values["augment"] = {**values["augment"], **(augment if isinstance(augment, dict) else augment.__dict__)}
     return TrainConfig.from_dict(values)
+
+
+def _model_task(model: str | None) -> str | None:
+    """The task a registered model is built for (None: no model given, or a name the registry lacks)."""
+    from cnnkit.models.registry import get_entry
+
+    try:
+        return get_entry(model).task if model else None
+    except Exception:  # an unknown or timm name: reported (with close matches) when the model is built
+        return None
 
 
 PATH_OPTIONS = ("out", "data_dir", "init_from")  # stored absolute, so that a run resumes from any folder
@@ -367,9 +394,9 @@ def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
         if values.get(key) is not None:
             values[key] = _absolute(str(values[key]))
     data = values.get("data")
-    for kind in ("imagefolder:", "webdataset:"):
-        if data and data.startswith(kind):
-            values["data"] = kind + _absolute(data.split(":", 1)[1])
+    kind, colon, where = (data or "").partition(":")
+    if colon and kind in PATH_SOURCES:
+        values["data"] = f"{kind}:{_absolute(where)}"
     if values.get("teachers"):
         values["teachers"] = [_absolute(str(t)) for t in values["teachers"]]
     return values

@@ -103,6 +103,13 @@ FAMILY_RECIPES: dict[str, FamilyRecipe] = {r.name: r for r in [
         "5e-4, lr ×0.2 at epochs 30, 60 and 80 of 100",
         "the paper's optimizer, batch, rate and weight decay; one-cycle instead of the steps", ("nin",)),
     FamilyRecipe(
+        "segmentation", dict(_adamw(32, 3e-3, 1e-4), schedule="onecycle"),
+        "the papers trained on Pascal VOC / Cityscapes crops with SGD (FCN: lr 1e-4 unnormalized; DeepLabv3: lr "
+        "0.007 at batch 16, 'poly' decay, 30k iterations; U-Net: SGD, momentum 0.99, batch 1)",
+        "AdamW at lr 3e-3, batch 32, weight decay 1e-4, one-cycle: the fashion-scenes recipe's settings, which "
+        "reach a usable model in a few epochs from scratch (no ImageNet encoder at hand)",
+        ("unet", "deeplab", "fcn", "lraspp")),
+    FamilyRecipe(
         "generic", _adamw(128, 1e-3, 0.05, clip=1.0),
         "no family recipe: a conservative default for models cnnkit has no paper recipe for",
         "AdamW, lr 1e-3, weight decay 0.05, warm-up and cosine, gradient clipping at norm 1", ()),

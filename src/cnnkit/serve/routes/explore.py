@@ -31,9 +31,13 @@ async def _run(m: ServedModel, fn: Callable[..., Any], *args: Any) -> Any:
 
 
 async def _explorer(request: Request, name: str) -> Explorer:
-    """The explorer of the model served as `name`, made once; 422 for an exported artifact."""
+    """The explorer of the model served as `name`, made once; 422 for an exported artifact or a model that
+    does not answer classes (its gallery, class scores and explanations are a classifier's)."""
     service = service_of(request)
     m = service.model(name)
+    if m.task.name == "segment":
+        raise Problem(422, f"model {name!r} is a segmentation model; the explorer shows classifiers (its "
+                           f"predictions: POST /v1/models/{name}/predict)")
     if name not in service.explorers:
         if not m.explainable:
             raise Problem(422, f"model {name!r} is an exported artifact ({m.card['kind']}); the explorer needs "
@@ -76,7 +80,7 @@ async def gallery(name: str, request: Request) -> JSONResponse:
 async def upload(name: str, request: Request) -> JSONResponse:
     """One image (multipart, base64 JSON or raw body) -> its id and its overview."""
     ex = await _explorer(request, name)
-    x, _, _ = await read_images(request, ex.m, service_of(request).options, single=True)
+    x, _, _, _ = await read_images(request, ex.m, service_of(request).options, single=True)
     key = ex.add_image(x[0])
     return JSONResponse(await _run(ex.m, ex.overview, key, _topk(request)))
 

@@ -1,8 +1,9 @@
 """Predictions and explanations: the images of a request, batched with other requests' in the model's
-batcher, answered as top-k classes or as maps with a PNG overlay."""
+batcher, answered as top-k classes, as masks (segmentation) or as maps with a PNG overlay."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import math
 import time
@@ -13,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from cnnkit.errors import ExplainError, close_matches, error_line
-from cnnkit.serve.bodies import int_field, read_images, str_field
+from cnnkit.serve.bodies import decode_pool, int_field, read_images, str_field
 from cnnkit.serve.models import ServedModel, overlay_png
 from cnnkit.serve.problems import Problem
 from cnnkit.serve.service import service_of
@@ -34,15 +35,20 @@ PATH_DOC = {"parameters": [{"name": "name", "in": "path", "required": True, "sch
 
 @router.post("/v1/models/{name}/predict", openapi_extra={**BODY_DOC, **PATH_DOC})
 async def predict(request: Request) -> JSONResponse:
-    """The task's answer for one or more images: a classifier's top-k classes (query or field `topk`, default 5)."""
+    """The task's answer for one or more images: a classifier's top-k classes (query or field `topk`, default 5);
+    a segmentation model's mask (palette PNG, base64) at each image's size with every class's area."""
     t = time.perf_counter()
     service = service_of(request)
     name = request.path_params["name"]
     m = service.model(name)
     service.refuse_if_full(m)
-    x, names, fields = await read_images(request, m, service.options)
+    x, names, fields, sizes = await read_images(request, m, service.options)
     k = int_field(fields, request, "topk", min(5, len(m.classes)), 1, len(m.classes))
     outputs = await service.submit(m, service.batcher(m, "predict"), x)
+    if m.task.name == "segment":  # masks resized back to each image's size and encoded off the event loop
+        answers = await asyncio.get_running_loop().run_in_executor(decode_pool(), m.mask_answers, outputs, sizes,
+                                                                   names, k)
+        return JSONResponse({"model": name, "predictions": answers, "seconds": time.perf_counter() - t})
     # the task's answer as plain lists and floats, sent as a JSONResponse: FastAPI's encoder walks a returned
     # dict recursively, which cost about as much per request as parsing the multipart body
     return JSONResponse({"model": name, "predictions": [
@@ -58,7 +64,10 @@ async def explain(name: str, request: Request) -> JSONResponse:
     service = service_of(request)
     m = service.model(name)
     service.refuse_if_full(m)
-    x, names, fields = await read_images(request, m, service.options, single=True)
+    if m.task.name == "segment":
+        raise Problem(422, f"model {name!r} is a segmentation model; the service explains classifiers (use "
+                           f"`cnnkit explain` with its checkpoint)")
+    x, names, fields, _ = await read_images(request, m, service.options, single=True)
     method, layer, target = _explain_options(m, fields, request)
     r = (await service.submit(m, service.batcher(m, "explain", method, layer), x,
                               {"method": method, "layer": layer, "target": target}))[0]

@@ -1,0 +1,145 @@
+"""The service with a segmentation model: each image's mask (a palette PNG, base64) at the image's own size and
+its classes' areas, the same as `predict` gives here; images of mixed sizes batched in one forward pass; bad
+requests 4xx; `cnnkit predict --url --masks-out` writing what `predict --masks-out` writes. Uses the shared
+`seg_run`; all traffic goes to 127.0.0.1 (a TestClient, and one real server process)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+
+
+@pytest.fixture(scope="module")
+def scene_files(tmp_path_factory) -> list[Path]:
+    """fashion-scenes test images as files: 96×96 gray, 300×200 RGB, 150×90 gray (JPEG)."""
+    from cnnkit.data import load_dataset
+
+    scenes = load_dataset("fashion-scenes", "test")
+    folder = tmp_path_factory.mktemp("served-scenes")
+    out = []
+    for i, (size, mode, ext) in enumerate((((96, 96), "L", "png"), ((300, 200), "RGB", "png"),
+                                           ((150, 90), "L", "jpg"))):
+        out.append(folder / f"scene{i}.{ext}")
+        Image.fromarray(scenes.images[i + 3, 0].numpy(), "L").resize(size).convert(mode).save(out[-1])
+    return out
+
+
+@pytest.fixture(scope="module")
+def seg_client(seg_run):
+    from tests.serve.test_serve import make_client
+
+    c = make_client(seg_run.run_dir, max_images=8)
+    yield c
+    c.__exit__(None, None, None)
+
+
+def decoded(answer: dict) -> tuple[np.ndarray, list[int]]:
+    im = Image.open(io.BytesIO(base64.b64decode(answer["mask"])))
+    assert im.mode == "P"
+    return np.array(im), im.getpalette()
+
+
+def batch_counts(client) -> tuple[float, float]:
+    """(forward passes, images) the predict batcher has run so far (none before the first request)."""
+    text = client.get("/metrics").text
+    found = [re.search(rf'cnnkit_batch_images_{what}\{{kind="predict",model="tiny"\}} (\S+)', text)
+             for what in ("count", "sum")]
+    return tuple(float(m.group(1)) if m else 0.0 for m in found)
+
+
+def test_served_masks_equal_predict_at_each_images_size_in_one_batch(seg_client, seg_run, scene_files):
+    from cnnkit.artifacts import load
+    from cnnkit.evaluate import predict
+    from cnnkit.tasks.segment import run_palette
+
+    ckpt = load(seg_run.run_dir, "cpu")
+    here = predict(ckpt, scene_files, device="cpu")
+    before = batch_counts(seg_client)
+    r = seg_client.post("/v1/models/tiny/predict?topk=2",
+                        files=[("file", (f.name, f.read_bytes())) for f in scene_files])
+    assert r.status_code == 200, r.text
+    after = batch_counts(seg_client)
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 3)  # three sizes, one forward pass
+    served = r.json()["predictions"]
+    palette = [v for c in run_palette(ckpt.meta, len(ckpt.classes)) for v in c]
+    for answer, p in zip(served, here):
+        mask, png_palette = decoded(answer)
+        assert answer["image"] == p.path.name and (answer["height"], answer["width"]) == p.size == mask.shape
+        assert png_palette[:len(palette)] == palette
+        assert (mask == p.mask.numpy()).mean() > 0.999  # the same up to float ties (the layout may differ)
+        counts = np.bincount(mask.ravel(), minlength=len(ckpt.classes))
+        assert {c: a["pixels"] for c, a in answer["areas"].items()} == {
+            ckpt.classes[i]: int(counts[i]) for i in np.nonzero(counts)[0]}
+        assert sum(a["share"] for a in answer["areas"].values()) == pytest.approx(1.0)
+        assert answer["top"] == [{"class": c, "area": a["share"]} for c, a in answer["areas"].items()][:2]
+    again = seg_client.post("/v1/models/tiny/predict",
+                            json={"images": [base64.b64encode(f.read_bytes()).decode() for f in scene_files]})
+    assert [a["mask"] for a in again.json()["predictions"]] == [a["mask"] for a in served]
+    card = seg_client.get("/v1/models/tiny").json()
+    assert "masks answered at the image's size" in card["input"]["dtype"]
+
+
+def test_bad_requests_get_a_4xx_json_line(seg_client, scene_files):
+    one = [("file", (scene_files[0].name, scene_files[0].read_bytes()))]
+    for status, kwargs, path in (
+            (415, {"files": [("file", ("x.png", b"not an image at all"))]}, "predict"),
+            (422, {"files": [("file", ("t.png", scene_files[0].read_bytes()[:60]))]}, "predict"),
+            (422, {"files": [("file", ("e.png", b""))]}, "predict"),
+            (422, {"files": one, "params": {"topk": 0}}, "predict"),
+            (413, {"files": one * 9}, "predict"),
+            (422, {"files": one}, "explain")):
+        r = seg_client.post(f"/v1/models/tiny/{path}", **kwargs)
+        assert r.status_code == status, (status, r.text)
+        message = r.json()["error"]["message"]
+        assert message and "\n" not in message and "Traceback" not in message
+    for path in ("explore/graph", "explore/gallery"):  # the explorer shows classifiers
+        r = seg_client.get(f"/v1/models/tiny/{path}")
+        assert r.status_code == 422 and "segmentation model" in r.json()["error"]["message"]
+
+
+def test_predict_url_writes_the_masks_predict_writes_here(seg_run, scene_files, tmp_path, capsys):
+    from cnnkit.cli import main
+    from cnnkit.serve.client import Client
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "cnnkit", "serve", f"seg={seg_run.run_dir}", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"(http://127\.0\.0\.1:\d+)", line)
+        assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
+        url = m.group(1)
+        with Client(url) as c:
+            c.wait_ready(60)
+        files = [str(f) for f in scene_files]
+        assert main(["predict", "--url", f"{url}/v1/models/seg", *files, "--masks-out", str(tmp_path / "remote"),
+                     "--json"]) == 0
+        remote_rows = json.loads(capsys.readouterr().out)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert main(["predict", "--checkpoint", str(seg_run.run_dir), *files, "--masks-out", str(tmp_path / "local"),
+                 "--json"]) == 0
+    local_rows = json.loads(capsys.readouterr().out)
+    remote = json.loads((tmp_path / "remote" / "areas.json").read_text())
+    local = json.loads((tmp_path / "local" / "areas.json").read_text())
+    assert remote["classes"] == local["classes"] and remote["palette"] == local["palette"]
+    for r, h, rrow, hrow in zip(remote["images"], local["images"], remote_rows, local_rows):
+        assert (r["image"], r["height"], r["width"]) == (h["image"], h["height"], h["width"])
+        assert (rrow["height"], rrow["width"], rrow["image"]) == (hrow["height"], hrow["width"], hrow["image"])
+        a = np.array(Image.open(tmp_path / "remote" / r["mask"]))
+        b = np.array(Image.open(tmp_path / "local" / h["mask"]))
+        assert a.shape == b.shape == (h["height"], h["width"]) and (a == b).mean() > 0.999
+        assert Image.open(tmp_path / "remote" / r["overlay"]).size == (h["width"], h["height"])
