@@ -22,7 +22,7 @@ def segmentation_report(outputs: torch.Tensor, targets: torch.Tensor, names: lis
     matrix = torch.zeros(k, k, dtype=torch.long)
     for a in range(0, len(targets), CHUNK):  # a chunk at a time: int64 copies of a whole split would not fit
         part = outputs[a:a + CHUNK]
-        predicted = part.argmax(1) if part.ndim == 4 else part
+        predicted = part.max(1).indices if part.ndim == 4 else part  # the argmax (segment.predicted_classes)
         matrix += multiclass_confusion_matrix(predicted.long(), targets[a:a + CHUNK].long(), k, ignore_index=IGNORE)
     inter = matrix.diagonal().double()
     union = matrix.sum(0).double() + matrix.sum(1).double() - inter
