@@ -263,15 +263,17 @@ def _bad_coco(root: Path, what: str) -> str:
     coco = json.loads(path.read_text())
     if what == "category":
         coco["annotations"][4]["category_id"] = 42
+    elif what == "huge size":  # a mask that size would be drawn before the image is read: refused from the entry
+        coco["images"][1].update(height=10**6, width=10**6)
     else:
         (root / "images" / "2.png").unlink()
     path.write_text(json.dumps(coco))
-    return "annotation 4" if what == "category" else "2.png"
+    return {"category": "annotation 4", "huge size": coco["images"][1]["file_name"]}.get(what, "2.png")
 
 
 @pytest.mark.parametrize("source,what", [("masks", "no mask"), ("masks", "mask size"), ("masks", "class index"),
                                          ("masks", "RGB mask"), ("voc", "missing image"), ("coco", "category"),
-                                         ("coco", "missing image")])
+                                         ("coco", "missing image"), ("coco", "huge size")])
 def test_bad_data_is_one_line_naming_the_file_and_exit_2(source, what, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = tmp_path / "data"

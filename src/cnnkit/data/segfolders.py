@@ -331,6 +331,10 @@ def _coco_image(folder: Path, entry: object, path: Path) -> tuple[int, Path, int
     if not ok:
         raise DataError(f"coco: {path} has an image entry without an id, a file_name and a positive height and "
                         f"width: {str(entry)[:120]}")
+    limit = Image.MAX_IMAGE_PIXELS or 0  # the decoders' bound: a mask of the size the entry claims is drawn first
+    if limit and entry["height"] * entry["width"] > limit:
+        raise DataError(f"coco: {path} says the image {entry['file_name']} is {entry['width']}×{entry['height']} "
+                        f"pixels, more than {limit}; resize it (and its annotations) first")
     name = Path(entry["file_name"])
     if name.is_absolute() or ".." in name.parts:
         raise DataError(f"coco: {path} names the image {entry['file_name']!r} outside its folder; give file names "
