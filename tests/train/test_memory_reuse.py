@@ -89,6 +89,10 @@ def test_work_after_fit_returns_faults_no_more_than_in_a_fresh_process():
     of the process: every later block above 128 KiB was a fresh mmap (about 8x the page faults of a fresh
     process in this test). Now later work in the process runs at least as well as in a fresh one."""
     runs = {mode: _later_step_faults(mode)["later_steps"] for mode in ("plain", "after-fit")}
+    if runs["after-fit"] > 1.5 * runs["plain"]:  # a fault count can jump once (the kernel's page work while another
+        # test process runs: 2,460 against 209 in one CI rehearsal, which passed in eight others): each mode's fewest
+        # of two fresh processes; the regression this guards against faulted about 8× in every process
+        runs = {mode: min(runs[mode], _later_step_faults(mode)["later_steps"]) for mode in runs}
     assert runs["after-fit"] <= 1.5 * runs["plain"], runs
 
 
