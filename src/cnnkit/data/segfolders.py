@@ -26,11 +26,11 @@ from torchvision.transforms.v2 import functional as TF
 
 from cnnkit.data.base import ImageData, LoadOptions, image_size
 from cnnkit.data.imagefolder import CLASS_FILE, MAX_CLASS_FILE_BYTES
+from cnnkit.data.settings import IGNORE
 from cnnkit.data.images import IMAGE_EXTENSIONS, convert_mode, load_image_file
 from cnnkit.data.splits import held_out_test
 from cnnkit.errors import DataError, error_line
 
-IGNORE = 255  # a mask's value for pixels that count nowhere (VOC's object boundaries, COCO's crowd regions)
 SIZE_STEP = 16  # the default size's sides are multiples of this: a U-Net of depth 4 or an output stride 16 fits
 BACKGROUND = "background"
 VOC_CLASSES = (BACKGROUND, "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -24,6 +24,8 @@ SEGMENTATION_DATASETS = ("fashion-scenes", "fashion-scenes-full", "masks", "voc"
 # the sources whose argument is a path (made absolute where a run's options enter, and in reports)
 PATH_SOURCES = ("imagefolder", "webdataset", "masks", "voc", "coco")
 POLICIES = ("none", "trivialaugment", "randaugment")
+# a segmentation mask's value for pixels that count nowhere (unlabelled, VOC's object boundaries, COCO's crowds)
+IGNORE = 255
 
 
 def is_segmentation_data(data: str) -> bool:

@@ -19,7 +19,7 @@ from cnnkit.data.settings import PATH_SOURCES
 from cnnkit.runtime import autocast, autocast_dtype, cpu_only_artifact, pick_device
 from cnnkit.artifacts import LoadedCheckpoint, atomic_write_text, claim_dir, is_exported, load
 from cnnkit.evaluate.loop import evaluate_loader
-from cnnkit.evaluate.masks import MaskFolder, check_input_size, class_areas, segment_files
+from cnnkit.evaluate.masks import MaskFolder, check_input_size, class_areas, native_predictions, segment_files
 from cnnkit.errors import ConfigError
 from cnnkit.tasks import Task, get_task
 
@@ -106,8 +106,6 @@ def evaluate(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str | None 
     model = test_time_model(ckpt.model, task, scales, window, ckpt.img_size)
     native = task.name == "segment" and getattr(ds, "native_masks", None) is not None and not window
     if native:  # a segmentation set resized when loaded: scored against each mask as its file holds it
-        from cnnkit.tasks.segment import native_predictions
-
         scored = native_predictions(model, loader, ds.native_masks, task, tta,
                                     lambda: autocast(dev, autocast_dtype(amp, dev)))
         probs, labels = scored[2], scored[3]

@@ -22,7 +22,7 @@ import contextlib
 import io
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,7 +94,7 @@ def mask_at(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         raise ConfigError(f"a mask PNG holds at most 256 classes; this model has {k}")
     height, width = size
     if (h, w) == (height, width):
-        return probs.argmax(0).to(torch.uint8)
+        return probs.max(0).indices.to(torch.uint8)  # argmax over dim 0, as segment.predicted_classes
     # grid_sample, not F.interpolate: it samples any strip of output rows from the whole input, so a large
     # image's K probability planes never exist at full size at once
     out = torch.empty(height, width, dtype=torch.uint8)
@@ -105,8 +105,30 @@ def mask_at(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         ys = (torch.arange(top, min(height, top + rows), dtype=torch.float32) + 0.5) * (2 / height) - 1
         grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).unsqueeze(0)
         strip = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        out[top:top + len(ys)] = strip[0].argmax(0).to(torch.uint8)
+        out[top:top + len(ys)] = strip[0].max(0).indices.to(torch.uint8)
     return out
+
+
+@torch.no_grad()
+def native_predictions(model: nn.Module, loader: Iterable, native_masks: list[torch.Tensor], task: Task, tta: bool,
+                       autocast: Callable[[], contextlib.AbstractContextManager]
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Evaluation at each image's own resolution: the model's probabilities on the loaded (resized) images,
+    resized to each image's mask as its file holds it (`mask_at`); returns every native pixel's predicted and
+    true class (1×P each, for the metrics) and, for the report's overlays, the predicted and true masks at the
+    loaded size. `loader` yields the images in the data's order (no shuffling)."""
+    model.eval()
+    native_pred, native_true, kept, targets = [], [], [], []
+    for x, y in loader:
+        with autocast():
+            probs = task.infer(model, x, tta)
+        for p in probs.float().cpu():
+            truth = native_masks[len(native_true)]
+            native_pred.append(mask_at(p, tuple(truth.shape)).flatten())
+            native_true.append(truth.flatten())
+        kept.append(task.kept(probs).cpu())
+        targets.append(task.targets(x, y).cpu())
+    return torch.cat(native_pred)[None], torch.cat(native_true)[None], torch.cat(kept), torch.cat(targets)
 
 
 def class_areas(mask: torch.Tensor, classes: list[str]) -> dict[str, dict[str, Any]]:

@@ -14,10 +14,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnnkit.data.settings import IGNORE  # a mask's value for pixels that count nowhere
 from cnnkit.errors import ConfigError
 from cnnkit.tasks.base import Objective, Task, register_task
 
-IGNORE = 255  # a mask's value for pixels that count nowhere (unlabelled, borders)
 
 
 def default_palette(classes: int) -> list[tuple[int, int, int]]:
@@ -151,30 +151,6 @@ class SlidingWindow(nn.Module):
                 total[..., top:top + p.shape[-2], left:left + p.shape[-1]] += p
                 count[..., top:top + p.shape[-2], left:left + p.shape[-1]] += 1
         return (total / count).clamp_min(1e-12).log()
-
-
-@torch.no_grad()
-def native_predictions(model: nn.Module, loader: Any, native_masks: list[torch.Tensor], task: Task, tta: bool,
-                       autocast: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Evaluation at each image's own resolution: the model's probabilities on the loaded (resized) images,
-    resized bilinearly to each image's native mask size, then argmax; returns every native pixel's predicted and
-    true class (1×P each, for the metrics) and, for the report's overlays, the predicted and true masks at the
-    loaded size. `loader` yields the images in the data's order (no shuffling)."""
-    model.eval()
-    native_pred, native_true, kept, targets, i = [], [], [], [], 0
-    for x, y in loader:
-        with autocast():
-            probs = task.infer(model, x, tta)
-        for p in probs:
-            truth = native_masks[i]
-            i += 1
-            if p.shape[-2:] != truth.shape:
-                p = F.interpolate(p[None].float(), size=tuple(truth.shape), mode="bilinear", align_corners=False)[0]
-            native_pred.append(p.argmax(0).to(torch.uint8).flatten().cpu())
-            native_true.append(truth.flatten())
-        kept.append(task.kept(probs).cpu())
-        targets.append(task.targets(x, y).cpu())
-    return (torch.cat(native_pred)[None], torch.cat(native_true)[None], torch.cat(kept), torch.cat(targets))
 
 
 def test_time_model(model: nn.Module, task: Task, scales: Sequence[float] | None, window: bool,

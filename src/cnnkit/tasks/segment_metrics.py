@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-IGNORE = 255
+from cnnkit.data.settings import IGNORE
+
 CHUNK = 64  # images per confusion-matrix update
 
 

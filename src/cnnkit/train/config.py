@@ -287,8 +287,9 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                             augment={"crop_padding": 4, "hflip": True}),
         # fashion-scenes (segmentation): a U-Net working at half resolution (stride-2 stem) with four poolings, a 3×3
         # 256-channel bottleneck that sees whole objects: 244 ms per step of 32 on a 2-core Xeon (fp32, NCHW, which
-        # fit measured faster) against 408 ms for the full-resolution width-16 U-Net (the first setting), whose
-        # validation mIoU had most classes confused after 4 epochs; not tuned further (see the Segment page)
+        # fit measured faster; 191-245 ms once the step's mIoU took max's indices) against 408 ms for the
+        # full-resolution width-16 U-Net (the first setting), whose validation mIoU had most classes confused after
+        # 4 epochs; not tuned further (see the Segment page)
         "scenes": dict(model="unet_small", model_kwargs={"width": 16, "depth": 4, "stem_stride": 2}, task="segment",
                        epochs=12, batch_size=32,
                        lr=3e-3, optimizer="adamw", weight_decay=1e-4, schedule="onecycle", warmup_epochs=1,
