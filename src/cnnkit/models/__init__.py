@@ -7,6 +7,7 @@ from cnnkit.models import (  # noqa: F401  (register the families)
     nin,
     resnet_small,
     segment,
+    segment_smp,
     tinyvgg,
     vgg_small,
 )

@@ -108,7 +108,7 @@ FAMILY_RECIPES: dict[str, FamilyRecipe] = {r.name: r for r in [
         "0.007 at batch 16, 'poly' decay, 30k iterations; U-Net: SGD, momentum 0.99, batch 1)",
         "AdamW at lr 3e-3, batch 32, weight decay 1e-4, one-cycle: the fashion-scenes recipe's settings, which "
         "reach a usable model in a few epochs from scratch (no ImageNet encoder at hand)",
-        ("unet", "deeplab", "fcn", "lraspp")),
+        ("unet", "deeplab", "fcn", "lraspp", "smp")),
     FamilyRecipe(
         "generic", _adamw(128, 1e-3, 0.05, clip=1.0),
         "no family recipe: a conservative default for models cnnkit has no paper recipe for",
