@@ -99,26 +99,39 @@ class ASPP(nn.Module):
 class DeepLab(SegmentationNet):
     def __init__(self, num_classes: int, in_chans: int, width: int = 16, output_stride: int = 8, aspp: bool = True,
                  rates: tuple[int, ...] = (2, 4, 6), decoder: bool = False, hdc: bool = False,
-                 upsample: str = "bilinear"):
+                 upsample: str = "bilinear", backbone: str = "own"):
         super().__init__()
         if output_stride not in (8, 16):
             raise ModelError(f"model option output_stride must be 8 or 16, got {output_stride}")
         if upsample not in ("bilinear", "duc"):
             raise ModelError(f"model option upsample must be bilinear or duc, got {upsample!r}")
         w = width
-        self.stem = _cbr(in_chans, w)
-        self.layer1 = nn.Sequential(Residual(w, 2 * w, 2), Residual(2 * w, 2 * w))  # stride 2
-        self.layer2 = nn.Sequential(Residual(2 * w, 4 * w, 2), Residual(4 * w, 4 * w))  # 4
-        self.layer3 = nn.Sequential(Residual(4 * w, 8 * w, 2), Residual(8 * w, 8 * w))  # 8
-        strided = output_stride == 16  # the last stage strides to 16, or keeps 8 with dilated convolutions
-        rates4 = (1, 2, 3) if hdc else (2, 2, 2)
-        self.layer4 = nn.Sequential(Residual(8 * w, 8 * w, 2 if strided else 1, 1 if strided else rates4[0]),
-                                    *[Residual(8 * w, 8 * w, 1, 1 if strided else r) for r in rates4[1:]])
+        if backbone == "own":
+            self.stem = _cbr(in_chans, w)
+            self.layer1 = nn.Sequential(Residual(w, 2 * w, 2), Residual(2 * w, 2 * w))  # stride 2
+            self.layer2 = nn.Sequential(Residual(2 * w, 4 * w, 2), Residual(4 * w, 4 * w))  # 4
+            self.layer3 = nn.Sequential(Residual(4 * w, 8 * w, 2), Residual(8 * w, 8 * w))  # 8
+            strided = output_stride == 16  # the last stage strides to 16, or keeps 8 with dilated convolutions
+            rates4 = (1, 2, 3) if hdc else (2, 2, 2)
+            self.layer4 = nn.Sequential(Residual(8 * w, 8 * w, 2 if strided else 1, 1 if strided else rates4[0]),
+                                        *[Residual(8 * w, 8 * w, 1, 1 if strided else r) for r in rates4[1:]])
+            low_c, high_c = 4 * w, 8 * w
+        else:  # any cnnkit classifier or timm/<name>, made atrous at the output stride (models/atrous.py)
+            from cnnkit.models.atrous import AtrousBackbone
+
+            if hdc:
+                raise ModelError("model option hdc=true needs backbone=own (another backbone is dilated at one rate "
+                                 "per stage)")
+            self.backbone = AtrousBackbone(backbone, in_chans, output_stride)
+            low_c, high_c = self.backbone.channels
+            if decoder and not low_c:
+                raise ModelError(f"model option decoder=true needs stride-4 features, and no stage of {backbone} "
+                                 f"ends at stride 4")
         self.output_stride = output_stride
-        self.head = ASPP(8 * w, 8 * w, tuple(rates)) if aspp else _cbr(8 * w, 8 * w)  # without ASPP: FCN's head
+        self.head = ASPP(high_c, 8 * w, tuple(rates)) if aspp else _cbr(high_c, 8 * w)  # without ASPP: FCN's head
         self.decoder = decoder
         if decoder:  # DeepLabv3+: the stride-4 features, projected, joined with the upsampled head's
-            self.low = _cbr(4 * w, w, 1)
+            self.low = _cbr(low_c, w, 1)
             self.fuse = nn.Sequential(_cbr(9 * w, 4 * w), _cbr(4 * w, 4 * w))
         out_w, factor = (4 * w, 4) if decoder else (8 * w, output_stride)
         self.duc = upsample == "duc"
@@ -127,8 +140,12 @@ class DeepLab(SegmentationNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
-        low = self.layer2(self.layer1(self.stem(x)))
-        y = self.head(self.layer4(self.layer3(low)))
+        if hasattr(self, "backbone"):
+            low, high = self.backbone(x)
+        else:
+            low = self.layer2(self.layer1(self.stem(x)))
+            high = self.layer4(self.layer3(low))
+        y = self.head(high)
         if self.decoder:
             y = F.interpolate(y, size=low.shape[-2:], mode="bilinear", align_corners=False)
             y = self.fuse(torch.cat([y, self.low(low)], 1))
@@ -153,9 +170,11 @@ def unet_small(num_classes: int = 11, in_chans: int = 1, img_size=None, width: i
                 task="segment", default_input="1x96x96")
 def deeplab_small(num_classes: int = 11, in_chans: int = 1, img_size=None, width: int = 16, output_stride: int = 8,
                   aspp: bool = True, rates: tuple[int, int, int] = (2, 4, 6), decoder: bool = False,
-                  hdc: bool = False, upsample: str = "bilinear") -> nn.Module:
-    """DeepLabv3 on a small residual backbone (see the module docstring); `decoder=true`: DeepLabv3+."""
-    return DeepLab(num_classes, in_chans, width, output_stride, aspp, tuple(rates), decoder, hdc, upsample)
+                  hdc: bool = False, upsample: str = "bilinear", backbone: str = "own") -> nn.Module:
+    """DeepLabv3 on a small residual backbone (see the module docstring); `decoder=true`: DeepLabv3+;
+    `backbone=NAME` puts the head on any cnnkit classifier (or `timm/<name>`) made atrous at the output stride
+    (its features only; the head's width is 8 × `width`)."""
+    return DeepLab(num_classes, in_chans, width, output_stride, aspp, tuple(rates), decoder, hdc, upsample, backbone)
 
 
 class _TorchvisionSegmentation(SegmentationNet):
