@@ -13,20 +13,22 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from cnnkit.data.base import ImageData, LoadOptions, image_size
+from cnnkit.data.base import FileSet, ImageData, LoadOptions, TrainingData, image_size
 from cnnkit.data.imagefolder import CLASS_FILE, MAX_CLASS_FILE_BYTES
-from cnnkit.data.settings import IGNORE
+from cnnkit.data.settings import IGNORE, AugmentConfig
+from cnnkit.data.transforms import random_crop_flip
 from cnnkit.data.images import IMAGE_EXTENSIONS, convert_mode, load_image_file
 from cnnkit.data.splits import held_out_test
 from cnnkit.errors import DataError, error_line
@@ -61,16 +63,103 @@ class Layout:
     palette: list[list[int]] | None
 
 
-def load(name: str, split: str, options: LoadOptions) -> ImageData:
-    """The source loader of `masks:DIR`, `voc:DIR` and `coco:FILE.json`: `split` decoded into memory."""
+def _listed(name: str, options: LoadOptions) -> tuple[Layout, list[str], list[list[int]] | None, int, tuple[int, int]]:
+    """The set `name` listed: its layout, classes, palette, channels and size (no image decoded)."""
     kind, _, where = name.partition(":")
     layout = LAYOUTS[kind](Path(where).expanduser(), options)
     everything = [s for samples in layout.splits.values() for s in samples]
     classes = layout.classes or [f"class{k}" for k in range(_largest_index(everything) + 1)]
     palette = layout.palette[:len(classes)] if layout.palette and len(layout.palette) >= len(classes) else None
     chans, size = _image_format([s.image for s in everything], options.in_chans, image_size(options.img_size))
-    return decode_samples(layout.splits[split], classes, palette, chans, size, f"{kind}:{where}",
+    return layout, classes, palette, chans, size
+
+
+def load(name: str, split: str, options: LoadOptions) -> ImageData:
+    """The source loader of `masks:DIR`, `voc:DIR` and `coco:FILE.json`: `split` decoded into memory."""
+    layout, classes, palette, chans, size = _listed(name, options)
+    return decode_samples(layout.splits[split], classes, palette, chans, size, _display(name),
                           layout.split_names[split], options.strict)
+
+
+def _display(name: str) -> str:
+    kind, _, where = name.partition(":")
+    return f"{kind}:{where}"
+
+
+def open_training(name: str, options: LoadOptions, mode: str, processes: int, validation: bool) -> TrainingData:
+    """The training split as training reads it: decoded into memory, or (`mode` stream, or auto when decoding
+    it once per process would not fit in memory) listed as a `MaskFileSet` whose images and masks the
+    loader's workers read, resize and augment together."""
+    from cnnkit.data.stream import choose_mode
+
+    layout, classes, palette, chans, size = _listed(name, options)
+    samples = layout.splits["train"]
+    files = MaskFileSet([s.image for s in samples], torch.zeros(len(samples), dtype=torch.long), classes,
+                        _display(name), layout.split_names["train"], chans, size, samples=samples, palette=palette)
+    mode, note = choose_mode(mode, files, processes)
+    if mode == "memory":
+        return TrainingData(decode_samples(samples, classes, palette, chans, size, files.name, files.split,
+                                           options.strict), note=note)
+    return TrainingData(files, note=note)
+
+
+@dataclass
+class MaskFileSet(FileSet):
+    """A segmentation set as files, decoded a batch at a time by the loader's workers (`DecodeMasked`): images
+    with their masks. Labels are all 0 (a mask is not read to list the set), so a held-out validation split of
+    it is drawn at random rather than stratified."""
+
+    samples: list[Sample] = field(default_factory=list)
+    palette: list[list[int]] | None = None
+    streams_masks: bool = True  # what training checks: the targets are masks
+
+    def subset(self, index: torch.Tensor, split: str) -> MaskFileSet:
+        keep = index.tolist()
+        return MaskFileSet([self.files[i] for i in keep], self.labels[index], self.classes, self.name, split,
+                           self.in_chans, self.img_size, self.root, samples=[self.samples[i] for i in keep],
+                           palette=self.palette)
+
+    def decoder(self, augment: AugmentConfig | None, seed: int) -> DecodeMasked:
+        return DecodeMasked(self, augment, seed)
+
+
+class DecodeMasked(Dataset):
+    """Reads item (index, epoch) of a MaskFileSet in a worker: the image and its mask decoded, checked against
+    each other, resized together to the set's size and, when training, cropped and flipped alike (seeded by
+    (seed, epoch, image), as streamed classification is). An unreadable image gives (None, why) to skip and
+    count; a bad mask gives (None, FATAL + why), which stops training with that line."""
+
+    def __init__(self, files: MaskFileSet, augment: AugmentConfig | None, seed: int):
+        self.samples, self.classes = files.samples, len(files.classes)
+        self.in_chans, self.size = files.in_chans, tuple(files.img_size)
+        self.augment, self.seed = augment, seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor | None, torch.Tensor | str]:
+        from cnnkit.data.stream import FATAL, image_seed
+
+        index, epoch = item
+        sample = self.samples[index]
+        try:
+            image = load_image_file(sample.image, orient=False)
+        except DataError as e:
+            return None, str(e)
+        try:
+            mask = _checked(sample.mask(), image, sample, self.classes)
+        except DataError as e:
+            return None, FATAL + str(e)
+        x, m = (t.as_subclass(torch.Tensor) for t in v2.Resize(list(self.size), antialias=True)(
+            tv_tensors.Image(TF.pil_to_tensor(convert_mode(image, self.in_chans))),
+            tv_tensors.Mask(torch.from_numpy(mask)[None])))
+        a = self.augment
+        if a is not None and (a.crop_padding or a.hflip):
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(image_seed(self.seed, epoch, index))
+                both = random_crop_flip(torch.cat([x, m])[None], a.crop_padding, a.hflip)[0]
+            x, m = both[:-1], both[-1:]
+        return x.contiguous(), m[0].contiguous()
 
 
 def decode_samples(samples: list[Sample], classes: list[str], palette: list[list[int]] | None, in_chans: int,

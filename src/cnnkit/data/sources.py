@@ -53,9 +53,9 @@ SOURCES: dict[str, Source] = {
     **{name: Source(partial(corruptions.load, clean=_load), selects=True) for name in corruptions.BENCHMARKS},
     "imagefolder": Source(imagefolder.load, imagefolder.open_training, argument="<dir>"),
     # segmentation in the user's formats: images/ and masks/ folders, the Pascal VOC layout, a COCO instances file
-    "masks": Source(segfolders.load, argument="<dir>"),
-    "voc": Source(segfolders.load, argument="<dir>"),
-    "coco": Source(segfolders.load, argument="<file.json>"),
+    "masks": Source(segfolders.load, segfolders.open_training, argument="<dir>"),
+    "voc": Source(segfolders.load, segfolders.open_training, argument="<dir>"),
+    "coco": Source(segfolders.load, segfolders.open_training, argument="<file.json>"),
     # shards written by `cnnkit data shard`: streamed for training, decoded into memory otherwise
     "webdataset": Source(shards.load, shards.open_training, argument="<dir>"),
 }

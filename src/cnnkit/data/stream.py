@@ -28,6 +28,7 @@ from cnnkit.data.transforms import BatchAugment, random_crop_flip
 from cnnkit.errors import DataError
 
 DATA_MODES = ("auto", "memory", "stream")
+FATAL = "\0fatal:"  # a worker's message that stops training (a bad mask) rather than skipping the image
 
 
 def image_seed(seed: int, epoch: int, index: int) -> int:
@@ -133,7 +134,8 @@ class StreamLoader:
         self.skipped: list[str] = []  # messages of the unreadable images met so far
         device = normalize.mean.device
         self._loader = DataLoader(
-            DecodeImages(files, augment, seed), batch_sampler=_EpochBatches(self), num_workers=self.workers,
+            files.decoder(augment, seed) if hasattr(files, "decoder") else DecodeImages(files, augment, seed),
+            batch_sampler=_EpochBatches(self), num_workers=self.workers,
             collate_fn=collate_readable, pin_memory=device.type == "cuda",
             persistent_workers=self.workers > 0, prefetch_factor=4 if self.workers > 0 else None,
             generator=torch.Generator().manual_seed(seed))  # its own: starting workers leaves the training's RNG be
@@ -160,8 +162,11 @@ def finish_batches(batches: Iterator[tuple[torch.Tensor, torch.Tensor, list[str]
                    mixing: BatchAugment | None, skipped: list[str]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Workers' (uint8 images, labels, unreadable images' messages) batches as the training loop takes them:
     normalized on the device, erased and mixed per batch; the unreadable ones warned about and added to
-    `skipped`."""
+    `skipped`; a FATAL message (a segmentation set's bad mask) raised as a DataError."""
     for images, labels, bad in batches:
+        fatal = [msg[len(FATAL):] for msg in bad if msg.startswith(FATAL)]
+        if fatal:
+            raise DataError(fatal[0])
         if bad:
             skipped += bad
             for msg in bad:

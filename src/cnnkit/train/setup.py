@@ -91,7 +91,7 @@ def _check_task_fits(run: Run) -> None:
     """The data's targets and the model's outputs are the task's: a class per pixel needs masks and a
     segmentation model, a class per image a classifier (one line otherwise)."""
     cfg, pixels = run.cfg, run.task.name == "segment"
-    if pixels != (getattr(run.full, "masks", None) is not None):
+    if pixels != (getattr(run.full, "masks", None) is not None or getattr(run.full, "streams_masks", False)):
         raise ConfigError(f"{cfg.data} has {'no ' if pixels else ''}per-pixel masks: the {run.task.name} task "
                           f"{'needs data with masks (e.g. fashion-scenes)' if pixels else 'takes a class per image'}")
     if not cfg.model.startswith("timm/"):
