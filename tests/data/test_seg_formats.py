@@ -327,3 +327,22 @@ def test_crop_and_flip_move_image_and_mask_as_torchvision_v2_does_with_mask_tv_t
     assert not torch.equal(out_masks, masks)  # something moved
     objects = (out_masks > 0) & (out_masks != 255)
     assert torch.equal(out.min(1).values >= 200, objects)  # every mask still covers its object's ink, and only it
+
+
+def test_a_coco_train_and_val_pair_gives_all_of_val_as_the_test_split(tmp_path, capsys):
+    """`coco:TRAIN.json,VAL.json`: every image of the first file trains, every image of the second is the test
+    split (named val), with the same classes; a pair whose categories differ is one line and exit 2."""
+    train = _coco_file(tmp_path / "train", n=6)
+    val = _coco_file(tmp_path / "val", n=4)
+    name = f"coco:{train},{val}"
+    tr, te = load_dataset(name, "train"), load_dataset(name, "test")
+    assert (len(tr), len(te)) == (6, 4) and tr.classes == te.classes == ["background", "dog", "cat"]
+    assert te.split.startswith("val") and te.native_masks is not None
+    for i, m in enumerate(te.native_masks):
+        assert np.array_equal(m.numpy(), _expected_coco_mask(*SIZES[i % 2]))
+    other = json.loads(val.read_text())
+    other["categories"][0]["name"] = "lion"
+    val.write_text(json.dumps(other))
+    code = main(["train", "--data", name, "--epochs", "1", "--quiet", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "lists other categories than" in err and len(err.strip().splitlines()) == 1

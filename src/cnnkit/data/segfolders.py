@@ -438,7 +438,26 @@ def _coco_image(folder: Path, entry: object, path: Path) -> tuple[int, Path, int
 def coco_layout(path: Path, options: LoadOptions) -> Layout:
     """`coco:FILE.json`: a COCO instances file's images (beside it or in its images/ folder) with class masks
     drawn from their annotations; background is class 0, the categories 1..K in id order; a seeded test
-    fraction of the images is the test split."""
+    fraction of the images is the test split. `coco:TRAIN.json,VAL.json`: COCO's own pair, the first file
+    for training and all of the second as the test split (named val), with the same categories."""
+    if "," in str(path):
+        first, _, second = str(path).partition(",")
+        train_path, val_path = Path(first), Path(second).expanduser()
+        train, cats = _coco_samples(train_path)
+        val, val_cats = _coco_samples(val_path)
+        if [(c["id"], c["name"]) for c in val_cats] != [(c["id"], c["name"]) for c in cats]:
+            raise DataError(f"coco: {val_path} lists other categories than {train_path}; a train and val pair must "
+                            f"list the same ids and names")
+        return Layout({"train": train, "test": val}, {"train": f"train ({train_path.name})",
+                                                       "test": f"val ({val_path.name})"},
+                      [BACKGROUND, *(c["name"] for c in cats)], None)
+    samples, cats = _coco_samples(path)
+    splits, names = _held_out(samples, options, path)
+    return Layout(splits, names, [BACKGROUND, *(c["name"] for c in cats)], None)
+
+
+def _coco_samples(path: Path) -> tuple[list[Sample], list[dict]]:
+    """A COCO instances file's samples, each mask drawn when asked, and its categories in id order."""
     coco = _coco_file(path)
     cats = coco["categories"]
     if not cats or not all(isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str)
@@ -461,8 +480,7 @@ def coco_layout(path: Path, options: LoadOptions) -> Layout:
         raise DataError(f"coco: {path} lists no images")
     samples = [Sample(file, partial(_coco_mask, drawn[i], h, w), file.relative_to(path.parent).as_posix())
                for i, file, h, w in images]
-    splits, names = _held_out(samples, options, path)
-    return Layout(splits, names, [BACKGROUND, *(c["name"] for c in cats)], None)
+    return samples, cats
 
 
 LAYOUTS: dict[str, Callable[[Path, LoadOptions], Layout]] = {
