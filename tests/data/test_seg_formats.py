@@ -346,3 +346,22 @@ def test_a_coco_train_and_val_pair_gives_all_of_val_as_the_test_split(tmp_path, 
     code = main(["train", "--data", name, "--epochs", "1", "--quiet", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and "lists other categories than" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_run_on_a_moved_masks_folder_resumes_once_re_pointed(tmp_path, capsys):
+    """The masks folder moves between two runs of the same training: resuming names the way out in one line,
+    and resumes with the new path (the data's content is the same, so its fingerprint is)."""
+    _masks_folder(tmp_path / "m", n=6, classes=["background", "cat", "dog", "bird"])
+    run = str(tmp_path / "run")
+    assert main(["train", "--data", f"masks:{tmp_path / 'm'}", "--model", "unet_small", "--model-kw", "width=4",
+                 "--model-kw", "depth=2", "--batch-size", "4", "--epochs", "1", "--no-channels-last", "--out", run,
+                 "--quiet"]) == 0
+    (tmp_path / "m").rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["train", "--resume", run, "--epochs", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "is gone" in err and "--data masks:NEW_PATH" in err
+    assert main(["train", "--resume", run, "--epochs", "2", "--data", f"voc:{tmp_path / 'moved'}", "--quiet"]) == 2
+    assert "cannot change data" in capsys.readouterr().err
+    assert main(["train", "--resume", run, "--epochs", "2", "--data", f"masks:{tmp_path / 'moved'}", "--quiet"]) == 0
+    assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 3

@@ -59,23 +59,29 @@ def _saved_config(run_dir: Path) -> dict[str, Any]:
     return saved
 
 
+MOVABLE = ("imagefolder", "masks", "voc", "coco")  # sources named by a path: a resumed run may re-point it
+
+
 def _resumed(run_dir: Path, options: dict[str, Any]) -> TrainConfig:
     saved = _saved_config(run_dir)
     changed = sorted(k for k, v in options.items() if v is not None and k not in RESUME_MAY_CHANGE
                      and k != "out" and saved.get(k) != v)
     if changed:
         raise ConfigError(f"resuming continues the saved configuration; cannot change: {', '.join(changed)}")
+    kind = saved["data"].partition(":")[0]
     if "data" in options and options["data"] and options["data"] != saved["data"] and not (
-            options["data"].startswith("imagefolder:") and saved["data"].startswith("imagefolder:")):
+            kind in MOVABLE and options["data"].partition(":")[0] == kind):
         raise ConfigError(f"resuming continues the saved configuration; cannot change data from "
-                          f"{saved['data']} to {options['data']} (only an image folder's path may move)")
+                          f"{saved['data']} to {options['data']} (only a folder's or file's path may move: "
+                          f"{', '.join(k + ':' for k in MOVABLE)})")
     given = {k: v for k, v in options.items() if v is not None and k in RESUME_MAY_CHANGE}
     if "epochs" in given and saved.get("max_steps"):  # a new length replaces a budget's plan
         given["max_steps"] = None
     folder = given.get("data", saved["data"])
-    if folder.startswith("imagefolder:") and not Path(folder.split(":", 1)[1]).is_dir():
-        raise ConfigError(f"the run's image folder {folder.split(':', 1)[1]} is gone; if it moved, re-point it: "
-                          f"--resume {run_dir} --data imagefolder:NEW_PATH")
+    where = folder.partition(":")[2]
+    if kind in MOVABLE and not all(Path(p).exists() for p in where.split(",")):  # coco's pair: two files
+        raise ConfigError(f"the run's data {where} is gone; if it moved, re-point it: "
+                          f"--resume {run_dir} --data {kind}:NEW_PATH")
     if "data_dir" not in given and saved.get("data_dir") and not Path(saved["data_dir"]).exists():
         given["data_dir"] = None  # the saved folder is gone: fall back to $CNNKIT_DATA or the cache
     return TrainConfig.from_dict({**saved, **given, "out": str(run_dir.absolute())})  # the run may have moved
