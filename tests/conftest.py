@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -60,6 +61,16 @@ def seg_run(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("runs") / "seg"
     return fit(model="unet_small", model_kwargs={"width": 8, "depth": 2}, data="fashion-scenes", train_images=256,
                epochs=2, batch_size=32, val_fraction=0.04, tta=False, channels_last=False, out=str(out), progress=False)
+
+
+def no_peak_memory(target, batch=64, device="cpu", amp="off", img_size=None):  # noqa: ANN001, ANN201
+    return {"peak_rss_mib": None, "model_rss_mib": None, "peak_memory_error": "not measured in this test"}
+
+
+def stub_peak_memory(mp: pytest.MonkeyPatch) -> None:
+    """Stub the peak-memory measurement of `bench` and `compress` (a fresh Python process per target: seconds
+    each; tests/deploy covers it). By module, as the package `cnnkit.deploy` also exports a function `bench`."""
+    mp.setattr(importlib.import_module("cnnkit.deploy.bench"), "peak_memory", no_peak_memory)
 
 
 def write_imagefolder(root: Path, sample, classes=(0, 1, 7), per_class: int = 12, mixed: bool = True) -> Path:

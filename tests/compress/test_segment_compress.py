@@ -12,13 +12,18 @@ import pytest
 from cnnkit.artifacts import load
 from cnnkit.compress import compress
 from cnnkit.errors import CompressError
+from tests.conftest import stub_peak_memory
 
 
 @pytest.fixture(scope="module")
 def seg_compressed(seg_run, tmp_path_factory):
+    """int8 (and a recipe that cannot apply) on the shared segmentation run, scored on 200 test scenes; peak
+    memory, measured in a fresh process per variant, is stubbed here (tests/deploy covers it)."""
     said: list[str] = []
-    r = compress(seg_run.run_dir, ["int8", "prune:0.5"], tmp_path_factory.mktemp("seg-compress"), calibration=16,
-                 batch=16, repeats=3, log=said.append)
+    with pytest.MonkeyPatch.context() as mp:
+        stub_peak_memory(mp)
+        r = compress(seg_run.run_dir, ["int8", "prune:0.5"], tmp_path_factory.mktemp("seg-compress"), calibration=16,
+                     batch=16, repeats=3, log=said.append, test_images=200)
     return r, said
 
 
@@ -27,6 +32,7 @@ def test_int8_is_reported_by_miou_beside_float32(seg_compressed):
     assert [(row["variant"], row["runtime"]) for row in r.rows] == [
         ("float32", "eager"), ("float32", "onnxruntime"), ("int8", "onnxruntime int8")]
     assert all(row["metric"] == "mIoU" and 0 < row["miou"] <= 1 for row in r.rows)
+    assert all("200 of the split's 1000 images" in row["split"] for row in r.rows)  # test_images: the same 200
     fp32, onnx_fp32, int8 = r.rows
     # `evaluate` (what `cnnkit eval` runs) of the exported .onnx file, read back from its sidecar as a segmentation
     # model, gives the checkpoint's mIoU on the test split

@@ -159,3 +159,25 @@ def test_predict_json_and_csv_give_full_paths_and_fractions(trained_run, sample_
     assert f"{top[0]['class']} {100 * top[0]['probability']:.2f}%" in capsys.readouterr().out
     assert main([*args, "--json", "--csv"]) == 2
     assert "--json or --csv" in capsys.readouterr().err
+
+
+def test_a_subset_of_the_split_is_stratified_recorded_and_refused_where_it_means_nothing(trained_run, tmp_path,
+                                                                                         capsys):
+    """`images=N` scores N images of the split, every class in its share, and says so in the JSON; the full split
+    holds them (the same predictions image for image); --images on a corruption benchmark and bench's
+    --test-images without --data are one line each."""
+    from cnnkit.cli import main
+
+    whole = evaluate(trained_run.run_dir, "sample", "test", device="cpu")
+    part = evaluate(trained_run.run_dir, "sample", "test", device="cpu", images=200, out_dir=tmp_path)
+    assert part.metrics["images"] == 200 and "200 of the split's 1000 images" in part.metrics["subset"]
+    assert json.loads(part.json_path.read_text())["subset"] == part.metrics["subset"]
+    counts = torch.bincount(part.labels, minlength=10)
+    assert counts.min() >= 18 and counts.max() <= 22  # 1,000 test images, 100 per class: ~20 of each
+    rows = [int(torch.nonzero((whole.data.images == im).flatten(1).all(1))[0]) for im in part.data.images[:5]]
+    assert torch.allclose(part.probs[:5], whole.probs[rows], atol=1e-5)
+    assert "subset" not in whole.metrics and whole.metrics["images"] == 1000
+    assert main(["eval", "--checkpoint", str(trained_run.run_dir), "--data", "sample-c", "--images", "10"]) == 2
+    assert "--images-per-cell" in capsys.readouterr().err
+    assert main(["bench", str(trained_run.run_dir), "--test-images", "10"]) == 2
+    assert "give --data too" in capsys.readouterr().err

@@ -19,7 +19,6 @@ The pages read here are README.md and every Markdown page under docs/ (the MkDoc
 
 from __future__ import annotations
 
-import importlib
 import re
 import shlex
 import shutil
@@ -31,6 +30,7 @@ import typer
 
 import cnnkit.cli
 from cnnkit.cli import main
+from tests.conftest import stub_peak_memory
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -274,8 +274,10 @@ SHORTEN: dict[str, list[tuple[str, str | None]]] = {
     "compress": [("--finetune-epochs", "0.05"), ("--train-images", "300"), ("--calibration", "64"),
                  ("--repeats", "3"), ("--no-onnx", None)],
     # a segmentation run's only int8 is ONNX Runtime's: no --no-onnx
-    "compress segment": [("--train-images", "300"), ("--calibration", "64"), ("--repeats", "3")],
-    "bench": [("--repeats", "3")],
+    "compress segment": [("--train-images", "300"), ("--calibration", "64"), ("--repeats", "3"),
+                         ("--test-images", "200")],
+    "bench": [("--repeats", "3"), ("--batch", "8")],
+    "eval segment": [("--images", "200")],  # a segmentation run's 1,000 test scenes: native scoring, overlays
     "models info": [("--no-timing", None)],
     "explore": [("--images", "1")],
     "pretrain": [("--epochs", "1"), ("--train-images", "300"), ("--quiet", None)],
@@ -303,7 +305,7 @@ def command_key(argv: list[str]) -> str:
     for mode in ("--resume", "--benchmark", "--budget", "--lr-find", "--nproc"):
         if mode in words:
             key += f" {mode}"
-    if key == "compress" and "runs/scenes" in words:
+    if key in ("compress", "eval") and any(w in ("runs/scenes", "scenes.onnx", "scenes.pt2") for w in words):
         key += " segment"
     return key
 
@@ -403,16 +405,6 @@ def test_the_readme_writes_what_its_flow_reads():
         reads = {n for n in Placeholders.needed(argv) if n not in README_MADE or written_by(argv) != n}
         earlier = {written_by(a) for a in readme[:i]}
         assert reads <= earlier, f"README line `cnnkit {shlex.join(argv)}` reads {reads - earlier}, not written before it"
-
-
-def no_peak_memory(target, batch=64, device="cpu", amp="off", img_size=None):  # noqa: ANN001, ANN201
-    return {"peak_rss_mib": None, "model_rss_mib": None, "peak_memory_error": "not measured in tests/project/test_readme.py"}
-
-
-def stub_peak_memory(mp: pytest.MonkeyPatch) -> None:
-    """Stub the peak-memory measurement of `bench` and `compress` (the module, by import: the package
-    `cnnkit.deploy` also exports a function named `bench`)."""
-    mp.setattr(importlib.import_module("cnnkit.deploy.bench"), "peak_memory", no_peak_memory)
 
 
 def run_cli(*argv: str) -> None:

@@ -91,7 +91,7 @@ def test_train_then_export_any_size(tmp_path, capsys):
 
     run_dir = tmp_path / "run"
     code = main(["train", "--model", "smp_unet", "--model-kw", "encoder=resnet18", "--model-kw", "encoder_depth=3",
-                 "--data", "fashion-scenes", "--epochs", "1", "--train-images", "64", "--val-fraction", "0.02",
+                 "--data", "fashion-scenes", "--epochs", "1", "--train-images", "32", "--val-fraction", "0.01",
                  "--batch-size", "16", "--no-tta", "--no-channels-last", "--out", str(run_dir), "--quiet"])
     assert code == 0, capsys.readouterr().err
     code = main(["export", "--checkpoint", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])

@@ -41,6 +41,9 @@ def compress(
     train_images: Annotated[Optional[int], typer.Option(min=1, help="Fine-tune on this many training "
                                                                     "images.")] = None,
     repeats: Annotated[int, typer.Option(min=3, help="Timed batch-1 runs per variant.")] = 30,
+    test_images: Annotated[Optional[int], typer.Option(min=1, help="Score every variant on a stratified, seeded "
+                                                                   "subset of this many test images (default: "
+                                                                   "all).")] = None,
     onnx: Annotated[bool, typer.Option(help="Also write float and int8 ONNX models (ONNX Runtime).")] = True,
     ignore_class_names: IgnoreClassNames = False,
     as_json: JsonOutput = False,
@@ -54,7 +57,7 @@ def compress(
                             observer=observer, engine=engine, finetune_epochs=finetune_epochs, lr=lr,
                             criterion=criterion, scope=scope, rounds=rounds, round_to=round_to, distill=distill,
                             rewind=rewind, train_images=train_images, repeats=repeats, onnx=onnx,
-                            log=lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True),
+                            test_images=test_images, log=lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True),
                             ignore_class_names=ignore_class_names)
     if fmt:
         print_rows(r.rows, fmt)

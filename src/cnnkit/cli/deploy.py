@@ -58,6 +58,8 @@ def bench(
                                                                        "target's training size; another only for "
                                                                        "models that take any size, e.g. "
                                                                        "segmentation).")] = None,
+    test_images: Annotated[Optional[int], typer.Option(min=1, help="With --data: score a stratified, seeded "
+                                                                   "subset of this many test images.")] = None,
 ) -> None:
     """Parameters, MACs, file size, latency p50/p99 at batch 1 (and per megapixel), throughput, peak memory,
     accuracy."""
@@ -73,8 +75,11 @@ def bench(
 
         check_writable([out], "--out")  # a file cnnkit did not write, the file-system root: refused now
     check_early(device=device, amp=amp)
+    if test_images is not None and data is None:
+        raise ConfigError("--test-images picks the images --data is scored on: give --data too")
     rows = bench_many(targets, data, data_dir=data_dir, batch=batch, repeats=repeats, device=device, amp=amp,
-                      log=lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True), img_size=size)
+                      log=lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True), img_size=size,
+                      test_images=test_images)
     if fmt:
         print_rows(rows, fmt)
     else:

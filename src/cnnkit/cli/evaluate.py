@@ -41,6 +41,9 @@ def eval_(
     images_per_cell: Annotated[Optional[int], typer.Option(min=1, help="Corruption benchmarks: evaluate this many "
                                                                        "images of each cell (stratified, "
                                                                        "seeded).")] = None,
+    images: Annotated[Optional[int], typer.Option(min=1, help="Score a stratified, seeded subset of this many "
+                                                              "images of the split (a quick look; the JSON says "
+                                                              "so).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines (a corruption benchmark prints one per "
                                                         "corruption on stderr).")] = False,
 ) -> None:
@@ -61,6 +64,8 @@ def eval_(
         if split not in ("test", "val") or tta:
             raise ConfigError(f"{data.split(':')[0]} corrupts the test split (or, with --split val, the run's "
                               f"validation images): leave out --tta, and use --split test or val")
+        if images is not None:
+            raise ConfigError("--images is for one test set; a corruption benchmark takes --images-per-cell")
         _eval_corruptions(checkpoint, data, data_dir, out_dir, device, amp, adapt, alpha, tent_lr, batch_size,
                           images_per_cell, split, quiet)
         return
@@ -71,7 +76,7 @@ def eval_(
     r = evaluate(checkpoint, data, split, data_dir=data_dir, tta=tta, device=device, out_dir=out_dir, strict=strict,
                  scales=parse_scales(scales), window=window,
                  ignore_class_names=ignore_class_names, amp=amp, adapt=adapt, alpha=alpha, tent_lr=tent_lr,
-                 batch_size=batch_size)
+                 batch_size=batch_size, images=images)
     m = r.metrics
     if m.get("per_class"):  # a classifier's precision, recall and F1 per class
         t = Table(title="per class", title_justify="left")
@@ -82,7 +87,8 @@ def eval_(
                       str(row["support"]))
         stdout.print(t)
     shown = {k: percent(v) if k in ACCURACIES else v for k, v in r.summary.items()}
-    summary("eval", {"checkpoint": m["checkpoint"], "data": m["data"], "split": m["split"], "images": m["images"],
+    summary("eval", {"checkpoint": m["checkpoint"], "data": m["data"], "split": m["split"],
+                     "images": m["images"] if "subset" not in m else m["subset"],
                      "tta": "flip" if tta else "none", **({"adapt": _adapt_words(m["adapt"])} if adapt else {}),
                      **shown, "json": r.json_path, **r.figures})
 

@@ -34,11 +34,13 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
              finetune_epochs: float = 1.0, lr: float | None = None, criterion: str = "l1", scope: str = "uniform",
              rounds: int = 1, round_to: int | None = None, distill: bool = False, rewind: str | Path | None = None,
              train_images: int | None = None, batch: int = 64, repeats: int = 30, seed: int = 0, onnx: bool = True,
-             log: Callable[[str], None] = lambda s: None, ignore_class_names: bool = False) -> CompressResult:
+             log: Callable[[str], None] = lambda s: None, ignore_class_names: bool = False,
+             test_images: int | None = None) -> CompressResult:
     """Run `recipes` on `checkpoint` (see `cnnkit compress --help`) and measure everything on the test split
     of `data` (default: the checkpoint's own dataset and its held-out test split), by the task's headline metric
-    (top-1, mIoU). A recipe that does not apply to the model's task is skipped with one line saying why
-    (`skip_reason`; logged and kept in the report's notes); CompressError when none applies."""
+    (top-1, mIoU; `test_images`: on a stratified, seeded subset of that many). A recipe that does not apply to
+    the model's task is skipped with one line saying why (`skip_reason`; logged and kept in the report's
+    notes); CompressError when none applies."""
     settings = Settings(calibration, observer, engine, finetune_epochs, lr, criterion, scope, rounds, round_to,
                         distill, rewind, train_images, batch, seed, onnx)
     parsed = parse_recipes(recipes)
@@ -69,7 +71,7 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
         log(recipe.text)
         targets += RECIPE_KINDS[recipe.kind](ctx, recipe)
         log(f"  {recipe.text}: {time.perf_counter() - t0:.1f} s")
-    rows = measure(targets, source, batch, repeats, log, ignore_class_names)
+    rows = measure(targets, source, batch, repeats, log, ignore_class_names, test_images)
     return write_report(out, rows, src, source.name, skipped)
 
 
@@ -120,12 +122,13 @@ def rewind_point(rewind: str | Path, src: LoadedCheckpoint) -> nn.Module:
 
 
 def measure(targets: list[Target], source: DataSource, batch: int, repeats: int, log: Callable[[str], None],
-            ignore_class_names: bool = False) -> list[dict[str, Any]]:
+            ignore_class_names: bool = False, test_images: int | None = None) -> list[dict[str, Any]]:
     """Every target measured side by side on the test split of `source`, with its ratios to the first (its
     metric's difference in points: `top1_delta_pts`, `miou_delta_pts`)."""
     log(f"measuring {len(targets)} variants side by side")
     measured = bench_many([t.path for t in targets], data=source.name, data_dir=source.data_dir, batch=batch,
-                          repeats=repeats, ignore_class_names=ignore_class_names, device=str(DEVICE), log=log)
+                          repeats=repeats, ignore_class_names=ignore_class_names, device=str(DEVICE), log=log,
+                          test_images=test_images)
     rows = [{"variant": t.variant, "runtime": t.runtime, "file": Path(t.path).name, **r, **t.extra}
             for t, r in zip(targets, measured)]
     base = rows[0]

@@ -178,7 +178,7 @@ def bench_many(targets: list[str | os.PathLike], data: str | None = None, data_d
                batch: int = 64, warmup: int = 3, repeats: int = 30, rounds: int = 5,
                min_seconds: float = 0.2, ignore_class_names: bool = False, device: str = "auto",
                amp: str = "off", log: Callable[[str], None] = lambda s: None,
-               img_size: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+               img_size: tuple[int, int] | None = None, test_images: int | None = None) -> list[dict[str, Any]]:
     """Measure several models side by side: all are loaded first, then timed in `rounds` interleaved
     rounds (each round times every target in turn), so a slow spell of the machine (another process,
     clock changes) falls on all of them rather than on whichever happened to run then. Latency is taken
@@ -187,7 +187,7 @@ def bench_many(targets: list[str | os.PathLike], data: str | None = None, data_d
     each target's training size, see `input_size`); `ms_per_megapixel` and `megapixels_per_s` put latency and
     throughput per pixel. With `data`, each target's headline metric (`headline`: top-1, mIoU; its key in the
     row, and `metric` its label) is measured on its test split (a flat image folder's held-out part, as each
-    target recorded it). `device` and `amp` as for `cnnkit eval` (see `target_device`); on a GPU each timing
+    target recorded it; `test_images`: a stratified, seeded subset of that many). `device` and `amp` as for `cnnkit eval` (see `target_device`); on a GPU each timing
     waits for the device to finish. `log` is told what is being measured, phase by phase and target by target."""
     devs = [target_device(t, device) for t in targets]  # every target's device settled before any is loaded
     for d in devs:
@@ -237,15 +237,16 @@ def bench_many(targets: list[str | os.PathLike], data: str | None = None, data_d
             from cnnkit.evaluate import evaluate
 
             m = evaluate(ckpt, data, "test", data_dir=data_dir, ignore_class_names=ignore_class_names,
-                         device=str(devs[i]), amp=amps[i]).metrics
+                         device=str(devs[i]), amp=amps[i], images=test_images).metrics
             key, row["metric"], row[key] = headline(ckpt.meta.get("task"), m)
-            row["data"], row["split"] = data, m["split"]
+            row["data"], row["split"] = data, m["split"] + (f", {m['subset']}" if "subset" in m else "")
         rows.append(row)
     return rows
 
 
 def bench(target: str | os.PathLike, data: str | None = None, data_dir: str | os.PathLike | None = None,
           batch: int = 64, warmup: int = 3, repeats: int = 30, device: str = "auto", amp: str = "off",
-          img_size: tuple[int, int] | None = None) -> dict[str, Any]:
+          img_size: tuple[int, int] | None = None, test_images: int | None = None) -> dict[str, Any]:
     """Measure a checkpoint, run directory, `.onnx`, `.pt2` or `.ts` artifact (see the module docstring)."""
-    return bench_many([target], data, data_dir, batch, warmup, repeats, device=device, amp=amp, img_size=img_size)[0]
+    return bench_many([target], data, data_dir, batch, warmup, repeats, device=device, amp=amp, img_size=img_size,
+                      test_images=test_images)[0]

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from cnnkit.data import BatchLoader, ImageData, Normalize
+from cnnkit.data import BatchLoader, ImageData, Normalize, train_val_split
 from cnnkit.data.compat import checkpoint_data_source, load_checkpoint_data
 from cnnkit.data.images import load_model_inputs
 from cnnkit.data.settings import PATH_SOURCES
@@ -78,14 +78,17 @@ def evaluate(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str | None 
              device: str = "auto", out_dir: str | os.PathLike | None = None, strict: bool = False,
              amp: str = "off", ignore_class_names: bool = False, adapt: str | None = None,
              alpha: float | None = None, tent_lr: float = 1e-3, scales: list[float] | None = None,
-             window: bool = False) -> EvalResult:
+             window: bool = False, images: int | None = None) -> EvalResult:
     """Top-1/top-5, per-class precision/recall/F1 and ECE of a checkpoint on `split` of `data` (default: the
     checkpoint's own dataset, with the test split it held out); writes JSON and a confusion PNG to out_dir.
     `adapt` (bn, alpha-bn, tent) adapts a copy of the model to the test batches of `batch_size` as it goes
     (see cnnkit.evaluate.adapt). For a corruption benchmark (e.g. fashion-mnist-c) use `evaluate_corruptions`.
     A segmentation model can be run at several input `scales` (probabilities averaged) and, on images larger than
-    it was trained at, in overlapping `window`s of its training size instead of whole."""
+    it was trained at, in overlapping `window`s of its training size instead of whole. `images` scores a
+    stratified, seeded subset of that many images of the split (a quick look; the JSON records `subset`)."""
     _check_tta(tta, adapt)
+    if images is not None and images < 1:
+        raise ConfigError(f"images must be at least 1, got {images}")
     from cnnkit.data.corruptions import parse_benchmark
 
     if data is not None and parse_benchmark(data) is not None:
@@ -99,6 +102,11 @@ def evaluate(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str | None 
     task = task_of(ckpt)
     ds = load_checkpoint_data(ckpt, data, split, data_dir=data_dir, strict=strict,
                               ignore_class_names=ignore_class_names, match_classes=task.outputs_are_classes)
+    whole = len(ds)
+    if images is not None and images < whole:  # each class its share (rounded), then exactly `images` of them
+        keep = train_val_split(ds.labels, images / whole, 0)[1]
+        keep = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(0))[:images].sort().values]
+        ds = ds.subset(keep, ds.split)
     mean, std = ckpt.normalization
     loader = BatchLoader(ds, batch_size, Normalize(mean, std, dev))
     from cnnkit.tasks.segment import test_time_model
@@ -114,7 +122,9 @@ def evaluate(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str | None 
         scored = (probs, labels)
     metrics = {"checkpoint": os.path.abspath(ckpt.path), "data": full_data_name(data),
                **({"data_dir": os.path.abspath(os.path.expanduser(data_dir))} if data_dir is not None else {}),
-               "split": ds.split, "tta": tta, **({"scales": scales} if scales else {}),
+               "split": ds.split, **({"subset": f"{len(ds)} of the split's {whole} images (stratified, seed 0)"}
+                                     if len(ds) < whole else {}),
+               "tta": tta, **({"scales": scales} if scales else {}),
                **({"window": list(ckpt.img_size)} if window else {}),
                "adapt": _adapt_record(adapt, alpha, tent_lr, batch_size),
                **({"resolution": "native (each mask as its file holds it)"} if native else {}),
@@ -389,8 +399,6 @@ class _CellScorer:
         return self.loaded[base]
 
     def error(self, ds: ImageData) -> float:
-        from cnnkit.data import train_val_split
-
         if self.images_per_cell is not None and self.images_per_cell < len(ds):
             if self.keep is None:
                 self.keep = train_val_split(ds.labels, self.images_per_cell / len(ds), self.seed)[1]
