@@ -105,3 +105,15 @@ def test_a_copy_and_an_export_use_their_own_stride_4_features():
         torch.testing.assert_close(copy.deepcopy(net)(x), want)
         program = torch.export.export(net, (x,))
         torch.testing.assert_close(program.module()(x), want)
+
+
+def test_windows_after_the_output_stride_are_dilated_by_the_stride_they_skip():
+    """A plain stack of stride-2 convolutions made atrous at 8: the fourth stops striding, and the windows after
+    it (explicitly padded, or padding='same') see the input with dilation 2, as DeepLab defines it."""
+    net = nn.Sequential(*[nn.Conv2d(1 if i == 0 else 4, 4, 3, 2, 1) for i in range(4)], nn.Conv2d(4, 4, 3, padding=1),
+                        nn.Conv2d(4, 4, 3, padding="same"))
+    net.forward_features = net.forward
+    make_atrous(net, 8, 1, "stack")
+    assert [m.stride for m in net] == [(2, 2)] * 3 + [(1, 1)] * 3
+    assert [m.dilation for m in net] == [(1, 1)] * 4 + [(2, 2)] * 2 and net[4].padding == (2, 2)
+    assert net(torch.zeros(1, 1, 64, 48)).shape[-2:] == (8, 6)

@@ -63,6 +63,9 @@ def make_atrous(model: nn.Module, output_stride: int, in_chans: int, name: str) 
         if s_in < output_stride:
             continue
         rate = int(round(s_in / output_stride))
+        if isinstance(layer, nn.Conv2d) and layer.padding == "same":  # stride 1 by torch's rule: torch pads it
+            layer.dilation = tuple(di * rate for di in _pair(layer.dilation))
+            continue
         if isinstance(layer, nn.Conv2d):
             k, d, p = _pair(layer.kernel_size), _pair(layer.dilation), _pair(layer.padding) \
                 if not isinstance(layer.padding, str) else (-1, -1)
