@@ -5,6 +5,8 @@ Two measurements, written to benchmarks/results/segment_budget.json and segment_
     python -m benchmarks.segment_trainer budget             # `cnnkit train --data fashion-scenes --budget 10m`, then
                                                            # `cnnkit eval` of its best checkpoint on the test split
     python -m benchmarks.segment_trainer pair --repeats 6   # fit against a hand-written loop, fresh processes
+    python -m benchmarks.segment_trainer budget --budget none --recipe long   # the long recipe's 30 epochs, no
+                                                           # budget: where more training takes this recipe
 
 `budget` runs the command a user types (task inferred from the data, the default recipe's model), in a fresh
 process, and reads the test split once, at the end, with the checkpoint the run kept by validation mIoU. `pair`
@@ -109,8 +111,9 @@ def pair(args: argparse.Namespace) -> None:
 
 def budget(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    train = ["cnnkit", "train", "--data", DATA, "--budget", args.budget, "--amp", args.amp, "--out", str(out),
-             "--overwrite"]
+    length = ["--budget", args.budget] if args.budget != "none" else []  # none: the recipe's own epochs
+    train = ["cnnkit", "train", "--data", DATA, *length, *(["--recipe", args.recipe] if args.recipe else []),
+             "--amp", args.amp, "--out", str(out), "--overwrite"]
     if not args.reuse:  # --reuse: the run in --out is this command's, trained before (evaluate it only)
         subprocess.run(train, check=True)
     metrics = [dict(r) for r in csv.DictReader(open(out / "metrics.csv"))]
@@ -128,8 +131,10 @@ def budget(args: argparse.Namespace) -> None:
               "model": f"{cfg['model']} {cfg['model_kwargs']}", "recipe": cfg.get("recipe"),
               "epochs_planned": cfg.get("epochs"), "per_epoch": metrics, "test": test,
               "method": "the command a user types, in a fresh process; the best checkpoint is kept by validation mIoU "
-                        "(10% of the training split held out), the test split read once by `cnnkit eval`"}
-    print(write_result(f"segment_budget_{args.amp}", result))
+                        "(10% of the training split held out), the test split read once by `cnnkit eval`",
+              **({"note": args.note} if args.note else {})}
+    name = "segment_budget" if args.budget != "none" else f"segment_{args.recipe or 'fast'}"
+    print(write_result(f"{name}_{args.amp}", result))
 
 
 def main() -> None:
@@ -137,9 +142,11 @@ def main() -> None:
     ap.add_argument("what", choices=("budget", "pair", "one"))
     ap.add_argument("--amp", choices=("off", "auto"), default="off")
     ap.add_argument("--repeats", type=int, default=6)
-    ap.add_argument("--budget", default="10m")
+    ap.add_argument("--budget", default="10m", help="budget: the time budget, or none for the recipe's epochs")
+    ap.add_argument("--recipe", choices=("fast", "long"), help="budget: train's --recipe (default: train's)")
     ap.add_argument("--out", default="/tmp/cnnkit-bench-seg-budget")
     ap.add_argument("--reuse", action="store_true", help="budget: evaluate the run already in --out")
+    ap.add_argument("--note", help="budget: a remark kept with the result (e.g. how the machine was shared)")
     ap.add_argument("--arm", help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -365,3 +365,26 @@ def test_a_run_on_a_moved_masks_folder_resumes_once_re_pointed(tmp_path, capsys)
     assert "cannot change data" in capsys.readouterr().err
     assert main(["train", "--resume", run, "--epochs", "2", "--data", f"masks:{tmp_path / 'moved'}", "--quiet"]) == 0
     assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 3
+
+
+def test_resized_crops_move_image_and_mask_as_torchvision_v2_does(tmp_path):
+    """--augment resized_crop=S on a segmentation set: each image and its mask get the same crop and resize,
+    exactly torchvision's v2.RandomResizedCrop on an Image and a Mask (nearest for the mask, so it holds only
+    the classes it held), one draw per image; the streamed set draws the same way."""
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    from cnnkit.data.settings import AugmentConfig
+    from cnnkit.data.transforms import BatchAugment
+
+    _masks_folder(tmp_path, n=8)
+    data = load_dataset(f"masks:{tmp_path}", "train", img_size=(20, 30), test_fraction=0.25)
+    torch.manual_seed(7)
+    out, out_masks = BatchAugment(AugmentConfig(resized_crop=0.3), 4).geometric_with_masks(data.images, data.masks)
+    torch.manual_seed(7)
+    crop = v2.RandomResizedCrop((20, 30), scale=(0.3, 1.0), antialias=True)
+    for i in range(len(data.images)):
+        image, mask = crop(tv_tensors.Image(data.images[i]), tv_tensors.Mask(data.masks[i][None]))
+        assert torch.equal(out[i], image) and torch.equal(out_masks[i], mask[0])
+        assert set(out_masks[i].unique().tolist()) <= set(data.masks[i].unique().tolist())
+    assert not torch.equal(out_masks, data.masks)

@@ -101,3 +101,18 @@ def test_a_bad_mask_met_while_streaming_is_one_line_and_exit_2(tmp_path):
     assert r.returncode == 2, r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "5.png" in lines[0] and "must match its image pixel for pixel" in lines[0]
+
+
+def test_streamed_resized_crops_are_drawn_per_image_and_epoch(tmp_path):
+    """--augment resized_crop while streaming: the same epoch gives the same crops again, another epoch others,
+    and each mask keeps only the classes its file holds (nearest-neighbour resizing)."""
+    _masks_folder(tmp_path / "m", n=6)
+    memory = load(f"masks:{tmp_path / 'm'}", "train", LoadOptions())
+    _, loader = _streamed(tmp_path / "m", augment=AugmentConfig(resized_crop=0.3), batch=6)
+    draws = []
+    for epoch in (1, 1, 2):
+        loader.set_epoch(epoch)
+        draws.append(next(iter(loader)))
+    assert torch.equal(draws[0][1], draws[1][1]) and not torch.equal(draws[0][1], draws[2][1])
+    for m, ref in zip(draws[0][1], memory.masks):
+        assert set(m.unique().tolist()) <= set(ref.unique().tolist())

@@ -28,7 +28,7 @@ from torchvision.transforms.v2 import functional as TF
 from cnnkit.data.base import FileSet, ImageData, LoadOptions, TrainingData, image_size
 from cnnkit.data.imagefolder import CLASS_FILE, MAX_CLASS_FILE_BYTES
 from cnnkit.data.settings import IGNORE, AugmentConfig
-from cnnkit.data.transforms import random_crop_flip
+from cnnkit.data.transforms import random_crop_flip, resized_crops_with_masks
 from cnnkit.data.images import IMAGE_EXTENSIONS, convert_mode, load_image_file
 from cnnkit.data.splits import held_out_test
 from cnnkit.errors import DataError, error_line
@@ -154,9 +154,12 @@ class DecodeMasked(Dataset):
             tv_tensors.Image(TF.pil_to_tensor(convert_mode(image, self.in_chans))),
             tv_tensors.Mask(torch.from_numpy(mask)[None])))
         a = self.augment
-        if a is not None and (a.crop_padding or a.hflip):
+        if a is not None and (a.resized_crop or a.crop_padding or a.hflip):
             with torch.random.fork_rng(devices=[]):
                 torch.default_generator.manual_seed(image_seed(self.seed, epoch, index))
+                if a.resized_crop:
+                    x, m = (t[0] for t in resized_crops_with_masks(x[None], m, a.resized_crop))
+                    m = m[None]
                 both = random_crop_flip(torch.cat([x, m])[None], a.crop_padding, a.hflip)[0]
             x, m = both[:-1], both[-1:]
         return x.contiguous(), m[0].contiguous()

@@ -63,10 +63,13 @@ class BatchAugment:
         return images
 
     def geometric_with_masks(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Crop and flip applied alike to uint8 images and their N×H×W masks (a crop's padding is background,
-        class 0, like the black border it adds). Resized crops, policies, erasing and mixing are refused for
-        masks (the segmentation task's objective says so: torchvision's policies do not take masks)."""
+        """Resized crop, crop and flip applied alike to uint8 images and their N×H×W masks (a crop's padding is
+        background, class 0, like the black border it adds; a resized crop resizes the image bilinearly with
+        antialiasing and the mask by nearest neighbour: torchvision's v2 on an Image and a Mask). Policies,
+        erasing and mixing are refused for masks (the segmentation task's objective says so)."""
         cfg = self.config
+        if cfg.resized_crop > 0:
+            images, masks = resized_crops_with_masks(images, masks, cfg.resized_crop)
         if cfg.crop_padding or cfg.hflip:
             both = random_crop_flip(torch.cat([images, masks[:, None]], 1), cfg.crop_padding, cfg.hflip)
             images, masks = both[:, :-1], both[:, -1]
@@ -79,3 +82,16 @@ class BatchAugment:
         if self.mixer is not None:
             x, y = self.mixer(x, y)
         return x, y
+
+
+def resized_crops_with_masks(images: torch.Tensor, masks: torch.Tensor, smallest: float
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each uint8 C×H×W image and its H×W mask cropped alike (a random area from `smallest` to all of it, aspect
+    3/4 to 4/3) and resized back to H×W: torchvision's v2.RandomResizedCrop on an Image and a Mask, one draw
+    per image."""
+    from torchvision import tv_tensors
+
+    crop = v2.RandomResizedCrop(tuple(images.shape[-2:]), scale=(smallest, 1.0), antialias=True)
+    pairs = [crop(tv_tensors.Image(im), tv_tensors.Mask(m[None])) for im, m in zip(images, masks)]
+    return (torch.stack([p[0].as_subclass(torch.Tensor) for p in pairs]),
+            torch.stack([p[1][0].as_subclass(torch.Tensor) for p in pairs]))

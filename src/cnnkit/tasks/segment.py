@@ -179,11 +179,11 @@ class Segmentation(Task):
 
     def objective(self, cfg: Any) -> Objective:
         aug = cfg.augment
-        refused = [name for name, on in (("resized_crop", aug.resized_crop), ("policy", aug.policy != "none"),
-                                         ("erasing", aug.erasing), ("mixup", aug.mixup), ("cutmix", aug.cutmix)) if on]
+        refused = [name for name, on in (("policy", aug.policy != "none"), ("erasing", aug.erasing),
+                                         ("mixup", aug.mixup), ("cutmix", aug.cutmix)) if on]
         if refused:
             raise ConfigError(f"--augment {refused[0]} is not available for segmentation (it would not move the "
-                              f"masks with the images); use crop_padding and hflip")
+                              f"masks with the images); use resized_crop, crop_padding and hflip")
         if cfg.pretext or cfg.distill:
             raise ConfigError("RotNet pretraining and distillation are for classification; segmentation trains "
                               "with cross-entropy (and --dice)")
