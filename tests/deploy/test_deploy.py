@@ -220,3 +220,29 @@ def test_onnx_export_falls_back_to_the_torchscript_exporter_when_the_dynamo_one_
     sess = ort.InferenceSession(str(r.path), providers=["CPUExecutionProvider"])
     for n in (1, 5):
         assert sess.run(None, {"images": np.zeros((n, *sess.get_inputs()[0].shape[1:]), np.float32)})[0].shape[0] == n
+
+
+def test_the_tolerance_scales_with_the_outputs_magnitude(trained_run, tmp_path):
+    """The parity check allows atol × the largest output magnitude (where above 1): a runtime whose outputs are
+    off by 1e-5 of their size passes at atol 1e-4 whatever their size; one off by 1e-3 of it fails."""
+    from cnnkit.deploy.export import export_artifact
+    from cnnkit.errors import ExportError
+
+    def writer(relative_error):
+        def write(model, example, tmp, task):
+            open(tmp, "wb").write(b"artifact")
+
+            def run(x):
+                with torch.no_grad():
+                    y = model(x)  # logits in the thousands
+                return (y + relative_error * y.abs().max()).numpy()
+            return run
+        return write
+
+    big = torch.nn.Sequential(load(trained_run.run_dir).model, torch.nn.Identity())
+    big[1].forward = lambda y: y * 1000
+    r = export_artifact(trained_run.run_dir, tmp_path / "a.bin", ".bin", "test", 1e-4, 0, writer(1e-5), model=big)
+    assert r.max_abs_diff > 1e-4 and max(c["max_abs_output"] for c in r.checks) > 100
+    with pytest.raises(ExportError, match=r"× the outputs' largest magnitude"):
+        export_artifact(trained_run.run_dir, tmp_path / "b.bin", ".bin", "test", 1e-4, 0, writer(1e-3), model=big)
+    assert not (tmp_path / "b.bin").exists()
