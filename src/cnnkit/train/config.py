@@ -115,8 +115,8 @@ class TrainConfig:
         "help": "Run directory (default runs/<model>-<data>; for `cnnkit pretrain` runs/<model>-<data>-rotnet).",
         "form": "path"})
     data_mode: str = field(default="auto", metadata={
-        "help": "imagefolder: memory (decode once, hold in RAM), stream (decode and augment in worker processes, "
-                "bounded memory) or auto (stream when the decoded set would take more than a quarter of the "
+        "help": "imagefolder, masks, voc, coco: memory (decode once, hold in RAM), stream (decode and augment in "
+                "worker processes, bounded memory) or auto (stream when the decoded set would take more than a quarter of the "
                 "available memory; default)."})
     workers: int | None = field(default=None, metadata={
         "help": "Streaming: decoding processes per training process (default: the CPUs shared among the processes, "
