@@ -85,5 +85,6 @@ def open_training_data(name: str, mode: str = "auto", processes: int = 1, valida
     if source.train is not None:
         return source.train(name, options, mode, processes, validation)
     if mode == "stream":
-        raise ConfigError(f"--data-mode stream reads image folders (imagefolder:DIR); {name} is loaded in memory")
+        raise ConfigError(f"--data-mode stream reads folders of files (imagefolder:, masks:, voc:, coco:); {name} is "
+                          f"loaded in memory")
     return TrainingData(_load(name, "train", options))
