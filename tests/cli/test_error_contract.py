@@ -145,7 +145,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("train-unknown-data", "train --data fashion-mnst", "unknown dataset 'fashion-mnst'"),
     ("train-data-mode", "train --data sample --data-mode disk", "data mode must be auto, memory or stream"),
     ("train-stream-named", "train --data sample --data-mode stream --epochs 1 --out {cwd}/r",
-     "--data-mode stream reads image folders"),
+     "--data-mode stream reads folders of files"),
     ("train-nproc-batch", "train --data sample --nproc 3 --batch-size 64", "must be a multiple of --nproc 3"),
     ("usage-train-nproc-0", "train --data sample --nproc 0", "--nproc"),
     ("usage-train-checkpoint-every", "train --data sample --checkpoint-every -5", "--checkpoint-every"),
