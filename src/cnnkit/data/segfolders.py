@@ -77,13 +77,8 @@ def _listed(name: str, options: LoadOptions) -> tuple[Layout, list[str], list[li
 def load(name: str, split: str, options: LoadOptions) -> ImageData:
     """The source loader of `masks:DIR`, `voc:DIR` and `coco:FILE.json`: `split` decoded into memory."""
     layout, classes, palette, chans, size = _listed(name, options)
-    return decode_samples(layout.splits[split], classes, palette, chans, size, _display(name),
+    return decode_samples(layout.splits[split], classes, palette, chans, size, name,
                           layout.split_names[split], options.strict)
-
-
-def _display(name: str) -> str:
-    kind, _, where = name.partition(":")
-    return f"{kind}:{where}"
 
 
 def open_training(name: str, options: LoadOptions, mode: str, processes: int, validation: bool) -> TrainingData:
@@ -95,7 +90,7 @@ def open_training(name: str, options: LoadOptions, mode: str, processes: int, va
     layout, classes, palette, chans, size = _listed(name, options)
     samples = layout.splits["train"]
     files = MaskFileSet([s.image for s in samples], torch.zeros(len(samples), dtype=torch.long), classes,
-                        _display(name), layout.split_names["train"], chans, size, samples=samples, palette=palette)
+                        name, layout.split_names["train"], chans, size, samples=samples, palette=palette)
     mode, note = choose_mode(mode, files, processes)
     if mode == "memory":
         return TrainingData(decode_samples(samples, classes, palette, chans, size, files.name, files.split,
@@ -125,9 +120,10 @@ class MaskFileSet(FileSet):
 
 class DecodeMasked(Dataset):
     """Reads item (index, epoch) of a MaskFileSet in a worker: the image and its mask decoded, checked against
-    each other, resized together to the set's size and, when training, cropped and flipped alike (seeded by
-    (seed, epoch, image), as streamed classification is). An unreadable image gives (None, why) to skip and
-    count; a bad mask gives (None, FATAL + why), which stops training with that line."""
+    each other, resized together to the set's size and, when training, augmented alike (resized crop, padded
+    crop, flip, as in memory; seeded by (seed, epoch, image), as streamed classification is). An unreadable
+    image gives (None, why) to skip and count; a bad mask gives (None, FATAL + why), which stops training with
+    that line."""
 
     def __init__(self, files: MaskFileSet, augment: AugmentConfig | None, seed: int):
         self.samples, self.classes = files.samples, len(files.classes)
