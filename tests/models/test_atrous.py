@@ -117,3 +117,19 @@ def test_windows_after_the_output_stride_are_dilated_by_the_stride_they_skip():
     assert [m.stride for m in net] == [(2, 2)] * 3 + [(1, 1)] * 3
     assert [m.dilation for m in net] == [(1, 1)] * 4 + [(2, 2)] * 2 and net[4].padding == (2, 2)
     assert net(torch.zeros(1, 1, 64, 48)).shape[-2:] == (8, 6)
+
+
+def test_the_backbone_takes_its_own_options(capsys):
+    """backbone_kw builds the backbone with its own options (ResNet-9 at width 8, not its default 64), from the
+    command line too; a misspelt one is the backbone's own one-line refusal."""
+    from cnnkit.cli import main
+
+    narrow = models.create("deeplab_small", num_classes=5, in_chans=1, img_size=96, backbone="resnet9",
+                           backbone_kw={"width": 8})
+    assert narrow.backbone.net.stem[0].out_channels == 8
+    with pytest.raises(ModelError, match=r"does not support option\(s\) widht \(did you mean: width\?\)"):
+        models.create("deeplab_small", num_classes=5, in_chans=1, img_size=96, backbone="resnet9",
+                      backbone_kw={"widht": 8})
+    assert main(["models", "info", "deeplab_small", "--data", "fashion-scenes", "--model-kw", "backbone=resnet9",
+                 "--model-kw", "backbone_kw={width: 8}", "--no-timing", "--json"]) == 0
+    assert '"width": 8' in capsys.readouterr().out.replace("'", '"')

@@ -103,8 +103,9 @@ def evaluate(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str | None 
     ds = load_checkpoint_data(ckpt, data, split, data_dir=data_dir, strict=strict,
                               ignore_class_names=ignore_class_names, match_classes=task.outputs_are_classes)
     whole = len(ds)
-    if images is not None and images < whole:  # each class its share (rounded), then exactly `images` of them
-        keep = train_val_split(ds.labels, images / whole, 0)[1]
+    if images is not None and images < whole:  # each class its share (one more for rounding), then exactly `images`
+        extra = images + int(ds.labels.max()) + 1
+        keep = train_val_split(ds.labels, extra / whole, 0)[1] if extra < whole else torch.arange(whole)
         keep = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(0))[:images].sort().values]
         ds = ds.subset(keep, ds.split)
     mean, std = ckpt.normalization

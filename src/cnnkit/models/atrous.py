@@ -100,15 +100,16 @@ class AtrousBackbone(nn.Module):
     """A classifier's features at `output_stride` (`high`), and the last stage's features at stride 4 (`low`,
     for DeepLabv3+'s decoder; None when no stage ends there)."""
 
-    def __init__(self, name: str, in_chans: int, output_stride: int):
+    def __init__(self, name: str, in_chans: int, output_stride: int, options: dict | None = None):
         super().__init__()
         from cnnkit.models.base import stage_modules
         from cnnkit.models.registry import create
 
+        options = dict(options or {})
         if name.startswith(TIMM_PREFIX):  # timm dilates its own models (patchify stems and all)
-            self._timm(name[len(TIMM_PREFIX):], in_chans, output_stride)
+            self._timm(name[len(TIMM_PREFIX):], in_chans, output_stride, options)
             return
-        net = create(name, num_classes=10, in_chans=in_chans, img_size=PROBE)
+        net = create(name, num_classes=10, in_chans=in_chans, img_size=PROBE, **options)
         if not hasattr(net, "forward_features"):
             raise ModelError(f"{name} has no forward_features: it cannot be a DeepLab backbone")
         make_atrous(net, output_stride, in_chans, name)
@@ -137,14 +138,18 @@ class AtrousBackbone(nn.Module):
     def _keep_low(self, module: nn.Module, args: tuple, out: torch.Tensor) -> None:
         self._low.append(out)
 
-    def _timm(self, name: str, in_chans: int, output_stride: int) -> None:
+    def _timm(self, name: str, in_chans: int, output_stride: int, options: dict) -> None:
         import timm
 
         if not timm.is_model(name):
             raise ModelError(f"unknown timm model {name!r}{close_matches(name, timm.list_models())}")
         try:
+            loaders = sorted(set(options) & {"pretrained", "checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay",
+                                             "cache_dir"})
+            if loaders:  # weights come from files through --init-from, never from a hub or a pickle
+                raise ValueError(f"option {loaders[0]} is not accepted (load weights with --init-from)")
             net = timm.create_model(name, pretrained=False, features_only=True, in_chans=in_chans,
-                                    output_stride=output_stride)
+                                    output_stride=output_stride, **options)
         except Exception as e:  # noqa: BLE001 - timm raises many types for models without dilation support
             raise ModelError(f"timm/{name} cannot be made atrous at output stride {output_stride}: "
                              f"{(str(e).splitlines() or [type(e).__name__])[0][:160]}") from None

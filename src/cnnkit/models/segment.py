@@ -99,7 +99,7 @@ class ASPP(nn.Module):
 class DeepLab(SegmentationNet):
     def __init__(self, num_classes: int, in_chans: int, width: int = 16, output_stride: int = 8, aspp: bool = True,
                  rates: tuple[int, ...] = (2, 4, 6), decoder: bool = False, hdc: bool = False,
-                 upsample: str = "bilinear", backbone: str = "own"):
+                 upsample: str = "bilinear", backbone: str = "own", backbone_kw: dict | None = None):
         super().__init__()
         if output_stride not in (8, 16):
             raise ModelError(f"model option output_stride must be 8 or 16, got {output_stride}")
@@ -122,7 +122,10 @@ class DeepLab(SegmentationNet):
             if hdc:
                 raise ModelError("model option hdc=true needs backbone=own (another backbone is dilated at one rate "
                                  "per stage)")
-            self.backbone = AtrousBackbone(backbone, in_chans, output_stride)
+            if backbone_kw is not None and not isinstance(backbone_kw, dict):
+                raise ModelError(f"model option backbone_kw must be a mapping of the backbone's options, e.g. "
+                                 f"backbone_kw={{width: 16}}, got {backbone_kw!r}")
+            self.backbone = AtrousBackbone(backbone, in_chans, output_stride, backbone_kw or {})
             low_c, high_c = self.backbone.channels
             if decoder and not low_c:
                 raise ModelError(f"model option decoder=true needs stride-4 features, and no stage of {backbone} "
@@ -170,11 +173,13 @@ def unet_small(num_classes: int = 11, in_chans: int = 1, img_size=None, width: i
                 task="segment", default_input="1x96x96")
 def deeplab_small(num_classes: int = 11, in_chans: int = 1, img_size=None, width: int = 16, output_stride: int = 8,
                   aspp: bool = True, rates: tuple[int, int, int] = (2, 4, 6), decoder: bool = False,
-                  hdc: bool = False, upsample: str = "bilinear", backbone: str = "own") -> nn.Module:
+                  hdc: bool = False, upsample: str = "bilinear", backbone: str = "own",
+                  backbone_kw: dict | None = None) -> nn.Module:
     """DeepLabv3 on a small residual backbone (see the module docstring); `decoder=true`: DeepLabv3+;
     `backbone=NAME` puts the head on any cnnkit classifier (or `timm/<name>`) made atrous at the output stride
-    (its features only; the head's width is 8 × `width`)."""
-    return DeepLab(num_classes, in_chans, width, output_stride, aspp, tuple(rates), decoder, hdc, upsample, backbone)
+    (its features only; the head's width is 8 × `width`), built with `backbone_kw` (e.g. `{width: 16}`)."""
+    return DeepLab(num_classes, in_chans, width, output_stride, aspp, tuple(rates), decoder, hdc, upsample, backbone,
+                   backbone_kw)
 
 
 class _TorchvisionSegmentation(SegmentationNet):
