@@ -10,6 +10,7 @@ import torchvision
 
 import cnnkit.models as models
 from cnnkit.errors import ModelError
+from cnnkit.artifacts import load
 from cnnkit.models.atrous import make_atrous
 
 
@@ -133,3 +134,28 @@ def test_the_backbone_takes_its_own_options(capsys):
     assert main(["models", "info", "deeplab_small", "--data", "fashion-scenes", "--model-kw", "backbone=resnet9",
                  "--model-kw", "backbone_kw={width: 8}", "--no-timing", "--json"]) == 0
     assert '"width": 8' in capsys.readouterr().out.replace("'", '"')
+
+
+def test_a_classifier_run_starts_a_deeplab_backbone(tmp_path):
+    """--init-from a classifier run whose model and options are the segmentation model's backbone and backbone_kw:
+    its weights (all but the classifier's head) go into the atrous backbone unchanged; other options are refused
+    in one line naming the backbone_kw that fits."""
+    from types import SimpleNamespace
+
+    from cnnkit.errors import ConfigError
+    from cnnkit.train import fit
+    from cnnkit.train.setup import start_from
+
+    clf = fit(model="resnet9", model_kwargs={"width": 4}, data="sample", train_images=200, epochs=1, batch_size=100,
+              out=str(tmp_path / "clf"), progress=False)
+    kwargs = {"backbone": "resnet9", "backbone_kw": {"width": 4}, "decoder": True}
+    seg = models.create("deeplab_small", num_classes=11, in_chans=1, img_size=96, **kwargs)
+    said = start_from(seg, SimpleNamespace(init_from=str(clf.run_dir), model="deeplab_small", model_kwargs=kwargs))
+    assert "as deeplab_small's backbone" in said
+    trained = load(clf.run_dir).model.state_dict()
+    mine = seg.backbone.net.state_dict()
+    assert set(mine) < set(trained) and all(torch.equal(mine[k], trained[k]) for k in mine)
+    other = {**kwargs, "backbone_kw": {"width": 8}}
+    with pytest.raises(ConfigError, match=r'add --model-kw backbone_kw=\{"width": 4\}'):
+        start_from(models.create("deeplab_small", num_classes=11, in_chans=1, img_size=96, **other),
+                   SimpleNamespace(init_from=str(clf.run_dir), model="deeplab_small", model_kwargs=other))

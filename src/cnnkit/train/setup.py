@@ -4,6 +4,7 @@ that the learning-rate range test needs."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -187,7 +188,8 @@ def model_flags(model: str, options: dict[str, Any]) -> str:
 def start_from(model: nn.Module, cfg: TrainConfig) -> str:
     """Load --init-from into `model`, and say what was loaded. A cnnkit run's weights belong to its
     architecture: another model, or options whose weights do not fit, is refused in one line naming the flags
-    that build the run's model."""
+    that build the run's model; except a classifier run whose model and options are the segmentation model's
+    `backbone` and `backbone_kw`, whose weights go into that backbone (a pretrained encoder)."""
     source = init_from_model(cfg.init_from)
     if source is None:
         return load_pretrained(model, cfg.init_from).summary()
@@ -198,6 +200,15 @@ def start_from(model: nn.Module, cfg: TrainConfig) -> str:
                f"whose weights do not fit {name} with {asked}")
     refusal = (f"--init-from {cfg.init_from} holds a {name} model{f' ({held})' if held else ''}, {differs}: add "
                f"{model_flags(name, options)} (or leave out --model to train the run's model)")
+    backbone = getattr(model, "backbone", None)
+    if name != cfg.model and isinstance(getattr(backbone, "net", None), nn.Module) \
+            and cfg.model_kwargs.get("backbone") == name and (cfg.model_kwargs.get("backbone_kw") or {}) == options:
+        report = load_pretrained(backbone.net, cfg.init_from)  # a classifier run as a segmentation backbone
+        return (f"--init-from {cfg.init_from}: a {name} run's weights as {cfg.model}'s backbone (made atrous; its "
+                f"classifier head left out); {report.summary()}")
+    if name != cfg.model and cfg.model_kwargs.get("backbone") == name:
+        raise ConfigError(f"--init-from {cfg.init_from} holds a {name} model built with {held or 'its defaults'}: "
+                          f"as {cfg.model}'s backbone, add --model-kw backbone_kw={json.dumps(options)}")
     if name != cfg.model:
         raise ConfigError(refusal)
     try:
