@@ -180,3 +180,46 @@ def _check_sync_bn(results: list[dict[str, torch.Tensor]]) -> None:
         assert torch.allclose(r["x_grad"], 2 * r["ref_x_grad"], atol=1e-12)
         assert torch.allclose(r["params"], r["ref_params"], atol=1e-12)
         assert torch.allclose(r["running"], r["ref_running"], atol=1e-12)
+
+
+STUCK = textwrap.dedent('''
+    import os, sys, time
+    import cnnkit.train.loop as loop
+    step = loop._step
+    steps = [0]
+    def stuck_step(run, loss):  # the fault: rank 1 stops answering (not killed: it hangs) at its third step
+        steps[0] += 1
+        if int(os.environ["RANK"]) == 1 and steps[0] == 3:
+            time.sleep(300)
+        step(run, loss)
+    loop._step = stuck_step
+    from cnnkit.cli import main
+    sys.exit(main(sys.argv[1:]))
+''')
+
+
+def test_a_stuck_rank_stops_the_run_with_one_line_after_the_collective_timeout(tmp_path):
+    script = tmp_path / "stuck.py"
+    script.write_text(STUCK)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "CNNKIT_COLLECTIVE_TIMEOUT": "5"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "--monitor-interval", "0.2", str(script), "train", "--model", "tinyvgg", "--data", "sample",
+         "--train-images", "256", "--batch-size", "32", "--epochs", "1", "--amp", "off", "--threads", "1",
+         "--out", str(tmp_path / "run"), "--quiet"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=200)
+    assert proc.returncode != 0
+    said = [line for line in proc.stderr.splitlines() if "lost each other" in line]
+    assert len(said) == 1 and "5 s (CNNKIT_COLLECTIVE_TIMEOUT)" in said[0], proc.stderr[-3000:]
+    assert "internal error" not in proc.stderr
+
+
+def test_a_bad_collective_timeout_is_refused_in_one_line(monkeypatch):
+    from cnnkit.errors import ConfigError
+    from cnnkit.train.distributed import collective_timeout
+
+    monkeypatch.setenv("CNNKIT_COLLECTIVE_TIMEOUT", "soon")
+    with pytest.raises(ConfigError, match="not a number of seconds above 0"):
+        collective_timeout()
+    monkeypatch.setenv("CNNKIT_COLLECTIVE_TIMEOUT", "90")
+    assert collective_timeout().total_seconds() == 90

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import signal
 import sys
 import threading
@@ -137,11 +138,35 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # anything else is a bug: one line, the traceback only with --debug
         if debug:
             raise
+        if _peers_lost(e):
+            _print_error(_peers_lost_line(e))
+            return 1
         _print_error(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)")
         return 1
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def _peers_lost(e: Exception) -> bool:
+    """Whether `e` says that a collective timed out or a peer's connection closed: torch.distributed's own
+    errors, and the RuntimeError that gloo's transport raises inside DistributedDataParallel's backward pass."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None:
+        return False
+    text = str(e)
+    return isinstance(e, getattr(dist, "DistError", ())) or (
+        isinstance(e, RuntimeError) and ("/gloo/transport/" in text or "collective operation timeout" in text))
+
+
+def _peers_lost_line(e: Exception) -> str:
+    from cnnkit.train.distributed import TIMEOUT_VARIABLE, collective_timeout
+
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    why = re.sub(r"^\[[^\]]*\]\s*", "", first)  # gloo's source location
+    return (f"the run's processes lost each other ({why}): one stopped, or waited over "
+            f"{collective_timeout().total_seconds():g} s ({TIMEOUT_VARIABLE}) for the others; their output says "
+            f"which. --resume the run to continue from its last checkpoint")
 
 
 def _run(args: list[str], trust: bool) -> int:

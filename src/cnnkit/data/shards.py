@@ -39,7 +39,7 @@ from cnnkit.data.imagefolder import scan_imagefolder
 from cnnkit.data.images import IMAGE_EXTENSIONS, load_image_file, to_model_input
 from cnnkit.data.loader import Normalize, epoch_order
 from cnnkit.data.splits import train_val_split
-from cnnkit.data.stream import (DecodeImages, collate_readable, default_workers, finish_batches,
+from cnnkit.data.stream import (DecodeImages, collate_readable, default_workers, finish_batches, worker_context,
                                  sample_channel_stats)
 from cnnkit.data.settings import AugmentConfig
 from cnnkit.data.transforms import BatchAugment
@@ -304,7 +304,7 @@ def _write_split(out_dir: OutputDir, root: Path, split: str, files: FileSet, ind
     skipped: list[str] = []
     width = max(8, len(str(len(files))))
     loader = DataLoader(_ReadChecked(files.files), batch_size=8, sampler=order, num_workers=workers,
-                        collate_fn=_as_list)
+                        collate_fn=_as_list, multiprocessing_context=worker_context() if workers > 0 else None)
     try:
         for batch in loader:
             for i, data, reason in batch:
@@ -759,6 +759,7 @@ class WebDatasetLoader:
                           f"process reads every shard (write smaller shards: --shard-size)", stacklevel=2)
         device = normalize.mean.device
         self._loader = DataLoader(self.stream, batch_size=None, num_workers=self.workers,
+                                  multiprocessing_context=worker_context() if self.workers > 0 else None,
                                   pin_memory=device.type == "cuda",
                                   prefetch_factor=4 if self.workers > 0 else None,
                                   generator=torch.Generator().manual_seed(seed))  # leaves the training's RNG be

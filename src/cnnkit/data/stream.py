@@ -7,6 +7,7 @@ worker does does not depend on which worker does it, and a run resumed mid-epoch
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import warnings
 import weakref
@@ -106,6 +107,19 @@ def collate_readable(items: list) -> tuple[torch.Tensor, torch.Tensor, list[str]
     return images, labels, bad
 
 
+def worker_context() -> multiprocessing.context.BaseContext | None:
+    """How decoding workers start: forked from a server process that imported torch and the decoders before
+    any thread ran (forkserver), never forked from the training process itself, whose threads (gloo's under
+    torchrun, TensorBoard's writer, a pin-memory thread) may hold a lock at the instant of the fork and leave the
+    worker waiting on it forever while the training waits on the worker (pytorch/pytorch#130610; an intermittent
+    hang of `--nproc 2` streaming here). None (the platform's default, spawn) where there is no forkserver."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "cnnkit.data.stream", "cnnkit.data.segfolders", "cnnkit.data.shards"])
+    return context
+
+
 def default_workers(world: int = 1) -> int:
     """Decoding processes per training process: the CPUs this process may use shared among the processes
     of the run, at least 1 and at most 8."""
@@ -136,6 +150,7 @@ class StreamLoader:
         self._loader = DataLoader(
             files.decoder(augment, seed) if hasattr(files, "decoder") else DecodeImages(files, augment, seed),
             batch_sampler=_EpochBatches(self), num_workers=self.workers,
+            multiprocessing_context=worker_context() if self.workers > 0 else None,
             collate_fn=collate_readable, pin_memory=device.type == "cuda",
             persistent_workers=self.workers > 0, prefetch_factor=4 if self.workers > 0 else None,
             generator=torch.Generator().manual_seed(seed))  # its own: starting workers leaves the training's RNG be

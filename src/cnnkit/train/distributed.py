@@ -12,6 +12,7 @@ import os
 import sys
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -19,6 +20,27 @@ import torch.distributed as dist
 from torch import nn
 
 from cnnkit.errors import ConfigError
+
+# How long a rank waits in a collective for the others before the run stops with the backend's error (torch's
+# own defaults: 30 minutes for gloo, 10 for NCCL). The longest wait of a healthy run is the others' while rank 0
+# writes a checkpoint; a rank that stopped answering (stuck) ends the run instead of hanging it.
+COLLECTIVE_TIMEOUT_S = 600.0
+TIMEOUT_VARIABLE = "CNNKIT_COLLECTIVE_TIMEOUT"
+
+
+def collective_timeout() -> timedelta:
+    """How long a collective waits: $CNNKIT_COLLECTIVE_TIMEOUT seconds where set, else 10 minutes."""
+    text = os.environ.get(TIMEOUT_VARIABLE)
+    if text is None:
+        return timedelta(seconds=COLLECTIVE_TIMEOUT_S)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < 10**7:
+        raise ConfigError(f"{TIMEOUT_VARIABLE}={text!r} is not a number of seconds above 0 (the default is "
+                          f"{COLLECTIVE_TIMEOUT_S:g})")
+    return timedelta(seconds=seconds)
 
 
 @dataclass
@@ -64,7 +86,7 @@ def init_ranks(device: torch.device) -> Ranks:
         # gets keys of its own
         store, rank, world = next(dist.rendezvous("env://"))
         store = dist.PrefixStore(f"cnnkit/attempt-{elastic_restart()}", store)
-        dist.init_process_group(backend, store=store, rank=rank, world_size=world,
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=collective_timeout(),
                                 device_id=device if device.type == "cuda" else None)
     return ranks
 
