@@ -7,6 +7,8 @@ Two measurements, written to benchmarks/results/segment_budget.json and segment_
     python -m benchmarks.segment_trainer pair --repeats 6   # fit against a hand-written loop, fresh processes
     python -m benchmarks.segment_trainer budget --budget none --recipe long   # the long recipe's 30 epochs, no
                                                            # budget: where more training takes this recipe
+    python -m benchmarks.segment_trainer pretrained        # a 15-second classifier of the same objects as the
+                                                           # encoder of DeepLab's head, both in the 10 minutes
 
 `budget` runs the command a user types (task inferred from the data, the default recipe's model), in a fresh
 process, and reads the test split once, at the end, with the checkpoint the run kept by validation mIoU. `pair`
@@ -35,7 +37,7 @@ from cnnkit.data import channel_stats, load_dataset
 from cnnkit.models import create
 from cnnkit.runtime import autocast, autocast_dtype, cpu_description
 from cnnkit.tasks.segment import PixelCrossEntropy
-from cnnkit.train import RECIPES, fit
+from cnnkit.train import RECIPES, fit, parse_budget
 
 RECIPE = RECIPES["fast"]["scenes"]  # what `cnnkit train --data fashion-scenes` trains
 DATA = "fashion-scenes"
@@ -109,6 +111,33 @@ def pair(args: argparse.Namespace) -> None:
     print(write_result(f"segment_trainer_{args.amp}", result))
 
 
+def _test_once(out: Path) -> tuple[list[str], dict]:
+    """`cnnkit eval` of the run in `out` on the test split, once, as the run validated (its recipe's flip TTA, not
+    a setting picked on the test split): the command and its metrics (without the confusion matrix)."""
+    cfg = yaml.safe_load(open(out / "config.yaml"))
+    ev = ["cnnkit", "eval", "--checkpoint", str(out), "--split", "test", *(["--tta"] if cfg.get("tta") else [])]
+    before = set(out.glob("eval-*.json"))
+    subprocess.run(ev, check=True)
+    written = sorted(set(out.glob("eval-*.json")) - before) or sorted(out.glob("eval-*test*.json"))
+    test = json.loads(written[-1].read_text())
+    test.pop("confusion_matrix", None)
+    return ev, test
+
+
+def _run_record(out: Path, train: list[str], args: argparse.Namespace) -> dict:
+    metrics = [dict(r) for r in csv.DictReader(open(out / "metrics.csv"))]
+    cfg = yaml.safe_load(open(out / "config.yaml"))
+    ev, test = _test_once(out)
+    return {"command": command_line("benchmarks.segment_trainer"), "cpu_details": cpu_description(),
+            "train_command": " ".join(train), "eval_command": " ".join(ev),
+            "train_seconds_incl_setup": float(metrics[-1]["elapsed_seconds"]),
+            "model": f"{cfg['model']} {cfg['model_kwargs']}", "recipe": cfg.get("recipe"),
+            "epochs_planned": cfg.get("epochs"), "per_epoch": metrics, "test": test,
+            "method": "the command a user types, in a fresh process; the best checkpoint is kept by validation mIoU "
+                      "(10% of the training split held out), the test split read once by `cnnkit eval`",
+            **({"note": args.note} if args.note else {})}
+
+
 def budget(args: argparse.Namespace) -> None:
     out = Path(args.out)
     length = ["--budget", args.budget] if args.budget != "none" else []  # none: the recipe's own epochs
@@ -116,30 +145,35 @@ def budget(args: argparse.Namespace) -> None:
              "--amp", args.amp, "--out", str(out), "--overwrite"]
     if not args.reuse:  # --reuse: the run in --out is this command's, trained before (evaluate it only)
         subprocess.run(train, check=True)
-    metrics = [dict(r) for r in csv.DictReader(open(out / "metrics.csv"))]
-    cfg = yaml.safe_load(open(out / "config.yaml"))
-    # the test split scored as the run validated (its recipe's flip TTA), not a setting picked on the test split
-    ev = ["cnnkit", "eval", "--checkpoint", str(out), "--split", "test", *(["--tta"] if cfg.get("tta") else [])]
-    before = set(out.glob("eval-*.json"))
-    subprocess.run(ev, check=True)
-    written = sorted(set(out.glob("eval-*.json")) - before) or sorted(out.glob("eval-*test*.json"))
-    test = json.loads(written[-1].read_text())
-    test.pop("confusion_matrix", None)
-    result = {"command": command_line("benchmarks.segment_trainer"), "cpu_details": cpu_description(),
-              "train_command": " ".join(train), "eval_command": " ".join(ev),
-              "train_seconds_incl_setup": float(metrics[-1]["elapsed_seconds"]),
-              "model": f"{cfg['model']} {cfg['model_kwargs']}", "recipe": cfg.get("recipe"),
-              "epochs_planned": cfg.get("epochs"), "per_epoch": metrics, "test": test,
-              "method": "the command a user types, in a fresh process; the best checkpoint is kept by validation mIoU "
-                        "(10% of the training split held out), the test split read once by `cnnkit eval`",
-              **({"note": args.note} if args.note else {})}
+    result = _run_record(out, train, args)
     name = "segment_budget" if args.budget != "none" else f"segment_{args.recipe or 'fast'}"
     print(write_result(f"{name}_{args.amp}", result))
 
 
+def pretrained(args: argparse.Namespace) -> None:
+    """A pretrained encoder inside the same 10 minutes: the fast recipe's ResNet-9 classifier of the scenes'
+    source objects (their training split), then DeepLab's head on that ResNet-9 made atrous, started from it,
+    with the budget's rest (its wall time, start-up included, taken off), then the test split once."""
+    out, total = Path(args.out), parse_budget(args.budget)
+    classifier = out.with_name(out.name + "-classifier")
+    cls = ["cnnkit", "train", "--data", "sample", "--amp", args.amp, "--out", str(classifier), "--overwrite"]
+    started = time.perf_counter()
+    subprocess.run(cls, check=True)
+    spent = time.perf_counter() - started
+    kw = yaml.safe_load(open(classifier / "config.yaml"))["model_kwargs"]
+    train = ["cnnkit", "train", "--data", DATA, "--model", "deeplab_small", "--model-kw", "backbone=resnet9",
+             "--model-kw", f"backbone_kw={json.dumps(kw)}", "--init-from", str(classifier),
+             "--budget", f"{int(total - spent)}s", "--amp", args.amp, "--out", str(out), "--overwrite"]
+    subprocess.run(train, check=True)
+    result = _run_record(out, train, args)
+    result.update(classifier_command=" ".join(cls), classifier_wall_seconds=spent, budget_seconds=total,
+                  classifier_val_acc=float(list(csv.DictReader(open(classifier / "metrics.csv")))[-1]["val_acc"]))
+    print(write_result(f"segment_pretrained_{args.amp}", result))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=("budget", "pair", "one"))
+    ap.add_argument("what", choices=("budget", "pretrained", "pair", "one"))
     ap.add_argument("--amp", choices=("off", "auto"), default="off")
     ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--budget", default="10m", help="budget: the time budget, or none for the recipe's epochs")
@@ -154,6 +188,8 @@ def main() -> None:
         print(json.dumps({"arm": args.arm, "images_per_s": one_arm(args.arm, args.amp, args.seed)}))
     elif args.what == "pair":
         pair(args)
+    elif args.what == "pretrained":
+        pretrained(args)
     else:
         budget(args)
 

@@ -120,3 +120,25 @@ def cached_scenes(source: ImageData, seed: int, cache: Path, name: str, **kwargs
     atomic_write_bytes(path, save({"images": data.images, "labels": data.labels, "masks": data.masks,
                                    "instances": data.instances}))
     return data
+
+
+def scene_objects(masks: torch.Tensor, instances: torch.Tensor, max_objects: int = 5) -> torch.Tensor:
+    """Each scene's visible objects as detection targets: float N×`max_objects`×5 rows (class, x0, y0, x1, y1),
+    the class as in the masks (1.. for objects) and the box the tightest around the object's visible pixels in
+    pixel-edge coordinates (x1 and y1 one past the last pixel); rows of objects hidden entirely by later ones,
+    and of slots a scene does not use, are (-1, 0, 0, 0, 0)."""
+    n, h, w = instances.shape
+    out = torch.zeros(n, max_objects, 5)
+    out[..., 0] = -1
+    cols, rows = torch.arange(w), torch.arange(h)
+    for j in range(max_objects):
+        on = instances == j + 1
+        in_col, in_row = on.any(1), on.any(2)  # N×W, N×H
+        seen = in_col.any(1)
+        x0 = torch.where(in_col, cols, w).amin(1)
+        x1 = torch.where(in_col, cols, -1).amax(1) + 1
+        y0 = torch.where(in_row, rows, h).amin(1)
+        y1 = torch.where(in_row, rows, -1).amax(1) + 1
+        cls = torch.where(on, masks.long(), 0).flatten(1).amax(1)
+        out[:, j] = torch.where(seen[:, None], torch.stack([cls, x0, y0, x1, y1], 1).float(), out[:, j])
+    return out
