@@ -372,6 +372,7 @@ PLACEHOLDERS: dict[str, str] = {
     "scenes.pt2": "cnnkit export --format torch-export of runs/scenes, with its sidecar",
     "scene.png": "a fashion-scenes test scene (96×96)",
     "big_scan.png": "a 300×220 grey image made of fashion-scenes test scenes",
+    "runs/boxes": "cnnkit train --data fashion-scenes --model retinanet_small: width 8, 1 epoch on 300 scenes",
 }
 OUTPUT_OPTIONS = {"--out", "--json"}  # their values are written, never read
 # the options each README-made placeholder adds to the README's line that writes it
@@ -424,7 +425,7 @@ class Placeholders:
             **{f"runs/ing-{s}": lambda at, s=s: self._ingredient(at, s) for s in (1, 2, 3)},
             "runs/scenes": self._scenes, "scenes.onnx": lambda at: self._scenes_export(at, "onnx"),
             "scenes.pt2": lambda at: self._scenes_export(at, "torch-export"), "scene.png": self._scene_png,
-            "big_scan.png": self._big_scan,
+            "big_scan.png": self._big_scan, "runs/boxes": self._boxes,
         }
         assert self.makers.keys() == PLACEHOLDERS.keys()
 
@@ -483,6 +484,10 @@ class Placeholders:
     def _scenes(self, at: Path) -> None:
         run_cli("train", "--data", "fashion-scenes", "--model-kw", "width=8", "--model-kw", "depth=2", "--epochs", "1",
                 "--train-images", "300", "--val-fraction", "0.04", "--out", at, "--quiet")
+
+    def _boxes(self, at: Path) -> None:
+        run_cli("train", "--data", "fashion-scenes", "--model", "retinanet_small", "--model-kw", "width=8", "--epochs",
+                "1", "--train-images", "300", "--val-fraction", "0.04", "--out", at, "--quiet")
 
     def _scenes_export(self, at: Path, fmt: str) -> None:
         run_cli("export", "--checkpoint", self.path("runs/scenes"), "--format", fmt, "--out", at)

@@ -43,7 +43,7 @@ class SafeConsole(Console):
 def percent(fraction: float | None) -> str:
     """An accuracy (a fraction in [0, 1]) as every command shows it to a person: a percentage with two decimals
     and a % sign; machine output (JSON, CSV, metrics files) keeps the fraction."""
-    return "n/a" if fraction is None else f"{100 * fraction:.2f}%"
+    return "n/a" if fraction is None or fraction != fraction else f"{100 * fraction:.2f}%"  # NaN: not measured
 
 
 def _pipe_width() -> int | None:

@@ -74,6 +74,8 @@ class ImageData:
     palette: list[list[int]] | None = None  # the [r, g, b] of each class in masks, when the data has colours
     sizes: torch.Tensor | None = None  # N×2 int64 (H, W) of each image as its file holds it, where recorded
     native_masks: list[torch.Tensor] | None = None  # each mask as its file holds it (uint8 H×W), where resized
+    # N×M×5 float32 rows (class, x0, y0, x1, y1 in pixel-edge coordinates; class -1: no object), for detection
+    objects: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         for what, t in (("masks", self.masks), ("instances", self.instances)):
@@ -83,6 +85,10 @@ class ImageData:
         if self.boxes is not None and tuple(self.boxes.shape) != (len(self.images), 4):
             raise DataError(f"{self.name}: boxes must be {len(self.images)}×4 (x0, y0, x1, y1), "
                             f"got {tuple(self.boxes.shape)}")
+        if self.objects is not None and (self.objects.ndim != 3 or self.objects.shape[0] != len(self.images)
+                                         or self.objects.shape[2] != 5 or not self.objects.is_floating_point()):
+            raise DataError(f"{self.name}: objects must be float N×M×5 rows (class, x0, y0, x1, y1) for the "
+                            f"{len(self.images)} images, got {self.objects.dtype} {tuple(self.objects.shape)}")
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
             raise DataError(f"{self.name}: images must be uint8 N×C×H×W, got {self.images.dtype} {tuple(self.images.shape)}")
         if len(self.images) != len(self.labels):
@@ -113,20 +119,20 @@ class ImageData:
         h = hashlib.sha256()
         h.update(self.images.numpy().tobytes())
         h.update(self.labels.numpy().astype(np.int64).tobytes())
-        for extra in (self.boxes, self.masks, self.instances):
+        for extra in (self.boxes, self.masks, self.instances, self.objects):
             if extra is not None:
                 h.update(extra.numpy().tobytes() if extra.dtype == torch.uint8 else extra.float().numpy().tobytes())
         return h.hexdigest()[:16]
 
     def subset(self, index: torch.Tensor, split: str) -> ImageData:
-        """The images at `index` (with their boxes, masks, instances and sizes, and the palette) as a new set
-        named `split`."""
+        """The images at `index` (with their boxes, masks, instances, objects and sizes, and the palette) as a new
+        set named `split`."""
         pick = lambda t: None if t is None else t[index]  # noqa: E731
         rows = torch.as_tensor(index)
         rows = rows.nonzero().flatten() if rows.dtype == torch.bool else rows.flatten()
         return ImageData(self.images[index], self.labels[index], self.classes, self.name, split,
                          boxes=pick(self.boxes), masks=pick(self.masks), instances=pick(self.instances),
-                         palette=self.palette, sizes=pick(self.sizes),
+                         palette=self.palette, sizes=pick(self.sizes), objects=pick(self.objects),
                          native_masks=None if self.native_masks is None else [self.native_masks[int(i)] for i in rows])
 
 

@@ -90,7 +90,8 @@ class BatchLoader:
         self.images = data.images.to(device)
         # the targets: a class per image, or per pixel where the set has masks (augmented with the images)
         self.masks = getattr(data, "masks", None) is not None
-        self.labels = (data.masks if self.masks else data.labels).to(device)
+        self.objects = not self.masks and getattr(data, "objects", None) is not None  # boxes to detect
+        self.labels = (data.masks if self.masks else data.objects if self.objects else data.labels).to(device)
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -108,6 +109,9 @@ class BatchLoader:
             images, labels = self.images[idx], self.labels[idx]
             if self.augment is not None and self.masks:
                 images, labels = self.augment.geometric_with_masks(images, labels)
+                yield self.normalize(images).contiguous(memory_format=self.normalize.memory_format), labels
+            elif self.augment is not None and self.objects:
+                images, labels = self.augment.geometric_with_objects(images, labels)
                 yield self.normalize(images).contiguous(memory_format=self.normalize.memory_format), labels
             elif self.augment is not None:
                 images = self.augment.geometric(images)

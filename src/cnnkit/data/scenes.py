@@ -6,10 +6,11 @@ where it fits whole; later objects are drawn over earlier ones (occlusion). Scen
 of the source split, so every source image appears; the others come from random images of the same split.
 An object covers the pixels where its scaled image is above INK (of 255): those pixels show the object and
 are labelled with its class in the mask (background is class 0, Fashion-MNIST's classes are 1–10) and with
-its number (1, 2, ...) in the instance map. A scene's label (for stratified splits) is the class covering
-most of its pixels. Each split has its own seed, so the splits share no layout; everything is made in
-batches (one `affine_grid`/`grid_sample` per object slot), and cached as safetensors keyed by the source's
-content, the parameters and the generator's version.
+its number (1, 2, ...) in the instance map; the box around its visible pixels is its detection target
+(`objects`). A scene's label (for stratified splits) is the class covering most of its pixels. Each split has
+its own seed, so the splits share no layout; everything is made in batches (one `affine_grid`/`grid_sample` per
+object slot), and cached as safetensors keyed by the source's content, the parameters and the generator's
+version.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def make_scenes(source: ImageData, seed: int, canvas: int = 96, max_objects: int
         area[:, 0] = -1  # a scene's label: the object class covering most of its pixels
         labels[a:b] = area.argmax(1)
     return ImageData(images, labels, [BACKGROUND, *source.classes], name or f"scenes-{source.name}",
-                     source.split, masks=masks, instances=instances)
+                     source.split, masks=masks, instances=instances, objects=scene_objects(masks, instances, max_objects))
 
 
 def cached_scenes(source: ImageData, seed: int, cache: Path, name: str, **kwargs) -> ImageData:
@@ -110,7 +111,7 @@ def cached_scenes(source: ImageData, seed: int, cache: Path, name: str, **kwargs
         try:
             d = load_file(str(path))
             return ImageData(d["images"], d["labels"], classes, name, source.split, masks=d["masks"],
-                             instances=d["instances"])
+                             instances=d["instances"], objects=scene_objects(d["masks"], d["instances"]))
         except (SafetensorError, KeyError, OSError, RuntimeError, ValueError):  # truncated or foreign: make it again
             path.unlink(missing_ok=True)
     data = make_scenes(source, seed, name=name, **kwargs)

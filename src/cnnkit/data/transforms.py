@@ -75,6 +75,20 @@ class BatchAugment:
             images, masks = both[:, :-1], both[:, -1]
         return images, masks
 
+    def geometric_with_objects(self, images: torch.Tensor, objects: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Horizontal flips (each image with probability 1/2) applied alike to uint8 images and their objects'
+        boxes (N×M×5 rows: class, x0, y0, x1, y1 in pixel-edge coordinates; class -1 rows stay as they are).
+        Crops, policies, erasing and mixing are refused for boxes (the detection task's objective says so)."""
+        if not self.config.hflip:
+            return images, objects
+        flip = torch.rand(len(images), device=images.device) < 0.5
+        width = images.shape[-1]
+        mirrored = objects.clone()
+        mirrored[..., 1], mirrored[..., 3] = width - objects[..., 3], width - objects[..., 1]
+        moved = flip[:, None] & (objects[..., 0] >= 0)
+        return (torch.where(flip[:, None, None, None], images.flip(-1), images),
+                torch.where(moved[..., None], mirrored, objects))
+
     def erase_and_mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """RandomErasing (per image) and MixUp/CutMix (per batch) on normalized float images."""
         if self.erase is not None:

@@ -102,6 +102,7 @@ def evaluate(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str | None 
     task = task_of(ckpt)
     ds = load_checkpoint_data(ckpt, data, split, data_dir=data_dir, strict=strict,
                               ignore_class_names=ignore_class_names, match_classes=task.outputs_are_classes)
+    ds = task.data_for(ds)
     whole = len(ds)
     if images is not None and images < whole:  # each class its share (one more for rounding), then exactly `images`
         extra = images + int(ds.labels.max()) + 1

@@ -30,9 +30,10 @@ def evaluate_loader(model: nn.Module, loader: Iterable, device: torch.device, am
 
 @torch.no_grad()
 def validation_sums(model: nn.Module, loader: Iterable, task: Task, device: torch.device, amp: torch.dtype | None,
-                    tta: bool = False, batch: Batch | None = None) -> torch.Tensor:
+                    tta: bool = False, batch: Batch | None = None, classes: int | None = None) -> torch.Tensor:
     """[loss summed, images, what the score is made from (`task.score_sum`, summed)...] over a loader, float64;
-    `batch` turns each batch into what the model sees and its targets (an objective's, e.g. RotNet's)."""
+    `batch` turns each batch into what the model sees and its targets (an objective's, e.g. RotNet's); `classes`
+    is the model's number of outputs (what `task.score_counts` may size its counts by)."""
     was = model.training
     model.eval()
     sums: torch.Tensor | None = None
@@ -42,8 +43,9 @@ def validation_sums(model: nn.Module, loader: Iterable, task: Task, device: torc
             x, t = batch(x, t)
         with autocast(device, amp):
             out = task.infer(model, x, tta)
+        score = task.score_sum(out, t) if classes is None else task.score_counts(out, t, classes)
         part = torch.cat([torch.stack([task.loss_sum(out, t).double().cpu(), torch.tensor(len(t), dtype=torch.float64)]),
-                          task.score_sum(out, t).double().flatten().cpu()])
+                          score.double().flatten().cpu()])
         sums = part if sums is None else sums + part
     model.train(was)
     return sums if sums is not None else torch.zeros(3, dtype=torch.float64)

@@ -1,6 +1,7 @@
 """Model registry and families: `create(name, num_classes, in_chans, **options)`, `list_models()`."""
 
 from cnnkit.models import (  # noqa: F401  (register the families)
+    detect,
     imagenet,
     inception_small,
     modern_small,

@@ -25,7 +25,8 @@ from cnnkit.errors import ModelError
 from cnnkit.models.registry import register_model
 
 
-def _cbr(cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    """A k×k convolution (no bias; padded to keep the size at stride 1), BatchNorm and ReLU."""
     return nn.Sequential(nn.Conv2d(cin, cout, k, stride, dilation * (k // 2), dilation, bias=False),
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
@@ -46,10 +47,10 @@ class UNet(SegmentationNet):
         self.down = nn.ModuleList()
         cin = in_chans
         for i, w in enumerate(widths):
-            self.down.append(nn.Sequential(_cbr(cin, w, stride=stem_stride if i == 0 else 1), _cbr(w, w)))
+            self.down.append(nn.Sequential(conv_bn_relu(cin, w, stride=stem_stride if i == 0 else 1), conv_bn_relu(w, w)))
             cin = w
         self.up = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, 2) for i in reversed(range(depth)))
-        self.merge = nn.ModuleList(nn.Sequential(_cbr(widths[i] * (2 if skips else 1), widths[i]), _cbr(widths[i], widths[i]))
+        self.merge = nn.ModuleList(nn.Sequential(conv_bn_relu(widths[i] * (2 if skips else 1), widths[i]), conv_bn_relu(widths[i], widths[i]))
                                    for i in reversed(range(depth)))
         self.classifier = nn.Conv2d(widths[0], num_classes, 1)
 
@@ -72,7 +73,7 @@ class Residual(nn.Module):
 
     def __init__(self, cin: int, cout: int, stride: int = 1, dilation: int = 1):
         super().__init__()
-        self.body = nn.Sequential(_cbr(cin, cout, 3, stride, dilation),
+        self.body = nn.Sequential(conv_bn_relu(cin, cout, 3, stride, dilation),
                                   nn.Conv2d(cout, cout, 3, 1, dilation, dilation, bias=False), nn.BatchNorm2d(cout))
         self.short = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
             nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
@@ -87,9 +88,9 @@ class ASPP(nn.Module):
 
     def __init__(self, cin: int, cout: int, rates: tuple[int, ...]):
         super().__init__()
-        self.branches = nn.ModuleList([_cbr(cin, cout, 1)] + [_cbr(cin, cout, 3, 1, r) for r in rates])
+        self.branches = nn.ModuleList([conv_bn_relu(cin, cout, 1)] + [conv_bn_relu(cin, cout, 3, 1, r) for r in rates])
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1, bias=False), nn.ReLU(inplace=True))
-        self.project = _cbr(cout * (len(rates) + 2), cout, 1)
+        self.project = conv_bn_relu(cout * (len(rates) + 2), cout, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.pool(x).expand(-1, -1, *x.shape[-2:])
@@ -107,7 +108,7 @@ class DeepLab(SegmentationNet):
             raise ModelError(f"model option upsample must be bilinear or duc, got {upsample!r}")
         w = width
         if backbone == "own":
-            self.stem = _cbr(in_chans, w)
+            self.stem = conv_bn_relu(in_chans, w)
             self.layer1 = nn.Sequential(Residual(w, 2 * w, 2), Residual(2 * w, 2 * w))  # stride 2
             self.layer2 = nn.Sequential(Residual(2 * w, 4 * w, 2), Residual(4 * w, 4 * w))  # 4
             self.layer3 = nn.Sequential(Residual(4 * w, 8 * w, 2), Residual(8 * w, 8 * w))  # 8
@@ -131,11 +132,11 @@ class DeepLab(SegmentationNet):
                 raise ModelError(f"model option decoder=true needs stride-4 features, and no stage of {backbone} "
                                  f"ends at stride 4")
         self.output_stride = output_stride
-        self.head = ASPP(high_c, 8 * w, tuple(rates)) if aspp else _cbr(high_c, 8 * w)  # without ASPP: FCN's head
+        self.head = ASPP(high_c, 8 * w, tuple(rates)) if aspp else conv_bn_relu(high_c, 8 * w)  # without ASPP: FCN's head
         self.decoder = decoder
         if decoder:  # DeepLabv3+: the stride-4 features, projected, joined with the upsampled head's
-            self.low = _cbr(low_c, w, 1)
-            self.fuse = nn.Sequential(_cbr(9 * w, 4 * w), _cbr(4 * w, 4 * w))
+            self.low = conv_bn_relu(low_c, w, 1)
+            self.fuse = nn.Sequential(conv_bn_relu(9 * w, 4 * w), conv_bn_relu(4 * w, 4 * w))
         out_w, factor = (4 * w, 4) if decoder else (8 * w, output_stride)
         self.duc = upsample == "duc"
         self.classifier = nn.Conv2d(out_w, num_classes * (factor ** 2 if self.duc else 1), 1)

@@ -71,6 +71,10 @@ class Objective:
     def bind(self, setting: TrainSetting) -> None:
         """Called once the model is built (load teachers, build a discriminator, find dropout heads)."""
 
+    def forward(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> Any:
+        """The model's training outputs on a batch, for `loss` (a detector takes the targets too)."""
+        return model(x)
+
     def batch(self, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch the model sees and its targets (RotNet: every image in each rotation)."""
         return x, targets
@@ -112,6 +116,11 @@ class Task(ABC):
         """A batch's targets from the loader's images (normalized, augmented) and labels."""
         return labels
 
+    def data_for(self, data: Any) -> Any:
+        """A training or evaluation set as this task reads it (detection: the objects' boxes, not the masks of a
+        set that has both); refuses, in one line (ConfigError), a set without this task's targets."""
+        return data
+
     def objective(self, cfg: Any) -> Objective:
         """The objective a training configuration asks for (default: the task's own loss)."""
         return TaskLoss(self)
@@ -133,6 +142,12 @@ class Task(ABC):
     def score_sum(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """What the score is made from, summed over a batch: `score_size` numbers (one: the score summed over the
         images; segmentation: a confusion matrix's counts), added up over batches and processes."""
+
+    def score_counts(self, outputs: torch.Tensor, targets: torch.Tensor, classes: int) -> torch.Tensor:
+        """`score_sum` for a model with `classes` outputs: what the trainer and evaluation call. The same as
+        `score_sum` unless the counts' size depends on the classes and cannot be read from the outputs
+        (detection's)."""
+        return self.score_sum(outputs, targets)
 
     def score_size(self, outputs: int) -> int:
         """How many numbers `score_sum` gives for a model with this many outputs."""

@@ -290,6 +290,12 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         # fit measured faster; 191-245 ms once the step's mIoU took max's indices) against 408 ms for the
         # full-resolution width-16 U-Net (the first setting), whose validation mIoU had most classes confused after
         # 4 epochs; not tuned further (see the Segment page)
+        # fashion-scenes' boxes (--task detect): RetinaNet on the small backbone's FPN, AdamW as the segmenter's
+        # (not tuned yet)
+        "scenes-detect": dict(model="retinanet_small", model_kwargs={"width": 16}, task="detect", epochs=12,
+                              batch_size=32, lr=1e-3, optimizer="adamw", weight_decay=1e-4, schedule="onecycle",
+                              warmup_epochs=1, label_smoothing=0.0, augment={"crop_padding": 0, "hflip": True},
+                              tta=False),
         "scenes": dict(model="unet_small", model_kwargs={"width": 16, "depth": 4, "stem_stride": 2}, task="segment",
                        epochs=12, batch_size=32,
                        lr=3e-3, optimizer="adamw", weight_decay=1e-4, schedule="onecycle", warmup_epochs=1,
@@ -312,6 +318,10 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         "imagefolder": dict(model="resnet9", model_kwargs={"width": 32}, epochs=60, batch_size=64, lr=0.05,
                             schedule="cosine", warmup_epochs=3, label_smoothing=0.1, ema=0.999,
                             augment={"crop_padding": 4, "hflip": True, "policy": "trivialaugment"}),
+        "scenes-detect": dict(model="retinanet_small", model_kwargs={"width": 16}, task="detect", epochs=30,
+                              batch_size=32, lr=1e-3, optimizer="adamw", weight_decay=1e-4, schedule="onecycle",
+                              warmup_epochs=2, label_smoothing=0.0, augment={"crop_padding": 0, "hflip": True},
+                              tta=False),
         # the fast recipe's network and settings on a longer schedule (not tuned apart)
         "scenes": dict(model="unet_small", model_kwargs={"width": 16, "depth": 4, "stem_stride": 2}, task="segment",
                        epochs=30, batch_size=32, lr=3e-3, optimizer="adamw", weight_decay=1e-4, schedule="onecycle",
@@ -338,15 +348,21 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: TrainConfig | 
         if "recipe" not in given and base is None:  # a longer budget may afford the recipe that goes further
             given["recipe"] = "long" if given["budget"] >= LONG_RECIPE_FROM_S else "fast"
     recipe = given.get("recipe", values.get("recipe"))
-    if "data" not in given and base is None and _model_task(given.get("model")) == "segment":
-        given["data"] = "fashion-scenes"  # a segmentation model's default data: scenes with masks, not the sample
+    model_task = _model_task(given.get("model"))
+    if "data" not in given and base is None and model_task in ("segment", "detect"):
+        given["data"] = "fashion-scenes"  # a segmentation or detection model's default data: scenes, not the sample
+    if "task" not in given and base is None and model_task == "detect":
+        given["task"] = "detect"  # a detector learns the data's boxes
     data = given.get("data", values["data"])
+    family = dataset_family(data)
+    if family == "scenes" and given.get("task", values.get("task")) == "detect":
+        family = "scenes-detect"
     preset: dict[str, Any] = {}
     if recipe:
         if recipe not in RECIPES:
             raise ConfigError(f"unknown recipe {recipe!r}{close_matches(recipe, RECIPES)}; "
                               f"choose one of {', '.join(RECIPES)}")
-        preset = copy.deepcopy(RECIPES[recipe][dataset_family(data)])
+        preset = copy.deepcopy(RECIPES[recipe][family])
     model = given.get("model", preset.get("model", values["model"]))
     if preset:
         if model != preset.get("model"):  # the recipe's model options only fit the recipe's model
@@ -356,7 +372,7 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: TrainConfig | 
         values["augment"] = {**AugmentConfig().__dict__, **preset.get("augment", {})}
     if base is None or "model" in given:
         if preset and model == preset.get("model"):
-            values["model_recipe"] = f"{recipe}:{dataset_family(data)}"  # tuned for this very model
+            values["model_recipe"] = f"{recipe}:{family}"  # tuned for this very model
         else:  # another model: its family's optimization recipe, not the one tuned for the recipe's model
             family = family_recipe(model)
             values.update(copy.deepcopy(family.settings))

@@ -47,11 +47,17 @@ def _step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torc
           amp: torch.dtype | None) -> float:
     """Seconds of one forward, backward and SGD step."""
     t = time.perf_counter()
-    with autocast(device, amp):
-        out = model(x)
-    if out.ndim > 2:  # a class per pixel (segmentation): the image's label at every pixel
-        y = y.view(-1, *[1] * (out.ndim - 2)).expand(-1, *out.shape[2:])
-    loss = F.cross_entropy(out.float(), y)
+    if getattr(model, "task", None) == "detect":  # a detector's own losses, one box per image
+        side = min(x.shape[-2:])
+        boxes = torch.tensor([1.0, side / 8, side / 8, side / 2, side / 2], device=x.device).expand(len(x), 1, 5)
+        with autocast(device, amp):
+            loss = sum(v.float() for v in model(x, boxes).values())
+    else:
+        with autocast(device, amp):
+            out = model(x)
+        if out.ndim > 2:  # a class per pixel (segmentation): the image's label at every pixel
+            y = y.view(-1, *[1] * (out.ndim - 2)).expand(-1, *out.shape[2:])
+        loss = F.cross_entropy(out.float(), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

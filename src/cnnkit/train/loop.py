@@ -68,7 +68,7 @@ def _train_step(run: Run, step: int, x: torch.Tensor, y: torch.Tensor, sums: tor
         block.set_progress(step / run.total_steps)
     x, target = run.objective.batch(x, run.task.targets(x, y))
     with autocast(run.device, run.amp):
-        outputs = run.step_model(x)
+        outputs = run.objective.forward(run.step_model, x, target)
     loss = run.objective.loss(outputs, target, x)
     _step(run, loss)
     lr_used = run.optimizer.param_groups[0]["lr"]
@@ -78,7 +78,8 @@ def _train_step(run: Run, step: int, x: torch.Tensor, y: torch.Tensor, sums: tor
         run.ema.update(run.model, step=step)
     sums[0] += loss.detach() * len(target)
     sums[1] += len(target)
-    sums[4:] += run.task.score_sum(outputs.detach(), target).flatten()
+    if isinstance(outputs, torch.Tensor):  # a detector in training gives its losses, not boxes to score
+        sums[4:] += run.task.score_counts(outputs.detach(), target, run.outputs).flatten()
     return lr_used
 
 
@@ -138,7 +139,8 @@ def validate(run: Run) -> dict[str, float]:
     if run.val_loader is None:
         return {}
     tta = run.cfg.tta and run.objective.flip_invariant
-    sums = validation_sums(run.eval_model, run.val_loader, run.task, run.device, run.amp, tta, run.objective.batch)
+    sums = validation_sums(run.eval_model, run.val_loader, run.task, run.device, run.amp, tta, run.objective.batch,
+                           run.outputs)
     if run.ranks.distributed and not hasattr(run.val_set, "shards"):
         sums = all_sum(sums.to(run.device), run.ranks).cpu()
     return validation_metrics(sums, run.task)

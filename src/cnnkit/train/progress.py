@@ -60,13 +60,17 @@ class TrainProgress:
         if not self.enabled:
             return
         s = self.score
-        val = f"  val_loss {m['val_loss']:.3f}  val_{s} {_shown(s, m['val_' + s])}" if f"val_{s}" in m else ""
-        self.console.print(f"epoch {int(m['epoch'])}/{self.epochs}  loss {m['train_loss']:.3f}  "
-                           f"{s} {_shown(s, m['train_' + s])}{val}  {m['images_per_s']:,.0f} img/s  "
+        val_loss = f"  val_loss {m['val_loss']:.3f}" if m.get("val_loss") == m.get("val_loss") else ""
+        val = f"{val_loss}  val_{s} {_shown(s, m['val_' + s])}" if f"val_{s}" in m else ""
+        train = f"  {s} {_shown(s, m['train_' + s])}" if m["train_" + s] == m["train_" + s] else ""
+        self.console.print(f"epoch {int(m['epoch'])}/{self.epochs}  loss {m['train_loss']:.3f}"
+                           f"{train}{val}  {m['images_per_s']:,.0f} img/s  "
                            f"{m['epoch_seconds']:.1f}s", soft_wrap=True, highlight=False)
 
 
 def _shown(score: str, value: float) -> str:
     """A score as a person reads it: an accuracy in percent with two decimals, as every command shows one
     (cnnkit.cli.console.percent, which training, below the CLI, does not import); another task's as a number."""
+    if value != value:  # NaN: not measured (a detector's training score; its validation loss)
+        return "-"
     return f"{100 * value:.2f}%" if score == "acc" else f"{value:.4f}"

@@ -63,9 +63,9 @@ def load_data(run: Run) -> None:
     opened = open_training_data(cfg.data, cfg.data_mode, run.ranks.world, cfg.val_fraction > 0,
                                 data_dir=cfg.data_dir, download=cfg.download, strict=cfg.strict,
                                 img_size=cfg.img_size, test_fraction=cfg.test_fraction, seed=cfg.data_split_seed)
-    run.full, run.data_note = opened.full, opened.note
+    run.full, run.data_note = run.task.data_for(opened.full), opened.note
     if opened.splits_itself:
-        run.train_set, run.val_set = opened.full, opened.val
+        run.train_set, run.val_set = run.full, opened.val if opened.val is None else run.task.data_for(opened.val)
     elif cfg.val_fraction > 0:
         tr_idx, va_idx = train_val_split(run.full.labels, cfg.val_fraction, cfg.data_split_seed)
         run.train_set, run.val_set = run.full.subset(tr_idx, "train"), run.full.subset(va_idx, "val")
@@ -99,12 +99,12 @@ def _check_task_fits(run: Run) -> None:
         from cnnkit.models import get_entry, list_models
 
         entry = get_entry(cfg.model)
-        if entry.task != run.task.name and "segment" in (entry.task, run.task.name):  # a class per pixel or not
+        if entry.task != run.task.name and {"segment", "detect"} & {entry.task, run.task.name}:  # not classes
             raise ConfigError(f"{cfg.model} is a {entry.task} model, not a {run.task.name} one; choose one of "
                               f"{', '.join(list_models(task=run.task.name))}")
-    elif pixels:
-        raise ConfigError("timm models are classifiers; segmentation needs a segmentation model: "
-                          "see `cnnkit models list --task segment`")
+    elif run.task.name != "classify":
+        raise ConfigError(f"timm models are classifiers; the {run.task.name} task needs one of its own models: "
+                          f"see `cnnkit models list --task {run.task.name}`")
 
 
 def _take_subsets(run: Run) -> None:

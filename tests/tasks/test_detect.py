@@ -1,0 +1,184 @@
+"""Detection: the score the trainer keeps checkpoints by against pycocotools, the detectors against torchvision's
+own transform, fashion-scenes' boxes against their pixels, flips that move boxes with images, and a run end to end."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cnnkit.data.scenes import make_scenes, scene_objects
+from cnnkit.data.base import ImageData
+from cnnkit.errors import ConfigError
+from cnnkit.models import create, list_models
+from cnnkit.tasks import DETECT
+from cnnkit.tasks.detect import average_precision, coco_metrics, match_counts
+
+DETECTORS = ["retinanet_small", "fcos_small", "ssd_small", "fasterrcnn_small"]
+
+
+def _synthetic(n: int = 40, classes: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Objects on 96×96 images, and detections: most objects found with jittered boxes, some missed, some
+    with the wrong class, plus false positives, all with random scores (ties included)."""
+    g = torch.Generator().manual_seed(seed)
+    m, d = 5, 12
+    targets = torch.zeros(n, m, 5)
+    targets[..., 0] = -1
+    outputs = torch.zeros(n, d, 6)
+    outputs[..., 5] = -1
+    for i in range(n):
+        k = int(torch.randint(1, m + 1, (1,), generator=g))
+        xy = torch.rand(k, 2, generator=g) * 60
+        wh = 8 + torch.rand(k, 2, generator=g) * 30
+        targets[i, :k, 0] = torch.randint(1, classes, (k,), generator=g).float()
+        targets[i, :k, 1:3], targets[i, :k, 3:5] = xy, xy + wh
+        rows = []
+        for j in range(k):
+            if torch.rand(1, generator=g) < 0.85:
+                box = targets[i, j, 1:] + torch.randn(4, generator=g) * 1.5
+                cls = targets[i, j, 0] if torch.rand(1, generator=g) < 0.9 else float(torch.randint(1, classes, (1,), generator=g))
+                rows.append(torch.cat([box, torch.rand(1, generator=g), torch.tensor([float(cls)])]))
+        for _ in range(int(torch.randint(0, 4, (1,), generator=g))):
+            xy = torch.rand(2, generator=g) * 60
+            box = torch.cat([xy, xy + 10 + torch.rand(2, generator=g) * 20])
+            rows.append(torch.cat([box, torch.rand(1, generator=g) * 0.6,
+                                   torch.randint(1, classes, (1,), generator=g).float()]))
+        if rows:
+            r = torch.stack(rows)
+            r[:, 4] = (r[:, 4] * 50).round() / 50  # ties between scores, as low-precision detectors give
+            r = r[r[:, 4].argsort(descending=True)]
+            outputs[i, :len(r)] = r
+    return outputs, targets
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_summed_map_is_cocos_within_the_score_binning(seed):
+    outputs, targets = _synthetic(seed=seed)
+    classes = 4
+    total = match_counts(outputs[:17], targets[:17], classes) + match_counts(outputs[17:], targets[17:], classes)
+    ap, objects = average_precision(total, classes)
+    ours = float(ap[objects > 0].mean())
+    coco = coco_metrics(outputs, targets, ["background", "a", "b", "c"])
+    assert abs(ours - coco["map"]) < 0.01, (ours, coco["map"])
+    assert 0.2 < coco["map"] < 0.9  # a case where the matching matters
+    # AP50 alone: the first threshold's column
+    assert abs(float(ap[objects > 0, 0].mean()) - coco["map_50"]) < 0.01
+
+
+def test_perfect_detections_score_one_and_none_score_zero():
+    _, targets = _synthetic(n=10, seed=3)
+    perfect = torch.zeros(10, 5, 6)
+    perfect[..., 5] = -1
+    keep = targets[..., 0] >= 0
+    perfect[..., :4] = targets[..., 1:]
+    perfect[..., 4] = torch.where(keep, 0.9, 0.0)
+    perfect[..., 5] = torch.where(keep, targets[..., 0], -1.0)
+    total = match_counts(perfect, targets, 4)
+    assert DETECT.score_value(total, 10) == pytest.approx(1.0)
+    empty = torch.zeros(10, 5, 6)
+    empty[..., 5] = -1
+    assert DETECT.score_value(match_counts(empty, targets, 4), 10) == 0.0
+    with pytest.raises(ValueError, match="score_counts"):
+        DETECT.score_sum(empty, targets)
+    assert torch.equal(DETECT.score_counts(empty, targets, 4), match_counts(empty, targets, 4))
+
+
+def test_scene_boxes_are_the_tight_boxes_of_each_objects_visible_pixels():
+    src = ImageData(torch.randint(0, 256, (30, 1, 28, 28), dtype=torch.uint8), torch.arange(30) % 10,
+                    [str(i) for i in range(10)], "src", "train")
+    scenes = make_scenes(src, seed=5, scenes=30)
+    objects = scene_objects(scenes.masks, scenes.instances)
+    assert torch.equal(objects, scenes.objects)
+    for i in range(30):
+        for j in range(5):
+            ys, xs = (scenes.instances[i] == j + 1).nonzero(as_tuple=True)
+            row = objects[i, j]
+            if len(ys) == 0:
+                assert row[0] == -1
+                continue
+            assert row.tolist() == [float(scenes.masks[i, ys[0], xs[0]]), float(xs.min()), float(ys.min()),
+                                    float(xs.max() + 1), float(ys.max() + 1)]
+
+
+def test_a_flip_moves_the_boxes_with_the_image():
+    from cnnkit.data.settings import AugmentConfig
+    from cnnkit.data.transforms import BatchAugment
+
+    src = ImageData(torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8), torch.arange(16) % 10,
+                    [str(i) for i in range(10)], "src", "train")
+    scenes = make_scenes(src, seed=6, scenes=16)
+    augment = BatchAugment(AugmentConfig(crop_padding=0, hflip=True), 11)
+    torch.manual_seed(0)
+    # the instance map and the mask ride as the image's two channels: where they go, the boxes must follow
+    both = torch.stack([scenes.instances, scenes.masks], 1)
+    flipped, objects = augment.geometric_with_objects(both, scenes.objects)
+    moved = (flipped != both).flatten(1).any(1)
+    assert 0 < int(moved.sum()) < 16  # some images flipped, not all
+    assert torch.equal(objects, scene_objects(flipped[:, 1], flipped[:, 0]))
+    assert torch.equal(objects[~moved], scenes.objects[~moved])
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_each_detector_equals_torchvisions_with_its_own_transform(name):
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    torch.manual_seed(0)
+    model = create(name, num_classes=5, in_chans=1, img_size=(96, 96)).eval()
+    holder = model.net.roi_heads if hasattr(model.net, "roi_heads") else model.net
+    holder.score_thresh = 0.0  # untrained scores are low: keep every candidate, so that there is much to compare
+    x = torch.randn(3, 1, 96, 96)
+    with torch.no_grad():
+        ours = model(x)
+        model.net.transform = GeneralizedRCNNTransform(96, 96, [0.0], [1.0], size_divisible=1)  # scale 1: as given
+        theirs = model.net(list(x))
+    assert ours.shape == (3, 100, 6)
+    for rows, det in zip(ours, theirs):
+        k = len(det["scores"])
+        assert k > 10
+        assert torch.allclose(rows[:k, :4], det["boxes"], atol=1e-4)
+        assert torch.allclose(rows[:k, 4], det["scores"], atol=1e-6)
+        assert torch.equal(rows[:k, 5].long(), det["labels"])
+        assert (rows[k:, 5] == -1).all() and (rows[k:, 4] == 0).all()
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_each_detector_learns_from_padded_targets(name):
+    torch.manual_seed(0)
+    model = create(name, num_classes=5, in_chans=1, img_size=(96, 96)).train()
+    targets = torch.tensor([[[1, 10, 10, 40, 50], [3, 50, 20, 90, 60], [-1, 0, 0, 0, 0]],
+                            [[2, 5, 30, 30, 90], [-1, 0, 0, 0, 0], [-1, 0, 0, 0, 0]]], dtype=torch.float32)
+    losses = model(torch.randn(2, 1, 96, 96), targets)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p.ndim > 1)
+    with pytest.raises(Exception, match="targets"):
+        model(torch.randn(2, 1, 96, 96))
+
+
+def test_models_list_names_the_detectors():
+    assert set(DETECTORS) <= set(list_models(task="detect"))
+    assert not set(DETECTORS) & set(list_models(task="segment"))
+
+
+def test_a_run_trains_and_evaluates_with_cocos_metrics(tmp_path):
+    from cnnkit.evaluate import evaluate
+    from cnnkit.train import fit
+
+    result = fit(model="retinanet_small", model_kwargs={"width": 8}, data="fashion-scenes", epochs=1,
+                 train_images=64, batch_size=16, out=str(tmp_path / "run"), progress=False, amp="off",
+                 channels_last=False)
+    assert result.config.task == "detect" and result.config.model_recipe == "fast:scenes-detect"
+    assert result.best_val_acc is not None and 0.0 <= result.best_val_acc <= 1.0  # the validation mAP
+    metrics = evaluate(result.run_dir, split="test", images=40).metrics
+    assert {"map", "map_50", "map_75", "map_small", "mar_100", "per_class_ap"} <= set(metrics)
+
+
+def test_data_without_boxes_and_crops_are_refused_in_one_line(tmp_path):
+    from cnnkit.train import fit
+
+    with pytest.raises(ConfigError, match="has no boxes"):
+        fit(model="retinanet_small", data="sample", epochs=1, train_images=32, out=str(tmp_path / "a"),
+            progress=False)
+    with pytest.raises(ConfigError, match="crop_padding is not available for detection"):
+        fit(model="retinanet_small", augment={"crop_padding": 4}, epochs=1, train_images=32,
+            out=str(tmp_path / "b"), progress=False)
