@@ -35,7 +35,8 @@ def _synthetic(n: int = 40, classes: int = 4, seed: int = 0) -> tuple[torch.Tens
         for j in range(k):
             if torch.rand(1, generator=g) < 0.85:
                 box = targets[i, j, 1:] + torch.randn(4, generator=g) * 1.5
-                cls = targets[i, j, 0] if torch.rand(1, generator=g) < 0.9 else float(torch.randint(1, classes, (1,), generator=g))
+                wrong = float(torch.randint(1, classes, (1,), generator=g))
+                cls = targets[i, j, 0] if torch.rand(1, generator=g) < 0.9 else wrong
                 rows.append(torch.cat([box, torch.rand(1, generator=g), torch.tensor([float(cls)])]))
         for _ in range(int(torch.randint(0, 4, (1,), generator=g))):
             xy = torch.rand(2, generator=g) * 60
@@ -165,12 +166,21 @@ def test_a_run_trains_and_evaluates_with_cocos_metrics(tmp_path):
     from cnnkit.train import fit
 
     result = fit(model="retinanet_small", model_kwargs={"width": 8}, data="fashion-scenes", epochs=1,
-                 train_images=64, batch_size=16, out=str(tmp_path / "run"), progress=False, amp="off",
-                 channels_last=False)
+                 train_images=64, val_fraction=0.02, batch_size=16, out=str(tmp_path / "run"), progress=False,
+                 amp="off", channels_last=False)
     assert result.config.task == "detect" and result.config.model_recipe == "fast:scenes-detect"
     assert result.best_val_acc is not None and 0.0 <= result.best_val_acc <= 1.0  # the validation mAP
     metrics = evaluate(result.run_dir, split="test", images=40).metrics
     assert {"map", "map_50", "map_75", "map_small", "mar_100", "per_class_ap"} <= set(metrics)
+    from PIL import Image
+
+    from cnnkit.data import load_dataset
+    from cnnkit.evaluate import predict
+
+    Image.fromarray(load_dataset("fashion-scenes", "test").images[0, 0].numpy(), "L").save(tmp_path / "scene.png")
+    answer = predict(result.run_dir, [tmp_path / "scene.png"], topk=3)[0].answer
+    assert len(answer) <= 3 and all(set(a) == {"class", "score", "box"} and len(a["box"]) == 4 for a in answer)
+    assert [a["score"] for a in answer] == sorted((a["score"] for a in answer), reverse=True)
 
 
 def test_data_without_boxes_and_crops_are_refused_in_one_line(tmp_path):

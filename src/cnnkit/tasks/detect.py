@@ -93,7 +93,7 @@ def average_precision(total: torch.Tensor, classes: int) -> tuple[torch.Tensor, 
     points = RECALL_POINTS.double().to(recall.device)
     index = torch.searchsorted(recall.contiguous(), points.expand(classes, t_count, -1).contiguous(), right=False)
     found = index < SCORE_BINS
-    sampled = torch.where(found, envelope.gather(-1, index.clamp(max=SCORE_BINS - 1)), torch.zeros((), dtype=torch.float64))
+    sampled = envelope.gather(-1, index.clamp(max=SCORE_BINS - 1)) * found  # recall never reached: precision 0
     ap = sampled.mean(-1)
     return torch.where(objects[:, None] > 0, ap, torch.full_like(ap, float("nan"))), objects
 
