@@ -169,6 +169,8 @@ def test_a_run_trains_and_evaluates_with_cocos_metrics(tmp_path):
                  train_images=64, val_fraction=0.02, batch_size=16, out=str(tmp_path / "run"), progress=False,
                  amp="off", channels_last=False)
     assert result.config.task == "detect" and result.config.model_recipe == "fast:scenes-detect"
+    sizes = result.config.model_kwargs["anchor_sizes"]  # derived from the training boxes, recorded with the run
+    assert len(sizes) == 3 and sizes == sorted(sizes) and 10 < sizes[1] < 60
     assert result.best_val_acc is not None and 0.0 <= result.best_val_acc <= 1.0  # the validation mAP
     metrics = evaluate(result.run_dir, split="test", images=40).metrics
     assert {"map", "map_50", "map_75", "map_small", "mar_100", "per_class_ap"} <= set(metrics)
@@ -192,3 +194,20 @@ def test_data_without_boxes_and_crops_are_refused_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match="crop_padding is not available for detection"):
         fit(model="retinanet_small", augment={"crop_padding": 4}, epochs=1, train_images=32,
             out=str(tmp_path / "b"), progress=False)
+
+
+def test_anchor_sizes_are_the_quantiles_of_the_training_boxes_sides():
+    import numpy as np
+
+    from cnnkit.tasks.detect import anchor_sizes_from_boxes
+
+    _, targets = _synthetic(n=30, seed=4)
+    rows = targets.reshape(-1, 5)
+    rows = rows[rows[:, 0] >= 0].numpy()
+    sides = np.sqrt((rows[:, 3] - rows[:, 1]) * (rows[:, 4] - rows[:, 2]))
+    expected = np.quantile(sides, [1 / 6, 1 / 2, 5 / 6])
+    assert anchor_sizes_from_boxes(targets, 3) == pytest.approx(expected, abs=0.051)
+    assert DETECT.model_options("retinanet_small", {}, type("D", (), {"objects": targets})()) == {
+        "anchor_sizes": anchor_sizes_from_boxes(targets, 3)}
+    assert DETECT.model_options("retinanet_small", {"anchor_sizes": [8, 16, 32]}, None) == {}  # the user's stand
+    assert DETECT.model_options("fcos_small", {}, None) == {}  # anchor-free

@@ -134,13 +134,13 @@ def _check(width: int, fpn_channels: int, max_detections: int) -> None:
 
 
 def _anchor_sizes(anchor_sizes, levels: int, per_level: int = 1) -> tuple[tuple[float, ...], ...]:  # noqa: ANN001
-    """One base size per level (default: 4× the level's stride), each with `per_level` octave scales
-    (2^(i/per_level))."""
+    """One size per level (default: 4× the level's stride; `cnnkit train` derives them from the training boxes),
+    each the middle of `per_level` octave scales 2^(k/per_level) around it."""
     base = [4.0 * s for s in STRIDES[:levels]] if anchor_sizes is None else [float(s) for s in anchor_sizes]
     if len(base) != levels or any(not s > 0 for s in base):
         raise ModelError(f"anchor_sizes must be {levels} positive sizes in pixels (one per level, strides "
                          f"{', '.join(map(str, STRIDES[:levels]))}), got {anchor_sizes!r}")
-    return tuple(tuple(b * 2 ** (i / per_level) for i in range(per_level)) for b in base)
+    return tuple(tuple(b * 2 ** ((i - (per_level - 1) / 2) / per_level) for i in range(per_level)) for b in base)
 
 
 @register_model("retinanet", min_size=32, paper="Lin et al. 2017, RetinaNet (focal loss) on an FPN (torchvision)",
@@ -148,7 +148,7 @@ def _anchor_sizes(anchor_sizes, levels: int, per_level: int = 1) -> tuple[tuple[
 def retinanet_small(num_classes: int = 11, in_chans: int = 1, img_size=None, width: int = 16, fpn_channels: int = 64,
                     anchor_sizes=None, max_detections: int = 100) -> nn.Module:
     """RetinaNet on an FPN over a small residual backbone (strides 4, 8, 16); three octave scales and aspect
-    ratios 0.5, 1, 2 per level from `anchor_sizes` (one base size in pixels per level; default 16, 32, 64)."""
+    ratios 0.5, 1, 2 per level around `anchor_sizes` (one size in pixels per level; default 16, 32, 64)."""
     from torchvision.models.detection import RetinaNet
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 

@@ -116,6 +116,11 @@ class Task(ABC):
         """A batch's targets from the loader's images (normalized, augmented) and labels."""
         return labels
 
+    def model_options(self, model: str, options: dict[str, Any], data: Any) -> dict[str, Any]:
+        """Options of `model` this task derives from the training set where `options` (the user's) has none
+        (detection: anchor sizes from the boxes); recorded with the run like the user's. None by default."""
+        return {}
+
     def data_for(self, data: Any) -> Any:
         """A training or evaluation set as this task reads it (detection: the objects' boxes, not the masks of a
         set that has both); refuses, in one line (ConfigError), a set without this task's targets."""

@@ -126,6 +126,18 @@ def coco_metrics(outputs: torch.Tensor, targets: torch.Tensor, names: list[str])
     return out
 
 
+def anchor_sizes_from_boxes(objects: torch.Tensor, levels: int) -> list[float]:
+    """`levels` anchor sizes from N×M×5 object rows: the quantiles (2i + 1) / (2 × levels) of the boxes' sides
+    (the square root of their areas), in pixels, rounded to a tenth."""
+    rows = objects.reshape(-1, 5)
+    rows = rows[rows[:, 0] >= 0]
+    if not len(rows):
+        raise ConfigError("the training set has no boxes to size the anchors by; give --model-kw anchor_sizes=[...]")
+    sides = ((rows[:, 3] - rows[:, 1]).clamp_min(1) * (rows[:, 4] - rows[:, 2]).clamp_min(1)).sqrt()
+    q = torch.tensor([(2 * i + 1) / (2 * levels) for i in range(levels)])
+    return [round(float(v), 1) for v in torch.quantile(sides.double(), q.double())]
+
+
 class Detection(Task):
     """Boxes with classes: outputs N×D×6 (x0, y0, x1, y1, score, class), targets N×M×5 (class, x0, y0, x1, y1)."""
 
@@ -136,6 +148,17 @@ class Detection(Task):
 
     def targets(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return labels.float()
+
+    def model_options(self, model: str, options: dict[str, Any], data: Any) -> dict[str, Any]:
+        """`anchor_sizes` from the training boxes where the detector takes them and none were given: one size per
+        level of the detector's pyramid, at the quantiles (2i + 1) / 2L of the boxes' sides (the square root of
+        their areas), rounded to a tenth of a pixel."""
+        from cnnkit.models import get_entry
+        from cnnkit.models.detect import STRIDES
+
+        if "anchor_sizes" in options or model.startswith("timm/") or "anchor_sizes" not in get_entry(model).options():
+            return {}
+        return {"anchor_sizes": anchor_sizes_from_boxes(data.objects, len(STRIDES))}
 
     def data_for(self, data: Any) -> Any:
         """The set's objects as the targets; its masks (fashion-scenes has both) left out."""

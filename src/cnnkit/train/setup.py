@@ -129,6 +129,9 @@ def build_model(run: Run) -> None:
     cfg, full = run.cfg, run.full
     outputs = run.objective.output_names(run.task.output_names(list(full.classes)))
     run.outputs = len(outputs)
+    derived = run.task.model_options(cfg.model, cfg.model_kwargs, run.train_set) if not run.resuming else {}
+    if derived:  # e.g. a detector's anchor sizes from the training boxes: recorded in config.yaml and checkpoints
+        cfg.model_kwargs = {**cfg.model_kwargs, **derived}
     model = create(cfg.model, num_classes=len(outputs), in_chans=full.in_chans, img_size=full.img_size,
                    **cfg.model_kwargs)
     if cfg.init_from and not run.resuming:  # said once the run is set up (a refusal after it stays one line)
