@@ -183,6 +183,12 @@ def test_a_run_trains_and_evaluates_with_cocos_metrics(tmp_path):
     answer = predict(result.run_dir, [tmp_path / "scene.png"], topk=3)[0].answer
     assert len(answer) <= 3 and all(set(a) == {"class", "score", "box"} and len(a["box"]) == 4 for a in answer)
     assert [a["score"] for a in answer] == sorted((a["score"] for a in answer), reverse=True)
+    from cnnkit.cli import main
+
+    for argv in (["export", "--checkpoint", str(result.run_dir), "--out", str(tmp_path / "d.onnx")],
+                 ["compress", "--checkpoint", str(result.run_dir), "--recipe", "int8", "--out", str(tmp_path / "c")]):
+        assert main(argv) == 2  # not yet: one line, nothing written
+    assert not (tmp_path / "d.onnx").exists() and not (tmp_path / "c").exists()
 
 
 def test_data_without_boxes_and_crops_are_refused_in_one_line(tmp_path):

@@ -50,6 +50,11 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
         raise CompressError(f"compress a training checkpoint or run directory, not an exported artifact "
                             f"({src.path.name})")
     task = src.meta.get("task") or "classify"
+    from cnnkit.tasks import get_task
+
+    if not get_task(task).exportable:  # its int8 artifacts are exported ones
+        raise CompressError(f"compressing a {task} model is not available yet; its checkpoint runs in PyTorch "
+                            f"(cnnkit eval, predict, bench)")
     skipped = [why for why in (skip_reason(r, task, onnx) for r in parsed) if why]
     parsed = [r for r in parsed if not skip_reason(r, task, onnx)]
     if not parsed:

@@ -80,8 +80,11 @@ def export_artifact(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str |
     model = (model if model is not None else ckpt.model.float()).eval()
     extra = dict(extra or {})
     exported = _folded(model, extra) if fold_bn else model
-    path = _destination(ckpt, out, suffix, kind)
     task = get_task(ckpt.meta.get("task"))  # its example input: what the model is exported and checked with
+    if not task.exportable:
+        raise ConfigError(f"exporting a {task.name} model is not available yet; its checkpoint runs in PyTorch "
+                          f"(cnnkit eval, predict, bench)")
+    path = _destination(ckpt, out, suffix, kind)
     gen = torch.Generator().manual_seed(seed)
     tmp = temp_path_for(path, keep_suffix=True)
     side = sidecar_path(path)

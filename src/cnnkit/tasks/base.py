@@ -107,6 +107,7 @@ class Task(ABC):
     output: str = "outputs"  # the exported model's output name
     outputs_are_classes: bool = True  # the model's outputs are the data's classes: evaluation data must have them
     any_size: bool = False  # its models are fully convolutional: exported with a dynamic height and width
+    exportable: bool = True  # `cnnkit export` and `cnnkit compress` take its models
 
     def output_names(self, classes: list[str]) -> list[str]:
         """Names of the model's outputs for data with these classes; the head has one output per name."""
@@ -200,6 +201,14 @@ class Task(ABC):
                       generator: torch.Generator | None = None) -> torch.Tensor:
         """A batch the model accepts, to export or check it with."""
         return torch.randn(batch, in_chans, *img_size, generator=generator)
+
+
+def refuse_augmentations(augment: Any, refused: Sequence[str], task: str, why: str, use: str) -> None:
+    """One line (ConfigError) naming the first of `refused` (AugmentConfig fields) that `augment` turns on."""
+    for name in refused:
+        value = getattr(augment, name)
+        if value not in (0, 0.0, False, None, "none"):
+            raise ConfigError(f"--augment {name} is not available for {task} ({why}); use {use}")
 
 
 TASKS: dict[str, Task] = {}

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.errors import ConfigError
-from cnnkit.tasks.base import Objective, Task, register_task
+from cnnkit.tasks.base import Objective, Task, refuse_augmentations, register_task
 
 IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)
 SCORE_BINS = 200
@@ -145,6 +145,7 @@ class Detection(Task):
     score = "map"
     output = "detections"
     any_size = True
+    exportable = False  # torch.export cannot trace torchvision's detectors' per-image post-processing yet
 
     def targets(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return labels.float()
@@ -170,13 +171,8 @@ class Detection(Task):
         return replace(data, masks=None, instances=None, native_masks=None)
 
     def objective(self, cfg: Any) -> Objective:
-        aug = cfg.augment
-        refused = [name for name, on in (("resized_crop", aug.resized_crop > 0), ("crop_padding", aug.crop_padding),
-                                         ("policy", aug.policy != "none"), ("erasing", aug.erasing),
-                                         ("mixup", aug.mixup), ("cutmix", aug.cutmix)) if on]
-        if refused:
-            raise ConfigError(f"--augment {refused[0]} is not available for detection yet (it would not move the "
-                              f"boxes with the images); use hflip")
+        refuse_augmentations(cfg.augment, ("resized_crop", "crop_padding", "policy", "erasing", "mixup", "cutmix"),
+                             "detection yet", "it would not move the boxes with the images", "hflip")
         if cfg.pretext or cfg.distill:
             raise ConfigError("RotNet pretraining and distillation are for classification; detection trains with "
                               "its detector's own losses")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from cnnkit.data.settings import IGNORE  # a mask's value for pixels that count nowhere
 from cnnkit.errors import ConfigError
-from cnnkit.tasks.base import Objective, Task, register_task
+from cnnkit.tasks.base import Objective, Task, refuse_augmentations, register_task
 
 
 
@@ -178,12 +178,8 @@ class Segmentation(Task):
         return labels.long()
 
     def objective(self, cfg: Any) -> Objective:
-        aug = cfg.augment
-        refused = [name for name, on in (("policy", aug.policy != "none"), ("erasing", aug.erasing),
-                                         ("mixup", aug.mixup), ("cutmix", aug.cutmix)) if on]
-        if refused:
-            raise ConfigError(f"--augment {refused[0]} is not available for segmentation (it would not move the "
-                              f"masks with the images); use resized_crop, crop_padding and hflip")
+        refuse_augmentations(cfg.augment, ("policy", "erasing", "mixup", "cutmix"), "segmentation",
+                             "it would not move the masks with the images", "resized_crop, crop_padding and hflip")
         if cfg.pretext or cfg.distill:
             raise ConfigError("RotNet pretraining and distillation are for classification; segmentation trains "
                               "with cross-entropy (and --dice)")
