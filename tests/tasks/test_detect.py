@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torchvision import tv_tensors
 
 from cnnkit.data.scenes import make_scenes, scene_objects
 from cnnkit.data.base import ImageData
@@ -118,6 +119,62 @@ def test_a_flip_moves_the_boxes_with_the_image():
     assert torch.equal(objects[~moved], scenes.objects[~moved])
 
 
+def _reference_boxes(objects, boxes_after, h, w):
+    """The rows torchvision's v2 gives (boxes moved, then clamped to the image), kept where the moved box's
+    centre is inside the image and the clamped box at least a pixel wide and high (cnnkit's rule)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    centre = (boxes_after[:, :2] + boxes_after[:, 2:]) / 2
+    clamped = TF.clamp_bounding_boxes(tv_tensors.BoundingBoxes(boxes_after, format="XYXY", canvas_size=(h, w)))
+    clamped = clamped.as_subclass(torch.Tensor)
+    keep = ((objects[:, 0] >= 0) & (centre >= 0).all(1) & (centre[:, 0] < w) & (centre[:, 1] < h)
+            & (clamped[:, 2] - clamped[:, 0] >= 1) & (clamped[:, 3] - clamped[:, 1] >= 1))
+    out = torch.cat([objects[:, :1], clamped], 1)
+    out[~keep] = torch.tensor([-1.0, 0, 0, 0, 0])
+    return out
+
+
+@pytest.mark.parametrize("augment", [{"crop_padding": 24, "hflip": True}, {"resized_crop": 0.3}])
+def test_crops_move_clip_and_drop_boxes_as_torchvisions_v2_does(augment):
+    from torchvision.transforms import RandomResizedCrop
+    from torchvision.transforms.v2 import functional as TF
+
+    from cnnkit.data.settings import AugmentConfig
+    from cnnkit.data.transforms import BatchAugment, _crop_flip_draw
+
+    src = ImageData(torch.randint(0, 256, (24, 1, 28, 28), dtype=torch.uint8), torch.arange(24) % 10,
+                    [str(i) for i in range(10)], "src", "train")
+    scenes = make_scenes(src, seed=3, scenes=24)
+    h, w = scenes.images.shape[-2:]
+    torch.manual_seed(5)
+    images, objects = BatchAugment(AugmentConfig(**augment), 11).geometric_with_objects(scenes.images,
+                                                                                        scenes.objects)
+    torch.manual_seed(5)  # the same draws again, applied image by image by torchvision's v2 functionals
+    if "crop_padding" in augment:
+        p = augment["crop_padding"]
+        dy, dx, flip = _crop_flip_draw(len(images), p, True)
+    dropped = 0
+    for i in range(len(images)):
+        image = tv_tensors.Image(scenes.images[i])
+        boxes = tv_tensors.BoundingBoxes(scenes.objects[i, :, 1:], format="XYXY", canvas_size=(h, w),
+                                         clamping_mode=None)  # moved, not clamped: to see where the centres went
+        if "crop_padding" in augment:
+            image, boxes = TF.pad(image, [p]), TF.pad(boxes, [p])
+            top, left = int(dy[i]), int(dx[i])
+            image, boxes = TF.crop(image, top, left, h, w), TF.crop(boxes, top, left, h, w)
+            if flip[i]:
+                image, boxes = TF.horizontal_flip(image), TF.horizontal_flip(boxes)
+        else:
+            top, left, ch, cw = RandomResizedCrop.get_params(scenes.images[i], (0.3, 1.0), (3 / 4, 4 / 3))
+            image = TF.resized_crop(image, top, left, ch, cw, [h, w], antialias=True)
+            boxes = TF.resized_crop(boxes, top, left, ch, cw, [h, w])
+        expected = _reference_boxes(scenes.objects[i], boxes.as_subclass(torch.Tensor).float(), h, w)
+        assert torch.equal(images[i], image.as_subclass(torch.Tensor))
+        assert torch.allclose(objects[i], expected, atol=1e-4)
+        dropped += int(((scenes.objects[i, :, 0] >= 0) & (objects[i, :, 0] < 0)).sum())
+    assert dropped > 0 and not torch.equal(objects, scenes.objects)  # the draws did drop and move boxes
+
+
 @pytest.mark.parametrize("name", DETECTORS)
 def test_each_detector_equals_torchvisions_with_its_own_transform(name):
     from torchvision.models.detection.transform import GeneralizedRCNNTransform
@@ -197,8 +254,8 @@ def test_data_without_boxes_and_crops_are_refused_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match="has no boxes"):
         fit(model="retinanet_small", data="sample", epochs=1, train_images=32, out=str(tmp_path / "a"),
             progress=False)
-    with pytest.raises(ConfigError, match="crop_padding is not available for detection"):
-        fit(model="retinanet_small", augment={"crop_padding": 4}, epochs=1, train_images=32,
+    with pytest.raises(ConfigError, match="erasing is not available for detection"):
+        fit(model="retinanet_small", augment={"erasing": 0.25}, epochs=1, train_images=32,
             out=str(tmp_path / "b"), progress=False)
 
 

@@ -171,8 +171,9 @@ class Detection(Task):
         return replace(data, masks=None, instances=None, native_masks=None)
 
     def objective(self, cfg: Any) -> Objective:
-        refuse_augmentations(cfg.augment, ("resized_crop", "crop_padding", "policy", "erasing", "mixup", "cutmix"),
-                             "detection yet", "it would not move the boxes with the images", "hflip")
+        refuse_augmentations(cfg.augment, ("policy", "erasing", "mixup", "cutmix"), "detection",
+                             "it would change objects without moving or dropping their boxes",
+                             "hflip, crop_padding or resized_crop, which move the boxes with the images")
         if cfg.pretext or cfg.distill:
             raise ConfigError("RotNet pretraining and distillation are for classification; detection trains with "
                               "its detector's own losses")
