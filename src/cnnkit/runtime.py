@@ -242,6 +242,22 @@ def reuse_freed_memory() -> Iterator[bool]:
                 libc.malloc_trim(0)  # the kept memory goes back now; the limits stay (see above)
 
 
+NHWC_1X1_MIN_CHANNELS = 16  # oneDNN's input-channel block on AVX-512 (8 on AVX2): below it, the bug below
+
+
+def nhwc_training_hazard(model: torch.nn.Module) -> str | None:
+    """Why training `model` channels-last on a CPU is unsafe, or None: oneDNN's backward-by-weights of a strided
+    1×1 convolution on channels-last data with fewer input channels (per group) than its channel block writes past
+    its workspace (uxlfoundation/oneDNN#6035, open): heap corruption and a crash on some CPUs (AMD EPYC, AVX-512
+    here), wrong weight gradients on others. Found on cnnkit's detectors at width 8 (an 8-channel shortcut)."""
+    for name, m in model.named_modules():
+        if (isinstance(m, torch.nn.Conv2d) and tuple(m.kernel_size) == (1, 1) and tuple(m.stride) != (1, 1)
+                and m.in_channels // m.groups < NHWC_1X1_MIN_CHANNELS and any(p.requires_grad for p in m.parameters())):
+            return (f"its strided 1×1 convolution {name} has {m.in_channels // m.groups} input channels, where oneDNN's "
+                    f"channels-last backward corrupts memory (oneDNN issue 6035)")
+    return None
+
+
 def faster_inference_layout(model: torch.nn.Module, shape: tuple[int, ...], batch: int, device: torch.device,
                             rounds: int = 3, dtype: torch.dtype | None = None) -> bool:
     """Whether channels-last runs `model` (in eval mode, on `batch` inputs of `shape`, under autocast to

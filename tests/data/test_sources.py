@@ -15,7 +15,8 @@ from cnnkit.errors import DataError
 def test_each_name_goes_to_its_sources_loader_and_only_names_a_source_takes(monkeypatch):
     assert DATASETS == ["sample", "fashion-mnist", "mnist", "cifar10", "cluttered-fashion-mnist", "cluttered-sample",
                         "fashion-scenes", "fashion-scenes-full", "fashion-mnist-c", "mnist-c", "cifar10-c", "sample-c", "imagefolder:<dir>",
-                        "masks:<dir>", "voc:<dir>", "coco:<file.json>", "webdataset:<dir>"]
+                        "masks:<dir>", "voc:<dir>", "coco:<file.json>", "yolo:<dir or data.yaml>", "voc-boxes:<dir>",
+                        "coco-boxes:<file.json>", "webdataset:<dir>"]
     asked = []
     fake = Source(lambda name, split, options: asked.append((name, split, options.seed)), argument="<dir>")
     monkeypatch.setitem(SOURCES, "imagefolder", fake)

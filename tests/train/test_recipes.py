@@ -117,3 +117,25 @@ def test_train_says_and_records_what_auto_chose(trained_run):
     assert saved["channels_last"] == "auto"
     assert saved["chosen"]["layout"].split(" ")[0] in ("channels-last", "NCHW")
     assert "float32" in saved["chosen"]["precision"] or "bfloat16" in saved["chosen"]["precision"]
+
+
+def test_a_model_that_onednn_would_corrupt_channels_last_trains_nchw():
+    """oneDNN's channels-last backward of a strided 1×1 convolution with few input channels writes past its
+    workspace (uxlfoundation/oneDNN#6035: a crash on some CPUs, wrong gradients on others): such a model trains
+    NCHW whatever the layout option says, and the note names the layer."""
+    import torch
+    import torch.nn as nn
+
+    from cnnkit.runtime import nhwc_training_hazard
+    from cnnkit.train import layout
+
+    risky = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 16, 1, stride=2))
+    safe = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(16, 16, 1, stride=2), nn.Conv2d(8, 8, 1))
+    assert nhwc_training_hazard(safe) is None
+    assert "1 has 8 input channels" in nhwc_training_hazard(risky)
+    frozen = nn.Sequential(nn.Conv2d(8, 16, 1, stride=2).requires_grad_(False))  # no weight gradient: no backward
+    assert nhwc_training_hazard(frozen) is None
+    for option in ("auto", True):
+        dtype, last, _, note = layout.choose_execution(risky, "risky", {}, (1, 16, 16), 8, torch.device("cpu"), "off",
+                                                       option)
+        assert (dtype, last) == (None, False) and note.startswith("NCHW (not channels-last: its strided 1×1")

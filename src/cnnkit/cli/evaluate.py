@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from cnnkit.cli.console import err, machine_format, percent, print_rows, stdout, summary
-from cnnkit.cli.options import (Adapt, AdaptAlpha, Amp, Artifact, DataDir, Device, IgnoreClassNames, Strict,
-                                TentLr, Tta, check_early, check_out_folder)
+from cnnkit.cli.options import (Adapt, AdaptAlpha, Amp, Artifact, DataDir, Device, DropBadBoxes, IgnoreClassNames,
+                                Strict, TentLr, Tta, check_early, check_out_folder)
 from cnnkit.errors import ConfigError
 
 
@@ -27,6 +27,7 @@ def eval_(
                                                      "run).")] = None,
     device: Device = "auto",
     strict: Strict = False,
+    drop_bad_boxes: DropBadBoxes = False,
     ignore_class_names: IgnoreClassNames = False,
     amp: Amp = "off",
     adapt: Adapt = None,
@@ -76,7 +77,7 @@ def eval_(
     r = evaluate(checkpoint, data, split, data_dir=data_dir, tta=tta, device=device, out_dir=out_dir, strict=strict,
                  scales=parse_scales(scales), window=window,
                  ignore_class_names=ignore_class_names, amp=amp, adapt=adapt, alpha=alpha, tent_lr=tent_lr,
-                 batch_size=batch_size, images=images)
+                 batch_size=batch_size, images=images, drop_bad_boxes=drop_bad_boxes)
     m = r.metrics
     if m.get("per_class"):  # a classifier's precision, recall and F1 per class
         t = Table(title="per class", title_justify="left")
@@ -182,18 +183,30 @@ def predict(
                                                  "most 1 Mpixel) or window (the image's own, in overlapping "
                                                  "windows of the training size). The mask is at the image's "
                                                  "size in each case.")] = "model",
+    boxes_out: Annotated[Optional[Path], typer.Option(help="Detection models: draw each image's detections on it "
+                                                           "(<stem>.png, at the image's size) and write boxes.json "
+                                                           "(every image's detections) into this folder.")] = None,
+    score_threshold: Annotated[Optional[float], typer.Option(help="Detection models: answer the detections scoring "
+                                                                  "at least this (default 0.25).")] = None,
+    nms_iou: Annotated[Optional[float], typer.Option(help="Detection models: the IoU above which non-maximum "
+                                                          "suppression drops the lower-scoring of two boxes of a "
+                                                          "class (default: the detector's own).")] = None,
 ) -> None:
     """Top-k classes for image files of any size and mode (here, or by a running service with --url); a
-    segmentation model's classes by their share of the pixels, and with --masks-out the masks."""
+    segmentation model's classes by their share of the pixels, and with --masks-out the masks; a detection
+    model's boxes, and with --boxes-out the images with their boxes drawn."""
     fmt = machine_format(as_json, as_csv)
     check_out_folder(masks_out, "--masks-out")
+    check_out_folder(boxes_out, "--boxes-out")
     if (checkpoint is None) == (url is None):
         raise ConfigError("give --checkpoint RUN (predict here) or --url http://HOST:PORT/v1/models/NAME "
                           "(ask a running cnnkit serve), one of the two")
     if url is not None:
         local = [o for o, given in (("--tta", tta), ("--strict", strict), ("--device", device != "auto"),
                                     ("--amp", amp != "off"), ("--adapt", adapt is not None),
-                                    ("--input-size", input_size != "model")) if given]
+                                    ("--input-size", input_size != "model"), ("--boxes-out", boxes_out is not None),
+                                    ("--score-threshold", score_threshold is not None),
+                                    ("--nms-iou", nms_iou is not None)) if given]
         if local:
             raise ConfigError(f"{', '.join(local)} set how predictions run here; with --url the service decides "
                               f"(start it with the options you want), so leave them out")
@@ -210,9 +223,11 @@ def predict(
 
         preds = predict_files(checkpoint, inputs, topk=topk, tta=tta, device=device, strict=strict, amp=amp,
                               adapt=adapt, alpha=alpha, tent_lr=tent_lr, batch_size=batch_size, masks_out=masks_out,
-                              input_size=input_size, keep_masks=False)
+                              input_size=input_size, keep_masks=False, boxes_out=boxes_out,
+                              score_threshold=score_threshold, nms_iou=nms_iou)
         source = {"checkpoint": checkpoint}
-    _print_predictions(preds, fmt, {**source, **({"masks": masks_out} if masks_out is not None else {})})
+    _print_predictions(preds, fmt, {**source, **({"masks": masks_out} if masks_out is not None else {}),
+                                    **({"boxes": boxes_out} if boxes_out is not None else {})})
 
 
 def _print_predictions(preds: list[Any], fmt: Optional[str], source: dict[str, Any]) -> None:
@@ -227,7 +242,7 @@ def _print_predictions(preds: list[Any], fmt: Optional[str], source: dict[str, A
         return
     t = Table(title="predictions", title_justify="left")
     t.add_column("image", overflow="fold")
-    for i in range(max(len(p.answer) for p in preds)):
+    for i in range(max(len(_cells(p.answer, p.shown)) for p in preds)):
         t.add_column(f"#{i + 1}")
     for p in preds:
         t.add_row(str(p.path), *_cells(p.answer, p.shown))
@@ -236,10 +251,11 @@ def _print_predictions(preds: list[Any], fmt: Optional[str], source: dict[str, A
 
 
 def _mask_fields(p: Any) -> dict[str, Any]:
-    """What a segmentation prediction adds to its JSON line: the image's size, every class's area, the files."""
+    """What a segmentation or detection prediction adds to its JSON line: the image's size, every class's area
+    (segmentation), the files written."""
     if p.size is None:
         return {}
-    return {"height": p.size[0], "width": p.size[1], "areas": p.areas,
+    return {"height": p.size[0], "width": p.size[1], **({"areas": p.areas} if p.areas else {}),
             **{name: str(Path(f).absolute()) for name, f in p.files.items()}}
 
 

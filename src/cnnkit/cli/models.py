@@ -100,7 +100,8 @@ def _data_shape(cfg) -> tuple[tuple[int, int, int], int]:  # noqa: ANN001 - a Tr
     from cnnkit.data import load_dataset
 
     ds = load_dataset(cfg.data, "test", data_dir=cfg.data_dir, download=cfg.download, img_size=cfg.img_size,
-                      test_fraction=cfg.test_fraction, seed=cfg.data_split_seed)
+                      test_fraction=cfg.test_fraction, seed=cfg.data_split_seed,
+                      bad_boxes="drop" if cfg.drop_bad_boxes else "error")
     return (ds.in_chans, *ds.img_size), len(ds.classes)
 
 

@@ -23,6 +23,7 @@ TRAINING_HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(TrainCon
 Device = Annotated[str, typer.Option(help=TRAINING_HELP["device"])]
 DataDir = Annotated[Optional[Path], typer.Option(help=TRAINING_HELP["data_dir"])]
 Strict = Annotated[bool, typer.Option("--strict", help=TRAINING_HELP["strict"])]
+DropBadBoxes = Annotated[bool, typer.Option("--drop-bad-boxes", help=TRAINING_HELP["drop_bad_boxes"])]
 ModelKw = Annotated[Optional[list[str]], typer.Option("--model-kw", help=TRAINING_HELP["model_kwargs"])]
 
 # -- how a training command runs (not what it trains) ----------------------------------------------------------

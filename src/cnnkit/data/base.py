@@ -179,7 +179,8 @@ class FileSet:
 class LoadOptions:
     """How `load_dataset` was asked to load a set, handed to the source's loader: where the files are, whether
     to download them, whether an unreadable image is an error, and, for image folders, the format to decode
-    to and how a flat folder's test split is held out (`test_fraction` of each class, chosen by `seed`)."""
+    to and how a flat folder's test split is held out (`test_fraction` of each class, chosen by `seed`), and,
+    for detection files, whether a bad box is an error ("error") or left out with a warning ("drop")."""
 
     data_dir: str | os.PathLike | None = None
     download: bool = False
@@ -188,6 +189,7 @@ class LoadOptions:
     in_chans: int | None = None
     test_fraction: float = 0.2
     seed: int = 0
+    bad_boxes: str = "error"
 
 
 @dataclass(frozen=True)

@@ -114,41 +114,47 @@ def _mapped_by_name(ckpt: LoadedCheckpoint, data: ImageData, order: list[int]) -
 
 @dataclass(frozen=True)
 class DataSource:
-    """Which data to measure a checkpoint on, and how a flat image folder's test split was held out."""
+    """Which data to measure a checkpoint on, how a flat image folder's test split was held out, and whether
+    a detection file's bad boxes are left out ("drop") or refused ("error")."""
 
     name: str
     data_dir: str | None
     test_fraction: float
     seed: int
+    bad_boxes: str = "error"
 
 
 def checkpoint_data_source(ckpt: LoadedCheckpoint, data: str | None = None,
-                           data_dir: str | os.PathLike | None = None) -> DataSource:
+                           data_dir: str | os.PathLike | None = None, drop_bad_boxes: bool = False) -> DataSource:
     """`data` (default: the checkpoint's own dataset, else the sample), its data_dir (default: the one the
-    checkpoint was trained with, for its own dataset), and the test fraction and split seed it recorded
-    (default 0.2 and 0)."""
+    checkpoint was trained with, for its own dataset), the test fraction and split seed it recorded
+    (default 0.2 and 0), and whether bad boxes are dropped: when asked, or for its own dataset when its run
+    dropped them (`--drop-bad-boxes`)."""
     meta: dict[str, Any] = ckpt.meta
     dataset = meta.get("dataset") or {}
     own = dataset.get("name")
     name = data or own or "sample"
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
     if data_dir is None and name == own:
-        data_dir = (meta.get("config") or {}).get("data_dir")
+        data_dir = config.get("data_dir")
     fraction = dataset.get("test_fraction")
     seed = dataset.get("split_seed")
+    drop = drop_bad_boxes or (name == own and config.get("drop_bad_boxes") is True)
     return DataSource(name, None if data_dir is None else str(data_dir),
-                      0.2 if fraction is None else float(fraction), 0 if seed is None else int(seed))
+                      0.2 if fraction is None else float(fraction), 0 if seed is None else int(seed),
+                      "drop" if drop else "error")
 
 
 def load_checkpoint_data(ckpt: LoadedCheckpoint, data: str | None = None, split: str = "test",
                          data_dir: str | os.PathLike | None = None, strict: bool = False,
                          ignore_class_names: bool = False, check: bool = True,
-                         match_classes: bool = True) -> ImageData:
+                         match_classes: bool = True, drop_bad_boxes: bool = False) -> ImageData:
     """`split` of `data` (see `checkpoint_data_source`) at the checkpoint's channels and H×W, checked to fit
     it (unless `check` is False: then call `check_compatible` yourself and use the set it returns), its labels
     the model's class indices (the same classes in another order are mapped by name). `split="val"`: the
     training images the checkpoint's run held out for validation."""
-    return load_source_split(ckpt, checkpoint_data_source(ckpt, data, data_dir), split, strict, ignore_class_names,
-                             check, match_classes)
+    return load_source_split(ckpt, checkpoint_data_source(ckpt, data, data_dir, drop_bad_boxes), split, strict,
+                             ignore_class_names, check, match_classes)
 
 
 def load_source_split(ckpt: LoadedCheckpoint, src: DataSource, split: str = "test", strict: bool = False,
@@ -158,7 +164,7 @@ def load_source_split(ckpt: LoadedCheckpoint, src: DataSource, split: str = "tes
         raise DataError(f"split must be train, val (the images the run held out for validation) or test, got {split!r}")
     ds = load_dataset(src.name, "train" if split == "val" else split, data_dir=src.data_dir, strict=strict,
                       img_size=tuple(ckpt.img_size), in_chans=ckpt.in_chans, test_fraction=src.test_fraction,
-                      seed=src.seed)
+                      seed=src.seed, bad_boxes=src.bad_boxes)
     if split == "val":
         ds = held_out_for_validation(ckpt, ds)
     if check:  # the same classes in another order come back renumbered as the model's

@@ -16,13 +16,17 @@ DEFAULT_VAL_FRACTION = 0.1  # `cnnkit train`'s share of the training split held 
 # corruption benchmarks, which only evaluation reads
 TRAINING_DATASETS = ("sample", "fashion-mnist", "mnist", "cifar10", "cluttered-fashion-mnist", "cluttered-sample",
                      "fashion-scenes", "fashion-scenes-full", "imagefolder:<dir>", "masks:<dir>", "voc:<dir>",
-                     "coco:<file.json>", "webdataset:<dir>")
+                     "coco:<file.json>", "yolo:<dir or data.yaml>", "voc-boxes:<dir>", "coco-boxes:<file.json>",
+                     "webdataset:<dir>")
 BENCHMARK_DATASETS = ("fashion-mnist-c", "mnist-c", "cifar10-c", "sample-c")
 # the data sets whose targets are a class per pixel (a name, or a source before its "name:" argument): training
 # on them is the `segment` task unless told otherwise
 SEGMENTATION_DATASETS = ("fashion-scenes", "fashion-scenes-full", "masks", "voc", "coco")
+# the sources whose targets are boxes of classes (cnnkit.data.boxfiles): training on them is the `detect` task
+# unless told otherwise
+DETECTION_SOURCES = ("yolo", "voc-boxes", "coco-boxes")
 # the sources whose argument is a path (made absolute where a run's options enter, and in reports)
-PATH_SOURCES = ("imagefolder", "webdataset", "masks", "voc", "coco")
+PATH_SOURCES = ("imagefolder", "webdataset", "masks", "voc", "coco", *DETECTION_SOURCES)
 POLICIES = ("none", "trivialaugment", "randaugment")
 # a segmentation mask's value for pixels that count nowhere (unlabelled, VOC's object boundaries, COCO's crowds)
 IGNORE = 255
@@ -31,6 +35,11 @@ IGNORE = 255
 def is_segmentation_data(data: str) -> bool:
     """Whether `data` (`fashion-scenes`, `voc:DIR`, ...) labels each pixel (see SEGMENTATION_DATASETS)."""
     return data.partition(":")[0] in SEGMENTATION_DATASETS
+
+
+def is_detection_data(data: str) -> bool:
+    """Whether `data` (`yolo:DIR`, `voc-boxes:DIR`, `coco-boxes:FILE.json`) is boxes from files (DETECTION_SOURCES)."""
+    return data.partition(":")[0] in DETECTION_SOURCES
 
 
 @dataclass

@@ -7,7 +7,8 @@ import os
 from dataclasses import dataclass
 from functools import partial
 
-from cnnkit.data import bundled, cluttered, corruptions, imagefolder, published, scenes, segfolders, shards
+from cnnkit.data import (boxfiles, bundled, cluttered, corruptions, imagefolder, published, scenes, segfolders,
+                         shards)
 from cnnkit.data.base import ImageData, ImageSize, Loader, LoadOptions, TrainingData, TrainingOpener
 from cnnkit.errors import ConfigError, DataError, close_matches
 
@@ -56,6 +57,10 @@ SOURCES: dict[str, Source] = {
     "masks": Source(segfolders.load, segfolders.open_training, argument="<dir>"),
     "voc": Source(segfolders.load, segfolders.open_training, argument="<dir>"),
     "coco": Source(segfolders.load, segfolders.open_training, argument="<file.json>"),
+    # detection in the user's formats (in memory only): the YOLO layout, Pascal VOC's boxes, a COCO file's boxes
+    "yolo": Source(boxfiles.load, argument="<dir or data.yaml>"),
+    "voc-boxes": Source(boxfiles.load, argument="<dir>"),
+    "coco-boxes": Source(boxfiles.load, argument="<file.json>"),
     # shards written by `cnnkit data shard`: streamed for training, decoded into memory otherwise
     "webdataset": Source(shards.load, shards.open_training, argument="<dir>"),
 }
@@ -64,24 +69,28 @@ DATASETS = [f"{name}:{source.argument}" if source.argument else name for name, s
 
 def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | None = None,
                  download: bool = False, strict: bool = False, img_size: ImageSize | None = None,
-                 in_chans: int | None = None, test_fraction: float = 0.2, seed: int = 0) -> ImageData:
+                 in_chans: int | None = None, test_fraction: float = 0.2, seed: int = 0,
+                 bad_boxes: str = "error") -> ImageData:
     """Load a named dataset split ('train' or 'test') into memory.
 
     `img_size` (N or (H, W)), `in_chans`, `test_fraction` and `seed` apply to image folders: a flat folder
     of class folders holds `test_fraction` of each class out, chosen by `seed`, as its test split (likewise
-    the segmentation folders `masks:DIR` without train/ and test/, and `coco:FILE.json`)."""
+    the segmentation folders `masks:DIR` without train/ and test/, and `coco:FILE.json`, and the detection
+    files). `bad_boxes` "drop" leaves a detection file's bad boxes out (with a warning) instead of refusing them."""
     if split not in ("train", "test"):
         raise DataError(f"split must be 'train' or 'test', got {split!r}")
-    return _load(name, split, LoadOptions(data_dir, download, strict, img_size, in_chans, test_fraction, seed))
+    return _load(name, split, LoadOptions(data_dir, download, strict, img_size, in_chans, test_fraction, seed,
+                                          bad_boxes))
 
 
 def open_training_data(name: str, mode: str = "auto", processes: int = 1, validation: bool = True,
                        data_dir: str | os.PathLike | None = None, download: bool = False, strict: bool = False,
-                       img_size: ImageSize | None = None, test_fraction: float = 0.2, seed: int = 0) -> TrainingData:
+                       img_size: ImageSize | None = None, test_fraction: float = 0.2, seed: int = 0,
+                       bad_boxes: str = "error") -> TrainingData:
     """The training split of a named dataset as training reads it (see `TrainingData`): in memory, or as the
     source streams it (image folders by `mode`; WebDataset shards, with their own validation split)."""
     source = _source(name)
-    options = LoadOptions(data_dir, download, strict, img_size, None, test_fraction, seed)
+    options = LoadOptions(data_dir, download, strict, img_size, None, test_fraction, seed, bad_boxes)
     if source.train is not None:
         return source.train(name, options, mode, processes, validation)
     if mode == "stream":

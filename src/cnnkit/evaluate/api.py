@@ -78,14 +78,15 @@ def evaluate(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str | None 
              device: str = "auto", out_dir: str | os.PathLike | None = None, strict: bool = False,
              amp: str = "off", ignore_class_names: bool = False, adapt: str | None = None,
              alpha: float | None = None, tent_lr: float = 1e-3, scales: list[float] | None = None,
-             window: bool = False, images: int | None = None) -> EvalResult:
+             window: bool = False, images: int | None = None, drop_bad_boxes: bool = False) -> EvalResult:
     """Top-1/top-5, per-class precision/recall/F1 and ECE of a checkpoint on `split` of `data` (default: the
     checkpoint's own dataset, with the test split it held out); writes JSON and a confusion PNG to out_dir.
     `adapt` (bn, alpha-bn, tent) adapts a copy of the model to the test batches of `batch_size` as it goes
     (see cnnkit.evaluate.adapt). For a corruption benchmark (e.g. fashion-mnist-c) use `evaluate_corruptions`.
     A segmentation model can be run at several input `scales` (probabilities averaged) and, on images larger than
     it was trained at, in overlapping `window`s of its training size instead of whole. `images` scores a
-    stratified, seeded subset of that many images of the split (a quick look; the JSON records `subset`)."""
+    stratified, seeded subset of that many images of the split (a quick look; the JSON records `subset`).
+    `drop_bad_boxes` leaves a detection file's bad boxes out (as its run did, for its own data, unasked)."""
     _check_tta(tta, adapt)
     if images is not None and images < 1:
         raise ConfigError(f"images must be at least 1, got {images}")
@@ -101,7 +102,8 @@ def evaluate(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str | None 
     data = checkpoint_data_source(ckpt, data).name
     task = task_of(ckpt)
     ds = load_checkpoint_data(ckpt, data, split, data_dir=data_dir, strict=strict,
-                              ignore_class_names=ignore_class_names, match_classes=task.outputs_are_classes)
+                              ignore_class_names=ignore_class_names, match_classes=task.outputs_are_classes,
+                              drop_bad_boxes=drop_bad_boxes)
     ds = task.data_for(ds)
     whole = len(ds)
     if images is not None and images < whole:  # each class its share (one more for rounding), then exactly `images`
@@ -217,20 +219,37 @@ def predict(checkpoint: str | os.PathLike | LoadedCheckpoint, inputs: list[str |
             tta: bool = False, device: str = "auto", strict: bool = False,
             batch_size: int = 256, amp: str = "off", adapt: str | None = None, alpha: float | None = None,
             tent_lr: float = 1e-3, masks_out: str | os.PathLike | None = None, input_size: str = "model",
-            keep_masks: bool = True) -> list[Prediction]:
+            keep_masks: bool = True, boxes_out: str | os.PathLike | None = None, score_threshold: float | None = None,
+            nms_iou: float | None = None) -> list[Prediction]:
     """Top-k predictions for image files or folders of any size and mode, converted to what the model expects;
     `adapt` adapts a copy of the model to the images, `batch_size` at a time, in the order given.
     A segmentation model answers each image's mask at the image's own size and its classes' areas (`input_size`:
     the model sees the image at its training size, `model`, at the image's own, `native`, or at the image's own in
     windows of its training size, `window`; see cnnkit.evaluate.masks); `masks_out` writes each mask (palette
     PNG), an overlay and areas.json there; `keep_masks=False` leaves the masks out of the answers (many large
-    images)."""
+    images).
+    A detection model answers each image's detections scoring at least `score_threshold` (default 0.25), boxes in
+    the image's own pixels (see cnnkit.evaluate.boxes); `nms_iou` sets its suppression's IoU; `boxes_out` draws
+    them into that folder with a boxes.json."""
+    from cnnkit.evaluate.boxes import check_postprocess
+
     _check_tta(tta, adapt)
     check_input_size(input_size)
+    check_postprocess(score_threshold, nms_iou)
     dev = pick_device(device, cpu_only_artifact(checkpoint))
     ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load(checkpoint, dev)
     _adaptable(ckpt, adapt, alpha, tent_lr)
     ckpt.model.to(dev)
+    if task_of(ckpt).name == "detect":
+        if adapt is not None or masks_out is not None or input_size != "model":
+            raise ConfigError("--adapt, --masks-out and --input-size are for classification and segmentation; a "
+                              "detector sees each image at its training size (use --boxes-out to draw its boxes)")
+        return _predict_boxes(ckpt, inputs, topk, tta, dev, strict, batch_size, amp, boxes_out, score_threshold,
+                              nms_iou)
+    for given, option in ((boxes_out is not None, "--boxes-out"), (score_threshold is not None, "--score-threshold"),
+                          (nms_iou is not None, "--nms-iou")):
+        if given:
+            raise ConfigError(f"{option} is for detection models; {ckpt.path.name} is a {task_of(ckpt).name} model")
     if task_of(ckpt).name == "segment":
         return _predict_masks(ckpt, inputs, topk, tta, dev, strict, batch_size, amp, masks_out, input_size,
                               keep_masks)
@@ -247,6 +266,58 @@ def predict(checkpoint: str | os.PathLike | LoadedCheckpoint, inputs: list[str |
     answers = task.answer(outputs, ckpt.classes, topk)
     return [Prediction(f, top, [f"{name} {task.format_value(v)}" for name, v in top], answer)
             for f, top, answer in zip(kept, task.predictions(outputs, ckpt.classes, topk), answers)]
+
+
+def _predict_boxes(ckpt: LoadedCheckpoint, inputs: list[str | os.PathLike], topk: int, tta: bool, dev: torch.device,
+                   strict: bool, batch_size: int, amp: str, boxes_out: str | os.PathLike | None,
+                   score_threshold: float | None, nms_iou: float | None) -> list[Prediction]:
+    """`predict` for a detection model: each image's detections at its own size (all of them in the answer, the
+    best `topk` in the table's cells), drawn into `boxes_out`."""
+    from cnnkit.data.images import decoded_images, list_image_files, to_model_input
+    from cnnkit.evaluate.boxes import DEFAULT_SCORE_THRESHOLD, BoxFolder, scaled_answer
+
+    task, classes, model = task_of(ckpt), ckpt.classes, ckpt.model
+    threshold = DEFAULT_SCORE_THRESHOLD if score_threshold is None else score_threshold
+    restore = None
+    if nms_iou is not None or score_threshold is not None:
+        if not hasattr(model, "set_postprocess"):
+            if nms_iou is not None:
+                raise ConfigError(f"--nms-iou sets a checkpoint's suppression; {ckpt.path.name} is an exported graph "
+                                  f"with its suppression inside (export it again with --nms-iou)")
+        else:  # the detector's own threshold and IoU, put back afterwards (`ckpt` may be the caller's)
+            restore = model.postprocess
+            model.set_postprocess(score_threshold=score_threshold, nms_iou=nms_iou)
+    folder = BoxFolder(boxes_out, list_image_files(list(inputs))) if boxes_out is not None else None
+    normalize, precision = Normalize(*ckpt.normalization, dev), autocast_dtype(amp, dev)
+    out: list[Prediction] = []
+
+    def run(batch: list[tuple[Path, Any]]) -> None:
+        x = normalize(torch.stack([to_model_input(im, ckpt.in_chans, ckpt.img_size) for _, im in batch]).to(dev))
+        with torch.no_grad(), autocast(dev, precision):
+            detections = task.infer(model, x, tta)
+        for (path, image), det in zip(batch, detections):
+            answer = scaled_answer(det, classes, ckpt.img_size, (image.height, image.width), threshold)
+            files = folder.write_boxes(path, image, answer, classes) if folder is not None else {}
+            out.append(Prediction(path, [(a["class"], a["score"]) for a in answer],
+                                  [f"{a['class']} {task.format_value(a['score'])}" for a in answer[:topk]], answer,
+                                  (image.height, image.width), files=files))
+
+    try:
+        batch: list[tuple[Path, Any]] = []
+        for item in decoded_images(list(inputs), strict):
+            batch.append(item)
+            if len(batch) == batch_size:
+                run(batch)
+                batch = []
+        if batch:
+            run(batch)
+    finally:
+        if restore is not None:
+            model.set_postprocess(**restore)
+    if folder is not None:
+        folder.finish_boxes({"checkpoint": os.path.abspath(ckpt.path), "score_threshold": threshold,
+                             **({"nms_iou": nms_iou} if nms_iou is not None else {})}, classes)
+    return out
 
 
 def _predict_masks(ckpt: LoadedCheckpoint, inputs: list[str | os.PathLike], topk: int, tta: bool, dev: torch.device,

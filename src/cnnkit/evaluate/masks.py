@@ -232,13 +232,15 @@ class MaskFolder:
     and one `areas.json`; names made unique within a call (`<stem>-2`, ...). Every file is checked before the
     first is written: cnnkit replaces only files it wrote there."""
 
+    summary_file = AREAS_FILE  # the one file that records every image written
+
     def __init__(self, folder: str | os.PathLike, files: list[Path], option: str = "--masks-out"):
         from cnnkit.artifacts.files import OutputDir, check_out_dir
 
         self.root, self.option = Path(folder).expanduser(), option
         check_out_dir(self.root, option=option)
         self.names: dict[Path, str] = {}
-        taken = {Path(AREAS_FILE).stem}
+        taken = {Path(self.summary_file).stem}
         for f in files:
             stem, n = f.stem, 1
             while stem in taken or f"{stem}-overlay" in taken:
@@ -246,7 +248,7 @@ class MaskFolder:
                 stem = f"{f.stem}-{n}"
             taken |= {stem, f"{stem}-overlay"}
             self.names[f] = stem
-        planned = [p for s in self.names.values() for p in self.files_of(s).values()] + [self.root / AREAS_FILE]
+        planned = [p for s in self.names.values() for p in self.files_of(s).values()] + [self.root / self.summary_file]
         OutputDir.of(self.root).check_free(planned, option)
         self.records: list[dict[str, Any]] = []
         self.claimed = False
@@ -254,15 +256,21 @@ class MaskFolder:
     def files_of(self, stem: str) -> dict[str, Path]:
         return {"mask": self.root / f"{stem}.png", "overlay": self.root / f"{stem}-overlay.png"}
 
-    def write(self, path: Path, image: Image.Image, mask: torch.Tensor, palette: list[tuple[int, int, int]],
-              classes: list[str], areas: dict[str, dict[str, Any]], mask_bytes: bytes | None = None) -> dict[str, Path]:
-        """Write one image's mask (`mask_bytes` if given, e.g. a service's PNG) and overlay; the files written."""
-        from cnnkit.artifacts import atomic_write_bytes, claim_dir
+    def claimed_files(self, path: Path) -> dict[str, Path]:
+        """The files of the image at `path`, the folder claimed as cnnkit's before the first is written."""
+        from cnnkit.artifacts import claim_dir
 
         if not self.claimed:
             claim_dir(self.root, option=self.option)
             self.claimed = True
-        files = self.files_of(self.names[path])
+        return self.files_of(self.names[path])
+
+    def write(self, path: Path, image: Image.Image, mask: torch.Tensor, palette: list[tuple[int, int, int]],
+              classes: list[str], areas: dict[str, dict[str, Any]], mask_bytes: bytes | None = None) -> dict[str, Path]:
+        """Write one image's mask (`mask_bytes` if given, e.g. a service's PNG) and overlay; the files written."""
+        from cnnkit.artifacts import atomic_write_bytes
+
+        files = self.claimed_files(path)
         atomic_write_bytes(files["mask"], mask_bytes if mask_bytes is not None else mask_png(mask, palette))
         atomic_write_bytes(files["overlay"], overlay_png(image, mask, palette, classes))
         self.records.append({"image": str(Path(path).absolute()), "height": int(mask.shape[0]),
@@ -274,7 +282,8 @@ class MaskFolder:
         """Write areas.json: where the masks came from, the classes and palette, and each image's record."""
         from cnnkit.artifacts import atomic_write_text
 
-        path = self.root / AREAS_FILE
-        body = {**source, "classes": classes, "palette": [list(c) for c in palette], "images": self.records}
+        path = self.root / self.summary_file
+        body = {**source, "classes": classes, **({"palette": [list(c) for c in palette]} if palette else {}),
+                "images": self.records}
         atomic_write_text(path, json.dumps(body, indent=2) + "\n")
         return path

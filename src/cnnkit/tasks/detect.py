@@ -145,7 +145,11 @@ class Detection(Task):
     score = "map"
     output = "detections"
     any_size = True
-    exportable = False  # torch.export cannot trace torchvision's detectors' per-image post-processing yet
+    # `cnnkit export` takes a detector as ONNX only, post-processing inside (cnnkit.deploy.detect: torch.export
+    # cannot capture torchvision's per-image post-processing, so no .pt2); `cnnkit compress` refuses it (its
+    # int8 artifacts are another issue's), which `exportable = False` tells it
+    exportable = False
+    export_formats = ("onnx",)
 
     def targets(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return labels.float()
@@ -165,7 +169,7 @@ class Detection(Task):
         """The set's objects as the targets; its masks (fashion-scenes has both) left out."""
         if getattr(data, "objects", None) is None:
             raise ConfigError(f"{data.name} has no boxes: the detect task needs data with objects' boxes "
-                              f"(e.g. fashion-scenes)")
+                              f"(e.g. fashion-scenes; your own: coco-boxes:FILE.json, voc-boxes:DIR or yolo:DIR)")
         from dataclasses import replace
 
         return replace(data, masks=None, instances=None, native_masks=None)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnkit.data.settings import (DEFAULT_VAL_FRACTION, PATH_SOURCES, TRAINING_DATASETS, AugmentConfig,
-                                  is_segmentation_data)
+                                  is_detection_data, is_segmentation_data)
 from cnnkit.errors import ConfigError, close_matches
 from cnnkit.train.recipes import family_recipe
 
@@ -33,20 +33,24 @@ class TrainConfig:
     data: str = field(default="sample", metadata={
         "help": f"{', '.join(TRAINING_DATASETS[:-1])} or {TRAINING_DATASETS[-1]} (imagefolder: a folder of class "
                 f"folders; masks: images/ and masks/ folders of index PNGs; voc: the Pascal VOC layout; coco: a COCO "
-                f"instances file (masks, voc and coco train the segment task); webdataset: the shards `cnnkit data "
-                f"shard` wrote, validated on their val shards)."})
+                f"instances file (masks, voc and coco train the segment task); yolo, voc-boxes, coco-boxes: boxes in "
+                f"the YOLO, Pascal VOC or COCO format (they train the detect task); webdataset: the shards `cnnkit "
+                f"data shard` wrote, validated on their val shards)."})
     data_dir: str | None = field(default=None, metadata={
         "help": "Data root (default $CNNKIT_DATA, else ~/.cache/cnnkit/data).", "form": "path"})
     download: bool = field(default=False, metadata={"help": "Fetch the dataset if missing."})
     strict: bool = field(default=False, metadata={  # else unreadable images are skipped (and named)
         "help": "Stop at the first unreadable image."})
     img_size: int | list[int] | None = field(default=None, metadata={  # None: the images' common size, else 64
-        "help": "imagefolder, masks, voc, coco: resize images (and masks) to N×N (e.g. 32) or to height×width "
-                "(e.g. 48x32).", "form": "size"})
+        "help": "imagefolder, masks, voc, coco and the box files: resize images (and masks, boxes) to N×N (e.g. "
+                "32) or to height×width (e.g. 48x32).", "form": "size"})
     test_fraction: float = field(default=0.2, metadata={
         "help": "Flat imagefolder (no train/ and test/ sub-folders): share of each class held out as the test split, "
-                "chosen by --seed (default 0.2); likewise of the images of masks:DIR without train/ and test/, and "
-                "of coco:FILE.json."})
+                "chosen by --seed (default 0.2); likewise of the images of masks:DIR without train/ and test/, "
+                "coco:FILE.json and coco-boxes:FILE.json, and of box files without a test or val split."})
+    drop_bad_boxes: bool = field(default=False, metadata={  # else a bad box is an error (one line, exit 2)
+        "help": "yolo, voc-boxes, coco-boxes: leave out boxes that are malformed, of an unknown class, without area "
+                "or outside their image (one warning counts them) instead of stopping at the first."})
     recipe: str | None = field(default="fast", metadata={
         "help": "Named defaults per dataset: fast or long (default fast)."})
     model_recipe: str | None = None  # which optimization recipe applies: '<recipe>:<data family>' or a model family's
@@ -209,7 +213,7 @@ class TrainConfig:
                  "label_smoothing": float, "dice": float, "ema": float, "kd_temperature": float, "kd_alpha": float,
                  "disc_weight": float, "grad_clip": float, "val_fraction": float,
                  "test_fraction": float, "model": str, "data": str, "optimizer": str, "schedule": str,
-                 "amp": str, "device": str, "download": bool, "strict": bool,
+                 "amp": str, "device": str, "download": bool, "strict": bool, "drop_bad_boxes": bool,
                  "compile": bool, "tta": bool, "deterministic": bool, "sync_bn": bool, "data_mode": str}
         for name, kind in kinds.items():
             value = getattr(self, name)
@@ -260,8 +264,8 @@ def dataset_family(data: str) -> str:
         return "cifar10"
     if data.startswith("cluttered-"):
         return "cluttered"
-    if is_segmentation_data(data):
-        return "scenes"
+    if is_segmentation_data(data) or is_detection_data(data):
+        return "scenes"  # detection files: `scenes-detect` (their task is detect)
     return "imagefolder"
 
 
@@ -351,12 +355,14 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: TrainConfig | 
     model_task = _model_task(given.get("model"))
     if "data" not in given and base is None and model_task in ("segment", "detect"):
         given["data"] = "fashion-scenes"  # a segmentation or detection model's default data: scenes, not the sample
-    if "task" not in given and base is None and model_task == "detect":
-        given["task"] = "detect"  # a detector learns the data's boxes
     data = given.get("data", values["data"])
+    if "task" not in given and base is None and (model_task == "detect" or is_detection_data(data)):
+        given["task"] = "detect"  # a detector learns the data's boxes; boxes train a detector
     family = dataset_family(data)
     if family == "scenes" and given.get("task", values.get("task")) == "detect":
         family = "scenes-detect"
+    elif is_detection_data(data):  # boxes' images for another task (e.g. classify): an image folder's recipe
+        family = "imagefolder"
     preset: dict[str, Any] = {}
     if recipe:
         if recipe not in RECIPES:

@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnkit.runtime import autocast, autocast_dtype, cpu_description, native_bf16_cpu, precision_note
+from cnnkit.runtime import (autocast, autocast_dtype, cpu_description, native_bf16_cpu, nhwc_training_hazard,
+                             precision_note)
 
 TIMED_ROUNDS = 3  # each candidate is timed once per round, rounds interleaved; the fastest step of each counts
 _NAMES = {None: "float32", torch.bfloat16: "bfloat16 autocast", torch.float16: "float16 autocast"}
@@ -72,7 +73,13 @@ def _label(amp: torch.dtype | None, channels_last: bool) -> str:
 def choose_execution(model: nn.Module, model_name: str, model_kwargs: dict[str, Any], shape: tuple[int, ...],
                      batch: int, device: torch.device, amp: str, channels_last: bool | str
                      ) -> tuple[torch.dtype | None, bool, str, str]:
-    """(autocast dtype, channels_last, precision note, layout note) for training `model` on (C, H, W) inputs."""
+    """(autocast dtype, channels_last, precision note, layout note) for training `model` on (C, H, W) inputs.
+    On a CPU, a model that oneDNN's channels-last backward would corrupt memory for trains NCHW whatever
+    `channels_last` says (runtime.nhwc_training_hazard), and the layout note says why."""
+    hazard = nhwc_training_hazard(model) if device.type == "cpu" and channels_last is not False else None
+    if hazard is not None:
+        dtype, _, prec, _ = choose_execution(model, model_name, model_kwargs, shape, batch, device, amp, False)
+        return dtype, False, prec, f"NCHW (not channels-last: {hazard})"
     if device.type != "cpu" or (amp != "auto" and channels_last != "auto"):
         dtype = autocast_dtype(amp, device)
         last = channels_last if channels_last != "auto" else device.type == "cuda"
