@@ -3,6 +3,8 @@ instant leaves a consistent run, and restoring a run from them."""
 
 from __future__ import annotations
 
+import math
+
 import time
 from typing import Any
 
@@ -42,10 +44,13 @@ def save_epoch(run: Run, epoch: int, metrics: dict[str, float]) -> None:
     remove the previous state and rewrite metrics.csv whole."""
     run.history.append({k: metrics.get(k, float("nan")) for k in run.metric_fields})
     score = metrics.get(f"val_{run.task.score}", metrics["epoch"])  # without validation, the latest is best
-    improved = score > run.best_score
-    if improved:
+    # an undefined score (NaN: e.g. a detection validation split without objects) ranks below every score, and
+    # while no epoch has one the latest is best, so that a run always has a best checkpoint
+    undefined = math.isnan(score)
+    improved = score > run.best_score or (undefined and run.best_score == -math.inf)
+    if improved and not undefined:
         run.best_score, run.stale = score, 0
-    else:
+    elif not improved:
         run.stale += 1
     if not run.ranks.main:  # only rank 0 writes; the others wait until it has
         barrier(run.ranks)

@@ -10,6 +10,8 @@ complete epoch. What the model learns is the task's business (`cnnkit.tasks`): t
 
 from __future__ import annotations
 
+import math
+
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -157,6 +159,7 @@ def _say_what_auto_chose(run: Run) -> None:
 
 def _result(run: Run, seconds: float) -> FitResult:
     return FitResult(run.dir, run.cfg, run.history, run.dir / "best.safetensors", run.dir / "last.safetensors",
-                     run.best_score if run.val_loader is not None else None, run.stopped_early,
+                     run.best_score if run.val_loader is not None and math.isfinite(run.best_score) else None,
+                     run.stopped_early,
                      run.elapsed_before + seconds, len(run.train_set),
                      len(run.val_set) if run.val_set is not None else 0)
