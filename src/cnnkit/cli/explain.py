@@ -12,6 +12,18 @@ from cnnkit.cli.console import percent, stdout, summary
 from cnnkit.cli.options import Checkpoint, DataDir, Device, IgnoreClassNames, Strict, check_early, check_out_folder
 from cnnkit.errors import ConfigError
 
+# the options of a detection run (cnnkit.explain.detect)
+DetectionIndex = Annotated[Optional[int], typer.Option("--detection", min=0, help="Detection runs: which detection "
+                                                       "to explain, 0 = the best (of --class if given; default 0).")]
+ScoreThreshold = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Detection runs: the detector keeps "
+                                                         "detections scoring above this (default: its own "
+                                                         "threshold).")]
+Masks = Annotated[Optional[int], typer.Option(min=1, help="Detection runs: D-RISE's random masks (default 256).")]
+Grid = Annotated[Optional[int], typer.Option(min=1, help="Detection runs: D-RISE's mask grid, S×S cells (default 8).")]
+KeepProb = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Detection runs: the probability that "
+                                                   "D-RISE keeps a cell (default 0.5).")]
+Seed = Annotated[Optional[int], typer.Option(help="Detection runs: the seed of D-RISE's masks (default 0).")]
+
 
 def explain(
     inputs: Annotated[Optional[list[Path]], typer.Argument(help="Image files or folders (or use --images).")] = None,
@@ -24,17 +36,27 @@ def explain(
     method: Annotated[Optional[str], typer.Option(help="Comma-separated methods, or 'all': gradcam, gradcam++, "
                                                        "smoothgradcam++, scorecam, eigencam, saliency, smoothgrad, "
                                                        "integrated_gradients, guided_backprop, lrp (default: "
-                                                       "gradcam; with --benchmark: all).")] = None,
-    layer: Annotated[str, typer.Option(help="Layer for the CAM methods (default: the last stage).")] = "auto",
+                                                       "gradcam; with --benchmark: all); detection runs: layercam, "
+                                                       "drise (default: both).")] = None,
+    layer: Annotated[str, typer.Option(help="Layer for the CAM methods (default: the last stage); detection runs: "
+                                            "LayerCAM's layers, comma-separated (default: the backbone's stages at "
+                                            "strides 4, 8, 16).")] = "auto",
     target: Annotated[Optional[str], typer.Option("--target", "--class", help="Class to explain, by index or name "
                                                   "(default: the prediction; segmentation: the largest predicted "
-                                                  "class).")] = None,
+                                                  "class; detection: the detection's class, default any).")] = None,
+    detection: DetectionIndex = None,
+    score_threshold: ScoreThreshold = None,
+    masks: Masks = None,
+    grid: Grid = None,
+    keep_prob: KeepProb = None,
+    seed: Seed = None,
     region: Annotated[Optional[str], typer.Option(help="Segmentation runs: explain the class over this box, "
                                                        "x0,y0,x1,y1 in pixels of the image as the model sees it (x1, "
                                                        "y1 exclusive; default: the pixels predicted as the "
                                                        "class).")] = None,
-    seeds: Annotated[int, typer.Option(min=1, help="Segmentation runs: random maps the deletion check compares "
-                                                   "the map with.")] = 8,
+    seeds: Annotated[Optional[int], typer.Option(min=1, help="Segmentation and detection runs: random maps the "
+                                                             "deletion check compares the map with (default 8; "
+                                                             "detection: 3).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: RUN/explain or "
                                                      "RUN/explain-benchmark).")] = None,
     benchmark: Annotated[bool, typer.Option("--benchmark", help="Run the methods on a localization test set and "
@@ -51,40 +73,57 @@ def explain(
     if (checkpoint is None) == (url is None):
         raise ConfigError("give --checkpoint RUN (explain here) or --url http://HOST:PORT/v1/models/NAME "
                           "(ask a running cnnkit serve), one of the two")
+    for_files = {"--region": region, "--seeds": seeds, "--detection": detection, "--score-threshold": score_threshold,
+                 "--masks": masks, "--grid": grid, "--keep-prob": keep_prob, "--seed": seed}
+    _check_where(url, benchmark, device, strict, for_files)
     if url is not None:
-        if benchmark or device != "auto" or strict or region is not None:
-            given = ("--benchmark" if benchmark else "--device" if device != "auto" else "--strict" if strict
-                     else "--region")
-            raise ConfigError(f"{given} applies to explaining here; give --checkpoint, not --url")
         _explain_remote(url, list(inputs or []) + list(images or []), method or "gradcam", layer, target, out)
         return
     from cnnkit.explain.workflows import benchmark_methods, explain_files
 
     check_early(device=device)
     if benchmark:
-        r = benchmark_methods(checkpoint, data, data_dir=data_dir, methods=method or "all",
-                              limit=limit, out_dir=out, device=device, ignore_class_names=ignore_class_names)
-        t = Table(title="explain benchmark", title_justify="left")
-        for c in ("method", "images/s", "pointing", "IoU", "deletion", "insertion", "randomized ρ"):
-            t.add_column(c, justify="left" if c == "method" else "right", overflow="fold")
-        from cnnkit.explain.workflows import COLUMNS, format_cell
-
-        for row in r.rows:
-            t.add_row(*(format_cell(row[c]) for c in COLUMNS))
-        stdout.print(t)
-        summary("explain --benchmark", {"csv": r.csv_path, "markdown": r.md_path, "chart": r.png_path})
+        _print_benchmark(benchmark_methods(checkpoint, data, data_dir=data_dir, methods=method or "all", limit=limit,
+                                           out_dir=out, device=device, ignore_class_names=ignore_class_names))
         return
     files = list(inputs or []) + list(images or [])
     if not files:
         raise ConfigError("give image files or folders to explain (or --benchmark)")
-    method = method or "gradcam"
     run = explain_files(checkpoint, files, method, layer=layer, target=target, out_dir=out, device=device,
-                        strict=strict, region=region, seeds=seeds)
-    if run.records and "region" in run.records[0]:
+                        strict=strict, region=region, seeds=seeds, detection=detection,
+                        score_threshold=score_threshold, masks=masks, grid=grid, keep_prob=keep_prob, seed=seed)
+    if run.records and "detection" in run.records[0]:
+        _print_detection(run.records)
+    elif run.records and "region" in run.records[0]:
         _print_segmentation(run.records)
     else:
         _print_classification(run.records)
-    summary("explain", {"images": len(run.records), "methods": method, "json": run.json_path, "folder": run.out_dir})
+    summary("explain", {"images": len(run.records), "methods": ",".join(run.methods), "json": run.json_path,
+                        "folder": run.out_dir})
+
+
+def _check_where(url: str | None, benchmark: bool, device: str, strict: bool, for_files: dict) -> None:
+    """Refuse, in one line, the options that apply to explaining image files here, given with --url (or, for
+    those of segmentation and detection runs, with --benchmark)."""
+    given = next((o for o, v in for_files.items() if v is not None), None)
+    if url is not None:
+        here = ("--benchmark" if benchmark else "--device" if device != "auto" else "--strict" if strict else given)
+        if here is not None:
+            raise ConfigError(f"{here} applies to explaining here; give --checkpoint, not --url")
+    elif benchmark and given is not None:
+        raise ConfigError(f"{given} applies to explaining image files, not to --benchmark")
+
+
+def _print_benchmark(r) -> None:  # noqa: ANN001 (a workflows.BenchmarkResult)
+    from cnnkit.explain.workflows import COLUMNS, format_cell
+
+    t = Table(title="explain benchmark", title_justify="left")
+    for c in ("method", "images/s", "pointing", "IoU", "deletion", "insertion", "randomized ρ"):
+        t.add_column(c, justify="left" if c == "method" else "right", overflow="fold")
+    for row in r.rows:
+        t.add_row(*(format_cell(row[c]) for c in COLUMNS))
+    stdout.print(t)
+    summary("explain --benchmark", {"csv": r.csv_path, "markdown": r.md_path, "chart": r.png_path})
 
 
 def _print_classification(records: list[dict]) -> None:
@@ -109,6 +148,23 @@ def _print_segmentation(records: list[dict]) -> None:
             t.add_row(rec["image"], rec["target"], f"{region} ({rec['region_pixels']} px)", m,
                       f"{r['deletion_auc']:.3f}", f"{rnd['mean']:.3f} ({rnd['min']:.3f}–{rnd['max']:.3f}, "
                       f"{rnd['seeds']} seeds)", rec["png"])
+    stdout.print(t)
+
+
+def _print_detection(records: list[dict]) -> None:
+    """LayerCAM's and D-RISE's table: per image and method, the explained detection, and the map's deletion and
+    insertion AUCs beside the random maps' means (deletion: lower is more faithful; insertion: higher)."""
+    t = Table(title="detection explanations (deletion AUC: lower is more faithful; insertion AUC: higher)",
+              title_justify="left")
+    for c in ("image", "detection", "method", "deletion AUC (random)", "insertion AUC (random)", "png"):
+        t.add_column(c, overflow="fold")
+    for rec in records:
+        d = rec["detection"]
+        for m, r in rec["methods"].items():
+            rd, ri = r["random_deletion_auc"], r["random_insertion_auc"]
+            t.add_row(rec["image"], f"#{d['index']} {d['class']} {d['score']:.2f}", m,
+                      f"{r['deletion_auc']:.3f} ({rd['mean']:.3f})", f"{r['insertion_auc']:.3f} ({ri['mean']:.3f})",
+                      rec["png"])
     stdout.print(t)
 
 

@@ -39,8 +39,8 @@ from torchvision.transforms.v2 import functional as TF
 from cnnkit.data.base import ImageData, LoadOptions, image_size
 from cnnkit.data.imagefolder import CLASS_FILE, MAX_CLASS_FILE_BYTES
 from cnnkit.data.images import IMAGE_EXTENSIONS, convert_mode, load_image_file
-from cnnkit.data.segfolders import (BACKGROUND, VOC_CLASSES, _class_list, _coco_file, _coco_image, _held_out,
-                                    _image_format)
+from cnnkit.data.segfolders import (BACKGROUND, VOC_CLASSES, class_list, coco_file, coco_image, held_out,
+                                    image_format)
 from cnnkit.errors import DataError, error_line
 
 BOX_TOLERANCE = 1.0  # pixels a box may reach past its image's edge (rounding in the tools that drew it): clipped
@@ -105,7 +105,7 @@ def load(name: str, split: str, options: LoadOptions) -> ImageData:
     layout = LAYOUTS[kind](Path(where).expanduser(), options)
     everything = [s for samples in layout.splits.values() for s in samples]
     _check_all(everything, options.bad_boxes == "error")  # anywhere in the set: every load of it stops alike
-    chans, size = _image_format([s.image for s in everything], options.in_chans, image_size(options.img_size))
+    chans, size = image_format([s.image for s in everything], options.in_chans, image_size(options.img_size))
     return decode_boxes(layout.splits[split], layout.classes, chans, size, name, layout.split_names[split],
                         options.strict, options.bad_boxes)
 
@@ -382,7 +382,7 @@ def yolo_layout(path: Path, options: LoadOptions) -> BoxLayout:
     splits = {split: [_yolo_sample(image, key, rows, names, source) for image, key, rows in items]
               for split, items in parsed.items()}
     if split_names is None:
-        splits, split_names = _held_out(splits["train"], options, source)
+        splits, split_names = held_out(splits["train"], options, source)
     return BoxLayout(splits, split_names, [BACKGROUND, *names])
 
 
@@ -475,7 +475,7 @@ def voc_boxes_layout(root: Path, options: LoadOptions) -> BoxLayout:
         raise DataError(f"voc-boxes: {root} has no Annotations/ folder (a VOC folder holds Annotations/, "
                         f"JPEGImages/ and ImageSets/Main/)")
     try:
-        names = _class_list(root / CLASS_FILE)
+        names = class_list(root / CLASS_FILE)
     except DataError as e:  # segfolders' message, for this source
         raise DataError(str(e).replace("masks: ", "voc-boxes: ", 1)) from None
     classes = list(VOC_CLASSES) if names is None else names if names[0] == BACKGROUND else [BACKGROUND, *names]
@@ -499,7 +499,7 @@ def voc_boxes_layout(root: Path, options: LoadOptions) -> BoxLayout:
     ids = sorted(p.stem for p in (root / "Annotations").glob("*.xml"))
     if not ids:
         raise DataError(f"voc-boxes: {root / 'Annotations'} holds no .xml annotations")
-    splits, split_names = _held_out([_voc_sample(root, i, index) for i in ids], options, root)
+    splits, split_names = held_out([_voc_sample(root, i, index) for i in ids], options, root)
     return BoxLayout(splits, split_names, classes)
 
 
@@ -521,13 +521,13 @@ def coco_boxes_layout(path: Path, options: LoadOptions) -> BoxLayout:
         return BoxLayout({"train": train, "test": val}, {"train": f"train ({train_path.name})",
                                                           "test": f"val ({val_path.name})"}, [BACKGROUND, *cats])
     samples, cats = _coco_box_samples(path)
-    splits, names = _held_out(samples, options, path)
+    splits, names = held_out(samples, options, path)
     return BoxLayout(splits, names, [BACKGROUND, *cats])
 
 
 def _coco_box_samples(path: Path) -> tuple[list[BoxSample], list[str]]:
     """A COCO instances file's samples with their boxes, and its category names in id order."""
-    coco = _coco_file(path)
+    coco = coco_file(path)
     cats = coco["categories"]
     if not cats or not all(isinstance(c, dict) and isinstance(c.get("id"), int) and not isinstance(c["id"], bool)
                            and isinstance(c.get("name"), str) for c in cats):
@@ -536,7 +536,7 @@ def _coco_box_samples(path: Path) -> tuple[list[BoxSample], list[str]]:
         raise DataError(f"coco-boxes: {path} lists a category id twice")
     cats = sorted(cats, key=lambda c: c["id"])
     index = {c["id"]: k + 1 for k, c in enumerate(cats)}
-    images = [_coco_image(path.parent, e, path) for e in coco["images"]]
+    images = [coco_image(path.parent, e, path) for e in coco["images"]]
     if not images:
         raise DataError(f"coco-boxes: {path} lists no images")
     found: dict[object, list[Box | Bad]] = {i: [] for i, *_ in images}

@@ -70,7 +70,7 @@ def _listed(name: str, options: LoadOptions) -> tuple[Layout, list[str], list[li
     everything = [s for samples in layout.splits.values() for s in samples]
     classes = layout.classes or [f"class{k}" for k in range(_largest_index(everything) + 1)]
     palette = layout.palette[:len(classes)] if layout.palette and len(layout.palette) >= len(classes) else None
-    chans, size = _image_format([s.image for s in everything], options.in_chans, image_size(options.img_size))
+    chans, size = image_format([s.image for s in everything], options.in_chans, image_size(options.img_size))
     return layout, classes, palette, chans, size
 
 
@@ -220,7 +220,7 @@ def _largest_index(samples: list[Sample]) -> int:
     return top
 
 
-def _image_format(files: list[Path], in_chans: int | None,
+def image_format(files: list[Path], in_chans: int | None,
                   size: tuple[int, int] | None) -> tuple[int, tuple[int, int]]:
     """Channels (1 if every image is grayscale, else 3) and size (the median height and width, each rounded to
     a multiple of SIZE_STEP, at least SIZE_STEP) from the images' headers; the given ones where given."""
@@ -268,7 +268,7 @@ def mask_palette(path: Path | None) -> list[list[int]] | None:
     return [colours[i:i + 3] for i in range(0, len(colours) - 2, 3)] if colours else None
 
 
-def _held_out(samples: list[Sample], options: LoadOptions, where: Path) -> tuple[dict, dict]:
+def held_out(samples: list[Sample], options: LoadOptions, where: Path) -> tuple[dict, dict]:
     """`samples` split into train and test by a seeded hash of each one's key (`held_out_test`, one class)."""
     in_test = held_out_test([s.key for s in samples], [0] * len(samples), options.test_fraction, options.seed)
     splits = {split: [s for s, t in zip(samples, in_test) if t == (split == "test")] for split in ("train", "test")}
@@ -292,7 +292,7 @@ def _image_mask_pairs(folder: Path) -> list[Sample]:
     return out
 
 
-def _class_list(path: Path) -> list[str] | None:
+def class_list(path: Path) -> list[str] | None:
     """The class names `path` (a JSON list of strings, in index order) gives; None when there is no such file."""
     if not path.is_file():
         return None
@@ -319,12 +319,12 @@ def masks_layout(root: Path, options: LoadOptions) -> Layout:
         splits = {"train": _image_mask_pairs(root / "train"), "test": _image_mask_pairs(test)}
         names = {"train": "train", "test": test.name}
     elif (root / "images").is_dir():
-        splits, names = _held_out(_image_mask_pairs(root), options, root)
+        splits, names = held_out(_image_mask_pairs(root), options, root)
     else:
         raise DataError(f"masks: {root} has no images/ folder (expected {root}/images/ and {root}/masks/, or "
                         f"{root}/train/ and {root}/test/ each holding both)")
     first = (splits["train"] or splits["test"])[0]
-    return Layout(splits, names, _class_list(root / CLASS_FILE), mask_palette(first.mask_file))
+    return Layout(splits, names, class_list(root / CLASS_FILE), mask_palette(first.mask_file))
 
 
 def voc_layout(root: Path, options: LoadOptions) -> Layout:
@@ -353,7 +353,7 @@ def voc_layout(root: Path, options: LoadOptions) -> Layout:
     return Layout(splits, {"train": "train", "test": "val"}, list(VOC_CLASSES), palette)
 
 
-def _coco_file(path: Path) -> dict:
+def coco_file(path: Path) -> dict:
     """A COCO instances file's JSON, checked to hold lists of images, annotations and categories."""
     try:
         if path.stat().st_size > MAX_COCO_FILE_BYTES:
@@ -411,7 +411,7 @@ def _coco_mask(annotations: list[tuple[str, dict, int]], h: int, w: int) -> np.n
     return mask
 
 
-def _coco_image(folder: Path, entry: object, path: Path) -> tuple[int, Path, int, int]:
+def coco_image(folder: Path, entry: object, path: Path) -> tuple[int, Path, int, int]:
     """An image entry's id, file (beside the JSON, else in its images/ folder), height and width."""
     ok = isinstance(entry, dict) and isinstance(entry.get("file_name"), str) and all(
         isinstance(entry.get(k), int) and not isinstance(entry.get(k), bool) and entry[k] > 0
@@ -451,13 +451,13 @@ def coco_layout(path: Path, options: LoadOptions) -> Layout:
                                                        "test": f"val ({val_path.name})"},
                       [BACKGROUND, *(c["name"] for c in cats)], None)
     samples, cats = _coco_samples(path)
-    splits, names = _held_out(samples, options, path)
+    splits, names = held_out(samples, options, path)
     return Layout(splits, names, [BACKGROUND, *(c["name"] for c in cats)], None)
 
 
 def _coco_samples(path: Path) -> tuple[list[Sample], list[dict]]:
     """A COCO instances file's samples, each mask drawn when asked, and its categories in id order."""
-    coco = _coco_file(path)
+    coco = coco_file(path)
     cats = coco["categories"]
     if not cats or not all(isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str)
                            for c in cats):
@@ -466,7 +466,7 @@ def _coco_samples(path: Path) -> tuple[list[Sample], list[dict]]:
         raise DataError(f"coco: {path} has {len(cats)} categories; masks hold at most {IGNORE - 1}")
     cats = sorted(cats, key=lambda c: c["id"])
     index = {c["id"]: k + 1 for k, c in enumerate(cats)}
-    images = [_coco_image(path.parent, e, path) for e in coco["images"]]
+    images = [coco_image(path.parent, e, path) for e in coco["images"]]
     drawn: dict[object, list] = {i: [] for i, *_ in images}
     for a in coco["annotations"]:
         where = f"coco: {path}, annotation {a.get('id') if isinstance(a, dict) else a!r}"

@@ -84,6 +84,14 @@ def deletion_insertion(model: nn.Module, images: torch.Tensor, maps: torch.Tenso
     return out
 
 
+def map_stats(m: torch.Tensor) -> dict:
+    """Summary of one H×W map in [0, 1]: the peak's (row, column), mean, share of pixels at ≥ half the peak."""
+    h, w = m.shape
+    i = int(m.flatten().argmax())
+    return {"peak": [i // w, i % w], "mean": round(float(m.mean()), 5),
+            "area_at_half_peak": round(float((m >= 0.5 * m.max()).float().mean()) if m.max() > 0 else 0.0, 5)}
+
+
 def _check_boxes(boxes: torch.Tensor, n: int) -> torch.Tensor:
     boxes = torch.as_tensor(boxes, dtype=torch.float32)
     if boxes.shape != (n, 4):

@@ -22,6 +22,9 @@ from cnnkit.errors import ConfigError, DataError, ExplainError, close_matches
 from cnnkit.evaluate.api import task_of
 from cnnkit.explain.cam import CAM_METHODS, explain, resolve_layer
 from cnnkit.explain.gradients import GRADIENT_METHODS
+from cnnkit.explain.detect import DETECT_METHODS, explain_detection
+from cnnkit.explain.detect import parse_methods as detection_methods
+from cnnkit.explain.metrics import map_stats
 from cnnkit.runtime import pick_device
 from cnnkit.artifacts import LoadedCheckpoint, atomic_write_text, claim_dir, load
 
@@ -34,6 +37,9 @@ def parse_methods(text: str | list[str]) -> list[str]:
     if names == ["all"]:
         return list(METHODS)
     for m in names:
+        if m in DETECT_METHODS:
+            raise ExplainError(f"{m} explains a detector's detections (a detection run); choose from: "
+                               f"{', '.join(METHODS)}")
         if m not in METHODS:
             raise ExplainError(f"unknown method {m!r}{close_matches(m, METHODS)}; choose from: {', '.join(METHODS)}")
     if not names:
@@ -58,14 +64,6 @@ def target_index(target: str | int | None, classes: list[str]) -> int | None:
     return classes.index(text)
 
 
-def map_stats(m: torch.Tensor) -> dict[str, Any]:
-    """Summary of one H×W map in [0, 1]: the peak's (row, column), mean, share of pixels at ≥ half the peak."""
-    h, w = m.shape
-    i = int(m.flatten().argmax())
-    return {"peak": [i // w, i % w], "mean": round(float(m.mean()), 5),
-            "area_at_half_peak": round(float((m >= 0.5 * m.max()).float().mean()) if m.max() > 0 else 0.0, 5)}
-
-
 @dataclass
 class ExplainRun:
     """What `explain_files` wrote: one PNG per image and the JSON of statistics."""
@@ -74,6 +72,7 @@ class ExplainRun:
     pngs: list[Path]
     json_path: Path
     records: list[dict[str, Any]] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)
 
 
 def _load(checkpoint, device: str) -> tuple[LoadedCheckpoint, torch.device]:
@@ -108,30 +107,53 @@ def _run_methods(model, x, targets, methods, layer, batch_size) -> dict[str, tup
 
 
 def explain_files(checkpoint: str | os.PathLike | LoadedCheckpoint, inputs: list[str | os.PathLike],
-                  methods: str | list[str] = "gradcam", layer: str = "auto", target: str | int | None = None,
+                  methods: str | list[str] | None = None, layer: str = "auto", target: str | int | None = None,
                   out_dir: str | os.PathLike | None = None, device: str = "auto", strict: bool = False,
-                  batch_size: int = 64, region: str | None = None, seeds: int = 8) -> ExplainRun:
-    """Explain the checkpoint's prediction (or `target`) on image files or folders with each method. For a
-    segmentation run: Seg-Grad-CAM of `target` (default: the largest predicted class) over `region`
-    ('x0,y0,x1,y1' in the pixels of the image as the model sees it; default: the pixels predicted as the
-    class), with the deletion check against `seeds` random maps (see `cnnkit.explain.segment`)."""
+                  batch_size: int = 64, region: str | None = None, seeds: int | None = None,
+                  detection: int | None = None, score_threshold: float | None = None, masks: int | None = None,
+                  grid: int | None = None, keep_prob: float | None = None, seed: int | None = None) -> ExplainRun:
+    """Explain the checkpoint's prediction (or `target`) on image files or folders with each method (None: the
+    task's default, `gradcam` or, for a detection run, both of its methods). For a segmentation run: Seg-Grad-CAM of `target` (default: the largest predicted class) over
+    `region` ('x0,y0,x1,y1' in the pixels of the image as the model sees it; default: the pixels predicted as the
+    class), with the deletion check against `seeds` (default 8) random maps (see `cnnkit.explain.segment`). For a
+    detection run: LayerCAM and D-RISE of the `detection`-th detection (of class `target` if given), with the
+    deletion/insertion check against `seeds` (default 3) random maps, among the detections scoring above
+    `score_threshold` (default: the detector's own); D-RISE draws `masks` masks of `grid`×`grid` cells kept with
+    probability `keep_prob` from `seed` (see `cnnkit.explain.detect`). The options of one task are refused for
+    another's runs."""
     from cnnkit.report.explain_plots import save_explanation_figure
 
-    names = parse_methods(methods)
     ckpt, dev = _load(checkpoint, device)
+    task = task_of(ckpt).name
+    given = [o for o, v in (("--detection", detection), ("--score-threshold", score_threshold), ("--masks", masks),
+                            ("--grid", grid), ("--keep-prob", keep_prob), ("--seed", seed)) if v is not None]
+    if given and task != "detect":
+        raise ExplainError(f"{given[0]} applies to detection runs; this run "
+                           + ("segments images" if task == "segment" else "classifies images"))
+    if task == "detect":
+        names = detection_methods(methods)
+    else:
+        names = parse_methods("gradcam" if methods is None else methods)
     tgt_index = target_index(target, ckpt.classes)
-    segment = task_of(ckpt).name == "segment"
+    segment = task == "segment"
     if region is not None and not segment:
-        raise ExplainError("--region explains a segmentation model over a box; this run classifies images")
+        raise ExplainError("--region explains a segmentation model over a box; this run "
+                           + ("detects objects (choose one with --detection and --class)" if task == "detect"
+                              else "classifies images"))
     raw, kept = load_model_inputs(list(inputs), ckpt.in_chans, ckpt.img_size, strict)
     x = Normalize(*ckpt.normalization, dev)(raw)
     out = Path(out_dir) if out_dir is not None else ckpt.path.parent / "explain"
+    if task == "detect":
+        pngs, records, json_path, names = explain_detection(
+            ckpt, dev, raw, x, kept, names, layer, detection, tgt_index, out, seeds, score_threshold, masks, grid,
+            keep_prob, seed)
+        return ExplainRun(out, pngs, json_path, records, names)
     if segment:
         from cnnkit.explain.segment import explain_segmentation
 
         pngs, records, json_path = explain_segmentation(ckpt, dev, raw, x, kept, names, layer, tgt_index, region,
-                                                        out, seeds, batch_size)
-        return ExplainRun(out, pngs, json_path, records)
+                                                        out, 8 if seeds is None else seeds, batch_size)
+        return ExplainRun(out, pngs, json_path, records, names)
     model = ckpt.model.to(dev).eval()
     with torch.no_grad():
         probs = torch.softmax(model(x).float(), 1).cpu()
@@ -159,7 +181,7 @@ def explain_files(checkpoint: str | os.PathLike | LoadedCheckpoint, inputs: list
                "seconds_per_method": {m: round(r[4], 4) for m, r in results.items()}, "images": records}
     json_path = out / "explain.json"
     atomic_write_text(json_path, json.dumps(summary, indent=2) + "\n")
-    return ExplainRun(out, pngs, json_path, records)
+    return ExplainRun(out, pngs, json_path, records, names)
 
 
 @dataclass
@@ -190,6 +212,9 @@ def benchmark_methods(checkpoint: str | os.PathLike | LoadedCheckpoint, data: st
     if task_of(ckpt).name == "segment":
         raise ExplainError("--benchmark measures classifiers on boxes; explain a segmentation run on its images "
                            "(each gets Seg-Grad-CAM's deletion check against random maps)")
+    if task_of(ckpt).name == "detect":
+        raise ExplainError("--benchmark measures classifiers on boxes; explain a detection run on its images "
+                           "(each map gets the deletion/insertion check against random maps)")
     ds = load_checkpoint_data(ckpt, data, "test", data_dir=data_dir, check=False)
     if ds.boxes is None:
         raise DataError(f"{data} has no ground-truth boxes; the benchmark needs a localization set such as "
