@@ -86,8 +86,8 @@ def mask_patches(masks: list[np.ndarray], classes: list[str], palette: list[tupl
     return [Patch(color=np.asarray(palette[c]) / 255.0, label=classes[c]) for c in present]
 
 
-def save_iou_bars(per_class_iou: dict[str, float | None], path: Path, title: str) -> Path:
-    """A horizontal bar per class of its IoU (a class neither present nor predicted: no bar, marked n/a)."""
+def save_iou_bars(per_class_iou: dict[str, float | None], path: Path, title: str, xlabel: str = "IoU") -> Path:
+    """A horizontal bar per class of its IoU, or the score `xlabel` names (None: no bar, marked n/a)."""
     names = list(per_class_iou)
     values = [np.nan if v is None else float(v) for v in per_class_iou.values()]
     fig, ax = plt.subplots(figsize=(6, 0.3 * len(names) + 1.2))
@@ -96,7 +96,7 @@ def save_iou_bars(per_class_iou: dict[str, float | None], path: Path, title: str
         ax.text(0.01 if np.isnan(v) else v + 0.01, i, "n/a" if np.isnan(v) else f"{v:.2f}", va="center", fontsize=7)
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
-    ax.set(xlim=(0, 1.1), xlabel="IoU", title=title)
+    ax.set(xlim=(0, 1.1), xlabel=xlabel, title=title)
     ax.grid(axis="x", alpha=0.3)
     return save_figure(fig, path)
 

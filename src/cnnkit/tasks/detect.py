@@ -98,6 +98,36 @@ def average_precision(total: torch.Tensor, classes: int) -> tuple[torch.Tensor, 
     return torch.where(objects[:, None] > 0, ap, torch.full_like(ap, float("nan"))), objects
 
 
+def pr_curves(total: torch.Tensor, classes: int, names: list[str], thresholds: tuple[float, ...] = (0.5, 0.75)
+              ) -> dict[str, dict[str, Any]]:
+    """Each class's precision-recall points (K×2 numpy arrays of recall, precision; precision made non-increasing
+    as AP reads it) at each IoU threshold, from `match_counts` summed; classes without objects left out."""
+    t_count = len(IOU_THRESHOLDS)
+    counts = total[:-classes].view(classes, t_count, SCORE_BINS, 2).double()
+    objects = total[-classes:].double()
+    out: dict[str, dict[str, Any]] = {}
+    for threshold in thresholds:
+        t = int(torch.isclose(IOU_THRESHOLDS, torch.tensor(threshold)).nonzero()[0])
+        tp, fp = counts[:, t, :, 0].flip(-1).cumsum(-1), counts[:, t, :, 1].flip(-1).cumsum(-1)
+        recall = tp / objects.clamp_min(1)[:, None]
+        precision = (tp / (tp + fp).clamp_min(1e-12)).flip(-1).cummax(-1).values.flip(-1)
+        out[f"{threshold:.2f}"] = {names[c]: torch.stack([recall[c], precision[c]], 1).numpy()
+                                   for c in range(classes) if objects[c] > 0 and c < len(names)}
+    return out
+
+
+def image_errors(outputs: torch.Tensor, targets: torch.Tensor, classes: int, score: float) -> torch.Tensor:
+    """Per image, its false positives and missed objects at IoU 0.50 among the detections scoring at least `score`
+    (COCO's matching): what makes an image a bad example."""
+    errors = []
+    for det, tgt in zip(outputs.float().cpu(), targets.float().cpu()):
+        det = torch.where((det[:, 4] >= score)[:, None], det, torch.tensor([0.0, 0, 0, 0, 0, -1]))
+        c = match_counts(det[None], tgt[None], classes)
+        per = c[:-classes].view(classes, len(IOU_THRESHOLDS), SCORE_BINS, 2)[:, 0].sum((0, 1))
+        errors.append(float(per[1] + c[-classes:].sum() - per[0]))
+    return torch.tensor(errors)
+
+
 def _dicts(outputs: torch.Tensor, targets: torch.Tensor) -> tuple[list[dict], list[dict]]:
     preds, truth = [], []
     for det, tgt in zip(outputs.float().cpu(), targets.float().cpu()):
@@ -231,8 +261,33 @@ class Detection(Task):
 
     def report(self, metrics: dict[str, Any], names: list[str], out_dir: Path, stem: str,
                images: torch.Tensor | None = None, outputs: torch.Tensor | None = None,
-               targets: torch.Tensor | None = None, meta: dict[str, Any] | None = None) -> dict[str, Path]:
-        return {}
+               targets: torch.Tensor | None = None, meta: dict[str, Any] | None = None,
+               shown: int = 4) -> dict[str, Path]:
+        """An HTML report (`eval-<stem>.html`): COCO's metrics, AP per class, and given the outputs and targets,
+        precision-recall curves per class at IoU 0.50 and 0.75 and, given the images too, the predictions drawn
+        against the ground truth for the first `shown` images by index and the `shown` others with the most
+        errors (false positives and missed objects at IoU 0.50 among detections scoring at least 0.25)."""
+        from cnnkit.report.detect_report import SHOWN_SCORE, write_detection_report
+
+        if outputs is None or targets is None:
+            return write_detection_report(out_dir, stem, metrics, names)
+        outputs, targets = outputs.float().cpu(), targets.float().cpu()
+        curves = pr_curves(match_counts(outputs, targets, len(names)), len(names), names)
+        if images is None:
+            return write_detection_report(out_dir, stem, metrics, names, curves)
+        errors = image_errors(outputs, targets, len(names), SHOWN_SCORE)
+        first = list(range(min(shown, len(outputs))))
+        worst = [i for i in errors.argsort(descending=True, stable=True).tolist() if i not in first][:shown]
+        pick = first + worst
+        rows = [{"image": i, "shown as": "first" if i in first else "most errors", "errors": int(errors[i]),
+                 "objects": int((targets[i, :, 0] >= 0).sum())} for i in pick]
+        examples = {"images": images[pick].cpu().numpy(), "truth": targets[pick].numpy(),
+                    "detections": outputs[pick].numpy(), "rows": rows,
+                    "titles": [f"#{r['image']} ({r['shown as']}): {r['errors']} errors" for r in rows],
+                    "caption": f"the first {len(first)} images by index, then the {len(worst)} others with the most "
+                               f"false positives and missed objects at IoU 0.50, detections scoring at least "
+                               f"{SHOWN_SCORE}; ground truth dashed green, detections red"}
+        return write_detection_report(out_dir, stem, metrics, names, curves, examples)
 
 
 DETECT = register_task(Detection())
