@@ -47,8 +47,10 @@ def test_every_detectors_scores_have_gradients_at_its_backbone_stages(name, scen
     with score_threshold(model, 0.0):
         rows = choose_detections(out, 1, None, [str(c) for c in range(5)])
         r = layercam(model, scenes, rows, targets=out[torch.arange(2), rows])
-    assert r.layers == default_layers(model) and len(r.layers) == 3 and r.layers[0].endswith("stages.0")
-    assert [tuple(r.raw[n].shape[-2:]) for n in r.layers] == [(24, 24), (12, 12), (6, 6)]  # strides 4, 8, 16
+    strides = (4, 8, 16, 32) if name == "ssd_small" else (8, 16, 32)  # the maps each detector's head reads
+    assert r.layers == default_layers(model) and len(r.layers) == len(strides) and r.layers[-1].endswith("extra")
+    h, w = scenes.shape[-2:]
+    assert [tuple(r.raw[n].shape[-2:]) for n in r.layers] == [(h // s, w // s) for s in strides]
     # every detection's score reaches the first stage; through an FPN (all but SSD) every stage
     reached = [n for n in r.layers if all(r.raw[n][i].abs().amax() > 0 for i in range(2))]
     assert reached == (r.layers[:len(reached)] if name == "ssd_small" else r.layers) and reached, reached
@@ -228,7 +230,8 @@ def test_cli_explains_a_detection_with_both_methods_and_the_check(box_run, scene
     classes, det = _detections(box_run.run_dir, scene_file)
     assert rec["detection"]["index"] == 0 and rec["detection"]["class"] == classes[int(det[0, 5])]
     assert rec["detection"]["box"] == pytest.approx(det[0, :4].tolist(), abs=0.01) and rec["detections"] == 100
-    assert rec["methods"]["layercam"]["layers"] == [f"net.backbone.body.stages.{i}" for i in range(3)]
+    assert rec["methods"]["layercam"]["layers"] == ["net.backbone.body.body.stages.1", "net.backbone.body.body.stages.2",
+                                                    "net.backbone.body.body.extra"]  # the maps the head reads
     assert rec["methods"]["drise"]["masks"] == 48 and rec["methods"]["drise"]["grid"] == 8
     for m in ("layercam", "drise"):
         r = rec["methods"][m]
@@ -261,7 +264,7 @@ def test_cli_chooses_by_class_and_index_and_takes_fpn_layers(box_run, scene_file
     (["--method", "gradcam"], "gradcam explains a classifier; a detection run is explained by layercam"),
     (["--method", "drisee"], "unknown method 'drisee' (did you mean: drise?)"),
     (["--region", "0,0,10,10"], "--region explains a segmentation model over a box; this run detects objects"),
-    (["--layer", "net.backbone.body.stages.7"], "unknown layer 'net.backbone.body.stages.7'"),
+    (["--layer", "net.backbone.body.body.stages.7"], "unknown layer 'net.backbone.body.body.stages.7'"),
     (["--layer", "net.backbone.fpn"], "gives OrderedDict, not a B×C×H×W feature map"),
     (["--grid", "97"], "--grid must be from 1 to the image's side (96)"),
     (["--keep-prob", "0"], "--keep-prob is a fraction above 0"),

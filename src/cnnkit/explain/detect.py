@@ -6,9 +6,9 @@ y1, score, class; best first; class -1 pads), and the `cnnkit explain` workflow 
 - LayerCAM (Jiang et al. 2021): for each chosen layer A, the map Σ_k ReLU(∂y/∂A_k) ⊙ A_k through a ReLU, where y
   is the detection's score (its box is held fixed: the gradient is the score's only, not the box's); each layer's
   map is upsampled to the image (bilinear) and scaled to [0, 1], and the maps are combined by their mean, scaled to
-  [0, 1] again (pytorch-grad-cam aggregates its layers the same way). Default layers: the backbone's stages at
-  strides 4, 8 and 16 (every cnnkit detector has them; SSD has no FPN); any layers that give a B×C×H×W map can be
-  named, e.g. the FPN's outputs `net.backbone.fpn.layer_blocks.0`…`2`.
+  [0, 1] again (pytorch-grad-cam aggregates its layers the same way). Default layers: the backbone blocks whose
+  maps the head reads (strides 8, 16 and 32 by default: every cnnkit detector has them, SSD has no FPN); any
+  layers that give a B×C×H×W map can be named, e.g. the FPN's outputs `net.backbone.fpn.layer_blocks.0`…`2`.
 - D-RISE (Petsiuk et al. 2021): `masks` random masks as RISE makes them (a `grid`×`grid` grid of cells kept with
   probability `keep_prob`, upsampled bilinearly to (grid + 1) cells and cropped at a random shift of less than a
   cell); each masked image (the normalized image times the mask, so masked pixels go to the dataset mean) is run
@@ -164,10 +164,14 @@ def similarity(targets: torch.Tensor, detections: torch.Tensor) -> torch.Tensor:
 # -- LayerCAM ----------------------------------------------------------------------------------------------------
 
 def default_layers(model: nn.Module) -> list[str]:
-    """The backbone's stages (strides 4, 8 and 16) of a cnnkit detector."""
-    from cnnkit.models.detect import SmallBackbone
+    """The backbone blocks whose maps a cnnkit detector's head reads (default strides 8, 16 and 32; an older
+    checkpoint's bare backbone: its stages)."""
+    from cnnkit.models.detect import Maps, SmallBackbone
 
     for name, m in model.named_modules():
+        if isinstance(m, Maps):
+            stages = len(m.body.stages)
+            return [f"{name}.body.stages.{k}" if int(k) < stages else f"{name}.body.extra" for k in m.keys]
         if isinstance(m, SmallBackbone):
             return [f"{name}.stages.{i}" for i in range(len(m.stages))]
     raise ExplainError(f"{type(model).__name__} has no cnnkit detection backbone; name the layers to explain with "

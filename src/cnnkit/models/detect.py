@@ -7,12 +7,17 @@ classes are the data's (class 0, `background` in fashion-scenes, is never a targ
 the targets too, N×M×5 rows (class, x0, y0, x1, y1) padded with class -1, and gives the model's own losses
 (a dict, summed by the detection task's objective). Boxes are in pixel-edge coordinates of the input.
 
+`Detector.set_postprocess(score_threshold, nms_iou)` sets, at inference, the threshold a detection's score must
+pass and the IoU above which NMS drops the lower-scoring of two boxes of a class (each detector's own
+attributes). `padded_detections` keeps the number of detections a tensor's (no Python length), so that a
+traced graph, the ONNX export with the post-processing inside (`cnnkit.deploy.detect`), keeps it dynamic.
+
 The images reach torchvision's detector at the size they are given: cnnkit's data pipeline has already
 resized and normalized them, so the detector's own transform (GeneralizedRCNNTransform) is replaced by one
 that only stacks the batch.
 
 - `retinanet_small`: RetinaNet (Lin et al. 2017, focal loss) on an FPN (Lin et al. 2017) over the backbone's
-  stride 4, 8 and 16 maps.
+  stride 8, 16 and 32 maps (`strides`; a single-scale head without the FPN with `fpn=False`).
 - `fcos_small`: FCOS (Tian et al. 2019), anchor-free, on the same FPN.
 - `ssd_small`: SSD (Liu et al. 2016): class and box predictions from several feature maps of the backbone
   itself (strides 4, 8, 16 and an extra 32), default boxes of several aspect ratios per map.
@@ -31,7 +36,9 @@ from cnnkit.errors import ModelError
 from cnnkit.models.registry import register_model
 from cnnkit.models.segment import Residual, conv_bn_relu
 
-STRIDES = (4, 8, 16)  # the backbone maps the heads read
+STRIDES = (8, 16, 32)  # the backbone maps the heads read by default
+BACKBONE_STRIDES = (4, 8, 16, 32)  # the maps SmallBackbone gives (32: its extra block)
+ANCHOR_LEVELS = 3  # anchor sizes a run derives from its boxes: one per default level
 
 
 class _KeepSize(GeneralizedRCNNTransform):
@@ -70,6 +77,34 @@ class SmallBackbone(nn.Module):
         return out
 
 
+class Maps(nn.Module):
+    """The maps of a SmallBackbone at the given strides (of 4, 8, 16, 32), keyed "0", "1", ... from the finest;
+    `channels` their widths."""
+
+    def __init__(self, in_chans: int, width: int, strides: tuple[int, ...]):
+        super().__init__()
+        self.body = SmallBackbone(in_chans, width, extra=32 in strides)
+        self.keys = [str(BACKBONE_STRIDES.index(s)) for s in strides]
+        self.channels = [self.body.channels[int(k)] for k in self.keys]
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        out = self.body(x)
+        return OrderedDict((str(i), out[k]) for i, k in enumerate(self.keys))
+
+
+class Projected(nn.Module):
+    """A single map without a pyramid: the backbone's one map, projected by a 1×1 convolution to
+    `out_channels` (the single-scale head FPN's paper compares against)."""
+
+    def __init__(self, body: Maps, out_channels: int):
+        super().__init__()
+        self.body, self.out_channels = body, out_channels
+        self.project = nn.Conv2d(body.channels[0], out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        return OrderedDict((k, self.project(v)) for k, v in self.body(x).items())
+
+
 class WithFPN(nn.Module):
     """A backbone's maps through a feature pyramid network (torchvision's): `out_channels` channels each."""
 
@@ -96,27 +131,37 @@ def as_target_dicts(targets: torch.Tensor) -> list[dict[str, torch.Tensor]]:
 
 def padded_detections(detections: list[dict[str, torch.Tensor]], limit: int) -> torch.Tensor:
     """torchvision's per-image detections as N×`limit`×6 rows (x0, y0, x1, y1, score, class), best first,
-    padded with (0, 0, 0, 0, 0, -1)."""
-    out = torch.zeros(len(detections), limit, 6)
-    out[..., 5] = -1
-    for i, d in enumerate(detections):
-        order = d["scores"].argsort(descending=True, stable=True)[:limit]
-        k = len(order)
-        out[i, :k, :4] = d["boxes"][order].float()
-        out[i, :k, 4] = d["scores"][order].float()
-        out[i, :k, 5] = d["labels"][order].float()
-    return out.to(detections[0]["boxes"].device) if detections else out
+    padded with (0, 0, 0, 0, 0, -1). Written without Python lengths (each image's rows and `limit` padding rows
+    joined, then the first `limit` kept), so that a traced graph (ONNX export) keeps the number of detections
+    dynamic instead of freezing the count it saw."""
+    out = []
+    for d in detections:
+        scores = d["scores"]
+        # the stable sort has no ONNX form: traced, ties keep ONNX TopK's order (torchvision's NMS already gives
+        # its detections best first)
+        order = (scores.sort(descending=True).indices if torch.jit.is_tracing()
+                 else scores.argsort(descending=True, stable=True))[:limit]
+        boxes = d["boxes"][order].float()
+        rows = torch.cat([boxes, scores[order].float()[:, None], d["labels"][order].float()[:, None]], 1)
+        pad = boxes.new_tensor([0.0, 0.0, 0.0, 0.0, 0.0, -1.0]).expand(limit, 6)
+        out.append(torch.cat([rows, pad], 0)[:limit])
+    return torch.stack(out) if out else torch.zeros(0, limit, 6)
 
 
 class Detector(nn.Module):
-    """A torchvision detector behind cnnkit's tensor interface (see the module docstring)."""
+    """A torchvision detector behind cnnkit's tensor interface (see the module docstring).
+
+    `exports_any_size`: whether its ONNX export (torch.onnx's TorchScript-based exporter, which traces) keeps the
+    height and width dynamic; SSD's default boxes are computed from the sizes the trace saw, so its graph takes
+    the size it was exported at only."""
 
     task = "detect"
 
-    def __init__(self, net: nn.Module, num_classes: int, max_detections: int):
+    def __init__(self, net: nn.Module, num_classes: int, max_detections: int, exports_any_size: bool = True):
         super().__init__()
         net.transform = _KeepSize()
         self.net, self.num_classes, self.max_detections = net, num_classes, max_detections
+        self.exports_any_size = exports_any_size
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None):  # noqa: ANN201 (losses or a tensor)
         images = list(x.unbind(0))
@@ -126,6 +171,36 @@ class Detector(nn.Module):
             return self.net(images, as_target_dicts(targets))
         return padded_detections(self.net(images), self.max_detections)
 
+    def _postprocessor(self) -> nn.Module:
+        """The module holding the final score threshold and NMS IoU: Faster R-CNN's box head, else the net."""
+        return self.net.roi_heads if hasattr(self.net, "roi_heads") else self.net
+
+    @property
+    def postprocess(self) -> dict[str, float]:
+        """The score threshold and NMS IoU its detections are kept by (torchvision's `score_thresh` and
+        `nms_thresh`)."""
+        holder = self._postprocessor()
+        return {"score_threshold": float(holder.score_thresh), "nms_iou": float(holder.nms_thresh)}
+
+    def set_postprocess(self, score_threshold: float | None = None, nms_iou: float | None = None) -> Detector:
+        """Keep detections scoring above `score_threshold`, and suppress those overlapping a better one of
+        their class by an IoU above `nms_iou` (each from 0 to 1; None: unchanged). Faster R-CNN's are its
+        box head's (its region proposals keep their own NMS). ModelError for a value out of range, before
+        anything changes."""
+        import math
+
+        given = {"score_threshold": score_threshold, "nms_iou": nms_iou}
+        for name, v in given.items():
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                                  or not 0 <= v <= 1):
+                raise ModelError(f"{name} must be a number from 0 to 1, got {v!r}")
+        holder = self._postprocessor()
+        if score_threshold is not None:
+            holder.score_thresh = float(score_threshold)
+        if nms_iou is not None:
+            holder.nms_thresh = float(nms_iou)
+        return self
+
 
 def _check(width: int, fpn_channels: int, max_detections: int) -> None:
     for name, v in (("width", width), ("fpn_channels", fpn_channels), ("max_detections", max_detections)):
@@ -133,44 +208,112 @@ def _check(width: int, fpn_channels: int, max_detections: int) -> None:
             raise ModelError(f"{name} must be a positive whole number, got {v!r}")
 
 
-def _anchor_sizes(anchor_sizes, levels: int, per_level: int = 1) -> tuple[tuple[float, ...], ...]:  # noqa: ANN001
-    """One size per level (default: 4× the level's stride; `cnnkit train` derives them from the training boxes),
-    each the middle of `per_level` octave scales 2^(k/per_level) around it."""
-    base = [4.0 * s for s in STRIDES[:levels]] if anchor_sizes is None else [float(s) for s in anchor_sizes]
-    if len(base) != levels or any(not s > 0 for s in base):
-        raise ModelError(f"anchor_sizes must be {levels} positive sizes in pixels (one per level, strides "
-                         f"{', '.join(map(str, STRIDES[:levels]))}), got {anchor_sizes!r}")
-    return tuple(tuple(b * 2 ** ((i - (per_level - 1) / 2) / per_level) for i in range(per_level)) for b in base)
+def _strides(strides, allowed: tuple[int, ...] = BACKBONE_STRIDES) -> tuple[int, ...]:  # noqa: ANN001
+    """The maps a head reads: distinct strides of `allowed`, finest first; anything else is one line."""
+    try:
+        out = tuple(sorted(int(v) for v in strides))
+    except (TypeError, ValueError):
+        out = ()
+    if not out or len(set(out)) != len(out) or any(v not in allowed for v in out) or any(
+            not isinstance(v, int) or isinstance(v, bool) for v in strides):
+        raise ModelError(f"strides must be distinct strides of the backbone's maps ({', '.join(map(str, allowed))}), "
+                         f"e.g. [8, 16, 32], got {strides!r}")
+    return out
+
+
+def _anchor_sizes(anchor_sizes, strides: tuple[int, ...], per_level: int = 1) -> tuple[tuple[float, ...], ...]:  # noqa: ANN001
+    """ANCHOR_LEVELS sizes (default 16, 32, 64; `cnnkit train` derives them from the training boxes), each the
+    middle of `per_level` octave scales 2^(k/per_level) around it: one size per map where the head reads three,
+    every size on the one map of a single-scale head."""
+    base = [16.0, 32.0, 64.0] if anchor_sizes is None else [float(s) for s in anchor_sizes]
+    if len(base) != ANCHOR_LEVELS or any(not s > 0 for s in base):
+        raise ModelError(f"anchor_sizes must be {ANCHOR_LEVELS} positive sizes in pixels (small to large), got "
+                         f"{anchor_sizes!r}")
+    if len(strides) not in (1, ANCHOR_LEVELS):
+        raise ModelError(f"a detector with anchors reads {ANCHOR_LEVELS} maps (one anchor size each) or 1 (all "
+                         f"sizes on it), got strides {list(strides)}")
+    scales = [tuple(b * 2 ** ((i - (per_level - 1) / 2) / per_level) for i in range(per_level)) for b in base]
+    return tuple(scales) if len(strides) == ANCHOR_LEVELS else (tuple(v for level in scales for v in level),)
+
+
+def _features(in_chans: int, width: int, fpn_channels: int, strides: tuple[int, ...], fpn: bool) -> nn.Module:
+    """The backbone's maps at `strides` through an FPN, or (`fpn=False`) one map projected to `fpn_channels`."""
+    if not isinstance(fpn, bool):
+        raise ModelError(f"fpn must be true or false, got {fpn!r}")
+    if not fpn and len(strides) != 1:
+        raise ModelError(f"without an FPN the head reads one map: give one stride (e.g. strides=[16]), got "
+                         f"{list(strides)}")
+    body = Maps(in_chans, width, strides)
+    return WithFPN(body, fpn_channels) if fpn else Projected(body, fpn_channels)
+
+
+def _classification_head(in_channels: int, anchors: int, num_classes: int, gamma: float, alpha: float):  # noqa: ANN202
+    """RetinaNet's classification subnet with the focal loss's `gamma` and `alpha` as given (torchvision's uses
+    2 and 0.25; gamma 0 is alpha-balanced cross-entropy, the paper's baseline), computed for the whole batch at
+    once rather than image by image."""
+    from torchvision.models.detection.retinanet import RetinaNetClassificationHead
+    from torchvision.ops import sigmoid_focal_loss
+
+    for name, v, ok in (("focal_gamma", gamma, 0 <= gamma), ("focal_alpha", alpha, 0 <= alpha <= 1)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok:
+            raise ModelError(f"{name} must be a number ({'0 or more' if name == 'focal_gamma' else 'from 0 to 1'}), "
+                             f"got {v!r}")
+
+    class Head(RetinaNetClassificationHead):
+        def compute_loss(self, targets, head_outputs, matched_idxs):  # noqa: ANN001, ANN201 (torchvision's)
+            logits = head_outputs["cls_logits"]
+            matched = torch.stack(matched_idxs)
+            labels = nn.utils.rnn.pad_sequence([t["labels"] for t in targets], batch_first=True, padding_value=0)
+            if labels.shape[1] == 0:
+                labels = labels.new_zeros(len(targets), 1)
+            foreground = matched >= 0
+            classes = labels.gather(1, matched.clamp_min(0))
+            target = torch.zeros_like(logits)
+            target.scatter_(2, classes[..., None], foreground[..., None].to(logits.dtype))
+            valid = (matched != self.BETWEEN_THRESHOLDS).to(logits.dtype)
+            loss = sigmoid_focal_loss(logits, target, alpha=alpha, gamma=gamma, reduction="none").sum(-1)
+            return ((loss * valid).sum(1) / foreground.sum(1).clamp_min(1)).mean()
+
+    return Head(in_channels, anchors, num_classes)
 
 
 @register_model("retinanet", min_size=32, paper="Lin et al. 2017, RetinaNet (focal loss) on an FPN (torchvision)",
                 task="detect", default_input="1x96x96")
 def retinanet_small(num_classes: int = 11, in_chans: int = 1, img_size=None, width: int = 16, fpn_channels: int = 64,
-                    anchor_sizes=None, max_detections: int = 100) -> nn.Module:
-    """RetinaNet on an FPN over a small residual backbone (strides 4, 8, 16); three octave scales and aspect
-    ratios 0.5, 1, 2 per level around `anchor_sizes` (one size in pixels per level; default 16, 32, 64)."""
+                    anchor_sizes=None, max_detections: int = 100, strides=STRIDES, fpn: bool = True,
+                    focal_gamma: float = 2.0, focal_alpha: float = 0.25) -> nn.Module:
+    """RetinaNet on an FPN over a small residual backbone's maps at `strides` (default 8, 16, 32); three octave
+    scales and aspect ratios 0.5, 1, 2 per level around `anchor_sizes` (three sizes in pixels, one per level;
+    default 16, 32, 64). `fpn=False` with one stride: a single-scale head on that map, every anchor size on it.
+    `focal_gamma`, `focal_alpha`: the focal loss's (gamma 0: alpha-balanced cross-entropy)."""
     from torchvision.models.detection import RetinaNet
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
     _check(width, fpn_channels, max_detections)
-    sizes = _anchor_sizes(anchor_sizes, 3, per_level=3)
+    strides = _strides(strides)
+    sizes = _anchor_sizes(anchor_sizes, strides, per_level=3)
     anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-    net = RetinaNet(WithFPN(SmallBackbone(in_chans, width), fpn_channels), num_classes, anchor_generator=anchors,
+    head_cls = _classification_head(fpn_channels, anchors.num_anchors_per_location()[0], num_classes, focal_gamma,
+                                    focal_alpha)
+    net = RetinaNet(_features(in_chans, width, fpn_channels, strides, fpn), num_classes, anchor_generator=anchors,
                     detections_per_img=max_detections)
+    net.head.classification_head = head_cls
     return Detector(net, num_classes, max_detections)
 
 
 @register_model("fcos", min_size=32, paper="Tian et al. 2019, FCOS (anchor-free) on an FPN (torchvision)",
                 task="detect", default_input="1x96x96")
 def fcos_small(num_classes: int = 11, in_chans: int = 1, img_size=None, width: int = 16, fpn_channels: int = 64,
-               max_detections: int = 100) -> nn.Module:
-    """FCOS on an FPN over a small residual backbone (strides 4, 8, 16): one location per map position."""
+               max_detections: int = 100, strides=STRIDES) -> nn.Module:
+    """FCOS on an FPN over a small residual backbone's maps at `strides` (default 8, 16, 32): one location per map
+    position."""
     from torchvision.models.detection import FCOS
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
     _check(width, fpn_channels, max_detections)
-    anchors = AnchorGenerator(tuple((4.0 * s,) for s in STRIDES), ((1.0,),) * len(STRIDES))  # FCOS: one per place
-    net = FCOS(WithFPN(SmallBackbone(in_chans, width), fpn_channels), num_classes, anchor_generator=anchors,
+    strides = _strides(strides)
+    anchors = AnchorGenerator(tuple((4.0 * s,) for s in strides), ((1.0,),) * len(strides))  # FCOS: one per place
+    net = FCOS(_features(in_chans, width, fpn_channels, strides, True), num_classes, anchor_generator=anchors,
                detections_per_img=max_detections)
     return Detector(net, num_classes, max_detections)
 
@@ -178,38 +321,42 @@ def fcos_small(num_classes: int = 11, in_chans: int = 1, img_size=None, width: i
 @register_model("ssd", min_size=32, paper="Liu et al. 2016, SSD (multi-scale feature maps, default boxes; "
                 "torchvision)", task="detect", default_input="1x96x96")
 def ssd_small(num_classes: int = 11, in_chans: int = 1, img_size=None, width: int = 16,
-              max_detections: int = 100) -> nn.Module:
-    """SSD on a small residual backbone: predictions from its stride 4, 8, 16 and 32 maps, default boxes
-    from 0.15 to 0.9 of the image side with aspect ratios 1, 2 (and 3 from the second map on)."""
+              max_detections: int = 100, strides=BACKBONE_STRIDES) -> nn.Module:
+    """SSD on a small residual backbone: predictions from its maps at `strides` (default 4, 8, 16 and 32), default
+    boxes from 0.15 to 0.9 of the image side spread over the maps, aspect ratios 1, 2 (and 3 on the inner maps;
+    a single map has 1, 2 and 3)."""
     from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
     from torchvision.models.detection.ssd import SSD, SSDHead
 
     _check(width, 1, max_detections)
+    strides = _strides(strides)
     size = tuple(img_size) if img_size is not None else (96, 96)
-    body = SmallBackbone(in_chans, width, extra=True)
-    anchors = DefaultBoxGenerator([[2], [2, 3], [2, 3], [2]], min_ratio=0.15, max_ratio=0.9)
+    body = Maps(in_chans, width, strides)
+    ratios = [[2, 3]] if len(strides) == 1 else [[2]] + [[2, 3]] * (len(strides) - 2) + [[2]]
+    anchors = DefaultBoxGenerator(ratios, min_ratio=0.15, max_ratio=0.9)
     head = SSDHead(body.channels, anchors.num_anchors_per_location(), num_classes)
     net = SSD(body, anchors, size, num_classes, head=head, detections_per_img=max_detections)
-    return Detector(net, num_classes, max_detections)
+    return Detector(net, num_classes, max_detections, exports_any_size=False)
 
 
 @register_model("fasterrcnn", min_size=32, paper="Ren et al. 2015, Faster R-CNN with an FPN (torchvision)",
                 task="detect", default_input="1x96x96")
 def fasterrcnn_small(num_classes: int = 11, in_chans: int = 1, img_size=None, width: int = 16,
-                     fpn_channels: int = 64, anchor_sizes=None, max_detections: int = 100) -> nn.Module:
-    """Faster R-CNN on an FPN over a small residual backbone (strides 4, 8, 16): region proposals from one
-    anchor size per level (`anchor_sizes`, default 16, 32, 64) and ratios 0.5, 1, 2; RoIAlign of 7×7, a
-    two-layer box head of 256."""
+                     fpn_channels: int = 64, anchor_sizes=None, max_detections: int = 100, strides=STRIDES) -> nn.Module:
+    """Faster R-CNN on an FPN over a small residual backbone's maps at `strides` (default 8, 16, 32): region
+    proposals from one anchor size per level (`anchor_sizes`, default 16, 32, 64) and ratios 0.5, 1, 2; RoIAlign
+    of 7×7, a two-layer box head of 256."""
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.ops import MultiScaleRoIAlign
 
     _check(width, fpn_channels, max_detections)
-    sizes = _anchor_sizes(anchor_sizes, 3)
+    strides = _strides(strides)
+    sizes = _anchor_sizes(anchor_sizes, strides)
     anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-    pool = MultiScaleRoIAlign([str(i) for i in range(len(STRIDES))], 7, 2)
-    net = FasterRCNN(WithFPN(SmallBackbone(in_chans, width), fpn_channels), rpn_anchor_generator=anchors,
+    pool = MultiScaleRoIAlign([str(i) for i in range(len(strides))], 7, 2)
+    net = FasterRCNN(_features(in_chans, width, fpn_channels, strides, True), rpn_anchor_generator=anchors,
                      box_roi_pool=pool, box_head=TwoMLPHead(fpn_channels * 49, 256),
                      box_predictor=FastRCNNPredictor(256, num_classes), rpn_pre_nms_top_n_train=600,
                      rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,

@@ -189,11 +189,11 @@ class Detection(Task):
         level of the detector's pyramid, at the quantiles (2i + 1) / 2L of the boxes' sides (the square root of
         their areas), rounded to a tenth of a pixel."""
         from cnnkit.models import get_entry
-        from cnnkit.models.detect import STRIDES
+        from cnnkit.models.detect import ANCHOR_LEVELS
 
         if "anchor_sizes" in options or model.startswith("timm/") or "anchor_sizes" not in get_entry(model).options():
             return {}
-        return {"anchor_sizes": anchor_sizes_from_boxes(data.objects, len(STRIDES))}
+        return {"anchor_sizes": anchor_sizes_from_boxes(data.objects, ANCHOR_LEVELS)}
 
     def data_for(self, data: Any) -> Any:
         """The set's objects as the targets; its masks (fashion-scenes has both) left out."""
