@@ -118,6 +118,8 @@ def _option_problem(key: str, value: object, default: object) -> str | None:
         ok = value is None or (isinstance(value, (list, tuple)) and len(value) == 4
                                and all(_is_int(k) and k > 0 and k % 2 for k in value))
         return None if ok else need("four odd kernel sizes, one per stage, e.g. [3, 5, 5, 7]")
+    if key in ("strides", "focal_gamma", "focal_alpha"):  # the detectors check these themselves, in one line
+        return None
     if isinstance(default, (list, tuple)):
         ok = isinstance(value, (list, tuple)) and len(value) == len(default) and all(_is_int(v) and v > 0 for v in value)
         return None if ok else need(f"{len(default)} positive integers, e.g. {list(default)}")
