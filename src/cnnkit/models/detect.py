@@ -92,6 +92,89 @@ class Maps(nn.Module):
         return OrderedDict((str(i), out[k]) for i, k in enumerate(self.keys))
 
 
+class ClassifierMaps(nn.Module):
+    """The maps of any cnnkit classifier or timm model at the given strides, keyed "0", "1", ... from the finest:
+    the last module of each stage whose output has that stride (measured on a probe image; timm's own feature
+    maps for timm models, no weights downloaded); strides past the deepest map are made by stride-2 3×3
+    convolution blocks on it, as SSD adds its extra layers. `channels` their widths."""
+
+    def __init__(self, name: str, in_chans: int, strides: tuple[int, ...], options: dict | None = None):
+        super().__init__()
+        from cnnkit.models.atrous import PROBE
+        from cnnkit.models.base import stage_modules
+        from cnnkit.models.registry import TIMM_PREFIX, create
+
+        options = dict(options or {})
+        self.strides = strides
+        if name.startswith(TIMM_PREFIX):
+            import timm
+
+            if set(options) & {"pretrained", "checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay"}:
+                raise ModelError("a detector's timm backbone takes no weights from a hub: load them with --init-from")
+            try:
+                net = timm.create_model(name[len(TIMM_PREFIX):], pretrained=False, features_only=True,
+                                        in_chans=in_chans, **options)
+            except Exception as e:  # noqa: BLE001 - timm raises many types for unknown names and options
+                raise ModelError(f"{name} cannot give feature maps: {(str(e).splitlines() or [type(e).__name__])[0][:160]}"
+                                 ) from None
+            found = {r: (i, c) for i, (r, c) in enumerate(zip(net.feature_info.reduction(), net.feature_info.channels()))}
+            self.timm, self.net = True, net
+        else:
+            net = create(name, num_classes=10, in_chans=in_chans, img_size=PROBE, **options)
+            sizes: dict[str, tuple[int, int]] = {}
+            hooks = [net.get_submodule(m).register_forward_hook(
+                lambda mod, a, out, m=m: sizes.__setitem__(m, (PROBE // out.shape[-1], out.shape[1])))
+                for m in stage_modules(net) if m]
+            net.eval()
+            with torch.no_grad():
+                (net.forward_features if hasattr(net, "forward_features") else net)(torch.zeros(1, in_chans, PROBE, PROBE))
+            for h in hooks:
+                h.remove()
+            found = {stride: (m, c) for m, (stride, c) in sizes.items()}  # the last module at each stride
+            for attr in ("fc", "head", "global_pool", "pre_logits", "classifier"):
+                if isinstance(getattr(net, attr, None), nn.Module):
+                    setattr(net, attr, nn.Identity())
+            self.timm, self.net = False, net
+            self._taken: dict[int, torch.Tensor] = {}
+            for module in {found[s][0] for s in strides if s in found} | {found[max(found)][0]}:
+                net.get_submodule(module).register_forward_hook(self._keep)
+        deepest = max(found)
+        missing = [s for s in strides if s not in found and s < deepest]
+        if missing:
+            raise ModelError(f"{name} has no map at stride {missing[0]} (its maps: strides "
+                             f"{', '.join(map(str, sorted(found)))}); choose strides among those")
+        self.taken = [found[s][0] for s in strides if s in found]
+        self.deepest = found[deepest][0]
+        widths = {s: found[s][1] for s in strides if s in found}
+        extra, width, stride = [], found[deepest][1], deepest
+        for s in strides:
+            while s > stride:
+                extra.append(conv_bn_relu(width, width, 3, 2))
+                stride *= 2
+            widths.setdefault(s, width)
+        self.extra = nn.ModuleList(extra)
+        self.channels = [widths[s] for s in strides]
+
+    def _keep(self, module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        self._taken[id(module)] = out
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        if self.timm:
+            feats = self.net(x)
+            maps, last = [feats[i] for i in self.taken], feats[self.deepest]
+        else:
+            self._taken = {}
+            self.net.forward_features(x) if hasattr(self.net, "forward_features") else self.net(x)
+            by_module = dict(self.net.named_modules())
+            maps = [self._taken[id(by_module[m])] for m in self.taken]
+            last = self._taken[id(by_module[self.deepest])]
+            self._taken = {}
+        for block in self.extra:
+            last = block(last)
+            maps.append(last)
+        return OrderedDict((str(i), m) for i, m in enumerate(maps))
+
+
 class Projected(nn.Module):
     """A single map without a pyramid: the backbone's one map, projected by a 1×1 convolution to
     `out_channels` (the single-scale head FPN's paper compares against)."""
@@ -208,7 +291,7 @@ def _check(width: int, fpn_channels: int, max_detections: int) -> None:
             raise ModelError(f"{name} must be a positive whole number, got {v!r}")
 
 
-def _strides(strides, allowed: tuple[int, ...] = BACKBONE_STRIDES) -> tuple[int, ...]:  # noqa: ANN001
+def _strides(strides, allowed: tuple[int, ...] = (2, 4, 8, 16, 32, 64, 128)) -> tuple[int, ...]:  # noqa: ANN001
     """The maps a head reads: distinct strides of `allowed`, finest first; anything else is one line."""
     try:
         out = tuple(sorted(int(v) for v in strides))
@@ -236,14 +319,32 @@ def _anchor_sizes(anchor_sizes, strides: tuple[int, ...], per_level: int = 1) ->
     return tuple(scales) if len(strides) == ANCHOR_LEVELS else (tuple(v for level in scales for v in level),)
 
 
-def _features(in_chans: int, width: int, fpn_channels: int, strides: tuple[int, ...], fpn: bool) -> nn.Module:
+def _body(in_chans: int, width: int, strides: tuple[int, ...], backbone: str, backbone_kw: dict | None) -> nn.Module:
+    """The maps at `strides`: the small residual backbone (`backbone="small"`) or any cnnkit classifier or timm
+    model (`timm/NAME`) by name, with its options."""
+    if not isinstance(backbone, str):
+        raise ModelError(f"backbone must be a model's name (small, a cnnkit classifier or timm/NAME), got {backbone!r}")
+    if backbone == "small":
+        if backbone_kw:
+            raise ModelError("backbone_kw is for a named backbone; the small backbone takes width")
+        if any(s not in BACKBONE_STRIDES for s in strides):
+            raise ModelError(f"the small backbone's maps are at strides {', '.join(map(str, BACKBONE_STRIDES))}, "
+                             f"got {list(strides)}")
+        return Maps(in_chans, width, strides)
+    if backbone_kw is not None and not isinstance(backbone_kw, dict):
+        raise ModelError(f"backbone_kw must be a mapping of the backbone's options, got {backbone_kw!r}")
+    return ClassifierMaps(backbone, in_chans, strides, backbone_kw)
+
+
+def _features(in_chans: int, width: int, fpn_channels: int, strides: tuple[int, ...], fpn: bool,
+              backbone: str = "small", backbone_kw: dict | None = None) -> nn.Module:
     """The backbone's maps at `strides` through an FPN, or (`fpn=False`) one map projected to `fpn_channels`."""
     if not isinstance(fpn, bool):
         raise ModelError(f"fpn must be true or false, got {fpn!r}")
     if not fpn and len(strides) != 1:
         raise ModelError(f"without an FPN the head reads one map: give one stride (e.g. strides=[16]), got "
                          f"{list(strides)}")
-    body = Maps(in_chans, width, strides)
+    body = _body(in_chans, width, strides, backbone, backbone_kw)
     return WithFPN(body, fpn_channels) if fpn else Projected(body, fpn_channels)
 
 
@@ -281,11 +382,13 @@ def _classification_head(in_channels: int, anchors: int, num_classes: int, gamma
                 task="detect", default_input="1x96x96")
 def retinanet_small(num_classes: int = 11, in_chans: int = 1, img_size=None, width: int = 16, fpn_channels: int = 64,
                     anchor_sizes=None, max_detections: int = 100, strides=STRIDES, fpn: bool = True,
-                    focal_gamma: float = 2.0, focal_alpha: float = 0.25) -> nn.Module:
+                    focal_gamma: float = 2.0, focal_alpha: float = 0.25, backbone: str = "small",
+                    backbone_kw=None) -> nn.Module:
     """RetinaNet on an FPN over a small residual backbone's maps at `strides` (default 8, 16, 32); three octave
     scales and aspect ratios 0.5, 1, 2 per level around `anchor_sizes` (three sizes in pixels, one per level;
     default 16, 32, 64). `fpn=False` with one stride: a single-scale head on that map, every anchor size on it.
-    `focal_gamma`, `focal_alpha`: the focal loss's (gamma 0: alpha-balanced cross-entropy)."""
+    `focal_gamma`, `focal_alpha`: the focal loss's (gamma 0: alpha-balanced cross-entropy). `backbone`: any
+    cnnkit classifier or `timm/NAME` instead of the small one (`backbone_kw`: its options)."""
     from torchvision.models.detection import RetinaNet
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
@@ -295,7 +398,8 @@ def retinanet_small(num_classes: int = 11, in_chans: int = 1, img_size=None, wid
     anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
     head_cls = _classification_head(fpn_channels, anchors.num_anchors_per_location()[0], num_classes, focal_gamma,
                                     focal_alpha)
-    net = RetinaNet(_features(in_chans, width, fpn_channels, strides, fpn), num_classes, anchor_generator=anchors,
+    net = RetinaNet(_features(in_chans, width, fpn_channels, strides, fpn, backbone, backbone_kw), num_classes,
+                    anchor_generator=anchors,
                     detections_per_img=max_detections)
     net.head.classification_head = head_cls
     return Detector(net, num_classes, max_detections)
@@ -304,16 +408,17 @@ def retinanet_small(num_classes: int = 11, in_chans: int = 1, img_size=None, wid
 @register_model("fcos", min_size=32, paper="Tian et al. 2019, FCOS (anchor-free) on an FPN (torchvision)",
                 task="detect", default_input="1x96x96")
 def fcos_small(num_classes: int = 11, in_chans: int = 1, img_size=None, width: int = 16, fpn_channels: int = 64,
-               max_detections: int = 100, strides=STRIDES) -> nn.Module:
-    """FCOS on an FPN over a small residual backbone's maps at `strides` (default 8, 16, 32): one location per map
-    position."""
+               max_detections: int = 100, strides=STRIDES, backbone: str = "small", backbone_kw=None) -> nn.Module:
+    """FCOS on an FPN over a small residual backbone's maps at `strides` (default 8, 16, 32; `backbone`: any cnnkit
+    classifier or `timm/NAME` instead): one location per map position."""
     from torchvision.models.detection import FCOS
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
     _check(width, fpn_channels, max_detections)
     strides = _strides(strides)
     anchors = AnchorGenerator(tuple((4.0 * s,) for s in strides), ((1.0,),) * len(strides))  # FCOS: one per place
-    net = FCOS(_features(in_chans, width, fpn_channels, strides, True), num_classes, anchor_generator=anchors,
+    net = FCOS(_features(in_chans, width, fpn_channels, strides, True, backbone, backbone_kw), num_classes,
+               anchor_generator=anchors,
                detections_per_img=max_detections)
     return Detector(net, num_classes, max_detections)
 
@@ -321,20 +426,26 @@ def fcos_small(num_classes: int = 11, in_chans: int = 1, img_size=None, width: i
 @register_model("ssd", min_size=32, paper="Liu et al. 2016, SSD (multi-scale feature maps, default boxes; "
                 "torchvision)", task="detect", default_input="1x96x96")
 def ssd_small(num_classes: int = 11, in_chans: int = 1, img_size=None, width: int = 16,
-              max_detections: int = 100, strides=BACKBONE_STRIDES) -> nn.Module:
+              max_detections: int = 100, strides=BACKBONE_STRIDES, backbone: str = "small", backbone_kw=None,
+              lite: bool = False) -> nn.Module:
     """SSD on a small residual backbone: predictions from its maps at `strides` (default 4, 8, 16 and 32), default
     boxes from 0.15 to 0.9 of the image side spread over the maps, aspect ratios 1, 2 (and 3 on the inner maps;
-    a single map has 1, 2 and 3)."""
+    a single map has 1, 2 and 3). `backbone`: any cnnkit classifier or `timm/NAME` instead of the small one;
+    `lite`: SSDlite's head (depthwise-separable predictions, MobileNetV2's paper) instead of SSD's 3×3 convolutions."""
     from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
     from torchvision.models.detection.ssd import SSD, SSDHead
+    from torchvision.models.detection.ssdlite import SSDLiteHead
 
     _check(width, 1, max_detections)
     strides = _strides(strides)
     size = tuple(img_size) if img_size is not None else (96, 96)
-    body = Maps(in_chans, width, strides)
+    if not isinstance(lite, bool):
+        raise ModelError(f"lite must be true or false, got {lite!r}")
+    body = _body(in_chans, width, strides, backbone, backbone_kw)
     ratios = [[2, 3]] if len(strides) == 1 else [[2]] + [[2, 3]] * (len(strides) - 2) + [[2]]
     anchors = DefaultBoxGenerator(ratios, min_ratio=0.15, max_ratio=0.9)
-    head = SSDHead(body.channels, anchors.num_anchors_per_location(), num_classes)
+    head = (SSDLiteHead(body.channels, anchors.num_anchors_per_location(), num_classes, nn.BatchNorm2d) if lite
+            else SSDHead(body.channels, anchors.num_anchors_per_location(), num_classes))
     net = SSD(body, anchors, size, num_classes, head=head, detections_per_img=max_detections)
     return Detector(net, num_classes, max_detections, exports_any_size=False)
 
@@ -342,7 +453,8 @@ def ssd_small(num_classes: int = 11, in_chans: int = 1, img_size=None, width: in
 @register_model("fasterrcnn", min_size=32, paper="Ren et al. 2015, Faster R-CNN with an FPN (torchvision)",
                 task="detect", default_input="1x96x96")
 def fasterrcnn_small(num_classes: int = 11, in_chans: int = 1, img_size=None, width: int = 16,
-                     fpn_channels: int = 64, anchor_sizes=None, max_detections: int = 100, strides=STRIDES) -> nn.Module:
+                     fpn_channels: int = 64, anchor_sizes=None, max_detections: int = 100, strides=STRIDES,
+                     backbone: str = "small", backbone_kw=None) -> nn.Module:
     """Faster R-CNN on an FPN over a small residual backbone's maps at `strides` (default 8, 16, 32): region
     proposals from one anchor size per level (`anchor_sizes`, default 16, 32, 64) and ratios 0.5, 1, 2; RoIAlign
     of 7×7, a two-layer box head of 256."""
@@ -356,7 +468,8 @@ def fasterrcnn_small(num_classes: int = 11, in_chans: int = 1, img_size=None, wi
     sizes = _anchor_sizes(anchor_sizes, strides)
     anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
     pool = MultiScaleRoIAlign([str(i) for i in range(len(strides))], 7, 2)
-    net = FasterRCNN(_features(in_chans, width, fpn_channels, strides, True), rpn_anchor_generator=anchors,
+    net = FasterRCNN(_features(in_chans, width, fpn_channels, strides, True, backbone, backbone_kw),
+                     rpn_anchor_generator=anchors,
                      box_roi_pool=pool, box_head=TwoMLPHead(fpn_channels * 49, 256),
                      box_predictor=FastRCNNPredictor(256, num_classes), rpn_pre_nms_top_n_train=600,
                      rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,
