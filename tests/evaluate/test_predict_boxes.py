@@ -37,8 +37,9 @@ def run(tmp_path_factory):
 
 
 def test_predict_answers_every_detection_over_the_threshold_at_the_images_size(run, tmp_path, capsys):
+    from torchvision.transforms.v2 import functional as TF
+
     from cnnkit.artifacts import load
-    from cnnkit.data.images import load_image_file, to_model_input
     from cnnkit.data import Normalize
 
     run_dir, scene = run
@@ -46,10 +47,12 @@ def test_predict_answers_every_detection_over_the_threshold_at_the_images_size(r
                  "--nms-iou", "0.3", "--boxes-out", str(tmp_path / "drawn")]) == 0
     line = json.loads(capsys.readouterr().out)[0]
     assert (line["height"], line["width"]) == (120, 150) and line["top"]  # a 1-epoch detector still scores > 0.01
-    # the same detections by hand: the image at the model's size, the detector at those settings, scaled back
+    # the same detections by hand: the whole image stretched to the model's size, the detector at those settings,
+    # the boxes scaled back by each side's own factor
     ckpt = load(run_dir)
     ckpt.model.set_postprocess(score_threshold=0.01, nms_iou=0.3)
-    x = Normalize(*ckpt.normalization)(to_model_input(load_image_file(scene), 1, ckpt.img_size)[None])
+    stretched = TF.resize(TF.pil_to_tensor(Image.open(scene).convert("L")), list(ckpt.img_size), antialias=True)
+    x = Normalize(*ckpt.normalization)(stretched[None])
     with torch.no_grad():
         det = ckpt.model.eval()(x)[0]
     det = det[(det[:, 5] >= 0) & (det[:, 4] >= 0.01)]

@@ -62,3 +62,11 @@ def test_a_budgeted_detection_run_resumes_with_its_plan(tmp_path, fake_pace):  #
     result = fit(resume=out, progress=False)
     assert fake_pace == [] and result.config.max_steps == planned["max_steps"]
     assert len(result.history) == planned["epochs"] and all(0 <= h["val_map"] <= 1 for h in result.history)
+
+
+def test_a_detection_run_measures_its_own_pace_for_a_budget(tmp_path):
+    """The budget's pace is measured with the detector's own losses (it takes the targets in training mode)."""
+    from cnnkit.train import fit
+
+    result = fit(**{**CONFIG, "epochs": None}, budget=25, lr=3e-4, out=str(tmp_path / "run"), progress=False)
+    assert result.config.max_steps > 0 and result.history and result.best_checkpoint.exists()

@@ -273,7 +273,8 @@ def _predict_boxes(ckpt: LoadedCheckpoint, inputs: list[str | os.PathLike], topk
                    score_threshold: float | None, nms_iou: float | None) -> list[Prediction]:
     """`predict` for a detection model: each image's detections at its own size (all of them in the answer, the
     best `topk` in the table's cells), drawn into `boxes_out`."""
-    from cnnkit.data.images import decoded_images, list_image_files, to_model_input
+    from cnnkit.data.images import decoded_images, list_image_files
+    from cnnkit.evaluate.masks import model_input
     from cnnkit.evaluate.boxes import DEFAULT_SCORE_THRESHOLD, BoxFolder, scaled_answer
 
     task, classes, model = task_of(ckpt), ckpt.classes, ckpt.model
@@ -292,7 +293,7 @@ def _predict_boxes(ckpt: LoadedCheckpoint, inputs: list[str | os.PathLike], topk
     out: list[Prediction] = []
 
     def run(batch: list[tuple[Path, Any]]) -> None:
-        x = normalize(torch.stack([to_model_input(im, ckpt.in_chans, ckpt.img_size) for _, im in batch]).to(dev))
+        x = normalize(torch.stack([model_input(im, ckpt.in_chans, ckpt.img_size) for _, im in batch]).to(dev))
         with torch.no_grad(), autocast(dev, precision):
             detections = task.infer(model, x, tta)
         for (path, image), det in zip(batch, detections):

@@ -144,7 +144,7 @@ def measure_pace(run: Run, min_steps: int = 4, max_steps: int = 30) -> tuple[flo
         t = time.perf_counter()
         x, target = objective.batch(x, run.task.targets(x, y))
         with autocast(run.device, run.amp):
-            outputs = stepper(x)
+            outputs = objective.forward(stepper, x, target)  # a detector takes its targets
         loss = objective.loss(outputs, target, x)  # a distillation step runs its teachers too
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
