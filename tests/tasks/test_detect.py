@@ -242,10 +242,11 @@ def test_a_run_trains_and_evaluates_with_cocos_metrics(tmp_path):
     assert [a["score"] for a in answer] == sorted((a["score"] for a in answer), reverse=True)
     from cnnkit.cli import main
 
-    for argv in (["export", "--checkpoint", str(result.run_dir), "--out", str(tmp_path / "d.onnx")],
+    for argv in (["export", "--checkpoint", str(result.run_dir), "--format", "torch-export", "--out",
+                  str(tmp_path / "d.pt2")],
                  ["compress", "--checkpoint", str(result.run_dir), "--recipe", "int8", "--out", str(tmp_path / "c")]):
-        assert main(argv) == 2  # not yet: one line, nothing written
-    assert not (tmp_path / "d.onnx").exists() and not (tmp_path / "c").exists()
+        assert main(argv) == 2  # ONNX only (tests/deploy/test_detect_export.py); no int8 yet: one line, nothing written
+    assert not (tmp_path / "d.pt2").exists() and not (tmp_path / "c").exists()
 
 
 def test_data_without_boxes_and_crops_are_refused_in_one_line(tmp_path):
@@ -274,3 +275,78 @@ def test_anchor_sizes_are_the_quantiles_of_the_training_boxes_sides():
         "anchor_sizes": anchor_sizes_from_boxes(targets, 3)}
     assert DETECT.model_options("retinanet_small", {"anchor_sizes": [8, 16, 32]}, None) == {}  # the user's stand
     assert DETECT.model_options("fcos_small", {}, None) == {}  # anchor-free
+
+
+def test_a_run_whose_validation_score_is_undefined_still_keeps_a_best_checkpoint(tmp_path, monkeypatch):
+    """A detection validation split without objects scores NaN: the latest epoch is then the best, never none."""
+    from cnnkit.tasks.detect import Detection
+    from cnnkit.train import fit
+
+    monkeypatch.setattr(Detection, "score_value", lambda self, total, images: float("nan"))
+    result = fit(model="retinanet_small", model_kwargs={"width": 8, "anchor_sizes": [12, 24, 48]},
+                 data="fashion-scenes", epochs=1, train_images=32, val_fraction=0.1, batch_size=16,
+                 out=str(tmp_path / "run"), progress=False, amp="off", channels_last=False)
+    assert result.best_checkpoint.exists() and result.best_val_acc is None
+
+
+def test_the_batched_focal_loss_equals_torchvisions_image_by_image():
+    from torchvision.models.detection.retinanet import RetinaNetClassificationHead
+
+    from cnnkit.models import create
+
+    torch.manual_seed(0)
+    ours = create("retinanet_small", 5, 1, width=8, anchor_sizes=[12, 24, 48]).train()
+    _, targets = _synthetic(n=4, classes=5, seed=2)
+    targets[3] = -1  # an image without objects
+    x = torch.randn(4, 1, 96, 96)
+    head = ours.net.head.classification_head
+    reference = RetinaNetClassificationHead(64, head.num_anchors, 5)
+    reference.load_state_dict(head.state_dict())
+    got = ours(x, targets)["classification"]
+    ours.net.head.classification_head = reference
+    assert torch.allclose(got, ours(x, targets)["classification"], rtol=1e-5)
+
+
+def test_detector_options_choose_the_maps_and_are_checked():
+    from cnnkit.errors import ModelError
+    from cnnkit.models import create
+
+    x = torch.randn(1, 1, 96, 96)
+    single = create("retinanet_small", 5, 1, width=8, strides=[16], fpn=False).eval()
+    assert list(single.net.backbone(x)) == ["0"] and single.net.backbone(x)["0"].shape[-2:] == (6, 6)
+    assert single.net.anchor_generator.num_anchors_per_location() == [27]  # all three sizes on the one map
+    assert list(create("ssd_small", 5, 1, width=8, strides=[32]).net.backbone(x)["0"].shape[-2:]) == [3, 3]
+    for kwargs, message in (({"strides": [8, 12]}, "strides must be distinct strides"),
+                            ({"strides": [8, 16]}, "reads 3 maps"),
+                            ({"fpn": False}, "without an FPN the head reads one map"),
+                            ({"focal_gamma": -1}, "focal_gamma must be a number"),
+                            ({"anchor_sizes": [10, 20]}, "anchor_sizes must be 3 positive sizes")):
+        with pytest.raises(ModelError, match=message):
+            create("retinanet_small", 5, 1, width=8, **kwargs)
+
+
+def test_any_cnnkit_or_timm_classifier_can_be_a_detectors_backbone():
+    import timm
+
+    from cnnkit.errors import ModelError
+    from cnnkit.models import create
+
+    x = torch.randn(2, 1, 96, 96)
+    model = create("retinanet_small", 5, 1, backbone="timm/resnet18", fpn_channels=32).eval()
+    body = model.net.backbone.body
+    reference = timm.create_model("resnet18", pretrained=False, features_only=True, in_chans=1, out_indices=(2, 3, 4))
+    missing = reference.load_state_dict(body.net.state_dict(), strict=False).missing_keys
+    assert not missing  # the same weights: timm's own maps
+    with torch.no_grad():
+        for ours, theirs in zip(body(x).values(), reference.eval()(x)):
+            assert torch.allclose(ours, theirs, atol=1e-5)
+    assert body.channels == [128, 256, 512] and model(x).shape == (2, 100, 6)
+    # a cnnkit classifier's stages, and an extra stride-2 block past its deepest map (SSDlite's head on it)
+    ssd = create("ssd_small", 5, 1, backbone="resnet9", backbone_kw={"width": 8}, strides=[8, 16, 32], lite=True)
+    assert [tuple(v.shape[-2:]) for v in ssd.net.backbone(x).values()] == [(12, 12), (6, 6), (3, 3)]
+    with pytest.raises(ModelError, match="has no map at stride 2"):
+        create("retinanet_small", 5, 1, backbone="timm/convnext_atto", strides=[2, 16, 32])
+    with pytest.raises(ModelError, match="the small backbone's maps are at strides 4, 8, 16, 32"):
+        create("fcos_small", 5, 1, strides=[16, 32, 64])
+    with pytest.raises(ModelError, match="takes no weights from a hub"):
+        create("retinanet_small", 5, 1, backbone="timm/resnet18", backbone_kw={"pretrained": True})

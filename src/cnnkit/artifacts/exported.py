@@ -7,9 +7,11 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -38,20 +40,37 @@ def onnx_session(path: str | Path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def onnx_runner(session: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """A function of an N×C×H×W float32 array giving the session's first output for it. A graph whose batch is
+    fixed at 1 (a detector's: its exporter unrolls the loop over the images) runs a larger batch image by image,
+    the outputs joined along the batch."""
+    node = session.get_inputs()[0]
+    name, batch = node.name, node.shape[0] if node.shape else None
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if batch == 1 and len(x) > 1:
+            return np.concatenate([session.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+        return session.run(None, {name: x})[0]
+
+    return run
+
+
 class OnnxModel(nn.Module):
-    """An ONNX file run by ONNX Runtime on the CPU, behind the nn.Module call the evaluators use."""
+    """An ONNX file run by ONNX Runtime on the CPU, behind the nn.Module call the evaluators use (a graph of a
+    fixed batch of 1 runs a batch image by image, `onnx_runner`)."""
 
     def __init__(self, path: Path):
         super().__init__()
         self.path = path
         self.session = onnx_session(path)
         self.input_name = self.session.get_inputs()[0].name
+        self.run = onnx_runner(self.session)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
         try:
-            out = self.session.run(None, {self.input_name: x.detach().float().cpu().contiguous().numpy()})[0]
+            out = self.run(x.detach().float().cpu().contiguous().numpy())
         except (Fail, InvalidArgument, RuntimeException) as e:  # a damaged graph can load and fail only here
             raise CheckpointError(f"ONNX Runtime cannot run {self.path.name}: {error_line(e)}; export it "
                                   f"again (cnnkit export)") from None
@@ -76,7 +95,8 @@ def load_onnx(path: str | os.PathLike, device: str | torch.device = "cpu") -> Lo
         raise CheckpointError(f"{side} says the input is {'×'.join(map(str, want))} but {p.name} takes "
                               f"{'×'.join(map(str, dims))}; the sidecar does not belong to this model")
     outputs = model.session.get_outputs()[0].shape  # N×K, or N×K×H×W (a class per pixel): K is the second
-    if len(outputs) > 1 and isinstance(outputs[1], int) and outputs[1] != len(meta["classes"]):
+    # (a detector's N×D×6 rows name no class count)
+    if len(outputs) in (2, 4) and isinstance(outputs[1], int) and outputs[1] != len(meta["classes"]):
         raise CheckpointError(f"{side} lists {len(meta['classes'])} classes but {p.name} outputs {outputs[1]}")
     return LoadedCheckpoint(model.eval(), meta, p)
 

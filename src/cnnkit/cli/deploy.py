@@ -24,20 +24,53 @@ def export(
                                                        "ONNX, 1e-5 for torch.export).")] = None,
     fold_bn: Annotated[bool, typer.Option(help="Fold each BatchNorm that follows a convolution into it "
                                                "first.")] = True,
+    score_threshold: Annotated[Optional[float], typer.Option(help="Detection: keep detections scoring above "
+                                                                  "this (0 to 1), baked into the graph (default: "
+                                                                  "the detector's own).")] = None,
+    nms_iou: Annotated[Optional[float], typer.Option(help="Detection: the IoU (0 to 1) above which NMS "
+                                                          "suppresses a box overlapping a better one of its "
+                                                          "class, baked into the graph (default: the "
+                                                          "detector's own).")] = None,
 ) -> None:
     """Export a checkpoint (dynamic batch) with its JSON sidecar, checked against PyTorch before writing."""
     from cnnkit.deploy import export_onnx, export_program
+    from cnnkit.evaluate.boxes import check_postprocess
 
     if format not in ("onnx", "torch-export"):
         raise ConfigError(f"unknown export format {format!r}; choose onnx or torch-export")
-    fn, default = (export_onnx, 1e-4) if format == "onnx" else (export_program, 1e-5)
-    r = fn(checkpoint, out, atol=default if atol is None else atol, fold_bn=fold_bn)
-    folded = json.loads(r.sidecar.read_text()).get("bn_folded", 0)
+    check_postprocess(score_threshold, nms_iou)
+    if format == "onnx":
+        r = export_onnx(checkpoint, out, atol=1e-4 if atol is None else atol, fold_bn=fold_bn,
+                        score_threshold=score_threshold, nms_iou=nms_iou)
+    else:
+        if score_threshold is not None or nms_iou is not None:
+            raise ConfigError("--score-threshold and --nms-iou are for a detector's ONNX export (--format onnx)")
+        r = export_program(checkpoint, out, atol=1e-5 if atol is None else atol, fold_bn=fold_bn)
+    side = json.loads(r.sidecar.read_text())
     checked = {f"at {c['size'][0]}×{c['size'][1]}": ", ".join(
-        [f"max |Δ| {c['max_abs_diff']:.2e}"] + [f"{k.replace('_', ' ')} {percent(v)}" for k, v in c.items()
+        [f"max |Δ| {c['max_abs_diff']:.2e}"] + [_figure(k, v) for k, v in c.items()
                                                if k not in ("size", "max_abs_diff", "max_abs_output")]) for c in r.checks}
-    summary("export", {format: r.path, "sidecar": r.sidecar, "BatchNorms folded": folded,
-                       "max |artifact - torch|": f"{r.max_abs_diff:.2e}", **(checked if len(checked) > 1 else {})})
+    detector: dict[str, Any] = {}
+    if "detections_compared" in r.checks[0]:  # a detector: how it runs and what its parity compared
+        detector = {"batch": f"{side['batch']} image per run (a larger batch runs image by image)",
+                    "size": "any height and width" if side.get("dynamic_size") else
+                    "×".join(map(str, side["img_size"])) + " only",
+                    "post-processing": f"score > {side['score_threshold']:g}, NMS IoU {side['nms_iou']:g}, "
+                                       f"top {side['max_detections']}",
+                    "parity": side["parity_rule"]}
+    summary("export", {format: r.path, "sidecar": r.sidecar, "BatchNorms folded": side.get("bn_folded", 0),
+                       **detector, "max |artifact - torch|": f"{r.max_abs_diff:.2e}",
+                       **(checked if len(checked) > 1 or detector else {})})
+
+
+def _figure(key: str, value: float) -> str:
+    """One parity figure as the export summary shows it: a share in percent, a count, or a number."""
+    label = key.replace("_", " ")
+    if key.endswith("_agreement"):
+        return f"{label} {percent(value)}"
+    if isinstance(value, int):
+        return f"{label} {value}"
+    return f"{label} {value:.2e}" if key.startswith("max_") else f"{label} {value:.6f}"
 
 
 def bench(

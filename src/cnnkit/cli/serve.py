@@ -58,16 +58,26 @@ def serve(
     max_images: Annotated[int, typer.Option(min=1, help="Most images in one request (413).")] = 64,
     device: Device = "auto",
     amp: Amp = "off",
+    score_threshold: Annotated[Optional[float], typer.Option(help="Detection models: answer the detections scoring "
+                                                                  "at least this, 0 to 1 (default 0.25, as cnnkit "
+                                                                  "predict).")] = None,
+    nms_iou: Annotated[Optional[float], typer.Option(help="Detection checkpoints: the IoU above which non-maximum "
+                                                          "suppression drops the lower-scoring of two boxes of a "
+                                                          "class (default: the detector's own; an exported "
+                                                          "graph's is inside it).")] = None,
 ) -> None:
     """Serve models over HTTP: predictions and explanations, batched, with health and Prometheus metrics."""
     check_early(device=device, amp=amp)
+    from cnnkit.evaluate.boxes import check_postprocess
+
+    check_postprocess(score_threshold, nms_iou)  # one line now, not after the models have loaded
     from cnnkit.serve import ServeOptions, bind, connection_limit, load_models
     from cnnkit.serve import serve as run_service
 
     max_connections = connection_limit(max_connections)  # resolved once; one line now if it does not fit ulimit -n
     token, origins = _access(host, token, token_file, allow_origin)
     sock = bind(host, port)  # a taken port is one line now, not after the models have loaded
-    models = load_models(artifacts, device, amp)
+    models = load_models(artifacts, device, amp, score_threshold=score_threshold, nms_iou=nms_iou)
     options = ServeOptions(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue, timeout_s=timeout,
                            max_body_mb=max_body_mb, max_pixels=max_pixels, max_images=max_images, token=token,
                            allow_origins=origins, max_connections=max_connections)

@@ -149,7 +149,7 @@ def target_device(target: str | os.PathLike, device: str = "auto") -> torch.devi
 def input_size(ckpt: LoadedCheckpoint, img_size: tuple[int, int] | None) -> tuple[int, int]:
     """The size `ckpt` is measured at: `img_size`, else its training size. Another size than the training one
     only for a model that takes any (its task's `any_size`; an exported one exported with a dynamic height and
-    width), else ConfigError."""
+    width: not SSD's ONNX graph, whose default boxes are fixed), else ConfigError."""
     if img_size is None or tuple(img_size) == ckpt.img_size:
         return ckpt.img_size
     h, w = (int(v) for v in img_size)
@@ -157,7 +157,8 @@ def input_size(ckpt: LoadedCheckpoint, img_size: tuple[int, int] | None) -> tupl
         raise ConfigError(f"--img-size must be positive, got {h}x{w}")
     if not get_task(ckpt.meta.get("task")).any_size or (is_exported(ckpt.model) and not ckpt.meta.get("dynamic_size")):
         raise ConfigError(f"{ckpt.path.name} takes {ckpt.img_size[0]}x{ckpt.img_size[1]} images only; --img-size "
-                          f"is for models that take any size (segmentation; an exported one exported by this cnnkit)")
+                          f"is for models that take any size (segmentation and detection checkpoints; an artifact "
+                          f"exported with a dynamic size, its sidecar's dynamic_size)")
     return h, w
 
 

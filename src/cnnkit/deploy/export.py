@@ -2,7 +2,8 @@
 in ONNX Runtime, and `torch.export` programs (`.pt2`); both with a dynamic batch (and, for a task whose models
 take any size, such as segmentation, a dynamic height and width), checked against the eager model before
 anything is written, and carrying a JSON sidecar (task, classes, input size, normalization) so `cnnkit predict`
-and `cnnkit eval` accept them as they accept a checkpoint."""
+and `cnnkit eval` accept them as they accept a checkpoint. A detector exports to ONNX only, through
+`cnnkit.deploy.detect` (post-processing inside, compared as detections)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from cnnkit.artifacts.trust import sign
 from cnnkit.errors import ConfigError, ExportError
 from cnnkit.tasks import Task, get_task
 
+# the kinds `cnnkit export` writes, as a refusal names them
+EXPORT_FORMATS = {"onnx": "ONNX (cnnkit export --format onnx)", "torch.export": "torch.export (--format torch-export)"}
 _META_KEYS = ("task", "model", "model_kwargs", "classes", "in_chans", "img_size", "normalization", "dataset")
 MIN_AGREEMENT = 0.999  # the least share of equal answers (a mask's pixels) a float artifact must give
 
@@ -45,6 +48,15 @@ class ExportResult:
 # writes `model` (given an example input and the task, which names the output and says whether the height and
 # width are dynamic) to a file and returns a runner of the written file
 Writer = Callable[[nn.Module, torch.Tensor, str, Task], Callable[[torch.Tensor], np.ndarray]]
+# compares an artifact's outputs on a batch with PyTorch's: `max_abs_diff`, `max_abs_output` and the task's
+# shares ending in `_agreement` (each at least MIN_AGREEMENT), besides any other figure worth recording
+Compare = Callable[[torch.Tensor, torch.Tensor, Task], dict[str, float]]
+
+
+def output_parity(got: torch.Tensor, want: torch.Tensor, task: Task) -> dict[str, float]:
+    """The default `Compare`: the outputs' largest difference and magnitude, and the task's agreement shares."""
+    return {"max_abs_diff": float((got - want).abs().max()), "max_abs_output": float(want.abs().max()),
+            **task.agreement(got, want)}
 
 
 def check_sizes(img_size: tuple[int, int], any_size: bool) -> list[tuple[int, int]]:
@@ -60,7 +72,8 @@ def check_sizes(img_size: tuple[int, int], any_size: bool) -> list[tuple[int, in
 
 def export_artifact(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str | os.PathLike | None, suffix: str,
                     kind: str, atol: float | None, seed: int, write: Writer, model: nn.Module | None = None,
-                    extra: dict[str, Any] | None = None, fold_bn: bool = False) -> ExportResult:
+                    extra: dict[str, Any] | None = None, fold_bn: bool = False, exported: nn.Module | None = None,
+                    any_size: bool | None = None, compare: Compare = output_parity) -> ExportResult:
     """The steps every export shares: write to a temporary file beside the target with `write(model,
     example, tmp, task)`, which returns a runner of the written artifact; compare the runner with `model` (default:
     the checkpoint's eager model) at batch 1 and 3, and for a task whose models take any size also at batch 2
@@ -71,19 +84,27 @@ def export_artifact(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str |
     (quantized artifacts, whose difference from the float model is measured as accuracy instead). A runtime
     that fails at the second size (a model exported at its training size only) writes nothing and says so.
     `fold_bn` exports a copy with every conv→BN pair folded (`cnnkit.models.fold`), still compared with the
-    unfolded model; a model torch.fx cannot trace is exported unfolded, and the sidecar says so."""
+    unfolded model; a model torch.fx cannot trace is exported unfolded, and the sidecar says so. `exported`: the
+    module to write instead (already prepared, e.g. folded in part: `fold_bn` is then not applied). `any_size`:
+    whether the artifact takes any height and width (default: the task's `any_size`). `compare`: how a batch's
+    outputs are compared (default `output_parity`; detection compares detections, `cnnkit.deploy.detect`). A
+    task with `export_formats` exports to those kinds only: any other is refused in one line."""
     ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load(checkpoint)
-    if model is None and is_exported(ckpt.model):
-        source = ckpt.meta.get("source")
-        raise ConfigError(f"export takes a training checkpoint or run directory, not the exported artifact "
-                          f"{ckpt.path.name}" + (f"; export {source} instead" if source else ""))
-    model = (model if model is not None else ckpt.model.float()).eval()
-    extra = dict(extra or {})
-    exported = _folded(model, extra) if fold_bn else model
+    if model is None:
+        _refuse_exported(ckpt)
     task = get_task(ckpt.meta.get("task"))  # its example input: what the model is exported and checked with
-    if not task.exportable:
+    formats = getattr(task, "export_formats", None)  # the kinds a task whose models export to some only takes
+    if formats is not None and kind not in formats:
+        raise ConfigError(f"exporting a {task.name} model as {kind} is not available; export it as "
+                          + " or ".join(EXPORT_FORMATS.get(f, f) for f in formats))
+    if formats is None and not task.exportable:
         raise ConfigError(f"exporting a {task.name} model is not available yet; its checkpoint runs in PyTorch "
                           f"(cnnkit eval, predict, bench)")
+    model = (model if model is not None else ckpt.model.float()).eval()
+    extra = dict(extra or {})
+    if exported is None:
+        exported = _folded(model, extra) if fold_bn else model
+    dynamic = task.any_size if any_size is None else any_size
     path = _destination(ckpt, out, suffix, kind)
     gen = torch.Generator().manual_seed(seed)
     tmp = temp_path_for(path, keep_suffix=True)
@@ -96,21 +117,22 @@ def export_artifact(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str |
         except Exception as e:  # the exporters raise many types on graphs they cannot capture
             raise ExportError(f"{kind} export of {ckpt.meta['model']} failed: {type(e).__name__}: "
                               f"{str(e).splitlines()[0][:160]}") from None
-        checks = [_check(run, model, task, ckpt.in_chans, size, (1, 3) if i == 0 else (2,), gen, kind)
-                  for i, size in enumerate(check_sizes(ckpt.img_size, task.any_size))]
+        checks = [_check(run, model, task, ckpt.in_chans, size, (1, 3) if i == 0 else (2,), gen, kind, compare)
+                  for i, size in enumerate(check_sizes(ckpt.img_size, dynamic))]
         worst = max(c["max_abs_diff"] for c in checks)
         scale = max([1.0] + [c["max_abs_output"] for c in checks])  # float error grows with the outputs' size
         if atol is not None and not worst <= atol * scale:
             raise ExportError(f"the {kind} artifact's outputs differ from PyTorch's by {worst:.2e} "
                               f"(> {atol:.0e}" + (f" × the outputs' largest magnitude {scale:.3g}" if scale > 1 else "")
                               + "); nothing was written")
-        low = [(c, k) for c in checks for k, v in c.items() if k not in ("size", "max_abs_diff", "max_abs_output") and v < MIN_AGREEMENT]
+        low = [(c, k) for c in checks for k, v in c.items() if k.endswith("_agreement") and v < MIN_AGREEMENT]
         if atol is not None and low:
             c, k = low[0]
-            raise ExportError(f"the {kind} artifact's {k.replace('_', ' ')} with PyTorch is {c[k]:.4f} at "
+            rule = f" ({extra['parity_rule']})" if extra.get("parity_rule") else ""
+            raise ExportError(f"the {kind} artifact's {k.replace('_', ' ')} with PyTorch is {c[k]:.4f}{rule} at "
                               f"{c['size'][0]}×{c['size'][1]} (< {MIN_AGREEMENT}); nothing was written")
         meta = {"format": SIDECAR_FORMAT, "artifact": kind, "source": str(ckpt.path.absolute()),
-                "max_abs_diff_vs_pytorch": worst, "parity": checks, "dynamic_size": task.any_size,
+                "max_abs_diff_vs_pytorch": worst, "parity": checks, "dynamic_size": dynamic,
                 "torch_version": torch.__version__, **{k: ckpt.meta[k] for k in _META_KEYS if k in ckpt.meta},
                 **extra}
         if suffix == ".ts":  # loading TorchScript runs its code: this user's cnnkit loads the ones it signed
@@ -123,10 +145,20 @@ def export_artifact(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str |
     return ExportResult(path, side, worst, checks)
 
 
+def _refuse_exported(ckpt: LoadedCheckpoint) -> None:
+    """ConfigError when `ckpt` is an exported artifact rather than a training checkpoint."""
+    if is_exported(ckpt.model):
+        source = ckpt.meta.get("source")
+        raise ConfigError(f"export takes a training checkpoint or run directory, not the exported artifact "
+                          f"{ckpt.path.name}" + (f"; export {source} instead" if source else ""))
+
+
 def _check(run: Callable[[torch.Tensor], np.ndarray], model: nn.Module, task: Task, in_chans: int,
-           size: tuple[int, int], batches: tuple[int, ...], gen: torch.Generator, kind: str) -> dict[str, Any]:
-    """The artifact's runner against the eager model on random batches of `size`: the largest difference and
-    the task's agreement shares (the lowest over the batches). ExportError when the runner cannot run them."""
+           size: tuple[int, int], batches: tuple[int, ...], gen: torch.Generator, kind: str,
+           compare: Compare = output_parity) -> dict[str, Any]:
+    """The artifact's runner against the eager model on random batches of `size`, by `compare`: over the
+    batches, the largest of each `max_` figure, the sum of each `_compared` count, the lowest of the rest (the
+    agreement shares). ExportError when the runner cannot run them."""
     out: dict[str, Any] = {"size": list(size), "max_abs_diff": 0.0, "max_abs_output": 0.0}
     for n in batches:
         x = task.example_input(in_chans, size, n, gen)
@@ -137,10 +169,13 @@ def _check(run: Callable[[torch.Tensor], np.ndarray], model: nn.Module, task: Ta
                 raise ExportError(f"the {kind} artifact does not run at {size[0]}×{size[1]} ({type(e).__name__}: "
                                   f"{(str(e).splitlines() or [''])[0][:120]}); nothing was written") from None
             want = model(x).float()
-        out["max_abs_diff"] = max(out["max_abs_diff"], float((got - want).abs().max()))
-        out["max_abs_output"] = max(out["max_abs_output"], float(want.abs().max()))
-        for k, v in task.agreement(got, want).items():
-            out[k] = min(out.get(k, 1.0), v)
+        for k, v in compare(got, want, task).items():
+            if k not in out:
+                out[k] = v
+            elif k.startswith("max_"):
+                out[k] = max(out[k], v)
+            else:
+                out[k] = out[k] + v if k.endswith("_compared") else min(out[k], v)
     return out
 
 
@@ -222,13 +257,22 @@ def write_program(model: nn.Module, example: torch.Tensor, tmp: str,
 
 
 def export_onnx(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str | os.PathLike | None = None,
-                atol: float = 1e-4, seed: int = 0, fold_bn: bool = True) -> ExportResult:
+                atol: float = 1e-4, seed: int = 0, fold_bn: bool = True, score_threshold: float | None = None,
+                nms_iou: float | None = None) -> ExportResult:
     """Export a checkpoint to ONNX (input `images` N×C×H×W with a dynamic N, and H and W for a segmentation
     model; output named by the task, `logits`), compare ONNX Runtime's float32 outputs with PyTorch's at batch
     1 and 3 (and at a second size, see `export_artifact`), and only then write `<out>` and
     `<out>.json` atomically. A parity failure writes nothing and says by how much it failed. BatchNorm is
-    folded into the convolutions first (`fold_bn`)."""
-    return export_artifact(checkpoint, out, ".onnx", "onnx", atol, seed, write_onnx, fold_bn=fold_bn)
+    folded into the convolutions first (`fold_bn`). A detector goes through `cnnkit.deploy.detect`
+    (post-processing inside, one image per run; `score_threshold` and `nms_iou` baked into its graph, and
+    refused for other models)."""
+    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load(checkpoint)
+    if get_task(ckpt.meta.get("task")).name == "detect":
+        return _export_detector(ckpt, out, atol, seed, fold_bn, score_threshold, nms_iou)
+    if score_threshold is not None or nms_iou is not None:
+        raise ConfigError(f"--score-threshold and --nms-iou are for detection models; {ckpt.path.name} is a "
+                          f"{get_task(ckpt.meta.get('task')).name} model")
+    return export_artifact(ckpt, out, ".onnx", "onnx", atol, seed, write_onnx, fold_bn=fold_bn)
 
 
 def export_program(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str | os.PathLike | None = None,
@@ -236,3 +280,28 @@ def export_program(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str | 
     """A `torch.export` program (`.pt2`, dynamic batch) with the same sidecar, checked against the eager
     model at batch 1 and 3 before it is written; BatchNorm folded as in `export_onnx`."""
     return export_artifact(checkpoint, out, ".pt2", "torch.export", atol, seed, write_program, fold_bn=fold_bn)
+
+
+def _export_detector(ckpt: LoadedCheckpoint, out: str | os.PathLike | None, atol: float, seed: int, fold_bn: bool,
+                     score_threshold: float | None, nms_iou: float | None) -> ExportResult:
+    """A detection checkpoint as ONNX with its post-processing inside (`cnnkit.deploy.detect`), its score
+    threshold and NMS IoU set first where given (`Detector.set_postprocess`; baked into the graph and recorded
+    in the sidecar, the caller's model put back as it was), checked against PyTorch by `match_detections` at
+    batch 1 and 3 (each image in its own run) and, where the graph takes any size, at a second size."""
+    from cnnkit.deploy.detect import detection_settings, detector_parity, fold_detector, write_detector_onnx
+
+    _refuse_exported(ckpt)
+    model = ckpt.model.float().eval()
+    if not hasattr(model, "set_postprocess"):
+        raise ConfigError(f"{ckpt.meta.get('model')} is not one of cnnkit's detectors (cnnkit models list --task "
+                          f"detect); its ONNX export with the post-processing inside is not available")
+    own = model.postprocess
+    model.set_postprocess(score_threshold, nms_iou)
+    try:
+        extra = detection_settings(model)
+        exported = fold_detector(model, extra) if fold_bn else model
+        return export_artifact(ckpt, out, ".onnx", "onnx", atol, seed, write_detector_onnx, model=model,
+                               extra=extra, exported=exported, any_size=model.exports_any_size,
+                               compare=detector_parity(model.postprocess["score_threshold"]))
+    finally:
+        model.set_postprocess(**own)

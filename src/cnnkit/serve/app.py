@@ -13,7 +13,8 @@ Routes (all JSON; errors are `{"error": {"status": N, "message": "..."}}`):
     GET  /v1/models                       the models served, by name
     GET  /v1/models/{name}                its card: classes, input size, normalization, layers, params, MACs
     POST /v1/models/{name}/predict        images (multipart `file` parts, or JSON base64) -> top-k classes;
-                                          a segmentation model's mask (PNG, base64) and areas per image
+                                          a segmentation model's mask (PNG, base64) and areas per image; a
+                                          detection model's boxes (class, score, box in the image's pixels)
     POST /v1/models/{name}/explain        one image + method, target, layer -> maps and a PNG overlay
     GET  /                                the browser explorer (`cnnkit explore`); its API is under
          /v1/models/{name}/explore/...    graph, gallery, images (POST one), images/{id}[/nodes/{node}

@@ -179,9 +179,9 @@ def _b64(s: str, i: int) -> bytes:
 
 def decode_images(blobs: list[tuple[str, bytes]], m: ServedModel, max_pixels: int,
                   opened: list[Any] | None = None) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """The images as one uint8 batch for `m` (a segmentation model's stretched whole to its input size, a
-    classifier's resized and centre-cropped) and each image's own (height, width); `opened`: the same images
-    already opened by PIL."""
+    """The images as one uint8 batch for `m` (a segmentation or detection model's stretched whole to its input
+    size, so that masks and boxes map back to the image; a classifier's resized and centre-cropped) and each
+    image's own (height, width); `opened`: the same images already opened by PIL."""
     from cnnkit.data.images import ImageTooLarge, load_image_file, to_model_input
     from cnnkit.evaluate.masks import model_input
 
@@ -191,7 +191,7 @@ def decode_images(blobs: list[tuple[str, bytes]], m: ServedModel, max_pixels: in
             raise Problem(422, f"{name} is empty (0 bytes)")
         try:
             image = load_image_file(opened[i] if opened else io.BytesIO(data), max_pixels=max_pixels, name=name)
-            convert = model_input if m.task.name == "segment" else to_model_input
+            convert = model_input if m.stretched else to_model_input
             out.append(convert(image, m.input_shape[0], m.input_shape[1:]))
             sizes.append((image.height, image.width))
         except ImageTooLarge as e:

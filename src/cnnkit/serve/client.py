@@ -5,7 +5,8 @@
                                                                   # Client("http://127.0.0.1:8000"): its one model
     c.predict(["shoe.png"], topk=3)       # -> [{"image": ..., "top": [{"class", "index", "probability"}]}]
                                           # a segmentation model: also "mask" (palette PNG, base64), "areas",
-                                          # "height", "width"; "top" holds {"class", "area"}
+                                          # "height", "width"; "top" holds {"class", "area"}; a detection
+                                          # model: "height", "width", "top" holds {"class", "score", "box"}
     c.explain("shoe.png", method="gradcam", target="Sandal")      # -> maps, overlay PNG (base64)
 """
 
@@ -113,7 +114,8 @@ class Client:
 
     def predict(self, images: list[str | os.PathLike], topk: int = 5) -> list[dict[str, Any]]:
         """Top-k classes of image files, in one request (a segmentation model's: each image's mask and areas
-        too; `cnnkit.evaluate.masks.read_mask_png` decodes the mask)."""
+        too, `cnnkit.evaluate.masks.read_mask_png` decodes the mask; a detection model's: every detection over
+        the service's score threshold, boxes in the image's pixels, whatever `topk`)."""
         files = [("file", (Path(p).name, Path(p).read_bytes())) for p in images]
         return self._call("POST", f"/v1/models/{self._name()}/predict", params={"topk": topk},
                           files=files)["predictions"]

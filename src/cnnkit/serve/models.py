@@ -36,13 +36,18 @@ def parse_artifact(spec: str) -> tuple[str, Path]:
 
 
 class ServedModel:
-    """One artifact, loaded once, warmed, with its model card."""
+    """One artifact, loaded once, warmed, with its model card. A detection model answers the detections scoring
+    at least `score_threshold` (default: `cnnkit predict`'s), which a checkpoint's detector then keeps too, and
+    suppresses at `nms_iou` (a checkpoint's only: an exported graph has its suppression inside)."""
 
     def __init__(self, name: str, path: str | os.PathLike, device: torch.device, amp: str = "off",
-                 measure_layout: bool = True):
+                 measure_layout: bool = True, score_threshold: float | None = None, nms_iou: float | None = None):
         self.name, self.device = name, device
         self.ckpt: LoadedCheckpoint = load(path)
         self.task = get_task(self.ckpt.meta.get("task"))  # what its outputs mean, and what an answer looks like
+        # the image stretched whole to the input size, so that every pixel maps back: masks, boxes
+        self.stretched = self.task.name in ("segment", "detect")
+        self.score_threshold = self._detection_settings(score_threshold, nms_iou)
         self.model = self.ckpt.model.to(device).eval()
         self.dtype = autocast_dtype(amp, device)
         self.explainable = not is_exported(self.model)
@@ -54,6 +59,21 @@ class ServedModel:
         self.card = self._card()
         # the one thread this model runs in (set by the app while it runs): see Batcher
         self.executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def _detection_settings(self, score_threshold: float | None, nms_iou: float | None) -> float | None:
+        """A detection model's answer threshold, its checkpoint's detector set to it and to `nms_iou` (as `cnnkit
+        predict` sets them); None for another task."""
+        if self.task.name != "detect":
+            return None
+        from cnnkit.evaluate.boxes import DEFAULT_SCORE_THRESHOLD
+
+        model = self.ckpt.model
+        if hasattr(model, "set_postprocess"):
+            model.set_postprocess(score_threshold=score_threshold, nms_iou=nms_iou)
+        elif nms_iou is not None:
+            raise ConfigError(f"--nms-iou sets a checkpoint detector's suppression; {self.name!r} is an exported "
+                              f"graph with its suppression inside (export it again with --nms-iou)")
+        return DEFAULT_SCORE_THRESHOLD if score_threshold is None else float(score_threshold)
 
     @property
     def classes(self) -> list[str]:
@@ -72,13 +92,17 @@ class ServedModel:
             "name": self.name, "artifact": self.ckpt.path.name, "kind": _kind(self.ckpt.path),
             "architecture": meta.get("model"), "classes": self.classes,
             "input": {"channels": c, "height": h, "width": w,
-                      "dtype": "uint8 pixels, resized (stretched) whole; masks answered at the image's size"
-                      if self.task.name == "segment" else "uint8 pixels, resized and centre-cropped",
+                      "dtype": "uint8 pixels, resized (stretched) whole; " + (
+                          "masks answered at the image's size" if self.task.name == "segment" else
+                          "boxes answered in the image's pixels") if self.stretched else
+                      "uint8 pixels, resized and centre-cropped",
                       "normalization": {"mean": mean, "std": std}},
             "params": meta.get("params"), "macs": meta.get("macs"), "layers": [], "explainable": self.explainable,
             "precision": precision_name(self.dtype),
             "layout": "channels-last" if self.channels_last else "NCHW",
         }
+        if self.task.name == "detect":
+            card["detection"] = self._detection_card()
         if self.explainable:
             from cnnkit.models.card import count_macs, layer_shapes
 
@@ -87,6 +111,27 @@ class ServedModel:
             card["macs"] = card["macs"] or count_macs(self.model, x)
             card["layers"] = layer_shapes(self.model, x)
         return card
+
+    def _detection_card(self) -> dict[str, Any]:
+        """What a detection model answers: the detections scoring at least `score_threshold`, after the
+        detector's own threshold and NMS; an exported graph's batch."""
+        meta = self.ckpt.meta
+        own = self.model.postprocess if hasattr(self.model, "postprocess") else {
+            k: meta[k] for k in ("score_threshold", "nms_iou") if k in meta}
+        return {"score_threshold": self.score_threshold, "detector": own,
+                "max_detections": meta.get("max_detections", (meta.get("model_kwargs") or {}).get("max_detections",
+                                                                                                  100)),
+                "graph_batch": meta.get("batch")}  # 1: an exported graph run image by image within a batch
+
+    def box_answers(self, detections: torch.Tensor, sizes: list[tuple[int, int]],
+                    names: list[str]) -> list[dict[str, Any]]:
+        """A detection model's answer per image, as `cnnkit predict --json` gives it: the image's size and its
+        detections scoring at least `score_threshold`, best first, boxes scaled back to the image's pixels."""
+        from cnnkit.evaluate.boxes import scaled_answer
+
+        size = self.ckpt.img_size
+        return [{"image": name, "top": scaled_answer(d, self.classes, size, hw, self.score_threshold),
+                 "height": hw[0], "width": hw[1]} for d, hw, name in zip(detections, sizes, names)]
 
     def warm(self) -> None:
         x = torch.zeros(2, *self.input_shape, dtype=torch.uint8)

@@ -24,10 +24,11 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 
-def load_models(specs: list[str], device: str = "auto", amp: str = "off",
-                measure_layout: bool = True) -> dict[str, ServedModel]:
+def load_models(specs: list[str], device: str = "auto", amp: str = "off", measure_layout: bool = True,
+                score_threshold: float | None = None, nms_iou: float | None = None) -> dict[str, ServedModel]:
     """'PATH' or 'NAME=PATH' for each artifact (run directory, checkpoint, .onnx, .pt2, int8 .ts), loaded;
-    `measure_layout`: time NCHW against channels-last and keep the faster (off: NCHW, a faster start)."""
+    `measure_layout`: time NCHW against channels-last and keep the faster (off: NCHW, a faster start).
+    `score_threshold` and `nms_iou`: the detection models' (see ServedModel); ConfigError when none is one."""
     from cnnkit.runtime import pick_device
 
     if not specs:
@@ -37,7 +38,9 @@ def load_models(specs: list[str], device: str = "auto", amp: str = "off",
         name, path = parse_artifact(spec)
         if name in models:
             raise ConfigError(f"two artifacts would both be served as {name!r}; name them: NAME=PATH")
-        models[name] = ServedModel(name, path, pick_device(device), amp, measure_layout)
+        models[name] = ServedModel(name, path, pick_device(device), amp, measure_layout, score_threshold, nms_iou)
+    if (score_threshold is not None or nms_iou is not None) and all(m.task.name != "detect" for m in models.values()):
+        raise ConfigError("--score-threshold and --nms-iou are for detection models; none of those given is one")
     return models
 
 

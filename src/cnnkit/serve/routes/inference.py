@@ -1,5 +1,6 @@
 """Predictions and explanations: the images of a request, batched with other requests' in the model's
-batcher, answered as top-k classes, as masks (segmentation) or as maps with a PNG overlay."""
+batcher, answered as top-k classes, as masks (segmentation), as boxes (detection) or as maps with a PNG
+overlay."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from cnnkit.serve.problems import Problem
 from cnnkit.serve.service import service_of
 
 router = APIRouter()
+_TASK_NAMES = {"segment": "segmentation", "detect": "detection"}
 
 BODY_DOC = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "properties": {
@@ -36,7 +38,9 @@ PATH_DOC = {"parameters": [{"name": "name", "in": "path", "required": True, "sch
 @router.post("/v1/models/{name}/predict", openapi_extra={**BODY_DOC, **PATH_DOC})
 async def predict(request: Request) -> JSONResponse:
     """The task's answer for one or more images: a classifier's top-k classes (query or field `topk`, default 5);
-    a segmentation model's mask (palette PNG, base64) at each image's size with every class's area."""
+    a segmentation model's mask (palette PNG, base64) at each image's size with every class's area; a detection
+    model's detections over the service's score threshold, boxes in each image's pixels (`topk` does not cut
+    them: the answer is `cnnkit predict --json`'s)."""
     t = time.perf_counter()
     service = service_of(request)
     name = request.path_params["name"]
@@ -45,6 +49,10 @@ async def predict(request: Request) -> JSONResponse:
     x, names, fields, sizes = await read_images(request, m, service.options)
     k = int_field(fields, request, "topk", min(5, len(m.classes)), 1, len(m.classes))
     outputs = await service.submit(m, service.batcher(m, "predict"), x)
+    if m.task.name == "detect":  # boxes scaled back to each image's pixels off the event loop (a row at a time)
+        answers = await asyncio.get_running_loop().run_in_executor(decode_pool(), m.box_answers, outputs, sizes,
+                                                                   names)
+        return JSONResponse({"model": name, "predictions": answers, "seconds": time.perf_counter() - t})
     if m.task.name == "segment":  # masks resized back to each image's size and encoded off the event loop
         answers = await asyncio.get_running_loop().run_in_executor(decode_pool(), m.mask_answers, outputs, sizes,
                                                                    names, k)
@@ -64,9 +72,9 @@ async def explain(name: str, request: Request) -> JSONResponse:
     service = service_of(request)
     m = service.model(name)
     service.refuse_if_full(m)
-    if m.task.name == "segment":
-        raise Problem(422, f"model {name!r} is a segmentation model; the service explains classifiers (use "
-                           f"`cnnkit explain` with its checkpoint)")
+    if m.task.name in ("segment", "detect"):
+        raise Problem(422, f"model {name!r} is a {_TASK_NAMES[m.task.name]} model; the service explains "
+                           f"classifiers (use `cnnkit explain` with its checkpoint)")
     x, names, fields, _ = await read_images(request, m, service.options, single=True)
     method, layer, target = _explain_options(m, fields, request)
     r = (await service.submit(m, service.batcher(m, "explain", method, layer), x,

@@ -1,0 +1,166 @@
+"""The service with a detection model, in a real server process on loopback serving a briefly trained FCOS's
+run directory and its ONNX file: each image's detections equal to `cnnkit predict --json`'s for the same
+image and artifact (boxes in the image's own pixels, a non-square image's scaled back from the stretched
+input), the images of a request in one batch (the ONNX graph runs them one by one inside it), bad requests
+4xx; `cnnkit bench` on the run and the ONNX file; the serve options refused in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.deploy.test_detect_export import briefly_trained, load_scenes, normalized
+
+pytest.importorskip("fastapi")
+
+
+@pytest.fixture(scope="module")
+def det(tmp_path_factory):
+    """The run, its ONNX file (score threshold 0.01 inside), three scenes the model never saw as files (96×96
+    gray PNG, 192×192 RGB PNG, 150×90 gray JPEG) and an answer threshold that leaves several detections."""
+    from cnnkit.deploy import export_onnx
+
+    root, scenes = tmp_path_factory.mktemp("served-boxes"), load_scenes()
+    ckpt = briefly_trained("fcos_small", scenes, root / "run")
+    onnx = export_onnx(ckpt, root / "boxes.onnx", score_threshold=0.01).path
+    files = []
+    for i, (size, mode, ext) in enumerate((((96, 96), "L", "png"), ((192, 192), "RGB", "png"),
+                                           ((150, 90), "L", "jpg"))):
+        files.append(root / f"scene{i}.{ext}")
+        Image.fromarray(scenes["images"][5 + i, 0].numpy(), "L").resize(size).convert(mode).save(files[-1])
+    ckpt.model.set_postprocess(score_threshold=0.01)
+    with torch.no_grad():
+        scores = ckpt.model(normalized(scenes["images"][5:6], scenes["normalization"]))[0, :, 4]
+    threshold = round(float(scores[15]) - 1e-3, 3)  # some 15 detections on the first image
+    return {"run": root / "run", "onnx": onnx, "files": files, "threshold": threshold, "ckpt": ckpt}
+
+
+@pytest.fixture(scope="module")
+def server(det):
+    from cnnkit.serve.client import Client
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "cnnkit", "serve", f"ck={det['run']}", f"ox={det['onnx']}",
+                            "--port", "0", "--score-threshold", str(det["threshold"]), "--max-images", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"(http://127\.0\.0\.1:\d+)", line)
+        assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
+        with Client(m.group(1)) as c:
+            c.wait_ready(90)
+        yield m.group(1)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def batches(url: str, model: str) -> tuple[float, float]:
+    """(forward passes, images) the model's predict batcher has run so far."""
+    import httpx
+
+    text = httpx.get(f"{url}/metrics").text
+    found = [re.search(rf'cnnkit_batch_images_{what}\{{kind="predict",model="{model}"\}} (\S+)', text)
+             for what in ("count", "sum")]
+    return tuple(float(m.group(1)) if m else 0.0 for m in found)
+
+
+def same_detections(a: list[dict], b: list[dict], tol: float) -> None:
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert x["class"] == y["class"] and abs(x["score"] - y["score"]) <= 1e-3, (x, y)
+        assert max(abs(u - v) for u, v in zip(x["box"], y["box"])) <= tol, (x, y)
+
+
+def test_served_boxes_equal_predicts_for_the_checkpoint_and_the_onnx_file(server, det, capsys):
+    from cnnkit.cli import main
+    from cnnkit.serve.client import Client
+
+    files = [str(f) for f in det["files"]]
+    answers = {}
+    for name, artifact in (("ck", det["run"]), ("ox", det["onnx"])):
+        before = batches(server, name)
+        with Client(f"{server}/v1/models/{name}") as c:
+            served = answers[name] = c.predict(det["files"])
+        after = batches(server, name)
+        assert (after[0] - before[0], after[1] - before[1]) == (1, 3)  # one batch of three
+        assert main(["predict", "--checkpoint", str(artifact), *files, "--json", "--score-threshold",
+                     str(det["threshold"])]) == 0
+        local = json.loads(capsys.readouterr().out)
+        for s, h, f in zip(served, local, det["files"]):
+            assert s["image"] == f.name and (s["height"], s["width"]) == (h["height"], h["width"])
+            if s["width"] == s["height"]:  # a square image: predict sees what the service sees
+                same_detections(s["top"], h["top"], 1e-3)
+        assert len(served[0]["top"]) >= 15 and all(s["top"] for s in served)
+        assert all(d["score"] >= det["threshold"] for s in served for d in s["top"])
+    # the non-square image: the checkpoint's boxes on it stretched to 96×96, scaled back to 150×90
+    from cnnkit.data import Normalize
+    from cnnkit.data.images import load_image_file
+    from cnnkit.evaluate.masks import model_input
+
+    ckpt = det["ckpt"]
+    ckpt.model.set_postprocess(score_threshold=det["threshold"])
+    x = Normalize(*ckpt.normalization)(model_input(load_image_file(det["files"][2]), 1, (96, 96))[None])
+    with torch.no_grad():
+        rows = ckpt.model.eval()(x)[0]
+    rows = rows[(rows[:, 5] >= 0) & (rows[:, 4] >= det["threshold"])]
+    boxes = (rows[:, :4] * torch.tensor([150 / 96, 90 / 96] * 2)).clamp_min(0)
+    boxes = boxes.minimum(torch.tensor([150.0, 90, 150, 90]))
+    expected = [{"class": ckpt.classes[int(r[5])], "score": float(r[4]), "box": b.tolist()}
+                for r, b in zip(rows, boxes)]
+    same_detections(answers["ck"][2]["top"], expected, 1e-2)  # the served boxes are rounded to 0.01 pixel
+
+
+def test_bad_requests_get_a_4xx_json_line(server, det):
+    import httpx
+
+    one = [("file", (det["files"][0].name, det["files"][0].read_bytes()))]
+    for status, kwargs, path in (
+            (415, {"files": [("file", ("x.png", b"not an image at all"))]}, "predict"),
+            (422, {"files": [("file", ("e.png", b""))]}, "predict"),
+            (422, {"files": one, "params": {"topk": 0}}, "predict"),
+            (413, {"files": one * 5}, "predict"),
+            (422, {"files": one}, "explain")):
+        for model in ("ck", "ox"):
+            r = httpx.post(f"{server}/v1/models/{model}/{path}", **kwargs)
+            assert r.status_code == status, (status, model, r.text)
+            message = r.json()["error"]["message"]
+            assert message and "\n" not in message and "Traceback" not in message
+    r = httpx.get(f"{server}/v1/models/ck/explore/graph")
+    assert r.status_code == 422 and "detection model" in r.json()["error"]["message"]
+    card = httpx.get(f"{server}/v1/models/ox").json()
+    assert card["detection"]["score_threshold"] == det["threshold"] and card["detection"]["graph_batch"] == 1
+    assert "boxes answered in the image's pixels" in card["input"]["dtype"]
+
+
+def test_serve_options_are_refused_in_one_line(det, capsys):
+    from cnnkit.cli import main
+    from cnnkit.errors import ConfigError
+    from cnnkit.serve import load_models
+
+    with pytest.raises(ConfigError, match="exported graph with its suppression inside"):
+        load_models([f"ox={det['onnx']}"], "cpu", nms_iou=0.4, measure_layout=False)
+    assert main(["serve", str(det["run"]), "--score-threshold", "2", "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--score-threshold is a fraction from 0 to 1" in err and len(err.splitlines()) == 1
+
+
+def test_bench_measures_the_run_and_the_onnx_file_at_a_given_size(det, capsys, monkeypatch):
+    from cnnkit.cli import main
+    from tests.conftest import stub_peak_memory
+
+    stub_peak_memory(monkeypatch)
+    assert main(["bench", str(det["run"]), str(det["onnx"]), "--batch", "2", "--repeats", "3", "--json",
+                 "--img-size", "64x128"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["kind"] for r in rows] == ["safetensors", "onnx"]
+    for r in rows:
+        assert r["img_size"] == [64, 128] and r["latency_ms_p50"] > 0 and r["images_per_s"] > 0
+        assert r["params"] > 0 and r["throughput_batch"] == 2
