@@ -94,10 +94,14 @@ def test_served_boxes_equal_predicts_for_the_checkpoint_and_the_onnx_file(server
         assert main(["predict", "--checkpoint", str(artifact), *files, "--json", "--score-threshold",
                      str(det["threshold"])]) == 0
         local = json.loads(capsys.readouterr().out)
-        for s, h, f in zip(served, local, det["files"]):
+        for s, h, f in zip(served, local, det["files"]):  # predict stretches every image as the service does
             assert s["image"] == f.name and (s["height"], s["width"]) == (h["height"], h["width"])
-            if s["width"] == s["height"]:  # a square image: predict sees what the service sees
-                same_detections(s["top"], h["top"], 1e-3)
+            same_detections(s["top"], h["top"], 1e-3)
+        # `predict --url` prints the service's answers with each image's size, as predict here does
+        assert main(["predict", "--url", f"{server}/v1/models/{name}", *files, "--json"]) == 0
+        remote = json.loads(capsys.readouterr().out)
+        assert [(r["height"], r["width"], r["top"]) for r in remote] == [(s["height"], s["width"], s["top"])
+                                                                          for s in served]
         assert len(served[0]["top"]) >= 15 and all(s["top"] for s in served)
         assert all(d["score"] >= det["threshold"] for s in served for d in s["top"])
     # the non-square image: the checkpoint's boxes on it stretched to 96×96, scaled back to 150×90

@@ -288,11 +288,17 @@ def _predict_remote(url: str, inputs: list[Path], topk: int, masks_out: Optional
     files = list_image_files(list(inputs))
     preds, folder, classes, palette = [], None, [], []
     with Client(url) as client:
+        detector = client.card().get("task") == "detect"  # its boxes are in each image's pixels: say its size
         for i in range(0, len(files), 32):
             part = files[i:i + 32]
             for f, p in zip(part, client.predict(part, topk)):
                 top = list(p["top"])
                 pred = Prediction(Path(f), [], [_shown(a) for a in top], top)  # the service's answer as sent
+                if detector:
+                    from PIL import Image
+
+                    with Image.open(f) as im:  # the header only: the size the boxes are in, as predict gives it
+                        pred.size = (im.height, im.width)
                 if "mask" in p:
                     pred.size, pred.areas = (p["height"], p["width"]), p["areas"]
                     if masks_out is not None:
@@ -310,11 +316,16 @@ def _predict_remote(url: str, inputs: list[Path], topk: int, masks_out: Optional
 
 
 def _shown(a: dict[str, Any]) -> str:
-    """A served answer as a line shows it: a segmentation class's share in percent, else its values."""
+    """A served answer as a line shows it: a segmentation class's share in percent, a detection's class and score,
+    else its values."""
     if "area" in a:
         from cnnkit.tasks import get_task
 
         return f"{a['class']} {get_task('segment').format_value(a['area'])}"
+    if "box" in a and "score" in a:  # a detection: its class and score, as predict shows it here
+        from cnnkit.tasks import get_task
+
+        return f"{a['class']} {get_task('detect').format_value(a['score'])}"
     return " ".join(str(v) for v in a.values())
 
 

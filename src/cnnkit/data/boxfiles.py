@@ -38,9 +38,9 @@ from torchvision.transforms.v2 import functional as TF
 
 from cnnkit.data.base import ImageData, LoadOptions, image_size
 from cnnkit.data.imagefolder import CLASS_FILE, MAX_CLASS_FILE_BYTES
-from cnnkit.data.images import IMAGE_EXTENSIONS, convert_mode, load_image_file
-from cnnkit.data.segfolders import (BACKGROUND, VOC_CLASSES, class_list, coco_file, coco_image, held_out,
-                                    image_format)
+from cnnkit.data.images import IMAGE_EXTENSIONS, convert_mode
+from cnnkit.data.segfolders import (BACKGROUND, VOC_CLASSES, class_list, coco_file, coco_image, held_out, image_format,
+                                    stored_image)
 from cnnkit.errors import DataError, error_line
 
 BOX_TOLERANCE = 1.0  # pixels a box may reach past its image's edge (rounding in the tools that drew it): clipped
@@ -156,13 +156,8 @@ def decode_boxes(samples: list[BoxSample], classes: list[str], in_chans: int, si
     dropped: Counter[str] = Counter()
     first: list[str] = []
     for s in samples:
-        try:
-            image = load_image_file(s.image, orient=False)  # as stored: the annotations label the stored pixels
-        except DataError as e:
-            if strict:
-                raise
-            warnings.warn(str(e), stacklevel=3)
-            skipped.append(str(s.image))
+        image = stored_image(s.image, strict, skipped)  # as stored: the annotations label the stored pixels
+        if image is None:
             continue
         h, w = image.height, image.width
         _check_size(s, h, w)

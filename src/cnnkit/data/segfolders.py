@@ -171,13 +171,8 @@ def decode_samples(samples: list[Sample], classes: list[str], palette: list[list
     masks = torch.empty((len(samples), *size), dtype=torch.uint8)
     labels, sizes, skipped, native = [], [], [], []
     for s in samples:
-        try:
-            image = load_image_file(s.image, orient=False)  # as stored: the mask labels the stored pixels
-        except DataError as e:
-            if strict:
-                raise
-            warnings.warn(str(e), stacklevel=3)
-            skipped.append(str(s.image))
+        image = stored_image(s.image, strict, skipped)  # as stored: the mask labels the stored pixels
+        if image is None:
             continue
         mask = _checked(s.mask(), image, s, len(classes))
         i = len(labels)
@@ -194,6 +189,19 @@ def decode_samples(samples: list[Sample], classes: list[str], palette: list[list
     n = len(labels)
     return ImageData(images[:n], torch.tensor(labels, dtype=torch.long), classes, name, split, skipped, masks=masks[:n],
                      palette=palette, sizes=torch.tensor(sizes, dtype=torch.long), native_masks=native)
+
+
+def stored_image(path: Path, strict: bool, skipped: list[str]) -> Image.Image | None:
+    """An annotated image as its file stores it (no EXIF turn: its annotations label the stored pixels); an
+    unreadable one raises with `strict`, else is warned about, added to `skipped` and None."""
+    try:
+        return load_image_file(path, orient=False)
+    except DataError as e:
+        if strict:
+            raise
+        warnings.warn(str(e), stacklevel=4)
+        skipped.append(str(path))
+        return None
 
 
 def _checked(mask: np.ndarray, image: Image.Image, sample: Sample, classes: int) -> np.ndarray:

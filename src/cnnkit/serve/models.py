@@ -89,7 +89,7 @@ class ServedModel:
         meta = self.ckpt.meta
         # the artifact by its file name only: the card is public, and a path shows this machine's folders
         card: dict[str, Any] = {
-            "name": self.name, "artifact": self.ckpt.path.name, "kind": _kind(self.ckpt.path),
+            "name": self.name, "artifact": self.ckpt.path.name, "kind": _kind(self.ckpt.path), "task": self.task.name,
             "architecture": meta.get("model"), "classes": self.classes,
             "input": {"channels": c, "height": h, "width": w,
                       "dtype": "uint8 pixels, resized (stretched) whole; " + (
