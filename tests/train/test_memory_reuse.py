@@ -53,9 +53,10 @@ def test_training_steps_reuse_freed_memory_instead_of_faulting_in_fresh_pages():
     kept = _later_step_faults()
     system = _later_step_faults(CNNKIT_MALLOC="system")  # the user's opt-out: malloc left alone
     assert kept["took"] and not system["took"]
-    # glibc's defaults give freed activations back and fault them in again (tens of thousands of pages over
-    # six steps here); kept, the steps reuse them
-    assert system["later_steps"] > 10_000, system
+    # glibc's defaults give freed activations back and fault them in again (thousands to tens of thousands of
+    # pages over six steps: 9,074 to 51,039 on a 2-core AMD EPYC, more on the Xeon before it); kept, the steps
+    # reuse them
+    assert system["later_steps"] > 3_000, system
     assert kept["later_steps"] < system["later_steps"] / 5, (kept, system)
 
 
