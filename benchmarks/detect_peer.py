@@ -89,8 +89,8 @@ def fit_epoch() -> float:
     """One epoch of `fit` on the same data and model, nothing held out, no augmentation; images/s."""
     from cnnkit.train import fit
 
-    r = fit(data=DATA, epochs=1, amp="off", val_fraction=0.0, augment={"crop_padding": 0, "hflip": False},
-            out=FIT_OUT, overwrite=True, progress=False)
+    r = fit(data=DATA, model=DEFAULT_DETECTOR, epochs=1, amp="off", val_fraction=0.0,
+            augment={"crop_padding": 0, "hflip": False}, out=FIT_OUT, overwrite=True, progress=False)
     return r.history[0]["images_per_s"]
 
 
