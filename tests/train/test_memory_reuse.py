@@ -53,11 +53,10 @@ def test_training_steps_reuse_freed_memory_instead_of_faulting_in_fresh_pages():
     kept = _later_step_faults()
     system = _later_step_faults(CNNKIT_MALLOC="system")  # the user's opt-out: malloc left alone
     assert kept["took"] and not system["took"]
-    # glibc's defaults give freed activations back and fault them in again (thousands to tens of thousands of
-    # pages over six steps: 9,074 to 51,039 on a 2-core AMD EPYC, more on the Xeon before it); kept, the steps
-    # reuse them
-    assert system["later_steps"] > 3_000, system
-    assert kept["later_steps"] < system["later_steps"] / 5, (kept, system)
+    # glibc's defaults usually give freed activations back and fault them in again (9,074 to 51,039 pages over six
+    # steps on a 2-core AMD EPYC, but 212 in one run where glibc kept them itself); kept, the steps reuse them:
+    # at most a fifth of the baseline's faults, and never more than a couple of thousand pages
+    assert kept["later_steps"] < max(system["later_steps"] / 5, 2_000), (kept, system)
 
 
 def test_limits_are_raised_once_and_the_kept_memory_handed_back_when_the_outermost_use_ends(monkeypatch):
