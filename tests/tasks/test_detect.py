@@ -225,12 +225,14 @@ def test_a_run_trains_and_evaluates_with_cocos_metrics(tmp_path):
     result = fit(model="retinanet_small", model_kwargs={"width": 8}, data="fashion-scenes", epochs=1,
                  train_images=64, val_fraction=0.02, batch_size=16, out=str(tmp_path / "run"), progress=False,
                  amp="off", channels_last=False)
-    assert result.config.task == "detect" and result.config.model_recipe == "fast:scenes-detect"
+    assert result.config.task == "detect" and result.config.model_recipe == "detection"  # the family's settings
     sizes = result.config.model_kwargs["anchor_sizes"]  # derived from the training boxes, recorded with the run
     assert len(sizes) == 3 and sizes == sorted(sizes) and 10 < sizes[1] < 60
     assert result.best_val_acc is not None and 0.0 <= result.best_val_acc <= 1.0  # the validation mAP
     metrics = evaluate(result.run_dir, split="test", images=40).metrics
     assert {"map", "map_50", "map_75", "map_small", "mar_100", "per_class_ap"} <= set(metrics)
+    held_out = evaluate(result.run_dir, split="val")  # the scenes the run held out (its boxes, without the masks)
+    assert held_out.metrics["images"] > 0 and 0.0 <= held_out.metrics["map"] <= 1.0
     from PIL import Image
 
     from cnnkit.data import load_dataset
@@ -307,6 +309,32 @@ def test_the_batched_focal_loss_equals_torchvisions_image_by_image():
     assert torch.allclose(got, ours(x, targets)["classification"], rtol=1e-5)
 
 
+def test_a_giou_box_loss_is_one_minus_the_giou_of_each_matched_anchor_with_its_object():
+    """With the box outputs zeroed every anchor predicts itself: the loss is then the mean of 1 - GIoU(anchor,
+    object) over the anchors the matcher gives the object (IoU 0.5 or more); the default L1 loss is the mean
+    absolute sum of the encoded offsets from each such anchor to the object."""
+    from torchvision.models.detection.image_list import ImageList
+    from torchvision.ops import box_iou, generalized_box_iou
+
+    torch.manual_seed(0)
+    x, target = torch.randn(1, 1, 96, 96), torch.tensor([[[2.0, 30.0, 20.0, 57.0, 44.0]]])
+    losses = {}
+    for loss in ("giou", "l1"):
+        model = create("retinanet_small", 5, 1, width=8, anchor_sizes=[16, 24, 32], box_loss=loss).train()
+        reg = model.net.head.regression_head.bbox_reg
+        torch.nn.init.zeros_(reg.weight), torch.nn.init.zeros_(reg.bias)
+        losses[loss] = float(model(x, target)["bbox_regression"].detach())
+    features = list(model.net.backbone(x).values())
+    anchors = model.net.anchor_generator(ImageList(x, [(96, 96)]), features)[0]
+    box = target[0, :, 1:]
+    matched = anchors[box_iou(anchors, box)[:, 0] >= 0.5]
+    assert len(matched) >= 2
+    expected = float((1 - generalized_box_iou(matched, box)[:, 0]).mean())
+    assert losses["giou"] == pytest.approx(expected, rel=1e-5) and losses["giou"] > 0.05
+    l1_zero_target = model.net.head.regression_head.box_coder.encode_single(box.expand(len(matched), 4), matched)
+    assert losses["l1"] == pytest.approx(float(l1_zero_target.abs().sum(1).mean()), rel=1e-5)
+
+
 def test_detector_options_choose_the_maps_and_are_checked():
     from cnnkit.errors import ModelError
     from cnnkit.models import create
@@ -320,6 +348,7 @@ def test_detector_options_choose_the_maps_and_are_checked():
                             ({"strides": [8, 16]}, "reads 3 maps"),
                             ({"fpn": False}, "without an FPN the head reads one map"),
                             ({"focal_gamma": -1}, "focal_gamma must be a number"),
+                            ({"box_loss": "iou"}, "box_loss must be one of l1, smooth_l1, giou"),
                             ({"anchor_sizes": [10, 20]}, "anchor_sizes must be 3 positive sizes")):
         with pytest.raises(ModelError, match=message):
             create("retinanet_small", 5, 1, width=8, **kwargs)

@@ -55,15 +55,14 @@ class _KeepSize(GeneralizedRCNNTransform):
 
 
 class SmallBackbone(nn.Module):
-    """A residual network for small images: a stride-2 stem, then three stages of one residual block each,
-    every one halving the resolution and doubling the width; gives the stages' maps at strides 4, 8 and 16
-    (`extra`: one more, a stride-2 3×3 convolution block, at 32) as an ordered dict."""
+    """A residual network for small images: a stride-2 stem, then three stages of `depth` residual blocks each,
+    every stage halving the resolution (its first block strides) and doubling the width; gives the stages' maps at
+    strides 4, 8 and 16 (`extra`: one more, a stride-2 3×3 convolution block, at 32) as an ordered dict."""
 
-    def __init__(self, in_chans: int, width: int, extra: bool = False):
+    def __init__(self, in_chans: int, width: int, extra: bool = False, depth: int = 1):
         super().__init__()
         self.stem = conv_bn_relu(in_chans, width, 3, 2)
-        self.stages = nn.ModuleList([Residual(width, 2 * width, 2), Residual(2 * width, 4 * width, 2),
-                                     Residual(4 * width, 8 * width, 2)])
+        self.stages = nn.ModuleList([_stage(width * 2 ** i, width * 2 ** (i + 1), depth) for i in range(3)])
         self.extra = conv_bn_relu(8 * width, 8 * width, 3, 2) if extra else None
         self.channels = [2 * width, 4 * width, 8 * width] + ([8 * width] if extra else [])
 
@@ -77,13 +76,19 @@ class SmallBackbone(nn.Module):
         return out
 
 
+def _stage(cin: int, cout: int, depth: int) -> nn.Module:
+    """`depth` residual blocks, the first striding by 2 (one block alone: bare, as older checkpoints hold it)."""
+    first = Residual(cin, cout, 2)
+    return first if depth == 1 else nn.Sequential(first, *(Residual(cout, cout) for _ in range(depth - 1)))
+
+
 class Maps(nn.Module):
     """The maps of a SmallBackbone at the given strides (of 4, 8, 16, 32), keyed "0", "1", ... from the finest;
     `channels` their widths."""
 
-    def __init__(self, in_chans: int, width: int, strides: tuple[int, ...]):
+    def __init__(self, in_chans: int, width: int, strides: tuple[int, ...], depth: int = 1):
         super().__init__()
-        self.body = SmallBackbone(in_chans, width, extra=32 in strides)
+        self.body = SmallBackbone(in_chans, width, extra=32 in strides, depth=depth)
         self.keys = [str(BACKBONE_STRIDES.index(s)) for s in strides]
         self.channels = [self.body.channels[int(k)] for k in self.keys]
 
@@ -285,6 +290,9 @@ class Detector(nn.Module):
         return self
 
 
+BOX_LOSSES = ("l1", "smooth_l1", "giou", "diou", "ciou")  # torchvision's detection box losses
+
+
 def _check(width: int, fpn_channels: int, max_detections: int) -> None:
     for name, v in (("width", width), ("fpn_channels", fpn_channels), ("max_detections", max_detections)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -319,32 +327,37 @@ def _anchor_sizes(anchor_sizes, strides: tuple[int, ...], per_level: int = 1) ->
     return tuple(scales) if len(strides) == ANCHOR_LEVELS else (tuple(v for level in scales for v in level),)
 
 
-def _body(in_chans: int, width: int, strides: tuple[int, ...], backbone: str, backbone_kw: dict | None) -> nn.Module:
-    """The maps at `strides`: the small residual backbone (`backbone="small"`) or any cnnkit classifier or timm
-    model (`timm/NAME`) by name, with its options."""
+def _body(in_chans: int, width: int, strides: tuple[int, ...], backbone: str, backbone_kw: dict | None,
+          depth: int = 1) -> nn.Module:
+    """The maps at `strides`: the small residual backbone (`backbone="small"`, `depth` blocks per stage) or any
+    cnnkit classifier or timm model (`timm/NAME`) by name, with its options."""
     if not isinstance(backbone, str):
         raise ModelError(f"backbone must be a model's name (small, a cnnkit classifier or timm/NAME), got {backbone!r}")
     if backbone == "small":
         if backbone_kw:
-            raise ModelError("backbone_kw is for a named backbone; the small backbone takes width")
+            raise ModelError("backbone_kw is for a named backbone; the small backbone takes width and depth")
+        if not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= 8:
+            raise ModelError(f"depth (residual blocks per stage of the small backbone) must be 1 to 8, got {depth!r}")
         if any(s not in BACKBONE_STRIDES for s in strides):
             raise ModelError(f"the small backbone's maps are at strides {', '.join(map(str, BACKBONE_STRIDES))}, "
                              f"got {list(strides)}")
-        return Maps(in_chans, width, strides)
+        return Maps(in_chans, width, strides, depth)
+    if depth != 1:
+        raise ModelError("depth is the small backbone's; a named backbone takes its own options in backbone_kw")
     if backbone_kw is not None and not isinstance(backbone_kw, dict):
         raise ModelError(f"backbone_kw must be a mapping of the backbone's options, got {backbone_kw!r}")
     return ClassifierMaps(backbone, in_chans, strides, backbone_kw)
 
 
 def _features(in_chans: int, width: int, fpn_channels: int, strides: tuple[int, ...], fpn: bool,
-              backbone: str = "small", backbone_kw: dict | None = None) -> nn.Module:
+              backbone: str = "small", backbone_kw: dict | None = None, depth: int = 1) -> nn.Module:
     """The backbone's maps at `strides` through an FPN, or (`fpn=False`) one map projected to `fpn_channels`."""
     if not isinstance(fpn, bool):
         raise ModelError(f"fpn must be true or false, got {fpn!r}")
     if not fpn and len(strides) != 1:
         raise ModelError(f"without an FPN the head reads one map: give one stride (e.g. strides=[16]), got "
                          f"{list(strides)}")
-    body = _body(in_chans, width, strides, backbone, backbone_kw)
+    body = _body(in_chans, width, strides, backbone, backbone_kw, depth)
     return WithFPN(body, fpn_channels) if fpn else Projected(body, fpn_channels)
 
 
@@ -382,33 +395,40 @@ def _classification_head(in_channels: int, anchors: int, num_classes: int, gamma
                 task="detect", default_input="1x96x96")
 def retinanet_small(num_classes: int = 11, in_chans: int = 1, img_size=None, width: int = 16, fpn_channels: int = 64,
                     anchor_sizes=None, max_detections: int = 100, strides=STRIDES, fpn: bool = True,
-                    focal_gamma: float = 2.0, focal_alpha: float = 0.25, backbone: str = "small",
-                    backbone_kw=None) -> nn.Module:
+                    focal_gamma: float = 2.0, focal_alpha: float = 0.25, box_loss: str = "l1",
+                    backbone: str = "small", backbone_kw=None, depth: int = 1) -> nn.Module:
     """RetinaNet on an FPN over a small residual backbone's maps at `strides` (default 8, 16, 32); three octave
     scales and aspect ratios 0.5, 1, 2 per level around `anchor_sizes` (three sizes in pixels, one per level;
     default 16, 32, 64). `fpn=False` with one stride: a single-scale head on that map, every anchor size on it.
-    `focal_gamma`, `focal_alpha`: the focal loss's (gamma 0: alpha-balanced cross-entropy). `backbone`: any
-    cnnkit classifier or `timm/NAME` instead of the small one (`backbone_kw`: its options)."""
+    `focal_gamma`, `focal_alpha`: the focal loss's (gamma 0: alpha-balanced cross-entropy). `box_loss`: the box
+    regression's loss, one of torchvision's (l1, the paper's on encoded offsets; smooth_l1; giou, diou, ciou on the
+    decoded boxes). `backbone`: any
+    cnnkit classifier or `timm/NAME` instead of the small one (`backbone_kw`: its options); `depth`: the small
+    one's residual blocks per stage."""
     from torchvision.models.detection import RetinaNet
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
     _check(width, fpn_channels, max_detections)
+    if box_loss not in BOX_LOSSES:
+        raise ModelError(f"box_loss must be one of {', '.join(BOX_LOSSES)}, got {box_loss!r}")
     strides = _strides(strides)
     sizes = _anchor_sizes(anchor_sizes, strides, per_level=3)
     anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
     head_cls = _classification_head(fpn_channels, anchors.num_anchors_per_location()[0], num_classes, focal_gamma,
                                     focal_alpha)
-    net = RetinaNet(_features(in_chans, width, fpn_channels, strides, fpn, backbone, backbone_kw), num_classes,
-                    anchor_generator=anchors,
+    net = RetinaNet(_features(in_chans, width, fpn_channels, strides, fpn, backbone, backbone_kw, depth),
+                    num_classes, anchor_generator=anchors,
                     detections_per_img=max_detections)
     net.head.classification_head = head_cls
+    net.head.regression_head._loss_type = box_loss  # torchvision's own switch (its retinanet_resnet50_fpn_v2: giou)
     return Detector(net, num_classes, max_detections)
 
 
 @register_model("fcos", min_size=32, paper="Tian et al. 2019, FCOS (anchor-free) on an FPN (torchvision)",
                 task="detect", default_input="1x96x96")
 def fcos_small(num_classes: int = 11, in_chans: int = 1, img_size=None, width: int = 16, fpn_channels: int = 64,
-               max_detections: int = 100, strides=STRIDES, backbone: str = "small", backbone_kw=None) -> nn.Module:
+               max_detections: int = 100, strides=STRIDES, backbone: str = "small", backbone_kw=None,
+               depth: int = 1) -> nn.Module:
     """FCOS on an FPN over a small residual backbone's maps at `strides` (default 8, 16, 32; `backbone`: any cnnkit
     classifier or `timm/NAME` instead): one location per map position."""
     from torchvision.models.detection import FCOS
@@ -417,7 +437,7 @@ def fcos_small(num_classes: int = 11, in_chans: int = 1, img_size=None, width: i
     _check(width, fpn_channels, max_detections)
     strides = _strides(strides)
     anchors = AnchorGenerator(tuple((4.0 * s,) for s in strides), ((1.0,),) * len(strides))  # FCOS: one per place
-    net = FCOS(_features(in_chans, width, fpn_channels, strides, True, backbone, backbone_kw), num_classes,
+    net = FCOS(_features(in_chans, width, fpn_channels, strides, True, backbone, backbone_kw, depth), num_classes,
                anchor_generator=anchors,
                detections_per_img=max_detections)
     return Detector(net, num_classes, max_detections)
@@ -427,7 +447,7 @@ def fcos_small(num_classes: int = 11, in_chans: int = 1, img_size=None, width: i
                 "torchvision)", task="detect", default_input="1x96x96")
 def ssd_small(num_classes: int = 11, in_chans: int = 1, img_size=None, width: int = 16,
               max_detections: int = 100, strides=BACKBONE_STRIDES, backbone: str = "small", backbone_kw=None,
-              lite: bool = False) -> nn.Module:
+              lite: bool = False, depth: int = 1) -> nn.Module:
     """SSD on a small residual backbone: predictions from its maps at `strides` (default 4, 8, 16 and 32), default
     boxes from 0.15 to 0.9 of the image side spread over the maps, aspect ratios 1, 2 (and 3 on the inner maps;
     a single map has 1, 2 and 3). `backbone`: any cnnkit classifier or `timm/NAME` instead of the small one;
@@ -441,7 +461,7 @@ def ssd_small(num_classes: int = 11, in_chans: int = 1, img_size=None, width: in
     size = tuple(img_size) if img_size is not None else (96, 96)
     if not isinstance(lite, bool):
         raise ModelError(f"lite must be true or false, got {lite!r}")
-    body = _body(in_chans, width, strides, backbone, backbone_kw)
+    body = _body(in_chans, width, strides, backbone, backbone_kw, depth)
     ratios = [[2, 3]] if len(strides) == 1 else [[2]] + [[2, 3]] * (len(strides) - 2) + [[2]]
     anchors = DefaultBoxGenerator(ratios, min_ratio=0.15, max_ratio=0.9)
     head = (SSDLiteHead(body.channels, anchors.num_anchors_per_location(), num_classes, nn.BatchNorm2d) if lite
@@ -454,7 +474,7 @@ def ssd_small(num_classes: int = 11, in_chans: int = 1, img_size=None, width: in
                 task="detect", default_input="1x96x96")
 def fasterrcnn_small(num_classes: int = 11, in_chans: int = 1, img_size=None, width: int = 16,
                      fpn_channels: int = 64, anchor_sizes=None, max_detections: int = 100, strides=STRIDES,
-                     backbone: str = "small", backbone_kw=None) -> nn.Module:
+                     backbone: str = "small", backbone_kw=None, depth: int = 1) -> nn.Module:
     """Faster R-CNN on an FPN over a small residual backbone's maps at `strides` (default 8, 16, 32): region
     proposals from one anchor size per level (`anchor_sizes`, default 16, 32, 64) and ratios 0.5, 1, 2; RoIAlign
     of 7×7, a two-layer box head of 256."""
@@ -468,7 +488,7 @@ def fasterrcnn_small(num_classes: int = 11, in_chans: int = 1, img_size=None, wi
     sizes = _anchor_sizes(anchor_sizes, strides)
     anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
     pool = MultiScaleRoIAlign([str(i) for i in range(len(strides))], 7, 2)
-    net = FasterRCNN(_features(in_chans, width, fpn_channels, strides, True, backbone, backbone_kw),
+    net = FasterRCNN(_features(in_chans, width, fpn_channels, strides, True, backbone, backbone_kw, depth),
                      rpn_anchor_generator=anchors,
                      box_roi_pool=pool, box_head=TwoMLPHead(fpn_channels * 49, 256),
                      box_predictor=FastRCNNPredictor(256, num_classes), rpn_pre_nms_top_n_train=600,

@@ -294,12 +294,15 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         # fit measured faster; 191-245 ms once the step's mIoU took max's indices) against 408 ms for the
         # full-resolution width-16 U-Net (the first setting), whose validation mIoU had most classes confused after
         # 4 epochs; not tuned further (see the Segment page)
-        # fashion-scenes' boxes (--task detect): RetinaNet on the small backbone's FPN, AdamW as the segmenter's
-        # (not tuned yet)
-        "scenes-detect": dict(model="retinanet_small", model_kwargs={"width": 16}, task="detect", epochs=12,
-                              batch_size=32, lr=1e-3, optimizer="adamw", weight_decay=1e-4, schedule="onecycle",
-                              warmup_epochs=1, label_smoothing=0.0, augment={"crop_padding": 0, "hflip": True},
-                              tta=False),
+        # fashion-scenes' boxes (--task detect): FCOS on the small backbone's FPN, the detection family's settings.
+        # Screened in 5-minute budgets (seed 0, validation mAP, 2-core AMD EPYC, fp32): RetinaNet 0.22 (0.20 with
+        # a GIoU box loss), FCOS 0.33 with the generic recipe's batch 128 (0.30 with two blocks per stage, 0.32
+        # at width 24), FCOS 0.46 at batch 32 with weight decay 1e-4 and one-cycle, 0.48 with lr 2e-3 (kept; a
+        # score threshold of 0.05 instead of torchvision's 0.2 changed its validation mAP by 0.0006: kept 0.2)
+        "scenes-detect": dict(model="fcos_small", model_kwargs={"width": 16}, task="detect", epochs=12,
+                              batch_size=32, lr=2e-3, optimizer="adamw", weight_decay=1e-4, schedule="onecycle",
+                              warmup_epochs=1, grad_clip=1.0, label_smoothing=0.0,
+                              augment={"crop_padding": 0, "hflip": True}, tta=False),
         "scenes": dict(model="unet_small", model_kwargs={"width": 16, "depth": 4, "stem_stride": 2}, task="segment",
                        epochs=12, batch_size=32,
                        lr=3e-3, optimizer="adamw", weight_decay=1e-4, schedule="onecycle", warmup_epochs=1,
@@ -322,10 +325,10 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         "imagefolder": dict(model="resnet9", model_kwargs={"width": 32}, epochs=60, batch_size=64, lr=0.05,
                             schedule="cosine", warmup_epochs=3, label_smoothing=0.1, ema=0.999,
                             augment={"crop_padding": 4, "hflip": True, "policy": "trivialaugment"}),
-        "scenes-detect": dict(model="retinanet_small", model_kwargs={"width": 16}, task="detect", epochs=30,
-                              batch_size=32, lr=1e-3, optimizer="adamw", weight_decay=1e-4, schedule="onecycle",
-                              warmup_epochs=2, label_smoothing=0.0, augment={"crop_padding": 0, "hflip": True},
-                              tta=False),
+        "scenes-detect": dict(model="fcos_small", model_kwargs={"width": 16}, task="detect", epochs=30,
+                              batch_size=32, lr=2e-3, optimizer="adamw", weight_decay=1e-4, schedule="onecycle",
+                              warmup_epochs=2, grad_clip=1.0, label_smoothing=0.0,
+                              augment={"crop_padding": 0, "hflip": True}, tta=False),
         # the fast recipe's network and settings on a longer schedule (not tuned apart)
         "scenes": dict(model="unet_small", model_kwargs={"width": 16, "depth": 4, "stem_stride": 2}, task="segment",
                        epochs=30, batch_size=32, lr=3e-3, optimizer="adamw", weight_decay=1e-4, schedule="onecycle",

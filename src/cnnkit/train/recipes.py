@@ -110,6 +110,14 @@ FAMILY_RECIPES: dict[str, FamilyRecipe] = {r.name: r for r in [
         "reach a usable model in a few epochs from scratch (no ImageNet encoder at hand)",
         ("unet", "deeplab", "fcn", "lraspp", "smp")),
     FamilyRecipe(
+        "detection", dict(_adamw(32, 1e-3, 1e-4, clip=1.0), schedule="onecycle"),
+        "the papers trained on COCO from ImageNet backbones with SGD (RetinaNet and FCOS: lr 0.01 at batch 16, "
+        "momentum 0.9, weight decay 1e-4, 90k iterations, ÷10 at 60k and 80k; SSD: lr 1e-3 at batch 32)",
+        "AdamW at lr 1e-3, batch 32, weight decay 1e-4, one-cycle, gradient clipping at norm 1: from scratch on "
+        "fashion-scenes, FCOS reached 0.46 validation mAP in a 5-minute budget with these settings against 0.33 "
+        "with the generic recipe's batch 128 and weight decay 0.05 (one seed each, a screening run)",
+        ("retinanet", "fcos", "ssd", "fasterrcnn")),
+    FamilyRecipe(
         "generic", _adamw(128, 1e-3, 0.05, clip=1.0),
         "no family recipe: a conservative default for models cnnkit has no paper recipe for",
         "AdamW, lr 1e-3, weight decay 0.05, warm-up and cosine, gradient clipping at norm 1", ()),
