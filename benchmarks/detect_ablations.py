@@ -11,8 +11,8 @@
   alpha 0.75, the paper's best CE setting) (Lin et al. 2017, RetinaNet). Read: mAP.
 
 Every arm is the same command but for its model options: the fashion-scenes training split, 10% held out for
-validation (split seed 0 for every run), the default detection recipe's optimizer and one-cycle schedule over
-`--epochs`, fp32, NCHW; the best checkpoint kept by validation mAP, then the test split read once by `cnnkit eval`.
+validation (split seed 0 for every run), the detection family's settings (AdamW, batch 32, lr 1e-3, one-cycle
+over `--epochs`, gradient clipping at norm 1), fp32, NCHW; the best checkpoint kept by validation mAP, then the test split read once by `cnnkit eval`.
 Each run in a fresh process; per seed, the arms of an ablation run back to back in alternating order. The
 difference per seed (arm minus baseline) is reported with a t interval over the seeds.
 """

@@ -373,6 +373,22 @@ def test_any_cnnkit_or_timm_classifier_can_be_a_detectors_backbone():
     # a cnnkit classifier's stages, and an extra stride-2 block past its deepest map (SSDlite's head on it)
     ssd = create("ssd_small", 5, 1, backbone="resnet9", backbone_kw={"width": 8}, strides=[8, 16, 32], lite=True)
     assert [tuple(v.shape[-2:]) for v in ssd.net.backbone(x).values()] == [(12, 12), (6, 6), (3, 3)]
+    # SSDlite on MobileNetV2 (the MobileNetV2 paper's detector): its inverted-residual stages' maps, and it learns
+    lite = create("ssd_small", 5, 1, backbone="mobilenet_v2_mini", strides=[8, 16, 32], lite=True).train()
+    assert [tuple(v.shape[-2:]) for v in lite.net.backbone(x).values()] == [(12, 12), (6, 6), (3, 3)]
+    _, targets = _synthetic(n=2, classes=5, seed=3)
+    losses = lite(x, targets)
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in lite.net.backbone.parameters())
+    # the small backbone's depth: more residual blocks per stage, the same maps
+    deep = create("fcos_small", 5, 1, width=8, depth=3).eval()
+    assert len(deep.net.backbone.body.body.stages[0]) == 3
+    assert [tuple(v.shape[-2:]) for v in deep.net.backbone(x).values()] == [(12, 12), (6, 6), (3, 3)]
+    with pytest.raises(ModelError, match="depth .* must be 1 to 8"):
+        create("fcos_small", 5, 1, depth=0)
+    with pytest.raises(ModelError, match="depth is the small backbone's"):
+        create("fcos_small", 5, 1, backbone="resnet9", depth=2)
     with pytest.raises(ModelError, match="has no map at stride 2"):
         create("retinanet_small", 5, 1, backbone="timm/convnext_atto", strides=[2, 16, 32])
     with pytest.raises(ModelError, match="the small backbone's maps are at strides 4, 8, 16, 32"):

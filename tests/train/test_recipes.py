@@ -38,6 +38,7 @@ def test_every_small_input_model_has_a_family_recipe_of_its_paper():
     ("inception_v4_mini", "rmsprop", 0.045, 4e-5, "inception"),
     ("timm/convnext_atto", "adamw", 1.5e-3, 0.05, "convnext"),
     ("timm/efficientnet_b0", "adamw", 1e-3, 0.05, "generic"),
+    ("retinanet_small", "adamw", 1e-3, 1e-4, "detection"),
 ])
 def test_another_model_than_the_recipes_own_gets_its_family_recipe(model, optimizer, lr, wd, recipe):
     cfg = resolve_config({"model": model, "data": "sample"})

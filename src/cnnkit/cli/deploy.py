@@ -10,7 +10,8 @@ import typer
 from rich.table import Table
 
 from cnnkit.cli.console import err, format_rows, machine_format, percent, print_rows, stdout, summary
-from cnnkit.cli.options import Amp, Checkpoint, CsvOutput, DataDir, Device, JsonOutput, check_early, parse_img_size
+from cnnkit.cli.options import (Amp, Checkpoint, CsvOutput, DataDir, Device, JsonOutput, NmsIou, ScoreThreshold,
+                                check_early, parse_img_size)
 from cnnkit.errors import ConfigError
 
 
@@ -24,13 +25,8 @@ def export(
                                                        "ONNX, 1e-5 for torch.export).")] = None,
     fold_bn: Annotated[bool, typer.Option(help="Fold each BatchNorm that follows a convolution into it "
                                                "first.")] = True,
-    score_threshold: Annotated[Optional[float], typer.Option(help="Detection: keep detections scoring above "
-                                                                  "this (0 to 1), baked into the graph (default: "
-                                                                  "the detector's own).")] = None,
-    nms_iou: Annotated[Optional[float], typer.Option(help="Detection: the IoU (0 to 1) above which NMS "
-                                                          "suppresses a box overlapping a better one of its "
-                                                          "class, baked into the graph (default: the "
-                                                          "detector's own).")] = None,
+    score_threshold: ScoreThreshold = None,
+    nms_iou: NmsIou = None,
 ) -> None:
     """Export a checkpoint (dynamic batch) with its JSON sidecar, checked against PyTorch before writing."""
     from cnnkit.deploy import export_onnx, export_program

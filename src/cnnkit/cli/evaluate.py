@@ -10,7 +10,7 @@ from rich.table import Table
 
 from cnnkit.cli.console import err, machine_format, percent, print_rows, stdout, summary
 from cnnkit.cli.options import (Adapt, AdaptAlpha, Amp, Artifact, DataDir, Device, DropBadBoxes, IgnoreClassNames,
-                                Strict, TentLr, Tta, check_early, check_out_folder)
+                                NmsIou, ScoreThreshold, Strict, TentLr, Tta, check_early, check_out_folder)
 from cnnkit.errors import ConfigError
 
 
@@ -186,11 +186,8 @@ def predict(
     boxes_out: Annotated[Optional[Path], typer.Option(help="Detection models: draw each image's detections on it "
                                                            "(<stem>.png, at the image's size) and write boxes.json "
                                                            "(every image's detections) into this folder.")] = None,
-    score_threshold: Annotated[Optional[float], typer.Option(help="Detection models: answer the detections scoring "
-                                                                  "at least this (default 0.25).")] = None,
-    nms_iou: Annotated[Optional[float], typer.Option(help="Detection models: the IoU above which non-maximum "
-                                                          "suppression drops the lower-scoring of two boxes of a "
-                                                          "class (default: the detector's own).")] = None,
+    score_threshold: ScoreThreshold = None,
+    nms_iou: NmsIou = None,
 ) -> None:
     """Top-k classes for image files of any size and mode (here, or by a running service with --url); a
     segmentation model's classes by their share of the pixels, and with --masks-out the masks; a detection

@@ -9,15 +9,14 @@ import typer
 from rich.table import Table
 
 from cnnkit.cli.console import percent, stdout, summary
-from cnnkit.cli.options import Checkpoint, DataDir, Device, IgnoreClassNames, Strict, check_early, check_out_folder
+from cnnkit.cli.options import (Checkpoint, DataDir, Device, IgnoreClassNames, ScoreThreshold, Strict, check_early,
+                                check_out_folder)
 from cnnkit.errors import ConfigError
+from cnnkit.evaluate.boxes import check_postprocess
 
 # the options of a detection run (cnnkit.explain.detect)
 DetectionIndex = Annotated[Optional[int], typer.Option("--detection", min=0, help="Detection runs: which detection "
                                                        "to explain, 0 = the best (of --class if given; default 0).")]
-ScoreThreshold = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Detection runs: the detector keeps "
-                                                         "detections scoring above this (default: its own "
-                                                         "threshold).")]
 Masks = Annotated[Optional[int], typer.Option(min=1, help="Detection runs: D-RISE's random masks (default 256).")]
 Grid = Annotated[Optional[int], typer.Option(min=1, help="Detection runs: D-RISE's mask grid, S×S cells (default 8).")]
 KeepProb = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Detection runs: the probability that "
@@ -76,6 +75,7 @@ def explain(
     for_files = {"--region": region, "--seeds": seeds, "--detection": detection, "--score-threshold": score_threshold,
                  "--masks": masks, "--grid": grid, "--keep-prob": keep_prob, "--seed": seed}
     _check_where(url, benchmark, device, strict, for_files)
+    check_postprocess(score_threshold, None)
     if url is not None:
         _explain_remote(url, list(inputs or []) + list(images or []), method or "gradcam", layer, target, out)
         return

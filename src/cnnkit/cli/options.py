@@ -25,6 +25,15 @@ DataDir = Annotated[Optional[Path], typer.Option(help=TRAINING_HELP["data_dir"])
 Strict = Annotated[bool, typer.Option("--strict", help=TRAINING_HELP["strict"])]
 DropBadBoxes = Annotated[bool, typer.Option("--drop-bad-boxes", help=TRAINING_HELP["drop_bad_boxes"])]
 ModelKw = Annotated[Optional[list[str]], typer.Option("--model-kw", help=TRAINING_HELP["model_kwargs"])]
+# a detection model's post-processing (predict, explain, export, serve; cnnkit.evaluate.boxes.check_postprocess)
+ScoreThreshold = Annotated[Optional[float], typer.Option(help="Detection models: keep the detections scoring at least "
+                                                         "this, 0 to 1 (predict, serve: default 0.25; explain: "
+                                                         "default the detector's own; export: baked into the graph, "
+                                                         "default the detector's own).")]
+NmsIou = Annotated[Optional[float], typer.Option(help="Detection models: the IoU, 0 to 1, above which non-maximum "
+                                                 "suppression drops the lower-scoring of two boxes of a class "
+                                                 "(default: the detector's own; export bakes it into the graph, "
+                                                 "and an exported graph keeps its own).")]
 
 # -- how a training command runs (not what it trains) ----------------------------------------------------------
 Resume = Annotated[Optional[Path], typer.Option(help="Continue the run in this directory where it stopped.")]

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from cnnkit.cli.console import err, stdout, summary
-from cnnkit.cli.options import AllowOrigin, Amp, Device, Host, Port, TokenFile, check_early
+from cnnkit.cli.options import AllowOrigin, Amp, Device, Host, NmsIou, Port, ScoreThreshold, TokenFile, check_early
 from cnnkit.errors import ConfigError
 
 
@@ -58,13 +58,8 @@ def serve(
     max_images: Annotated[int, typer.Option(min=1, help="Most images in one request (413).")] = 64,
     device: Device = "auto",
     amp: Amp = "off",
-    score_threshold: Annotated[Optional[float], typer.Option(help="Detection models: answer the detections scoring "
-                                                                  "at least this, 0 to 1 (default 0.25, as cnnkit "
-                                                                  "predict).")] = None,
-    nms_iou: Annotated[Optional[float], typer.Option(help="Detection checkpoints: the IoU above which non-maximum "
-                                                          "suppression drops the lower-scoring of two boxes of a "
-                                                          "class (default: the detector's own; an exported "
-                                                          "graph's is inside it).")] = None,
+    score_threshold: ScoreThreshold = None,
+    nms_iou: NmsIou = None,
 ) -> None:
     """Serve models over HTTP: predictions and explanations, batched, with health and Prometheus metrics."""
     check_early(device=device, amp=amp)

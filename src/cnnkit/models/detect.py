@@ -170,9 +170,9 @@ class ClassifierMaps(nn.Module):
         else:
             self._taken = {}
             self.net.forward_features(x) if hasattr(self.net, "forward_features") else self.net(x)
-            by_module = dict(self.net.named_modules())
-            maps = [self._taken[id(by_module[m])] for m in self.taken]
-            last = self._taken[id(by_module[self.deepest])]
+            get = self.net.get_submodule  # by name, on this copy's modules (EMA and BN-folded copies stay right)
+            maps = [self._taken[id(get(m))] for m in self.taken]
+            last = self._taken[id(get(self.deepest))]
             self._taken = {}
         for block in self.extra:
             last = block(last)
