@@ -258,6 +258,7 @@ def test_cli_chooses_by_class_and_index_and_takes_fpn_layers(box_run, scene_file
 
 @pytest.mark.parametrize("args, message", [
     (["--score-threshold", "1"], "has no detections (none scores above the detector's threshold)"),
+    (["--score-threshold", "1.5"], "--score-threshold is a fraction from 0 to 1, got 1.5"),
     (["--detection", "100"], "--detection 100 is out of range"),
     (["--class", "Bags"], "unknown target class 'Bags'"),
     (["--class", "ABSENT"], "has no detection of class"),

@@ -386,7 +386,7 @@ def test_any_cnnkit_or_timm_classifier_can_be_a_detectors_backbone():
     assert len(deep.net.backbone.body.body.stages[0]) == 3
     assert [tuple(v.shape[-2:]) for v in deep.net.backbone(x).values()] == [(12, 12), (6, 6), (3, 3)]
     with pytest.raises(ModelError, match="depth .* must be 1 to 8"):
-        create("fcos_small", 5, 1, depth=0)
+        create("fcos_small", 5, 1, depth=9)
     with pytest.raises(ModelError, match="depth is the small backbone's"):
         create("fcos_small", 5, 1, backbone="resnet9", depth=2)
     with pytest.raises(ModelError, match="has no map at stride 2"):

@@ -12,7 +12,6 @@ from cnnkit.cli.console import percent, stdout, summary
 from cnnkit.cli.options import (Checkpoint, DataDir, Device, IgnoreClassNames, ScoreThreshold, Strict, check_early,
                                 check_out_folder)
 from cnnkit.errors import ConfigError
-from cnnkit.evaluate.boxes import check_postprocess
 
 # the options of a detection run (cnnkit.explain.detect)
 DetectionIndex = Annotated[Optional[int], typer.Option("--detection", min=0, help="Detection runs: which detection "
@@ -75,6 +74,8 @@ def explain(
     for_files = {"--region": region, "--seeds": seeds, "--detection": detection, "--score-threshold": score_threshold,
                  "--masks": masks, "--grid": grid, "--keep-prob": keep_prob, "--seed": seed}
     _check_where(url, benchmark, device, strict, for_files)
+    from cnnkit.evaluate.boxes import check_postprocess
+
     check_postprocess(score_threshold, None)
     if url is not None:
         _explain_remote(url, list(inputs or []) + list(images or []), method or "gradcam", layer, target, out)

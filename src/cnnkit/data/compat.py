@@ -193,20 +193,20 @@ def validation_split(meta: dict[str, Any], labels: torch.Tensor, source: Path | 
     return train_val_split(labels, fraction, seed)[1]
 
 
-def _fingerprints(ckpt: LoadedCheckpoint, train: ImageData) -> set[str]:
-    """`train`'s fingerprint, whole and as the checkpoint's task trained on it (a run records the latter: a
+def _fingerprints(train: ImageData) -> set[str]:
+    """`train`'s fingerprint, whole and without its masks: a run records the data as its task trained on it (a
     detection run on fashion-scenes, say, its boxes without the scenes' masks)."""
-    from cnnkit.tasks import get_task
-
-    view = get_task(ckpt.meta.get("task")).data_for(train)
-    return {train.fingerprint(), view.fingerprint()}
+    if getattr(train, "masks", None) is None and getattr(train, "instances", None) is None:
+        return {train.fingerprint()}
+    boxes_only = dataclasses.replace(train, masks=None, instances=None, native_masks=None)
+    return {train.fingerprint(), boxes_only.fingerprint()}
 
 
 def held_out_for_validation(ckpt: LoadedCheckpoint, train: ImageData) -> ImageData:
     """The images of `train` (the checkpoint's dataset's train split) that its run held out for validation, as
     a set named "val". ConfigError when the run held none out."""
     recorded = (ckpt.meta.get("dataset") or {}).get("fingerprint")
-    if recorded and hasattr(train, "fingerprint") and recorded not in _fingerprints(ckpt, train):
+    if recorded and hasattr(train, "fingerprint") and recorded not in _fingerprints(train):
         raise ConfigError(f"--split val is the images {ckpt.path}'s run held out of its own training data, and "
                           f"{train.name}'s train split is not that data (its fingerprint differs); use --split "
                           f"test, or the dataset the run trained on")
