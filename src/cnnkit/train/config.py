@@ -294,7 +294,7 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         # fit measured faster; 191-245 ms once the step's mIoU took max's indices) against 408 ms for the
         # full-resolution width-16 U-Net (the first setting), whose validation mIoU had most classes confused after
         # 4 epochs; not tuned further (see the Segment page)
-        # fashion-scenes' boxes (--task detect): FCOS on the small backbone's FPN, the detection family's settings.
+        # fashion-scenes' boxes (a detector given): FCOS on the small backbone's FPN, the detection family's settings.
         # Screened in 5-minute budgets (seed 0, validation mAP, 2-core AMD EPYC, fp32): RetinaNet 0.22 (0.20 with
         # a GIoU box loss), FCOS 0.33 with the generic recipe's batch 128 (0.30 with two blocks per stage, 0.32
         # at width 24), FCOS 0.46 at batch 32 with weight decay 1e-4 and one-cycle, 0.48 with lr 2e-3 (kept; a
