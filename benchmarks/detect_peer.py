@@ -208,7 +208,8 @@ def cnnkit_arm(root: Path, seed: int, minutes: float) -> dict:
     metrics = list(csv.DictReader(open(out / "metrics.csv")))
     return {"arm": "cnnkit", "seed": seed, "model": f"{cfg['model']} {cfg['model_kwargs']}",
             "train_command": " ".join(train), "eval_command": " ".join(ev),
-            "train_seconds_incl_setup": train_seconds, "epochs_run": len(metrics), "per_epoch": metrics,
+            "train_seconds_incl_setup": train_seconds, "epochs_run": len(metrics),
+            "budget_plan": (cfg.get("chosen") or {}).get("budget_plan"), "per_epoch": metrics,
             "test": {k: v for k, v in test.items() if k != "confusion_matrix"}}
 
 

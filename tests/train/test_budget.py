@@ -10,7 +10,7 @@ import yaml
 
 from cnnkit.errors import ConfigError
 from cnnkit.train import fit, parse_budget, resolve_config
-from cnnkit.train.budget import MARGIN, plan_steps, replanned_total
+from cnnkit.train.budget import MARGIN, REPLAN_MARGIN, plan_steps, replanned_total
 from tests.conftest import TINY
 
 fit_module = importlib.import_module("cnnkit.train.trainer")
@@ -118,7 +118,7 @@ def test_a_run_that_falls_behind_its_plan_shortens_the_rest_to_end_inside_the_bu
     elapsed = 2 + spe * 0.6 + 1.0  # the first epoch at the real pace
     total = replanned_total(budget, elapsed, spe, plan.total_steps, spe, 0.6, 1.0)
     assert total is not None and spe < total < plan.total_steps
-    rest = simulate(plan_steps(budget - elapsed, spe, 0.6, 1.0), elapsed, 0.6, 1.0)
+    rest = simulate(plan_steps(budget - elapsed, spe, 0.6, 1.0, margin=REPLAN_MARGIN), elapsed, 0.6, 1.0)
     assert rest <= budget
     # on time, or a little faster: the plan stands
     assert replanned_total(budget, 2 + spe * 0.2 + 1.0, spe, plan.total_steps, spe, 0.2, 1.0) is None
@@ -134,7 +134,7 @@ def test_a_run_well_ahead_of_its_plan_early_on_lengthens_it_and_still_ends_insid
     elapsed = 2 + spe * 0.1 + 1.0
     total = replanned_total(budget, elapsed, spe, plan.total_steps, spe, 0.1, 1.0)
     assert total is not None and total > 1.5 * plan.total_steps
-    rest = plan_steps(budget - elapsed, spe, 0.1, 1.0)
+    rest = plan_steps(budget - elapsed, spe, 0.1, 1.0, margin=REPLAN_MARGIN)
     assert total == spe + rest.total_steps and simulate(rest, elapsed, 0.1, 1.0) <= budget
     late = plan.total_steps // 2 // spe * spe  # half-way, at an epoch's end
     assert replanned_total(budget, 2 + late * 0.1 + late // spe, late, plan.total_steps, spe, 0.1, 1.0) is None
@@ -171,6 +171,40 @@ def test_a_budgeted_run_whose_pace_was_measured_too_slow_trains_longer(tmp_path,
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
     note = saved["chosen"]["budget_plan"]
     assert saved["max_steps"] == cfg.max_steps and note.count("lengthened to") == 1  # once at most
+
+
+def test_one_slow_epoch_does_not_cut_a_budgeted_run_short_and_a_slower_machine_still_ends_inside(tmp_path,
+                                                                                                monkeypatch):
+    """fit on a fake clock whose steps take the measured 0.1 s: one epoch of 1.3x (the machine busy for a moment)
+    leaves the plan as it was (the pace kept is over the last three epochs); when every epoch is 1.3x slower,
+    the run is shortened and still ends inside the budget, using most of it."""
+    monkeypatch.setattr(budget_module, "measure_pace", lambda run, **_: (0.1, 0.5))
+    real_train_epoch = fit_module.train_epoch
+
+    def run_with(slow: set[int] | None):
+        clock = [0.0]
+        monkeypatch.setattr(budget_module, "budget_clock", lambda: clock[0])
+
+        def train_epoch(self, epoch):
+            out = real_train_epoch(self, epoch)
+            step_s = 0.13 if slow is None or epoch in slow else 0.1
+            self.epoch_clock = clock[0]
+            self.last_train_s = step_s * self.last_epoch_steps
+            clock[0] += self.last_train_s + 0.5
+            return out
+
+        monkeypatch.setattr(fit_module, "train_epoch", train_epoch)
+        result = fit(**TINY, budget=40, out=str(tmp_path / f"run{len(slow or ())}"), progress=False,
+                     overwrite=True)
+        return result, clock[0]
+
+    planned = plan_steps(40, 35, 0.1, 0.5).total_steps
+    result, end = run_with({3})
+    note = yaml.safe_load((result.run_dir / "config.yaml").read_text())["chosen"]["budget_plan"]
+    assert result.config.max_steps == planned and "shortened" not in note
+    result, end = run_with(None)
+    assert result.config.max_steps < planned and end <= 40
+    assert end > 40 * (1 - MARGIN / 2)  # the re-plan keeps a smaller margin than the first plan's (8%: 37.2 s)
 
 
 @pytest.mark.parametrize("total", [4, 5, 7, 40])
