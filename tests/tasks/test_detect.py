@@ -335,6 +335,32 @@ def test_a_giou_box_loss_is_one_minus_the_giou_of_each_matched_anchor_with_its_o
     assert losses["l1"] == pytest.approx(float(l1_zero_target.abs().sum(1).mean()), rel=1e-5)
 
 
+@pytest.mark.parametrize("radius", [1.5, 6.0])
+def test_fcos_centre_radius_is_in_strides_and_picks_the_locations_near_the_centre(radius):
+    """The positives FCOS's matcher gives one 40x24-pixel object are, by hand, the stride-8 locations strictly
+    inside its box and within `radius` strides of its centre (each location at its cell's corner, as torchvision's
+    anchor generator places it); 1.5 is the paper's, 6 (the default) takes every location inside the box."""
+    from cnnkit.models import create
+
+    model = create("fcos_small", 5, 1, width=8, center_radius=radius).train()
+    seen = []
+    head_loss = model.net.head.compute_loss
+    model.net.head.compute_loss = lambda targets, outputs, anchors, matched: seen.append(matched) or head_loss(
+        targets, outputs, anchors, matched)
+    x0, y0, x1, y1 = 20.0, 36.0, 60.0, 60.0
+    model(torch.randn(1, 1, 96, 96), torch.tensor([[[3.0, x0, y0, x1, y1]]]))
+    got = {int(i) for i in torch.nonzero(seen[0][0] == 0)}
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    expected = {k * 12 + j for k in range(12) for j in range(12)  # level 0: 12x12 locations, row by row
+                if x0 < 8 * j < x1 and y0 < 8 * k < y1 and max(abs(8 * j - cx), abs(8 * k - cy)) < radius * 8}
+    assert got == expected and len(expected) >= 4
+    from cnnkit.errors import ModelError
+
+    for bad, message in ((0, "center_radius=0 is not valid"), (100, "center_radius is in strides")):
+        with pytest.raises(ModelError, match=message):
+            create("fcos_small", 5, 1, width=8, center_radius=bad)
+
+
 def test_detector_options_choose_the_maps_and_are_checked():
     from cnnkit.errors import ModelError
     from cnnkit.models import create

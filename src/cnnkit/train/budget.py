@@ -2,16 +2,17 @@
 
 The plan covers the whole run as the budget's clock sees it (it starts when `fit` is called): what set-up
 took, then per epoch the training steps, the validation pass and the checkpoint writes. Measured throughput
-varies from step to step, so the plan keeps a margin, and at each epoch's end the run checks its real pace
-(over its last three epochs: one slow epoch alone, a busy moment of the machine, does not cut the run short) and
-shortens the rest of the schedule when it is behind, keeping a smaller margin than the first plan's, since the pace
-is now measured over whole epochs (with the first plan's 8% kept at every re-plan, a 10-minute detection run
-ended at 491 s). It lengthens it at most once, early on (at the first
-epoch's end or in the plan's first quarter, while the one-cycle schedule is still near its start), when at least
-15% more steps fit: the pace measured before training can be far too slow where the first passes pay one-time
-costs (on a GPU, cuDNN's algorithm search and the allocator's first allocations: a 1-minute budget on an H200
-planned 52 s and trained for 28 s). Once only, because one epoch's pace is noisy: re-planned at every epoch, a
-1-minute GPU run went up and down five times. A resumed run keeps the plan it started with.
+varies from step to step, so the first plan keeps an 8% margin. At each epoch's end the run checks the pace it
+really kept over its last three epochs and re-plans the rest of the schedule: shorter when the plan would
+overrun the budget, longer when at least 15% more steps (and half an epoch) fit, keeping a 4% margin (the pace
+is now measured over whole epochs). Between the two the plan stands, so that noise does not move it up and down.
+
+History: the pace measured before training can be far too slow where the first passes pay one-time costs (on a
+GPU, cuDNN's algorithm search and the allocator's first allocations: a 1-minute budget on an H200 planned 52 s and
+trained for 28 s), hence lengthening. Re-planned on one epoch's pace, a 1-minute GPU run went up and down five
+times; lengthening was then allowed once, early. On two busy CPU cores that rule cut 10-minute detection runs to
+491 s and 471 s: slow early epochs shortened the plan, and the faster ones after could not win the time back.
+A resumed run keeps the plan it started with.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ MARGIN = 0.08  # share of the remaining budget kept free for the measurement's e
 REPLAN_MARGIN = 0.04  # ... at an epoch's end, where the pace is measured over whole epochs
 PACE_EPOCHS = 3  # the pace kept: over the last this many epochs (one slow epoch alone does not shorten a run)
 LENGTHEN_AT = 1.15  # a plan is lengthened when this many times the steps left fit
-LENGTHEN_UNTIL = 0.25  # ... and only at the first epoch's end or while at most this share of it is done
 
 
 def parse_budget(text: str | float | int | None) -> float | None:
@@ -102,23 +102,20 @@ def plan_steps(remaining_s: float, steps_per_epoch: int, seconds_per_step: float
 
 
 def replanned_total(budget_s: float, elapsed_s: float, done_steps: int, total_steps: int, steps_per_epoch: int,
-                    seconds_per_step: float, seconds_per_epoch_extra: float, may_lengthen: bool = True) -> int | None:
+                    seconds_per_step: float, seconds_per_epoch_extra: float) -> int | None:
     """At an epoch's end, at the pace the run really kept: a new total when the planned one would not end inside
-    the budget (shorter), or when, early in the run, at least LENGTHEN_AT times the steps left fit (longer);
+    the budget (shorter), or when at least LENGTHEN_AT times the steps left, and half an epoch more, fit (longer);
     None when the plan stands."""
     left = total_steps - done_steps
     if left <= 0 or seconds_per_step <= 0:  # no pace to go by
         return None
     need = left * seconds_per_step + math.ceil(left / steps_per_epoch) * seconds_per_epoch_extra
-    behind = elapsed_s + need > budget_s
-    early = may_lengthen and done_steps <= max(LENGTHEN_UNTIL * total_steps, steps_per_epoch)
-    if not (behind or early):
-        return None
     rest = plan_steps(budget_s - elapsed_s, steps_per_epoch, seconds_per_step, seconds_per_epoch_extra,
                       margin=REPLAN_MARGIN).total_steps
-    if behind:
+    if elapsed_s + need > budget_s:  # behind
         return done_steps + rest if rest < left else None
-    return done_steps + rest if rest >= LENGTHEN_AT * left else None
+    gain = rest - left  # longer only by a real share of the rest and half an epoch at least: no churn at the end
+    return done_steps + rest if rest >= LENGTHEN_AT * left and gain >= steps_per_epoch / 2 else None
 
 
 def too_small(budget_s: float, spent_s: float, plan: Plan) -> str | None:
@@ -223,9 +220,10 @@ def plan_budget(run: Run) -> None:
 
 
 def keep_to_budget(run: Run, epoch: int) -> bool:
-    """At an epoch's end: if the run is behind its plan (the machine got slower than measured), shorten what
-    is left so that it still ends inside the budget; if it is well ahead early on (the measurement paid
-    one-time costs), lengthen it. The schedule is re-planned from here. True if the plan changed."""
+    """At an epoch's end, at the pace of the last three epochs: if the run is behind its plan (the machine got
+    slower than measured), shorten what is left so that it still ends inside the budget; if it is well ahead (the
+    measurement paid one-time costs, or slow epochs passed), lengthen it. The schedule is re-planned from here.
+    True if the plan changed."""
     cfg = run.cfg
     if cfg.budget is None or run.resuming or epoch + 1 >= run.epochs:
         return False
@@ -236,11 +234,10 @@ def keep_to_budget(run: Run, epoch: int) -> bool:
     pace = sum(p[0] for p in run.paces) / max(sum(p[1] for p in run.paces), 1)
     extra = sum(p[2] for p in run.paces) / len(run.paces)
     total = broadcast(replanned_total(cfg.budget, elapsed, done, run.total_steps, run.steps_per_epoch, pace,
-                                      extra, may_lengthen=not run.lengthened), run.ranks)  # rank 0 decides
+                                      extra), run.ranks)  # rank 0 decides
     if total is None:
         return False
     longer, before, epochs_before = total > run.total_steps, run.total_steps, run.epochs
-    run.lengthened |= longer
     pace_kept = f"{pace * 1e3:.0f} ms per step, {extra:.1f} s per evaluation and checkpoint"
     run.plan_note = ((run.plan_note or "") + f"; after epoch {epoch + 1}, at the pace kept ({pace_kept}), "
                      f"{'lengthened' if longer else 'shortened'} to {total} steps")

@@ -82,7 +82,6 @@ class Run:
     # a budget's plan (budget.plan_budget, budget.keep_to_budget)
     plan_note: str | None = None
     init_note: str | None = None  # what --init-from loaded (setup.build_model), said beside the run's first line
-    lengthened: bool = False  # a budget's plan is lengthened once at most
     paces: list[tuple[float, int, float]] = field(default_factory=list)  # recent epochs' (train s, steps, extra s)
     reuses_memory: bool = False  # freed memory kept for the next steps (runtime.reuse_freed_memory)
 
