@@ -7,7 +7,7 @@ deep field, immunohistochemistry, retina, the stereo motorcycle pair, and the gr
 grass/gravel photographs as RGB), each turned into many different JPEGs by a random crop (25–100% of the area,
 aspect 3/4–4/3), a random flip, slight brightness/contrast jitter and sensor-like noise, resized so the shorter
 side is 300–500 px, saved at JPEG quality 90. Generated once (seeded) into `--work` and reused; building it needs
-scikit-image: `pip install -c constraints.txt -e '.[bench]'` (not among cnnkit's dependencies).
+scikit-image (one of cnnkit's dependencies, for `--data photographs`).
 
 The three arms (same files, worker processes, batch 64 and augmentation: random-resized crop to 224×224 with
 scale (0.08, 1), ratio (3/4, 4/3) and antialiasing, horizontal flip, ImageNet normalization to float32):

@@ -373,6 +373,7 @@ PLACEHOLDERS: dict[str, str] = {
     "scene.png": "a fashion-scenes test scene (96×96)",
     "big_scan.png": "a 300×220 grey image made of fashion-scenes test scenes",
     "runs/boxes": "cnnkit train --data fashion-scenes --model retinanet_small: width 8, 1 epoch on 300 scenes",
+    "runs/sr3": "cnnkit train --data photographs --model espcn: scale 3, 8 and 8 filters, 1 epoch on 300 patches",
 }
 OUTPUT_OPTIONS = {"--out", "--json"}  # their values are written, never read
 # the options each README-made placeholder adds to the README's line that writes it
@@ -425,7 +426,7 @@ class Placeholders:
             **{f"runs/ing-{s}": lambda at, s=s: self._ingredient(at, s) for s in (1, 2, 3)},
             "runs/scenes": self._scenes, "scenes.onnx": lambda at: self._scenes_export(at, "onnx"),
             "scenes.pt2": lambda at: self._scenes_export(at, "torch-export"), "scene.png": self._scene_png,
-            "big_scan.png": self._big_scan, "runs/boxes": self._boxes,
+            "big_scan.png": self._big_scan, "runs/boxes": self._boxes, "runs/sr3": self._sr3,
         }
         assert self.makers.keys() == PLACEHOLDERS.keys()
 
@@ -488,6 +489,10 @@ class Placeholders:
     def _boxes(self, at: Path) -> None:
         run_cli("train", "--data", "fashion-scenes", "--model", "retinanet_small", "--model-kw", "width=8", "--epochs",
                 "1", "--train-images", "300", "--val-fraction", "0.04", "--out", at, "--quiet")
+
+    def _sr3(self, at: Path) -> None:
+        run_cli("train", "--data", "photographs", "--model", "espcn", "--model-kw", "scale=3", "--model-kw", "n1=8",
+                "--model-kw", "n2=8", "--epochs", "1", "--train-images", "300", "--out", at, "--quiet")
 
     def _scenes_export(self, at: Path, fmt: str) -> None:
         run_cli("export", "--checkpoint", self.path("runs/scenes"), "--format", fmt, "--out", at)

@@ -96,8 +96,18 @@ def info(
 
 
 def _data_shape(cfg) -> tuple[tuple[int, int, int], int]:  # noqa: ANN001 - a TrainConfig
-    """The input C×H×W and the number of classes of the data a run of `cfg` trains on."""
+    """The input C×H×W and the number of classes of the data a run of `cfg` trains on (a restoration network's:
+    its training patches as it sees them, shrunk by its scale)."""
     from cnnkit.data import load_dataset
+
+    if cfg.task == "restore":
+        from cnnkit.data.base import image_size
+        from cnnkit.data.photos import PATCH
+        from cnnkit.models import get_entry
+
+        h, w = image_size(cfg.img_size) or (PATCH, PATCH)
+        scale = int(cfg.model_kwargs.get("scale", get_entry(cfg.model).defaults().get("scale", 1)))
+        return (3, h // scale, w // scale), 1
 
     ds = load_dataset(cfg.data, "test", data_dir=cfg.data_dir, download=cfg.download, img_size=cfg.img_size,
                       test_fraction=cfg.test_fraction, seed=cfg.data_split_seed,

@@ -52,6 +52,7 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
     task = src.meta.get("task") or "classify"
     from cnnkit.tasks import get_task
 
+    get_task(task).check_available("compress")
     if not get_task(task).exportable:  # its int8 artifacts are exported ones
         raise CompressError(f"compressing a {task} model is not available yet; its checkpoint runs in PyTorch "
                             f"(cnnkit eval, predict, bench)")

@@ -7,8 +7,8 @@ import os
 from dataclasses import dataclass
 from functools import partial
 
-from cnnkit.data import (boxfiles, bundled, cluttered, corruptions, imagefolder, published, scenes, segfolders,
-                         shards)
+from cnnkit.data import (boxfiles, bundled, cluttered, corruptions, imagefolder, photos, published, scenes,
+                         segfolders, shards)
 from cnnkit.data.base import ImageData, ImageSize, Loader, LoadOptions, TrainingData, TrainingOpener
 from cnnkit.errors import ConfigError, DataError, close_matches
 
@@ -63,6 +63,9 @@ SOURCES: dict[str, Source] = {
     "coco-boxes": Source(boxfiles.load, argument="<file.json>"),
     # shards written by `cnnkit data shard`: streamed for training, decoded into memory otherwise
     "webdataset": Source(shards.load, shards.open_training, argument="<dir>"),
+    # restoration: clean photographs (the bundled ones, or a folder), training as patches, testing whole
+    "photographs": Source(photos.load, photos.open_training),
+    "photofolder": Source(photos.load, photos.open_training, argument="<dir>"),
 }
 DATASETS = [f"{name}:{source.argument}" if source.argument else name for name, source in SOURCES.items()]
 

@@ -93,6 +93,7 @@ def export_artifact(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str |
     if model is None:
         _refuse_exported(ckpt)
     task = get_task(ckpt.meta.get("task"))  # its example input: what the model is exported and checked with
+    task.check_available("export")
     formats = getattr(task, "export_formats", None)  # the kinds a task whose models export to some only takes
     if formats is not None and kind not in formats:
         raise ConfigError(f"exporting a {task.name} model as {kind} is not available; export it as "

@@ -101,6 +101,10 @@ def evaluate(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str | None 
     ckpt.model.to(dev)
     data = checkpoint_data_source(ckpt, data).name
     task = task_of(ckpt)
+    if task.name == "restore":
+        if adapt is not None or scales or window or images is not None:
+            raise ConfigError("--adapt, --scales, --window and --images are not for restoration models")
+        return _evaluate_restoration(ckpt, data, split, data_dir, strict, tta, dev, amp, out_dir)
     ds = load_checkpoint_data(ckpt, data, split, data_dir=data_dir, strict=strict,
                               ignore_class_names=ignore_class_names, match_classes=task.outputs_are_classes,
                               drop_bad_boxes=drop_bad_boxes)
@@ -143,6 +147,33 @@ def evaluate(checkpoint: str | os.PathLike | LoadedCheckpoint, data: str | None 
         result.figures = task.report(metrics, ckpt.classes, out, stem, images=ds.images, outputs=probs, targets=labels,
                                      meta=ckpt.meta)
         result.confusion_png = result.figures.get("confusion matrix")
+    return result
+
+
+def _evaluate_restoration(ckpt: LoadedCheckpoint, data: str, split: str, data_dir: str | os.PathLike | None,
+                          strict: bool, tta: bool, dev: torch.device, amp: str,
+                          out_dir: str | os.PathLike | None) -> EvalResult:
+    """`evaluate` for a restoration model: each image whole, at its own size (cnnkit.evaluate.restore)."""
+    from cnnkit.errors import CheckpointError
+    from cnnkit.evaluate.restore import evaluate_restoration
+
+    ds = load_checkpoint_data(ckpt, data, split, data_dir=data_dir, strict=strict, check=False)
+    if ds.in_chans != ckpt.in_chans:
+        raise CheckpointError(f"{ds.name} ({ds.split}) gives {ds.in_chans}-channel images but {ckpt.path} restores "
+                              f"{ckpt.in_chans}-channel ones")
+    scores = evaluate_restoration(ckpt.model, ds.images, ds.sizes, dev, autocast_dtype(amp, dev), tta)
+    metrics = {"checkpoint": os.path.abspath(ckpt.path), "data": full_data_name(data),
+               **({"data_dir": os.path.abspath(os.path.expanduser(data_dir))} if data_dir is not None else {}),
+               "split": ds.split, "tta": tta, **scores}
+    task = task_of(ckpt)
+    empty = torch.zeros(0)
+    result = EvalResult(metrics, empty, empty, ds, summary=task.summary(metrics))
+    if out_dir is not None:
+        claim_dir(out_dir)
+        out = Path(out_dir)
+        stem = report_stem(out, ckpt.path, data, split, None)
+        result.json_path = out / f"eval-{stem}.json"
+        atomic_write_text(result.json_path, json.dumps(metrics, indent=2) + "\n")
     return result
 
 
@@ -238,6 +269,7 @@ def predict(checkpoint: str | os.PathLike | LoadedCheckpoint, inputs: list[str |
     check_postprocess(score_threshold, nms_iou)
     dev = pick_device(device, cpu_only_artifact(checkpoint))
     ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load(checkpoint, dev)
+    task_of(ckpt).check_available("predict")
     _adaptable(ckpt, adapt, alpha, tent_lr)
     ckpt.model.to(dev)
     if task_of(ckpt).name == "detect":

@@ -81,6 +81,7 @@ def _load(checkpoint, device: str) -> tuple[LoadedCheckpoint, torch.device]:
     from cnnkit.artifacts import is_exported
 
     ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load(checkpoint)
+    task_of(ckpt).check_available("explain")
     if is_exported(ckpt.model):
         source = ckpt.meta.get("source")
         raise ExplainError(f"explain and visualize need a training checkpoint (a run directory or .safetensors "

@@ -7,6 +7,7 @@ from cnnkit.models import (  # noqa: F401  (register the families)
     modern_small,
     nin,
     resnet_small,
+    restore,
     segment,
     segment_smp,
     tinyvgg,

@@ -45,6 +45,7 @@ class ServedModel:
         self.name, self.device = name, device
         self.ckpt: LoadedCheckpoint = load(path)
         self.task = get_task(self.ckpt.meta.get("task"))  # what its outputs mean, and what an answer looks like
+        self.task.check_available("serve")
         # the image stretched whole to the input size, so that every pixel maps back: masks, boxes
         self.stretched = self.task.name in ("segment", "detect")
         self.score_threshold = self._detection_settings(score_threshold, nms_iou)

@@ -108,6 +108,13 @@ class Task(ABC):
     outputs_are_classes: bool = True  # the model's outputs are the data's classes: evaluation data must have them
     any_size: bool = False  # its models are fully convolutional: exported with a dynamic height and width
     exportable: bool = True  # `cnnkit export` and `cnnkit compress` take its models
+    not_yet: tuple[str, ...] = ()  # the commands that do not take its models yet (each refuses them in one line)
+
+    def check_available(self, command: str) -> None:
+        """ConfigError, in one line, when `cnnkit <command>` does not take this task's models yet."""
+        if command in self.not_yet:
+            raise ConfigError(f"`cnnkit {command}` does not take {self.name} models yet; they train and evaluate "
+                              f"(cnnkit train, cnnkit eval)")
 
     def output_names(self, classes: list[str]) -> list[str]:
         """Names of the model's outputs for data with these classes; the head has one output per name."""

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnkit.data.settings import (DEFAULT_VAL_FRACTION, PATH_SOURCES, TRAINING_DATASETS, AugmentConfig,
-                                  is_detection_data, is_segmentation_data)
+                                  is_detection_data, is_restoration_data, is_segmentation_data)
 from cnnkit.errors import ConfigError, close_matches
 from cnnkit.train.recipes import family_recipe
 
@@ -266,6 +266,8 @@ def dataset_family(data: str) -> str:
         return "cluttered"
     if is_segmentation_data(data) or is_detection_data(data):
         return "scenes"  # detection files: `scenes-detect` (their task is detect)
+    if is_restoration_data(data):
+        return "photographs"
     return "imagefolder"
 
 
@@ -303,6 +305,10 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                               batch_size=32, lr=2e-3, optimizer="adamw", weight_decay=1e-4, schedule="onecycle",
                               warmup_epochs=1, grad_clip=1.0, label_smoothing=0.0,
                               augment={"crop_padding": 0, "hflip": True}, tta=False),
+        # photographs (restoration): ESPCN at ×3, the setting; not tuned yet
+        "photographs": dict(model="espcn", model_kwargs={"scale": 3}, task="restore", epochs=10, batch_size=16,
+                            lr=1e-3, optimizer="adamw", weight_decay=0.0, schedule="cosine", warmup_epochs=1,
+                            grad_clip=0.0, label_smoothing=0.0, augment={"crop_padding": 0, "hflip": True}, tta=False),
         "scenes": dict(model="unet_small", model_kwargs={"width": 16, "depth": 4, "stem_stride": 2}, task="segment",
                        epochs=12, batch_size=32,
                        lr=3e-3, optimizer="adamw", weight_decay=1e-4, schedule="onecycle", warmup_epochs=1,
@@ -332,6 +338,9 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                               batch_size=32, lr=2e-3, optimizer="adamw", weight_decay=1e-4, schedule="onecycle",
                               warmup_epochs=2, grad_clip=1.0, label_smoothing=0.0, ema=0.999,
                               augment={"crop_padding": 0, "resized_crop": 0.6, "hflip": True}, tta=False),
+        "photographs": dict(model="espcn", model_kwargs={"scale": 3}, task="restore", epochs=30, batch_size=16,
+                            lr=1e-3, optimizer="adamw", weight_decay=0.0, schedule="cosine", warmup_epochs=1,
+                            grad_clip=0.0, label_smoothing=0.0, augment={"crop_padding": 0, "hflip": True}, tta=False),
         # the fast recipe's network and settings on a longer schedule (not tuned apart)
         "scenes": dict(model="unet_small", model_kwargs={"width": 16, "depth": 4, "stem_stride": 2}, task="segment",
                        epochs=30, batch_size=32, lr=3e-3, optimizer="adamw", weight_decay=1e-4, schedule="onecycle",
@@ -359,11 +368,14 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: TrainConfig | 
             given["recipe"] = "long" if given["budget"] >= LONG_RECIPE_FROM_S else "fast"
     recipe = given.get("recipe", values.get("recipe"))
     model_task = _model_task(given.get("model"))
-    if "data" not in given and base is None and model_task in ("segment", "detect"):
-        given["data"] = "fashion-scenes"  # a segmentation or detection model's default data: scenes, not the sample
+    if "data" not in given and base is None and model_task in ("segment", "detect", "restore"):
+        # a segmentation or detection model's default data: scenes, not the sample; a restoration model's: photographs
+        given["data"] = "photographs" if model_task == "restore" else "fashion-scenes"
     data = given.get("data", values["data"])
     if "task" not in given and base is None and (model_task == "detect" or is_detection_data(data)):
         given["task"] = "detect"  # a detector learns the data's boxes; boxes train a detector
+    if "task" not in given and base is None and (model_task == "restore" or is_restoration_data(data)):
+        given["task"] = "restore"  # photographs without labels: restored, the only thing they can teach
     family = dataset_family(data)
     if family == "scenes" and given.get("task", values.get("task")) == "detect":
         family = "scenes-detect"

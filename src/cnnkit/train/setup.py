@@ -100,7 +100,7 @@ def _check_task_fits(run: Run) -> None:
         from cnnkit.models import get_entry, list_models
 
         entry = get_entry(cfg.model)
-        if entry.task != run.task.name and {"segment", "detect"} & {entry.task, run.task.name}:  # not classes
+        if entry.task != run.task.name and {"segment", "detect", "restore"} & {entry.task, run.task.name}:
             raise ConfigError(f"{cfg.model} is a {entry.task} model, not a {run.task.name} one; choose one of "
                               f"{', '.join(list_models(task=run.task.name))}")
     elif run.task.name != "classify":

@@ -1,0 +1,182 @@
+"""Restoration: an image in, an image out (super-resolution and denoising, `cnnkit.models.restore`).
+
+What a network restores is part of the network (its `scale` or its `noise`, see `RestorationNet`). The data
+are clean images on the 0..1 scale (a restoration run does not normalize them; `cnnkit.data.photos`), and the
+task makes each network's input from them: for super-resolution the image shrunk `scale` times by antialiased
+bicubic interpolation (the Keys kernel of MATLAB's `imresize`) and rounded to 8 bits, as the papers' small images
+are saved; for denoising the image plus Gaussian noise of the network's σ (not clipped, as DnCNN trains).
+Training draws new noise for each batch; validation and evaluation draw it from a fixed seed, so scores repeat.
+
+The loss is each paper's: mean squared error (SRCNN, ESPCN, DnCNN, CBDNet's reconstruction) or L1 (EDSR). The
+score is PSNR in dB on the luma Y (BT.601, MATLAB's `rgb2ycbcr`; a one-channel network's own channel) with
+`scale` pixels cut from every border, as the super-resolution papers compute it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cnnkit.errors import ConfigError
+from cnnkit.tasks.base import Objective, Task, refuse_augmentations, register_task
+
+EVAL_SEED = 0  # the noise validation and evaluation draw
+PAPER_LOSS = {"edsr": "l1"}  # every other restoration network's paper trains on the mean squared error
+
+
+def restoration_net(model: nn.Module) -> nn.Module:
+    """The restoration network inside wrappers (EMA's averaged copy, DDP, torch.compile): what carries its
+    `scale` and `noise`."""
+    seen = 0
+    while not hasattr(model, "scale") and seen < 4:
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod", None) or model
+        seen += 1
+    if not hasattr(model, "scale"):
+        raise ConfigError(f"{type(model).__name__} is not a restoration network (it has no scale)")
+    return model
+
+
+def shrink(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """The small image a super-resolution network is given: `x` (N×C×H×W on 0..1, sides divisible by `scale`)
+    shrunk by antialiased bicubic interpolation, clipped and rounded to 8 bits."""
+    from cnnkit.models.restore import bicubic
+
+    h, w = x.shape[-2:]
+    small = bicubic(x.float(), size=(h // scale, w // scale))
+    return small.clamp(0, 1).mul(255).round().div(255)
+
+
+def add_noise(x: torch.Tensor, noise: tuple[float, float], generator: torch.Generator | None = None) -> torch.Tensor:
+    """`x` plus Gaussian noise, each image's σ (0..255 scale) drawn uniformly from `noise`'s range."""
+    lo, hi = noise
+    n = x.shape[0]
+    sigma = lo + (hi - lo) * torch.rand(n, 1, 1, 1, generator=generator, device=x.device if generator is None
+                                        else generator.device)
+    eps = torch.randn(x.shape, generator=generator, device=x.device if generator is None else generator.device)
+    return x + eps.to(x.device) * sigma.to(x.device) / 255.0
+
+
+def degrade(net: nn.Module, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """What `net` is given for the clean images `x`: shrunk by its scale, or with its noise added."""
+    if net.scale > 1:
+        return shrink(x, net.scale)
+    if net.noise is not None:
+        return add_noise(x, net.noise, generator)
+    return x
+
+
+def modcrop(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """`x` cropped at the bottom and right to sides divisible by `scale` (the papers' `modcrop`)."""
+    h, w = x.shape[-2:]
+    return x[..., :h - h % scale, :w - w % scale]
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """The channel PSNR is computed on: Y of RGB (see `cnnkit.data.photos.luma`), or a one-channel image itself."""
+    from cnnkit.data.photos import luma as y
+
+    return y(x) if x.shape[-3] == 3 else x
+
+
+def psnr(restored: torch.Tensor, clean: torch.Tensor, border: int = 0, on_y: bool = True) -> torch.Tensor:
+    """Each image's PSNR in dB (peak 1: 255 on 8 bits), on Y (`on_y`) or on every channel, `border` pixels cut
+    from each side; the restored image is clipped to 0..1 first, as a saved image would be."""
+    a, b = restored.float().clamp(0, 1), clean.float()
+    if on_y:
+        a, b = luma(a), luma(b)
+    if border:
+        a, b = a[..., border:-border, border:-border], b[..., border:-border, border:-border]
+    mse = (a - b).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+class RestorationLoss(Objective):
+    """The paper's reconstruction loss on the network's output for the degraded batch (degraded here, with new
+    noise each batch)."""
+
+    flip_invariant = True  # a mirrored image, restored, is the restored image mirrored
+
+    def __init__(self, loss: str) -> None:
+        super().__init__()
+        self.kind = loss
+
+    def output_names(self, classes: list[str]) -> list[str]:
+        return classes
+
+    def forward(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> Any:
+        return model(degrade(restoration_net(model), x))
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "l1":
+            return F.l1_loss(outputs.float(), targets.float())
+        return F.mse_loss(outputs.float(), targets.float())
+
+
+class Restoration(Task):
+    """An image in, an image out: outputs and targets are N×C×H×W images on the 0..1 scale."""
+
+    name = "restore"
+    score = "psnr"
+    output = "image"
+    outputs_are_classes = False
+    any_size = True
+    exportable = False  # export, int8, the service and predict's image files come next (issue 36)
+    not_yet = ("predict", "explain", "serve", "export", "compress")
+
+    def targets(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def objective(self, cfg: Any) -> Objective:
+        refuse_augmentations(cfg.augment, ("crop_padding", "resized_crop", "policy", "erasing", "mixup", "cutmix"),
+                             "restoration", "its images are its targets: a crop or a policy would change what is "
+                             "restored", "hflip")
+        if cfg.pretext or cfg.distill or cfg.label_smoothing or cfg.dice:
+            raise ConfigError("RotNet, distillation, label smoothing and Dice are for classification and "
+                              "segmentation; a restoration network trains on its paper's reconstruction loss")
+        return RestorationLoss(PAPER_LOSS.get(cfg.model, "mse"))
+
+    def infer(self, model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+        """The restored images for the clean images `x`: degraded (noise from a fixed seed), then restored;
+        with flip TTA, averaged with the mirrored image's, mirrored back."""
+        net = restoration_net(model)
+        g = torch.Generator(device=x.device).manual_seed(EVAL_SEED)
+        small = degrade(net, x, g)
+        y = model(small).float()
+        if tta:
+            y = 0.5 * (y + model(small.flip(3)).float().flip(3))
+        return y
+
+    def loss_sum(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Each image's mean squared error, summed over the images."""
+        return (outputs.float() - targets.float()).pow(2).flatten(1).mean(1).sum()
+
+    def score_sum(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Each image's PSNR on Y, summed (validation patches whole; `evaluate` cuts the papers' border from whole
+        images, cnnkit.evaluate.restore)."""
+        return psnr(outputs, targets).sum().reshape(1)
+
+    def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor, names: list[str]) -> dict[str, Any]:
+        values = psnr(outputs, targets)
+        return {"psnr_y": float(values.mean()), "images": len(values)}
+
+    def predictions(self, outputs: torch.Tensor, names: list[str], topk: int = 5) -> list[list[tuple[str, float]]]:
+        return [[("restored", float(o.float().mean()))] for o in outputs]
+
+    def summary(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """PSNR and SSIM on Y, and each baseline's PSNR beside them."""
+        shown = {"PSNR (Y, dB)": metrics["psnr_y"]}
+        if "ssim_y" in metrics:
+            shown["SSIM (Y)"] = metrics["ssim_y"]
+        for name, scores in (metrics.get("baselines") or {}).items():
+            shown[f"{name}: PSNR (Y, dB)"] = scores["psnr_y"]
+        return shown
+
+    def format_value(self, value: float) -> str:
+        return f"{value:.2f} dB" if math.isfinite(value) else str(value)
+
+
+RESTORE = register_task(Restoration())
