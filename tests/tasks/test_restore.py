@@ -127,3 +127,17 @@ def test_the_commands_train_and_evaluate_a_restoration_run_and_refuse_the_others
         code = main(args)
         err = capsys.readouterr().err
         assert code == 2 and "restore models" in err and len(err.strip().splitlines()) == 1, (args, err)
+
+
+def test_the_layout_measurement_times_a_super_resolution_network_on_the_input_it_is_given():
+    """`fit` picks the memory layout by timing training steps: a ×3 network is timed on the patch shrunk three
+    times (what training gives it), its output against the patch, not on the patch itself."""
+    from cnnkit.models import create
+    from cnnkit.train import layout
+
+    model = create("espcn", in_chans=3, scale=3, n1=8, n2=8)
+    seen = []
+    model.register_forward_hook(lambda m, args, out: seen.append((tuple(args[0].shape), tuple(out.shape))))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    layout._step(model, opt, torch.rand(2, 3, 48, 50), torch.zeros(2, dtype=torch.long), torch.device("cpu"), None)
+    assert seen == [((2, 3, 16, 16), (2, 3, 48, 48))]

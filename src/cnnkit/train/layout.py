@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnnkit.models.restore import RestorationNet
 from cnnkit.runtime import (autocast, autocast_dtype, cpu_description, native_bf16_cpu, nhwc_training_hazard,
                              precision_note)
 
@@ -53,6 +54,12 @@ def _step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torc
         boxes = torch.tensor([1.0, side / 8, side / 8, side / 2, side / 2], device=x.device).expand(len(x), 1, 5)
         with autocast(device, amp):
             loss = sum(v.float() for v in model(x, boxes).values())
+    elif isinstance(model, RestorationNet):  # the input it is given: the patch shrunk by its scale; the patch back
+        s, (h, w) = model.scale, x.shape[-2:]
+        target = x[..., :h - h % s, :w - w % s]
+        with autocast(device, amp):
+            out = model(target[..., ::s, ::s])
+        loss = F.mse_loss(out.float(), target.float())
     else:
         with autocast(device, amp):
             out = model(x)
