@@ -31,6 +31,7 @@ def test_psnr_by_hand_on_rgb_and_on_y_with_a_border():
     assert float(psnr(restored, clean, on_y=False)[0]) == pytest.approx(10 * math.log10(1 / mse), abs=1e-4)
     y_step = 0.1 * (65.481 + 128.553 + 24.966) / 255  # Y moves by this for a grey step of 0.1
     assert float(psnr(restored, clean, border=2)[0]) == pytest.approx(-20 * math.log10(y_step), abs=1e-4)
+    assert float(psnr(clean, clean)[0]) == 100.0  # an exact image: capped, not infinite
     restored[..., 0, 0] = 5.0  # clipped to 1 first, as a saved image would be
     assert float(psnr(restored, clean, on_y=False)[0]) == pytest.approx(
         10 * math.log10(1 / ((36 * 0.01 + 1) / 100)), abs=1e-4)

@@ -53,11 +53,10 @@ def shrink(x: torch.Tensor, scale: int) -> torch.Tensor:
 def add_noise(x: torch.Tensor, noise: tuple[float, float], generator: torch.Generator | None = None) -> torch.Tensor:
     """`x` plus Gaussian noise, each image's σ (0..255 scale) drawn uniformly from `noise`'s range."""
     lo, hi = noise
-    n = x.shape[0]
-    sigma = lo + (hi - lo) * torch.rand(n, 1, 1, 1, generator=generator, device=x.device if generator is None
-                                        else generator.device)
-    eps = torch.randn(x.shape, generator=generator, device=x.device if generator is None else generator.device)
-    return x + eps.to(x.device) * sigma.to(x.device) / 255.0
+    device = x.device if generator is None else generator.device
+    sigma = lo + (hi - lo) * torch.rand(x.shape[0], 1, 1, 1, generator=generator, device=device)
+    eps = torch.randn(x.shape, generator=generator, device=device)
+    return x + (eps * sigma / 255.0).to(x.device)
 
 
 def degrade(net: nn.Module, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -84,14 +83,16 @@ def luma(x: torch.Tensor) -> torch.Tensor:
 
 def psnr(restored: torch.Tensor, clean: torch.Tensor, border: int = 0, on_y: bool = True) -> torch.Tensor:
     """Each image's PSNR in dB (peak 1: 255 on 8 bits), on Y (`on_y`) or on every channel, `border` pixels cut
-    from each side; the restored image is clipped to 0..1 first, as a saved image would be."""
+    from each side; the restored image is clipped to 0..1 first, as a saved image would be; at most 100 dB."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
     a, b = restored.float().clamp(0, 1), clean.float()
     if on_y:
         a, b = luma(a), luma(b)
     if border:
         a, b = a[..., border:-border, border:-border], b[..., border:-border, border:-border]
-    mse = (a - b).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+    # torchmetrics' PSNR; an exact image (infinite PSNR) counts as 100 dB, so that means stay finite
+    return peak_signal_noise_ratio(a, b, data_range=1.0, reduction="none", dim=(1, 2, 3)).clamp_max(100.0)
 
 
 class RestorationLoss(Objective):
@@ -103,9 +104,6 @@ class RestorationLoss(Objective):
     def __init__(self, loss: str) -> None:
         super().__init__()
         self.kind = loss
-
-    def output_names(self, classes: list[str]) -> list[str]:
-        return classes
 
     def forward(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> Any:
         return model(degrade(restoration_net(model), x))
@@ -124,8 +122,7 @@ class Restoration(Task):
     output = "image"
     outputs_are_classes = False
     any_size = True
-    exportable = False  # export, int8, the service and predict's image files come next (issue 36)
-    not_yet = ("predict", "explain", "serve", "export", "compress")
+    not_yet = ("predict", "explain", "serve", "export", "compress")  # next (issue 36)
 
     def targets(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return x
