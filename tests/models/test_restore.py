@@ -123,3 +123,31 @@ def test_bicubic_is_pils_keys_cubic():
 def test_bad_options_are_one_line(name, options, message):
     with pytest.raises(ModelError, match=message):
         create(name, **options)
+
+
+SMALL = [("srcnn", {"scale": 3, "n1": 8, "n2": 4}), ("srcnn", {"scale": 2, "n1": 8, "n2": 4, "f2": 5}),
+         ("espcn", {"scale": 3, "n1": 8, "n2": 4}), ("edsr", {"scale": 4, "blocks": 2, "features": 8}),
+         ("edsr", {"scale": 3, "blocks": 3, "features": 8}), ("dncnn", {"depth": 5, "features": 8}),
+         ("cbdnet", {"width": 8, "estimator_width": 4})]
+
+
+def reach(model: torch.nn.Module, channels: int, side: int) -> int:
+    """How far, in input pixels, the centre output pixel's gradient reaches from the centre (float64, random
+    weights and input)."""
+    torch.manual_seed(0)
+    model = model.double().eval()
+    x = torch.rand(1, channels, side, side, dtype=torch.float64, requires_grad=True)
+    y = model(x)
+    s = model.scale
+    c = side // 2
+    y[..., c * s, c * s].sum().backward()
+    rows, cols = (x.grad.abs().sum((0, 1)) > 0).nonzero(as_tuple=True)
+    return int(max((rows - c).abs().max(), (cols - c).abs().max()))
+
+
+@pytest.mark.parametrize("name, options", SMALL)
+def test_the_radius_tiles_are_run_with_bounds_what_an_output_pixel_sees(name, options):
+    """`radius` (the margin tiles are run with) covers the gradient's reach and is not far beyond it."""
+    model = create(name, in_chans=3, **options)
+    seen = reach(model, 3, 2 * (model.radius + 8) + 1)
+    assert seen <= model.radius <= seen + max(4, model.align + 3), (seen, model.radius)

@@ -123,8 +123,7 @@ def test_the_commands_train_and_evaluate_a_restoration_run_and_refuse_the_others
     out, err = capsys.readouterr()
     assert code == 0 and "PSNR (Y, dB)" in out and "gaussian filter σ 1" in out, err
     png = next(root.glob("*.png"))
-    for args in (["predict", "--checkpoint", str(run_dir), str(png)],
-                 ["explain", "--checkpoint", str(run_dir), str(png)], ["export", "--checkpoint", str(run_dir)]):
+    for args in (["explain", "--checkpoint", str(run_dir), str(png)], ["export", "--checkpoint", str(run_dir)]):
         code = main(args)
         err = capsys.readouterr().err
         assert code == 2 and "restore models" in err and len(err.strip().splitlines()) == 1, (args, err)
@@ -142,3 +141,25 @@ def test_the_layout_measurement_times_a_super_resolution_network_on_the_input_it
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     layout._step(model, opt, torch.rand(2, 3, 48, 50), torch.zeros(2, dtype=torch.long), torch.device("cpu"), None)
     assert seen == [((2, 3, 16, 16), (2, 3, 48, 48))]
+
+
+@pytest.mark.parametrize("name, options", [
+    ("srcnn", {"scale": 3, "n1": 8, "n2": 4}), ("espcn", {"scale": 2, "n1": 8, "n2": 4}),
+    ("edsr", {"scale": 4, "blocks": 2, "features": 8}), ("dncnn", {"depth": 5, "features": 8}),
+    ("cbdnet", {"width": 8, "estimator_width": 4})])
+def test_tiles_put_together_equal_the_whole_image_and_a_margin_too_small_shows_seams(name, options):
+    """Restored in tiles of 32 input pixels (the image's sides not multiples of it), each run with the network's
+    radius as margin, the image equals the image restored whole; without the margin the tiles' edges differ."""
+    from cnnkit.evaluate.restore import restore_tiled
+    from cnnkit.models import create
+
+    torch.manual_seed(0)
+    model = create(name, in_chans=3, **options).eval()
+    h, w = 45 + 2 * model.radius, 38 + 2 * model.radius  # some tiles run on less than the whole image
+    x = torch.rand(1, 3, h, w)
+    whole = restore_tiled(model, x, tile=0)
+    assert whole.shape[-2:] == (h * model.scale, w * model.scale)
+    assert torch.allclose(restore_tiled(model, x, tile=32), whole, atol=1e-5)
+    assert (restore_tiled(model, x, tile=32, margin=0) - whole).abs().max() > 1e-3
+    as_bytes = restore_tiled(model, x, tile=32, dtype=torch.uint8)
+    assert (as_bytes.float() - whole.clamp(0, 1).mul(255).round()).abs().max() <= 1

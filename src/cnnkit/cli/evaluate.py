@@ -188,13 +188,26 @@ def predict(
                                                            "(every image's detections) into this folder.")] = None,
     score_threshold: ScoreThreshold = None,
     nms_iou: NmsIou = None,
+    images_out: Annotated[Optional[Path], typer.Option(help="Restoration models: write each restored image "
+                                                            "(<stem>.png, `scale` times the image's size) and "
+                                                            "restored.json into this folder.")] = None,
+    tile: Annotated[Optional[int], typer.Option(help="Restoration models: restore in tiles of this many input "
+                                                     "pixels a side (default 512; 0: the whole image at once), "
+                                                     "each run with a margin of the network's receptive field, "
+                                                     "so that the result equals the whole image's.")] = None,
+    compare: Annotated[bool, typer.Option("--compare", help="Restoration models, with --images-out: also write "
+                                                            "<stem>-compare.png, a central crop of the plain "
+                                                            "bicubic enlargement (or the noisy input) beside the "
+                                                            "restored one.")] = False,
 ) -> None:
     """Top-k classes for image files of any size and mode (here, or by a running service with --url); a
     segmentation model's classes by their share of the pixels, and with --masks-out the masks; a detection
-    model's boxes, and with --boxes-out the images with their boxes drawn."""
+    model's boxes, and with --boxes-out the images with their boxes drawn; a restoration model's restored
+    images, with --images-out written there."""
     fmt = machine_format(as_json, as_csv)
     check_out_folder(masks_out, "--masks-out")
     check_out_folder(boxes_out, "--boxes-out")
+    check_out_folder(images_out, "--images-out")
     if (checkpoint is None) == (url is None):
         raise ConfigError("give --checkpoint RUN (predict here) or --url http://HOST:PORT/v1/models/NAME "
                           "(ask a running cnnkit serve), one of the two")
@@ -203,7 +216,7 @@ def predict(
                                     ("--amp", amp != "off"), ("--adapt", adapt is not None),
                                     ("--input-size", input_size != "model"), ("--boxes-out", boxes_out is not None),
                                     ("--score-threshold", score_threshold is not None),
-                                    ("--nms-iou", nms_iou is not None)) if given]
+                                    ("--nms-iou", nms_iou is not None), ("--tile", tile is not None)) if given]
         if local:
             raise ConfigError(f"{', '.join(local)} set how predictions run here; with --url the service decides "
                               f"(start it with the options you want), so leave them out")
@@ -221,10 +234,12 @@ def predict(
         preds = predict_files(checkpoint, inputs, topk=topk, tta=tta, device=device, strict=strict, amp=amp,
                               adapt=adapt, alpha=alpha, tent_lr=tent_lr, batch_size=batch_size, masks_out=masks_out,
                               input_size=input_size, keep_masks=False, boxes_out=boxes_out,
-                              score_threshold=score_threshold, nms_iou=nms_iou)
+                              score_threshold=score_threshold, nms_iou=nms_iou, images_out=images_out, tile=tile,
+                              compare=compare)
         source = {"checkpoint": checkpoint}
     _print_predictions(preds, fmt, {**source, **({"masks": masks_out} if masks_out is not None else {}),
-                                    **({"boxes": boxes_out} if boxes_out is not None else {})})
+                                    **({"boxes": boxes_out} if boxes_out is not None else {}),
+                                    **({"restored": images_out} if images_out is not None else {})})
 
 
 def _print_predictions(preds: list[Any], fmt: Optional[str], source: dict[str, Any]) -> None:

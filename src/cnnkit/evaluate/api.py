@@ -251,7 +251,8 @@ def predict(checkpoint: str | os.PathLike | LoadedCheckpoint, inputs: list[str |
             batch_size: int = 256, amp: str = "off", adapt: str | None = None, alpha: float | None = None,
             tent_lr: float = 1e-3, masks_out: str | os.PathLike | None = None, input_size: str = "model",
             keep_masks: bool = True, boxes_out: str | os.PathLike | None = None, score_threshold: float | None = None,
-            nms_iou: float | None = None) -> list[Prediction]:
+            nms_iou: float | None = None, images_out: str | os.PathLike | None = None, tile: int | None = None,
+            compare: bool = False) -> list[Prediction]:
     """Top-k predictions for image files or folders of any size and mode, converted to what the model expects;
     `adapt` adapts a copy of the model to the images, `batch_size` at a time, in the order given.
     A segmentation model answers each image's mask at the image's own size and its classes' areas (`input_size`:
@@ -261,7 +262,10 @@ def predict(checkpoint: str | os.PathLike | LoadedCheckpoint, inputs: list[str |
     images).
     A detection model answers each image's detections scoring at least `score_threshold` (default 0.25), boxes in
     the image's own pixels (see cnnkit.evaluate.boxes); `nms_iou` sets its suppression's IoU; `boxes_out` draws
-    them into that folder with a boxes.json."""
+    them into that folder with a boxes.json.
+    A restoration model restores each image as it is given (the small image to enlarge, the noisy one to
+    clean), in tiles of `tile` input pixels (default 512; 0: whole; see cnnkit.evaluate.restore); `images_out`
+    writes each restored image there (`compare`: a side-by-side crop too) with a restored.json."""
     from cnnkit.evaluate.boxes import check_postprocess
 
     _check_tta(tta, adapt)
@@ -272,6 +276,17 @@ def predict(checkpoint: str | os.PathLike | LoadedCheckpoint, inputs: list[str |
     task_of(ckpt).check_available("predict")
     _adaptable(ckpt, adapt, alpha, tent_lr)
     ckpt.model.to(dev)
+    restoring = task_of(ckpt).name == "restore"
+    for given, option in ((images_out is not None, "--images-out"), (tile is not None, "--tile"),
+                          (compare, "--compare")):
+        if given and not restoring:
+            raise ConfigError(f"{option} is for restoration models; {ckpt.path.name} is a {task_of(ckpt).name} "
+                              f"model")
+    if restoring:
+        if adapt is not None or masks_out is not None or input_size != "model":
+            raise ConfigError("--adapt, --masks-out and --input-size are for classification and segmentation; a "
+                              "restoration model restores each image at its own size (use --images-out to keep them)")
+        return _predict_restored(ckpt, inputs, tta, dev, strict, amp, images_out, tile, compare)
     if task_of(ckpt).name == "detect":
         if adapt is not None or masks_out is not None or input_size != "model":
             raise ConfigError("--adapt, --masks-out and --input-size are for classification and segmentation; a "
@@ -350,6 +365,58 @@ def _predict_boxes(ckpt: LoadedCheckpoint, inputs: list[str | os.PathLike], topk
     if folder is not None:
         folder.finish_boxes({"checkpoint": os.path.abspath(ckpt.path), "score_threshold": threshold,
                              **({"nms_iou": nms_iou} if nms_iou is not None else {})}, classes)
+    return out
+
+
+def _predict_restored(ckpt: LoadedCheckpoint, inputs: list[str | os.PathLike], tta: bool, dev: torch.device,
+                      strict: bool, amp: str, images_out: str | os.PathLike | None, tile: int | None,
+                      compare: bool) -> list[Prediction]:
+    """`predict` for a restoration model: each image restored at its own size, in tiles, written to `images_out`."""
+    import warnings
+
+    import torchvision.transforms.functional as TF
+
+    from cnnkit.errors import DataError
+    from cnnkit.data.images import convert_mode, decoded_images, list_image_files
+    from cnnkit.evaluate.restore import (DEFAULT_TILE, MAX_OUTPUT_PIXELS, RestoredFolder, check_tile,
+                                         restore_tiled)
+    from cnnkit.models.restore import bicubic
+    from cnnkit.tasks.restore import restoration_net
+
+    tile = DEFAULT_TILE if tile is None else tile
+    check_tile(tile)
+    if compare and images_out is None:
+        raise ConfigError("--compare writes a side-by-side crop beside each restored image: give --images-out too")
+    model, precision = ckpt.model.eval(), autocast_dtype(amp, dev)
+    net = restoration_net(model)
+    scale, task = net.scale, task_of(ckpt)
+    files = list_image_files(list(inputs))
+    folder = RestoredFolder(images_out, files, compare) if images_out is not None else None
+    out: list[Prediction] = []
+    for path, image in decoded_images(list(inputs), strict):
+        h, w = image.height * scale, image.width * scale
+        if h * w > MAX_OUTPUT_PIXELS:
+            problem = (f"{path}: restored at ×{scale} it would be {w}×{h} pixels, more than cnnkit writes "
+                       f"({MAX_OUTPUT_PIXELS // 1_000_000} Mpixels); give a smaller image")
+            if strict:
+                raise DataError(problem)
+            warnings.warn(problem, stacklevel=2)
+            continue
+        x = TF.pil_to_tensor(convert_mode(image, ckpt.in_chans)).unsqueeze(0).to(dev).float().div(255)
+        with autocast(dev, precision):
+            restored = restore_tiled(model, x, tile, tta=tta, dtype=torch.uint8)[0].cpu()
+        files_written = {}
+        if folder is not None:
+            plain = None
+            if compare:  # the plain enlargement (or the noisy input itself) the crop is set beside
+                plain = (bicubic(x, size=(h, w)) if scale > 1 else x)[0].clamp(0, 1).mul(255).round().byte().cpu()
+            files_written = folder.write_restored(path, restored, plain)
+        what = f"×{scale} {w}×{h}" if scale > 1 else f"denoised {w}×{h}"
+        answer = [{"height": h, "width": w, "scale": scale}]
+        out.append(Prediction(path, [("restored", float(scale))], [what], answer, (h, w), files=files_written))
+    if folder is not None:
+        folder.finish_restored({"checkpoint": os.path.abspath(ckpt.path), "task": task.name, "scale": scale,
+                                "tile": tile, "tta": tta})
     return out
 
 

@@ -243,10 +243,10 @@ class MaskFolder:
         taken = {Path(self.summary_file).stem}
         for f in files:
             stem, n = f.stem, 1
-            while stem in taken or f"{stem}-overlay" in taken:
+            while any(p.stem in taken for p in self.files_of(stem).values()):
                 n += 1
                 stem = f"{f.stem}-{n}"
-            taken |= {stem, f"{stem}-overlay"}
+            taken |= {p.stem for p in self.files_of(stem).values()}
             self.names[f] = stem
         planned = [p for s in self.names.values() for p in self.files_of(s).values()] + [self.root / self.summary_file]
         OutputDir.of(self.root).check_free(planned, option)

@@ -26,6 +26,8 @@ against each paper's own arithmetic):
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -47,6 +49,16 @@ class RestorationNet(nn.Module):
     noise: tuple[float, float] | None = None
     #: the smallest input side the network takes (the U-Net's poolings need some)
     min_side: int = 1
+    #: a multiple that tiles' offsets in the input keep (the U-Net's poolings: 4), so that a tile is computed as
+    #: the whole image would be
+    align: int = 1
+
+    @property
+    def radius(self) -> int:
+        """How far, in input pixels, an output pixel can see from its own place: a tile run with this margin on
+        each inner side gives, inside the margin, exactly what the whole image gives (`cnnkit.evaluate.restore`;
+        tested against the gradient's reach)."""
+        raise NotImplementedError
 
 
 def _noise(noise, default: float) -> tuple[float, float]:  # noqa: ANN001
@@ -90,6 +102,11 @@ class SRCNN(RestorationNet):
         self.mapping = nn.Conv2d(n1, n2, f2, padding=f2 // 2)  # non-linear mapping
         self.reconstruct = nn.Conv2d(n2, channels, f3, padding=f3 // 2)
 
+    @property
+    def radius(self) -> int:  # bicubic's 2 input pixels, then the three filters' half-widths on the large image
+        half = sum(c.kernel_size[0] // 2 for c in (self.patch, self.mapping, self.reconstruct))
+        return 2 + math.ceil(half / self.scale)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = bicubic(x, self.scale)
         return self.reconstruct(F.relu(self.mapping(F.relu(self.patch(y)))))
@@ -103,6 +120,8 @@ class ESPCN(RestorationNet):
                                   nn.Conv2d(n1, n2, 3, padding=1), nn.Tanh(),
                                   nn.Conv2d(n2, channels * scale * scale, 3, padding=1))
         self.shuffle = nn.PixelShuffle(scale)
+
+    radius = 4  # 5×5, 3×3, 3×3 on the small image
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.shuffle(self.body(x))
@@ -144,6 +163,10 @@ class EDSR(RestorationNet):
                                   nn.Conv2d(features, features, 3, padding=1))
         self.tail = nn.Sequential(upsampler(features, scale), nn.Conv2d(features, channels, 3, padding=1))
 
+    @property
+    def radius(self) -> int:  # head, two 3×3 per block, the body's last; the upsampler's and tail's at most 3 more
+        return 2 * len(self.body) + 3
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.head(x - self.mean)
         return self.tail(h + self.body(h)) + self.mean
@@ -159,6 +182,10 @@ class DnCNN(RestorationNet):
         layers.append(nn.Conv2d(features, channels, 3, padding=1, bias=False))
         self.body = nn.Sequential(*layers)
         self.residual = residual
+
+    @property
+    def radius(self) -> int:  # one pixel per 3×3 layer
+        return sum(1 for m in self.body if isinstance(m, nn.Conv2d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x - self.body(x) if self.residual else self.body(x)
@@ -176,6 +203,10 @@ class CBDNet(RestorationNet):
     the restored image, `noise_map` the last estimate (for the asymmetric loss)."""
 
     min_side = 4
+    align = 4
+    # the estimator's 5, then the U-Net: 2 at full size, 3 at half (6, and 1 for the pooling cell), 6 at a quarter
+    # (24, and 2), 3 at half on the way up (6), 2 and the output's 1 at full size: 49, kept to a multiple of 4
+    radius = 52
 
     def __init__(self, channels: int, width: int = 64, estimator_width: int = 32) -> None:
         super().__init__()

@@ -122,7 +122,7 @@ class Restoration(Task):
     output = "image"
     outputs_are_classes = False
     any_size = True
-    not_yet = ("predict", "explain", "serve", "export", "compress")  # next (issue 36)
+    not_yet = ("explain", "serve", "export", "compress")  # next (issue 36)
 
     def targets(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return x
