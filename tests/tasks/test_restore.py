@@ -163,3 +163,219 @@ def test_tiles_put_together_equal_the_whole_image_and_a_margin_too_small_shows_s
     assert (restore_tiled(model, x, tile=32, margin=0) - whole).abs().max() > 1e-3
     as_bytes = restore_tiled(model, x, tile=32, dtype=torch.uint8)
     assert (as_bytes.float() - whole.clamp(0, 1).mul(255).round()).abs().max() <= 1
+
+
+@pytest.fixture(scope="module")
+def sr_run(tmp_path_factory):
+    """A ×3 ESPCN trained one epoch on a small photo folder."""
+    from cnnkit.train import fit
+
+    tmp = tmp_path_factory.mktemp("sr")
+    root = _photo_folder(tmp / "photos")
+    fit(data=f"photofolder:{root}", model="espcn", model_kwargs={"scale": 3, "n1": 8, "n2": 8}, epochs=1,
+        batch_size=8, img_size=24, out=str(tmp / "run"), progress=False)
+    return tmp / "run"
+
+
+def test_predict_writes_each_image_restored_at_scale_times_its_size_in_any_mode_and_tiles_change_nothing(
+        sr_run, tmp_path, capsys):
+    """`cnnkit predict` on a grey and an RGBA image writes RGB PNGs three times larger, equal to the network
+    applied to the whole image and rounded to 8 bits; tiles of 16 pixels give the same file; --compare writes
+    the side-by-side crop; restored.json and --json name the files."""
+    import json
+
+    from cnnkit.artifacts import load
+    from cnnkit.cli import main
+
+    rng = np.random.default_rng(1)
+    Image.fromarray((rng.random((37, 41)) * 255).astype(np.uint8)).save(tmp_path / "grey.png")
+    rgba = (rng.random((30, 52, 4)) * 255).astype(np.uint8)
+    rgba[..., 3] = 255  # opaque (transparency is composited on white, tested with the image loaders)
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    images = [str(tmp_path / "grey.png"), str(tmp_path / "rgba.png")]
+    code = main(["predict", "--checkpoint", str(sr_run), *images, "--images-out", str(tmp_path / "tiled"),
+                 "--tile", "16", "--compare", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    lines = json.loads(out)
+    assert [(r["height"], r["width"]) for r in lines] == [(111, 123), (90, 156)]
+    assert lines[0]["restored"].endswith("grey.png") and lines[0]["compare"].endswith("grey-compare.png")
+    assert main(["predict", "--checkpoint", str(sr_run), *images, "--images-out", str(tmp_path / "whole"),
+                 "--tile", "0"]) == 0
+    capsys.readouterr()
+    model = load(sr_run).model.eval()
+    for name in ("grey", "rgba"):
+        tiled = np.asarray(Image.open(tmp_path / "tiled" / f"{name}.png"))
+        whole = np.asarray(Image.open(tmp_path / "whole" / f"{name}.png"))
+        assert tiled.shape[-1] == 3 and np.abs(tiled.astype(int) - whole).max() <= 1
+        x = torch.from_numpy(np.asarray(Image.open(tmp_path / f"{name}.png").convert("RGB"))).permute(2, 0, 1)
+        with torch.no_grad():
+            direct = model(x[None].float() / 255)[0].clamp(0, 1).mul(255).round().permute(1, 2, 0).numpy()
+        assert np.abs(whole.astype(int) - direct).max() <= 1
+    compare = Image.open(tmp_path / "tiled" / "rgba-compare.png")
+    assert compare.size == (2 * 156 + 4, 90)
+    record = json.loads((tmp_path / "tiled" / "restored.json").read_text())
+    assert record["scale"] == 3 and [r["restored"] for r in record["images"]] == ["grey.png", "rgba.png"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--compare"], "--compare writes a side-by-side crop beside each restored image: give --images-out too"),
+    (["--tile", "5"], "--tile is a tile's side in input pixels, 16 or more"),
+    (["--masks-out", "OUT"], "--masks-out are for classification and segmentation|--adapt, --masks-out"),
+    (["--strict", "--max-pixels"], "more than cnnkit writes"),
+])
+def test_bad_restoration_predict_options_are_one_line(sr_run, tmp_path, capsys, monkeypatch, args, message):
+    from cnnkit.cli import main
+
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "a.png")
+    if "--max-pixels" in args:  # an image whose restoration would pass the bound
+        import cnnkit.evaluate.restore as restore
+
+        monkeypatch.setattr(restore, "MAX_OUTPUT_PIXELS", 20 * 30 * 9 - 1)
+        args = ["--strict"]
+    args = [str(tmp_path / "out") if a == "OUT" else a for a in args]
+    code = main(["predict", "--checkpoint", str(sr_run), str(tmp_path / "a.png"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert any(m in err for m in message.split("|")), err
+
+
+def _pairs(root, roles=("low", "high"), n=4, scale=2, extra=1):
+    """`n` pairs: a smooth random clean image (its width `extra` pixels past a multiple of `scale`) and its given
+    partner (shrunk by PIL's bicubic, saved as JPEG, for low/high; with noise, for noisy/clean)."""
+    rng = np.random.default_rng(0)
+    for role in roles:
+        (root / role).mkdir(parents=True)
+    for i in range(n):
+        w, h = 20 * scale + 2 * scale * i + extra, 16 * scale
+        clean = Image.fromarray((rng.random((6, 8, 3)) * 255).astype(np.uint8)).resize((w, h), Image.BICUBIC)
+        clean.save(root / roles[1] / f"p{i}.png")
+        if roles[0] == "low":
+            clean.crop((0, 0, w - extra, h)).resize(((w - extra) // scale, h // scale), Image.BICUBIC).save(
+                root / "low" / f"p{i}.jpg", quality=95)
+        else:
+            noisy = np.asarray(clean).astype(np.float32) + rng.normal(0, 20, (h, w, 3))
+            Image.fromarray(noisy.clip(0, 255).round().astype(np.uint8)).save(root / "noisy" / f"p{i}.png")
+    return root
+
+
+def test_low_and_high_pairs_train_as_patches_on_the_scales_grid_and_evaluate_on_the_given_low_images(tmp_path):
+    """Pairs matched by name (JPEG low, PNG high, the high one a pixel wider than twice): each training patch's
+    given half is the low image's crop at the same place; ESPCN's scale comes from the pairs; eval's bicubic
+    baseline enlarges the given low image (PIL's, scored by hand), not one made again from the high one."""
+    from cnnkit.evaluate import evaluate
+    from cnnkit.train import fit
+
+    root = _pairs(tmp_path / "pairs", n=5)
+    train = load_dataset(f"pairfolder:{root}", "train", img_size=16)
+    assert train.given_scale == 2 and train.in_chans == 3 and train.images.shape[1:] == (6, 16, 16)
+    assert torch.equal(train.images[:, 3:, 1::2, 1::2], train.images[:, 3:, ::2, ::2])  # pixels repeated
+    low = {np.asarray(Image.open(p)).tobytes() for p in (root / "low").glob("*.jpg")}
+    assert len(low) == 5
+    result = fit(data=f"pairfolder:{root}", model="espcn", model_kwargs={"n1": 8, "n2": 8}, epochs=1, batch_size=8,
+                 img_size=16, out=str(tmp_path / "run"), progress=False)
+    assert result.config.model_kwargs["scale"] == 2
+    ev = evaluate(result.run_dir, device="cpu")
+    test = load_dataset(f"pairfolder:{root}", "test")
+    (h, w), = test.sizes.tolist()
+    name = test.images[0, :3, :h, :w]  # the clean image of the one test pair, cropped to twice its partner
+    stem = next(p.stem for p in (root / "high").glob("*.png") if Image.open(p).size[1] == h
+                and np.array_equal(np.asarray(Image.open(p))[:h, :w], name.permute(1, 2, 0).numpy()))
+    up = np.asarray(Image.open(root / "low" / f"{stem}.jpg").convert("RGB").resize((w, h), Image.BICUBIC))
+    to_t = lambda a: torch.from_numpy(a.astype(np.float32) / 255).permute(2, 0, 1)[None]  # noqa: E731
+    expected = float(psnr(to_t(up), to_t(name.permute(1, 2, 0).numpy()), border=2)[0])
+    assert ev.metrics["baselines"]["bicubic"]["psnr_y"] == pytest.approx(expected, abs=0.05)
+
+
+def test_noisy_and_clean_pairs_evaluate_against_the_given_noise(tmp_path):
+    from cnnkit.evaluate import evaluate
+    from cnnkit.train import fit
+
+    root = _pairs(tmp_path / "pairs", roles=("noisy", "clean"), extra=0)
+    result = fit(data=f"pairfolder:{root}", model="dncnn", model_kwargs={"depth": 3, "features": 8}, epochs=1,
+                 batch_size=8, img_size=16, out=str(tmp_path / "run"), progress=False)
+    ev = evaluate(result.run_dir, device="cpu")
+    test = load_dataset(f"pairfolder:{root}", "test")
+    (h, w), = test.sizes.tolist()
+    clean, noisy = (test.images[:1, c:c + 3, :h, :w].float() / 255 for c in (0, 3))
+    assert ev.metrics["baselines"]["noisy input"]["psnr_rgb"] == pytest.approx(float(psnr(noisy, clean, on_y=False)[0]),
+                                                                            abs=1e-3)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "has no partner of the same name in"),
+    ("size", "a clean image must be 2, 3 or 4 times its partner's sides"),
+    ("scales", "pairs are at different scales"),
+    ("model-scale", "pairs are ×2, but the network's scale is 3: give --model-kw scale=2"),
+    ("denoiser", "pairs low and high images: train a super-resolution model"),
+    ("roles", "needs two sub-folders of images matched by name"),
+])
+def test_bad_pairs_are_one_line_and_exit_2(tmp_path, capsys, case, message):
+    from cnnkit.cli import main
+
+    root = _pairs(tmp_path / "pairs")
+    model = ["--model", "espcn", "--model-kw", "n1=4", "--model-kw", "n2=4"]
+    if case == "missing":
+        (root / "low" / "p1.jpg").unlink()
+    elif case == "size":
+        Image.new("RGB", (13, 7)).save(root / "low" / "p2.jpg")
+    elif case == "scales":
+        for i in (0, 1):  # ×4, the others ×2: whichever pair is held out, training reads both scales
+            high = Image.open(root / "high" / f"p{i}.png")
+            high.resize((high.width // 4, high.height // 4)).save(root / "low" / f"p{i}.jpg")
+    elif case == "model-scale":
+        model += ["--model-kw", "scale=3"]
+    elif case == "denoiser":
+        model = ["--model", "dncnn", "--model-kw", "depth=3"]
+    elif case == "roles":
+        (root / "low").rename(root / "small")
+    code = main(["train", "--data", f"pairfolder:{root}", *model, "--img-size", "16", "--epochs", "1",
+                 "--batch-size", "4", "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run" / "best.safetensors").exists()
+
+
+RESTORERS = [("srcnn", {"scale": 3, "n1": 8, "n2": 4}), ("espcn", {"scale": 2, "n1": 8, "n2": 4}),
+             ("edsr", {"scale": 4, "blocks": 2, "features": 8}), ("dncnn", {"depth": 4, "features": 8}),
+             ("cbdnet", {"width": 8, "estimator_width": 4})]
+
+
+def _restore_checkpoint(folder, name, options):
+    """An untrained restoration network saved as a run's checkpoint (random weights, as export checks them)."""
+    from cnnkit.artifacts import save_checkpoint
+    from cnnkit.models import create
+
+    torch.manual_seed(0)
+    model = create(name, in_chans=3, **options).eval()
+    meta = {"task": "restore", "model": name, "model_kwargs": options, "classes": ["photo"], "in_chans": 3,
+            "img_size": [32, 32], "normalization": {"mean": [0.0] * 3, "std": [1.0] * 3},
+            "dataset": {"name": "photographs"}}
+    folder.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(folder / "best.safetensors", model, meta)
+    return folder
+
+
+@pytest.mark.parametrize("name, options", RESTORERS)
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_exports_take_any_height_and_width_and_predict_the_same_images(tmp_path, name, options, fmt):
+    """ONNX and torch.export artifacts of every restoration network pass export's parity check at two sizes
+    (dynamic height and width), record the network's scale and radius, and `predict` with them, in tiles,
+    writes the checkpoint's images (within one 8-bit level)."""
+    import json
+
+    from cnnkit.deploy import export_onnx, export_program
+    from cnnkit.evaluate import predict
+
+    run = _restore_checkpoint(tmp_path / "run", name, options)
+    result = (export_onnx if fmt == "onnx" else export_program)(run, tmp_path / f"model.{fmt}")
+    sidecar = json.loads(result.sidecar.read_text())
+    assert sidecar["dynamic_size"] is True and len(sidecar["parity"]) == 2
+    scale = options.get("scale", 1)
+    assert sidecar["restoration"]["scale"] == scale
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((70, 45, 3)) * 255).astype(np.uint8)).save(tmp_path / "a.png")
+    for source, out in ((run, "ckpt"), (tmp_path / f"model.{fmt}", "artifact")):
+        predict(source, [tmp_path / "a.png"], images_out=tmp_path / out, tile=32, device="cpu")
+    a, b = (np.asarray(Image.open(tmp_path / d / "a.png")).astype(int) for d in ("ckpt", "artifact"))
+    assert a.shape == (70 * scale, 45 * scale, 3) and np.abs(a - b).max() <= 1

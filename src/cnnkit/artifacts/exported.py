@@ -96,9 +96,10 @@ def load_onnx(path: str | os.PathLike, device: str | torch.device = "cpu") -> Lo
                               f"{'×'.join(map(str, dims))}; the sidecar does not belong to this model")
     outputs = model.session.get_outputs()[0].shape  # N×K, or N×K×H×W (a class per pixel): K is the second
     # (a detector's N×D×6 rows name no class count)
-    if len(outputs) in (2, 4) and isinstance(outputs[1], int) and outputs[1] != len(meta["classes"]):
+    if (len(outputs) in (2, 4) and isinstance(outputs[1], int) and outputs[1] != len(meta["classes"])
+            and "restoration" not in meta):  # a restoration network's second dimension is its image's channels
         raise CheckpointError(f"{side} lists {len(meta['classes'])} classes but {p.name} outputs {outputs[1]}")
-    return LoadedCheckpoint(model.eval(), meta, p)
+    return LoadedCheckpoint(restoration_attributes(model.eval(), meta), meta, p)
 
 
 def read_sidecar(p: Path) -> dict[str, Any]:
@@ -162,7 +163,22 @@ def load_program(path: str | os.PathLike, device: str | torch.device = "cpu") ->
         module = program.module()
     except Exception as e:
         raise CheckpointError(f"cannot load {p.name}: {error_line(e)}") from None
-    return LoadedCheckpoint(ProgramModel(module), meta, p)
+    return LoadedCheckpoint(restoration_attributes(ProgramModel(module), meta), meta, p)
+
+
+def restoration_attributes(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
+    """An exported restoration network's scale, receptive-field radius, alignment and noise, from its sidecar,
+    set on the loaded artifact as the network has them (what tiling and the service read)."""
+    given = meta.get("restoration")
+    if isinstance(given, dict):
+        scale, radius, align = (given.get(k) for k in ("scale", "radius", "align"))
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1024 for v in (scale, radius, align)):
+            raise CheckpointError(f"the sidecar of {meta.get('model', 'this artifact')} mangles its restoration "
+                                  f"record (scale, radius and align must be whole numbers)")
+        noise = given.get("noise")
+        model.scale, model.radius, model.align = scale, radius, align
+        model.noise = tuple(float(v) for v in noise) if isinstance(noise, list) and len(noise) == 2 else None
+    return model
 
 
 def load_torchscript(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedCheckpoint:

@@ -76,6 +76,9 @@ class ImageData:
     native_masks: list[torch.Tensor] | None = None  # each mask as its file holds it (uint8 H×W), where resized
     # N×M×5 float32 rows (class, x0, y0, x1, y1 in pixel-edge coordinates; class -1: no object), for detection
     objects: torch.Tensor | None = None
+    # restoration pairs (`pairfolder:DIR`): each image holds 2C channels, the clean image then the given input
+    # (the low-resolution or the noisy image) enlarged ×given_scale by repeating pixels (0: not pairs)
+    given_scale: int = 0
 
     def __post_init__(self) -> None:
         for what, t in (("masks", self.masks), ("instances", self.instances)):
@@ -104,7 +107,7 @@ class ImageData:
 
     @property
     def in_chans(self) -> int:
-        return int(self.images.shape[1])
+        return int(self.images.shape[1]) // (2 if self.given_scale else 1)
 
     @property
     def img_size(self) -> tuple[int, int]:
@@ -133,6 +136,7 @@ class ImageData:
         return ImageData(self.images[index], self.labels[index], self.classes, self.name, split,
                          boxes=pick(self.boxes), masks=pick(self.masks), instances=pick(self.instances),
                          palette=self.palette, sizes=pick(self.sizes), objects=pick(self.objects),
+                         given_scale=self.given_scale,
                          native_masks=None if self.native_masks is None else [self.native_masks[int(i)] for i in rows])
 
 

@@ -22,6 +22,9 @@ class Normalize:
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu",
                  channels_last: bool = False):
+        # the same value for every channel (a restoration run's 0 and 1) applies to any number of channels
+        same = len(set(mean)) == 1 and len(set(std)) == 1
+        mean, std = (list(mean)[:1], list(std)[:1]) if same else (mean, std)
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, -1, 1, 1) * 255)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format

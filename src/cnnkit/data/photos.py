@@ -2,7 +2,11 @@
 photographs that installed packages ship (scikit-image's sample images, scikit-learn's two and matplotlib's
 portrait of Grace Hopper), split by photograph into training and test images that never overlap; or
 `photofolder:DIR`, any folder of images of any size and mode (DIR/train and DIR/test when both are there, else a
-seeded share of the files held out as the test split).
+seeded share of the files held out as the test split); or `pairfolder:DIR`, pairs of images matched by name:
+DIR/low and DIR/high (super-resolution: each high image 2, 3 or 4 times its low one, the same factor for all),
+or DIR/noisy and DIR/clean (denoising: the same sizes), again with train/ and test/ above them or a share held
+out. A pair is held as one image of twice the channels: the clean image, then the given one enlarged by
+repeating each pixel (`ImageData.given_scale`), so that patches, flips and batches keep the two together.
 
 The training split is cut into square patches (`--img-size`, default 96, which ×2, ×3 and ×4 divide) with a
 stride of half a patch, as SRCNN cuts its sub-images; a photograph smaller than a patch is left out of training,
@@ -24,6 +28,7 @@ from cnnkit.data.images import IMAGE_EXTENSIONS, convert_mode, load_image_file
 from cnnkit.errors import DataError
 
 PATCH = 96  # default training patch side: divisible by 2, 3 and 4
+PAIR_ROLES = (("low", "high"), ("noisy", "clean"))  # a pair folder's sub-folders: (given, clean)
 MAX_PHOTO_PIXELS = 40_000_000  # a photograph's decoded size is bounded: 40 Mpixel, a large camera's
 CLASSES = ["photo"]
 # the bundled photographs, by name: test (five, as Set5 has) and training never share one
@@ -73,16 +78,18 @@ def decode_photo(path: Path, in_chans: int, name: str | None = None) -> torch.Te
     return luma(rgb.float() / 255).mul(255).round().clamp(0, 255).to(torch.uint8)
 
 
-def patches(images: list[torch.Tensor], size: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
+def patches(images: list[torch.Tensor], size: tuple[int, int], stride: tuple[int, int], align: int = 1
+            ) -> torch.Tensor:
     """Every `size` patch at `stride` steps of each image (each image's last row and column of patches flush with
-    its bottom and right edges), uint8 N×C×H×W."""
+    its bottom and right edges; every corner at a multiple of `align`), uint8 N×C×H×W."""
     out = []
     for im in images:
         h, w = im.shape[-2:]
         if h < size[0] or w < size[1]:
             continue
-        tops = sorted({*range(0, h - size[0] + 1, stride[0]), h - size[0]})
-        lefts = sorted({*range(0, w - size[1] + 1, stride[1]), w - size[1]})
+        flush = lambda n, k: (n - k) // align * align  # noqa: E731
+        tops = sorted({*range(0, h - size[0] + 1, stride[0]), flush(h, size[0])})
+        lefts = sorted({*range(0, w - size[1] + 1, stride[1]), flush(w, size[1])})
         out += [im[:, t:t + size[0], s:s + size[1]] for t in tops for s in lefts]
     if not out:
         raise DataError(f"no photograph is at least {size[0]}×{size[1]} pixels: give a smaller --img-size")
@@ -100,26 +107,81 @@ def padded(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return out, sizes
 
 
+def _listed(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def _held_out(items: list, split: str, options: LoadOptions) -> list:
+    """`split`'s share of `items`: a seeded `test_fraction` of them (at least one) is the test split."""
+    g = torch.Generator().manual_seed(options.seed)
+    order = torch.randperm(len(items), generator=g).tolist()
+    test = set(order[:max(1, round(options.test_fraction * len(items)))])
+    return [f for i, f in enumerate(items) if (i in test) == (split == "test")]
+
+
+def _split_root(source: str, root: Path) -> Path | None:
+    """DIR/train's parent when the folder is split (DIR/train and DIR/test), else None."""
+    if not root.is_dir():
+        raise DataError(f"{source}: {root} is not a folder")
+    return root if (root / "train").is_dir() and (root / "test").is_dir() else None
+
+
 def _folder_files(root: Path, split: str, options: LoadOptions) -> list[Path]:
     """The image files of `split` in a photo folder: DIR/train and DIR/test, else a seeded share held out."""
-    if not root.is_dir():
-        raise DataError(f"photofolder: {root} is not a folder")
-    listed = lambda d: sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS  # noqa: E731
-                              and p.is_file())
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        files = listed(root / split)
+    if _split_root("photofolder", root) is not None:
+        files = _listed(root / split)
         if not files:
             raise DataError(f"photofolder: {root / split} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
         return files
-    files = listed(root)
+    files = _listed(root)
     if len(files) < 2:
         raise DataError(f"photofolder: {root} holds {len(files)} image file(s); a test split needs at least 2 (or give "
                         f"{root}/train and {root}/test)")
-    g = torch.Generator().manual_seed(options.seed)
-    order = torch.randperm(len(files), generator=g).tolist()
-    held = max(1, round(options.test_fraction * len(files)))
-    test = set(order[:held])
-    return [f for i, f in enumerate(files) if (i in test) == (split == "test")]
+    return _held_out(files, split, options)
+
+
+def _pair_files(root: Path, split: str, options: LoadOptions) -> list[tuple[str, Path, Path]]:
+    """`split`'s pairs in a pair folder as (name, given file, clean file), matched by their path without the
+    extension; a file without its partner is refused (DataError, one line)."""
+    base = root / split if _split_root("pairfolder", root) is not None else root
+    roles = [r for r in PAIR_ROLES if (base / r[0]).is_dir() and (base / r[1]).is_dir()]
+    if not roles:
+        raise DataError(f"pairfolder: {base} needs two sub-folders of images matched by name: low and high "
+                        f"(super-resolution) or noisy and clean (denoising)")
+    folders = [base / role for role in roles[0]]
+    named = [{str(p.relative_to(d).with_suffix("")): p for p in _listed(d)} for d in folders]
+    for mine, theirs, folder, other in ((0, 1, *folders), (1, 0, *folders[::-1])):
+        alone = sorted(set(named[mine]) - set(named[theirs]))
+        if alone:
+            more = f" (and {len(alone) - 1} more without one)" if len(alone) > 1 else ""
+            raise DataError(f"pairfolder: {named[mine][alone[0]]} has no partner of the same name in {other}{more}")
+    pairs = [(name, named[0][name], named[1][name]) for name in sorted(named[0])]
+    if not pairs:
+        raise DataError(f"pairfolder: {folders[0]} and {folders[1]} hold no image files")
+    if base == root:
+        if len(pairs) < 2:
+            raise DataError(f"pairfolder: {root} holds {len(pairs)} pair; a test split needs at least 2 (or give "
+                            f"{root}/train and {root}/test)")
+        pairs = _held_out(pairs, split, options)
+    return pairs
+
+
+def _pair(given: torch.Tensor, clean: torch.Tensor, files: tuple[Path, Path]) -> tuple[torch.Tensor, int]:
+    """A pair as one 2C×H×W image (the clean one cut to `scale` times the given one, then the given one enlarged
+    by repeating pixels) and its scale; sizes that are not a pair's are refused (DataError, one line)."""
+    (gh, gw), (ch, cw) = given.shape[-2:], clean.shape[-2:]
+    scale = ch // gh if gh else 0
+    low_high = files[0].parent.name != "noisy"
+    fits = (scale in (2, 3, 4) and cw // gw == scale and ch - scale * gh < scale and cw - scale * gw < scale
+            if low_high else (gh, gw) == (ch, cw))
+    if not fits:
+        want = ("2, 3 or 4 times its partner's sides (the same factor for both)" if low_high
+                else "the same size as its partner")
+        raise DataError(f"pairfolder: {files[1]} is {cw}×{ch} pixels and {files[0]} {gw}×{gh}: a clean image must be "
+                        f"{want}")
+    scale = scale if low_high else 1
+    enlarged = given.repeat_interleave(scale, 1).repeat_interleave(scale, 2) if scale > 1 else given
+    return torch.cat([clean[:, :gh * scale, :gw * scale], enlarged]), scale
 
 
 def open_training(name: str, options: LoadOptions, mode: str, processes: int, validation: bool) -> TrainingData:
@@ -134,7 +196,9 @@ def load(name: str, split: str, options: LoadOptions) -> ImageData:
     in_chans = options.in_chans or 3
     if in_chans not in (1, 3):
         raise DataError(f"photos are read as RGB (3 channels) or their luma (1), not {in_chans} channels")
-    _, colon, folder = name.partition(":")
+    source, colon, folder = name.partition(":")
+    if source == "pairfolder":
+        return _load_pairs(name, Path(folder).expanduser(), split, options, in_chans)
     if colon:
         root = Path(folder).expanduser()
         files = [(str(p.relative_to(root)), p) for p in _folder_files(root, split, options)]
@@ -151,3 +215,29 @@ def load(name: str, split: str, options: LoadOptions) -> ImageData:
     cut = patches(images, size, (max(1, size[0] // 2), max(1, size[1] // 2)))
     return ImageData(cut, torch.zeros(len(cut), dtype=torch.int64), list(CLASSES), name, split,
                      skipped=[f"{label}: smaller than a {size[0]}×{size[1]} patch" for label in small])
+
+
+def _load_pairs(name: str, root: Path, split: str, options: LoadOptions, in_chans: int) -> ImageData:
+    """`pairfolder:DIR`'s split as pairs (see the module's docstring): patches for training (corners on the
+    scale's grid), whole pairs for testing."""
+    held, scales = [], set()
+    for label, given, clean in _pair_files(root, split, options):
+        pair, scale = _pair(decode_photo(given, in_chans, f"{label} ({given.parent.name})"),
+                            decode_photo(clean, in_chans, f"{label} ({clean.parent.name})"), (given, clean))
+        scales.add(scale)
+        if len(scales) > 1:
+            raise DataError(f"pairfolder: {root}'s pairs are at different scales ({', '.join(map(str, sorted(scales)))}"
+                            f"); one folder holds pairs of one scale")
+        held.append(pair)
+    scale = scales.pop()
+    if split == "test":
+        pixels, sizes = padded(held)
+        return ImageData(pixels, torch.zeros(len(held), dtype=torch.int64), list(CLASSES), name, split, sizes=sizes,
+                         given_scale=scale)
+    size = image_size(options.img_size) or (PATCH, PATCH)
+    if size[0] % scale or size[1] % scale:
+        raise DataError(f"pairfolder: the ×{scale} pairs need patches whose sides {scale} divides; --img-size "
+                        f"{size[0]}x{size[1]} is not one")
+    stride = tuple(max(scale, n // 2 // scale * scale) for n in size)
+    cut = patches(held, size, stride, align=scale)
+    return ImageData(cut, torch.zeros(len(cut), dtype=torch.int64), list(CLASSES), name, split, given_scale=scale)

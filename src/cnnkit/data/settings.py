@@ -17,7 +17,8 @@ DEFAULT_VAL_FRACTION = 0.1  # `cnnkit train`'s share of the training split held 
 TRAINING_DATASETS = ("sample", "fashion-mnist", "mnist", "cifar10", "cluttered-fashion-mnist", "cluttered-sample",
                      "fashion-scenes", "fashion-scenes-full", "imagefolder:<dir>", "masks:<dir>", "voc:<dir>",
                      "coco:<file.json>", "yolo:<dir or data.yaml>", "voc-boxes:<dir>", "coco-boxes:<file.json>",
-                     "webdataset:<dir>", "photographs", "photofolder:<dir>")
+                     "webdataset:<dir>", "photographs", "photofolder:<dir>",
+                     "pairfolder:<dir>")
 BENCHMARK_DATASETS = ("fashion-mnist-c", "mnist-c", "cifar10-c", "sample-c")
 # the data sets whose targets are a class per pixel (a name, or a source before its "name:" argument): training
 # on them is the `segment` task unless told otherwise
@@ -26,9 +27,10 @@ SEGMENTATION_DATASETS = ("fashion-scenes", "fashion-scenes-full", "masks", "voc"
 # unless told otherwise
 DETECTION_SOURCES = ("yolo", "voc-boxes", "coco-boxes")
 # the sources of clean photographs (cnnkit.data.photos): training on them is the `restore` task
-RESTORATION_SOURCES = ("photographs", "photofolder")
+RESTORATION_SOURCES = ("photographs", "photofolder", "pairfolder")
 # the sources whose argument is a path (made absolute where a run's options enter, and in reports)
-PATH_SOURCES = ("imagefolder", "webdataset", "masks", "voc", "coco", *DETECTION_SOURCES, "photofolder")
+PATH_SOURCES = ("imagefolder", "webdataset", "masks", "voc", "coco", *DETECTION_SOURCES, "photofolder",
+                "pairfolder")
 POLICIES = ("none", "trivialaugment", "randaugment")
 # a segmentation mask's value for pixels that count nowhere (unlabelled, VOC's object boundaries, COCO's crowds)
 IGNORE = 255
@@ -40,7 +42,8 @@ def is_segmentation_data(data: str) -> bool:
 
 
 def is_restoration_data(data: str) -> bool:
-    """Whether `data` (`photographs`, `photofolder:DIR`) is clean photographs to restore (RESTORATION_SOURCES)."""
+    """Whether `data` (`photographs`, `photofolder:DIR`, `pairfolder:DIR`) is photographs to restore
+    (RESTORATION_SOURCES)."""
     return data.partition(":")[0] in RESTORATION_SOURCES
 
 

@@ -66,6 +66,7 @@ SOURCES: dict[str, Source] = {
     # restoration: clean photographs (the bundled ones, or a folder), training as patches, testing whole
     "photographs": Source(photos.load, photos.open_training),
     "photofolder": Source(photos.load, photos.open_training, argument="<dir>"),
+    "pairfolder": Source(photos.load, photos.open_training, argument="<dir>"),
 }
 DATASETS = [f"{name}:{source.argument}" if source.argument else name for name, source in SOURCES.items()]
 

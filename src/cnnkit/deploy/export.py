@@ -135,7 +135,7 @@ def export_artifact(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str |
         meta = {"format": SIDECAR_FORMAT, "artifact": kind, "source": str(ckpt.path.absolute()),
                 "max_abs_diff_vs_pytorch": worst, "parity": checks, "dynamic_size": dynamic,
                 "torch_version": torch.__version__, **{k: ckpt.meta[k] for k in _META_KEYS if k in ckpt.meta},
-                **extra}
+                **task.export_meta(model), **extra}
         if suffix == ".ts":  # loading TorchScript runs its code: this user's cnnkit loads the ones it signed
             meta["signature"] = sign(Path(tmp).read_bytes())
         atomic_write_text(side, json.dumps(meta, indent=2) + "\n")  # the sidecar first: a model file

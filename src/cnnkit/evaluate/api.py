@@ -161,6 +161,9 @@ def _evaluate_restoration(ckpt: LoadedCheckpoint, data: str, split: str, data_di
     if ds.in_chans != ckpt.in_chans:
         raise CheckpointError(f"{ds.name} ({ds.split}) gives {ds.in_chans}-channel images but {ckpt.path} restores "
                               f"{ckpt.in_chans}-channel ones")
+    from cnnkit.tasks.restore import check_pair_scale, restoration_net
+
+    check_pair_scale(restoration_net(ckpt.model).scale, ds)
     scores = evaluate_restoration(ckpt.model, ds.images, ds.sizes, dev, autocast_dtype(amp, dev), tta)
     metrics = {"checkpoint": os.path.abspath(ckpt.path), "data": full_data_name(data),
                **({"data_dir": os.path.abspath(os.path.expanduser(data_dir))} if data_dir is not None else {}),

@@ -151,7 +151,7 @@ def evaluate_restoration(model: nn.Module, images: torch.Tensor, sizes: torch.Te
                          amp: torch.dtype | None, tta: bool = False) -> dict[str, Any]:
     """The network's and the baselines' mean scores over uint8 N×C×H×W `images` (each cut to its (H, W) in
     `sizes`, when given), and each image's."""
-    from cnnkit.tasks.restore import EVAL_SEED, degrade, modcrop, restoration_net
+    from cnnkit.tasks.restore import EVAL_SEED, degrade, modcrop, restoration_net, split_pair
 
     model.eval()
     net = restoration_net(model)
@@ -159,13 +159,14 @@ def evaluate_restoration(model: nn.Module, images: torch.Tensor, sizes: torch.Te
     per_image, per_baseline = [], {}
     for i in range(len(images)):
         h, w = (int(v) for v in sizes[i]) if sizes is not None else images.shape[-2:]
-        clean = modcrop(images[i:i + 1, :, :h, :w].to(device).float() / 255, net.scale)
+        x = modcrop(images[i:i + 1, :, :h, :w].to(device).float() / 255, net.scale)
+        clean = split_pair(x)[0]
         g = torch.Generator(device=clean.device).manual_seed(EVAL_SEED)
-        with autocast(device, amp):  # the same degraded image as RESTORE.infer's; large images in tiles
-            restored = restore_tiled(model, degrade(net, clean, g), tta=tta)
+        degraded = degrade(net, x, g)  # the same as RESTORE.infer's (a pair's own input)
+        with autocast(device, amp):  # large images in tiles
+            restored = restore_tiled(model, degraded, tta=tta)
         per_image.append(image_scores(restored, clean, border))
-        g = torch.Generator(device=clean.device).manual_seed(EVAL_SEED)
-        for name, out in baselines(net, clean, degrade(net, clean, g)).items():
+        for name, out in baselines(net, clean, degraded).items():
             per_baseline.setdefault(name, []).append(image_scores(out, clean, border))
     result: dict[str, Any] = {**_mean(per_image), "images": len(per_image), "border": border}
     result["baselines"] = {name: _mean(rows) for name, rows in per_baseline.items()}

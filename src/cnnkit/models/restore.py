@@ -231,8 +231,9 @@ class CBDNet(RestorationNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        ph, pw = (-h) % 4, (-w) % 4  # the two poolings need sides divisible by 4: pad by repeating the edge, crop after
-        xp = F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+        # the two poolings need sides divisible by 4: pad by repeating the edge (always, if by nothing: an exported
+        # graph then takes every size), crop after
+        xp = F.pad(x, (0, (-w) % 4, 0, (-h) % 4), mode="replicate")
         sigma = self.estimate(xp)
         self.noise_map = sigma[..., :h, :w]
         e1 = self.enc1(torch.cat([xp, sigma], 1))

@@ -209,6 +209,10 @@ class Task(ABC):
         """A batch the model accepts, to export or check it with."""
         return torch.randn(batch, in_chans, *img_size, generator=generator)
 
+    def export_meta(self, model: nn.Module) -> dict[str, Any]:
+        """What an exported artifact's sidecar records beyond the checkpoint's metadata; nothing by default."""
+        return {}
+
 
 def refuse_augmentations(augment: Any, refused: Sequence[str], task: str, why: str, use: str) -> None:
     """One line (ConfigError) naming the first of `refused` (AugmentConfig fields) that `augment` turns on."""

@@ -15,6 +15,7 @@ score is PSNR in dB on the luma Y (BT.601, MATLAB's `rgb2ycbcr`; a one-channel n
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -59,13 +60,32 @@ def add_noise(x: torch.Tensor, noise: tuple[float, float], generator: torch.Gene
     return x + (eps * sigma / 255.0).to(x.device)
 
 
+def split_pair(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A batch's clean images and, for pairs (`pairfolder:DIR`: 2C channels, see `cnnkit.data.photos`), the given
+    input enlarged by repeating pixels (None for clean photographs: their input is made here)."""
+    c = x.shape[-3]
+    return (x, None) if c % 2 else (x[..., :c // 2, :, :], x[..., c // 2:, :, :])
+
+
 def degrade(net: nn.Module, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """What `net` is given for the clean images `x`: shrunk by its scale, or with its noise added."""
+    """What `net` is given for the images `x`: a pair's given input; else the clean image shrunk by the network's
+    scale, or with its noise added."""
+    clean, given = split_pair(x)
+    if given is not None:
+        return given[..., ::net.scale, ::net.scale] if net.scale > 1 else given
     if net.scale > 1:
         return shrink(x, net.scale)
     if net.noise is not None:
         return add_noise(x, net.noise, generator)
     return x
+
+
+def check_pair_scale(scale: int, data: Any) -> None:
+    """Refuse, in one line, a network whose scale is not the pairs' (when `data` holds pairs)."""
+    given = getattr(data, "given_scale", 0)
+    if given and scale != given:
+        raise ConfigError(f"{data.name}'s pairs are ×{given}, but the network's scale is {scale}: "
+                          f"{'give --model-kw scale=' + str(given) if given > 1 else 'use a denoiser'}")
 
 
 def modcrop(x: torch.Tensor, scale: int) -> torch.Tensor:
@@ -122,10 +142,26 @@ class Restoration(Task):
     output = "image"
     outputs_are_classes = False
     any_size = True
-    not_yet = ("explain", "serve", "export", "compress")  # next (issue 36)
+    not_yet = ("explain", "serve", "compress")  # next (issue 36)
 
     def targets(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return x
+        return split_pair(x)[0]
+
+    def model_options(self, model: str, options: dict[str, Any], data: Any) -> dict[str, Any]:
+        """For pairs, the scale they are at (`scale` where the user's options have none); a model that does not
+        fit the pairs is refused in one line."""
+        scale = getattr(data, "given_scale", 0)
+        if not scale or model.startswith("timm/"):
+            return {}
+        from cnnkit.models import get_entry
+
+        enlarges = "scale" in get_entry(model).options()
+        if enlarges != (scale > 1):
+            raise ConfigError(f"{data.name} pairs {'low and high' if scale > 1 else 'noisy and clean'} images: train a "
+                              f"{'super-resolution model (srcnn, espcn, edsr)' if scale > 1 else 'denoiser (dncnn, cbdnet)'}"
+                              f", not {model}")
+        check_pair_scale(options.get("scale", scale), data)
+        return {"scale": scale} if enlarges and "scale" not in options else {}
 
     def objective(self, cfg: Any) -> Objective:
         refuse_augmentations(cfg.augment, ("crop_padding", "resized_crop", "policy", "erasing", "mixup", "cutmix"),
@@ -146,6 +182,18 @@ class Restoration(Task):
         if tta:
             y = 0.5 * (y + model(small.flip(3)).float().flip(3))
         return y
+
+    def example_input(self, in_chans: int, img_size: Sequence[int], batch: int = 2,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images on the 0..1 scale, as a restoration network is given them."""
+        return torch.rand(batch, in_chans, *img_size, generator=generator)
+
+    def export_meta(self, model: nn.Module) -> dict[str, Any]:
+        """What an exported restoration network's sidecar records of it, for tiling and the service: its scale,
+        receptive-field radius, alignment and noise (set on the loaded artifact, `cnnkit.artifacts.exported`)."""
+        net = restoration_net(model)
+        return {"restoration": {"scale": net.scale, "radius": net.radius, "align": net.align,
+                                "noise": list(net.noise) if net.noise is not None else None}}
 
     def loss_sum(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Each image's mean squared error, summed over the images."""
