@@ -216,11 +216,12 @@ def predict(
                                     ("--amp", amp != "off"), ("--adapt", adapt is not None),
                                     ("--input-size", input_size != "model"), ("--boxes-out", boxes_out is not None),
                                     ("--score-threshold", score_threshold is not None),
-                                    ("--nms-iou", nms_iou is not None), ("--tile", tile is not None)) if given]
+                                    ("--nms-iou", nms_iou is not None), ("--tile", tile is not None),
+                                    ("--compare", compare)) if given]
         if local:
             raise ConfigError(f"{', '.join(local)} set how predictions run here; with --url the service decides "
                               f"(start it with the options you want), so leave them out")
-        preds = _predict_remote(url, inputs, topk, masks_out)
+        preds = _predict_remote(url, inputs, topk, masks_out, images_out)
         source = {"service": url}
     else:
         check_early(device=device, amp=amp)
@@ -290,9 +291,11 @@ def _cells(answer: list[dict[str, Any]], shown: list[str]) -> list[str]:
     return shown
 
 
-def _predict_remote(url: str, inputs: list[Path], topk: int, masks_out: Optional[Path]) -> list[Any]:
+def _predict_remote(url: str, inputs: list[Path], topk: int, masks_out: Optional[Path],
+                    images_out: Optional[Path] = None) -> list[Any]:
     """Predictions of a running service for image files (folders expanded), in requests of up to 32 images; a
-    segmentation model's masks written to `masks_out` as `predict` writes them here."""
+    segmentation model's masks written to `masks_out` as `predict` writes them here; a restoration model's
+    images, one request each, written to `images_out`."""
     from cnnkit.data.images import list_image_files
     from cnnkit.evaluate import Prediction
     from cnnkit.serve.client import Client
@@ -300,7 +303,12 @@ def _predict_remote(url: str, inputs: list[Path], topk: int, masks_out: Optional
     files = list_image_files(list(inputs))
     preds, folder, classes, palette = [], None, [], []
     with Client(url) as client:
-        detector = client.card().get("task") == "detect"  # its boxes are in each image's pixels: say its size
+        card = client.card()
+        if card.get("task") == "restore":
+            return _restore_remote(client, url, files, images_out)
+        if images_out is not None:
+            raise ConfigError(f"--images-out is for restoration models; the model at {url} is not one")
+        detector = card.get("task") == "detect"  # its boxes are in each image's pixels: say its size
         for i in range(0, len(files), 32):
             part = files[i:i + 32]
             for f, p in zip(part, client.predict(part, topk)):
@@ -324,6 +332,28 @@ def _predict_remote(url: str, inputs: list[Path], topk: int, masks_out: Optional
                 preds.append(pred)
     if folder is not None:
         folder.finish({"service": url, "input_size": "model"}, classes, palette[:len(classes)])
+    return preds
+
+
+def _restore_remote(client: Any, url: str, files: list[Path], images_out: Optional[Path]) -> list[Any]:
+    """A restoration service's images for `files`, one request each, written to `images_out` as sent."""
+    import io
+
+    from PIL import Image
+
+    from cnnkit.evaluate import Prediction
+    from cnnkit.evaluate.restore import RestoredFolder
+
+    if images_out is None:
+        raise ConfigError(f"the model at {url} restores images: give --images-out to keep them")
+    folder, preds = RestoredFolder(images_out, files), []
+    for f in files:
+        png = client.restore(f)
+        with Image.open(io.BytesIO(png)) as im:
+            h, w = im.height, im.width
+        written = folder.write_restored(Path(f), png, (h, w))
+        preds.append(Prediction(Path(f), [], [f"{w}×{h}"], [{"height": h, "width": w}], (h, w), files=written))
+    folder.finish_restored({"service": url})
     return preds
 
 

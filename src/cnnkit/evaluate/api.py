@@ -381,8 +381,8 @@ def _predict_restored(ckpt: LoadedCheckpoint, inputs: list[str | os.PathLike], t
 
     from cnnkit.errors import DataError
     from cnnkit.data.images import convert_mode, decoded_images, list_image_files
-    from cnnkit.evaluate.restore import (DEFAULT_TILE, MAX_OUTPUT_PIXELS, RestoredFolder, check_tile,
-                                         restore_tiled)
+    from cnnkit.evaluate.restore import (DEFAULT_TILE, MAX_OUTPUT_PIXELS, RestoredFolder, check_tile, png_bytes,
+                                         restore_tiled, side_by_side)
     from cnnkit.models.restore import bicubic
     from cnnkit.tasks.restore import restoration_net
 
@@ -410,10 +410,11 @@ def _predict_restored(ckpt: LoadedCheckpoint, inputs: list[str | os.PathLike], t
             restored = restore_tiled(model, x, tile, tta=tta, dtype=torch.uint8)[0].cpu()
         files_written = {}
         if folder is not None:
-            plain = None
+            beside = None
             if compare:  # the plain enlargement (or the noisy input itself) the crop is set beside
                 plain = (bicubic(x, size=(h, w)) if scale > 1 else x)[0].clamp(0, 1).mul(255).round().byte().cpu()
-            files_written = folder.write_restored(path, restored, plain)
+                beside = png_bytes(side_by_side(plain, restored))
+            files_written = folder.write_restored(path, png_bytes(restored), (h, w), beside)
         what = f"×{scale} {w}×{h}" if scale > 1 else f"denoised {w}×{h}"
         answer = [{"height": h, "width": w, "scale": scale}]
         out.append(Prediction(path, [("restored", float(scale))], [what], answer, (h, w), files=files_written))

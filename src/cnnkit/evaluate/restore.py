@@ -190,18 +190,18 @@ class RestoredFolder(MaskFolder):
         return {"restored": self.root / f"{stem}.png",
                 **({"compare": self.root / f"{stem}-compare.png"} if self.compare else {})}
 
-    def write_restored(self, path: Path, restored: torch.Tensor, plain: torch.Tensor | None = None,
-                       png: bytes | None = None) -> dict[str, Path]:
-        """Write one image's restoration (uint8 C×H×W; `png`, its bytes as a service sent them, if given) and, with
-        `compare`, its side-by-side crop against `plain`; the files written."""
+    def write_restored(self, path: Path, png: bytes, size: tuple[int, int], compare: bytes | None = None
+                       ) -> dict[str, Path]:
+        """Write one image's restoration (`png`, of `size` (H, W)) and, with `compare`, its side-by-side crop
+        (PNG bytes); the files written."""
         from cnnkit.artifacts import atomic_write_bytes
 
         files = self.claimed_files(path)
-        atomic_write_bytes(files["restored"], png if png is not None else png_bytes(restored))
-        if self.compare and plain is not None:
-            atomic_write_bytes(files["compare"], png_bytes(side_by_side(plain, restored)))
-        self.records.append({"image": str(Path(path).absolute()), "height": int(restored.shape[-2]),
-                             "width": int(restored.shape[-1]), **{k: f.name for k, f in files.items()}})
+        atomic_write_bytes(files["restored"], png)
+        if self.compare and compare is not None:
+            atomic_write_bytes(files["compare"], compare)
+        self.records.append({"image": str(Path(path).absolute()), "height": size[0], "width": size[1],
+                             **{k: f.name for k, f in files.items()}})
         return files
 
     def finish_restored(self, source: dict[str, Any]) -> Path:

@@ -191,8 +191,11 @@ def decode_images(blobs: list[tuple[str, bytes]], m: ServedModel, max_pixels: in
             raise Problem(422, f"{name} is empty (0 bytes)")
         try:
             image = load_image_file(opened[i] if opened else io.BytesIO(data), max_pixels=max_pixels, name=name)
-            convert = model_input if m.stretched else to_model_input
-            out.append(convert(image, m.input_shape[0], m.input_shape[1:]))
+            if m.restores:  # at its own size: restored as it is, within the bound on what a restoration writes
+                out.append(restoration_input(image, m, name))
+            else:
+                convert = model_input if m.stretched else to_model_input
+                out.append(convert(image, m.input_shape[0], m.input_shape[1:]))
             sizes.append((image.height, image.width))
         except ImageTooLarge as e:
             raise Problem(413, _too_many_pixels(name, e, max_pixels) if e.limit else str(e)) from None
@@ -204,6 +207,21 @@ def decode_images(blobs: list[tuple[str, bytes]], m: ServedModel, max_pixels: in
         except (ValueError, OSError, TypeError, RuntimeError) as e:  # a mode the conversion does not know (LAB)
             raise Problem(422, f"cannot convert image {name} for the model: {error_line(e)}") from None
     return out[0].unsqueeze(0) if len(out) == 1 else torch.stack(out), sizes
+
+
+def restoration_input(image: Any, m: ServedModel, name: str) -> torch.Tensor:
+    """An image for a restoration model: uint8 C×h×w at its own size; 413 when its restoration would be larger
+    than cnnkit writes (`cnnkit.evaluate.restore.MAX_OUTPUT_PIXELS`)."""
+    import torchvision.transforms.functional as TF
+
+    from cnnkit.data.images import convert_mode
+    from cnnkit.evaluate.restore import MAX_OUTPUT_PIXELS
+
+    s = m.card["restoration"]["scale"]
+    if image.height * image.width * s * s > MAX_OUTPUT_PIXELS:
+        raise Problem(413, f"{name}: restored at ×{s} it would be {image.width * s}×{image.height * s} pixels, more "
+                           f"than {MAX_OUTPUT_PIXELS // 1_000_000} Mpixels; send a smaller image")
+    return TF.pil_to_tensor(convert_mode(image, m.input_shape[0]))
 
 
 def _too_many_pixels(name: str, e: Any, max_pixels: int) -> str:

@@ -7,6 +7,7 @@
                                           # a segmentation model: also "mask" (palette PNG, base64), "areas",
                                           # "height", "width"; "top" holds {"class", "area"}; a detection
                                           # model: "height", "width", "top" holds {"class", "score", "box"}
+    c.restore("small.png")                # a restoration model: the restored image, PNG bytes
     c.explain("shoe.png", method="gradcam", target="Sandal")      # -> maps, overlay PNG (base64)
 """
 
@@ -58,13 +59,19 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, **kw) -> Any:
+    def _call(self, method: str, path: str, image: bool = False, **kw) -> Any:
+        """The service's JSON answer (`image`: the PNG it answers, as bytes); ServiceError for an error."""
         import httpx
 
         try:
             r = self.http.request(method, path, **kw)
         except httpx.HTTPError as e:
             raise ServiceError(f"cannot reach the service at {self.base}: {error_line(e)}") from None
+        if image and r.status_code < 400:
+            if r.headers.get("content-type", "").split(";")[0] != "image/png":
+                raise ServiceError(f"the service at {self.base} did not answer a PNG (is the model a restoration "
+                                   f"model?)")
+            return r.content
         try:
             body = r.json()
         except ValueError:
@@ -119,6 +126,12 @@ class Client:
         files = [("file", (Path(p).name, Path(p).read_bytes())) for p in images]
         return self._call("POST", f"/v1/models/{self._name()}/predict", params={"topk": topk},
                           files=files)["predictions"]
+
+    def restore(self, image: str | os.PathLike) -> bytes:
+        """A restoration model's restoration of an image file: the PNG the service answers."""
+        p = Path(image)
+        return self._call("POST", f"/v1/models/{self._name()}/predict", image=True,
+                          files=[("file", (p.name, p.read_bytes()))])
 
     def explain(self, image: str | os.PathLike, method: str = "gradcam", target: str | int | None = None,
                 layer: str = "auto") -> dict[str, Any]:

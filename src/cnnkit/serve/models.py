@@ -48,6 +48,7 @@ class ServedModel:
         self.task.check_available("serve")
         # the image stretched whole to the input size, so that every pixel maps back: masks, boxes
         self.stretched = self.task.name in ("segment", "detect")
+        self.restores = self.task.name == "restore"  # each image at its own size, answered as an image
         self.score_threshold = self._detection_settings(score_threshold, nms_iou)
         self.model = self.ckpt.model.to(device).eval()
         self.dtype = autocast_dtype(amp, device)
@@ -96,7 +97,8 @@ class ServedModel:
                       "dtype": "uint8 pixels, resized (stretched) whole; " + (
                           "masks answered at the image's size" if self.task.name == "segment" else
                           "boxes answered in the image's pixels") if self.stretched else
-                      "uint8 pixels, resized and centre-cropped",
+                      "uint8 pixels at the image's own size, one image per request; answered as a PNG" if
+                      self.restores else "uint8 pixels, resized and centre-cropped",
                       "normalization": {"mean": mean, "std": std}},
             "params": meta.get("params"), "macs": meta.get("macs"), "layers": [], "explainable": self.explainable,
             "precision": precision_name(self.dtype),
@@ -104,6 +106,8 @@ class ServedModel:
         }
         if self.task.name == "detect":
             card["detection"] = self._detection_card()
+        if self.restores:
+            card.update(self.task.export_meta(self.model))
         if self.explainable:
             from cnnkit.models.card import count_macs, layer_shapes
 
@@ -139,9 +143,15 @@ class ServedModel:
         self.predict_batch(x, [None], [2])
 
     def predict_batch(self, x: torch.Tensor, _args: list[Any], sizes: list[int]) -> list[torch.Tensor]:
-        """The task's outputs for a uint8 batch (classification: class probabilities), split back per request."""
+        """The task's outputs for a uint8 batch (classification: class probabilities; restoration: the restored
+        images, uint8, in tiles as `cnnkit predict` restores them), split back per request."""
         with torch.inference_mode(), autocast(self.device, self.dtype):
-            outputs = self.task.infer(self.model, self.normalize(x)).cpu()
+            if self.restores:
+                from cnnkit.evaluate.restore import restore_tiled
+
+                outputs = restore_tiled(self.model, x.to(self.device).float().div(255), dtype=torch.uint8).cpu()
+            else:
+                outputs = self.task.infer(self.model, self.normalize(x)).cpu()
         return list(outputs.split(sizes))
 
     def mask_answers(self, probs: torch.Tensor, sizes: list[tuple[int, int]], names: list[str],

@@ -34,8 +34,10 @@ class Service:
                                f"{', '.join(self.models)}")
         return self.models[name]
 
-    def batcher(self, m: ServedModel, kind: str, method: str = "", layer: str = "") -> Batcher:
-        """The batcher of `m` for `kind` (predict or explain, the latter per method and layer), made once."""
+    def batcher(self, m: ServedModel, kind: str, method: str = "", layer: str = "",
+                max_batch: int | None = None) -> Batcher:
+        """The batcher of `m` for `kind` (predict or explain, the latter per method and layer; a restoration
+        model's predictions per image size, in `layer`), made once; `max_batch` below the service's own."""
         key = (m.name, kind, f"{method}@{layer}")
         if key not in self.batchers:
             o = self.options
@@ -43,7 +45,8 @@ class Service:
                                                              self.metrics.batch_seconds.labels(name, kind).observe(s)))
             run = m.predict_batch if kind == "predict" else m.explain_batch
             # explanations take far longer per image than predictions: smaller batches keep latency bounded
-            max_batch = o.max_batch if kind == "predict" else max(1, min(o.max_batch, 8))
+            most = o.max_batch if kind == "predict" else max(1, min(o.max_batch, 8))
+            max_batch = min(max_batch or most, most)
             self.batchers[key] = Batcher(run, max_batch, o.max_delay_ms / 1e3, o.max_queue, observe, m.executor,
                                          others=lambda: self.in_progress - 1)
         return self.batchers[key]

@@ -142,7 +142,7 @@ class Restoration(Task):
     output = "image"
     outputs_are_classes = False
     any_size = True
-    not_yet = ("explain", "serve", "compress")  # next (issue 36)
+    not_yet = ("explain", "compress")  # next (issue 36)
 
     def targets(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return split_pair(x)[0]

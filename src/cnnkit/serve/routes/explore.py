@@ -35,8 +35,8 @@ async def _explorer(request: Request, name: str) -> Explorer:
     does not answer classes (its gallery, class scores and explanations are a classifier's)."""
     service = service_of(request)
     m = service.model(name)
-    if m.task.name in ("segment", "detect"):
-        what = "segmentation" if m.task.name == "segment" else "detection"
+    if m.task.name in ("segment", "detect", "restore"):
+        what = {"segment": "segmentation", "detect": "detection", "restore": "restoration"}[m.task.name]
         raise Problem(422, f"model {name!r} is a {what} model; the explorer shows classifiers (its "
                            f"predictions: POST /v1/models/{name}/predict)")
     if name not in service.explorers:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from cnnkit.errors import ExplainError, close_matches, error_line
 from cnnkit.serve.bodies import decode_pool, int_field, read_images, str_field
@@ -21,7 +21,7 @@ from cnnkit.serve.problems import Problem
 from cnnkit.serve.service import service_of
 
 router = APIRouter()
-_TASK_NAMES = {"segment": "segmentation", "detect": "detection"}
+_TASK_NAMES = {"segment": "segmentation", "detect": "detection", "restore": "restoration"}
 
 BODY_DOC = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "properties": {
@@ -40,12 +40,15 @@ async def predict(request: Request) -> JSONResponse:
     """The task's answer for one or more images: a classifier's top-k classes (query or field `topk`, default 5);
     a segmentation model's mask (palette PNG, base64) at each image's size with every class's area; a detection
     model's detections over the service's score threshold, boxes in each image's pixels (`topk` does not cut
-    them: the answer is `cnnkit predict --json`'s)."""
+    them: the answer is `cnnkit predict --json`'s); a restoration model's restored image, as a PNG (one image
+    per request)."""
     t = time.perf_counter()
     service = service_of(request)
     name = request.path_params["name"]
     m = service.model(name)
     service.refuse_if_full(m)
+    if m.restores:
+        return await _restore(request, service, m, t)
     x, names, fields, sizes = await read_images(request, m, service.options)
     k = int_field(fields, request, "topk", min(5, len(m.classes)), 1, len(m.classes))
     outputs = await service.submit(m, service.batcher(m, "predict"), x)
@@ -64,6 +67,28 @@ async def predict(request: Request) -> JSONResponse:
         "seconds": time.perf_counter() - t})
 
 
+SIZE_BATCHERS = 16  # a restoration model's batchers, one per image size; images of any other size run alone
+
+
+async def _restore(request: Request, service: Any, m: ServedModel, started: float) -> Response:
+    """A restoration model's answer: the one image of the request restored (in tiles, as `cnnkit predict`
+    restores it), as a PNG; batched with other requests' images of the same size."""
+    from cnnkit.evaluate.restore import png_bytes
+
+    x, _, _, _ = await read_images(request, m, service.options, single=True)
+    size = f"{x.shape[-2]}x{x.shape[-1]}"
+    sizes = [k for k in service.batchers if k[0] == m.name and k[2].startswith("restore@")]
+    if (m.name, "predict", f"restore@{size}") in service.batchers or len(sizes) < SIZE_BATCHERS:
+        batcher = service.batcher(m, "predict", "restore", size)
+    else:  # sizes past the first few share one batcher of one image at a time
+        batcher = service.batcher(m, "predict", "restore", "other", max_batch=1)
+    restored = await service.submit(m, batcher, x)
+    png = await asyncio.get_running_loop().run_in_executor(decode_pool(), png_bytes, restored[0])
+    return Response(png, media_type="image/png", headers={
+        "X-Cnnkit-Model": m.name, "X-Cnnkit-Scale": str(m.card["restoration"]["scale"]),
+        "X-Cnnkit-Seconds": f"{time.perf_counter() - started:.6f}"})
+
+
 @router.post("/v1/models/{name}/explain", openapi_extra=BODY_DOC)
 async def explain(name: str, request: Request) -> JSONResponse:
     """One image explained: `method` (default gradcam), `target` (class name or index; default the
@@ -72,7 +97,7 @@ async def explain(name: str, request: Request) -> JSONResponse:
     service = service_of(request)
     m = service.model(name)
     service.refuse_if_full(m)
-    if m.task.name in ("segment", "detect"):
+    if m.task.name in _TASK_NAMES:
         raise Problem(422, f"model {name!r} is a {_TASK_NAMES[m.task.name]} model; the service explains "
                            f"classifiers (use `cnnkit explain` with its checkpoint)")
     x, names, fields, _ = await read_images(request, m, service.options, single=True)
