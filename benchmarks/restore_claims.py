@@ -3,12 +3,15 @@
     python -m benchmarks.restore_claims train --seeds 0            # every arm: cnnkit train, then cnnkit eval
     python -m benchmarks.restore_claims speed --pairs 6            # ESPCN against SRCNN: cnnkit bench
 
-`train`: each arm is one `cnnkit train --data photographs --budget 600s --amp off` (the photographs' recipe:
+`train`: each arm is one `cnnkit train --data photographs --budget 600s --amp off` (`--amp auto` for edsr-bf16:
+bf16 autocast where the CPU computes it natively, the default of `cnnkit train`) (the photographs' recipe:
 AdamW at lr 1e-3, batch 16, cosine; validation on held-out patches of the training photographs; the best
 checkpoint kept by validation PSNR), then one `cnnkit eval --split test` (the five test photographs, read once)
 and, for the denoisers, one `cnnkit eval --split val`, on which the Gaussian filter's σ is chosen. Arms:
 
-- srcnn, espcn, edsr: ×3 (SRCNN 9-1-5; ESPCN; EDSR baseline), 96-pixel patches (32 small pixels);
+- srcnn, espcn: ×3 on the luma Y alone (`--channels 1`: both papers train and score on Y; a colour photograph's
+  chroma is enlarged by bicubic interpolation), SRCNN 9-1-5; edsr: EDSR baseline ×3 on RGB (as its paper); all
+  on 96-pixel patches (32 small pixels);
 - dncnn: DnCNN-S at σ 25 on 40-pixel patches (the paper's); dncnn-plain: the same without residual learning;
   dncnn-blind: DnCNN-B (20 layers) on σ drawn from 0 to 55.
 
@@ -39,9 +42,10 @@ import numpy as np
 from benchmarks.common import command_line, paired_ratio, t_interval, write_result
 
 ARMS = {  # name: (model, model options, other train options)
-    "srcnn": ("srcnn", ["scale=3"], []),
-    "espcn": ("espcn", ["scale=3"], []),
+    "srcnn": ("srcnn", ["scale=3"], ["--channels", "1"]),
+    "espcn": ("espcn", ["scale=3"], ["--channels", "1"]),
     "edsr": ("edsr", ["scale=3"], []),
+    "edsr-bf16": ("edsr", ["scale=3"], ["--amp", "auto"]),  # where the CPU has native bf16 (else it is fp32)
     "dncnn": ("dncnn", ["noise=25"], ["--img-size", "40"]),
     "dncnn-plain": ("dncnn", ["noise=25", "residual=false"], ["--img-size", "40"]),
     "dncnn-blind": ("dncnn", ["noise=[0,55]", "depth=20"], ["--img-size", "40"]),
@@ -78,7 +82,8 @@ def _across_sigmas(out: Path) -> dict:
 def run_arm(root: Path, name: str, seed: int, budget: int) -> dict:
     model, options, extra = ARMS[name]
     out = root / f"{name}-seed{seed}"
-    train = ["cnnkit", "train", "--data", "photographs", "--model", model, "--budget", f"{budget}s", "--amp", "off",
+    amp = [] if "--amp" in extra else ["--amp", "off"]
+    train = ["cnnkit", "train", "--data", "photographs", "--model", model, "--budget", f"{budget}s", *amp,
              "--seed", str(seed), "--out", str(out), "--overwrite", "--quiet", *extra]
     for o in options:
         train += ["--model-kw", o]
@@ -87,9 +92,13 @@ def run_arm(root: Path, name: str, seed: int, budget: int) -> dict:
     seconds = time.perf_counter() - started
     record = {"arm": name, "seed": seed, "train_command": " ".join(train), "train_seconds": seconds,
               "test": _eval(out, "test")}
-    history = json.loads((out / "history.json").read_text()) if (out / "history.json").exists() else None
-    if isinstance(history, list) and history:
-        record["epochs"] = len(history)
+    import yaml
+
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    notes = next((v for v in config.values() if isinstance(v, dict) and "budget_plan" in v), {})
+    record["run"] = {"max_steps": config.get("max_steps"), "precision": notes.get("precision"),
+                     "budget_plan": notes.get("budget_plan")}
+    record["epochs"] = sum(1 for _ in (out / "metrics.csv").open()) - 1
     if model == "dncnn":
         record["val"] = _eval(out, "val")
         record["across_sigma"] = _across_sigmas(out)
@@ -144,6 +153,7 @@ def claims(runs: list[dict]) -> dict:
           lambda s: (_network(by[("srcnn", s)]), _baseline(by[("srcnn", s)], "bicubic")) if ("srcnn", s) in by
           else None)
     claim("edsr_minus_srcnn", 0.5, arms("edsr", "srcnn"))
+    claim("edsr_bf16_minus_srcnn", 0.5, arms("edsr-bf16", "srcnn"))
     claim("espcn_minus_srcnn", 0.0, arms("espcn", "srcnn"))
     claim("dncnn_residual_minus_plain", None, arms("dncnn", "dncnn-plain"))
 

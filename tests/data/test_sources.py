@@ -16,14 +16,15 @@ def test_each_name_goes_to_its_sources_loader_and_only_names_a_source_takes(monk
     assert DATASETS == ["sample", "fashion-mnist", "mnist", "cifar10", "cluttered-fashion-mnist", "cluttered-sample",
                         "fashion-scenes", "fashion-scenes-full", "fashion-mnist-c", "mnist-c", "cifar10-c", "sample-c", "imagefolder:<dir>",
                         "masks:<dir>", "voc:<dir>", "coco:<file.json>", "yolo:<dir or data.yaml>", "voc-boxes:<dir>",
-                        "coco-boxes:<file.json>", "webdataset:<dir>", "photographs", "photofolder:<dir>"]
+                        "coco-boxes:<file.json>", "webdataset:<dir>", "photographs", "photofolder:<dir>",
+                        "pairfolder:<dir>"]
     asked = []
     fake = Source(lambda name, split, options: asked.append((name, split, options.seed)), argument="<dir>")
     monkeypatch.setitem(SOURCES, "imagefolder", fake)
     load_dataset("imagefolder:some/dir", "test", seed=3)
     assert asked == [("imagefolder:some/dir", "test", 3)]
     for name in ("mnist:x", "sample:1", "imagefolder", "webdataset", "cluttered-sample:x", "nope", "photographs:x",
-                 "photofolder"):
+                 "photofolder", "pairfolder"):
         with pytest.raises(DataError, match="unknown dataset"):
             load_dataset(name)
 

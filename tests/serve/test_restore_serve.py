@@ -63,7 +63,7 @@ def test_served_images_equal_predicts_files(sr_client, sr_checkpoint, photos, tm
         w, h = Image.open(f).size
         assert served.shape == here.shape == (3 * h, 3 * w, 3) and np.array_equal(served, here)
     batchers = {k[2] for k in sr_client.app.state.service.batchers if k[0] == "tiny"}
-    assert {"restore@30x40", "restore@51x23"} <= batchers  # one per size: same-size requests batch together
+    assert {"restore@30x40x3", "restore@51x23x3"} <= batchers  # one per size: same-size requests batch together
 
 
 def test_bad_restoration_requests_are_4xx(sr_client, photos, monkeypatch):

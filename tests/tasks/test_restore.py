@@ -123,7 +123,7 @@ def test_the_commands_train_and_evaluate_a_restoration_run_and_refuse_the_others
     out, err = capsys.readouterr()
     assert code == 0 and "PSNR (Y, dB)" in out and "gaussian filter σ 1" in out, err
     png = next(root.glob("*.png"))
-    for args in (["explain", "--checkpoint", str(run_dir), str(png)], ["export", "--checkpoint", str(run_dir)]):
+    for args in (["explain", "--checkpoint", str(run_dir), str(png)],):
         code = main(args)
         err = capsys.readouterr().err
         assert code == 2 and "restore models" in err and len(err.strip().splitlines()) == 1, (args, err)
@@ -379,3 +379,125 @@ def test_exports_take_any_height_and_width_and_predict_the_same_images(tmp_path,
         predict(source, [tmp_path / "a.png"], images_out=tmp_path / out, tile=32, device="cpu")
     a, b = (np.asarray(Image.open(tmp_path / d / "a.png")).astype(int) for d in ("ckpt", "artifact"))
     assert a.shape == (70 * scale, 45 * scale, 3) and np.abs(a - b).max() <= 1
+
+
+def test_compress_int8_reports_the_psnr_cost_in_db_as_eval_scores_the_artifact(sr_run, tmp_path):
+    """`compress int8` on a restoration run: ONNX Runtime's int8 artifact, calibrated on the degraded inputs, its
+    PSNR and its difference from float32 in dB (not percent), the same PSNR `eval` gives the artifact."""
+    from cnnkit.compress import compress
+    from cnnkit.evaluate import evaluate
+
+    result = compress(sr_run, ["int8"], tmp_path / "out", calibration=32, batch=16, repeats=3)
+    rows = {(r["variant"], r["runtime"]): r for r in result.rows}
+    int8 = rows[("int8", "onnxruntime int8")]
+    base = rows[("float32", "eager")]
+    assert 5 < base["psnrydb"] < 100 and int8["psnrydb_delta_db"] == pytest.approx(int8["psnrydb"] - base["psnrydb"])
+    scored = evaluate(tmp_path / "out" / int8["file"], device="cpu").metrics["psnr_y"]
+    assert int8["psnrydb"] == pytest.approx(scored, abs=1e-6)
+    assert "Δ dB" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_ycbcr_is_matlabs_and_inverts():
+    from cnnkit.data.photos import rgb_from_ycbcr, ycbcr
+
+    rgb = torch.rand(2, 3, 5, 7, dtype=torch.float64)
+    ycc = ycbcr(rgb)
+    assert torch.allclose(ycc[:, :1], luma(rgb)) and torch.allclose(rgb_from_ycbcr(ycc), rgb, atol=1e-10)
+    white = ycbcr(torch.ones(1, 3, 1, 1, dtype=torch.float64)).flatten() * 255  # MATLAB: [235 128 128]
+    assert torch.allclose(white, torch.tensor([235.0, 128.0, 128.0], dtype=torch.float64), atol=1e-2)
+
+
+def test_a_luma_network_restores_a_colour_image_through_its_y_and_a_grey_one_as_it_is(tmp_path):
+    """Trained with --channels 1, a ×2 network restores a colour photograph's Y; its chroma is enlarged by bicubic
+    interpolation and the result is RGB (the papers' practice); a grey image stays one channel."""
+    from cnnkit.cli import main
+    from cnnkit.data.photos import rgb_from_ycbcr, ycbcr
+    from cnnkit.evaluate.restore import restore_tiled
+    from cnnkit.models.restore import bicubic
+
+    root = _photo_folder(tmp_path / "photos")
+    assert main(["train", "--data", f"photofolder:{root}", "--model", "espcn", "--model-kw", "scale=2",
+                 "--model-kw", "n1=4", "--model-kw", "n2=4", "--channels", "1", "--img-size", "24", "--epochs", "1",
+                 "--batch-size", "16", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    from cnnkit.artifacts import load
+
+    ckpt = load(tmp_path / "run")
+    assert ckpt.in_chans == 1
+    rng = np.random.default_rng(2)
+    Image.fromarray((rng.random((20, 26, 3)) * 255).astype(np.uint8)).save(tmp_path / "colour.png")
+    Image.fromarray((rng.random((20, 26)) * 255).astype(np.uint8)).save(tmp_path / "grey.png")
+    assert main(["predict", "--checkpoint", str(tmp_path / "run"), str(tmp_path / "colour.png"),
+                 str(tmp_path / "grey.png"), "--images-out", str(tmp_path / "out")]) == 0
+    colour = np.asarray(Image.open(tmp_path / "out" / "colour.png")).astype(int)
+    grey = np.asarray(Image.open(tmp_path / "out" / "grey.png"))
+    assert colour.shape == (40, 52, 3) and grey.shape == (40, 52)
+    x = torch.from_numpy(np.asarray(Image.open(tmp_path / "colour.png"))).permute(2, 0, 1)[None].float() / 255
+    ycc = ycbcr(x)
+    with torch.no_grad():
+        y = restore_tiled(ckpt.model.eval(), ycc[:, :1], tile=0)
+    want = rgb_from_ycbcr(torch.cat([y, bicubic(ycc[:, 1:], size=(40, 52))], 1)).clamp(0, 1).mul(255).round()
+    assert np.abs(colour - want[0].permute(1, 2, 0).numpy()).max() <= 1
+
+
+def test_camera_noise_follows_its_formula_is_correlated_by_demosaicking_and_jpeg_compressed():
+    """CBDNet's noise model on flat grey images: at the red pixels of the Bayer mosaic (kept as sampled), the
+    noise's spread is the map's, σ = sqrt(σs²·L + σc²) in irradiance L carried through the gamma curve's slope;
+    neighbouring pixels' noise is correlated (demosaicked); with JPEG the result is
+    8-bit."""
+    from cnnkit.tasks.restore import camera_noise
+
+    g = torch.Generator().manual_seed(0)
+    for shot, read in ((0.0, 0.02), (0.05, 0.0)):  # small enough for the slope to carry it (delta method)
+        for v in (0.5, 0.8):
+            flat = torch.full((16, 3, 64, 64), v)
+            noisy, sigma = camera_noise(flat, g, shot=shot, read=read, jpeg=False)
+            irradiance = v ** 2.2
+            expected = (shot ** 2 * irradiance + read ** 2) ** 0.5 * irradiance ** (1 / 2.2 - 1) / 2.2
+            assert float(sigma[0, 0, 0, 0]) == pytest.approx(expected, rel=1e-4)
+            measured = float((noisy - flat)[:, 0, 0::2, 0::2].std())
+            assert measured == pytest.approx(expected, rel=0.08), (shot, read, v)
+    noisy, _ = camera_noise(torch.full((8, 3, 64, 64), 0.5), g, shot=0.1, read=0.02, jpeg=False)
+    d = (noisy - 0.5)[:, 1]  # green at the red and blue sites is its neighbours' average: correlated with them
+    corr = torch.corrcoef(torch.stack([d[..., :-1].flatten(), d[..., 1:].flatten()]))[0, 1]
+    assert corr > 0.2
+    compressed, _ = camera_noise(torch.rand(2, 3, 32, 32), g)
+    assert torch.equal(compressed, compressed.mul(255).round().div(255))
+
+
+def test_cbdnet_trains_its_noise_map_with_the_asymmetric_loss():
+    """With the camera noise model the training loss adds CBDNet's asymmetric and TV losses on the estimated map
+    (gradients reach the estimator only through them and the reconstruction), and evaluation degrades with it."""
+    from cnnkit.models import create
+    from cnnkit.models.restore import noise_level_loss
+    from cnnkit.tasks.restore import RestorationLoss, degrade
+
+    torch.manual_seed(0)
+    net = create("cbdnet", in_chans=3, width=8, estimator_width=4)
+    assert net.noise_model == "camera"
+    objective = RestorationLoss("mse")
+    x = torch.rand(2, 3, 24, 24)
+    out = objective.forward(net, x, x)
+    extra = objective.noise_level
+    assert extra is not None and float(extra) > 0
+    total = objective.loss(out, x, x)
+    assert float(total) == pytest.approx(float(F_mse(out, x) + extra), rel=1e-6) and objective.noise_level is None
+    total.backward()
+    assert net.estimate[0].weight.grad.abs().sum() > 0
+    assert noise_level_loss is not None and degrade(net, x, torch.Generator().manual_seed(0)).shape == x.shape
+    gaussian = create("cbdnet", in_chans=3, width=8, estimator_width=4, noise_model="gaussian")
+    objective.forward(gaussian, x, x)
+    assert objective.noise_level is None
+
+
+def F_mse(a, b):
+    return torch.nn.functional.mse_loss(a.float(), b.float())
+
+
+def test_bench_times_a_restoration_at_any_size_per_input_and_output_megapixel(tmp_path):
+    from cnnkit.deploy.bench import bench_many
+
+    run = _restore_checkpoint(tmp_path / "run", "espcn", {"scale": 3, "n1": 8, "n2": 4})
+    row, = bench_many([run], img_size=(20, 30), repeats=3, batch=2, device="cpu")
+    assert row["img_size"] == [20, 30] and row["output_size"] == [60, 90]
+    assert row["ms_per_megapixel"] == pytest.approx(row["latency_ms_p50"] / (20 * 30 / 1e6))
+    assert row["ms_per_output_megapixel"] == pytest.approx(row["ms_per_megapixel"] / 9)

@@ -178,6 +178,7 @@ def restoration_attributes(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
         noise = given.get("noise")
         model.scale, model.radius, model.align = scale, radius, align
         model.noise = tuple(float(v) for v in noise) if isinstance(noise, list) and len(noise) == 2 else None
+        model.noise_model = "camera" if given.get("noise_model") == "camera" else "gaussian"
     return model
 
 

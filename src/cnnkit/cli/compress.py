@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cnnkit.cli.console import err, machine_format, percent, print_rows, stdout, summary
+from cnnkit.cli.console import err, machine_format, print_rows, stdout, summary
 from cnnkit.cli.options import Checkpoint, CsvOutput, DataDir, IgnoreClassNames, JsonOutput
 
 
@@ -62,16 +62,16 @@ def compress(
     if fmt:
         print_rows(r.rows, fmt)
         return
-    from cnnkit.compress.report import metric_of
+    from cnnkit.compress.report import delta_key, in_decibels, metric_of, shown_metric
 
-    key, label = metric_of(r.rows)  # top-1, or mIoU for a segmentation model
+    key, label = metric_of(r.rows)  # top-1, mIoU for a segmentation model, PSNR for a restoration model
     t = Table(title="compress", title_justify="left")
-    for c in ("variant", "runtime", "path", label, "Δ pts", "KiB", "p50 ms", "img/s"):
+    for c in ("variant", "runtime", "path", label, "Δ dB" if in_decibels(key) else "Δ pts", "KiB", "p50 ms", "img/s"):
         # a narrow terminal folds cells onto more lines, never cuts a path short
         t.add_column(c, justify="left" if c in ("variant", "runtime", "path") else "right", overflow="fold")
     for row in r.rows:
-        t.add_row(row["variant"], row["runtime"], row["target"], percent(row[key]),
-                  f"{row[f'{key}_delta_pts']:+.2f}", f"{row['file_bytes'] / 1024:.0f}", f"{row['latency_ms_p50']:.2f}",
+        t.add_row(row["variant"], row["runtime"], row["target"], shown_metric(key, row[key]),
+                  f"{row[delta_key(key)]:+.2f}", f"{row['file_bytes'] / 1024:.0f}", f"{row['latency_ms_p50']:.2f}",
                   f"{row['images_per_s']:.0f}")
     stdout.print(t)
     summary("compress", {"folder": r.out_dir, "report": r.html_path, "json": r.json_path, "pareto": r.png_path})

@@ -148,6 +148,18 @@ def say(line: str) -> None:
     err.print(line, markup=False, emoji=False, highlight=False, soft_wrap=True)
 
 
+ImagesOut = Annotated[Optional[Path], typer.Option(help="Restoration models: write each restored image (<stem>.png, "
+                                                         "`scale` times the image's size) and restored.json into "
+                                                         "this folder.")]
+Tile = Annotated[Optional[int], typer.Option(help="Restoration models: restore in tiles of this many input pixels a "
+                                                  "side (default 512; 0: the whole image at once), each run with a "
+                                                  "margin of the network's receptive field, so that the result "
+                                                  "equals the whole image's.")]
+Compare = Annotated[bool, typer.Option("--compare", help="Restoration models, with --images-out: also write "
+                                                         "<stem>-compare.png, a central crop of the plain bicubic "
+                                                         "enlargement (or the noisy input) beside the restored one.")]
+
+
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
     checkpoint: Annotated[Optional[Path], typer.Option(help="Run directory (its best checkpoint), a soup folder (its "
@@ -188,39 +200,25 @@ def predict(
                                                            "(every image's detections) into this folder.")] = None,
     score_threshold: ScoreThreshold = None,
     nms_iou: NmsIou = None,
-    images_out: Annotated[Optional[Path], typer.Option(help="Restoration models: write each restored image "
-                                                            "(<stem>.png, `scale` times the image's size) and "
-                                                            "restored.json into this folder.")] = None,
-    tile: Annotated[Optional[int], typer.Option(help="Restoration models: restore in tiles of this many input "
-                                                     "pixels a side (default 512; 0: the whole image at once), "
-                                                     "each run with a margin of the network's receptive field, "
-                                                     "so that the result equals the whole image's.")] = None,
-    compare: Annotated[bool, typer.Option("--compare", help="Restoration models, with --images-out: also write "
-                                                            "<stem>-compare.png, a central crop of the plain "
-                                                            "bicubic enlargement (or the noisy input) beside the "
-                                                            "restored one.")] = False,
+    images_out: ImagesOut = None,
+    tile: Tile = None,
+    compare: Compare = False,
 ) -> None:
     """Top-k classes for image files of any size and mode (here, or by a running service with --url); a
     segmentation model's classes by their share of the pixels, and with --masks-out the masks; a detection
     model's boxes, and with --boxes-out the images with their boxes drawn; a restoration model's restored
     images, with --images-out written there."""
     fmt = machine_format(as_json, as_csv)
-    check_out_folder(masks_out, "--masks-out")
-    check_out_folder(boxes_out, "--boxes-out")
-    check_out_folder(images_out, "--images-out")
+    for folder, option in ((masks_out, "--masks-out"), (boxes_out, "--boxes-out"), (images_out, "--images-out")):
+        check_out_folder(folder, option)
     if (checkpoint is None) == (url is None):
         raise ConfigError("give --checkpoint RUN (predict here) or --url http://HOST:PORT/v1/models/NAME "
                           "(ask a running cnnkit serve), one of the two")
     if url is not None:
-        local = [o for o, given in (("--tta", tta), ("--strict", strict), ("--device", device != "auto"),
-                                    ("--amp", amp != "off"), ("--adapt", adapt is not None),
-                                    ("--input-size", input_size != "model"), ("--boxes-out", boxes_out is not None),
-                                    ("--score-threshold", score_threshold is not None),
-                                    ("--nms-iou", nms_iou is not None), ("--tile", tile is not None),
-                                    ("--compare", compare)) if given]
-        if local:
-            raise ConfigError(f"{', '.join(local)} set how predictions run here; with --url the service decides "
-                              f"(start it with the options you want), so leave them out")
+        _refuse_local_options(tta=tta, strict=strict, device=device != "auto", amp=amp != "off",
+                              adapt=adapt is not None, input_size=input_size != "model",
+                              boxes_out=boxes_out is not None, score_threshold=score_threshold is not None,
+                              nms_iou=nms_iou is not None, tile=tile is not None, compare=compare)
         preds = _predict_remote(url, inputs, topk, masks_out, images_out)
         source = {"service": url}
     else:
@@ -241,6 +239,15 @@ def predict(
     _print_predictions(preds, fmt, {**source, **({"masks": masks_out} if masks_out is not None else {}),
                                     **({"boxes": boxes_out} if boxes_out is not None else {}),
                                     **({"restored": images_out} if images_out is not None else {})})
+
+
+def _refuse_local_options(**given: bool) -> None:
+    """With --url the service decides how predictions run: the options given that set it here, refused in one
+    line."""
+    local = [f"--{name.replace('_', '-')}" for name, on in given.items() if on]
+    if local:
+        raise ConfigError(f"{', '.join(local)} set how predictions run here; with --url the service decides "
+                          f"(start it with the options you want), so leave them out")
 
 
 def _print_predictions(preds: list[Any], fmt: Optional[str], source: dict[str, Any]) -> None:

@@ -57,10 +57,11 @@ class Context:
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(settings.seed))
         self.train = train.subset(order[:settings.train_images], "train") if settings.train_images else train
         pick = order[:settings.calibration]
-        self.calib = Normalize(self.mean, self.std)(train.images[pick])
+        self.model = ckpt.model.float().eval()
+        # what the model is given for them (a restoration network: the images shrunk or made noisy, as it trains)
+        self.calib = self.task.model_inputs(self.model, Normalize(self.mean, self.std)(train.images[pick]))
         self.calib_labels = train.labels[pick]
         self.example = self.calib[:2]
-        self.model = ckpt.model.float().eval()
         self.pruned: dict[float, LoadedCheckpoint] = {}  # prune:R and prune:R+int8 share one pruned model
         self._base: dict[str, int] | None = None
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 from cnnkit.artifacts import LoadedCheckpoint, claim_dir, is_exported, load
 from cnnkit.compress.context import Context, Settings
 from cnnkit.compress.recipes import RECIPE_KINDS, RECIPE_SYNTAX, Recipe, Target, parse_recipes, skip_reason
-from cnnkit.compress.report import CompressResult, write_report
+from cnnkit.compress.report import CompressResult, delta_key, in_decibels, write_report
 from cnnkit.data.compat import DataSource, checkpoint_data_source, load_source_split
 from cnnkit.deploy import export_onnx
 from cnnkit.deploy.bench import bench_many, metric_key
@@ -130,7 +130,7 @@ def rewind_point(rewind: str | Path, src: LoadedCheckpoint) -> nn.Module:
 def measure(targets: list[Target], source: DataSource, batch: int, repeats: int, log: Callable[[str], None],
             ignore_class_names: bool = False, test_images: int | None = None) -> list[dict[str, Any]]:
     """Every target measured side by side on the test split of `source`, with its ratios to the first (its
-    metric's difference in points: `top1_delta_pts`, `miou_delta_pts`)."""
+    metric's difference in points, `top1_delta_pts`, `miou_delta_pts`, or in dB, `psnrydb_delta_db`)."""
     log(f"measuring {len(targets)} variants side by side")
     measured = bench_many([t.path for t in targets], data=source.name, data_dir=source.data_dir, batch=batch,
                           repeats=repeats, ignore_class_names=ignore_class_names, device=str(DEVICE), log=log,
@@ -140,7 +140,7 @@ def measure(targets: list[Target], source: DataSource, batch: int, repeats: int,
     base = rows[0]
     key = metric_key(base["metric"])
     for r in rows:
-        r[f"{key}_delta_pts"] = 100 * (r[key] - base[key])
+        r[delta_key(key)] = (1 if in_decibels(key) else 100) * (r[key] - base[key])
         r["size_ratio"] = base["file_bytes"] / r["file_bytes"]
         r["latency_speedup"] = base["latency_ms_p50"] / r["latency_ms_p50"]
         r["throughput_speedup"] = r["images_per_s"] / base["images_per_s"]

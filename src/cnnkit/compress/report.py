@@ -30,16 +30,33 @@ class CompressResult:
 
 
 def metric_of(rows: list[dict[str, Any]]) -> tuple[str, str]:
-    """The rows' accuracy metric as (key, label): top1/top-1 for a classifier, miou/mIoU for a segmentation model."""
+    """The rows' accuracy metric as (key, label): top1/top-1 for a classifier, miou/mIoU for a segmentation model,
+    psnrydb/PSNR (Y, dB) for a restoration model."""
     label = rows[0].get("metric", "top-1")
     return metric_key(label), label
+
+
+def in_decibels(key: str) -> bool:
+    """Whether a metric is in dB (PSNR) rather than a fraction shown in percent (top-1, mIoU)."""
+    return key.startswith("psnr")
+
+
+def delta_key(key: str) -> str:
+    """The row key of a metric's difference from the first variant: in points of percent, or in dB."""
+    return f"{key}_delta_{'db' if in_decibels(key) else 'pts'}"
+
+
+def shown_metric(key: str, v: float) -> str:
+    """A metric's value as every command shows it: a percentage with two decimals, or dB."""
+    return f"{v:.2f} dB" if in_decibels(key) else f"{100 * v:.2f}%"
 
 
 def columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """The report's columns (row key, header), the accuracy named by the rows' metric."""
     key, label = metric_of(rows)
     return [("variant", "variant"), ("runtime", "runtime"), ("file", "file"), (key, label),
-            (f"{key}_delta_pts", "Δ pts"), ("params", "params"), ("macs", "MACs"), ("file_bytes", "file KiB"),
+            (delta_key(key), "Δ dB" if in_decibels(key) else "Δ pts"), ("params", "params"), ("macs", "MACs"),
+            ("file_bytes", "file KiB"),
             ("size_ratio", "smaller ×"), ("latency_ms_p50", "p50 ms (b=1)"), ("latency_ms_p99", "p99 ms"),
             ("latency_speedup", "latency ×"), ("images_per_s", "img/s"), ("throughput_speedup", "throughput ×"),
             ("model_rss_mib", "model MiB")]
@@ -49,15 +66,15 @@ def format_value(key: str, v: Any) -> str:
     """One cell of the table: percentages, KiB, millions, signed points, as the column wants."""
     if v is None:
         return "–"
-    if key in ("top1", "miou"):  # an accuracy, as every command shows one: a percentage with two decimals
-        return f"{100 * v:.2f}%"
+    if key in ("top1", "miou") or in_decibels(key):  # a metric as every command shows one
+        return shown_metric(key, v)
     if key == "file_bytes":
         return f"{v / 1024:.0f}"
     if key == "model_rss_mib":
         return f"{v:.0f}"
     if key in ("params", "macs"):
         return f"{v / 1e6:.3f}M"
-    if key.endswith("_delta_pts"):
+    if key.endswith(("_delta_pts", "_delta_db")):
         return f"{v:+.2f}"
     if isinstance(v, float):
         return f"{v:.2f}" if v < 1000 else f"{v:,.0f}"
@@ -85,7 +102,8 @@ def _pareto_png(rows: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, label in ((axes[0], "latency_ms_p50", "latency at batch 1, p50 (ms)"),
                            (axes[1], "file_bytes", "file size (KiB)")):
-        pts = [(r[key] / (1024 if key == "file_bytes" else 1), 100 * r[metric], f"{r['variant']} / {r['runtime']}")
+        unit = 1 if in_decibels(metric) else 100
+        pts = [(r[key] / (1024 if key == "file_bytes" else 1), unit * r[metric], f"{r['variant']} / {r['runtime']}")
                for r in rows]
         for x, y, lab in pts:
             ax.scatter(x, y, s=30)
@@ -97,7 +115,7 @@ def _pareto_png(rows: list[dict[str, Any]], path: Path) -> None:
                 best = y
         ax.plot(*zip(*front), "k--", lw=0.8, label="Pareto front")
         ax.set_xlabel(label)
-        ax.set_ylabel(f"{label} (%)")
+        ax.set_ylabel(label if in_decibels(metric) else f"{label} (%)")
         ax.set_xscale("log")
         ax.legend(fontsize=8)
     fig.tight_layout()

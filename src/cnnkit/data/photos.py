@@ -69,6 +69,22 @@ def luma(rgb: torch.Tensor) -> torch.Tensor:
     return ((16.0 + 65.481 * r + 128.553 * g + 24.966 * b) / 255.0).unsqueeze(-3)
 
 
+_YCBCR = torch.tensor([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]]) / 255
+_YCBCR_OFFSET = torch.tensor([16.0, 128.0, 128.0]) / 255
+
+
+def ycbcr(rgb: torch.Tensor) -> torch.Tensor:
+    """YCbCr of ITU-R BT.601 in studio range, as MATLAB's rgb2ycbcr: N×3×H×W on the 0..1 scale in and out (its Y
+    is `luma`'s)."""
+    return torch.einsum("oc,nchw->nohw", _YCBCR.to(rgb), rgb) + _YCBCR_OFFSET.to(rgb).view(1, 3, 1, 1)
+
+
+def rgb_from_ycbcr(ycc: torch.Tensor) -> torch.Tensor:
+    """The inverse of `ycbcr` (MATLAB's ycbcr2rgb), not clipped."""
+    inverse = torch.linalg.inv(_YCBCR.double()).to(ycc)
+    return torch.einsum("oc,nchw->nohw", inverse, ycc - _YCBCR_OFFSET.to(ycc).view(1, 3, 1, 1))
+
+
 def decode_photo(path: Path, in_chans: int, name: str | None = None) -> torch.Tensor:
     """A photograph as uint8 C×H×W: RGB, or its luma (see `luma`) for one channel; its decoded size bounded."""
     image = convert_mode(load_image_file(path, max_pixels=MAX_PHOTO_PIXELS, name=name), 3)

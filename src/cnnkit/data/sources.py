@@ -90,11 +90,11 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
 def open_training_data(name: str, mode: str = "auto", processes: int = 1, validation: bool = True,
                        data_dir: str | os.PathLike | None = None, download: bool = False, strict: bool = False,
                        img_size: ImageSize | None = None, test_fraction: float = 0.2, seed: int = 0,
-                       bad_boxes: str = "error") -> TrainingData:
+                       bad_boxes: str = "error", in_chans: int | None = None) -> TrainingData:
     """The training split of a named dataset as training reads it (see `TrainingData`): in memory, or as the
     source streams it (image folders by `mode`; WebDataset shards, with their own validation split)."""
     source = _source(name)
-    options = LoadOptions(data_dir, download, strict, img_size, None, test_fraction, seed, bad_boxes)
+    options = LoadOptions(data_dir, download, strict, img_size, in_chans, test_fraction, seed, bad_boxes)
     if source.train is not None:
         return source.train(name, options, mode, processes, validation)
     if mode == "stream":

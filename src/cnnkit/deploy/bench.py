@@ -234,6 +234,10 @@ def bench_many(targets: list[str | os.PathLike], data: str | None = None, data_d
             "throughput_seconds_per_round": min_seconds,
             **peak_memory(ckpt.path, batch, str(devs[i]), amps[i], None if sizes[i] == ckpt.img_size else sizes[i]),
         }
+        if ckpt.meta.get("task") == "restore":  # a restoration's output is `scale` times the input's sides
+            s = int(getattr(ckpt.model, "scale", 1))
+            row["output_size"] = [sizes[i][0] * s, sizes[i][1] * s]
+            row["ms_per_output_megapixel"] = row["ms_per_megapixel"] / (s * s)
         if data:
             from cnnkit.evaluate import evaluate
 

@@ -377,12 +377,10 @@ def _predict_restored(ckpt: LoadedCheckpoint, inputs: list[str | os.PathLike], t
     """`predict` for a restoration model: each image restored at its own size, in tiles, written to `images_out`."""
     import warnings
 
-    import torchvision.transforms.functional as TF
-
     from cnnkit.errors import DataError
-    from cnnkit.data.images import convert_mode, decoded_images, list_image_files
+    from cnnkit.data.images import decoded_images, list_image_files
     from cnnkit.evaluate.restore import (DEFAULT_TILE, MAX_OUTPUT_PIXELS, RestoredFolder, check_tile, png_bytes,
-                                         restore_tiled, side_by_side)
+                                         restoration_pixels, restore_pixels, side_by_side)
     from cnnkit.models.restore import bicubic
     from cnnkit.tasks.restore import restoration_net
 
@@ -405,9 +403,10 @@ def _predict_restored(ckpt: LoadedCheckpoint, inputs: list[str | os.PathLike], t
                 raise DataError(problem)
             warnings.warn(problem, stacklevel=2)
             continue
-        x = TF.pil_to_tensor(convert_mode(image, ckpt.in_chans)).unsqueeze(0).to(dev).float().div(255)
+        pixels = restoration_pixels(image, ckpt.in_chans).unsqueeze(0).to(dev)
         with autocast(dev, precision):
-            restored = restore_tiled(model, x, tile, tta=tta, dtype=torch.uint8)[0].cpu()
+            restored = restore_pixels(model, pixels, ckpt.in_chans, tile, tta)[0].cpu()
+        x = pixels.float().div(255)
         files_written = {}
         if folder is not None:
             beside = None

@@ -90,6 +90,37 @@ def restore_tiled(model: nn.Module, x: torch.Tensor, tile: int = DEFAULT_TILE, m
     return out
 
 
+def restoration_pixels(image: Any, in_chans: int) -> torch.Tensor:
+    """A PIL image as a restoration network takes it, uint8 C×h×w at its own size: RGB for an RGB network; for
+    a one-channel (luma) network, a grey image's one channel, a colour image's RGB (restored through its luma,
+    `restore_pixels`)."""
+    import torchvision.transforms.functional as TF
+
+    from cnnkit.data.images import convert_mode
+
+    grey = image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+    return TF.pil_to_tensor(convert_mode(image, 1 if in_chans == 1 and grey else 3))
+
+
+def restore_pixels(model: nn.Module, x: torch.Tensor, in_chans: int, tile: int = DEFAULT_TILE,
+                   tta: bool = False) -> torch.Tensor:
+    """Restored uint8 images for uint8 N×C×h×w `x` (`restoration_pixels`'): in tiles (`restore_tiled`); a colour
+    image given to a one-channel network restored as the papers do, its luma Y by the network and its chroma
+    enlarged by bicubic interpolation (a denoiser's kept as it is), back to RGB."""
+    from cnnkit.data.photos import rgb_from_ycbcr, ycbcr
+    from cnnkit.models.restore import bicubic
+    from cnnkit.tasks.restore import restoration_net
+
+    pixels = x.float().div(255)
+    if in_chans == 3 or x.shape[1] == 1:
+        return restore_tiled(model, pixels, tile, tta=tta, dtype=torch.uint8)
+    ycc = ycbcr(pixels)
+    luma = restore_tiled(model, ycc[:, :1], tile, tta=tta)
+    s = restoration_net(model).scale
+    chroma = bicubic(ycc[:, 1:], size=tuple(luma.shape[-2:])) if s > 1 else ycc[:, 1:]
+    return rgb_from_ycbcr(torch.cat([luma, chroma], 1)).clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
 def png_bytes(image: torch.Tensor) -> bytes:
     """A uint8 C×H×W image (1 or 3 channels) as PNG bytes."""
     from PIL import Image

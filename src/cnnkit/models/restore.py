@@ -36,6 +36,7 @@ from cnnkit.errors import ModelError
 from cnnkit.models.registry import register_model
 
 SCALES = (2, 3, 4)
+NOISE_MODELS = ("camera", "gaussian")  # what a blind denoiser is trained on (cnnkit.tasks.restore.degrade)
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)  # EDSR's MeanShift: DIV2K's RGB mean
 
 
@@ -47,6 +48,7 @@ class RestorationNet(nn.Module):
 
     scale: int = 1
     noise: tuple[float, float] | None = None
+    noise_model: str = "gaussian"  # or "camera" (CBDNet's realistic noise, cnnkit.tasks.restore.camera_noise)
     #: the smallest input side the network takes (the U-Net's poolings need some)
     min_side: int = 1
     #: a multiple that tiles' offsets in the input keep (the U-Net's poolings: 4), so that a tile is computed as
@@ -311,10 +313,18 @@ def dncnn(num_classes: int = 0, in_chans: int = 1, img_size=None, depth: int = 1
 @register_model("cbdnet", min_size=4, paper="Guo et al. 2019, CBDNet (blind denoising of real photographs)",
                 task="restore", default_input="3x64x64")
 def cbdnet(num_classes: int = 0, in_chans: int = 3, img_size=None, width: int = 64,
-           estimator_width: int = 32, noise=None) -> nn.Module:
+           estimator_width: int = 32, noise=None, noise_model: str = "camera") -> nn.Module:
     """CBDNet: a noise-estimation subnetwork (five 3×3 convolutions, `estimator_width` channels) and a U-Net of
-    three scales (`width`, 2×, 4×) over the image and its estimated noise map, predicting the residual; `noise`:
-    the range of Gaussian σ it is trained on (0..255 scale; default [0, 55])."""
+    three scales (`width`, 2×, 4×) over the image and its estimated noise map, predicting the residual;
+    `noise_model`: what it is trained on, `camera` (the paper's realistic noise: signal-dependent, demosaicked,
+    JPEG-compressed; `cnnkit.tasks.restore.camera_noise`, and its noise map is taught with the paper's asymmetric
+    loss) or `gaussian` (σ drawn from `noise`'s range on the 0..255 scale; default [0, 55])."""
+    if noise_model not in NOISE_MODELS:
+        raise ModelError(f"noise_model must be one of {', '.join(NOISE_MODELS)}, got {noise_model!r}")
+    if noise_model == "camera" and in_chans != 3:
+        raise ModelError("the camera noise model is of colour photographs (a Bayer mosaic): train CBDNet on RGB, "
+                         "or give noise_model=gaussian")
     net = CBDNet(in_chans, _positive("width", width), _positive("estimator_width", estimator_width))
     net.noise = _noise(noise if noise is not None else [0, 55], 0.0)
+    net.noise_model = noise_model
     return net

@@ -210,18 +210,15 @@ def decode_images(blobs: list[tuple[str, bytes]], m: ServedModel, max_pixels: in
 
 
 def restoration_input(image: Any, m: ServedModel, name: str) -> torch.Tensor:
-    """An image for a restoration model: uint8 C×h×w at its own size; 413 when its restoration would be larger
-    than cnnkit writes (`cnnkit.evaluate.restore.MAX_OUTPUT_PIXELS`)."""
-    import torchvision.transforms.functional as TF
-
-    from cnnkit.data.images import convert_mode
-    from cnnkit.evaluate.restore import MAX_OUTPUT_PIXELS
+    """An image for a restoration model: uint8 C×h×w at its own size (`restoration_pixels`); 413 when its
+    restoration would be larger than cnnkit writes (`cnnkit.evaluate.restore.MAX_OUTPUT_PIXELS`)."""
+    from cnnkit.evaluate.restore import MAX_OUTPUT_PIXELS, restoration_pixels
 
     s = m.card["restoration"]["scale"]
     if image.height * image.width * s * s > MAX_OUTPUT_PIXELS:
         raise Problem(413, f"{name}: restored at ×{s} it would be {image.width * s}×{image.height * s} pixels, more "
                            f"than {MAX_OUTPUT_PIXELS // 1_000_000} Mpixels; send a smaller image")
-    return TF.pil_to_tensor(convert_mode(image, m.input_shape[0]))
+    return restoration_pixels(image, m.input_shape[0])
 
 
 def _too_many_pixels(name: str, e: Any, max_pixels: int) -> str:

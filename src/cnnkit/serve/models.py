@@ -147,9 +147,9 @@ class ServedModel:
         images, uint8, in tiles as `cnnkit predict` restores them), split back per request."""
         with torch.inference_mode(), autocast(self.device, self.dtype):
             if self.restores:
-                from cnnkit.evaluate.restore import restore_tiled
+                from cnnkit.evaluate.restore import restore_pixels
 
-                outputs = restore_tiled(self.model, x.to(self.device).float().div(255), dtype=torch.uint8).cpu()
+                outputs = restore_pixels(self.model, x.to(self.device), self.input_shape[0]).cpu()
             else:
                 outputs = self.task.infer(self.model, self.normalize(x)).cpu()
         return list(outputs.split(sizes))

@@ -209,6 +209,11 @@ class Task(ABC):
         """A batch the model accepts, to export or check it with."""
         return torch.randn(batch, in_chans, *img_size, generator=generator)
 
+    def model_inputs(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """What `model` is given for a batch of the data's (normalized) images, e.g. to calibrate int8 with: the
+        images themselves by default."""
+        return x
+
     def export_meta(self, model: nn.Module) -> dict[str, Any]:
         """What an exported artifact's sidecar records beyond the checkpoint's metadata; nothing by default."""
         return {}

@@ -60,6 +60,57 @@ def add_noise(x: torch.Tensor, noise: tuple[float, float], generator: torch.Gene
     return x + (eps * sigma / 255.0).to(x.device)
 
 
+CAMERA_NOISE = {"shot": (0.0, 0.16), "read": (0.0, 0.06), "jpeg_quality": (60, 100), "gamma": 2.2}
+
+
+def camera_noise(x: torch.Tensor, generator: torch.Generator | None = None, shot: float | None = None,
+                 read: float | None = None, jpeg: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Realistic camera noise as CBDNet models it (Guo et al. 2019, section 3.1), its camera response a gamma of
+    2.2 (the paper draws one of 201 measured responses): the image `x` (N×3×H×W, 0..1) taken back to irradiance
+    L, heteroscedastic Gaussian noise of variance σs²·L + σc² (σs from 0 to 0.16 and σc from 0 to 0.06, drawn per
+    image), a Bayer RGGB mosaic demosaicked bilinearly (which correlates the noise across pixels and channels),
+    the response again, and JPEG at a quality drawn from 60 to 100. `shot` and `read` fix σs and σc, and
+    `jpeg=False` leaves the compression out. Returns the noisy image and the noise's standard deviation per pixel
+    on the output's scale (before demosaicking and JPEG, the map CBDNet's estimator is taught)."""
+    from torchvision.io import decode_jpeg, encode_jpeg
+
+    n, c = x.shape[:2]
+    device = x.device if generator is None else generator.device
+    draw = lambda lo, hi: (lo + (hi - lo) * torch.rand(n, 1, 1, 1, generator=generator, device=device)).to(x.device)  # noqa: E731
+    gamma = CAMERA_NOISE["gamma"]
+    irradiance = x.float().clamp(0, 1).pow(gamma)
+    s_shot = draw(*CAMERA_NOISE["shot"]) if shot is None else torch.tensor(float(shot), device=x.device)
+    s_read = draw(*CAMERA_NOISE["read"]) if read is None else torch.tensor(float(read), device=x.device)
+    std = (s_shot.pow(2) * irradiance + s_read.pow(2)).sqrt()
+    noisy = irradiance + std * torch.randn(x.shape, generator=generator, device=device).to(x.device)
+    if c == 3:
+        noisy = _demosaicked(noisy)
+    out = noisy.clamp(0, 1).pow(1 / gamma)
+    # the response's slope carries the irradiance's noise to the output's scale (at most 1: near black the slope
+    # of a gamma curve has no bound)
+    sigma = (std * irradiance.clamp_min(1e-4).pow(1 / gamma - 1) / gamma).clamp_max(1.0)
+    if not jpeg:
+        return out, sigma
+    lo, hi = CAMERA_NOISE["jpeg_quality"]
+    quality = torch.randint(lo, hi + 1, (n,), generator=generator, device=device).tolist()
+    pixels = out.mul(255).round().to(torch.uint8).cpu()
+    decoded = [decode_jpeg(encode_jpeg(p, quality=q)) for p, q in zip(pixels, quality)]
+    return torch.stack(decoded).to(x.device).float().div(255), sigma
+
+
+def _demosaicked(x: torch.Tensor) -> torch.Tensor:
+    """An RGB image sampled through a Bayer RGGB mosaic (one colour per pixel) and demosaicked bilinearly."""
+    h, w = x.shape[-2:]
+    mask = torch.zeros(3, h, w, device=x.device)
+    mask[0, 0::2, 0::2] = mask[2, 1::2, 1::2] = 1
+    mask[1, 0::2, 1::2] = mask[1, 1::2, 0::2] = 1
+    rb = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]], device=x.device) / 4
+    g = torch.tensor([[0.0, 1.0, 0.0], [1.0, 4.0, 1.0], [0.0, 1.0, 0.0]], device=x.device) / 4
+    kernels = torch.stack([rb, g, rb]).unsqueeze(1)
+    sampled = F.pad(x * mask, (1, 1, 1, 1), mode="reflect")
+    return F.conv2d(sampled, kernels.to(x.dtype), groups=3)
+
+
 def split_pair(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A batch's clean images and, for pairs (`pairfolder:DIR`: 2C channels, see `cnnkit.data.photos`), the given
     input enlarged by repeating pixels (None for clean photographs: their input is made here)."""
@@ -75,6 +126,8 @@ def degrade(net: nn.Module, x: torch.Tensor, generator: torch.Generator | None =
         return given[..., ::net.scale, ::net.scale] if net.scale > 1 else given
     if net.scale > 1:
         return shrink(x, net.scale)
+    if getattr(net, "noise_model", "gaussian") == "camera":
+        return camera_noise(x, generator)[0]
     if net.noise is not None:
         return add_noise(x, net.noise, generator)
     return x
@@ -124,14 +177,28 @@ class RestorationLoss(Objective):
     def __init__(self, loss: str) -> None:
         super().__init__()
         self.kind = loss
+        self.noise_level: torch.Tensor | None = None  # CBDNet's loss on its noise map for the batch in progress
 
     def forward(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> Any:
-        return model(degrade(restoration_net(model), x))
+        net = restoration_net(model)
+        clean, given = split_pair(x)
+        if getattr(net, "noise_model", None) == "camera" and hasattr(net, "noise_map") and given is None:
+            from cnnkit.models.restore import noise_level_loss
+
+            noisy, sigma = camera_noise(clean)  # the true noise map, which CBDNet's estimator learns
+            out = model(noisy)
+            self.noise_level = noise_level_loss(net.noise_map.float(), sigma)
+            return out
+        return model(degrade(net, x))
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "l1":
-            return F.l1_loss(outputs.float(), targets.float())
-        return F.mse_loss(outputs.float(), targets.float())
+            loss = F.l1_loss(outputs.float(), targets.float())
+        else:
+            loss = F.mse_loss(outputs.float(), targets.float())
+        if self.noise_level is not None:  # CBDNet: its reconstruction loss, asymmetric and TV losses on the map
+            loss, self.noise_level = loss + self.noise_level, None
+        return loss
 
 
 class Restoration(Task):
@@ -142,7 +209,7 @@ class Restoration(Task):
     output = "image"
     outputs_are_classes = False
     any_size = True
-    not_yet = ("explain", "compress")  # next (issue 36)
+    not_yet = ("explain",)  # next (issue 36)
 
     def targets(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return split_pair(x)[0]
@@ -188,12 +255,17 @@ class Restoration(Task):
         """Images on the 0..1 scale, as a restoration network is given them."""
         return torch.rand(batch, in_chans, *img_size, generator=generator)
 
+    def model_inputs(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The degraded images (noise from the evaluation's seed), as the network is given them."""
+        return degrade(restoration_net(model), x, torch.Generator(device=x.device).manual_seed(EVAL_SEED))
+
     def export_meta(self, model: nn.Module) -> dict[str, Any]:
         """What an exported restoration network's sidecar records of it, for tiling and the service: its scale,
         receptive-field radius, alignment and noise (set on the loaded artifact, `cnnkit.artifacts.exported`)."""
         net = restoration_net(model)
         return {"restoration": {"scale": net.scale, "radius": net.radius, "align": net.align,
-                                "noise": list(net.noise) if net.noise is not None else None}}
+                                "noise": list(net.noise) if net.noise is not None else None,
+                                "noise_model": getattr(net, "noise_model", "gaussian")}}
 
     def loss_sum(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Each image's mean squared error, summed over the images."""

@@ -44,6 +44,9 @@ class TrainConfig:
     img_size: int | list[int] | None = field(default=None, metadata={  # None: the images' common size, else 64
         "help": "imagefolder, masks, voc, coco and the box files: resize images (and masks, boxes) to N×N (e.g. "
                 "32) or to height×width (e.g. 48x32).", "form": "size"})
+    channels: int | None = field(default=None, metadata={  # None: the source's own (RGB for photographs)
+        "help": "photographs, photofolder and pairfolder: read the images as 1 channel, their luma Y (what SRCNN and "
+                "ESPCN train on and the super-resolution papers score), or 3 (RGB, the default)."})
     test_fraction: float = field(default=0.2, metadata={
         "help": "Flat imagefolder (no train/ and test/ sub-folders): share of each class held out as the test split, "
                 "chosen by --seed (default 0.2); likewise of the images of masks:DIR without train/ and test/, "
@@ -179,6 +182,11 @@ class TrainConfig:
              f"--val-fraction {self.val_fraction} does not apply to webdataset: its val shards are the validation "
              f"split (chosen by `cnnkit data shard --val-fraction`); leave --val-fraction out, or give 0 to train "
              f"without validation"),
+            (self.channels in (None, 1, 3) and not isinstance(self.channels, bool),
+             f"--channels must be 1 (luma) or 3 (RGB), got {self.channels!r}"),
+            (self.channels is None or is_restoration_data(self.data),
+             f"--channels reads photographs (photographs, photofolder:DIR, pairfolder:DIR) as luma or RGB; {self.data} "
+             f"gives its own channels"),
             (0.0 < self.test_fraction < 1.0,
              f"--test-fraction must be strictly between 0 and 1, e.g. 0.2; got {self.test_fraction}"),
             (self.img_size is None or (isinstance(self.img_size, int) and self.img_size > 0)

@@ -63,7 +63,7 @@ def load_data(run: Run) -> None:
     opened = open_training_data(cfg.data, cfg.data_mode, run.ranks.world, cfg.val_fraction > 0,
                                 data_dir=cfg.data_dir, download=cfg.download, strict=cfg.strict,
                                 img_size=cfg.img_size, test_fraction=cfg.test_fraction, seed=cfg.data_split_seed,
-                                bad_boxes="drop" if cfg.drop_bad_boxes else "error")
+                                bad_boxes="drop" if cfg.drop_bad_boxes else "error", in_chans=cfg.channels)
     run.full, run.data_note = run.task.data_for(opened.full), opened.note
     if opened.splits_itself:
         run.train_set, run.val_set = run.full, opened.val if opened.val is None else run.task.data_for(opened.val)

@@ -76,7 +76,7 @@ async def _restore(request: Request, service: Any, m: ServedModel, started: floa
     from cnnkit.evaluate.restore import png_bytes
 
     x, _, _, _ = await read_images(request, m, service.options, single=True)
-    size = f"{x.shape[-2]}x{x.shape[-1]}"
+    size = f"{x.shape[-2]}x{x.shape[-1]}x{x.shape[-3]}"  # height, width and channels: what batches together
     sizes = [k for k in service.batchers if k[0] == m.name and k[2].startswith("restore@")]
     if (m.name, "predict", f"restore@{size}") in service.batchers or len(sizes) < SIZE_BATCHERS:
         batcher = service.batcher(m, "predict", "restore", size)
