@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -214,6 +215,50 @@ def speed(args: argparse.Namespace) -> None:
     write_result("restore_speed", payload)
 
 
+def table(args: argparse.Namespace) -> None:
+    """The results as the Restore page's Markdown table: each arm's test PSNR and its baseline's, then each claim."""
+    result = json.loads(Path(args.results).read_text())
+    lines = ["| arm | trained (steps, precision) | test PSNR, dB | baseline, dB |", "| --- | --- | --- | --- |"]
+    for r in result["runs"]:
+        key = _metric(r)
+        t = r["test"]
+        base = {k: v[key] for k, v in t["baselines"].items()}
+        best = max(base, key=base.get)
+        shown = f"{best} {base[best]:.2f}" + (" (best on test; the claim's is chosen on validation)"
+                                              if best.startswith("gaussian") else "")
+        run = r.get("run", {})
+        lines.append(f"| {r['arm']} (seed {r['seed']}) | {run.get('max_steps')} steps, {run.get('precision')} | "
+                     f"{t[key]:.2f} ({key.replace('psnr_', '').upper()}) | {shown} |")
+    lines += ["", "| claim | target | measured (seed 0), dB | 95% bootstrap interval over the photographs | met |",
+              "| --- | --- | --- | --- | --- |"]
+    for name, c in result["claims"].items():
+        for seed, v in c["per_seed"].items():
+            lo, hi = v["interval_db"]
+            met = "–" if c["target_db"] is None else ("yes" if v["difference_db"] >= c["target_db"] else "no")
+            target = "–" if c["target_db"] is None else f"≥ {c['target_db']:+.1f} dB"
+            lines.append(f"| {name} | {target} | {v['difference_db']:+.2f} | {lo:+.2f} to {hi:+.2f} | {met} |")
+    sigmas = [r for r in result["runs"] if "across_sigma" in r]
+    if sigmas:
+        lines += ["", "| denoiser | " + " | ".join(f"σ {s}: PSNR (RGB), dB" for s in SIGMAS) + " |",
+                  "| --- |" + " --- |" * len(SIGMAS)]
+        noisy = sigmas[0]["across_sigma"]
+        lines.append("| noisy input | " + " | ".join(f"{noisy[str(s)]['noisy input']:.2f}" for s in SIGMAS) + " |")
+        for r in sigmas:
+            lines.append(f"| {r['arm']} | " + " | ".join(f"{r['across_sigma'][str(s)]['psnr_rgb']:.2f}"
+                                                       for s in SIGMAS) + " |")
+    speed_file = Path(args.results).with_name("restore_speed.json")
+    if speed_file.exists():
+        sp = json.loads(speed_file.read_text())
+        ratio = sp["srcnn_over_espcn_latency"]
+        lo, hi = ratio["interval"]
+        ms = {k: statistics.median(r["latency_ms_p50"] for r in sp[k]) for k in ("srcnn", "espcn")}
+        lines += ["", f"ESPCN against SRCNN at a {sp['input']} input: SRCNN {ms['srcnn']:.1f} ms, ESPCN "
+                      f"{ms['espcn']:.1f} ms per image at batch 1 (medians); ESPCN restores **{ratio['median']:.1f}×** "
+                      f"as many images per second ({ratio['pairs']} pairs of fresh processes, interval {lo:.1f}× to "
+                      f"{hi:.1f}×; target ≥ {sp['target']:.0f}×)."]
+    print("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="what", required=True)
@@ -226,12 +271,13 @@ def main() -> None:
     for p in (t, sub.add_parser("speed")):
         p.add_argument("--out", default="/tmp/cnnkit-bench-restore")
         p.add_argument("--note")
+    sub.add_parser("table").add_argument("--results", default="benchmarks/results/restore_claims.json")
     s = sub.choices["speed"]
     s.add_argument("--pairs", type=int, default=6)
     s.add_argument("--repeats", type=int, default=20)
     s.add_argument("--img-size", default="160x240")
     args = ap.parse_args()
-    train(args) if args.what == "train" else speed(args)
+    {"train": train, "speed": speed, "table": table}[args.what](args)
 
 
 if __name__ == "__main__":

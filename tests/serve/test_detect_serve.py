@@ -7,10 +7,7 @@ input), the images of a request in one batch (the ONNX graph runs them one by on
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -44,22 +41,11 @@ def det(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(det):
-    from cnnkit.serve.client import Client
+    from tests.serve.running import running_service
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "cnnkit", "serve", f"ck={det['run']}", f"ox={det['onnx']}",
-                            "--port", "0", "--score-threshold", str(det["threshold"]), "--max-images", "4"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        line = proc.stdout.readline()
-        m = re.search(r"(http://127\.0\.0\.1:\d+)", line)
-        assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
-        with Client(m.group(1)) as c:
-            c.wait_ready(90)
-        yield m.group(1)
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    with running_service(f"ck={det['run']}", f"ox={det['onnx']}", "--score-threshold", str(det["threshold"]),
+                         "--max-images", "4", ready_s=90) as url:
+        yield url
 
 
 def batches(url: str, model: str) -> tuple[float, float]:

@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -85,27 +81,15 @@ def test_bad_restoration_requests_are_4xx(sr_client, photos, monkeypatch):
 
 def test_predict_url_writes_the_images_predict_writes_here(sr_checkpoint, photos, tmp_path, capsys):
     from cnnkit.cli import main
-    from cnnkit.serve.client import Client
+    from tests.serve.running import running_service
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "cnnkit", "serve", f"sr={sr_checkpoint}", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     files = [str(f) for f in photos]
-    try:
-        line = proc.stdout.readline()
-        m = re.search(r"(http://127\.0\.0\.1:\d+)", line)
-        assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
-        url = m.group(1)
-        with Client(url) as c:
-            c.wait_ready(60)
+    with running_service(f"sr={sr_checkpoint}") as url:
         assert main(["predict", "--url", f"{url}/v1/models/sr", *files, "--images-out", str(tmp_path / "remote"),
                      "--json"]) == 0
         remote_rows = json.loads(capsys.readouterr().out)
         assert main(["predict", "--url", f"{url}/v1/models/sr", *files]) == 2
         assert "give --images-out" in capsys.readouterr().err
-    finally:
-        proc.terminate()
-        proc.wait(30)
     assert main(["predict", "--checkpoint", str(sr_checkpoint), *files, "--images-out", str(tmp_path / "local"),
                  "--json"]) == 0
     local_rows = json.loads(capsys.readouterr().out)

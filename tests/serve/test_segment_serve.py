@@ -8,10 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -111,25 +108,13 @@ def test_bad_requests_get_a_4xx_json_line(seg_client, scene_files):
 
 def test_predict_url_writes_the_masks_predict_writes_here(seg_run, scene_files, tmp_path, capsys):
     from cnnkit.cli import main
-    from cnnkit.serve.client import Client
+    from tests.serve.running import running_service
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "cnnkit", "serve", f"seg={seg_run.run_dir}", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        line = proc.stdout.readline()
-        m = re.search(r"(http://127\.0\.0\.1:\d+)", line)
-        assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
-        url = m.group(1)
-        with Client(url) as c:
-            c.wait_ready(60)
-        files = [str(f) for f in scene_files]
+    files = [str(f) for f in scene_files]
+    with running_service(f"seg={seg_run.run_dir}") as url:
         assert main(["predict", "--url", f"{url}/v1/models/seg", *files, "--masks-out", str(tmp_path / "remote"),
                      "--json"]) == 0
         remote_rows = json.loads(capsys.readouterr().out)
-    finally:
-        proc.terminate()
-        proc.wait(30)
     assert main(["predict", "--checkpoint", str(seg_run.run_dir), *files, "--masks-out", str(tmp_path / "local"),
                  "--json"]) == 0
     local_rows = json.loads(capsys.readouterr().out)

@@ -501,3 +501,41 @@ def test_bench_times_a_restoration_at_any_size_per_input_and_output_megapixel(tm
     assert row["img_size"] == [20, 30] and row["output_size"] == [60, 90]
     assert row["ms_per_megapixel"] == pytest.approx(row["latency_ms_p50"] / (20 * 30 / 1e6))
     assert row["ms_per_output_megapixel"] == pytest.approx(row["ms_per_megapixel"] / 9)
+
+
+def test_a_photo_folder_of_mixed_modes_and_sizes_reads_as_rgb(tmp_path):
+    """Grey, 16-bit grey, palette, RGBA and JPEG photographs of different sizes: RGB patches to train on and whole
+    RGB images to test on, each at its own size."""
+    rng = np.random.default_rng(3)
+    root = tmp_path / "mixed"
+    (root / "train").mkdir(parents=True)
+    (root / "test").mkdir()
+    base = lambda h, w: (rng.random((h, w, 3)) * 255).astype(np.uint8)  # noqa: E731
+    Image.fromarray(base(40, 50)).convert("L").save(root / "train" / "grey.png")
+    Image.fromarray((rng.random((44, 40)) * 65535).astype(np.uint16)).save(root / "train" / "deep.png")
+    Image.fromarray(base(36, 60)).convert("P").save(root / "train" / "palette.png")
+    Image.fromarray(np.dstack([base(48, 48), np.full((48, 48), 128, np.uint8)])).save(root / "train" / "alpha.png")
+    Image.fromarray(base(30, 70)).save(root / "test" / "photo.jpg", quality=90)
+    Image.fromarray(base(50, 20)).convert("L").save(root / "test" / "grey.png")
+    train = load_dataset(f"photofolder:{root}", "train", img_size=24)
+    test = load_dataset(f"photofolder:{root}", "test", img_size=24)
+    assert train.images.shape[1:] == (3, 24, 24) and len(train) >= 4 * 4
+    assert sorted(map(tuple, test.sizes.tolist())) == [(30, 70), (50, 20)] and test.images.shape[1] == 3
+
+
+def test_ssim_is_scikit_images_with_the_papers_window():
+    """SSIM on Y as `eval` computes it (torchmetrics: 11×11 Gaussian window, σ 1.5) against scikit-image's
+    structural_similarity with the same window (Wang et al.'s settings), on a restored image rounded to 8 bits."""
+    from skimage.metrics import structural_similarity
+
+    from cnnkit.evaluate.restore import image_scores
+
+    rng = np.random.default_rng(4)
+    clean = torch.from_numpy(rng.random((1, 3, 48, 40)).astype(np.float32))
+    restored = (clean + 0.05 * torch.from_numpy(rng.standard_normal((1, 3, 48, 40)).astype(np.float32))).clamp(0, 1)
+    ours = image_scores(restored, clean, border=3)["ssim_y"]
+    a = luma(restored.mul(255).round().div(255))[0, 0, 3:-3, 3:-3].double().numpy()
+    b = luma(clean)[0, 0, 3:-3, 3:-3].double().numpy()
+    theirs = structural_similarity(a, b, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                   use_sample_covariance=False)
+    assert ours == pytest.approx(theirs, abs=2e-3)

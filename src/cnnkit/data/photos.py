@@ -156,9 +156,10 @@ def _folder_files(root: Path, split: str, options: LoadOptions) -> list[Path]:
     return _held_out(files, split, options)
 
 
-def _pair_files(root: Path, split: str, options: LoadOptions) -> list[tuple[str, Path, Path]]:
+def _pair_files(root: Path, split: str, options: LoadOptions) -> tuple[list[tuple[str, Path, Path]], bool]:
     """`split`'s pairs in a pair folder as (name, given file, clean file), matched by their path without the
-    extension; a file without its partner is refused (DataError, one line)."""
+    extension, and whether they are low and high (else noisy and clean); a file without its partner is refused
+    (DataError, one line)."""
     base = root / split if _split_root("pairfolder", root) is not None else root
     roles = [r for r in PAIR_ROLES if (base / r[0]).is_dir() and (base / r[1]).is_dir()]
     if not roles:
@@ -166,7 +167,7 @@ def _pair_files(root: Path, split: str, options: LoadOptions) -> list[tuple[str,
                         f"(super-resolution) or noisy and clean (denoising)")
     folders = [base / role for role in roles[0]]
     named = [{str(p.relative_to(d).with_suffix("")): p for p in _listed(d)} for d in folders]
-    for mine, theirs, folder, other in ((0, 1, *folders), (1, 0, *folders[::-1])):
+    for mine, theirs, other in ((0, 1, folders[1]), (1, 0, folders[0])):
         alone = sorted(set(named[mine]) - set(named[theirs]))
         if alone:
             more = f" (and {len(alone) - 1} more without one)" if len(alone) > 1 else ""
@@ -179,15 +180,15 @@ def _pair_files(root: Path, split: str, options: LoadOptions) -> list[tuple[str,
             raise DataError(f"pairfolder: {root} holds {len(pairs)} pair; a test split needs at least 2 (or give "
                             f"{root}/train and {root}/test)")
         pairs = _held_out(pairs, split, options)
-    return pairs
+    return pairs, roles[0][0] == "low"
 
 
-def _pair(given: torch.Tensor, clean: torch.Tensor, files: tuple[Path, Path]) -> tuple[torch.Tensor, int]:
+def _pair(given: torch.Tensor, clean: torch.Tensor, files: tuple[Path, Path], low_high: bool
+          ) -> tuple[torch.Tensor, int]:
     """A pair as one 2C×H×W image (the clean one cut to `scale` times the given one, then the given one enlarged
     by repeating pixels) and its scale; sizes that are not a pair's are refused (DataError, one line)."""
     (gh, gw), (ch, cw) = given.shape[-2:], clean.shape[-2:]
     scale = ch // gh if gh else 0
-    low_high = files[0].parent.name != "noisy"
     fits = (scale in (2, 3, 4) and cw // gw == scale and ch - scale * gh < scale and cw - scale * gw < scale
             if low_high else (gh, gw) == (ch, cw))
     if not fits:
@@ -237,9 +238,10 @@ def _load_pairs(name: str, root: Path, split: str, options: LoadOptions, in_chan
     """`pairfolder:DIR`'s split as pairs (see the module's docstring): patches for training (corners on the
     scale's grid), whole pairs for testing."""
     held, scales = [], set()
-    for label, given, clean in _pair_files(root, split, options):
-        pair, scale = _pair(decode_photo(given, in_chans, f"{label} ({given.parent.name})"),
-                            decode_photo(clean, in_chans, f"{label} ({clean.parent.name})"), (given, clean))
+    pairs, low_high = _pair_files(root, split, options)
+    for label, given, clean in pairs:
+        pair, scale = _pair(decode_photo(given, in_chans, f"{label} (given)"),
+                            decode_photo(clean, in_chans, f"{label} (clean)"), (given, clean), low_high)
         scales.add(scale)
         if len(scales) > 1:
             raise DataError(f"pairfolder: {root}'s pairs are at different scales ({', '.join(map(str, sorted(scales)))}"

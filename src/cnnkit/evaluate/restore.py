@@ -53,14 +53,13 @@ def tiling(net: nn.Module, tile: int, margin: int | None = None) -> tuple[int, i
     return math.ceil(tile / align) * align, math.ceil(margin / align) * align
 
 
-def check_tile(tile: int, margin: int | None = None) -> None:
+def check_tile(tile: int) -> None:
+    """Refuse, in one line, a tile side that is not 0 (whole) or at least 16 pixels."""
     from cnnkit.errors import ConfigError
 
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 0 or (0 < tile < 16):
         raise ConfigError(f"--tile is a tile's side in input pixels, 16 or more (0: the whole image at once), "
                           f"got {tile!r}")
-    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int) or margin < 0):
-        raise ConfigError(f"a tile margin is a number of pixels, 0 or more, got {margin!r}")
 
 
 @torch.no_grad()

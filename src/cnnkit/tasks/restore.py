@@ -76,7 +76,10 @@ def camera_noise(x: torch.Tensor, generator: torch.Generator | None = None, shot
 
     n, c = x.shape[:2]
     device = x.device if generator is None else generator.device
-    draw = lambda lo, hi: (lo + (hi - lo) * torch.rand(n, 1, 1, 1, generator=generator, device=device)).to(x.device)  # noqa: E731
+
+    def draw(lo: float, hi: float) -> torch.Tensor:  # one value per image
+        return (lo + (hi - lo) * torch.rand(n, 1, 1, 1, generator=generator, device=device)).to(x.device)
+
     gamma = CAMERA_NOISE["gamma"]
     irradiance = x.float().clamp(0, 1).pow(gamma)
     s_shot = draw(*CAMERA_NOISE["shot"]) if shot is None else torch.tensor(float(shot), device=x.device)
@@ -224,9 +227,9 @@ class Restoration(Task):
 
         enlarges = "scale" in get_entry(model).options()
         if enlarges != (scale > 1):
-            raise ConfigError(f"{data.name} pairs {'low and high' if scale > 1 else 'noisy and clean'} images: train a "
-                              f"{'super-resolution model (srcnn, espcn, edsr)' if scale > 1 else 'denoiser (dncnn, cbdnet)'}"
-                              f", not {model}")
+            kind, want = (("low and high", "super-resolution model (srcnn, espcn, edsr)") if scale > 1 else
+                          ("noisy and clean", "denoiser (dncnn, cbdnet)"))
+            raise ConfigError(f"{data.name} pairs {kind} images: train a {want}, not {model}")
         check_pair_scale(options.get("scale", scale), data)
         return {"scale": scale} if enlarges and "scale" not in options else {}
 
