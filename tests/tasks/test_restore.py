@@ -78,6 +78,24 @@ def test_a_photo_folder_gives_patches_to_train_on_and_whole_images_to_test(tmp_p
         load_dataset(f"photofolder:{_photo_folder(tmp_path / 'one', n=1)}", "train")
 
 
+@pytest.mark.parametrize("align", [1, 3])
+def test_a_large_photograph_gives_no_more_patches_than_a_512_square_one_from_all_over_it(align):
+    """A 2000×1500 photograph is cut at a wider stride into at most a 512×512 one's share of patches (on the pairs'
+    grid where they have one), still from its top-left to its bottom-right corner; a 512×512 one keeps its half-patch
+    stride."""
+    from cnnkit.data.photos import balanced_share, patches
+
+    size, stride = (48, 48), (24, 24)
+    share = balanced_share(size, stride, align)
+    big = torch.arange(2000 * 1500, dtype=torch.int32).view(1, 1500, 2000)
+    cut = patches([big], size, stride, align=align, most=share)
+    corners = {(int(p[0, 0, 0]) // 2000, int(p[0, 0, 0]) % 2000) for p in cut}
+    assert share * 0.7 < len(cut) <= share == 21 * 21  # 512×512: corners at 0, 24, ..., 456 and flush at 464
+    assert min(corners) == (0, 0) and max(corners) == ((1500 - 48) // align * align, (2000 - 48) // align * align)
+    assert all(t % align == 0 and s % align == 0 for t, s in corners)
+    assert len(patches([big[:, :512, :512]], size, stride, align=align, most=share)) == share
+
+
 def test_the_bundled_photographs_split_by_photograph():
     from cnnkit.data.photos import BUNDLED_TEST, BUNDLED_TRAIN, bundled_photo_files
 
@@ -87,16 +105,23 @@ def test_the_bundled_photographs_split_by_photograph():
     assert len(test) == len(BUNDLED_TEST) and test.sizes.tolist()[0] == [512, 512]  # scikit-image's astronaut
 
 
-def test_espcn_trains_and_evaluates_against_an_independent_bicubic_baseline(tmp_path):
-    """One epoch of ESPCN ×3 on a photo folder through `fit`; `evaluate` scores each test image whole, with the
+def test_espcn_trains_and_evaluates_against_an_independent_bicubic_baseline(tmp_path, monkeypatch):
+    """One epoch of ESPCN ×3 on a photo folder through `fit`, validated on at most the task's cap of held-out
+    patches (the rest of the validation share trained on); `evaluate` scores each test image whole, with the
     bicubic baseline equal to PIL's shrink-and-enlarge scored by hand (Y, a 3-pixel border)."""
+    from cnnkit.data.base import LoadOptions
+    from cnnkit.data.photos import load
     from cnnkit.evaluate import evaluate
+    from cnnkit.tasks.restore import Restoration
     from cnnkit.train import fit
 
+    monkeypatch.setattr(Restoration, "max_val_items", 3)
     root = _photo_folder(tmp_path / "photos")
     result = fit(data=f"photofolder:{root}", model="espcn", model_kwargs={"scale": 3, "n1": 8, "n2": 8},
                  epochs=1, batch_size=8, img_size=24, out=str(tmp_path / "run"), progress=False)
     assert result.config.task == "restore" and math.isfinite(result.history[-1]["val_psnr"])
+    patches = len(load(f"photofolder:{root}", "train", LoadOptions(img_size=24)))
+    assert patches * result.config.val_fraction > 3 and (result.val_images, result.train_images) == (3, patches - 3)
     ev = evaluate(result.run_dir, device="cpu")
     assert ev.metrics["images"] == 1 and ev.metrics["border"] == 3
     test = load_dataset(f"photofolder:{root}", "test")

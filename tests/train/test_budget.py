@@ -231,6 +231,18 @@ def test_short_schedules_that_a_small_budget_plans_run_to_their_end(total, sched
     assert all(math.isfinite(lr) and lr > 0 for lr in lrs) and lrs[-1] < max(lrs)
 
 
+def test_the_fast_recipe_is_a_fallback_only_where_it_trains_something_else():
+    """The fast recipe is measured as a fallback only where it differs from the long one in more than its length:
+    a model the user names trains with its family's settings under either recipe (measuring it twice cost a
+    10-minute DnCNN run 20 s)."""
+    from cnnkit.train.config import long_recipe_fallback
+
+    assert long_recipe_fallback({"data": "sample", "budget": 600}) == {"data": "sample", "budget": 600,
+                                                                       "recipe": "fast"}
+    assert long_recipe_fallback({"data": "photographs", "model": "dncnn", "budget": 600}) is None
+    assert long_recipe_fallback({"data": "sample", "budget": 60}) is None  # a short budget takes fast at once
+
+
 def test_a_long_budget_on_a_machine_too_slow_for_the_long_recipe_trains_the_fast_one(tmp_path, monkeypatch):
     """10 minutes, but this machine (a fake pace of 30 s a step) would fit under 8 epochs of the long recipe's
     wider net: the run takes the fast recipe instead, and says so."""

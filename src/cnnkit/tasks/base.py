@@ -109,6 +109,8 @@ class Task(ABC):
     any_size: bool = False  # its models are fully convolutional: exported with a dynamic height and width
     exportable: bool = True  # `cnnkit export` and `cnnkit compress` take its models
     not_yet: tuple[str, ...] = ()  # the commands that do not take its models yet (each refuses them in one line)
+    # the most items --val-fraction holds out (None: no cap); the rest of its share goes back to training
+    max_val_items: int | None = None
 
     def check_available(self, command: str) -> None:
         """ConfigError, in one line, when `cnnkit <command>` does not take this task's models yet."""

@@ -114,7 +114,7 @@ def choose_execution(model: nn.Module, model_name: str, model_kwargs: dict[str, 
         if len(dtypes) == 1:
             prec = f"{_NAMES[dtype]} (the CPU has no native bf16; emulated bf16 would be slower)"
         else:
-            other = [(d, last) for d in dtypes if d != dtype]
+            other = [(d, cl) for d in dtypes if d != dtype for cl in layouts]  # the other precision's best layout
             prec = f"{_NAMES[dtype]} ({versus(other, lambda c: _NAMES[c[0]])}; the CPU has native bf16)"
     else:
         prec = precision_note(amp, device)

@@ -69,6 +69,11 @@ def load_data(run: Run) -> None:
         run.train_set, run.val_set = run.full, opened.val if opened.val is None else run.task.data_for(opened.val)
     elif cfg.val_fraction > 0:
         tr_idx, va_idx = train_val_split(run.full.labels, cfg.val_fraction, cfg.data_split_seed)
+        cap = run.task.max_val_items
+        if cap is not None and len(va_idx) > cap:  # the task's cap, a seeded draw: the rest is trained on
+            order = torch.randperm(len(va_idx), generator=torch.Generator().manual_seed(cfg.data_split_seed))
+            tr_idx = torch.cat([tr_idx, va_idx[order[cap:]]]).sort().values
+            va_idx = va_idx[order[:cap]].sort().values
         run.train_set, run.val_set = run.full.subset(tr_idx, "train"), run.full.subset(va_idx, "val")
     else:
         run.train_set, run.val_set = run.full, None
