@@ -2,6 +2,7 @@
 
     python -m benchmarks.restore_claims train --seeds 0            # every arm: cnnkit train, then cnnkit eval
     python -m benchmarks.restore_claims speed --pairs 6            # ESPCN against SRCNN: cnnkit bench
+    python -m benchmarks.restore_claims claims                     # the claims again, from the runs kept
 
 `train`: each arm is one `cnnkit train --data photographs --budget 600s` (its default `--amp auto`: bf16 autocast
 where the CPU computes it natively and it measures faster; each arm's `-fp32` twin adds `--amp off`) (the
@@ -149,24 +150,35 @@ def claims(runs: list[dict]) -> dict:
     def arms(a: str, b: str):  # noqa: ANN202
         return lambda s: (_network(by[(a, s)]), _network(by[(b, s)])) if (a, s) in by and (b, s) in by else None
 
-    claim("srcnn_minus_bicubic", 1.0,
-          lambda s: (_network(by[("srcnn", s)]), _baseline(by[("srcnn", s)], "bicubic")) if ("srcnn", s) in by
-          else None)
-    claim("edsr_minus_srcnn", 0.5, arms("edsr", "srcnn"))
-    claim("espcn_minus_srcnn", 0.0, arms("espcn", "srcnn"))
-    claim("dncnn_residual_minus_plain", None, arms("dncnn", "dncnn-plain"))
+    def versus(arm: str, baseline: str):  # noqa: ANN202
+        return lambda s: (_network(by[(arm, s)]), _baseline(by[(arm, s)], baseline)) if (arm, s) in by else None
 
-    def versus_filter(s: int):  # noqa: ANN202
-        if ("dncnn", s) not in by:
-            return None
-        r = by[("dncnn", s)]
-        filters = {k: v for k, v in r["val"]["baselines"].items() if k.startswith("gaussian filter")}
-        chosen = max(filters, key=lambda k: filters[k][_metric(r)])
-        r["filter_chosen_on_val"] = chosen
-        return _network(r), _baseline(r, chosen)
+    def versus_filter(arm: str):  # noqa: ANN202
+        def pairs(s: int):  # noqa: ANN202
+            if (arm, s) not in by:
+                return None
+            r = by[(arm, s)]
+            filters = {k: v for k, v in r["val"]["baselines"].items() if k.startswith("gaussian filter")}
+            chosen = max(filters, key=lambda k: filters[k][_metric(r)])
+            r["filter_chosen_on_val"] = chosen
+            return _network(r), _baseline(r, chosen)
+        return pairs
 
-    claim("dncnn_minus_best_gaussian_filter", 3.0, versus_filter)
+    for suffix in ("", "-fp32"):  # each precision's arms against the same precision's
+        tag = suffix.replace("-", "_")
+        claim(f"srcnn_minus_bicubic{tag}", 1.0, versus(f"srcnn{suffix}", "bicubic"))
+        claim(f"edsr_minus_srcnn{tag}", 0.5, arms(f"edsr{suffix}", f"srcnn{suffix}"))
+        claim(f"espcn_minus_srcnn{tag}", 0.0, arms(f"espcn{suffix}", f"srcnn{suffix}"))
+        claim(f"dncnn_residual_minus_plain{tag}", None, arms(f"dncnn{suffix}", f"dncnn-plain{suffix}"))
+        claim(f"dncnn_minus_best_gaussian_filter{tag}", 3.0, versus_filter(f"dncnn{suffix}"))
     return out
+
+
+def recompute(args: argparse.Namespace) -> None:
+    """The claims of the runs in the results file computed again (after the arms or the claims changed)."""
+    result = json.loads(Path(args.results).read_text())
+    args.budget, args.note = result["budget_s"], result.get("note")
+    _write(args, result["runs"])
 
 
 def train(args: argparse.Namespace) -> None:
@@ -270,12 +282,13 @@ def main() -> None:
         p.add_argument("--out", default="/tmp/cnnkit-bench-restore")
         p.add_argument("--note")
     sub.add_parser("table").add_argument("--results", default="benchmarks/results/restore_claims.json")
+    sub.add_parser("claims").add_argument("--results", default="benchmarks/results/restore_claims.json")
     s = sub.choices["speed"]
     s.add_argument("--pairs", type=int, default=6)
     s.add_argument("--repeats", type=int, default=20)
     s.add_argument("--img-size", default="160x240")
     args = ap.parse_args()
-    {"train": train, "speed": speed, "table": table}[args.what](args)
+    {"train": train, "speed": speed, "table": table, "claims": recompute}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -124,6 +124,10 @@ def test_overview_matches_pytorch_and_pages_cover_every_channel(client, uploaded
     for p in range(1, page0["pages"]):
         seen += client.get(f"/v1/models/tiny/explore/images/{uploaded['image']}/nodes/{conv['id']}?page={p}").json()["order"]
     assert sorted(seen) == list(range(want.shape[0]))
+    by_number = client.get(f"/v1/models/tiny/explore/images/{uploaded['image']}?order=index").json()
+    assert by_number["nodes"][conv["id"]]["order"] == list(range(8))  # channel order: a row is a channel
+    page1 = client.get(f"/v1/models/tiny/explore/images/{uploaded['image']}/nodes/{conv['id']}?page=1&order=index")
+    assert page1.json()["order"] == list(range(8, min(16, want.shape[0])))
     # the input as the model sees it
     im = Image.open(io.BytesIO(base64.b64decode(uploaded["input"]["png"])))
     assert im.size == (28, 28) and uploaded["input"]["channels"] == 1
@@ -214,6 +218,7 @@ def test_gallery_marks_misclassified_test_images(client, trained_run):
     ("unknown method", "images/{id}/why?method=magic", 422),
     ("unknown class", "images/{id}/why?target=Spaceship", 422),
     ("topk out of range", "images/{id}?topk=0", 422),
+    ("unknown channel order", "images/{id}?order=random", 422),
     ("unknown model", "../nope/explore/graph", 404),
 ])
 def test_bad_explorer_requests_answer_4xx_with_one_line(client, uploaded, what, path, status):

@@ -115,6 +115,113 @@ def test_upload_gives_the_top_class_of_cnnkit_predict_without_console_errors(pag
     assert page.locator("canvas.ch").count() > 50 and not page.errors, page.errors
 
 
+COLUMN_PIXELS = """[...document.querySelectorAll('#columns .col')].filter((c) => c.dataset.kind).map((c) => {
+  let red = 0, blue = 0, grey = 0, n = 0;
+  for (const cv of c.querySelectorAll('canvas')) {
+    const d = cv.getContext('2d').getImageData(0, 0, cv.width, cv.height).data;
+    for (let i = 0; i < d.length; i += 4) {
+      n++; if (d[i] > d[i + 2]) red++; else if (d[i + 2] > d[i]) blue++;
+      if (d[i] === d[i + 1] && d[i + 1] === d[i + 2]) grey++;
+    }
+  }
+  return { node: c.dataset.node, kind: c.dataset.kind, stage: c.dataset.stage, red, blue, grey, n,
+           values: c.dataset.values.split(',').map(Number), scale: c.dataset.scale.split(',').map(Number) };
+})"""
+
+
+def test_colours_keep_their_sign_in_every_scale_mode_and_a_legend_says_what_they_mean(page, server):
+    """Red is positive and blue negative in every scale mode: a layer after a ReLU (no negative value) has no blue
+    pixel, signed layers show both; the input column is the grey picture; the legend states the rule and the
+    scale (with the bound in global mode); per stage, a residual add is scaled with its stage, not on its own."""
+    open_page(page, server + "/?model=tiny")
+    for mode in ("layer", "stage", "global"):
+        page.select_option("#scale", mode)
+        cols = page.evaluate(COLUMN_PIXELS)
+        non_negative = [c for c in cols if c["kind"] != "input" and c["values"][0] >= 0 and c["values"][1] > 0]
+        assert len(non_negative) > 5 and all(c["blue"] == 0 and c["red"] > 0 for c in non_negative), (mode, [
+            (c["node"], c["blue"]) for c in non_negative if c["blue"]])
+        assert any(c["red"] and c["blue"] for c in cols if c["values"][0] < 0 < c["values"][1]), mode
+        assert all(c["grey"] == c["n"] > 0 for c in cols if c["kind"] == "input"), mode
+        legend = page.text_content("#legend")
+        assert "blue negative" in legend and "red positive" in legend and {"layer": "its own", "stage": "stage's",
+                                                                           "global": "network's"}[mode] in legend
+        if mode == "global":
+            bound = max(abs(v) for c in cols for v in c["values"])
+            assert float(page.text_content("#legend-high").lstrip("+")) == pytest.approx(bound, rel=1e-3)
+        if mode == "stage":
+            adds = [c for c in cols if c["kind"] == "add"]
+            assert adds and all(c["stage"] for c in adds)
+            for c in adds:  # the same scale as the stage's other columns
+                assert any(o["scale"] == c["scale"] for o in cols if o["stage"] == c["stage"] and o["kind"] != "add")
+    assert not page.errors, page.errors
+
+
+DETAIL_IN_VIEW = ("(() => { const r = document.querySelector('#detail-section').getBoundingClientRect(); "
+                  "return r.top > -2 && r.top < innerHeight / 2; })()")
+
+
+def test_vector_layers_open_any_element_the_classes_are_labelled_and_the_detail_comes_into_view(page, server,
+                                                                                                trained_run):
+    """The logits are labelled by class with the prediction marked; the predicted class's logit opens as its dot
+    product and ResNet-9's × 0.125 on it as numbers, which give the softmax's logit; a pooled vector opens at the
+    element clicked, not element 0; each click brings the detail view into view."""
+    from cnnkit.artifacts import load
+
+    classes = load(trained_run.run_dir).classes
+    open_page(page, server + "/?model=tiny")
+    predicted = page.evaluate("document.body.dataset.predicted")
+    lists = page.locator(".classes")
+    assert lists.count() == 3  # the linear layer's logits, their scaling, the softmax
+    for i in range(lists.count()):
+        names = [n.lstrip("★ ") for n in lists.nth(i).locator(".name").all_text_contents()]
+        marked = lists.nth(i).locator(".cls.predicted .name").all_text_contents()
+        assert names == classes and marked == [f"★ {predicted}"]
+    k = classes.index(predicted)
+    linear = page.locator('.col[data-kind="linear"] .cls').nth(k)
+    linear.click()
+    page.wait_for_function(DETAIL_IN_VIEW)
+    formula = page.text_content("#formula")
+    assert f"(class {predicted})" in formula
+    logit = float(page.text_content("#dot-value"))
+    assert logit == pytest.approx(float(formula.rsplit("PyTorch:", 1)[1].strip(" )")), abs=1e-4)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.locator('.col[data-kind="mul"] .cls').nth(k).click()
+    page.wait_for_function(DETAIL_IN_VIEW)
+    assert "× 0.12500" in page.text_content("#formula")
+    scaled = float(page.text_content("#dot-value"))
+    assert scaled == pytest.approx(logit * 0.125, abs=1e-5)
+    page.locator('.classes[data-node="softmax"] .cls').nth(k).click()
+    row = next(r for r in page.text_content("#formula").splitlines() if r.startswith("▶"))
+    assert predicted in row and "★ predicted" in row
+    assert float(row.split("z =")[1].split()[0]) == pytest.approx(scaled, abs=1e-3)
+    page.evaluate("window.scrollTo(0, 0)")
+    pooled = page.locator('.col[data-kind="gpool"] canvas.vec').first
+    box = pooled.bounding_box()
+    pooled.click(position={"x": box["width"] / 2, "y": box["height"] * 0.8})
+    page.wait_for_function(DETAIL_IN_VIEW)
+    node, channel = page.evaluate("document.body.dataset.detail").rsplit(":", 1)
+    size = int(page.locator(f'.col[data-node="{node}"]').get_attribute("title").rsplit("→", 1)[1].split("×")[0])
+    assert abs(int(channel) - 0.8 * size) <= 1 and not page.errors, (channel, size, page.errors)
+
+
+CHANNELS = ("[...document.querySelectorAll('#columns .col')].filter((c) => c.querySelector('canvas.ch'))"
+            ".map((c) => [...c.querySelectorAll('.chwrap')].map((w) => [w.querySelector('canvas').dataset.channel,"
+            " w.querySelector('.chno').textContent]))")
+
+
+def test_each_map_shows_its_channel_number_and_channel_order_makes_a_row_one_channel(page, server):
+    """Every map is labelled with its channel's number; by default each column lists its most active channels
+    first (rows are not channels), and 'by channel number' lists channel 0, 1, … in every column."""
+    open_page(page, server + "/?model=tiny")
+    cols = page.evaluate(CHANNELS)
+    assert all(shown == number for col in cols for shown, number in col)
+    assert any([int(n) for _, n in col] != sorted(int(n) for _, n in col) for col in cols)  # activity order
+    page.select_option("#order", "index")
+    page.wait_for_function(f"({CHANNELS}).every((col) => col.every(([c], k) => c === String(k)))")
+    cols = page.evaluate(CHANNELS)
+    assert len(cols) > 10 and sum(len(col) == 8 for col in cols) > 10 and not page.errors, page.errors
+
+
 def test_elastic_view_shows_pytorchs_numbers(page, server, trained_run):
     """Clicking a channel of a convolution and hovering an output pixel writes out the dot product; its value
     and the value after BatchNorm and ReLU equal PyTorch's outputs at that position to 1e-4."""
@@ -156,6 +263,19 @@ def test_elastic_view_shows_pytorchs_numbers(page, server, trained_run):
         assert final == pytest.approx(max(float(seen["bn"][0, channel, y, xx]), 0.0), abs=1e-4)
     text = page.text_content("#formula")
     assert "16×3×3 = 144 terms" in text and "BatchNorm" in text and "relu" in text
+    # no bias line for a convolution without a bias; the terms largest first; each input channel's window and
+    # kernel slice in numbers (the kernel PyTorch's), with partial sums that add up to the dot product
+    assert conv.bias is None and "bias" not in text.split("BatchNorm")[0]
+    products = [float(a) * float(b) for a, b in re.findall(r"(-?\d+\.\d+)×(-?\d+\.\d+)\[c\d+\]", text)]
+    assert len(products) == 12 and all(abs(p) >= abs(q) - 5e-3 for p, q in zip(products, products[1:]))
+    kernels = page.locator("#detail .inputs .nums table.ker")
+    assert kernels.count() == 16 and page.locator("#detail .inputs .nums table.win").count() == 16
+    for c in (0, 7, 15):
+        shown_k = [float(t) for t in kernels.nth(c).locator("td").all_text_contents()]
+        np.testing.assert_allclose(shown_k, conv.weight[channel, c].detach().flatten().numpy(), atol=0.006)
+    partials = [float(t.lstrip("= ")) for t in page.locator("#detail .inputs .nums .partial").all_text_contents()]
+    total = float(re.search(r"\n  = (-?\d+\.\d+)\n", text).group(1))
+    assert sum(partials) == pytest.approx(total, abs=0.01)
     assert not page.errors, page.errors
 
 

@@ -144,6 +144,8 @@ def test_the_commands_train_and_evaluate_a_restoration_run_and_refuse_the_others
                  "--batch-size", "16", "--out", str(run_dir), "--quiet"])
     out, err = capsys.readouterr()
     assert code == 0, err
+    best = next(line for line in out.splitlines() if "best val psnr" in line)
+    assert best.rstrip(" │").endswith(" dB") and "%" not in out  # PSNR in decibels, not a percentage
     code = main(["eval", "--checkpoint", str(run_dir)])
     out, err = capsys.readouterr()
     assert code == 0 and "PSNR (Y, dB)" in out and "gaussian filter σ 1" in out, err

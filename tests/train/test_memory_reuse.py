@@ -50,7 +50,9 @@ def _later_step_faults(mode: str = "inside", **env: str) -> dict:
 
 
 def test_training_steps_reuse_freed_memory_instead_of_faulting_in_fresh_pages():
-    kept = _later_step_faults()
+    # the fewer of two runs: faults from outside the steps (another process pressing on memory: 2,993 once, with a
+    # test running beside it) only add to a run's count, and reused memory shows in either run
+    kept = min((_later_step_faults() for _ in range(2)), key=lambda r: r["later_steps"])
     system = _later_step_faults(CNNKIT_MALLOC="system")  # the user's opt-out: malloc left alone
     assert kept["took"] and not system["took"]
     # glibc's defaults usually give freed activations back and fault them in again (9,074 to 51,039 pages over six

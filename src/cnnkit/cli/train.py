@@ -182,12 +182,13 @@ def run_training(options: dict[str, Any], *, command: str, resume: Path | None, 
     last, cfg = result.history[-1], result.config
     from cnnkit.tasks import get_task
 
-    score = get_task(cfg.task).score  # the task's score (metrics.csv's train_<score>, val_<score>)
+    task = get_task(cfg.task)
+    score = task.score  # the task's score (metrics.csv's train_<score>, val_<score>)
     taught = {"method": cfg.distill, "teachers": ", ".join(cfg.teachers)} if cfg.distill else {}
     data = f"{cfg.data}, {data_note}" if data_note else cfg.data
     summary(command, {"run": result.run_dir, "model": cfg.model, "data": data, **taught,
-                      "epochs": int(last["epoch"]), f"train {score}": percent(last.get(f"train_{score}")),
-                      f"best val {score}": (percent(result.best_val_acc) + (" (with flip TTA)" if cfg.tta else ""))
+                      "epochs": int(last["epoch"]), f"train {score}": task.score_text(last.get(f"train_{score}")),
+                      f"best val {score}": (task.score_text(result.best_val_acc) + (" (with flip TTA)" if cfg.tta else ""))
                       if result.best_val_acc is not None else "n/a (no val split)",
                       "stopped early": result.stopped_early, "seconds": f"{result.seconds:.1f}",
                       "best checkpoint": result.best_checkpoint})

@@ -276,8 +276,9 @@ def _function_kind(n: torch.fx.Node, typ: str) -> tuple[str, dict[str, Any]]:
         return "add", {}
     if typ in ("cat", "concat", "concatenate"):
         return "cat", {"dim": n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else 0)}
-    if typ in ("mul", "imul"):
-        return "mul", {}
+    if typ in ("mul", "imul"):  # a constant factor (ResNet-9's × 0.125 on the logits) is kept for its view
+        factors = [float(a) for a in n.args if isinstance(a, (int, float)) and not isinstance(a, bool)]
+        return "mul", ({"factor": factors[0]} if len(factors) == 1 else {})
     if typ in ("flatten", "view", "reshape") and n.op in ("call_function", "call_method"):
         return "flatten", {}
     if typ == "mean":
@@ -322,7 +323,7 @@ def conv_terms(inside: Inside, acts: dict[str, torch.Tensor], node_id: str, chan
     return {"node": node.as_dict(), "channel": channel, "group": group, "groups": conv.groups,
             "input_node": node.inputs[0], "input_channels": list(range(group * cin, (group + 1) * cin)),
             "input": x[group * cin:(group + 1) * cin], "weight": conv.weight[channel].detach().float(),
-            "bias": float(conv.bias[channel]) if conv.bias is not None else 0.0,
+            "bias": float(conv.bias[channel]) if conv.bias is not None else 0.0, "has_bias": conv.bias is not None,
             "stride": list(conv.stride), "padding": list(conv.padding) if not isinstance(conv.padding, str)
             else _same_padding(conv), "dilation": list(conv.dilation), "padding_mode": conv.padding_mode,
             "output": acts[node_id][channel], "chain": chain}

@@ -25,6 +25,7 @@ from cnnkit.errors import CnnkitError, ExplainError, error_line
 PAGE_DIR = Path(__file__).parent / "explorer"
 WHY_METHODS = ("gradcam", "gradcam++", "scorecam", "eigencam", "lrp", "saliency")
 DEFAULT_TOPK = 8
+ORDERS = ("activity", "index")  # a layer's channels listed most active first, or by their number
 MAX_VECTOR = 4096  # a flat layer wider than this is sent as its first values only
 
 
@@ -132,7 +133,7 @@ class Explorer:
                                                f"layers are shown in the order they run, joins unknown"),
                 "classes": self.m.classes, "nodes": [n.as_dict() for n in ins.nodes], "output": ins.output_id}
 
-    def overview(self, key: str, topk: int = DEFAULT_TOPK) -> dict[str, Any]:
+    def overview(self, key: str, topk: int = DEFAULT_TOPK, order: str = "activity") -> dict[str, Any]:
         t = time.perf_counter()
         x = self.image(key)
         acts = self.activations(key)
@@ -140,22 +141,22 @@ class Explorer:
         probs = torch.softmax(logits, 0)
         normalized = self.m.normalize(x[None])[0].float()
         mean, std = self.m.ckpt.normalization
-        nodes = {n.id: self._node_page(acts[n.id], 0, topk) for n in self.inside.nodes}
+        nodes = {n.id: self._node_page(acts[n.id], 0, topk, order) for n in self.inside.nodes}
         finite = [v for d in nodes.values() for v in (d["min"], d["max"])]
-        return {"image": key, "model": self.m.name, "topk": topk,
+        return {"image": key, "model": self.m.name, "topk": topk, "order": order,
                 "input": {"png": png(x), "channels": x.shape[0], "height": x.shape[1], "width": x.shape[2],
                           "mean": mean, "std": std, "min": float(normalized.min()), "max": float(normalized.max())},
                 "logits": logits.tolist(), "probabilities": probs.tolist(), "predicted": int(probs.argmax()),
                 "global": {"min": min(finite), "max": max(finite)}, "nodes": nodes,
                 "seconds": time.perf_counter() - t}
 
-    def node_page(self, key: str, node: str, page: int, topk: int) -> dict[str, Any]:
+    def node_page(self, key: str, node: str, page: int, topk: int, order: str = "activity") -> dict[str, Any]:
         if node not in self.inside.by_id:
             raise NotFound(f"no layer {node!r} in {self.m.name}")
-        return self._node_page(self.activations(key)[node], page, topk)
+        return self._node_page(self.activations(key)[node], page, topk, order)
 
     @staticmethod
-    def _node_page(a: torch.Tensor, page: int, topk: int) -> dict[str, Any]:
+    def _node_page(a: torch.Tensor, page: int, topk: int, order_by: str = "activity") -> dict[str, Any]:
         if a.ndim == 1 or (a.ndim == 3 and a.shape[1:] == (1, 1)):  # a vector: every value (up to a bound)
             v = a.flatten()
             return {"kind": "vector", "size": len(v), "values": [round(float(f), 6) for f in v[:MAX_VECTOR]],
@@ -165,7 +166,8 @@ class Explorer:
         if a.ndim != 3:
             a = a.reshape(a.shape[0], a.shape[1], -1)
         channels = a.shape[0]
-        order = a.flatten(1).mean(1).argsort(descending=True, stable=True)  # most active first
+        order = (torch.arange(channels) if order_by == "index"  # a row is one channel in every column
+                 else a.flatten(1).mean(1).argsort(descending=True, stable=True))  # most active first
         pages = max(1, -(-channels // topk))
         if not 0 <= page < pages:
             raise NotFound(f"page {page} does not exist: {pages} pages of {topk} channels")

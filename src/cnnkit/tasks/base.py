@@ -188,6 +188,11 @@ class Task(ABC):
         """One answer's value as a command prints it (classification: a probability in percent)."""
         return f"{value:.4g}"
 
+    def score_text(self, value: float | None) -> str:
+        """The task's validation score as a command prints it to a person: a fraction (accuracy, mIoU, mAP) in
+        percent with two decimals, as cnnkit.cli.console.percent; n/a when not measured."""
+        return "n/a" if value is None or value != value else f"{100 * value:.2f}%"
+
     def summary(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """The few metrics a command prints after an evaluation (label -> value); default: every number."""
         return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

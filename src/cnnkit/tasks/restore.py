@@ -301,5 +301,8 @@ class Restoration(Task):
     def format_value(self, value: float) -> str:
         return f"{value:.2f} dB" if math.isfinite(value) else str(value)
 
+    def score_text(self, value: float | None) -> str:  # PSNR, in decibels (not a fraction)
+        return "n/a" if value is None or value != value else self.format_value(value)
+
 
 RESTORE = register_task(Restoration())

@@ -24,7 +24,8 @@ const query = new URLSearchParams(location.search);
 const token = query.get("token");
 const WHY_METHODS = ["gradcam", "gradcam++", "scorecam", "eigencam", "lrp", "saliency"];
 
-const state = { model: null, graph: null, overview: null, image: null, scale: "layer", topk: 8,
+const orderParam = () => (state.order === "index" ? "&order=index" : "");  // the default is left out (exports)
+const state = { model: null, graph: null, overview: null, image: null, scale: "layer", topk: 8, order: "activity",
                 pages: {}, selected: null, gallery: [], target: null };
 
 function status(text, error = false) {
@@ -58,24 +59,26 @@ function floats(obj) {  // {shape, f32} -> {shape, data: Float32Array}
   return { shape: obj.shape, data: new Float32Array(bytes(obj.f32).buffer) };
 }
 
-// a diverging blue-white-red scale around 0 when the range has both signs, else white to dark blue
+// One colour rule everywhere, whatever the scale mode: white is zero, red positive, blue negative, each the
+// deeper the larger |value| is against the scale's bound m = max(|lo|, |hi|). A layer of one sign (after a ReLU)
+// thus uses one half (white to red), the half its values have in every other view; the input is drawn in grey.
 function colour(v, lo, hi) {
-  if (lo < 0 && hi > 0) {
-    const m = Math.max(-lo, hi) || 1;
-    const t = Math.max(-1, Math.min(1, v / m));
-    return t >= 0 ? [255, Math.round(255 * (1 - t)), Math.round(255 * (1 - t))]
-                  : [Math.round(255 * (1 + t)), Math.round(255 * (1 + t)), 255];
-  }
-  const t = hi > lo ? Math.max(0, Math.min(1, (v - lo) / (hi - lo))) : 0;
-  return [Math.round(255 - 225 * t), Math.round(255 - 190 * t), Math.round(255 - 95 * t)];
+  const m = Math.max(Math.abs(lo), Math.abs(hi)) || 1;
+  const t = Math.max(-1, Math.min(1, v / m));
+  return t >= 0 ? [255, Math.round(255 * (1 - t)), Math.round(255 * (1 - t))]
+                : [Math.round(255 * (1 + t)), Math.round(255 * (1 + t)), 255];
+}
+function grey(v, lo, hi) {  // black at lo, white at hi: an input channel as the picture it is
+  const g = Math.round(255 * (hi > lo ? Math.max(0, Math.min(1, (v - lo) / (hi - lo))) : 0.5));
+  return [g, g, g];
 }
 
-function drawMap(canvas, values, h, w, lo, hi) {  // values: indexable, length h*w
+function drawMap(canvas, values, h, w, lo, hi, paint = colour) {  // values: indexable, length h*w
   canvas.width = w; canvas.height = h;
   const ctx = canvas.getContext("2d");
   const img = ctx.createImageData(w, h);
   for (let i = 0; i < h * w; i++) {
-    const [r, g, b] = colour(values[i], lo, hi);
+    const [r, g, b] = paint(values[i], lo, hi);
     img.data[4 * i] = r; img.data[4 * i + 1] = g; img.data[4 * i + 2] = b; img.data[4 * i + 3] = 255;
   }
   ctx.putImageData(img, 0, 0);
@@ -98,6 +101,7 @@ async function chooseModel() {
   if (EXPORT) {
     state.model = EXPORT.model;
     $("#model-select").closest("label").hidden = true;
+    $("#order").closest("label").hidden = true;  // an export holds the default order only
     $("#drop").textContent = "Static export: pick one of the images below.";
     return;
   }
@@ -136,7 +140,7 @@ async function upload(file) {
   const form = new FormData();
   form.append("file", file, file.name);
   try {
-    const ov = await api(`images?topk=${state.topk}`, { method: "POST", body: form });
+    const ov = await api(`images?topk=${state.topk}${orderParam()}`, { method: "POST", body: form });
     await render(ov);
   } catch (e) { status(e.message, true); }
 }
@@ -152,12 +156,13 @@ function wireInput() {
   });
   $("#scale").onchange = (ev) => { state.scale = ev.target.value; drawOverview(); };
   $("#topk").onchange = (ev) => { state.topk = Number(ev.target.value); if (state.image) showImage(state.image); };
+  $("#order").onchange = (ev) => { state.order = ev.target.value; if (state.image) showImage(state.image); };
 }
 
 async function showImage(id) {
   status("computing activations …");
   try {
-    await render(await api(`images/${id}?topk=${state.topk}`));
+    await render(await api(`images/${id}?topk=${state.topk}${orderParam()}`));
   } catch (e) { status(e.message, true); }
 }
 
@@ -185,17 +190,42 @@ async function render(ov) {
 }
 
 // ---------------------------------------------------------------------------------------------- overview
+function stageOf(node) {  // a join (add, cat) outside any module takes the stage of the first input that has one
+  const seen = new Set();
+  while (node && !node.stage && !seen.has(node.id)) {
+    seen.add(node.id);
+    node = state.graph.nodes.find((n) => n.id === node.inputs[0]);
+  }
+  return node ? node.stage : "";
+}
+
 function scaleOf(node, page) {
   const ov = state.overview;
   if (state.scale === "global") return [ov.global.min, ov.global.max];
-  if (state.scale === "stage" && node.stage) {
+  const stage = state.scale === "stage" && node.kind !== "input" ? stageOf(node) : "";
+  if (stage) {
     let lo = Infinity, hi = -Infinity;
-    for (const n of state.graph.nodes) if (n.stage === node.stage) {
+    for (const n of state.graph.nodes) if (n.kind !== "input" && stageOf(n) === stage) {
       lo = Math.min(lo, ov.nodes[n.id].min); hi = Math.max(hi, ov.nodes[n.id].max);
     }
     return [lo, hi];
   }
   return [page.min, page.max];
+}
+
+const SCALE_TEXT = { layer: "each column against its own largest |value|",
+                     stage: "each stage's columns against the stage's largest |value|",
+                     global: "every column against the network's largest |value|" };
+
+function drawLegend() {  // the colour rule and the current scale's meaning (and its bound, when there is one)
+  const ov = state.overview;
+  const c = $("#legend-bar");
+  drawMap(c, Array.from({ length: 101 }, (_, i) => i / 50 - 1), 1, 101, -1, 1);
+  const m = Math.max(Math.abs(ov.global.min), Math.abs(ov.global.max));
+  $("#legend-low").textContent = state.scale === "global" ? `−${fmt(m, 3)}` : "−m";
+  $("#legend-high").textContent = state.scale === "global" ? `+${fmt(m, 3)}` : "+m";
+  $("#legend-text").textContent = `blue negative · white 0 · red positive; ${SCALE_TEXT[state.scale]}` +
+    (state.scale === "global" ? "" : " (m, under each column)") + "; the input in grey";
 }
 
 function kindLabel(n) {
@@ -214,11 +244,23 @@ function drawColumn(node) {
     el("header", { text: node.label }), el("div", { class: "kind", text: kindLabel(node) }),
     el("div", { class: "kind", text: node.shape.join("×") }));
   const [lo, hi] = scaleOf(node, page);
-  if (page.kind === "vector") {
+  const m = Math.max(Math.abs(lo), Math.abs(hi));
+  Object.assign(col.dataset, { kind: node.kind, scale: `${lo},${hi}`, values: `${page.min},${page.max}`,
+                               stage: state.scale === "stage" ? stageOf(node) : "" });
+  if (node.kind !== "input") col.append(el("div", { class: "kind range", title: "this column's colour bound m", text: `m ${fmt(m, 3)}` }));
+  if (node.kind === "input" && state.overview.input.channels === 3) {  // the picture, then its channels in grey
+    col.append(el("img", { class: "ch picture", alt: "the input image", src: `data:image/png;base64,${state.overview.input.png}` }));
+  }
+  if (page.kind === "vector" && classLabel(node, 0)) {  // the logits (and what scales them): one row per class
+    col.classList.add("classcol");
+    col.append(classRows(page.values, lo, hi, (i, row) => openDetail(node, i, row), node.id));
+  } else if (page.kind === "vector") {
     const c = el("canvas", { class: "vec", "data-node": node.id, "data-channel": "0" });
     const n = Math.min(page.values.length, 512);
     drawMap(c, page.values.slice(0, n), n, 1, lo, hi);
-    c.onclick = () => openDetail(node, 0, c);
+    const at = (ev) => { const r = c.getBoundingClientRect(); return Math.max(0, Math.min(n - 1, Math.floor(((ev.clientY - r.top) / r.height) * n))); };
+    c.onmousemove = (ev) => { const i = at(ev); c.title = `element ${i}: ${fmt(page.values[i])} (click to open)`; };
+    c.onclick = (ev) => { const i = at(ev); c.dataset.channel = String(i); openDetail(node, i, c); };
     col.append(c);
   } else {
     const q = bytes(page.data);
@@ -228,14 +270,15 @@ function drawColumn(node) {
       const a = page.lo[k], b = page.hi[k];
       const vals = new Float32Array(size);
       for (let i = 0; i < size; i++) vals[i] = a + (q[k * size + i] / 255) * (b - a);
-      drawMap(c, vals, page.height, page.width, lo, hi);
+      if (node.kind === "input") drawMap(c, vals, page.height, page.width, page.min, page.max, grey);
+      else drawMap(c, vals, page.height, page.width, lo, hi);
       c.onclick = () => openDetail(node, ch, c);
-      col.append(c);
+      col.append(el("div", { class: "chwrap" }, c, el("span", { class: "chno", "aria-hidden": "true", text: String(ch) })));
     });
     if (page.pages > 1) {
       const go = async (p) => {
         try {
-          state.pages[node.id] = await api(`images/${state.image}/nodes/${node.id}?page=${p}&topk=${state.topk}`);
+          state.pages[node.id] = await api(`images/${state.image}/nodes/${node.id}?page=${p}&topk=${state.topk}${orderParam()}`);
           col.replaceWith(drawColumn(node));
           drawEdges();
         } catch (e) { status(e.message, true); }
@@ -249,17 +292,43 @@ function drawColumn(node) {
   return col;
 }
 
+// a vector as long as the class list, at the output or feeding it through a scaling or a flatten: its classes
+function classLabel(node, i) {
+  const cls = state.graph.classes, out = state.graph.nodes.find((n) => n.id === state.graph.output);
+  const size = state.overview.nodes[node.id] && state.overview.nodes[node.id].size;
+  if (size !== cls.length) return "";
+  for (let n = out, hops = 0; n && hops < 4; n = state.graph.nodes.find((m) => m.id === n.inputs[0]), hops++) {
+    if (n.id === node.id) return cls[i];
+    if (!["mul", "flatten", "other", "linear"].includes(n.kind)) break;
+  }
+  return "";
+}
+
+function classRows(values, lo, hi, open, id, text = (v) => fmt(v, 3)) {  // one labelled row per class
+  const cls = state.graph.classes, predicted = state.overview.predicted;
+  const box = el("div", { class: "classes", "data-node": id });
+  values.forEach((v, i) => {
+    const [r, g, b] = colour(v, lo, hi);
+    const row = el("div", { class: `cls${i === predicted ? " predicted" : ""}`, "data-channel": String(i),
+                            title: `${cls[i]}: ${fmt(v)}${i === predicted ? " (the prediction)" : ""}` },
+      el("span", { class: "swatch", style: `background: rgb(${r},${g},${b})` }),
+      el("span", { class: "name", text: `${i === predicted ? "★ " : ""}${cls[i]}` }), el("span", { class: "v", text: text(v) }));
+    row.onclick = () => { for (const s of document.querySelectorAll(".cls.selected")) s.classList.remove("selected");
+                          row.classList.add("selected"); open(i, row); };
+    box.append(row);
+  });
+  return box;
+}
+
 function drawOverview() {
   const cols = $("#columns");
   cols.replaceChildren(...state.graph.nodes.map(drawColumn));
   const ov = state.overview;
-  const soft = el("div", { class: "col", "data-node": "softmax" }, el("header", { text: "softmax" }),
+  const soft = el("div", { class: "col classcol", "data-node": "softmax" }, el("header", { text: "softmax" }),
                   el("div", { class: "kind", text: "class scores" }));
-  const c = el("canvas", { class: "vec", "data-node": "softmax", "data-channel": "0" });
-  drawMap(c, ov.probabilities, ov.probabilities.length, 1, 0, 1);
-  c.onclick = () => openSoftmax();
-  soft.append(c);
+  soft.append(classRows(ov.probabilities, 0, 1, (i) => openSoftmax(i), "softmax", (p) => `${(100 * p).toFixed(1)}%`));
   cols.append(soft);
+  drawLegend();
   requestAnimationFrame(drawEdges);
 }
 
@@ -361,10 +430,18 @@ async function openDetail(node, channel, canvas) {
   try { d = await api(`images/${state.image}/nodes/${node.id}/channels/${channel}`); }
   catch (e) { box.replaceChildren(el("p", { class: "note", text: e.message })); return; }
   box.replaceChildren();
-  const view = node.kind === "linear" && !d.weight ? otherView : { conv: convView, act: actView, pool: poolView, gpool: gpoolView, bn: bnView, linear: linearView,
+  const single = floats(d.output).data.length === 1 && ["mul", "flatten", "other", "norm"].includes(node.kind);
+  const view = single ? elementView : node.kind === "linear" && !d.weight ? otherView : { conv: convView, act: actView, pool: poolView, gpool: gpoolView, bn: bnView, linear: linearView,
                  add: addView, cat: catView }[node.kind] || otherView;
   view(box, node, channel, d);
   document.body.dataset.detail = `${node.id}:${channel}`;
+  bringDetail();
+}
+
+function bringDetail() {  // the detail view opens below the overview: scroll to it, and flash it once
+  const sec = $("#detail-section");
+  sec.scrollIntoView({ behavior: matchMedia("(prefers-reduced-motion: reduce)").matches ? "auto" : "smooth", block: "start" });
+  sec.classList.remove("flash"); void sec.offsetWidth; sec.classList.add("flash");
 }
 
 function convView(box, node, channel, d) {
@@ -418,19 +495,30 @@ function convView(box, node, channel, d) {
     const y0 = oy * sh - ph, x0 = ox * sw - pw;
     inBoxes.forEach((b) => showWindow(b, H, W, y0, x0, (kh - 1) * dh + 1, (kw - 1) * dw + 1));
     let sum = 0;
-    const terms = [];
-    for (let c = 0; c < cin; c++) for (let ky = 0; ky < kh; ky++) for (let kx = 0; kx < kw; kx++) {
-      const iy = pad(y0 + ky * dh, H), ix = pad(x0 + kx * dw, W);
-      const v = iy >= 0 && ix >= 0 ? x.data[(c * H + iy) * W + ix] : 0;
-      const wt = w.data[(c * kh + ky) * kw + kx];
-      sum += v * wt;
-      if (terms.length < 18) terms.push(`${fmt(v, 3)}×${fmt(wt, 3)}`);
+    const terms = [], partial = new Float64Array(cin), windows = [];
+    for (let c = 0; c < cin; c++) {
+      const win = [];
+      for (let ky = 0; ky < kh; ky++) for (let kx = 0; kx < kw; kx++) {
+        const iy = pad(y0 + ky * dh, H), ix = pad(x0 + kx * dw, W);
+        const v = iy >= 0 && ix >= 0 ? x.data[(c * H + iy) * W + ix] : 0;
+        const wt = w.data[(c * kh + ky) * kw + kx];
+        sum += v * wt; partial[c] += v * wt;
+        terms.push([v * wt, v, wt, c]);
+        win.push(v);
+      }
+      windows.push(win);
     }
+    terms.sort((a, b) => Math.abs(b[0]) - Math.abs(a[0]));  // the largest contributions first
+    const shownTerms = terms.slice(0, 12).map(([, v, wt, c]) => `${fmt(v, 3)}×${fmt(wt, 3)}${cin > 1 ? `[c${d.input_channels[c]}]` : ""}`);
     const z = sum + d.bias;
     const n = cin * kh * kw;
+    const byChannel = [...partial.keys()].sort((a, b) => Math.abs(partial[b]) - Math.abs(partial[a]));
     const lines = [`output[${oy}, ${ox}] = Σ input × weight over ${cin}×${kh}×${kw} = ${n} terms`,
-      `  = ${terms.join(" + ")}${n > terms.length ? ` + … (${n - terms.length} more)` : ""}`,
-      `  = ${fmt(sum)}`, `  + bias ${fmt(d.bias)}`];
+      `  largest first: ${shownTerms.join(" + ")}${n > shownTerms.length ? ` + … (${n - shownTerms.length} more)` : ""}`,
+      ...(cin > 1 ? [`  per input channel (each channel's window · its kernel slice), largest first:`,
+                     `    ${byChannel.slice(0, 8).map((c) => `c${d.input_channels[c]} ${fmt(partial[c], 4)}`).join(" + ")}${cin > 8 ? ` + … (${cin - 8} more)` : ""}`] : []),
+      `  = ${fmt(sum)}`, ...(d.has_bias === false ? [] : [`  + bias ${fmt(d.bias)}`])];
+    numbersOf(inBoxes, windows, w, kh, kw, shown, partial);
     const conv = el("span", { id: "dot-value", text: fmt(z) });
     let y = z;
     const tail = [];
@@ -448,6 +536,22 @@ function convView(box, node, channel, d) {
     if (tail.length) formula.append(el("div", {}, tail.join("\n"), "\n= ", el("span", { id: "dot-final", text: fmt(y) }),
                                        el("span", { text: `   (PyTorch: ${fmt(final.data[oy * ow + ox])})` })));
     formula.dataset.pixel = `${oy},${ox}`;
+  });
+}
+
+// under each input channel of the elastic view: its window's values beside its kernel slice, in numbers, and the
+// channel's partial sum (the two grids' products added up)
+function numbersOf(inBoxes, windows, w, kh, kw, shown, partial) {
+  if (kh * kw > 49) return;
+  inBoxes.forEach((b, c) => {
+    if (c >= shown) return;
+    let t = b.querySelector(".nums");
+    if (!t) { t = el("div", { class: "nums" }); b.append(t); }
+    const grid = (vals, cls) => el("table", { class: cls }, ...Array.from({ length: kh }, (_, ky) =>
+      el("tr", {}, ...Array.from({ length: kw }, (_, kx) => el("td", { text: fmt(vals[ky * kw + kx], 2) })))));
+    t.replaceChildren(grid(windows[c], "win"), el("span", { text: "·" }),
+                      grid(w.data.subarray(c * kh * kw, (c + 1) * kh * kw), "ker"),
+                      el("span", { class: "partial", text: `= ${fmt(partial[c], 3)}` }));
   });
 }
 
@@ -532,7 +636,7 @@ function linearView(box, node, channel, d) {
   const terms = [...x.data].map((v, i) => [i, v, w.data[i], v * w.data[i]]);
   const sum = terms.reduce((a, t) => a + t[3], 0);
   const top = [...terms].sort((a, b) => Math.abs(b[3]) - Math.abs(a[3])).slice(0, 12);
-  const cls = node.id === state.graph.output ? ` (class ${state.graph.classes[channel]})` : "";
+  const cls = classLabel(node, channel) ? ` (class ${classLabel(node, channel)})` : "";
   box.append(el("div", { id: "formula" },
     `output ${channel}${cls} = Σ xᵢ·wᵢ over ${x.data.length} inputs + bias\n`,
     `largest terms: ${top.map(([i, v, wt]) => `x${i} ${fmt(v, 3)}×${fmt(wt, 3)}`).join(" + ")}${terms.length > 12 ? " + …" : ""}\n`,
@@ -571,13 +675,31 @@ function otherView(box, node, channel, d) {
              el("p", { class: "note", text: d.note || `${node.type}: ${node.kind === "flatten" ? "the same values, reshaped" : "no formula view here; its input and output are shown"}` }));
 }
 
-function openSoftmax() {
+function elementView(box, node, channel, d) {  // one element of a vector layer (flatten, a scaling), in numbers
+  const ins = (d.input || []).map((t) => floats(t).data[0]), y = floats(d.output).data[0];
+  const f = node.params && node.params.factor;
+  const cls = classLabel(node, channel);
+  let text;
+  if (node.kind === "mul" && f !== undefined)
+    text = `A constant scaling: output[${channel}] = input × ${fmt(f, 5)} = ${fmt(ins[0])} × ${fmt(f, 5)} = `;
+  else if (node.kind === "mul")
+    text = `An element-wise product: output[${channel}] = ${ins.map((v) => fmt(v)).join(" × ")} = `;
+  else if (node.kind === "flatten")
+    text = `Flatten: the values are kept, only their shape changes (C×H×W to one vector). output[${channel}] = input[${channel}] = `;
+  else
+    text = `${node.type}: input ${ins.map((v) => fmt(v)).join(", ")} → output[${channel}] = `;
+  box.append(el("div", { id: "formula" }, text, el("span", { id: "dot-value", text: fmt(y) }), cls ? `   (class ${cls})` : ""));
+}
+
+function openSoftmax(chosen) {
   const ov = state.overview, cls = state.graph.classes;
+  document.body.dataset.detail = `softmax:${chosen}`;
+  bringDetail();
   const m = Math.max(...ov.logits);
   const ex = ov.logits.map((z) => Math.exp(z - m));
   const s = ex.reduce((a, b) => a + b, 0);
   $("#detail-title").textContent = "softmax: logits to probabilities";
-  const rows = ov.logits.map((z, i) => `${cls[i].padEnd(14)} z = ${fmt(z, 4).padStart(9)}   e^(z − max) = ${fmt(ex[i], 5)}   p = ${fmt(ex[i] / s, 5)}   (PyTorch: ${fmt(ov.probabilities[i], 5)})`);
+  const rows = ov.logits.map((z, i) => `${i === chosen ? "▶ " : "  "}${cls[i].padEnd(14)} z = ${fmt(z, 4).padStart(9)}   e^(z − max) = ${fmt(ex[i], 5)}   p = ${fmt(ex[i] / s, 5)}   (PyTorch: ${fmt(ov.probabilities[i], 5)})${i === ov.predicted ? "  ★ predicted" : ""}`);
   $("#detail").replaceChildren(el("div", { id: "formula", text: `pᵢ = e^(zᵢ − max z) / Σⱼ e^(zⱼ − max z),  Σ = ${fmt(s)}\n${rows.join("\n")}` }));
 }
 

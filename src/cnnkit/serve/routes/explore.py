@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from cnnkit.errors import CnnkitError, ExplainError, close_matches, error_line
 from cnnkit.serve.bodies import int_field, read_images, str_field
-from cnnkit.serve.explore import DEFAULT_TOPK, PAGE_DIR, WHY_METHODS, Explorer, NotFound, page_html
+from cnnkit.serve.explore import DEFAULT_TOPK, ORDERS, PAGE_DIR, WHY_METHODS, Explorer, NotFound, page_html
 from cnnkit.serve.models import ServedModel
 from cnnkit.serve.problems import Problem
 from cnnkit.serve.service import service_of
@@ -51,6 +51,15 @@ def _topk(request: Request) -> int:
     return int_field({}, request, "topk", DEFAULT_TOPK, 1, 256)
 
 
+def _order(request: Request) -> str:
+    """How each layer's channels are listed: `activity` (most active first, the default) or `index` (channel 0
+    first in every layer, so that a row is one channel across the columns)."""
+    order = request.query_params.get("order", "activity")
+    if order not in ORDERS:
+        raise Problem(422, f"order must be one of {', '.join(ORDERS)}, got {order[:40]!r}")
+    return order
+
+
 @router.get("/", include_in_schema=False)
 async def page() -> HTMLResponse:
     return HTMLResponse(page_html())
@@ -83,22 +92,22 @@ async def upload(name: str, request: Request) -> JSONResponse:
     ex = await _explorer(request, name)
     x, _, _, _ = await read_images(request, ex.m, service_of(request).options, single=True)
     key = ex.add_image(x[0])
-    return JSONResponse(await _run(ex.m, ex.overview, key, _topk(request)))
+    return JSONResponse(await _run(ex.m, ex.overview, key, _topk(request), _order(request)))
 
 
 @router.get("/v1/models/{name}/explore/images/{key}")
 async def overview(name: str, key: str, request: Request) -> JSONResponse:
     """Every layer's top-k channels (uint8 maps, each with its min and max), class scores, the input."""
     ex = await _explorer(request, name)
-    return JSONResponse(await _run(ex.m, ex.overview, key, _topk(request)))
+    return JSONResponse(await _run(ex.m, ex.overview, key, _topk(request), _order(request)))
 
 
 @router.get("/v1/models/{name}/explore/images/{key}/nodes/{node}")
 async def node_page(name: str, key: str, node: str, request: Request) -> JSONResponse:
-    """Another page of a layer's channels, most active first."""
+    """Another page of a layer's channels, most active first (or in channel order: `order=index`)."""
     ex = await _explorer(request, name)
     p = int_field({}, request, "page", 0, 0, 1 << 20)
-    return JSONResponse(await _run(ex.m, ex.node_page, key, node, p, _topk(request)))
+    return JSONResponse(await _run(ex.m, ex.node_page, key, node, p, _topk(request), _order(request)))
 
 
 @router.get("/v1/models/{name}/explore/images/{key}/nodes/{node}/channels/{channel}")
