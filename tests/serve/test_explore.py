@@ -308,6 +308,8 @@ def test_static_export_holds_every_answer_the_page_reads(tmp_path, trained_run, 
     answers = data["answers"]
     ids = [i["id"] for i in answers["gallery"]["images"]]
     assert len(ids) == 2 and data["model"]
+    # a correctly classified image first, then a misclassified one (the gallery has both: it keeps a third wrong)
+    assert [i["correct"] for i in answers["gallery"]["images"]] == [True, False]
     for key in ids:
         ov = answers[f"images/{key}?topk=8"]
         why = [k for k in answers if k.startswith(f"images/{key}/why?target={ov['predicted']}&")]

@@ -222,6 +222,46 @@ def test_each_map_shows_its_channel_number_and_channel_order_makes_a_row_one_cha
     assert len(cols) > 10 and sum(len(col) == 8 for col in cols) > 10 and not page.errors, page.errors
 
 
+ACTIVE = "[document.activeElement.tagName, document.activeElement.className, document.activeElement.dataset.node || '', " \
+         "document.activeElement.dataset.channel || '']"
+
+
+def test_the_page_works_by_keyboard(page, server):
+    """Tab reaches the file chooser, the gallery and the maps in a few dozen stops (the maps are one stop and the
+    pager buttons none, not hundreds); arrows move between maps, Enter opens one, PageDown turns a layer's page;
+    changing the channel count keeps the open detail; Enter on a class's score bar explains it."""
+    open_page(page, server + "/?model=tiny")
+    stops = []
+    for _ in range(80):
+        page.keyboard.press("Tab")
+        stops.append(page.evaluate(ACTIVE))
+        if stops[-1][0] == "CANVAS":
+            break
+    assert stops[-1][:2] == ["CANVAS", "ch"] and len(stops) < 50, stops
+    assert any(s[:2] == ["LABEL", "button"] for s in stops) and any(s[0] == "FIGURE" for s in stops)
+    page.keyboard.press("ArrowRight")
+    _, _, node, first = page.evaluate(ACTIVE)
+    page.keyboard.press("ArrowDown")
+    tag, _, same, channel = page.evaluate(ACTIVE)
+    assert tag == "CANVAS" and same == node and channel != first
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"document.body.dataset.detail === '{node}:{channel}'")
+    assert page.evaluate("document.querySelectorAll('#columns canvas.ch[tabindex=\"0\"]').length") == 1
+    paged = page.locator('.col[data-node="layer2_0_0"] canvas.ch').first
+    paged.focus()
+    page.keyboard.press("PageDown")
+    page.wait_for_function("document.querySelector('.col[data-node=\"layer2_0_0\"] .pager span').textContent"
+                           ".startsWith('2/') && document.activeElement.dataset.node === 'layer2_0_0'")
+    page.select_option("#topk", "4")
+    page.wait_for_function("document.querySelectorAll('#columns .col')[1].querySelectorAll('canvas.ch').length <= 4"
+                           " && document.querySelector('#detail').children.length > 0")
+    assert page.text_content("#detail-title").endswith(f"channel {channel}")
+    page.focus('.scorebar[data-class="2"]')
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelectorAll('.why-card').length === 6")
+    assert not page.errors, page.errors
+
+
 def test_elastic_view_shows_pytorchs_numbers(page, server, trained_run):
     """Clicking a channel of a convolution and hovering an output pixel writes out the dot product; its value
     and the value after BatchNorm and ReLU equal PyTorch's outputs at that position to 1e-4."""
@@ -309,12 +349,16 @@ def test_static_export_opens_from_file_and_shows_the_same_overview(page, server,
     from cnnkit.serve import load_models
     from cnnkit.serve.explore import Explorer, export_site
 
+    m = load_models([f"tiny={trained_run.run_dir}"], device="cpu")["tiny"]
+    ex = Explorer(m)
+    site = export_site(ex, tmp_path / "site", images=1)
+    exported = next(i for i in ex.gallery()["images"] if i["correct"])  # the export's first: a correct one
     open_page(page, server + "/?model=tiny")
+    page.locator(f'#gallery figure[data-id="{exported["id"]}"]').click()  # the same image, live (ids are content's)
+    page.wait_for_function(f"document.body.dataset.image === '{exported['id']}'")
     live = page.evaluate("[...document.querySelectorAll('.col')].map(c => c.dataset.node + ':' +"
                          " [...c.querySelectorAll('canvas.ch')].map(x => x.dataset.channel).join(','))")
     live_image, live_class = page.evaluate("[document.body.dataset.image, document.body.dataset.predicted]")
-    m = load_models([f"tiny={trained_run.run_dir}"], device="cpu")["tiny"]
-    site = export_site(Explorer(m), tmp_path / "site", images=1)
     page.goto(site.resolve().as_uri())
     page.wait_for_selector("body[data-ready]", timeout=60_000)
     static = page.evaluate("[...document.querySelectorAll('.col')].map(c => c.dataset.node + ':' +"
@@ -325,6 +369,21 @@ def test_static_export_opens_from_file_and_shows_the_same_overview(page, server,
     page.wait_for_function("document.body.dataset.detail && document.body.dataset.detail.startsWith('layer1_0_0')")
     hover_output(page, 0.5, 0.5)
     assert float(page.text_content("#dot-value")) == pytest.approx(torch_value(page), abs=2e-5)
+    # the export offers only what it holds: its one channel count, no server timing, no internal request paths,
+    # the explanations of the predicted and true class (the others' bars say they are not held)
+    assert page.locator("#topk option").all_text_contents() == ["8"] and "server" not in page.text_content("#status")
+    pager = page.locator('.col[data-node="layer2_0_0"] .pager button').last
+    pager.click()
+    page.wait_for_function("document.querySelector('.col[data-node=\"layer2_0_0\"] .pager span').textContent"
+                           ".startsWith('2/')")
+    page.locator('canvas.ch[data-node="layer2_0_0"]').first.click()
+    page.wait_for_function("document.querySelector('#detail').textContent.includes('does not hold')")
+    assert "images/" not in page.text_content("#detail")
+    held = page.locator(".scorebar:not(.unheld)")
+    assert 1 <= held.count() <= 2 and page.locator(".scorebar.unheld").count() == 10 - held.count()
+    assert "★ predicted" in page.text_content(".scorebar:not(.unheld)") and page.locator(".scorebar.truth").count() == 1
+    page.locator(".scorebar.unheld").first.click(force=True)  # aria-disabled: still clickable, and says why
+    assert "holds the explanations" in page.text_content("#status") and page.locator(".why-card").count() == 0
     assert not page.errors, page.errors
 
 

@@ -268,6 +268,19 @@ def page_html(data: dict[str, Any] | None = None) -> str:
                         '<script type="module">\n' + js + "\n</script>")
 
 
+def _mixed(items: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """`n` gallery images, correctly classified and misclassified ones alternating while both last: an export
+    shows what the model gets right as well as what it gets wrong."""
+    right = [i for i in items if i["correct"] is not False]
+    wrong = [i for i in items if i["correct"] is False]
+    out: list[dict[str, Any]] = []
+    while len(out) < n and (right or wrong):
+        for pool in (right, wrong):
+            if pool and len(out) < n:
+                out.append(pool.pop(0))
+    return out
+
+
 def export_site(ex: Explorer, out: str | Path, images: int = 8, topk: int = DEFAULT_TOPK,
                 max_detail_floats: int = 200_000) -> Path:
     """Write the explorer for `images` gallery images as one self-contained HTML file under `out`: overview,
@@ -276,7 +289,7 @@ def export_site(ex: Explorer, out: str | Path, images: int = 8, topk: int = DEFA
     from cnnkit.artifacts import atomic_write_text, claim_dir
 
     gallery = ex.gallery()
-    chosen = gallery["images"][:images]
+    chosen = _mixed(gallery["images"], images)
     if not chosen:
         raise ExplainError(f"nothing to export: {gallery.get('note') or 'the gallery is empty'}")
     answers: dict[str, Any] = {"graph": ex.graph(), "gallery": {**gallery, "images": chosen}}

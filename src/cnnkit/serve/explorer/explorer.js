@@ -15,6 +15,16 @@ const el = (tag, attrs = {}, ...kids) => {
   return e;
 };
 const fmt = (v, d = 5) => (Number.isFinite(v) ? v.toFixed(d) : String(v));
+// a control that is not a <button> (a canvas, a figure, a row): focusable, and Enter or Space acts as a click
+const pressable = (e, label) => {
+  e.setAttribute("role", "button");
+  if (!e.hasAttribute("tabindex")) e.tabIndex = 0;
+  if (label) e.setAttribute("aria-label", label);
+  e.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); e.click(); }
+  });
+  return e;
+};
 
 const EXPORT = (() => {
   const tag = document.getElementById("cnnkit-data");
@@ -37,7 +47,8 @@ function status(text, error = false) {
 async function api(rel, options = {}) {
   if (EXPORT) {
     const answer = EXPORT.answers[rel];
-    if (answer === undefined) throw new Error(`not in this export (${rel}); explore the live service for it`);
+    if (answer === undefined) throw new Error("this static export does not hold that: it holds each layer's " +
+      "first channels' numbers and the explanations of the predicted and the true class; explore the live service for the rest");
     return answer;
   }
   const headers = { ...(options.headers || {}) };
@@ -102,6 +113,9 @@ async function chooseModel() {
     state.model = EXPORT.model;
     $("#model-select").closest("label").hidden = true;
     $("#order").closest("label").hidden = true;  // an export holds the default order only
+    const held = Object.keys(EXPORT.answers).map((k) => (k.match(/^images\/[^/?]+\?topk=(\d+)$/) || [])[1]).find(Boolean);
+    state.topk = Number(held);  // and one number of channels per layer: the menu offers only it
+    $("#topk").replaceChildren(el("option", { text: held }));
     $("#drop").textContent = "Static export: pick one of the images below.";
     return;
   }
@@ -121,6 +135,7 @@ async function chooseModel() {
 async function loadGallery() {
   const g = await api("gallery");
   state.gallery = g.images;
+  state.galleryClasses = g.classes;
   const box = $("#gallery");
   box.replaceChildren();
   if (!g.images.length) box.append(el("p", { class: "note", text: g.note || "no test images" }));
@@ -131,7 +146,7 @@ async function loadGallery() {
       el("img", { src: `data:image/png;base64,${item.png}`, alt: truth[item.label] }),
       el("figcaption", { text: item.correct === false ? `✗ ${cls[item.predicted]}` : truth[item.label] }));
     fig.onclick = () => showImage(item.id);
-    box.append(fig);
+    box.append(pressable(fig, `test image: ${truth[item.label]}${item.correct === false ? `, predicted ${cls[item.predicted]}` : ""}`));
   }
 }
 
@@ -148,6 +163,9 @@ async function upload(file) {
 function wireInput() {
   const drop = $("#drop");
   $("#file").onchange = (ev) => ev.target.files[0] && upload(ev.target.files[0]);
+  const chooser = $("#drop .button");
+  if (chooser) { chooser.tabIndex = 0; chooser.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); $("#file").click(); } }); }
   drop.addEventListener("dragover", (ev) => { ev.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (ev) => {
@@ -155,8 +173,15 @@ function wireInput() {
     if (ev.dataTransfer.files[0]) upload(ev.dataTransfer.files[0]);
   });
   $("#scale").onchange = (ev) => { state.scale = ev.target.value; drawOverview(); };
-  $("#topk").onchange = (ev) => { state.topk = Number(ev.target.value); if (state.image) showImage(state.image); };
-  $("#order").onchange = (ev) => { state.order = ev.target.value; if (state.image) showImage(state.image); };
+  const again = async () => {  // the same image at another channel count or order: the detail view stays open
+    if (!state.image) return;
+    const keep = state.selected;
+    await showImage(state.image);
+    const node = keep && state.graph.nodes.find((n) => n.id === keep.node);
+    if (node) openDetail(node, keep.channel, document.querySelector(`canvas.ch[data-node="${CSS.escape(node.id)}"][data-channel="${keep.channel}"]`));
+  };
+  $("#topk").onchange = (ev) => { state.topk = Number(ev.target.value); again(); };
+  $("#order").onchange = (ev) => { state.order = ev.target.value; again(); };
 }
 
 async function showImage(id) {
@@ -182,7 +207,11 @@ async function render(ov) {
   $("#detail-title").textContent = "Click a channel to see what it computes";
   $("#why").replaceChildren();
   const cls = state.graph.classes[ov.predicted];
-  status(`predicted ${cls} (${(100 * ov.probabilities[ov.predicted]).toFixed(1)}%) · server ${(1000 * ov.seconds).toFixed(0)} ms`);
+  const truth = (state.gallery.find((g) => g.id === ov.image) || {}).label;
+  const classes = (state.galleryClasses || state.graph.classes);
+  status(`predicted ${cls} (${(100 * ov.probabilities[ov.predicted]).toFixed(1)}%)` +
+         (truth !== undefined ? ` · true class ${classes[truth]}` : "") +
+         (EXPORT ? "" : ` · server ${(1000 * ov.seconds).toFixed(0)} ms`));  // an export's timing was another machine's
   document.body.dataset.predicted = cls;
   document.body.dataset.image = ov.image;
   document.body.dataset.ready = "1";
@@ -273,20 +302,27 @@ function drawColumn(node) {
       if (node.kind === "input") drawMap(c, vals, page.height, page.width, page.min, page.max, grey);
       else drawMap(c, vals, page.height, page.width, lo, hi);
       c.onclick = () => openDetail(node, ch, c);
+      // the maps are one tab stop (the input's first), the arrows move between them (a roving tabindex)
+      pressable(c, `${node.label}, channel ${ch}`).tabIndex = k === 0 && node.kind === "input" ? 0 : -1;
+      c.addEventListener("keydown", (ev) => channelKeys(ev, c, col, page));
       col.append(el("div", { class: "chwrap" }, c, el("span", { class: "chno", "aria-hidden": "true", text: String(ch) })));
     });
     if (page.pages > 1) {
-      const go = async (p) => {
+      const go = async (p, focus = false) => {
         try {
           state.pages[node.id] = await api(`images/${state.image}/nodes/${node.id}?page=${p}&topk=${state.topk}${orderParam()}`);
-          col.replaceWith(drawColumn(node));
+          const fresh = drawColumn(node);
+          col.replaceWith(fresh);
           drawEdges();
+          if (focus) moveFocus(fresh.querySelector("canvas.ch"));
         } catch (e) { status(e.message, true); }
       };
+      col.pageTo = (step, focus) => { const p = page.page + step; if (p >= 0 && p < page.pages) go(p, focus); };
+      // the pagers are not tab stops (about 460 in a large network): PageUp and PageDown on a channel page too
       col.append(el("div", { class: "pager" },
-        el("button", { text: "‹", "aria-label": "previous channels", onclick: () => page.page > 0 && go(page.page - 1) }),
+        el("button", { text: "‹", tabindex: "-1", "aria-label": "previous channels", onclick: () => col.pageTo(-1) }),
         el("span", { text: `${page.page + 1}/${page.pages}` }),
-        el("button", { text: "›", "aria-label": "next channels", onclick: () => page.page + 1 < page.pages && go(page.page + 1) })));
+        el("button", { text: "›", tabindex: "-1", "aria-label": "next channels", onclick: () => col.pageTo(1) })));
     }
   }
   return col;
@@ -315,9 +351,31 @@ function classRows(values, lo, hi, open, id, text = (v) => fmt(v, 3)) {  // one 
       el("span", { class: "name", text: `${i === predicted ? "★ " : ""}${cls[i]}` }), el("span", { class: "v", text: text(v) }));
     row.onclick = () => { for (const s of document.querySelectorAll(".cls.selected")) s.classList.remove("selected");
                           row.classList.add("selected"); open(i, row); };
-    box.append(row);
+    box.append(pressable(row, `${cls[i]}: ${text(v)}${i === predicted ? ", the prediction" : ""}`));
   });
   return box;
+}
+
+function channelKeys(ev, canvas, col, page) {  // arrows within and across columns; PageDown/PageUp page
+  const within = [...col.querySelectorAll("canvas.ch")];
+  const cols = [...document.querySelectorAll("#columns .col")].filter((c) => c.querySelector("canvas.ch"));
+  let next = null;
+  if (ev.key === "ArrowDown" || ev.key === "ArrowUp")
+    next = within[within.indexOf(canvas) + (ev.key === "ArrowDown" ? 1 : -1)];
+  else if (ev.key === "ArrowRight" || ev.key === "ArrowLeft") {
+    const other = cols[cols.indexOf(col) + (ev.key === "ArrowRight" ? 1 : -1)];
+    next = other && other.querySelector("canvas.ch");
+  } else if ((ev.key === "PageDown" || ev.key === "PageUp") && col.pageTo) {
+    ev.preventDefault(); col.pageTo(ev.key === "PageDown" ? 1 : -1, true); return;
+  } else return;
+  ev.preventDefault();
+  moveFocus(next);
+}
+
+function moveFocus(next) {  // the one map that Tab stops at
+  if (!next) return;
+  for (const c of document.querySelectorAll("canvas.ch[tabindex='0']")) c.tabIndex = -1;
+  next.tabIndex = 0; next.focus();
 }
 
 function drawOverview() {
@@ -648,7 +706,8 @@ function addView(box, node, channel, d) {
   const ins = d.input.map(floats), out = floats(d.output);
   const [h, w] = out.shape;
   const f = el("div", { id: "formula", text: "A residual join: the inputs are added element by element. Hover the output." });
-  const boxes = ins.map((t, i) => el("div", { class: "panel" }, el("b", { text: `input ${i + 1}: ${d.inputs[i]}` }), mapBox(channelOf(t, 0), h, w, "input")));
+  const name = (id) => { const n = state.graph.nodes.find((m) => m.id === id); return n ? `${n.label} (${kindLabel(n)})` : id; };
+  const boxes = ins.map((t, i) => el("div", { class: "panel" }, el("b", { text: `input ${i + 1}: ${name(d.inputs[i])}` }), mapBox(channelOf(t, 0), h, w, "input")));
   const ob = mapBox(out.data, h, w, "output (hover)");
   box.append(...boxes, el("div", { class: "panel" }, el("b", { text: "sum" }), ob), el("div", { class: "panel" }, f));
   hoverPixel(ob, h, w, (y, x) => {
@@ -707,12 +766,19 @@ function openSoftmax(chosen) {
 function drawScores() {
   const ov = state.overview, cls = state.graph.classes;
   const order = ov.probabilities.map((p, i) => [p, i]).sort((a, b) => b[0] - a[0]);
+  const item = state.gallery.find((g) => g.id === ov.image);
+  const same = !state.galleryClasses || state.galleryClasses.join() === cls.join();
+  const truth = item && same ? item.label : undefined;
+  // an export holds the explanations of the predicted and the true class only: the other bars say so
+  const held = (i) => !EXPORT || EXPORT.answers[`images/${ov.image}/why?target=${i}&method=${WHY_METHODS[0]}`] !== undefined;
   $("#scores").replaceChildren(...order.map(([p, i]) => {
-    const row = el("div", { class: "scorebar", "data-class": String(i), role: "button", tabindex: "0" },
-      el("span", { text: cls[i] }), el("div", {}, el("div", { class: "bar", style: `width:${(100 * p).toFixed(1)}%` })),
+    const marks = `${i === ov.predicted ? " ★ predicted" : ""}${i === truth ? " ✓ true class" : ""}`;
+    const row = el("div", { class: `scorebar${held(i) ? "" : " unheld"}${i === truth ? " truth" : ""}`, "data-class": String(i),
+                            role: "button", tabindex: "0", ...(held(i) ? {} : { "aria-disabled": "true", title: "not in this export" }) },
+      el("span", { text: cls[i] + marks }), el("div", {}, el("div", { class: "bar", style: `width:${(100 * p).toFixed(1)}%` })),
       el("span", { text: `${(100 * p).toFixed(1)}%` }));
-    row.onclick = () => explainClass(i);
-    return row;
+    row.onclick = () => (held(i) ? explainClass(i) : status("this static export holds the explanations of the predicted and the true class only"));
+    return pressable(row);
   }));
 }
 
