@@ -184,11 +184,15 @@ def run_training(options: dict[str, Any], *, command: str, resume: Path | None, 
 
     task = get_task(cfg.task)
     score = task.score  # the task's score (metrics.csv's train_<score>, val_<score>)
+
+    def shown(value: float | None) -> str:  # a fraction in percent; another score (PSNR) as its task writes it
+        return percent(value) if task.score_is_fraction or value is None or value != value else task.format_value(value)
+
     taught = {"method": cfg.distill, "teachers": ", ".join(cfg.teachers)} if cfg.distill else {}
     data = f"{cfg.data}, {data_note}" if data_note else cfg.data
     summary(command, {"run": result.run_dir, "model": cfg.model, "data": data, **taught,
-                      "epochs": int(last["epoch"]), f"train {score}": task.score_text(last.get(f"train_{score}")),
-                      f"best val {score}": (task.score_text(result.best_val_acc) + (" (with flip TTA)" if cfg.tta else ""))
+                      "epochs": int(last["epoch"]), f"train {score}": shown(last.get(f"train_{score}")),
+                      f"best val {score}": (shown(result.best_val_acc) + (" (with flip TTA)" if cfg.tta else ""))
                       if result.best_val_acc is not None else "n/a (no val split)",
                       "stopped early": result.stopped_early, "seconds": f"{result.seconds:.1f}",
                       "best checkpoint": result.best_checkpoint})

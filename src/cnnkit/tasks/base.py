@@ -111,6 +111,7 @@ class Task(ABC):
     not_yet: tuple[str, ...] = ()  # the commands that do not take its models yet (each refuses them in one line)
     # the most items --val-fraction holds out (None: no cap); the rest of its share goes back to training
     max_val_items: int | None = None
+    score_is_fraction: bool = True  # its score is a fraction (accuracy, mIoU, mAP), shown in percent; else format_value
 
     def check_available(self, command: str) -> None:
         """ConfigError, in one line, when `cnnkit <command>` does not take this task's models yet."""
@@ -187,11 +188,6 @@ class Task(ABC):
     def format_value(self, value: float) -> str:
         """One answer's value as a command prints it (classification: a probability in percent)."""
         return f"{value:.4g}"
-
-    def score_text(self, value: float | None) -> str:
-        """The task's validation score as a command prints it to a person: a fraction (accuracy, mIoU, mAP) in
-        percent with two decimals, as cnnkit.cli.console.percent; n/a when not measured."""
-        return "n/a" if value is None or value != value else f"{100 * value:.2f}%"
 
     def summary(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """The few metrics a command prints after an evaluation (label -> value); default: every number."""

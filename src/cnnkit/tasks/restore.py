@@ -216,6 +216,7 @@ class Restoration(Task):
     # validation patches: a photograph set cuts into thousands (13,114 of 40 pixels for the bundled photographs), and
     # scoring a tenth of them took DnCNN 19 s per epoch of a 10-minute budget; 512 rank checkpoints as well
     max_val_items = 512
+    score_is_fraction = False  # PSNR, in decibels
 
     def targets(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return split_pair(x)[0]
@@ -300,9 +301,6 @@ class Restoration(Task):
 
     def format_value(self, value: float) -> str:
         return f"{value:.2f} dB" if math.isfinite(value) else str(value)
-
-    def score_text(self, value: float | None) -> str:  # PSNR, in decibels (not a fraction)
-        return "n/a" if value is None or value != value else self.format_value(value)
 
 
 RESTORE = register_task(Restoration())

@@ -461,20 +461,22 @@ def resolve_new_run(config: TrainConfig | dict[str, Any] | None,
         cfg, fallback = (resolve_config(options, base=config) if options else config), None
     else:
         merged = {**(config or {}), **options}
-        cfg, fallback = resolve_config(merged), long_recipe_fallback(merged)
+        cfg = resolve_config(merged)
+        fallback = long_recipe_fallback(merged, chosen=cfg)
     paths = absolute_paths({k: getattr(cfg, k) for k in (*PATH_OPTIONS, "data", "teachers")})
     return dataclasses.replace(cfg, **paths), fallback
 
 
-def long_recipe_fallback(overrides: dict[str, Any] | None, base: TrainConfig | None = None) -> dict[str, Any] | None:
-    """The options to train instead when `resolve_config(overrides, base)` chose the long recipe for a budget
-    (no recipe given) and the machine fits fewer than LONG_RECIPE_MIN_EPOCHS of its epochs: the fast recipe.
-    None when the long recipe was not chosen that way."""
+def long_recipe_fallback(overrides: dict[str, Any] | None, base: TrainConfig | None = None,
+                         chosen: TrainConfig | None = None) -> dict[str, Any] | None:
+    """The options to train instead when `resolve_config(overrides, base)` (`chosen`, where already resolved) chose
+    the long recipe for a budget (no recipe given) and the machine fits fewer than LONG_RECIPE_MIN_EPOCHS of its
+    epochs: the fast recipe. None when the long recipe was not chosen that way, or trains what the fast one does."""
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     if base is not None or "recipe" in given or "budget" not in given or given["budget"] < LONG_RECIPE_FROM_S:
         return None
     fast = {**(overrides or {}), "recipe": "fast"}
-    if _same_but_length(resolve_config(overrides), resolve_config(fast)):
+    if _same_but_length(chosen or resolve_config(overrides), resolve_config(fast)):
         return None  # the two recipes train the same network the same way: the budget sets the length either way
     return fast
 
