@@ -128,7 +128,9 @@ def screenshots(browser, url: str, model: str, site: Path) -> list[str]:
     written.append("input.png")
 
     def open_channel(node: str, fy: float = 0.5, fx: float = 0.5) -> None:
-        page.locator(f'canvas.ch[data-node="{node}"], canvas.vec[data-node="{node}"]').first.click()
+        page.evaluate("window.scrollTo(0, 0)")
+        page.locator(f'canvas.ch[data-node="{node}"], canvas.vec[data-node="{node}"], '
+                     f'.classes[data-node="{node}"] .cls.predicted').first.click()
         page.wait_for_function(f"document.body.dataset.detail && document.body.dataset.detail.startsWith('{node}:')")
         out = page.locator("#detail canvas.map").last
         if out.count():
@@ -141,13 +143,16 @@ def screenshots(browser, url: str, model: str, site: Path) -> list[str]:
     first = {}
     for n in graph:
         first.setdefault(n["kind"], n["id"])
-    open_channel(first["conv"], 0.45, 0.5)
+    convs = [n["id"] for n in graph if n["kind"] == "conv"]
+    open_channel(convs[1], 0.45, 0.5)  # the second: several input channels, each with the map it gives
     shot("elastic-conv", "#detail-section")
     for kind in ("act", "pool", "bn", "add", "linear"):
         if kind in first:
             open_channel(first[kind], 0.4, 0.4)
             shot(f"formula-{kind}", "#detail-section")
-    page.locator('canvas.vec[data-node="softmax"]').click()
+    page.evaluate("window.scrollTo(0, 0)")
+    page.locator('.classes[data-node="softmax"] .cls.predicted').click()
+    page.wait_for_function("document.body.dataset.detail.startsWith('softmax')")
     shot("formula-softmax", "#detail-section")
     page.locator(".scorebar").first.click()
     page.wait_for_function("document.querySelectorAll('.why-card[data-done], .why-card .error').length === 6",
@@ -161,6 +166,12 @@ def screenshots(browser, url: str, model: str, site: Path) -> list[str]:
     page.wait_for_selector("body[data-ready]")
     shot("static-export", "#overview-section")
     page.close()
+    phone = browser.new_page(viewport={"width": 390, "height": 844})  # a phone's width
+    phone.goto(f"{url}/?model={model}")
+    phone.wait_for_selector("body[data-ready]")
+    phone.screenshot(path=str(SHOTS / "phone.png"))
+    written.append("phone.png")
+    phone.close()
     return written
 
 
@@ -229,6 +240,7 @@ def main() -> None:
                                   f"{train_s:.0f} s), 1×28×28", "resnet50": "random weights, 3×224×224"},
             "results": rows, "targets_met": targets, "screenshots": shots,
             "static_export_bytes": site.stat().st_size, "static_export_images": 4,
+            "static_export_mb_per_image": round(site.stat().st_size / 4 / 1e6, 2),
             "command": command_line("benchmarks.explore")})
         print(json.dumps(targets, indent=2), "\n", path)
     finally:

@@ -238,7 +238,7 @@ def test_the_page_works_by_keyboard(page, server):
         if stops[-1][0] == "CANVAS":
             break
     assert stops[-1][:2] == ["CANVAS", "ch"] and len(stops) < 50, stops
-    assert any(s[:2] == ["LABEL", "button"] for s in stops) and any(s[0] == "FIGURE" for s in stops)
+    assert any(s[:2] == ["LABEL", "button"] for s in stops) and any(s[0] == "BUTTON" and "thumb" in s[1] for s in stops)
     page.keyboard.press("ArrowRight")
     _, _, node, first = page.evaluate(ACTIVE)
     page.keyboard.press("ArrowDown")
@@ -272,7 +272,7 @@ def test_elastic_view_shows_pytorchs_numbers(page, server, trained_run):
     ckpt = load(trained_run.run_dir)
     image = page.evaluate("document.body.dataset.image")
     gallery = page.evaluate("[...document.querySelectorAll('#gallery img')].map(i => i.src)")
-    current = page.locator("#gallery figure.current img").get_attribute("src")
+    current = page.locator("#gallery .thumb.current img").get_attribute("src")
     assert current in gallery
     import base64
     import io
@@ -354,7 +354,7 @@ def test_static_export_opens_from_file_and_shows_the_same_overview(page, server,
     site = export_site(ex, tmp_path / "site", images=1)
     exported = next(i for i in ex.gallery()["images"] if i["correct"])  # the export's first: a correct one
     open_page(page, server + "/?model=tiny")
-    page.locator(f'#gallery figure[data-id="{exported["id"]}"]').click()  # the same image, live (ids are content's)
+    page.locator(f'#gallery .thumb[data-id="{exported["id"]}"]').click()  # the same image, live (ids are content's)
     page.wait_for_function(f"document.body.dataset.image === '{exported['id']}'")
     live = page.evaluate("[...document.querySelectorAll('.col')].map(c => c.dataset.node + ':' +"
                          " [...c.querySelectorAll('canvas.ch')].map(x => x.dataset.channel).join(','))")
@@ -405,4 +405,193 @@ def test_each_family_draws_and_opens_a_convolution(page, server, family, sample_
     page.wait_for_function(f"document.body.dataset.detail && document.body.dataset.detail.startsWith('{conv}:')")
     hover_output(page, 0.5, 0.5)
     assert float(page.text_content("#dot-value")) == pytest.approx(torch_value(page), abs=2e-5)
+    assert not page.errors, page.errors
+
+
+def current_input(page, ckpt) -> torch.Tensor:
+    """The normalized 1×C×H×W tensor of the gallery image the page shows, decoded from the page's own PNG."""
+    import base64
+    import io
+
+    from cnnkit.data import Normalize
+
+    src = page.locator("#gallery .thumb.current img").get_attribute("src")
+    raw = np.array(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))))
+    return Normalize(*ckpt.normalization)(torch.from_numpy(raw)[None, None])
+
+
+def test_the_elastic_view_draws_each_input_channels_map_and_slides_the_window(page, server, trained_run):
+    """Each input channel convolved with its kernel slice is drawn as a map (PyTorch's conv2d of that channel
+    alone, to 1e-4) and the maps at the hovered pixel add up to the dot product; the inputs share one colour
+    scale (only the channel holding the largest |value| reaches full colour); '▶ slide' walks the window over
+    the output and pauses; the output map takes the arrows."""
+    import torch.nn.functional as F
+
+    from cnnkit.artifacts import load
+
+    open_page(page, server + "/?model=tiny")
+    ckpt = load(trained_run.run_dir)
+    seen = {}
+    conv = ckpt.model.get_submodule("layer2.0.0")
+    hook = conv.register_forward_pre_hook(lambda m, i: seen.update(input=i[0].detach().clone()))  # returns None
+    with torch.no_grad():
+        ckpt.model(current_input(page, ckpt))
+    hook.remove()
+    first = page.locator('canvas.ch[data-node="layer2_0_0"]').first
+    channel = int(first.get_attribute("data-channel"))
+    first.click()
+    page.wait_for_function(f"document.body.dataset.detail === 'layer2_0_0:{channel}'")
+    x = seen["input"][0]
+    parts = page.evaluate("[...document.querySelectorAll('#detail canvas.part')].map((c) => Array.from(c.values))")
+    assert len(parts) == 16
+    for c in (0, 9, 15):
+        ref = F.conv2d(x[None, c:c + 1], conv.weight[channel:channel + 1, c:c + 1], padding=1)[0, 0]
+        np.testing.assert_allclose(parts[c], ref.detach().flatten().numpy(), atol=1e-4)
+    y, xx = hover_output(page, 0.5, 0.5)
+    assert sum(p[y * 14 + xx] for p in parts) == pytest.approx(float(page.text_content("#dot-value")), abs=1e-4)
+    full = page.evaluate("""[...document.querySelectorAll('#detail .inch > .mapbox:first-of-type canvas')].map((c) => {
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        for (let i = 0; i < d.length; i += 4) if ((d[i] === 255 && d[i + 1] === 0) || (d[i + 2] === 255 && d[i] === 0)) return true;
+        return false; })""")
+    peak = x.abs().flatten(1).max(1).values
+    assert full == [bool(v >= peak.max() * 0.999) for v in peak]  # not every channel on its own scale
+    seen_pixels = set()
+    page.click("#detail button.slide")
+    for _ in range(40):
+        seen_pixels.add(page.evaluate("document.querySelector('#formula').dataset.pixel"))
+        if len(seen_pixels) >= 4:
+            break
+        page.wait_for_timeout(50)
+    assert len(seen_pixels) >= 4 and "pause" in page.text_content("#detail button.slide")
+    page.click("#detail button.slide")
+    paused = page.evaluate("document.querySelector('#formula').dataset.pixel")
+    page.wait_for_timeout(300)
+    assert page.evaluate("document.querySelector('#formula').dataset.pixel") == paused
+    py, px = map(int, paused.split(","))
+    page.locator("#detail canvas.map").last.focus()
+    page.keyboard.press("ArrowDown" if py < 13 else "ArrowUp")
+    assert page.evaluate("document.querySelector('#formula').dataset.pixel") == f"{py + 1 if py < 13 else py - 1},{px}"
+    assert not page.errors, page.errors
+
+
+LEARN = {"x": ("input", "mean"), "stem_0": ("conv", "kernel"), "stem_1": ("bn", "γ"), "stem_2": ("act", "ReLU"),
+         "layer1_1": ("pool", "window"), "add": ("add", "skip"), "global_pool": ("gpool", "one number"),
+         "flatten": ("flatten", "vector"), "fc": ("linear", "weighted sum"), "mul": ("mul", "0.125"),
+         "softmax": ("softmax", "probabilities")}
+
+
+def test_each_kind_of_layer_is_explained_beside_its_view(page, server):
+    """Opening a layer shows a learner's paragraph about its kind (convolution, normalization, activation,
+    pooling, residual add, global pooling, flatten, linear, scaling, softmax, the input) beside its view."""
+    open_page(page, server + "/?model=tiny")
+    for node, (kind, word) in LEARN.items():
+        page.evaluate("document.body.dataset.detail = ''")
+        target = page.locator(f'.classes[data-node="{node}"] .cls, [data-node="{node}"] canvas').first
+        target.click()
+        page.wait_for_function("document.body.dataset.detail")
+        aside = page.locator("#detail aside.learn")
+        assert aside.get_attribute("data-kind") == kind, node
+        text = aside.text_content()
+        assert word in text and len(text) > 150, (node, text)
+    assert not page.errors, page.errors
+
+
+def test_vector_stripes_open_any_element_by_keyboard(page, server):
+    """The arrows walk from the maps onto a vector stripe; on it Up/Down/End choose an element and Enter opens it."""
+    open_page(page, server + "/?model=tiny")
+    page.locator('canvas.ch[data-node="add_1"]').first.focus()
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate("[document.activeElement.className, document.activeElement.dataset.node]") == \
+        ["vec", "global_pool"]
+    for _ in range(3):
+        page.keyboard.press("ArrowDown")
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.body.dataset.detail === 'global_pool:3'")
+    assert "element 3 of 64" in page.locator('canvas.vec[data-node="global_pool"]').get_attribute("aria-label")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("End")
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.body.dataset.detail === 'flatten:63'")
+    assert not page.errors, page.errors
+
+
+def test_why_draws_deletion_and_insertion_curves_whose_areas_are_the_scores(page, server):
+    """Each explanation card draws its deletion and insertion curves; the area under each drawn curve (read back
+    from the SVG's coordinates) is the score printed above it."""
+    open_page(page, server + "/?model=tiny")
+    page.locator('.scorebar').first.click()
+    page.wait_for_function("document.querySelectorAll('.why-card[data-done], .why-card .error').length === 6",
+                           timeout=60_000)
+    for card in page.locator(".why-card[data-done]").all():
+        x0, y0, x1, y1 = map(float, card.locator("svg.curves").get_attribute("data-box").split(","))
+        scores = dict(re.findall(r"(deletion|insertion) (\d\.\d{3})", card.text_content()))
+        for kind in ("deletion", "insertion"):
+            pts = np.array(re.findall(r"[ML](-?[\d.]+),(-?[\d.]+)", card.locator(f"path.{kind}").get_attribute("d")),
+                           dtype=float)
+            fx, fy = (pts[:, 0] - x0) / (x1 - x0), (y1 - pts[:, 1]) / (y1 - y0)
+            assert len(pts) == 25 and fx[0] == pytest.approx(0) and fx[-1] == pytest.approx(1)
+            assert np.trapezoid(fy, fx) == pytest.approx(float(scores[kind]), abs=2e-3), kind
+    assert not page.errors, page.errors
+
+
+def test_the_page_fits_a_phone(browser, server):
+    """At 390 px wide nothing is wider than the screen (the overview scrolls sideways inside its box), with a
+    convolution's elastic view and the explanations open."""
+    pg = browser.new_page(viewport={"width": 390, "height": 800})
+    try:
+        open_page(pg, server + "/?model=tiny")
+        wide = "document.documentElement.scrollWidth"
+        assert pg.evaluate(wide) <= 390
+        pg.locator('canvas.ch[data-node="layer1_0_0"]').first.click()
+        pg.wait_for_function("document.body.dataset.detail")
+        pg.locator('.scorebar').first.click()
+        pg.wait_for_function("document.querySelectorAll('.why-card[data-done], .why-card .error').length === 6",
+                             timeout=60_000)
+        assert pg.evaluate(wide) <= 390
+        assert pg.evaluate("(() => { const o = document.querySelector('#overview'); "
+                           "return o.scrollWidth > o.clientWidth && o.clientWidth <= 390; })()")
+    finally:
+        pg.close()
+
+
+AXE = Path(__file__).resolve().parents[2] / "node_modules" / "axe-core" / "axe.min.js"
+AUDIT = ("axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', "
+         "'best-practice']}}).then((r) => r.violations.map((v) => [v.id, v.impact, v.nodes.length, "
+         "v.nodes[0].target.join(' ')]))")
+
+
+def audit(page, where: str) -> list:
+    page.add_script_tag(path=str(AXE))
+    return [[where, *v] for v in page.evaluate(AUDIT)]
+
+
+def test_accessibility_audit_finds_nothing_serious(page, server, trained_run, tmp_path):
+    """axe-core (from npm, injected into the page) finds no serious or critical violation of WCAG 2.1 A/AA or
+    its best practices: on load, with a convolution, a vector element, the softmax and the explanations open,
+    and in a static export opened from file://."""
+    if not AXE.exists():
+        pytest.skip("axe-core is not installed: run `npm ci` in the repository (.ci/run does)")
+    from cnnkit.serve import load_models
+    from cnnkit.serve.explore import Explorer, export_site
+
+    open_page(page, server + "/?model=tiny")
+    found = audit(page, "load")
+    page.locator('canvas.ch[data-node="layer1_0_0"]').first.click()
+    page.wait_for_function("document.body.dataset.detail")
+    hover_output(page, 0.5, 0.5)
+    found += audit(page, "convolution")
+    page.locator('canvas.vec[data-node="global_pool"]').click()
+    page.wait_for_function("document.body.dataset.detail.startsWith('global_pool')")
+    page.locator('.classes[data-node="softmax"] .cls').first.click()
+    page.wait_for_function("document.body.dataset.detail.startsWith('softmax')")
+    found += audit(page, "vector, softmax")
+    page.locator('.scorebar').first.click()
+    page.wait_for_function("document.querySelectorAll('.why-card[data-done], .why-card .error').length === 6",
+                           timeout=60_000)
+    found += audit(page, "why")
+    m = load_models([f"tiny={trained_run.run_dir}"], device="cpu")["tiny"]
+    page.goto(export_site(Explorer(m), tmp_path / "site", images=1).resolve().as_uri())
+    page.wait_for_selector("body[data-ready]", timeout=60_000)
+    found += audit(page, "static export")
+    assert not [f for f in found if f[2] in ("serious", "critical")], found
     assert not page.errors, page.errors

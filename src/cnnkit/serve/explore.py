@@ -315,7 +315,22 @@ def export_site(ex: Explorer, out: str | Path, images: int = 8, topk: int = DEFA
             for method in methods:
                 answers[f"images/{key}/why?target={target}&method={quote(method, safe='')}"] = ex.why(key, target,
                                                                                                    method)
+    blobs: dict[str, int] = {}
+    answers = _shared(answers, blobs)
     claim_dir(out)
     path = Path(out) / "index.html"
-    atomic_write_text(path, page_html({"model": ex.m.name, "answers": answers}))
+    atomic_write_text(path, page_html({"model": ex.m.name, "answers": answers, "blobs": list(blobs)}))
     return path
+
+
+def _shared(value: Any, blobs: dict[str, int]) -> Any:
+    """`value` with each float32 tensor's bytes stored once in `blobs` (bytes -> index) and referred to by index:
+    a convolution's input is the same for each of its channels' details, and a layer's output is the next one's
+    input. The page reads `{"shape", "ref"}` as it reads `{"shape", "f32"}`."""
+    if isinstance(value, dict):
+        if set(value) == {"shape", "f32"}:
+            return {"shape": value["shape"], "ref": blobs.setdefault(value["f32"], len(blobs))}
+        return {k: _shared(v, blobs) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shared(v, blobs) for v in value]
+    return value

@@ -66,8 +66,8 @@ function bytes(b64) {
   for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
   return out;
 }
-function floats(obj) {  // {shape, f32} -> {shape, data: Float32Array}
-  return { shape: obj.shape, data: new Float32Array(bytes(obj.f32).buffer) };
+function floats(obj) {  // {shape, f32} (or an export's {shape, ref}: its bytes stored once) -> {shape, data}
+  return { shape: obj.shape, data: new Float32Array(bytes(obj.f32 !== undefined ? obj.f32 : EXPORT.blobs[obj.ref]).buffer) };
 }
 
 // One colour rule everywhere, whatever the scale mode: white is zero, red positive, blue negative, each the
@@ -141,12 +141,14 @@ async function loadGallery() {
   if (!g.images.length) box.append(el("p", { class: "note", text: g.note || "no test images" }));
   for (const item of g.images) {
     const cls = state.graph.classes, truth = g.classes || cls;  // the data's classes may not be the model's
-    const fig = el("figure", { class: item.correct === false ? "wrong" : "", "data-id": item.id,
+    // a button (Tab, Enter and Space for free) named by what it shows: the caption, and for a screen reader both classes
+    const fig = el("button", { type: "button", class: `thumb${item.correct === false ? " wrong" : ""}`, "data-id": item.id,
                                title: `true: ${truth[item.label]}, predicted: ${cls[item.predicted]}` },
-      el("img", { src: `data:image/png;base64,${item.png}`, alt: truth[item.label] }),
-      el("figcaption", { text: item.correct === false ? `✗ ${cls[item.predicted]}` : truth[item.label] }));
+      el("img", { src: `data:image/png;base64,${item.png}`, alt: "" }),
+      el("span", { class: "caption", text: item.correct === false ? `✗ ${cls[item.predicted]}` : truth[item.label] }),
+      el("span", { class: "sr", text: item.correct === false ? ` (true class ${truth[item.label]}, misclassified)` : " (test image)" }));
     fig.onclick = () => showImage(item.id);
-    box.append(pressable(fig, `test image: ${truth[item.label]}${item.correct === false ? `, predicted ${cls[item.predicted]}` : ""}`));
+    box.append(fig);
   }
 }
 
@@ -194,7 +196,7 @@ async function showImage(id) {
 async function render(ov) {
   const t0 = performance.now();
   state.overview = ov; state.image = ov.image; state.pages = {}; state.target = null;
-  for (const f of document.querySelectorAll("#gallery figure"))
+  for (const f of document.querySelectorAll("#gallery .thumb"))
     f.classList.toggle("current", f.dataset.id === ov.image);
   await drawPng($("#seen-canvas"), ov.input.png);
   const i = ov.input;
@@ -287,10 +289,28 @@ function drawColumn(node) {
     const c = el("canvas", { class: "vec", "data-node": node.id, "data-channel": "0" });
     const n = Math.min(page.values.length, 512);
     drawMap(c, page.values.slice(0, n), n, 1, lo, hi);
+    const mark = el("span", { class: "vecmark", "aria-hidden": "true" });
     const at = (ev) => { const r = c.getBoundingClientRect(); return Math.max(0, Math.min(n - 1, Math.floor(((ev.clientY - r.top) / r.height) * n))); };
+    // one element of the stripe is current: the mouse's on a click, the arrows' from the keyboard (Enter opens it)
+    c.pick = (i) => {
+      c.dataset.channel = String(i);
+      c.setAttribute("aria-label", `${node.label}, element ${i} of ${page.size}: ${fmt(page.values[i])}`);
+      mark.style.top = `${((i + 0.5) / n) * 100}%`;
+    };
+    c.pick(0);
     c.onmousemove = (ev) => { const i = at(ev); c.title = `element ${i}: ${fmt(page.values[i])} (click to open)`; };
-    c.onclick = (ev) => { const i = at(ev); c.dataset.channel = String(i); openDetail(node, i, c); };
-    col.append(c);
+    c.onclick = (ev) => { if (ev.detail !== 0) c.pick(at(ev)); openDetail(node, Number(c.dataset.channel), c); };
+    c.vecKeys = (ev) => {  // Up/Down one element, PageUp/PageDown a tenth, Home/End the ends
+      const i = Number(c.dataset.channel), step = Math.max(1, Math.round(n / 10));
+      const to = { ArrowDown: i + 1, ArrowUp: i - 1, PageDown: i + step, PageUp: i - step, Home: 0, End: n - 1 }[ev.key];
+      if (to === undefined) return false;
+      ev.preventDefault(); c.pick(Math.max(0, Math.min(n - 1, to)));
+      return true;
+    };
+    pressable(c).tabIndex = -1;
+    c.pick(0);
+    c.addEventListener("keydown", (ev) => channelKeys(ev, c, col, page));
+    col.append(el("div", { class: "chwrap vecwrap" }, c, mark));
   } else {
     const q = bytes(page.data);
     const size = page.height * page.width;
@@ -351,20 +371,23 @@ function classRows(values, lo, hi, open, id, text = (v) => fmt(v, 3)) {  // one 
       el("span", { class: "name", text: `${i === predicted ? "★ " : ""}${cls[i]}` }), el("span", { class: "v", text: text(v) }));
     row.onclick = () => { for (const s of document.querySelectorAll(".cls.selected")) s.classList.remove("selected");
                           row.classList.add("selected"); open(i, row); };
-    box.append(pressable(row, `${cls[i]}: ${text(v)}${i === predicted ? ", the prediction" : ""}`));
+    box.append(pressable(row));  // named by its text: "★ class value"
   });
   return box;
 }
 
+const MAPS = "canvas.ch, canvas.vec";  // the overview's maps and vector stripes: one tab stop, arrows between them
+
 function channelKeys(ev, canvas, col, page) {  // arrows within and across columns; PageDown/PageUp page
-  const within = [...col.querySelectorAll("canvas.ch")];
-  const cols = [...document.querySelectorAll("#columns .col")].filter((c) => c.querySelector("canvas.ch"));
+  const within = [...col.querySelectorAll(MAPS)];
+  const cols = [...document.querySelectorAll("#columns .col")].filter((c) => c.querySelector(MAPS));
   let next = null;
+  if (canvas.vecKeys && canvas.vecKeys(ev)) return;  // a stripe's own elements
   if (ev.key === "ArrowDown" || ev.key === "ArrowUp")
     next = within[within.indexOf(canvas) + (ev.key === "ArrowDown" ? 1 : -1)];
   else if (ev.key === "ArrowRight" || ev.key === "ArrowLeft") {
     const other = cols[cols.indexOf(col) + (ev.key === "ArrowRight" ? 1 : -1)];
-    next = other && other.querySelector("canvas.ch");
+    next = other && other.querySelector(MAPS);
   } else if ((ev.key === "PageDown" || ev.key === "PageUp") && col.pageTo) {
     ev.preventDefault(); col.pageTo(ev.key === "PageDown" ? 1 : -1, true); return;
   } else return;
@@ -374,7 +397,7 @@ function channelKeys(ev, canvas, col, page) {  // arrows within and across colum
 
 function moveFocus(next) {  // the one map that Tab stops at
   if (!next) return;
-  for (const c of document.querySelectorAll("canvas.ch[tabindex='0']")) c.tabIndex = -1;
+  for (const c of document.querySelectorAll("#columns canvas[tabindex='0']")) c.tabIndex = -1;
   next.tabIndex = 0; next.focus();
 }
 
@@ -473,6 +496,56 @@ const FORMULAS = { relu: "max(0, x)", relu6: "min(6, max(0, x))", sigmoid: "1 / 
   hardswish: "x · min(6, max(0, x + 3)) / 6", hardsigmoid: "min(1, max(0, x/6 + ½))", elu: "x if x ≥ 0 else eˣ − 1",
   mish: "x · tanh(softplus(x))" };
 
+// beside each detail view: what this kind of layer does, for a learner (CNN Explainer's article, one paragraph each)
+const LEARN = {
+  input: ["The input", "The image as the network receives it: each pixel scaled to [0, 1], then each channel " +
+    "shifted by its mean and divided by its standard deviation (the training set's), so that values sit around 0. " +
+    "A grey image is one channel, a colour image three (red, green, blue)."],
+  conv: ["Convolution", "A convolution slides a small grid of learned weights, the kernel, over its input. At each " +
+    "position it multiplies the window under the kernel by the kernel, value by value, adds up the products over " +
+    "every input channel it reads, and adds a bias: that sum is one pixel of the output map. Each output channel " +
+    "has its own kernel, so it lights up wherever its pattern (an edge, a texture, a part) appears. The stride is " +
+    "how far the window moves between outputs; padding adds a border of zeros so that the edges get windows too."],
+  act: ["Activation", "An activation function is applied to every value on its own, with no weights. It makes " +
+    "the network non-linear: without it a stack of convolutions would be a single linear map. ReLU keeps positive " +
+    "values and sets negative ones to 0, so after it a map has no blue (negative) pixels."],
+  pool: ["Pooling", "Pooling shrinks each channel's map on its own: every output value summarises one window of " +
+    "the input, by its maximum (max pooling) or its mean (average pooling). It has no weights. The map gets " +
+    "smaller, and a small shift of the image changes the output less."],
+  gpool: ["Global pooling", "Global pooling reduces each channel's whole map to one number, its mean (or maximum). " +
+    "The maps become a vector with one value per channel, whatever the image's size: how strongly each channel's " +
+    "pattern is present anywhere in the image."],
+  bn: ["Batch normalization", "Batch normalization rescales each channel with four numbers fixed in training: it " +
+    "subtracts the channel's mean and divides by its standard deviation (both measured on the training data), then " +
+    "multiplies by a learned γ and adds a learned β. It keeps each layer's values in a range that trains well; at " +
+    "inference it is a fixed multiply-and-add per channel, which can be folded into the convolution before it."],
+  norm: ["Normalization", "A normalization layer (LayerNorm, GroupNorm, …) rescales values by statistics of this " +
+    "image itself, the mean and spread over its channels or groups, then applies a learned scale and shift."],
+  add: ["Residual addition", "A residual join adds its inputs element by element: a block's output and the input " +
+    "that skipped around the block. The block then only has to learn a change to its input, which is what lets " +
+    "very deep networks (ResNet) train."],
+  cat: ["Concatenation", "A concatenation stacks its inputs' channels one after another: nothing is computed. The " +
+    "next layer sees every branch's channels side by side (Inception's parallel branches, DenseNet's features)."],
+  linear: ["Fully connected layer", "A fully connected (linear) layer computes each output as a weighted sum of " +
+    "every input value, plus a bias. At the end of a classifier there is one output per class: the class's score, " +
+    "its logit. A larger logit means more evidence for that class."],
+  flatten: ["Flatten", "Flatten lays the C×H×W values out as one long vector, channel after channel, for the " +
+    "layers that take vectors. Nothing is computed: the values are the same."],
+  mul: ["Multiplication", "Every value is multiplied, by a constant or by another layer's value at the same place. " +
+    "A constant scales the logits (ResNet-9 multiplies them by 0.125), which makes the softmax less peaked."],
+  softmax: ["Softmax", "Softmax turns the logits into probabilities: each logit is exponentiated and divided by " +
+    "the sum of them all. The probabilities are positive and add up to 1, and the largest logit gets the largest " +
+    "probability: the prediction."],
+  other: ["This layer", "This layer has no explanation here; its input and output are shown as they are."],
+};
+
+function learn(kind) {  // the paragraph for this kind of layer, in an aside beside its view
+  const [title, text] = LEARN[kind] || LEARN.other;
+  return el("aside", { class: "learn", "data-kind": kind in LEARN ? kind : "other", "aria-label": `about ${title.toLowerCase()}` },
+    el("b", { text: title }),
+    el("p", { text }));
+}
+
 async function openDetail(node, channel, canvas) {
   for (const c of document.querySelectorAll("canvas.selected")) c.classList.remove("selected");
   canvas && canvas.classList.add("selected");
@@ -481,7 +554,9 @@ async function openDetail(node, channel, canvas) {
   const box = $("#detail");
   box.replaceChildren(el("p", { class: "note", text: "loading …" }));
   if (node.kind === "input") {
-    box.replaceChildren(el("p", { text: `The input image, channel ${channel}: pixels scaled to [0, 1], then (x − mean) / std.` }));
+    box.replaceChildren(learn("input"), el("p", { text: `The input image, channel ${channel}: pixels scaled to [0, 1], then (x − mean) / std.` }));
+    document.body.dataset.detail = `${node.id}:${channel}`;
+    bringDetail();
     return;
   }
   let d;
@@ -492,6 +567,7 @@ async function openDetail(node, channel, canvas) {
   const view = single ? elementView : node.kind === "linear" && !d.weight ? otherView : { conv: convView, act: actView, pool: poolView, gpool: gpoolView, bn: bnView, linear: linearView,
                  add: addView, cat: catView }[node.kind] || otherView;
   view(box, node, channel, d);
+  box.prepend(learn(node.kind));
   document.body.dataset.detail = `${node.id}:${channel}`;
   bringDetail();
 }
@@ -506,41 +582,6 @@ function convView(box, node, channel, d) {
   const x = floats(d.input), w = floats(d.weight), out = floats(d.output);
   const [cin, H, W] = x.shape, [, kh, kw] = w.shape, [oh, ow] = out.shape;
   const [sh, sw] = d.stride, [ph, pw] = d.padding, [dh, dw] = d.dilation;
-  const inputs = el("div", { class: "inputs" });
-  const shown = Math.min(cin, 16);
-  const inBoxes = [];
-  for (let c = 0; c < shown; c++) {
-    const b = mapBox(channelOf(x, c), H, W, `input channel ${d.input_channels[c]}`);
-    b.canvas.className = "";
-    inputs.append(b); inBoxes.push(b);
-  }
-  const kernels = el("div", { class: "kernels" });
-  let wl = Infinity, wh = -Infinity;
-  for (const v of w.data) { wl = Math.min(wl, v); wh = Math.max(wh, v); }
-  for (let c = 0; c < shown; c++) {
-    const k = el("canvas", { title: `kernel slice for input channel ${d.input_channels[c]}` });
-    drawMap(k, w.data.subarray(c * kh * kw, (c + 1) * kh * kw), kh, kw, Math.min(wl, -1e-9), Math.max(wh, 1e-9));
-    kernels.append(k);
-  }
-  const groupNote = d.groups > 1 ? (cin === 1
-    ? `depthwise: group ${d.group} of ${d.groups} reads input channel ${d.input_channels[0]} only`
-    : `grouped: group ${d.group} of ${d.groups} reads input channels ${d.input_channels[0]}–${d.input_channels[cin - 1]}`)
-    : `reads all ${cin} input channels`;
-  const bn = d.chain.find((s) => s.kind === "bn");
-  const act = d.chain.find((s) => s.kind === "act") || (bn && bn.activation ? { function: bn.activation, output: bn.output } : null);
-  const final = d.chain.length ? floats(d.chain[d.chain.length - 1].output) : out;
-  const outBox = mapBox(out.data, oh, ow, "output (hover a pixel)");
-  const formula = el("div", { id: "formula", text: "Hover a pixel of the output to write out its dot product." });
-  box.append(el("div", { class: "panel" }, el("b", { text: `Input channels (${cin}${cin > shown ? `, first ${shown} shown` : ""}) · ${groupNote}` }), inputs,
-                el("b", { text: `Kernel slices ${kh}×${kw}, stride ${sh}, padding ${ph}${d.padding_mode !== "zeros" ? ` (${d.padding_mode})` : ""}${dh > 1 ? `, dilation ${dh}` : ""}` }), kernels),
-             el("div", { class: "panel" }, el("b", { text: `Output ${oh}×${ow}` }), outBox),
-             el("div", { class: "panel" }, formula));
-  if (bn) {
-    const scale = bn.gamma / Math.sqrt(bn.var + bn.eps);
-    box.append(el("div", { class: "panel" }, el("b", { text: "BatchNorm, folded into this channel" }),
-      el("div", { text: `w′ = w · γ/√(σ²+ε) = w · ${fmt(scale)}` }),
-      el("div", { text: `b′ = (b − μ) · γ/√(σ²+ε) + β = ${fmt((d.bias - bn.mean) * scale + bn.beta)}` })));
-  }
   // where a window position outside the input reads from, by the layer's padding mode (-1: a zero)
   const pad = (i, n) => {
     if (i >= 0 && i < n) return i;
@@ -549,9 +590,63 @@ function convView(box, node, channel, d) {
     if (d.padding_mode === "circular") return ((i % n) + n) % n;
     return -1;
   };
-  hoverPixel(outBox, oh, ow, (oy, ox) => {
+  const shown = Math.min(cin, 16);
+  // each input channel's own convolution with its kernel slice (CNN Explainer's intermediate maps): the output
+  // is their sum plus the bias
+  const parts = [];
+  for (let c = 0; c < shown; c++) {
+    const p = new Float32Array(oh * ow);
+    for (let oy = 0; oy < oh; oy++) for (let ox = 0; ox < ow; ox++) {
+      let s = 0;
+      for (let ky = 0; ky < kh; ky++) for (let kx = 0; kx < kw; kx++) {
+        const iy = pad(oy * sh - ph + ky * dh, H), ix = pad(ox * sw - pw + kx * dw, W);
+        if (iy >= 0 && ix >= 0) s += x.data[(c * H + iy) * W + ix] * w.data[(c * kh + ky) * kw + kx];
+      }
+      p[oy * ow + ox] = s;
+    }
+    parts.push(p);
+  }
+  const range = (arrays) => { let a = Infinity, b = -Infinity; for (const t of arrays) for (const v of t) { a = Math.min(a, v); b = Math.max(b, v); } return [a, b]; };
+  const [xl, xh] = range(Array.from({ length: shown }, (_, c) => channelOf(x, c)));  // one scale for the inputs
+  const [pl, ph2] = range(parts);  // one for the maps they give (the output, their sum, has its own)
+  const inputs = el("div", { class: "inputs" });
+  const inBoxes = [], partBoxes = [];
+  for (let c = 0; c < shown; c++) {
+    const b = mapBox(channelOf(x, c), H, W, `input channel ${d.input_channels[c]}`, xl, xh);
+    b.canvas.className = "";
+    const pb = mapBox(parts[c], oh, ow, `input channel ${d.input_channels[c]} convolved with its kernel slice`, pl, ph2, "part");
+    pb.canvas.values = parts[c];
+    inputs.append(el("div", { class: "inch", "data-channel": String(d.input_channels[c]) },
+      el("span", { class: "chlabel", text: `c${d.input_channels[c]}` }), b, el("span", { class: "op", text: "⋆ kernel →" }), pb));
+    inBoxes.push(b); partBoxes.push(pb);
+  }
+  const groupNote = d.groups > 1 ? (cin === 1
+    ? `depthwise: group ${d.group} of ${d.groups} reads input channel ${d.input_channels[0]} only`
+    : `grouped: group ${d.group} of ${d.groups} reads input channels ${d.input_channels[0]}–${d.input_channels[cin - 1]}`)
+    : `reads all ${cin} input channels`;
+  const bn = d.chain.find((s) => s.kind === "bn");
+  const act = d.chain.find((s) => s.kind === "act") || (bn && bn.activation ? { function: bn.activation, output: bn.output } : null);
+  const final = d.chain.length ? floats(d.chain[d.chain.length - 1].output) : out;
+  const outBox = mapBox(out.data, oh, ow, "output (hover a pixel, or focus it and use the arrows)");
+  const formula = el("div", { id: "formula", text: "Hover a pixel of the output (or press ▶ slide) to write out its dot product." });
+  const slide = el("button", { class: "slide", type: "button", text: "▶ slide the window" });
+  box.append(el("div", { class: "panel" },
+                el("b", { text: `Each input channel (${cin}${cin > shown ? `, first ${shown} shown` : ""}; ${groupNote}) convolved with its ` +
+                         `${kh}×${kw} kernel slice, stride ${sh}, padding ${ph}${d.padding_mode !== "zeros" ? ` (${d.padding_mode})` : ""}${dh > 1 ? `, dilation ${dh}` : ""}` }),
+                el("div", { class: "hint", text: "the inputs on one colour scale, the maps they give on another: compare channels' shares" }), inputs),
+             el("div", { class: "panel" }, el("b", { text: `Output ${oh}×${ow} = the sum of those maps${d.has_bias === false ? "" : " + bias"}` }), outBox, slide),
+             el("div", { class: "panel" }, formula));
+  if (bn) {
+    const scale = bn.gamma / Math.sqrt(bn.var + bn.eps);
+    box.append(el("div", { class: "panel" }, el("b", { text: "BatchNorm, folded into this channel" }),
+      el("div", { text: `w′ = w · γ/√(σ²+ε) = w · ${fmt(scale)}` }),
+      el("div", { text: `b′ = (b − μ) · γ/√(σ²+ε) + β = ${fmt((d.bias - bn.mean) * scale + bn.beta)}` })));
+  }
+  const show = (oy, ox) => {
     const y0 = oy * sh - ph, x0 = ox * sw - pw;
     inBoxes.forEach((b) => showWindow(b, H, W, y0, x0, (kh - 1) * dh + 1, (kw - 1) * dw + 1));
+    partBoxes.forEach((b) => showWindow(b, oh, ow, oy, ox, 1, 1));
+    showWindow(outBox, oh, ow, oy, ox, 1, 1);
     let sum = 0;
     const terms = [], partial = new Float64Array(cin), windows = [];
     for (let c = 0; c < cin; c++) {
@@ -594,6 +689,41 @@ function convView(box, node, channel, d) {
     if (tail.length) formula.append(el("div", {}, tail.join("\n"), "\n= ", el("span", { id: "dot-final", text: fmt(y) }),
                                        el("span", { text: `   (PyTorch: ${fmt(final.data[oy * ow + ox])})` })));
     formula.dataset.pixel = `${oy},${ox}`;
+    outBox.canvas.setAttribute("aria-label", `output pixel ${oy}, ${ox}: ${fmt(z)}; arrows move, the formula is beside`);
+  };
+  let at = [0, 0];
+  const go = (oy, ox) => { at = [oy, ox]; show(oy, ox); };
+  hoverPixel(outBox, oh, ow, go);
+  stepper(outBox.canvas, oh, ow, () => at, go);
+  // the sliding animation: the window walks the output row by row (about 8 s in all); with reduced motion each
+  // press moves it one position instead
+  const reduced = matchMedia("(prefers-reduced-motion: reduce)").matches;
+  if (reduced) slide.textContent = "▸ next position";
+  let timer = null;
+  const stop = () => { clearInterval(timer); timer = null; slide.textContent = reduced ? "▸ next position" : "▶ slide the window"; };
+  const next = () => {
+    const i = at[0] * ow + at[1] + (formula.dataset.pixel ? 1 : 0);
+    if (i >= oh * ow) { stop(); return false; }
+    go(Math.floor(i / ow), i % ow);
+    return true;
+  };
+  slide.onclick = () => {
+    if (reduced) { if (!next()) go(0, 0); return; }
+    if (timer) { stop(); return; }
+    if (at[0] * ow + at[1] >= oh * ow - 1) { at = [0, 0]; delete formula.dataset.pixel; }
+    slide.textContent = "❚❚ pause";
+    timer = setInterval(() => { if (!box.isConnected) stop(); else next(); }, Math.max(16, Math.min(250, 8000 / (oh * ow))));
+  };
+}
+
+function stepper(canvas, h, w, where, go) {  // a map's pixel chosen by keyboard: focus it, arrows move
+  canvas.tabIndex = 0;
+  canvas.addEventListener("keydown", (ev) => {
+    const [y, x] = where();
+    const to = { ArrowUp: [y - 1, x], ArrowDown: [y + 1, x], ArrowLeft: [y, x - 1], ArrowRight: [y, x + 1] }[ev.key];
+    if (!to) return;
+    ev.preventDefault();
+    go(Math.max(0, Math.min(h - 1, to[0])), Math.max(0, Math.min(w - 1, to[1])));
   });
 }
 
@@ -603,8 +733,9 @@ function numbersOf(inBoxes, windows, w, kh, kw, shown, partial) {
   if (kh * kw > 49) return;
   inBoxes.forEach((b, c) => {
     if (c >= shown) return;
-    let t = b.querySelector(".nums");
-    if (!t) { t = el("div", { class: "nums" }); b.append(t); }
+    const card = b.parentElement;  // under the input channel's map and the map it gives
+    let t = card.querySelector(".nums");
+    if (!t) { t = el("div", { class: "nums" }); card.append(t); }
     const grid = (vals, cls) => el("table", { class: cls }, ...Array.from({ length: kh }, (_, ky) =>
       el("tr", {}, ...Array.from({ length: kw }, (_, kx) => el("td", { text: fmt(vals[ky * kw + kx], 2) })))));
     t.replaceChildren(grid(windows[c], "win"), el("span", { text: "·" }),
@@ -759,7 +890,7 @@ function openSoftmax(chosen) {
   const s = ex.reduce((a, b) => a + b, 0);
   $("#detail-title").textContent = "softmax: logits to probabilities";
   const rows = ov.logits.map((z, i) => `${i === chosen ? "▶ " : "  "}${cls[i].padEnd(14)} z = ${fmt(z, 4).padStart(9)}   e^(z − max) = ${fmt(ex[i], 5)}   p = ${fmt(ex[i] / s, 5)}   (PyTorch: ${fmt(ov.probabilities[i], 5)})${i === ov.predicted ? "  ★ predicted" : ""}`);
-  $("#detail").replaceChildren(el("div", { id: "formula", text: `pᵢ = e^(zᵢ − max z) / Σⱼ e^(zⱼ − max z),  Σ = ${fmt(s)}\n${rows.join("\n")}` }));
+  $("#detail").replaceChildren(learn("softmax"), el("div", { id: "formula", text: `pᵢ = e^(zᵢ − max z) / Σⱼ e^(zⱼ − max z),  Σ = ${fmt(s)}\n${rows.join("\n")}` }));
 }
 
 // ---------------------------------------------------------------------------------------------- why this class
@@ -814,10 +945,32 @@ async function explainClass(target) {
     }
     ctx.putImageData(base, 0, 0);
     card.replaceChildren(el("b", { text: method }), c,
-      el("div", { class: "scores", text: `deletion ${r.deletion.toFixed(3)} · insertion ${r.insertion.toFixed(3)}` }));
+      el("div", { class: "scores", text: `deletion ${r.deletion.toFixed(3)} · insertion ${r.insertion.toFixed(3)}` }),
+      curves(r.deletion_curve, r.insertion_curve, state.graph.classes[target]));
     if (r.zero_map) card.append(el("div", { class: "note", text: "the map is zero everywhere" }));
     card.dataset.done = "1";
   }
+}
+
+// the class's probability as the map's most relevant pixels are deleted (falls fast for a faithful map: a small
+// area under it) and as they are revealed on a blurred copy (rises fast: a large area), against the share changed
+const CURVE = { w: 150, h: 90, pad: 18 };
+function curves(deletion, insertion, cls) {
+  const { w, h, pad } = CURVE;
+  const xy = (v, i, n) => [pad + (i / (n - 1)) * (w - pad - 4), 4 + (1 - v) * (h - pad - 4)];
+  const line = (vals) => vals.map((v, i) => { const [x, y] = xy(v, i, vals.length); return `${i ? "L" : "M"}${x.toFixed(2)},${y.toFixed(2)}`; }).join(" ");
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("width", w); svg.setAttribute("height", h); svg.setAttribute("class", "curves");
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", `probability of ${cls} as pixels are deleted (red) and inserted (blue), by the share changed`);
+  const [x0, y0] = xy(1, 0, 2), [x1, y1] = xy(0, 1, 2);  // the plot's corners: probability 1 at the top left
+  svg.innerHTML = `<rect x="${x0}" y="${y0}" width="${x1 - x0}" height="${y1 - y0}" fill="none" stroke="#d0d5dd"/>` +
+    `<text x="${x0 - 3}" y="${y0 + 3}" text-anchor="end">1</text><text x="${x0 - 3}" y="${y1}" text-anchor="end">0</text>` +
+    `<text x="${(x0 + x1) / 2}" y="${h - 2}" text-anchor="middle">share of pixels changed</text>` +
+    `<path class="deletion" d="${line(deletion)}" fill="none" stroke="#d92d20" stroke-width="1.5"/>` +
+    `<path class="insertion" d="${line(insertion)}" fill="none" stroke="#2f6fde" stroke-width="1.5"/>`;
+  svg.dataset.box = [x0, y0, x1, y1].join(",");
+  return svg;
 }
 
 // ---------------------------------------------------------------------------------------------- playground
