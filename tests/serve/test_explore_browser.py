@@ -24,6 +24,9 @@ if CHROMIUM is None:
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])")
 
 BROWSER_FAMILIES = ["tinyvgg", "mobilenet_v2_mini", "convnext_mini"]  # with the ResNet-9 run: four families
+# every family of the zoo, for the keyboard walk-through (ResNet-9 is the trained run)
+WALK_FAMILIES = [*BROWSER_FAMILIES, "vgg8_bn_mini", "resnet20", "preact_resnet20", "inception_v4_mini",
+                 "inception_next_mini", "nin3"]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +35,7 @@ def families(tmp_path_factory, trained_run) -> list[tuple[str, Path]]:
 
     folder = tmp_path_factory.mktemp("families")
     meta = dict(load(trained_run.run_dir).meta)
-    return [(f.replace("_", "-"), family_checkpoint(meta, f, folder)) for f in BROWSER_FAMILIES]
+    return [(f.replace("_", "-"), family_checkpoint(meta, f, folder)) for f in WALK_FAMILIES]
 
 
 @pytest.fixture(scope="module")
@@ -595,3 +598,74 @@ def test_accessibility_audit_finds_nothing_serious(page, server, trained_run, tm
     found += audit(page, "static export")
     assert not [f for f in found if f[2] in ("serious", "critical")], found
     assert not page.errors, page.errors
+
+
+KIND_OF_ACTIVE = ("(() => { const a = document.activeElement, c = a.closest('.col'); return [a.tagName, a.className,"
+                  " c ? c.dataset.kind : '', c ? c.dataset.node : '', a.dataset.channel || '']; })()")
+
+
+def press_until(page, key: str, done, limit: int = 1000) -> list:
+    """Press `key` until done(state of the focused element) holds; that state (fails after `limit` presses)."""
+    for _ in range(limit):
+        page.keyboard.press(key)
+        state = page.evaluate(KIND_OF_ACTIVE)
+        if done(state):
+            return state
+    raise AssertionError(f"{key} × {limit} did not get there; focus on {state}")
+
+
+def open_by_keyboard(page, state: list) -> None:
+    """Enter on the focused map, stripe or row; its detail view opens with the paragraph about its kind."""
+    _, _, kind, node, channel = state
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"document.body.dataset.detail === '{node}:{channel or 0}'")
+    assert page.locator("#detail aside.learn").get_attribute("data-kind") == kind
+
+
+@pytest.mark.parametrize("family", ["tiny", *[f.replace("_", "-") for f in WALK_FAMILIES]])
+def test_a_students_walk_through_by_keyboard_on_every_family(page, server, family, sample_train, tmp_path):
+    """Load, upload, then by keyboard only: Tab to the maps; the arrows to a convolution, an activation, a pooling
+    layer (where the family has one) and the vector before the classifier, each opened with Enter; Tab to the
+    predicted class's logit (its dot product equals PyTorch's); Tab to the predicted class's score bar (its six
+    explanations); Tab to the playground (an arrow changes the output size)."""
+    open_page(page, f"{server}/?model={family}")
+    if family != "tiny":  # the sample's images do not fit these checkpoints (3×32×32): an uploaded one instead
+        png = tmp_path / "coat.png"
+        Image.fromarray(sample_train.images[3, 0].numpy(), "L").save(png)
+        page.set_input_files("#file", str(png))
+        page.wait_for_function("document.body.dataset.image")
+    kinds = page.evaluate("[...document.querySelectorAll('#columns .col')].map((c) => c.dataset.kind)")
+    state = press_until(page, "Tab", lambda s: s[0] == "CANVAS", 60)
+    for kind in ("conv", "act", "pool"):
+        if kind in kinds:
+            state = press_until(page, "ArrowRight", lambda s, k=kind: s[2] == k)
+            open_by_keyboard(page, state)
+            page.locator(f'.col[data-node="{state[3]}"] canvas[tabindex="0"]').focus()  # back from the detail
+    state = press_until(page, "ArrowRight", lambda s: s[1] == "vec" and s[2] in ("flatten", "gpool"))
+    while True:  # the last stripe before the classifier
+        page.keyboard.press("ArrowRight")
+        nxt = page.evaluate(KIND_OF_ACTIVE)
+        if nxt[1] != "vec" or nxt[3] == state[3]:
+            break
+        state = nxt
+    page.locator(f'canvas.vec[data-node="{state[3]}"]').focus()
+    page.keyboard.press("ArrowDown")
+    state = page.evaluate(KIND_OF_ACTIVE)
+    open_by_keyboard(page, state)
+    predicted = page.evaluate("document.body.dataset.predicted")
+    page.locator(f'canvas.vec[data-node="{state[3]}"]').focus()
+    row = press_until(page, "Tab", lambda s: s[0] == "DIV" and "predicted" in s[1] and s[2] == "linear", 40)
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"document.body.dataset.detail === '{row[3]}:{row[4]}'")
+    assert f"(class {predicted})" in page.text_content("#formula")
+    assert float(page.text_content("#dot-value")) == pytest.approx(
+        float(page.text_content("#formula").rsplit("PyTorch:", 1)[1].strip(" )")), abs=1e-4)
+    press_until(page, "Tab", lambda s: "scorebar" in s[1], 80)
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelectorAll('.why-card[data-done], .why-card .error').length === 6",
+                           timeout=60_000)
+    assert page.locator(".why-card[data-done] svg.curves").count() >= 4  # LRP may not pass LayerNorm or GELU
+    press_until(page, "Tab", lambda s: s[0] == "INPUT", 40)
+    before = page.text_content("#pg-formula")
+    page.keyboard.press("ArrowRight")
+    assert page.text_content("#pg-formula") != before and not page.errors, page.errors
