@@ -39,9 +39,10 @@ def families(tmp_path_factory, trained_run) -> list[tuple[str, Path]]:
 
 
 @pytest.fixture(scope="module")
-def server(trained_run, families):
-    """`cnnkit explore` in its own process on a free loopback port: the ResNet-9 run and three other families."""
-    specs = [f"tiny={trained_run.run_dir}"] + [f"{n}={p}" for n, p in families]
+def server(trained_run, families, seg_run):
+    """`cnnkit explore` in its own process on a free loopback port: the ResNet-9 run, every other family of the
+    zoo (untrained) and a U-Net segmentation run."""
+    specs = [f"tiny={trained_run.run_dir}", f"seg={seg_run.run_dir}"] + [f"{n}={p}" for n, p in families]
     proc = subprocess.Popen([sys.executable, "-m", "cnnkit", "explore", *specs, "--port", "0", "--device", "cpu"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -669,3 +670,49 @@ def test_a_students_walk_through_by_keyboard_on_every_family(page, server, famil
     before = page.text_content("#pg-formula")
     page.keyboard.press("ArrowRight")
     assert page.text_content("#pg-formula") != before and not page.errors, page.errors
+
+
+def test_a_segmentation_network_walk_through_by_keyboard(page, server, seg_run, tmp_path):
+    """A U-Net by keyboard: the maps to a convolution, the max pooling (its formula equals PyTorch), the
+    transposed convolution (its output pixel's sum equals PyTorch's, moved with the arrows) and a skip
+    concatenation, each with its paragraph; Tab to the mask (the argmax of the class maps, its legend the classes'
+    shares) and to its largest class, whose Seg-Grad-CAM and Grad-CAM++ are drawn with their curves; classes on
+    no pixel cannot be chosen; a static export of it opens from file:// with the mask and the explanations."""
+    from cnnkit.serve import load_models
+    from cnnkit.serve.explore import Explorer, export_site
+
+    open_page(page, server + "/?model=seg")
+    assert all(re.fullmatch(r"\d+% px", t) for t in page.locator("#gallery .thumb .caption").all_text_contents())
+    shares = [float(t.rstrip("%")) for t in page.locator('.classes[data-node="mask"] .v').all_text_contents()]
+    assert shares == sorted(shares, reverse=True) and sum(shares) == pytest.approx(100, abs=0.1 * len(shares))
+    press_until(page, "Tab", lambda s: s[0] == "CANVAS", 60)
+    for kind in ("conv", "pool", "upconv", "cat"):
+        state = press_until(page, "ArrowRight", lambda s, k=kind: s[2] == k)
+        open_by_keyboard(page, state)
+        if kind == "pool":
+            page.locator("#detail canvas.map").last.hover()
+            mine, torch_v = re.search(r"= (-?\d+\.\d+)\s+\(PyTorch: (-?\d+\.\d+)\)", page.text_content("#formula")).groups()
+            assert float(mine) == pytest.approx(float(torch_v), abs=1e-5)
+        if kind == "upconv":
+            page.locator("#detail canvas.map").last.focus()
+            page.keyboard.press("ArrowRight")
+            assert page.evaluate("document.querySelector('#formula').dataset.pixel") == "0,1"
+            assert float(page.text_content("#dot-value")) == pytest.approx(torch_value(page), abs=1e-5)
+        page.locator(f'.col[data-node="{state[3]}"] canvas[tabindex="0"]').focus()
+    press_until(page, "Tab", lambda s: s[0] == "IMG", 20)
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.body.dataset.detail === 'mask:0'")
+    assert page.locator("#detail aside.learn").get_attribute("data-kind") == "mask"
+    press_until(page, "Tab", lambda s: s[1] == "cls predicted", 12)  # the legend, largest share first
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelectorAll('.why-card[data-done]').length === 2", timeout=60_000)
+    assert page.locator(".why-card svg.curves").count() == 2
+    assert page.locator(".scorebar.unheld").count() == sum(s == 0 for s in page.evaluate(
+        "[...document.querySelectorAll('.scorebar span:last-child')].map((e) => parseFloat(e.textContent))"))
+    m = load_models([f"seg={seg_run.run_dir}"], device="cpu")["seg"]
+    page.goto(export_site(Explorer(m), tmp_path / "site", images=1).resolve().as_uri())
+    page.wait_for_selector("body[data-ready]", timeout=60_000)
+    assert page.locator("img.mask").count() == 1
+    page.locator('.classes[data-node="mask"] .cls.predicted').click()
+    page.wait_for_function("document.querySelectorAll('.why-card[data-done]').length === 2", timeout=60_000)
+    assert not page.errors, page.errors

@@ -101,9 +101,6 @@ def test_bad_requests_get_a_4xx_json_line(seg_client, scene_files):
         assert r.status_code == status, (status, r.text)
         message = r.json()["error"]["message"]
         assert message and "\n" not in message and "Traceback" not in message
-    for path in ("explore/graph", "explore/gallery"):  # the explorer shows classifiers
-        r = seg_client.get(f"/v1/models/tiny/{path}")
-        assert r.status_code == 422 and "segmentation model" in r.json()["error"]["message"]
 
 
 def test_predict_url_writes_the_masks_predict_writes_here(seg_run, scene_files, tmp_path, capsys):
@@ -128,3 +125,58 @@ def test_predict_url_writes_the_masks_predict_writes_here(seg_run, scene_files, 
         b = np.array(Image.open(tmp_path / "local" / h["mask"]))
         assert a.shape == b.shape == (h["height"], h["width"]) and (a == b).mean() > 0.999
         assert Image.open(tmp_path / "remote" / r["overlay"]).size == (h["width"], h["height"])
+
+
+def test_the_explorer_shows_a_segmentation_network_its_mask_and_seg_grad_cam(seg_client, seg_run, tmp_path):
+    """The explorer on a U-Net: its graph traced with the skip concatenations, the functional max pooling and the
+    transposed convolutions; the overview's mask equals the argmax of the network's own output; the scores are the
+    classes' shares of the pixels; "why" is Seg-Grad-CAM over the pixels predicted as the class (equal to
+    `cnnkit.explain` with that region) with deletion and insertion curves; a classifier's method is refused in one
+    line; the gallery gives each test scene's pixel accuracy; a static export holds it all."""
+    import torch
+
+    from cnnkit.artifacts import load
+    from cnnkit.data import Normalize
+    from cnnkit.explain.cam import explain, largest_class, predicted_region
+    from cnnkit.serve import load_models
+    from cnnkit.serve.explore import Explorer, export_site
+
+    c = seg_client
+    g = c.get("/v1/models/tiny/explore/graph").json()
+    assert g["traced"] and g["task"] == "segment" and len(g["palette"]) == len(g["classes"])
+    cats = [n for n in g["nodes"] if n["kind"] == "cat"]
+    assert len(cats) == 2 and all(len(n["inputs"]) == 2 for n in cats)  # depth 2: two skips
+    assert {n["kind"] for n in g["nodes"]} >= {"conv", "bn", "act", "pool", "upconv", "cat"}
+    gallery = c.get("/v1/models/tiny/explore/gallery").json()["images"]
+    assert gallery and all(i["label"] is None and 0 <= i["pixel_accuracy"] <= 1 for i in gallery)
+    key = gallery[0]["id"]
+    ov = c.get(f"/v1/models/tiny/explore/images/{key}").json()
+    ckpt = load(seg_run.run_dir)
+    raw = torch.from_numpy(np.array(Image.open(io.BytesIO(base64.b64decode(gallery[0]["png"])))))[None, None]
+    x = Normalize(*ckpt.normalization)(raw)
+    with torch.no_grad():
+        logits = ckpt.model.eval()(x)
+    mask = np.array(Image.open(io.BytesIO(base64.b64decode(ov["output"]["png"]))))
+    np.testing.assert_array_equal(mask, logits[0].argmax(0).numpy())
+    shares = np.bincount(mask.flatten(), minlength=len(g["classes"])) / mask.size
+    np.testing.assert_allclose(ov["probabilities"], shares, atol=1e-6)
+    assert ov["predicted"] == int(largest_class(logits)[0])
+    pool = next(n["id"] for n in g["nodes"] if n["kind"] == "pool")
+    d = c.get(f"/v1/models/tiny/explore/images/{key}/nodes/{pool}/channels/0").json()
+    assert d["node"]["params"]["kernel"] == [2, 2] and d["node"]["params"]["ceil_mode"] is True
+    target = ov["predicted"]
+    w = c.get(f"/v1/models/tiny/explore/images/{key}/why", params={"method": "gradcam"}).json()
+    assert "error" not in w and w["target"] == target and len(w["deletion_curve"]) == len(w["insertion_curve"]) == 25
+    region = predicted_region(logits, torch.tensor([target]))
+    ref = explain(ckpt.model, x, [target], method="gradcam", region=region).maps[0]
+    got = np.frombuffer(base64.b64decode(w["map"]), np.uint8).reshape(w["height"], w["width"]) / 255
+    np.testing.assert_allclose(got, ref.clamp(0, 1).numpy(), atol=1 / 255 + 1e-6)
+    assert 0 <= w["deletion"] <= 1 and w["deletion_curve"][0] == pytest.approx(
+        float((torch.softmax(logits, 1)[0, target] * region[0]).sum() / region.sum()), abs=1e-3)
+    refused = c.get(f"/v1/models/tiny/explore/images/{key}/why", params={"method": "lrp"}).json()
+    assert "Seg-Grad-CAM" in refused["error"] and "\n" not in refused["error"]
+    m = load_models([f"tiny={seg_run.run_dir}"], device="cpu")["tiny"]
+    html = export_site(Explorer(m), tmp_path / "site", images=1).read_text()
+    data = json.loads(html.split('<script id="cnnkit-data" type="application/json">')[1].split("</script>")[0]
+                      .replace("<\\/", "</"))
+    assert [k.split("method=")[1] for k in data["answers"] if "/why?" in k] == ["gradcam", "gradcam%2B%2B"]

@@ -238,6 +238,9 @@ def _module_kind(m: nn.Module) -> tuple[str, dict[str, Any]]:
                         if not isinstance(m.padding, str) else m.padding, "dilation": list(m.dilation),
                         "groups": m.groups, "in_channels": m.in_channels, "out_channels": m.out_channels,
                         "bias": m.bias is not None, "padding_mode": m.padding_mode}
+    if isinstance(m, nn.ConvTranspose2d):  # U-Net's way up: each input value stamps the kernel onto the output
+        return "upconv", {"kernel": list(m.kernel_size), "stride": list(m.stride), "padding": list(m.padding),
+                          "in_channels": m.in_channels, "out_channels": m.out_channels}
     if isinstance(m, nn.BatchNorm2d):
         act = _act_name(getattr(m, "act", nn.Identity()))  # timm's BatchNormAct2d: BN, then its activation
         return "bn", {"eps": m.eps, "activation": act}
@@ -283,7 +286,20 @@ def _function_kind(n: torch.fx.Node, typ: str) -> tuple[str, dict[str, Any]]:
         return "flatten", {}
     if typ == "mean":
         return "gpool", {"op": "avg"}
+    if typ in ("max_pool2d", "avg_pool2d") and n.op == "call_function":  # U-Net's F.max_pool2d
+        return "pool", _pool_args(n, "max" if typ == "max_pool2d" else "avg")
     return "other", {}
+
+
+def _pool_args(n: torch.fx.Node, op: str) -> dict[str, Any]:
+    """A functional pooling call's parameters, as `_module_kind` gives a pooling module's."""
+    names = ["input", "kernel_size", "stride", "padding"]
+    given = {**dict(zip(names, n.args)), **n.kwargs}
+    pair = lambda v: list(v) if isinstance(v, (tuple, list)) else [v, v]  # noqa: E731
+    kernel = pair(given["kernel_size"])
+    return {"op": op, "kernel": kernel, "stride": pair(given.get("stride") or kernel),
+            "padding": pair(given.get("padding", 0)), "ceil_mode": bool(given.get("ceil_mode", False)),
+            "count_include_pad": bool(given.get("count_include_pad", True)), "dilation": pair(given.get("dilation", 1))}
 
 
 # ---------------------------------------------------------------------------------------------- node details
@@ -329,6 +345,21 @@ def conv_terms(inside: Inside, acts: dict[str, torch.Tensor], node_id: str, chan
             "output": acts[node_id][channel], "chain": chain}
 
 
+def upconv_terms(inside: Inside, acts: dict[str, torch.Tensor], node_id: str, channel: int) -> dict[str, Any]:
+    """A transposed convolution at one output channel: every input channel, the kernel slice each stamps onto
+    this channel (ConvTranspose2d's weight is in × out × kH × kW), the bias and PyTorch's output map."""
+    node = inside.by_id[node_id]
+    m = inside.module(node_id)
+    if not isinstance(m, nn.ConvTranspose2d) or m.groups != 1 or tuple(m.dilation) != (1, 1):
+        raise ExplainError(f"{node.label}: only ungrouped, undilated transposed convolutions have a formula view")
+    if not 0 <= channel < m.out_channels:
+        raise ExplainError(f"{node.label} has {m.out_channels} channels; channel {channel} does not exist")
+    return {"node": node.as_dict(), "channel": channel, "input_node": node.inputs[0],
+            "input": acts[node.inputs[0]], "weight": m.weight[:, channel].detach().float(),
+            "bias": float(m.bias[channel]) if m.bias is not None else 0.0, "has_bias": m.bias is not None,
+            "stride": list(m.stride), "padding": list(m.padding), "output": acts[node_id][channel]}
+
+
 def _same_padding(conv: nn.Conv2d) -> list[int]:
     if conv.padding == "valid":
         return [0, 0]
@@ -340,6 +371,8 @@ def layer_terms(inside: Inside, acts: dict[str, torch.Tensor], node_id: str, cha
     node = inside.by_id[node_id]
     if node.kind == "conv":
         return conv_terms(inside, acts, node_id, channel)
+    if node.kind == "upconv":
+        return upconv_terms(inside, acts, node_id, channel)
     out = acts[node_id]
     if out.ndim >= 2 and not 0 <= channel < out.shape[0]:
         raise ExplainError(f"{node.label} has {out.shape[0]} channels; channel {channel} does not exist")

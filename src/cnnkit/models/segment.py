@@ -31,6 +31,14 @@ def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+def to_size(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    """`x` resized bilinearly to `size` (H, W) where it is not that size already (a stem stride shrank it)."""
+    return x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+torch.fx.wrap("to_size")  # one call in a traced graph (the explorer's): its test of the size is not traced into
+
+
 class SegmentationNet(nn.Module):
     """What every cnnkit segmentation model is: `forward(x)` gives N×K×H×W logits at the input's size."""
 
@@ -64,8 +72,7 @@ class UNet(SegmentationNet):
             skip = kept.pop()
             x = up(x)[..., :skip.shape[-2], :skip.shape[-1]]  # odd sizes: the pooled side was rounded up
             x = merge(torch.cat([skip, x], 1) if self.skips else x)
-        return F.interpolate(self.classifier(x), size=size, mode="bilinear", align_corners=False) \
-            if x.shape[-2:] != size else self.classifier(x)
+        return to_size(self.classifier(x), size)
 
 
 class Residual(nn.Module):

@@ -24,6 +24,12 @@ from cnnkit.errors import CnnkitError, ExplainError, error_line
 
 PAGE_DIR = Path(__file__).parent / "explorer"
 WHY_METHODS = ("gradcam", "gradcam++", "scorecam", "eigencam", "lrp", "saliency")
+SEGMENT_WHY = ("gradcam", "gradcam++")  # Seg-Grad-CAM: explain.cam.SEGMENT_METHODS
+
+
+def methods_of(task: str) -> tuple[str, ...]:
+    """The explanation methods "why" offers for a model of `task`."""
+    return SEGMENT_WHY if task == "segment" else WHY_METHODS
 DEFAULT_TOPK = 8
 ORDERS = ("activity", "index")  # a layer's channels listed most active first, or by their number
 MAX_VECTOR = 4096  # a flat layer wider than this is sent as its first values only
@@ -78,6 +84,7 @@ class Explorer:
             raise ExplainError(f"model {m.name!r} is an exported artifact; the explorer needs its training "
                                f"checkpoint: serve the run directory or .safetensors file")
         self.m = m
+        self.task = m.task.name  # what the output column shows: class scores, a mask (segment)
         c, h, w = m.input_shape
         self.model = m.model
         self.inside = Inside(self.model, torch.zeros(1, c, h, w, device=m.device))
@@ -131,14 +138,19 @@ class Explorer:
         return {"model": self.m.name, "architecture": self.m.card.get("architecture"), "traced": ins.traced,
                 "note": "" if ins.traced else (f"torch.fx could not trace this model ({ins.trace_error}); the "
                                                f"layers are shown in the order they run, joins unknown"),
-                "classes": self.m.classes, "nodes": [n.as_dict() for n in ins.nodes], "output": ins.output_id}
+                "classes": self.m.classes, "nodes": [n.as_dict() for n in ins.nodes], "output": ins.output_id,
+                "task": self.task, **({"palette": self._palette()} if self.task == "segment" else {})}
+
+    def _palette(self) -> list[list[int]]:
+        from cnnkit.tasks.segment import run_palette
+
+        return [list(c) for c in run_palette(self.m.ckpt.meta, len(self.m.classes))]
 
     def overview(self, key: str, topk: int = DEFAULT_TOPK, order: str = "activity") -> dict[str, Any]:
         t = time.perf_counter()
         x = self.image(key)
         acts = self.activations(key)
-        logits = acts[self.inside.output_id].flatten()
-        probs = torch.softmax(logits, 0)
+        out = acts[self.inside.output_id]
         normalized = self.m.normalize(x[None])[0].float()
         mean, std = self.m.ckpt.normalization
         nodes = {n.id: self._node_page(acts[n.id], 0, topk, order) for n in self.inside.nodes}
@@ -146,9 +158,26 @@ class Explorer:
         return {"image": key, "model": self.m.name, "topk": topk, "order": order,
                 "input": {"png": png(x), "channels": x.shape[0], "height": x.shape[1], "width": x.shape[2],
                           "mean": mean, "std": std, "min": float(normalized.min()), "max": float(normalized.max())},
-                "logits": logits.tolist(), "probabilities": probs.tolist(), "predicted": int(probs.argmax()),
-                "global": {"min": min(finite), "max": max(finite)}, "nodes": nodes,
+                **self._output(out), "global": {"min": min(finite), "max": max(finite)}, "nodes": nodes,
                 "seconds": time.perf_counter() - t}
+
+    def _output(self, out: torch.Tensor) -> dict[str, Any]:
+        """What the network answers for the image. A classifier: logits, probabilities, the predicted class. A
+        segmentation network: the predicted mask (a palette PNG, as `cnnkit predict` writes it), each class's
+        share of the pixels as the scores, and the class on most pixels (background only where nothing else
+        is) as the prediction, the class "why" explains first."""
+        if self.task != "segment":
+            logits = out.flatten()
+            probs = torch.softmax(logits, 0)
+            return {"logits": logits.tolist(), "probabilities": probs.tolist(), "predicted": int(probs.argmax())}
+        from cnnkit.evaluate.masks import mask_png
+        from cnnkit.explain.cam import largest_class
+
+        mask = out.argmax(0).to(torch.uint8)
+        shares = torch.bincount(mask.flatten().long(), minlength=out.shape[0]).float() / mask.numel()
+        return {"probabilities": shares.tolist(), "predicted": int(largest_class(out[None])[0]),
+                "output": {"kind": "mask", "height": mask.shape[0], "width": mask.shape[1],
+                           "png": base64.b64encode(mask_png(mask.cpu(), [tuple(c) for c in self._palette()])).decode()}}
 
     def node_page(self, key: str, node: str, page: int, topk: int, order: str = "activity") -> dict[str, Any]:
         if node not in self.inside.by_id:
@@ -197,16 +226,30 @@ class Explorer:
 
         t = time.perf_counter()
         x = self.m.normalize(self.image(key)[None]).float()
-        logits = self.activations(key)[self.inside.output_id].flatten()
-        target = int(logits.argmax()) if target is None else target
+        out = self.activations(key)[self.inside.output_id]
+        target = self._output(out)["predicted"] if target is None else target
         if not 0 <= target < len(self.m.classes):
             raise NotFound(f"class {target} does not exist: {len(self.m.classes)} classes")
+        region, score = None, None
+        if self.task == "segment":  # Seg-Grad-CAM over the pixels predicted as the class, scored over them
+            from cnnkit.explain.cam import predicted_region
+            from cnnkit.explain.segment import region_probability
+
+            if method not in methods_of(self.task):
+                return {"method": method, "target": target, "error": f"{method} explains a classifier; a "
+                        f"segmentation model is explained by {' or '.join(methods_of(self.task))} (Seg-Grad-CAM)"}
+            region = predicted_region(out[None].float(), torch.tensor([target], device=out.device))
+            if not region.sum():
+                return {"method": method, "target": target, "error": f"no pixel is predicted as "
+                        f"{self.m.classes[target]!r}: there is no region to explain it over"}
+            score = region_probability(region)
         try:
-            e = explain(self.model, x, [target], method=method)
+            e = explain(self.model, x, [target], method=method, region=region)
         except (CnnkitError, RuntimeError, NotImplementedError) as err:  # LRP on an unsupported layer, ...
             return {"method": method, "target": target, "error": error_line(err)}
         maps = e.maps.detach().float()
-        scores = deletion_insertion(self.model, x, maps, torch.tensor([target]), steps=24)
+        scores = deletion_insertion(self.model, x, maps, torch.tensor([target]), steps=24,
+                                    **({"score": score} if score else {}))
         q = (maps[0].clamp(0, 1) * 255).round().byte()
         return {"method": method, "target": target, "class": self.m.classes[target], "layer": e.layer,
                 "height": maps.shape[1], "width": maps.shape[2], "map": base64.b64encode(q.numpy().tobytes()).decode(),
@@ -233,12 +276,23 @@ class Explorer:
 
             self._gallery = {"images": [], "note": f"no gallery: {without_paths(error_line(e))}"}
             return self._gallery
-        n = min(len(ds.images), 512)
+        n = min(len(ds.images), count if self.task == "segment" else 512)
         images, labels = ds.images[:n], ds.labels[:n]
         with torch.inference_mode():
             pred = torch.cat([self.model(self.m.normalize(images[i:i + 128])).argmax(1).cpu()
                               for i in range(0, n, 128)])
         same = list(ds.classes) == list(self.m.classes)
+        if self.task == "segment":  # a mask per image: the share of its labelled pixels the model gets right
+            items = []
+            for i in range(min(count, n)):
+                key = self.add_image(images[i].clone(), pin=True)
+                truth = ds.masks[i] if ds.masks is not None else None
+                known = truth != 255 if truth is not None else None
+                acc = float((pred[i] == truth)[known].float().mean()) if known is not None and known.any() else None
+                items.append({"id": key, "index": i, "label": None, "predicted": None, "correct": None,
+                              "pixel_accuracy": acc, "png": png(images[i])})
+            self._gallery = {"images": items, "data": ds.name, "split": "test", "classes": list(ds.classes)}
+            return self._gallery
         wrong = (pred != labels).nonzero().flatten().tolist()[: count // 3] if same else []
         right = (pred == labels).nonzero().flatten().tolist()[: count - len(wrong)] if same else list(range(count))
         items = []
@@ -293,7 +347,7 @@ def export_site(ex: Explorer, out: str | Path, images: int = 8, topk: int = DEFA
     if not chosen:
         raise ExplainError(f"nothing to export: {gallery.get('note') or 'the gallery is empty'}")
     answers: dict[str, Any] = {"graph": ex.graph(), "gallery": {**gallery, "images": chosen}}
-    methods = list(WHY_METHODS)
+    methods = list(methods_of(ex.task))
     for item in chosen:
         key = item["id"]
         ov = ex.overview(key, topk)
@@ -311,7 +365,7 @@ def export_site(ex: Explorer, out: str | Path, images: int = 8, topk: int = DEFA
                     answers[f"images/{key}/nodes/{node.id}/channels/{c}"] = ex.detail(key, node.id, c)
                 except NotFound:
                     pass
-        for target in dict.fromkeys([ov["predicted"], item["label"]]):
+        for target in dict.fromkeys(t for t in (ov["predicted"], item["label"]) if t is not None):
             for method in methods:
                 answers[f"images/{key}/why?target={target}&method={quote(method, safe='')}"] = ex.why(key, target,
                                                                                                    method)

@@ -33,6 +33,9 @@ const EXPORT = (() => {
 const query = new URLSearchParams(location.search);
 const token = query.get("token");
 const WHY_METHODS = ["gradcam", "gradcam++", "scorecam", "eigencam", "lrp", "saliency"];
+const SEGMENT_WHY = ["gradcam", "gradcam++"];  // Seg-Grad-CAM: a class explained over the pixels predicted as it
+const segmenting = () => state.graph && state.graph.task === "segment";
+const whyMethods = () => (segmenting() ? SEGMENT_WHY : WHY_METHODS);
 
 const orderParam = () => (state.order === "index" ? "&order=index" : "");  // the default is left out (exports)
 const state = { model: null, graph: null, overview: null, image: null, scale: "layer", topk: 8, order: "activity",
@@ -142,11 +145,16 @@ async function loadGallery() {
   for (const item of g.images) {
     const cls = state.graph.classes, truth = g.classes || cls;  // the data's classes may not be the model's
     // a button (Tab, Enter and Space for free) named by what it shows: the caption, and for a screen reader both classes
+    const px = item.pixel_accuracy;  // a segmentation image: the share of its labelled pixels predicted right
+    const caption = item.label === null ? (px === null || px === undefined ? "scene" : `${(100 * px).toFixed(0)}% px`)
+      : item.correct === false ? `✗ ${cls[item.predicted]}` : truth[item.label];
     const fig = el("button", { type: "button", class: `thumb${item.correct === false ? " wrong" : ""}`, "data-id": item.id,
-                               title: `true: ${truth[item.label]}, predicted: ${cls[item.predicted]}` },
+                               title: item.label === null ? "test image: the share of its labelled pixels the model gets right"
+                                 : `true: ${truth[item.label]}, predicted: ${cls[item.predicted]}` },
       el("img", { src: `data:image/png;base64,${item.png}`, alt: "" }),
-      el("span", { class: "caption", text: item.correct === false ? `✗ ${cls[item.predicted]}` : truth[item.label] }),
-      el("span", { class: "sr", text: item.correct === false ? ` (true class ${truth[item.label]}, misclassified)` : " (test image)" }));
+      el("span", { class: "caption", text: caption }),
+      el("span", { class: "sr", text: item.label === null ? " of the pixels right (test image)"
+        : item.correct === false ? ` (true class ${truth[item.label]}, misclassified)` : " (test image)" }));
     fig.onclick = () => showImage(item.id);
     box.append(fig);
   }
@@ -203,6 +211,10 @@ async function render(ov) {
   $("#seen-text").textContent = `As the model sees it: ${i.channels}×${i.height}×${i.width} ` +
     `(${i.channels === 1 ? "gray" : "RGB"}), normalized with mean ${i.mean.map((v) => v.toFixed(3)).join(", ")} ` +
     `and std ${i.std.map((v) => v.toFixed(3)).join(", ")}: values from ${i.min.toFixed(3)} to ${i.max.toFixed(3)}.`;
+  if (segmenting()) $("#why-section .hint").textContent = "Choose a class: Seg-Grad-CAM (and Grad-CAM++) of its " +
+    "score summed over the pixels predicted as it, each with the class's mean probability over those pixels as the " +
+    "map's most relevant pixels are deleted (red: lower is better) and as they are revealed on a blurred copy (blue: " +
+    "higher is better). The bars are each class's share of the pixels.";
   drawOverview();
   drawScores();
   $("#detail").replaceChildren();
@@ -211,8 +223,9 @@ async function render(ov) {
   const cls = state.graph.classes[ov.predicted];
   const truth = (state.gallery.find((g) => g.id === ov.image) || {}).label;
   const classes = (state.galleryClasses || state.graph.classes);
-  status(`predicted ${cls} (${(100 * ov.probabilities[ov.predicted]).toFixed(1)}%)` +
-         (truth !== undefined ? ` · true class ${classes[truth]}` : "") +
+  status(`${segmenting() ? "most pixels:" : "predicted"} ${cls} (${(100 * ov.probabilities[ov.predicted]).toFixed(1)}%` +
+         `${segmenting() ? " of the pixels" : ""})` +
+         (truth !== undefined && truth !== null ? ` · true class ${classes[truth]}` : "") +
          (EXPORT ? "" : ` · server ${(1000 * ov.seconds).toFixed(0)} ms`));  // an export's timing was another machine's
   document.body.dataset.predicted = cls;
   document.body.dataset.image = ov.image;
@@ -265,6 +278,7 @@ function kindLabel(n) {
   if (n.kind === "act") return p.function;
   if (n.kind === "pool") return `${p.op}pool ${p.kernel.join("×")}`;
   if (n.kind === "gpool") return `global ${p.op}`;
+  if (n.kind === "upconv") return `upconv ${p.kernel.join("×")} ×${p.stride[0]}`;
   return n.kind === "other" ? n.type : n.kind;
 }
 
@@ -315,7 +329,8 @@ function drawColumn(node) {
     const q = bytes(page.data);
     const size = page.height * page.width;
     page.order.forEach((ch, k) => {
-      const c = el("canvas", { class: "ch", "data-node": node.id, "data-channel": String(ch), title: `channel ${ch}` });
+      const cname = segClass(node, ch);  // a segmentation network's last maps are its classes' scores
+      const c = el("canvas", { class: "ch", "data-node": node.id, "data-channel": String(ch), title: `channel ${ch}${cname ? `: ${cname}` : ""}` });
       const a = page.lo[k], b = page.hi[k];
       const vals = new Float32Array(size);
       for (let i = 0; i < size; i++) vals[i] = a + (q[k * size + i] / 255) * (b - a);
@@ -323,7 +338,7 @@ function drawColumn(node) {
       else drawMap(c, vals, page.height, page.width, lo, hi);
       c.onclick = () => openDetail(node, ch, c);
       // the maps are one tab stop (the input's first), the arrows move between them (a roving tabindex)
-      pressable(c, `${node.label}, channel ${ch}`).tabIndex = k === 0 && node.kind === "input" ? 0 : -1;
+      pressable(c, `${node.label}, channel ${ch}${cname ? `, ${cname}` : ""}`).tabIndex = k === 0 && node.kind === "input" ? 0 : -1;
       c.addEventListener("keydown", (ev) => channelKeys(ev, c, col, page));
       col.append(el("div", { class: "chwrap" }, c, el("span", { class: "chno", "aria-hidden": "true", text: String(ch) })));
     });
@@ -346,6 +361,12 @@ function drawColumn(node) {
     }
   }
   return col;
+}
+
+function segClass(node, ch) {  // the class whose score map channel `ch` of the output (or the layer before it) is
+  if (!segmenting() || node.shape[0] !== state.graph.classes.length) return "";
+  const out = state.graph.nodes.find((n) => n.id === state.graph.output);
+  return node.id === out.id || out.inputs[0] === node.id ? state.graph.classes[ch] : "";
 }
 
 // a vector as long as the class list, at the output or feeding it through a scaling or a flatten: its classes
@@ -405,12 +426,51 @@ function drawOverview() {
   const cols = $("#columns");
   cols.replaceChildren(...state.graph.nodes.map(drawColumn));
   const ov = state.overview;
-  const soft = el("div", { class: "col classcol", "data-node": "softmax" }, el("header", { text: "softmax" }),
-                  el("div", { class: "kind", text: "class scores" }));
-  soft.append(classRows(ov.probabilities, 0, 1, (i) => openSoftmax(i), "softmax", (p) => `${(100 * p).toFixed(1)}%`));
-  cols.append(soft);
+  if (segmenting()) cols.append(maskColumn(ov));
+  else {
+    const soft = el("div", { class: "col classcol", "data-node": "softmax" }, el("header", { text: "softmax" }),
+                    el("div", { class: "kind", text: "class scores" }));
+    soft.append(classRows(ov.probabilities, 0, 1, (i) => openSoftmax(i), "softmax", (p) => `${(100 * p).toFixed(1)}%`));
+    cols.append(soft);
+  }
   drawLegend();
   requestAnimationFrame(drawEdges);
+}
+
+// a segmentation network's answer: the class of each pixel (the argmax of its class maps) as the mask, in the
+// run's palette, and a legend of the classes it holds with their share of the pixels (a row explains its class)
+function maskColumn(ov) {
+  const cls = state.graph.classes, pal = state.graph.palette;
+  const col = el("div", { class: "col classcol", "data-node": "mask" }, el("header", { text: "mask" }),
+                 el("div", { class: "kind", text: "argmax per pixel" }), el("div", { class: "kind", text: `${ov.output.height}×${ov.output.width}` }),
+                 el("img", { class: "mask", alt: "the predicted mask: each pixel coloured by its class", src: `data:image/png;base64,${ov.output.png}` }));
+  const img = col.querySelector("img.mask");
+  img.onclick = () => openMask(ov);
+  pressable(img);
+  const legend = el("div", { class: "classes", "data-node": "mask" });
+  ov.probabilities.map((p, i) => [p, i]).filter(([p]) => p > 0).sort((a, b) => b[0] - a[0]).forEach(([p, i]) => {
+    const row = el("div", { class: `cls${i === ov.predicted ? " predicted" : ""}`, "data-channel": String(i),
+                            title: `${cls[i]}: ${(100 * p).toFixed(1)}% of the pixels (choose to explain it)` },
+      el("span", { class: "swatch", style: `background: rgb(${pal[i].join(",")})` }),
+      el("span", { class: "name", text: `${i === ov.predicted ? "★ " : ""}${cls[i]}` }), el("span", { class: "v", text: `${(100 * p).toFixed(1)}%` }));
+    row.onclick = () => { explainClass(i); $("#why-section").scrollIntoView({ block: "start" }); };
+    legend.append(pressable(row));
+  });
+  col.append(legend);
+  return col;
+}
+
+function openMask(ov) {  // the mask at a readable size beside the input, with what a mask is
+  const cls = state.graph.classes, pal = state.graph.palette;
+  state.selected = null;
+  $("#detail-title").textContent = "the mask: the class of each pixel";
+  const pic = (src, alt) => el("img", { class: "big", alt, src: `data:image/png;base64,${src}` });
+  const legend = ov.probabilities.map((p, i) => [p, i]).filter(([p]) => p > 0).sort((a, b) => b[0] - a[0])
+    .map(([p, i]) => el("div", {}, el("span", { class: "swatch", style: `background: rgb(${pal[i].join(",")})` }), ` ${cls[i]}: ${(100 * p).toFixed(1)}% of the pixels`));
+  $("#detail").replaceChildren(learn("mask"), el("div", { class: "panel" }, el("b", { text: "input" }), pic(ov.input.png, "the input image")),
+    el("div", { class: "panel" }, el("b", { text: "mask" }), pic(ov.output.png, "the predicted mask")), el("div", { class: "panel legend" }, ...legend));
+  document.body.dataset.detail = "mask:0";
+  bringDetail();
 }
 
 function drawEdges() {  // joins: an arc above the columns from each input that is not the column just before
@@ -536,6 +596,13 @@ const LEARN = {
   softmax: ["Softmax", "Softmax turns the logits into probabilities: each logit is exponentiated and divided by " +
     "the sum of them all. The probabilities are positive and add up to 1, and the largest logit gets the largest " +
     "probability: the prediction."],
+  upconv: ["Transposed convolution", "A transposed convolution makes a map larger: each input value multiplies " +
+    "the kernel and the product is stamped onto the output, the stamps placed stride pixels apart (overlapping ones " +
+    "add up), summed over the input channels, plus a bias. U-Net's decoder uses it to go back up to the image's " +
+    "size, where its output is joined with the encoder's map of the same size."],
+  mask: ["The mask", "A segmentation network gives one map per class, the class's score at every pixel. Each pixel " +
+    "takes the class whose map is highest there (the argmax): that is the mask, coloured by class. The legend lists " +
+    "each class's share of the pixels; choosing one explains it over the pixels predicted as it."],
   other: ["This layer", "This layer has no explanation here; its input and output are shown as they are."],
 };
 
@@ -564,7 +631,7 @@ async function openDetail(node, channel, canvas) {
   catch (e) { box.replaceChildren(el("p", { class: "note", text: e.message })); return; }
   box.replaceChildren();
   const single = floats(d.output).data.length === 1 && ["mul", "flatten", "other", "norm"].includes(node.kind);
-  const view = single ? elementView : node.kind === "linear" && !d.weight ? otherView : { conv: convView, act: actView, pool: poolView, gpool: gpoolView, bn: bnView, linear: linearView,
+  const view = single ? elementView : node.kind === "linear" && !d.weight ? otherView : { conv: convView, act: actView, pool: poolView, gpool: gpoolView, bn: bnView, linear: linearView, upconv: upconvView,
                  add: addView, cat: catView }[node.kind] || otherView;
   view(box, node, channel, d);
   box.prepend(learn(node.kind));
@@ -714,6 +781,54 @@ function convView(box, node, channel, d) {
     slide.textContent = "❚❚ pause";
     timer = setInterval(() => { if (!box.isConnected) stop(); else next(); }, Math.max(16, Math.min(250, 8000 / (oh * ow))));
   };
+}
+
+// a transposed convolution, backwards from one output pixel: the input pixels whose stamp covers it, each times
+// the kernel entry that lands there, summed over the input channels, + the bias
+function upconvView(box, node, channel, d) {
+  const x = floats(d.input), w = floats(d.weight), out = floats(d.output);
+  const [cin, H, W] = x.shape, [, kh, kw] = w.shape, [oh, ow] = out.shape;
+  const [sh, sw] = d.stride, [ph, pw] = d.padding;
+  const shown = Math.min(cin, 16);
+  let xl = Infinity, xh = -Infinity;
+  for (let c = 0; c < shown; c++) for (const v of channelOf(x, c)) { xl = Math.min(xl, v); xh = Math.max(xh, v); }
+  const inBoxes = Array.from({ length: shown }, (_, c) => mapBox(channelOf(x, c), H, W, `input channel ${c}`, xl, xh));
+  const outBox = mapBox(out.data, oh, ow, "output (hover a pixel, or focus it and use the arrows)");
+  const formula = el("div", { id: "formula", text: "Hover a pixel of the output to see which input pixels' stamps cover it." });
+  box.append(el("div", { class: "panel" }, el("b", { text: `Input channels (${cin}${cin > shown ? `, first ${shown} shown` : ""}), one colour scale` }),
+                el("div", { class: "inputs" }, ...inBoxes.map((b, c) => el("div", { class: "inch" }, el("span", { class: "chlabel", text: `c${c}` }), b)))),
+             el("div", { class: "panel" }, el("b", { text: `Output ${oh}×${ow}: ${kh}×${kw} kernel, stride ${sh}${ph ? `, padding ${ph}` : ""}` }), outBox),
+             el("div", { class: "panel" }, formula));
+  let at = [0, 0];
+  const go = (oy, ox) => {
+    at = [oy, ox];
+    const terms = [];
+    let sum = 0, where = null;
+    for (let ky = 0; ky < kh; ky++) for (let kx = 0; kx < kw; kx++) {
+      const ty = oy + ph - ky, tx = ox + pw - kx;  // output = input × stride − padding + kernel offset
+      if (ty % sh || tx % sw) continue;
+      const iy = ty / sh, ix = tx / sw;
+      if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+      where = where || [iy, ix];
+      for (let c = 0; c < cin; c++) {
+        const v = x.data[(c * H + iy) * W + ix], wt = w.data[(c * kh + ky) * kw + kx];
+        sum += v * wt; terms.push([v * wt, v, wt, c, iy, ix, ky, kx]);
+      }
+    }
+    inBoxes.forEach((b) => (where ? showWindow(b, H, W, where[0], where[1], 1, 1) : null));
+    showWindow(outBox, oh, ow, oy, ox, 1, 1);
+    terms.sort((a, b) => Math.abs(b[0]) - Math.abs(a[0]));
+    const z = sum + d.bias;
+    const cover = [...new Set(terms.map((t) => `(${t[4]}, ${t[5]}) with kernel entry (${t[6]}, ${t[7]})`))];
+    formula.replaceChildren(`output[${oy}, ${ox}] is covered by the stamp of input pixel ${cover.join(", ") || "none"}\n` +
+      `  = Σ over the ${cin} input channels of input × kernel entry, largest first:\n` +
+      `  ${terms.slice(0, 12).map(([, v, wt, c]) => `${fmt(v, 3)}×${fmt(wt, 3)}[c${c}]`).join(" + ")}${terms.length > 12 ? ` + … (${terms.length - 12} more)` : ""}\n` +
+      `  = ${fmt(sum)}${d.has_bias ? `\n  + bias ${fmt(d.bias)}` : ""}\n  = `, el("span", { id: "dot-value", text: fmt(z) }),
+      el("span", { id: "dot-torch", text: `   (PyTorch: ${fmt(out.data[oy * ow + ox])})` }));
+    formula.dataset.pixel = `${oy},${ox}`;
+  };
+  hoverPixel(outBox, oh, ow, go);
+  stepper(outBox.canvas, oh, ow, () => at, go);
 }
 
 function stepper(canvas, h, w, where, go) {  // a map's pixel chosen by keyboard: focus it, arrows move
@@ -901,14 +1016,18 @@ function drawScores() {
   const same = !state.galleryClasses || state.galleryClasses.join() === cls.join();
   const truth = item && same ? item.label : undefined;
   // an export holds the explanations of the predicted and the true class only: the other bars say so
-  const held = (i) => !EXPORT || EXPORT.answers[`images/${ov.image}/why?target=${i}&method=${WHY_METHODS[0]}`] !== undefined;
+  // a segmentation model explains a class over the pixels predicted as it: a class on no pixel cannot be chosen
+  const none = (i) => segmenting() && !(ov.probabilities[i] > 0);
+  const held = (i) => !none(i) && (!EXPORT || EXPORT.answers[`images/${ov.image}/why?target=${i}&method=${WHY_METHODS[0]}`] !== undefined);
   $("#scores").replaceChildren(...order.map(([p, i]) => {
-    const marks = `${i === ov.predicted ? " ★ predicted" : ""}${i === truth ? " ✓ true class" : ""}`;
+    const marks = `${i === ov.predicted ? (segmenting() ? " ★ most pixels" : " ★ predicted") : ""}${i === truth ? " ✓ true class" : ""}`;
     const row = el("div", { class: `scorebar${held(i) ? "" : " unheld"}${i === truth ? " truth" : ""}`, "data-class": String(i),
                             role: "button", tabindex: "0", ...(held(i) ? {} : { "aria-disabled": "true", title: "not in this export" }) },
       el("span", { text: cls[i] + marks }), el("div", {}, el("div", { class: "bar", style: `width:${(100 * p).toFixed(1)}%` })),
       el("span", { text: `${(100 * p).toFixed(1)}%` }));
-    row.onclick = () => (held(i) ? explainClass(i) : status("this static export holds the explanations of the predicted and the true class only"));
+    if (none(i)) row.title = "no pixel is predicted as this class";
+    row.onclick = () => (held(i) ? explainClass(i) : status(none(i) ? `no pixel is predicted as ${cls[i]}: there is no region to explain it over`
+      : "this static export holds the explanations of the predicted and the true class only"));
     return pressable(row);
   }));
 }
@@ -920,11 +1039,11 @@ async function explainClass(target) {
   box.replaceChildren();
   const image = state.image;
   const seen = $("#seen-canvas");
-  for (const method of WHY_METHODS) {
+  for (const method of whyMethods()) {
     const card = el("div", { class: "why-card", "data-method": method }, el("b", { text: method }), el("p", { class: "note", text: "computing …" }));
     box.append(card);
   }
-  for (const method of WHY_METHODS) {
+  for (const method of whyMethods()) {
     const card = box.querySelector(`[data-method="${CSS.escape(method)}"]`);
     let r;
     try { r = await api(`images/${image}/why?target=${target}&method=${encodeURIComponent(method)}`); }

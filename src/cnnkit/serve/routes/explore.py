@@ -31,14 +31,14 @@ async def _run(m: ServedModel, fn: Callable[..., Any], *args: Any) -> Any:
 
 
 async def _explorer(request: Request, name: str) -> Explorer:
-    """The explorer of the model served as `name`, made once; 422 for an exported artifact or a model that
-    does not answer classes (its gallery, class scores and explanations are a classifier's)."""
+    """The explorer of the model served as `name`, made once; 422 for an exported artifact or a model of a task
+    the explorer does not show yet (detection, restoration)."""
     service = service_of(request)
     m = service.model(name)
-    if m.task.name in ("segment", "detect", "restore"):
-        what = {"segment": "segmentation", "detect": "detection", "restore": "restoration"}[m.task.name]
-        raise Problem(422, f"model {name!r} is a {what} model; the explorer shows classifiers (its "
-                           f"predictions: POST /v1/models/{name}/predict)")
+    if m.task.name in ("detect", "restore"):
+        what = {"detect": "detection", "restore": "restoration"}[m.task.name]
+        raise Problem(422, f"model {name!r} is a {what} model; the explorer shows classifiers and segmentation "
+                           f"models (its predictions: POST /v1/models/{name}/predict)")
     if name not in service.explorers:
         if not m.explainable:
             raise Problem(422, f"model {name!r} is an exported artifact ({m.card['kind']}); the explorer needs "
