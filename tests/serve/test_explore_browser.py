@@ -39,10 +39,20 @@ def families(tmp_path_factory, trained_run) -> list[tuple[str, Path]]:
 
 
 @pytest.fixture(scope="module")
-def server(trained_run, families, seg_run):
+def restorers(tmp_path_factory) -> list[str]:
+    """Untrained ESPCN (×3) and DnCNN checkpoints, as NAME=PATH."""
+    from tests.tasks.test_restore import _restore_checkpoint
+
+    folder = tmp_path_factory.mktemp("restorers")
+    return [f"sr={_restore_checkpoint(folder / 'sr', 'espcn', {'scale': 3, 'n1': 8, 'n2': 4})}",
+            f"dn={_restore_checkpoint(folder / 'dn', 'dncnn', {'depth': 5, 'features': 8})}"]
+
+
+@pytest.fixture(scope="module")
+def server(trained_run, families, seg_run, restorers):
     """`cnnkit explore` in its own process on a free loopback port: the ResNet-9 run, every other family of the
-    zoo (untrained) and a U-Net segmentation run."""
-    specs = [f"tiny={trained_run.run_dir}", f"seg={seg_run.run_dir}"] + [f"{n}={p}" for n, p in families]
+    zoo (untrained), a U-Net segmentation run and two restoration networks."""
+    specs = [f"tiny={trained_run.run_dir}", f"seg={seg_run.run_dir}", *restorers] + [f"{n}={p}" for n, p in families]
     proc = subprocess.Popen([sys.executable, "-m", "cnnkit", "explore", *specs, "--port", "0", "--device", "cpu"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -716,3 +726,41 @@ def test_a_segmentation_network_walk_through_by_keyboard(page, server, seg_run, 
     page.locator('.classes[data-node="mask"] .cls.predicted').click()
     page.wait_for_function("document.querySelectorAll('.why-card[data-done]').length === 2", timeout=60_000)
     assert not page.errors, page.errors
+
+
+@pytest.mark.parametrize("model, last", [("sr", "shuffle"), ("dn", "sub")])
+def test_a_restoration_network_walk_through_by_keyboard(page, server, model, last):
+    """ESPCN and DnCNN by keyboard: a convolution's output pixel (its sum equals PyTorch's), then the pixel shuffle
+    (which input channel and pixel an output pixel is copied from) or the residual subtraction, each against
+    PyTorch; Tab to the restored image, Enter explains the box at its centre by both methods; a click elsewhere
+    explains the box there, outlined on the restored image."""
+    open_page(page, f"{server}/?model={model}")
+    assert all(t.endswith(" dB") for t in page.locator("#gallery .thumb .caption").all_text_contents())
+    assert "PSNR" in page.text_content("#status")
+    press_until(page, "Tab", lambda s: s[0] == "CANVAS", 60)
+    for kind in ("conv", last):
+        state = press_until(page, "ArrowRight", lambda s, k=kind: s[2] == k)
+        open_by_keyboard(page, state)
+        out = page.locator("#detail canvas.map").last
+        if kind == "sub":
+            out.hover()
+            mine, torch_v = re.search(r"= (-?\d+\.\d+)\s+\(PyTorch: (-?\d+\.\d+)\)", page.text_content("#formula")).groups()
+            assert float(mine) == pytest.approx(float(torch_v), abs=1e-5)
+        else:
+            out.focus()
+            page.keyboard.press("ArrowDown")
+            assert page.evaluate("document.querySelector('#formula').dataset.pixel") == "1,0"
+            assert float(page.text_content("#dot-value")) == pytest.approx(torch_value(page), abs=1e-5)
+        page.locator(f'.col[data-node="{state[3]}"] canvas[tabindex="0"]').focus()
+    press_until(page, "Tab", lambda s: s[0] == "IMG", 20)
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelectorAll('.why-card[data-done]').length === 2", timeout=60_000)
+    assert set(page.locator(".why-card").evaluate_all("cs => cs.map(c => c.dataset.region)")) == {"36,36,60,60"}
+    img = page.locator("img.restored")
+    box = img.bounding_box()
+    img.click(position={"x": box["width"] * 0.1, "y": box["height"] * 0.9})
+    page.wait_for_function("document.querySelectorAll('.why-card[data-done]').length === 2 && "
+                           "document.querySelector('.why-card').dataset.region !== '36,36,60,60'", timeout=60_000)
+    x0, y0, x1, y1 = map(int, page.locator(".why-card").first.get_attribute("data-region").split(","))
+    assert (x0, x1 - x0, y1, y1 - y0) == (0, 24, 96, 24)  # clamped to the image's corner
+    assert page.locator(".restoredbox .window").count() == 1 and not page.errors, page.errors

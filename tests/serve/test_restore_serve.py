@@ -5,6 +5,7 @@ process)."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 
@@ -74,9 +75,8 @@ def test_bad_restoration_requests_are_4xx(sr_client, photos, monkeypatch):
     r = sr_client.post("/v1/models/tiny/predict", content=photos[0].read_bytes(),
                        headers={"content-type": "image/png"})
     assert r.status_code == 413 and "more than" in r.json()["error"]["message"]
-    for path in ("/v1/models/tiny/explain", "/v1/models/tiny/explore/images"):
-        r = sr_client.post(path, files=two[:1])
-        assert r.status_code == 422 and "restoration model" in r.json()["error"]["message"], (path, r.text)
+    r = sr_client.post("/v1/models/tiny/explain", files=two[:1])  # (the explorer shows it: see below)
+    assert r.status_code == 422 and "restoration model" in r.json()["error"]["message"], r.text
 
 
 def test_predict_url_writes_the_images_predict_writes_here(sr_checkpoint, photos, tmp_path, capsys):
@@ -98,3 +98,52 @@ def test_predict_url_writes_the_images_predict_writes_here(sr_checkpoint, photos
         a, b = (np.asarray(Image.open(row["restored"])) for row in (r, h))
         assert np.array_equal(a, b)
     assert json.loads((tmp_path / "remote" / "restored.json").read_text())["service"] == f"{url}/v1/models/sr"
+
+
+def test_the_explorer_shows_a_restoration_network_and_where_its_pixels_come_from(sr_client, sr_checkpoint, tmp_path):
+    """The explorer on ESPCN (×3): its graph ends in the pixel shuffle; the gallery holds test-photograph crops
+    shrunk as in training, captioned with the restored and bicubic PSNR; the overview's restored image is the one
+    `cnnkit predict` makes of that input; "why" maps the input pixels a box of the restored image depends on, and
+    nothing outside the box's receptive field (the network's radius around it) counts; a bad box is refused in one
+    line; an upload is explored at most 128 pixels a side; a static export holds the centre box's maps."""
+    import torch
+
+    from cnnkit.artifacts import load
+    from cnnkit.evaluate.restore import restore_pixels
+    from cnnkit.serve import load_models
+    from cnnkit.serve.explore import Explorer, export_site
+    from cnnkit.tasks.restore import restoration_net
+
+    c = sr_client
+    g = c.get("/v1/models/tiny/explore/graph").json()
+    assert g["traced"] and g["task"] == "restore" and [n["kind"] for n in g["nodes"]][-1] == "shuffle"
+    gallery = c.get("/v1/models/tiny/explore/gallery").json()["images"]
+    assert len(gallery) == 15 and all(i["baseline"] == "bicubic" and i["baseline_psnr"] > i["psnr"] for i in gallery)
+    key, given = gallery[0]["id"], np.array(Image.open(io.BytesIO(base64.b64decode(gallery[0]["png"]))))
+    assert given.shape == (32, 32, 3)  # a 96-pixel crop shrunk ×3
+    ov = c.get(f"/v1/models/tiny/explore/images/{key}").json()
+    assert ov["output"]["scale"] == 3 and (ov["output"]["height"], ov["output"]["width"]) == (96, 96)
+    net = load(sr_checkpoint).model.eval()
+    expected = restore_pixels(net, torch.from_numpy(given).permute(2, 0, 1)[None], 3)[0].permute(1, 2, 0).numpy()
+    shown = np.array(Image.open(io.BytesIO(base64.b64decode(ov["output"]["png"]))))
+    assert np.abs(shown.astype(int) - expected.astype(int)).max() <= 1
+    radius = restoration_net(net).radius
+    for method in ("saliency", "integrated_gradients"):
+        w = c.get(f"/v1/models/tiny/explore/images/{key}/why", params={"method": method, "region": "30,30,39,39"}).json()
+        assert "error" not in w and w["region"] == [30, 30, 39, 39] and (w["height"], w["width"]) == (32, 32)
+        m = np.frombuffer(base64.b64decode(w["map"]), np.uint8).reshape(32, 32)
+        ys, xs = np.nonzero(m)
+        assert len(ys) and ys.min() >= 10 - radius and ys.max() <= 12 + radius and xs.min() >= 10 - radius
+        assert xs.max() <= 12 + radius, (method, ys.min(), ys.max(), xs.min(), xs.max())
+    r = c.get(f"/v1/models/tiny/explore/images/{key}/why", params={"method": "saliency", "region": "0,0,200,5"})
+    assert r.status_code == 422 and "not inside the 96×96" in r.json()["error"]["message"]
+    assert "explained by saliency" in c.get(f"/v1/models/tiny/explore/images/{key}/why",
+                                            params={"method": "gradcam"}).json()["error"]
+    buf = io.BytesIO()
+    Image.new("RGB", (400, 300), (200, 40, 90)).save(buf, "PNG")
+    up = c.post("/v1/models/tiny/explore/images", files={"file": ("a.png", buf.getvalue())}).json()
+    assert (up["input"]["height"], up["input"]["width"]) == (96, 128) and up["output"]["width"] == 384
+    m = load_models([f"tiny={sr_checkpoint}"], device="cpu")["tiny"]
+    html = export_site(Explorer(m), tmp_path / "site", images=1).read_text()
+    assert html.count('/why?method=saliency"') + html.count("/why?method=saliency\\\"") >= 1
+    assert '/why?method=integrated_gradients' in html

@@ -263,6 +263,8 @@ def _module_kind(m: nn.Module) -> tuple[str, dict[str, Any]]:
     if type(m).__name__ == "SelectAdaptivePool2d":  # timm's head pooling
         return "gpool", {"op": "max" if "max" in str(getattr(m, "pool_type", "")) else "avg",
                          "flatten": bool(getattr(m, "flatten_dim", None) or not isinstance(m.flatten, nn.Identity))}
+    if isinstance(m, nn.PixelShuffle):  # ESPCN's sub-pixel convolution: s² channels become an s× larger map
+        return "shuffle", {"scale": m.upscale_factor}
     if isinstance(m, nn.Linear):
         return "linear", {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None}
     if isinstance(m, nn.Flatten):
@@ -277,6 +279,8 @@ def _function_kind(n: torch.fx.Node, typ: str) -> tuple[str, dict[str, Any]]:
         return "act", {"function": FUNCTIONS[n.target]}
     if typ in ("add", "iadd") or n.target in (torch.add,):
         return "add", {}
+    if typ in ("sub", "isub") or n.target in (torch.sub,):  # DnCNN's residual: the input less the noise it predicts
+        return "sub", {}
     if typ in ("cat", "concat", "concatenate"):
         return "cat", {"dim": n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else 0)}
     if typ in ("mul", "imul"):  # a constant factor (ResNet-9's × 0.125 on the logits) is kept for its view

@@ -25,11 +25,27 @@ from cnnkit.errors import CnnkitError, ExplainError, error_line
 PAGE_DIR = Path(__file__).parent / "explorer"
 WHY_METHODS = ("gradcam", "gradcam++", "scorecam", "eigencam", "lrp", "saliency")
 SEGMENT_WHY = ("gradcam", "gradcam++")  # Seg-Grad-CAM: explain.cam.SEGMENT_METHODS
+RESTORE_WHY = ("saliency", "integrated_gradients")  # which input pixels an output patch depends on
+EXPLORE_SIDE = 128  # a restoration model's input is explored at most this large (uploads are shrunk to it)
+GALLERY_CROP = 96  # the clean side of a restoration gallery image, before it is degraded
 
 
 def methods_of(task: str) -> tuple[str, ...]:
     """The explanation methods "why" offers for a model of `task`."""
-    return SEGMENT_WHY if task == "segment" else WHY_METHODS
+    return {"segment": SEGMENT_WHY, "restore": RESTORE_WHY}.get(task, WHY_METHODS)
+
+
+class _PatchMean(torch.nn.Module):
+    """A restoration network seen as a one-output model: the mean of its output over a box (x0, y0, x1, y1), so that
+    the gradient methods explain which input pixels that patch of the restored image depends on."""
+
+    def __init__(self, net: torch.nn.Module, box: tuple[int, int, int, int]):
+        super().__init__()
+        self.net, self.box = net, box
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x0, y0, x1, y1 = self.box
+        return self.net(x)[..., y0:y1, x0:x1].mean((1, 2, 3))[:, None]
 DEFAULT_TOPK = 8
 ORDERS = ("activity", "index")  # a layer's channels listed most active first, or by their number
 MAX_VECTOR = 4096  # a flat layer wider than this is sent as its first values only
@@ -141,6 +157,11 @@ class Explorer:
                 "classes": self.m.classes, "nodes": [n.as_dict() for n in ins.nodes], "output": ins.output_id,
                 "task": self.task, **({"palette": self._palette()} if self.task == "segment" else {})}
 
+    def _scale(self) -> int:
+        from cnnkit.tasks.restore import restoration_net
+
+        return int(restoration_net(self.model).scale)
+
     def _palette(self) -> list[list[int]]:
         from cnnkit.tasks.segment import run_palette
 
@@ -166,6 +187,11 @@ class Explorer:
         segmentation network: the predicted mask (a palette PNG, as `cnnkit predict` writes it), each class's
         share of the pixels as the scores, and the class on most pixels (background only where nothing else
         is) as the prediction, the class "why" explains first."""
+        if self.task == "restore":  # the restored image, clipped to 0..1 as a saved image is
+            pixels = out.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+            return {"probabilities": [], "predicted": None,
+                    "output": {"kind": "image", "height": pixels.shape[1], "width": pixels.shape[2],
+                               "scale": self._scale(), "png": png(pixels)}}
         if self.task != "segment":
             logits = out.flatten()
             probs = torch.softmax(logits, 0)
@@ -217,16 +243,20 @@ class Explorer:
         except ExplainError as e:
             raise NotFound(error_line(e)) from None
 
-    def why(self, key: str, target: int | None, method: str) -> dict[str, Any]:
+    def why(self, key: str, target: int | None, method: str, region: str | None = None) -> dict[str, Any]:
         """One explanation map of `target` (default the predicted class) and its deletion and insertion
         scores (probability of the class as the most relevant pixels are removed / revealed; area under
-        the curve: lower deletion and higher insertion are better)."""
+        the curve: lower deletion and higher insertion are better). A restoration model: the map of the input
+        pixels that a box of the restored image (`region`, "x0,y0,x1,y1" in its pixels; default a box at its
+        centre) depends on, by `method` (saliency or integrated gradients)."""
         from cnnkit.explain.cam import explain
         from cnnkit.explain.metrics import deletion_insertion
 
         t = time.perf_counter()
         x = self.m.normalize(self.image(key)[None]).float()
         out = self.activations(key)[self.inside.output_id]
+        if self.task == "restore":
+            return {**self._why_patch(x, out, method, region), "seconds": time.perf_counter() - t}
         target = self._output(out)["predicted"] if target is None else target
         if not 0 <= target < len(self.m.classes):
             raise NotFound(f"class {target} does not exist: {len(self.m.classes)} classes")
@@ -259,6 +289,60 @@ class Explorer:
                 "insertion_curve": [round(float(v), 4) for v in scores["insertion_curve"][0]],
                 "seconds": time.perf_counter() - t}
 
+    def _restoration_gallery(self, ds: Any, count: int) -> dict[str, Any]:
+        """Crops of the test photographs (`GALLERY_CROP` pixels, at three places in each), each degraded as the
+        network was trained (shrunk by its scale, or its noise added, with a fixed seed): the given image is what
+        is explored; its caption is the restored crop's PSNR against the clean one, beside the plain baseline's
+        (bicubic enlargement, or the noisy input itself)."""
+        from cnnkit.models.restore import bicubic
+        from cnnkit.tasks.restore import degrade, psnr, restoration_net
+
+        net = restoration_net(self.model)
+        side = GALLERY_CROP - GALLERY_CROP % max(1, net.scale)
+        items = []
+        generator = torch.Generator().manual_seed(0)
+        for i in range(len(ds.images)):
+            h, w = ds.images.shape[-2:]
+            for fy, fx in ((0.5, 0.5), (0.3, 0.3), (0.7, 0.7)):
+                if len(items) >= count or h < side or w < side:
+                    break
+                y0, x0 = int((h - side) * fy), int((w - side) * fx)
+                clean = ds.images[i, :, y0:y0 + side, x0:x0 + side].float().div(255)[None]
+                given = degrade(net, clean, generator).clamp(0, 1).mul(255).round().to(torch.uint8)
+                with torch.inference_mode():
+                    restored = self.model(self.m.normalize(given).float()).float()
+                plain = (bicubic(given.float().div(255), size=(side, side)) if net.scale > 1 else given.float().div(255))
+                key = self.add_image(given[0].clone(), pin=True)
+                items.append({"id": key, "index": i, "label": None, "predicted": None, "correct": None,
+                              "psnr": round(float(psnr(restored, clean)[0]), 3),
+                              "baseline_psnr": round(float(psnr(plain, clean)[0]), 3),
+                              "baseline": "bicubic" if net.scale > 1 else "the noisy input", "png": png(given[0])})
+        return {"images": items, "data": ds.name, "split": "test", "classes": list(self.m.classes)}
+
+    def _why_patch(self, x: torch.Tensor, out: torch.Tensor, method: str, region: str | None) -> dict[str, Any]:
+        from cnnkit.explain.cam import explain
+        from cnnkit.explain.segment import parse_region
+
+        oh, ow = out.shape[-2:]
+        if region is None:  # a box a quarter of the smaller side wide, at the centre
+            side = max(1, min(oh, ow) // 4)
+            box = ((ow - side) // 2, (oh - side) // 2, (ow - side) // 2 + side, (oh - side) // 2 + side)
+        else:
+            box = parse_region(region)
+            if not (0 <= box[0] < box[2] <= ow and 0 <= box[1] < box[3] <= oh):
+                raise ExplainError(f"region {region} is not inside the {ow}×{oh} restored image")
+        if method not in RESTORE_WHY:
+            return {"method": method, "region": list(box), "error": f"{method} explains a class; a restoration model "
+                    f"is explained by {' or '.join(RESTORE_WHY)} of a box of its output"}
+        try:  # integrated gradients from a black image (captum's, as `cnnkit explain` runs it)
+            e = explain(_PatchMean(self.model, box).eval(), x, [0], method=method)
+        except (CnnkitError, RuntimeError) as err:
+            return {"method": method, "region": list(box), "error": error_line(err)}
+        maps = e.maps.detach().float()
+        q = (maps[0].clamp(0, 1) * 255).round().byte()
+        return {"method": method, "region": list(box), "height": maps.shape[1], "width": maps.shape[2],
+                "map": base64.b64encode(q.numpy().tobytes()).decode(), "zero_map": bool(e.zero_maps)}
+
     def gallery(self, count: int = 24) -> dict[str, Any]:
         """Up to `count` test images of the run's own dataset, misclassified ones among them and marked. For a
         model whose classes are not the data's (a RotNet run predicts rotations) the images are shown unmarked."""
@@ -268,6 +352,9 @@ class Explorer:
 
         try:
             ds = load_checkpoint_data(self.m.ckpt, split="test", check=False)
+            if self.task == "restore":
+                self._gallery = self._restoration_gallery(ds, count)
+                return self._gallery
             if (ds.in_chans, *ds.img_size) != tuple(self.m.input_shape):
                 raise ExplainError(f"{ds.name} ({ds.split}) gives {ds.in_chans}×{ds.img_size[0]}×{ds.img_size[1]} "
                                    f"images but the model takes {'×'.join(map(str, self.m.input_shape))}")
@@ -365,6 +452,9 @@ def export_site(ex: Explorer, out: str | Path, images: int = 8, topk: int = DEFA
                     answers[f"images/{key}/nodes/{node.id}/channels/{c}"] = ex.detail(key, node.id, c)
                 except NotFound:
                     pass
+        if ex.task == "restore":  # the box at the restored image's centre, by each method
+            for method in methods:
+                answers[f"images/{key}/why?method={quote(method, safe='')}"] = ex.why(key, None, method)
         for target in dict.fromkeys(t for t in (ov["predicted"], item["label"]) if t is not None):
             for method in methods:
                 answers[f"images/{key}/why?target={target}&method={quote(method, safe='')}"] = ex.why(key, target,

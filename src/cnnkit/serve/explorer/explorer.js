@@ -34,8 +34,10 @@ const query = new URLSearchParams(location.search);
 const token = query.get("token");
 const WHY_METHODS = ["gradcam", "gradcam++", "scorecam", "eigencam", "lrp", "saliency"];
 const SEGMENT_WHY = ["gradcam", "gradcam++"];  // Seg-Grad-CAM: a class explained over the pixels predicted as it
+const RESTORE_WHY = ["saliency", "integrated_gradients"];  // the input pixels a box of the restored image depends on
 const segmenting = () => state.graph && state.graph.task === "segment";
-const whyMethods = () => (segmenting() ? SEGMENT_WHY : WHY_METHODS);
+const restoring = () => state.graph && state.graph.task === "restore";
+const whyMethods = () => (segmenting() ? SEGMENT_WHY : restoring() ? RESTORE_WHY : WHY_METHODS);
 
 const orderParam = () => (state.order === "index" ? "&order=index" : "");  // the default is left out (exports)
 const state = { model: null, graph: null, overview: null, image: null, scale: "layer", topk: 8, order: "activity",
@@ -146,14 +148,17 @@ async function loadGallery() {
     const cls = state.graph.classes, truth = g.classes || cls;  // the data's classes may not be the model's
     // a button (Tab, Enter and Space for free) named by what it shows: the caption, and for a screen reader both classes
     const px = item.pixel_accuracy;  // a segmentation image: the share of its labelled pixels predicted right
-    const caption = item.label === null ? (px === null || px === undefined ? "scene" : `${(100 * px).toFixed(0)}% px`)
+    const caption = item.psnr !== undefined ? `${item.psnr.toFixed(1)} dB`
+      : item.label === null ? (px === null || px === undefined ? "scene" : `${(100 * px).toFixed(0)}% px`)
       : item.correct === false ? `✗ ${cls[item.predicted]}` : truth[item.label];
     const fig = el("button", { type: "button", class: `thumb${item.correct === false ? " wrong" : ""}`, "data-id": item.id,
-                               title: item.label === null ? "test image: the share of its labelled pixels the model gets right"
+                               title: item.psnr !== undefined ? `restored: PSNR ${item.psnr.toFixed(2)} dB against the clean crop (${item.baseline}: ${item.baseline_psnr.toFixed(2)} dB)`
+                                 : item.label === null ? "test image: the share of its labelled pixels the model gets right"
                                  : `true: ${truth[item.label]}, predicted: ${cls[item.predicted]}` },
       el("img", { src: `data:image/png;base64,${item.png}`, alt: "" }),
       el("span", { class: "caption", text: caption }),
-      el("span", { class: "sr", text: item.label === null ? " of the pixels right (test image)"
+      el("span", { class: "sr", text: item.psnr !== undefined ? ` restored PSNR (${item.baseline}: ${item.baseline_psnr.toFixed(1)} dB)`
+        : item.label === null ? " of the pixels right (test image)"
         : item.correct === false ? ` (true class ${truth[item.label]}, misclassified)` : " (test image)" }));
     fig.onclick = () => showImage(item.id);
     box.append(fig);
@@ -211,6 +216,11 @@ async function render(ov) {
   $("#seen-text").textContent = `As the model sees it: ${i.channels}×${i.height}×${i.width} ` +
     `(${i.channels === 1 ? "gray" : "RGB"}), normalized with mean ${i.mean.map((v) => v.toFixed(3)).join(", ")} ` +
     `and std ${i.std.map((v) => v.toFixed(3)).join(", ")}: values from ${i.min.toFixed(3)} to ${i.max.toFixed(3)}.`;
+  $("#why-section h2").textContent = restoring() ? "Where the restored pixels come from" : "Why this class";
+  if (restoring()) $("#why-section .hint").textContent = "A restoration network has no class: choose a point of " +
+    "the restored image (the overview's last column) and its box is explained by the input pixels it depends on: " +
+    "the gradient of the box's mean (saliency) and integrated gradients from a black image. A network sees only " +
+    "its receptive field: nothing outside the map's bright area can change the box.";
   if (segmenting()) $("#why-section .hint").textContent = "Choose a class: Seg-Grad-CAM (and Grad-CAM++) of its " +
     "score summed over the pixels predicted as it, each with the class's mean probability over those pixels as the " +
     "map's most relevant pixels are deleted (red: lower is better) and as they are revealed on a blurred copy (blue: " +
@@ -223,11 +233,17 @@ async function render(ov) {
   const cls = state.graph.classes[ov.predicted];
   const truth = (state.gallery.find((g) => g.id === ov.image) || {}).label;
   const classes = (state.galleryClasses || state.graph.classes);
-  status(`${segmenting() ? "most pixels:" : "predicted"} ${cls} (${(100 * ov.probabilities[ov.predicted]).toFixed(1)}%` +
+  if (restoring()) {
+    const item = state.gallery.find((g) => g.id === ov.image);
+    status(`restored ${i.height}×${i.width} → ${ov.output.height}×${ov.output.width}` +
+           (item ? ` · PSNR ${item.psnr.toFixed(2)} dB against the clean crop (${item.baseline}: ${item.baseline_psnr.toFixed(2)} dB)` : "") +
+           (EXPORT ? "" : ` · server ${(1000 * ov.seconds).toFixed(0)} ms`));
+    document.body.dataset.predicted = "";
+  } else status(`${segmenting() ? "most pixels:" : "predicted"} ${cls} (${(100 * ov.probabilities[ov.predicted]).toFixed(1)}%` +
          `${segmenting() ? " of the pixels" : ""})` +
          (truth !== undefined && truth !== null ? ` · true class ${classes[truth]}` : "") +
          (EXPORT ? "" : ` · server ${(1000 * ov.seconds).toFixed(0)} ms`));  // an export's timing was another machine's
-  document.body.dataset.predicted = cls;
+  if (!restoring()) document.body.dataset.predicted = cls;
   document.body.dataset.image = ov.image;
   document.body.dataset.ready = "1";
   window.cnnkitTimings = { ...(window.cnnkitTimings || {}), drawMs: performance.now() - t0, serverMs: 1000 * ov.seconds };
@@ -279,12 +295,13 @@ function kindLabel(n) {
   if (n.kind === "pool") return `${p.op}pool ${p.kernel.join("×")}`;
   if (n.kind === "gpool") return `global ${p.op}`;
   if (n.kind === "upconv") return `upconv ${p.kernel.join("×")} ×${p.stride[0]}`;
+  if (n.kind === "shuffle") return `pixel shuffle ×${p.scale}`;
   return n.kind === "other" ? n.type : n.kind;
 }
 
 function drawColumn(node) {
   const page = state.pages[node.id] || state.overview.nodes[node.id];
-  const col = el("div", { class: `col${node.kind === "add" ? " join" : ""}${node.kind === "cat" ? " cat" : ""}`,
+  const col = el("div", { class: `col${node.kind === "add" ? " join" : ""}${node.kind === "sub" ? " minus" : ""}${node.kind === "cat" ? " cat" : ""}`,
                           "data-node": node.id, title: `${node.label} (${node.type}) → ${node.shape.join("×")}` },
     el("header", { text: node.label }), el("div", { class: "kind", text: kindLabel(node) }),
     el("div", { class: "kind", text: node.shape.join("×") }));
@@ -427,6 +444,7 @@ function drawOverview() {
   cols.replaceChildren(...state.graph.nodes.map(drawColumn));
   const ov = state.overview;
   if (segmenting()) cols.append(maskColumn(ov));
+  else if (restoring()) cols.append(restoredColumn(ov));
   else {
     const soft = el("div", { class: "col classcol", "data-node": "softmax" }, el("header", { text: "softmax" }),
                     el("div", { class: "kind", text: "class scores" }));
@@ -471,6 +489,39 @@ function openMask(ov) {  // the mask at a readable size beside the input, with w
     el("div", { class: "panel" }, el("b", { text: "mask" }), pic(ov.output.png, "the predicted mask")), el("div", { class: "panel legend" }, ...legend));
   document.body.dataset.detail = "mask:0";
   bringDetail();
+}
+
+// a restoration network's answer: the restored image; a click on it chooses the box "why" explains
+function restoredColumn(ov) {
+  const o = ov.output;
+  const col = el("div", { class: "col classcol", "data-node": "restored" }, el("header", { text: "restored" }),
+                 el("div", { class: "kind", text: o.scale > 1 ? `×${o.scale}` : "denoised" }), el("div", { class: "kind", text: `${o.height}×${o.width}` }));
+  const wrap = el("div", { class: "mapbox restoredbox" });
+  const img = el("img", { class: "restored", alt: "the restored image (choose a point: its box is explained)", src: `data:image/png;base64,${o.png}` });
+  wrap.append(img);
+  const side = Math.max(4, Math.floor(Math.min(o.height, o.width) / 4));
+  const pick = (cy, cx) => {
+    const y0 = Math.max(0, Math.min(o.height - side, cy - Math.floor(side / 2))), x0 = Math.max(0, Math.min(o.width - side, cx - Math.floor(side / 2)));
+    explainRegion([x0, y0, x0 + side, y0 + side]);
+  };
+  img.onclick = (ev) => {
+    const r = img.getBoundingClientRect();
+    if (ev.detail === 0) { explainRegion(null); return; }  // Enter: the box at the centre
+    pick(Math.floor(((ev.clientY - r.top) / r.height) * o.height), Math.floor(((ev.clientX - r.left) / r.width) * o.width));
+  };
+  pressable(img);
+  col.append(wrap, el("div", { class: "kind", text: "choose a point to explain its box (Enter: the centre)" }));
+  return col;
+}
+
+function showRegion(box) {  // the explained box, outlined on the restored image
+  const wrap = document.querySelector(".restoredbox"), img = wrap && wrap.querySelector("img");
+  if (!img) return;
+  let win = wrap.querySelector(".window");
+  if (!win) { win = el("div", { class: "window" }); wrap.append(win); }
+  const o = state.overview.output, r = img.getBoundingClientRect();
+  const sy = r.height / o.height, sx = r.width / o.width;
+  Object.assign(win.style, { left: `${box[0] * sx}px`, top: `${box[1] * sy}px`, width: `${(box[2] - box[0]) * sx}px`, height: `${(box[3] - box[1]) * sy}px` });
 }
 
 function drawEdges() {  // joins: an arc above the columns from each input that is not the column just before
@@ -603,6 +654,12 @@ const LEARN = {
   mask: ["The mask", "A segmentation network gives one map per class, the class's score at every pixel. Each pixel " +
     "takes the class whose map is highest there (the argmax): that is the mask, coloured by class. The legend lists " +
     "each class's share of the pixels; choosing one explains it over the pixels predicted as it."],
+  shuffle: ["Pixel shuffle", "A pixel shuffle (ESPCN's sub-pixel convolution) makes the image larger without " +
+    "computing anything: the convolution before it gives s² channels per output channel, computed at the small " +
+    "size, and the shuffle interleaves them into one map s times larger: each s×s block of the output takes one " +
+    "value from each of those channels. All the work happens at the small size, which is what makes ESPCN fast."],
+  sub: ["Subtraction", "A subtraction, element by element. A residual denoiser (DnCNN) predicts the noise, not the " +
+    "clean image, and subtracts it from its input: what the layers learn is the small difference."],
   other: ["This layer", "This layer has no explanation here; its input and output are shown as they are."],
 };
 
@@ -631,7 +688,7 @@ async function openDetail(node, channel, canvas) {
   catch (e) { box.replaceChildren(el("p", { class: "note", text: e.message })); return; }
   box.replaceChildren();
   const single = floats(d.output).data.length === 1 && ["mul", "flatten", "other", "norm"].includes(node.kind);
-  const view = single ? elementView : node.kind === "linear" && !d.weight ? otherView : { conv: convView, act: actView, pool: poolView, gpool: gpoolView, bn: bnView, linear: linearView, upconv: upconvView,
+  const view = single ? elementView : node.kind === "linear" && !d.weight ? otherView : { conv: convView, act: actView, pool: poolView, gpool: gpoolView, bn: bnView, linear: linearView, upconv: upconvView, sub: addView, shuffle: shuffleView,
                  add: addView, cat: catView }[node.kind] || otherView;
   view(box, node, channel, d);
   box.prepend(learn(node.kind));
@@ -831,6 +888,34 @@ function upconvView(box, node, channel, d) {
   stepper(outBox.canvas, oh, ow, () => at, go);
 }
 
+// a pixel shuffle, from one output pixel back to the input channel and pixel it is copied from
+function shuffleView(box, node, channel, d) {
+  const x = floats(d.input[0]), out = floats(d.output), s = node.params.scale;
+  const [, H, W] = x.shape, [oh, ow] = out.shape;
+  const feeds = Array.from({ length: s * s }, (_, k) => channel * s * s + k);  // the channels of this output channel
+  let xl = Infinity, xh = -Infinity;
+  for (const c of feeds) for (const v of channelOf(x, c)) { xl = Math.min(xl, v); xh = Math.max(xh, v); }
+  const boxes = feeds.map((c) => mapBox(channelOf(x, c), H, W, `input channel ${c}`, xl, xh));
+  const ob = mapBox(out.data, oh, ow, "output (hover, or focus it and use the arrows)");
+  const f = el("div", { id: "formula", text: `output channel ${channel} interleaves input channels ${feeds[0]}–${feeds[feeds.length - 1]}. Hover the output.` });
+  box.append(el("div", { class: "panel" }, el("b", { text: `the ${s * s} input channels of output channel ${channel}, one colour scale` }),
+                el("div", { class: "inputs" }, ...boxes.map((b, k) => el("div", { class: "inch" }, el("span", { class: "chlabel", text: `c${feeds[k]}` }), b)))),
+             el("div", { class: "panel" }, el("b", { text: `output ${oh}×${ow}` }), ob), el("div", { class: "panel" }, f));
+  let at = [0, 0];
+  const go = (oy, ox) => {
+    at = [oy, ox];
+    const k = (oy % s) * s + (ox % s), iy = Math.floor(oy / s), ix = Math.floor(ox / s);
+    boxes.forEach((b, j) => (j === k ? showWindow(b, H, W, iy, ix, 1, 1) : b.querySelector(".window") && b.querySelector(".window").remove()));
+    showWindow(ob, oh, ow, oy, ox, 1, 1);
+    f.replaceChildren(`output[${channel}, ${oy}, ${ox}] = input[${feeds[k]}, ${iy}, ${ix}]  (channel ${channel}·${s * s} + (${oy} mod ${s})·${s} + (${ox} mod ${s}), at (⌊${oy}/${s}⌋, ⌊${ox}/${s}⌋))\n  = `,
+      el("span", { id: "dot-value", text: fmt(x.data[(feeds[k] * H + iy) * W + ix]) }),
+      el("span", { id: "dot-torch", text: `   (PyTorch: ${fmt(out.data[oy * ow + ox])})` }));
+    f.dataset.pixel = `${oy},${ox}`;
+  };
+  hoverPixel(ob, oh, ow, go);
+  stepper(ob.canvas, oh, ow, () => at, go);
+}
+
 function stepper(canvas, h, w, where, go) {  // a map's pixel chosen by keyboard: focus it, arrows move
   canvas.tabIndex = 0;
   canvas.addEventListener("keydown", (ev) => {
@@ -948,17 +1033,21 @@ function linearView(box, node, channel, d) {
     `   (PyTorch: ${fmt(out.data[0])})`));
 }
 
-function addView(box, node, channel, d) {
+function addView(box, node, channel, d) {  // an addition, or (DnCNN's) the input less the predicted noise
   const ins = d.input.map(floats), out = floats(d.output);
   const [h, w] = out.shape;
-  const f = el("div", { id: "formula", text: "A residual join: the inputs are added element by element. Hover the output." });
+  const minus = node.kind === "sub";
+  const f = el("div", { id: "formula", text: minus ? "A subtraction, element by element: the first input less the second. Hover the output."
+    : "A residual join: the inputs are added element by element. Hover the output." });
   const name = (id) => { const n = state.graph.nodes.find((m) => m.id === id); return n ? `${n.label} (${kindLabel(n)})` : id; };
   const boxes = ins.map((t, i) => el("div", { class: "panel" }, el("b", { text: `input ${i + 1}: ${name(d.inputs[i])}` }), mapBox(channelOf(t, 0), h, w, "input")));
   const ob = mapBox(out.data, h, w, "output (hover)");
-  box.append(...boxes, el("div", { class: "panel" }, el("b", { text: "sum" }), ob), el("div", { class: "panel" }, f));
+  box.append(...boxes, el("div", { class: "panel" }, el("b", { text: minus ? "difference" : "sum" }), ob), el("div", { class: "panel" }, f));
   hoverPixel(ob, h, w, (y, x) => {
     const vs = ins.map((t) => (t.shape.length === out.shape.length ? channelOf(t, 0)[y * w + x] : NaN));
-    f.textContent = `${vs.map((v) => fmt(v)).join(" + ")} = ${fmt(vs.reduce((a, b) => a + b, 0))}   (PyTorch: ${fmt(out.data[y * w + x])})`;
+    const v = minus ? vs.slice(1).reduce((a, b) => a - b, vs[0]) : vs.reduce((a, b) => a + b, 0);
+    f.textContent = `${vs.map((u) => fmt(u)).join(minus ? " − " : " + ")} = ${fmt(v)}   (PyTorch: ${fmt(out.data[y * w + x])})`;
+    f.dataset.pixel = `${y},${x}`;
   });
 }
 
@@ -1011,6 +1100,12 @@ function openSoftmax(chosen) {
 // ---------------------------------------------------------------------------------------------- why this class
 function drawScores() {
   const ov = state.overview, cls = state.graph.classes;
+  if (restoring()) {  // no classes: the boxes of the restored image are what is explained
+    const go = el("button", { type: "button", class: "region-centre", text: "explain the box at the centre" });
+    go.onclick = () => explainRegion(null);
+    $("#scores").replaceChildren(go);
+    return;
+  }
   const order = ov.probabilities.map((p, i) => [p, i]).sort((a, b) => b[0] - a[0]);
   const item = state.gallery.find((g) => g.id === ov.image);
   const same = !state.galleryClasses || state.galleryClasses.join() === cls.join();
@@ -1032,8 +1127,14 @@ function drawScores() {
   }));
 }
 
-async function explainClass(target) {
-  state.target = target;
+function explainRegion(region) {  // a restoration model: which input pixels a box of its output depends on
+  if (region && EXPORT) { status("this static export holds the explanations of the box at the centre only"); return; }
+  return explainClass(null, region);
+}
+
+async function explainClass(target, region = null) {
+  state.target = restoring() ? `region:${region}` : target;
+  target = restoring() ? state.target : target;
   for (const r of document.querySelectorAll(".scorebar")) r.classList.toggle("chosen", Number(r.dataset.class) === target);
   const box = $("#why");
   box.replaceChildren();
@@ -1046,7 +1147,9 @@ async function explainClass(target) {
   for (const method of whyMethods()) {
     const card = box.querySelector(`[data-method="${CSS.escape(method)}"]`);
     let r;
-    try { r = await api(`images/${image}/why?target=${target}&method=${encodeURIComponent(method)}`); }
+    const query = restoring() ? `method=${encodeURIComponent(method)}${region ? `&region=${region.join(",")}` : ""}`
+      : `target=${target}&method=${encodeURIComponent(method)}`;
+    try { r = await api(`images/${image}/why?${query}`); }
     catch (e) { r = { error: e.message }; }
     if (state.image !== image || state.target !== target) return;  // another choice since
     if (r.error) { card.replaceChildren(el("b", { text: method }), el("p", { class: "error", text: r.error })); continue; }
@@ -1063,6 +1166,14 @@ async function explainClass(target) {
       for (let k = 0; k < 3; k++) base.data[4 * i + k] = 0.5 * base.data[4 * i + k] + 127.5 * col[k];
     }
     ctx.putImageData(base, 0, 0);
+    if (restoring()) {  // no deletion curve: the map is where, in the input, the chosen box comes from
+      showRegion(r.region);
+      card.replaceChildren(el("b", { text: method.replace("_", " ") }), c,
+        el("div", { class: "scores", text: `the input pixels the output box ${r.region[0]},${r.region[1]}–${r.region[2]},${r.region[3]} depends on` }));
+      card.dataset.region = r.region.join(",");
+      card.dataset.done = "1";
+      continue;
+    }
     card.replaceChildren(el("b", { text: method }), c,
       el("div", { class: "scores", text: `deletion ${r.deletion.toFixed(3)} · insertion ${r.insertion.toFixed(3)}` }),
       curves(r.deletion_curve, r.insertion_curve, state.graph.classes[target]));

@@ -7,12 +7,14 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from cnnkit.errors import CnnkitError, ExplainError, close_matches, error_line
 from cnnkit.serve.bodies import int_field, read_images, str_field
-from cnnkit.serve.explore import DEFAULT_TOPK, ORDERS, PAGE_DIR, WHY_METHODS, Explorer, NotFound, page_html
+from cnnkit.serve.explore import (DEFAULT_TOPK, EXPLORE_SIDE, ORDERS, PAGE_DIR, WHY_METHODS, Explorer, NotFound,
+                                  methods_of, page_html)
 from cnnkit.serve.models import ServedModel
 from cnnkit.serve.problems import Problem
 from cnnkit.serve.service import service_of
@@ -35,16 +37,27 @@ async def _explorer(request: Request, name: str) -> Explorer:
     the explorer does not show yet (detection, restoration)."""
     service = service_of(request)
     m = service.model(name)
-    if m.task.name in ("detect", "restore"):
-        what = {"detect": "detection", "restore": "restoration"}[m.task.name]
-        raise Problem(422, f"model {name!r} is a {what} model; the explorer shows classifiers and segmentation "
-                           f"models (its predictions: POST /v1/models/{name}/predict)")
+    if m.task.name == "detect":
+        raise Problem(422, f"model {name!r} is a detection model; the explorer shows classifiers, segmentation "
+                           f"and restoration models (its predictions: POST /v1/models/{name}/predict)")
     if name not in service.explorers:
         if not m.explainable:
             raise Problem(422, f"model {name!r} is an exported artifact ({m.card['kind']}); the explorer needs "
                                f"its training checkpoint: serve the run directory or .safetensors file")
         service.explorers[name] = await _run(m, Explorer, m)
     return service.explorers[name]
+
+
+def shrunk(x: torch.Tensor) -> torch.Tensor:
+    """A restoration model's input (uint8 C×H×W, at the image's own size) at most `EXPLORE_SIDE` pixels on its
+    longer side: the explorer holds every layer's activations for it."""
+    h, w = x.shape[-2:]
+    if max(h, w) <= EXPLORE_SIDE:
+        return x
+    from torchvision.transforms.v2.functional import resize
+
+    f = EXPLORE_SIDE / max(h, w)
+    return resize(x, [max(1, round(h * f)), max(1, round(w * f))], antialias=True)
 
 
 def _topk(request: Request) -> int:
@@ -91,7 +104,7 @@ async def upload(name: str, request: Request) -> JSONResponse:
     """One image (multipart, base64 JSON or raw body) -> its id and its overview."""
     ex = await _explorer(request, name)
     x, _, _, _ = await read_images(request, ex.m, service_of(request).options, single=True)
-    key = ex.add_image(x[0])
+    key = ex.add_image(shrunk(x[0]) if ex.task == "restore" else x[0])
     return JSONResponse(await _run(ex.m, ex.overview, key, _topk(request), _order(request)))
 
 
@@ -124,12 +137,14 @@ async def why(name: str, key: str, request: Request) -> JSONResponse:
     from cnnkit.explain.workflows import target_index
 
     ex = await _explorer(request, name)
-    method = str_field({}, request, "method", "gradcam")
-    if method not in WHY_METHODS:
-        raise Problem(422, f"unknown method {method!r}{close_matches(method, WHY_METHODS)}; choose from: "
-                           f"{', '.join(WHY_METHODS)}")
+    method = str_field({}, request, "method", methods_of(ex.task)[0])
+    known = WHY_METHODS + tuple(m for m in methods_of(ex.task) if m not in WHY_METHODS)
+    if method not in known:
+        raise Problem(422, f"unknown method {method!r}{close_matches(method, known)}; choose from: "
+                           f"{', '.join(known)}")
     try:
         target = target_index(str_field({}, request, "target", None), ex.m.classes)
     except ExplainError as e:
         raise Problem(422, error_line(e)) from None
-    return JSONResponse(await _run(ex.m, ex.why, key, target, method))
+    region = str_field({}, request, "region", None)  # a restoration model: the box of its output explained
+    return JSONResponse(await _run(ex.m, ex.why, key, target, method, region))
