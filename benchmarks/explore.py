@@ -9,12 +9,15 @@
 - Page interactive: Debian's Chromium (Playwright), from navigation to the overview drawn (`body[data-ready]`:
   graph, gallery and overview fetched and every channel drawn), median of 5 loads, new page each time, none of
   them with cached activations.
-- Screenshots of every view, into benchmarks/results/explore/.
+- Screenshots of every view, into benchmarks/results/explore/; with `--tasks`, also of a segmentation (U-Net), a
+  detection (FCOS) and a restoration (ESPCN ×3) run, each trained for 90 s on this CPU (`--budget 90s`): the
+  views, not the models' quality, are what they show.
 
 Targets (issue 16): ResNet-9 overview ≤ 100 ms server time and interactive ≤ 1.5 s; ResNet-50 at 224×224
 ≤ 2 s with the payload under 5 MB.
 
     python -m benchmarks.explore          # writes benchmarks/results/explore.json and the screenshots (~3 min)
+    python -m benchmarks.explore --tasks  # only the three tasks' screenshots (~6 min)
 """
 
 from __future__ import annotations
@@ -175,6 +178,51 @@ def screenshots(browser, url: str, model: str, site: Path) -> list[str]:
     return written
 
 
+TASK_RUNS = {  # name -> what `fit` trains, each for TASK_BUDGET seconds
+    "seg": {"model": "unet_small", "model_kwargs": {"width": 16, "depth": 2}, "data": "fashion-scenes"},
+    "det": {"model": "fcos_small", "data": "fashion-scenes"},
+    "sr": {"model": "espcn", "model_kwargs": {"scale": 3}, "data": "photographs"},
+}
+TASK_BUDGET = 90
+
+
+def task_screenshots(browser, work: Path, data_dir: str) -> list[str]:
+    """Train each of TASK_RUNS for TASK_BUDGET seconds, explore them, and screenshot their overviews' ends, a
+    layer of their own (the transposed convolution, the pyramid's addition, the pixel shuffle) and "why"."""
+    from cnnkit.train import fit
+
+    runs = {name: fit(**spec, data_dir=data_dir, budget=TASK_BUDGET, out=str(work / name), progress=False).run_dir
+            for name, spec in TASK_RUNS.items()}
+    proc, url = start([f"{n}={p}" for n, p in runs.items()] + ["--score-threshold", "0.3"])
+    written = []
+    try:
+        page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        for name, layer, why in (("seg", "upconv", '.classes[data-node="mask"] .cls.predicted'),
+                                 ("det", "add", '.classes[data-node="boxes"] .cls.predicted'),
+                                 ("sr", "shuffle", "img.restored")):
+            page.goto(f"{url}/?model={name}")
+            page.wait_for_selector("body[data-ready]")
+            page.evaluate("document.querySelector('#overview').scrollLeft = 1e6")
+            page.locator("#overview-section").screenshot(path=str(SHOTS / f"task-{name}-overview.png"))
+            page.locator(f'.col[data-kind="{layer}"] canvas.ch').first.click()
+            page.wait_for_function("document.body.dataset.detail")
+            out = page.locator("#detail canvas.map").last
+            out.scroll_into_view_if_needed()
+            box = out.bounding_box()
+            out.hover(position={"x": box["width"] * 0.45, "y": box["height"] * 0.55})
+            page.locator("#detail-section").screenshot(path=str(SHOTS / f"task-{name}-{layer}.png"))
+            page.locator(why).first.click()
+            page.wait_for_function("document.querySelectorAll('.why-card[data-done], .why-card .error').length === 2",
+                                   timeout=120_000)
+            page.locator("#why-section").screenshot(path=str(SHOTS / f"task-{name}-why.png"))
+            written += [f"task-{name}-overview.png", f"task-{name}-{layer}.png", f"task-{name}-why.png"]
+        page.close()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return written
+
+
 def photos_for(checkpoint: Path, run_dir: Path, folder: Path, per_class: int = 3) -> None:
     """Give the random ResNet-50 checkpoint a dataset its gallery can show: an image folder of its ten class
     names holding Fashion-MNIST test images as RGB files (resized to 224×224 when loaded)."""
@@ -197,8 +245,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=str(SHARED_DATA))
     ap.add_argument("--chromium", default=os.environ.get("CNNKIT_CHROMIUM") or shutil.which("chromium"))
+    ap.add_argument("--tasks", action="store_true", help="only the segmentation, detection and restoration screenshots")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
+
+    if args.tasks:
+        work = Path(tempfile.mkdtemp(prefix="cnnkit-explore-tasks-"))
+        try:
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
+                print("\n".join(task_screenshots(browser, work, args.data_dir)))
+                browser.close()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
 
     from cnnkit.serve import load_models
     from cnnkit.serve.explore import Explorer, export_site

@@ -123,8 +123,8 @@ def test_bad_requests_get_a_4xx_json_line(server, det):
             assert r.status_code == status, (status, model, r.text)
             message = r.json()["error"]["message"]
             assert message and "\n" not in message and "Traceback" not in message
-    r = httpx.get(f"{server}/v1/models/ck/explore/graph")
-    assert r.status_code == 422 and "detection model" in r.json()["error"]["message"]
+    r = httpx.get(f"{server}/v1/models/ox/explore/graph")  # an ONNX file has no layers to show
+    assert r.status_code == 422 and "exported artifact" in r.json()["error"]["message"]
     card = httpx.get(f"{server}/v1/models/ox").json()
     assert card["detection"]["score_threshold"] == det["threshold"] and card["detection"]["graph_batch"] == 1
     assert "boxes answered in the image's pixels" in card["input"]["dtype"]
@@ -154,3 +154,55 @@ def test_bench_measures_the_run_and_the_onnx_file_at_a_given_size(det, capsys, m
     for r in rows:
         assert r["img_size"] == [64, 128] and r["latency_ms_p50"] > 0 and r["images_per_s"] > 0
         assert r["params"] > 0 and r["throughput_batch"] == 2
+
+
+def test_the_explorer_shows_a_detector_its_boxes_and_why_one_detection(det, tmp_path):
+    """The explorer on FCOS: the backbone and its feature pyramid traced (the pyramid's top-down additions joined);
+    the output column's detections are the detector's own above the threshold, best first; "why" explains one of
+    them by LayerCAM (equal to `cnnkit.explain`'s) and D-RISE, the curves tracking how well the changed image's
+    detections match it (1 × its own score before anything changes); a classifier's method and a detection out of
+    range are refused in one line; the gallery counts each scene's objects and detections; an export holds it."""
+    import base64
+    import io
+
+    import numpy as np
+    from fastapi.testclient import TestClient
+
+    from cnnkit.explain.detect import layercam
+    from cnnkit.serve import create_app, load_models
+    from cnnkit.serve.explore import Explorer, export_site
+
+    models = load_models([f"ck={det['run']}"], device="cpu", score_threshold=det["threshold"])
+    with TestClient(create_app(models)) as c:
+        g = c.get("/v1/models/ck/explore/graph").json()
+        assert g["traced"] and g["task"] == "detect" and g["nodes"][-1]["id"].startswith("fpn_layer_blocks")
+        assert any(n["kind"] == "add" and len(n["inputs"]) == 2 for n in g["nodes"])  # the pyramid's top-down joins
+        gallery = c.get("/v1/models/ck/explore/gallery").json()["images"]
+        assert gallery and all(i["objects"] >= 1 and i["detections"] >= 0 for i in gallery)
+        key = gallery[0]["id"]
+        ov = c.get(f"/v1/models/ck/explore/images/{key}").json()
+        raw = torch.from_numpy(np.array(Image.open(io.BytesIO(base64.b64decode(gallery[0]["png"])))))
+        x = normalized(raw[None, None], det["ckpt"].meta["normalization"])
+        net = det["ckpt"].model.eval()
+        net.set_postprocess(score_threshold=det["threshold"])
+        with torch.no_grad():
+            expected = net(x)[0]
+        expected = expected[expected[:, 5] >= 0]
+        got = torch.tensor(ov["output"]["detections"])
+        assert len(got) == len(expected) > 1
+        torch.testing.assert_close(got[:, :4], expected[:, :4], atol=0.01, rtol=0)
+        assert got[:, 5].tolist() == expected[:, 5].tolist() and got[:, 4].tolist() == sorted(got[:, 4].tolist(), reverse=True)
+        w = c.get(f"/v1/models/ck/explore/images/{key}/why", params={"method": "layercam", "detection": 1}).json()
+        assert "error" not in w and w["detection"] == 1 and w["class"] == det["ckpt"].classes[int(expected[1, 5])]
+        ref = layercam(net, x, torch.tensor([1])).maps[0]
+        shown = np.frombuffer(base64.b64decode(w["map"]), np.uint8).reshape(w["height"], w["width"]) / 255
+        np.testing.assert_allclose(shown, ref.numpy(), atol=1 / 255 + 1e-6)
+        assert w["deletion_curve"][0] == pytest.approx(float(expected[1, 4]), abs=2e-3)  # itself: IoU 1, same class
+        d = c.get(f"/v1/models/ck/explore/images/{key}/why", params={"method": "drise", "detection": 0}).json()
+        assert "error" not in d and len(d["insertion_curve"]) == 25
+        bad = c.get(f"/v1/models/ck/explore/images/{key}/why", params={"method": "layercam", "detection": 999}).json()
+        assert "out of range" in bad["error"] and "--" not in bad["error"]
+        assert "layercam or drise" in c.get(f"/v1/models/ck/explore/images/{key}/why",
+                                            params={"method": "gradcam"}).json()["error"]
+    html = export_site(Explorer(models["ck"]), tmp_path / "site", images=1).read_text()
+    assert "/why?detection=0&method=layercam" in html and "/why?detection=0&method=drise" in html

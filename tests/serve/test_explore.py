@@ -271,6 +271,13 @@ def test_every_family_explores(tmp_path, trained_run, family):
             r = c.get(f"/v1/models/m/explore/images/{ov['image']}/nodes/{n['id']}/channels/{ch}")
             assert r.status_code == 200, (n, r.text)
         assert {"conv", "linear"} <= done
+        for n in (n for n in g["nodes"] if n["kind"] == "flatten"):  # any element, by its own index; none past the end
+            assert n["inputs"], n  # (a parameter reshaped is a "const", not a flatten)
+            size = ov["nodes"][n["id"]]["size"]
+            r = c.get(f"/v1/models/m/explore/images/{ov['image']}/nodes/{n['id']}/channels/{size - 1}").json()
+            assert f32(r["input"][0]).tolist() == f32(r["output"]).tolist() and len(f32(r["output"])) == 1
+            r = c.get(f"/v1/models/m/explore/images/{ov['image']}/nodes/{n['id']}/channels/{size}")
+            assert r.status_code == 404 and f"has {size} elements" in r.json()["error"]["message"]
         w = c.get(f"/v1/models/m/explore/images/{ov['image']}/why", params={"method": "gradcam"}).json()
         assert "error" not in w and w["height"] == w["width"] == ckpt.img_size[0]
 

@@ -49,11 +49,24 @@ def restorers(tmp_path_factory) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def server(trained_run, families, seg_run, restorers):
+def detector(tmp_path_factory) -> str:
+    """FCOS fitted briefly to four scenes, as NAME=PATH."""
+    from tests.deploy.test_detect_export import briefly_trained, load_scenes
+
+    folder = tmp_path_factory.mktemp("detector") / "run"
+    briefly_trained("fcos_small", load_scenes(), folder)
+    return f"det={folder}"
+
+
+@pytest.fixture(scope="module")
+def server(trained_run, families, seg_run, restorers, detector):
     """`cnnkit explore` in its own process on a free loopback port: the ResNet-9 run, every other family of the
-    zoo (untrained), a U-Net segmentation run and two restoration networks."""
-    specs = [f"tiny={trained_run.run_dir}", f"seg={seg_run.run_dir}", *restorers] + [f"{n}={p}" for n, p in families]
-    proc = subprocess.Popen([sys.executable, "-m", "cnnkit", "explore", *specs, "--port", "0", "--device", "cpu"],
+    zoo (untrained), a U-Net segmentation run, two restoration networks and a detector (its detections kept from
+    a score of 0.3)."""
+    specs = [f"tiny={trained_run.run_dir}", f"seg={seg_run.run_dir}", *restorers, detector] + [
+        f"{n}={p}" for n, p in families]
+    proc = subprocess.Popen([sys.executable, "-m", "cnnkit", "explore", *specs, "--port", "0", "--device", "cpu",
+                             "--score-threshold", "0.3"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     url, lines, deadline = None, [], time.monotonic() + 120
@@ -634,11 +647,11 @@ def open_by_keyboard(page, state: list) -> None:
 
 
 @pytest.mark.parametrize("family", ["tiny", *[f.replace("_", "-") for f in WALK_FAMILIES]])
-def test_a_students_walk_through_by_keyboard_on_every_family(page, server, family, sample_train, tmp_path):
+def test_a_students_walk_through_by_keyboard_and_mouse_on_every_family(page, server, family, sample_train, tmp_path):
     """Load, upload, then by keyboard only: Tab to the maps; the arrows to a convolution, an activation, a pooling
     layer (where the family has one) and the vector before the classifier, each opened with Enter; Tab to the
     predicted class's logit (its dot product equals PyTorch's); Tab to the predicted class's score bar (its six
-    explanations); Tab to the playground (an arrow changes the output size)."""
+    explanations); Tab to the playground (an arrow changes the output size). Then the same by mouse."""
     open_page(page, f"{server}/?model={family}")
     if family != "tiny":  # the sample's images do not fit these checkpoints (3×32×32): an uploaded one instead
         png = tmp_path / "coat.png"
@@ -652,14 +665,10 @@ def test_a_students_walk_through_by_keyboard_on_every_family(page, server, famil
             state = press_until(page, "ArrowRight", lambda s, k=kind: s[2] == k)
             open_by_keyboard(page, state)
             page.locator(f'.col[data-node="{state[3]}"] canvas[tabindex="0"]').focus()  # back from the detail
-    state = press_until(page, "ArrowRight", lambda s: s[1] == "vec" and s[2] in ("flatten", "gpool"))
-    while True:  # the last stripe before the classifier
-        page.keyboard.press("ArrowRight")
-        nxt = page.evaluate(KIND_OF_ACTIVE)
-        if nxt[1] != "vec" or nxt[3] == state[3]:
-            break
-        state = nxt
-    page.locator(f'canvas.vec[data-node="{state[3]}"]').focus()
+    page.keyboard.press("End")  # the last column of maps or stripes: the stripe before the classifier
+    state = page.evaluate(KIND_OF_ACTIVE)
+    if state[1] != "vec":
+        state = press_until(page, "ArrowLeft", lambda s: s[1] == "vec")
     page.keyboard.press("ArrowDown")
     state = page.evaluate(KIND_OF_ACTIVE)
     open_by_keyboard(page, state)
@@ -679,7 +688,19 @@ def test_a_students_walk_through_by_keyboard_on_every_family(page, server, famil
     press_until(page, "Tab", lambda s: s[0] == "INPUT", 40)
     before = page.text_content("#pg-formula")
     page.keyboard.press("ArrowRight")
-    assert page.text_content("#pg-formula") != before and not page.errors, page.errors
+    assert page.text_content("#pg-formula") != before
+    # the same walk by mouse: a convolution, an activation, a pooling layer, the stripe, the logit
+    for kind in ("conv", "act", "pool"):
+        if kind in kinds:
+            page.evaluate("document.body.dataset.detail = ''")
+            page.locator(f'.col[data-kind="{kind}"] canvas.ch').first.click()
+            page.wait_for_function("document.body.dataset.detail")
+            assert page.locator("#detail aside.learn").get_attribute("data-kind") == kind
+    page.locator(f'canvas.vec[data-node="{state[3]}"]').click()
+    page.wait_for_function(f"document.body.dataset.detail.startsWith('{state[3]}:')")
+    page.locator(f'.classes[data-node="{row[3]}"] .cls.predicted').click()
+    page.wait_for_function(f"document.body.dataset.detail === '{row[3]}:{row[4]}'")
+    assert not page.errors, page.errors  # (a class's bar by mouse: test_choosing_a_class_shows_its_explanation_overlays)
 
 
 def test_a_segmentation_network_walk_through_by_keyboard(page, server, seg_run, tmp_path):
@@ -764,3 +785,28 @@ def test_a_restoration_network_walk_through_by_keyboard(page, server, model, las
     x0, y0, x1, y1 = map(int, page.locator(".why-card").first.get_attribute("data-region").split(","))
     assert (x0, x1 - x0, y1, y1 - y0) == (0, 24, 96, 24)  # clamped to the image's corner
     assert page.locator(".restoredbox .window").count() == 1 and not page.errors, page.errors
+
+
+def test_a_detector_walk_through_by_keyboard(page, server):
+    """FCOS by keyboard: a backbone convolution (its output pixel's sum equals PyTorch's) and a top-down addition of
+    the feature pyramid, each with its paragraph; Tab to the detections beside the image, Enter on the best one:
+    LayerCAM and D-RISE with their curves; the bars list every detection, best first."""
+    open_page(page, server + "/?model=det")
+    assert all(t.endswith(" found") for t in page.locator("#gallery .thumb .caption").all_text_contents())
+    n = int(re.match(r"(\d+) detection", page.text_content("#status")).group(1))
+    scores = [float(t) for t in page.locator(".scorebar span:last-child").all_text_contents()]
+    assert n > 1 and len(scores) == n and scores == sorted(scores, reverse=True) and min(scores) >= 0.3
+    press_until(page, "Tab", lambda s: s[0] == "CANVAS", 60)
+    for kind in ("conv", "add"):
+        state = press_until(page, "ArrowRight", lambda s, k=kind: s[2] == k)
+        open_by_keyboard(page, state)
+        if kind == "conv":
+            hover_output(page, 0.5, 0.5)
+            assert float(page.text_content("#dot-value")) == pytest.approx(torch_value(page), abs=1e-4)
+        page.locator(f'.col[data-node="{state[3]}"] canvas[tabindex="0"]').focus()
+    press_until(page, "Tab", lambda s: s[1] == "cls predicted" and s[3] == "boxes", 40)
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelectorAll('.why-card[data-done]').length === 2", timeout=60_000)
+    assert page.locator(".why-card svg.curves").count() == 2
+    assert set(page.locator(".why-card").evaluate_all("cs => cs.map(c => c.dataset.detection)")) == {"0"}
+    assert not page.errors, page.errors

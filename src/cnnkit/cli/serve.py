@@ -103,10 +103,16 @@ def explore(
     token_file: TokenFile = None,
     allow_origin: AllowOrigin = None,
     device: Device = "auto",
+    score_threshold: ScoreThreshold = None,
+    nms_iou: NmsIou = None,
 ) -> None:
     """A CNN Explainer for your model in the browser: every layer's activations, what each one computes, why
     this class, and a hyperparameter playground."""
     check_early(device=device)
+    from cnnkit.evaluate.boxes import check_postprocess
+
+    check_postprocess(score_threshold, nms_iou)
+    boxes = {"score_threshold": score_threshold, "nms_iou": nms_iou}  # a detection model's
     from cnnkit.serve import ServeOptions, bind, load_models
     from cnnkit.serve import serve as run_service
 
@@ -115,7 +121,7 @@ def explore(
 
         if len(artifacts) != 1:
             raise ConfigError("--export writes one model's site: give one artifact")
-        m = next(iter(load_models(artifacts, device, measure_layout=False).values()))
+        m = next(iter(load_models(artifacts, device, measure_layout=False, **boxes).values()))
         path = export_site(Explorer(m), export, images=images)
         summary("explore", {"site": path, "images": images, "size": f"{path.stat().st_size / 2**20:.1f} MB",
                             "open": f"{path.resolve().as_uri()} (or any static web server)"})
@@ -123,7 +129,7 @@ def explore(
     token, origins = _access(host, token, token_file, allow_origin)
     sock = bind(host, port)
     # the explorer's answers are one image at a time: no need to time memory layouts for batches first
-    models = load_models(artifacts, device, measure_layout=False)
+    models = load_models(artifacts, device, measure_layout=False, **boxes)
     closed = [n for n, m in models.items() if not m.explainable]
     if closed:
         raise ConfigError(f"{closed[0]!r} is an exported artifact; the explorer needs the run directory or "

@@ -170,6 +170,8 @@ class Inside:
         else:
             typ = _function_name(n)
             kind, params = _function_kind(n, typ)
+            if not ins and n.op != "placeholder":  # a parameter reshaped (ConvNeXt's layer scale γ): no layer's input
+                kind, params = "const", {}
         return Node(n.name if n is not None else label, label, kind, typ, ins, [], stage, params, channels_last)
 
     # ------------------------------------------------------------------------------------------ running
@@ -378,8 +380,10 @@ def layer_terms(inside: Inside, acts: dict[str, torch.Tensor], node_id: str, cha
     if node.kind == "upconv":
         return upconv_terms(inside, acts, node_id, channel)
     out = acts[node_id]
-    if out.ndim >= 2 and not 0 <= channel < out.shape[0]:
-        raise ExplainError(f"{node.label} has {out.shape[0]} channels; channel {channel} does not exist")
+    if not 0 <= channel < (out.shape[0] if out.ndim >= 2 else out.numel()):
+        what = "channels" if out.ndim >= 2 else "elements"
+        raise ExplainError(f"{node.label} has {out.shape[0] if out.ndim >= 2 else out.numel()} {what}; "
+                           f"{what[:-1]} {channel} does not exist")
     d: dict[str, Any] = {"node": node.as_dict(), "channel": channel, "inputs": node.inputs}
     ins = [acts[i] for i in node.inputs]
     m = inside.module(node_id)
@@ -397,8 +401,8 @@ def layer_terms(inside: Inside, acts: dict[str, torch.Tensor], node_id: str, cha
             start += s
         d.update(input=[ins[d["source"]][d["source_channel"]]], output=out[channel])
         return d
-    if out.ndim == 1:  # a vector (flatten, global pooling output without a spatial part)
-        d.update(input=[t.flatten()[channel:channel + 1] if t.ndim == 1 else t[channel] for t in ins],
+    if out.ndim == 1:  # a vector: a flatten's element is its input's same element; global pooling's, a channel's map
+        d.update(input=[t.flatten()[channel:channel + 1] if t.numel() == out.numel() else t[channel] for t in ins],
                  output=out[channel:channel + 1])
     else:
         d.update(input=[t[channel] if t.ndim == out.ndim and t.shape[0] == out.shape[0] else t for t in ins],

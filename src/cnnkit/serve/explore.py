@@ -26,13 +26,15 @@ PAGE_DIR = Path(__file__).parent / "explorer"
 WHY_METHODS = ("gradcam", "gradcam++", "scorecam", "eigencam", "lrp", "saliency")
 SEGMENT_WHY = ("gradcam", "gradcam++")  # Seg-Grad-CAM: explain.cam.SEGMENT_METHODS
 RESTORE_WHY = ("saliency", "integrated_gradients")  # which input pixels an output patch depends on
+DETECT_WHY = ("layercam", "drise")  # explain.detect.DETECT_METHODS
+DETECTIONS = "__detections__"  # a detector's detections among an image's activations (no layer has this id)
 EXPLORE_SIDE = 128  # a restoration model's input is explored at most this large (uploads are shrunk to it)
 GALLERY_CROP = 96  # the clean side of a restoration gallery image, before it is degraded
 
 
 def methods_of(task: str) -> tuple[str, ...]:
     """The explanation methods "why" offers for a model of `task`."""
-    return {"segment": SEGMENT_WHY, "restore": RESTORE_WHY}.get(task, WHY_METHODS)
+    return {"segment": SEGMENT_WHY, "restore": RESTORE_WHY, "detect": DETECT_WHY}.get(task, WHY_METHODS)
 
 
 class _PatchMean(torch.nn.Module):
@@ -103,7 +105,10 @@ class Explorer:
         self.task = m.task.name  # what the output column shows: class scores, a mask (segment)
         c, h, w = m.input_shape
         self.model = m.model
-        self.inside = Inside(self.model, torch.zeros(1, c, h, w, device=m.device))
+        # a detector is shown to the end of its backbone (and feature pyramid): its head's anchors, box regression
+        # and non-maximum suppression are not layers of maps; the boxes it gives are the output column
+        shown = self.model.net.backbone if self.task == "detect" else self.model
+        self.inside = Inside(shown, torch.zeros(1, c, h, w, device=m.device))
         self.images: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.pinned: dict[str, torch.Tensor] = {}  # gallery images: never evicted
         self.acts: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
@@ -142,6 +147,9 @@ class Explorer:
                 return self.acts[key]
         x = self.m.normalize(self.image(key)[None])
         acts = self.inside.run(x.contiguous())
+        if self.task == "detect":  # the detections (D×6: x0, y0, x1, y1, score, class; class -1 pads)
+            with torch.no_grad():
+                acts[DETECTIONS] = self.model(x.contiguous())[0].float()
         with self.lock:
             self.acts[key] = acts
             while len(self.acts) > self.keep_activations:
@@ -171,7 +179,7 @@ class Explorer:
         t = time.perf_counter()
         x = self.image(key)
         acts = self.activations(key)
-        out = acts[self.inside.output_id]
+        out = self._answer(acts)
         normalized = self.m.normalize(x[None])[0].float()
         mean, std = self.m.ckpt.normalization
         nodes = {n.id: self._node_page(acts[n.id], 0, topk, order) for n in self.inside.nodes}
@@ -182,11 +190,22 @@ class Explorer:
                 **self._output(out), "global": {"min": min(finite), "max": max(finite)}, "nodes": nodes,
                 "seconds": time.perf_counter() - t}
 
+    def _answer(self, acts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The network's own output for an image: the last layer's, or a detector's detections."""
+        return acts[DETECTIONS] if self.task == "detect" else acts[self.inside.output_id]
+
     def _output(self, out: torch.Tensor) -> dict[str, Any]:
         """What the network answers for the image. A classifier: logits, probabilities, the predicted class. A
         segmentation network: the predicted mask (a palette PNG, as `cnnkit predict` writes it), each class's
         share of the pixels as the scores, and the class on most pixels (background only where nothing else
         is) as the prediction, the class "why" explains first."""
+        if self.task == "detect":  # the boxes kept by the detector's score threshold and NMS, best first
+            rows = out[out[:, 5] >= 0]
+            h, w = self.m.input_shape[1:]
+            return {"probabilities": [], "predicted": 0 if len(rows) else None,
+                    "output": {"kind": "boxes", "height": h, "width": w,
+                               "detections": [[round(float(v), 2) for v in r[:4]] + [round(float(r[4]), 5), int(r[5])]
+                                              for r in rows]}}
         if self.task == "restore":  # the restored image, clipped to 0..1 as a saved image is
             pixels = out.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
             return {"probabilities": [], "predicted": None,
@@ -243,20 +262,25 @@ class Explorer:
         except ExplainError as e:
             raise NotFound(error_line(e)) from None
 
-    def why(self, key: str, target: int | None, method: str, region: str | None = None) -> dict[str, Any]:
+    def why(self, key: str, target: int | None, method: str, region: str | None = None,
+            detection: int | None = None) -> dict[str, Any]:
         """One explanation map of `target` (default the predicted class) and its deletion and insertion
         scores (probability of the class as the most relevant pixels are removed / revealed; area under
         the curve: lower deletion and higher insertion are better). A restoration model: the map of the input
         pixels that a box of the restored image (`region`, "x0,y0,x1,y1" in its pixels; default a box at its
-        centre) depends on, by `method` (saliency or integrated gradients)."""
+        centre) depends on, by `method` (saliency or integrated gradients). A detector: its `detection`-th
+        detection (best first; of class `target` if given) by LayerCAM or D-RISE, the curves tracking the
+        similarity (IoU × same class × score) of the changed image's detections with it."""
         from cnnkit.explain.cam import explain
         from cnnkit.explain.metrics import deletion_insertion
 
         t = time.perf_counter()
         x = self.m.normalize(self.image(key)[None]).float()
-        out = self.activations(key)[self.inside.output_id]
+        out = self._answer(self.activations(key))
         if self.task == "restore":
             return {**self._why_patch(x, out, method, region), "seconds": time.perf_counter() - t}
+        if self.task == "detect":
+            return {**self._why_detection(x, out, method, target, detection), "seconds": time.perf_counter() - t}
         target = self._output(out)["predicted"] if target is None else target
         if not 0 <= target < len(self.m.classes):
             raise NotFound(f"class {target} does not exist: {len(self.m.classes)} classes")
@@ -289,6 +313,18 @@ class Explorer:
                 "insertion_curve": [round(float(v), 4) for v in scores["insertion_curve"][0]],
                 "seconds": time.perf_counter() - t}
 
+    def _detection_gallery(self, ds: Any, count: int) -> dict[str, Any]:
+        """The first `count` test images, each with its number of labelled objects and of detections."""
+        items = []
+        for i in range(min(count, len(ds.images))):
+            with torch.inference_mode():
+                found = self.model(self.m.normalize(ds.images[i:i + 1]).float())[0]
+            objects = int((ds.objects[i, :, 0] >= 0).sum()) if ds.objects is not None else None
+            key = self.add_image(ds.images[i].clone(), pin=True)
+            items.append({"id": key, "index": i, "label": None, "predicted": None, "correct": None,
+                          "objects": objects, "detections": int((found[:, 5] >= 0).sum()), "png": png(ds.images[i])})
+        return {"images": items, "data": ds.name, "split": "test", "classes": list(ds.classes)}
+
     def _restoration_gallery(self, ds: Any, count: int) -> dict[str, Any]:
         """Crops of the test photographs (`GALLERY_CROP` pixels, at three places in each), each degraded as the
         network was trained (shrunk by its scale, or its noise added, with a fixed seed): the given image is what
@@ -318,6 +354,35 @@ class Explorer:
                               "baseline_psnr": round(float(psnr(plain, clean)[0]), 3),
                               "baseline": "bicubic" if net.scale > 1 else "the noisy input", "png": png(given[0])})
         return {"images": items, "data": ds.name, "split": "test", "classes": list(self.m.classes)}
+
+    def _why_detection(self, x: torch.Tensor, dets: torch.Tensor, method: str, target: int | None,
+                       detection: int | None) -> dict[str, Any]:
+        from cnnkit.explain.detect import DETECT_METHODS, choose_detections, detection_score, drise, layercam
+        from cnnkit.explain.metrics import deletion_insertion
+
+        if method not in DETECT_METHODS:
+            return {"method": method, "error": f"{method} explains a class; a detector is explained by "
+                    f"{' or '.join(DETECT_METHODS)} of one of its detections"}
+        try:
+            row = int(choose_detections(dets[None], detection, target, self.m.classes)[0])
+        except ExplainError as err:
+            return {"method": method, "error": error_line(err).replace("--detection", "detection")}
+        chosen = dets[row][None]
+        try:
+            e = layercam(self.model, x, torch.tensor([row])) if method == "layercam" else drise(self.model, x, chosen)
+        except (CnnkitError, RuntimeError) as err:
+            return {"method": method, "detection": row, "error": error_line(err)}
+        maps = e.maps.detach().float().cpu()
+        scores = deletion_insertion(self.model, x, maps.to(x.device), torch.tensor([0]), steps=24,
+                                    score=detection_score(chosen))
+        q = (maps[0].clamp(0, 1) * 255).round().byte()
+        box = [round(float(v), 2) for v in chosen[0, :4]]
+        return {"method": method, "detection": row, "target": int(chosen[0, 5]), "class": self.m.classes[int(chosen[0, 5])],
+                "box": box, "height": maps.shape[1], "width": maps.shape[2],
+                "map": base64.b64encode(q.numpy().tobytes()).decode(), "zero_map": bool(e.zero_maps),
+                "deletion": float(scores["deletion"][0]), "insertion": float(scores["insertion"][0]),
+                "deletion_curve": [round(float(v), 4) for v in scores["deletion_curve"][0]],
+                "insertion_curve": [round(float(v), 4) for v in scores["insertion_curve"][0]]}
 
     def _why_patch(self, x: torch.Tensor, out: torch.Tensor, method: str, region: str | None) -> dict[str, Any]:
         from cnnkit.explain.cam import explain
@@ -354,6 +419,9 @@ class Explorer:
             ds = load_checkpoint_data(self.m.ckpt, split="test", check=False)
             if self.task == "restore":
                 self._gallery = self._restoration_gallery(ds, count)
+                return self._gallery
+            if self.task == "detect":
+                self._gallery = self._detection_gallery(ds, count)
                 return self._gallery
             if (ds.in_chans, *ds.img_size) != tuple(self.m.input_shape):
                 raise ExplainError(f"{ds.name} ({ds.split}) gives {ds.in_chans}×{ds.img_size[0]}×{ds.img_size[1]} "
@@ -452,6 +520,10 @@ def export_site(ex: Explorer, out: str | Path, images: int = 8, topk: int = DEFA
                     answers[f"images/{key}/nodes/{node.id}/channels/{c}"] = ex.detail(key, node.id, c)
                 except NotFound:
                     pass
+        if ex.task == "detect" and ov["predicted"] is not None:  # the best detection, by each method
+            for method in methods:
+                answers[f"images/{key}/why?detection=0&method={quote(method, safe='')}"] = ex.why(key, None, method,
+                                                                                                  detection=0)
         if ex.task == "restore":  # the box at the restored image's centre, by each method
             for method in methods:
                 answers[f"images/{key}/why?method={quote(method, safe='')}"] = ex.why(key, None, method)

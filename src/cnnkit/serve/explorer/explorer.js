@@ -36,8 +36,11 @@ const WHY_METHODS = ["gradcam", "gradcam++", "scorecam", "eigencam", "lrp", "sal
 const SEGMENT_WHY = ["gradcam", "gradcam++"];  // Seg-Grad-CAM: a class explained over the pixels predicted as it
 const RESTORE_WHY = ["saliency", "integrated_gradients"];  // the input pixels a box of the restored image depends on
 const segmenting = () => state.graph && state.graph.task === "segment";
+const DETECT_WHY = ["layercam", "drise"];  // one detection explained: LayerCAM over the backbone's maps, D-RISE
 const restoring = () => state.graph && state.graph.task === "restore";
-const whyMethods = () => (segmenting() ? SEGMENT_WHY : restoring() ? RESTORE_WHY : WHY_METHODS);
+const detecting = () => state.graph && state.graph.task === "detect";
+const whyMethods = () => (segmenting() ? SEGMENT_WHY : restoring() ? RESTORE_WHY : detecting() ? DETECT_WHY : WHY_METHODS);
+const BOX_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324", "#800000", "#000075", "#808000"];
 
 const orderParam = () => (state.order === "index" ? "&order=index" : "");  // the default is left out (exports)
 const state = { model: null, graph: null, overview: null, image: null, scale: "layer", topk: 8, order: "activity",
@@ -148,16 +151,19 @@ async function loadGallery() {
     const cls = state.graph.classes, truth = g.classes || cls;  // the data's classes may not be the model's
     // a button (Tab, Enter and Space for free) named by what it shows: the caption, and for a screen reader both classes
     const px = item.pixel_accuracy;  // a segmentation image: the share of its labelled pixels predicted right
-    const caption = item.psnr !== undefined ? `${item.psnr.toFixed(1)} dB`
+    const caption = item.detections !== undefined ? `${item.detections} found`
+      : item.psnr !== undefined ? `${item.psnr.toFixed(1)} dB`
       : item.label === null ? (px === null || px === undefined ? "scene" : `${(100 * px).toFixed(0)}% px`)
       : item.correct === false ? `✗ ${cls[item.predicted]}` : truth[item.label];
     const fig = el("button", { type: "button", class: `thumb${item.correct === false ? " wrong" : ""}`, "data-id": item.id,
-                               title: item.psnr !== undefined ? `restored: PSNR ${item.psnr.toFixed(2)} dB against the clean crop (${item.baseline}: ${item.baseline_psnr.toFixed(2)} dB)`
+                               title: item.detections !== undefined ? `${item.objects} labelled objects; ${item.detections} detections above the threshold`
+                                 : item.psnr !== undefined ? `restored: PSNR ${item.psnr.toFixed(2)} dB against the clean crop (${item.baseline}: ${item.baseline_psnr.toFixed(2)} dB)`
                                  : item.label === null ? "test image: the share of its labelled pixels the model gets right"
                                  : `true: ${truth[item.label]}, predicted: ${cls[item.predicted]}` },
       el("img", { src: `data:image/png;base64,${item.png}`, alt: "" }),
       el("span", { class: "caption", text: caption }),
-      el("span", { class: "sr", text: item.psnr !== undefined ? ` restored PSNR (${item.baseline}: ${item.baseline_psnr.toFixed(1)} dB)`
+      el("span", { class: "sr", text: item.detections !== undefined ? ` (${item.objects} labelled objects)`
+        : item.psnr !== undefined ? ` restored PSNR (${item.baseline}: ${item.baseline_psnr.toFixed(1)} dB)`
         : item.label === null ? " of the pixels right (test image)"
         : item.correct === false ? ` (true class ${truth[item.label]}, misclassified)` : " (test image)" }));
     fig.onclick = () => showImage(item.id);
@@ -216,7 +222,11 @@ async function render(ov) {
   $("#seen-text").textContent = `As the model sees it: ${i.channels}×${i.height}×${i.width} ` +
     `(${i.channels === 1 ? "gray" : "RGB"}), normalized with mean ${i.mean.map((v) => v.toFixed(3)).join(", ")} ` +
     `and std ${i.std.map((v) => v.toFixed(3)).join(", ")}: values from ${i.min.toFixed(3)} to ${i.max.toFixed(3)}.`;
-  $("#why-section h2").textContent = restoring() ? "Where the restored pixels come from" : "Why this class";
+  $("#why-section h2").textContent = restoring() ? "Where the restored pixels come from" : detecting() ? "Why this detection" : "Why this class";
+  if (detecting()) $("#why-section .hint").textContent = "Choose a detection (best first): LayerCAM over the " +
+    "backbone's maps and D-RISE (the image under random masks, each mask weighted by how well the masked image's " +
+    "detections match this one), each with the match (IoU × same class × score) as the map's most relevant pixels " +
+    "are deleted (red: lower is better) and revealed on a blurred copy (blue: higher is better).";
   if (restoring()) $("#why-section .hint").textContent = "A restoration network has no class: choose a point of " +
     "the restored image (the overview's last column) and its box is explained by the input pixels it depends on: " +
     "the gradient of the box's mean (saliency) and integrated gradients from a black image. A network sees only " +
@@ -233,7 +243,12 @@ async function render(ov) {
   const cls = state.graph.classes[ov.predicted];
   const truth = (state.gallery.find((g) => g.id === ov.image) || {}).label;
   const classes = (state.galleryClasses || state.graph.classes);
-  if (restoring()) {
+  if (detecting()) {
+    const d = ov.output.detections;
+    status(`${d.length} detection${d.length === 1 ? "" : "s"}` + (d.length ? ` · best: ${state.graph.classes[d[0][5]]} (score ${d[0][4].toFixed(3)})` : "") +
+           (EXPORT ? "" : ` · server ${(1000 * ov.seconds).toFixed(0)} ms`));
+    document.body.dataset.predicted = d.length ? state.graph.classes[d[0][5]] : "";
+  } else if (restoring()) {
     const item = state.gallery.find((g) => g.id === ov.image);
     status(`restored ${i.height}×${i.width} → ${ov.output.height}×${ov.output.width}` +
            (item ? ` · PSNR ${item.psnr.toFixed(2)} dB against the clean crop (${item.baseline}: ${item.baseline_psnr.toFixed(2)} dB)` : "") +
@@ -243,7 +258,7 @@ async function render(ov) {
          `${segmenting() ? " of the pixels" : ""})` +
          (truth !== undefined && truth !== null ? ` · true class ${classes[truth]}` : "") +
          (EXPORT ? "" : ` · server ${(1000 * ov.seconds).toFixed(0)} ms`));  // an export's timing was another machine's
-  if (!restoring()) document.body.dataset.predicted = cls;
+  if (!restoring() && !detecting()) document.body.dataset.predicted = cls;
   document.body.dataset.image = ov.image;
   document.body.dataset.ready = "1";
   window.cnnkitTimings = { ...(window.cnnkitTimings || {}), drawMs: performance.now() - t0, serverMs: 1000 * ov.seconds };
@@ -426,6 +441,8 @@ function channelKeys(ev, canvas, col, page) {  // arrows within and across colum
   else if (ev.key === "ArrowRight" || ev.key === "ArrowLeft") {
     const other = cols[cols.indexOf(col) + (ev.key === "ArrowRight" ? 1 : -1)];
     next = other && other.querySelector(MAPS);
+  } else if (ev.key === "Home" || ev.key === "End") {  // the first or the last column (a stripe's own: its ends)
+    next = cols[ev.key === "Home" ? 0 : cols.length - 1].querySelector(MAPS);
   } else if ((ev.key === "PageDown" || ev.key === "PageUp") && col.pageTo) {
     ev.preventDefault(); col.pageTo(ev.key === "PageDown" ? 1 : -1, true); return;
   } else return;
@@ -445,6 +462,7 @@ function drawOverview() {
   const ov = state.overview;
   if (segmenting()) cols.append(maskColumn(ov));
   else if (restoring()) cols.append(restoredColumn(ov));
+  else if (detecting()) cols.append(boxesColumn(ov));
   else {
     const soft = el("div", { class: "col classcol", "data-node": "softmax" }, el("header", { text: "softmax" }),
                     el("div", { class: "kind", text: "class scores" }));
@@ -511,6 +529,44 @@ function restoredColumn(ov) {
   };
   pressable(img);
   col.append(wrap, el("div", { class: "kind", text: "choose a point to explain its box (Enter: the centre)" }));
+  return col;
+}
+
+// a detector's answer: its boxes on the image (best first, coloured by class), each row explaining its detection
+function drawBoxes(canvas, png, dets, size, only = null) {
+  const im = new Image();
+  im.onload = () => {
+    const f = Math.max(1, Math.floor(canvas.width / size.width));
+    const ctx = canvas.getContext("2d");
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(im, 0, 0, size.width * f, size.height * f);
+    dets.forEach((d, k) => {
+      if (only !== null && k !== only) return;
+      ctx.strokeStyle = BOX_COLOURS[d[5] % BOX_COLOURS.length]; ctx.lineWidth = 2;
+      ctx.strokeRect(d[0] * f, d[1] * f, (d[2] - d[0]) * f, (d[3] - d[1]) * f);
+    });
+  };
+  im.src = `data:image/png;base64,${png}`;
+}
+
+const SHOWN_BOXES = 10;  // the best detections drawn and listed (all are in the "why" bars)
+function boxesColumn(ov) {
+  const o = ov.output, cls = state.graph.classes, dets = o.detections.slice(0, SHOWN_BOXES);
+  const col = el("div", { class: "col classcol", "data-node": "boxes" }, el("header", { text: "detections" }),
+                 el("div", { class: "kind", text: "head, threshold, NMS" }), el("div", { class: "kind", text: `${o.detections.length} boxes` }));
+  const c = el("canvas", { class: "boxes", role: "img", "aria-label": `the image with its best ${dets.length} detections drawn` });
+  c.width = o.width * 2; c.height = o.height * 2;
+  drawBoxes(c, ov.input.png, dets, o);
+  const list = el("div", { class: "classes", "data-node": "boxes" });
+  dets.forEach((d, k) => {
+    const row = el("div", { class: `cls${k === 0 ? " predicted" : ""}`, "data-channel": String(k),
+                            title: `detection ${k}: ${cls[d[5]]}, score ${d[4].toFixed(3)}, box ${d.slice(0, 4).map((v) => v.toFixed(1)).join(", ")}` },
+      el("span", { class: "swatch", style: `background: ${BOX_COLOURS[d[5] % BOX_COLOURS.length]}` }),
+      el("span", { class: "name", text: `${k === 0 ? "★ " : ""}${cls[d[5]]}` }), el("span", { class: "v", text: d[4].toFixed(3) }));
+    row.onclick = () => { explainClass(k); $("#why-section").scrollIntoView({ block: "start" }); };
+    list.append(pressable(row));
+  });
+  col.append(c, list);
   return col;
 }
 
@@ -660,6 +716,9 @@ const LEARN = {
     "value from each of those channels. All the work happens at the small size, which is what makes ESPCN fast."],
   sub: ["Subtraction", "A subtraction, element by element. A residual denoiser (DnCNN) predicts the noise, not the " +
     "clean image, and subtracts it from its input: what the layers learn is the small difference."],
+  const: ["A learned constant", "Not a layer of the image: one of the network's own parameters, such as " +
+    "ConvNeXt's layer scale γ (one learned number per channel), reshaped so that it can multiply a layer's maps. " +
+    "It is the same for every image."],
   other: ["This layer", "This layer has no explanation here; its input and output are shown as they are."],
 };
 
@@ -687,7 +746,7 @@ async function openDetail(node, channel, canvas) {
   try { d = await api(`images/${state.image}/nodes/${node.id}/channels/${channel}`); }
   catch (e) { box.replaceChildren(el("p", { class: "note", text: e.message })); return; }
   box.replaceChildren();
-  const single = floats(d.output).data.length === 1 && ["mul", "flatten", "other", "norm"].includes(node.kind);
+  const single = floats(d.output).data.length === 1 && ["mul", "flatten", "other", "norm", "const"].includes(node.kind);
   const view = single ? elementView : node.kind === "linear" && !d.weight ? otherView : { conv: convView, act: actView, pool: poolView, gpool: gpoolView, bn: bnView, linear: linearView, upconv: upconvView, sub: addView, shuffle: shuffleView,
                  add: addView, cat: catView }[node.kind] || otherView;
   view(box, node, channel, d);
@@ -1078,6 +1137,8 @@ function elementView(box, node, channel, d) {  // one element of a vector layer 
     text = `A constant scaling: output[${channel}] = input × ${fmt(f, 5)} = ${fmt(ins[0])} × ${fmt(f, 5)} = `;
   else if (node.kind === "mul")
     text = `An element-wise product: output[${channel}] = ${ins.map((v) => fmt(v)).join(" × ")} = `;
+  else if (node.kind === "const")
+    text = `A learned constant, the same for every image: element ${channel} = `;
   else if (node.kind === "flatten")
     text = `Flatten: the values are kept, only their shape changes (C×H×W to one vector). output[${channel}] = input[${channel}] = `;
   else
@@ -1100,6 +1161,20 @@ function openSoftmax(chosen) {
 // ---------------------------------------------------------------------------------------------- why this class
 function drawScores() {
   const ov = state.overview, cls = state.graph.classes;
+  if (detecting()) {  // the detections, best first: a bar is one detection's score
+    const dets = ov.output.detections;
+    const held = (k) => !EXPORT || EXPORT.answers[`images/${ov.image}/why?detection=${k}&method=${DETECT_WHY[0]}`] !== undefined;
+    $("#scores").replaceChildren(...dets.map((d, k) => {
+      const row = el("div", { class: `scorebar${held(k) ? "" : " unheld"}`, "data-class": String(k), role: "button", tabindex: "0",
+                              ...(held(k) ? {} : { "aria-disabled": "true", title: "not in this export" }) },
+        el("span", { text: `#${k} ${cls[d[5]]}${k === 0 ? " ★ best" : ""}` }), el("div", {}, el("div", { class: "bar", style: `width:${(100 * d[4]).toFixed(1)}%` })),
+        el("span", { text: d[4].toFixed(3) }));
+      row.onclick = () => (held(k) ? explainClass(k) : status("this static export holds the explanations of the best detection only"));
+      return pressable(row);
+    }));
+    if (!dets.length) $("#scores").replaceChildren(el("p", { class: "note", text: "no detection scores above the threshold (cnnkit explore --score-threshold)" }));
+    return;
+  }
   if (restoring()) {  // no classes: the boxes of the restored image are what is explained
     const go = el("button", { type: "button", class: "region-centre", text: "explain the box at the centre" });
     go.onclick = () => explainRegion(null);
@@ -1148,6 +1223,7 @@ async function explainClass(target, region = null) {
     const card = box.querySelector(`[data-method="${CSS.escape(method)}"]`);
     let r;
     const query = restoring() ? `method=${encodeURIComponent(method)}${region ? `&region=${region.join(",")}` : ""}`
+      : detecting() ? `detection=${target}&method=${encodeURIComponent(method)}`
       : `target=${target}&method=${encodeURIComponent(method)}`;
     try { r = await api(`images/${image}/why?${query}`); }
     catch (e) { r = { error: e.message }; }
@@ -1166,6 +1242,11 @@ async function explainClass(target, region = null) {
       for (let k = 0; k < 3; k++) base.data[4 * i + k] = 0.5 * base.data[4 * i + k] + 127.5 * col[k];
     }
     ctx.putImageData(base, 0, 0);
+    if (detecting() && r.box) {  // the explained box, on its map
+      ctx.strokeStyle = "#ffffff"; ctx.lineWidth = 1;
+      ctx.strokeRect(r.box[0] + 0.5, r.box[1] + 0.5, r.box[2] - r.box[0] - 1, r.box[3] - r.box[1] - 1);
+      card.dataset.detection = String(r.detection);
+    }
     if (restoring()) {  // no deletion curve: the map is where, in the input, the chosen box comes from
       showRegion(r.region);
       card.replaceChildren(el("b", { text: method.replace("_", " ") }), c,
@@ -1176,7 +1257,7 @@ async function explainClass(target, region = null) {
     }
     card.replaceChildren(el("b", { text: method }), c,
       el("div", { class: "scores", text: `deletion ${r.deletion.toFixed(3)} · insertion ${r.insertion.toFixed(3)}` }),
-      curves(r.deletion_curve, r.insertion_curve, state.graph.classes[target]));
+      curves(r.deletion_curve, r.insertion_curve, detecting() ? `detection ${target} (its match)` : state.graph.classes[target]));
     if (r.zero_map) card.append(el("div", { class: "note", text: "the map is zero everywhere" }));
     card.dataset.done = "1";
   }

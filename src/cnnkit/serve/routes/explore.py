@@ -33,13 +33,9 @@ async def _run(m: ServedModel, fn: Callable[..., Any], *args: Any) -> Any:
 
 
 async def _explorer(request: Request, name: str) -> Explorer:
-    """The explorer of the model served as `name`, made once; 422 for an exported artifact or a model of a task
-    the explorer does not show yet (detection, restoration)."""
+    """The explorer of the model served as `name`, made once; 422 for an exported artifact."""
     service = service_of(request)
     m = service.model(name)
-    if m.task.name == "detect":
-        raise Problem(422, f"model {name!r} is a detection model; the explorer shows classifiers, segmentation "
-                           f"and restoration models (its predictions: POST /v1/models/{name}/predict)")
     if name not in service.explorers:
         if not m.explainable:
             raise Problem(422, f"model {name!r} is an exported artifact ({m.card['kind']}); the explorer needs "
@@ -147,4 +143,5 @@ async def why(name: str, key: str, request: Request) -> JSONResponse:
     except ExplainError as e:
         raise Problem(422, error_line(e)) from None
     region = str_field({}, request, "region", None)  # a restoration model: the box of its output explained
-    return JSONResponse(await _run(ex.m, ex.why, key, target, method, region))
+    detection = int_field({}, request, "detection", 0, 0, 1 << 16) if ex.task == "detect" else None  # best first
+    return JSONResponse(await _run(ex.m, ex.why, key, target, method, region, detection))
