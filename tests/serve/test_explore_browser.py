@@ -126,6 +126,20 @@ def torch_value(page) -> float:
     return float(page.text_content("#dot-torch").split(":")[1].strip().rstrip(")"))
 
 
+def formula_equals_pytorch(page) -> None:
+    """The formula view's own value equals the PyTorch value it prints beside it."""
+    mine, theirs = re.search(r"= (-?\d+\.\d+)\s+\(PyTorch: (-?\d+\.\d+)\)", page.text_content("#formula")).groups()
+    assert float(mine) == pytest.approx(float(theirs), abs=1e-5)
+
+
+def arrow_on_output(page, key: str, pixel: str) -> None:
+    """Focus the detail view's output map and press `key`: the pixel written out is `pixel`, its value PyTorch's."""
+    page.locator("#detail canvas.map").last.focus()
+    page.keyboard.press(key)
+    assert page.evaluate("document.querySelector('#formula').dataset.pixel") == pixel
+    assert float(page.text_content("#dot-value")) == pytest.approx(torch_value(page), abs=1e-5)
+
+
 def test_upload_gives_the_top_class_of_cnnkit_predict_without_console_errors(page, server, trained_run,
                                                                              sample_train, tmp_path):
     from cnnkit.evaluate import predict
@@ -594,8 +608,9 @@ def audit(page, where: str) -> list:
 
 def test_accessibility_audit_finds_nothing_serious(page, server, trained_run, tmp_path):
     """axe-core (from npm, injected into the page) finds no serious or critical violation of WCAG 2.1 A/AA or
-    its best practices: on load, with a convolution, a vector element, the softmax and the explanations open,
-    and in a static export opened from file://."""
+    its best practices: on load, with a convolution, a vector element, the softmax and the explanations open; a
+    segmentation, a restoration and a detection model with their explanations open; and in a static export
+    opened from file://."""
     if not AXE.exists():
         pytest.skip("axe-core is not installed: run `npm ci` in the repository (.ci/run does)")
     from cnnkit.serve import load_models
@@ -616,6 +631,13 @@ def test_accessibility_audit_finds_nothing_serious(page, server, trained_run, tm
     page.wait_for_function("document.querySelectorAll('.why-card[data-done], .why-card .error').length === 6",
                            timeout=60_000)
     found += audit(page, "why")
+    for model, why in (("seg", '.classes[data-node="mask"] .cls.predicted'), ("sr", "img.restored"),
+                       ("det", '.classes[data-node="boxes"] .cls.predicted')):  # each task's own views
+        open_page(page, f"{server}/?model={model}")
+        page.locator(why).click()
+        page.wait_for_function("document.querySelectorAll('.why-card[data-done], .why-card .error').length === 2",
+                               timeout=60_000)
+        found += audit(page, model)
     m = load_models([f"tiny={trained_run.run_dir}"], device="cpu")["tiny"]
     page.goto(export_site(Explorer(m), tmp_path / "site", images=1).resolve().as_uri())
     page.wait_for_selector("body[data-ready]", timeout=60_000)
@@ -722,13 +744,9 @@ def test_a_segmentation_network_walk_through_by_keyboard(page, server, seg_run, 
         open_by_keyboard(page, state)
         if kind == "pool":
             page.locator("#detail canvas.map").last.hover()
-            mine, torch_v = re.search(r"= (-?\d+\.\d+)\s+\(PyTorch: (-?\d+\.\d+)\)", page.text_content("#formula")).groups()
-            assert float(mine) == pytest.approx(float(torch_v), abs=1e-5)
+            formula_equals_pytorch(page)
         if kind == "upconv":
-            page.locator("#detail canvas.map").last.focus()
-            page.keyboard.press("ArrowRight")
-            assert page.evaluate("document.querySelector('#formula').dataset.pixel") == "0,1"
-            assert float(page.text_content("#dot-value")) == pytest.approx(torch_value(page), abs=1e-5)
+            arrow_on_output(page, "ArrowRight", "0,1")
         page.locator(f'.col[data-node="{state[3]}"] canvas[tabindex="0"]').focus()
     press_until(page, "Tab", lambda s: s[0] == "IMG", 20)
     page.keyboard.press("Enter")
@@ -762,16 +780,11 @@ def test_a_restoration_network_walk_through_by_keyboard(page, server, model, las
     for kind in ("conv", last):
         state = press_until(page, "ArrowRight", lambda s, k=kind: s[2] == k)
         open_by_keyboard(page, state)
-        out = page.locator("#detail canvas.map").last
         if kind == "sub":
-            out.hover()
-            mine, torch_v = re.search(r"= (-?\d+\.\d+)\s+\(PyTorch: (-?\d+\.\d+)\)", page.text_content("#formula")).groups()
-            assert float(mine) == pytest.approx(float(torch_v), abs=1e-5)
+            page.locator("#detail canvas.map").last.hover()
+            formula_equals_pytorch(page)
         else:
-            out.focus()
-            page.keyboard.press("ArrowDown")
-            assert page.evaluate("document.querySelector('#formula').dataset.pixel") == "1,0"
-            assert float(page.text_content("#dot-value")) == pytest.approx(torch_value(page), abs=1e-5)
+            arrow_on_output(page, "ArrowDown", "1,0")
         page.locator(f'.col[data-node="{state[3]}"] canvas[tabindex="0"]').focus()
     press_until(page, "Tab", lambda s: s[0] == "IMG", 20)
     page.keyboard.press("Enter")
