@@ -767,12 +767,23 @@ def test_a_segmentation_network_walk_through_by_keyboard(page, server, seg_run, 
     assert not page.errors, page.errors
 
 
+def opened_export(page, spec: str, tmp_path: Path, **boxes) -> None:
+    """Export the model `spec` (NAME=PATH) with one image and open it from file://."""
+    from cnnkit.serve import load_models
+    from cnnkit.serve.explore import Explorer, export_site
+
+    m = next(iter(load_models([spec], device="cpu", **boxes).values()))
+    page.goto(export_site(Explorer(m), tmp_path / "site", images=1).resolve().as_uri())
+    page.wait_for_selector("body[data-ready]", timeout=60_000)
+
+
 @pytest.mark.parametrize("model, last", [("sr", "shuffle"), ("dn", "sub")])
-def test_a_restoration_network_walk_through_by_keyboard(page, server, model, last):
+def test_a_restoration_network_walk_through_by_keyboard(page, server, restorers, model, last, tmp_path):
     """ESPCN and DnCNN by keyboard: a convolution's output pixel (its sum equals PyTorch's), then the pixel shuffle
     (which input channel and pixel an output pixel is copied from) or the residual subtraction, each against
     PyTorch; Tab to the restored image, Enter explains the box at its centre by both methods; a click elsewhere
-    explains the box there, outlined on the restored image."""
+    explains the box there, outlined on the restored image. Its static export, from file://, explains the
+    centre's box and says that it holds no other."""
     open_page(page, f"{server}/?model={model}")
     assert all(t.endswith(" dB") for t in page.locator("#gallery .thumb .caption").all_text_contents())
     assert "PSNR" in page.text_content("#status")
@@ -798,12 +809,18 @@ def test_a_restoration_network_walk_through_by_keyboard(page, server, model, las
     x0, y0, x1, y1 = map(int, page.locator(".why-card").first.get_attribute("data-region").split(","))
     assert (x0, x1 - x0, y1, y1 - y0) == (0, 24, 96, 24)  # clamped to the image's corner
     assert page.locator(".restoredbox .window").count() == 1 and not page.errors, page.errors
+    opened_export(page, next(r for r in restorers if r.startswith(f"{model}=")), tmp_path)
+    page.locator("button.region-centre").click()
+    page.wait_for_function("document.querySelectorAll('.why-card[data-done]').length === 2", timeout=60_000)
+    page.locator("img.restored").click(position={"x": 3, "y": 3})
+    assert "centre only" in page.text_content("#status") and not page.errors, page.errors
 
 
-def test_a_detector_walk_through_by_keyboard(page, server):
+def test_a_detector_walk_through_by_keyboard(page, server, detector, tmp_path):
     """FCOS by keyboard: a backbone convolution (its output pixel's sum equals PyTorch's) and a top-down addition of
     the feature pyramid, each with its paragraph; Tab to the detections beside the image, Enter on the best one:
-    LayerCAM and D-RISE with their curves; the bars list every detection, best first."""
+    LayerCAM and D-RISE with their curves; the bars list every detection, best first. Its static export, from
+    file://, explains the best detection and greys the others."""
     open_page(page, server + "/?model=det")
     assert all(t.endswith(" found") for t in page.locator("#gallery .thumb .caption").all_text_contents())
     n = int(re.match(r"(\d+) detection", page.text_content("#status")).group(1))
@@ -822,4 +839,9 @@ def test_a_detector_walk_through_by_keyboard(page, server):
     page.wait_for_function("document.querySelectorAll('.why-card[data-done]').length === 2", timeout=60_000)
     assert page.locator(".why-card svg.curves").count() == 2
     assert set(page.locator(".why-card").evaluate_all("cs => cs.map(c => c.dataset.detection)")) == {"0"}
+    assert not page.errors, page.errors
+    opened_export(page, detector, tmp_path, score_threshold=0.3)
+    page.locator('.classes[data-node="boxes"] .cls.predicted').click()
+    page.wait_for_function("document.querySelectorAll('.why-card[data-done]').length === 2", timeout=60_000)
+    assert page.locator(".scorebar:not(.unheld)").count() == 1 and page.locator(".scorebar.unheld").count() >= 1
     assert not page.errors, page.errors
