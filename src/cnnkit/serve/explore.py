@@ -102,7 +102,7 @@ class Explorer:
             raise ExplainError(f"model {m.name!r} is an exported artifact; the explorer needs its training "
                                f"checkpoint: serve the run directory or .safetensors file")
         self.m = m
-        self.task = m.task.name  # what the output column shows: class scores, a mask (segment)
+        self.task = m.task.name  # what the output column shows: class scores, a mask, boxes or an image
         c, h, w = m.input_shape
         self.model = m.model
         # a detector is shown to the end of its backbone (and feature pyramid): its head's anchors, box regression
@@ -302,7 +302,7 @@ class Explorer:
         except (CnnkitError, RuntimeError, NotImplementedError) as err:  # LRP on an unsupported layer, ...
             return {"method": method, "target": target, "error": error_line(err)}
         maps = e.maps.detach().float()
-        scores = deletion_insertion(self.model, x, maps, torch.tensor([target]), steps=24,
+        scores = deletion_insertion(self.model, x, maps, torch.tensor([target], device=x.device), steps=24,
                                     **({"score": score} if score else {}))
         q = (maps[0].clamp(0, 1) * 255).round().byte()
         return {"method": method, "target": target, "class": self.m.classes[target], "layer": e.layer,
@@ -346,7 +346,7 @@ class Explorer:
                 clean = ds.images[i, :, y0:y0 + side, x0:x0 + side].float().div(255)[None]
                 given = degrade(net, clean, generator).clamp(0, 1).mul(255).round().to(torch.uint8)
                 with torch.inference_mode():
-                    restored = self.model(self.m.normalize(given).float()).float()
+                    restored = self.model(self.m.normalize(given).float()).float().cpu()
                 plain = (bicubic(given.float().div(255), size=(side, side)) if net.scale > 1 else given.float().div(255))
                 key = self.add_image(given[0].clone(), pin=True)
                 items.append({"id": key, "index": i, "label": None, "predicted": None, "correct": None,
@@ -373,7 +373,7 @@ class Explorer:
         except (CnnkitError, RuntimeError) as err:
             return {"method": method, "detection": row, "error": error_line(err)}
         maps = e.maps.detach().float().cpu()
-        scores = deletion_insertion(self.model, x, maps.to(x.device), torch.tensor([0]), steps=24,
+        scores = deletion_insertion(self.model, x, maps.to(x.device), torch.tensor([0], device=x.device), steps=24,
                                     score=detection_score(chosen))
         q = (maps[0].clamp(0, 1) * 255).round().byte()
         box = [round(float(v), 2) for v in chosen[0, :4]]
