@@ -24,17 +24,42 @@ from cnnkit.errors import CnnkitError, ExplainError, error_line
 
 PAGE_DIR = Path(__file__).parent / "explorer"
 WHY_METHODS = ("gradcam", "gradcam++", "scorecam", "eigencam", "lrp", "saliency")
-SEGMENT_WHY = ("gradcam", "gradcam++")  # Seg-Grad-CAM: explain.cam.SEGMENT_METHODS
 RESTORE_WHY = ("saliency", "integrated_gradients")  # which input pixels an output patch depends on
-DETECT_WHY = ("layercam", "drise")  # explain.detect.DETECT_METHODS
 DETECTIONS = "__detections__"  # a detector's detections among an image's activations (no layer has this id)
 EXPLORE_SIDE = 128  # a restoration model's input is explored at most this large (uploads are shrunk to it)
 GALLERY_CROP = 96  # the clean side of a restoration gallery image, before it is degraded
 
 
+DEFAULT_TOPK = 8
+ORDERS = ("activity", "index")  # a layer's channels listed most active first, or by their number
+MAX_VECTOR = 4096  # a flat layer wider than this is sent as its first values only
+
+
 def methods_of(task: str) -> tuple[str, ...]:
-    """The explanation methods "why" offers for a model of `task`."""
-    return {"segment": SEGMENT_WHY, "restore": RESTORE_WHY, "detect": DETECT_WHY}.get(task, WHY_METHODS)
+    """The explanation methods "why" offers for a model of `task` (`cnnkit explain`'s for that task)."""
+    if task == "segment":
+        from cnnkit.explain.cam import SEGMENT_METHODS
+
+        return SEGMENT_METHODS
+    if task == "detect":
+        from cnnkit.explain.detect import DETECT_METHODS
+
+        return DETECT_METHODS
+    return RESTORE_WHY if task == "restore" else WHY_METHODS
+
+
+def _map_answer(maps: torch.Tensor, zero: bool) -> dict[str, Any]:
+    """A 1×H×W explanation map in [0, 1] as the page draws it: 8 bits, base64."""
+    q = (maps[0].detach().float().cpu().clamp(0, 1) * 255).round().byte()
+    return {"height": maps.shape[1], "width": maps.shape[2], "map": base64.b64encode(q.numpy().tobytes()).decode(),
+            "zero_map": bool(zero)}
+
+
+def _curve_answer(scores: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """One image's deletion and insertion areas and curves (`explain.metrics.deletion_insertion`'s)."""
+    return {"deletion": float(scores["deletion"][0]), "insertion": float(scores["insertion"][0]),
+            "deletion_curve": [round(float(v), 4) for v in scores["deletion_curve"][0]],
+            "insertion_curve": [round(float(v), 4) for v in scores["insertion_curve"][0]]}
 
 
 class _PatchMean(torch.nn.Module):
@@ -48,9 +73,6 @@ class _PatchMean(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x0, y0, x1, y1 = self.box
         return self.net(x)[..., y0:y1, x0:x1].mean((1, 2, 3))[:, None]
-DEFAULT_TOPK = 8
-ORDERS = ("activity", "index")  # a layer's channels listed most active first, or by their number
-MAX_VECTOR = 4096  # a flat layer wider than this is sent as its first values only
 
 
 class NotFound(CnnkitError):
@@ -163,7 +185,8 @@ class Explorer:
                 "note": "" if ins.traced else (f"torch.fx could not trace this model ({ins.trace_error}); the "
                                                f"layers are shown in the order they run, joins unknown"),
                 "classes": self.m.classes, "nodes": [n.as_dict() for n in ins.nodes], "output": ins.output_id,
-                "task": self.task, **({"palette": self._palette()} if self.task == "segment" else {})}
+                "task": self.task, "methods": list(methods_of(self.task)),
+                **({"palette": self._palette()} if self.task == "segment" else {})}
 
     def _scale(self) -> int:
         from cnnkit.tasks.restore import restoration_net
@@ -194,6 +217,15 @@ class Explorer:
         """The network's own output for an image: the last layer's, or a detector's detections."""
         return acts[DETECTIONS] if self.task == "detect" else acts[self.inside.output_id]
 
+    def _predicted(self, out: torch.Tensor) -> int:
+        """The class "why" explains first: a classifier's top class, a segmentation network's class on most pixels
+        (background only where nothing else is)."""
+        if self.task == "segment":
+            from cnnkit.explain.cam import largest_class
+
+            return int(largest_class(out[None])[0])
+        return int(out.flatten().argmax())
+
     def _output(self, out: torch.Tensor) -> dict[str, Any]:
         """What the network answers for the image. A classifier: logits, probabilities, the predicted class. A
         segmentation network: the predicted mask (a palette PNG, as `cnnkit predict` writes it), each class's
@@ -216,11 +248,10 @@ class Explorer:
             probs = torch.softmax(logits, 0)
             return {"logits": logits.tolist(), "probabilities": probs.tolist(), "predicted": int(probs.argmax())}
         from cnnkit.evaluate.masks import mask_png
-        from cnnkit.explain.cam import largest_class
 
         mask = out.argmax(0).to(torch.uint8)
         shares = torch.bincount(mask.flatten().long(), minlength=out.shape[0]).float() / mask.numel()
-        return {"probabilities": shares.tolist(), "predicted": int(largest_class(out[None])[0]),
+        return {"probabilities": shares.tolist(), "predicted": self._predicted(out),
                 "output": {"kind": "mask", "height": mask.shape[0], "width": mask.shape[1],
                            "png": base64.b64encode(mask_png(mask.cpu(), [tuple(c) for c in self._palette()])).decode()}}
 
@@ -281,7 +312,7 @@ class Explorer:
             return {**self._why_patch(x, out, method, region), "seconds": time.perf_counter() - t}
         if self.task == "detect":
             return {**self._why_detection(x, out, method, target, detection), "seconds": time.perf_counter() - t}
-        target = self._output(out)["predicted"] if target is None else target
+        target = self._predicted(out) if target is None else target
         if not 0 <= target < len(self.m.classes):
             raise NotFound(f"class {target} does not exist: {len(self.m.classes)} classes")
         region, score = None, None
@@ -304,14 +335,8 @@ class Explorer:
         maps = e.maps.detach().float()
         scores = deletion_insertion(self.model, x, maps, torch.tensor([target], device=x.device), steps=24,
                                     **({"score": score} if score else {}))
-        q = (maps[0].clamp(0, 1) * 255).round().byte()
         return {"method": method, "target": target, "class": self.m.classes[target], "layer": e.layer,
-                "height": maps.shape[1], "width": maps.shape[2], "map": base64.b64encode(q.numpy().tobytes()).decode(),
-                "zero_map": bool(e.zero_maps), "deletion": float(scores["deletion"][0]),
-                "insertion": float(scores["insertion"][0]),
-                "deletion_curve": [round(float(v), 4) for v in scores["deletion_curve"][0]],
-                "insertion_curve": [round(float(v), 4) for v in scores["insertion_curve"][0]],
-                "seconds": time.perf_counter() - t}
+                **_map_answer(maps, e.zero_maps), **_curve_answer(scores), "seconds": time.perf_counter() - t}
 
     def _detection_gallery(self, ds: Any, count: int) -> dict[str, Any]:
         """The first `count` test images, each with its number of labelled objects and of detections."""
@@ -375,14 +400,9 @@ class Explorer:
         maps = e.maps.detach().float().cpu()
         scores = deletion_insertion(self.model, x, maps.to(x.device), torch.tensor([0], device=x.device), steps=24,
                                     score=detection_score(chosen))
-        q = (maps[0].clamp(0, 1) * 255).round().byte()
         box = [round(float(v), 2) for v in chosen[0, :4]]
         return {"method": method, "detection": row, "target": int(chosen[0, 5]), "class": self.m.classes[int(chosen[0, 5])],
-                "box": box, "height": maps.shape[1], "width": maps.shape[2],
-                "map": base64.b64encode(q.numpy().tobytes()).decode(), "zero_map": bool(e.zero_maps),
-                "deletion": float(scores["deletion"][0]), "insertion": float(scores["insertion"][0]),
-                "deletion_curve": [round(float(v), 4) for v in scores["deletion_curve"][0]],
-                "insertion_curve": [round(float(v), 4) for v in scores["insertion_curve"][0]]}
+                "box": box, **_map_answer(maps, e.zero_maps), **_curve_answer(scores)}
 
     def _why_patch(self, x: torch.Tensor, out: torch.Tensor, method: str, region: str | None) -> dict[str, Any]:
         from cnnkit.explain.cam import explain
@@ -403,10 +423,7 @@ class Explorer:
             e = explain(_PatchMean(self.model, box).eval(), x, [0], method=method)
         except (CnnkitError, RuntimeError) as err:
             return {"method": method, "region": list(box), "error": error_line(err)}
-        maps = e.maps.detach().float()
-        q = (maps[0].clamp(0, 1) * 255).round().byte()
-        return {"method": method, "region": list(box), "height": maps.shape[1], "width": maps.shape[2],
-                "map": base64.b64encode(q.numpy().tobytes()).decode(), "zero_map": bool(e.zero_maps)}
+        return {"method": method, "region": list(box), **_map_answer(e.maps, e.zero_maps)}
 
     def gallery(self, count: int = 24) -> dict[str, Any]:
         """Up to `count` test images of the run's own dataset, misclassified ones among them and marked. For a

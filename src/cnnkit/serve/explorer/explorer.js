@@ -32,14 +32,10 @@ const EXPORT = (() => {
 })();
 const query = new URLSearchParams(location.search);
 const token = query.get("token");
-const WHY_METHODS = ["gradcam", "gradcam++", "scorecam", "eigencam", "lrp", "saliency"];
-const SEGMENT_WHY = ["gradcam", "gradcam++"];  // Seg-Grad-CAM: a class explained over the pixels predicted as it
-const RESTORE_WHY = ["saliency", "integrated_gradients"];  // the input pixels a box of the restored image depends on
 const segmenting = () => state.graph && state.graph.task === "segment";
-const DETECT_WHY = ["layercam", "drise"];  // one detection explained: LayerCAM over the backbone's maps, D-RISE
 const restoring = () => state.graph && state.graph.task === "restore";
 const detecting = () => state.graph && state.graph.task === "detect";
-const whyMethods = () => (segmenting() ? SEGMENT_WHY : restoring() ? RESTORE_WHY : detecting() ? DETECT_WHY : WHY_METHODS);
+const whyMethods = () => state.graph.methods;  // the task's explanation methods, as the graph answer lists them
 const BOX_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324", "#800000", "#000075", "#808000"];
 
 const orderParam = () => (state.order === "index" ? "&order=index" : "");  // the default is left out (exports)
@@ -1163,7 +1159,7 @@ function drawScores() {
   const ov = state.overview, cls = state.graph.classes;
   if (detecting()) {  // the detections, best first: a bar is one detection's score
     const dets = ov.output.detections;
-    const held = (k) => !EXPORT || EXPORT.answers[`images/${ov.image}/why?detection=${k}&method=${DETECT_WHY[0]}`] !== undefined;
+    const held = (k) => !EXPORT || EXPORT.answers[`images/${ov.image}/why?detection=${k}&method=${whyMethods()[0]}`] !== undefined;
     $("#scores").replaceChildren(...dets.map((d, k) => {
       const row = el("div", { class: `scorebar${held(k) ? "" : " unheld"}`, "data-class": String(k), role: "button", tabindex: "0",
                               ...(held(k) ? {} : { "aria-disabled": "true", title: "not in this export" }) },
@@ -1188,7 +1184,7 @@ function drawScores() {
   // an export holds the explanations of the predicted and the true class only: the other bars say so
   // a segmentation model explains a class over the pixels predicted as it: a class on no pixel cannot be chosen
   const none = (i) => segmenting() && !(ov.probabilities[i] > 0);
-  const held = (i) => !none(i) && (!EXPORT || EXPORT.answers[`images/${ov.image}/why?target=${i}&method=${WHY_METHODS[0]}`] !== undefined);
+  const held = (i) => !none(i) && (!EXPORT || EXPORT.answers[`images/${ov.image}/why?target=${i}&method=${whyMethods()[0]}`] !== undefined);
   $("#scores").replaceChildren(...order.map(([p, i]) => {
     const marks = `${i === ov.predicted ? (segmenting() ? " ★ most pixels" : " ★ predicted") : ""}${i === truth ? " ✓ true class" : ""}`;
     const row = el("div", { class: `scorebar${held(i) ? "" : " unheld"}${i === truth ? " truth" : ""}`, "data-class": String(i),
