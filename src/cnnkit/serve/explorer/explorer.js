@@ -728,7 +728,7 @@ function learn(kind) {  // the paragraph for this kind of layer, in an aside bes
 async function openDetail(node, channel, canvas) {
   for (const c of document.querySelectorAll("canvas.selected")) c.classList.remove("selected");
   canvas && canvas.classList.add("selected");
-  state.selected = { node: node.id, channel };
+  const mine = state.selected = { node: node.id, channel };
   $("#detail-title").textContent = `${node.label} (${node.type}), channel ${channel}`;
   const box = $("#detail");
   box.replaceChildren(el("p", { class: "note", text: "loading …" }));
@@ -740,7 +740,8 @@ async function openDetail(node, channel, canvas) {
   }
   let d;
   try { d = await api(`images/${state.image}/nodes/${node.id}/channels/${channel}`); }
-  catch (e) { box.replaceChildren(el("p", { class: "note", text: e.message })); return; }
+  catch (e) { if (state.selected === mine) box.replaceChildren(el("p", { class: "note", text: e.message })); return; }
+  if (state.selected !== mine) return;  // another layer was opened while this one loaded: it is the one shown
   box.replaceChildren();
   const single = floats(d.output).data.length === 1 && ["mul", "flatten", "other", "norm", "const"].includes(node.kind);
   const view = single ? elementView : node.kind === "linear" && !d.weight ? otherView : { conv: convView, act: actView, pool: poolView, gpool: gpoolView, bn: bnView, linear: linearView, upconv: upconvView, sub: addView, shuffle: shuffleView,
@@ -1144,6 +1145,7 @@ function elementView(box, node, channel, d) {  // one element of a vector layer 
 
 function openSoftmax(chosen) {
   const ov = state.overview, cls = state.graph.classes;
+  state.selected = null;  // a detail still loading is not shown over this one
   document.body.dataset.detail = `softmax:${chosen}`;
   bringDetail();
   const m = Math.max(...ov.logits);
