@@ -29,8 +29,6 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = tmp_path_factory.mktemp("cnnkit-cache")
     mp = pytest.MonkeyPatch()
     mp.setenv("CNNKIT_CACHE", str(cache))
-    mp.setenv("CNNKIT_CONFIG", str(tmp_path_factory.mktemp("cnnkit-config")))  # the TorchScript signing key
-    mp.delenv("CNNKIT_TRUST_TORCHSCRIPT", raising=False)
     mp.delenv("CNNKIT_DATA", raising=False)
     yield cache
     mp.undo()

@@ -21,7 +21,7 @@ from cnnkit.errors import ConfigError
 def pick_device(device: str = "auto", cpu_only: str | None = None) -> torch.device:
     """'auto' picks CUDA when present, else the CPU; an unknown or unavailable device is an error.
 
-    `cpu_only` names a model that runs on the CPU alone (int8 TorchScript): 'auto' then picks the CPU, and
+    `cpu_only` names a model that runs on the CPU alone (an int8 program): 'auto' then picks the CPU, and
     asking for another device is an error."""
     device = str(device).strip().lower()
     if device == "auto":
@@ -33,7 +33,8 @@ def pick_device(device: str = "auto", cpu_only: str | None = None) -> torch.devi
     if dev is None or dev.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda[:N]")
     if cpu_only and dev.type != "cpu":
-        raise ConfigError(f"{cpu_only} runs on the CPU only (its int8 kernels exist only there); "
+        raise ConfigError(f"{cpu_only} runs on the CPU only (cnnkit compiles it for the CPU, where PT2E's int8 "
+                          f"kernels run); "
                           f"use --device cpu or auto")
     if dev.type == "mps" and not (torch.backends.mps.is_built() and torch.backends.mps.is_available()):
         raise ConfigError("--device mps needs Apple-silicon GPU support, which this machine or PyTorch build "
@@ -49,12 +50,20 @@ def pick_device(device: str = "auto", cpu_only: str | None = None) -> torch.devi
 
 
 def cpu_only_artifact(checkpoint: object) -> str | None:
-    """The file name of `checkpoint` when it is an int8 TorchScript artifact (`.ts`, from `cnnkit compress`),
-    whose quantized kernels run on the CPU only; else None."""
+    """The file name of `checkpoint` when it is a program that cnnkit compiles for the CPU (`cnnkit compress`'s
+    `.int8.pt2` and its float baseline, whose sidecar says `"runtime": "inductor"`; PT2E's int8 kernels run on
+    the CPU only); else None."""
     path = getattr(checkpoint, "path", checkpoint)
-    if isinstance(path, (str, os.PathLike)) and os.fspath(path).endswith(".ts"):
-        return os.path.basename(os.fspath(path))
-    return None
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path).endswith(".pt2"):
+        return None
+    import json
+
+    try:
+        with open(f"{os.fspath(path)}.json", encoding="utf-8") as f:
+            side = json.loads(f.read(1 << 20))
+    except (OSError, ValueError, RecursionError):
+        return None  # its loader says what is wrong with it
+    return os.path.basename(os.fspath(path)) if isinstance(side, dict) and side.get("runtime") == "inductor" else None
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:

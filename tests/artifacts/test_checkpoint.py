@@ -5,6 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from cnnkit.artifacts import artifact_kind, load, load_state_into
+from cnnkit.artifacts.exported import refuse_torchscript
 from cnnkit.artifacts.kinds import LOADERS
 from cnnkit.errors import CheckpointError
 from cnnkit.models import create
@@ -52,8 +53,10 @@ def test_truncated_checkpoint_is_a_clear_error(trained_run, tmp_path):
 
 
 def test_load_dispatches_on_the_artifact_kind(monkeypatch, tmp_path):
-    assert [artifact_kind(p) for p in ("m.onnx", "m.pt2", "m.int8.ts", "run", "best.safetensors", tmp_path)] == \
-        ["onnx", "program", "torchscript", "checkpoint", "checkpoint", "checkpoint"]
+    assert [artifact_kind(p) for p in ("m.onnx", "m.pt2", "m.int8.pt2", "m.int8.ts", "run", "best.safetensors",
+                                       tmp_path)] == \
+        ["onnx", "program", "program", "torchscript", "checkpoint", "checkpoint", "checkpoint"]
+    assert LOADERS["torchscript"] is refuse_torchscript  # told apart to be refused (tests/artifacts/test_trust.py)
     seen = []
     for kind in LOADERS:
         monkeypatch.setitem(LOADERS, kind, lambda path, device, kind=kind: seen.append((kind, path, device)))

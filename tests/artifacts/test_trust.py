@@ -1,6 +1,8 @@
-"""Files from others are data, never code: crafted `.pt2`, `.ts`, pickles under other names and timm options that
-load files are refused before anything in them runs (a marker file the payload would create never appears),
-with one line and exit status 2 from the CLI."""
+"""Files from others are data, never code: crafted `.pt2`, pickles under other names and timm options that load
+files are refused before anything in them runs (a marker file the payload would create never appears), and so
+is every TorchScript `.ts`, benign or not (loading TorchScript runs the file's code); each with one line and exit
+status 2 from the CLI. An int8 program may call PT2E's quantize/dequantize operators, and nothing else beyond
+plain ATen."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch.nn as nn
 
 from cnnkit.artifacts import load
 from cnnkit.artifacts.exported import SIDECAR_FORMAT, sidecar_path
-from cnnkit.artifacts.trust import check_program_graph, sign, trusting_torchscript
+from cnnkit.artifacts.trust import check_program_graph
 from cnnkit.cli import main
 from cnnkit.errors import CheckpointError, ModelError
 
@@ -148,6 +150,67 @@ def test_a_graph_that_reaches_files_is_refused(tmp_path):
     check_program_graph(Path("fine.pt2"), ok)  # a network's own graph passes
 
 
+class QuantizeDequantize(nn.Module):
+    """A network whose output goes through PT2E's int8 quantize and dequantize operators, as an int8 program's does."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = tiny()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = torch.ops.quantized_decomposed.quantize_per_tensor(self.net(x), 0.1, 0, 0, 255, torch.uint8)
+        return torch.ops.quantized_decomposed.dequantize_per_tensor(q, 0.1, 0, 0, 255, torch.uint8)
+
+
+def one_call(target, *args) -> torch.fx.Graph:  # noqa: ANN001 - an operator
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    graph.output(graph.call_function(target, (x, *args)))
+    return graph
+
+
+def test_quantize_operators_pass_only_in_an_int8_program(tmp_path):
+    import torchao.quantization.pt2e  # noqa: F401 - registers the quantized_decomposed operators
+
+    graph = torch.export.export(QuantizeDequantize().eval(), (torch.randn(2, 1, 8, 8),)).graph
+    ops = {str(n.target) for n in graph.nodes if n.op == "call_function"}
+    assert {"quantized_decomposed.quantize_per_tensor.default",
+            "quantized_decomposed.dequantize_per_tensor.default"} <= ops, ops
+    with pytest.raises(CheckpointError, match="quantized_decomposed.quantize_per_tensor"):
+        check_program_graph(Path("m.pt2"), graph)  # a float program has no business quantizing
+    check_program_graph(Path("m.int8.pt2"), graph, quantized=True)
+    qd = torch.ops.quantized_decomposed
+    check_program_graph(Path("m.int8.pt2"), one_call(qd.quantize_per_channel.default, torch.ones(2),
+                                                     torch.zeros(2, dtype=torch.int64), 1, -128, 127, torch.int8),
+                        quantized=True)
+    # quantized=True allows those four operators, nothing more: not another one of their namespace, not one of
+    # another namespace, not ATen's file operators
+    with pytest.raises(CheckpointError, match="choose_qparams"):
+        check_program_graph(Path("m.int8.pt2"), one_call(qd.choose_qparams.tensor, -128, 127, 1e-5, torch.int8),
+                            quantized=True)
+    with pytest.raises(CheckpointError, match="not a plain ATen"):
+        check_program_graph(Path("m.int8.pt2"), one_call(torch.ops.prims.convert_element_type.default, torch.int8),
+                            quantized=True)
+    with pytest.raises(CheckpointError, match="aten.save"):
+        check_program_graph(Path("m.int8.pt2"), one_call(torch.ops.aten.save.default, str(tmp_path / "written")),
+                            quantized=True)
+    assert not (tmp_path / "written").exists()
+
+
+def test_a_program_quantizes_only_when_its_sidecar_says_int8(tmp_path):
+    """`load` checks a `.pt2` as int8 (PT2E's operators allowed) only where its sidecar says `pt2e-int8`."""
+    import torchao.quantization.pt2e  # noqa: F401 - registers the quantized_decomposed operators
+
+    model = QuantizeDequantize().eval()
+    prog = write_program(tmp_path / "m.pt2", model)
+    with pytest.raises(CheckpointError, match="quantized_decomposed"):
+        load(prog)
+    sidecar_path(prog).write_text(json.dumps({**SIDE, "quantization": "pt2e-int8"}))
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(load(prog).model(x), model(x))
+
+
 class WritesOnLoad(nn.Module):
     """TorchScript whose __setstate__ writes a file when the module is loaded."""
 
@@ -170,30 +233,43 @@ class WritesOnLoad(nn.Module):
         self.training = state[1] and bool(written.sum() > 0)  # a use, so that TorchScript keeps the write
 
 
-def test_handed_torchscript_is_refused_unless_trusted(tmp_path, capsys):
-    victim = tmp_path / "victim.txt"  # the payload overwrites it on load
-    victim.write_text("0")
+def refused_as_torchscript(capsys, path: Path, images: Path) -> None:
+    """`load`, `cnnkit eval` and `cnnkit predict` (on a folder of `images`, one real image) each refuse the
+    TorchScript file at `path` in one line that says why and how to make the int8 model again."""
+    from PIL import Image
+
+    images.mkdir(exist_ok=True)
+    Image.new("L", (8, 8), 128).save(images / "ok.png")
+    with pytest.raises(CheckpointError, match="TorchScript") as e:
+        load(path)
+    message = str(e.value)
+    assert "\n" not in message and path.name in message and "cnnkit compress" in message, message
+    for command in (["eval", "--checkpoint", str(path), "--data", "sample"],
+                    ["predict", "--checkpoint", str(path), str(images)]):
+        cli_fails_in_one_line(capsys, command, path.name, "TorchScript", "cnnkit compress")
+
+
+def test_handed_torchscript_is_refused_and_its_code_never_runs(tmp_path, capsys):
+    marker = tmp_path / "pwned"  # the payload creates it on load
     evil = tmp_path / "evil.ts"
-    torch.jit.save(torch.jit.script(WritesOnLoad(str(victim))), str(evil))
-    sidecar_path(evil).write_text(json.dumps({**SIDE, "signature": "hmac-sha256:" + "0" * 64}))
-    with pytest.raises(CheckpointError, match="--trust-torchscript"):
-        load(evil)
-    cli_fails_in_one_line(capsys, ["eval", "--checkpoint", str(evil), "--data", "sample"], "--trust-torchscript")
-    cli_fails_in_one_line(capsys, ["predict", "--checkpoint", str(evil), str(tmp_path)], "--trust-torchscript")
-    assert victim.read_text() == "0"
-    with trusting_torchscript():  # the user vouches for the file: then it loads, and its code runs, as made to
-        load(evil)
-    assert victim.read_text() == "A"
+    torch.jit.save(torch.jit.script(WritesOnLoad(str(marker))), str(evil))
+    sidecar_path(evil).write_text(json.dumps(SIDE))
+    refused_as_torchscript(capsys, evil, tmp_path / "images")
+    assert not marker.exists()
+    torch.jit.load(str(evil))  # the control: PyTorch's own loader runs the file's code
+    assert marker.read_bytes() == b"A"
 
 
-def test_torchscript_this_user_wrote_loads_and_a_changed_one_does_not(tmp_path):
-    ts = tmp_path / "own.ts"
+def test_benign_torchscript_is_refused_too(tmp_path, capsys):
+    """Even a plain traced network, with a sidecar as cnnkit once wrote (signature included): no TorchScript loads."""
+    ts = tmp_path / "own.int8.ts"
     torch.jit.save(torch.jit.trace(tiny(), torch.randn(1, 1, 8, 8)), str(ts))
-    sidecar_path(ts).write_text(json.dumps({**SIDE, "signature": sign(ts.read_bytes())}))
-    assert load(ts).model(torch.randn(2, 1, 8, 8)).shape == (2, 2)
-    ts.write_bytes(ts.read_bytes() + b"\0")  # any change to the file voids the signature
-    with pytest.raises(CheckpointError, match="TorchScript"):
-        load(ts)
+    sidecar_path(ts).write_text(json.dumps({**SIDE, "artifact": "int8 torchscript", "engine": "x86",
+                                            "signature": "hmac-sha256:" + "0" * 64}))
+    refused_as_torchscript(capsys, ts, tmp_path / "images")
+    bare = tmp_path / "bare.ts"  # no sidecar at all: the same line, not a complaint about the sidecar
+    bare.write_bytes(ts.read_bytes())
+    refused_as_torchscript(capsys, bare, tmp_path / "images")
 
 
 @pytest.mark.parametrize("name", ["best.safetensors", "weights.pth"])

@@ -7,7 +7,6 @@ fixtures before and after, so a failed command that leaves a folder or a partial
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import struct
@@ -34,15 +33,15 @@ def _png_header(width: int, height: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def fx(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Shared fixtures, built once: a tiny trained run, its ONNX export and int8 TorchScript, a checkpoint of
-    another architecture, and files that are not what they claim to be."""
+    """Shared fixtures, built once: a tiny trained run, its ONNX export and int8 PT2E program (as `cnnkit compress`
+    writes it), a checkpoint of another architecture, and files that are not what they claim to be."""
     from PIL import Image
 
     from cnnkit.artifacts import load, save_checkpoint
-    from cnnkit.compress import quantize_fx
-    from cnnkit.compress.quantize import save_torchscript
-    from cnnkit.deploy import export_onnx
-    from cnnkit.artifacts.trust import sign
+    from cnnkit.artifacts.exported import INDUCTOR, PT2E_INT8
+    from cnnkit.compress.quantize import quantize_pt2e
+    from cnnkit.deploy import export_artifact, export_onnx, write_program
+    from cnnkit.deploy.export import dynamic_dims
     from cnnkit.models import create
     from cnnkit.train import fit
 
@@ -52,12 +51,12 @@ def fx(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     ckpt = load(run.run_dir)
     art = root / "artifacts"
     onnx = export_onnx(ckpt, art / "m.onnx").path
-    q = quantize_fx(ckpt.model.float().eval(), torch.randn(64, ckpt.in_chans, *ckpt.img_size), "minmax", batch=64)
-    ts = art / "m.int8.ts"
-    save_torchscript(q.model, torch.randn(2, ckpt.in_chans, *ckpt.img_size), ts)
-    side = json.loads(Path(f"{onnx}.json").read_text())
-    Path(f"{ts}.json").write_text(json.dumps({**side, "artifact": "int8 torchscript", "engine": q.engine,
-                                              "signature": sign(ts.read_bytes())}))  # as compress signs its own
+    model = ckpt.model.float().eval()
+    q = quantize_pt2e(model, torch.randn(64, ckpt.in_chans, *ckpt.img_size), "minmax", batch=64,
+                      dynamic=dynamic_dims(None))
+    int8 = export_artifact(ckpt, art / "m.int8.pt2", ".pt2", "int8 torch.export (pt2e)", None, 0, write_program,
+                           model=model, exported=q.model,
+                           extra={"runtime": INDUCTOR, "quantization": PT2E_INT8}).path  # as compress writes it
     other = root / "other.safetensors"  # the same family at another width: not a rewind point of the run
     meta = {k: v for k, v in ckpt.meta.items() if k not in ("format", "cnnkit_version", "torch_version")}
     save_checkpoint(other, create("resnet9", num_classes=10, in_chans=1, width=4),
@@ -83,7 +82,7 @@ def fx(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                  "batches.meta"):
         (cifar_cut / name).write_bytes(os.urandom(100))  # truncated batches
     return {"root": str(root), "run": str(run.run_dir), "best": str(run.best_checkpoint), "onnx": str(onnx),
-            "ts": str(ts), "other": str(other), "bad": str(bad), "ok": str(bad / "ok.png"),
+            "int8": str(int8), "other": str(other), "bad": str(bad), "ok": str(bad / "ok.png"),
             "cifar_tar": str(cifar_tar), "cifar_cut": str(cifar_cut.parent),
             "cache": str(tmp_path_factory.mktemp("cache")), "data": str(tmp_path_factory.mktemp("data"))}
 
@@ -168,7 +167,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("eval-out-is-file", "eval --checkpoint {run} --out {ok}", "is a file"),
     ("eval-cifar-cut", "eval --checkpoint {run} --data cifar10 --data-dir {cifar_cut}", "delete that folder"),
     ("eval-cifar-missing", "eval --checkpoint {run} --data cifar10 --data-dir {bad}/empty", "cifar10: missing"),
-    ("eval-int8-on-cuda", "eval --checkpoint {ts} --device cuda", "runs on the CPU only"),
+    ("eval-int8-on-cuda", "eval --checkpoint {int8} --device cuda", "runs on the CPU only"),
     ("eval-tta-adapt", "eval --checkpoint {run} --tta --adapt bn", "--tta and --adapt do not combine"),
     ("predict-tta-adapt", "predict {ok} --checkpoint {run} --tta --adapt bn", "--tta and --adapt do not combine"),
     ("eval-device-banana", "eval --checkpoint {run} --device banana", "unknown device 'banana'"),
@@ -202,7 +201,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("explain-target-range", "explain {ok} --checkpoint {run} --target 99", "out of range"),
     ("explain-target-name", "explain {ok} --checkpoint {run} --target Bicycle", "unknown target class 'Bicycle'"),
     ("explain-onnx-saliency", "explain {ok} --checkpoint {onnx} --method saliency", "need a training checkpoint"),
-    ("explain-int8-gradcam", "explain {ok} --checkpoint {ts}", "need a training checkpoint"),
+    ("explain-int8-gradcam", "explain {ok} --checkpoint {int8}", "need a training checkpoint"),
     ("explain-out-is-file", "explain {ok} --checkpoint {run} --out {ok}", "is a file"),
     ("explain-bomb", "explain {bad}/bomb.png --checkpoint {run}", "bomb"),
     ("explain-no-images", "explain --checkpoint {run}", "give image files or folders"),
@@ -216,7 +215,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("visualize-layer", "visualize activations --checkpoint {run} --layer nosuch --steps 1", "nosuch"),
     ("visualize-no-image", "visualize feature-maps --checkpoint {run}", "needs an image"),
     ("visualize-onnx", "visualize filters --checkpoint {onnx}", "need a training checkpoint"),
-    ("visualize-int8", "visualize class-models --checkpoint {ts} --steps 1", "need a training checkpoint"),
+    ("visualize-int8", "visualize class-models --checkpoint {int8} --steps 1", "need a training checkpoint"),
     ("visualize-out-folder", "visualize filters --checkpoint {run} --out {bad}/empty", "is a folder"),
     ("visualize-out-suffix", "visualize filters --checkpoint {run} --out {cwd}/f.txt", "should end in .png"),
     # export
@@ -323,15 +322,16 @@ def test_missing_cache_folder_is_created(fx, tmp_path, capsys, monkeypatch):
 
 
 def test_int8_artifact_runs_on_the_cpu_under_auto_on_a_cuda_machine(fx, capsys, monkeypatch):
-    """int8 TorchScript has CPU kernels only: `--device auto` must pick the CPU even where CUDA is present."""
+    """An int8 PT2E program has CPU kernels only: `--device auto` must pick the CPU even where CUDA is present."""
     from cnnkit.runtime import cpu_only_artifact, pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert pick_device("auto").type == "cuda"
-    assert pick_device("auto", cpu_only_artifact(fx["ts"])).type == "cpu"
+    assert cpu_only_artifact(fx["int8"]) == "m.int8.pt2"
+    assert pick_device("auto", cpu_only_artifact(fx["int8"])).type == "cpu"
     assert cpu_only_artifact(fx["onnx"]) is None and cpu_only_artifact(fx["run"]) is None
     monkeypatch.chdir(Path(fx["ok"]).parent)  # a short path: the table shows it whole at any terminal width
-    code = main(["predict", "ok.png", "--checkpoint", fx["ts"]])
+    code = main(["predict", "ok.png", "--checkpoint", fx["int8"]])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "ok.png" in captured.out

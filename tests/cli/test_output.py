@@ -81,10 +81,16 @@ def test_compress_on_a_pipe_names_every_file_whole_and_says_what_it_measures(tra
                   "--calibration", "128", "--repeats", "3", "--no-onnx")
     rows = table_rows(ok(done))
     variants = [r for r in rows if re.search(PERCENT, r)]
-    assert len(variants) == 2  # the float model and its int8 TorchScript: one line each, paths whole
-    assert f" {trained_run.best_checkpoint} " in variants[0] and f" {out_dir / 'resnet9.int8.ts'} " in variants[1]
+    # the float model, the float program the int8 one is measured against, and the int8 program: one line each,
+    # paths whole
+    assert len(variants) == 3
+    for row, (variant, runtime, path) in zip(variants, [("float32", "eager", trained_run.best_checkpoint),
+                                                        ("float32", "inductor", out_dir / "resnet9.pt2"),
+                                                        ("int8", "inductor int8", out_dir / "resnet9.int8.pt2")]):
+        assert re.match(rf"│ {variant} +│ {runtime} +│ {re.escape(str(path))} +│", row), row
     assert any(f" {out_dir / 'report.html'} " in r for r in rows)
-    assert "2/2 resnet9.int8.ts" in done.stderr  # what it measures, variant by variant, on stderr
+    for line in ("1/3 best.safetensors", "2/3 resnet9.pt2", "3/3 resnet9.int8.pt2"):
+        assert line in done.stderr  # what it measures, variant by variant, on stderr
 
 
 @pytest.mark.parametrize("fmt", ["--json", "--csv"])
@@ -92,8 +98,8 @@ def test_compress_machine_output_keeps_full_paths_and_fractions(fmt, monkeypatch
     """(The compression itself is the test above's; here, what --json and --csv make of its rows.)"""
     import cnnkit.compress
 
-    path = tmp_path / ("long-folder-name-" * 6) / "resnet9.int8.ts"
-    rows = [{"variant": "int8", "runtime": "pytorch int8", "file": path.name, "target": str(path), "top1": 0.826,
+    path = tmp_path / ("long-folder-name-" * 6) / "resnet9.int8.pt2"
+    rows = [{"variant": "int8", "runtime": "inductor int8", "file": path.name, "target": str(path), "top1": 0.826,
              "top1_delta_pts": -0.3, "float_ops": ["head (Linear)"]}]
     monkeypatch.setattr(cnnkit.compress, "compress", lambda *a, **k: SimpleNamespace(rows=rows))
     assert main(["compress", "--checkpoint", "run", "--recipe", "int8", "--out", str(tmp_path), fmt]) == 0

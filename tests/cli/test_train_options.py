@@ -74,7 +74,8 @@ def test_the_help_says_what_each_option_takes():
     assert all(f.name in texts["augment"] for f in dataclasses.fields(AugmentConfig))
     assert "default on" not in texts["channels_last"] and "measured" in texts["channels_last"]
     checkpoint = next(p.help for p in command("eval").params if p.name == "checkpoint")
-    assert all(kind in checkpoint for kind in (".safetensors", ".onnx", ".pt2", ".ts"))
+    assert all(kind in checkpoint for kind in (".safetensors", ".onnx", ".pt2", "int8"))
+    assert ".ts" not in checkpoint and "TorchScript" not in checkpoint  # refused since int8 became a .pt2
 
 
 def test_webdataset_validates_on_its_val_shards_and_refuses_another_fraction(tmp_path, capsys):

@@ -1,5 +1,6 @@
-"""Compressing a segmentation run: int8 from ONNX Runtime (static QDQ, per-channel weights, calibrated on
-training images) measured by mIoU beside float32's; recipes that fine-tune a classifier are skipped, each with
+"""Compressing a segmentation run: int8 from PT2E (a `torch.export` program compiled by Inductor, at any image
+size) and from ONNX Runtime (static QDQ), per-channel weights, calibrated on training images, measured by mIoU
+beside float32's in each runtime; recipes that fine-tune a classifier are skipped, each with
 one line saying why."""
 
 from __future__ import annotations
@@ -30,10 +31,13 @@ def seg_compressed(seg_run, tmp_path_factory):
 def test_int8_is_reported_by_miou_beside_float32(seg_compressed):
     r, _ = seg_compressed
     assert [(row["variant"], row["runtime"]) for row in r.rows] == [
-        ("float32", "eager"), ("float32", "onnxruntime"), ("int8", "onnxruntime int8")]
+        ("float32", "eager"), ("float32", "inductor"), ("float32", "onnxruntime"), ("int8", "inductor int8"),
+        ("int8", "onnxruntime int8")]
     assert all(row["metric"] == "mIoU" and 0 < row["miou"] <= 1 for row in r.rows)
     assert all("200 of the split's 1000 images" in row["split"] for row in r.rows)  # test_images: the same 200
-    fp32, onnx_fp32, int8 = r.rows
+    fp32, program, onnx_fp32, pt2e, int8 = r.rows
+    assert round(program["miou"], 3) == round(fp32["miou"], 3)  # the float program, compiled, scores as eager
+    assert abs(pt2e["miou_delta_pts"]) < 5 and pt2e["file_bytes"] < program["file_bytes"]
     # `evaluate` (what `cnnkit eval` runs) of the exported .onnx file, read back from its sidecar as a segmentation
     # model, gives the checkpoint's mIoU on the test split
     assert round(onnx_fp32["miou"], 3) == round(fp32["miou"], 3)
@@ -42,12 +46,24 @@ def test_int8_is_reported_by_miou_beside_float32(seg_compressed):
     assert int8["file_bytes"] < onnx_fp32["file_bytes"]
     report = r.html_path.read_text()
     assert "<th>mIoU</th>" in report and "top-1" not in report
-    assert json.loads(r.json_path.read_text())["rows"][2]["miou"] == int8["miou"]
+    assert json.loads(r.json_path.read_text())["rows"][4]["miou"] == int8["miou"]
+
+
+def test_int8_program_takes_any_size_and_loads_as_segmentation(seg_compressed):
+    """The PT2E program keeps the model's dynamic height and width: a second size runs (compiled for it)."""
+    import torch
+
+    r, _ = seg_compressed
+    art = load(r.out_dir / r.rows[3]["file"])
+    assert art.meta["task"] == "segment" and art.meta["quantization"] == "pt2e-int8" and art.meta["dynamic_size"]
+    with torch.no_grad():
+        out = art.model(torch.randn(2, art.in_chans, 40, 56))
+    assert out.shape == (2, len(art.meta["classes"]), 40, 56) and not art.model.uncompiled
 
 
 def test_int8_onnx_is_per_channel_qdq_and_loads_as_segmentation(seg_compressed):
     r, _ = seg_compressed
-    path = r.out_dir / r.rows[2]["file"]
+    path = r.out_dir / r.rows[4]["file"]
     graph = onnx.load(str(path)).graph
     assert any(n.op_type == "QuantizeLinear" for n in graph.node)
     inits = {i.name: i for i in graph.initializer}

@@ -83,7 +83,9 @@ def test_nonsquare_run_goes_through_every_step(nonsquare, tmp_path, capsys):
     assert main(["compress", "--checkpoint", str(run.run_dir), "--recipe", "int8", "--calibration", "64",
                  "--no-onnx", "--repeats", "3", "--out", str(tmp_path / "c")]) == 0
     summary = json.loads((tmp_path / "c" / "compress.json").read_text())
-    assert summary["split"] == "test (held out 20%, seed 0)" and len(summary["rows"]) == 2
+    assert summary["split"] == "test (held out 20%, seed 0)"
+    assert [(r["variant"], r["runtime"]) for r in summary["rows"]] == \
+        [("float32", "eager"), ("float32", "inductor"), ("int8", "inductor int8")]  # the int8 program and its baseline
 
     # explain --benchmark reloads the data at 20×12: it passes the shape check and stops only for want of boxes
     capsys.readouterr()

@@ -105,21 +105,38 @@ def test_bench_times_a_pytorch_model_in_the_precision_asked(trained_run):
     assert 0 < r["latency_ms_p50"] <= r["latency_ms_p99"] and r["images_per_s"] > 0 and r["peak_rss_mib"] > 0
 
 
-def test_bench_device_of_each_target(monkeypatch):
-    """With a GPU present (mocked), auto puts PyTorch models on it and CPU-only artifacts on the CPU; asking for
-    the GPU for an artifact that runs on the CPU only is refused rather than timed through copies."""
+def test_bench_device_of_each_target(monkeypatch, tmp_path):
+    """With a GPU present (mocked), auto puts PyTorch models on it and CPU-only artifacts on the CPU (ONNX, and a
+    program whose sidecar says cnnkit compiles it with Inductor: `compress`'s int8 `.pt2`); asking for the GPU
+    for an artifact that runs on the CPU only is refused rather than timed through copies. Any other `.pt2`, one
+    whose sidecar is missing or unreadable included, is not CPU-only (its loader says what is wrong with it)."""
     from cnnkit.deploy.bench import target_device
     from cnnkit.errors import ConfigError
+    from cnnkit.runtime import cpu_only_artifact
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert target_device("runs/x", "auto").type == "cuda"
     assert target_device("runs/x", "cpu").type == "cpu"
-    assert target_device("m.onnx", "auto").type == "cpu" and target_device("m.ts", "auto").type == "cpu"
+    int8 = tmp_path / "m.int8.pt2"  # the program itself is not read: the sidecar decides
+    (tmp_path / "m.int8.pt2.json").write_text(json.dumps({"runtime": "inductor", "quantization": "pt2e-int8"}))
+    assert cpu_only_artifact(int8) == "m.int8.pt2" and cpu_only_artifact(str(int8)) == "m.int8.pt2"
+    assert target_device("m.onnx", "auto").type == "cpu" and target_device(int8, "auto").type == "cpu"
+    assert target_device(int8, "cpu").type == "cpu"
     with pytest.raises(ConfigError, match="m.onnx runs in ONNX Runtime on the CPU here"):
         target_device("m.onnx", "cuda")
-    with pytest.raises(ConfigError, match="m.ts runs on the CPU only"):
-        target_device("m.ts", "cuda")
+    with pytest.raises(ConfigError, match="m.int8.pt2 runs on the CPU only"):
+        target_device(int8, "cuda")
+    plain = tmp_path / "plain.pt2"  # a program with no sidecar
+    assert cpu_only_artifact(plain) is None and target_device(plain, "auto").type == "cuda"
+    for name, side in [("other.pt2", json.dumps({"runtime": "eager"})), ("garbage.pt2", "{not json"),
+                       ("list.pt2", json.dumps(["inductor"])), ("binary.pt2", b"\xff\xfe\x00")]:
+        sidecar = tmp_path / f"{name}.json"
+        sidecar.write_bytes(side if isinstance(side, bytes) else side.encode())
+        assert cpu_only_artifact(tmp_path / name) is None, name
+        assert target_device(tmp_path / name, "auto").type == "cuda", name
+    (tmp_path / "m.onnx.json").write_text(json.dumps({"runtime": "inductor"}))
+    assert cpu_only_artifact(tmp_path / "m.onnx") is None  # the runtime key applies to programs alone
 
 
 def test_bench_peak_memory_is_each_targets_own(trained_run, tmp_path):

@@ -1,6 +1,6 @@
 """The artifact layer, below every step of the flow: atomic writes, output folders that record what cnnkit
 wrote, checkpoints with their metadata, and `load(path, device)`, the one door to every artifact kind
-(checkpoint or run directory, `.onnx`, `.pt2`, int8 TorchScript `.ts`)."""
+(checkpoint or run directory, `.onnx`, `.pt2`; TorchScript `.ts` is refused)."""
 
 from cnnkit.artifacts.checkpoint import (
     FORMAT,

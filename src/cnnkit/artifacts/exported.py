@@ -1,10 +1,10 @@
-"""Exported artifacts read back: ONNX models (run by ONNX Runtime), `torch.export` programs (`.pt2`) and
-TorchScript (the int8 models of `cnnkit compress`, `.ts`), each with its JSON sidecar (classes, input size,
-normalization), behind the same LoadedCheckpoint as a checkpoint. (`cnnkit.deploy.export` writes them.)"""
+"""Exported artifacts read back: ONNX models (run by ONNX Runtime) and `torch.export` programs (`.pt2`, the
+int8 ones of `cnnkit compress` compiled by Inductor: `cnnkit.artifacts.int8`), each with its JSON sidecar
+(classes, input size, normalization), behind the same LoadedCheckpoint as a checkpoint. TorchScript (`.ts`,
+the int8 files of cnnkit before PT2E) is refused in one line. (`cnnkit.deploy.export` writes them.)"""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections.abc import Callable
@@ -16,10 +16,12 @@ import torch
 import torch.nn as nn
 
 from cnnkit.artifacts.loaded import LoadedCheckpoint, input_meta_ok
-from cnnkit.artifacts.trust import check_program_graph, check_torchscript, program_bytes
+from cnnkit.artifacts.trust import check_program_graph, program_bytes
 from cnnkit.errors import CheckpointError, error_line
 
 SIDECAR_FORMAT = "cnnkit-artifact/1"
+PT2E_INT8 = "pt2e-int8"  # the sidecar's "quantization" of an int8 program written by `cnnkit compress`
+INDUCTOR = "inductor"  # a sidecar's "runtime" for a program cnnkit compiles when it loads it
 
 
 def sidecar_path(path: Path) -> Path:
@@ -125,7 +127,7 @@ def read_sidecar(p: Path) -> dict[str, Any]:
 
 
 def is_exported(model: nn.Module) -> bool:
-    """Whether `model` is an exported artifact's runtime (ONNX Runtime, a `torch.export` program, TorchScript)
+    """Whether `model` is an exported artifact's runtime (ONNX Runtime, a `torch.export` program, int8 or not)
     rather than a PyTorch model whose layers, weights and gradients can be reached."""
     return isinstance(model, (OnnxModel, ProgramModel))
 
@@ -148,22 +150,45 @@ class ProgramModel(nn.Module):
 
 def load_program(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedCheckpoint:
     """A `.pt2` program and its sidecar, as a LoadedCheckpoint, on the CPU whatever `device` says (move it
-    with `.model.to`); nothing in the archive is unpickled and its graph is checked first (`trust`)."""
+    with `.model.to`); nothing in the archive is unpickled and its graph is checked first (`trust`). An int8
+    program (`cnnkit compress`'s PT2E, its sidecar says) may call PT2E's quantize/dequantize operators too; a
+    sidecar's `"runtime": "inductor"` (what `compress` writes) has the program compiled by Inductor on first
+    use of each batch size (`cnnkit.artifacts.int8.CompiledProgram`)."""
     p = Path(path).expanduser()
     if not p.exists():
         raise CheckpointError(f"no such exported program: {p}")
     meta = read_sidecar(p)
+    int8 = meta.get("quantization") == PT2E_INT8
+    if int8:  # its quantize/dequantize operators, registered before the graph naming them is read
+        from cnnkit.artifacts.int8 import register_quantized_ops
+
+        register_quantized_ops()
     archive = program_bytes(p)  # refuses anything PyTorch's loader would unpickle
     try:
         program = torch.export.load(archive)
     except Exception as e:
         raise CheckpointError(f"cannot load {p.name}: {error_line(e)}") from None
-    check_program_graph(p, program.graph)  # before anything calls the graph
+    check_program_graph(p, program.graph, quantized=int8)  # before anything calls the graph
     try:
         module = program.module()
     except Exception as e:
         raise CheckpointError(f"cannot load {p.name}: {error_line(e)}") from None
+    if meta.get("runtime") == INDUCTOR:
+        from cnnkit.artifacts.int8 import CompiledProgram
+
+        return LoadedCheckpoint(restoration_attributes(CompiledProgram(module, p.name), meta), meta, p)
     return LoadedCheckpoint(restoration_attributes(ProgramModel(module), meta), meta, p)
+
+
+def refuse_torchscript(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """CheckpointError for a TorchScript file (`.ts`, the int8 artifacts of cnnkit before PT2E): loading one
+    runs code stored in the file, and PyTorch has deprecated TorchScript; the int8 model is made again from
+    its checkpoint."""
+    p = Path(path).expanduser()
+    raise CheckpointError(f"{p.name} is TorchScript, which cnnkit no longer loads (loading it runs code stored in "
+                          f"the file, and PyTorch has deprecated TorchScript); make the int8 model again from its "
+                          f"checkpoint with `cnnkit compress CHECKPOINT --recipe int8` (writes .int8.pt2 and "
+                          f".int8.onnx)")
 
 
 def restoration_attributes(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
@@ -180,27 +205,3 @@ def restoration_attributes(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
         model.noise = tuple(float(v) for v in noise) if isinstance(noise, list) and len(noise) == 2 else None
         model.noise_model = "camera" if given.get("noise_model") == "camera" else "gaussian"
     return model
-
-
-def load_torchscript(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedCheckpoint:
-    """A TorchScript artifact (the int8 models of `cnnkit compress`, `.ts`) and its sidecar, on the CPU (its
-    int8 kernels run there alone) whatever `device` says; only one this user's cnnkit wrote (its sidecar's
-    signature) or one the user trusts (`trusting_torchscript`), since loading TorchScript runs the file's code."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise CheckpointError(f"no such TorchScript file: {p}")
-    meta = read_sidecar(p)
-    try:
-        data = p.read_bytes()  # checked and loaded from the same bytes
-    except OSError as e:
-        raise CheckpointError(f"cannot read {p}: {e.strerror or e}") from None
-    check_torchscript(p, data, meta.get("signature"))
-    if meta.get("engine"):
-        if meta["engine"] not in torch.backends.quantized.supported_engines:
-            raise CheckpointError(f"{p.name} was quantized for the {meta['engine']} engine, which this machine lacks")
-        torch.backends.quantized.engine = meta["engine"]
-    try:
-        module = torch.jit.load(io.BytesIO(data))
-    except Exception as e:
-        raise CheckpointError(f"cannot load {p.name}: {error_line(e)}") from None
-    return LoadedCheckpoint(ProgramModel(module), meta, p)

@@ -482,7 +482,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def finish_temp_file(tmp: Path, path: Path) -> None:
-    """Move a temporary file that a library wrote (ONNX, TorchScript) into place as `path`, recorded."""
+    """Move a temporary file that a library wrote (ONNX, a program) into place as `path`, recorded."""
     owner = _owner_for(path)
     if owner is not None:
         owner.record(path)

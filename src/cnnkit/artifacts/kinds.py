@@ -1,6 +1,6 @@
 """The one door to every artifact cnnkit reads: `load(path, device)` tells the artifact's kind from its path
 and hands it to that kind's loader in LOADERS. Each kind checks what it trusts before PyTorch sees the file
-(no unpickling anywhere; `.pt2` archives rebuilt and their graphs checked; `.ts` only signed or trusted).
+(no unpickling anywhere; `.pt2` archives rebuilt and their graphs checked; TorchScript `.ts` refused).
 
 A folder is a run directory (its best, else last checkpoint) or the folder `cnnkit soup` wrote (its greedy
 soup, else its uniform one); any other folder of artifacts is refused, naming the files to pass."""
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from cnnkit.artifacts.checkpoint import rebuild_checkpoint
-from cnnkit.artifacts.exported import load_onnx, load_program, load_torchscript
+from cnnkit.artifacts.exported import load_onnx, load_program, refuse_torchscript
 from cnnkit.artifacts.loaded import LoadedCheckpoint
 from cnnkit.errors import CheckpointError
 
@@ -24,7 +24,7 @@ LOADERS: dict[str, Callable[[str | os.PathLike, str | torch.device], LoadedCheck
     "checkpoint": rebuild_checkpoint,  # a cnnkit .safetensors checkpoint, or a run directory's best (else last)
     "onnx": load_onnx,  # ONNX Runtime, on the CPU
     "program": load_program,  # a torch.export program, checked by cnnkit.artifacts.trust
-    "torchscript": load_torchscript,  # int8 TorchScript: signed by this user's cnnkit, or trusted
+    "torchscript": refuse_torchscript,  # TorchScript runs code on load: refused in one line
 }
 SUFFIXES = {".onnx": "onnx", ".pt2": "program", ".ts": "torchscript"}  # anything else is a checkpoint
 RUN_FILES = ("best.safetensors", "last.safetensors")  # a run directory's checkpoints, the one loaded first
@@ -59,8 +59,8 @@ def artifact_file(path: str | os.PathLike) -> str | os.PathLike:
 
 
 def load(path: str | os.PathLike | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
-    """The model in any artifact cnnkit reads (checkpoint, run directory or soup folder, `.onnx`, `.pt2`,
-    `.ts`) with its metadata, ready to run: a checkpoint's model on `device`, an exported one where its
+    """The model in any artifact cnnkit reads (checkpoint, run directory or soup folder, `.onnx`, `.pt2`)
+    with its metadata, ready to run: a checkpoint's model on `device`, an exported one where its
     runtime runs."""
     file = artifact_file(path)
     return LOADERS[artifact_kind(file)](file, device)

@@ -1,5 +1,5 @@
-"""What cnnkit trusts in a file it is handed: the checks that run before an exported program or a TorchScript
-file reaches PyTorch's loaders, which can run code by design.
+"""What cnnkit trusts in a file it is handed: the checks that run before an exported program reaches PyTorch's
+loader, which can run code by design.
 
 - `.pt2` (`torch.export`): `torch.export.load` unpickles any weight or constant its archive marks `use_pickle`,
   any "opaque" or custom-object constant, and falls back to a full unpickler when the sample inputs fail the
@@ -7,27 +7,17 @@ file reaches PyTorch's loaders, which can run code by design.
   `program_bytes` reads the archive itself, refuses every member cnnkit's own export never writes and every
   pickled entry, drops the sample inputs (unused by a loaded program), and hands PyTorch an archive with
   nothing left to unpickle; `check_program_graph` then refuses any call that is not a plain ATen operator or
-  one that reads or writes files.
+  one that reads or writes files (in an int8 program, also PT2E's quantize/dequantize operators).
 - `.ts` (TorchScript): loading runs the file's own code (`__setstate__`), so it cannot be made safe by
-  inspection. cnnkit loads a `.ts` only when its sidecar carries a signature that this user's cnnkit made when
-  it wrote the file (HMAC-SHA256 of the file's bytes under a key kept in the user's config folder, mode 0600),
-  or when the user says they trust the file (`--trust-torchscript`, `CNNKIT_TRUST_TORCHSCRIPT=1`, or
-  `trusting_torchscript()` in Python).
+  inspection: cnnkit refuses every TorchScript file (`cnnkit.artifacts.exported.refuse_torchscript`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import hmac
 import io
 import json
-import os
 import re
-import secrets
-import warnings
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from cnnkit.errors import CheckpointError
@@ -107,11 +97,16 @@ def _file_ops() -> frozenset[str]:
                             for a in s.arguments))
 
 
-def check_program_graph(path: Path, graph) -> None:  # noqa: ANN001 - a torch.fx.Graph
+# the operators PT2E's int8 programs add to ATen's: quantizing and dequantizing tensors, nothing else
+_QUANTIZED_OPS = frozenset({"quantize_per_tensor", "dequantize_per_tensor", "quantize_per_channel",
+                            "dequantize_per_channel"})
+
+
+def check_program_graph(path: Path, graph, quantized: bool = False) -> None:  # noqa: ANN001 - a torch.fx.Graph
     """CheckpointError unless every call in an exported program's graph is an ATen operator that touches no file,
     a getitem on a result, or integer arithmetic on sizes (a program with a dynamic height and width computes
     its layers' sizes from the input's): what `torch.export` produces from a network, nothing that reaches the
-    disk."""
+    disk. A `quantized` (int8) program may also quantize and dequantize tensors (`quantized_decomposed`)."""
     import operator
 
     import torch
@@ -126,91 +121,9 @@ def check_program_graph(path: Path, graph) -> None:  # noqa: ANN001 - a torch.fx
         fine = node.op == "call_function" and (
             target is operator.getitem or any(target is f for f in size_arithmetic)
             or (isinstance(target, torch._ops.OpOverload) and target.namespace == "aten"
-                and target._schema.name not in banned))
+                and target._schema.name not in banned)
+            or (quantized and isinstance(target, torch._ops.OpOverload) and target.namespace == "quantized_decomposed"
+                and target._schema.name.split("::")[-1] in _QUANTIZED_OPS))
         if not fine:
             raise CheckpointError(f"{path.name} calls {str(target)[:80]} ({node.op}), which is not a plain ATen "
                                   f"operator; cnnkit refuses to run it")
-
-
-# ----------------------------------------------------------------------------------------------- TorchScript
-
-_TRUST_TORCHSCRIPT = False
-TRUST_ENV = "CNNKIT_TRUST_TORCHSCRIPT"
-
-
-@contextlib.contextmanager
-def trusting_torchscript() -> Iterator[None]:
-    """Within it, TorchScript files load without a signature (the user vouches for them: loading runs their code)."""
-    global _TRUST_TORCHSCRIPT
-    before, _TRUST_TORCHSCRIPT = _TRUST_TORCHSCRIPT, True
-    try:
-        yield
-    finally:
-        _TRUST_TORCHSCRIPT = before
-
-
-def torchscript_trusted() -> bool:
-    """Whether the user has said they trust every TorchScript file (flag, context or environment)."""
-    return _TRUST_TORCHSCRIPT or os.environ.get(TRUST_ENV) == "1"
-
-
-def config_dir() -> Path:
-    """cnnkit's per-user configuration: $CNNKIT_CONFIG, else $XDG_CONFIG_HOME/cnnkit, else ~/.config/cnnkit."""
-    if os.environ.get("CNNKIT_CONFIG"):
-        return Path(os.environ["CNNKIT_CONFIG"]).expanduser()
-    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
-    return Path(base).expanduser() / "cnnkit"
-
-
-def _signing_key(create: bool) -> bytes | None:
-    """This user's signing key (32 random bytes, a file readable by the user alone); made on first use."""
-    path = config_dir() / "signing.key"
-    try:
-        key = path.read_bytes()
-        return key if len(key) == 32 else None
-    except FileNotFoundError:
-        if not create:
-            return None
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = secrets.token_bytes(32)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first: use theirs
-        return _signing_key(create=False)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
-    return key
-
-
-def sign(data: bytes) -> str | None:
-    """The signature a sidecar records for a TorchScript file this user's cnnkit wrote; None, with a warning,
-    where the key cannot be kept (the file then loads only with --trust-torchscript)."""
-    try:
-        key = _signing_key(create=True)
-    except OSError as e:
-        warnings.warn(f"cannot keep cnnkit's signing key in {config_dir()} ({e.strerror or e}); the TorchScript "
-                      f"file is written unsigned and loads only with --trust-torchscript (set CNNKIT_CONFIG to a "
-                      f"writable folder)", stacklevel=2)
-        return None
-    if key is None:  # a key file of the wrong size: not ours to replace
-        warnings.warn(f"{config_dir() / 'signing.key'} is not a cnnkit signing key (32 bytes); the TorchScript "
-                      f"file is written unsigned", stacklevel=2)
-        return None
-    return "hmac-sha256:" + hmac.new(key, data, hashlib.sha256).hexdigest()
-
-
-def signed_by_this_user(data: bytes, signature: object) -> bool:
-    """Whether `signature` is this user's signature of `data`."""
-    key = _signing_key(create=False)
-    if key is None or not isinstance(signature, str):
-        return False
-    return hmac.compare_digest(signature, "hmac-sha256:" + hmac.new(key, data, hashlib.sha256).hexdigest())
-
-
-def check_torchscript(path: Path, data: bytes, signature: object) -> None:
-    """CheckpointError unless the TorchScript bytes were written by this user's cnnkit or the user trusts them."""
-    if torchscript_trusted() or signed_by_this_user(data, signature):
-        return
-    raise CheckpointError(f"{path.name} is TorchScript, and loading TorchScript runs code stored in the file; "
-                          f"cnnkit loads only the TorchScript it wrote itself for you. If you trust whoever made "
-                          f"it, pass --trust-torchscript (or set {TRUST_ENV}=1)")

@@ -7,7 +7,6 @@ signal's number and one line. --debug (or CNNKIT_DEBUG=1) shows the traceback in
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import re
@@ -73,10 +72,6 @@ def global_options(
     debug: Annotated[bool, typer.Option("--debug", help="On an error, show the full traceback instead of one line "
                                                         "(also CNNKIT_DEBUG=1); accepted before or after the "
                                                         "command.")] = False,
-    trust_torchscript: Annotated[bool, typer.Option("--trust-torchscript", help="Load TorchScript (.ts) files that "
-                                                    "this user's cnnkit did not write (loading TorchScript runs "
-                                                    "code stored in the file; also CNNKIT_TRUST_TORCHSCRIPT=1); "
-                                                    "accepted before or after the command.")] = False,
     version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_show_version,
                                           help="Print cnnkit's version and exit.")] = False,
 ) -> None:
@@ -90,20 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: runs a verb; user errors print one line and return non-zero (tracebacks with --debug)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("CNNKIT_DEBUG") == "1"
-    trust = "--trust-torchscript" in args
-    args = [a for a in args if a not in ("--debug", "--trust-torchscript")]
+    args = [a for a in args if a != "--debug"]
     # what `--nproc` starts again on each process
-    session.remember(args + (["--debug"] if debug else []) + (["--trust-torchscript"] if trust else []))
+    session.remember(args + (["--debug"] if debug else []))
     if not debug:
         warnings.showwarning = _show_warning
-        # int8 models are TorchScript by design (PyTorch's int8 kernels have no other saved form); torch's
-        # notice about that is nothing a user can act on
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
     if hasattr(signal, "SIGXFSZ"):  # a file-size limit should fail the write (one line), not kill the process
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     previous = _catch_stop_signals()
     try:
-        return _run(args, trust)
+        return _run(args)
     except StopSignal as e:
         err.print(_interrupted_line(e.signum), highlight=False, markup=False, soft_wrap=True)
         return 128 + e.signum
@@ -169,14 +160,13 @@ def _peers_lost_line(e: Exception) -> str:
             f"which. --resume the run to continue from its last checkpoint")
 
 
-def _run(args: list[str], trust: bool) -> int:
+def _run(args: list[str]) -> int:
     """Run the command line `args` (global options taken out); its exit status."""
-    from cnnkit.artifacts.trust import trusting_torchscript
     from cnnkit.runtime import exclusive_threads, reuse_freed_memory
 
     # one command at a time: cnnkit may tune torch's thread count, and keeps the memory each batch frees for
     # the next batch (a command's process is cnnkit's own)
-    with exclusive_threads(), reuse_freed_memory(), (trusting_torchscript() if trust else contextlib.nullcontext()):
+    with exclusive_threads(), reuse_freed_memory():
         code = app(args=args, prog_name="cnnkit", standalone_mode=False)
     sys.stdout.flush()  # a closed pipe shows here rather than at exit
     # typer turns a KeyboardInterrupt raised outside cnnkit's handler into a returned 130

@@ -24,7 +24,8 @@ def compress(
                                                          "activations.")] = 512,
     observer: Annotated[str, typer.Option(help="Activation calibration: minmax, percentile or mse (MSE histogram "
                                                "search in PyTorch, entropy in ONNX Runtime).")] = "mse",
-    engine: Annotated[str, typer.Option(help="PyTorch int8 engine: x86, fbgemm, onednn or qnnpack.")] = "x86",
+    quantizer: Annotated[str, typer.Option(help="PT2E int8 quantizer: auto (this CPU's: x86 or arm), x86 or "
+                                                "arm.")] = "auto",
     finetune_epochs: Annotated[float, typer.Option(min=0.0, help="Fine-tuning epochs for qat*, prune and "
                                                                  "sparse.")] = 1.0,
     lr: Annotated[Optional[float], typer.Option(help="Fine-tuning learning rate (default 1e-3 QAT, 1e-2 "
@@ -54,7 +55,7 @@ def compress(
 
     fmt = machine_format(as_json, as_csv)
     r = compress_checkpoint(checkpoint, recipe, out, data=data, data_dir=data_dir, calibration=calibration,
-                            observer=observer, engine=engine, finetune_epochs=finetune_epochs, lr=lr,
+                            observer=observer, quantizer=quantizer, finetune_epochs=finetune_epochs, lr=lr,
                             criterion=criterion, scope=scope, rounds=rounds, round_to=round_to, distill=distill,
                             rewind=rewind, train_images=train_images, repeats=repeats, onnx=onnx,
                             test_images=test_images, log=lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True),

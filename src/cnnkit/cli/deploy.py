@@ -70,8 +70,8 @@ def _figure(key: str, value: float) -> str:
 
 
 def bench(
-    targets: Annotated[list[Path], typer.Argument(help="Run directories, checkpoints, .onnx, .pt2 or int8 .ts "
-                                                       "artifacts.")],
+    targets: Annotated[list[Path], typer.Argument(help="Run directories, checkpoints, .onnx or .pt2 (int8 "
+                                                       "included) artifacts.")],
     data: Annotated[Optional[str], typer.Option(help="Also measure top-1 (mIoU for a segmentation model) on this "
                                                      "dataset's test split.")] = None,
     data_dir: DataDir = None,

@@ -164,7 +164,7 @@ def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
     checkpoint: Annotated[Optional[Path], typer.Option(help="Run directory (its best checkpoint), a soup folder (its "
                                                             "greedy soup), a .safetensors file or an exported "
-                                                            "artifact (.onnx, .pt2, .ts).")] = None,
+                                                            "artifact (.onnx, .pt2).")] = None,
     url: Annotated[Optional[str], typer.Option(help="Ask a running `cnnkit serve` instead: "
                                                     "http://HOST:PORT/v1/models/NAME (token from "
                                                     "$CNNKIT_TOKEN).")] = None,

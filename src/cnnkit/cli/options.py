@@ -46,7 +46,7 @@ Checkpoint = Annotated[Optional[Path], typer.Option(help="Run directory (its bes
 # the verbs that only run the model also take what `cnnkit export` and `cnnkit compress` write
 Artifact = Annotated[Optional[Path], typer.Option(
     "--checkpoint", help="Run directory (its best checkpoint), soup folder (its greedy soup), a .safetensors file, "
-                         "or an exported .onnx, .pt2 or int8 .ts file.")]
+                         "or an exported .onnx or .pt2 file (int8 included).")]
 Amp = Annotated[str, typer.Option(help="off (float32, exact), auto (bf16 only where the CPU or GPU computes it "
                                        "natively, as in train), bf16 or fp16.")]
 Tta = Annotated[bool, typer.Option("--tta", help="Average with the horizontally flipped image.")]

@@ -28,8 +28,8 @@ def _access(host: str, token: str | None, token_file: Path | None, allow_origin:
 
 
 def serve(
-    artifacts: Annotated[list[str], typer.Argument(help="What to serve: run directories, checkpoints, .onnx, .pt2 or "
-                                                        "int8 .ts files; NAME=PATH names one (default: the folder's "
+    artifacts: Annotated[list[str], typer.Argument(help="What to serve: run directories, checkpoints, .onnx or .pt2 "
+                                                        "files (int8 included); NAME=PATH names one (default: the folder's "
                                                         "or file's name).")],
     host: Host = "127.0.0.1",
     port: Port = 8000,

@@ -15,6 +15,8 @@ import torch.nn as nn
 
 from cnnkit.artifacts import LoadedCheckpoint
 from cnnkit.compress.prune import count_macs
+from cnnkit.compress.quantize import quantizer_for
+from cnnkit.deploy.export import dynamic_dims
 from cnnkit.data import ImageData, Normalize
 from cnnkit.tasks import get_task
 
@@ -28,7 +30,7 @@ class Settings:
 
     calibration: int = 512
     observer: str = "mse"
-    engine: str = "x86"
+    quantizer: str = "auto"
     finetune_epochs: float = 1.0
     lr: float | None = None
     criterion: str = "l1"
@@ -62,6 +64,8 @@ class Context:
         self.calib = self.task.model_inputs(self.model, Normalize(self.mean, self.std)(train.images[pick]))
         self.calib_labels = train.labels[pick]
         self.example = self.calib[:2]
+        self.quantizer = quantizer_for(settings.quantizer)  # PT2E's for this CPU; None: ONNX Runtime's int8 only
+        self.dynamic = dynamic_dims(self.task)  # the input dimensions its programs take at any size
         self.pruned: dict[float, LoadedCheckpoint] = {}  # prune:R and prune:R+int8 share one pruned model
         self._base: dict[str, int] | None = None
 

@@ -20,21 +20,23 @@ from cnnkit.tasks.distill import kd_loss  # the one KD loss, shared with trainin
 def finetune(model: nn.Module, data: ImageData, mean, std, epochs: float = 1.0, lr: float = 0.01,
              batch_size: int = 128, teacher: nn.Module | None = None, kd_alpha: float = 0.7,
              kd_temperature: float = 4.0, weight_decay: float = 5e-4, after_step: Callable[[], None] | None = None,
-             seed: int = 0, freeze_bn_after: float | None = None) -> nn.Module:
+             seed: int = 0, freeze_bn_after: float | None = None,
+             freeze_bn: Callable[[nn.Module], None] | None = None) -> nn.Module:
     """Train `model` in place for `epochs` (fractions allowed) over `data`; returns it in eval mode.
-    `freeze_bn_after` (a fraction of the run) stops BN statistics updates from then on (used by QAT).
+    `freeze_bn_after` (a fraction of the run) calls `freeze_bn(model)` then, to stop its BN statistics (QAT).
     Its randomness (order, augmentation, dropout) comes from `seed` alone, whatever ran before in the process:
     a variant of `cnnkit compress` comes out the same alone or after others; the caller's random state is
     left as it was."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return _finetune(model, data, mean, std, epochs, lr, batch_size, teacher, kd_alpha, kd_temperature,
-                         weight_decay, after_step, seed, freeze_bn_after)
+                         weight_decay, after_step, seed, freeze_bn_after, freeze_bn)
 
 
 def _finetune(model: nn.Module, data: ImageData, mean, std, epochs: float, lr: float, batch_size: int,
               teacher: nn.Module | None, kd_alpha: float, kd_temperature: float, weight_decay: float,
-              after_step: Callable[[], None] | None, seed: int, freeze_bn_after: float | None) -> nn.Module:
+              after_step: Callable[[], None] | None, seed: int, freeze_bn_after: float | None,
+              freeze_bn: Callable[[nn.Module], None] | None) -> nn.Module:
     loader = BatchLoader(data, batch_size, Normalize(mean, std), shuffle=True, seed=seed,
                          augment=AugmentConfig(hflip=True), drop_last=len(data) > batch_size)
     total = max(1, math.ceil(epochs * len(loader)))
@@ -48,8 +50,8 @@ def _finetune(model: nn.Module, data: ImageData, mean, std, epochs: float, lr: f
     while step < total:
         loader.set_epoch(epoch)
         for x, y in loader:
-            if freeze_bn_after is not None and step == int(freeze_bn_after * total):
-                model.apply(torch.ao.nn.intrinsic.qat.freeze_bn_stats)
+            if freeze_bn is not None and freeze_bn_after is not None and step == int(freeze_bn_after * total):
+                freeze_bn(model)
             out = model(x)
             if teacher is not None:
                 with torch.no_grad():

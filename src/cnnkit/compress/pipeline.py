@@ -7,6 +7,7 @@ The checkpoint is loaded, its data source resolved and the device chosen once, h
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,9 @@ import torch.nn as nn
 
 from cnnkit.artifacts import LoadedCheckpoint, claim_dir, is_exported, load
 from cnnkit.compress.context import Context, Settings
+from cnnkit.compress.quantize import quantizer_for
 from cnnkit.compress.recipes import RECIPE_KINDS, RECIPE_SYNTAX, Recipe, Target, parse_recipes, skip_reason
+from cnnkit.compress.variants import write_compiled
 from cnnkit.compress.report import CompressResult, delta_key, in_decibels, write_report
 from cnnkit.data.compat import DataSource, checkpoint_data_source, load_source_split
 from cnnkit.deploy import export_onnx
@@ -30,7 +33,7 @@ DEVICE = torch.device("cpu")
 
 
 def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, data: str | None = None,
-             data_dir: str | Path | None = None, calibration: int = 512, observer: str = "mse", engine: str = "x86",
+             data_dir: str | Path | None = None, calibration: int = 512, observer: str = "mse", quantizer: str = "auto",
              finetune_epochs: float = 1.0, lr: float | None = None, criterion: str = "l1", scope: str = "uniform",
              rounds: int = 1, round_to: int | None = None, distill: bool = False, rewind: str | Path | None = None,
              train_images: int | None = None, batch: int = 64, repeats: int = 30, seed: int = 0, onnx: bool = True,
@@ -41,7 +44,7 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
     (top-1, mIoU; `test_images`: on a stratified, seeded subset of that many). A recipe that does not apply to
     the model's task is skipped with one line saying why (`skip_reason`; logged and kept in the report's
     notes); CompressError when none applies."""
-    settings = Settings(calibration, observer, engine, finetune_epochs, lr, criterion, scope, rounds, round_to,
+    settings = Settings(calibration, observer, quantizer, finetune_epochs, lr, criterion, scope, rounds, round_to,
                         distill, rewind, train_images, batch, seed, onnx)
     parsed = parse_recipes(recipes)
     check_settings(parsed, settings)
@@ -56,8 +59,11 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
     if not get_task(task).exportable:  # its int8 artifacts are exported ones
         raise CompressError(f"compressing a {task} model is not available yet; its checkpoint runs in PyTorch "
                             f"(cnnkit eval, predict, bench)")
-    skipped = [why for why in (skip_reason(r, task, onnx) for r in parsed) if why]
-    parsed = [r for r in parsed if not skip_reason(r, task, onnx)]
+    here = quantizer_for(quantizer)
+    if here is None:
+        log(f"PT2E has no int8 quantizer for this {platform.machine()} CPU: int8 from ONNX Runtime only")
+    skipped = [why for why in (skip_reason(r, task, onnx, here) for r in parsed) if why]
+    parsed = [r for r in parsed if not skip_reason(r, task, onnx, here)]
     if not parsed:
         raise CompressError("no recipe applies to this model: " + "; ".join(skipped))
     for why in skipped:
@@ -69,6 +75,9 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
     ctx = Context(src, out, train, settings, log, rewound)
     claim_dir(out)  # only now, every check passed: writes there replace only files cnnkit wrote
     targets = [Target("float32", "eager", src.path)]
+    if ctx.quantizer is not None and any(r.kind in ("int8", "qat8", "qat4") for r in parsed):
+        log("float program (Inductor): the int8 programs' baseline")  # compiled alike, measured alike
+        targets.append(Target("float32", "inductor", write_compiled(ctx, ctx.model, ctx.name, {})))
     if onnx:
         log("float ONNX")
         targets.append(Target("float32", "onnxruntime", export_onnx(src, out / f"{ctx.name}.onnx").path))
@@ -91,7 +100,7 @@ def check_settings(recipes: list[Recipe], s: Settings) -> None:
     if kinds & {"int8", "qat8", "qat4"} or any(r.then_int8 for r in recipes):
         from cnnkit.compress.quantize import check_quantization
 
-        check_quantization(s.observer, s.engine, 8)
+        check_quantization(s.observer, s.quantizer, 8)
         if s.calibration < s.batch:
             raise CompressError(f"the calibration set has {s.calibration} images, fewer than one batch ({s.batch}); "
                                 f"give --calibration {s.batch} or more")

@@ -1,129 +1,188 @@
-"""8-bit quantization through real int8 kernels.
+"""8-bit quantization through real int8 kernels, on PyTorch's maintained path and ONNX Runtime's.
 
-* PyTorch: FX graph-mode quantization (`torch.ao.quantization.quantize_fx`) with the x86/fbgemm (or onednn,
-  qnnpack) engine: weights per-channel symmetric int8, activations per-tensor affine uint8, calibrated with
-  a min-max, percentile or MSE (histogram search) observer. Quantization-aware training uses the same
-  configuration with fake quantization, at 8 bits or with 4-bit weights (int8 kernels, weights restricted
-  to the symmetric [-7, 7], so the weights converted into int8 containers are exactly those trained). The result is saved as TorchScript (`.int8.ts`), the format PyTorch's int8 CPU kernels run
-  from outside Python's graph module.
+* PyTorch: PT2E quantization (`torchao.quantization.pt2e`). The model is captured by `torch.export`, annotated
+  by the X86 Inductor quantizer (the Arm Inductor quantizer on aarch64), observed on calibration images and
+  converted into float operations between quantize/dequantize pairs, with the weights stored as int8; the
+  result is saved as a `torch.export` program (`.int8.pt2`, no pickles), which cnnkit compiles with Inductor
+  (weight freezing on) when it loads it, lowering each pattern to oneDNN's int8 kernels
+  (`cnnkit.artifacts.int8`). Weights per-channel symmetric int8, activations per-tensor affine uint8,
+  calibrated with a min-max, percentile or MSE (histogram search) observer. Quantization-aware training uses
+  the same quantizer with fake quantization (`prepare_qat_pt2e`), at 8 bits or with 4-bit weights (the int8
+  range cut to the symmetric [-7, 7], so the weights stored as int8 are exactly those trained).
 * ONNX Runtime: static QDQ quantization of the exported float model, per-channel, with ONNX Runtime's
   min-max, percentile or entropy calibrator (`<name>.int8.onnx`).
 
-Operations that a backend cannot quantize stay in float32 and are listed (`float_ops`).
+Operations that a backend leaves in float32 are listed (`float_ops`). Elsewhere than x86 and Arm there is no
+PT2E quantizer: `quantizer_for` says so in one line and the recipes write ONNX Runtime's int8 alone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import importlib
 import io
 import logging
 import os
+import platform
 import re
-import warnings
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torch.ao.quantization import FakeQuantize, HistogramObserver, MinMaxObserver, QConfig, QConfigMapping
-from torch.ao.quantization import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
-from torch.ao.quantization import PerChannelMinMaxObserver
 
 from cnnkit.errors import CompressError
 
 OBSERVERS = ("minmax", "percentile", "mse")
-ENGINES = ("x86", "fbgemm", "onednn", "qnnpack")
+QUANTIZERS = ("auto", "x86", "arm")
 _ORT_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "mse": "Entropy"}
+# what a converted program's graph holds besides compute: data movement and the quantize/dequantize pairs
+_MOVES = ("flatten", "view", "reshape", "slice", "pad", "squeeze", "unsqueeze", "permute", "contiguous",
+          "clone", "expand", "cat", "size", "sym_size", "select")
+# what Inductor's x86 int8 lowering fuses into the int8 convolution or linear layer before it
+_POST_OPS = ("relu", "hardtanh", "hardswish", "silu", "gelu", "add")
 
 
-class PercentileObserver(HistogramObserver):
-    """Activation range from the `percentile`-th percentile of the observed values (both tails), read from
-    the running histogram HistogramObserver keeps; outliers beyond it saturate."""
-
-    def __init__(self, percentile: float = 99.99, **kwargs):
-        super().__init__(**kwargs)
-        self.percentile = percentile
-
-    @torch.jit.export
-    def calculate_qparams(self):
-        if self.histogram.sum() == 0 or self.min_val == self.max_val:
-            return super().calculate_qparams()
-        cdf = torch.cumsum(self.histogram, 0) / self.histogram.sum()
-        edges = torch.linspace(float(self.min_val), float(self.max_val), self.bins + 1)
-        tail = (100.0 - self.percentile) / 100.0
-        lo = edges[int(torch.searchsorted(cdf, torch.tensor(tail)))]
-        hi = edges[min(int(torch.searchsorted(cdf, torch.tensor(1.0 - tail))) + 1, self.bins)]
-        return self._calculate_qparams(torch.minimum(lo, torch.tensor(0.0)), torch.maximum(hi, torch.tensor(0.0)))
+def quantizer_for(requested: str = "auto", machine: str | None = None) -> str | None:
+    """The PT2E quantizer for this CPU: 'x86' on x86-64, 'arm' on aarch64, None elsewhere (int8 then comes from
+    ONNX Runtime alone). `requested` other than 'auto' must be one this machine runs."""
+    if requested not in QUANTIZERS:
+        raise CompressError(f"unknown quantizer {requested!r}; choose from: {', '.join(QUANTIZERS)}")
+    arch = (machine or platform.machine()).lower()
+    here = "x86" if arch in ("x86_64", "amd64", "i686", "i386") else "arm" if arch in ("aarch64", "arm64") else None
+    if requested != "auto" and requested != here:
+        raise CompressError(f"the {requested} quantizer's int8 kernels do not run on this {arch} CPU; "
+                            f"use --quantizer auto")
+    return here
 
 
-def check_quantization(observer: str, engine: str, weight_bits: int) -> None:
-    """CompressError unless `observer` and `engine` are known here and `weight_bits` is 8 or 4."""
+def _percentile_observer():
+    from torchao.quantization.pt2e import HistogramObserver
+
+    class PercentileObserver(HistogramObserver):
+        """Activation range from the `percentile`-th percentile of the observed values (both tails), read from
+        the running histogram HistogramObserver keeps; outliers beyond it saturate."""
+
+        def __init__(self, percentile: float = 99.99, **kwargs):
+            super().__init__(**kwargs)
+            self.percentile = percentile
+
+        def calculate_qparams(self):
+            if self.histogram.sum() == 0 or self.min_val == self.max_val:
+                return super().calculate_qparams()
+            cdf = torch.cumsum(self.histogram, 0) / self.histogram.sum()
+            edges = torch.linspace(float(self.min_val), float(self.max_val), self.bins + 1)
+            tail = (100.0 - self.percentile) / 100.0
+            lo = edges[int(torch.searchsorted(cdf, torch.tensor(tail)))]
+            hi = edges[min(int(torch.searchsorted(cdf, torch.tensor(1.0 - tail))) + 1, self.bins)]
+            return self._calculate_qparams(torch.minimum(lo, torch.tensor(0.0)), torch.maximum(hi, torch.tensor(0.0)))
+
+    return PercentileObserver
+
+
+def check_quantization(observer: str, quantizer: str, weight_bits: int) -> None:
+    """CompressError unless `observer` and `quantizer` are known here and `weight_bits` is 8 or 4."""
     if observer not in OBSERVERS:
         raise CompressError(f"unknown calibration observer {observer!r}; choose from: {', '.join(OBSERVERS)}")
-    if engine not in ENGINES or engine not in torch.backends.quantized.supported_engines:
-        have = [e for e in ENGINES if e in torch.backends.quantized.supported_engines]
-        raise CompressError(f"quantization engine {engine!r} is not available here; choose from: {', '.join(have)}")
+    quantizer_for(quantizer)
     if weight_bits not in (4, 8):
         raise CompressError(f"weights can be quantized to 8 or 4 bits, not {weight_bits}")
 
 
-def qconfig_mapping(observer: str = "mse", engine: str = "x86", weight_bits: int = 8,
-                    qat: bool = False) -> QConfigMapping:
-    """The FX configuration: per-channel symmetric int8 weights (4-bit: the int8 range cut to [-7, 7]: with
-    [-8, 7] a symmetric scale maps the largest weight to 7.5, which conversion would round to 8) and
-    per-tensor affine uint8 activations. fbgemm/x86 keep PyTorch's reduced activation range (7 bits), which
-    their kernels need on CPUs without VNNI."""
-    check_quantization(observer, engine, weight_bits)
-    reduce = engine in ("x86", "fbgemm")
-    wmin, wmax = (-128, 127) if weight_bits == 8 else (-7, 7)
-    if qat:
-        act = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=127 if reduce else 255,
-                                     dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=False)
-        # averaging_constant=1: the weight range is the current weights' (not a lagging average), so the
-        # weights converted at the end are exactly those the last fake-quantized step saw, still inside [wmin, wmax]
-        weight = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, quant_min=wmin, quant_max=wmax,
-                                        dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0,
-                                        averaging_constant=1.0)
+def _quantizer_modules():
+    """torchao's X86 and Arm Inductor quantizer modules, imported without the Inductor passes the X86 module
+    registers on import. Those passes (torchao 0.18) run on top of torch 2.14's own int8 lowering, which has
+    already fused a convolution's ReLU by then, and one of them asserts that it has not (ResNet-9:
+    "kwargs['postop_name'] == 'none'"); a process that only loads the program (`cnnkit serve`, `bench`) never
+    imports them. So every process compiles an int8 program with torch's own lowering alone."""
+    import torch._inductor.config as inductor_config
+    from torchao.quantization.pt2e.inductor_passes import x86 as passes
+
+    if "torchao.quantization.pt2e.quantizer.x86_inductor_quantizer" not in sys.modules:
+        register, custom = passes._register_quantization_weight_pack_pass, inductor_config.pre_grad_custom_pass
+        passes._register_quantization_weight_pack_pass = lambda: None
+        try:
+            importlib.import_module("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer")
+        finally:
+            passes._register_quantization_weight_pack_pass = register
+            inductor_config.pre_grad_custom_pass = custom
+    from torchao.quantization.pt2e.quantizer import arm_inductor_quantizer, x86_inductor_quantizer
+
+    return x86_inductor_quantizer, arm_inductor_quantizer
+
+
+def make_quantizer(kind: str, observer: str = "mse", weight_bits: int = 8, qat: bool = False):
+    """The PT2E quantizer of `kind` ('x86' or 'arm'): its default configuration (per-channel symmetric int8
+    weights, per-tensor affine uint8 activations, the full 8-bit activation range, as CPUs with VNNI want) with
+    the activation observer `observer` (post-training) and, with 4-bit weights, the weight range cut to
+    [-7, 7] (with [-8, 7] a symmetric scale maps the largest weight to 7.5, which would round to 8)."""
+    from torchao.quantization.pt2e import HistogramObserver, MinMaxObserver
+
+    x86, arm = _quantizer_modules()
+    if kind == "arm":
+        quantizer, config = arm.ArmInductorQuantizer(), arm.get_default_arm_inductor_quantization_config(is_qat=qat)
     else:
-        cls = {"minmax": MinMaxObserver, "percentile": PercentileObserver, "mse": HistogramObserver}[observer]
-        act = cls.with_args(dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=reduce)
-        weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
-                                                    quant_min=wmin, quant_max=wmax)
-    return QConfigMapping().set_global(QConfig(activation=act, weight=weight))
+        quantizer, config = x86.X86InductorQuantizer(), x86.get_default_x86_inductor_quantization_config(is_qat=qat)
+    if not qat:
+        cls = {"minmax": MinMaxObserver, "percentile": _percentile_observer(), "mse": HistogramObserver}[observer]
+        act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=cls.with_args(eps=2 ** -12))
+        config = dataclasses.replace(config, input_activation=act, output_activation=act)
+    if weight_bits == 4:
+        config = dataclasses.replace(config, weight=dataclasses.replace(config.weight, quant_min=-7, quant_max=7))
+    return quantizer.set_global(config)
+
+
+def capture(model: nn.Module, example: torch.Tensor, dynamic: dict | None, train: bool = False) -> torch.fx.GraphModule:
+    """`model` (a float copy on the CPU, in train or eval mode) captured by `torch.export` with the input's
+    `dynamic` dimensions (default: the batch); CompressError in one line where it cannot be."""
+    from cnnkit.deploy.export import dynamic_dims
+
+    m = copy.deepcopy(model).float().cpu().train(train)
+    try:
+        return torch.export.export(m, (example,), dynamic_shapes=(dynamic or dynamic_dims(None),)).module()
+    except Exception as e:  # torch.export raises many types on graphs it cannot capture
+        raise CompressError(f"cannot capture {type(model).__name__} with torch.export for PT2E quantization: "
+                            f"{type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
 
 
 def float_ops(gm: torch.fx.GraphModule) -> list[str]:
-    """The operations of a converted graph that run on float tensors (between a dequantize and the next
-    quantize), as 'name (type)'."""
-    quantized: dict[torch.fx.Node, bool] = {}
-    found: list[str] = []
+    """The compute operations of a converted graph that run in float, as 'name (op)': those that read a tensor
+    which is neither dequantized int8 nor the output of an int8 operation they fuse with as Inductor's x86
+    lowering does (a convolution's or linear layer's ReLU, hardtanh, hardswish, SiLU or GELU, a residual
+    addition and its ReLU). Data movement (views, slices, padding) is not listed."""
+    quantized: set[torch.fx.Node] = set()  # dequantized tensors and views of them
+    int8: set[torch.fx.Node] = set()
+    found = []
     for node in gm.graph.nodes:
-        ins = [quantized[a] for a in node.all_input_nodes if a in quantized]
-        if node.op == "placeholder" or node.op == "get_attr":
-            quantized[node] = node.op == "get_attr"
+        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
             continue
-        if node.target in (torch.quantize_per_tensor, torch.quantize_per_channel):
-            quantized[node] = True
-        elif node.target == "dequantize":
-            quantized[node] = False
-        elif node.op == "output":
+        ns, name = node.target.namespace, node.target._schema.name.split("::")[-1].rstrip("_")
+        ins = [a for a in node.all_input_nodes if a.op != "get_attr"]
+        if ns == "quantized_decomposed":
+            if name.startswith("dequantize"):
+                quantized.add(node)
             continue
+        if ns != "aten":
+            continue
+        if name in _MOVES:
+            if ins and all(a in quantized for a in ins):
+                quantized.add(node)
+            continue
+        if ins and all(a in quantized or (a in int8 and name in _POST_OPS) for a in ins):
+            int8.add(node)
         else:
-            quantized[node] = all(ins) if ins else True
-            if ins and not all(ins):
-                kind = (type(gm.get_submodule(node.target)).__name__ if node.op == "call_module"
-                        else getattr(node.target, "__name__", str(node.target)))
-                if kind not in ("flatten", "size", "view", "reshape", "getattr", "getitem", "Identity", "Flatten"):
-                    found.append(f"{node.name} ({kind})")
+            found.append(f"{node.name} ({name})")
     return found
 
 
 @dataclass
 class Quantized:
     model: torch.fx.GraphModule
-    engine: str
+    quantizer: str
     observer: str
     weight_bits: int
     calibration_images: int
@@ -137,89 +196,81 @@ def _calibration_batches(images: torch.Tensor, batch: int) -> list[torch.Tensor]
     return list(images.split(batch))
 
 
-def _prepare(model: nn.Module, example: torch.Tensor, mapping: QConfigMapping, qat: bool) -> torch.fx.GraphModule:
-    from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
+def quantize_pt2e(model: nn.Module, calibration: torch.Tensor, observer: str = "mse", quantizer: str = "x86",
+                  batch: int = 64, dynamic: dict | None = None) -> Quantized:
+    """Post-training static int8 quantization of `model` (unchanged) calibrated on `calibration` (the inputs
+    the model is given, N×C×H×W), captured with the input's `dynamic` dimensions."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    m = copy.deepcopy(model).float().cpu()
-    m.train(qat)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # FX's deprecation notices
-            return (prepare_qat_fx if qat else prepare_fx)(m, mapping, (example,))
-    except Exception as e:  # tracing raises many types
-        raise CompressError(f"cannot quantize {type(model).__name__} with FX graph mode: {type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:160]}") from None
-
-
-def convert(prepared: torch.fx.GraphModule, engine: str) -> torch.fx.GraphModule:
-    from torch.ao.quantization.quantize_fx import convert_fx
-
-    torch.backends.quantized.engine = engine
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return convert_fx(prepared.eval())
-
-
-def quantize_fx(model: nn.Module, calibration: torch.Tensor, observer: str = "mse", engine: str = "x86",
-                batch: int = 64) -> Quantized:
-    """Post-training static int8 quantization of `model` (unchanged) calibrated on `calibration`
-    (normalized images, N×C×H×W)."""
-    mapping = qconfig_mapping(observer, engine)
+    check_quantization(observer, quantizer, 8)
     batches = _calibration_batches(calibration, batch)
-    prepared = _prepare(model, batches[0], mapping, qat=False)
+    gm = capture(model, batches[0], dynamic)
+    try:
+        prepared = prepare_pt2e(gm, make_quantizer(quantizer, observer))
+    except Exception as e:  # the quantizer's annotation raises many types on graphs it does not know
+        raise CompressError(f"cannot quantize {type(model).__name__} with PT2E: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:160]}") from None
     with torch.no_grad():
         for x in batches:
             prepared(x)
-    q = convert(prepared, engine)
-    return Quantized(q, engine, observer, 8, len(calibration), float_ops(q))
+    q = convert(prepared)
+    return Quantized(q, quantizer, observer, 8, len(calibration), float_ops(q))
 
 
-def prepare_qat(model: nn.Module, example: torch.Tensor, engine: str = "x86", weight_bits: int = 8) -> torch.fx.GraphModule:
-    """A fake-quantized copy of `model` to fine-tune; `convert(result, engine)` gives the int8 model."""
-    return _prepare(model, example, qconfig_mapping("minmax", engine, weight_bits, qat=True), qat=True)
+def prepare_qat(model: nn.Module, example: torch.Tensor, quantizer: str = "x86", weight_bits: int = 8,
+                dynamic: dict | None = None) -> torch.fx.GraphModule:
+    """A fake-quantized copy of `model` to fine-tune (its `.train()`/`.eval()` work); `convert(result)` gives
+    the int8 program, `freeze_bn(result)` stops its BatchNorm statistics."""
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    check_quantization("minmax", quantizer, weight_bits)
+    gm = capture(model, example, dynamic, train=True)
+    try:
+        prepared = prepare_qat_pt2e(gm, make_quantizer(quantizer, weight_bits=weight_bits, qat=True))
+    except Exception as e:
+        raise CompressError(f"cannot prepare {type(model).__name__} for quantization-aware training: "
+                            f"{type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
+    allow_exported_model_train_eval(prepared)
+    return prepared
+
+
+def freeze_bn(prepared: torch.fx.GraphModule) -> None:
+    """Stop a QAT graph's BatchNorm statistics: its BatchNorm (and dropout) run as in evaluation from now on,
+    while the fake quantization keeps training."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+
+    move_exported_model_to_eval(prepared)
+
+
+def convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """The int8 graph of a calibrated or quantization-aware-trained one (weights stored as int8), without the
+    float weights it no longer reads."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    move_exported_model_to_eval(prepared)
+    q = convert_pt2e(prepared)
+    used = {n.target for n in q.graph.nodes if n.op == "get_attr"}
+    for name in [k for k in q.state_dict() if k not in used]:
+        owner, _, leaf = name.rpartition(".")
+        delattr(q.get_submodule(owner) if owner else q, leaf)
+    return q
 
 
 def qat_float_model(prepared: torch.fx.GraphModule, model: nn.Module) -> nn.Module:
     """A copy of the float `model` carrying the weights and BatchNorm statistics that quantization-aware
-    training left in `prepared` (from `prepare_qat`), for the ONNX route: PyTorch's exporter cannot export
-    the fake-quantized graph, so the fine-tuned float weights are exported and quantized by ONNX Runtime,
-    whose per-channel symmetric weight grid (max |w| / 127 of the BN-folded weight) is the one the weights
-    were trained on, within 0.4%. FX fuses each conv→BN pair into one QAT module at the conv's name; its BN
-    goes back to the float BN that follows that conv."""
-    from cnnkit.models.fold import trace
-
+    training left in `prepared` (from `prepare_qat`), for the ONNX route: the captured graph keeps each
+    parameter and buffer under the model's own name, and ONNX Runtime's per-channel symmetric weight grid
+    (max |w| / 127 of the BN-folded weight) is the one the weights were trained on, within 0.4%."""
     out = copy.deepcopy(model).float().cpu().eval()
-    fmods, qmods = dict(out.named_modules()), dict(prepared.named_modules())
-    graph = trace(out).graph
-    bn_after = {n.args[0].target: n.target for n in graph.nodes
-                if n.op == "call_module" and isinstance(fmods.get(n.target), nn.modules.batchnorm._BatchNorm)
-                and n.args and isinstance(n.args[0], torch.fx.Node) and n.args[0].op == "call_module"}
-    copied = 0
-    with torch.no_grad():
-        for name, fm in fmods.items():
-            qm = qmods.get(name)
-            if qm is None or next(fm.children(), None) is not None:  # only leaf layers
-                continue
-            fused_bn = getattr(qm, "bn", None)
-            if isinstance(fused_bn, nn.modules.batchnorm._BatchNorm) and name in bn_after:
-                fmods[bn_after[name]].load_state_dict(fused_bn.state_dict())
-            want = fm.state_dict()
-            own = {k: v for k, v in qm.state_dict().items() if k in want}
-            if own and set(own) == set(want):
-                fm.load_state_dict(own)
-                copied += 1
-    if copied == 0:
+    trained = prepared.state_dict()
+    want = out.state_dict()
+    found = {k: trained[k] for k in want if k in trained and trained[k].shape == want[k].shape}
+    if not found:
         raise CompressError("found none of the model's layers in the quantization-aware-trained graph")
+    out.load_state_dict(found, strict=False)
     return out
-
-
-def save_torchscript(q: torch.fx.GraphModule, example: torch.Tensor, path: str | Path) -> torch.jit.ScriptModule:
-    """Trace and freeze the int8 model and save it; returns the loaded-back module."""
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ts = torch.jit.freeze(torch.jit.trace(q, example).eval())
-        torch.jit.save(ts, str(path))
-        return torch.jit.load(str(path))
 
 
 class _Collect(logging.Handler):

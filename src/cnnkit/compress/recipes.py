@@ -1,8 +1,8 @@
 """The compression recipes, one function each, in a table by kind (`RECIPE_KINDS`): each takes the run's
 `Context` and one parsed `Recipe`, writes its variants into the output folder and returns them as `Target`s
 to measure. `parse_recipe` reads a recipe string (int8, qat8, qat4, prune:R, prune:R+int8, sparse:R);
-`skip_reason` says why one does not apply to a model (a segmentation model: int8 in ONNX Runtime only, and
-no recipe that fine-tunes)."""
+`skip_reason` says why one does not apply to a model (a model other than a classifier: no recipe that
+fine-tunes)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from cnnkit.artifacts import LoadedCheckpoint, save_checkpoint
 from cnnkit.compress.context import Context
 from cnnkit.compress.finetune import finetune
 from cnnkit.compress.prune import apply_masks, check_ratio, count_macs, magnitude_masks, prune_structured, sparsity_of
-from cnnkit.compress.quantize import Quantized, convert, float_ops, prepare_qat, qat_float_model, quantize_fx
-from cnnkit.compress.variants import save_pruned, write_int8_onnx, write_int8_ts
+from cnnkit.compress.quantize import Quantized, convert, float_ops, freeze_bn, prepare_qat, qat_float_model, quantize_pt2e
+from cnnkit.compress.variants import save_pruned, write_compiled, write_int8_onnx
 from cnnkit.deploy import export_onnx
 from cnnkit.errors import CompressError
 
@@ -31,6 +31,7 @@ RECIPE_SYNTAX = "int8, qat8, qat4, prune:R, prune:R+int8, sparse:R"
 # the recipes that fine-tune: their loop (cnnkit.compress.finetune) and the Taylor criterion train a classifier
 # (cross-entropy on one label per image), so they apply to classifiers only
 FINETUNED = ("qat8", "qat4", "prune", "sparse")
+INT8_RUNTIME = "inductor int8"  # PT2E's int8 program, compiled by Inductor (its float baseline: "inductor")
 
 
 @dataclass(frozen=True)
@@ -71,17 +72,16 @@ def parse_recipes(recipes: list[str]) -> list[Recipe]:
     return list(dict.fromkeys(Recipe(r.strip(), *parse_recipe(r)) for r in recipes))
 
 
-def skip_reason(recipe: Recipe, task: str, onnx: bool) -> str | None:
-    """Why `recipe` does not apply to a model of `task` (None: it does). A model other than a classifier gets
-    int8 from ONNX Runtime alone (FX/TorchScript int8 is classification's, moving to PT2E: issue 38) and no
-    recipe that fine-tunes."""
-    if task == "classify":
-        return None
-    if recipe.kind in FINETUNED:
+def skip_reason(recipe: Recipe, task: str, onnx: bool, quantizer: str | None = "x86") -> str | None:
+    """Why `recipe` does not apply to a model of `task` (None: it does): a model other than a classifier gets
+    no recipe that fine-tunes; int8 needs a PT2E quantizer for this CPU (`quantizer`) or ONNX Runtime."""
+    if task != "classify" and recipe.kind in FINETUNED:
         return (f"{recipe.text}: skipped, not available for {task} models (its fine-tuning trains a classifier: "
                 f"cross-entropy on one label per image)")
-    if not onnx:
-        return f"{recipe.text}: skipped, int8 for {task} models is ONNX Runtime's, which --no-onnx turns off"
+    quantizes = recipe.kind in ("int8", "qat8", "qat4") or recipe.then_int8
+    if quantizes and quantizer is None and not onnx:
+        return (f"{recipe.text}: skipped, PT2E has no int8 quantizer for this CPU and --no-onnx turns ONNX "
+                f"Runtime's int8 off")
     return None
 
 
@@ -90,33 +90,43 @@ def _pct(ratio: float) -> str:
 
 
 def int8(ctx: Context, recipe: Recipe) -> list[Target]:
-    """Post-training static int8: FX graph mode (TorchScript; classifiers only, see `skip_reason`) and, with
-    --onnx, ONNX Runtime's QDQ (per-channel weights, calibrated on training images)."""
+    """Post-training static int8: PT2E (a `torch.export` program Inductor compiles; any task, where this CPU has
+    a quantizer) and, with --onnx, ONNX Runtime's QDQ (per-channel weights, calibrated on training images)."""
+    return _int8_of(ctx, recipe, ctx.model, ctx.name, {"recipe": recipe.text})
+
+
+def _int8_of(ctx: Context, recipe: Recipe, model: nn.Module, stem: str, extra: dict[str, Any]) -> list[Target]:
     s = ctx.settings
-    extra = {"recipe": recipe.text}
     targets = []
-    if ctx.task.name == "classify":
-        q = quantize_fx(ctx.model, ctx.calib, s.observer, s.engine, batch=min(s.batch, len(ctx.calib)))
-        targets.append(Target(recipe.text, "pytorch int8", write_int8_ts(ctx, q, ctx.model, ctx.name, extra),
+    if ctx.quantizer is not None:
+        q = quantize_pt2e(model, ctx.calib, s.observer, ctx.quantizer, batch=min(s.batch, len(ctx.calib)),
+                          dynamic=ctx.dynamic)
+        targets.append(Target(recipe.text, INT8_RUNTIME, write_compiled(ctx, model, stem, extra, q),
                               {"float_ops": q.float_ops}))
     if s.onnx:
-        path, ops = write_int8_onnx(ctx, ctx.model, ctx.name, s.observer, extra)
+        path, ops = write_int8_onnx(ctx, model, stem, s.observer, extra)
         targets.append(Target(recipe.text, "onnxruntime int8", path, {"float_ops": ops}))
     return targets
 
 
 def qat(ctx: Context, recipe: Recipe) -> list[Target]:
-    """Quantization-aware fine-tuning with 8- or 4-bit weights (qat8, qat4), converted to int8 kernels."""
+    """Quantization-aware fine-tuning with 8- or 4-bit weights (qat8, qat4) through PT2E, converted to an int8
+    program; with --onnx its fine-tuned float weights also quantized by ONNX Runtime. Without a PT2E quantizer
+    for this CPU, the recipe is skipped in one line (ONNX Runtime has no quantization-aware training)."""
     s = ctx.settings
+    if ctx.quantizer is None:
+        ctx.log(f"  {recipe.text}: skipped, quantization-aware training is PT2E's, which has no int8 quantizer "
+                f"for this CPU")
+        return []
     bits = 8 if recipe.kind == "qat8" else 4
-    prepared = prepare_qat(ctx.model, ctx.example, s.engine, bits)
+    prepared = prepare_qat(ctx.model, ctx.example, ctx.quantizer, bits, ctx.dynamic)
     finetune(prepared, ctx.train, ctx.mean, ctx.std, s.finetune_epochs, s.lr or 1e-3, seed=s.seed,
-             teacher=ctx.teacher(), freeze_bn_after=0.5)
+             teacher=ctx.teacher(), freeze_bn_after=0.5, freeze_bn=freeze_bn)
     trained = qat_float_model(prepared, ctx.model) if s.onnx else None
-    q = convert(prepared, s.engine)
-    qq = Quantized(q, s.engine, "qat", bits, len(ctx.train), float_ops(q))
+    q = convert(prepared)
+    qq = Quantized(q, ctx.quantizer, "qat", bits, len(ctx.train), float_ops(q))
     stem, extra = f"{ctx.name}.{recipe.kind}", {"recipe": recipe.text, "finetune_epochs": s.finetune_epochs}
-    targets = [Target(recipe.text, "pytorch int8", write_int8_ts(ctx, qq, ctx.model, stem, extra),
+    targets = [Target(recipe.text, INT8_RUNTIME, write_compiled(ctx, ctx.model, stem, extra, qq),
                       {"float_ops": qq.float_ops})]
     if s.onnx:  # the QAT weights, quantized by ONNX Runtime on QAT's min-max activation ranges
         path, ops = write_int8_onnx(ctx, trained, stem, "minmax",
@@ -140,6 +150,9 @@ def prune(ctx: Context, recipe: Recipe) -> list[Target]:
             onnx = export_onnx(pruned, ctx.out / f"{stem}.onnx").path
             targets.append(Target(f"prune:{ratio:g}", "onnxruntime", onnx))
     if recipe.then_int8:
+        if ctx.quantizer is not None:  # its int8 program's fair baseline: the pruned float program, compiled alike
+            float_program = write_compiled(ctx, ctx.pruned[ratio].model, stem, extra)
+            targets.append(Target(f"prune:{ratio:g}", "inductor", float_program))
         targets += _pruned_int8(ctx, recipe, ctx.pruned[ratio], stem, {**extra, "recipe": recipe.text})
     return targets
 
@@ -162,14 +175,7 @@ def pruned_model(ctx: Context, ratio: float) -> nn.Module:
 
 def _pruned_int8(ctx: Context, recipe: Recipe, pruned: LoadedCheckpoint, stem: str,
                  extra: dict[str, Any]) -> list[Target]:
-    s = ctx.settings
-    q = quantize_fx(pruned.model, ctx.calib, s.observer, s.engine, batch=min(s.batch, len(ctx.calib)))
-    targets = [Target(recipe.text, "pytorch int8", write_int8_ts(ctx, q, pruned.model, stem, extra),
-                      {"float_ops": q.float_ops})]
-    if s.onnx:
-        targets.append(Target(recipe.text, "onnxruntime int8",
-                              write_int8_onnx(ctx, pruned.model, stem, s.observer, extra)[0]))
-    return targets
+    return _int8_of(ctx, recipe, pruned.model, stem, extra)
 
 
 def sparse(ctx: Context, recipe: Recipe) -> list[Target]:

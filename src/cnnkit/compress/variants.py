@@ -1,5 +1,6 @@
-"""How a compressed variant becomes a file: int8 TorchScript and int8 ONNX artifacts (written, checked and
-given a sidecar by `cnnkit.deploy.export_artifact`), and pruned models saved as checkpoints."""
+"""How a compressed variant becomes a file: PT2E int8 programs (and the float program they are measured
+against) and int8 ONNX artifacts (written, checked and given a sidecar by `cnnkit.deploy.export_artifact`), and
+pruned models saved as checkpoints."""
 
 from __future__ import annotations
 
@@ -11,23 +12,27 @@ import torch
 import torch.nn as nn
 
 from cnnkit.artifacts import LoadedCheckpoint, atomic_write_text, save_checkpoint
-from cnnkit.artifacts.exported import onnx_session
+from cnnkit.artifacts.exported import INDUCTOR, PT2E_INT8, onnx_session
 from cnnkit.compress.context import Context
-from cnnkit.compress.quantize import Quantized, quantize_onnx, save_torchscript
-from cnnkit.deploy import export_artifact, write_onnx
+from cnnkit.compress.quantize import Quantized, quantize_onnx
+from cnnkit.deploy import export_artifact, write_onnx, write_program
 from cnnkit.tasks import Task
 
 
-def write_int8_ts(ctx: Context, q: Quantized, float_model: nn.Module, stem: str, extra: dict[str, Any]) -> Path:
-    """`<stem>.int8.ts`: the int8 model `q` (quantized from `float_model`) as signed TorchScript."""
-    def write(_model: nn.Module, example: torch.Tensor, tmp: str, _task: Task):
-        ts = save_torchscript(q.model, example, tmp)
-        return lambda x: ts(x).numpy()
-
-    meta = {"engine": q.engine, "observer": q.observer, "weight_bits": q.weight_bits,
-            "calibration_images": q.calibration_images, "float_ops": q.float_ops, **ctx.counts(float_model), **extra}
-    r = export_artifact(ctx.loaded(float_model, ctx.ckpt.path), ctx.out / f"{stem}.int8.ts", ".ts", "int8 torchscript",
-                        1e-4, 0, write, model=q.model, extra=meta)
+def write_compiled(ctx: Context, float_model: nn.Module, stem: str, extra: dict[str, Any],
+                   q: Quantized | None = None) -> Path:
+    """`<stem>.int8.pt2`: the PT2E int8 program `q` (quantized from `float_model`); without `q`, `<stem>.pt2`:
+    `float_model` itself, the int8 program's fair baseline. Both `torch.export` programs whose sidecar says
+    cnnkit compiles them with Inductor when it loads them (`cnnkit.artifacts.int8`)."""
+    meta: dict[str, Any] = {"runtime": INDUCTOR, **ctx.counts(float_model), **extra}
+    if q is not None:
+        meta.update({"quantization": PT2E_INT8, "quantizer": q.quantizer, "observer": q.observer,
+                     "weight_bits": q.weight_bits, "calibration_images": q.calibration_images,
+                     "float_ops": q.float_ops})
+    path = ctx.out / (f"{stem}.int8.pt2" if q is not None else f"{stem}.pt2")
+    kind = "int8 torch.export (pt2e)" if q is not None else "torch.export"
+    r = export_artifact(ctx.loaded(float_model, ctx.ckpt.path), path, ".pt2", kind, None if q is not None else 1e-4,
+                        0, write_program, model=float_model, exported=q.model if q is not None else None, extra=meta)
     return r.path
 
 

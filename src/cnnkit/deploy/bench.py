@@ -41,9 +41,11 @@ def _params(model: torch.nn.Module) -> int:
 
 
 def _macs(model: torch.nn.Module, x: torch.Tensor) -> int | None:
-    """MACs counted by torch.utils.flop_counter for PyTorch models; None for ONNX files and TorchScript
-    (whose sidecar carries the source model's count when cnnkit wrote it)."""
-    if isinstance(model, OnnxModel) or isinstance(getattr(model, "program", None), torch.jit.ScriptModule):
+    """MACs counted by torch.utils.flop_counter for PyTorch models; None for ONNX files and the programs cnnkit
+    compiles (whose sidecar carries the source model's count when cnnkit wrote it)."""
+    from cnnkit.artifacts.int8 import CompiledProgram
+
+    if isinstance(model, (OnnxModel, CompiledProgram)):
         return None
     from cnnkit.models.card import count_macs
 
@@ -134,8 +136,8 @@ def peak_memory(target: str | os.PathLike, batch: int = 64, device: str = "cpu",
 
 
 def target_device(target: str | os.PathLike, device: str = "auto") -> torch.device:
-    """Where `cnnkit bench` runs a target: `device` (auto: CUDA when present), except that an int8 TorchScript
-    artifact runs on the CPU only and an `.onnx` file in ONNX Runtime on the CPU (auto picks the CPU for them;
+    """Where `cnnkit bench` runs a target: `device` (auto: CUDA when present), except that a program cnnkit
+    compiles for the CPU (an int8 `.pt2`) runs on the CPU only and an `.onnx` file in ONNX Runtime on the CPU (auto picks the CPU for them;
     another device is refused rather than timed through copies to and from the CPU)."""
     name = os.path.basename(os.fspath(target))
     if name.endswith(".onnx"):
@@ -241,8 +243,10 @@ def bench_many(targets: list[str | os.PathLike], data: str | None = None, data_d
         if data:
             from cnnkit.evaluate import evaluate
 
+            # in batches of the throughput's size: a compiled program (an int8 `.pt2`) then meets the batch sizes
+            # it was timed at, compiled once each
             m = evaluate(ckpt, data, "test", data_dir=data_dir, ignore_class_names=ignore_class_names,
-                         device=str(devs[i]), amp=amps[i], images=test_images).metrics
+                         device=str(devs[i]), amp=amps[i], images=test_images, batch_size=batch).metrics
             key, row["metric"], row[key] = headline(ckpt.meta.get("task"), m)
             row["data"], row["split"] = data, m["split"] + (f", {m['subset']}" if "subset" in m else "")
         rows.append(row)
@@ -252,6 +256,6 @@ def bench_many(targets: list[str | os.PathLike], data: str | None = None, data_d
 def bench(target: str | os.PathLike, data: str | None = None, data_dir: str | os.PathLike | None = None,
           batch: int = 64, warmup: int = 3, repeats: int = 30, device: str = "auto", amp: str = "off",
           img_size: tuple[int, int] | None = None, test_images: int | None = None) -> dict[str, Any]:
-    """Measure a checkpoint, run directory, `.onnx`, `.pt2` or `.ts` artifact (see the module docstring)."""
+    """Measure a checkpoint, run directory, `.onnx` or `.pt2` artifact (see the module docstring)."""
     return bench_many([target], data, data_dir, batch, warmup, repeats, device=device, amp=amp, img_size=img_size,
                       test_images=test_images)[0]

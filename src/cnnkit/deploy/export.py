@@ -11,7 +11,6 @@ import contextlib
 import io
 import json
 import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,6 @@ import torch.nn as nn
 from cnnkit.artifacts import LoadedCheckpoint, atomic_write_text, load
 from cnnkit.artifacts.files import check_writable, claim_dir, finish_temp_file, temp_path_for
 from cnnkit.artifacts.exported import SIDECAR_FORMAT, is_exported, onnx_session, sidecar_path
-from cnnkit.artifacts.trust import sign
 from cnnkit.errors import ConfigError, ExportError
 from cnnkit.tasks import Task, get_task
 
@@ -112,8 +110,7 @@ def export_artifact(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str |
     side = sidecar_path(path)
     try:
         try:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the exporters' own deprecation chatter
+            with torch.no_grad():  # what the exporters warn of is shown (torch's deprecations included)
                 run = write(exported, task.example_input(ckpt.in_chans, ckpt.img_size, 2, gen), str(tmp), task)
         except Exception as e:  # the exporters raise many types on graphs they cannot capture
             raise ExportError(f"{kind} export of {ckpt.meta['model']} failed: {type(e).__name__}: "
@@ -136,8 +133,6 @@ def export_artifact(checkpoint: str | os.PathLike | LoadedCheckpoint, out: str |
                 "max_abs_diff_vs_pytorch": worst, "parity": checks, "dynamic_size": dynamic,
                 "torch_version": torch.__version__, **{k: ckpt.meta[k] for k in _META_KEYS if k in ckpt.meta},
                 **task.export_meta(model), **extra}
-        if suffix == ".ts":  # loading TorchScript runs its code: this user's cnnkit loads the ones it signed
-            meta["signature"] = sign(Path(tmp).read_bytes())
         atomic_write_text(side, json.dumps(meta, indent=2) + "\n")  # the sidecar first: a model file
         finish_temp_file(tmp, path)  # never exists without one
     finally:
@@ -211,7 +206,7 @@ def _destination(ckpt: LoadedCheckpoint, out: str | os.PathLike | None, suffix: 
     return path
 
 
-def _dynamic_dims(task: Task | None) -> dict[int, Any]:
+def dynamic_dims(task: Task | None) -> dict[int, Any]:
     """The input's dynamic dimensions for torch.export: the batch and, for a task whose models take any size,
     the height and width (Dim.AUTO: dynamic wherever the graph allows, as the parity check at a second size
     then confirms)."""
@@ -231,7 +226,7 @@ def write_onnx(model: nn.Module, example: torch.Tensor, tmp: str,
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
             torch.onnx.export(model, (example,), tmp, dynamo=True, input_names=["images"], output_names=[output],
-                              external_data=False, dynamic_shapes=(_dynamic_dims(task),))
+                              external_data=False, dynamic_shapes=(dynamic_dims(task),))
     except Exception as first:  # noqa: BLE001
         # the torch.export-based exporter fails to convert some graphs with some torch/onnxscript pairs (torch
         # 2.11 with onnxscript 0.7.2: ResNet-9, "ConversionError ... step 3/3"); the TorchScript-based one,
@@ -251,7 +246,7 @@ def write_program(model: nn.Module, example: torch.Tensor, tmp: str,
     """Write `model` to `tmp` as a `torch.export` program with a dynamic batch (and height and width where
     `task`'s models take any size) and return a runner of the program loaded back (a `Writer` for
     `export_artifact`)."""
-    prog = torch.export.export(model, (example,), dynamic_shapes=(_dynamic_dims(task),))
+    prog = torch.export.export(model, (example,), dynamic_shapes=(dynamic_dims(task),))
     torch.export.save(prog, tmp)
     loaded = torch.export.load(tmp).module()
     return lambda x: loaded(x).numpy()

@@ -77,7 +77,7 @@ class ExplainRun:
 
 def _load(checkpoint, device: str) -> tuple[LoadedCheckpoint, torch.device]:
     """The checkpoint's PyTorch model and the device to run it on. Every method and visualization needs
-    gradients or layers of the model itself, which exported artifacts (ONNX, .pt2, int8 .ts) do not give."""
+    gradients or layers of the model itself, which exported artifacts (ONNX, .pt2) do not give."""
     from cnnkit.artifacts import is_exported
 
     ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load(checkpoint)

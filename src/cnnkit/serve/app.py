@@ -70,7 +70,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async def warm() -> None:
         loop = asyncio.get_running_loop()
         for m in models.values():
-            await loop.run_in_executor(m.executor, m.warm)
+            await loop.run_in_executor(m.executor, m.warm, service.options.max_batch)
         service.ready = True
 
     warming = asyncio.get_running_loop().create_task(warm())

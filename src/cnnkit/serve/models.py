@@ -138,9 +138,19 @@ class ServedModel:
         return [{"image": name, "top": scaled_answer(d, self.classes, size, hw, self.score_threshold),
                  "height": hw[0], "width": hw[1]} for d, hw, name in zip(detections, sizes, names)]
 
-    def warm(self) -> None:
+    def warm(self, max_batch: int = 32) -> None:
+        """One batch run before the service says it is ready; a program cnnkit compiles (an int8 `.pt2`) is
+        compiled for every batch size its batcher can form (powers of two up to `max_batch`'s), so that no
+        request waits for a compile (a restoration model's images keep their own sizes: compiled as they come).
+        The seconds it took are on the model card (`compile_seconds`)."""
+        from cnnkit.artifacts.int8 import BUCKETS, CompiledProgram, bucket
+
         x = torch.zeros(2, *self.input_shape, dtype=torch.uint8)
         self.predict_batch(x, [None], [2])
+        if isinstance(self.model, CompiledProgram) and not self.restores:
+            sizes = tuple(b for b in BUCKETS if b <= bucket(min(max_batch, BUCKETS[-1])))
+            example = self.normalize(torch.zeros(1, *self.input_shape, dtype=torch.uint8, device=self.device))
+            self.card["compile_seconds"] = round(self.model.warm(sizes, example), 2)
 
     def predict_batch(self, x: torch.Tensor, _args: list[Any], sizes: list[int]) -> list[torch.Tensor]:
         """The task's outputs for a uint8 batch (classification: class probabilities; restoration: the restored
@@ -211,7 +221,7 @@ class ServedModel:
 
 
 def _kind(path: Path) -> str:
-    return {".onnx": "onnx", ".pt2": "torch.export", ".ts": "torchscript-int8"}.get(path.suffix, "checkpoint")
+    return {".onnx": "onnx", ".pt2": "torch.export"}.get(path.suffix, "checkpoint")
 
 
 def overlay_png(image: torch.Tensor, heat: torch.Tensor) -> bytes:

@@ -26,13 +26,13 @@ if TYPE_CHECKING:
 
 def load_models(specs: list[str], device: str = "auto", amp: str = "off", measure_layout: bool = True,
                 score_threshold: float | None = None, nms_iou: float | None = None) -> dict[str, ServedModel]:
-    """'PATH' or 'NAME=PATH' for each artifact (run directory, checkpoint, .onnx, .pt2, int8 .ts), loaded;
+    """'PATH' or 'NAME=PATH' for each artifact (run directory, checkpoint, .onnx, .pt2), loaded;
     `measure_layout`: time NCHW against channels-last and keep the faster (off: NCHW, a faster start).
     `score_threshold` and `nms_iou`: the detection models' (see ServedModel); ConfigError when none is one."""
     from cnnkit.runtime import pick_device
 
     if not specs:
-        raise ConfigError("give at least one artifact to serve (a run directory, checkpoint, .onnx, .pt2 or .ts)")
+        raise ConfigError("give at least one artifact to serve (a run directory, checkpoint, .onnx or .pt2)")
     models: dict[str, ServedModel] = {}
     for spec in specs:
         name, path = parse_artifact(spec)
