@@ -72,7 +72,7 @@ def test_int8_pt2e_is_close_to_float_and_keeps_int8_weights(sample, observer):
 def test_int8_program_round_trips_and_runs_compiled(sample, tmp_path):
     """Written and read back through cnnkit's archive and graph checks, the int8 program runs compiled by
     Inductor (oneDNN's int8 kernels), as the uncompiled graph computes, for any batch size (padded to a power of two)."""
-    from cnnkit.artifacts.int8 import CompiledProgram
+    from cnnkit.artifacts.programs import CompiledProgram
 
     ckpt, calib, _, x, _ = sample
     q = quantize_pt2e(ckpt.model, calib, "minmax")

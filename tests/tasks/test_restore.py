@@ -409,8 +409,9 @@ def test_exports_take_any_height_and_width_and_predict_the_same_images(tmp_path,
 
 
 def test_compress_int8_reports_the_psnr_cost_in_db_as_eval_scores_the_artifact(sr_run, tmp_path):
-    """`compress int8` on a restoration run: ONNX Runtime's int8 artifact, calibrated on the degraded inputs, its
-    PSNR and its difference from float32 in dB (not percent), the same PSNR `eval` gives the artifact."""
+    """`compress int8` on a restoration run: PT2E's and ONNX Runtime's int8 artifacts, calibrated on the degraded
+    inputs, their PSNR and its difference from float32 in dB (not percent), the same PSNR `eval` gives the artifact."""
+    from cnnkit.artifacts import load
     from cnnkit.compress import compress
     from cnnkit.evaluate import evaluate
 
@@ -421,6 +422,12 @@ def test_compress_int8_reports_the_psnr_cost_in_db_as_eval_scores_the_artifact(s
     assert 5 < base["psnrydb"] < 100 and int8["psnrydb_delta_db"] == pytest.approx(int8["psnrydb"] - base["psnrydb"])
     scored = evaluate(tmp_path / "out" / int8["file"], device="cpu").metrics["psnr_y"]
     assert int8["psnrydb"] == pytest.approx(scored, abs=1e-6)
+    # PT2E's int8 program of the same network, beside the float program it is measured against (the photos
+    # keep their own sizes: the program takes any size, compiled for each)
+    program, pt2e = rows[("float32", "inductor")], rows[("int8", "inductor int8")]
+    assert program["psnrydb"] == pytest.approx(base["psnrydb"], abs=1e-3)
+    assert abs(pt2e["psnrydb_delta_db"]) < 1.0 and pt2e["file_bytes"] < program["file_bytes"]
+    assert load(tmp_path / "out" / pt2e["file"]).meta["restoration"]["scale"] == 3
     assert "Δ dB" in (tmp_path / "out" / "report.html").read_text()
 
 

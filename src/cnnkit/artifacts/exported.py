@@ -1,5 +1,5 @@
 """Exported artifacts read back: ONNX models (run by ONNX Runtime) and `torch.export` programs (`.pt2`, the
-int8 ones of `cnnkit compress` compiled by Inductor: `cnnkit.artifacts.int8`), each with its JSON sidecar
+int8 ones of `cnnkit compress` compiled by Inductor: `cnnkit.artifacts.programs`), each with its JSON sidecar
 (classes, input size, normalization), behind the same LoadedCheckpoint as a checkpoint. TorchScript (`.ts`,
 the int8 files of cnnkit before PT2E) is refused in one line. (`cnnkit.deploy.export` writes them.)"""
 
@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.artifacts.loaded import LoadedCheckpoint, input_meta_ok
+from cnnkit.artifacts.programs import CompiledProgram, ProgramModel, register_quantized_ops
 from cnnkit.artifacts.trust import check_program_graph, program_bytes
 from cnnkit.errors import CheckpointError, error_line
 
@@ -132,36 +133,18 @@ def is_exported(model: nn.Module) -> bool:
     return isinstance(model, (OnnxModel, ProgramModel))
 
 
-class ProgramModel(nn.Module):
-    """An exported program's module behind the usual nn.Module calls. Its graph is already in eval mode
-    and refuses `.eval()`/`.train()`, so those calls stop here."""
-
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.program = module
-
-    def train(self, mode: bool = True) -> ProgramModel:
-        self.training = mode
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.program(x)
-
-
 def load_program(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedCheckpoint:
     """A `.pt2` program and its sidecar, as a LoadedCheckpoint, on the CPU whatever `device` says (move it
     with `.model.to`); nothing in the archive is unpickled and its graph is checked first (`trust`). An int8
     program (`cnnkit compress`'s PT2E, its sidecar says) may call PT2E's quantize/dequantize operators too; a
     sidecar's `"runtime": "inductor"` (what `compress` writes) has the program compiled by Inductor on first
-    use of each batch size (`cnnkit.artifacts.int8.CompiledProgram`)."""
+    use of each batch size (`cnnkit.artifacts.programs.CompiledProgram`)."""
     p = Path(path).expanduser()
     if not p.exists():
         raise CheckpointError(f"no such exported program: {p}")
     meta = read_sidecar(p)
     int8 = meta.get("quantization") == PT2E_INT8
     if int8:  # its quantize/dequantize operators, registered before the graph naming them is read
-        from cnnkit.artifacts.int8 import register_quantized_ops
-
         register_quantized_ops()
     archive = program_bytes(p)  # refuses anything PyTorch's loader would unpickle
     try:
@@ -174,8 +157,6 @@ def load_program(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     except Exception as e:
         raise CheckpointError(f"cannot load {p.name}: {error_line(e)}") from None
     if meta.get("runtime") == INDUCTOR:
-        from cnnkit.artifacts.int8 import CompiledProgram
-
         return LoadedCheckpoint(restoration_attributes(CompiledProgram(module, p.name), meta), meta, p)
     return LoadedCheckpoint(restoration_attributes(ProgramModel(module), meta), meta, p)
 

@@ -5,7 +5,7 @@
   converted into float operations between quantize/dequantize pairs, with the weights stored as int8; the
   result is saved as a `torch.export` program (`.int8.pt2`, no pickles), which cnnkit compiles with Inductor
   (weight freezing on) when it loads it, lowering each pattern to oneDNN's int8 kernels
-  (`cnnkit.artifacts.int8`). Weights per-channel symmetric int8, activations per-tensor affine uint8,
+  (`cnnkit.artifacts.programs`). Weights per-channel symmetric int8, activations per-tensor affine uint8,
   calibrated with a min-max, percentile or MSE (histogram search) observer. Quantization-aware training uses
   the same quantizer with fake quantization (`prepare_qat_pt2e`), at 8 bits or with 4-bit weights (the int8
   range cut to the symmetric [-7, 7], so the weights stored as int8 are exactly those trained).

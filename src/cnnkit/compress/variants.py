@@ -23,7 +23,7 @@ def write_compiled(ctx: Context, float_model: nn.Module, stem: str, extra: dict[
                    q: Quantized | None = None) -> Path:
     """`<stem>.int8.pt2`: the PT2E int8 program `q` (quantized from `float_model`); without `q`, `<stem>.pt2`:
     `float_model` itself, the int8 program's fair baseline. Both `torch.export` programs whose sidecar says
-    cnnkit compiles them with Inductor when it loads them (`cnnkit.artifacts.int8`)."""
+    cnnkit compiles them with Inductor when it loads them (`cnnkit.artifacts.programs`)."""
     meta: dict[str, Any] = {"runtime": INDUCTOR, **ctx.counts(float_model), **extra}
     if q is not None:
         meta.update({"quantization": PT2E_INT8, "quantizer": q.quantizer, "observer": q.observer,

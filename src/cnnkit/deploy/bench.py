@@ -43,7 +43,7 @@ def _params(model: torch.nn.Module) -> int:
 def _macs(model: torch.nn.Module, x: torch.Tensor) -> int | None:
     """MACs counted by torch.utils.flop_counter for PyTorch models; None for ONNX files and the programs cnnkit
     compiles (whose sidecar carries the source model's count when cnnkit wrote it)."""
-    from cnnkit.artifacts.int8 import CompiledProgram
+    from cnnkit.artifacts.programs import CompiledProgram
 
     if isinstance(model, (OnnxModel, CompiledProgram)):
         return None

@@ -143,7 +143,7 @@ class ServedModel:
         compiled for every batch size its batcher can form (powers of two up to `max_batch`'s), so that no
         request waits for a compile (a restoration model's images keep their own sizes: compiled as they come).
         The seconds it took are on the model card (`compile_seconds`)."""
-        from cnnkit.artifacts.int8 import BUCKETS, CompiledProgram, bucket
+        from cnnkit.artifacts.programs import BUCKETS, CompiledProgram, bucket
 
         x = torch.zeros(2, *self.input_shape, dtype=torch.uint8)
         self.predict_batch(x, [None], [2])

@@ -1,12 +1,15 @@
-"""Running a `torch.export` program compiled by Inductor: `cnnkit compress`'s PT2E int8 artifacts
-(`.int8.pt2`), whose graph holds float operations between quantize/dequantize pairs and int8 weights, which
-Inductor, with weight freezing on, lowers to oneDNN's int8 kernels; and the float program `compress` writes
-beside them as their fair baseline (same compiler, same settings). A sidecar's `"runtime": "inductor"` asks
-for it. `CompiledProgram` compiles on first use of each input shape (a static graph per shape: Inductor's int8 lowering in torch 2.14 fails on a dynamic batch, "expected size … stride" in
-its quantized convolution), with the batch padded up to a power of two (at most 128 images a call, larger
-batches in chunks), so a service sees at most eight batch sizes. Inductor caches what it compiled on disk
-(its FX graph cache), so a later process compiles the same program in a fraction of the first time. Where
-it cannot compile (no C++ compiler), the program runs uncompiled, correct but slow, and one line says so."""
+"""Running a `torch.export` program: `ProgramModel`, a loaded program behind the usual nn.Module calls, and
+`CompiledProgram`, one that Inductor compiles (a sidecar's `"runtime": "inductor"` asks for it): `cnnkit
+compress`'s PT2E int8 artifacts (`.int8.pt2`), whose graph holds float operations between quantize/dequantize
+pairs and int8 weights, which Inductor, with weight freezing on, lowers to oneDNN's int8 kernels; and the float
+program `compress` writes beside them as their fair baseline (same compiler, same settings).
+
+`CompiledProgram` compiles on first use of each input shape, a static graph per shape (Inductor's int8 lowering
+in torch 2.14 fails on a dynamic batch: "expected size … stride" in its quantized convolution), with the batch
+padded up to a power of two (at most 128 images a call, larger batches in chunks), so a service sees at most
+eight batch sizes. Inductor caches what it compiled on disk (its FX graph cache), so a later process compiles
+the same program in a fraction of the first time. Where it cannot compile (no C++ compiler), the program runs
+uncompiled, correct but slow, and one line says so."""
 
 from __future__ import annotations
 
@@ -17,7 +20,22 @@ import warnings
 import torch
 import torch.nn as nn
 
-from cnnkit.artifacts.exported import ProgramModel
+
+class ProgramModel(nn.Module):
+    """An exported program's module behind the usual nn.Module calls. Its graph is already in eval mode
+    and refuses `.eval()`/`.train()`, so those calls stop here."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.program = module
+
+    def train(self, mode: bool = True) -> ProgramModel:
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)
+
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)  # the batch sizes compiled (each a static graph)
 
