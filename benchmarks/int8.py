@@ -38,6 +38,9 @@ import torch
 from benchmarks.common import RESULTS, SHARED_DATA, command_line, machine, paired_bootstrap, paired_ratio, write_result
 
 ARMS = ("eager_fp32", "inductor_fp32", "inductor_int8", "ort_fp32", "ort_int8", "fx_int8_ts")
+# the same int8 program compiled with torchao's own Inductor passes registered (what importing torchao's X86
+# quantizer does): not what cnnkit loads with (they fail to compile ResNet-9 in torchao 0.18), measured apart
+TORCHAO_ARM = "inductor_int8_torchao_passes"
 RATIOS = {  # name -> (numerator arm, denominator arm): a speed-up of the first over the second
     "inductor_int8 / inductor_fp32": ("inductor_int8", "inductor_fp32"),
     "inductor_int8 / eager_fp32": ("inductor_int8", "eager_fp32"),
@@ -45,6 +48,8 @@ RATIOS = {  # name -> (numerator arm, denominator arm): a speed-up of the first 
     "ort_int8 / ort_fp32": ("ort_int8", "ort_fp32"),
     "fx_int8_ts / eager_fp32": ("fx_int8_ts", "eager_fp32"),
     "inductor_int8 / fx_int8_ts": ("inductor_int8", "fx_int8_ts"),
+    f"{TORCHAO_ARM} / inductor_fp32": (TORCHAO_ARM, "inductor_fp32"),
+    f"{TORCHAO_ARM} / fx_int8_ts": (TORCHAO_ARM, "fx_int8_ts"),
 }
 
 
@@ -70,6 +75,8 @@ def build(name: str, ckpt, calib: torch.Tensor, out: Path) -> dict[str, str]:
     files["ort_fp32"] = str(export_onnx(ckpt, out / f"{name}.onnx").path)
     quantize_onnx(files["ort_fp32"], out / f"{name}.int8.onnx", calib, "mse")
     files["ort_int8"] = str(out / f"{name}.int8.onnx")
+    side = json.loads(Path(f"{files['ort_fp32']}.json").read_text())  # its sidecar: the float file's, relabelled
+    Path(f"{files['ort_int8']}.json").write_text(json.dumps({**side, "artifact": "int8 onnx"}, indent=2))
     files["fx_int8_ts"] = str(fx_torchscript(model, calib, out / f"{name}.fx.int8.ts"))
     print(f"{name}: PT2E calibration and conversion {quantize_s:.1f} s", flush=True)
     return files
@@ -129,6 +136,13 @@ def worker(arm: str, path: str, shape: list[int], b1_calls: int) -> None:
     if arm == "fx_int8_ts":
         torch.backends.quantized.engine = "x86"
         model = torch.jit.load(path)
+    elif arm == TORCHAO_ARM:
+        import importlib
+
+        importlib.import_module("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer")  # its passes
+        from cnnkit.artifacts import load
+
+        model = load(path).model
     else:
         from cnnkit.artifacts import load
 
@@ -163,10 +177,11 @@ def worker(arm: str, path: str, shape: list[int], b1_calls: int) -> None:
                      default=str))
 
 
-def speed(files: dict[str, str], shape: list[int], pairs: int, cache: Path, b1_calls: int) -> dict:
+def speed(files: dict[str, str], shape: list[int], pairs: int, cache: Path, b1_calls: int,
+          arms: tuple[str, ...] = ARMS) -> dict:
     runs: list[dict] = []
     for i in range(pairs):
-        order = list(ARMS) if i % 2 == 0 else list(reversed(ARMS))
+        order = list(arms) if i % 2 == 0 else list(reversed(arms))
         run = {}
         for arm in order:
             env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache / arm))
@@ -183,6 +198,8 @@ def speed(files: dict[str, str], shape: list[int], pairs: int, cache: Path, b1_c
               flush=True)
     summary = {"throughput_b64": {}, "latency_b1": {}}
     for label, (a, b) in RATIOS.items():
+        if a not in arms or b not in arms:
+            continue
         summary["throughput_b64"][label] = paired_ratio([r[a]["images_per_s_b64"] / r[b]["images_per_s_b64"] for r in runs])
         summary["latency_b1"][label] = paired_ratio([r[b]["latency_ms_b1"] / r[a]["latency_ms_b1"] for r in runs])
     summary["medians"] = {arm: {"latency_ms_b1": statistics.median(r[arm]["latency_ms_b1"] for r in runs),
@@ -192,9 +209,27 @@ def speed(files: dict[str, str], shape: list[int], pairs: int, cache: Path, b1_c
                                 "first_b64_s_cold": runs[0][arm]["first_call_s"]["b64"],
                                 "first_b1_s_warm": statistics.median(r[arm]["first_call_s"]["b1"] for r in runs[1:]),
                                 "first_b64_s_warm": statistics.median(r[arm]["first_call_s"]["b64"] for r in runs[1:])}
-                          for arm in ARMS}
+                          for arm in arms}
     summary["runs"] = runs
     return summary
+
+
+def speed_only(args: argparse.Namespace) -> None:
+    """`--arms` timed on the files an earlier run left in `--work` (for ResNet-20: 1×28×28), written to
+    benchmarks/results/<--speed-only>.json."""
+    arms = tuple(args.arms.split(","))
+    result: dict = {"machine": machine(), "torch": torch.__version__, "models": {},
+                    "command": command_line("benchmarks.int8")}
+    for name in args.models.split(","):
+        d = args.work / name
+        files = {"eager_fp32": "", "inductor_fp32": str(d / f"{name}.pt2"), "inductor_int8": str(d / f"{name}.int8.pt2"),
+                 TORCHAO_ARM: str(d / f"{name}.int8.pt2"), "ort_fp32": str(d / f"{name}.onnx"),
+                 "ort_int8": str(d / f"{name}.int8.onnx"), "fx_int8_ts": str(d / f"{name}.fx.int8.ts")}
+        shape = [1, 28, 28] if name == "resnet20" else [3, 224, 224]
+        result["models"][name] = {"input": "×".join(map(str, shape)), "speed": speed(
+            files, shape, args.pairs, args.work / "inductor-cache" / name, 100 if name == "resnet20" else 30, arms)}
+    write_result(args.speed_only.stem, result)
+    print(markdown(result))
 
 
 def markdown(result: dict) -> str:
@@ -203,7 +238,7 @@ def markdown(result: dict) -> str:
         s = m["speed"]
         lines += [f"\n### {name} ({m['input']})\n", "| speed-up | batch 64 throughput (95% interval) | batch 1 latency |",
                   "| --- | --- | --- |"]
-        for label in RATIOS:
+        for label in s["throughput_b64"]:
             t, l_ = s["throughput_b64"][label], s["latency_b1"][label]
             lines.append(f"| {label} | {t['median']:.2f}× ({t['interval'][0]:.2f}–{t['interval'][1]:.2f}) | "
                          f"{l_['median']:.2f}× ({l_['interval'][0]:.2f}–{l_['interval'][1]:.2f}) |")
@@ -232,9 +267,14 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=6)
     ap.add_argument("--work", type=Path, default=Path("/tmp/cnnkit-int8-bench"))
     ap.add_argument("--models", default="resnet20,resnet18")
+    ap.add_argument("--arms", default=",".join(ARMS), help=f"the arms timed (also: {TORCHAO_ARM})")
+    ap.add_argument("--speed-only", type=Path, help="time the artifacts an earlier run left in --work, merging the "
+                                                    "result into this JSON file of benchmarks/results")
     args = ap.parse_args()
     if args.worker:
         return worker(args.worker, args.file, [int(v) for v in args.shape.split(",")], args.b1_calls)
+    if args.speed_only:
+        return speed_only(args)
     from cnnkit.artifacts import load, save_checkpoint
     from cnnkit.data import Normalize, load_dataset
     from cnnkit.models import create

@@ -294,6 +294,10 @@ def test_cli_compress_on_sample_writes_artifacts_and_report(trained_run, tmp_pat
     int8 = next(r for r in rows if r["file"] == "resnet9.int8.pt2")
     assert int8["file_bytes"] < program["file_bytes"] / 1.5  # int8 weights; the graph's JSON is the same size
     assert int8["macs"] == rows[0]["macs"] and int8["float_ops"] == ["adaptive_max_pool2d (adaptive_max_pool2d)", "mul (mul)"]
+    # ONNX Runtime's int8 is the one to ship where loading speed or a machine without a compiler matters
+    assert json.loads((out / "compress.json").read_text())["advice"] == [
+        "int8 to ship by default: resnet9.int8.onnx (ONNX Runtime: nothing to compile, loads at once); "
+        "resnet9.int8.pt2 runs where Inductor can compile it, on first use of each batch size"]
     page = (out / "report.html").read_text()
     assert "<table>" in page and "data:image/png;base64," in page and "resnet9.int8.onnx" in page
     # every artifact works where a checkpoint does

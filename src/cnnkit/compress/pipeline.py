@@ -87,7 +87,21 @@ def compress(checkpoint: str | Path, recipes: list[str], out_dir: str | Path, da
         targets += RECIPE_KINDS[recipe.kind](ctx, recipe)
         log(f"  {recipe.text}: {time.perf_counter() - t0:.1f} s")
     rows = measure(targets, source, batch, repeats, log, ignore_class_names, test_images)
-    return write_report(out, rows, src, source.name, skipped)
+    shipped = ship_note(rows)
+    if shipped:
+        log(shipped)
+    return write_report(out, rows, src, source.name, skipped, [shipped] if shipped else [])
+
+
+def ship_note(rows: list[dict[str, Any]]) -> str | None:
+    """Which int8 file to ship where loading speed or a machine without a compiler matters: ONNX Runtime's
+    (it loads in a fraction of a second and compiles nothing), beside PT2E's (compiled by Inductor on load)."""
+    onnx = [r["file"] for r in rows if r["runtime"] == "onnxruntime int8"]
+    pt2e = [r["file"] for r in rows if r["runtime"] == "inductor int8"]
+    if not onnx:
+        return None
+    return (f"int8 to ship by default: {onnx[0]} (ONNX Runtime: nothing to compile, loads at once)"
+            + (f"; {pt2e[0]} runs where Inductor can compile it, on first use of each batch size" if pt2e else ""))
 
 
 def check_settings(recipes: list[Recipe], s: Settings) -> None:

@@ -126,8 +126,9 @@ def _pareto_png(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_report(out: Path, rows: list[dict[str, Any]], src: LoadedCheckpoint, data: str,
-                 skipped: list[str] | None = None) -> CompressResult:
-    """compress.json (the rows, how they were measured, the recipes `skipped` and why), pareto.png and
+                 skipped: list[str] | None = None, advice: list[str] | None = None) -> CompressResult:
+    """compress.json (the rows, how they were measured, the recipes `skipped` and why, and `advice`: which file
+    to ship), pareto.png and
     report.html in `out`."""
     skipped = list(skipped or [])
     png = out / "pareto.png"
@@ -136,12 +137,12 @@ def write_report(out: Path, rows: list[dict[str, Any]], src: LoadedCheckpoint, d
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__}
     jpath = out / "compress.json"
-    atomic_write_text(jpath, json.dumps({**info, "skipped": skipped, "rows": rows}, indent=2, default=str) + "\n")
+    atomic_write_text(jpath, json.dumps({**info, "skipped": skipped, "advice": list(advice or []), "rows": rows}, indent=2, default=str) + "\n")
     cols = columns(rows)
     head = "".join(f"<th>{html.escape(h)}</th>" for _, h in cols)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(format_value(k, r.get(k)))}</td>" for k, _ in cols) + "</tr>"
                    for r in rows)
-    notes = [f"<li>{html.escape(why)}</li>" for why in skipped]
+    notes = [f"<li>{html.escape(why)}</li>" for why in [*skipped, *(advice or [])]]
     notes += [f"<li>{html.escape(r['file'])}: runs in float: {html.escape(', '.join(r['float_ops']))}</li>"
               for r in rows if r.get("float_ops")]
     notes += [f"<li>{html.escape(r['file'])}: {100 * r['sparsity']:.1f}% of conv/linear weights are zero; "
